@@ -1,0 +1,300 @@
+// pmpage/mm.hpp — the kernel's page API: translation, references, compound pages, flags.
+//
+// Layer: above page.hpp. Everything here is inline and lock-free; the only calls out of line are
+// the slow paths: a count reaching zero (frees the page), a misuse report, a lazily loaded region
+// (first touch after open), and sleeping in lock_page().
+//
+// Each function works on any valid `page*`, split or not, head or tail. For a page of an unsplit
+// region nothing behind the pointer is read: its state lives in the region descriptor, found by
+// arithmetic (pfn >> 9), like the kernel finds a folio from a tail page.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "pmpage/page.hpp"
+#include "pmpage/types.hpp"
+
+#if defined(__GNUC__)
+#define PMPAGE_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PMPAGE_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define PMPAGE_LIKELY(x) (x)
+#define PMPAGE_UNLIKELY(x) (x)
+#endif
+
+namespace pmpage {
+
+namespace detail {
+
+// Out-of-line slow paths (src/page_slow.cpp).
+page* report_bad_pfn(pfn_t pfn) noexcept;                   // misuse; returns nullptr
+pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
+void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
+void release_compound(page* holder) noexcept;               // count reached 0: free durably
+void materialise_lazy_region(const section& s, std::uint64_t region) noexcept;
+void lock_page_slow(page* holder) noexcept;
+void wake_page_waiters(page* holder) noexcept;
+void report_unlock_misuse(page* p) noexcept;
+
+/// Where a descriptor pointer lives: its pool section, pool page index and region descriptor.
+struct page_location {
+  const section* sec;
+  std::uint64_t index;  // page index within the pool's data area
+  page* region;         // region descriptor of the page's 2 MiB region
+  std::uint32_t rflags; // region flags, loaded with acquire (PG_region_lazy never set here)
+};
+
+inline const section& section_of(const page* p) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return g_sections[g_vmemmap_owner[(a >> VMEMMAP_SLOT_SHIFT) & (VMEMMAP_SLOTS - 1)]];
+}
+
+inline std::uint64_t index_of(const page* p) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return (a & ((std::uintptr_t{1} << VMEMMAP_SLOT_SHIFT) - 1)) / sizeof(page);
+}
+
+/// Locates p. Returns false (after reporting misuse) when p is not a descriptor of an open pool.
+inline bool locate(const page* p, page_location& out) noexcept {
+  const section& s = section_of(p);
+  const std::uint64_t idx = index_of(p);
+  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) {
+    report_bad_page(p);
+    return false;
+  }
+  page* r = s.regions + (idx >> HPAGE_PMD_ORDER);
+  std::uint32_t f = r->flags_.load(std::memory_order_acquire);
+  if (PMPAGE_UNLIKELY(f & PG_region_lazy)) {
+    materialise_lazy_region(s, idx >> HPAGE_PMD_ORDER);
+    f = r->flags_.load(std::memory_order_acquire);
+  }
+  out = page_location{&s, idx, r, f};
+  return true;
+}
+
+/// The descriptor holding the refcount, flags and private field of p's compound page: the region
+/// descriptor of the head region when p's region is unsplit, else the 4 KiB head descriptor.
+inline page* state_holder(const page_location& loc, page* p) noexcept {
+  if (PMPAGE_LIKELY(!(loc.rflags & PG_region_special))) return loc.region;
+  if (loc.rflags & PG_split) {
+    const std::uintptr_t h = p->compound_head_;
+    return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
+  }
+  return loc.sec->regions + loc.region->head_index_;  // PG_region_tail
+}
+
+inline page* state_holder(page* p) noexcept {
+  page_location loc;
+  if (PMPAGE_UNLIKELY(!locate(p, loc))) return nullptr;
+  return state_holder(loc, p);
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Translation
+// ---------------------------------------------------------------------------------------------
+
+/// True iff pfn belongs to the data area of an open pool.
+inline bool pfn_valid(pfn_t pfn) noexcept {
+  if (pfn >> (detail::SECTION_SHIFT + detail::SECTION_BITS)) return false;
+  return (pfn & detail::SECTION_PAGES_MASK) < detail::g_sections[pfn >> detail::SECTION_SHIFT].nr_pages;
+}
+
+/// The descriptor of pfn. An invalid pfn is misuse (reported; returns nullptr).
+inline page* pfn_to_page(pfn_t pfn) noexcept {
+  const detail::section& s =
+      detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
+  const std::uint64_t idx = pfn & detail::SECTION_PAGES_MASK;
+  if (PMPAGE_UNLIKELY(idx >= s.nr_pages || (pfn >> (detail::SECTION_SHIFT + detail::SECTION_BITS))))
+    return detail::report_bad_pfn(pfn);
+  return s.vmemmap + idx;
+}
+
+/// The pfn of a descriptor. A pointer that is no descriptor of an open pool is misuse (returns 0).
+inline pfn_t page_to_pfn(const page* p) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  const std::uint16_t id = detail::g_vmemmap_owner[(a >> detail::VMEMMAP_SLOT_SHIFT) & (detail::VMEMMAP_SLOTS - 1)];
+  const std::uint64_t idx = detail::index_of(p);
+  if (PMPAGE_UNLIKELY(idx >= detail::g_sections[id].nr_pages)) return detail::report_bad_page(p);
+  return (pfn_t{id} << detail::SECTION_SHIFT) | idx;
+}
+
+/// The 4 KiB of the mapping that page p describes.
+inline void* page_address(const page* p) noexcept {
+  const detail::section& s = detail::section_of(p);
+  const std::uint64_t idx = detail::index_of(p);
+  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) {
+    detail::report_bad_page(p);
+    return nullptr;
+  }
+  return s.data + (idx << PAGE_SHIFT);
+}
+
+/// The descriptor of the page containing addr, or nullptr if addr is outside every open pool's
+/// data area (not misuse: this is how callers ask "is this pool memory?").
+inline page* virt_to_page(const void* addr) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  if (a >> 47) return nullptr;
+  const std::uint16_t id = detail::g_data_owner[a >> detail::DATA_GRANULE_SHIFT];
+  const detail::section& s = detail::g_sections[id];
+  const std::uintptr_t off = a - reinterpret_cast<std::uintptr_t>(s.data);
+  if (id == 0 || off >= (s.nr_pages << PAGE_SHIFT)) return nullptr;
+  return s.vmemmap + (off >> PAGE_SHIFT);
+}
+
+inline bool virt_addr_valid(const void* addr) noexcept { return virt_to_page(addr) != nullptr; }
+
+// ---------------------------------------------------------------------------------------------
+// Compound pages
+// ---------------------------------------------------------------------------------------------
+
+/// The head page of p's compound page; p itself for order-0 and free pages.
+inline page* compound_head(page* p) noexcept {
+  detail::page_location loc;
+  if (PMPAGE_UNLIKELY(!detail::locate(p, loc))) return nullptr;
+  if (PMPAGE_LIKELY(!(loc.rflags & PG_region_special)))
+    return (loc.rflags & PG_head) ? loc.sec->vmemmap + (loc.index & ~std::uint64_t{HPAGE_PMD_NR - 1}) : p;
+  if (loc.rflags & PG_split) {
+    const std::uintptr_t h = p->compound_head_;
+    return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
+  }
+  return loc.sec->vmemmap + (std::uint64_t{loc.region->head_index_} << HPAGE_PMD_ORDER);
+}
+
+inline bool PageHead(page* p) noexcept {
+  detail::page_location loc;
+  if (PMPAGE_UNLIKELY(!detail::locate(p, loc))) return false;
+  if (loc.rflags & PG_split) return p->flags_.load(std::memory_order_acquire) & PG_head;
+  if (loc.rflags & PG_region_tail) return false;
+  return (loc.rflags & PG_head) && (loc.index & (HPAGE_PMD_NR - 1)) == 0;
+}
+
+inline bool PageTail(page* p) noexcept {
+  detail::page_location loc;
+  if (PMPAGE_UNLIKELY(!detail::locate(p, loc))) return false;
+  if (loc.rflags & PG_split) return p->compound_head_ & 1;
+  if (loc.rflags & PG_region_tail) return true;
+  return (loc.rflags & PG_head) && (loc.index & (HPAGE_PMD_NR - 1)) != 0;
+}
+
+inline bool PageCompound(page* p) noexcept { return PageHead(p) || PageTail(p); }
+
+/// Order of a compound head; 0 for order-0 pages and for tails (as in the kernel).
+inline unsigned compound_order(page* p) noexcept {
+  return PageHead(p) ? detail::state_holder(p)->order_ : 0;
+}
+
+/// True iff p's 2 MiB region has its 4 KiB descriptors materialised.
+inline bool PageSplit(page* p) noexcept {
+  detail::page_location loc;
+  return detail::locate(p, loc) && (loc.rflags & PG_split);
+}
+
+// ---------------------------------------------------------------------------------------------
+// References (act on the compound head)
+// ---------------------------------------------------------------------------------------------
+
+inline int page_count(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  return h ? h->refcount_.load(std::memory_order_relaxed) : 0;
+}
+
+/// Takes a reference. The page must already be referenced (count > 0): misuse otherwise.
+inline void get_page(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  if (PMPAGE_UNLIKELY(!h)) return;
+  const int old = h->refcount_.fetch_add(1, std::memory_order_relaxed);
+  if (PMPAGE_UNLIKELY(old <= 0)) detail::report_refcount_misuse(p, h, old, true);
+}
+
+/// Takes a reference unless the count is zero (the page is free or being freed).
+inline bool get_page_unless_zero(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  if (PMPAGE_UNLIKELY(!h)) return false;
+  int c = h->refcount_.load(std::memory_order_relaxed);
+  do {
+    if (c <= 0) return false;
+  } while (!h->refcount_.compare_exchange_weak(c, c + 1, std::memory_order_acquire,
+                                               std::memory_order_relaxed));
+  return true;
+}
+
+/// Drops a reference; the last one frees the whole compound page, durably.
+inline void put_page(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  if (PMPAGE_UNLIKELY(!h)) return;
+  const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);
+  if (PMPAGE_LIKELY(old > 1)) return;
+  if (old == 1)
+    detail::release_compound(h);
+  else
+    detail::report_refcount_misuse(p, h, old, false);
+}
+
+/// The kernel's __free_pages: drops the caller's reference to the compound page of `order` whose
+/// head is p; frees it when that was the last one. Wrong order or a non-head is misuse.
+void free_pages(page* p, unsigned order) noexcept;
+
+/// Turns an order-9 page whose count is exactly 1 into 512 order-0 pages, each allocated with
+/// count 1. Returns 0, -EBUSY if the count is not 1, -EINVAL if p is not an order-9 head. Durable.
+int split_huge_page(page* p) noexcept;
+
+// ---------------------------------------------------------------------------------------------
+// Flags and private data (act on the compound head; volatile, cleared when the pool opens)
+// ---------------------------------------------------------------------------------------------
+
+inline bool trylock_page(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  return h && !(h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked);
+}
+
+/// Sleeping lock: waits (futex) while another thread holds it.
+inline void lock_page(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  if (PMPAGE_UNLIKELY(!h)) return;
+  if (PMPAGE_LIKELY(!(h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked))) return;
+  detail::lock_page_slow(h);
+}
+
+inline void unlock_page(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  if (PMPAGE_UNLIKELY(!h)) return;
+  const std::uint32_t old = h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release);
+  if (PMPAGE_UNLIKELY(!(old & PG_locked))) detail::report_unlock_misuse(p);
+  if (old & PG_waiters) detail::wake_page_waiters(h);
+}
+
+namespace detail {
+inline bool test_flag(page* p, std::uint32_t bit) noexcept {
+  page* h = state_holder(p);
+  return h && (h->flags_.load(std::memory_order_acquire) & bit);
+}
+inline void set_flag(page* p, std::uint32_t bit) noexcept {
+  if (page* h = state_holder(p)) h->flags_.fetch_or(bit, std::memory_order_release);
+}
+inline bool test_clear_flag(page* p, std::uint32_t bit) noexcept {
+  page* h = state_holder(p);
+  return h && (h->flags_.fetch_and(~bit, std::memory_order_acq_rel) & bit);
+}
+}  // namespace detail
+
+inline bool PageLocked(page* p) noexcept { return detail::test_flag(p, PG_locked); }
+inline bool PageDirty(page* p) noexcept { return detail::test_flag(p, PG_dirty); }
+inline void SetPageDirty(page* p) noexcept { detail::set_flag(p, PG_dirty); }
+inline void ClearPageDirty(page* p) noexcept { detail::test_clear_flag(p, PG_dirty); }
+inline bool TestClearPageDirty(page* p) noexcept { return detail::test_clear_flag(p, PG_dirty); }
+inline bool PageUptodate(page* p) noexcept { return detail::test_flag(p, PG_uptodate); }
+inline void SetPageUptodate(page* p) noexcept { detail::set_flag(p, PG_uptodate); }
+inline void ClearPageUptodate(page* p) noexcept { detail::test_clear_flag(p, PG_uptodate); }
+
+inline std::uintptr_t page_private(page* p) noexcept {
+  page* h = detail::state_holder(p);
+  return h ? h->private_.load(std::memory_order_acquire) : 0;
+}
+inline void set_page_private(page* p, std::uintptr_t value) noexcept {
+  if (page* h = detail::state_holder(p)) h->private_.store(value, std::memory_order_release);
+}
+
+}  // namespace pmpage

@@ -1,0 +1,104 @@
+// pmpage/page.hpp — the page descriptor (`struct page`) and the process-wide section tables.
+//
+// Layer: above types.hpp. Everything here is volatile (DRAM) state, rebuilt when a pool opens.
+//
+// Glossary
+//   region       2 MiB of a pool's data area (HPAGE_PMD_NR pages). Region r of a pool covers pool
+//                page indexes [r * 512, r * 512 + 512).
+//   region desc  one `page` per region, in a dense array (section::regions). It is the head
+//                descriptor of every compound page of order >= 9, and holds the PG_split bit.
+//   4 KiB desc   one `page` per pfn in section::vmemmap, a virtual array reserved for the whole
+//                pool but backed by memory only for split regions (32 KiB per split region).
+//   user pointer the `page*` the API hands out is always `vmemmap + index`, split or not, so
+//                page_to_pfn(pfn_to_page(pfn)) == pfn and the pointer never changes while the pool
+//                is open. The memory behind it is only read when its region is split (PG_split);
+//                otherwise the state lives in the region descriptor ("state holder").
+//
+// Invariants (I1..I5; checked by detail::pool_impl::check_invariants)
+//   I1  region.flags & PG_split  <=>  the region's 512 4 KiB descriptors are materialised.
+//   I2  unsplit region, allocated: region desc of the compound head region holds refcount/flags;
+//       other regions of a multi-region compound carry PG_region_tail and head_index.
+//   I3  split region: a 4 KiB desc is a head (PG_head, order >= 1), a tail (compound_head & 1),
+//       or an order-0 page; tails of orders 1..8 never leave their region.
+//   I4  refcount > 0  <=>  the compound page is allocated (and the persistent page map says so).
+//   I5  page_to_pfn(pfn_to_page(p)) == p for every valid pfn p.
+//
+// Do not touch the fields directly: use the functions of <pmpage/mm.hpp>, which resolve the state
+// holder first (the kernel's folio rule: operations on a tail act on the head).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "pmpage/types.hpp"
+
+namespace pmpage {
+
+/// Page flag bits (kept in page::flags_). Bits below 16 are the kernel-visible ones; bits 16+ are
+/// owned by the allocator and only meaningful in region descriptors.
+enum page_flag : std::uint32_t {
+  PG_locked = 1u << 0,
+  PG_waiters = 1u << 1,  // someone sleeps in lock_page(); unlock must wake them
+  PG_dirty = 1u << 2,
+  PG_uptodate = 1u << 3,
+  PG_head = 1u << 4,          // head of a compound page (order >= 1)
+  PG_split = 1u << 16,        // region desc: 4 KiB descriptors materialised (I1)
+  PG_region_tail = 1u << 17,  // region desc: inside a multi-region compound, not its head
+  PG_region_lazy = 1u << 18,  // region desc: split on the device, descriptors not built yet
+};
+
+/// Flags a region descriptor carries that send lookups off the unsplit fast path.
+inline constexpr std::uint32_t PG_region_special = PG_split | PG_region_tail | PG_region_lazy;
+/// Flags that belong to the allocator; user-visible flag operations never change them.
+inline constexpr std::uint32_t PG_allocator_mask = PG_head | PG_region_special;
+
+struct page {
+  // --- shared by region descriptors and 4 KiB descriptors -------------------------------------
+  std::atomic<std::uint32_t> flags_;    // page_flag bits
+  std::atomic<std::int32_t> refcount_;  // DO NOT USE DIRECTLY: get_page/put_page/page_count
+  std::uint8_t order_;                  // compound order of a head (0 for order-0 pages)
+  std::uint8_t kind_;                   // allocator bookkeeping (detail::region_kind / page_kind)
+  std::uint16_t alloc_aux_;             // allocator bookkeeping
+  std::uint32_t head_index_;            // region desc: head region of a multi-region compound
+  std::uintptr_t compound_head_;        // 4 KiB desc: head page* | 1 on tails, else 0
+  std::atomic<std::uintptr_t> private_;  // page_private / set_page_private
+  void* alloc_state_;                   // region desc: allocator state of a split region
+  std::uint32_t list_next_;             // region desc: allocator free-list links (region index)
+  std::uint32_t list_prev_;
+  std::uint64_t reserved_[2];
+};
+
+static_assert(sizeof(page) == 64, "struct page must stay one cache line");
+static_assert(alignof(page) <= 64);
+
+namespace detail {
+
+/// One entry per open pool, indexed by the pool's section id (pfn >> 32). Written only by
+/// pool open/close under the registry lock; read lock-free by translation. nr_pages == 0 means
+/// "no pool": every lookup of such a pfn is rejected.
+struct section {
+  page* vmemmap;            // 4 KiB descriptors; the one for pool page i is vmemmap[i]
+  page* regions;            // region descriptors; region r is regions[r]
+  char* data;               // start of the data area (page i is data + i * PAGE_SIZE)
+  std::uint64_t nr_pages;   // pages in the data area
+  void* owner;              // detail::pool_impl*
+  std::uint64_t reserved_[3];
+};
+static_assert(sizeof(section) == 64);
+
+inline constexpr unsigned SECTION_SHIFT = 32;   // pfn bits below the section id
+inline constexpr unsigned SECTION_BITS = 16;    // at most 65535 pools open at once
+inline constexpr std::uint64_t SECTION_PAGES_MASK = (std::uint64_t{1} << SECTION_SHIFT) - 1;
+// vmemmaps are aligned to 2^38 bytes (64 B x 2^32 pfns) so the owner is found from the address.
+inline constexpr unsigned VMEMMAP_SLOT_SHIFT = SECTION_SHIFT + 6;
+inline constexpr unsigned VMEMMAP_SLOTS = 1u << (47 - VMEMMAP_SLOT_SHIFT);
+// Data areas start 1 GiB aligned, so a 1 GiB granule of address space belongs to one pool.
+inline constexpr unsigned DATA_GRANULE_SHIFT = 30;
+inline constexpr unsigned DATA_GRANULES = 1u << (47 - DATA_GRANULE_SHIFT);
+
+extern section g_sections[1u << SECTION_BITS];
+extern std::uint16_t g_vmemmap_owner[VMEMMAP_SLOTS];
+extern std::uint16_t g_data_owner[DATA_GRANULES];
+
+}  // namespace detail
+}  // namespace pmpage

@@ -1,0 +1,72 @@
+// pmpage/persistence.hpp — the one seam through which every flush and fence goes.
+//
+// Layer: beside types.hpp; used by pool.hpp. The library never calls libpmem, msync or a fence
+// instruction except through a `persistence` object, so tests can substitute a simulated device
+// (one that models which cache lines reach the media before a power failure) and benchmarks can
+// count fences.
+//
+// Contract: a store to the pool mapping is durable once flush() covered it and a later drain()
+// (the fence) returned. drain() orders and completes every earlier flush of the calling thread.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace pmpage {
+
+class persistence {
+ public:
+  virtual ~persistence() = default;
+
+  /// Called once when a pool maps its device, before any flush. `is_pmem` tells whether CPU cache
+  /// flushes reach the media (DAX with MAP_SYNC, device DAX, or PMEM_IS_PMEM_FORCE=1); when false
+  /// the libpmem backend falls back to msync.
+  virtual void attach(void* base, std::size_t length, bool is_pmem) = 0;
+  /// Called when the pool unmaps; no flush follows.
+  virtual void detach() noexcept {}
+
+  /// Starts writing back the cache lines covering [addr, addr + len). Not ordered until drain().
+  virtual void flush(const void* addr, std::size_t len) noexcept = 0;
+  /// The fence: every flush issued before it by this thread is durable when it returns.
+  virtual void drain() noexcept = 0;
+
+  void persist(const void* addr, std::size_t len) noexcept {
+    flush(addr, len);
+    drain();
+  }
+};
+
+/// The production backend: libpmem's pmem_flush/pmem_drain on pmem, pmem_msync otherwise.
+std::shared_ptr<persistence> make_libpmem_persistence();
+
+/// Wraps another backend and counts its calls (relaxed atomics): what benchmarks and the
+/// fence-budget tests use to prove "one fence per order-0 alloc".
+class counting_persistence final : public persistence {
+ public:
+  explicit counting_persistence(std::shared_ptr<persistence> inner) : inner_(std::move(inner)) {}
+  void attach(void* base, std::size_t length, bool is_pmem) override { inner_->attach(base, length, is_pmem); }
+  void detach() noexcept override { inner_->detach(); }
+  void flush(const void* addr, std::size_t len) noexcept override {
+    flushes_.fetch_add(1, std::memory_order_relaxed);
+    inner_->flush(addr, len);
+  }
+  void drain() noexcept override {
+    fences_.fetch_add(1, std::memory_order_relaxed);
+    inner_->drain();
+  }
+  std::uint64_t fences() const noexcept { return fences_.load(std::memory_order_relaxed); }
+  std::uint64_t flushes() const noexcept { return flushes_.load(std::memory_order_relaxed); }
+  void reset() noexcept {
+    fences_.store(0, std::memory_order_relaxed);
+    flushes_.store(0, std::memory_order_relaxed);
+  }
+
+ private:
+  std::shared_ptr<persistence> inner_;
+  std::atomic<std::uint64_t> fences_{0};
+  std::atomic<std::uint64_t> flushes_{0};
+};
+
+}  // namespace pmpage

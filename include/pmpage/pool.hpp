@@ -1,0 +1,123 @@
+// pmpage/pool.hpp — a pool: a DAX-mapped file or device whose data area is handed out as pages.
+//
+// Layer: above mm.hpp and persistence.hpp. Set-up (create/open) throws pmpage::error; everything
+// else is noexcept and thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+
+#include "pmpage/mm.hpp"
+#include "pmpage/page.hpp"
+#include "pmpage/persistence.hpp"
+#include "pmpage/types.hpp"
+
+namespace pmpage {
+
+namespace detail {
+class pool_impl;
+}
+
+struct pool_stats {
+  std::uint64_t total_pages = 0;       // pages in the data area
+  std::uint64_t free_pages = 0;        // of which free
+  std::uint64_t total_regions = 0;     // 2 MiB regions in the data area
+  std::uint64_t free_regions = 0;      // regions wholly free and unsplit
+  std::uint64_t split_regions = 0;     // regions whose pages are tracked 4 KiB at a time
+  std::uint64_t materialised_regions = 0;  // split regions whose 4 KiB descriptors exist in DRAM
+  std::uint64_t descriptor_bytes = 0;  // DRAM holding descriptors: regions x 64 B + 32 KiB x materialised
+  std::uint64_t allocator_bytes = 0;   // DRAM of the allocator's own indexes (split-region state)
+  std::uint64_t repaired_at_open = 0;  // torn updates found and repaired by recovery
+};
+
+class pool {
+ public:
+  struct options {
+    /// Bytes for a regular file that does not exist or must grow; 0 = use the existing size.
+    /// Ignored for device DAX (its whole size is used).
+    std::uint64_t size = 0;
+    /// Reformat a file that already holds a valid pool. Without it create() refuses.
+    bool overwrite = false;
+    /// Bytes of the persistent root area (rounded up to 4 KiB; at least 4 KiB). Zeroed at create.
+    std::size_t root_size = 4096;
+    /// Reserve the file's blocks up front (posix_fallocate) so a full file system fails create()
+    /// instead of faulting later. Off by default: pools are often sparse files.
+    bool preallocate = false;
+    /// File mode for a newly created file.
+    unsigned mode = 0600;
+    /// The persistence backend; nullptr = libpmem. Tests pass a simulated device.
+    std::shared_ptr<persistence> backend;
+  };
+
+  struct open_options {
+    std::shared_ptr<persistence> backend;  // nullptr = libpmem
+  };
+
+  /// Formats `path` as a new pool and opens it. See docs/api.md for what each kind of path does.
+  static pool create(const std::filesystem::path& path, const options& opts);
+  /// Opens and recovers an existing pool.
+  static pool open(const std::filesystem::path& path, const open_options& opts = {});
+
+  pool() noexcept;  // a closed pool
+  pool(pool&&) noexcept;
+  pool& operator=(pool&&) noexcept;
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+  ~pool();
+
+  /// Closes the pool; every page* and pfn of it becomes invalid. Idempotent.
+  void close() noexcept;
+  bool is_open() const noexcept { return impl_ != nullptr; }
+
+  pfn_t start_pfn() const noexcept;
+  pfn_t end_pfn() const noexcept;
+
+  /// Allocates a naturally aligned compound page of `order` (0..18); head with refcount 1, or
+  /// nullptr when no such free extent exists. Durable before it returns.
+  page* alloc_pages(unsigned order) noexcept;
+  /// Allocates up to n pages of `order` into out[]; returns how many. Each page is its own
+  /// allocation; all of them share the fences (one for a batch that fits in split regions).
+  std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept;
+  /// Allocates and stores the head pfn into *dest (which must lie in this pool's root area or data
+  /// area, 8-byte aligned) atomically with respect to a crash. Returns the head or nullptr.
+  page* alloc_pages_to(unsigned order, pfn_t* dest) noexcept;
+  /// Frees the compound page whose head pfn is *src and sets *src = 0, atomically with respect to
+  /// a crash. Returns 0, -EBUSY if other references are held, -EINVAL on misuse.
+  int free_pages_from(pfn_t* src) noexcept;
+
+  /// The persistent root area (zeroed at create), at least 4 KiB.
+  void* root() const noexcept;
+  std::size_t root_size() const noexcept;
+
+  /// Persistence of the application's own data in the pool.
+  void persist(const void* addr, std::size_t len) const noexcept;
+  void flush(const void* addr, std::size_t len) const noexcept;
+  void drain() const noexcept;
+
+  pool_stats stats() const noexcept;
+  /// Calls f(head, order) for every allocation. Allocations made or freed concurrently may or may
+  /// not be seen; f must not allocate or free in this pool.
+  void for_each_allocated(const std::function<void(page*, unsigned)>& f) const;
+
+  /// Checks every invariant of the volatile and persistent state; returns an empty string when
+  /// all hold, else a description of the first violation. Takes the allocator lock (slow).
+  std::string check() const;
+
+  const std::filesystem::path& path() const noexcept;
+  /// True when flushes go to the media directly (pmem); false when msync is used.
+  bool is_pmem() const noexcept;
+  /// The mapping of the whole device (superblocks, metadata, root, data) and its length.
+  void* base() const noexcept;
+  std::size_t mapped_length() const noexcept;
+
+  detail::pool_impl* impl() const noexcept { return impl_.get(); }
+
+ private:
+  explicit pool(std::unique_ptr<detail::pool_impl> impl) noexcept;
+  std::unique_ptr<detail::pool_impl> impl_;
+};
+
+}  // namespace pmpage

@@ -1,0 +1,49 @@
+// pmpage/types.hpp — units, constants, the error type and the misuse policy.
+//
+// Layer: bottom. Included by every other public header; includes nothing of pmpage.
+//
+// Error policy (one per layer):
+//   * Set-up (pool::create / pool::open) throws pmpage::error, naming the path and the reason.
+//   * Hot paths (translation, get/put, flags, alloc/free) never throw and never block on I/O.
+//     Allocation failure is a nullptr / short count. Caller mistakes (misuse) are reported through
+//     the misuse handler; the default prints and aborts, and if an installed handler returns, the
+//     offending call does nothing (and returns nullptr / 0 / -EINVAL where it has a result).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <system_error>
+
+namespace pmpage {
+
+/// A page frame number. Unique across every pool open in the process, never 0, and stable across
+/// close and reopen of a pool (engines store pfns on the device). Layout: bits 32..47 are the
+/// pool's section id (chosen at create), bits 0..31 the page's index in the pool's data area.
+using pfn_t = std::uint64_t;
+
+inline constexpr unsigned PAGE_SHIFT = 12;
+inline constexpr std::size_t PAGE_SIZE = std::size_t{1} << PAGE_SHIFT;  // 4 KiB
+inline constexpr unsigned HPAGE_PMD_ORDER = 9;
+inline constexpr std::size_t HPAGE_PMD_NR = std::size_t{1} << HPAGE_PMD_ORDER;  // 512
+inline constexpr std::size_t HPAGE_PMD_SIZE = PAGE_SIZE << HPAGE_PMD_ORDER;     // 2 MiB
+inline constexpr unsigned MAX_PAGE_ORDER = 18;                                  // 1 GiB
+
+/// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
+/// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
+class error : public std::system_error {
+ public:
+  error(std::error_code code, const std::string& what) : std::system_error(code, what) {}
+  error(int errno_value, const std::string& what)
+      : std::system_error(std::error_code(errno_value, std::generic_category()), what) {}
+};
+
+/// Called with a human-readable description of an API misuse (double free, get_page on a page
+/// whose count is 0, a pfn outside every open pool, ...). The default handler prints the message
+/// to stderr and aborts. An installed handler may return; the misused call then does nothing.
+using misuse_handler = void (*)(const char* message);
+
+/// Installs `handler` (nullptr restores the default) and returns the previous one. Thread-safe.
+misuse_handler set_misuse_handler(misuse_handler handler) noexcept;
+
+}  // namespace pmpage
