@@ -31,7 +31,7 @@ namespace detail {
 page* report_bad_pfn(pfn_t pfn) noexcept;                   // misuse; returns nullptr
 pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
 void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
-void release_compound(page* holder) noexcept;               // count reached 0: free durably
+void release_compound(page* p, page* holder) noexcept;      // count reached 0: free durably
 void materialise_lazy_region(const section& s, std::uint64_t region) noexcept;
 void lock_page_slow(page* holder) noexcept;
 void wake_page_waiters(page* holder) noexcept;
@@ -228,7 +228,7 @@ inline void put_page(page* p) noexcept {
   const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);
   if (PMPAGE_LIKELY(old > 1)) return;
   if (old == 1)
-    detail::release_compound(h);
+    detail::release_compound(p, h);
   else
     detail::report_refcount_misuse(p, h, old, false);
 }

@@ -1,0 +1,164 @@
+// check.cpp — introspection: stats, the allocation walk, and the invariant checker that tests
+// (and the later fsck tool) use. Everything here takes the allocator lock; none of it is fast.
+#include <bit>
+#include <sstream>
+
+#include "pool_impl.hpp"
+
+namespace pmpage::detail {
+
+pool_stats pool_impl::stats() noexcept {
+  std::lock_guard g(mu_);
+  pool_stats s;
+  s.total_pages = nr_pages_;
+  s.total_regions = nr_regions_;
+  s.free_pages = free_pages_;
+  // Lazy regions are not loaded: count their free pages from the page map without loading them.
+  for (std::uint32_t r : lazy_) {
+    if (!(regions_[r].flags_.load(std::memory_order_relaxed) & PG_region_lazy)) continue;
+    const std::uint64_t* map = page_map(r);
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) s.free_pages += map_code(map, i) == CODE_FREE;
+  }
+  s.free_regions = buddy_.free_regions();
+  s.split_regions = split_regions_;
+  s.materialised_regions = materialised_;
+  s.descriptor_bytes = nr_regions_ * sizeof(page) + materialised_ * HPAGE_PMD_NR * sizeof(page);
+  s.allocator_bytes = materialised_ * sizeof(split_state) + lazy_.capacity() * sizeof(std::uint32_t);
+  s.repaired_at_open = repaired_;
+  return s;
+}
+
+void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out) {
+  std::lock_guard g(mu_);
+  for (std::uint64_t r = 0; r < nr_regions_; ++r) {
+    const auto ri = std::uint32_t(r);
+    page& d = regions_[r];
+    if (d.kind_ == RK_HEAD) {
+      out.emplace_back(vpage(r << HPAGE_PMD_ORDER), d.order_);
+    } else if (d.kind_ == RK_SPLIT) {
+      if (d.flags_.load(std::memory_order_relaxed) & PG_region_lazy) {
+        // Read the page map instead of loading the region (its allocations are its heads).
+        materialise_locked(ri);
+        if (d.kind_ != RK_SPLIT) continue;
+      }
+      if (!d.alloc_state_) continue;
+      const split_state& s = sstate(ri);
+      for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+        if (s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64))) {
+          ++i;
+          continue;
+        }
+        page* p = vpage((r << HPAGE_PMD_ORDER) + i);
+        out.emplace_back(p, p->order_);
+        i += 1u << p->order_;
+      }
+    }
+  }
+}
+
+std::string pool_impl::check() {
+  std::lock_guard g(mu_);
+  return check_locked();
+}
+
+std::string pool_impl::check_locked() {
+  std::ostringstream err;
+  auto fail = [&](auto&&... parts) {
+    (err << ... << parts);
+    return err.str();
+  };
+  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0;
+  for (std::uint64_t r = 0; r < nr_regions_;) {
+    const auto ri = std::uint32_t(r);
+    page& d = regions_[r];
+    const std::uint64_t w = load_word(region_word(ri));
+    const std::uint32_t f = d.flags_.load(std::memory_order_relaxed);
+    switch (d.kind_) {
+      case RK_FREE_BLOCK: {
+        const std::uint64_t n = std::uint64_t{1} << (d.order_ - HPAGE_PMD_ORDER);
+        if (r % n || r + n > nr_regions_) return fail("B1: free block at region ", r, " order ", int(d.order_), " misaligned");
+        for (std::uint64_t t = r; t < r + n; ++t) {
+          if (t > r && regions_[t].kind_ != RK_FREE_INNER) return fail("B1: region ", t, " inside free block ", r, " has kind ", int(regions_[t].kind_));
+          if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
+            return fail("V2: free region ", t, " is not FREE on the media");
+          if (regions_[t].flags_.load(std::memory_order_relaxed) & (PG_region_special | PG_head))
+            return fail("I1: free region ", t, " has allocator flags");
+        }
+        const std::uint32_t buddy = ri ^ std::uint32_t(n);
+        if (d.order_ < MAX_PAGE_ORDER && buddy < nr_regions_ && regions_[buddy].kind_ == RK_FREE_BLOCK &&
+            regions_[buddy].order_ == d.order_)
+          return fail("B2: free buddies ", r, " and ", buddy, " of order ", int(d.order_), " not merged");
+        buddy_free += n;
+        free_pages += n << HPAGE_PMD_ORDER;
+        r += n;
+        break;
+      }
+      case RK_HEAD: {
+        const std::uint64_t n = std::uint64_t{1} << (d.order_ - HPAGE_PMD_ORDER);
+        if (w != make_region_word(region_state::head, d.order_)) return fail("V2: head region ", r, " not HEAD(", int(d.order_), ") on the media");
+        if (!(f & PG_head) || (f & PG_region_special)) return fail("I2: head region ", r, " flags ", f);
+        if (d.refcount_.load() <= 0) return fail("I4: allocated region ", r, " has count ", d.refcount_.load());
+        for (std::uint64_t t = r + 1; t < r + n; ++t) {
+          const page& td = regions_[t];
+          if (td.kind_ != RK_TAIL || td.head_index_ != ri || !(td.flags_.load() & PG_region_tail))
+            return fail("I2: region ", t, " should be a tail of ", r);
+          if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
+            return fail("P1: tail region ", t, " is not FREE on the media");
+        }
+        r += n;
+        break;
+      }
+      case RK_SPLIT: {
+        ++split;
+        if (w != make_region_word(region_state::split)) return fail("V2: split region ", r, " not SPLIT on the media");
+        if (f & PG_region_lazy) {
+          ++r;
+          break;
+        }
+        if (!(f & PG_split) || !d.alloc_state_) return fail("I1: split region ", r, " not materialised");
+        ++materialised;
+        const split_state& s = sstate(ri);
+        unsigned count = 0;
+        for (auto b : s.free_bits) count += unsigned(std::popcount(b));
+        if (count != s.nr_free) return fail("S1: region ", r, " free count ", s.nr_free, " != ", count);
+        if (s.nr_free == 0 ? s.longest != -1 : s.longest != longest_free_order(s)) return fail("S3: region ", r, " longest stale");
+        if (s.published && s.nr_free == HPAGE_PMD_NR) return fail("S1: region ", r, " wholly free but not merged");
+        free_pages += s.nr_free;
+        const std::uint64_t* map = page_map(ri);
+        for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+          page* p = vpage((r << HPAGE_PMD_ORDER) + i);
+          const bool is_free = s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64));
+          const std::uint8_t c = map_code(map, i);
+          if (is_free) {
+            if (c != CODE_FREE) return fail("S2: page ", i, " of region ", r, " free in DRAM, code ", int(c), " on the media");
+            if (p->refcount_.load() != 0 || (p->compound_head_ & 1)) return fail("I4: free page ", i, " of region ", r, " has state");
+            ++i;
+            continue;
+          }
+          const unsigned k = p->order_;
+          if (c != code_head(k)) return fail("S2: page ", i, " of region ", r, " head of order ", k, " but code ", int(c));
+          if (i % (1u << k)) return fail("I3: order-", k, " head at page ", i, " misaligned");
+          if (p->refcount_.load() <= 0) return fail("I4: allocated page ", i, " of region ", r, " has count ", p->refcount_.load());
+          if (bool(p->flags_.load() & PG_head) != (k > 0)) return fail("I3: PG_head wrong at page ", i, " of region ", r);
+          for (unsigned j = 1; j < (1u << k); ++j) {
+            if (p[j].compound_head_ != (reinterpret_cast<std::uintptr_t>(p) | 1)) return fail("I3: tail ", i + j, " of region ", r, " bad head link");
+            if (map_code(map, i + j) != CODE_TAIL) return fail("S2: tail ", i + j, " of region ", r, " not a tail on the media");
+            if (s.free_bits[(i + j) / 64] & (std::uint64_t{1} << ((i + j) % 64))) return fail("S2: tail ", i + j, " free in DRAM");
+          }
+          i += 1u << k;
+        }
+        ++r;
+        break;
+      }
+      default:
+        return fail("V1: region ", r, " in transit or unknown kind ", int(d.kind_), " outside an operation");
+    }
+  }
+  if (free_pages != free_pages_) return fail("V3: free pages ", free_pages_, " recorded, ", free_pages, " counted");
+  if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
+  if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
+  if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");
+  return {};
+}
+
+}  // namespace pmpage::detail

@@ -1,0 +1,73 @@
+// device.hpp — the outside world below a pool: opening the file or device DAX, its size and
+// alignment, the single-opener lock, and the address-space reservations.
+//
+// Owns: the file descriptor, the mapping of the device, and the anonymous reservations for the
+// descriptor arrays. Nothing here knows the on-media format. Errors throw pmpage::error naming
+// the path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace pmpage::detail {
+
+[[noreturn]] void fail(int err, const std::string& path, const std::string& reason);
+
+class device {
+ public:
+  enum class kind { regular_file, device_dax };
+
+  device() = default;
+  device(const device&) = delete;
+  device& operator=(const device&) = delete;
+  ~device();
+
+  /// Opens an existing path read-write. Refuses directories, non-DAX character devices, FIFOs...
+  void open_existing(const std::string& path);
+  /// Creates a new regular file (O_EXCL). remove_on_failure() undoes it if set-up fails later.
+  void create_file(const std::string& path, unsigned mode);
+  /// Takes the exclusive single-opener lock (flock); throws if another handle holds it.
+  void lock();
+  /// Grows a regular file to at least `size` bytes; preallocate reserves its blocks.
+  void ensure_size(std::uint64_t size, bool preallocate);
+  /// Reads [offset, offset + len) with pread (used before anything is mapped or trusted).
+  void read_at(void* buf, std::size_t len, std::uint64_t offset) const;
+
+  /// Maps the first `length` bytes shared and writable so that base() + data_offset is 1 GiB
+  /// aligned (huge-page friendly; also what the data-address table needs). Tries MAP_SYNC first.
+  void map(std::uint64_t length, std::uint64_t data_offset);
+  void unmap() noexcept;
+
+  const std::string& path() const { return path_; }
+  kind type() const { return kind_; }
+  std::uint64_t size() const { return size_; }
+  std::uint64_t alignment() const { return align_; }  // device DAX alignment, else 2 MiB
+  char* base() const { return base_; }
+  std::uint64_t mapped_length() const { return map_len_; }
+  bool is_pmem() const { return is_pmem_; }
+  void remove_on_failure(bool v) { created_ = v; }
+  /// Called when set-up failed: unlinks a file this object created.
+  void abandon() noexcept;
+
+ private:
+  void probe();
+  int fd_ = -1;
+  std::string path_;
+  kind kind_ = kind::regular_file;
+  std::uint64_t size_ = 0;
+  std::uint64_t align_ = 2u << 20;
+  char* reservation_ = nullptr;
+  std::size_t reservation_len_ = 0;
+  char* base_ = nullptr;
+  std::uint64_t map_len_ = 0;
+  bool is_pmem_ = false;
+  bool created_ = false;
+};
+
+/// Reserves `length` bytes of private anonymous memory (MAP_NORESERVE: nothing is charged until
+/// touched) starting at an address aligned to `align`. Returns nullptr on failure.
+void* reserve_aligned(std::size_t length, std::size_t align) noexcept;
+void release_reservation(void* addr, std::size_t length) noexcept;
+
+}  // namespace pmpage::detail

@@ -1,0 +1,118 @@
+// layout.hpp — the on-media format. Everything a pool stores on its device is declared here.
+//
+//   offset 0            superblock copy A            (4 KiB)
+//   offset 4 KiB        superblock copy B            (4 KiB)
+//   lanes_offset        intent lanes: NR_LANES x 64 B (4 KiB)
+//   root_offset         root area                    (root_size, multiple of 4 KiB, zeroed at create)
+//   region_table_offset region state words: 8 B x nr_regions (rounded up to 4 KiB)
+//   page_map_offset     page maps: 256 B x nr_regions  (rounded up to 4 KiB)
+//   data_offset         data area: nr_regions x 2 MiB  (2 MiB aligned, or the device's alignment)
+//
+// Fixed-width little-endian fields, natural alignment, reserved space for growth; see
+// docs/format.md for the rules each field obeys. Every persistent update is one aligned 8-byte
+// word store (x86 guarantees 8-byte failure atomicity) unless an intent lane covers it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "pmpage/types.hpp"
+
+namespace pmpage::detail {
+
+inline constexpr char POOL_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', '\1'};
+inline constexpr std::uint32_t FORMAT_MAJOR = 1;  // incompatible changes
+inline constexpr std::uint32_t FORMAT_MINOR = 0;  // compatible additions
+
+inline constexpr std::size_t SUPERBLOCK_SIZE = 4096;
+inline constexpr std::size_t NR_LANES = 64;
+inline constexpr std::size_t LANE_SIZE = 64;
+inline constexpr std::size_t PAGE_MAP_BYTES = 256;  // 512 pages x 4-bit codes
+inline constexpr std::size_t PAGE_MAP_WORDS = PAGE_MAP_BYTES / 8;
+inline constexpr unsigned PAGES_PER_MAP_WORD = 16;
+inline constexpr std::size_t MIN_ROOT_SIZE = 4096;
+inline constexpr std::uint64_t MAX_POOL_PAGES = std::uint64_t{1} << 32;  // one pfn section
+
+struct superblock {
+  char magic[8];                    // POOL_MAGIC
+  std::uint32_t major;              // FORMAT_MAJOR
+  std::uint32_t minor;              // FORMAT_MINOR
+  std::uint64_t uuid[2];            // random at create; identifies the pool
+  std::uint32_t section_id;         // pfn bits 32..47: pfns = section_id << 32 | page index
+  std::uint32_t flags;              // none defined; must be 0
+  std::uint64_t device_size;        // bytes of the device the pool was created on
+  std::uint64_t nr_regions;         // 2 MiB regions in the data area
+  std::uint64_t lanes_offset;
+  std::uint64_t nr_lanes;
+  std::uint64_t root_offset;
+  std::uint64_t root_size;
+  std::uint64_t region_table_offset;
+  std::uint64_t page_map_offset;
+  std::uint64_t data_offset;
+  std::uint64_t create_time_ns;     // CLOCK_REALTIME at create, informational
+  std::uint8_t reserved[SUPERBLOCK_SIZE - 128];
+  std::uint64_t checksum;           // fletcher64 of the bytes before it
+};
+static_assert(sizeof(superblock) == SUPERBLOCK_SIZE);
+static_assert(offsetof(superblock, reserved) == 120);
+
+// ---- region state word ------------------------------------------------------------------------
+// bits 0..7 kind, bits 8..15 order (heads only), bits 16..63 zero. A region that is covered by a
+// multi-region allocation but is not its head is stored as FREE: tails are derived from the head.
+enum class region_state : std::uint8_t { free = 0, head = 1, split = 2 };
+
+inline constexpr std::uint64_t make_region_word(region_state s, unsigned order = 0) {
+  return std::uint64_t(s) | (std::uint64_t(order) << 8);
+}
+inline constexpr region_state region_word_kind(std::uint64_t w) { return region_state(w & 0xff); }
+inline constexpr unsigned region_word_order(std::uint64_t w) { return unsigned((w >> 8) & 0xff); }
+inline constexpr bool region_word_valid(std::uint64_t w) {
+  const auto k = w & 0xff;
+  if (w >> 16) return false;
+  if (k == std::uint64_t(region_state::head))
+    return region_word_order(w) >= HPAGE_PMD_ORDER && region_word_order(w) <= MAX_PAGE_ORDER;
+  return (k == std::uint64_t(region_state::free) || k == std::uint64_t(region_state::split)) &&
+         region_word_order(w) == 0;
+}
+
+// ---- page map: 4-bit code per page of a split region -------------------------------------------
+//   0x0        free
+//   0x1..0x9   head of an allocation of order code-1 (0..8)
+//   0xF        tail (inside the allocation whose head precedes it)
+//   others     invalid
+// Order-0..4 allocations touch one 8-byte word (16 pages); larger ones touch 2..32 words and rely
+// on the recovery rule: a head whose tails are incomplete, or tails without a head, were in flight.
+inline constexpr std::uint8_t CODE_FREE = 0x0;
+inline constexpr std::uint8_t CODE_TAIL = 0xF;
+inline constexpr std::uint8_t code_head(unsigned order) { return std::uint8_t(order + 1); }
+inline constexpr bool code_is_head(std::uint8_t c) { return c >= 1 && c <= 9; }
+inline constexpr unsigned code_order(std::uint8_t c) { return unsigned(c) - 1; }
+
+// ---- intent lanes -------------------------------------------------------------------------------
+// A lane holds one intent of alloc_pages_to / free_pages_from. Valid iff seq != 0 and the
+// checksum matches; clearing seq (one word) retires it. Words:
+enum class intent_kind : std::uint32_t { alloc_to = 1, free_from = 2 };
+
+struct lane {
+  std::uint64_t checksum;     // fletcher64 of words 1..7
+  std::uint64_t seq;          // nonzero while the intent is live
+  std::uint32_t kind;         // intent_kind
+  std::uint32_t order;
+  std::uint64_t slot_offset;  // byte offset of the pfn slot from the start of the device
+  std::uint64_t pfn;          // head pfn of the extent
+  std::uint64_t reserved[3];
+};
+static_assert(sizeof(lane) == LANE_SIZE);
+
+struct layout {
+  std::uint64_t device_size, nr_regions, lanes_offset, root_offset, root_size,
+      region_table_offset, page_map_offset, data_offset;
+};
+
+/// Computes the layout for a device of `size` bytes. data_align is 2 MiB or the device's alignment.
+/// Returns false when not even one region fits.
+bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t data_align, layout& out);
+
+std::uint64_t fletcher64(const void* data, std::size_t len);
+
+}  // namespace pmpage::detail

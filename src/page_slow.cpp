@@ -1,0 +1,92 @@
+// page_slow.cpp — the out-of-line slow paths of <pmpage/mm.hpp>: misuse reports, the last
+// put_page, lazily loaded regions, sleeping in lock_page, and the allocator-backed page calls.
+#include <cerrno>
+
+#include "misuse.hpp"
+#include "pool_impl.hpp"
+#include "pmpage/mm.hpp"
+
+namespace pmpage {
+namespace detail {
+
+page* report_bad_pfn(pfn_t pfn) noexcept {
+  report_misuse("pfn %#llx is not a page of any open pool (closed pool, or outside its data area)",
+                static_cast<unsigned long long>(pfn));
+  return nullptr;
+}
+
+pfn_t report_bad_page(const page* p) noexcept {
+  report_misuse("%p is not a page descriptor of any open pool", static_cast<const void*>(p));
+  return 0;
+}
+
+void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept {
+  // Undo our change first so a returning handler leaves the count as it was.
+  if (is_get)
+    holder->refcount_.fetch_sub(1, std::memory_order_relaxed);
+  else
+    holder->refcount_.fetch_add(1, std::memory_order_relaxed);
+  report_misuse("%s on pfn %#llx whose reference count is %d (page is free or already freed)",
+                is_get ? "get_page" : "put_page", static_cast<unsigned long long>(page_to_pfn(p)), old);
+}
+
+void release_compound(page* p, page* holder) noexcept { owner_of(p)->release(holder); }
+
+void materialise_lazy_region(const section& s, std::uint64_t region) noexcept {
+  static_cast<pool_impl*>(s.owner)->materialise(std::uint32_t(region));
+}
+
+void lock_page_slow(page* h) noexcept {
+  for (;;) {
+    std::uint32_t f = h->flags_.load(std::memory_order_relaxed);
+    if (!(f & PG_locked)) {
+      if (h->flags_.compare_exchange_weak(f, f | PG_locked, std::memory_order_acquire)) return;
+      continue;
+    }
+    if (!(f & PG_waiters)) {
+      if (!h->flags_.compare_exchange_weak(f, f | PG_waiters, std::memory_order_relaxed)) continue;
+      f |= PG_waiters;
+    }
+    h->flags_.wait(f, std::memory_order_relaxed);  // futex: sleeps until the word changes
+  }
+}
+
+void wake_page_waiters(page* h) noexcept { h->flags_.notify_all(); }
+
+void report_unlock_misuse(page* p) noexcept {
+  report_misuse("unlock_page on pfn %#llx, which is not locked", static_cast<unsigned long long>(page_to_pfn(p)));
+}
+
+}  // namespace detail
+
+void free_pages(page* p, unsigned order) noexcept {
+  detail::page_location loc;
+  if (!detail::locate(p, loc)) return;
+  page* head = compound_head(p);
+  if (head != p) {
+    detail::report_misuse("free_pages on pfn %#llx: a tail page, not the head of its compound page",
+                          static_cast<unsigned long long>(page_to_pfn(p)));
+    return;
+  }
+  page* h = detail::state_holder(loc, p);
+  if (h->refcount_.load(std::memory_order_relaxed) <= 0) {
+    detail::report_misuse("free_pages on pfn %#llx: page is not allocated (double free?)",
+                          static_cast<unsigned long long>(page_to_pfn(p)));
+    return;
+  }
+  const unsigned actual = compound_order(p);
+  if (actual != order) {
+    detail::report_misuse("free_pages on pfn %#llx with order %u, but it was allocated with order %u",
+                          static_cast<unsigned long long>(page_to_pfn(p)), order, actual);
+    return;
+  }
+  put_page(p);
+}
+
+int split_huge_page(page* p) noexcept {
+  detail::page_location loc;
+  if (!detail::locate(p, loc)) return -EINVAL;
+  return detail::owner_of(p)->split_huge_page(p);
+}
+
+}  // namespace pmpage

@@ -1,0 +1,35 @@
+// persistence.cpp — the production persistence backend over libpmem.
+//
+// On pmem (MAP_SYNC DAX, device DAX, or PMEM_IS_PMEM_FORCE=1) a flush is pmem_flush (clwb or
+// clflushopt, whichever the CPU has) and the fence is pmem_drain (sfence). Otherwise the mapping is
+// page cache and only msync makes it durable: flush() msyncs the covering pages at once and the
+// fence has nothing left to do.
+#include <libpmem.h>
+
+#include "pmpage/persistence.hpp"
+
+namespace pmpage {
+namespace {
+
+class libpmem_persistence final : public persistence {
+ public:
+  void attach(void*, std::size_t, bool is_pmem) override { is_pmem_ = is_pmem; }
+  void flush(const void* addr, std::size_t len) noexcept override {
+    if (is_pmem_)
+      pmem_flush(addr, len);
+    else
+      pmem_msync(addr, len);
+  }
+  void drain() noexcept override {
+    if (is_pmem_) pmem_drain();
+  }
+
+ private:
+  bool is_pmem_ = true;
+};
+
+}  // namespace
+
+std::shared_ptr<persistence> make_libpmem_persistence() { return std::make_shared<libpmem_persistence>(); }
+
+}  // namespace pmpage

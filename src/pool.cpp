@@ -1,0 +1,639 @@
+// pool.cpp — allocation and freeing: where pages are chosen, where regions split and merge, and
+// in which order persistent words are written and fenced. See pool_impl.hpp for the invariants
+// and the lock order.
+//
+// Durability recipe of every operation (each "fence" is one pmem_drain):
+//   order 0..8 in a published split region   page map word(s)                          1 fence
+//   order 0..8 needing a fresh region         zeroed map + codes | fence | SPLIT word   2 fences
+//   order 9..18 alloc or free                 head region word                          1 fence
+//   free that drains a split region           page map word + FREE region word          1 fence
+//   alloc_pages_to / free_pages_from          see intent_log.hpp                        2 fences
+// DRAM is updated under the lock before an allocation's fence (nobody else can see the pages
+// yet), and before a free's fence (a page freed in DRAM may be handed out again at once: its
+// new owner's stores to the same words come later in coherence order, so what reaches the media
+// is always a state some serial order of the operations produces).
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "misuse.hpp"
+#include "pool_impl.hpp"
+
+namespace pmpage::detail {
+
+// ---- descriptors ---------------------------------------------------------------------------------
+
+void pool_impl::back_descriptors(std::uint32_t r) {
+  // The window is either never touched or was given back with MADV_DONTNEED: both read as zero,
+  // but callers rely on every field being reset, so say it explicitly.
+  std::memset(static_cast<void*>(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER)), 0, HPAGE_PMD_NR * sizeof(page));
+  ++materialised_;
+}
+
+void pool_impl::release_descriptors(std::uint32_t r) {
+  ::madvise(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER), HPAGE_PMD_NR * sizeof(page), MADV_DONTNEED);
+}
+
+void pool_impl::init_compound_small(std::uint32_t r, unsigned first, unsigned order) {
+  page* head = vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + first);
+  const auto tail_link = reinterpret_cast<std::uintptr_t>(head) | 1;
+  for (unsigned j = 1; j < (1u << order); ++j) {
+    page* t = head + j;
+    t->compound_head_ = tail_link;
+    t->order_ = 0;
+    t->private_.store(0, std::memory_order_relaxed);
+    t->refcount_.store(0, std::memory_order_relaxed);
+    t->flags_.store(0, std::memory_order_relaxed);
+  }
+  head->compound_head_ = 0;
+  head->order_ = std::uint8_t(order);
+  head->private_.store(0, std::memory_order_relaxed);
+  head->refcount_.store(1, std::memory_order_relaxed);
+  head->flags_.store(order ? std::uint32_t{PG_head} : 0u, std::memory_order_release);
+}
+
+// ---- flush bookkeeping -------------------------------------------------------------------------
+
+void pool_impl::note_flush(alloc_plan& plan, const void* p, std::size_t len) {
+  const char* lo = static_cast<const char*>(p);
+  const char* hi = lo + len;
+  for (unsigned i = 0; i < plan.nr_ranges; ++i) {
+    auto& rg = plan.ranges[i];
+    if (lo <= rg.hi + 64 && hi + 64 >= rg.lo) {  // touching or within a line: merge
+      rg.lo = std::min(rg.lo, lo);
+      rg.hi = std::max(rg.hi, hi);
+      return;
+    }
+  }
+  if (plan.nr_ranges == alloc_plan::MAX_RANGES) flush_plan(plan);  // flushing early is always safe
+  plan.ranges[plan.nr_ranges++] = {lo, hi};
+}
+
+void pool_impl::flush_plan(alloc_plan& plan) {
+  for (unsigned i = 0; i < plan.nr_ranges; ++i)
+    pers_->flush(plan.ranges[i].lo, std::size_t(plan.ranges[i].hi - plan.ranges[i].lo));
+  plan.nr_ranges = 0;
+}
+
+// ---- choosing pages ------------------------------------------------------------------------------
+
+std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
+  if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
+    plan.fresh_full = true;
+    return NIL;
+  }
+  const std::uint32_t r = buddy_.alloc(HPAGE_PMD_ORDER);
+  if (r == NIL) return NIL;
+  back_descriptors(r);
+  auto* s = new split_state{};
+  std::memset(s->free_bits, 0xff, sizeof s->free_bits);
+  s->nr_free = HPAGE_PMD_NR;
+  s->list = 0xff;
+  s->published = false;  // not for other threads until its SPLIT word is durable
+  page& d = regions_[r];
+  d.alloc_state_ = s;
+  d.kind_ = RK_SPLIT;
+  ++split_regions_;
+  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes.
+  std::uint64_t* map = page_map(r);
+  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], 0);
+  note_flush(plan, map, PAGE_MAP_BYTES);
+  d.flags_.store(PG_split, std::memory_order_release);
+  plan.fresh[plan.nr_fresh++] = r;
+  return r;
+}
+
+bool pool_impl::materialise_locked(std::uint32_t r) {
+  page& d = regions_[r];
+  if (!(d.flags_.load(std::memory_order_relaxed) & PG_region_lazy)) return false;
+  std::uint64_t* map = page_map(r);
+  // Validate the page map (P2); broken heads and orphan tails are in-flight work: clear them.
+  std::uint64_t fixed[PAGE_MAP_WORDS];
+  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) fixed[w] = load_word(&map[w]);
+  auto clear = [&](unsigned i) { fixed[i / PAGES_PER_MAP_WORD] &= ~(std::uint64_t{0xF} << ((i % PAGES_PER_MAP_WORD) * 4)); };
+  bool repaired = false;
+  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+    const std::uint8_t c = map_code(fixed, i);
+    if (c == CODE_FREE) {
+      ++i;
+      continue;
+    }
+    if (code_is_head(c)) {
+      const unsigned n = 1u << code_order(c);
+      bool ok = i % n == 0 && i + n <= HPAGE_PMD_NR;
+      for (unsigned j = i + 1; ok && j < i + n; ++j) ok = map_code(fixed, j) == CODE_TAIL;
+      if (ok) {
+        i += n;
+        continue;
+      }
+      clear(i);
+      unsigned j = i + 1;
+      while (j < HPAGE_PMD_NR && map_code(fixed, j) == CODE_TAIL) clear(j++);
+      repaired = true;
+      i = j;
+      continue;
+    }
+    clear(i);  // orphan tail or an invalid code
+    repaired = true;
+    ++i;
+  }
+  if (repaired) {
+    for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
+      if (fixed[w] != load_word(&map[w])) persist_word(&map[w], fixed[w]);
+    fence();
+    ++repaired_;
+  }
+
+  back_descriptors(r);
+  auto* s = new split_state{};
+  std::memset(s->free_bits, 0xff, sizeof s->free_bits);
+  s->nr_free = HPAGE_PMD_NR;
+  s->list = 0xff;
+  s->published = true;
+  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+    const std::uint8_t c = map_code(fixed, i);
+    if (c == CODE_FREE) {
+      ++i;
+      continue;
+    }
+    const unsigned k = code_order(c);
+    mark_used(*s, i, 1u << k);
+    init_compound_small(r, i, k);
+    i += 1u << k;
+  }
+  d.alloc_state_ = s;
+  d.kind_ = RK_SPLIT;
+  free_pages_ += s->nr_free;
+  if (s->nr_free == HPAGE_PMD_NR) {
+    // Split on the media but empty (a crash between the last free and the merge): merge now.
+    delete s;
+    d.alloc_state_ = nullptr;
+    d.kind_ = RK_FREE_INNER;
+    --split_regions_;
+    persist_word(region_word(r), make_region_word(region_state::free));
+    fence();
+    release_descriptors(r);
+    --materialised_;
+    d.flags_.store(0, std::memory_order_release);
+    buddy_.free(r, HPAGE_PMD_ORDER);
+    return true;
+  }
+  d.flags_.store(PG_split, std::memory_order_release);
+  filler_.update(r, *s);
+  return true;
+}
+
+void pool_impl::materialise(std::uint32_t r) noexcept {
+  std::lock_guard g(mu_);
+  materialise_locked(r);
+}
+
+page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
+  std::uint32_t r = NIL;
+  int pos = -1;
+  // Regions this plan split come first: they are not published yet, so the filler cannot see them.
+  for (unsigned i = 0; i < plan.nr_fresh && pos < 0; ++i) {
+    pos = find_free_block(sstate(plan.fresh[i]), order);
+    if (pos >= 0) r = plan.fresh[i];
+  }
+  while (pos < 0) {
+    r = filler_.find(order);
+    if (r != NIL) {
+      pos = find_free_block(sstate(r), order);
+      break;
+    }
+    if (!lazy_.empty()) {  // split regions from before the last open: load them before splitting more
+      const std::uint32_t l = lazy_.back();
+      lazy_.pop_back();
+      materialise_locked(l);
+      continue;
+    }
+    r = take_fresh_region_locked(plan);
+    if (r == NIL) return nullptr;
+    pos = 0;
+  }
+  split_state& s = sstate(r);
+  const unsigned n = 1u << order;
+  mark_used(s, unsigned(pos), n);
+  free_pages_ -= n;
+  std::uint64_t* map = page_map(r);
+  for_each_map_word(unsigned(pos), order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
+    store_word(&map[w], (load_word(&map[w]) & ~mask) | bits);
+  });
+  const unsigned w0 = unsigned(pos) / PAGES_PER_MAP_WORD, w1 = (unsigned(pos) + n - 1) / PAGES_PER_MAP_WORD;
+  note_flush(plan, &map[w0], (w1 - w0 + 1) * 8);
+  init_compound_small(r, unsigned(pos), order);
+  filler_.update(r, s);
+  return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + unsigned(pos));
+}
+
+page* pool_impl::alloc_large_locked(unsigned order) {
+  const std::uint32_t r = buddy_.alloc(order);
+  if (r == NIL) return nullptr;
+  const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
+  for (std::uint32_t i = 1; i < n; ++i) {
+    page& t = regions_[r + i];
+    t.kind_ = RK_TAIL;
+    t.head_index_ = r;
+    t.refcount_.store(0, std::memory_order_relaxed);
+    t.flags_.store(PG_region_tail, std::memory_order_release);
+  }
+  page& h = regions_[r];
+  h.kind_ = RK_HEAD;
+  h.order_ = std::uint8_t(order);
+  h.head_index_ = r;
+  h.private_.store(0, std::memory_order_relaxed);
+  h.refcount_.store(1, std::memory_order_relaxed);
+  h.flags_.store(PG_head, std::memory_order_release);
+  free_pages_ -= std::uint64_t(n) << HPAGE_PMD_ORDER;
+  store_word(region_word(r), make_region_word(region_state::head, order));
+  return vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
+}
+
+void pool_impl::write_fresh_split_words(const alloc_plan& plan) {
+  for (unsigned i = 0; i < plan.nr_fresh; ++i)
+    persist_word(region_word(plan.fresh[i]), make_region_word(region_state::split));
+}
+
+void pool_impl::publish_fresh(const alloc_plan& plan) {
+  if (!plan.nr_fresh) return;
+  std::lock_guard g(mu_);
+  for (unsigned i = 0; i < plan.nr_fresh; ++i) {
+    split_state& s = sstate(plan.fresh[i]);
+    s.published = true;
+    filler_.update(plan.fresh[i], s);
+  }
+}
+
+// ---- public allocation entry points ------------------------------------------------------------------
+
+page* pool_impl::alloc_pages(unsigned order) noexcept {
+  if (order > MAX_PAGE_ORDER) {
+    report_misuse("alloc_pages: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
+    return nullptr;
+  }
+  alloc_plan plan;
+  page* p;
+  {
+    std::lock_guard g(mu_);
+    if (order < HPAGE_PMD_ORDER) {
+      p = alloc_small_locked(order, plan);
+    } else {
+      p = alloc_large_locked(order);
+      if (p) note_flush(plan, region_word(std::uint32_t((p - vmemmap_) >> HPAGE_PMD_ORDER)), 8);
+    }
+  }
+  if (!p) return nullptr;
+  flush_plan(plan);
+  intents_.resolve_conflicts(pfn_of_index(std::uint64_t(p - vmemmap_)), order, 0);
+  fence();
+  if (plan.nr_fresh) {
+    write_fresh_split_words(plan);
+    fence();
+    publish_fresh(plan);
+  }
+  return p;
+}
+
+std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept {
+  if (order > MAX_PAGE_ORDER) {
+    report_misuse("alloc_pages_bulk: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
+    return 0;
+  }
+  if (n && !out) {
+    report_misuse("alloc_pages_bulk: out is null");
+    return 0;
+  }
+  std::size_t done = 0;
+  while (done < n) {
+    alloc_plan plan;
+    const std::size_t first = done;
+    {
+      std::lock_guard g(mu_);
+      while (done < n) {
+        page* p;
+        if (order < HPAGE_PMD_ORDER) {
+          p = alloc_small_locked(order, plan);
+        } else {
+          p = alloc_large_locked(order);
+          if (p) note_flush(plan, region_word(std::uint32_t((p - vmemmap_) >> HPAGE_PMD_ORDER)), 8);
+        }
+        if (!p) break;
+        out[done++] = p;
+      }
+    }
+    if (done == first) break;
+    flush_plan(plan);
+    if (intents_.pending())
+      for (std::size_t i = first; i < done; ++i)
+        intents_.resolve_conflicts(pfn_of_index(std::uint64_t(out[i] - vmemmap_)), order, 0);
+    fence();
+    if (plan.nr_fresh) {
+      write_fresh_split_words(plan);
+      fence();
+      publish_fresh(plan);
+    }
+    if (!plan.fresh_full) break;  // stopped for lack of space, not for lack of plan room
+  }
+  return done;
+}
+
+bool pool_impl::dest_offset(const void* slot, std::uint64_t& off) const {
+  const auto a = reinterpret_cast<std::uintptr_t>(slot);
+  const auto b = reinterpret_cast<std::uintptr_t>(dev_.base());
+  if (a % 8 != 0 || a < b) return false;
+  off = a - b;
+  const bool in_root = off >= lay_.root_offset && off + 8 <= lay_.root_offset + lay_.root_size;
+  const bool in_data = off >= lay_.data_offset && off + 8 <= lay_.data_offset + (nr_pages_ << PAGE_SHIFT);
+  return in_root || in_data;
+}
+
+page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
+  if (order > MAX_PAGE_ORDER) {
+    report_misuse("alloc_pages_to: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
+    return nullptr;
+  }
+  std::uint64_t slot;
+  if (!dest_offset(dest, slot)) {
+    report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
+                  static_cast<void*>(dest), path().c_str());
+    return nullptr;
+  }
+  alloc_plan plan;
+  page* p;
+  {
+    std::lock_guard g(mu_);
+    if (order < HPAGE_PMD_ORDER) {
+      p = alloc_small_locked(order, plan);
+    } else {
+      p = alloc_large_locked(order);
+      if (p) note_flush(plan, region_word(std::uint32_t((p - vmemmap_) >> HPAGE_PMD_ORDER)), 8);
+    }
+  }
+  if (!p) return nullptr;
+  const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
+  flush_plan(plan);
+  intents_.resolve_conflicts(pfn, order, slot);
+  const unsigned lane = intents_.acquire();
+  intents_.write(lane, intent_kind::alloc_to, order, slot, pfn);
+  fence();  // 1: allocation + intent durable
+  write_fresh_split_words(plan);
+  std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
+  pers_->flush(dest, sizeof *dest);
+  fence();  // 2: the slot names the page
+  intents_.retire_lazily(lane);
+  intents_.release(lane);
+  publish_fresh(plan);
+  return p;
+}
+
+// ---- freeing -------------------------------------------------------------------------------------------
+
+free_result pool_impl::free_stores_locked(page* holder) {
+  free_result fr;
+  if (is_region_desc(holder)) {
+    const auto r = std::uint32_t(holder - regions_);
+    const unsigned order = holder->order_;
+    const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
+    persist_word(region_word(r), make_region_word(region_state::free));
+    for (std::uint32_t i = 0; i < n; ++i) {
+      page& d = regions_[r + i];
+      d.flags_.store(0, std::memory_order_release);
+      d.refcount_.store(0, std::memory_order_relaxed);
+      d.private_.store(0, std::memory_order_relaxed);
+      d.kind_ = RK_FREE_INNER;
+      d.order_ = 0;
+      d.head_index_ = 0;
+    }
+    free_pages_ += std::uint64_t(n) << HPAGE_PMD_ORDER;
+    fr.kind = free_result::return_large;
+    fr.region = r;
+    fr.order = order;
+    fr.index = std::uint64_t(r) << HPAGE_PMD_ORDER;
+    return fr;
+  }
+  const auto index = std::uint64_t(holder - vmemmap_);
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  const unsigned order = holder->order_;
+  const unsigned n = 1u << order;
+  for (unsigned j = 1; j < n; ++j) holder[j].compound_head_ = 0;
+  holder->order_ = 0;
+  holder->private_.store(0, std::memory_order_relaxed);
+  holder->flags_.store(0, std::memory_order_release);
+  std::uint64_t* map = page_map(r);
+  for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) {
+    persist_word(&map[w], load_word(&map[w]) & ~mask);
+  });
+  split_state& s = sstate(r);
+  mark_free(s, first, n);
+  free_pages_ += n;
+  fr.order = order;
+  fr.index = index;
+  fr.region = r;
+  if (s.nr_free == HPAGE_PMD_NR) {
+    // Drained: merge back into one free 2 MiB region (the map is all zero now, P3 holds).
+    filler_.remove(r, s);
+    delete &s;
+    page& d = regions_[r];
+    d.alloc_state_ = nullptr;
+    d.kind_ = RK_FREE_INNER;
+    d.flags_.store(0, std::memory_order_release);
+    --split_regions_;
+    persist_word(region_word(r), make_region_word(region_state::free));
+    fr.kind = free_result::merge_split;
+  } else {
+    filler_.update(r, s);
+  }
+  return fr;
+}
+
+void pool_impl::finish_free(const free_result& fr) {
+  if (fr.kind == free_result::done) return;
+  if (fr.kind == free_result::merge_split) release_descriptors(fr.region);  // outside the lock: a syscall
+  std::lock_guard g(mu_);
+  if (fr.kind == free_result::merge_split) {
+    --materialised_;
+    buddy_.free(fr.region, HPAGE_PMD_ORDER);
+  } else {
+    buddy_.free(fr.region, fr.order);
+  }
+}
+
+void pool_impl::release(page* holder) noexcept {
+  free_result fr;
+  {
+    std::lock_guard g(mu_);
+    fr = free_stores_locked(holder);
+  }
+  intents_.resolve_conflicts(pfn_of_index(fr.index), fr.order, 0);
+  fence();
+  finish_free(fr);
+}
+
+int pool_impl::free_pages_from(pfn_t* src) noexcept {
+  std::uint64_t slot;
+  if (!dest_offset(src, slot)) {
+    report_misuse("free_pages_from: slot %p is not an 8-byte aligned word of pool %s's root or data area",
+                  static_cast<void*>(src), path().c_str());
+    return -EINVAL;
+  }
+  const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+  if (pfn < start_pfn() || pfn >= end_pfn()) {
+    report_misuse("free_pages_from: slot holds pfn %#llx, not a page of pool %s", (unsigned long long)pfn,
+                  path().c_str());
+    return -EINVAL;
+  }
+  page* p = vpage(pfn - start_pfn());
+  page* h = state_holder(p);
+  if (!h) return -EINVAL;
+  if (compound_head(p) != p) {
+    report_misuse("free_pages_from: pfn %#llx is a tail page, not the head of an allocation", (unsigned long long)pfn);
+    return -EINVAL;
+  }
+  int expected = 1;
+  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+    if (expected <= 0) {
+      report_misuse("free_pages_from: pfn %#llx is not allocated", (unsigned long long)pfn);
+      return -EINVAL;
+    }
+    return -EBUSY;
+  }
+  const unsigned order = h->order_;
+  intents_.resolve_conflicts(pfn, order, slot);
+  const unsigned lane = intents_.acquire();
+  intents_.write(lane, intent_kind::free_from, order, slot, pfn);
+  fence();  // 1: the intent is durable
+  free_result fr;
+  {
+    std::lock_guard g(mu_);
+    fr = free_stores_locked(h);
+  }
+  std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
+  pers_->flush(src, sizeof *src);
+  fence();  // 2: freed and the slot cleared
+  intents_.retire_lazily(lane);
+  intents_.release(lane);
+  finish_free(fr);
+  return 0;
+}
+
+int pool_impl::split_huge_page(page* p) noexcept {
+  page_location loc;
+  if (!locate(p, loc)) return -EINVAL;
+  if ((loc.rflags & (PG_split | PG_region_tail)) || !(loc.rflags & PG_head) ||
+      (loc.index & (HPAGE_PMD_NR - 1)) || loc.region->order_ != HPAGE_PMD_ORDER)
+    return -EINVAL;
+  page* h = loc.region;
+  int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
+  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return -EBUSY;
+  const auto r = std::uint32_t(h - regions_);
+  // Media first (HEAD(9) until the SPLIT word lands, so a crash leaves the whole page): every page
+  // an order-0 head, fence, then the region word.
+  std::uint64_t* map = page_map(r);
+  constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
+  static_assert(code_head(0) == 0x1);
+  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], all_order0);
+  pers_->flush(map, PAGE_MAP_BYTES);
+  fence();
+  persist_word(region_word(r), make_region_word(region_state::split));
+  fence();
+
+  std::lock_guard g(mu_);
+  back_descriptors(r);
+  const std::uint32_t hflags = h->flags_.load(std::memory_order_relaxed);
+  const std::uint32_t keep = hflags & (PG_dirty | PG_uptodate);
+  page* first = vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+    page* d = first + i;
+    d->refcount_.store(1, std::memory_order_relaxed);
+    d->flags_.store(keep | (i == 0 ? (hflags & PG_locked) : 0), std::memory_order_relaxed);
+  }
+  first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  auto* s = new split_state{};  // all pages in use: no free bits
+  s->list = 0xff;
+  s->published = true;
+  h->alloc_state_ = s;
+  h->kind_ = RK_SPLIT;
+  h->order_ = 0;
+  h->private_.store(0, std::memory_order_relaxed);
+  ++split_regions_;
+  h->flags_.store(PG_split, std::memory_order_release);
+  filler_.update(r, *s);
+  return 0;
+}
+
+}  // namespace pmpage::detail
+
+// ---- the public handle ---------------------------------------------------------------------------------
+
+namespace pmpage {
+
+using detail::pool_impl;
+
+pool::pool() noexcept = default;
+pool::pool(std::unique_ptr<pool_impl> impl) noexcept : impl_(std::move(impl)) {}
+pool::pool(pool&&) noexcept = default;
+pool& pool::operator=(pool&& o) noexcept {
+  if (this != &o) {
+    close();
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
+pool::~pool() { close(); }
+void pool::close() noexcept { impl_.reset(); }
+
+pool pool::create(const std::filesystem::path& path, const options& opts) {
+  auto impl = pool_impl::create(path.string(), opts);
+  impl->fs_path = path;
+  return pool(std::move(impl));
+}
+
+pool pool::open(const std::filesystem::path& path, const open_options& opts) {
+  auto impl = pool_impl::open(path.string(), opts);
+  impl->fs_path = path;
+  return pool(std::move(impl));
+}
+
+namespace {
+const std::filesystem::path empty_path;
+}
+
+pfn_t pool::start_pfn() const noexcept { return impl_ ? impl_->start_pfn() : 0; }
+pfn_t pool::end_pfn() const noexcept { return impl_ ? impl_->end_pfn() : 0; }
+page* pool::alloc_pages(unsigned order) noexcept { return impl_ ? impl_->alloc_pages(order) : nullptr; }
+std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept {
+  return impl_ ? impl_->alloc_pages_bulk(order, n, out) : 0;
+}
+page* pool::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
+  return impl_ ? impl_->alloc_pages_to(order, dest) : nullptr;
+}
+int pool::free_pages_from(pfn_t* src) noexcept { return impl_ ? impl_->free_pages_from(src) : -EINVAL; }
+void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }
+std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size() : 0; }
+void pool::persist(const void* addr, std::size_t len) const noexcept {
+  if (impl_) impl_->pers().persist(addr, len);
+}
+void pool::flush(const void* addr, std::size_t len) const noexcept {
+  if (impl_) impl_->pers().flush(addr, len);
+}
+void pool::drain() const noexcept {
+  if (impl_) impl_->pers().drain();
+}
+pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
+void pool::for_each_allocated(const std::function<void(page*, unsigned)>& f) const {
+  if (!impl_) return;
+  std::vector<std::pair<page*, unsigned>> all;
+  impl_->collect_allocations(all);
+  for (auto& [p, order] : all) f(p, order);  // outside the lock: f may take references
+}
+std::string pool::check() const { return impl_ ? impl_->check() : std::string(); }
+const std::filesystem::path& pool::path() const noexcept { return impl_ ? impl_->fs_path : empty_path; }
+bool pool::is_pmem() const noexcept { return impl_ && impl_->is_pmem(); }
+void* pool::base() const noexcept { return impl_ ? impl_->base() : nullptr; }
+std::size_t pool::mapped_length() const noexcept { return impl_ ? impl_->mapped_length() : 0; }
+
+}  // namespace pmpage

@@ -1,0 +1,201 @@
+// pool_impl.hpp — one open pool: its device, its persistent metadata, its descriptors and its
+// allocator. The public pmpage::pool is a handle to this.
+//
+// Owns
+//   * the mapping (device), the persistence backend, the section registration;
+//   * region descriptors (dense, 64 B per region) and the vmemmap reservation of 4 KiB
+//     descriptors (backed only for materialised split regions);
+//   * the allocator: region_buddy (orders 9..18), filler + split_state (orders 0..8),
+//     the lazy list (split on media, not yet materialised), intent_log (alloc_pages_to).
+//
+// Persistent state and its invariants (P1..P4; docs/format.md)
+//   P1  region word HEAD(n)  =>  region index % 2^(n-9) == 0 and the 2^(n-9)-1 following region
+//       words are FREE (tails are derived, never stored).
+//   P2  region word SPLIT    =>  its page map lists its allocations: a head code of order k at a
+//       2^k-aligned index followed by 2^k-1 tail codes. (After a crash: broken heads and orphan
+//       tails are in-flight work and are cleared when the region is materialised.)
+//   P3  region word FREE     =>  its page map is ignored (zeroed when the region splits again).
+//   P4  a valid intent lane names an operation whose effects recovery completes or undoes.
+//
+// Volatile invariants (V1..V5; checked by check())
+//   V1  every region is exactly one of: in a free buddy block, HEAD/TAIL of an allocated compound,
+//       SPLIT (materialised or lazy), or in transit inside one operation.
+//   V2  a DRAM allocation exists iff the persistent state records it (after the op's fence).
+//   V3  free_pages_ == pages in free buddy blocks + free pages of materialised split regions.
+//   V4  descriptors: see pmpage/page.hpp I1..I5.
+//
+// Lock order: mu_ (allocator) is taken by alloc/free/split/merge/materialise, and is never held
+// while calling intent_log::resolve_conflicts, while fencing on the common paths, or while calling
+// user code. intent_log's lock is a leaf. The registry lock is only taken by open/close.
+//
+// Every flush and fence goes through pers_ (the persistence seam); fence() also tells the intent
+// log that this thread's lazily retired intents are durable.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "device.hpp"
+#include "intent_log.hpp"
+#include "layout.hpp"
+#include "pmpage/pool.hpp"
+#include "region_buddy.hpp"
+#include "split_region.hpp"
+
+namespace pmpage::detail {
+
+/// Persistent stores an allocation made under the lock, to be made durable by its caller.
+/// Collects the flushes so the caller issues them once, outside the lock, before its fence.
+struct alloc_plan {
+  static constexpr unsigned MAX_FRESH = 8;
+  static constexpr unsigned MAX_RANGES = 16;
+  std::uint32_t fresh[MAX_FRESH];  // regions split for this plan: need their SPLIT word after fence 1
+  unsigned nr_fresh = 0;
+  bool fresh_full = false;         // a fresh region was needed but fresh[] is full
+  struct range {
+    const char* lo;
+    const char* hi;
+  } ranges[MAX_RANGES];
+  unsigned nr_ranges = 0;
+};
+
+/// What a free left to do after its fence.
+struct free_result {
+  enum kind_t { done, merge_split, return_large } kind = done;
+  std::uint32_t region = 0;
+  unsigned order = 0;       // order of the freed compound page
+  std::uint64_t index = 0;  // its first page index
+};
+
+class pool_impl {
+ public:
+  pool_impl() = default;
+  ~pool_impl();
+
+  // ---- set-up (recovery.cpp) -------------------------------------------------------------------
+  static std::unique_ptr<pool_impl> create(const std::string& path, const pool::options& opts);
+  static std::unique_ptr<pool_impl> open(const std::string& path, const pool::open_options& opts);
+
+  // ---- allocation (pool.cpp) -------------------------------------------------------------------
+  page* alloc_pages(unsigned order) noexcept;
+  std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept;
+  page* alloc_pages_to(unsigned order, pfn_t* dest) noexcept;
+  int free_pages_from(pfn_t* src) noexcept;
+  /// A compound page's count reached zero: free it durably. `holder` is its state holder.
+  void release(page* holder) noexcept;
+  int split_huge_page(page* head) noexcept;
+  void materialise(std::uint32_t region) noexcept;
+
+  // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
+  pool_stats stats() noexcept;
+  void collect_allocations(std::vector<std::pair<page*, unsigned>>& out);
+  std::string check();
+
+  // ---- accessors ---------------------------------------------------------------------------------
+  const std::string& path() const { return dev_.path(); }
+  pfn_t start_pfn() const { return pfn_t{section_id_} << SECTION_SHIFT; }
+  pfn_t end_pfn() const { return start_pfn() + nr_pages_; }
+  char* base() const { return dev_.base(); }
+  std::uint64_t mapped_length() const { return dev_.mapped_length(); }
+  bool is_pmem() const { return dev_.is_pmem(); }
+  char* root() const { return dev_.base() + lay_.root_offset; }
+  std::uint64_t root_size() const { return lay_.root_size; }
+  persistence& pers() const { return *pers_; }
+  std::filesystem::path fs_path;
+
+ private:
+  // --- open path (recovery.cpp)
+  void adopt_superblock(const superblock& sb);
+  void map_and_attach(std::shared_ptr<persistence> backend);
+  std::string validate_region_table() const;
+  void replay_intents();
+  bool replay_ensure_allocated(std::uint64_t index, unsigned order);
+  bool replay_ensure_free(std::uint64_t index, unsigned order);
+  void build_volatile();
+  void register_pool();
+
+  // --- persistent metadata addresses
+  std::uint64_t* region_word(std::uint32_t r) const { return region_table_ + r; }
+  std::uint64_t* page_map(std::uint32_t r) const { return page_maps_ + std::uint64_t(r) * PAGE_MAP_WORDS; }
+  static void store_word(std::uint64_t* w, std::uint64_t v) {
+    std::atomic_ref<std::uint64_t>(*w).store(v, std::memory_order_relaxed);
+  }
+  static std::uint64_t load_word(const std::uint64_t* w) {
+    return std::atomic_ref<const std::uint64_t>(*w).load(std::memory_order_relaxed);
+  }
+  void persist_word(std::uint64_t* w, std::uint64_t v) {
+    store_word(w, v);
+    pers_->flush(w, 8);
+  }
+  void fence() noexcept {
+    pers_->drain();
+    intents_.after_fence();
+  }
+
+  // --- descriptors
+  page* region_desc(std::uint32_t r) const { return regions_ + r; }
+  page* vpage(std::uint64_t index) const { return vmemmap_ + index; }
+  pfn_t pfn_of_index(std::uint64_t index) const { return start_pfn() + index; }
+  bool is_region_desc(const page* p) const { return p >= regions_ && p < regions_ + nr_regions_; }
+  void back_descriptors(std::uint32_t r);     // materialise the 512 4 KiB descriptors (zeroed)
+  void release_descriptors(std::uint32_t r);  // give their memory back (madvise)
+
+  // --- allocator internals; *_locked functions require mu_
+  page* alloc_small_locked(unsigned order, alloc_plan& plan);
+  page* alloc_large_locked(unsigned order);
+  std::uint32_t take_fresh_region_locked(alloc_plan& plan);
+  bool materialise_locked(std::uint32_t r);
+  void init_compound_small(std::uint32_t r, unsigned first, unsigned order);
+  /// Durability of a finished plan: fence 1 done by caller; writes fresh SPLIT words (flushed).
+  void write_fresh_split_words(const alloc_plan& plan);
+  void publish_fresh(const alloc_plan& plan);
+  /// Notes [p, p + len) for flushing at commit; flushes early if the plan has no room.
+  void note_flush(alloc_plan& plan, const void* p, std::size_t len);
+  void flush_plan(alloc_plan& plan);
+  /// Frees under the lock: DRAM state and the persistent stores (flushed, not fenced).
+  free_result free_stores_locked(page* holder);
+  /// After the free's fence: merge a drained region back / return regions to the buddy.
+  void finish_free(const free_result& fr);
+  split_state& sstate(std::uint32_t r) const { return *static_cast<split_state*>(regions_[r].alloc_state_); }
+  bool dest_offset(const void* slot, std::uint64_t& off) const;
+  std::string check_locked();
+
+  device dev_;
+  std::shared_ptr<persistence> pers_;
+  layout lay_{};
+  std::uint16_t section_id_ = 0;
+  bool registered_ = false;
+  std::uint64_t nr_regions_ = 0;
+  std::uint64_t nr_pages_ = 0;
+
+  // persistent metadata inside the mapping
+  std::uint64_t* region_table_ = nullptr;
+  std::uint64_t* page_maps_ = nullptr;
+  lane* lanes_ = nullptr;
+
+  // volatile descriptors
+  page* regions_ = nullptr;
+  std::size_t regions_bytes_ = 0;
+  page* vmemmap_ = nullptr;
+  std::size_t vmemmap_bytes_ = 0;
+
+  // allocator (guarded by mu_)
+  std::mutex mu_;
+  region_buddy buddy_;
+  filler filler_;
+  std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
+  std::uint64_t free_pages_ = 0;     // V3 (excludes lazy regions)
+  std::uint64_t split_regions_ = 0;
+  std::uint64_t materialised_ = 0;
+  std::uint64_t repaired_ = 0;
+  intent_log intents_;
+};
+
+/// The pool that owns descriptor p (via the section tables).
+inline pool_impl* owner_of(const page* p) { return static_cast<pool_impl*>(section_of(p).owner); }
+
+}  // namespace pmpage::detail

@@ -1,0 +1,393 @@
+// recovery.cpp — create and open: format a device, verify and repair superblocks, replay intents,
+// rebuild the volatile state from the region table (O(regions); page maps are read lazily, when a
+// split region is first touched), and register the pool's pfn range.
+//
+// Order of open, and why:
+//   1. read both superblock copies with pread     nothing is mapped or written before the file is
+//   2. validate the region table (read-only)      accepted: a rejected file is never modified
+//   3. repair a damaged superblock copy from the good one
+//   4. replay intent lanes (idempotent: a crash during recovery replays them again)
+//   5. build descriptors and allocator indexes, register the section
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include "misuse.hpp"
+#include "pool_impl.hpp"
+#include "registry.hpp"
+
+namespace pmpage::detail {
+
+namespace {
+
+std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+/// Why a superblock copy cannot be used, or "" if it can.
+std::string superblock_problem(const superblock& sb) {
+  if (std::memcmp(sb.magic, POOL_MAGIC, sizeof sb.magic) != 0) return "bad magic (not a pmpage pool)";
+  if (sb.checksum != fletcher64(&sb, offsetof(superblock, checksum))) return "bad checksum";
+  if (sb.major != FORMAT_MAJOR)
+    return "format version " + std::to_string(sb.major) + "." + std::to_string(sb.minor) +
+           " is not supported (this library reads " + std::to_string(FORMAT_MAJOR) + ".x)";
+  if (sb.flags != 0) return "unknown feature flags";
+  if (sb.section_id == 0 || sb.section_id >= (1u << SECTION_BITS)) return "section id out of range";
+  if (sb.nr_lanes != NR_LANES) return "unexpected lane count";
+  if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";
+  if (sb.lanes_offset != 2 * SUPERBLOCK_SIZE || sb.root_offset != sb.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096))
+    return "metadata offsets inconsistent";
+  if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > (std::uint64_t{1} << 40))
+    return "root size out of range";
+  if (sb.region_table_offset != sb.root_offset + sb.root_size ||
+      sb.page_map_offset != sb.region_table_offset + round_up(sb.nr_regions * 8, 4096) ||
+      sb.data_offset < sb.page_map_offset + round_up(sb.nr_regions * PAGE_MAP_BYTES, 4096) ||
+      sb.data_offset % HPAGE_PMD_SIZE != 0 || sb.data_offset > (std::uint64_t{1} << 40))
+    return "metadata offsets inconsistent";
+  if (sb.device_size < sb.data_offset + sb.nr_regions * HPAGE_PMD_SIZE) return "data area exceeds the device size";
+  return {};
+}
+
+std::uint16_t pick_section_id() {
+  std::random_device rd;
+  for (int i = 0; i < 1000; ++i) {
+    const auto id = std::uint16_t(1 + rd() % ((1u << SECTION_BITS) - 1));
+    if (section_id_free(id)) return id;
+  }
+  return 0;
+}
+
+}  // namespace
+
+pool_impl::~pool_impl() {
+  if (registered_) unregister_section(section_id_);
+  if (regions_) {
+    for (std::uint64_t r = 0; r < nr_regions_; ++r) delete static_cast<split_state*>(regions_[r].alloc_state_);
+    ::munmap(regions_, regions_bytes_);
+  }
+  release_reservation(vmemmap_, vmemmap_bytes_);
+  if (pers_) pers_->detach();
+  // dev_ unmaps the device and closes it, which drops the single-opener lock.
+}
+
+void pool_impl::adopt_superblock(const superblock& sb) {
+  section_id_ = std::uint16_t(sb.section_id);
+  lay_.device_size = sb.device_size;
+  lay_.nr_regions = sb.nr_regions;
+  lay_.lanes_offset = sb.lanes_offset;
+  lay_.root_offset = sb.root_offset;
+  lay_.root_size = sb.root_size;
+  lay_.region_table_offset = sb.region_table_offset;
+  lay_.page_map_offset = sb.page_map_offset;
+  lay_.data_offset = sb.data_offset;
+  nr_regions_ = sb.nr_regions;
+  nr_pages_ = sb.nr_regions * HPAGE_PMD_NR;
+}
+
+void pool_impl::map_and_attach(std::shared_ptr<persistence> backend) {
+  dev_.map(lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE, lay_.data_offset);
+  pers_ = backend ? std::move(backend) : make_libpmem_persistence();
+  pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
+  region_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.region_table_offset);
+  page_maps_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.page_map_offset);
+  lanes_ = reinterpret_cast<lane*>(dev_.base() + lay_.lanes_offset);
+  intents_.init(lanes_, pers_.get());
+}
+
+std::string pool_impl::validate_region_table() const {
+  for (std::uint64_t r = 0; r < nr_regions_;) {
+    const std::uint64_t w = load_word(region_word(std::uint32_t(r)));
+    char buf[160];
+    if (!region_word_valid(w)) {
+      std::snprintf(buf, sizeof buf, "region table corrupt: region %llu has invalid state word %#llx",
+                    (unsigned long long)r, (unsigned long long)w);
+      return buf;
+    }
+    if (region_word_kind(w) != region_state::head) {
+      ++r;
+      continue;
+    }
+    const std::uint64_t n = std::uint64_t{1} << (region_word_order(w) - HPAGE_PMD_ORDER);
+    if (r % n != 0 || r + n > nr_regions_) {
+      std::snprintf(buf, sizeof buf, "region table corrupt: region %llu heads an order-%u page that is misaligned or runs past the end",
+                    (unsigned long long)r, region_word_order(w));
+      return buf;
+    }
+    for (std::uint64_t t = r + 1; t < r + n; ++t)
+      if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free)) {
+        std::snprintf(buf, sizeof buf, "region table corrupt: region %llu lies inside the order-%u page at region %llu but is not free",
+                      (unsigned long long)t, region_word_order(w), (unsigned long long)r);
+        return buf;
+      }
+    r += n;
+  }
+  return {};
+}
+
+bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order) {
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  const std::uint64_t w = load_word(region_word(r));
+  if (order >= HPAGE_PMD_ORDER) {
+    if (w == make_region_word(region_state::head, order)) return true;
+    if (w != make_region_word(region_state::free)) return false;
+    const std::uint64_t n = std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+    for (std::uint64_t t = r + 1; t < r + n; ++t)
+      if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free)) return false;
+    persist_word(region_word(r), make_region_word(region_state::head, order));
+    return true;
+  }
+  if (region_word_kind(w) == region_state::head) return false;
+  // The region was FREE only if this allocation split it fresh; then its map was zeroed and the
+  // codes written before the intent's fence, so setting them again is idempotent.
+  std::uint64_t* map = page_map(r);
+  for_each_map_word(unsigned(index & (HPAGE_PMD_NR - 1)), order, true, [&](unsigned wi, std::uint64_t mask, std::uint64_t bits) {
+    persist_word(&map[wi], (load_word(&map[wi]) & ~mask) | bits);
+  });
+  if (region_word_kind(w) == region_state::free) persist_word(region_word(r), make_region_word(region_state::split));
+  return true;
+}
+
+bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order) {
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  const std::uint64_t w = load_word(region_word(r));
+  if (order >= HPAGE_PMD_ORDER) {
+    if (w == make_region_word(region_state::head, order))
+      persist_word(region_word(r), make_region_word(region_state::free));
+    return true;
+  }
+  if (region_word_kind(w) != region_state::split) return true;  // FREE: map ignored
+  std::uint64_t* map = page_map(r);
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  if (map_code(map, first) != code_head(order)) return true;  // not (or no longer) this allocation
+  for_each_map_word(first, order, false, [&](unsigned wi, std::uint64_t mask, std::uint64_t) {
+    persist_word(&map[wi], load_word(&map[wi]) & ~mask);
+  });
+  return true;
+}
+
+void pool_impl::replay_intents() {
+  bool any = false;
+  for (unsigned i = 0; i < NR_LANES; ++i) {
+    lane l;
+    std::memcpy(&l, &lanes_[i], sizeof l);
+    if (l.seq == 0) continue;
+    any = true;
+    if (l.checksum != fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8)) continue;  // torn: never committed
+    // Bounds-check everything before use: a crafted lane must not make us write outside the pool.
+    const pfn_t start = start_pfn();
+    if (l.order > MAX_PAGE_ORDER || l.pfn < start || l.pfn >= end_pfn()) continue;
+    const std::uint64_t index = l.pfn - start;
+    if (index % (std::uint64_t{1} << l.order) || index + (std::uint64_t{1} << l.order) > nr_pages_) continue;
+    std::uint64_t slot_off = l.slot_offset;
+    if (!dest_offset(dev_.base() + slot_off, slot_off) || slot_off != l.slot_offset) continue;
+    auto* slot = reinterpret_cast<pfn_t*>(dev_.base() + l.slot_offset);
+    const pfn_t cur = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
+    if (l.kind == std::uint32_t(intent_kind::alloc_to)) {
+      if (cur == l.pfn)
+        replay_ensure_allocated(index, l.order);  // committed: the slot names it
+      else
+        replay_ensure_free(index, l.order);       // not committed: undo
+    } else if (l.kind == std::uint32_t(intent_kind::free_from)) {
+      replay_ensure_free(index, l.order);          // the intent was durable: the free happens
+      if (cur == l.pfn) {
+        std::atomic_ref<pfn_t>(*slot).store(0, std::memory_order_relaxed);
+        pers_->flush(slot, sizeof *slot);
+      }
+    } else {
+      continue;
+    }
+    ++repaired_;
+  }
+  if (!any) return;
+  pers_->drain();  // effects before retiring the intents
+  for (unsigned i = 0; i < NR_LANES; ++i) persist_word(&lanes_[i].seq, 0);
+  pers_->drain();
+}
+
+void pool_impl::build_volatile() {
+  regions_bytes_ = round_up(nr_regions_ * sizeof(page), 4096);
+  void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
+  regions_ = static_cast<page*>(r);
+  vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
+  vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << VMEMMAP_SLOT_SHIFT));
+  if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");
+
+  buddy_.init(regions_, nr_regions_);
+  filler_.init(regions_);
+  for (std::uint64_t i = 0; i < nr_regions_; ++i) regions_[i].list_next_ = regions_[i].list_prev_ = NIL;
+  for (std::uint64_t i = 0; i < nr_regions_;) {
+    const auto ri = std::uint32_t(i);
+    const std::uint64_t w = load_word(region_word(ri));
+    page& d = regions_[i];
+    switch (region_word_kind(w)) {
+      case region_state::head: {
+        const unsigned order = region_word_order(w);
+        const std::uint64_t n = std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+        d.kind_ = RK_HEAD;
+        d.order_ = std::uint8_t(order);
+        d.head_index_ = ri;
+        d.refcount_.store(1, std::memory_order_relaxed);
+        d.flags_.store(PG_head, std::memory_order_relaxed);
+        for (std::uint64_t t = 1; t < n; ++t) {
+          page& td = regions_[i + t];
+          td.kind_ = RK_TAIL;
+          td.head_index_ = ri;
+          td.flags_.store(PG_region_tail, std::memory_order_relaxed);
+        }
+        i += n;
+        break;
+      }
+      case region_state::split:
+        d.kind_ = RK_SPLIT;
+        d.flags_.store(PG_region_lazy, std::memory_order_relaxed);
+        lazy_.push_back(ri);
+        ++split_regions_;
+        ++i;
+        break;
+      case region_state::free:
+        buddy_.free(ri, HPAGE_PMD_ORDER);
+        free_pages_ += HPAGE_PMD_NR;
+        ++i;
+        break;
+    }
+  }
+  // Lazy regions are loaded lowest first when the allocator needs one.
+  std::reverse(lazy_.begin(), lazy_.end());
+}
+
+void pool_impl::register_pool() {
+  section s{};
+  s.vmemmap = vmemmap_;
+  s.regions = regions_;
+  s.data = dev_.base() + lay_.data_offset;
+  s.nr_pages = nr_pages_;
+  s.owner = this;
+  const std::string why = register_section(section_id_, s);
+  if (!why.empty()) fail(EBUSY, path(), "cannot open: " + why);
+  registered_ = true;
+}
+
+std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::open_options& opts) {
+  auto impl = std::make_unique<pool_impl>();
+  device& d = impl->dev_;
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) fail(errno, path, std::string("cannot open: ") + std::strerror(errno));
+  d.open_existing(path);
+  d.lock();
+  if (d.size() < 2 * SUPERBLOCK_SIZE)
+    fail(EINVAL, path, "too small to be a pmpage pool (" + std::to_string(d.size()) + " bytes)");
+  superblock a, b;
+  d.read_at(&a, sizeof a, 0);
+  d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
+  const std::string pa = superblock_problem(a), pb = superblock_problem(b);
+  if (!pa.empty() && !pb.empty()) {
+    if (pa.rfind("bad magic", 0) == 0 && pb.rfind("bad magic", 0) == 0)
+      fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
+    fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
+  }
+  const superblock& good = pa.empty() ? a : b;
+  if (d.size() < good.device_size)
+    fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
+                           std::to_string(d.size()));
+  impl->adopt_superblock(good);
+  impl->map_and_attach(opts.backend);
+  if (std::string why = impl->validate_region_table(); !why.empty()) fail(EINVAL, path, why);
+  if (!section_id_free(impl->section_id_))
+    fail(EBUSY, path, "cannot open: its pfn range (section " + std::to_string(impl->section_id_) +
+                          ") is used by another open pool (is one a copy of the other?)");
+  // Both copies are written once at create and never change: repair a damaged one.
+  const bool repair_a = !pa.empty(), repair_b = pa.empty() && (!pb.empty() || std::memcmp(&a, &b, sizeof a) != 0);
+  if (repair_a || repair_b) {
+    char* dst = impl->dev_.base() + (repair_a ? 0 : SUPERBLOCK_SIZE);
+    std::memcpy(dst, &good, sizeof good);
+    impl->pers_->persist(dst, sizeof good);
+    ++impl->repaired_;
+  }
+  impl->replay_intents();
+  impl->build_volatile();
+  impl->register_pool();
+  return impl;
+}
+
+std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool::options& opts) {
+  auto impl = std::make_unique<pool_impl>();
+  device& d = impl->dev_;
+  struct stat st;
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (!exists && errno != ENOENT) fail(errno, path, std::string("cannot create: ") + std::strerror(errno));
+  if (!exists) {
+    if (opts.size == 0) fail(EINVAL, path, "does not exist and options.size is 0");
+    d.create_file(path, opts.mode);
+  } else {
+    d.open_existing(path);
+  }
+  try {
+    d.lock();
+    if (d.size() >= 2 * SUPERBLOCK_SIZE && !opts.overwrite) {
+      superblock a, b;
+      d.read_at(&a, sizeof a, 0);
+      d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
+      if (superblock_problem(a).empty() || superblock_problem(b).empty())
+        fail(EEXIST, path, "already holds a pmpage pool; set options.overwrite to reformat it");
+    }
+    const std::uint64_t size =
+        d.type() == device::kind::regular_file ? std::max<std::uint64_t>(d.size(), opts.size) : d.size();
+    if (size == 0) fail(EINVAL, path, "is empty and options.size is 0");
+    layout lay;
+    if (!compute_layout(size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
+      fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region");
+    if (opts.root_size > (std::uint64_t{1} << 40)) fail(EINVAL, path, "options.root_size is too large");
+    d.ensure_size(size, opts.preallocate);
+
+    superblock sb{};
+    std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
+    sb.major = FORMAT_MAJOR;
+    sb.minor = FORMAT_MINOR;
+    std::random_device rd;
+    sb.uuid[0] = (std::uint64_t(rd()) << 32) | rd();
+    sb.uuid[1] = (std::uint64_t(rd()) << 32) | rd();
+    sb.section_id = pick_section_id();
+    if (sb.section_id == 0) fail(EBUSY, path, "no free pfn section: too many pools open");
+    sb.device_size = size;
+    sb.nr_regions = lay.nr_regions;
+    sb.lanes_offset = lay.lanes_offset;
+    sb.nr_lanes = NR_LANES;
+    sb.root_offset = lay.root_offset;
+    sb.root_size = lay.root_size;
+    sb.region_table_offset = lay.region_table_offset;
+    sb.page_map_offset = lay.page_map_offset;
+    sb.data_offset = lay.data_offset;
+    timespec ts;
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    sb.create_time_ns = std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
+    sb.checksum = fletcher64(&sb, offsetof(superblock, checksum));
+    impl->adopt_superblock(sb);
+    impl->map_and_attach(opts.backend);
+
+    // Format. The superblocks go last, so a crash mid-format leaves no valid pool behind.
+    char* base = impl->dev_.base();
+    persistence& p = *impl->pers_;
+    std::memset(base, 0, 2 * SUPERBLOCK_SIZE);
+    p.persist(base, 2 * SUPERBLOCK_SIZE);
+    const std::uint64_t meta_end = lay.page_map_offset;  // lanes, root, region table
+    std::memset(base + lay.lanes_offset, 0, meta_end - lay.lanes_offset);
+    p.persist(base + lay.lanes_offset, meta_end - lay.lanes_offset);
+    std::memcpy(base + SUPERBLOCK_SIZE, &sb, sizeof sb);
+    p.persist(base + SUPERBLOCK_SIZE, sizeof sb);
+    std::memcpy(base, &sb, sizeof sb);
+    p.persist(base, sizeof sb);
+
+    impl->build_volatile();
+    impl->register_pool();
+  } catch (...) {
+    d.abandon();
+    throw;
+  }
+  return impl;
+}
+
+}  // namespace pmpage::detail

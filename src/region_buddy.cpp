@@ -1,0 +1,70 @@
+// region_buddy.cpp — see region_buddy.hpp.
+#include "region_buddy.hpp"
+
+#include "split_region.hpp"  // NIL
+
+namespace pmpage::detail {
+
+void region_buddy::init(page* regions, std::uint64_t nr_regions) {
+  regions_ = regions;
+  nr_regions_ = nr_regions;
+  for (auto& h : heads_) h = NIL;
+  free_regions_ = 0;
+}
+
+void region_buddy::push(std::uint32_t r, unsigned order) {
+  page& d = regions_[r];
+  d.kind_ = RK_FREE_BLOCK;
+  d.order_ = std::uint8_t(order);
+  d.list_prev_ = NIL;
+  d.list_next_ = heads_[order - HPAGE_PMD_ORDER];
+  if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = r;
+  heads_[order - HPAGE_PMD_ORDER] = r;
+}
+
+void region_buddy::unlink(std::uint32_t r, unsigned order) {
+  page& d = regions_[r];
+  if (d.list_prev_ != NIL)
+    regions_[d.list_prev_].list_next_ = d.list_next_;
+  else
+    heads_[order - HPAGE_PMD_ORDER] = d.list_next_;
+  if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = d.list_prev_;
+  d.list_next_ = d.list_prev_ = NIL;
+  d.kind_ = RK_FREE_INNER;
+  d.order_ = 0;
+}
+
+std::uint32_t region_buddy::alloc(unsigned order) {
+  unsigned m = order;
+  while (m <= MAX_PAGE_ORDER && heads_[m - HPAGE_PMD_ORDER] == NIL) ++m;
+  if (m > MAX_PAGE_ORDER) return NIL;
+  const std::uint32_t r = heads_[m - HPAGE_PMD_ORDER];
+  unlink(r, m);
+  // Give back the upper halves until the block has the requested size.
+  while (m > order) {
+    --m;
+    push(r + (1u << (m - HPAGE_PMD_ORDER)), m);
+  }
+  free_regions_ -= std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+  return r;
+}
+
+void region_buddy::free(std::uint32_t first, unsigned order) {
+  free_regions_ += std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+  std::uint32_t r = first;
+  while (order < MAX_PAGE_ORDER) {
+    const std::uint32_t buddy = r ^ (1u << (order - HPAGE_PMD_ORDER));
+    if (buddy >= nr_regions_) break;
+    const page& b = regions_[buddy];
+    if (b.kind_ != RK_FREE_BLOCK || b.order_ != order) break;
+    unlink(buddy, order);
+    if (buddy < r) {
+      regions_[r].kind_ = RK_FREE_INNER;
+      r = buddy;
+    }
+    ++order;
+  }
+  push(r, order);
+}
+
+}  // namespace pmpage::detail

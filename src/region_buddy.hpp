@@ -1,0 +1,52 @@
+// region_buddy.hpp — the free-region index: a binary buddy allocator over whole 2 MiB regions
+// for orders 9..18 (1..512 regions), naturally aligned, smallest fitting block first (best fit).
+//
+// Owns: the free lists and the kind_/order_ bookkeeping of free region descriptors.
+// Invariants (checked by pool_impl::check):
+//   B1  a free block of order n starts at a region index that is a multiple of 2^(n-9), lies
+//       wholly inside the pool, and its head descriptor has kind_ == RK_FREE_BLOCK, order_ == n;
+//       its other regions have kind_ == RK_FREE_INNER.
+//   B2  two free buddies of the same order never both exist (they are merged).
+//   B3  free_regions() == sum over free blocks of 2^(n-9).
+// Lock: every function runs under the pool's allocator lock. The persistent region table is not
+// touched here: callers make a region durably free before freeing it here, and make it durably
+// allocated after taking it from here.
+#pragma once
+
+#include <cstdint>
+
+#include "pmpage/page.hpp"
+
+namespace pmpage::detail {
+
+/// page::kind_ values of region descriptors.
+enum region_kind : std::uint8_t {
+  RK_FREE_INNER = 0,  // free, inside a larger free block (or in transit)
+  RK_FREE_BLOCK = 1,  // head of a free buddy block of order_
+  RK_HEAD = 2,        // head of an allocated compound page of order_ >= 9
+  RK_TAIL = 3,        // region of a multi-region compound page, not its head (head_index_)
+  RK_SPLIT = 4,       // tracked 4 KiB at a time (alloc_state_ once materialised)
+};
+
+class region_buddy {
+ public:
+  void init(page* regions, std::uint64_t nr_regions);
+  /// Takes a free naturally aligned block of 2^(order-9) regions; returns its first region or
+  /// UINT32_MAX. The regions come back with kind_ RK_FREE_INNER: the caller sets them up.
+  std::uint32_t alloc(unsigned order);
+  /// Returns the block [first, first + 2^(order-9)) and merges it with free buddies.
+  void free(std::uint32_t first, unsigned order);
+  std::uint64_t free_regions() const { return free_regions_; }
+  /// Lists for check(): head of the free list of `order`, and the next link.
+  std::uint32_t list_head(unsigned order) const { return heads_[order - HPAGE_PMD_ORDER]; }
+
+ private:
+  void push(std::uint32_t r, unsigned order);
+  void unlink(std::uint32_t r, unsigned order);
+  page* regions_ = nullptr;
+  std::uint64_t nr_regions_ = 0;
+  std::uint32_t heads_[MAX_PAGE_ORDER - HPAGE_PMD_ORDER + 1];
+  std::uint64_t free_regions_ = 0;
+};
+
+}  // namespace pmpage::detail

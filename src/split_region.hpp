@@ -1,0 +1,90 @@
+// split_region.hpp — a split 2 MiB region: which of its 512 pages are free (DRAM), how its
+// persistent page map encodes allocations, and the filler that chooses a region for a small
+// allocation.
+//
+// Owns: split_state (one per materialised split region, volatile) and the filler lists.
+// Invariants, for a materialised split region r with state s:
+//   S1  popcount(s.free_bits) == s.nr_free, 0 < s.nr_free < 512 while r is published
+//       (nr_free == 512 only transiently, inside the free that merges r).
+//   S2  page i is free in s  <=>  page map code of i is CODE_FREE (after recovery).
+//   S3  s.longest == the largest k with a free naturally aligned 2^k block, or -1 if none.
+//   S4  r is on filler list (fullness(s), s.longest) iff s.longest >= 0 and r is published.
+// Lock: every function here runs under the pool's allocator lock.
+#pragma once
+
+#include <cstdint>
+
+#include "layout.hpp"
+#include "pmpage/page.hpp"
+
+namespace pmpage::detail {
+
+inline constexpr std::uint32_t NIL = 0xffffffffu;
+
+struct split_state {
+  std::uint64_t free_bits[8];  // bit i set <=> page i free
+  std::uint16_t nr_free;
+  std::int8_t longest;         // S3
+  std::uint8_t list;           // filler list it is on, or 0xff
+  bool published;              // visible to the filler (its SPLIT word is durable)
+};
+
+/// Finds the lowest naturally aligned free block of 2^order pages; -1 if none.
+int find_free_block(const split_state& s, unsigned order);
+/// Largest order with a free aligned block, -1 if the region is full.
+int longest_free_order(const split_state& s);
+void mark_used(split_state& s, unsigned first, unsigned count);
+void mark_free(split_state& s, unsigned first, unsigned count);
+
+/// Page map word updates for an extent [first, first + 2^order) of a region: calls f(word_index,
+/// clear_mask, set_bits) for each 64-bit word it touches.
+template <class F>
+void for_each_map_word(unsigned first, unsigned order, bool allocate, F&& f) {
+  const unsigned count = 1u << order;
+  for (unsigned i = first; i < first + count;) {
+    const unsigned w = i / PAGES_PER_MAP_WORD;
+    const unsigned end = (w + 1) * PAGES_PER_MAP_WORD < first + count ? (w + 1) * PAGES_PER_MAP_WORD : first + count;
+    std::uint64_t mask = 0, bits = 0;
+    for (unsigned j = i; j < end; ++j) {
+      const unsigned sh = (j % PAGES_PER_MAP_WORD) * 4;
+      mask |= std::uint64_t{0xF} << sh;
+      if (allocate) bits |= std::uint64_t(j == first ? code_head(order) : CODE_TAIL) << sh;
+    }
+    f(w, mask, bits);
+    i = end;
+  }
+}
+
+inline std::uint8_t map_code(const std::uint64_t* map, unsigned i) {
+  return std::uint8_t((map[i / PAGES_PER_MAP_WORD] >> ((i % PAGES_PER_MAP_WORD) * 4)) & 0xF);
+}
+
+/// Filler: lists of published split regions by (fullness bucket, longest free order). Allocation
+/// takes the fullest region that has room, so nearly empty regions drain and merge back.
+class filler {
+ public:
+  static constexpr unsigned FULLNESS_BUCKETS = 8;
+  static constexpr unsigned ORDERS = HPAGE_PMD_ORDER;  // longest free order 0..8
+  void init(page* regions) {
+    regions_ = regions;
+    for (auto& h : heads_) h = NIL;
+    count_ = 0;
+  }
+  /// Re-files region r after its state changed (or files it the first time).
+  void update(std::uint32_t r, split_state& s);
+  void remove(std::uint32_t r, split_state& s);
+  /// The fullest region with a free aligned block of `order`, or NIL.
+  std::uint32_t find(unsigned order) const;
+  std::uint64_t size() const { return count_; }
+
+ private:
+  static unsigned list_of(const split_state& s) {
+    const unsigned fb = unsigned(s.nr_free) * FULLNESS_BUCKETS / (HPAGE_PMD_NR + 1);
+    return fb * ORDERS + unsigned(s.longest);
+  }
+  page* regions_ = nullptr;
+  std::uint32_t heads_[FULLNESS_BUCKETS * ORDERS];
+  std::uint64_t count_ = 0;
+};
+
+}  // namespace pmpage::detail
