@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs pmpage from the build tree into a scratch prefix, then configures, builds and runs a
+# consumer with find_package(pmpage) and with pkg-config, so the install cannot rot.
+set -euo pipefail
+src=$1; build=$2
+prefix=$(mktemp -d); work=$(mktemp -d)
+trap 'rm -rf "$prefix" "$work"' EXIT
+cmake --install "$build" --prefix "$prefix" >/dev/null
+cmake -S "$src/tests/install_consumer" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build "$work/cmake" >/dev/null
+PMEM_IS_PMEM_FORCE=1 "$work/cmake/consumer"
+PMEM_IS_PMEM_FORCE=1 "$work/cmake/consumer_static"
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig"
+g++ -o "$work/pc_consumer" "$src/tests/install_consumer/consumer.cpp" $(pkg-config --cflags --libs pmpage) \
+  -Wl,-rpath,"$(pkg-config --variable=libdir pmpage)"
+PMEM_IS_PMEM_FORCE=1 "$work/pc_consumer"
