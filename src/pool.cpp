@@ -218,15 +218,26 @@ page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
   const unsigned n = 1u << order;
   mark_used(s, unsigned(pos), n);
   free_pages_ -= n;
-  std::uint64_t* map = page_map(r);
-  for_each_map_word(unsigned(pos), order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
-    store_word(&map[w], (load_word(&map[w]) & ~mask) | bits);
-  });
-  const unsigned w0 = unsigned(pos) / PAGES_PER_MAP_WORD, w1 = (unsigned(pos) + n - 1) / PAGES_PER_MAP_WORD;
-  note_flush(plan, &map[w0], (w1 - w0 + 1) * 8);
   init_compound_small(r, unsigned(pos), order);
   filler_.update(r, s);
   return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + unsigned(pos));
+}
+
+void pool_impl::apply_alloc(page* p, unsigned order, alloc_plan& plan) {
+  const auto index = std::uint64_t(p - vmemmap_);
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  if (order >= HPAGE_PMD_ORDER) {
+    persist_word(region_word(r), make_region_word(region_state::head, order));
+    return;
+  }
+  // Atomic RMW: other threads set and clear other pages' codes in the same words without the lock.
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  std::uint64_t* map = page_map(r);
+  for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t, std::uint64_t bits) {
+    std::atomic_ref<std::uint64_t>(map[w]).fetch_or(bits, std::memory_order_relaxed);
+  });
+  const unsigned w0 = first / PAGES_PER_MAP_WORD, w1 = (first + (1u << order) - 1) / PAGES_PER_MAP_WORD;
+  note_flush(plan, &map[w0], (w1 - w0 + 1) * 8);
 }
 
 page* pool_impl::alloc_large_locked(unsigned order) {
@@ -248,7 +259,6 @@ page* pool_impl::alloc_large_locked(unsigned order) {
   h.refcount_.store(1, std::memory_order_relaxed);
   h.flags_.store(PG_head, std::memory_order_release);
   free_pages_ -= std::uint64_t(n) << HPAGE_PMD_ORDER;
-  store_word(region_word(r), make_region_word(region_state::head, order));
   return vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
 }
 
@@ -278,14 +288,10 @@ page* pool_impl::alloc_pages(unsigned order) noexcept {
   page* p;
   {
     std::lock_guard g(mu_);
-    if (order < HPAGE_PMD_ORDER) {
-      p = alloc_small_locked(order, plan);
-    } else {
-      p = alloc_large_locked(order);
-      if (p) note_flush(plan, region_word(std::uint32_t((p - vmemmap_) >> HPAGE_PMD_ORDER)), 8);
-    }
+    p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
   }
   if (!p) return nullptr;
+  apply_alloc(p, order, plan);
   flush_plan(plan);
   intents_.resolve_conflicts(pfn_of_index(std::uint64_t(p - vmemmap_)), order, 0);
   fence();
@@ -313,18 +319,13 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
     {
       std::lock_guard g(mu_);
       while (done < n) {
-        page* p;
-        if (order < HPAGE_PMD_ORDER) {
-          p = alloc_small_locked(order, plan);
-        } else {
-          p = alloc_large_locked(order);
-          if (p) note_flush(plan, region_word(std::uint32_t((p - vmemmap_) >> HPAGE_PMD_ORDER)), 8);
-        }
+        page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
         if (!p) break;
         out[done++] = p;
       }
     }
     if (done == first) break;
+    for (std::size_t i = first; i < done; ++i) apply_alloc(out[i], order, plan);
     flush_plan(plan);
     if (intents_.pending())
       for (std::size_t i = first; i < done; ++i)
@@ -365,24 +366,23 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
   page* p;
   {
     std::lock_guard g(mu_);
-    if (order < HPAGE_PMD_ORDER) {
-      p = alloc_small_locked(order, plan);
-    } else {
-      p = alloc_large_locked(order);
-      if (p) note_flush(plan, region_word(std::uint32_t((p - vmemmap_) >> HPAGE_PMD_ORDER)), 8);
-    }
+    p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
   }
   if (!p) return nullptr;
   const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
-  flush_plan(plan);
+  flush_plan(plan);  // a fresh region's zeroed page map
   intents_.resolve_conflicts(pfn, order, slot);
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::alloc_to, order, slot, pfn);
-  fence();  // 1: allocation + intent durable
+  // 1: the intent is durable before any word of the allocation can be, so a crash can never
+  // leave the page allocated without the intent that lets recovery undo it.
+  fence();
+  apply_alloc(p, order, plan);
+  flush_plan(plan);
   write_fresh_split_words(plan);
   std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
   pers_->flush(dest, sizeof *dest);
-  fence();  // 2: the slot names the page
+  fence();  // 2: allocated and the slot names the page
   intents_.retire_lazily(lane);
   intents_.release(lane);
   publish_fresh(plan);
@@ -425,7 +425,8 @@ free_result pool_impl::free_stores_locked(page* holder) {
   holder->flags_.store(0, std::memory_order_release);
   std::uint64_t* map = page_map(r);
   for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) {
-    persist_word(&map[w], load_word(&map[w]) & ~mask);
+    std::atomic_ref<std::uint64_t>(map[w]).fetch_and(~mask, std::memory_order_relaxed);
+    pers_->flush(&map[w], 8);
   });
   split_state& s = sstate(r);
   mark_free(s, first, n);

@@ -147,6 +147,8 @@ class pool_impl {
   // --- allocator internals; *_locked functions require mu_
   page* alloc_small_locked(unsigned order, alloc_plan& plan);
   page* alloc_large_locked(unsigned order);
+  /// The persistent stores of an allocation chosen under the lock (atomic RMW; lock not needed).
+  void apply_alloc(page* p, unsigned order, alloc_plan& plan);
   std::uint32_t take_fresh_region_locked(alloc_plan& plan);
   bool materialise_locked(std::uint32_t r);
   void init_compound_small(std::uint32_t r, unsigned first, unsigned order);
