@@ -90,6 +90,7 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
   auto* s = new split_state{};
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
   s->nr_free = HPAGE_PMD_NR;
+  s->longest = HPAGE_PMD_ORDER;
   s->list = 0xff;
   s->published = false;  // not for other threads until its SPLIT word is durable
   page& d = regions_[r];
@@ -219,7 +220,7 @@ page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
   mark_used(s, unsigned(pos), n);
   free_pages_ -= n;
   init_compound_small(r, unsigned(pos), order);
-  filler_.update(r, s);
+  filler_.update(r, s, filler::change::allocated);
   return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + unsigned(pos));
 }
 
@@ -446,7 +447,7 @@ free_result pool_impl::free_stores_locked(page* holder) {
     persist_word(region_word(r), make_region_word(region_state::free));
     fr.kind = free_result::merge_split;
   } else {
-    filler_.update(r, s);
+    filler_.update(r, s, filler::change::freed);
   }
   return fr;
 }

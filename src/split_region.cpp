@@ -65,8 +65,24 @@ void filler::remove(std::uint32_t r, split_state& s) {
   --count_;
 }
 
-void filler::update(std::uint32_t r, split_state& s) {
-  s.longest = std::int8_t(longest_free_order(s));
+void filler::update(std::uint32_t r, split_state& s, change c) {
+  // Allocating can only shorten the longest free block, freeing only lengthen it: search from
+  // the old value instead of from order 9 (this runs on every small alloc and free).
+  int longest = -1;
+  if (c == change::allocated) {
+    for (int k = s.longest; k >= 0 && longest < 0; --k)
+      if (find_free_block(s, unsigned(k)) >= 0) longest = k;
+  } else if (c == change::freed) {
+    longest = s.longest;
+    for (int k = HPAGE_PMD_ORDER; k > s.longest; --k)
+      if (find_free_block(s, unsigned(k)) >= 0) {
+        longest = k;
+        break;
+      }
+  } else {
+    longest = longest_free_order(s);
+  }
+  s.longest = std::int8_t(longest);
   // A wholly free region (longest 9) is about to merge; a full one (-1) cannot serve anything.
   const bool wanted = s.published && s.longest >= 0 && s.longest < int(HPAGE_PMD_ORDER);
   const unsigned target = wanted ? list_of(s) : 0xff;

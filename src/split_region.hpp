@@ -70,8 +70,9 @@ class filler {
     for (auto& h : heads_) h = NIL;
     count_ = 0;
   }
+  enum class change { allocated, freed, unknown };
   /// Re-files region r after its state changed (or files it the first time).
-  void update(std::uint32_t r, split_state& s);
+  void update(std::uint32_t r, split_state& s, change c = change::unknown);
   void remove(std::uint32_t r, split_state& s);
   /// The fullest region with a free aligned block of `order`, or NIL.
   std::uint32_t find(unsigned order) const;
