@@ -1,0 +1,62 @@
+// crash_harness.hpp — crash-point enumeration and the invariant checker for recovered pools.
+//
+// run_crash_points(scenario) creates a pool on a simulated device, runs the scenario's set-up,
+// then runs its operation while capturing crash images at every fence (just before the fence
+// completes and just after), with several random subsets of the unfenced words each. Every
+// image is then recovered by pool::open and checked:
+//   * pool::check() holds (allocations well formed, never overlapping, DRAM == media, counts);
+//   * the state is the one before the operation or the one after it (all-or-nothing), or for a
+//     bulk allocation any subset of its pages;
+//   * every non-zero slot names an allocated head, and (for the slots the scenario uses) the
+//     allocation and its slot agree: no leaked page, no slot pointing at a free page;
+//   * free space adds up: stats().free_pages == total - pages of all allocations.
+// Some images are recovered on a second simulated device, crashing during recovery itself, and
+// those images are recovered and checked again.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <pmpage/pmpage.hpp>
+
+namespace pmpage::testing {
+
+inline constexpr unsigned NR_SLOTS = 64;  // pfn slots at the start of the root area
+
+struct pool_state {
+  std::map<pfn_t, unsigned> allocations;  // head pfn -> order
+  std::vector<pfn_t> slots;               // root slots 0..NR_SLOTS-1
+  bool operator==(const pool_state&) const = default;
+};
+
+/// Reads the allocations and slots of an open pool (loads every split region).
+pool_state read_state(const pool& p);
+
+/// The reusable invariant checker: "" if the recovered pool is consistent on its own, else why.
+/// `slot_owned`: allocations must all be named by a slot (scenarios that allocate only with
+/// alloc_pages_to) — then a page without a slot is a leak.
+std::string check_recovered(const pool& p, const pool_state& s, bool slot_owned);
+
+struct scenario {
+  std::string name;
+  std::uint64_t pool_size = 32ull << 20;
+  std::function<void(pool&, pfn_t* slots)> setup;
+  std::function<void(pool&, pfn_t* slots)> op;
+  bool bulk = false;        // outcome may be any subset of the new allocations
+  bool slot_owned = false;  // every allocation lives in a slot (alloc_pages_to scenarios)
+};
+
+struct crash_report {
+  std::size_t images = 0;           // crash images recovered and checked
+  std::size_t recovery_images = 0;  // of which taken during a recovery
+  std::uint64_t op_fences = 0;      // fences the operation issued
+  std::vector<std::string> failures;
+};
+
+/// seeds: random subsets per crash point (plus the all-kept and none-kept extremes).
+crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery);
+
+}  // namespace pmpage::testing

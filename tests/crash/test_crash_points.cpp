@@ -1,0 +1,152 @@
+// test_crash_points.cpp — every operation, crashed at every fence with several subsets of the
+// unfenced words, recovered, and checked (crash_harness.hpp says what "checked" means).
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "crash_harness.hpp"
+
+using namespace pmpage;
+using pmpage::testing::scenario;
+
+namespace {
+
+constexpr std::uint64_t GiB = 1ull << 30, MiB = 1ull << 20;
+
+struct shared_pages {
+  page* a = nullptr;
+  page* b = nullptr;
+};
+
+scenario alloc_in_split_region(unsigned order) {
+  scenario s;
+  s.name = "AllocOrder" + std::to_string(order) + "InSplitRegion";
+  s.setup = [](pool& p, pfn_t*) { ASSERT_NE(p.alloc_pages(0), nullptr); };
+  s.op = [order](pool& p, pfn_t*) { ASSERT_NE(p.alloc_pages(order), nullptr); };
+  return s;
+}
+
+scenario alloc_large(unsigned order) {
+  scenario s;
+  s.name = "AllocOrder" + std::to_string(order);
+  if (order == MAX_PAGE_ORDER) s.pool_size = GiB + 8 * MiB;
+  s.op = [order](pool& p, pfn_t*) { ASSERT_NE(p.alloc_pages(order), nullptr); };
+  return s;
+}
+
+scenario free_order(unsigned order) {
+  scenario s;
+  s.name = "FreeOrder" + std::to_string(order);
+  if (order == MAX_PAGE_ORDER) s.pool_size = GiB + 8 * MiB;
+  auto pages = std::make_shared<shared_pages>();
+  s.setup = [order, pages](pool& p, pfn_t*) {
+    if (order < HPAGE_PMD_ORDER) pages->a = p.alloc_pages(0);  // keeps the region split
+    pages->b = p.alloc_pages(order);
+    ASSERT_NE(pages->b, nullptr);
+  };
+  s.op = [order, pages](pool&, pfn_t*) { free_pages(pages->b, order); };
+  return s;
+}
+
+std::vector<scenario> all_scenarios() {
+  std::vector<scenario> v;
+  for (unsigned o : {0u, 1u, 8u}) v.push_back(alloc_in_split_region(o));
+  for (unsigned o : {9u, 10u, 18u}) v.push_back(alloc_large(o));
+  for (unsigned o : {0u, 1u, 8u, 9u, 10u, 18u}) v.push_back(free_order(o));
+  {
+    scenario s;
+    s.name = "FirstAllocationSplitsAFreshRegion";
+    s.op = [](pool& p, pfn_t*) { ASSERT_NE(p.alloc_pages(0), nullptr); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "FreeThatMergesARegionBack";
+    auto pages = std::make_shared<shared_pages>();
+    s.setup = [pages](pool& p, pfn_t*) { pages->a = p.alloc_pages(3); };
+    s.op = [pages](pool&, pfn_t*) { free_pages(pages->a, 3); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "SplitHugePage";
+    auto pages = std::make_shared<shared_pages>();
+    s.setup = [pages](pool& p, pfn_t*) { pages->a = p.alloc_pages(9); };
+    s.op = [pages](pool&, pfn_t*) { ASSERT_EQ(split_huge_page(pages->a), 0); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "AllocPagesBulkAcrossFreshRegions";
+    s.bulk = true;
+    s.op = [](pool& p, pfn_t*) {
+      std::vector<page*> out(700);
+      ASSERT_EQ(p.alloc_pages_bulk(0, out.size(), out.data()), out.size());
+    };
+    v.push_back(s);
+  }
+  for (unsigned order : {0u, 5u, 9u, 10u}) {
+    scenario s;
+    s.name = "AllocPagesToOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr); };
+    s.op = [order](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "AllocPagesToSplitsAFreshRegion";
+    s.slot_owned = true;
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(2, &slots[0]), nullptr); };
+    v.push_back(s);
+  }
+  for (unsigned order : {0u, 9u}) {
+    scenario s;
+    s.name = "FreePagesFromOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.setup = [order](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+    };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.free_pages_from(&slots[0]), 0); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "FreePagesFromMergesARegionBack";
+    s.slot_owned = true;
+    s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(4, &slots[0]), nullptr); };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.free_pages_from(&slots[0]), 0); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "AllocPagesToAfterFreePagesFromOfTheSameSlot";  // a stale intent must not be replayed
+    s.slot_owned = true;
+    s.setup = [](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+    };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr); };
+    v.push_back(s);
+  }
+  return v;
+}
+
+class CrashPoints : public ::testing::TestWithParam<scenario> {};
+
+TEST_P(CrashPoints, EveryCrashRecoversToBeforeOrAfterTheOperation) {
+  const scenario& sc = GetParam();
+  const auto rep = pmpage::testing::run_crash_points(sc, /*seeds=*/3, /*crash_during_recovery=*/true);
+  EXPECT_GT(rep.op_fences, 0u);
+  EXPECT_GT(rep.images, rep.op_fences * 2);
+  for (std::size_t i = 0; i < rep.failures.size() && i < 5; ++i) ADD_FAILURE() << rep.failures[i];
+  EXPECT_TRUE(rep.failures.empty()) << rep.failures.size() << " of " << rep.images << " crash images failed";
+  RecordProperty("images", int(rep.images));
+}
+
+INSTANTIATE_TEST_SUITE_P(Operations, CrashPoints, ::testing::ValuesIn(all_scenarios()),
+                         [](const auto& info) { return info.param.name; });
+
+}  // namespace
