@@ -113,6 +113,13 @@ void device::ensure_size(std::uint64_t size, bool preallocate) {
   }
 }
 
+void device::reserve_blocks(std::uint64_t len) {
+  if (kind_ != kind::regular_file) return;
+  const int e = ::posix_fallocate(fd_, 0, off_t(len));
+  if (e != 0 && e != EOPNOTSUPP && e != EINVAL)
+    fail(e, path_, sys_reason("cannot reserve blocks for the pool metadata", e));
+}
+
 void device::read_at(void* buf, std::size_t len, std::uint64_t offset) const {
   auto* p = static_cast<char*>(buf);
   while (len > 0) {

@@ -29,8 +29,11 @@ class device {
   void create_file(const std::string& path, unsigned mode);
   /// Takes the exclusive single-opener lock (flock); throws if another handle holds it.
   void lock();
-  /// Grows a regular file to at least `size` bytes; preallocate reserves its blocks.
+  /// Grows a regular file to at least `size` bytes; preallocate reserves all its blocks.
   void ensure_size(std::uint64_t size, bool preallocate);
+  /// Reserves the blocks of [0, len) of a regular file, so that a full file system is an error
+  /// here instead of SIGBUS when the mapping is first written.
+  void reserve_blocks(std::uint64_t len);
   /// Reads [offset, offset + len) with pread (used before anything is mapped or trusted).
   void read_at(void* buf, std::size_t len, std::uint64_t offset) const;
 

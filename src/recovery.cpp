@@ -342,6 +342,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region");
     if (opts.root_size > (std::uint64_t{1} << 40)) fail(EINVAL, path, "options.root_size is too large");
     d.ensure_size(size, opts.preallocate);
+    d.reserve_blocks(lay.data_offset);
 
     superblock sb{};
     std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
