@@ -32,7 +32,7 @@ cmake --build build-asan -j"$jobs" --target pmpage_tests pmpage_reliability_test
 step "3/4 ThreadSanitizer: concurrency tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DPMPAGE_SANITIZE=thread \
   -DPMPAGE_BUILD_BENCH=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-tsan -j"$jobs" --target pmpage_tests
+cmake --build build-tsan -j"$jobs" --target pmpage_tests pmpage_reliability_tests
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --output-on-failure -j"$jobs" --timeout 900 -R 'Thread|Concurren|Stress')
 

@@ -1,0 +1,355 @@
+// Persistence: every flush and fence goes through the backend seam, the fence budget of the hot
+// operations, and crash consistency under SIGKILL (no close, no destructor, mid-operation).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "test_util.hpp"
+
+namespace {
+
+using namespace pmtest;
+using pmpage::HPAGE_PMD_NR;
+using pmpage::page;
+using pmpage::pfn_t;
+
+// ---- the backend seam -------------------------------------------------------------------------
+
+// Records what the pool tells its backend, and forwards to libpmem.
+class recording_persistence final : public pmpage::persistence {
+ public:
+  void attach(void* base, std::size_t length, bool is_pmem) override {
+    ++attached;
+    this->base = base;
+    this->length = length;
+    this->is_pmem = is_pmem;
+    inner_->attach(base, length, is_pmem);
+  }
+  void detach() noexcept override {
+    ++detached;
+    inner_->detach();
+  }
+  void flush(const void* addr, std::size_t len) noexcept override {
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    const auto b = reinterpret_cast<std::uintptr_t>(base);
+    if (a < b || a + len > b + length) ++flushes_outside_mapping;
+    ++flushes;
+    inner_->flush(addr, len);
+  }
+  void drain() noexcept override {
+    ++fences;
+    inner_->drain();
+  }
+
+  int attached = 0, detached = 0;
+  void* base = nullptr;
+  std::size_t length = 0;
+  bool is_pmem = false;
+  std::atomic<std::uint64_t> flushes{0}, fences{0}, flushes_outside_mapping{0};
+
+ private:
+  std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+};
+
+class Persistence : public TempPathTest {};
+
+TEST_F(Persistence, BackendIsAttachedToTheMappingAndDetachedAtClose) {
+  auto backend = std::make_shared<recording_persistence>();
+  const auto path = new_path();
+  {
+    pmpage::pool p = create_pool(path, 64 * MiB, backend);
+    EXPECT_EQ(backend->attached, 1);
+    EXPECT_EQ(backend->base, p.base());
+    EXPECT_EQ(backend->length, p.mapped_length());
+    EXPECT_TRUE(backend->is_pmem) << "PMEM_IS_PMEM_FORCE=1 is set";
+    EXPECT_EQ(backend->detached, 0);
+    ASSERT_NE(p.alloc_pages(0), nullptr);
+    EXPECT_GT(backend->fences.load(), 0u);
+    EXPECT_EQ(backend->flushes_outside_mapping.load(), 0u);
+  }
+  EXPECT_EQ(backend->detached, 1);
+
+  auto again = std::make_shared<recording_persistence>();
+  pmpage::pool::open_options oo;
+  oo.backend = again;
+  pmpage::pool p = pmpage::pool::open(path, oo);
+  EXPECT_EQ(again->attached, 1);
+  EXPECT_EQ(again->base, p.base());
+  ASSERT_NE(p.alloc_pages(9), nullptr);
+  EXPECT_GT(again->fences.load(), 0u) << "open must use the backend it was given";
+  EXPECT_EQ(again->flushes_outside_mapping.load(), 0u);
+}
+
+// ---- fence budget -----------------------------------------------------------------------------
+
+class FenceBudget : public PoolTest {
+ protected:
+  std::shared_ptr<pmpage::persistence> backend() override { return counter_; }
+
+  template <class F>
+  std::uint64_t fences_of(F&& f) {
+    counter_->reset();
+    f();
+    return counter_->fences();
+  }
+  template <class F>
+  std::uint64_t flushes_of(F&& f) {
+    counter_->reset();
+    f();
+    return counter_->flushes();
+  }
+
+  std::shared_ptr<pmpage::counting_persistence> counter_ =
+      std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
+};
+
+TEST_F(FenceBudget, OrderZeroAllocAndFreeInASplitRegionCostOneFenceEach) {
+  page* anchor = pool_.alloc_pages(0);  // splits a region and keeps it split
+  ASSERT_NE(anchor, nullptr);
+  std::vector<page*> pages;
+  for (int i = 0; i < 200; ++i) {
+    page* p = nullptr;
+    const std::uint64_t f = fences_of([&] { p = pool_.alloc_pages(0); });
+    ASSERT_NE(p, nullptr);
+    ASSERT_EQ(f, 1u) << "order-0 alloc #" << i << ": must be durable (>= 1) within budget (<= 1)";
+    pages.push_back(p);
+  }
+  ASSERT_EQ(pool_.stats().split_regions, 1u);
+  for (std::size_t i = 0; i < pages.size(); ++i) {
+    const std::uint64_t f = (i % 2) ? fences_of([&] { pmpage::put_page(pages[i]); })
+                                    : fences_of([&] { pmpage::free_pages(pages[i], 0); });
+    ASSERT_EQ(f, 1u) << "order-0 free #" << i;
+  }
+}
+
+TEST_F(FenceBudget, SmallCompoundAllocAndFreeInASplitRegionCostOneFenceEach) {
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);
+  for (unsigned order : {1u, 3u}) {
+    page* p = nullptr;
+    EXPECT_LE(fences_of([&] { p = pool_.alloc_pages(order); }), 1u) << "order " << order;
+    ASSERT_NE(p, nullptr);
+    EXPECT_LE(fences_of([&] { pmpage::put_page(p); }), 1u) << "order " << order;
+  }
+}
+
+TEST_F(FenceBudget, WholeRegionAllocAndFreeCostOneFenceEach) {
+  std::vector<page*> pages;
+  for (int i = 0; i < 10; ++i) {
+    page* p = nullptr;
+    ASSERT_EQ(fences_of([&] { p = pool_.alloc_pages(9); }), 1u) << "order-9 alloc #" << i;
+    ASSERT_NE(p, nullptr);
+    pages.push_back(p);
+  }
+  for (std::size_t i = 0; i < pages.size(); ++i) {
+    const std::uint64_t f = (i % 2) ? fences_of([&] { pmpage::put_page(pages[i]); })
+                                    : fences_of([&] { pmpage::free_pages(pages[i], 9); });
+    ASSERT_EQ(f, 1u) << "order-9 free #" << i;
+  }
+}
+
+TEST_F(FenceBudget, AllocPagesToAndFreePagesFromCostAtMostTwoFences) {
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);  // so order-0 slots land in a split region
+  pfn_t* slots = root_slots(pool_);
+  for (unsigned i = 0; i < 40; ++i) {
+    const unsigned order = (i % 2) ? 9 : 0;
+    page* p = nullptr;
+    const std::uint64_t a = fences_of([&] { p = pool_.alloc_pages_to(order, &slots[i]); });
+    ASSERT_NE(p, nullptr);
+    EXPECT_GE(a, 1u) << "alloc_pages_to must be durable";
+    EXPECT_LE(a, 2u) << "alloc_pages_to order " << order;
+  }
+  for (unsigned i = 0; i < 40; ++i) {
+    int rc = -1;
+    const std::uint64_t f = fences_of([&] { rc = pool_.free_pages_from(&slots[i]); });
+    ASSERT_EQ(rc, 0);
+    EXPECT_GE(f, 1u) << "free_pages_from must be durable";
+    EXPECT_LE(f, 2u) << "free_pages_from of slot " << i;
+  }
+}
+
+TEST_F(FenceBudget, BulkBatchThatFitsInASplitRegionSharesOneFence) {
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);
+  std::vector<page*> out(64, nullptr);
+  std::size_t got = 0;
+  EXPECT_LE(fences_of([&] { got = pool_.alloc_pages_bulk(0, out.size(), out.data()); }), 1u);
+  EXPECT_EQ(got, out.size());
+}
+
+TEST_F(FenceBudget, ReferencesFlagsAndTranslationNeverFlush) {
+  page* p = pool_.alloc_pages(0);
+  page* h = pool_.alloc_pages(9);
+  ASSERT_TRUE(p && h);
+  const std::uint64_t flushes = flushes_of([&] {
+    for (page* x : {p, h}) {
+      pmpage::get_page(x);
+      pmpage::put_page(x);
+      ASSERT_TRUE(pmpage::get_page_unless_zero(x));
+      pmpage::put_page(x);
+      pmpage::lock_page(x);
+      pmpage::unlock_page(x);
+      pmpage::SetPageDirty(x);
+      pmpage::TestClearPageDirty(x);
+      pmpage::set_page_private(x, 1);
+      ASSERT_EQ(pmpage::virt_to_page(pmpage::page_address(x)), x);
+      ASSERT_EQ(pmpage::pfn_to_page(pmpage::page_to_pfn(x)), x);
+    }
+    (void)pool_.stats();
+  });
+  EXPECT_EQ(flushes, 0u);
+  EXPECT_EQ(counter_->fences(), 0u);
+}
+
+TEST_F(FenceBudget, PersistIsFlushPlusOneFence) {
+  char* root = static_cast<char*>(pool_.root());
+  EXPECT_EQ(fences_of([&] { pool_.persist(root, 256); }), 1u);
+  EXPECT_GE(counter_->flushes(), 1u);
+  EXPECT_EQ(fences_of([&] { pool_.flush(root, 64); }), 0u);
+  EXPECT_GE(counter_->flushes(), 1u);
+  EXPECT_EQ(fences_of([&] { pool_.drain(); }), 1u);
+}
+
+// ---- crashes ----------------------------------------------------------------------------------
+
+class Crash : public PoolTest {
+ protected:
+  std::uint64_t pool_size() const override { return 128 * MiB; }
+
+  static constexpr std::size_t kSlots = 256;
+  // Root layout used by the children: kSlots pfn slots, then an operation counter (plain data,
+  // just to show the child made progress before it was killed).
+  static std::uint64_t* op_counter(const pmpage::pool& p) {
+    return reinterpret_cast<std::uint64_t*>(root_slots(p) + kSlots);
+  }
+
+  // What every reopen after a crash must show: the slots and the allocations are the same set,
+  // every allocation has count 1, and the free page count adds up.
+  void expect_slots_match_allocations() {
+    ASSERT_EQ(pool_.check(), "");
+    const allocation_snapshot snap = allocations(pool_);
+    EXPECT_EQ(snap.visits, snap.by_pfn.size()) << "an allocation was reported twice";
+    std::set<pfn_t> in_slots;
+    const pfn_t* slots = root_slots(pool_);
+    for (std::size_t i = 0; i < kSlots; ++i) {
+      if (slots[i] == 0) continue;
+      EXPECT_TRUE(in_slots.insert(slots[i]).second) << "pfn " << slots[i] << " in two slots";
+      ASSERT_TRUE(pmpage::pfn_valid(slots[i])) << "slot " << i << " holds a bad pfn " << slots[i];
+      page* p = pmpage::pfn_to_page(slots[i]);
+      EXPECT_EQ(pmpage::page_count(p), 1) << "slot " << i;
+      EXPECT_EQ(pmpage::compound_head(p), p) << "slot " << i << " does not name a head";
+      EXPECT_EQ(snap.by_pfn.count(slots[i]), 1u) << "slot " << i << " names a page that is not allocated (lost)";
+    }
+    for (const auto& [pfn, order] : snap.by_pfn)
+      EXPECT_EQ(in_slots.count(pfn), 1u) << "pfn " << pfn << " (order " << order << ") allocated but in no slot (leaked)";
+    EXPECT_EQ(free_pages(), total_pages_ - pages_in(snap.by_pfn));
+  }
+};
+
+// The child: open the pool and churn slots until killed. Only the library runs here; the process
+// was single-threaded when it forked.
+[[noreturn]] void churn_until_killed(const std::filesystem::path& path, std::uint32_t seed, std::size_t slots_n) {
+  try {
+    pmpage::pool p = pmpage::pool::open(path);
+    pfn_t* slots = root_slots(p);
+    auto* ops = reinterpret_cast<volatile std::uint64_t*>(slots + slots_n);
+    std::minstd_rand rng(seed);
+    for (;;) {
+      pfn_t* slot = &slots[rng() % slots_n];
+      if (*slot == 0) {
+        // Mostly small pages (split-region paths), sometimes whole and multi-region ones.
+        const unsigned order = (rng() % 4 == 0) ? static_cast<unsigned>(rng() % 11) : static_cast<unsigned>(rng() % 3);
+        p.alloc_pages_to(order, slot);
+      } else if (p.free_pages_from(slot) != 0) {
+        ::_exit(4);  // nobody else holds references: a failure here is a bug
+      }
+      *ops = *ops + 1;
+    }
+  } catch (...) {
+    ::_exit(3);
+  }
+}
+
+TEST_F(Crash, SigkillDuringAllocPagesToLosesAndLeaksNothing) {
+  pool_.close();
+  std::mt19937 rng(20261121);
+  std::uint64_t total_ops = 0, repaired = 0;
+  for (int round = 0; round < 6; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) churn_until_killed(path_, 1000 + round, kSlots);
+
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 200));
+    ASSERT_EQ(::kill(child, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "child exited early with status " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1)
+        << " (3: open threw, 4: free_pages_from failed)";
+
+    pool_ = pmpage::pool::open(path_);  // the dead child's lock must be gone
+    ASSERT_EQ(pool_.start_pfn(), start_);
+    repaired += pool_.stats().repaired_at_open;
+    total_ops += *op_counter(pool_);
+    *op_counter(pool_) = 0;
+    ASSERT_NO_FATAL_FAILURE(expect_slots_match_allocations());
+    pool_.close();
+  }
+  RecordProperty("child_operations", static_cast<int>(total_ops));
+  RecordProperty("repaired_at_open", static_cast<int>(repaired));
+  EXPECT_GT(total_ops, 100u) << "the children made too little progress for the test to mean much";
+}
+
+TEST_F(Crash, CompletedOperationsSurviveSigkillWithoutClose) {
+  page* before = pool_.alloc_pages(0);  // freed by the child
+  ASSERT_NE(before, nullptr);
+  const pfn_t before_pfn = pmpage::page_to_pfn(before);
+  pool_.close();
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    try {
+      pmpage::pool p = pmpage::pool::open(path_);
+      pfn_t* slots = root_slots(p);
+      if (!p.alloc_pages_to(3, &slots[0])) ::_exit(2);
+      page* huge = p.alloc_pages(9);
+      if (!huge) ::_exit(2);
+      slots[1] = pmpage::page_to_pfn(huge);  // not crash-atomic, but the alloc completed
+      p.persist(&slots[1], sizeof(pfn_t));
+      page* split = p.alloc_pages(9);
+      if (!split || pmpage::split_huge_page(split) != 0) ::_exit(2);
+      slots[2] = pmpage::page_to_pfn(split);
+      p.persist(&slots[2], sizeof(pfn_t));
+      pmpage::put_page(pmpage::pfn_to_page(before_pfn));
+      pmpage::put_page(pmpage::pfn_to_page(slots[2] + 5));
+    } catch (...) {
+      ::_exit(3);
+    }
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(5);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child exit status " << WEXITSTATUS(status);
+
+  pool_ = pmpage::pool::open(path_);
+  EXPECT_EQ(pool_.check(), "");
+  const pfn_t* slots = root_slots(pool_);
+  ASSERT_NE(slots[0], 0u);
+  ASSERT_NE(slots[1], 0u);
+  ASSERT_NE(slots[2], 0u);
+  std::map<pfn_t, unsigned> expected{{slots[0], 3}, {slots[1], 9}};
+  for (pfn_t q = slots[2]; q < slots[2] + HPAGE_PMD_NR; ++q)
+    if (q != slots[2] + 5) expected[q] = 0;
+  EXPECT_EQ(allocations(pool_).by_pfn, expected);
+  EXPECT_EQ(pmpage::page_count(pmpage::pfn_to_page(before_pfn)), 0);
+  EXPECT_EQ(pmpage::page_count(pmpage::pfn_to_page(slots[0])), 1);
+  EXPECT_EQ(free_pages(), total_pages_ - pages_in(expected));
+}
+
+}  // namespace

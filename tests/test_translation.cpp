@@ -1,0 +1,215 @@
+// Translation: pfn_to_page, page_to_pfn, page_address, virt_to_page, pfn_valid, virt_addr_valid.
+// The contract holds for every valid pfn whatever its state (free, allocated, split or not) and
+// descriptor pointers never move while the pool is open.
+#include <cstdlib>
+#include <memory>
+
+#include "test_util.hpp"
+
+namespace {
+
+using namespace pmtest;
+using pmpage::page;
+using pmpage::PAGE_SIZE;
+using pmpage::pfn_t;
+
+class Translation : public PoolTest {
+ protected:
+  // Checks the round trips for every pfn of pool_ and returns how many pfns failed (so a broken
+  // library reports one failure, not sixteen thousand).
+  void expect_round_trips_for_every_pfn() {
+    char* data = data_start(pool_);
+    std::uint64_t bad = 0;
+    pfn_t first_bad = 0;
+    for (pfn_t pfn = pool_.start_pfn(); pfn < pool_.end_pfn(); ++pfn) {
+      page* p = pmpage::pfn_to_page(pfn);
+      char* addr = data + (pfn - start_) * PAGE_SIZE;
+      const bool ok = p != nullptr && pmpage::pfn_valid(pfn) && pmpage::page_to_pfn(p) == pfn &&
+                      pmpage::page_address(p) == addr && pmpage::virt_to_page(addr) == p &&
+                      pmpage::virt_to_page(addr + 1) == p && pmpage::virt_to_page(addr + 2049) == p &&
+                      pmpage::virt_to_page(addr + PAGE_SIZE - 1) == p && pmpage::virt_addr_valid(addr);
+      if (!ok && bad++ == 0) first_bad = pfn;
+    }
+    EXPECT_EQ(bad, 0u) << "first failing pfn index " << (first_bad - start_);
+  }
+};
+
+TEST_F(Translation, RoundTripsForEveryPfnOfAFreshPool) { expect_round_trips_for_every_pfn(); }
+
+TEST_F(Translation, RoundTripsForEveryPfnWhateverItsState) {
+  // A mix: a split region with order-0 and small compound pages, whole-region pages, a
+  // multi-region compound page, a region split by split_huge_page, and free regions.
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);
+  ASSERT_NE(pool_.alloc_pages(3), nullptr);
+  ASSERT_NE(pool_.alloc_pages(8), nullptr);
+  ASSERT_NE(pool_.alloc_pages(9), nullptr);
+  ASSERT_NE(pool_.alloc_pages(10), nullptr);
+  page* huge = pool_.alloc_pages(9);
+  ASSERT_NE(huge, nullptr);
+  ASSERT_EQ(pmpage::split_huge_page(huge), 0);
+  pmpage::put_page(pmpage::pfn_to_page(pmpage::page_to_pfn(huge) + 7));
+  ASSERT_GT(pool_.stats().split_regions, 0u);
+  ASSERT_GT(pool_.stats().free_regions, 0u);
+  expect_round_trips_for_every_pfn();
+}
+
+TEST_F(Translation, ConsecutivePfnsAreConsecutivePagesOfTheMapping) {
+  for (pfn_t pfn = pool_.start_pfn(); pfn + 1 < pool_.end_pfn(); pfn += 97) {
+    auto* a = static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(pfn)));
+    auto* b = static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(pfn + 1)));
+    ASSERT_EQ(b - a, static_cast<std::ptrdiff_t>(PAGE_SIZE)) << "pfn index " << pfn - start_;
+  }
+}
+
+TEST_F(Translation, PageAddressIsWritableMemoryOfThePool) {
+  page* p = pool_.alloc_pages(1);
+  ASSERT_NE(p, nullptr);
+  auto* bytes = static_cast<unsigned char*>(pmpage::page_address(p));
+  for (std::size_t i = 0; i < 2 * PAGE_SIZE; ++i) bytes[i] = static_cast<unsigned char>(i);
+  pool_.persist(bytes, 2 * PAGE_SIZE);
+  page* second = pmpage::pfn_to_page(pmpage::page_to_pfn(p) + 1);
+  EXPECT_EQ(static_cast<unsigned char*>(pmpage::page_address(second))[0],
+            static_cast<unsigned char>(PAGE_SIZE));
+}
+
+TEST_F(Translation, DescriptorPointersDoNotMoveAcrossSplitAndMerge) {
+  page* huge = pool_.alloc_pages(9);
+  ASSERT_NE(huge, nullptr);
+  const pfn_t base = pmpage::page_to_pfn(huge);
+  std::vector<page*> before;
+  for (pfn_t pfn = base; pfn < base + pmpage::HPAGE_PMD_NR; ++pfn) before.push_back(pmpage::pfn_to_page(pfn));
+
+  auto same = [&](const char* when) {
+    for (std::size_t i = 0; i < before.size(); ++i) {
+      ASSERT_EQ(pmpage::pfn_to_page(base + i), before[i]) << when << ", page " << i;
+      ASSERT_EQ(pmpage::page_to_pfn(before[i]), base + i) << when << ", page " << i;
+      ASSERT_EQ(pmpage::virt_to_page(pmpage::page_address(before[i])), before[i]) << when;
+    }
+  };
+  ASSERT_FALSE(pmpage::PageSplit(huge));
+  ASSERT_EQ(pmpage::split_huge_page(huge), 0);
+  ASSERT_TRUE(pmpage::PageSplit(huge));
+  same("after split");
+  for (page* p : before) pmpage::put_page(p);
+  ASSERT_FALSE(pmpage::PageSplit(huge)) << "all pages free: the region must have merged";
+  same("after merge");
+  // Split it again through an order-0 allocation in the same (only free) region.
+  std::vector<page*> held;
+  while (page* p = pool_.alloc_pages(0)) {
+    held.push_back(p);
+    if (pmpage::page_to_pfn(p) - base < pmpage::HPAGE_PMD_NR) break;
+  }
+  same("after re-split");
+}
+
+TEST_F(Translation, VirtToPageOfMemoryOutsideEveryPoolIsNull) {
+  int on_stack = 0;
+  auto on_heap = std::make_unique<char[]>(1 << 20);
+  static char in_bss[4096];
+  EXPECT_EQ(pmpage::virt_to_page(&on_stack), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(on_heap.get()), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(on_heap.get() + (1 << 19)), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(in_bss), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(nullptr), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(reinterpret_cast<void*>(~std::uintptr_t{0})), nullptr);
+  EXPECT_FALSE(pmpage::virt_addr_valid(&on_stack));
+  EXPECT_FALSE(pmpage::virt_addr_valid(nullptr));
+  // A descriptor is not pool memory either.
+  EXPECT_EQ(pmpage::virt_to_page(pmpage::pfn_to_page(start_)), nullptr);
+}
+
+TEST_F(Translation, VirtToPageOfPoolMetadataAndRootIsNull) {
+  // Only the data area holds pages; the superblocks, metadata and root area around it do not.
+  char* data = data_start(pool_);
+  EXPECT_EQ(pmpage::virt_to_page(pool_.root()), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(static_cast<char*>(pool_.root()) + pool_.root_size() - 1), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(pool_.base()), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(data - 1), nullptr);
+  EXPECT_EQ(pmpage::virt_to_page(data + total_pages_ * PAGE_SIZE), nullptr);
+  EXPECT_NE(pmpage::virt_to_page(data + total_pages_ * PAGE_SIZE - 1), nullptr);
+}
+
+TEST_F(Translation, PfnValidOnlyInsideAnOpenPool) {
+  EXPECT_FALSE(pmpage::pfn_valid(0));
+  EXPECT_TRUE(pmpage::pfn_valid(pool_.start_pfn()));
+  EXPECT_TRUE(pmpage::pfn_valid(pool_.end_pfn() - 1));
+  EXPECT_FALSE(pmpage::pfn_valid(pool_.end_pfn()));
+  EXPECT_FALSE(pmpage::pfn_valid(pool_.end_pfn() + 12345));
+  EXPECT_FALSE(pmpage::pfn_valid(pool_.start_pfn() - 1));
+  EXPECT_FALSE(pmpage::pfn_valid(~pfn_t{0}));
+  EXPECT_FALSE(pmpage::pfn_valid(pfn_t{1} << 62));
+}
+
+TEST_F(Translation, ClosingThePoolInvalidatesItsPfnsAndAddresses) {
+  char* data = data_start(pool_);
+  const pfn_t start = pool_.start_pfn();
+  pool_.close();
+  EXPECT_FALSE(pmpage::pfn_valid(start));
+  EXPECT_EQ(pmpage::virt_to_page(data), nullptr);
+  EXPECT_FALSE(pmpage::virt_addr_valid(data));
+}
+
+TEST_F(Translation, PfnsAndAddressesTranslateAgainAfterReopen) {
+  page* p = pool_.alloc_pages(0);
+  ASSERT_NE(p, nullptr);
+  const pfn_t pfn = pmpage::page_to_pfn(p);
+  reopen();
+  page* q = pmpage::pfn_to_page(pfn);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(pmpage::page_to_pfn(q), pfn);
+  EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(q)), q);
+  expect_round_trips_for_every_pfn();
+}
+
+TEST_F(Translation, SeveralPoolsTranslateIndependently) {
+  pmpage::pool other = create_pool(new_path("other"), 32 * MiB);
+  page* a = pool_.alloc_pages(0);
+  page* b = other.alloc_pages(0);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_NE(pmpage::page_to_pfn(a), pmpage::page_to_pfn(b));
+  for (pmpage::pool* p : {&pool_, &other}) {
+    char* data = data_start(*p);
+    for (pfn_t pfn = p->start_pfn(); pfn < p->end_pfn(); pfn += 61) {
+      page* d = pmpage::pfn_to_page(pfn);
+      ASSERT_EQ(pmpage::page_to_pfn(d), pfn);
+      ASSERT_EQ(pmpage::page_address(d), data + (pfn - p->start_pfn()) * PAGE_SIZE);
+      ASSERT_EQ(pmpage::virt_to_page(pmpage::page_address(d)), d);
+    }
+  }
+  EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(b)), b);
+  EXPECT_EQ(pmpage::page_count(b), 1);
+}
+
+// "Looking up a descriptor of an unsplit region allocates no memory": walk every page of a pool
+// full of whole-region allocations through the read-side API and watch RssAnon.
+TEST_F(Translation, LookupsInUnsplitRegionsAllocateNoMemory) {
+  if (!kRssIsMeaningful) GTEST_SKIP() << "RSS is not meaningful under a sanitizer";
+  std::vector<page*> huge;
+  while (page* p = pool_.alloc_pages(9)) huge.push_back(p);
+  ASSERT_EQ(huge.size(), total_regions_);
+  const std::uint64_t descriptor_bytes = pool_.stats().descriptor_bytes;
+
+  const long before = rss_anon_kib();
+  std::uint64_t heads = 0, sum = 0;
+  for (pfn_t pfn = pool_.start_pfn(); pfn < pool_.end_pfn(); ++pfn) {
+    page* p = pmpage::pfn_to_page(pfn);
+    sum += static_cast<std::uint64_t>(pmpage::page_count(p));
+    heads += pmpage::PageHead(p) ? 1 : 0;
+    sum += pmpage::compound_head(p) == p ? 1 : 0;
+    sum += pmpage::PageSplit(p) ? 1000000 : 0;
+    sum += pmpage::PageDirty(p) ? 1000000 : 0;
+    pmpage::get_page(p);
+    pmpage::put_page(p);
+  }
+  const long after = rss_anon_kib();
+
+  EXPECT_EQ(heads, total_regions_);
+  EXPECT_EQ(sum, total_pages_ + total_regions_);  // count 1 everywhere, one head per region
+  // 32 KiB per region would be 1 MiB here; allow a little noise from the process itself.
+  EXPECT_LT(after - before, 128) << "RssAnon grew by " << after - before << " KiB";
+  EXPECT_EQ(pool_.stats().descriptor_bytes, descriptor_bytes);
+  EXPECT_EQ(pool_.stats().materialised_regions, 0u);
+}
+
+}  // namespace

@@ -1,0 +1,238 @@
+// tests/test_util.hpp — shared test scaffolding: temporary pool files, a misuse recorder, an RSS
+// reader and a snapshot of a pool's allocations.
+//
+// Every test process runs with PMEM_IS_PMEM_FORCE=1 (set by ctest and, as a fallback for running
+// the binary by hand, by the environment below) so that libpmem treats /dev/shm mappings as pmem
+// and uses cache flushes instead of msync: the suite stays fast and the fence counts are those of
+// real pmem.
+//
+// Misuse policy in tests: the library's default handler aborts, which would kill the whole test
+// binary with little context. The global environment installs a handler that turns any misuse
+// report into a test failure instead. Tests that provoke misuse on purpose install
+// misuse_recorder, which records the reports without failing.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <pmpage/pmpage.hpp>
+
+namespace pmtest {
+
+inline constexpr std::uint64_t MiB = std::uint64_t{1} << 20;
+inline constexpr std::uint64_t GiB = std::uint64_t{1} << 30;
+
+// ---- misuse reports ---------------------------------------------------------------------------
+
+// Plain globals: the handler is a plain function pointer, and it may run on any thread.
+inline std::mutex g_misuse_mutex;
+inline std::vector<std::string> g_misuse_messages;
+inline std::atomic<int> g_misuse_count{0};
+
+inline void record_misuse(const char* message) {
+  std::lock_guard<std::mutex> lock(g_misuse_mutex);
+  g_misuse_messages.emplace_back(message ? message : "");
+  g_misuse_count.fetch_add(1);
+}
+
+// Installed for the whole run: an unexpected misuse report fails the current test (and, as the
+// handler returns, the offending call does nothing).
+inline void fail_on_misuse(const char* message) {
+  record_misuse(message);
+  ADD_FAILURE() << "unexpected misuse report: " << (message ? message : "(null)");
+}
+
+// RAII: while alive, misuse reports are recorded and do not fail the test.
+class misuse_recorder {
+ public:
+  misuse_recorder() {
+    reset();
+    previous_ = pmpage::set_misuse_handler(&record_misuse);
+  }
+  ~misuse_recorder() { pmpage::set_misuse_handler(previous_); }
+  misuse_recorder(const misuse_recorder&) = delete;
+  misuse_recorder& operator=(const misuse_recorder&) = delete;
+
+  static void reset() {
+    std::lock_guard<std::mutex> lock(g_misuse_mutex);
+    g_misuse_messages.clear();
+    g_misuse_count.store(0);
+  }
+  int count() const { return g_misuse_count.load(); }
+  std::string last() const {
+    std::lock_guard<std::mutex> lock(g_misuse_mutex);
+    return g_misuse_messages.empty() ? std::string() : g_misuse_messages.back();
+  }
+
+ private:
+  pmpage::misuse_handler previous_ = nullptr;
+};
+
+class pmpage_environment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    ::setenv("PMEM_IS_PMEM_FORCE", "1", /*overwrite=*/0);
+    pmpage::set_misuse_handler(&fail_on_misuse);
+  }
+};
+
+// Registered once for the whole binary (inline variable: one instance across translation units).
+// setenv also runs here, at static-initialisation time, so it precedes any libpmem call.
+inline ::testing::Environment* const g_pmpage_environment = [] {
+  ::setenv("PMEM_IS_PMEM_FORCE", "1", 0);
+  return ::testing::AddGlobalTestEnvironment(new pmpage_environment);
+}();
+
+// ---- process memory ---------------------------------------------------------------------------
+
+// Sanitizers keep shadow memory for every mapping the program touches and do not drop it on
+// madvise(MADV_DONTNEED), so RSS figures say nothing about the library under them.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kRssIsMeaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+inline constexpr bool kRssIsMeaningful = false;
+#else
+inline constexpr bool kRssIsMeaningful = true;
+#endif
+#else
+inline constexpr bool kRssIsMeaningful = true;
+#endif
+
+// RssAnon of this process in KiB: the anonymous memory (where 4 KiB descriptors live); the pool
+// files themselves are shmem and do not count.
+inline long rss_anon_kib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::strtol(line.c_str() + 8, nullptr, 10);
+  }
+  return -1;
+}
+
+// ---- pool helpers -----------------------------------------------------------------------------
+
+inline pmpage::pfn_t pfn_of(const pmpage::page* p) { return pmpage::page_to_pfn(p); }
+
+inline char* data_start(const pmpage::pool& pool) {
+  return static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(pool.start_pfn())));
+}
+
+// head pfn -> order, as reported by for_each_allocated. `visits` counts calls so a test can tell
+// an allocation reported twice from one reported once.
+struct allocation_snapshot {
+  std::map<pmpage::pfn_t, unsigned> by_pfn;
+  std::size_t visits = 0;
+};
+
+inline allocation_snapshot allocations(const pmpage::pool& pool) {
+  allocation_snapshot s;
+  pool.for_each_allocated([&](pmpage::page* head, unsigned order) {
+    ++s.visits;
+    s.by_pfn[pmpage::page_to_pfn(head)] = order;
+  });
+  return s;
+}
+
+inline std::uint64_t pages_in(const std::map<pmpage::pfn_t, unsigned>& allocs) {
+  std::uint64_t n = 0;
+  for (const auto& [pfn, order] : allocs) n += std::uint64_t{1} << order;
+  return n;
+}
+
+// The root area seen as an array of pfn slots (for alloc_pages_to / free_pages_from).
+inline pmpage::pfn_t* root_slots(const pmpage::pool& pool) {
+  return reinterpret_cast<pmpage::pfn_t*>(pool.root());
+}
+inline std::size_t root_slot_count(const pmpage::pool& pool) {
+  return pool.root_size() / sizeof(pmpage::pfn_t);
+}
+
+// ---- fixtures ---------------------------------------------------------------------------------
+
+// Hands out unique pool paths under /dev/shm and removes them after the test.
+class TempPathTest : public ::testing::Test {
+ protected:
+  std::filesystem::path new_path(const std::string& tag = "") {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name = std::string("pmpage-test-") + info->test_suite_name() + "." + info->name();
+    for (char& c : name)
+      if (c == '/') c = '_';
+    name += "-" + std::to_string(::getpid()) + "-" + std::to_string(paths_.size());
+    if (!tag.empty()) name += "-" + tag;
+    std::filesystem::path p = std::filesystem::path("/dev/shm") / name;
+    std::error_code ec;
+    std::filesystem::remove_all(p, ec);
+    paths_.push_back(p);
+    return p;
+  }
+
+  static pmpage::pool create_pool(const std::filesystem::path& path, std::uint64_t size,
+                                  std::shared_ptr<pmpage::persistence> backend = nullptr) {
+    pmpage::pool::options opts;
+    opts.size = size;
+    opts.backend = std::move(backend);
+    return pmpage::pool::create(path, opts);
+  }
+
+  void TearDown() override {
+    std::error_code ec;
+    for (const auto& p : paths_) std::filesystem::remove_all(p, ec);
+  }
+
+  std::vector<std::filesystem::path> paths_;
+};
+
+// One open pool, pool_, at path_, created in SetUp. Subclasses choose the size (and the backend).
+class PoolTest : public TempPathTest {
+ protected:
+  virtual std::uint64_t pool_size() const { return 64 * MiB; }
+  virtual std::shared_ptr<pmpage::persistence> backend() { return nullptr; }
+
+  void SetUp() override {
+    path_ = new_path();
+    pool_ = create_pool(path_, pool_size(), backend());
+    const pmpage::pool_stats s = pool_.stats();
+    total_pages_ = s.total_pages;
+    total_regions_ = s.total_regions;
+    start_ = pool_.start_pfn();
+  }
+
+  void TearDown() override {
+    pool_.close();
+    TempPathTest::TearDown();
+  }
+
+  // Close and reopen pool_ (same path); refreshes nothing else: pfns must not change.
+  void reopen() {
+    pool_.close();
+    pool_ = pmpage::pool::open(path_);
+  }
+
+  pmpage::page* page_at(std::uint64_t index) const { return pmpage::pfn_to_page(start_ + index); }
+  std::uint64_t index_of(const pmpage::page* p) const { return pmpage::page_to_pfn(p) - start_; }
+  std::uint64_t free_pages() const { return pool_.stats().free_pages; }
+
+  // The descriptor DRAM the contract allows: 64 B per region + 32 KiB per materialised region.
+  std::uint64_t expected_descriptor_bytes(std::uint64_t materialised) const {
+    return total_regions_ * 64 + materialised * 32768;
+  }
+
+  std::filesystem::path path_;
+  pmpage::pool pool_;
+  pmpage::pfn_t start_ = 0;
+  std::uint64_t total_pages_ = 0;
+  std::uint64_t total_regions_ = 0;
+};
+
+}  // namespace pmtest
