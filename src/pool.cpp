@@ -280,17 +280,18 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
 
 // ---- public allocation entry points ------------------------------------------------------------------
 
-page* pool_impl::alloc_pages(unsigned order) noexcept {
+page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan) {
   if (order > MAX_PAGE_ORDER) {
-    report_misuse("alloc_pages: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
+    report_misuse("%s: order %u > MAX_PAGE_ORDER (%u)", caller, order, MAX_PAGE_ORDER);
     return nullptr;
   }
+  std::lock_guard g(mu_);
+  return order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
+}
+
+page* pool_impl::alloc_pages(unsigned order) noexcept {
   alloc_plan plan;
-  page* p;
-  {
-    std::lock_guard g(mu_);
-    p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
-  }
+  page* p = reserve("alloc_pages", order, plan);
   if (!p) return nullptr;
   apply_alloc(p, order, plan);
   flush_plan(plan);
@@ -353,10 +354,6 @@ bool pool_impl::dest_offset(const void* slot, std::uint64_t& off) const {
 }
 
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
-  if (order > MAX_PAGE_ORDER) {
-    report_misuse("alloc_pages_to: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
-    return nullptr;
-  }
   std::uint64_t slot;
   if (!dest_offset(dest, slot)) {
     report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
@@ -364,11 +361,7 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
     return nullptr;
   }
   alloc_plan plan;
-  page* p;
-  {
-    std::lock_guard g(mu_);
-    p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
-  }
+  page* p = reserve("alloc_pages_to", order, plan);
   if (!p) return nullptr;
   const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
   flush_plan(plan);  // a fresh region's zeroed page map

@@ -145,6 +145,8 @@ class pool_impl {
   void release_descriptors(std::uint32_t r);  // give their memory back (madvise)
 
   // --- allocator internals; *_locked functions require mu_
+  /// Checks the order and chooses pages under the lock (DRAM only; nothing persistent yet).
+  page* reserve(const char* caller, unsigned order, alloc_plan& plan);
   page* alloc_small_locked(unsigned order, alloc_plan& plan);
   page* alloc_large_locked(unsigned order);
   /// The persistent stores of an allocation chosen under the lock (atomic RMW; lock not needed).

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "crash_harness.hpp"
+#include "layout.hpp"  // src/: crafting images needs the on-media structures
 
 using namespace pmpage;
 namespace fs = std::filesystem;
@@ -104,19 +105,11 @@ TEST_F(BadInput, UnsupportedMajorVersionIsNamed) {
   auto bytes = read_file(path_);
   // Rewrite both copies with major 2 and a valid checksum: a newer format, not damage.
   for (std::size_t off : {std::size_t{0}, std::size_t{4096}}) {
-    std::uint32_t two = 2;
-    std::memcpy(bytes.data() + off + 8, &two, 4);
-    // fletcher64 as in src/checksum.cpp
-    std::uint64_t lo = 0, hi = 0;
-    for (std::size_t i = 0; i < 4088; i += 4) {
-      std::uint32_t w;
-      std::memcpy(&w, bytes.data() + off + i, 4);
-      lo += w;
-      hi += lo;
-    }
-    hi += lo;
-    const std::uint64_t sum = ((hi << 32) | (lo & 0xffffffffu)) ^ 0x9e3779b97f4a7c15ull;
-    std::memcpy(bytes.data() + off + 4088, &sum, 8);
+    detail::superblock sb;
+    std::memcpy(&sb, bytes.data() + off, sizeof sb);
+    sb.major = 2;
+    sb.checksum = detail::fletcher64(&sb, offsetof(detail::superblock, checksum));
+    std::memcpy(bytes.data() + off, &sb, sizeof sb);
   }
   write_file(path_, bytes);
   expect_rejected(path_, {"format version 2.0"});
@@ -196,17 +189,18 @@ TEST_F(BadInput, CraftedIntentCannotWriteOutsideThePool) {
   make_pool();
   auto bytes = read_file(path_);
   const auto original = bytes;
-  // A lane with a valid checksum whose slot offset and pfn point far outside the pool.
-  std::uint64_t lane[8] = {0, 1, 1 | (0ull << 32), 1ull << 40, 0xdeadbeefull << 32, 0, 0, 0};
-  std::uint64_t lo = 0, hi = 0;
-  const auto* w = reinterpret_cast<const std::uint32_t*>(&lane[1]);
-  for (int i = 0; i < 14; ++i) {
-    lo += w[i];
-    hi += lo;
+  // Lanes with valid checksums whose slot offset or pfn point far outside the pool.
+  const std::uint64_t slot_ok = 3 * 4096;  // the root area
+  const std::uint64_t cases[][2] = {{1ull << 40, 0xdeadbeefull << 32}, {slot_ok, 0xdeadbeefull << 32}, {1ull << 40, 0}};
+  for (unsigned i = 0; i < 3; ++i) {
+    detail::lane l{};
+    l.seq = 1;
+    l.kind = std::uint32_t(detail::intent_kind::free_from);
+    l.slot_offset = cases[i][0];
+    l.pfn = cases[i][1];
+    l.checksum = detail::fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof l - 8);
+    std::memcpy(bytes.data() + 8192 + i * sizeof l, &l, sizeof l);
   }
-  hi += lo;
-  lane[0] = ((hi << 32) | (lo & 0xffffffffu)) ^ 0x9e3779b97f4a7c15ull;
-  std::memcpy(bytes.data() + 8192, lane, sizeof lane);
   write_file(path_, bytes);
   pool p = pool::open(path_);  // ignored: bounds-checked before use
   EXPECT_EQ(p.check(), "");
