@@ -125,6 +125,8 @@ std::string pool_impl::check_locked() {
         if (s.published && s.nr_free == HPAGE_PMD_NR) return fail("S1: region ", r, " wholly free but not merged");
         free_pages += s.nr_free;
         const std::uint64_t* map = page_map(ri);
+        for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
+          if (s.map[w] != load_word(&map[w])) return fail("S5: region ", r, " page map word ", w, " differs from its mirror");
         for (unsigned i = 0; i < HPAGE_PMD_NR;) {
           page* p = vpage((r << HPAGE_PMD_ORDER) + i);
           const bool is_free = s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64));

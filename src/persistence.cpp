@@ -23,6 +23,12 @@ class libpmem_persistence final : public persistence {
   void drain() noexcept override {
     if (is_pmem_) pmem_drain();
   }
+  void copy_nodrain(void* dst, const void* src, std::size_t len) noexcept override {
+    if (is_pmem_)
+      pmem_memcpy(dst, src, len, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
+    else
+      persistence::copy_nodrain(dst, src, len);
+  }
 
  private:
   bool is_pmem_ = true;

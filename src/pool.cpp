@@ -54,29 +54,6 @@ void pool_impl::init_compound_small(std::uint32_t r, unsigned first, unsigned or
   head->flags_.store(order ? std::uint32_t{PG_head} : 0u, std::memory_order_release);
 }
 
-// ---- flush bookkeeping -------------------------------------------------------------------------
-
-void pool_impl::note_flush(alloc_plan& plan, const void* p, std::size_t len) {
-  const char* lo = static_cast<const char*>(p);
-  const char* hi = lo + len;
-  for (unsigned i = 0; i < plan.nr_ranges; ++i) {
-    auto& rg = plan.ranges[i];
-    if (lo <= rg.hi + 64 && hi + 64 >= rg.lo) {  // touching or within a line: merge
-      rg.lo = std::min(rg.lo, lo);
-      rg.hi = std::max(rg.hi, hi);
-      return;
-    }
-  }
-  if (plan.nr_ranges == alloc_plan::MAX_RANGES) flush_plan(plan);  // flushing early is always safe
-  plan.ranges[plan.nr_ranges++] = {lo, hi};
-}
-
-void pool_impl::flush_plan(alloc_plan& plan) {
-  for (unsigned i = 0; i < plan.nr_ranges; ++i)
-    pers_->flush(plan.ranges[i].lo, std::size_t(plan.ranges[i].hi - plan.ranges[i].lo));
-  plan.nr_ranges = 0;
-}
-
 // ---- choosing pages ------------------------------------------------------------------------------
 
 std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
@@ -98,9 +75,7 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
   d.kind_ = RK_SPLIT;
   ++split_regions_;
   // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes.
-  std::uint64_t* map = page_map(r);
-  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], 0);
-  note_flush(plan, map, PAGE_MAP_BYTES);
+  write_map_locked(r, 0, PAGE_MAP_WORDS - 1);
   d.flags_.store(PG_split, std::memory_order_release);
   plan.fresh[plan.nr_fresh++] = r;
   return r;
@@ -149,6 +124,7 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
 
   back_descriptors(r);
   auto* s = new split_state{};
+  std::memcpy(s->map, fixed, sizeof s->map);
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
   s->nr_free = HPAGE_PMD_NR;
   s->list = 0xff;
@@ -224,21 +200,25 @@ page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
   return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + unsigned(pos));
 }
 
-void pool_impl::apply_alloc(page* p, unsigned order, alloc_plan& plan) {
+void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
+  constexpr unsigned words_per_line = 64 / 8;
+  const unsigned l0 = w0 / words_per_line * words_per_line, l1 = (w1 / words_per_line + 1) * words_per_line;
+  pers_->copy_nodrain(page_map(r) + l0, sstate(r).map + l0, (l1 - l0) * 8);
+}
+
+void pool_impl::apply_alloc_locked(page* p, unsigned order) {
   const auto index = std::uint64_t(p - vmemmap_);
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
   if (order >= HPAGE_PMD_ORDER) {
     persist_word(region_word(r), make_region_word(region_state::head, order));
     return;
   }
-  // Atomic RMW: other threads set and clear other pages' codes in the same words without the lock.
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
-  std::uint64_t* map = page_map(r);
-  for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t, std::uint64_t bits) {
-    std::atomic_ref<std::uint64_t>(map[w]).fetch_or(bits, std::memory_order_relaxed);
+  std::uint64_t* mirror = sstate(r).map;
+  for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
+    mirror[w] = (mirror[w] & ~mask) | bits;
   });
-  const unsigned w0 = first / PAGES_PER_MAP_WORD, w1 = (first + (1u << order) - 1) / PAGES_PER_MAP_WORD;
-  note_flush(plan, &map[w0], (w1 - w0 + 1) * 8);
+  write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + (1u << order) - 1) / PAGES_PER_MAP_WORD);
 }
 
 page* pool_impl::alloc_large_locked(unsigned order) {
@@ -280,21 +260,21 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
 
 // ---- public allocation entry points ------------------------------------------------------------------
 
-page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan) {
+page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply) {
   if (order > MAX_PAGE_ORDER) {
     report_misuse("%s: order %u > MAX_PAGE_ORDER (%u)", caller, order, MAX_PAGE_ORDER);
     return nullptr;
   }
   std::lock_guard g(mu_);
-  return order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
+  page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
+  if (p && apply) apply_alloc_locked(p, order);
+  return p;
 }
 
 page* pool_impl::alloc_pages(unsigned order) noexcept {
   alloc_plan plan;
-  page* p = reserve("alloc_pages", order, plan);
+  page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
-  apply_alloc(p, order, plan);
-  flush_plan(plan);
   intents_.resolve_conflicts(pfn_of_index(std::uint64_t(p - vmemmap_)), order, 0);
   fence();
   if (plan.nr_fresh) {
@@ -323,13 +303,12 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
       while (done < n) {
         page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
         if (!p) break;
+        apply_alloc_locked(p, order);
         out[done++] = p;
       }
     }
     if (done == first) break;
-    for (std::size_t i = first; i < done; ++i) apply_alloc(out[i], order, plan);
-    flush_plan(plan);
-    if (intents_.pending())
+      if (intents_.pending())
       for (std::size_t i = first; i < done; ++i)
         intents_.resolve_conflicts(pfn_of_index(std::uint64_t(out[i] - vmemmap_)), order, 0);
     fence();
@@ -361,18 +340,19 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
     return nullptr;
   }
   alloc_plan plan;
-  page* p = reserve("alloc_pages_to", order, plan);
+  page* p = reserve("alloc_pages_to", order, plan, /*apply=*/false);
   if (!p) return nullptr;
   const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
-  flush_plan(plan);  // a fresh region's zeroed page map
   intents_.resolve_conflicts(pfn, order, slot);
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::alloc_to, order, slot, pfn);
   // 1: the intent is durable before any word of the allocation can be, so a crash can never
   // leave the page allocated without the intent that lets recovery undo it.
   fence();
-  apply_alloc(p, order, plan);
-  flush_plan(plan);
+  {
+    std::lock_guard g(mu_);
+    apply_alloc_locked(p, order);
+  }
   write_fresh_split_words(plan);
   std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
   pers_->flush(dest, sizeof *dest);
@@ -417,12 +397,9 @@ free_result pool_impl::free_stores_locked(page* holder) {
   holder->order_ = 0;
   holder->private_.store(0, std::memory_order_relaxed);
   holder->flags_.store(0, std::memory_order_release);
-  std::uint64_t* map = page_map(r);
-  for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) {
-    std::atomic_ref<std::uint64_t>(map[w]).fetch_and(~mask, std::memory_order_relaxed);
-    pers_->flush(&map[w], 8);
-  });
   split_state& s = sstate(r);
+  for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) { s.map[w] &= ~mask; });
+  write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + n - 1) / PAGES_PER_MAP_WORD);
   mark_free(s, first, n);
   free_pages_ += n;
   fr.order = order;
@@ -548,6 +525,7 @@ int pool_impl::split_huge_page(page* p) noexcept {
   }
   first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   auto* s = new split_state{};  // all pages in use: no free bits
+  for (auto& w : s->map) w = all_order0;
   s->list = 0xff;
   s->published = true;
   h->alloc_state_ = s;

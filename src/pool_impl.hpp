@@ -49,18 +49,13 @@
 namespace pmpage::detail {
 
 /// Persistent stores an allocation made under the lock, to be made durable by its caller.
-/// Collects the flushes so the caller issues them once, outside the lock, before its fence.
+/// The regions an allocation (or a bulk batch) split fresh: they need their SPLIT word after
+/// the first fence, and are published to the filler only then.
 struct alloc_plan {
   static constexpr unsigned MAX_FRESH = 8;
-  static constexpr unsigned MAX_RANGES = 16;
-  std::uint32_t fresh[MAX_FRESH];  // regions split for this plan: need their SPLIT word after fence 1
+  std::uint32_t fresh[MAX_FRESH];
   unsigned nr_fresh = 0;
-  bool fresh_full = false;         // a fresh region was needed but fresh[] is full
-  struct range {
-    const char* lo;
-    const char* hi;
-  } ranges[MAX_RANGES];
-  unsigned nr_ranges = 0;
+  bool fresh_full = false;  // a fresh region was needed but fresh[] is full
 };
 
 /// What a free left to do after its fence.
@@ -145,21 +140,20 @@ class pool_impl {
   void release_descriptors(std::uint32_t r);  // give their memory back (madvise)
 
   // --- allocator internals; *_locked functions require mu_
-  /// Checks the order and chooses pages under the lock (DRAM only; nothing persistent yet).
-  page* reserve(const char* caller, unsigned order, alloc_plan& plan);
+  /// Checks the order and chooses pages under the lock; with apply, also writes them (unfenced).
+  page* reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply);
   page* alloc_small_locked(unsigned order, alloc_plan& plan);
   page* alloc_large_locked(unsigned order);
-  /// The persistent stores of an allocation chosen under the lock (atomic RMW; lock not needed).
-  void apply_alloc(page* p, unsigned order, alloc_plan& plan);
+  /// The persistent stores of a chosen allocation (unfenced): page-map codes or region word.
+  void apply_alloc_locked(page* p, unsigned order);
+  /// Copies the cache lines of r's page map holding words [w0, w1] from the mirror (S5) to the media.
+  void write_map_locked(std::uint32_t r, unsigned w0, unsigned w1);
   std::uint32_t take_fresh_region_locked(alloc_plan& plan);
   bool materialise_locked(std::uint32_t r);
   void init_compound_small(std::uint32_t r, unsigned first, unsigned order);
   /// Durability of a finished plan: fence 1 done by caller; writes fresh SPLIT words (flushed).
   void write_fresh_split_words(const alloc_plan& plan);
   void publish_fresh(const alloc_plan& plan);
-  /// Notes [p, p + len) for flushing at commit; flushes early if the plan has no room.
-  void note_flush(alloc_plan& plan, const void* p, std::size_t len);
-  void flush_plan(alloc_plan& plan);
   /// Frees under the lock: DRAM state and the persistent stores (flushed, not fenced).
   free_result free_stores_locked(page* holder);
   /// After the free's fence: merge a drained region back / return regions to the buddy.

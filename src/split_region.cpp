@@ -60,6 +60,7 @@ void filler::remove(std::uint32_t r, split_state& s) {
   else
     heads_[s.list] = d.list_next_;
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = d.list_prev_;
+  if (heads_[s.list] == NIL) nonempty_ &= ~(list_mask{1} << s.list);
   d.list_next_ = d.list_prev_ = NIL;
   s.list = 0xff;
   --count_;
@@ -94,14 +95,18 @@ void filler::update(std::uint32_t r, split_state& s, change c) {
   d.list_next_ = heads_[target];
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = r;
   heads_[target] = r;
+  nonempty_ |= list_mask{1} << target;
   s.list = std::uint8_t(target);
   ++count_;
 }
 
 std::uint32_t filler::find(unsigned order) const {
-  for (unsigned fb = 0; fb < FULLNESS_BUCKETS; ++fb)
-    for (unsigned k = order; k < ORDERS; ++k)
-      if (heads_[fb * ORDERS + k] != NIL) return heads_[fb * ORDERS + k];
+  if (!nonempty_) return NIL;
+  const unsigned wanted = (1u << ORDERS) - (1u << order);  // lists with longest >= order
+  for (unsigned fb = 0; fb < FULLNESS_BUCKETS; ++fb) {
+    const auto group = unsigned(nonempty_ >> (fb * ORDERS)) & wanted;
+    if (group) return heads_[fb * ORDERS + unsigned(std::countr_zero(group))];
+  }
   return NIL;
 }
 

@@ -9,6 +9,8 @@
 //   S2  page i is free in s  <=>  page map code of i is CODE_FREE (after recovery).
 //   S3  s.longest == the largest k with a free naturally aligned 2^k block, or -1 if none.
 //   S4  r is on filler list (fullness(s), s.longest) iff s.longest >= 0 and r is published.
+//   S5  s.map equals the persistent page map. Writers update s.map under the lock and copy whole
+//       cache lines of it to the media (non-temporal on pmem), never reading the media.
 // Lock: every function here runs under the pool's allocator lock.
 #pragma once
 
@@ -22,6 +24,7 @@ namespace pmpage::detail {
 inline constexpr std::uint32_t NIL = 0xffffffffu;
 
 struct split_state {
+  std::uint64_t map[PAGE_MAP_WORDS];  // S5: the region's page map as it is (or is being written) on the media
   std::uint64_t free_bits[8];  // bit i set <=> page i free
   std::uint16_t nr_free;
   std::int8_t longest;         // S3
@@ -68,6 +71,7 @@ class filler {
   void init(page* regions) {
     regions_ = regions;
     for (auto& h : heads_) h = NIL;
+    nonempty_ = 0;
     count_ = 0;
   }
   enum class change { allocated, freed, unknown };
@@ -85,6 +89,8 @@ class filler {
   }
   page* regions_ = nullptr;
   std::uint32_t heads_[FULLNESS_BUCKETS * ORDERS];
+  __extension__ typedef unsigned __int128 list_mask;
+  list_mask nonempty_ = 0;  // bit l set <=> heads_[l] != NIL: find() tests 9 lists at once
   std::uint64_t count_ = 0;
 };
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,9 @@ struct scenario {
   bool bulk = false;        // outcome may be any subset of the new allocations
   bool slot_owned = false;  // every allocation lives in a slot (alloc_pages_to scenarios)
 };
+
+/// gtest prints a parameter with this (instead of its bytes).
+inline void PrintTo(const scenario& s, std::ostream* os) { *os << s.name; }
 
 struct crash_report {
   std::size_t images = 0;           // crash images recovered and checked
