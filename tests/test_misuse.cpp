@@ -2,6 +2,8 @@
 // call does nothing, and neither the volatile nor the persistent state is damaged.
 #include <cstring>
 
+#include <memory>
+
 #include "test_util.hpp"
 
 namespace {
@@ -146,6 +148,19 @@ TEST_F(Misuse, PfnOutsideEveryPoolIsReported) {
   expect_reported([&] { EXPECT_EQ(pmpage::pfn_to_page(pfn_t{0xfffe} << 32), nullptr); },
                   "pfn_to_page of a section with no pool");
   expect_reported([&] { EXPECT_EQ(pmpage::pfn_to_page(~pfn_t{0}), nullptr); }, "pfn_to_page(~0)");
+  expect_state(total_pages_, {});
+}
+
+TEST_F(Misuse, ForeignDescriptorPointerIsReported) {
+  // A page* that no pool handed out: a heap object, and a pointer past the pool's descriptors.
+  auto foreign = std::make_unique<pmpage::page>();
+  expect_reported([&] { pmpage::get_page(foreign.get()); }, "get_page of a heap object");
+  expect_reported([&] { pmpage::put_page(foreign.get()); }, "put_page of a heap object");
+  expect_reported([&] { EXPECT_EQ(pmpage::page_to_pfn(foreign.get()), 0u); }, "page_to_pfn of a heap object");
+  expect_reported([&] { EXPECT_EQ(pmpage::page_address(foreign.get()), nullptr); }, "page_address of a heap object");
+  page* past_end = page_at(0) + total_pages_;
+  expect_reported([&] { pmpage::lock_page(past_end); }, "lock_page past the last descriptor");
+  expect_reported([&] { pmpage::free_pages(past_end, 0); }, "free_pages past the last descriptor");
   expect_state(total_pages_, {});
 }
 
