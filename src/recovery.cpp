@@ -88,7 +88,10 @@ void pool_impl::adopt_superblock(const superblock& sb) {
 }
 
 void pool_impl::map_and_attach(std::shared_ptr<persistence> backend) {
-  dev_.map(lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE, lay_.data_offset);
+  // Device DAX only maps whole multiples of its alignment: map all of it. Files: just what we use.
+  const std::uint64_t length = dev_.type() == device::kind::device_dax ? lay_.device_size
+                                                                        : lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE;
+  dev_.map(length, lay_.data_offset);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
   pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
   region_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.region_table_offset);
