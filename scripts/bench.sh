@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# bench.sh — the main job: set up a fresh Debian 12 machine (as root), build pmpage in Release and
+# run the benchmark suite against pmpage's baselines. Idempotent; fast when nothing changed.
+#
+#   scripts/bench.sh [--device=PATH] [--scratch=DIR] [extra Google Benchmark flags]
+#
+# Without --device (or PMPAGE_BENCH_DEVICE) the pools are emulated pmem files in /dev/shm, flushed
+# with clwb/clflushopt + sfence (PMEM_IS_PMEM_FORCE=1), and removed afterwards. With
+# --device=/dev/daxX.Y the device is formatted (its data is lost).
+#
+# Output (in results/, or $PMPAGE_RESULTS): bench.json (Google Benchmark), summary.md (the table
+# printed at the end), latency.png, dram_vs_size.png, open_vs_size.png.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build=${PMPAGE_BUILD_DIR:-build-release}
+out=${PMPAGE_RESULTS:-results}
+jobs=${JOBS:-2}
+
+# ---- packages: install only what is missing -------------------------------------------------------
+pkgs=(cmake g++ make pkg-config libpmem-dev libpmemobj-dev libbenchmark-dev libgtest-dev gnuplot-nox python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bench.sh: installing ${missing[*]}"
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# ---- build (incremental) ------------------------------------------------------------------------------
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPMPAGE_BUILD_TESTS=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
+fi
+cmake --build "$build" -j"$jobs" --target pmpage_bench
+
+# ---- run ---------------------------------------------------------------------------------------------
+# Emulated pools of an interrupted earlier run (their process is gone) would only waste RAM.
+for d in /dev/shm/pmpage-bench.*; do
+  [ -d "$d" ] || continue
+  kill -0 "${d##*.}" 2>/dev/null || rm -rf "$d"
+done
+load=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
+  echo "bench.sh: note: load average is $load — other work on this machine will show in the timings" >&2
+fi
+mkdir -p "$out"
+rc=0
+"$build/bench/pmpage_bench" \
+  --benchmark_out="$out/bench.json" --benchmark_out_format=json \
+  --benchmark_min_time="${PMPAGE_BENCH_MIN_TIME:-0.2}" \
+  --benchmark_repetitions="${PMPAGE_BENCH_REPETITIONS:-5}" \
+  --benchmark_display_aggregates_only=true \
+  --benchmark_enable_random_interleaving=true \
+  "$@" || rc=$?
+# A failed benchmark still leaves the others in the JSON: summarise what there is, then report.
+python3 scripts/bench_summary.py "$out/bench.json" "$out"
+gnuplot -e "dir='$out'" scripts/plot.gp
+echo "bench.sh: results in $out/ (summary.md, bench.json, latency.png, dram_vs_size.png, open_vs_size.png)"
+[ "$rc" -eq 0 ] || echo "bench.sh: pmpage_bench exited with status $rc (see the errors above)" >&2
+exit "$rc"

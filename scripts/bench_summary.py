@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Turns pmpage_bench's Google Benchmark JSON into the summary table and the plot data.
+
+usage: bench_summary.py RESULTS_JSON OUT_DIR
+
+Writes OUT_DIR/summary.md (the table of issue 4: measure, pmpage, baseline, ratio, target, met?,
+plus context rows and the machine), OUT_DIR/latency.dat and OUT_DIR/sweep.dat (for plot.gp), and
+prints the table. Exit status 0 even when targets are missed: missing a target is a result.
+"""
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+NAN = float("nan")
+
+
+def normalise(run_name):
+    """'open/pmpage/1GiB/iterations:5/repeats:1/manual_time' -> 'open/pmpage/1GiB'; keeps threads:N."""
+    parts = [p for p in run_name.split("/")
+             if p not in ("manual_time", "real_time", "process_time")
+             and not p.split(":")[0] in ("iterations", "repeats", "min_time", "min_warmup_time")]
+    return "/".join(parts)
+
+
+def load(path):
+    with open(path) as f:
+        doc = json.load(f)
+    runs = {}
+    for b in doc.get("benchmarks", []):
+        runs.setdefault(normalise(b.get("run_name", b["name"])), []).append(b)
+    return doc, runs
+
+
+def pick(runs, name):
+    """Best of the repetitions: the run with the highest rate (or the lowest time).
+
+    The suite runs on machines shared with other work; the best repetition is the one least
+    disturbed, and both pmpage and its baseline are picked the same way."""
+    rs = runs.get(name)
+    if not rs:
+        return None
+    if any(r.get("error_occurred") for r in rs):
+        return {"error": next(r.get("error_message", "error") for r in rs if r.get("error_occurred"))}
+    its = [r for r in rs if r.get("run_type", "iteration") == "iteration"]
+    if not its:
+        return None
+    if all("items_per_second" in r for r in its):
+        return max(its, key=lambda r: r["items_per_second"])
+    return min(its, key=lambda r: r["real_time"])
+
+
+UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def ns_per_op(runs, name):
+    r = pick(runs, name)
+    if r is None or "error" in r:
+        return NAN
+    ips = r.get("items_per_second")
+    if ips:
+        return 1e9 / ips
+    return r["real_time"] * UNIT[r.get("time_unit", "ns")]
+
+
+def rate(runs, name):
+    r = pick(runs, name)
+    if r is None or "error" in r:
+        return NAN
+    return r.get("items_per_second", NAN)
+
+
+def counter(runs, name, key):
+    r = pick(runs, name)
+    if r is None or "error" in r:
+        return NAN
+    v = r.get(key)
+    return float(v) if isinstance(v, (int, float)) else NAN
+
+
+def real_ms(runs, name):
+    r = pick(runs, name)
+    if r is None or "error" in r:
+        return NAN
+    return r["real_time"] * UNIT[r.get("time_unit", "ns")] / 1e6
+
+
+def fmt_ns(v):
+    if math.isnan(v):
+        return "n/a"
+    if v >= 1e9:
+        return f"{v / 1e9:.2f} s"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} ms"
+    if v >= 1e4:
+        return f"{v / 1e3:.1f} µs"
+    if v >= 100:
+        return f"{v:.0f} ns"
+    return f"{v:.2f} ns"
+
+
+def fmt_bytes(v):
+    if math.isnan(v):
+        return "n/a"
+    for unit, d in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(v) >= d:
+            return f"{v / d:.2f} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_x(v):
+    return "n/a" if math.isnan(v) else (f"{v:.0f}×" if v >= 100 else f"{v:.2f}×")
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, measure, pm, base, ratio, target, met):
+        if met is None:
+            m = "—"
+        elif isinstance(met, float) and math.isnan(met):
+            m = "n/a"
+        else:
+            m = "yes" if met else "**NO**"
+        self.rows.append((measure, pm, base, ratio, target, m))
+
+    def markdown(self, header=("measure", "pmpage", "baseline", "ratio", "target", "met?")):
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in self.rows:
+            out.append("| " + " | ".join(r[:len(header)]) + " |")
+        return "\n".join(out)
+
+
+def cmp_le(ratio, limit):
+    return NAN if math.isnan(ratio) else ratio <= limit
+
+
+def cmp_ge(ratio, limit):
+    return NAN if math.isnan(ratio) else ratio >= limit
+
+
+def machine(doc):
+    ctx = doc.get("context", {})
+    model = "unknown CPU"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("Hypervisor vendor:"):
+                model += f" ({line.split(':', 1)[1].strip()} guest)"
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = NAN
+    return (f"{model}, {os.cpu_count()} CPUs (nproc), {mem:.0f} GiB RAM, Linux {platform.release()}; "
+            f"device: {ctx.get('pmpage.device', '?')}; "
+            f"run {ctx.get('date', datetime.now(timezone.utc).isoformat())}; "
+            f"load average at start: {', '.join(f'{x:.2f}' for x in ctx.get('load_avg', []))}")
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    doc, runs = load(sys.argv[1])
+    out_dir = sys.argv[2]
+    os.makedirs(out_dir, exist_ok=True)
+    t = Table()
+    ctx = Table()
+
+    # --- translation vs the flat model -------------------------------------------------------------
+    for fn in ("pfn_to_page", "page_to_pfn", "page_address", "virt_to_page"):
+        pm, fl = ns_per_op(runs, f"translate/{fn}/pmpage"), ns_per_op(runs, f"translate/{fn}/flat")
+        r = pm / fl
+        t.add(f"translation: `{fn}`", fmt_ns(pm), f"{fmt_ns(fl)} flat", fmt_x(r), "≤ 1.25× flat", cmp_le(r, 1.25))
+
+    # --- get/put vs the bare atomic ----------------------------------------------------------------
+    atom = ns_per_op(runs, "refs/atomic/floor")
+    labels = {"head": "heads (unsplit order 9)", "split4k": "split 4 KiB pages",
+              "tail_unsplit": "tails of unsplit regions", "tail_split": "tails in a split region (order 2)",
+              "tail_multi": "tails of an order-10 page (2nd region)"}
+    for k in ("head", "split4k", "tail_unsplit"):
+        pm = ns_per_op(runs, f"refs/{k}/pmpage")
+        r = pm / atom
+        t.add(f"get/put pair: {labels[k]}", fmt_ns(pm), f"{fmt_ns(atom)} atomic", fmt_x(r), "≤ 1.5× atomic",
+              cmp_le(r, 1.5))
+    for k in ("tail_split", "tail_multi"):
+        pm = ns_per_op(runs, f"refs/{k}/pmpage")
+        ctx.add(f"get/put pair: {labels[k]}", fmt_ns(pm), f"{fmt_ns(atom)} atomic", fmt_x(pm / atom),
+                "(not in the issue)", None)
+    for k in ("head", "split4k", "tail_unsplit", "tail_split", "tail_multi"):
+        pm, fl = ns_per_op(runs, f"refs/{k}/pmpage"), ns_per_op(runs, f"refs/{k}/flat")
+        ctx.add(f"get/put pair vs the kernel's: {labels[k]}", fmt_ns(pm), f"{fmt_ns(fl)} flat model",
+                fmt_x(pm / fl), "(context)", None)
+
+    # --- durable allocation --------------------------------------------------------------------------
+    a0 = ns_per_op(runs, "alloc/order0_pair/pmpage")
+    o_def, o_cls = ns_per_op(runs, "alloc/order0_pair/pmemobj_default"), ns_per_op(runs, "alloc/order0_pair/pmemobj_class4k")
+    o_best = min(o_def, o_cls) if not (math.isnan(o_def) or math.isnan(o_cls)) else (o_cls if math.isnan(o_def) else o_def)
+    which = "4 KiB class" if o_best == o_cls else "default class"
+    sp = o_best / a0
+    t.add("order-0 alloc+free pair, durable, vs pmemobj 4 KiB", fmt_ns(a0), f"{fmt_ns(o_best)} pmemobj ({which})",
+          f"{fmt_x(sp)} faster", "≥ 4× faster", cmp_ge(sp, 4))
+    ctx.add("order-0 pair vs pmemobj 4 KiB, default classes", fmt_ns(a0), fmt_ns(o_def), f"{fmt_x(o_def / a0)} faster",
+            "(context)", None)
+    ctx.add("order-0 pair vs pmemobj 4 KiB, aligned header-less class", fmt_ns(a0), fmt_ns(o_cls),
+            f"{fmt_x(o_cls / a0)} faster", "(context)", None)
+    floor = ns_per_op(runs, "floor/persist64/libpmem")
+    r = a0 / floor
+    t.add("order-0 alloc+free pair vs persistence floor", fmt_ns(a0), f"{fmt_ns(floor)} pmem_persist 64 B",
+          fmt_x(r), "≤ 2.5× floor", cmp_le(r, 2.5))
+    a9 = ns_per_op(runs, "alloc/order9_pair/pmpage")
+    o9c, o9d = ns_per_op(runs, "alloc/order9_pair/pmemobj_class2m"), ns_per_op(runs, "alloc/order9_pair/pmemobj_default2m")
+    sp = o9c / a9
+    t.add("order-9 alloc+free pair vs pmemobj 2 MiB aligned class", fmt_ns(a9), f"{fmt_ns(o9c)} pmemobj",
+          f"{fmt_x(sp)} faster", "≥ 5× faster", cmp_ge(sp, 5))
+    ctx.add("order-9 pair vs pmemobj 2 MiB, default (unaligned) class", fmt_ns(a9), fmt_ns(o9d),
+            f"{fmt_x(o9d / a9)} faster", "(context)", None)
+    for nm, label in (("order0_to_pair", "order 0"), ("order9_to_pair", "order 9")):
+        v = ns_per_op(runs, f"alloc/{nm}/pmpage")
+        ctx.add(f"alloc_pages_to + free_pages_from pair, {label}", fmt_ns(v), fmt_ns(floor) + " floor",
+                fmt_x(v / floor), "(context)", None)
+
+    # --- fences ----------------------------------------------------------------------------------------
+    # PMDK's counterpart of both pairs is pmemobj_xalloc/pmemobj_free with the handle in pmem (it always
+    # stores the handle durably, like alloc_pages_to); its fences are counted by interposing pmem_drain.
+    pmdk = {"0": ("fences/order0/pmemobj_class4k", "4 KiB class"), "9": ("fences/order9/pmemobj_class2m", "2 MiB class")}
+    for nm, label, limit in (("order0", "order-0 alloc_pages / free_pages", 1),
+                             ("order9", "order-9 alloc_pages / free_pages", 1),
+                             ("order0_to", "order-0 alloc_pages_to / free_pages_from", 2),
+                             ("order9_to", "order-9 alloc_pages_to / free_pages_from", 2)):
+        fa = counter(runs, f"fences/{nm}/pmpage", "fences_alloc")
+        ff = counter(runs, f"fences/{nm}/pmpage", "fences_free")
+        worst = max(fa, ff) if not (math.isnan(fa) or math.isnan(ff)) else NAN
+        pn, pl = pmdk[nm[5]]
+        pa, pf = counter(runs, pn, "fences_alloc"), counter(runs, pn, "fences_free")
+        t.add(f"fences per op: {label}", f"{fa:.2f} / {ff:.2f}", f"{pa:.2f} / {pf:.2f} pmemobj {pl}",
+              f"{fmt_x((pa + pf) / (fa + ff))} fewer", f"≤ {limit}", cmp_le(worst, limit + 1e-9))
+    for nm, label in (("order0", "order 0"), ("order9", "order 9")):
+        fa = counter(runs, f"fences/{nm}/pmpage_drain", "fences_alloc")
+        ff = counter(runs, f"fences/{nm}/pmpage_drain", "fences_free")
+        ctx.add(f"pmem_drain calls per alloc / free, {label}, production backend (cross-check)", f"{fa:.2f} / {ff:.2f}",
+                "—", "—", "(context)", None)
+    for nm, label in (("fences/order0/pmemobj_default", "4 KiB default class"), ("fences/order9/pmemobj_default2m", "2 MiB default class")):
+        ctx.add(f"pmemobj fences per alloc / free, {label}", f"{counter(runs, nm, 'fences_alloc'):.2f} / {counter(runs, nm, 'fences_free'):.2f}",
+                "—", "—", "(context)", None)
+    fb = counter(runs, "fences/bulk64/pmpage", "fences_alloc")
+    ctx.add("fences per page, alloc_pages_bulk(0, 64)", f"{fb:.3f}", "—", "—", "(context)", None)
+
+    # --- bulk ---------------------------------------------------------------------------------------
+    bulk, single = ns_per_op(runs, "bulk/alloc64_bulk/pmpage"), ns_per_op(runs, "bulk/alloc64_single/pmpage")
+    r = bulk / single
+    t.add("bulk order-0 allocation, per page (batch 64)", fmt_ns(bulk), f"{fmt_ns(single)} single alloc_pages",
+          fmt_x(r), "≤ 0.25× single", cmp_le(r, 0.25))
+    pub, osingle = ns_per_op(runs, "bulk/alloc64_publish/pmemobj_class4k"), ns_per_op(runs, "bulk/alloc64_single/pmemobj_class4k")
+    ctx.add("bulk per page vs pmemobj reserve/publish batch of 64", fmt_ns(bulk), fmt_ns(pub),
+            f"{fmt_x(pub / bulk)} faster", "(context)", None)
+    ctx.add("pmemobj: publish batch per object vs single xalloc", fmt_ns(pub), fmt_ns(osingle), fmt_x(pub / osingle),
+            "(context)", None)
+
+    # --- DRAM and open time ---------------------------------------------------------------------------
+    sizes = sorted({int(n.split("/")[2][:-3]) for n in runs if n.startswith("open/pmpage/")})
+    flat_sizes = sorted({int(n.split("/")[2][:-3]) for n in runs if n.startswith("open/flat_init/")})
+    ref = 64 if 64 in sizes else (max(sizes) if sizes else None)
+    if ref is not None:
+        name = f"open/pmpage/{ref}GiB"
+        desc, flat_b = counter(runs, name, "descriptor_bytes"), counter(runs, name, "flat_bytes")
+        r = flat_b / desc
+        t.add(f"descriptor DRAM, unsplit {ref} GiB pool", fmt_bytes(desc), f"{fmt_bytes(flat_b)} flat",
+              f"{fmt_x(r)} less", "≥ 500× less", cmp_ge(r, 500))
+        rss, alloc_b = counter(runs, name, "rss_anon_delta"), counter(runs, name, "allocator_bytes")
+        ctx.add(f"all DRAM of an open {ref} GiB pool (RssAnon delta at open)", fmt_bytes(rss), fmt_bytes(flat_b) + " flat",
+                f"{fmt_x(flat_b / rss) if rss > 0 else 'n/a'} less", "(context)", None)
+        ctx.add(f"allocator index DRAM, {ref} GiB pool", fmt_bytes(alloc_b), "—", "—", "(context)", None)
+        fref = ref if ref in flat_sizes else (max(flat_sizes) if flat_sizes else None)
+        om = real_ms(runs, name)
+        if fref is not None:
+            fm = real_ms(runs, f"open/flat_init/{fref}GiB") * ref / fref
+            r = fm / om
+            note = "" if fref == ref else f" (scaled from {fref} GiB)"
+            t.add(f"open time, {ref} GiB pool", fmt_ns(om * 1e6), f"{fmt_ns(fm * 1e6)} flat init{note}",
+                  f"{fmt_x(r)} faster", "≥ 100× faster", cmp_ge(r, 100))
+    if sizes:
+        big = max(sizes)
+        om = real_ms(runs, f"open/pmpage/{big}GiB")
+        per_region = [counter(runs, f"open/pmpage/{g}GiB", "descriptor_bytes") / counter(runs, f"open/pmpage/{g}GiB", "regions")
+                      for g in sizes]
+        lo, hi = min(per_region), max(per_region)
+        fl_big = big * 2**30 / 4096 * 64
+        t.add(f"open time, {big} GiB sparse pool", fmt_ns(om * 1e6), f"flat: {fmt_bytes(fl_big)} to initialise",
+              "—", "well under 1 s", cmp_le(om, 500.0))
+        t.add(f"descriptor DRAM per 2 MiB region, {min(sizes)} GiB..{big} GiB", f"{lo:.0f}..{hi:.0f} B",
+              "32 KiB flat", fmt_x(32768 / hi), "grows with regions (64 B each)",
+              NAN if math.isnan(hi) else hi <= 64.0 * 1.01)
+        rss_region = [counter(runs, f"open/pmpage/{g}GiB", "rss_anon_delta") / counter(runs, f"open/pmpage/{g}GiB", "regions")
+                      for g in sizes]
+        ctx.add(f"RssAnon delta at open per region, {min(sizes)}..{big} GiB",
+                " .. ".join(f"{v:.0f}" for v in rss_region) + " B", "32 KiB flat", "—", "(context)", None)
+        open_region = [real_ms(runs, f"open/pmpage/{g}GiB") * 1e6 / counter(runs, f"open/pmpage/{g}GiB", "regions")
+                       for g in sizes]
+        ctx.add(f"open time per region, {min(sizes)}..{big} GiB", " .. ".join(f"{v:.0f}" for v in open_region) + " ns",
+                "—", "—", "(context)", None)
+
+    # --- split / merge --------------------------------------------------------------------------------
+    hc = ns_per_op(runs, "splitmerge/huge_cycle/pmpage")
+    oc = ns_per_op(runs, "splitmerge/order0_cycle/pmpage")
+    t.add("split + merge cycle: alloc order 9, split_huge_page, 512 frees", fmt_ns(hc), "—", "—", "reported", None)
+    t.add("split + merge cycle: first 4 KiB alloc in an empty pool + free", fmt_ns(oc), f"{fmt_ns(a0)} in a split region",
+          fmt_x(oc / a0), "reported", None)
+    name = "splitmerge/huge_cycle/pmpage"
+    rb, rs, ra = (counter(runs, name, k) * 1024 for k in ("rss_before_kib", "rss_split_kib", "rss_after_kib"))
+    nreg = counter(runs, name, "regions_split")
+    ok = NAN if math.isnan(ra) else (ra - rb) <= max(64 * 1024, 0.05 * (rs - rb))
+    t.add(f"RSS after {nreg:.0f} regions split then merged", f"+{fmt_bytes(rs - rb)} split, {'+' if ra >= rb else ''}{fmt_bytes(ra - rb)} after",
+          f"{fmt_bytes(nreg * 32768)} descriptors", "—", "returns to where it was", ok)
+
+    # --- fragmentation --------------------------------------------------------------------------------
+    name = "frag/random_50pct/pmpage"
+    sr, mr = counter(runs, name, "split_regions"), counter(runs, name, "min_regions")
+    r = sr / mr
+    t.add("fragmentation: random 4 KiB alloc/free at 50 %", f"{sr:.0f} split regions", f"{mr:.0f} = ⌈live/512⌉",
+          fmt_x(r), "≤ 1.25× minimum", cmp_le(r, 1.25))
+
+    # --- threads ----------------------------------------------------------------------------------------
+    # The bare atomic pair on distinct lines is what two threads can do at best on this machine; if even
+    # it does not scale, the second CPU was busy with other work and the pmpage rows prove nothing.
+    a1, a2 = rate(runs, "threads/getput/atomic/threads:1"), rate(runs, "threads/getput/atomic/threads:2")
+    machine_ok = not math.isnan(a2 / a1) and a2 / a1 >= 1.5
+    for nm, label in (("order0_pair/pmpage", "alloc/free (order 0)"), ("getput/pmpage", "get/put on distinct pages")):
+        r1 = rate(runs, f"threads/{nm}/threads:1")
+        r2 = rate(runs, f"threads/{nm}/threads:2")
+        s = r2 / r1
+        target = "≥ 1.6×" if machine_ok else "≥ 1.6× (2nd CPU was busy: see the atomic row)"
+        t.add(f"threads 1 → 2: {label}", f"{r2 / 1e6:.2f} M/s with 2", f"{r1 / 1e6:.2f} M/s with 1", fmt_x(s), target,
+              cmp_ge(s, 1.6))
+    ctx.add("threads 1 → 2: bare atomic pairs (what the machine allows)", f"{a2 / 1e6:.1f} M/s with 2",
+            f"{a1 / 1e6:.1f} M/s with 1", fmt_x(a2 / a1),
+            "(context)" if machine_ok else "(< 1.5×: the 2nd CPU was busy with other work)", None)
+
+    errors = [n for n in runs if (pick(runs, n) or {}).get("error")]
+
+    # --- output -------------------------------------------------------------------------------------
+    met = sum(1 for r in t.rows if r[5] == "yes")
+    missed = [r[0] for r in t.rows if r[5] == "**NO**"]
+    unknown = [r[0] for r in t.rows if r[5] == "n/a"]
+    lines = [
+        "# pmpage benchmark summary",
+        "",
+        f"Machine: {machine(doc)}",
+        "",
+        "Each row pairs pmpage with its baseline measured in the same run; times are the best of the repetitions "
+        "(the least disturbed one, picked the same way for both sides).",
+        "",
+        t.markdown(),
+        "",
+        f"Targets met: {met} of {met + len(missed) + len(unknown)}."
+        + (" Missed: " + "; ".join(missed) + "." if missed else "")
+        + (" Not determined in this run: " + "; ".join(unknown) + "." if unknown else ""),
+        "",
+        "## Context (same run, not targets)",
+        "",
+        ctx.markdown(("measure", "pmpage", "compared with", "ratio", "note")),
+    ]
+    if errors:
+        lines += ["", "## Benchmarks that failed", ""] + [f"- `{n}`: {pick(runs, n)['error']}" for n in errors]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+    # --- plot data ----------------------------------------------------------------------------------
+    def d(v):
+        return "?" if math.isnan(v) else f"{v:.4g}"
+
+    rows = [
+        ("pfn_to_page", "translate/pfn_to_page/pmpage", "translate/pfn_to_page/flat"),
+        ("page_to_pfn", "translate/page_to_pfn/pmpage", "translate/page_to_pfn/flat"),
+        ("page_address", "translate/page_address/pmpage", "translate/page_address/flat"),
+        ("virt_to_page", "translate/virt_to_page/pmpage", "translate/virt_to_page/flat"),
+        ("get/put head", "refs/head/pmpage", "refs/head/flat"),
+        ("get/put split 4K", "refs/split4k/pmpage", "refs/split4k/flat"),
+        ("get/put tail", "refs/tail_unsplit/pmpage", "refs/tail_unsplit/flat"),
+        ("order-0 pair", "alloc/order0_pair/pmpage", None),
+        ("order-9 pair", "alloc/order9_pair/pmpage", "alloc/order9_pair/pmemobj_class2m"),
+        ("bulk per page", "bulk/alloc64_bulk/pmpage", "bulk/alloc64_publish/pmemobj_class4k"),
+    ]
+    with open(os.path.join(out_dir, "latency.dat"), "w") as f:
+        f.write("# operation\tpmpage_ns\tbaseline_ns\tbaseline\n")
+        for label, pmn, basen in rows:
+            bv = o_best if basen is None else ns_per_op(runs, basen)
+            bl = "pmemobj" if (basen is None or "pmemobj" in basen) else "flat (kernel)"
+            f.write(f'"{label}"\t{d(ns_per_op(runs, pmn))}\t{d(bv)}\t"{bl}"\n')
+        f.write(f'"atomic inc+dec"\t?\t{d(atom)}\t"floor"\n')
+        f.write(f'"pmem_persist 64B"\t?\t{d(floor)}\t"floor"\n')
+    with open(os.path.join(out_dir, "sweep.dat"), "w") as f:
+        # flat_init_extrapolated_ms: the largest measured flat init scaled linearly (memmap init is
+        # linear in pages), for sizes whose 64 B-per-page memmap this suite does not allocate.
+        f.write("# size_gib\tpmpage_descriptor_bytes\tpmpage_rss_anon_delta\tflat_bytes\tpmpage_open_ms"
+                "\tflat_init_ms\tflat_init_extrapolated_ms\n")
+        fmax = max(flat_sizes) if flat_sizes else None
+        for g in sorted(set(sizes) | set(flat_sizes)):
+            pm = f"open/pmpage/{g}GiB"
+            fl = f"open/flat_init/{g}GiB"
+            ext = NAN
+            if fmax is not None and g >= fmax:
+                ext = real_ms(runs, f"open/flat_init/{fmax}GiB") * g / fmax
+            f.write("\t".join([str(g), d(counter(runs, pm, "descriptor_bytes")), d(counter(runs, pm, "rss_anon_delta")),
+                               d(g * 2**30 / 4096 * 64), d(real_ms(runs, pm)), d(real_ms(runs, fl)), d(ext)]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
