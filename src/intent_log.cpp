@@ -6,20 +6,6 @@
 
 namespace pmpage::detail {
 
-namespace {
-// The intent this thread retired last, until its next fence makes the retirement durable.
-struct retired_intent {
-  const void* log = nullptr;
-  unsigned lane = 0;
-  std::uint64_t seq = 0;
-};
-thread_local retired_intent tl_retired;
-
-bool overlaps(std::uint64_t a, unsigned ao, std::uint64_t b, unsigned bo) {
-  return a < b + (std::uint64_t{1} << bo) && b < a + (std::uint64_t{1} << ao);
-}
-}  // namespace
-
 void intent_log::init(lane* lanes, persistence* pers) {
   lanes_ = lanes;
   pers_ = pers;
@@ -51,60 +37,53 @@ void intent_log::write(unsigned i, intent_kind kind, unsigned order, std::uint64
   l.slot_offset = slot_offset;
   l.pfn = pfn;
   l.checksum = fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8);
+  {
+    // The previous intent of this lane is overwritten: it no longer needs its retirement.
+    std::lock_guard g(mu_);
+    mirror& m = mirrors_[i];
+    if (m.pending) nr_pending_.fetch_sub(1, std::memory_order_relaxed);
+    m.pending = false;
+    m.seq = seq;
+  }
   // Word by word (8-byte atomic stores): a torn lane fails its checksum at recovery.
   const auto* src = reinterpret_cast<const std::uint64_t*>(&l);
   auto* dst = reinterpret_cast<std::uint64_t*>(&lanes_[i]);
   for (unsigned w = 0; w < sizeof(lane) / 8; ++w) std::atomic_ref<std::uint64_t>(dst[w]).store(src[w], std::memory_order_relaxed);
   pers_->flush(&lanes_[i], sizeof(lane));
-  std::lock_guard g(mu_);
-  mirror& m = mirrors_[i];
-  if (!m.pending) nr_pending_.fetch_add(1, std::memory_order_relaxed);
-  m.pending = true;
-  m.seq = seq;
-  m.slot = slot_offset;
-  m.pfn = pfn;
-  m.order = order;
 }
 
 void intent_log::retire_lazily(unsigned i) noexcept {
   std::atomic_ref<std::uint64_t>(lanes_[i].seq).store(0, std::memory_order_relaxed);
   pers_->flush(&lanes_[i].seq, 8);
-  tl_retired = retired_intent{this, i, mirrors_[i].seq};
-}
-
-void intent_log::after_fence() noexcept {
-  if (tl_retired.log != this) return;
   std::lock_guard g(mu_);
-  mirror& m = mirrors_[tl_retired.lane];
-  if (m.pending && m.seq == tl_retired.seq) {
-    m.pending = false;
-    nr_pending_.fetch_sub(1, std::memory_order_relaxed);
-  }
-  tl_retired = retired_intent{};
+  mirror& m = mirrors_[i];
+  if (!m.pending) nr_pending_.fetch_add(1, std::memory_order_relaxed);
+  m.pending = true;
 }
 
-void intent_log::resolve_conflicts(std::uint64_t pfn, unsigned order, std::uint64_t slot_offset) noexcept {
+void intent_log::before_fence(fence_token& t) noexcept {
+  t.lanes = 0;
   if (nr_pending_.load(std::memory_order_acquire) == 0) return;
-  for (;;) {
-    bool must_wait = false;
-    {
-      std::lock_guard g(mu_);
-      for (unsigned i = 0; i < NR_LANES; ++i) {
-        mirror& m = mirrors_[i];
-        if (!m.pending) continue;
-        if (!(overlaps(pfn, order, m.pfn, m.order) || (slot_offset && m.slot == slot_offset))) continue;
-        if (m.busy.load(std::memory_order_acquire)) {
-          must_wait = true;  // its holder is about to overwrite it; wait for that to be fenced
-          continue;
-        }
-        std::atomic_ref<std::uint64_t>(lanes_[i].seq).store(0, std::memory_order_relaxed);
-        pers_->flush(&lanes_[i].seq, 8);
-        m.pending = false;
-        nr_pending_.fetch_sub(1, std::memory_order_relaxed);
-      }
+  std::lock_guard g(mu_);
+  for (unsigned i = 0; i < NR_LANES; ++i) {
+    if (!mirrors_[i].pending) continue;
+    // seq is already 0 in memory; flushing it from this thread puts it under this thread's fence.
+    pers_->flush(&lanes_[i].seq, 8);
+    t.lanes |= std::uint64_t{1} << i;
+    t.seq[i] = mirrors_[i].seq;
+  }
+}
+
+void intent_log::after_fence(const fence_token& t) noexcept {
+  if (!t.lanes) return;
+  std::lock_guard g(mu_);
+  for (unsigned i = 0; i < NR_LANES; ++i) {
+    mirror& m = mirrors_[i];
+    // Only if the lane still holds the retirement we flushed (not a newer intent).
+    if ((t.lanes >> i & 1) && m.pending && m.seq == t.seq[i]) {
+      m.pending = false;
+      nr_pending_.fetch_sub(1, std::memory_order_relaxed);
     }
-    if (!must_wait) return;
-    std::this_thread::yield();
   }
 }
 

@@ -2,18 +2,20 @@
 //
 // An intent says "extent (pfn, order) is being allocated into / freed from the pfn slot at
 // slot_offset". Protocol (two fences):
-//   alloc_pages_to:  [page map / region words + intent] fence  [fresh SPLIT word + *slot = pfn] fence
+//   alloc_pages_to:  [intent] fence  [page map / region words + fresh SPLIT word + *slot = pfn] fence
 //   free_pages_from: [intent] fence  [page map / region words + *slot = 0] fence
-// then the intent is retired lazily (seq = 0, flushed, made durable by the thread's next fence).
-// Recovery (recovery.cpp) rolls every valid intent forward or back from the slot's value.
+// then the intent is retired lazily: seq = 0 and a flush, no fence of its own. Recovery
+// (recovery.cpp) rolls every valid intent forward or back from the slot's value.
 //
-// A retired-but-not-yet-durable intent is "pending". A pending intent must never be replayed
-// over a later operation, so any operation that touches a pending intent's extent or slot first
-// clobbers that intent itself (resolve_conflicts), and its own fence makes the clobber durable
-// before its effects can be.
+// A retired intent whose retirement may not be durable yet is "pending". It must never be
+// replayed over an operation that completed after it, so EVERY fence the pool issues, from any
+// thread, first re-flushes the retirement of every pending lane and, once the fence returns,
+// counts it durable (before_fence / after_fence). Any operation that completes after a
+// retirement fences after it, so its effects can never be durable while the stale intent is
+// not. (A live intent belongs to a lane held mid-operation; no other operation can touch its
+// extent, which the holder has reserved.)
 //
-// Lock order: callers never hold the allocator lock or a lane when calling resolve_conflicts;
-// intent_log::mu_ is a leaf lock.
+// Lock order: intent_log::mu_ is a leaf lock.
 #pragma once
 
 #include <atomic>
@@ -35,19 +37,23 @@ class intent_log {
   void write(unsigned i, intent_kind kind, unsigned order, std::uint64_t slot_offset, std::uint64_t pfn) noexcept;
   /// Retires lane i's intent: seq = 0 and flush, no fence (see header comment).
   void retire_lazily(unsigned i) noexcept;
-  /// Called by the pool after each fence it issues: intents this thread retired are now durable.
-  void after_fence() noexcept;
-  /// Clobbers every pending intent of another lane whose extent overlaps [pfn, pfn + 2^order) or
-  /// whose slot is slot_offset (0 = none). Waits for lanes busy mid-operation.
-  void resolve_conflicts(std::uint64_t pfn, unsigned order, std::uint64_t slot_offset) noexcept;
+
+  /// What one fence makes durable: the lanes (and their seqs) whose retirement it re-flushed.
+  struct fence_token {
+    std::uint64_t lanes = 0;
+    std::uint64_t seq[NR_LANES];
+  };
+  /// Before a fence: re-flush every pending retirement (cheap no-op when there is none).
+  void before_fence(fence_token& t) noexcept;
+  /// After that fence returned: those retirements are durable.
+  void after_fence(const fence_token& t) noexcept;
   unsigned pending() const noexcept { return nr_pending_.load(std::memory_order_relaxed); }
 
  private:
   struct mirror {
     std::atomic<bool> busy{false};
-    bool pending = false;  // guarded by mu_
-    std::uint64_t seq = 0, slot = 0, pfn = 0;
-    unsigned order = 0;
+    bool pending = false;  // retired in memory, retirement maybe not durable; guarded by mu_
+    std::uint64_t seq = 0;
   };
   lane* lanes_ = nullptr;
   persistence* pers_ = nullptr;

@@ -36,8 +36,11 @@ void materialise_lazy_region(const section& s, std::uint64_t region) noexcept {
   static_cast<pool_impl*>(s.owner)->materialise(std::uint32_t(region));
 }
 
-void lock_page_slow(page* h) noexcept {
+void lock_page_slow(page* p) noexcept {
   for (;;) {
+    // The holder can change while we sleep (split_huge_page moves the lock to subpage 0).
+    page* h = state_holder(p);
+    if (!h) return;
     std::uint32_t f = h->flags_.load(std::memory_order_relaxed);
     if (!(f & PG_locked)) {
       if (h->flags_.compare_exchange_weak(f, f | PG_locked, std::memory_order_acquire)) return;

@@ -41,14 +41,14 @@ void pool_impl::init_compound_small(std::uint32_t r, unsigned first, unsigned or
   const auto tail_link = reinterpret_cast<std::uintptr_t>(head) | 1;
   for (unsigned j = 1; j < (1u << order); ++j) {
     page* t = head + j;
-    t->compound_head_ = tail_link;
-    t->order_ = 0;
+    store_compound_head(t, tail_link);
+    store_order(t, 0);
     t->private_.store(0, std::memory_order_relaxed);
     t->refcount_.store(0, std::memory_order_relaxed);
     t->flags_.store(0, std::memory_order_relaxed);
   }
-  head->compound_head_ = 0;
-  head->order_ = std::uint8_t(order);
+  store_compound_head(head, 0);
+  store_order(head, order);
   head->private_.store(0, std::memory_order_relaxed);
   head->refcount_.store(1, std::memory_order_relaxed);
   head->flags_.store(order ? std::uint32_t{PG_head} : 0u, std::memory_order_release);
@@ -228,14 +228,14 @@ page* pool_impl::alloc_large_locked(unsigned order) {
   for (std::uint32_t i = 1; i < n; ++i) {
     page& t = regions_[r + i];
     t.kind_ = RK_TAIL;
-    t.head_index_ = r;
+    store_head_index(&t, r);
     t.refcount_.store(0, std::memory_order_relaxed);
     t.flags_.store(PG_region_tail, std::memory_order_release);
   }
   page& h = regions_[r];
   h.kind_ = RK_HEAD;
-  h.order_ = std::uint8_t(order);
-  h.head_index_ = r;
+  store_order(&h, order);
+  store_head_index(&h, r);
   h.private_.store(0, std::memory_order_relaxed);
   h.refcount_.store(1, std::memory_order_relaxed);
   h.flags_.store(PG_head, std::memory_order_release);
@@ -275,7 +275,6 @@ page* pool_impl::alloc_pages(unsigned order) noexcept {
   alloc_plan plan;
   page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
-  intents_.resolve_conflicts(pfn_of_index(std::uint64_t(p - vmemmap_)), order, 0);
   fence();
   if (plan.nr_fresh) {
     write_fresh_split_words(plan);
@@ -308,10 +307,7 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
       }
     }
     if (done == first) break;
-      if (intents_.pending())
-      for (std::size_t i = first; i < done; ++i)
-        intents_.resolve_conflicts(pfn_of_index(std::uint64_t(out[i] - vmemmap_)), order, 0);
-    fence();
+      fence();
     if (plan.nr_fresh) {
       write_fresh_split_words(plan);
       fence();
@@ -322,14 +318,19 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
   return done;
 }
 
+bool pool_impl::slot_offset_valid(std::uint64_t off) const {
+  if (off % 8 != 0) return false;
+  const bool in_root = off >= lay_.root_offset && off - lay_.root_offset <= lay_.root_size - 8;
+  const bool in_data = off >= lay_.data_offset && off - lay_.data_offset <= (nr_pages_ << PAGE_SHIFT) - 8;
+  return in_root || in_data;
+}
+
 bool pool_impl::dest_offset(const void* slot, std::uint64_t& off) const {
   const auto a = reinterpret_cast<std::uintptr_t>(slot);
   const auto b = reinterpret_cast<std::uintptr_t>(dev_.base());
-  if (a % 8 != 0 || a < b) return false;
+  if (a < b) return false;
   off = a - b;
-  const bool in_root = off >= lay_.root_offset && off + 8 <= lay_.root_offset + lay_.root_size;
-  const bool in_data = off >= lay_.data_offset && off + 8 <= lay_.data_offset + (nr_pages_ << PAGE_SHIFT);
-  return in_root || in_data;
+  return slot_offset_valid(off);
 }
 
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
@@ -343,7 +344,6 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
   page* p = reserve("alloc_pages_to", order, plan, /*apply=*/false);
   if (!p) return nullptr;
   const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
-  intents_.resolve_conflicts(pfn, order, slot);
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::alloc_to, order, slot, pfn);
   // 1: the intent is durable before any word of the allocation can be, so a crash can never
@@ -369,7 +369,7 @@ free_result pool_impl::free_stores_locked(page* holder) {
   free_result fr;
   if (is_region_desc(holder)) {
     const auto r = std::uint32_t(holder - regions_);
-    const unsigned order = holder->order_;
+    const unsigned order = load_order(holder);
     const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
     persist_word(region_word(r), make_region_word(region_state::free));
     for (std::uint32_t i = 0; i < n; ++i) {
@@ -378,8 +378,8 @@ free_result pool_impl::free_stores_locked(page* holder) {
       d.refcount_.store(0, std::memory_order_relaxed);
       d.private_.store(0, std::memory_order_relaxed);
       d.kind_ = RK_FREE_INNER;
-      d.order_ = 0;
-      d.head_index_ = 0;
+      store_order(&d, 0);
+      store_head_index(&d, 0);
     }
     free_pages_ += std::uint64_t(n) << HPAGE_PMD_ORDER;
     fr.kind = free_result::return_large;
@@ -391,10 +391,10 @@ free_result pool_impl::free_stores_locked(page* holder) {
   const auto index = std::uint64_t(holder - vmemmap_);
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
-  const unsigned order = holder->order_;
+  const unsigned order = load_order(holder);
   const unsigned n = 1u << order;
-  for (unsigned j = 1; j < n; ++j) holder[j].compound_head_ = 0;
-  holder->order_ = 0;
+  for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
+  store_order(holder, 0);
   holder->private_.store(0, std::memory_order_relaxed);
   holder->flags_.store(0, std::memory_order_release);
   split_state& s = sstate(r);
@@ -440,7 +440,6 @@ void pool_impl::release(page* holder) noexcept {
     std::lock_guard g(mu_);
     fr = free_stores_locked(holder);
   }
-  intents_.resolve_conflicts(pfn_of_index(fr.index), fr.order, 0);
   fence();
   finish_free(fr);
 }
@@ -473,8 +472,7 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     }
     return -EBUSY;
   }
-  const unsigned order = h->order_;
-  intents_.resolve_conflicts(pfn, order, slot);
+  const unsigned order = load_order(h);
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::free_from, order, slot, pfn);
   fence();  // 1: the intent is durable
@@ -496,7 +494,7 @@ int pool_impl::split_huge_page(page* p) noexcept {
   page_location loc;
   if (!locate(p, loc)) return -EINVAL;
   if ((loc.rflags & (PG_split | PG_region_tail)) || !(loc.rflags & PG_head) ||
-      (loc.index & (HPAGE_PMD_NR - 1)) || loc.region->order_ != HPAGE_PMD_ORDER)
+      (loc.index & (HPAGE_PMD_NR - 1)) || load_order(loc.region) != HPAGE_PMD_ORDER)
     return -EINVAL;
   page* h = loc.region;
   int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
@@ -521,7 +519,8 @@ int pool_impl::split_huge_page(page* p) noexcept {
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
     page* d = first + i;
     d->refcount_.store(1, std::memory_order_relaxed);
-    d->flags_.store(keep | (i == 0 ? (hflags & PG_locked) : 0), std::memory_order_relaxed);
+    // The lock (and the record of its sleepers) stays with subpage 0, as in the kernel.
+    d->flags_.store(keep | (i == 0 ? (hflags & (PG_locked | PG_waiters)) : 0), std::memory_order_relaxed);
   }
   first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   auto* s = new split_state{};  // all pages in use: no free bits
@@ -530,10 +529,11 @@ int pool_impl::split_huge_page(page* p) noexcept {
   s->published = true;
   h->alloc_state_ = s;
   h->kind_ = RK_SPLIT;
-  h->order_ = 0;
+  store_order(h, 0);
   h->private_.store(0, std::memory_order_relaxed);
   ++split_regions_;
   h->flags_.store(PG_split, std::memory_order_release);
+  if (hflags & PG_waiters) h->flags_.notify_all();  // they re-resolve and wait on subpage 0
   filler_.update(r, *s);
   return 0;
 }
@@ -588,13 +588,15 @@ int pool::free_pages_from(pfn_t* src) noexcept { return impl_ ? impl_->free_page
 void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }
 std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size() : 0; }
 void pool::persist(const void* addr, std::size_t len) const noexcept {
-  if (impl_) impl_->pers().persist(addr, len);
+  if (!impl_) return;
+  impl_->pers().flush(addr, len);
+  impl_->fence();
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
   if (impl_) impl_->pers().flush(addr, len);
 }
 void pool::drain() const noexcept {
-  if (impl_) impl_->pers().drain();
+  if (impl_) impl_->fence();
 }
 pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
 void pool::for_each_allocated(const std::function<void(page*, unsigned)>& f) const {

@@ -25,11 +25,11 @@
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
 //
 // Lock order: mu_ (allocator) is taken by alloc/free/split/merge/materialise, and is never held
-// while calling intent_log::resolve_conflicts, while fencing on the common paths, or while calling
-// user code. intent_log's lock is a leaf. The registry lock is only taken by open/close.
+// while fencing on the common paths or while calling user code. intent_log's lock is a leaf
+// (taken inside fence(), with or without mu_). The registry lock is only taken by open/close.
 //
-// Every flush and fence goes through pers_ (the persistence seam); fence() also tells the intent
-// log that this thread's lazily retired intents are durable.
+// Every flush and fence goes through pers_ (the persistence seam); fence() also makes every lazily
+// retired intent durable (intent_log.hpp).
 #pragma once
 
 #include <atomic>
@@ -100,6 +100,13 @@ class pool_impl {
   char* root() const { return dev_.base() + lay_.root_offset; }
   std::uint64_t root_size() const { return lay_.root_size; }
   persistence& pers() const { return *pers_; }
+  /// The fence every caller uses, the application's pool.drain() included (intent_log.hpp).
+  void fence() noexcept {
+    intent_log::fence_token t;
+    intents_.before_fence(t);
+    pers_->drain();
+    intents_.after_fence(t);
+  }
   std::filesystem::path fs_path;
 
  private:
@@ -126,11 +133,6 @@ class pool_impl {
     store_word(w, v);
     pers_->flush(w, 8);
   }
-  void fence() noexcept {
-    pers_->drain();
-    intents_.after_fence();
-  }
-
   // --- descriptors
   page* region_desc(std::uint32_t r) const { return regions_ + r; }
   page* vpage(std::uint64_t index) const { return vmemmap_ + index; }
@@ -160,6 +162,10 @@ class pool_impl {
   void finish_free(const free_result& fr);
   split_state& sstate(std::uint32_t r) const { return *static_cast<split_state*>(regions_[r].alloc_state_); }
   bool dest_offset(const void* slot, std::uint64_t& off) const;
+  /// An 8-byte aligned word inside the root or the data area (checked as numbers, before any
+  /// pointer is formed from a value read off the media).
+  bool slot_offset_valid(std::uint64_t off) const;
+  bool covered_by_earlier_head(std::uint32_t r) const;
   std::string check_locked();
 
   device dev_;

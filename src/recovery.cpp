@@ -130,8 +130,21 @@ std::string pool_impl::validate_region_table() const {
   return {};
 }
 
+bool pool_impl::covered_by_earlier_head(std::uint32_t r) const {
+  for (unsigned n = HPAGE_PMD_ORDER + 1; n <= MAX_PAGE_ORDER; ++n) {
+    const std::uint64_t span = std::uint64_t{1} << (n - HPAGE_PMD_ORDER);
+    const std::uint64_t h = r & ~(span - 1);
+    if (h != r && load_word(region_word(std::uint32_t(h))) == make_region_word(region_state::head, n)) return true;
+  }
+  return false;
+}
+
+// Replay helpers check that the intent fits what the media says before writing anything; an
+// intent that does not (only corruption or a crafted lane produces one) is skipped.
+
 bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order) {
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  if (covered_by_earlier_head(r)) return false;
   const std::uint64_t w = load_word(region_word(r));
   if (order >= HPAGE_PMD_ORDER) {
     if (w == make_region_word(region_state::head, order)) return true;
@@ -143,10 +156,18 @@ bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order) {
     return true;
   }
   if (region_word_kind(w) == region_state::head) return false;
-  // The region was FREE only if this allocation split it fresh; then its map was zeroed and the
-  // codes written before the intent's fence, so setting them again is idempotent.
   std::uint64_t* map = page_map(r);
-  for_each_map_word(unsigned(index & (HPAGE_PMD_NR - 1)), order, true, [&](unsigned wi, std::uint64_t mask, std::uint64_t bits) {
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  if (region_word_kind(w) == region_state::split) {
+    // Every code of the extent is free or already this allocation's (a torn write of it).
+    for (unsigned i = first; i < first + (1u << order); ++i) {
+      const std::uint8_t c = map_code(map, i), want = i == first ? code_head(order) : CODE_TAIL;
+      if (c != CODE_FREE && c != want) return false;
+    }
+  }
+  // A FREE region was split fresh by this very allocation: its map was zeroed and the codes
+  // written before the intent's fence, so setting them again is idempotent.
+  for_each_map_word(first, order, true, [&](unsigned wi, std::uint64_t mask, std::uint64_t bits) {
     persist_word(&map[wi], (load_word(&map[wi]) & ~mask) | bits);
   });
   if (region_word_kind(w) == region_state::free) persist_word(region_word(r), make_region_word(region_state::split));
@@ -155,6 +176,7 @@ bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order) {
 
 bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order) {
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  if (covered_by_earlier_head(r)) return false;
   const std::uint64_t w = load_word(region_word(r));
   if (order >= HPAGE_PMD_ORDER) {
     if (w == make_region_word(region_state::head, order))
@@ -184,17 +206,15 @@ void pool_impl::replay_intents() {
     if (l.order > MAX_PAGE_ORDER || l.pfn < start || l.pfn >= end_pfn()) continue;
     const std::uint64_t index = l.pfn - start;
     if (index % (std::uint64_t{1} << l.order) || index + (std::uint64_t{1} << l.order) > nr_pages_) continue;
-    std::uint64_t slot_off = l.slot_offset;
-    if (!dest_offset(dev_.base() + slot_off, slot_off) || slot_off != l.slot_offset) continue;
+    if (!slot_offset_valid(l.slot_offset)) continue;
     auto* slot = reinterpret_cast<pfn_t*>(dev_.base() + l.slot_offset);
     const pfn_t cur = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
     if (l.kind == std::uint32_t(intent_kind::alloc_to)) {
-      if (cur == l.pfn)
-        replay_ensure_allocated(index, l.order);  // committed: the slot names it
-      else
-        replay_ensure_free(index, l.order);       // not committed: undo
+      const bool ok = cur == l.pfn ? replay_ensure_allocated(index, l.order)  // committed: the slot names it
+                                   : replay_ensure_free(index, l.order);      // not committed: undo
+      if (!ok) continue;
     } else if (l.kind == std::uint32_t(intent_kind::free_from)) {
-      replay_ensure_free(index, l.order);          // the intent was durable: the free happens
+      if (!replay_ensure_free(index, l.order)) continue;  // the intent was durable: the free happens
       if (cur == l.pfn) {
         std::atomic_ref<pfn_t>(*slot).store(0, std::memory_order_relaxed);
         pers_->flush(slot, sizeof *slot);

@@ -33,7 +33,7 @@ pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
 void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
 void release_compound(page* p, page* holder) noexcept;      // count reached 0: free durably
 void materialise_lazy_region(const section& s, std::uint64_t region) noexcept;
-void lock_page_slow(page* holder) noexcept;
+void lock_page_slow(page* p) noexcept;  // re-resolves the holder after every wake-up
 void wake_page_waiters(page* holder) noexcept;
 void report_unlock_misuse(page* p) noexcept;
 
@@ -78,10 +78,10 @@ inline bool locate(const page* p, page_location& out) noexcept {
 inline page* state_holder(const page_location& loc, page* p) noexcept {
   if (PMPAGE_LIKELY(!(loc.rflags & PG_region_special))) return loc.region;
   if (loc.rflags & PG_split) {
-    const std::uintptr_t h = p->compound_head_;
+    const std::uintptr_t h = load_compound_head(p);
     return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
   }
-  return loc.sec->regions + loc.region->head_index_;  // PG_region_tail
+  return loc.sec->regions + load_head_index(loc.region);  // PG_region_tail
 }
 
 inline page* state_holder(page* p) noexcept {
@@ -157,10 +157,10 @@ inline page* compound_head(page* p) noexcept {
   if (PMPAGE_LIKELY(!(loc.rflags & PG_region_special)))
     return (loc.rflags & PG_head) ? loc.sec->vmemmap + (loc.index & ~std::uint64_t{HPAGE_PMD_NR - 1}) : p;
   if (loc.rflags & PG_split) {
-    const std::uintptr_t h = p->compound_head_;
+    const std::uintptr_t h = detail::load_compound_head(p);
     return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
   }
-  return loc.sec->vmemmap + (std::uint64_t{loc.region->head_index_} << HPAGE_PMD_ORDER);
+  return loc.sec->vmemmap + (std::uint64_t{detail::load_head_index(loc.region)} << HPAGE_PMD_ORDER);
 }
 
 inline bool PageHead(page* p) noexcept {
@@ -174,7 +174,7 @@ inline bool PageHead(page* p) noexcept {
 inline bool PageTail(page* p) noexcept {
   detail::page_location loc;
   if (PMPAGE_UNLIKELY(!detail::locate(p, loc))) return false;
-  if (loc.rflags & PG_split) return p->compound_head_ & 1;
+  if (loc.rflags & PG_split) return detail::load_compound_head(p) & 1;
   if (loc.rflags & PG_region_tail) return true;
   return (loc.rflags & PG_head) && (loc.index & (HPAGE_PMD_NR - 1)) != 0;
 }
@@ -183,7 +183,7 @@ inline bool PageCompound(page* p) noexcept { return PageHead(p) || PageTail(p); 
 
 /// Order of a compound head; 0 for order-0 pages and for tails (as in the kernel).
 inline unsigned compound_order(page* p) noexcept {
-  return PageHead(p) ? detail::state_holder(p)->order_ : 0;
+  return PageHead(p) ? detail::load_order(detail::state_holder(p)) : 0;
 }
 
 /// True iff p's 2 MiB region has its 4 KiB descriptors materialised.
@@ -255,7 +255,7 @@ inline void lock_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
   if (PMPAGE_LIKELY(!(h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked))) return;
-  detail::lock_page_slow(h);
+  detail::lock_page_slow(p);
 }
 
 inline void unlock_page(page* p) noexcept {

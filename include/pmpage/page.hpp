@@ -73,6 +73,28 @@ static_assert(alignof(page) <= 64);
 
 namespace detail {
 
+// The allocator writes these fields while lock-free readers may look (a speculative
+// get_page_unless_zero on a page being allocated): every access that can race goes through
+// these relaxed atomic accessors, which compile to plain moves on x86.
+inline std::uintptr_t load_compound_head(page* p) noexcept {
+  return std::atomic_ref<std::uintptr_t>(p->compound_head_).load(std::memory_order_relaxed);
+}
+inline void store_compound_head(page* p, std::uintptr_t v) noexcept {
+  std::atomic_ref<std::uintptr_t>(p->compound_head_).store(v, std::memory_order_relaxed);
+}
+inline unsigned load_order(page* p) noexcept {
+  return std::atomic_ref<std::uint8_t>(p->order_).load(std::memory_order_relaxed);
+}
+inline void store_order(page* p, unsigned order) noexcept {
+  std::atomic_ref<std::uint8_t>(p->order_).store(std::uint8_t(order), std::memory_order_relaxed);
+}
+inline std::uint32_t load_head_index(page* p) noexcept {
+  return std::atomic_ref<std::uint32_t>(p->head_index_).load(std::memory_order_relaxed);
+}
+inline void store_head_index(page* p, std::uint32_t v) noexcept {
+  std::atomic_ref<std::uint32_t>(p->head_index_).store(v, std::memory_order_relaxed);
+}
+
 /// One entry per open pool, indexed by the pool's section id (pfn >> 32). Written only by
 /// pool open/close under the registry lock; read lock-free by translation. nr_pages == 0 means
 /// "no pool": every lookup of such a pfn is rejected.

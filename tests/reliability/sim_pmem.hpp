@@ -1,8 +1,9 @@
 // sim_pmem.hpp — a persistence backend that simulates power failure (x86 ADR model).
 //
 // The pool's mapping plays the CPU caches; `durable_` plays the media. A store is durable only
-// once a flush covered it and a later fence (drain) completed: flush() snapshots the line, and
-// drain() copies the snapshots to the media. At a crash the media holds the durable image plus
+// once a flush covered it and a later fence (drain) *on the same thread* completed, as with
+// clwb + sfence: flush() snapshots the line into the calling thread's pending set, and drain()
+// copies that thread's snapshots to the media. At a crash the media holds the durable image plus
 // any subset of the 8-byte words written since (x86 guarantees 8-byte failure atomicity, and a
 // dirty line may be evicted at any time). crash_image() builds such an image from a seeded RNG.
 //
@@ -21,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include <pmpage/persistence.hpp>
@@ -53,7 +55,7 @@ class sim_pmem final : public pmpage::persistence {
     for (std::size_t line = lo / 64; line * 64 < hi; ++line) {
       std::array<char, 64> snap;
       std::memcpy(snap.data(), base_ + line * 64, 64);
-      pending_[line] = snap;
+      pending_[std::this_thread::get_id()][line] = snap;
     }
   }
   void drain() noexcept override {
@@ -67,8 +69,11 @@ class sim_pmem final : public pmpage::persistence {
     if (hook) hook(k, true);
     {
       std::lock_guard g(mu_);
-      for (auto& [line, snap] : pending_) std::memcpy(durable_.data() + line * 64, snap.data(), 64);
-      pending_.clear();
+      auto mine = pending_.find(std::this_thread::get_id());
+      if (mine != pending_.end()) {
+        for (auto& [line, snap] : mine->second) std::memcpy(durable_.data() + line * 64, snap.data(), 64);
+        pending_.erase(mine);
+      }
     }
     if (hook) hook(k, false);
   }
@@ -81,11 +86,15 @@ class sim_pmem final : public pmpage::persistence {
     std::vector<char> img = durable_;
     std::mt19937_64 rng(seed);
     std::bernoulli_distribution keep(keep_probability);
-    // Candidate values for each word: the flushed snapshot (if any) and the current value.
+    // Candidate values for each word: a flushed-but-unfenced snapshot (any thread's) and the
+    // current value.
     for (std::size_t w = 0; w + 8 <= len_; w += 8) {
       const char* cur = base_ + w;
-      const auto it = pending_.find(w / 64);
-      const char* snap = it != pending_.end() ? it->second.data() + (w % 64) : nullptr;
+      const char* snap = nullptr;
+      for (auto& [tid, lines] : pending_) {
+        const auto it = lines.find(w / 64);
+        if (it != lines.end()) snap = it->second.data() + (w % 64);
+      }
       if (std::memcmp(cur, img.data() + w, 8) == 0 && (!snap || std::memcmp(snap, img.data() + w, 8) == 0)) continue;
       if (!keep(rng)) continue;
       // Either a newer value reached the media: the snapshot or the current one.
@@ -109,7 +118,7 @@ class sim_pmem final : public pmpage::persistence {
   char* base_ = nullptr;
   std::size_t len_ = 0;
   std::vector<char> durable_;
-  std::map<std::size_t, std::array<char, 64>> pending_;
+  std::map<std::thread::id, std::map<std::size_t, std::array<char, 64>>> pending_;
   std::uint64_t fences_ = 0;
 };
 

@@ -4,6 +4,12 @@
 
 #include <cstdlib>
 #include <memory>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+#include <unistd.h>
+
+#include "sim_pmem.hpp"
 
 #include "crash_harness.hpp"
 
@@ -152,5 +158,52 @@ TEST_P(CrashPoints, EveryCrashRecoversToBeforeOrAfterTheOperation) {
 
 INSTANTIATE_TEST_SUITE_P(Operations, CrashPoints, ::testing::ValuesIn(all_scenarios()),
                          [](const auto& info) { return info.param.name; });
+
+}  // namespace
+
+namespace {
+
+// A thread's alloc_pages_to retires its intent lazily; if that thread never fences again, the
+// next fence of ANY thread (here: the application's own persist) must make the retirement
+// durable, or a crash would replay the stale intent and free a page the application moved.
+TEST(IntentRetirement, AnyThreadsFenceRetiresAnotherThreadsIntent) {
+  const std::string path = "/dev/shm/pmpage-retire-" + std::to_string(::getpid());
+  ::unlink(path.c_str());
+  auto sim = std::make_shared<pmpage::testing::sim_pmem>(2u << 20);
+  std::vector<char> image;
+  pfn_t moved = 0;
+  constexpr std::uint64_t size = 16ull << 20;
+  {
+    pool::options o;
+    o.size = size;
+    o.backend = sim;
+    pool p = pool::create(path, o);
+    auto* slots = static_cast<pfn_t*>(p.root());
+    std::thread([&] { ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr); }).join();  // exits: never fences again
+    moved = slots[0];
+    slots[1] = moved;  // the application moves the pfn into its own structure...
+    p.persist(&slots[1], sizeof(pfn_t));
+    slots[0] = 0;
+    p.persist(&slots[0], sizeof(pfn_t));
+    image = sim->crash_image(0, 0.0);  // power fails: only what was fenced survives
+  }
+  const std::string img = path + ".img";
+  {
+    std::FILE* f = std::fopen(img.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(image.data(), 1, image.size(), f);
+    std::fclose(f);
+    std::filesystem::resize_file(img, size);
+  }
+  {
+    pool q = pool::open(img);
+    const auto st = pmpage::testing::read_state(q);
+    EXPECT_EQ(st.slots[1], moved);
+    EXPECT_EQ(st.allocations.count(moved), 1u) << "the stale intent freed a page the application still names";
+    EXPECT_EQ(q.check(), "");
+  }
+  ::unlink(path.c_str());
+  ::unlink(img.c_str());
+}
 
 }  // namespace
