@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 
@@ -167,30 +168,29 @@ void pool_impl::materialise(std::uint32_t r) noexcept {
   materialise_locked(r);
 }
 
-page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
-  std::uint32_t r = NIL;
-  int pos = -1;
+std::uint32_t pool_impl::pick_region_locked(unsigned order, alloc_plan& plan, int& pos) {
   // Regions this plan split come first: they are not published yet, so the filler cannot see them.
-  for (unsigned i = 0; i < plan.nr_fresh && pos < 0; ++i) {
-    pos = find_free_block(sstate(plan.fresh[i]), order);
-    if (pos >= 0) r = plan.fresh[i];
-  }
-  while (pos < 0) {
-    r = filler_.find(order);
-    if (r != NIL) {
+  for (unsigned i = 0; i < plan.nr_fresh; ++i)
+    if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) return plan.fresh[i];
+  for (;;) {
+    if (const std::uint32_t r = filler_.find(order); r != NIL) {
       pos = find_free_block(sstate(r), order);
-      break;
+      return r;
     }
-    if (!lazy_.empty()) {  // split regions from before the last open: load them before splitting more
-      const std::uint32_t l = lazy_.back();
-      lazy_.pop_back();
-      materialise_locked(l);
-      continue;
-    }
-    r = take_fresh_region_locked(plan);
-    if (r == NIL) return nullptr;
-    pos = 0;
+    if (lazy_.empty()) break;
+    // Split regions from before the last open: load them before splitting more.
+    const std::uint32_t l = lazy_.back();
+    lazy_.pop_back();
+    materialise_locked(l);
   }
+  pos = 0;
+  return take_fresh_region_locked(plan);
+}
+
+page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
+  int pos;
+  const std::uint32_t r = pick_region_locked(order, plan, pos);
+  if (r == NIL) return nullptr;
   split_state& s = sstate(r);
   const unsigned n = 1u << order;
   mark_used(s, unsigned(pos), n);
@@ -198,6 +198,37 @@ page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
   init_compound_small(r, unsigned(pos), order);
   filler_.update(r, s, filler::change::allocated);
   return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + unsigned(pos));
+}
+
+std::size_t pool_impl::bulk_order0_locked(std::size_t n, page** out, alloc_plan& plan) {
+  std::size_t done = 0;
+  while (done < n) {
+    int pos;
+    const std::uint32_t r = pick_region_locked(0, plan, pos);
+    if (r == NIL) break;
+    // Take free pages a 64-bit word of the free bitmap at a time; write each map line once.
+    split_state& s = sstate(r);
+    page* base = vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
+    unsigned lo = HPAGE_PMD_NR, hi = 0;
+    for (unsigned w = 0; w < 8 && done < n; ++w) {
+      std::uint64_t bits = s.free_bits[w];
+      while (bits && done < n) {
+        const unsigned i = w * 64 + unsigned(std::countr_zero(bits));
+        bits &= bits - 1;
+        s.map[i / PAGES_PER_MAP_WORD] |= std::uint64_t(code_head(0)) << ((i % PAGES_PER_MAP_WORD) * 4);
+        init_compound_small(r, i, 0);
+        out[done++] = base + i;
+        --s.nr_free;
+        --free_pages_;
+        lo = std::min(lo, i);
+        hi = i;
+      }
+      s.free_bits[w] = bits;
+    }
+    write_map_locked(r, lo / PAGES_PER_MAP_WORD, hi / PAGES_PER_MAP_WORD);
+    filler_.update(r, s, filler::change::allocated);
+  }
+  return done;
 }
 
 void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
@@ -299,7 +330,8 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
     const std::size_t first = done;
     {
       std::lock_guard g(mu_);
-      while (done < n) {
+      if (order == 0) done += bulk_order0_locked(n - done, out + done, plan);
+      while (done < n && order > 0) {
         page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
         if (!p) break;
         apply_alloc_locked(p, order);

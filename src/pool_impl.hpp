@@ -44,6 +44,7 @@
 #include "layout.hpp"
 #include "pmpage/pool.hpp"
 #include "region_buddy.hpp"
+#include "spin_mutex.hpp"
 #include "split_region.hpp"
 
 namespace pmpage::detail {
@@ -144,7 +145,12 @@ class pool_impl {
   // --- allocator internals; *_locked functions require mu_
   /// Checks the order and chooses pages under the lock; with apply, also writes them (unfenced).
   page* reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply);
+  /// A region with a free aligned block of `order` (its position in pos), loading lazy regions
+  /// and splitting a fresh one as needed; NIL when the pool has no room.
+  std::uint32_t pick_region_locked(unsigned order, alloc_plan& plan, int& pos);
   page* alloc_small_locked(unsigned order, alloc_plan& plan);
+  /// alloc_pages_bulk of order 0: whole words of the free bitmap at a time, one write per line.
+  std::size_t bulk_order0_locked(std::size_t n, page** out, alloc_plan& plan);
   page* alloc_large_locked(unsigned order);
   /// The persistent stores of a chosen allocation (unfenced): page-map codes or region word.
   void apply_alloc_locked(page* p, unsigned order);
@@ -188,7 +194,7 @@ class pool_impl {
   std::size_t vmemmap_bytes_ = 0;
 
   // allocator (guarded by mu_)
-  std::mutex mu_;
+  spin_mutex mu_;
   region_buddy buddy_;
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped

@@ -232,7 +232,8 @@ void pool_impl::replay_intents() {
 
 void pool_impl::build_volatile() {
   regions_bytes_ = round_up(nr_regions_ * sizeof(page), 4096);
-  void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  // Every region descriptor is written below: fault the array in with one call.
+  void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
   regions_ = static_cast<page*>(r);
   vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
@@ -242,10 +243,17 @@ void pool_impl::build_volatile() {
   buddy_.init(regions_, nr_regions_);
   filler_.init(regions_);
   for (std::uint64_t i = 0; i < nr_regions_; ++i) regions_[i].list_next_ = regions_[i].list_prev_ = NIL;
+  std::uint64_t run_start = 0, run_len = 0;  // current run of free regions
+  auto end_run = [&] {
+    if (run_len) buddy_.add_free_run(std::uint32_t(run_start), run_len);
+    free_pages_ += run_len * HPAGE_PMD_NR;
+    run_len = 0;
+  };
   for (std::uint64_t i = 0; i < nr_regions_;) {
     const auto ri = std::uint32_t(i);
     const std::uint64_t w = load_word(region_word(ri));
     page& d = regions_[i];
+    if (region_word_kind(w) != region_state::free) end_run();
     switch (region_word_kind(w)) {
       case region_state::head: {
         const unsigned order = region_word_order(w);
@@ -272,12 +280,13 @@ void pool_impl::build_volatile() {
         ++i;
         break;
       case region_state::free:
-        buddy_.free(ri, HPAGE_PMD_ORDER);
-        free_pages_ += HPAGE_PMD_NR;
+        if (!run_len) run_start = i;
+        ++run_len;
         ++i;
         break;
     }
   }
+  end_run();
   // Lazy regions are loaded lowest first when the allocator needs one.
   std::reverse(lazy_.begin(), lazy_.end());
 }

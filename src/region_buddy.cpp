@@ -67,4 +67,15 @@ void region_buddy::free(std::uint32_t first, unsigned order) {
   push(r, order);
 }
 
+void region_buddy::add_free_run(std::uint32_t first, std::uint64_t count) {
+  free_regions_ += count;
+  while (count > 0) {
+    unsigned k = 0;  // block of 2^k regions: as large as both the alignment and the run allow
+    while (k < MAX_PAGE_ORDER - HPAGE_PMD_ORDER && (first & ((2u << k) - 1)) == 0 && (std::uint64_t{2} << k) <= count) ++k;
+    push(first, HPAGE_PMD_ORDER + k);
+    first += 1u << k;
+    count -= std::uint64_t{1} << k;
+  }
+}
+
 }  // namespace pmpage::detail

@@ -36,6 +36,9 @@ class region_buddy {
   std::uint32_t alloc(unsigned order);
   /// Returns the block [first, first + 2^(order-9)) and merges it with free buddies.
   void free(std::uint32_t first, unsigned order);
+  /// Open: adds the free run [first, first + count), which no free region borders, as maximal
+  /// naturally aligned blocks (no merging needed: O(blocks), not O(regions x orders)).
+  void add_free_run(std::uint32_t first, std::uint64_t count);
   std::uint64_t free_regions() const { return free_regions_; }
   /// Lists for check(): head of the free list of `order`, and the next link.
   std::uint32_t list_head(unsigned order) const { return heads_[order - HPAGE_PMD_ORDER]; }
