@@ -297,6 +297,7 @@ void pool_impl::register_pool() {
   s.regions = regions_;
   s.data = dev_.base() + lay_.data_offset;
   s.nr_pages = nr_pages_;
+  s.start_pfn = start_pfn();
   s.owner = this;
   const std::string why = register_section(section_id_, s);
   if (!why.empty()) fail(EBUSY, path(), "cannot open: " + why);

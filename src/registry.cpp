@@ -7,8 +7,8 @@
 namespace pmpage::detail {
 
 section g_sections[1u << SECTION_BITS];
-std::uint16_t g_vmemmap_owner[VMEMMAP_SLOTS];
-std::uint16_t g_data_owner[DATA_GRANULES];
+section g_desc_sections[VMEMMAP_SLOTS];
+section g_data_sections[DATA_GRANULES];
 
 namespace {
 std::mutex registry_lock;
@@ -32,18 +32,19 @@ std::string register_section(std::uint16_t id, const section& s) {
     return "its pfn range (section " + std::to_string(id) +
            ") is already used by another open pool (is one a copy of the other?)";
   const auto v = reinterpret_cast<std::uintptr_t>(s.vmemmap);
-  if ((v >> VMEMMAP_SLOT_SHIFT) >= VMEMMAP_SLOTS || g_vmemmap_owner[v >> VMEMMAP_SLOT_SHIFT] != 0)
+  if ((v >> VMEMMAP_SLOT_SHIFT) >= VMEMMAP_SLOTS || g_desc_sections[v >> VMEMMAP_SLOT_SHIFT].nr_pages != 0)
     return "descriptor address slot unavailable";
   std::uintptr_t first, last;
   granule_range(s, first, last);
   if (last >= DATA_GRANULES) return "data mapping above the 47-bit address space";
   for (auto gr = first; gr <= last; ++gr)
-    if (g_data_owner[gr] != 0) return "data address granule already owned";
-  // Publish the section before the reverse maps: a reader that finds the id finds the section.
+    if (g_data_sections[gr].nr_pages != 0) return "data address granule already owned";
+  // A pool's pointers and pfns reach other threads only after open returns (a release of its
+  // own), so plain stores suffice; the fence documents the order.
   g_sections[id] = s;
+  g_desc_sections[v >> VMEMMAP_SLOT_SHIFT] = s;
+  for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = s;
   std::atomic_thread_fence(std::memory_order_release);
-  g_vmemmap_owner[v >> VMEMMAP_SLOT_SHIFT] = id;
-  for (auto gr = first; gr <= last; ++gr) g_data_owner[gr] = id;
   return {};
 }
 
@@ -53,8 +54,8 @@ void unregister_section(std::uint16_t id) {
   if (s.nr_pages == 0) return;
   std::uintptr_t first, last;
   granule_range(s, first, last);
-  for (auto gr = first; gr <= last; ++gr) g_data_owner[gr] = 0;
-  g_vmemmap_owner[reinterpret_cast<std::uintptr_t>(s.vmemmap) >> VMEMMAP_SLOT_SHIFT] = 0;
+  for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = section{};
+  g_desc_sections[reinterpret_cast<std::uintptr_t>(s.vmemmap) >> VMEMMAP_SLOT_SHIFT] = section{};
   s = section{};
 }
 

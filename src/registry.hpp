@@ -2,10 +2,10 @@
 // descriptor address -> section, data address -> section). Owned by this file; written only by
 // pool open/close under registry_lock, read lock-free by <pmpage/mm.hpp>.
 //
-// Invariant: for an open pool with section id s, vmemmap v (2^38-aligned) and data area d:
-//   g_sections[s].nr_pages > 0, g_vmemmap_owner[v >> 38] == s,
-//   g_data_owner[g] == s for every 1 GiB granule g overlapping [d, d + nr_pages * 4 KiB).
-// Entry 0 of every table means "no pool"; g_sections[0].nr_pages == 0 forever.
+// Invariant: for an open pool with section id s, vmemmap v (2^38-aligned) and data area d, the
+// same section record is in g_sections[s], g_desc_sections[v >> 38], and g_data_sections[g] for
+// every 1 GiB granule g overlapping [d, d + nr_pages * 4 KiB); all other entries are zero.
+// g_sections[0] stays zero forever, so pfns below 2^32 are never valid.
 #pragma once
 
 #include <cstdint>

@@ -47,7 +47,7 @@ struct page_location {
 
 inline const section& section_of(const page* p) noexcept {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return g_sections[g_vmemmap_owner[(a >> VMEMMAP_SLOT_SHIFT) & (VMEMMAP_SLOTS - 1)]];
+  return g_desc_sections[(a >> VMEMMAP_SLOT_SHIFT) & (VMEMMAP_SLOTS - 1)];
 }
 
 inline std::uint64_t index_of(const page* p) noexcept {
@@ -98,27 +98,24 @@ inline page* state_holder(page* p) noexcept {
 
 /// True iff pfn belongs to the data area of an open pool.
 inline bool pfn_valid(pfn_t pfn) noexcept {
-  if (pfn >> (detail::SECTION_SHIFT + detail::SECTION_BITS)) return false;
-  return (pfn & detail::SECTION_PAGES_MASK) < detail::g_sections[pfn >> detail::SECTION_SHIFT].nr_pages;
+  const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
+  return pfn - s.start_pfn < s.nr_pages;  // one unsigned compare checks both ends (and bits 48+)
 }
 
 /// The descriptor of pfn. An invalid pfn is misuse (reported; returns nullptr).
 inline page* pfn_to_page(pfn_t pfn) noexcept {
-  const detail::section& s =
-      detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
-  const std::uint64_t idx = pfn & detail::SECTION_PAGES_MASK;
-  if (PMPAGE_UNLIKELY(idx >= s.nr_pages || (pfn >> (detail::SECTION_SHIFT + detail::SECTION_BITS))))
-    return detail::report_bad_pfn(pfn);
+  const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
+  const std::uint64_t idx = pfn - s.start_pfn;
+  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) return detail::report_bad_pfn(pfn);
   return s.vmemmap + idx;
 }
 
 /// The pfn of a descriptor. A pointer that is no descriptor of an open pool is misuse (returns 0).
 inline pfn_t page_to_pfn(const page* p) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  const std::uint16_t id = detail::g_vmemmap_owner[(a >> detail::VMEMMAP_SLOT_SHIFT) & (detail::VMEMMAP_SLOTS - 1)];
+  const detail::section& s = detail::section_of(p);
   const std::uint64_t idx = detail::index_of(p);
-  if (PMPAGE_UNLIKELY(idx >= detail::g_sections[id].nr_pages)) return detail::report_bad_page(p);
-  return (pfn_t{id} << detail::SECTION_SHIFT) | idx;
+  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) return detail::report_bad_page(p);
+  return s.start_pfn + idx;
 }
 
 /// The 4 KiB of the mapping that page p describes.
@@ -136,11 +133,11 @@ inline void* page_address(const page* p) noexcept {
 /// data area (not misuse: this is how callers ask "is this pool memory?").
 inline page* virt_to_page(const void* addr) noexcept {
   const auto a = reinterpret_cast<std::uintptr_t>(addr);
-  if (a >> 47) return nullptr;
-  const std::uint16_t id = detail::g_data_owner[a >> detail::DATA_GRANULE_SHIFT];
-  const detail::section& s = detail::g_sections[id];
+  const detail::section& s = detail::g_data_sections[(a >> detail::DATA_GRANULE_SHIFT) & (detail::DATA_GRANULES - 1)];
   const std::uintptr_t off = a - reinterpret_cast<std::uintptr_t>(s.data);
-  if (id == 0 || off >= (s.nr_pages << PAGE_SHIFT)) return nullptr;
+  // An empty entry has nr_pages 0; an address above 2^47 fails the range check of whatever
+  // entry its masked granule selects.
+  if (off >= (s.nr_pages << PAGE_SHIFT)) return nullptr;
   return s.vmemmap + (off >> PAGE_SHIFT);
 }
 

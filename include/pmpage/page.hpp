@@ -95,16 +95,21 @@ inline void store_head_index(page* p, std::uint32_t v) noexcept {
   std::atomic_ref<std::uint32_t>(p->head_index_).store(v, std::memory_order_relaxed);
 }
 
-/// One entry per open pool, indexed by the pool's section id (pfn >> 32). Written only by
-/// pool open/close under the registry lock; read lock-free by translation. nr_pages == 0 means
-/// "no pool": every lookup of such a pfn is rejected.
+/// What translation needs to know about one open pool. The registry keeps copies of it in three
+/// tables, so that every translation is one table load plus arithmetic:
+///   g_sections[pfn >> 32]                 pfn -> pool (pfn_to_page, pfn_valid)
+///   g_desc_sections[descriptor >> 38]     descriptor -> pool (page_to_pfn, page_address, state)
+///   g_data_sections[address >> 30]        data address -> pool (virt_to_page)
+/// Written only by pool open/close under the registry lock; read lock-free. nr_pages == 0 means
+/// "no pool": every lookup through such an entry is rejected.
 struct section {
   page* vmemmap;            // 4 KiB descriptors; the one for pool page i is vmemmap[i]
   page* regions;            // region descriptors; region r is regions[r]
   char* data;               // start of the data area (page i is data + i * PAGE_SIZE)
   std::uint64_t nr_pages;   // pages in the data area
+  std::uint64_t start_pfn;  // pfn of page 0 (section id << 32)
   void* owner;              // detail::pool_impl*
-  std::uint64_t reserved_[3];
+  std::uint64_t reserved_[2];
 };
 static_assert(sizeof(section) == 64);
 
@@ -118,9 +123,10 @@ inline constexpr unsigned VMEMMAP_SLOTS = 1u << (47 - VMEMMAP_SLOT_SHIFT);
 inline constexpr unsigned DATA_GRANULE_SHIFT = 30;
 inline constexpr unsigned DATA_GRANULES = 1u << (47 - DATA_GRANULE_SHIFT);
 
+// Zero-initialised (BSS): pages of these tables that no pool uses are never touched.
 extern section g_sections[1u << SECTION_BITS];
-extern std::uint16_t g_vmemmap_owner[VMEMMAP_SLOTS];
-extern std::uint16_t g_data_owner[DATA_GRANULES];
+extern section g_desc_sections[VMEMMAP_SLOTS];
+extern section g_data_sections[DATA_GRANULES];
 
 }  // namespace detail
 }  // namespace pmpage
