@@ -3,6 +3,8 @@
 //   threads/order0_pair/pmpage   each thread: alloc_pages(0) + free_pages in the shared pool
 //   threads/getput/pmpage        each thread: get_page + put_page on its own 64 split 4 KiB pages
 //   threads/getput/atomic        each thread: the bare atomic pair on its own 64 counters (floor)
+#include <libpmem.h>
+
 #include <atomic>
 #include <cstdio>
 #include <vector>
@@ -89,9 +91,31 @@ void bm_atomic(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * kPages);
 }
 
+// One pmem_persist of a private line per operation: how far durable work itself scales on this
+// machine (the ceiling for alloc/free, which is two of these per pair plus DRAM work).
+char* g_persist_lines = nullptr;  // two 4 KiB pages of the pool's data area
+
+void bm_persist(benchmark::State& state) {
+  if (!g_persist_lines) return fail(state, "setup failed");
+  char* line = g_persist_lines + std::size_t(state.thread_index()) * 4096;
+  int i = 0;
+  for (auto _ : state) {
+    line[0] = char(++i);
+    pmem_persist(line, 64);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void persist_setup(const benchmark::State&) {
+  if (g_persist_lines) return;
+  if (pmpage::page* pg = pmpage_pool().alloc_pages(1)) g_persist_lines = static_cast<char*>(pmpage::page_address(pg));
+}
+
 }  // namespace
 
 void register_threads() {
+  benchmark::RegisterBenchmark("threads/persist/floor", bm_persist)
+      ->Setup(persist_setup)->Threads(1)->Threads(2)->UseRealTime();
   benchmark::RegisterBenchmark("threads/order0_pair/pmpage", bm_pair)
       ->Setup(setup)->Teardown(teardown)->Threads(1)->Threads(2)->UseRealTime();
   benchmark::RegisterBenchmark("threads/getput/pmpage", bm_getput)

@@ -341,6 +341,9 @@ def main():
     ctx.add("threads 1 → 2: bare atomic pairs (what the machine allows)", f"{a2 / 1e6:.1f} M/s with 2",
             f"{a1 / 1e6:.1f} M/s with 1", fmt_x(a2 / a1),
             "(context)" if machine_ok else "(< 1.5×: the 2nd CPU was busy with other work)", None)
+    p1, p2 = rate(runs, "threads/persist/floor/threads:1"), rate(runs, "threads/persist/floor/threads:2")
+    ctx.add("threads 1 → 2: one pmem_persist per op (the ceiling for durable alloc/free)", f"{p2 / 1e6:.2f} M/s with 2",
+            f"{p1 / 1e6:.2f} M/s with 1", fmt_x(p2 / p1), "(context: flushes to this machine's memory scale this far)", None)
 
     errors = [n for n in runs if (pick(runs, n) or {}).get("error")]
 
