@@ -18,18 +18,7 @@ out=${PMPAGE_RESULTS:-results}
 jobs=${JOBS:-2}
 
 # ---- packages: install only what is missing -------------------------------------------------------
-pkgs=(cmake g++ make pkg-config libpmem-dev libpmemobj-dev libbenchmark-dev libgtest-dev gnuplot-nox python3)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "bench.sh: installing ${missing[*]}"
-  sudo=()
-  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/setup.sh
 
 # ---- build (incremental) ------------------------------------------------------------------------------
 if [ ! -f "$build/CMakeCache.txt" ]; then
