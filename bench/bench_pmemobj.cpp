@@ -25,15 +25,20 @@ constexpr std::size_t kBatch = 64;
 
 enum class variant { default_cls, page_cls };
 
+/// pmemobj_xalloc flags selecting the variant's allocation class; false if the class is missing.
+template <class Pool>
+bool class_flags(const Pool& o, std::size_t size, variant v, std::uint64_t& flags) {
+  if (v != variant::page_cls) return true;
+  if (!(size == 4096 ? o.have_4k : o.have_2m)) return false;
+  flags = POBJ_CLASS_ID(size == 4096 ? o.class_4k : o.class_2m);
+  return true;
+}
+
 void bm_pair(benchmark::State& state, std::size_t size, variant v) {
   guarded(state, [&] {
     auto& o = pmemobj_pool();
     std::uint64_t flags = 0;
-    if (v == variant::page_cls) {
-      const bool have = size == 4096 ? o.have_4k : o.have_2m;
-      if (!have) return fail(state, "libpmemobj refused the aligned allocation class");
-      flags = POBJ_CLASS_ID(size == 4096 ? o.class_4k : o.class_2m);
-    }
+    if (!class_flags(o, size, v, flags)) return fail(state, "libpmemobj refused the aligned allocation class");
     PMEMoid* h = &o.root->oid;
     for (auto _ : state) {
       if (pmemobj_xalloc(o.pop, h, size, 0, flags, nullptr, nullptr) != 0)
@@ -87,11 +92,7 @@ void bm_fences(benchmark::State& state, std::size_t size, variant v) {
   guarded(state, [&] {
     auto& o = pmemobj_pool();
     std::uint64_t flags = 0;
-    if (v == variant::page_cls) {
-      const bool have = size == 4096 ? o.have_4k : o.have_2m;
-      if (!have) return fail(state, "libpmemobj refused the aligned allocation class");
-      flags = POBJ_CLASS_ID(size == 4096 ? o.class_4k : o.class_2m);
-    }
+    if (!class_flags(o, size, v, flags)) return fail(state, "libpmemobj refused the aligned allocation class");
     PMEMoid* h = &o.root->oid;
     std::uint64_t fa = 0, ff = 0, n = 0;
     fence_counter fc;

@@ -37,7 +37,7 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
       out.emplace_back(vpage(r << HPAGE_PMD_ORDER), d.order_);
     } else if (d.kind_ == RK_SPLIT) {
       if (d.flags_.load(std::memory_order_relaxed) & PG_region_lazy) {
-        // Read the page map instead of loading the region (its allocations are its heads).
+        // Load it (and repair torn work) so its allocations are the DRAM state's.
         materialise_locked(ri);
         if (d.kind_ != RK_SPLIT) continue;
       }

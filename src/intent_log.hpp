@@ -47,7 +47,6 @@ class intent_log {
   void before_fence(fence_token& t) noexcept;
   /// After that fence returned: those retirements are durable.
   void after_fence(const fence_token& t) noexcept;
-  unsigned pending() const noexcept { return nr_pending_.load(std::memory_order_relaxed); }
 
  private:
   struct mirror {

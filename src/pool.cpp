@@ -417,7 +417,6 @@ free_result pool_impl::free_stores_locked(page* holder) {
     fr.kind = free_result::return_large;
     fr.region = r;
     fr.order = order;
-    fr.index = std::uint64_t(r) << HPAGE_PMD_ORDER;
     return fr;
   }
   const auto index = std::uint64_t(holder - vmemmap_);
@@ -435,7 +434,6 @@ free_result pool_impl::free_stores_locked(page* holder) {
   mark_free(s, first, n);
   free_pages_ += n;
   fr.order = order;
-  fr.index = index;
   fr.region = r;
   if (s.nr_free == HPAGE_PMD_NR) {
     // Drained: merge back into one free 2 MiB region (the map is all zero now, P3 holds).

@@ -63,8 +63,7 @@ struct alloc_plan {
 struct free_result {
   enum kind_t { done, merge_split, return_large } kind = done;
   std::uint32_t region = 0;
-  unsigned order = 0;       // order of the freed compound page
-  std::uint64_t index = 0;  // its first page index
+  unsigned order = 0;  // order of the freed compound page
 };
 
 class pool_impl {
