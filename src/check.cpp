@@ -67,7 +67,7 @@ std::string pool_impl::check_locked() {
     (err << ... << parts);
     return err.str();
   };
-  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0;
+  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0, listed = 0;
   for (std::uint64_t r = 0; r < nr_regions_;) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
@@ -123,6 +123,9 @@ std::string pool_impl::check_locked() {
         if (count != s.nr_free) return fail("S1: region ", r, " free count ", s.nr_free, " != ", count);
         if (s.nr_free == 0 ? s.longest != -1 : s.longest != longest_free_order(s)) return fail("S3: region ", r, " longest stale");
         if (s.published && s.nr_free == HPAGE_PMD_NR) return fail("S1: region ", r, " wholly free but not merged");
+        const bool wanted = s.published && s.longest >= 0 && s.longest < int(HPAGE_PMD_ORDER);
+        if (wanted != (s.list != 0xff)) return fail("S4: region ", r, (wanted ? " has room but is not" : " is"), " on a filler list");
+        listed += s.list != 0xff;
         free_pages += s.nr_free;
         const std::uint64_t* map = page_map(ri);
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
@@ -160,6 +163,7 @@ std::string pool_impl::check_locked() {
   if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
   if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
   if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");
+  if (listed != filler_.size()) return fail("S4: filler holds ", filler_.size(), " regions, ", listed, " are listed");
   return {};
 }
 
