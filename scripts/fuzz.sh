@@ -14,8 +14,9 @@ mkdir -p "$corpus" fuzz/regressions fuzz/crashes
 [ -n "$(ls -A "$corpus")" ] || "$build/fuzz/pmpage_fuzz_corpus" "$corpus"
 export PMEM_IS_PMEM_FORCE=1
 # Regression inputs: every one must pass.
-if [ -n "$(ls -A fuzz/regressions)" ]; then
-  "$build/fuzz/pmpage_fuzz_open" -runs=0 fuzz/regressions/*
+mapfile -t regressions < <(find fuzz/regressions -type f ! -name '.*' | sort)
+if [ ${#regressions[@]} -gt 0 ]; then
+  "$build/fuzz/pmpage_fuzz_open" -runs=0 "${regressions[@]}"
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
