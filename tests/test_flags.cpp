@@ -260,3 +260,26 @@ TEST_F(Flags, FlagsAreClearedByReopen) {
 }
 
 }  // namespace
+
+TEST_F(Flags, LockWaitersFollowTheLockWhenAHugePageIsSplit) {
+  // split_huge_page moves the lock to subpage 0; a thread sleeping in lock_page must wake up and
+  // wait there, and get the lock once subpage 0 is unlocked (not before).
+  pmpage::page* huge = pool_.alloc_pages(9);
+  ASSERT_NE(huge, nullptr);
+  pmpage::lock_page(huge);
+  std::atomic<bool> acquired{false};
+  std::thread waiter([&] {
+    pmpage::lock_page(huge);
+    acquired = true;
+    pmpage::unlock_page(huge);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it sleep in lock_page
+  ASSERT_EQ(pmpage::split_huge_page(huge), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(acquired.load()) << "the waiter took the lock while subpage 0 was still locked";
+  EXPECT_TRUE(pmpage::PageLocked(huge));
+  pmpage::unlock_page(huge);
+  waiter.join();
+  EXPECT_TRUE(acquired.load());
+  EXPECT_FALSE(pmpage::PageLocked(huge));
+}

@@ -206,6 +206,42 @@ TEST_F(BadInput, CraftedIntentCannotWriteOutsideThePool) {
   EXPECT_EQ(p.check(), "");
 }
 
+TEST_F(BadInput, CraftedIntentInsideAnotherAllocationIsIgnored) {
+  // A checksummed alloc_to intent naming a region inside an existing order-10 page, with its slot
+  // "committed": replaying it would put a HEAD inside a HEAD and make the pool unopenable.
+  pfn_t big = 0;
+  std::uint64_t root_off = 0;
+  {
+    pool::options o;
+    o.size = 24ull << 20;
+    pool p = pool::create(path_, o);
+    page* pg = p.alloc_pages(10);
+    ASSERT_NE(pg, nullptr);
+    big = page_to_pfn(pg);
+    root_off = std::uint64_t(static_cast<char*>(p.root()) - static_cast<char*>(p.base()));
+  }
+  auto bytes = read_file(path_);
+  const pfn_t inner = big + HPAGE_PMD_NR;  // the order-10 page's second region
+  std::memcpy(bytes.data() + root_off, &inner, sizeof inner);
+  detail::lane l{};
+  l.seq = 7;
+  l.kind = std::uint32_t(detail::intent_kind::alloc_to);
+  l.order = HPAGE_PMD_ORDER;
+  l.slot_offset = root_off;
+  l.pfn = inner;
+  l.checksum = detail::fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof l - 8);
+  std::memcpy(bytes.data() + 8192, &l, sizeof l);
+  write_file(path_, bytes);
+  for (int round = 0; round < 2; ++round) {  // and the pool stays openable afterwards
+    pool p = pool::open(path_);
+    EXPECT_EQ(p.check(), "");
+    const auto st = pmpage::testing::read_state(p);
+    ASSERT_EQ(st.allocations.size(), 1u);
+    EXPECT_EQ(st.allocations.begin()->first, big);
+    EXPECT_EQ(st.allocations.begin()->second, 10u);
+  }
+}
+
 TEST_F(BadInput, RandomBitFlipsInMetadataNeverCrashAndRejectionsNeverWrite) {
   make_pool();
   const auto pristine = read_file(path_);
