@@ -23,12 +23,10 @@ class libpmem_persistence final : public persistence {
   void drain() noexcept override {
     if (is_pmem_) pmem_drain();
   }
-  void copy_nodrain(void* dst, const void* src, std::size_t len) noexcept override {
-    if (is_pmem_)
-      pmem_memcpy(dst, src, len, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
-    else
-      persistence::copy_nodrain(dst, src, len);
-  }
+  // copy_nodrain: the default (ordinary stores, then flush). Non-temporal stores would skip the
+  // read of a just-evicted line, but they are not ordered with the ordinary store that releases
+  // the allocator lock: another thread could write the same page-map line in between and then be
+  // overwritten by our older line when it finally leaves the write-combining buffer.
 
  private:
   bool is_pmem_ = true;

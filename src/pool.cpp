@@ -464,7 +464,17 @@ void pool_impl::finish_free(const free_result& fr) {
   }
 }
 
+void pool_impl::prefetch_map_line(const page* holder) const {
+  // The previous operation's flush may have evicted the page-map line this free will store to;
+  // start fetching it before taking the lock, so the lock is not held across that miss.
+  if (is_region_desc(holder)) return;
+  const auto index = std::uint64_t(holder - vmemmap_);
+  __builtin_prefetch(page_map(std::uint32_t(index >> HPAGE_PMD_ORDER)) +
+                         (index & (HPAGE_PMD_NR - 1)) / PAGES_PER_MAP_WORD, 1);
+}
+
 void pool_impl::release(page* holder) noexcept {
+  prefetch_map_line(holder);
   free_result fr;
   {
     std::lock_guard g(mu_);
@@ -503,6 +513,7 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     return -EBUSY;
   }
   const unsigned order = load_order(h);
+  prefetch_map_line(h);
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::free_from, order, slot, pfn);
   fence();  // 1: the intent is durable

@@ -163,6 +163,7 @@ class pool_impl {
   void publish_fresh(const alloc_plan& plan);
   /// Frees under the lock: DRAM state and the persistent stores (flushed, not fenced).
   free_result free_stores_locked(page* holder);
+  void prefetch_map_line(const page* holder) const;
   /// After the free's fence: merge a drained region back / return regions to the buddy.
   void finish_free(const free_result& fr);
   split_state& sstate(std::uint32_t r) const { return *static_cast<split_state*>(regions_[r].alloc_state_); }

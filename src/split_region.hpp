@@ -9,8 +9,8 @@
 //   S2  page i is free in s  <=>  page map code of i is CODE_FREE (after recovery).
 //   S3  s.longest == the largest k with a free naturally aligned 2^k block, or -1 if none.
 //   S4  r is on filler list (fullness(s), s.longest) iff s.longest >= 0 and r is published.
-//   S5  s.map equals the persistent page map. Writers update s.map under the lock and copy whole
-//       cache lines of it to the media (non-temporal on pmem), never reading the media.
+//   S5  s.map equals the persistent page map. Writers update s.map under the lock and store whole
+//       cache lines of it to the media (ordinary stores + flush), never reading the media.
 // Lock: every function here runs under the pool's allocator lock.
 #pragma once
 

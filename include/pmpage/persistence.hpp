@@ -33,9 +33,9 @@ class persistence {
   virtual void drain() noexcept = 0;
 
   /// Writes len bytes (8-byte aligned, a multiple of 8) from DRAM to the mapping and starts
-  /// writing them back, like a store + flush of each word: durable after the next drain(). The
-  /// libpmem backend uses non-temporal stores on pmem, which skip reading a line that a recent
-  /// flush evicted. Each aligned 8-byte word is written with one store.
+  /// writing them back: a store of each word (one 8-byte store each) and a flush; durable after
+  /// the next drain(). The stores must be ordered with the caller's later ordinary stores (the
+  /// allocator releases its lock after it), so a backend must not use non-temporal stores here.
   virtual void copy_nodrain(void* dst, const void* src, std::size_t len) noexcept {
     auto* d = static_cast<std::uint64_t*>(dst);
     const auto* s = static_cast<const std::uint64_t*>(src);
