@@ -153,10 +153,7 @@ void bm_fences_drain(benchmark::State& state, unsigned order) {
       ++n;
     }
     state.SetItemsProcessed(state.iterations());
-    if (n) {
-      state.counters["fences_alloc"] = double(fa) / double(n);
-      state.counters["fences_free"] = double(ff) / double(n);
-    }
+    report_fences(state, fa, ff, n);
   });
 }
 

@@ -106,10 +106,7 @@ void bm_fences(benchmark::State& state, std::size_t size, variant v) {
       ++n;
     }
     state.SetItemsProcessed(state.iterations());
-    if (n) {
-      state.counters["fences_alloc"] = double(fa) / double(n);
-      state.counters["fences_free"] = double(ff) / double(n);
-    }
+    report_fences(state, fa, ff, n);
   });
 }
 

@@ -33,6 +33,14 @@ config& cfg();
 
 /// Marks a benchmark failed (and the process exit status non-zero).
 void fail(benchmark::State& state, const std::string& msg);
+
+/// Reports fences counted over n alloc/free pairs as the counters the summary reads.
+inline void report_fences(benchmark::State& state, std::uint64_t fences_alloc, std::uint64_t fences_free,
+                          std::uint64_t n) {
+  if (!n) return;
+  state.counters["fences_alloc"] = double(fences_alloc) / double(n);
+  state.counters["fences_free"] = double(fences_free) / double(n);
+}
 bool any_failed();
 
 /// Runs a benchmark body; an exception (a failed create, a failed allocation) fails the benchmark.
