@@ -63,10 +63,17 @@ void report_unlock_misuse(page* p) noexcept {
 }  // namespace detail
 
 void free_pages(page* p, unsigned order) noexcept {
+  // One lookup for the whole call: this is the kernel's __free_pages, on every free's path.
   detail::page_location loc;
   if (!detail::locate(p, loc)) return;
-  page* head = compound_head(p);
-  if (head != p) {
+  bool tail;
+  if (loc.rflags & PG_split)
+    tail = detail::load_compound_head(p) & 1;
+  else if (loc.rflags & PG_region_tail)
+    tail = true;
+  else
+    tail = (loc.rflags & PG_head) && (loc.index & (HPAGE_PMD_NR - 1)) != 0;
+  if (tail) {
     detail::report_misuse("free_pages on pfn %#llx: a tail page, not the head of its compound page",
                           static_cast<unsigned long long>(page_to_pfn(p)));
     return;
@@ -77,13 +84,19 @@ void free_pages(page* p, unsigned order) noexcept {
                           static_cast<unsigned long long>(page_to_pfn(p)));
     return;
   }
-  const unsigned actual = compound_order(p);
+  const bool is_head = (loc.rflags & PG_split) ? bool(p->flags_.load(std::memory_order_acquire) & PG_head)
+                                               : bool(loc.rflags & PG_head);
+  const unsigned actual = is_head ? detail::load_order(h) : 0;
   if (actual != order) {
     detail::report_misuse("free_pages on pfn %#llx with order %u, but it was allocated with order %u",
                           static_cast<unsigned long long>(page_to_pfn(p)), order, actual);
     return;
   }
-  put_page(p);
+  const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);  // put_page on the holder
+  if (old == 1)
+    detail::release_compound(p, h);
+  else if (old <= 0)
+    detail::report_refcount_misuse(p, h, old, false);
 }
 
 int split_huge_page(page* p) noexcept {
