@@ -1,6 +1,9 @@
 // check.cpp — introspection: stats, the allocation walk, and the invariant checker that tests
 // (and the later fsck tool) use. Everything here takes the allocator lock; none of it is fast.
+#include <algorithm>
 #include <bit>
+#include <cstdio>
+#include <unordered_map>
 #include <sstream>
 
 #include "pool_impl.hpp"
@@ -95,7 +98,9 @@ std::string pool_impl::check_locked() {
       }
       case RK_HEAD: {
         const std::uint64_t n = std::uint64_t{1} << (d.order_ - HPAGE_PMD_ORDER);
-        if (w != make_region_word(region_state::head, d.order_)) return fail("V2: head region ", r, " not HEAD(", int(d.order_), ") on the media");
+        if ((w & ~REGION_OWNED) != make_region_word(region_state::head, d.order_)) return fail("V2: head region ", r, " not HEAD(", int(d.order_), ") on the media");
+        if (bool(f & PG_slot_owned) != region_word_owned(w)) return fail("O2: head region ", r, " slot-owned in DRAM ", bool(f & PG_slot_owned), ", on the media ", region_word_owned(w));
+        if (std::string why = owner_problem(r << HPAGE_PMD_ORDER, region_word_owned(w)); !why.empty()) return fail(why);
         if (!(f & PG_head) || (f & PG_region_special)) return fail("I2: head region ", r, " flags ", f);
         if (d.refcount_.load() <= 0) return fail("I4: allocated region ", r, " has count ", d.refcount_.load());
         for (std::uint64_t t = r + 1; t < r + n; ++t) {
@@ -134,6 +139,8 @@ std::string pool_impl::check_locked() {
           page* p = vpage((r << HPAGE_PMD_ORDER) + i);
           const bool is_free = s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64));
           const std::uint8_t c = map_code(map, i);
+          if (load_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) && (is_free || !code_is_head(c)))
+            return fail("O1: page ", i, " of region ", r, " is not an allocated head but has an owner entry");
           if (is_free) {
             if (c != CODE_FREE) return fail("S2: page ", i, " of region ", r, " free in DRAM, code ", int(c), " on the media");
             if (p->refcount_.load() != 0 || (p->compound_head_ & 1)) return fail("I4: free page ", i, " of region ", r, " has state");
@@ -145,6 +152,10 @@ std::string pool_impl::check_locked() {
           if (i % (1u << k)) return fail("I3: order-", k, " head at page ", i, " misaligned");
           if (p->refcount_.load() <= 0) return fail("I4: allocated page ", i, " of region ", r, " has count ", p->refcount_.load());
           if (bool(p->flags_.load() & PG_head) != (k > 0)) return fail("I3: PG_head wrong at page ", i, " of region ", r);
+          const bool owned = p->flags_.load() & PG_slot_owned;
+          if (owned != (load_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) != 0))
+            return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but not on the media");
+          if (std::string why = owner_problem((r << HPAGE_PMD_ORDER) + i, owned); !why.empty()) return fail(why);
           for (unsigned j = 1; j < (1u << k); ++j) {
             if (p[j].compound_head_ != (reinterpret_cast<std::uintptr_t>(p) | 1)) return fail("I3: tail ", i + j, " of region ", r, " bad head link");
             if (map_code(map, i + j) != CODE_TAIL) return fail("S2: tail ", i + j, " of region ", r, " not a tail on the media");
@@ -164,7 +175,91 @@ std::string pool_impl::check_locked() {
   if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
   if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");
   if (listed != filler_.size()) return fail("S4: filler holds ", filler_.size(), " regions, ", listed, " are listed");
-  return {};
+  return intents_.check([&](const lane& l) {
+    return l.order <= MAX_PAGE_ORDER && l.pfn >= start_pfn() && l.pfn < end_pfn() && slot_offset_valid(l.slot_offset) &&
+           l.kind >= std::uint32_t(intent_kind::alloc_to) && l.kind <= std::uint32_t(intent_kind::move_to);
+  });
+}
+
+std::string pool_impl::owner_problem(std::uint64_t index, bool owned) const {
+  const std::uint64_t e = load_word(owner_entry(index));
+  std::ostringstream err;
+  if (!owned) {
+    if (e) err << "O1: unowned allocation at page " << index << " has owner entry " << e;
+    return err.str();
+  }
+  if (!slot_offset_valid(e)) {
+    err << "O1: owned allocation at page " << index << " has owner entry " << e << ", not a slot of the pool";
+    return err.str();
+  }
+  const pfn_t v = std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed);
+  if (v != pfn_of_index(index))
+    err << "O1: the slot at offset " << e << " owns pfn " << std::hex << pfn_of_index(index) << " but holds " << v
+        << " (the engine overwrote a slot without free_pages_from?)";
+  return err.str();
+}
+
+pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {
+  std::vector<std::pair<page*, unsigned>> allocs;
+  collect_allocations(allocs);
+  struct info {
+    unsigned order;
+    const pfn_t* named_by = nullptr;
+  };
+  std::unordered_map<pfn_t, info> by_pfn;
+  by_pfn.reserve(allocs.size());
+  for (auto& [p, order] : allocs) by_pfn.emplace(pfn_of_index(std::uint64_t(p - vmemmap_)), info{order});
+  pool::slot_check out;
+  char buf[320];
+  auto add = [&](std::vector<pool::slot_check::entry>& list, const pfn_t* slot, pfn_t pfn, unsigned order) {
+    list.push_back({slot, pfn, order, buf});
+  };
+  const auto base = reinterpret_cast<std::uintptr_t>(dev_.base());
+  for (pfn_t* const slot : slots) {
+    if (!slot) continue;
+    const pfn_t v = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
+    if (!v) continue;
+    auto it = by_pfn.find(v);
+    if (it == by_pfn.end()) {
+      std::snprintf(buf, sizeof buf, "dangling: slot %p names pfn %#llx, which is %s", static_cast<void*>(slot),
+                    (unsigned long long)v,
+                    v < start_pfn() || v >= end_pfn() ? "not a page of this pool" : "not an allocated head (free or a tail)");
+      add(out.dangling, slot, v, 0);
+      continue;
+    }
+    info& a = it->second;
+    if (a.named_by) {
+      std::snprintf(buf, sizeof buf, "shared: slot %p names pfn %#llx, which slot %p also names", static_cast<void*>(slot),
+                    (unsigned long long)v, static_cast<const void*>(a.named_by));
+      add(out.shared, slot, v, a.order);
+      continue;
+    }
+    a.named_by = slot;
+    const std::uint64_t owner = load_word(owner_entry(v - start_pfn()));
+    const auto a_slot = reinterpret_cast<std::uintptr_t>(slot);
+    if (owner == 0 || a_slot < base || a_slot - base != owner) {
+      if (owner == 0)
+        std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which no slot owns (allocated with alloc_pages?)",
+                      static_cast<void*>(slot), (unsigned long long)v);
+      else
+        std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which the slot at %p owns",
+                      static_cast<void*>(slot), (unsigned long long)v, static_cast<void*>(dev_.base() + owner));
+      add(out.misowned, slot, v, a.order);
+    }
+  }
+  for (auto& [pfn, a] : by_pfn) {
+    if (a.named_by) continue;
+    const std::uint64_t owner = load_word(owner_entry(pfn - start_pfn()));
+    if (owner)
+      std::snprintf(buf, sizeof buf, "unreferenced: order-%u allocation at pfn %#llx is named by no listed slot (its owner on the media is the slot at %p)",
+                    a.order, (unsigned long long)pfn, static_cast<void*>(dev_.base() + owner));
+    else
+      std::snprintf(buf, sizeof buf, "unreferenced: order-%u allocation at pfn %#llx (not slot-owned) is named by no listed slot",
+                    a.order, (unsigned long long)pfn);
+    add(out.unreferenced, nullptr, pfn, a.order);
+  }
+  std::sort(out.unreferenced.begin(), out.unreferenced.end(), [](const auto& x, const auto& y) { return x.pfn < y.pfn; });
+  return out;
 }
 
 }  // namespace pmpage::detail

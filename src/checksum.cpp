@@ -39,7 +39,8 @@ bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t d
   while (regions > 0) {
     l.nr_regions = regions;
     l.page_map_offset = l.region_table_offset + round_up(regions * 8, 4096);
-    l.data_offset = round_up(l.page_map_offset + round_up(regions * PAGE_MAP_BYTES, 4096), data_align);
+    l.owner_table_offset = l.page_map_offset + round_up(regions * PAGE_MAP_BYTES, 4096);
+    l.data_offset = round_up(l.owner_table_offset + regions * OWNER_TABLE_BYTES, data_align);
     if (l.data_offset + regions * HPAGE_PMD_SIZE <= size) {
       out = l;
       return true;

@@ -2,8 +2,10 @@
 //
 // An intent says "extent (pfn, order) is being allocated into / freed from the pfn slot at
 // slot_offset". Protocol (two fences):
-//   alloc_pages_to:  [intent] fence  [page map / region words + fresh SPLIT word + *slot = pfn] fence
-//   free_pages_from: [intent] fence  [page map / region words + *slot = 0] fence
+//   alloc_pages_to:  [intent] fence  [page map / region words + owner entry + fresh SPLIT word + *slot = pfn] fence
+//   free_pages_from: [intent] fence  [page map / region words + owner entry + *slot = 0] fence
+//   split_huge_page_to: [intent] fence  [page map + owner entries + slots 1..511 + SPLIT word] fence
+//   move_pages_owner: [intent] fence  [owner entry + *dest = pfn + *src = 0] fence
 // then the intent is retired lazily: seq = 0 and a flush, no fence of its own. Recovery
 // (recovery.cpp) rolls every valid intent forward or back from the slot's value.
 //
@@ -20,7 +22,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
+#include <string>
 
 #include "layout.hpp"
 #include "pmpage/persistence.hpp"
@@ -34,7 +38,8 @@ class intent_log {
   unsigned acquire() noexcept;
   void release(unsigned i) noexcept;
   /// Writes and flushes an intent into held lane i (not fenced).
-  void write(unsigned i, intent_kind kind, unsigned order, std::uint64_t slot_offset, std::uint64_t pfn) noexcept;
+  void write(unsigned i, intent_kind kind, unsigned order, std::uint64_t slot_offset, std::uint64_t pfn,
+             std::uint64_t aux = 0) noexcept;
   /// Retires lane i's intent: seq = 0 and flush, no fence (see header comment).
   void retire_lazily(unsigned i) noexcept;
 
@@ -47,6 +52,10 @@ class intent_log {
   void before_fence(fence_token& t) noexcept;
   /// After that fence returned: those retirements are durable.
   void after_fence(const fence_token& t) noexcept;
+
+  /// For pool::check(): "" if every lane holding an intent (seq != 0) is held by an operation in
+  /// progress and passes its checksum and `valid`, else the first problem.
+  std::string check(const std::function<bool(const lane&)>& valid);
 
  private:
   struct mirror {

@@ -6,6 +6,7 @@
 //   root_offset         root area                    (root_size, multiple of 4 KiB, zeroed at create)
 //   region_table_offset region state words: 8 B x nr_regions (rounded up to 4 KiB)
 //   page_map_offset     page maps: 256 B x nr_regions  (rounded up to 4 KiB)
+//   owner_table_offset  owner tables: 4 KiB x nr_regions (8 B per page: the slot that owns it)
 //   data_offset         data area: nr_regions x 2 MiB  (2 MiB aligned, or the device's alignment)
 //
 // Fixed-width little-endian fields, natural alignment, reserved space for growth; see
@@ -21,7 +22,7 @@
 namespace pmpage::detail {
 
 inline constexpr char POOL_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', '\1'};
-inline constexpr std::uint32_t FORMAT_MAJOR = 1;  // incompatible changes
+inline constexpr std::uint32_t FORMAT_MAJOR = 2;  // 2: owner tables (slot ownership)  // incompatible changes
 inline constexpr std::uint32_t FORMAT_MINOR = 0;  // compatible additions
 
 inline constexpr std::size_t SUPERBLOCK_SIZE = 4096;
@@ -30,6 +31,7 @@ inline constexpr std::size_t LANE_SIZE = 64;
 inline constexpr std::size_t PAGE_MAP_BYTES = 256;  // 512 pages x 4-bit codes
 inline constexpr std::size_t PAGE_MAP_WORDS = PAGE_MAP_BYTES / 8;
 inline constexpr unsigned PAGES_PER_MAP_WORD = 16;
+inline constexpr std::size_t OWNER_TABLE_BYTES = 8 * 512;  // one owner entry per page of a region
 inline constexpr std::size_t MIN_ROOT_SIZE = 4096;
 inline constexpr std::uint64_t MAX_POOL_PAGES = std::uint64_t{1} << 32;  // one pfn section
 
@@ -50,30 +52,43 @@ struct superblock {
   std::uint64_t page_map_offset;
   std::uint64_t data_offset;
   std::uint64_t create_time_ns;     // CLOCK_REALTIME at create, informational
-  std::uint8_t reserved[SUPERBLOCK_SIZE - 128];
+  std::uint64_t owner_table_offset;
+  std::uint8_t reserved[SUPERBLOCK_SIZE - 136];
   std::uint64_t checksum;           // fletcher64 of the bytes before it
 };
 static_assert(sizeof(superblock) == SUPERBLOCK_SIZE);
-static_assert(offsetof(superblock, reserved) == 120);
+static_assert(offsetof(superblock, owner_table_offset) == 120);
+static_assert(offsetof(superblock, reserved) == 128);
 
 // ---- region state word ------------------------------------------------------------------------
-// bits 0..7 kind, bits 8..15 order (heads only), bits 16..63 zero. A region that is covered by a
+// bits 0..7 kind, bits 8..15 order (heads only), bit 16 owned (heads only: the allocation is
+// owned by the slot its owner entry names), bits 17..63 zero. A region that is covered by a
 // multi-region allocation but is not its head is stored as FREE: tails are derived from the head.
 enum class region_state : std::uint8_t { free = 0, head = 1, split = 2 };
+inline constexpr std::uint64_t REGION_OWNED = std::uint64_t{1} << 16;
 
-inline constexpr std::uint64_t make_region_word(region_state s, unsigned order = 0) {
-  return std::uint64_t(s) | (std::uint64_t(order) << 8);
+inline constexpr std::uint64_t make_region_word(region_state s, unsigned order = 0, bool owned = false) {
+  return std::uint64_t(s) | (std::uint64_t(order) << 8) | (owned ? REGION_OWNED : 0);
 }
 inline constexpr region_state region_word_kind(std::uint64_t w) { return region_state(w & 0xff); }
 inline constexpr unsigned region_word_order(std::uint64_t w) { return unsigned((w >> 8) & 0xff); }
+inline constexpr bool region_word_owned(std::uint64_t w) { return w & REGION_OWNED; }
 inline constexpr bool region_word_valid(std::uint64_t w) {
   const auto k = w & 0xff;
-  if (w >> 16) return false;
+  if (w >> 17) return false;
   if (k == std::uint64_t(region_state::head))
     return region_word_order(w) >= HPAGE_PMD_ORDER && region_word_order(w) <= MAX_PAGE_ORDER;
   return (k == std::uint64_t(region_state::free) || k == std::uint64_t(region_state::split)) &&
-         region_word_order(w) == 0;
+         region_word_order(w) == 0 && !region_word_owned(w);
 }
+
+// ---- owner table: 8 bytes per page -------------------------------------------------------------
+// Entry i of region r is 0, or the device offset of the pfn slot that owns the allocation whose
+// head is page i (for an order >= 9 allocation: entry 0 of its head region). Written in the same
+// epoch as the allocation's codes by alloc_pages_to / split_huge_page_to and cleared by
+// free_pages_from, always under an intent lane. Rule O1: a non-zero entry sits on an allocated
+// head (a head code of a SPLIT region, or entry 0 of an owned HEAD region) and its slot holds the
+// head's pfn. A region's entries are zeroed when it is split, so stale entries never survive.
 
 // ---- page map: 4-bit code per page of a split region -------------------------------------------
 //   0x0        free
@@ -91,7 +106,7 @@ inline constexpr unsigned code_order(std::uint8_t c) { return unsigned(c) - 1; }
 // ---- intent lanes -------------------------------------------------------------------------------
 // A lane holds one intent of alloc_pages_to / free_pages_from. Valid iff seq != 0 and the
 // checksum matches; clearing seq (one word) retires it. Words:
-enum class intent_kind : std::uint32_t { alloc_to = 1, free_from = 2 };
+enum class intent_kind : std::uint32_t { alloc_to = 1, free_from = 2, split_to = 3, move_to = 4 };
 
 struct lane {
   std::uint64_t checksum;     // fletcher64 of words 1..7
@@ -100,13 +115,14 @@ struct lane {
   std::uint32_t order;
   std::uint64_t slot_offset;  // byte offset of the pfn slot from the start of the device
   std::uint64_t pfn;          // head pfn of the extent
-  std::uint64_t reserved[3];
+  std::uint64_t aux;          // move_to: byte offset of the destination slot; else 0
+  std::uint64_t reserved[2];
 };
 static_assert(sizeof(lane) == LANE_SIZE);
 
 struct layout {
   std::uint64_t device_size, nr_regions, lanes_offset, root_offset, root_size,
-      region_table_offset, page_map_offset, data_offset;
+      region_table_offset, page_map_offset, owner_table_offset, data_offset;
 };
 
 /// Computes the layout for a device of `size` bytes. data_align is 2 MiB or the device's alignment.

@@ -26,11 +26,21 @@ void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcep
     holder->refcount_.fetch_sub(1, std::memory_order_relaxed);
   else
     holder->refcount_.fetch_add(1, std::memory_order_relaxed);
-  report_misuse("%s on pfn %#llx whose reference count is %d (page is free or already freed)",
-                is_get ? "get_page" : "put_page", static_cast<unsigned long long>(page_to_pfn(p)), old);
+  if (is_get && old > 0)
+    report_misuse("get_page on pfn %#llx: reference count saturated at %d (PAGE_REF_MAX); reference not taken",
+                  static_cast<unsigned long long>(page_to_pfn(p)), old);
+  else
+    report_misuse("%s on pfn %#llx whose reference count is %d (page is free or already freed)",
+                  is_get ? "get_page" : "put_page", static_cast<unsigned long long>(page_to_pfn(p)), old);
 }
 
-void release_compound(page* p, page* holder) noexcept { owner_of(p)->release(holder); }
+void release_compound(page* p, page* holder) noexcept {
+  if (PMPAGE_UNLIKELY(holder->flags_.load(std::memory_order_acquire) & PG_slot_owned)) {
+    owner_of(p)->report_owned_release(p, holder);
+    return;
+  }
+  owner_of(p)->release(holder);
+}
 
 void materialise_lazy_region(const section& s, std::uint64_t region) noexcept {
   static_cast<pool_impl*>(s.owner)->materialise(std::uint32_t(region));
@@ -42,6 +52,9 @@ void lock_page_slow(page* p) noexcept {
     page* h = state_holder(p);
     if (!h) return;
     std::uint32_t f = h->flags_.load(std::memory_order_relaxed);
+    // A region descriptor whose region was split since we resolved it holds no lock any more (its
+    // PG_locked stays set so fast paths come here): resolve the holder again.
+    if (f & PG_region_special) continue;
     if (!(f & PG_locked)) {
       if (h->flags_.compare_exchange_weak(f, f | PG_locked, std::memory_order_acquire)) return;
       continue;
@@ -103,6 +116,12 @@ int split_huge_page(page* p) noexcept {
   detail::page_location loc;
   if (!detail::locate(p, loc)) return -EINVAL;
   return detail::owner_of(p)->split_huge_page(p);
+}
+
+int split_huge_page_to(page* p, pfn_t* slots) noexcept {
+  detail::page_location loc;
+  if (!detail::locate(p, loc)) return -EINVAL;
+  return detail::owner_of(p)->split_huge_page_to(p, slots);
 }
 
 }  // namespace pmpage

@@ -6,6 +6,8 @@
 // fence has nothing left to do.
 #include <libpmem.h>
 
+#include <cstring>
+
 #include "pmpage/persistence.hpp"
 
 namespace pmpage {
@@ -22,6 +24,16 @@ class libpmem_persistence final : public persistence {
   }
   void drain() noexcept override {
     if (is_pmem_) pmem_drain();
+  }
+  void memset_nodrain(void* dst, int c, std::size_t len) noexcept override {
+    // Data pages only (GFP_ZERO), written outside the allocator lock and fenced by the caller:
+    // libpmem may use non-temporal stores here. Not pmem: plain memset, then msync.
+    if (is_pmem_)
+      pmem_memset_nodrain(dst, c, len);
+    else {
+      std::memset(dst, c, len);
+      pmem_msync(dst, len);
+    }
   }
   // copy_nodrain: the default (ordinary stores, then flush). Non-temporal stores would skip the
   // read of a just-evicted line, but they are not ordered with the ordinary store that releases

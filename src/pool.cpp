@@ -13,6 +13,7 @@
 // new owner's stores to the same words come later in coherence order, so what reaches the media
 // is always a state some serial order of the operations produces).
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -75,8 +76,10 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
   d.alloc_state_ = s;
   d.kind_ = RK_SPLIT;
   ++split_regions_;
-  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes.
+  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes,
+  // and its owner entries with it (O1: no stale owner survives into a new split).
   write_map_locked(r, 0, PAGE_MAP_WORDS - 1);
+  clear_owner_entries(r);
   d.flags_.store(PG_split, std::memory_order_release);
   plan.fresh[plan.nr_fresh++] = r;
   return r;
@@ -116,9 +119,29 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     repaired = true;
     ++i;
   }
-  if (repaired) {
+  // Owner entries (O1): kept on a head whose slot still names it; anything else is a leftover of
+  // an interrupted operation or of the engine overwriting its slot, and is cleared.
+  const std::uint64_t base_index = std::uint64_t(r) << HPAGE_PMD_ORDER;
+  std::uint64_t owned[HPAGE_PMD_NR / 64] = {};
+  std::uint64_t* stale[HPAGE_PMD_NR];
+  unsigned nr_stale = 0;
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+    const std::uint64_t e = load_word(owner_entry(base_index + i));
+    if (!e) continue;
+    const bool ok = code_is_head(map_code(fixed, i)) && slot_offset_valid(e) &&
+                    std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
+                        pfn_of_index(base_index + i);
+    if (ok)
+      owned[i / 64] |= std::uint64_t{1} << (i % 64);
+    else
+      stale[nr_stale++] = owner_entry(base_index + i);
+  }
+  // A fork() child reads the pool but never writes it: it only builds its own view.
+  const bool may_write = g_fork_generation.load(std::memory_order_relaxed) == fork_generation_;
+  if ((repaired || nr_stale) && may_write) {
     for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
       if (fixed[w] != load_word(&map[w])) persist_word(&map[w], fixed[w]);
+    for (unsigned k = 0; k < nr_stale; ++k) persist_word(stale[k], 0);
     fence();
     ++repaired_;
   }
@@ -139,12 +162,13 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     const unsigned k = code_order(c);
     mark_used(*s, i, 1u << k);
     init_compound_small(r, i, k);
+    if (owned[i / 64] >> (i % 64) & 1) vpage(base_index + i)->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);
     i += 1u << k;
   }
   d.alloc_state_ = s;
   d.kind_ = RK_SPLIT;
   free_pages_ += s->nr_free;
-  if (s->nr_free == HPAGE_PMD_NR) {
+  if (s->nr_free == HPAGE_PMD_NR && may_write) {
     // Split on the media but empty (a crash between the last free and the merge): merge now.
     delete s;
     d.alloc_state_ = nullptr;
@@ -237,11 +261,14 @@ void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
   pers_->copy_nodrain(page_map(r) + l0, sstate(r).map + l0, (l1 - l0) * 8);
 }
 
-void pool_impl::apply_alloc_locked(page* p, unsigned order) {
+void pool_impl::apply_alloc_locked(page* p, unsigned order, std::uint64_t owner) {
   const auto index = std::uint64_t(p - vmemmap_);
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  // The owner entry is 0 already for an unowned allocation (O1): only alloc_pages_to writes it,
+  // one more flushed line inside the same fence.
+  if (owner) persist_word(owner_entry(index), owner);
   if (order >= HPAGE_PMD_ORDER) {
-    persist_word(region_word(r), make_region_word(region_state::head, order));
+    persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
     return;
   }
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
@@ -291,21 +318,46 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
 
 // ---- public allocation entry points ------------------------------------------------------------------
 
+bool pool_impl::forked(const char* caller) const noexcept {
+  if (PMPAGE_LIKELY(g_fork_generation.load(std::memory_order_relaxed) == fork_generation_)) return false;
+  report_misuse("%s: pool %s was opened by process %d and this process (%d) is a fork() child of it: a child "
+                "may read the pool's memory but must not allocate, free or split (its allocator state is a "
+                "stale copy of the parent's; open the pool in one process only)",
+                caller, path().c_str(), opener_pid_, int(::getpid()));
+  return true;
+}
+
+bool pool_impl::check_gfp(const char* caller, gfp_t gfp) const noexcept {
+  if (PMPAGE_LIKELY(!(gfp & ~GFP_ZERO))) return true;
+  report_misuse("%s: unknown gfp flags %#x (only GFP_ZERO is defined)", caller, gfp & ~GFP_ZERO);
+  return false;
+}
+
+void pool_impl::zero_pages(page* p, unsigned order) {
+  // Outside the lock, before the allocation's fence: the zeros are durable when it returns.
+  void* a = page_address(p);
+  const std::size_t len = PAGE_SIZE << order;
+  pers_->memset_nodrain(a, 0, len);
+}
+
 page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply) {
   if (order > MAX_PAGE_ORDER) {
     report_misuse("%s: order %u > MAX_PAGE_ORDER (%u)", caller, order, MAX_PAGE_ORDER);
     return nullptr;
   }
+  if (forked(caller)) return nullptr;
   std::lock_guard g(mu_);
   page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
-  if (p && apply) apply_alloc_locked(p, order);
+  if (p && apply) apply_alloc_locked(p, order, 0);
   return p;
 }
 
-page* pool_impl::alloc_pages(unsigned order) noexcept {
+page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
+  if (!check_gfp("alloc_pages", gfp)) return nullptr;
   alloc_plan plan;
   page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
+  if (gfp & GFP_ZERO) zero_pages(p, order);
   fence();
   if (plan.nr_fresh) {
     write_fresh_split_words(plan);
@@ -315,7 +367,7 @@ page* pool_impl::alloc_pages(unsigned order) noexcept {
   return p;
 }
 
-std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept {
+std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept {
   if (order > MAX_PAGE_ORDER) {
     report_misuse("alloc_pages_bulk: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
     return 0;
@@ -324,6 +376,7 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
     report_misuse("alloc_pages_bulk: out is null");
     return 0;
   }
+  if (!check_gfp("alloc_pages_bulk", gfp) || forked("alloc_pages_bulk")) return 0;
   std::size_t done = 0;
   while (done < n) {
     alloc_plan plan;
@@ -334,12 +387,14 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
       while (done < n && order > 0) {
         page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
         if (!p) break;
-        apply_alloc_locked(p, order);
+        apply_alloc_locked(p, order, 0);
         out[done++] = p;
       }
     }
     if (done == first) break;
-      fence();
+    if (gfp & GFP_ZERO)
+      for (std::size_t i = first; i < done; ++i) zero_pages(out[i], order);
+    fence();
     if (plan.nr_fresh) {
       write_fresh_split_words(plan);
       fence();
@@ -357,6 +412,16 @@ bool pool_impl::slot_offset_valid(std::uint64_t off) const {
   return in_root || in_data;
 }
 
+bool pool_impl::slot_range_valid(std::uint64_t off, std::uint64_t n) const {
+  if (n == 0 || off % 8 != 0) return false;
+  const std::uint64_t len = n * 8;
+  const bool in_root = off >= lay_.root_offset && off - lay_.root_offset <= lay_.root_size - len &&
+                       len <= lay_.root_size;
+  const std::uint64_t data_len = nr_pages_ << PAGE_SHIFT;
+  const bool in_data = off >= lay_.data_offset && len <= data_len && off - lay_.data_offset <= data_len - len;
+  return in_root || in_data;
+}
+
 bool pool_impl::dest_offset(const void* slot, std::uint64_t& off) const {
   const auto a = reinterpret_cast<std::uintptr_t>(slot);
   const auto b = reinterpret_cast<std::uintptr_t>(dev_.base());
@@ -365,44 +430,88 @@ bool pool_impl::dest_offset(const void* slot, std::uint64_t& off) const {
   return slot_offset_valid(off);
 }
 
-page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
+page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
   std::uint64_t slot;
   if (!dest_offset(dest, slot)) {
     report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
                   static_cast<void*>(dest), path().c_str());
     return nullptr;
   }
+  if (!check_gfp("alloc_pages_to", gfp)) return nullptr;
+  if (const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed); old != 0) {
+    report_misuse("alloc_pages_to: slot %p already holds pfn %#llx; overwriting it would leak that page "
+                  "(free it with free_pages_from first)",
+                  static_cast<void*>(dest), (unsigned long long)old);
+    return nullptr;
+  }
   alloc_plan plan;
   page* p = reserve("alloc_pages_to", order, plan, /*apply=*/false);
   if (!p) return nullptr;
-  const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
+  const std::uint64_t index = std::uint64_t(p - vmemmap_);
+  page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
+  h->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);  // nobody else holds it yet
+  if (gfp & GFP_ZERO) zero_pages(p, order);
+  const pfn_t pfn = pfn_of_index(index);
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::alloc_to, order, slot, pfn);
   // 1: the intent is durable before any word of the allocation can be, so a crash can never
   // leave the page allocated without the intent that lets recovery undo it.
   fence();
+  // Publishing claims the slot atomically: of two calls racing for one empty slot, one wins and
+  // the other undoes its allocation (its intent names a slot that does not hold its pfn, so
+  // recovery undoes it too).
+  pfn_t expected = 0;
+  if (!std::atomic_ref<pfn_t>(*dest).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
+    abandon_alloc_to(p, order, plan, lane);
+    report_misuse("alloc_pages_to: slot %p was filled (pfn %#llx) by a concurrent call; the page this call "
+                  "allocated was freed again", static_cast<void*>(dest), (unsigned long long)expected);
+    return nullptr;
+  }
   {
     std::lock_guard g(mu_);
-    apply_alloc_locked(p, order);
+    apply_alloc_locked(p, order, slot);
   }
   write_fresh_split_words(plan);
-  std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
   pers_->flush(dest, sizeof *dest);
-  fence();  // 2: allocated and the slot names the page
+  fence();  // 2: allocated, owned, and the slot names the page
   intents_.retire_lazily(lane);
   intents_.release(lane);
   publish_fresh(plan);
   return p;
 }
 
+void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane) {
+  // Finish it as an ordinary allocation, then free it: both are paths every crash test covers.
+  {
+    std::lock_guard g(mu_);
+    apply_alloc_locked(p, order, 0);
+  }
+  fence();
+  if (plan.nr_fresh) {
+    write_fresh_split_words(plan);
+    fence();
+    publish_fresh(plan);
+  }
+  // Retired before the page can be handed out again: its next owner's fence makes this durable.
+  intents_.retire_lazily(lane);
+  intents_.release(lane);
+  const std::uint64_t index = std::uint64_t(p - vmemmap_);
+  page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
+  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
+  h->refcount_.store(0, std::memory_order_relaxed);
+  release(h);
+}
+
 // ---- freeing -------------------------------------------------------------------------------------------
 
 free_result pool_impl::free_stores_locked(page* holder) {
   free_result fr;
+  const bool owned = holder->flags_.load(std::memory_order_relaxed) & PG_slot_owned;
   if (is_region_desc(holder)) {
     const auto r = std::uint32_t(holder - regions_);
     const unsigned order = load_order(holder);
     const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
+    if (owned) persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
     persist_word(region_word(r), make_region_word(region_state::free));
     for (std::uint32_t i = 0; i < n; ++i) {
       page& d = regions_[r + i];
@@ -424,6 +533,7 @@ free_result pool_impl::free_stores_locked(page* holder) {
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   const unsigned order = load_order(holder);
   const unsigned n = 1u << order;
+  if (owned) persist_word(owner_entry(index), 0);
   for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
   store_order(holder, 0);
   holder->private_.store(0, std::memory_order_relaxed);
@@ -473,7 +583,21 @@ void pool_impl::prefetch_map_line(const page* holder) const {
                          (index & (HPAGE_PMD_NR - 1)) / PAGES_PER_MAP_WORD, 1);
 }
 
+void pool_impl::report_owned_release(page* p, page* holder) noexcept {
+  holder->refcount_.fetch_add(1, std::memory_order_relaxed);  // the slot's reference stays
+  const std::uint64_t index =
+      is_region_desc(holder) ? std::uint64_t(holder - regions_) << HPAGE_PMD_ORDER : std::uint64_t(holder - vmemmap_);
+  const std::uint64_t owner = load_word(owner_entry(index));
+  report_misuse("put_page/free_pages would free pfn %#llx, which the slot at %p owns (alloc_pages_to): a slot's "
+                "reference is dropped only by free_pages_from on that slot (unbalanced put_page?)",
+                (unsigned long long)page_to_pfn(p), static_cast<void*>(dev_.base() + owner));
+}
+
 void pool_impl::release(page* holder) noexcept {
+  if (forked("put_page (last reference)")) {
+    holder->refcount_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   prefetch_map_line(holder);
   free_result fr;
   {
@@ -491,26 +615,45 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
                   static_cast<void*>(src), path().c_str());
     return -EINVAL;
   }
+  if (forked("free_pages_from")) return -EINVAL;
   const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+  if (pfn == 0) return 0;  // an empty slot: the kernel's kfree(NULL) / free_pages(0, order)
   if (pfn < start_pfn() || pfn >= end_pfn()) {
-    report_misuse("free_pages_from: slot holds pfn %#llx, not a page of pool %s", (unsigned long long)pfn,
-                  path().c_str());
+    report_misuse("free_pages_from: slot %p holds pfn %#llx, not a page of pool %s", static_cast<void*>(src),
+                  (unsigned long long)pfn, path().c_str());
     return -EINVAL;
   }
   page* p = vpage(pfn - start_pfn());
   page* h = state_holder(p);
   if (!h) return -EINVAL;
   if (compound_head(p) != p) {
-    report_misuse("free_pages_from: pfn %#llx is a tail page, not the head of an allocation", (unsigned long long)pfn);
+    report_misuse("free_pages_from: slot %p holds pfn %#llx, a tail page, not the head of an allocation",
+                  static_cast<void*>(src), (unsigned long long)pfn);
     return -EINVAL;
   }
+  // Claim the page: from here no other free can reach it, so its ownership cannot change under us.
   int expected = 1;
   if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
     if (expected <= 0) {
-      report_misuse("free_pages_from: pfn %#llx is not allocated", (unsigned long long)pfn);
+      report_misuse("free_pages_from: slot %p holds pfn %#llx, which is not allocated (dangling slot)",
+                    static_cast<void*>(src), (unsigned long long)pfn);
       return -EINVAL;
     }
     return -EBUSY;
+  }
+  const std::uint64_t index = pfn - start_pfn();
+  const std::uint64_t owner = load_word(owner_entry(index));
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != slot) {
+    h->refcount_.fetch_add(1, std::memory_order_relaxed);
+    if (owner == 0)
+      report_misuse("free_pages_from: slot %p holds pfn %#llx, which no slot owns (allocated with alloc_pages or "
+                    "split from an unowned page): drop it with put_page/free_pages",
+                    static_cast<void*>(src), (unsigned long long)pfn);
+    else
+      report_misuse("free_pages_from: slot %p holds pfn %#llx, but the slot at %p owns that page (a copy of a "
+                    "pfn must not free it)", static_cast<void*>(src), (unsigned long long)pfn,
+                    static_cast<void*>(dev_.base() + owner));
+    return -EINVAL;
   }
   const unsigned order = load_order(h);
   prefetch_map_line(h);
@@ -524,48 +667,199 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   }
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
   pers_->flush(src, sizeof *src);
-  fence();  // 2: freed and the slot cleared
+  fence();  // 2: freed, its owner entry cleared, and the slot cleared
   intents_.retire_lazily(lane);
   intents_.release(lane);
   finish_free(fr);
   return 0;
 }
 
-int pool_impl::split_huge_page(page* p) noexcept {
-  page_location loc;
-  if (!locate(p, loc)) return -EINVAL;
-  if ((loc.rflags & (PG_split | PG_region_tail)) || !(loc.rflags & PG_head) ||
-      (loc.index & (HPAGE_PMD_NR - 1)) || load_order(loc.region) != HPAGE_PMD_ORDER)
-    return -EINVAL;
-  page* h = loc.region;
-  int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
-  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return -EBUSY;
-  const auto r = std::uint32_t(h - regions_);
-  // Media first (HEAD(9) until the SPLIT word lands, so a crash leaves the whole page): every page
-  // an order-0 head, fence, then the region word.
+void pool_impl::clear_owner_entries(std::uint32_t r) {
+  static const std::uint64_t zeros[HPAGE_PMD_NR] = {};
+  pers_->copy_nodrain(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), zeros, OWNER_TABLE_BYTES);
+}
+
+void pool_impl::write_split_map(std::uint32_t r) {
   std::uint64_t* map = page_map(r);
   constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
   static_assert(code_head(0) == 0x1);
   for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], all_order0);
   pers_->flush(map, PAGE_MAP_BYTES);
+}
+
+void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off) {
+  const std::uint64_t first = std::uint64_t(r) << HPAGE_PMD_ORDER;
+  write_split_map(r);
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), slots_off + 8 * i);
+  pers_->flush(owner_entry(first), OWNER_TABLE_BYTES);
+  auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
+  for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
+    std::atomic_ref<pfn_t>(slots[i]).store(pfn_of_index(first + i), std::memory_order_relaxed);
+  pers_->flush(slots + 1, (HPAGE_PMD_NR - 1) * sizeof(pfn_t));
+}
+
+int pool_impl::split_prepare(page* h) {
+  // The split's own page lock. A locked page is in use, and a lock must never move under the
+  // thread holding it (it would unlock a different descriptor): refuse instead.
+  if (h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked) return -EBUSY;
+  int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
+  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+    if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters)
+      h->flags_.notify_all();
+    return -EBUSY;
+  }
+  return 0;
+}
+
+namespace {
+/// An order-9 head in an unsplit region: what both splits accept.
+bool splittable(const page_location& loc) {
+  return !(loc.rflags & (PG_split | PG_region_tail)) && (loc.rflags & PG_head) &&
+         !(loc.index & (HPAGE_PMD_NR - 1)) && load_order(loc.region) == HPAGE_PMD_ORDER;
+}
+}  // namespace
+
+int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
+  std::uint64_t from, to;
+  if (!dest_offset(src, from) || !dest_offset(dest, to)) {
+    report_misuse("move_pages_owner: slots %p and %p must both be 8-byte aligned words of pool %s's root or data area",
+                  static_cast<void*>(src), static_cast<void*>(dest), path().c_str());
+    return -EINVAL;
+  }
+  if (forked("move_pages_owner")) return -EINVAL;
+  const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+  if (from == to) {
+    report_misuse("move_pages_owner: source and destination are the same slot %p", static_cast<void*>(src));
+    return -EINVAL;
+  }
+  if (const pfn_t d = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed)) {
+    report_misuse("move_pages_owner: destination slot %p already holds pfn %#llx (overwriting it would leak that page)",
+                  static_cast<void*>(dest), (unsigned long long)d);
+    return -EINVAL;
+  }
+  if (pfn < start_pfn() || pfn >= end_pfn()) {
+    report_misuse("move_pages_owner: source slot %p holds %#llx, not a page of pool %s", static_cast<void*>(src),
+                  (unsigned long long)pfn, path().c_str());
+    return -EINVAL;
+  }
+  page* h = state_holder(vpage(pfn - start_pfn()));
+  if (!h) return -EINVAL;
+  // Hold a reference while moving, so a racing free of the same slot cannot free the page under us.
+  if (!get_page_unless_zero(vpage(pfn - start_pfn()))) {
+    report_misuse("move_pages_owner: source slot %p holds pfn %#llx, which is not allocated", static_cast<void*>(src),
+                  (unsigned long long)pfn);
+    return -EINVAL;
+  }
+  const std::uint64_t index = pfn - start_pfn();
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != from) {
+    h->refcount_.fetch_sub(1, std::memory_order_relaxed);
+    report_misuse("move_pages_owner: source slot %p holds pfn %#llx but does not own it", static_cast<void*>(src),
+                  (unsigned long long)pfn);
+    return -EINVAL;
+  }
+  const unsigned lane = intents_.acquire();
+  intents_.write(lane, intent_kind::move_to, load_order(h), from, pfn, to);
+  fence();  // 1: the intent (recovery rolls the move forward from here)
+  pfn_t expected = 0;
+  if (!std::atomic_ref<pfn_t>(*dest).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
+    // Filled by a concurrent call after our check: the intent must not roll forward.
+    intents_.retire_lazily(lane);
+    fence();
+    intents_.release(lane);
+    h->refcount_.fetch_sub(1, std::memory_order_relaxed);
+    report_misuse("move_pages_owner: destination slot %p was filled by a concurrent call", static_cast<void*>(dest));
+    return -EINVAL;
+  }
+  persist_word(owner_entry(index), to);
+  pers_->flush(dest, sizeof *dest);
+  std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
+  pers_->flush(src, sizeof *src);
+  fence();  // 2: the new slot owns the page, the old one is empty
+  intents_.retire_lazily(lane);
+  intents_.release(lane);
+  h->refcount_.fetch_sub(1, std::memory_order_release);
+  return 0;
+}
+
+int pool_impl::split_huge_page(page* p) noexcept {
+  page_location loc;
+  if (!locate(p, loc)) return -EINVAL;
+  if (!splittable(loc)) return -EINVAL;
+  if (forked("split_huge_page")) return -EINVAL;
+  page* h = loc.region;
+  // A slot owns the whole page; 511 pieces without a slot would leak (split_huge_page_to).
+  if (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) return -EBUSY;
+  if (const int e = split_prepare(h)) return e;
+  const auto r = std::uint32_t(h - regions_);
+  // Media first (HEAD(9) until the SPLIT word lands, so a crash leaves the whole page): every page
+  // an order-0 head and no owner, fence, then the region word.
+  write_split_map(r);
+  clear_owner_entries(r);
   fence();
   persist_word(region_word(r), make_region_word(region_state::split));
   fence();
+  split_descriptors(h, r, /*owned=*/false);
+  return 0;
+}
 
+int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
+  page_location loc;
+  if (!locate(p, loc)) return -EINVAL;
+  if (!splittable(loc)) {
+    report_misuse("split_huge_page_to: pfn %#llx is not the head of an order-9 page", (unsigned long long)page_to_pfn(p));
+    return -EINVAL;
+  }
+  if (forked("split_huge_page_to")) return -EINVAL;
+  std::uint64_t off;
+  if (!dest_offset(slots, off) || !slot_range_valid(off, HPAGE_PMD_NR)) {
+    report_misuse("split_huge_page_to: slots %p is not an array of 512 8-byte aligned slots inside pool %s's root "
+                  "or data area", static_cast<void*>(slots), path().c_str());
+    return -EINVAL;
+  }
+  page* h = loc.region;
+  const auto r = std::uint32_t(h - regions_);
+  const pfn_t pfn = pfn_of_index(loc.index);
+  const std::uint64_t owner = load_word(owner_entry(loc.index));
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != off ||
+      std::atomic_ref<pfn_t>(slots[0]).load(std::memory_order_relaxed) != pfn) {
+    report_misuse("split_huge_page_to: slots[0] (%p) must be the slot that owns pfn %#llx%s",
+                  static_cast<void*>(slots), (unsigned long long)pfn,
+                  owner ? "" : " (the page is not slot-owned: use split_huge_page)");
+    return -EINVAL;
+  }
+  for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
+    if (const pfn_t v = std::atomic_ref<pfn_t>(slots[i]).load(std::memory_order_relaxed)) {
+      report_misuse("split_huge_page_to: slots[%u] (%p) holds pfn %#llx; slots 1..511 must be empty", i,
+                    static_cast<void*>(slots + i), (unsigned long long)v);
+      return -EINVAL;
+    }
+  if (const int e = split_prepare(h)) return e;
+  const unsigned lane = intents_.acquire();
+  intents_.write(lane, intent_kind::split_to, HPAGE_PMD_ORDER, off, pfn);
+  fence();  // 1: the intent (recovery rolls the split forward from here)
+  write_split_to_words(r, off);
+  persist_word(region_word(r), make_region_word(region_state::split));
+  fence();  // 2: 512 owned pages, each in its slot
+  intents_.retire_lazily(lane);
+  intents_.release(lane);
+  split_descriptors(h, r, /*owned=*/true);
+  return 0;
+}
+
+void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   std::lock_guard g(mu_);
   back_descriptors(r);
   const std::uint32_t hflags = h->flags_.load(std::memory_order_relaxed);
-  const std::uint32_t keep = hflags & (PG_dirty | PG_uptodate);
+  constexpr std::uint32_t inherited = PG_dirty | PG_uptodate;
   page* first = vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
     page* d = first + i;
     d->refcount_.store(1, std::memory_order_relaxed);
-    // The lock (and the record of its sleepers) stays with subpage 0, as in the kernel.
-    d->flags_.store(keep | (i == 0 ? (hflags & (PG_locked | PG_waiters)) : 0), std::memory_order_relaxed);
+    d->flags_.store((hflags & inherited) | (owned ? PG_slot_owned : 0u), std::memory_order_relaxed);
   }
   first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   auto* s = new split_state{};  // all pages in use: no free bits
-  for (auto& w : s->map) w = all_order0;
+  for (auto& w : s->map) w = 0x1111111111111111ull;
   s->list = 0xff;
   s->published = true;
   h->alloc_state_ = s;
@@ -573,10 +867,14 @@ int pool_impl::split_huge_page(page* p) noexcept {
   store_order(h, 0);
   h->private_.store(0, std::memory_order_relaxed);
   ++split_regions_;
-  h->flags_.store(PG_split, std::memory_order_release);
-  if (hflags & PG_waiters) h->flags_.notify_all();  // they re-resolve and wait on subpage 0
+  // The region descriptor stops being a holder in one atomic step. Its PG_locked (the split's own
+  // lock) is never released: a thread that resolved the holder before this exchange and tries the
+  // lock finds it taken and re-resolves in lock_page_slow, reaching its own subpage.
+  const std::uint32_t old = h->flags_.exchange(PG_split | PG_locked, std::memory_order_release);
+  if (const std::uint32_t late = old & inherited & ~hflags)  // set while we copied: pass it on
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) first[i].flags_.fetch_or(late, std::memory_order_relaxed);
+  if (old & PG_waiters) h->flags_.notify_all();  // they re-resolve to their subpages
   filler_.update(r, *s);
-  return 0;
 }
 
 }  // namespace pmpage::detail
@@ -618,14 +916,17 @@ const std::filesystem::path empty_path;
 
 pfn_t pool::start_pfn() const noexcept { return impl_ ? impl_->start_pfn() : 0; }
 pfn_t pool::end_pfn() const noexcept { return impl_ ? impl_->end_pfn() : 0; }
-page* pool::alloc_pages(unsigned order) noexcept { return impl_ ? impl_->alloc_pages(order) : nullptr; }
-std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept {
-  return impl_ ? impl_->alloc_pages_bulk(order, n, out) : 0;
+page* pool::alloc_pages(unsigned order, gfp_t gfp) noexcept { return impl_ ? impl_->alloc_pages(order, gfp) : nullptr; }
+std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept {
+  return impl_ ? impl_->alloc_pages_bulk(order, n, out, gfp) : 0;
 }
-page* pool::alloc_pages_to(unsigned order, pfn_t* dest) noexcept {
-  return impl_ ? impl_->alloc_pages_to(order, dest) : nullptr;
+page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
+  return impl_ ? impl_->alloc_pages_to(order, dest, gfp) : nullptr;
 }
 int pool::free_pages_from(pfn_t* src) noexcept { return impl_ ? impl_->free_pages_from(src) : -EINVAL; }
+int pool::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
+  return impl_ ? impl_->move_pages_owner(src, dest) : -EINVAL;
+}
 void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }
 std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size() : 0; }
 void pool::persist(const void* addr, std::size_t len) const noexcept {
@@ -647,6 +948,15 @@ void pool::for_each_allocated(const std::function<void(page*, unsigned)>& f) con
   for (auto& [p, order] : all) f(p, order);  // outside the lock: f may take references
 }
 std::string pool::check() const { return impl_ ? impl_->check() : std::string(); }
+pool::slot_check pool::check_slots(std::span<pfn_t* const> slots) const {
+  return impl_ ? impl_->check_slots(slots) : slot_check{};
+}
+std::string pool::slot_check::describe() const {
+  std::string out;
+  for (const auto* list : {&dangling, &shared, &misowned, &unreferenced})
+    for (const entry& e : *list) out += e.problem + "\n";
+  return out;
+}
 const std::filesystem::path& pool::path() const noexcept { return impl_ ? impl_->fs_path : empty_path; }
 bool pool::is_pmem() const noexcept { return impl_ && impl_->is_pmem(); }
 void* pool::base() const noexcept { return impl_ ? impl_->base() : nullptr; }

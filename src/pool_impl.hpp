@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -76,13 +77,18 @@ class pool_impl {
   static std::unique_ptr<pool_impl> open(const std::string& path, const pool::open_options& opts);
 
   // ---- allocation (pool.cpp) -------------------------------------------------------------------
-  page* alloc_pages(unsigned order) noexcept;
-  std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept;
-  page* alloc_pages_to(unsigned order, pfn_t* dest) noexcept;
+  page* alloc_pages(unsigned order, gfp_t gfp) noexcept;
+  std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept;
+  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept;
   int free_pages_from(pfn_t* src) noexcept;
+  int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
   /// A compound page's count reached zero: free it durably. `holder` is its state holder.
   void release(page* holder) noexcept;
   int split_huge_page(page* head) noexcept;
+  int split_huge_page_to(page* head, pfn_t* slots) noexcept;
+  /// put_page/free_pages reached zero on a slot-owned page: restore the count and report.
+  void report_owned_release(page* p, page* holder) noexcept;
+  pool::slot_check check_slots(std::span<pfn_t* const> slots);
   void materialise(std::uint32_t region) noexcept;
 
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
@@ -115,14 +121,24 @@ class pool_impl {
   void map_and_attach(std::shared_ptr<persistence> backend);
   std::string validate_region_table() const;
   void replay_intents();
-  bool replay_ensure_allocated(std::uint64_t index, unsigned order);
-  bool replay_ensure_free(std::uint64_t index, unsigned order);
+  bool replay_ensure_allocated(std::uint64_t index, unsigned order, std::uint64_t owner);
+  bool replay_ensure_free(std::uint64_t index, unsigned order, std::uint64_t owner);
+  bool replay_split_to(std::uint64_t index, std::uint64_t slots_off);
+  bool replay_move_to(std::uint64_t index, std::uint64_t src_off, std::uint64_t dest_off);
   void build_volatile();
   void register_pool();
 
   // --- persistent metadata addresses
   std::uint64_t* region_word(std::uint32_t r) const { return region_table_ + r; }
   std::uint64_t* page_map(std::uint32_t r) const { return page_maps_ + std::uint64_t(r) * PAGE_MAP_WORDS; }
+  /// The owner entry of pool page `index` (layout.hpp, rule O1).
+  std::uint64_t* owner_entry(std::uint64_t index) const { return owner_table_ + index; }
+  /// The owner table words of a split_huge_page_to and the caller's slots 1..511 (flushed).
+  void write_split_to_words(std::uint32_t r, std::uint64_t slots_off);
+  /// Every page of region r an order-0 head in its page map (flushed).
+  void write_split_map(std::uint32_t r);
+  /// Zeroes region r's owner entries (flushed): every split starts with no stale owner.
+  void clear_owner_entries(std::uint32_t r);
   static void store_word(std::uint64_t* w, std::uint64_t v) {
     std::atomic_ref<std::uint64_t>(*w).store(v, std::memory_order_relaxed);
   }
@@ -152,7 +168,10 @@ class pool_impl {
   std::size_t bulk_order0_locked(std::size_t n, page** out, alloc_plan& plan);
   page* alloc_large_locked(unsigned order);
   /// The persistent stores of a chosen allocation (unfenced): page-map codes or region word.
-  void apply_alloc_locked(page* p, unsigned order);
+  void apply_alloc_locked(page* p, unsigned order, std::uint64_t owner);
+  bool check_gfp(const char* caller, gfp_t gfp) const noexcept;
+  /// GFP_ZERO: zeroes the pages and flushes them (durable at the allocation's fence).
+  void zero_pages(page* p, unsigned order);
   /// Copies the cache lines of r's page map holding words [w0, w1] from the mirror (S5) to the media.
   void write_map_locked(std::uint32_t r, unsigned w0, unsigned w1);
   std::uint32_t take_fresh_region_locked(alloc_plan& plan);
@@ -171,8 +190,21 @@ class pool_impl {
   /// An 8-byte aligned word inside the root or the data area (checked as numbers, before any
   /// pointer is formed from a value read off the media).
   bool slot_offset_valid(std::uint64_t off) const;
+  /// n consecutive slots from off, all inside the root area or all inside the data area.
+  bool slot_range_valid(std::uint64_t off, std::uint64_t n) const;
+  /// Misuse if this process is a fork() child of the one that opened the pool (it may read, not
+  /// allocate or free: its DRAM state is a stale copy of the parent's).
+  bool forked(const char* caller) const noexcept;
+  /// alloc_pages_to's undo when the slot was filled by someone else after its check.
+  void abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane);
+  /// The shared part of split_huge_page / split_huge_page_to after the media is written.
+  void split_descriptors(page* h, std::uint32_t r, bool owned);
+  /// Takes the split's own page lock on h, freezes the count; undoes and returns an errno on failure.
+  int split_prepare(page* h);
   bool covered_by_earlier_head(std::uint32_t r) const;
   std::string check_locked();
+  /// O1 for the allocation headed by page `index`: "" or the violation.
+  std::string owner_problem(std::uint64_t index, bool owned) const;
 
   device dev_;
   std::shared_ptr<persistence> pers_;
@@ -185,6 +217,7 @@ class pool_impl {
   // persistent metadata inside the mapping
   std::uint64_t* region_table_ = nullptr;
   std::uint64_t* page_maps_ = nullptr;
+  std::uint64_t* owner_table_ = nullptr;
   lane* lanes_ = nullptr;
 
   // volatile descriptors
@@ -203,7 +236,13 @@ class pool_impl {
   std::uint64_t materialised_ = 0;
   std::uint64_t repaired_ = 0;
   intent_log intents_;
+  std::uint64_t fork_generation_ = 0;  // g_fork_generation when the pool was opened
+  int opener_pid_ = 0;
 };
+
+/// Incremented in every fork() child (pthread_atfork): a pool opened in generation g is the
+/// parent's when the process is still in generation g.
+extern std::atomic<std::uint64_t> g_fork_generation;
 
 /// The pool that owns descriptor p (via the section tables).
 inline pool_impl* owner_of(const page* p) { return static_cast<pool_impl*>(section_of(p).owner); }

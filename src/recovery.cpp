@@ -8,9 +8,11 @@
 //   3. repair a damaged superblock copy from the good one
 //   4. replay intent lanes (idempotent: a crash during recovery replays them again)
 //   5. build descriptors and allocator indexes, register the section
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -22,6 +24,8 @@
 #include "registry.hpp"
 
 namespace pmpage::detail {
+
+std::atomic<std::uint64_t> g_fork_generation{0};
 
 namespace {
 
@@ -44,11 +48,22 @@ std::string superblock_problem(const superblock& sb) {
     return "root size out of range";
   if (sb.region_table_offset != sb.root_offset + sb.root_size ||
       sb.page_map_offset != sb.region_table_offset + round_up(sb.nr_regions * 8, 4096) ||
-      sb.data_offset < sb.page_map_offset + round_up(sb.nr_regions * PAGE_MAP_BYTES, 4096) ||
+      sb.owner_table_offset != sb.page_map_offset + round_up(sb.nr_regions * PAGE_MAP_BYTES, 4096) ||
+      sb.data_offset < sb.owner_table_offset + sb.nr_regions * OWNER_TABLE_BYTES ||
       sb.data_offset % HPAGE_PMD_SIZE != 0 || sb.data_offset > (std::uint64_t{1} << 40))
     return "metadata offsets inconsistent";
   if (sb.device_size < sb.data_offset + sb.nr_regions * HPAGE_PMD_SIZE) return "data area exceeds the device size";
   return {};
+}
+
+void note_fork_in_child() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+
+/// Stamps a pool with the process generation it was opened in (pool_impl::forked).
+void stamp_opener(std::uint64_t& generation, int& pid) {
+  static const int registered = ::pthread_atfork(nullptr, nullptr, &note_fork_in_child);
+  (void)registered;
+  generation = g_fork_generation.load(std::memory_order_relaxed);
+  pid = int(::getpid());
 }
 
 std::uint16_t pick_section_id() {
@@ -82,6 +97,7 @@ void pool_impl::adopt_superblock(const superblock& sb) {
   lay_.root_size = sb.root_size;
   lay_.region_table_offset = sb.region_table_offset;
   lay_.page_map_offset = sb.page_map_offset;
+  lay_.owner_table_offset = sb.owner_table_offset;
   lay_.data_offset = sb.data_offset;
   nr_regions_ = sb.nr_regions;
   nr_pages_ = sb.nr_regions * HPAGE_PMD_NR;
@@ -96,6 +112,7 @@ void pool_impl::map_and_attach(std::shared_ptr<persistence> backend) {
   pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
   region_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.region_table_offset);
   page_maps_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.page_map_offset);
+  owner_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.owner_table_offset);
   lanes_ = reinterpret_cast<lane*>(dev_.base() + lay_.lanes_offset);
   intents_.init(lanes_, pers_.get());
 }
@@ -140,19 +157,22 @@ bool pool_impl::covered_by_earlier_head(std::uint32_t r) const {
 }
 
 // Replay helpers check that the intent fits what the media says before writing anything; an
-// intent that does not (only corruption or a crafted lane produces one) is skipped.
+// intent that does not (only corruption or a crafted lane produces one) is skipped. `owner` is the
+// slot offset the allocation is (to be) owned by; the owner entry is made to agree (rule O1).
 
-bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order) {
+bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order, std::uint64_t owner) {
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
   if (covered_by_earlier_head(r)) return false;
   const std::uint64_t w = load_word(region_word(r));
   if (order >= HPAGE_PMD_ORDER) {
-    if (w == make_region_word(region_state::head, order)) return true;
-    if (w != make_region_word(region_state::free)) return false;
-    const std::uint64_t n = std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
-    for (std::uint64_t t = r + 1; t < r + n; ++t)
-      if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free)) return false;
-    persist_word(region_word(r), make_region_word(region_state::head, order));
+    if ((w & ~REGION_OWNED) != make_region_word(region_state::head, order)) {
+      if (w != make_region_word(region_state::free)) return false;
+      const std::uint64_t n = std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+      for (std::uint64_t t = r + 1; t < r + n; ++t)
+        if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free)) return false;
+    }
+    persist_word(owner_entry(index), owner);
+    persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
     return true;
   }
   if (region_word_kind(w) == region_state::head) return false;
@@ -165,21 +185,25 @@ bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order) {
       if (c != CODE_FREE && c != want) return false;
     }
   }
-  // A FREE region was split fresh by this very allocation: its map was zeroed and the codes
-  // written before the intent's fence, so setting them again is idempotent.
+  // A FREE region was split fresh by this very allocation: its map and owner entries were zeroed
+  // and the codes written before the intent's fence, so setting them again is idempotent.
   for_each_map_word(first, order, true, [&](unsigned wi, std::uint64_t mask, std::uint64_t bits) {
     persist_word(&map[wi], (load_word(&map[wi]) & ~mask) | bits);
   });
+  persist_word(owner_entry(index), owner);
   if (region_word_kind(w) == region_state::free) persist_word(region_word(r), make_region_word(region_state::split));
   return true;
 }
 
-bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order) {
+bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order, std::uint64_t owner) {
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
   if (covered_by_earlier_head(r)) return false;
+  // The entry goes whatever the region's state: a FREE region may have become FREE in the same
+  // torn epoch that should have cleared it.
+  if (load_word(owner_entry(index)) == owner) persist_word(owner_entry(index), 0);
   const std::uint64_t w = load_word(region_word(r));
   if (order >= HPAGE_PMD_ORDER) {
-    if (w == make_region_word(region_state::head, order))
+    if ((w & ~REGION_OWNED) == make_region_word(region_state::head, order))
       persist_word(region_word(r), make_region_word(region_state::free));
     return true;
   }
@@ -190,6 +214,44 @@ bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order) {
   for_each_map_word(first, order, false, [&](unsigned wi, std::uint64_t mask, std::uint64_t) {
     persist_word(&map[wi], load_word(&map[wi]) & ~mask);
   });
+  return true;
+}
+
+bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off) {
+  // Rolled forward whenever the intent is valid: the caller's slots[1..511] were checked empty
+  // before the intent was written, and nothing else touches the region's pages until a later
+  // operation's fence has made this intent's retirement durable (intent_log.hpp).
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  if (index & (HPAGE_PMD_NR - 1) || covered_by_earlier_head(r)) return false;
+  if (!slot_range_valid(slots_off, HPAGE_PMD_NR)) return false;
+  const std::uint64_t w = load_word(region_word(r));
+  if (w != make_region_word(region_state::head, HPAGE_PMD_ORDER, true) && w != make_region_word(region_state::split))
+    return false;
+  auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
+  const pfn_t pfn = pfn_of_index(index);
+  if (std::atomic_ref<pfn_t>(slots[0]).load(std::memory_order_relaxed) != pfn) return false;
+  write_split_to_words(r, slots_off);
+  persist_word(region_word(r), make_region_word(region_state::split));
+  return true;
+}
+
+bool pool_impl::replay_move_to(std::uint64_t index, std::uint64_t src_off, std::uint64_t dest_off) {
+  // Rolled forward: the destination was empty when the intent was written, and the source stays
+  // the owner until this intent's retirement is durable (any later operation fences first).
+  if (!slot_offset_valid(dest_off) || dest_off == src_off) return false;
+  const std::uint64_t e = load_word(owner_entry(index));
+  if (e != src_off && e != dest_off) return false;
+  auto* src = reinterpret_cast<pfn_t*>(dev_.base() + src_off);
+  auto* dest = reinterpret_cast<pfn_t*>(dev_.base() + dest_off);
+  const pfn_t pfn = pfn_of_index(index);
+  const pfn_t s = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+  const pfn_t d = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed);
+  if ((s != pfn && s != 0) || (d != pfn && d != 0) || (s == 0 && d == 0)) return false;
+  persist_word(owner_entry(index), dest_off);
+  std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
+  pers_->flush(dest, sizeof *dest);
+  std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
+  pers_->flush(src, sizeof *src);
   return true;
 }
 
@@ -210,15 +272,19 @@ void pool_impl::replay_intents() {
     auto* slot = reinterpret_cast<pfn_t*>(dev_.base() + l.slot_offset);
     const pfn_t cur = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
     if (l.kind == std::uint32_t(intent_kind::alloc_to)) {
-      const bool ok = cur == l.pfn ? replay_ensure_allocated(index, l.order)  // committed: the slot names it
-                                   : replay_ensure_free(index, l.order);      // not committed: undo
+      const bool ok = cur == l.pfn ? replay_ensure_allocated(index, l.order, l.slot_offset)  // committed
+                                   : replay_ensure_free(index, l.order, l.slot_offset);      // not: undo
       if (!ok) continue;
     } else if (l.kind == std::uint32_t(intent_kind::free_from)) {
-      if (!replay_ensure_free(index, l.order)) continue;  // the intent was durable: the free happens
+      if (!replay_ensure_free(index, l.order, l.slot_offset)) continue;  // the intent was durable: the free happens
       if (cur == l.pfn) {
         std::atomic_ref<pfn_t>(*slot).store(0, std::memory_order_relaxed);
         pers_->flush(slot, sizeof *slot);
       }
+    } else if (l.kind == std::uint32_t(intent_kind::move_to)) {
+      if (!replay_move_to(index, l.slot_offset, l.aux)) continue;
+    } else if (l.kind == std::uint32_t(intent_kind::split_to)) {
+      if (l.order != HPAGE_PMD_ORDER || !replay_split_to(index, l.slot_offset)) continue;
     } else {
       continue;
     }
@@ -262,7 +328,7 @@ void pool_impl::build_volatile() {
         d.order_ = std::uint8_t(order);
         d.head_index_ = ri;
         d.refcount_.store(1, std::memory_order_relaxed);
-        d.flags_.store(PG_head, std::memory_order_relaxed);
+        d.flags_.store(PG_head | (region_word_owned(w) ? PG_slot_owned : 0u), std::memory_order_relaxed);
         for (std::uint64_t t = 1; t < n; ++t) {
           page& td = regions_[i + t];
           td.kind_ = RK_TAIL;
@@ -340,6 +406,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     impl->pers_->persist(dst, sizeof good);
     ++impl->repaired_;
   }
+  stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->replay_intents();
   impl->build_volatile();
   impl->register_pool();
@@ -394,6 +461,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     sb.root_size = lay.root_size;
     sb.region_table_offset = lay.region_table_offset;
     sb.page_map_offset = lay.page_map_offset;
+    sb.owner_table_offset = lay.owner_table_offset;
     sb.data_offset = lay.data_offset;
     timespec ts;
     ::clock_gettime(CLOCK_REALTIME, &ts);
@@ -415,6 +483,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     std::memcpy(base, &sb, sizeof sb);
     p.persist(base, sizeof sb);
 
+    stamp_opener(impl->fork_generation_, impl->opener_pid_);
     impl->build_volatile();
     impl->register_pool();
   } catch (...) {

@@ -261,25 +261,33 @@ TEST_F(Flags, FlagsAreClearedByReopen) {
 
 }  // namespace
 
-TEST_F(Flags, LockWaitersFollowTheLockWhenAHugePageIsSplit) {
-  // split_huge_page moves the lock to subpage 0; a thread sleeping in lock_page must wake up and
-  // wait there, and get the lock once subpage 0 is unlocked (not before).
+TEST_F(Flags, SplitRefusesALockedHugePageAndWakesWaitersOntoTheirSubpages) {
+  // A lock must never move under the thread holding it, so split_huge_page refuses a locked page
+  // (-EBUSY). Once it is unlocked the split goes ahead; every subpage starts unlocked.
   pmpage::page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
-  pmpage::lock_page(huge);
+  pmpage::page* sub = pmpage::pfn_to_page(pmpage::page_to_pfn(huge) + 300);
+  pmpage::lock_page(sub);  // locks the compound page through a tail
+  EXPECT_EQ(pmpage::split_huge_page(huge), -EBUSY);
+  EXPECT_FALSE(pmpage::PageSplit(huge));
+  EXPECT_EQ(pmpage::page_count(huge), 1);
   std::atomic<bool> acquired{false};
   std::thread waiter([&] {
-    pmpage::lock_page(huge);
+    pmpage::lock_page(huge);  // sleeps: the page is locked
     acquired = true;
     pmpage::unlock_page(huge);
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it sleep in lock_page
-  ASSERT_EQ(pmpage::split_huge_page(huge), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_FALSE(acquired.load()) << "the waiter took the lock while subpage 0 was still locked";
-  EXPECT_TRUE(pmpage::PageLocked(huge));
-  pmpage::unlock_page(huge);
+  EXPECT_FALSE(acquired.load());
+  pmpage::unlock_page(sub);  // through the same tail: the lock it took
   waiter.join();
   EXPECT_TRUE(acquired.load());
+  ASSERT_EQ(pmpage::split_huge_page(huge), 0);
   EXPECT_FALSE(pmpage::PageLocked(huge));
+  EXPECT_FALSE(pmpage::PageLocked(sub));
+  EXPECT_TRUE(pmpage::trylock_page(sub));  // each subpage has its own lock now
+  EXPECT_TRUE(pmpage::trylock_page(huge));
+  pmpage::unlock_page(sub);
+  pmpage::unlock_page(huge);
+  EXPECT_EQ(pool_.check(), "");
 }

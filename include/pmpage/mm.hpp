@@ -198,27 +198,33 @@ inline int page_count(page* p) noexcept {
   return h ? h->refcount_.load(std::memory_order_relaxed) : 0;
 }
 
-/// Takes a reference. The page must already be referenced (count > 0): misuse otherwise.
+/// Takes a reference. The page must already be referenced (count > 0), and the count must be
+/// below PAGE_REF_MAX (it saturates instead of wrapping): misuse otherwise, the count unchanged.
 inline void get_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
   const int old = h->refcount_.fetch_add(1, std::memory_order_relaxed);
-  if (PMPAGE_UNLIKELY(old <= 0)) detail::report_refcount_misuse(p, h, old, true);
+  // Concurrent increments past the limit are each undone: the count can exceed PAGE_REF_MAX by at
+  // most the number of racing threads, never reach INT_MAX.
+  if (PMPAGE_UNLIKELY(old <= 0 || old >= PAGE_REF_MAX)) detail::report_refcount_misuse(p, h, old, true);
 }
 
-/// Takes a reference unless the count is zero (the page is free or being freed).
+/// Takes a reference unless the count is zero (the page is free or being freed) or saturated
+/// (PAGE_REF_MAX; the kernel's folio_try_get refuses near overflow the same way).
 inline bool get_page_unless_zero(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return false;
   int c = h->refcount_.load(std::memory_order_relaxed);
   do {
-    if (c <= 0) return false;
+    if (c <= 0 || c >= PAGE_REF_MAX) return false;
   } while (!h->refcount_.compare_exchange_weak(c, c + 1, std::memory_order_acquire,
                                                std::memory_order_relaxed));
   return true;
 }
 
-/// Drops a reference; the last one frees the whole compound page, durably.
+/// Drops a reference; the last one frees the whole compound page, durably. The last reference of
+/// a slot-owned page (alloc_pages_to) belongs to its slot: dropping it here is misuse (reported,
+/// the count stays 1); free_pages_from(slot) frees it.
 inline void put_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
@@ -235,8 +241,17 @@ inline void put_page(page* p) noexcept {
 void free_pages(page* p, unsigned order) noexcept;
 
 /// Turns an order-9 page whose count is exactly 1 into 512 order-0 pages, each allocated with
-/// count 1. Returns 0, -EBUSY if the count is not 1, -EINVAL if p is not an order-9 head. Durable.
+/// count 1. Durable (2 fences). Returns 0; -EBUSY if the count is not 1, if the page is locked
+/// (the split takes the page lock itself, so a lock holder never sees its lock move; the kernel
+/// instead requires the caller to hold it), or if the page is slot-owned (use
+/// split_huge_page_to); -EINVAL if p is not an order-9 head.
 int split_huge_page(page* p) noexcept;
+
+/// split_huge_page of a slot-owned order-9 page: slots[0] must be the slot that owns p (it holds
+/// p's pfn) and slots[1..511] must be empty; afterwards slots[i] owns subpage i (slots[i] = pfn + i),
+/// crash-atomically (2 fences). slots must be 512 consecutive slots in the pool's root or data
+/// area. Returns 0, -EBUSY (count not 1, or locked), -EINVAL (misuse, reported).
+int split_huge_page_to(page* p, pfn_t* slots) noexcept;
 
 // ---------------------------------------------------------------------------------------------
 // Flags and private data (act on the compound head; volatile, cleared when the pool opens)

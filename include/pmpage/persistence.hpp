@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 
 namespace pmpage {
@@ -43,6 +44,13 @@ class persistence {
     flush(dst, len);
   }
 
+  /// Sets len bytes at dst to c and starts writing them back; durable after the next drain().
+  /// Used for data pages (GFP_ZERO), never for metadata, so a backend may use non-temporal stores.
+  virtual void memset_nodrain(void* dst, int c, std::size_t len) noexcept {
+    std::memset(dst, c, len);
+    flush(dst, len);
+  }
+
   void persist(const void* addr, std::size_t len) noexcept {
     flush(addr, len);
     drain();
@@ -70,6 +78,10 @@ class counting_persistence final : public persistence {
   void copy_nodrain(void* dst, const void* src, std::size_t len) noexcept override {
     flushes_.fetch_add(1, std::memory_order_relaxed);
     inner_->copy_nodrain(dst, src, len);
+  }
+  void memset_nodrain(void* dst, int c, std::size_t len) noexcept override {
+    flushes_.fetch_add(1, std::memory_order_relaxed);
+    inner_->memset_nodrain(dst, c, len);
   }
   std::uint64_t fences() const noexcept { return fences_.load(std::memory_order_relaxed); }
   std::uint64_t flushes() const noexcept { return flushes_.load(std::memory_order_relaxed); }

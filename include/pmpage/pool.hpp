@@ -9,6 +9,9 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
+#include <string>
+#include <vector>
 
 #include "pmpage/mm.hpp"
 #include "pmpage/page.hpp"
@@ -76,23 +79,66 @@ class pool {
   pfn_t end_pfn() const noexcept;
 
   /// Allocates a naturally aligned compound page of `order` (0..18); head with refcount 1, or
-  /// nullptr when no such free extent exists. Durable before it returns.
-  page* alloc_pages(unsigned order) noexcept;
+  /// nullptr when no such free extent exists. Durable before it returns (1 fence; 2 when a fresh
+  /// region must be split). The page holds its previous owner's bytes unless gfp has GFP_ZERO.
+  /// Kernel: alloc_pages(gfp, order). Misuse: order > 18, or a fork() child.
+  page* alloc_pages(unsigned order, gfp_t gfp = GFP_DEFAULT) noexcept;
   /// Allocates up to n pages of `order` into out[]; returns how many. Each page is its own
   /// allocation; all of them share the fences (one for a batch that fits in split regions).
-  std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out) noexcept;
-  /// Allocates and stores the head pfn into *dest (which must lie in this pool's root area or data
-  /// area, 8-byte aligned) atomically with respect to a crash. Returns the head or nullptr.
-  page* alloc_pages_to(unsigned order, pfn_t* dest) noexcept;
-  /// Frees the compound page whose head pfn is *src and sets *src = 0, atomically with respect to
-  /// a crash. Returns 0, -EBUSY if other references are held, -EINVAL on misuse.
+  /// Kernel: alloc_pages_bulk_array.
+  std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp = GFP_DEFAULT) noexcept;
+  /// Allocates a compound page and publishes its head pfn into the empty slot *dest, atomically with
+  /// respect to a crash (2 fences). The slot then OWNS the page: the ownership is recorded on the
+  /// media, survives close, crash and reopen, and only free_pages_from(dest) frees the page
+  /// (put_page / free_pages cannot take its count below 1). dest must be an 8-byte aligned word of
+  /// this pool's root or data area and must hold 0; a non-empty slot is misuse (nothing changes,
+  /// returns nullptr). Returns the head, or nullptr when the pool has no room.
+  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp = GFP_DEFAULT) noexcept;
+  /// Frees the page that slot *src owns and sets *src = 0, atomically with respect to a crash
+  /// (2 fences). An empty slot (0) is a no-op returning 0 (the kernel's kfree(NULL) rule).
+  /// Returns 0; -EBUSY if other references are held (nothing changes); -EINVAL on misuse (also
+  /// reported): src not a slot of this pool, *src not the head of an allocation, or a page this
+  /// slot does not own (allocated with alloc_pages, or owned by another slot).
   int free_pages_from(pfn_t* src) noexcept;
+
+  /// Moves the ownership of the page that slot *src owns to the empty slot *dest: *dest = pfn,
+  /// *src = 0 and the owner recorded on the media, atomically with respect to a crash (2 fences).
+  /// This is how an engine relocates a persistent reference (a page-table entry that moves);
+  /// copying the pfn by hand leaves the old slot the owner. Returns 0, or -EINVAL on misuse
+  /// (reported): a slot outside the pool, *dest not empty, *src empty or not the owner.
+  int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
+
+  /// What check_slots found: an fsck of the engine's own persistent references.
+  struct slot_check {
+    struct entry {
+      const pfn_t* slot;    // the engine's slot (nullptr for an unreferenced allocation)
+      pfn_t pfn;            // what it names / the allocation's head
+      unsigned order;       // the allocation's order (when it is one)
+      std::string problem;  // one line, naming slot address, pfn and the rule broken
+    };
+    std::vector<entry> unreferenced;  // allocations no listed slot names (leaks, if the list is complete)
+    std::vector<entry> dangling;      // slots naming a free page, a tail, or no page of this pool
+    std::vector<entry> shared;        // slots naming a page another listed slot also names
+    std::vector<entry> misowned;      // slots naming a page the media says another slot (or none) owns
+    bool clean() const { return unreferenced.empty() && dangling.empty() && shared.empty() && misowned.empty(); }
+    /// All problems, one per line ("" when clean).
+    std::string describe() const;
+  };
+  /// Checks the engine's complete list of slots (pointers to pfn slots; empty slots are allowed and
+  /// ignored) against the pool: every allocation must be named by exactly one slot, which must be
+  /// its recorded owner. Takes the allocator lock; O(allocations + slots). Not concurrent with
+  /// allocation or free in this pool (their effects may or may not be seen).
+  slot_check check_slots(std::span<pfn_t* const> slots) const;
 
   /// The persistent root area (zeroed at create), at least 4 KiB.
   void* root() const noexcept;
   std::size_t root_size() const noexcept;
 
-  /// Persistence of the application's own data in the pool.
+  /// Persistence of the application's own data in the pool. flush() starts writing back the
+  /// cache lines of [addr, addr + len); drain() is the fence: it completes the flushes THE CALLING
+  /// THREAD issued (x86 sfence semantics), not other threads'. A connection that moves between
+  /// threads must drain on the thread that flushed (or use persist(), which is flush + drain on
+  /// one thread). Every drain also makes the pool's lazily retired intents durable.
   void persist(const void* addr, std::size_t len) const noexcept;
   void flush(const void* addr, std::size_t len) const noexcept;
   void drain() const noexcept;
@@ -102,8 +148,9 @@ class pool {
   /// not be seen; f must not allocate or free in this pool.
   void for_each_allocated(const std::function<void(page*, unsigned)>& f) const;
 
-  /// Checks every invariant of the volatile and persistent state; returns an empty string when
-  /// all hold, else a description of the first violation. Takes the allocator lock (slow).
+  /// Checks every invariant of the volatile and persistent state, the intent lanes and the owner
+  /// records (every owned page's slot names it); returns an empty string when all hold, else a
+  /// description of the first violation. Takes the allocator lock (slow).
   std::string check() const;
 
   const std::filesystem::path& path() const noexcept;

@@ -29,6 +29,21 @@ inline constexpr std::size_t HPAGE_PMD_NR = std::size_t{1} << HPAGE_PMD_ORDER;  
 inline constexpr std::size_t HPAGE_PMD_SIZE = PAGE_SIZE << HPAGE_PMD_ORDER;     // 2 MiB
 inline constexpr unsigned MAX_PAGE_ORDER = 18;                                  // 1 GiB
 
+/// Allocation flags, the kernel's gfp_t. Only the modifiers that mean something for a pool exist.
+using gfp_t = unsigned;
+/// No modifier (the kernel's GFP_KERNEL as far as a pool is concerned).
+inline constexpr gfp_t GFP_DEFAULT = 0;
+/// The kernel's __GFP_ZERO (renamed: identifiers containing "__" are reserved in C++): the pages
+/// are zeroed and the zeros are durable by the time the allocation returns, inside the
+/// allocation's own fence. Without it a page holds whatever its previous owner wrote.
+inline constexpr gfp_t GFP_ZERO = 0x100u;
+
+/// The largest reference count a compound page can reach (the kernel saturates refcount_t and
+/// refuses try_get_page near overflow for the same reason): get_page beyond it is misuse and leaves
+/// the count unchanged; get_page_unless_zero returns false. 2^30 leaves headroom for racing
+/// increments, so the count can never wrap.
+inline constexpr int PAGE_REF_MAX = 1 << 30;
+
 /// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
 /// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
 class error : public std::system_error {

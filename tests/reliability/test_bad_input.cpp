@@ -103,16 +103,17 @@ TEST_F(BadInput, WrongMagicIsNotAPool) {
 TEST_F(BadInput, UnsupportedMajorVersionIsNamed) {
   make_pool();
   auto bytes = read_file(path_);
-  // Rewrite both copies with major 2 and a valid checksum: a newer format, not damage.
+  // Rewrite both copies with the next major and a valid checksum: a newer format, not damage.
   for (std::size_t off : {std::size_t{0}, std::size_t{4096}}) {
     detail::superblock sb;
     std::memcpy(&sb, bytes.data() + off, sizeof sb);
-    sb.major = 2;
+    sb.major = detail::FORMAT_MAJOR + 1;
     sb.checksum = detail::fletcher64(&sb, offsetof(detail::superblock, checksum));
     std::memcpy(bytes.data() + off, &sb, sizeof sb);
   }
   write_file(path_, bytes);
-  expect_rejected(path_, {"format version 2.0"});
+  const std::string named = "format version " + std::to_string(detail::FORMAT_MAJOR + 1) + ".0";
+  expect_rejected(path_, {named.c_str()});
 }
 
 TEST_F(BadInput, TruncatedPoolIsRejected) {

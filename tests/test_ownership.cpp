@@ -1,0 +1,444 @@
+// Ownership: a page published with alloc_pages_to is owned by its slot. Every case of issue #7
+// that once leaked a page, left a slot naming a free page or gave one page to two owners is here,
+// each as the sequence of public calls that did it, with the rule that now stops it:
+//   1 alloc_pages_to into a slot that is not empty          -> refused
+//   2 an unbalanced put_page on a slot-owned page            -> refused, the slot's reference stays
+//   3 split_huge_page of a slot-owned page                   -> -EBUSY; split_huge_page_to instead
+//   4 fork() after open                                      -> the child cannot allocate or free
+//   6 2^31 get_page calls                                    -> the count saturates at PAGE_REF_MAX
+//   7 lock_page racing split_huge_page                       -> the split refuses locked pages
+//   9 free_pages_from of an empty slot                       -> no-op (kfree(NULL))
+// plus move_pages_owner, check_slots, check()'s owner and lane rules, and GFP_ZERO. (Case 5 is in
+// tests/reliability, case 8 in test_limits.cpp.)
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <barrier>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace {
+
+using namespace pmtest;
+using pmpage::HPAGE_PMD_NR;
+using pmpage::page;
+using pmpage::pfn_t;
+
+class Ownership : public PoolTest {
+ protected:
+  pfn_t* slots() { return root_slots(pool_); }
+  // Runs f and expects exactly one new misuse report.
+  template <class F>
+  void expect_reported(F&& f, const char* what, const char* needle = nullptr) {
+    const int before = recorder_.count();
+    f();
+    EXPECT_EQ(recorder_.count(), before + 1) << what << ": expected one misuse report";
+    if (needle && recorder_.count() > before) {
+      EXPECT_NE(recorder_.last().find(needle), std::string::npos) << what << ": message was: " << recorder_.last();
+    }
+  }
+  // The pool's own rules hold, and the engine's slots (root slots 0..n) account for every page.
+  void expect_consistent(std::size_t nslots) {
+    EXPECT_EQ(pool_.check(), "");
+    std::vector<pfn_t*> list;
+    for (std::size_t i = 0; i < nslots; ++i) list.push_back(&slots()[i]);
+    const auto r = pool_.check_slots(list);
+    EXPECT_TRUE(r.clean()) << r.describe();
+  }
+  misuse_recorder recorder_;
+};
+
+// ---- case 1 ------------------------------------------------------------------------------------
+
+TEST_F(Ownership, AllocPagesToIntoAFullSlotIsRefusedAndLeaksNothing) {
+  page* a = pool_.alloc_pages_to(0, &slots()[0]);
+  ASSERT_NE(a, nullptr);
+  const pfn_t first = slots()[0];
+  const std::uint64_t free_before = free_pages();
+  page* b = nullptr;
+  expect_reported([&] { b = pool_.alloc_pages_to(0, &slots()[0]); }, "alloc_pages_to into a full slot", "already holds");
+  EXPECT_EQ(b, nullptr);
+  EXPECT_EQ(slots()[0], first);
+  EXPECT_EQ(free_pages(), free_before);
+  expect_consistent(1);
+  reopen();
+  EXPECT_EQ(allocations(pool_).by_pfn.size(), 1u);
+  expect_consistent(1);
+}
+
+TEST_F(Ownership, RacingAllocPagesToForOneSlotLeavesOneOwner) {
+  // Many threads race for the same empty slots: each slot ends with exactly one page, the losers'
+  // pages go back, and every loser is told (misuse).
+  constexpr int kThreads = 4, kRounds = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    std::barrier sync(kThreads);
+    std::atomic<int> won{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kThreads; ++t)
+      ts.emplace_back([&] {
+        sync.arrive_and_wait();
+        if (pool_.alloc_pages_to(0, &slots()[round % 8])) won.fetch_add(1);
+      });
+    for (auto& t : ts) t.join();
+    ASSERT_EQ(won.load(), 1) << "round " << round;
+    ASSERT_EQ(pool_.free_pages_from(&slots()[round % 8]), 0);
+  }
+  EXPECT_EQ(recorder_.count(), kRounds * (kThreads - 1));
+  EXPECT_EQ(free_pages(), total_pages_);
+  expect_consistent(8);
+}
+
+// ---- case 2 ------------------------------------------------------------------------------------
+
+TEST_F(Ownership, AnUnbalancedPutCannotFreeASlotOwnedPage) {
+  for (unsigned order : {0u, 3u, 9u, 10u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    page* p = pool_.alloc_pages_to(order, &slots()[0]);
+    ASSERT_NE(p, nullptr);
+    const pfn_t pfn = slots()[0];
+    pmpage::get_page(p);
+    pmpage::put_page(p);
+    expect_reported([&] { pmpage::put_page(p); }, "the slot's reference dropped by put_page", "owns");
+    EXPECT_EQ(pmpage::page_count(p), 1);
+    expect_reported([&] { pmpage::free_pages(p, order); }, "the slot's reference dropped by free_pages", "owns");
+    EXPECT_EQ(pmpage::page_count(p), 1);
+    // The page stays allocated: a second slot gets a different page, and freeing A leaves B intact.
+    page* q = pool_.alloc_pages_to(order, &slots()[1]);
+    ASSERT_NE(q, nullptr);
+    EXPECT_NE(slots()[1], pfn);
+    expect_consistent(2);
+    // Ownership is on the media: it survives reopen (split regions are loaded lazily).
+    reopen();
+    p = pmpage::pfn_to_page(pfn);
+    expect_reported([&] { pmpage::put_page(p); }, "put_page after reopen", "owns");
+    EXPECT_EQ(pmpage::page_count(p), 1);
+    EXPECT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+    EXPECT_EQ(slots()[0], 0u);
+    expect_consistent(2);
+    EXPECT_EQ(pool_.free_pages_from(&slots()[1]), 0);
+    EXPECT_EQ(free_pages(), total_pages_);
+  }
+}
+
+TEST_F(Ownership, FreePagesFromThroughACopiedPfnIsRefused) {
+  ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0]), nullptr);
+  slots()[1] = slots()[0];  // the engine copies the pfn by hand
+  int rc = 0;
+  expect_reported([&] { rc = pool_.free_pages_from(&slots()[1]); }, "free through a copy", "owns that page");
+  EXPECT_EQ(rc, -EINVAL);
+  EXPECT_EQ(slots()[0], slots()[1]);
+  slots()[1] = 0;
+  page* plain = pool_.alloc_pages(0);  // not slot-owned
+  slots()[2] = pmpage::page_to_pfn(plain);
+  expect_reported([&] { rc = pool_.free_pages_from(&slots()[2]); }, "free_pages_from of an unowned page", "no slot owns");
+  EXPECT_EQ(rc, -EINVAL);
+  slots()[2] = 0;
+  pmpage::put_page(plain);
+  expect_consistent(3);
+}
+
+TEST_F(Ownership, MovePagesOwnerRelocatesAReference) {
+  ASSERT_NE(pool_.alloc_pages_to(9, &slots()[0]), nullptr);
+  const pfn_t pfn = slots()[0];
+  ASSERT_EQ(pool_.move_pages_owner(&slots()[0], &slots()[5]), 0);
+  EXPECT_EQ(slots()[0], 0u);
+  EXPECT_EQ(slots()[5], pfn);
+  expect_consistent(6);
+  reopen();
+  expect_consistent(6);
+  int rc = 0;
+  ASSERT_NE(pool_.alloc_pages_to(0, &slots()[1]), nullptr);
+  expect_reported([&] { rc = pool_.move_pages_owner(&slots()[5], &slots()[1]); }, "move onto a full slot", "already holds");
+  EXPECT_EQ(rc, -EINVAL);
+  slots()[2] = pfn;
+  expect_reported([&] { rc = pool_.move_pages_owner(&slots()[2], &slots()[3]); }, "move from a non-owner", "does not own");
+  slots()[2] = 0;
+  EXPECT_EQ(pool_.free_pages_from(&slots()[5]), 0);
+  EXPECT_EQ(pool_.free_pages_from(&slots()[1]), 0);
+  EXPECT_EQ(free_pages(), total_pages_);
+  expect_consistent(6);
+}
+
+// ---- case 3 ------------------------------------------------------------------------------------
+
+class OwnershipBigRoot : public Ownership {
+ protected:
+  void SetUp() override {
+    path_ = new_path();
+    pmpage::pool::options o;
+    o.size = 64 * MiB;
+    o.root_size = 16384;  // 2048 slots: room for a 512-slot array after a few single slots
+    pool_ = pmpage::pool::create(path_, o);
+    total_pages_ = pool_.stats().total_pages;
+    start_ = pool_.start_pfn();
+  }
+};
+
+TEST_F(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
+  pfn_t* table = slots() + 512;  // the engine's 512-entry table; table[0] owns the huge page
+  page* huge = pool_.alloc_pages_to(9, &table[0]);
+  ASSERT_NE(huge, nullptr);
+  const pfn_t pfn = table[0];
+  EXPECT_EQ(pmpage::split_huge_page(huge), -EBUSY) << "511 pieces would have no owner";
+  EXPECT_FALSE(pmpage::PageSplit(huge));
+  int rc = 0;
+  table[7] = 12345;
+  expect_reported([&] { rc = pmpage::split_huge_page_to(huge, table); }, "a full slot among 1..511", "must be empty");
+  EXPECT_EQ(rc, -EINVAL);
+  table[7] = 0;
+  expect_reported([&] { rc = pmpage::split_huge_page_to(huge, slots()); }, "slots[0] not the owner", "owns");
+  expect_reported([&] { rc = pmpage::split_huge_page_to(huge, slots() + 2047); }, "array past the root area", "512");
+  EXPECT_EQ(pool_.check(), "");
+
+  ASSERT_EQ(pmpage::split_huge_page_to(huge, table), 0);
+  EXPECT_TRUE(pmpage::PageSplit(huge));
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) ASSERT_EQ(table[i], pfn + i) << i;
+  std::vector<pfn_t*> list;
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) list.push_back(&table[i]);
+  EXPECT_TRUE(pool_.check_slots(list).clean()) << pool_.check_slots(list).describe();
+  EXPECT_EQ(pool_.check(), "");
+  // Every piece is owned: an unbalanced put is refused for each, before and after reopen.
+  expect_reported([&] { pmpage::put_page(pmpage::pfn_to_page(pfn + 300)); }, "put on a piece", "owns");
+  reopen();
+  expect_reported([&] { pmpage::put_page(pmpage::pfn_to_page(pfn + 301)); }, "put on a piece after reopen", "owns");
+  EXPECT_TRUE(pool_.check_slots(list).clean()) << pool_.check_slots(list).describe();
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) ASSERT_EQ(pool_.free_pages_from(&table[i]), 0) << i;
+  EXPECT_EQ(free_pages(), total_pages_);
+  EXPECT_EQ(pool_.stats().split_regions, 0u);
+  EXPECT_EQ(pool_.check(), "");
+}
+
+// ---- case 4 ------------------------------------------------------------------------------------
+
+TEST_F(Ownership, AForkedChildCannotAllocateOrFreeAndTheParentIsUnaffected) {
+  page* kept = pool_.alloc_pages_to(0, &slots()[0]);
+  ASSERT_NE(kept, nullptr);
+  std::memcpy(pmpage::page_address(kept), "parent", 7);
+  page* plain = pool_.alloc_pages(0);
+  ASSERT_NE(plain, nullptr);
+  const auto before = allocations(pool_).by_pfn;
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Child: report misuse by counting (the recorder's mutex state is inherited; use a fresh count).
+    static std::atomic<int> reports{0};
+    pmpage::set_misuse_handler(+[](const char*) { reports.fetch_add(1); });
+    int bad = 0;
+    // Reading is allowed: the mapping is shared with the parent.
+    if (std::memcmp(pmpage::page_address(pmpage::pfn_to_page(slots()[0])), "parent", 7) != 0) bad |= 1;
+    if (pool_.alloc_pages(0) != nullptr) bad |= 2;
+    if (pool_.alloc_pages_to(0, &slots()[1]) != nullptr) bad |= 4;
+    if (pool_.free_pages_from(&slots()[0]) != -EINVAL) bad |= 8;
+    pmpage::put_page(plain);  // the last reference: the child must not free it
+    if (pmpage::page_count(plain) != 1) bad |= 16;
+    page* out[4];
+    if (pool_.alloc_pages_bulk(0, 4, out) != 0) bad |= 32;
+    if (reports.load() != 5) bad |= 64;
+    ::_exit(bad);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "bit mask of the child's failed expectations";
+  EXPECT_EQ(allocations(pool_).by_pfn, before);
+  EXPECT_EQ(slots()[0], pmpage::page_to_pfn(kept));
+  EXPECT_EQ(slots()[1], 0u);
+  page* more = pool_.alloc_pages(0);  // the parent still allocates
+  ASSERT_NE(more, nullptr);
+  pmpage::put_page(more);
+  pmpage::put_page(plain);
+  expect_consistent(2);
+  reopen();
+  expect_consistent(2);
+}
+
+// ---- case 6 ------------------------------------------------------------------------------------
+
+TEST_F(Ownership, ReferenceCountsSaturateInsteadOfWrapping) {
+  page* p = pool_.alloc_pages(0);
+  ASSERT_NE(p, nullptr);
+  // 2^30 real get_page calls take too long for a unit test: start just below the limit. The
+  // descriptor of a page in a split region is real memory (PageSplit), so its count is writable.
+  ASSERT_TRUE(pmpage::PageSplit(p));
+  p->refcount_.store(pmpage::PAGE_REF_MAX - 1);
+  pmpage::get_page(p);
+  EXPECT_EQ(pmpage::page_count(p), pmpage::PAGE_REF_MAX);
+  expect_reported([&] { pmpage::get_page(p); }, "get_page at the limit", "saturated");
+  EXPECT_EQ(pmpage::page_count(p), pmpage::PAGE_REF_MAX);
+  EXPECT_FALSE(pmpage::get_page_unless_zero(p));
+  EXPECT_EQ(pmpage::page_count(p), pmpage::PAGE_REF_MAX);
+  // Even a count driven to INT_MAX by hand never wraps (no signed overflow: UBSan runs this).
+  p->refcount_.store(INT32_MAX);
+  expect_reported([&] { pmpage::get_page(p); }, "get_page at INT_MAX", "saturated");
+  EXPECT_EQ(pmpage::page_count(p), INT32_MAX);
+  EXPECT_FALSE(pmpage::get_page_unless_zero(p));
+  // Puts still work from a saturated count; the legitimate last put frees the page.
+  p->refcount_.store(2);
+  pmpage::put_page(p);
+  pmpage::put_page(p);
+  EXPECT_EQ(free_pages(), total_pages_);
+  EXPECT_EQ(pool_.check(), "");
+}
+
+// ---- case 7 ------------------------------------------------------------------------------------
+
+TEST_F(Ownership, ConcurrentLockersNeverLoseTheLockWhileTheOwnerSplits) {
+  // Lockers lock random subpages of an order-9 page WITHOUT references while its owner splits it.
+  // A lock_page that returns must hold the lock: PageLocked, and unlock_page not reported.
+  constexpr int kLockers = 3;
+#if defined(__SANITIZE_THREAD__)
+  constexpr int kRounds = 150;
+#else
+  constexpr int kRounds = 1500;
+#endif
+  std::atomic<page*> current{nullptr};
+  std::atomic<bool> stop{false};
+  std::atomic<long> locked{0}, lost{0};
+  std::barrier sync(kLockers + 1);
+  std::vector<std::thread> lockers;
+  for (int t = 0; t < kLockers; ++t)
+    lockers.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (;;) {
+        sync.arrive_and_wait();  // round starts
+        if (stop.load()) return;
+        page* huge = current.load();
+        const pfn_t base = pmpage::page_to_pfn(huge);
+        for (int k = 0; k < 20; ++k) {
+          page* p = pmpage::pfn_to_page(base + (k == 0 ? 0 : rng() % HPAGE_PMD_NR));
+          pmpage::lock_page(p);
+          if (!pmpage::PageLocked(p)) lost.fetch_add(1);
+          locked.fetch_add(1);
+          if (k % 2) std::this_thread::yield();  // hold it a while: the split must not move it
+          if (!pmpage::PageLocked(p)) lost.fetch_add(1);
+          pmpage::unlock_page(p);
+        }
+        sync.arrive_and_wait();  // round ends: the owner frees the pages
+      }
+    });
+  for (int round = 0; round < kRounds; ++round) {
+    page* huge = pool_.alloc_pages(9);
+    ASSERT_NE(huge, nullptr);
+    current.store(huge);
+    sync.arrive_and_wait();
+    int rc;
+    while ((rc = pmpage::split_huge_page(huge)) == -EBUSY) std::this_thread::yield();
+    ASSERT_EQ(rc, 0);
+    sync.arrive_and_wait();
+    const pfn_t base = pmpage::page_to_pfn(huge);
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) pmpage::put_page(pmpage::pfn_to_page(base + i));
+  }
+  stop.store(true);
+  sync.arrive_and_wait();
+  for (auto& t : lockers) t.join();
+  EXPECT_EQ(lost.load(), 0);
+  EXPECT_EQ(recorder_.count(), 0) << recorder_.last();
+  EXPECT_EQ(locked.load(), long(kRounds) * kLockers * 20);
+  EXPECT_EQ(free_pages(), total_pages_);
+  EXPECT_EQ(pool_.check(), "");
+}
+
+// ---- check() and check_slots -------------------------------------------------------------------
+
+TEST_F(Ownership, CheckSeesASlotOverwrittenByHand) {
+  ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0]), nullptr);
+  ASSERT_NE(pool_.alloc_pages_to(9, &slots()[1]), nullptr);
+  const pfn_t small = slots()[0], huge = slots()[1];
+  slots()[0] = 0;  // the engine forgets the page without freeing it
+  EXPECT_NE(pool_.check().find("O1"), std::string::npos) << pool_.check();
+  slots()[0] = small;
+  slots()[1] = 7;
+  EXPECT_NE(pool_.check().find("O1"), std::string::npos) << pool_.check();
+  slots()[1] = huge;
+  EXPECT_EQ(pool_.check(), "");
+}
+
+TEST_F(Ownership, CheckSlotsReportsEveryKindOfBrokenReference) {
+  pfn_t* s = slots();
+  ASSERT_NE(pool_.alloc_pages_to(0, &s[0]), nullptr);
+  ASSERT_NE(pool_.alloc_pages_to(2, &s[1]), nullptr);
+  page* plain = pool_.alloc_pages(0);   // named by slot 3, owned by nobody
+  page* leaked = pool_.alloc_pages(1);  // named by no slot
+  s[2] = s[0];                          // shared: a copy of slot 0
+  s[3] = pmpage::page_to_pfn(plain);    // misowned
+  s[4] = s[1] + 1;                      // dangling: a tail
+  s[5] = pool_.end_pfn() + 3;           // dangling: no page of this pool
+  std::vector<pfn_t*> list;
+  for (int i = 0; i < 8; ++i) list.push_back(&s[i]);
+  const auto r = pool_.check_slots(list);
+  ASSERT_EQ(r.shared.size(), 1u) << r.describe();
+  EXPECT_EQ(r.shared[0].slot, &s[2]);
+  ASSERT_EQ(r.misowned.size(), 1u) << r.describe();
+  EXPECT_EQ(r.misowned[0].slot, &s[3]);
+  ASSERT_EQ(r.dangling.size(), 2u) << r.describe();
+  ASSERT_EQ(r.unreferenced.size(), 1u) << r.describe();
+  EXPECT_EQ(r.unreferenced[0].pfn, pmpage::page_to_pfn(leaked));
+  EXPECT_EQ(r.unreferenced[0].order, 1u);
+  EXPECT_FALSE(r.clean());
+  EXPECT_NE(r.describe().find("shared"), std::string::npos);
+  // Without the slot to the freed page it is dangling too: free through the owner, keep the copy.
+  s[2] = 0;
+  s[3] = 0;
+  s[4] = 0;
+  s[5] = 0;
+  const pfn_t old = s[0];
+  ASSERT_EQ(pool_.free_pages_from(&s[0]), 0);
+  s[6] = old;
+  const auto r2 = pool_.check_slots(list);
+  ASSERT_EQ(r2.dangling.size(), 1u) << r2.describe();
+  EXPECT_EQ(r2.dangling[0].slot, &s[6]);
+  s[6] = 0;
+  pmpage::put_page(plain);
+  pmpage::free_pages(leaked, 1);
+  EXPECT_TRUE(pool_.check_slots(list).clean()) << pool_.check_slots(list).describe();
+}
+
+// ---- GFP_ZERO ----------------------------------------------------------------------------------
+
+TEST_F(Ownership, GfpZeroHandsOutZeroedPages) {
+  auto all_zero = [](page* p, unsigned order) {
+    const auto* b = static_cast<const unsigned char*>(pmpage::page_address(p));
+    for (std::size_t i = 0; i < (pmpage::PAGE_SIZE << order); ++i)
+      if (b[i]) return false;
+    return true;
+  };
+  for (unsigned order : {0u, 4u, 9u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    page* p = pool_.alloc_pages(order);
+    ASSERT_NE(p, nullptr);
+    std::memset(pmpage::page_address(p), 0xA5, pmpage::PAGE_SIZE << order);
+    const pfn_t pfn = pmpage::page_to_pfn(p);
+    pmpage::free_pages(p, order);
+    page* again = pool_.alloc_pages(order);  // the same extent: lowest first
+    ASSERT_EQ(pmpage::page_to_pfn(again), pfn);
+    EXPECT_FALSE(all_zero(again, order)) << "pages are not zeroed unless asked (documented)";
+    pmpage::free_pages(again, order);
+    page* z = pool_.alloc_pages(order, pmpage::GFP_ZERO);
+    ASSERT_EQ(pmpage::page_to_pfn(z), pfn);
+    EXPECT_TRUE(all_zero(z, order));
+    std::memset(pmpage::page_address(z), 0x5A, pmpage::PAGE_SIZE << order);
+    pmpage::free_pages(z, order);
+    page* zt = pool_.alloc_pages_to(order, &slots()[0], pmpage::GFP_ZERO);
+    ASSERT_NE(zt, nullptr);
+    EXPECT_TRUE(all_zero(zt, order));
+    ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+  }
+  page* out[3];
+  ASSERT_EQ(pool_.alloc_pages_bulk(0, 3, out, pmpage::GFP_ZERO), 3u);
+  for (page* p : out) {
+    EXPECT_TRUE(all_zero(p, 0));
+    pmpage::put_page(p);
+  }
+  page* bad = nullptr;
+  expect_reported([&] { bad = pool_.alloc_pages(0, 0x4); }, "unknown gfp flag", "gfp");
+  EXPECT_EQ(bad, nullptr);
+  EXPECT_EQ(free_pages(), total_pages_);
+}
+
+}  // namespace
