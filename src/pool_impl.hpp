@@ -119,6 +119,8 @@ class pool_impl {
   bool replay_ensure_free(std::uint64_t index, unsigned order);
   void build_volatile();
   void register_pool();
+  // --- create path (recovery.cpp): marker, metadata, superblock B, superblock A (4 fences)
+  void format(const layout& lay, const superblock& sb);
 
   // --- persistent metadata addresses
   std::uint64_t* region_word(std::uint32_t r) const { return region_table_ + r; }
