@@ -377,7 +377,10 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
 
 namespace {
 
-/// Without options.overwrite, create() refuses a device that holds a valid pool.
+/// Without options.overwrite, create() formats an existing file only if nothing can be lost:
+/// it is blank (0 bytes, or only holes and zeros), or its creation was interrupted. A file
+/// holding a pool, or anything else, is refused (EEXIST) and left untouched. Device DAX cannot be
+/// scanned cheaply and is formatted unless it holds a pool (see docs/api.md).
 void refuse_unless_formattable(const device& d, const std::string& path) {
   if (d.size() >= 2 * SUPERBLOCK_SIZE) {
     superblock a, b;
@@ -385,7 +388,12 @@ void refuse_unless_formattable(const device& d, const std::string& path) {
     d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
     if (superblock_problem(a).empty() || superblock_problem(b).empty())
       fail(EEXIST, path, "already holds a pmpage pool; set options.overwrite to reformat it");
+    if (is_creating_marker(a) || is_creating_marker(b)) return;  // an interrupted create: redo it
   }
+  if (d.type() == device::kind::device_dax || d.is_blank()) return;
+  fail(EEXIST, path,
+       "exists and is not a pmpage pool (nor empty, nor an interrupted creation); "
+       "set options.overwrite to format it anyway");
 }
 
 }  // namespace
