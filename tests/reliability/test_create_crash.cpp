@@ -228,8 +228,8 @@ TEST_F(CreateCrash, KilledAtRandomPointsLeavesNoPoolAValidPoolOrAnInterruptedCre
 
 // ---- 2. Power failure at every fence of an in-place create (simulated device) ----------------------
 
-constexpr std::size_t TRACKED = 2u << 20;  // the metadata of a 24 MiB pool ends below 2 MiB
-constexpr std::uint64_t POOL = 24 * MiB;
+constexpr std::size_t TRACKED = 2u << 20;  // the metadata of a 12 MiB pool ends below 2 MiB
+constexpr std::uint64_t POOL = 12 * MiB;
 
 struct crash_image {
   std::string label;
