@@ -41,9 +41,10 @@ namespace {
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
-/// Why a superblock copy cannot be used, or "" if it can.
+/// A copy whose magic word is the creation marker (create() had not finished with it).
 bool is_creating_marker(const superblock& sb) { return std::memcmp(sb.magic, CREATING_MAGIC, sizeof sb.magic) == 0; }
 
+/// Why a superblock copy cannot be used, or "" if it can.
 std::string superblock_problem(const superblock& sb) {
   if (is_creating_marker(sb)) return "creation in progress (create was interrupted)";
   if (std::memcmp(sb.magic, POOL_MAGIC, sizeof sb.magic) != 0) return "bad magic (not a pmpage pool)";
