@@ -6,17 +6,24 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "pmpage/types.hpp"
 
 #ifndef MAP_SYNC
 #define MAP_SYNC 0x80000
+#endif
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
 #endif
 #ifndef MAP_SHARED_VALIDATE
 #define MAP_SHARED_VALIDATE 0x03
@@ -58,12 +65,87 @@ void device::open_existing(const std::string& path) {
   probe();
 }
 
-void device::create_file(const std::string& path, unsigned mode) {
+std::string device::temp_name(const std::string& path) { return path + ".pmpage-creating"; }
+
+namespace {
+/// True if `name` still names the file open as `fd` (a racing create may have replaced it).
+bool names_fd(const std::string& name, int fd) {
+  struct stat a, b;
+  return ::fstat(fd, &a) == 0 && ::lstat(name.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+int fsync_parent_dir(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return errno;
+  const int r = ::fsync(dfd) == 0 ? 0 : errno;
+  ::close(dfd);
+  return r;
+}
+}  // namespace
+
+void device::create_temp(const std::string& path, unsigned mode) {
   path_ = path;
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd_ < 0) fail(errno, path, sys_reason("cannot create", errno));
-  created_ = true;
-  probe();
+  const std::string tmp = temp_name(path);
+  // The lock on the temporary file is what makes two creates of one path conflict. A new file is
+  // locked only after it is created, so a racing create may take it first or replace its name:
+  // check after locking that the name is still ours, and start over if not.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0 && errno != EEXIST) fail(errno, path, sys_reason(("cannot create " + tmp).c_str(), errno));
+    if (fd < 0) {
+      // Left by an interrupted create (nobody holds its lock): remove it. Held: a create is running.
+      const int old = ::open(tmp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+      if (old < 0) {
+        if (errno == ENOENT) continue;
+        fail(errno, path, sys_reason(("cannot open the stale temporary file " + tmp).c_str(), errno));
+      }
+      if (::flock(old, LOCK_EX | LOCK_NB) != 0) {
+        const int e = errno;
+        ::close(old);
+        if (e == EWOULDBLOCK) fail(EBUSY, path, "another pool::create of this path is running (it holds " + tmp + ")");
+        fail(e, path, sys_reason("flock", e));
+      }
+      if (names_fd(tmp, old) && ::unlink(tmp.c_str()) != 0 && errno != ENOENT) {
+        const int e = errno;
+        ::close(old);
+        fail(e, path, sys_reason(("cannot remove the stale temporary file " + tmp).c_str(), e));
+      }
+      ::close(old);
+      continue;
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && names_fd(tmp, fd)) {
+      fd_ = fd;
+      temp_path_ = tmp;
+      created_ = true;
+      probe();
+      return;
+    }
+    ::close(fd);  // lost a race with another create: not ours to remove
+  }
+  fail(EBUSY, path, "another pool::create of this path keeps replacing " + tmp);
+}
+
+void device::publish() {
+  if (temp_path_.empty()) return;
+  sync();
+  // RENAME_NOREPLACE: a file that appeared at the path while we formatted is never replaced.
+  long r = ::syscall(SYS_renameat2, AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(), RENAME_NOREPLACE);
+  if (r != 0 && (errno == EINVAL || errno == ENOSYS)) {
+    // The file system (or kernel) lacks RENAME_NOREPLACE: link() does not replace either.
+    r = ::link(temp_path_.c_str(), path_.c_str());
+    if (r == 0) ::unlink(temp_path_.c_str());
+  }
+  if (r != 0) {
+    const int e = errno;
+    if (e == EEXIST) fail(EEXIST, path_, "was created by someone else while pool::create ran; it was left alone");
+    fail(e, path_, sys_reason("cannot rename the new pool into place", e));
+  }
+  temp_path_.clear();
+  created_ = false;  // published: from here on a failure leaves the (complete) pool in place
+  if (const int e = fsync_parent_dir(path_); e != 0)
+    fail(e, path_, sys_reason("the pool was created, but syncing its directory failed", e));
 }
 
 void device::probe() {
@@ -135,6 +217,35 @@ void device::read_at(void* buf, std::size_t len, std::uint64_t offset) const {
   }
 }
 
+bool device::is_blank() const {
+  if (kind_ != kind::regular_file) return false;
+  std::vector<char> buf(1u << 20);
+  std::uint64_t pos = 0;
+  while (pos < size_) {
+    // Skip holes: a sparse file of any size is checked in no time.
+    off_t data = ::lseek(fd_, off_t(pos), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) return true;  // only holes from here on
+      data = off_t(pos);                // no SEEK_DATA here: read everything
+    }
+    off_t hole = ::lseek(fd_, data, SEEK_HOLE);
+    if (hole < 0) hole = off_t(size_);
+    for (std::uint64_t o = std::uint64_t(data); o < std::uint64_t(hole) && o < size_;) {
+      const std::size_t n = std::size_t(std::min<std::uint64_t>(buf.size(), std::min<std::uint64_t>(std::uint64_t(hole), size_) - o));
+      read_at(buf.data(), n, o);
+      if (buf[0] != 0 || std::memcmp(buf.data(), buf.data() + 1, n - 1) != 0) return false;
+      o += n;
+    }
+    pos = std::uint64_t(hole);
+  }
+  return true;
+}
+
+void device::sync() {
+  if (kind_ != kind::regular_file) return;
+  if (::fsync(fd_) != 0) fail(errno, path_, sys_reason("fsync", errno));
+}
+
 void device::map(std::uint64_t length, std::uint64_t data_offset) {
   constexpr std::uint64_t gib = 1ull << 30;
   const std::size_t res_len = std::size_t(length + gib);
@@ -168,7 +279,7 @@ void device::unmap() noexcept {
 
 void device::abandon() noexcept {
   unmap();
-  if (created_ && !path_.empty()) ::unlink(path_.c_str());
+  if (created_) ::unlink((temp_path_.empty() ? path_ : temp_path_).c_str());
   created_ = false;
 }
 

@@ -25,8 +25,15 @@ class device {
 
   /// Opens an existing path read-write. Refuses directories, non-DAX character devices, FIFOs...
   void open_existing(const std::string& path);
-  /// Creates a new regular file (O_EXCL). remove_on_failure() undoes it if set-up fails later.
-  void create_file(const std::string& path, unsigned mode);
+  /// Creates a new regular file under the temporary name temp_name(path), locked (flock), to be
+  /// formatted there and published at `path` by publish(); abandon() removes it. A temporary file
+  /// left by an interrupted create (unlocked) is replaced; one held by a running create is EBUSY.
+  void create_temp(const std::string& path, unsigned mode);
+  /// Makes the temporary file durable (fsync), renames it to the final path without replacing
+  /// anything there (EEXIST if a file appeared meanwhile), and makes the rename durable.
+  void publish();
+  /// `<path>.pmpage-creating`: where create() builds a new pool file before publishing it.
+  static std::string temp_name(const std::string& path);
   /// Takes the exclusive single-opener lock (flock); throws if another handle holds it.
   void lock();
   /// Grows a regular file to at least `size` bytes; preallocate reserves all its blocks.
@@ -36,6 +43,11 @@ class device {
   void reserve_blocks(std::uint64_t len);
   /// Reads [offset, offset + len) with pread (used before anything is mapped or trusted).
   void read_at(void* buf, std::size_t len, std::uint64_t offset) const;
+  /// True for a regular file that holds nothing: 0 bytes, or only holes and zero bytes (read,
+  /// skipping holes with SEEK_DATA). False for device DAX (it cannot be scanned cheaply).
+  bool is_blank() const;
+  /// fsync: the file's size and blocks (and, without MAP_SYNC, its mapped pages) are durable.
+  void sync();
 
   /// Maps the first `length` bytes shared and writable so that base() + data_offset is 1 GiB
   /// aligned (huge-page friendly; also what the data-address table needs). Tries MAP_SYNC first.
@@ -49,14 +61,15 @@ class device {
   char* base() const { return base_; }
   std::uint64_t mapped_length() const { return map_len_; }
   bool is_pmem() const { return is_pmem_; }
-  void remove_on_failure(bool v) { created_ = v; }
-  /// Called when set-up failed: unlinks a file this object created.
+  /// Called when set-up failed: unlinks a file this object created (its temporary name, unless
+  /// already published).
   void abandon() noexcept;
 
  private:
   void probe();
   int fd_ = -1;
-  std::string path_;
+  std::string path_;       // the path the caller named (error messages use it)
+  std::string temp_path_;  // set while a new file lives under its temporary name
   kind kind_ = kind::regular_file;
   std::uint64_t size_ = 0;
   std::uint64_t align_ = 2u << 20;

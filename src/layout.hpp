@@ -22,7 +22,11 @@
 namespace pmpage::detail {
 
 inline constexpr char POOL_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', '\1'};
-inline constexpr std::uint32_t FORMAT_MAJOR = 2;  // 2: owner tables (slot ownership)  // incompatible changes
+/// "Creation in progress": the first durable write of create() puts this in the magic word of
+/// both superblock copies; the valid superblocks replace it last. Differs from POOL_MAGIC only in
+/// its last byte. A device whose copies hold it (and neither is valid) is an interrupted create.
+inline constexpr char CREATING_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', 'C'};
+inline constexpr std::uint32_t FORMAT_MAJOR = 2;  // incompatible changes (2: owner tables)
 inline constexpr std::uint32_t FORMAT_MINOR = 0;  // compatible additions
 
 inline constexpr std::size_t SUPERBLOCK_SIZE = 4096;

@@ -127,6 +127,8 @@ class pool_impl {
   bool replay_move_to(std::uint64_t index, std::uint64_t src_off, std::uint64_t dest_off);
   void build_volatile();
   void register_pool();
+  // --- create path (recovery.cpp): marker, metadata, superblock B, superblock A (4 fences)
+  void format(const layout& lay, const superblock& sb);
 
   // --- persistent metadata addresses
   std::uint64_t* region_word(std::uint32_t r) const { return region_table_ + r; }

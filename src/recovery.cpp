@@ -8,6 +8,19 @@
 //   3. repair a damaged superblock copy from the good one
 //   4. replay intent lanes (idempotent: a crash during recovery replays them again)
 //   5. build descriptors and allocator indexes, register the section
+//
+// Order of create, and why (docs/crash-consistency.md, "Creating a pool"): a crash at any point
+// must leave no pool at the path, the file as it was, a valid pool, or a file open() reports as
+// an interrupted creation (ERR_CREATE_INTERRUPTED) — never something that looks foreign.
+//   new path:       format a locked temporary file <path>.pmpage-creating, fsync, then rename it
+//                   to the path (RENAME_NOREPLACE) and fsync the directory: the path never
+//                   names a half-made file
+//   existing path:  (a file or device DAX keeps its inode) refuse unless it is blank, an
+//                   interrupted creation or options.overwrite; then format in place:
+//     fence 1  CREATING_MAGIC into the magic word of copies A and B (one 8-byte word each)
+//     fence 2  zero the rest of both copies, the lanes, the root and the region table
+//     fence 3  superblock B (valid from here: everything it describes is durable)
+//     fence 4  superblock A
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -31,8 +44,12 @@ namespace {
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
+/// A copy whose magic word is the creation marker (create() had not finished with it).
+bool is_creating_marker(const superblock& sb) { return std::memcmp(sb.magic, CREATING_MAGIC, sizeof sb.magic) == 0; }
+
 /// Why a superblock copy cannot be used, or "" if it can.
 std::string superblock_problem(const superblock& sb) {
+  if (is_creating_marker(sb)) return "creation in progress (create was interrupted)";
   if (std::memcmp(sb.magic, POOL_MAGIC, sizeof sb.magic) != 0) return "bad magic (not a pmpage pool)";
   if (sb.checksum != fletcher64(&sb, offsetof(superblock, checksum))) return "bad checksum";
   if (sb.major != FORMAT_MAJOR)
@@ -374,7 +391,13 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   auto impl = std::make_unique<pool_impl>();
   device& d = impl->dev_;
   struct stat st;
-  if (::stat(path.c_str(), &st) != 0) fail(errno, path, std::string("cannot open: ") + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0) {
+    const int e = errno;
+    std::string why = std::string("cannot open: ") + std::strerror(e);
+    if (e == ENOENT && ::access(device::temp_name(path).c_str(), F_OK) == 0)
+      why += " (a pool::create of this path was interrupted before it finished; run create() again)";
+    fail(e, path, why);
+  }
   d.open_existing(path);
   d.lock();
   if (d.size() < 2 * SUPERBLOCK_SIZE)
@@ -384,6 +407,12 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
   const std::string pa = superblock_problem(a), pb = superblock_problem(b);
   if (!pa.empty() && !pb.empty()) {
+    // A copy keeps the marker until a valid copy has replaced it (B before A): no valid copy and
+    // a marker is a create that did not finish. A valid B with the marker still in A opened above.
+    if (is_creating_marker(a) || is_creating_marker(b))
+      fail(ERR_CREATE_INTERRUPTED, path,
+           "pool creation was interrupted (a crash or kill during pool::create): not a usable pool; "
+           "run pool::create again, which formats it without options.overwrite");
     if (pa.rfind("bad magic", 0) == 0 && pb.rfind("bad magic", 0) == 0)
       fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
     fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
@@ -413,6 +442,56 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   return impl;
 }
 
+namespace {
+
+/// Without options.overwrite, create() formats an existing file only if nothing can be lost:
+/// it is blank (0 bytes, or only holes and zeros), or its creation was interrupted. A file
+/// holding a pool, or anything else, is refused (EEXIST) and left untouched. Device DAX cannot be
+/// scanned cheaply and is formatted unless it holds a pool (see docs/api.md).
+void refuse_unless_formattable(const device& d, const std::string& path) {
+  if (d.size() >= 2 * SUPERBLOCK_SIZE) {
+    superblock a, b;
+    d.read_at(&a, sizeof a, 0);
+    d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
+    if (superblock_problem(a).empty() || superblock_problem(b).empty())
+      fail(EEXIST, path, "already holds a pmpage pool; set options.overwrite to reformat it");
+    if (is_creating_marker(a) || is_creating_marker(b)) return;  // an interrupted create: redo it
+  }
+  if (d.type() == device::kind::device_dax || d.is_blank()) return;
+  fail(EEXIST, path,
+       "exists and is not a pmpage pool (nor empty, nor an interrupted creation); "
+       "set options.overwrite to format it anyway");
+}
+
+}  // namespace
+
+void pool_impl::format(const layout& lay, const superblock& sb) {
+  char* base = dev_.base();
+  persistence& p = *pers_;
+  // Fence 1: the marker. One 8-byte word per copy, so every crash image keeps each copy either
+  // as it was or with the marker magic: never a torn old superblock that fails both ways.
+  std::memcpy(base, CREATING_MAGIC, sizeof sb.magic);
+  std::memcpy(base + SUPERBLOCK_SIZE, CREATING_MAGIC, sizeof sb.magic);
+  p.flush(base, sizeof sb.magic);
+  p.flush(base + SUPERBLOCK_SIZE, sizeof sb.magic);
+  p.drain();
+  // Fence 2: the rest of both copies (an old superblock body must not survive under a torn new
+  // magic word), lanes, root and region table. Page maps are ignored for FREE regions.
+  std::memset(base + sizeof sb.magic, 0, SUPERBLOCK_SIZE - sizeof sb.magic);
+  std::memset(base + SUPERBLOCK_SIZE + sizeof sb.magic, 0, SUPERBLOCK_SIZE - sizeof sb.magic);
+  p.flush(base, 2 * SUPERBLOCK_SIZE);
+  const std::uint64_t meta_end = lay.page_map_offset;  // lanes, root, region table
+  std::memset(base + lay.lanes_offset, 0, meta_end - lay.lanes_offset);
+  p.flush(base + lay.lanes_offset, meta_end - lay.lanes_offset);
+  p.drain();
+  // Fences 3 and 4: B, then A. A valid B means everything else is durable, so open() accepts a
+  // valid B beside the marker in A (and repairs A).
+  std::memcpy(base + SUPERBLOCK_SIZE, &sb, sizeof sb);
+  p.persist(base + SUPERBLOCK_SIZE, sizeof sb);
+  std::memcpy(base, &sb, sizeof sb);
+  p.persist(base, sizeof sb);
+}
+
 std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool::options& opts) {
   auto impl = std::make_unique<pool_impl>();
   device& d = impl->dev_;
@@ -421,19 +500,13 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
   if (!exists && errno != ENOENT) fail(errno, path, std::string("cannot create: ") + std::strerror(errno));
   if (!exists) {
     if (opts.size == 0) fail(EINVAL, path, "does not exist and options.size is 0");
-    d.create_file(path, opts.mode);
+    d.create_temp(path, opts.mode);  // published at `path` only once complete and durable
   } else {
     d.open_existing(path);
   }
   try {
     d.lock();
-    if (d.size() >= 2 * SUPERBLOCK_SIZE && !opts.overwrite) {
-      superblock a, b;
-      d.read_at(&a, sizeof a, 0);
-      d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
-      if (superblock_problem(a).empty() || superblock_problem(b).empty())
-        fail(EEXIST, path, "already holds a pmpage pool; set options.overwrite to reformat it");
-    }
+    if (exists && !opts.overwrite) refuse_unless_formattable(d, path);
     const std::uint64_t size =
         d.type() == device::kind::regular_file ? std::max<std::uint64_t>(d.size(), opts.size) : d.size();
     if (size == 0) fail(EINVAL, path, "is empty and options.size is 0");
@@ -441,8 +514,6 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     if (!compute_layout(size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region");
     if (opts.root_size > (std::uint64_t{1} << 40)) fail(EINVAL, path, "options.root_size is too large");
-    d.ensure_size(size, opts.preallocate);
-    d.reserve_blocks(lay.data_offset);
 
     superblock sb{};
     std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
@@ -467,25 +538,22 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     ::clock_gettime(CLOCK_REALTIME, &ts);
     sb.create_time_ns = std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
     sb.checksum = fletcher64(&sb, offsetof(superblock, checksum));
+
+    // Everything that can fail for want of space happens before the first write to the device.
+    // The new size is made durable first: a valid superblock must never name a size the file
+    // loses in a power failure (open would call it truncated).
+    d.ensure_size(size, opts.preallocate);
+    d.reserve_blocks(lay.data_offset);
+    d.sync();
     impl->adopt_superblock(sb);
     impl->map_and_attach(opts.backend);
-
-    // Format. The superblocks go last, so a crash mid-format leaves no valid pool behind.
-    char* base = impl->dev_.base();
-    persistence& p = *impl->pers_;
-    std::memset(base, 0, 2 * SUPERBLOCK_SIZE);
-    p.persist(base, 2 * SUPERBLOCK_SIZE);
-    const std::uint64_t meta_end = lay.page_map_offset;  // lanes, root, region table
-    std::memset(base + lay.lanes_offset, 0, meta_end - lay.lanes_offset);
-    p.persist(base + lay.lanes_offset, meta_end - lay.lanes_offset);
-    std::memcpy(base + SUPERBLOCK_SIZE, &sb, sizeof sb);
-    p.persist(base + SUPERBLOCK_SIZE, sizeof sb);
-    std::memcpy(base, &sb, sizeof sb);
-    p.persist(base, sizeof sb);
+    impl->format(lay, sb);
+    d.sync();  // without MAP_SYNC: block allocations of the pages just written
 
     stamp_opener(impl->fork_generation_, impl->opener_pid_);
     impl->build_volatile();
     impl->register_pool();
+    d.publish();  // new path: rename into place; existing path: nothing to do
   } catch (...) {
     d.abandon();
     throw;

@@ -301,12 +301,40 @@ TEST_F(PoolLifecycle, CreateFormatsAnExistingPlainFileOfItsOwnSize) {
   EXPECT_EQ(std::filesystem::file_size(path), 32 * MiB);
 }
 
-TEST_F(PoolLifecycle, CreateGrowsAnExistingSmallerFile) {
+TEST_F(PoolLifecycle, CreateGrowsAnExistingEmptyFile) {
   const auto path = new_path();
-  write_file(path, std::string(4096, 'x'));
+  write_file(path, "");
   pool p = create_pool(path, 64 * MiB);
   EXPECT_GE(std::filesystem::file_size(path), 64 * MiB);
   EXPECT_GT(p.stats().total_pages, 0u);
+}
+
+// Formatting a file that holds something other than a pool needs options.overwrite (before
+// issue #7 create formatted it silently).
+TEST_F(PoolLifecycle, CreateRefusesAForeignFileWithoutOverwrite) {
+  const auto path = new_path();
+  const std::string bytes(4096, 'x');
+  write_file(path, bytes);
+  try {
+    create_pool(path, 64 * MiB);
+    ADD_FAILURE() << "create formatted a foreign file without overwrite";
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code(), std::errc::file_exists) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not a pmpage pool"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(read_file(path) == bytes) << "a refused file must not be modified";
+}
+
+TEST_F(PoolLifecycle, CreateWithOverwriteGrowsAnExistingSmallerForeignFile) {
+  const auto path = new_path();
+  write_file(path, std::string(4096, 'x'));
+  pool::options opts;
+  opts.size = 64 * MiB;
+  opts.overwrite = true;
+  pool p = pool::create(path, opts);
+  EXPECT_GE(std::filesystem::file_size(path), 64 * MiB);
+  EXPECT_GT(p.stats().total_pages, 0u);
+  EXPECT_EQ(p.check(), "");
 }
 
 TEST_F(PoolLifecycle, PreallocateReservesTheFileBlocks) {

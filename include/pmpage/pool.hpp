@@ -42,7 +42,9 @@ class pool {
     /// Bytes for a regular file that does not exist or must grow; 0 = use the existing size.
     /// Ignored for device DAX (its whole size is used).
     std::uint64_t size = 0;
-    /// Reformat a file that already holds a valid pool. Without it create() refuses.
+    /// Format an existing file that holds a valid pool or anything else. Without it create()
+    /// formats an existing file only if it is blank (0 bytes, holes, zeros) or an interrupted
+    /// creation (ERR_CREATE_INTERRUPTED), and refuses the rest with EEXIST.
     bool overwrite = false;
     /// Bytes of the persistent root area (rounded up to 4 KiB; at least 4 KiB). Zeroed at create.
     std::size_t root_size = 4096;

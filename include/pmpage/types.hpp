@@ -10,6 +10,7 @@
 //     offending call does nothing (and returns nullptr / 0 / -EINVAL where it has a result).
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -52,6 +53,12 @@ class error : public std::system_error {
   error(int errno_value, const std::string& what)
       : std::system_error(std::error_code(errno_value, std::generic_category()), what) {}
 };
+
+/// error::code().value() when pool::open finds a file (or device) whose pool::create was
+/// interrupted (crash, kill, power failure mid-format). Not a usable pool and not someone else's
+/// file: run pool::create again, which formats it without options.overwrite. ("Not a pmpage
+/// pool" is EINVAL; an existing pool refused by create without overwrite is EEXIST.)
+inline constexpr int ERR_CREATE_INTERRUPTED = ECANCELED;
 
 /// Called with a human-readable description of an API misuse (double free, get_page on a page
 /// whose count is 0, a pfn outside every open pool, ...). The default handler prints the message
