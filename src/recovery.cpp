@@ -263,7 +263,9 @@ bool pool_impl::replay_move_to(std::uint64_t index, std::uint64_t src_off, std::
   const pfn_t pfn = pfn_of_index(index);
   const pfn_t s = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
   const pfn_t d = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed);
-  if ((s != pfn && s != 0) || (d != pfn && d != 0) || (s == 0 && d == 0)) return false;
+  // Both empty is the move in flight too (the source's clearing reached the media, the
+  // destination's store did not): the intent still names the page.
+  if ((s != pfn && s != 0) || (d != pfn && d != 0)) return false;
   persist_word(owner_entry(index), dest_off);
   std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
   pers_->flush(dest, sizeof *dest);

@@ -126,6 +126,33 @@ std::vector<scenario> all_scenarios() {
     s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.free_pages_from(&slots[0]), 0); };
     v.push_back(s);
   }
+  for (unsigned order : {0u, 9u}) {
+    scenario s;
+    s.name = "MovePagesOwnerOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.setup = [order](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr); };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.move_pages_owner(&slots[0], &slots[3]), 0); };
+    v.push_back(s);
+  }
+  {
+    // The 512 slots are the whole default root area; slots 64..511 are outside the harness's
+    // snapshot, so check() (rule O1: every owned page's slot names it) is what covers them.
+    scenario s;
+    s.name = "SplitHugePageToOwnedPage";
+    s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(9, &slots[0]), nullptr); };
+    s.op = [](pool&, pfn_t* slots) { ASSERT_EQ(split_huge_page_to(pfn_to_page(slots[0]), slots), 0); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "FreePagesFromAPieceOfASplitOwnedPage";
+    s.setup = [](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(9, &slots[0]), nullptr);
+      ASSERT_EQ(split_huge_page_to(pfn_to_page(slots[0]), slots), 0);
+    };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.free_pages_from(&slots[7]), 0); };
+    v.push_back(s);
+  }
   {
     scenario s;
     s.name = "AllocPagesToAfterFreePagesFromOfTheSameSlot";  // a stale intent must not be replayed
