@@ -237,7 +237,7 @@ void pool_impl::build_volatile() {
   if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
   regions_ = static_cast<page*>(r);
   vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
-  vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << VMEMMAP_SLOT_SHIFT));
+  vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << DESC_GRANULE_SHIFT));
   if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");
 
   buddy_.init(regions_, nr_regions_);

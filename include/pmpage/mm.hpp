@@ -47,18 +47,19 @@ struct page_location {
 
 inline const section& section_of(const page* p) noexcept {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return g_desc_sections[(a >> VMEMMAP_SLOT_SHIFT) & (VMEMMAP_SLOTS - 1)];
+  return g_desc_sections[(a >> DESC_GRANULE_SHIFT) & (DESC_GRANULES - 1)];
 }
 
-inline std::uint64_t index_of(const page* p) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return (a & ((std::uintptr_t{1} << VMEMMAP_SLOT_SHIFT) - 1)) / sizeof(page);
+/// p's index in s, valid only if < s.nr_pages: an empty entry (vmemmap null, nr_pages 0), an
+/// address past the pool's vmemmap in its last granule, or above 2^47 all fail that check.
+inline std::uint64_t index_of(const section& s, const page* p) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(s.vmemmap)) / sizeof(page);
 }
 
 /// Locates p. Returns false (after reporting misuse) when p is not a descriptor of an open pool.
 inline bool locate(const page* p, page_location& out) noexcept {
   const section& s = section_of(p);
-  const std::uint64_t idx = index_of(p);
+  const std::uint64_t idx = index_of(s, p);
   if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) {
     report_bad_page(p);
     return false;
@@ -113,7 +114,7 @@ inline page* pfn_to_page(pfn_t pfn) noexcept {
 /// The pfn of a descriptor. A pointer that is no descriptor of an open pool is misuse (returns 0).
 inline pfn_t page_to_pfn(const page* p) noexcept {
   const detail::section& s = detail::section_of(p);
-  const std::uint64_t idx = detail::index_of(p);
+  const std::uint64_t idx = detail::index_of(s, p);
   if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) return detail::report_bad_page(p);
   return s.start_pfn + idx;
 }
@@ -121,7 +122,7 @@ inline pfn_t page_to_pfn(const page* p) noexcept {
 /// The 4 KiB of the mapping that page p describes.
 inline void* page_address(const page* p) noexcept {
   const detail::section& s = detail::section_of(p);
-  const std::uint64_t idx = detail::index_of(p);
+  const std::uint64_t idx = detail::index_of(s, p);
   if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) {
     detail::report_bad_page(p);
     return nullptr;

@@ -98,7 +98,7 @@ inline void store_head_index(page* p, std::uint32_t v) noexcept {
 /// What translation needs to know about one open pool. The registry keeps copies of it in three
 /// tables, so that every translation is one table load plus arithmetic:
 ///   g_sections[pfn >> 32]                 pfn -> pool (pfn_to_page, pfn_valid)
-///   g_desc_sections[descriptor >> 38]     descriptor -> pool (page_to_pfn, page_address, state)
+///   g_desc_sections[descriptor >> 32]     descriptor -> pool (page_to_pfn, page_address, state)
 ///   g_data_sections[address >> 30]        data address -> pool (virt_to_page)
 /// Written only by pool open/close under the registry lock; read lock-free. nr_pages == 0 means
 /// "no pool": every lookup through such an entry is rejected.
@@ -116,16 +116,20 @@ static_assert(sizeof(section) == 64);
 inline constexpr unsigned SECTION_SHIFT = 32;   // pfn bits below the section id
 inline constexpr unsigned SECTION_BITS = 16;    // at most 65535 pools open at once
 inline constexpr std::uint64_t SECTION_PAGES_MASK = (std::uint64_t{1} << SECTION_SHIFT) - 1;
-// vmemmaps are aligned to 2^38 bytes (64 B x 2^32 pfns) so the owner is found from the address.
-inline constexpr unsigned VMEMMAP_SLOT_SHIFT = SECTION_SHIFT + 6;
-inline constexpr unsigned VMEMMAP_SLOTS = 1u << (47 - VMEMMAP_SLOT_SHIFT);
+// A pool's vmemmap is sized to the pool (64 B x nr_pages, rounded up to 4 KiB) and starts on a
+// 4 GiB boundary; it owns the ceil(bytes / 4 GiB) granules it overlaps, so any address in them
+// finds the owner in one load. The index is then (address - vmemmap) / 64: the granule only
+// names the pool. 4 GiB keeps the table at 2 MiB of BSS and leaves 32768 granules; a 16 TiB pool
+// (the largest) spans 64 of them.
+inline constexpr unsigned DESC_GRANULE_SHIFT = 32;
+inline constexpr unsigned DESC_GRANULES = 1u << (47 - DESC_GRANULE_SHIFT);
 // Data areas start 1 GiB aligned, so a 1 GiB granule of address space belongs to one pool.
 inline constexpr unsigned DATA_GRANULE_SHIFT = 30;
 inline constexpr unsigned DATA_GRANULES = 1u << (47 - DATA_GRANULE_SHIFT);
 
 // Zero-initialised (BSS): pages of these tables that no pool uses are never touched.
 extern section g_sections[1u << SECTION_BITS];
-extern section g_desc_sections[VMEMMAP_SLOTS];
+extern section g_desc_sections[DESC_GRANULES];
 extern section g_data_sections[DATA_GRANULES];
 
 }  // namespace detail
