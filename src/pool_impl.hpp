@@ -44,6 +44,7 @@
 #include "layout.hpp"
 #include "pmpage/pool.hpp"
 #include "region_buddy.hpp"
+#include "registry.hpp"
 #include "spin_mutex.hpp"
 #include "split_region.hpp"
 
@@ -174,6 +175,7 @@ class pool_impl {
   bool covered_by_earlier_head(std::uint32_t r) const;
   std::string check_locked();
 
+  open_slot slot_;  // before the resources below, so it is given back after them
   device dev_;
   std::shared_ptr<persistence> pers_;
   layout lay_{};

@@ -51,6 +51,10 @@ std::string superblock_problem(const superblock& sb) {
   return {};
 }
 
+std::string too_many_pools() {
+  return std::to_string(MAX_OPEN_POOLS) + " pools are already open in this process (MAX_OPEN_POOLS)";
+}
+
 std::uint16_t pick_section_id() {
   std::random_device rd;
   for (int i = 0; i < 1000; ++i) {
@@ -306,6 +310,7 @@ void pool_impl::register_pool() {
 
 std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::open_options& opts) {
   auto impl = std::make_unique<pool_impl>();
+  if (!impl->slot_.acquire()) fail(EMFILE, path, "cannot open: " + too_many_pools());
   device& d = impl->dev_;
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) fail(errno, path, std::string("cannot open: ") + std::strerror(errno));
@@ -348,6 +353,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
 
 std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool::options& opts) {
   auto impl = std::make_unique<pool_impl>();
+  if (!impl->slot_.acquire()) fail(EMFILE, path, "cannot create: " + too_many_pools());
   device& d = impl->dev_;
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;

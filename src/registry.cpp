@@ -12,6 +12,7 @@ section g_data_sections[DATA_GRANULES];
 
 namespace {
 std::mutex registry_lock;
+std::atomic<unsigned> open_pools{0};
 
 // The table entries [first, last] that the byte range [start, start + len) overlaps.
 void granule_range(std::uintptr_t start, std::uint64_t len, unsigned shift, std::uintptr_t& first,
@@ -26,6 +27,20 @@ void desc_granules(const section& s, std::uintptr_t& first, std::uintptr_t& last
   granule_range(reinterpret_cast<std::uintptr_t>(s.vmemmap), s.nr_pages * sizeof(page), DESC_GRANULE_SHIFT, first, last);
 }
 }  // namespace
+
+bool open_slot::acquire() noexcept {
+  if (held_) return true;
+  unsigned n = open_pools.load(std::memory_order_relaxed);
+  do {
+    if (n >= MAX_OPEN_POOLS) return false;
+  } while (!open_pools.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  held_ = true;
+  return true;
+}
+
+open_slot::~open_slot() {
+  if (held_) open_pools.fetch_sub(1, std::memory_order_relaxed);
+}
 
 bool section_id_free(std::uint16_t id) {
   std::lock_guard g(registry_lock);

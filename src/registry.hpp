@@ -7,6 +7,8 @@
 // overlapping [v, v + nr_pages * 64 B), and g_data_sections[g] for every 1 GiB granule g
 // overlapping [d, d + nr_pages * 4 KiB); all other entries are zero. g_sections[0] stays zero
 // forever, so pfns below 2^32 are never valid.
+//
+// It also counts the open pools: at most MAX_OPEN_POOLS hold an open_slot at once.
 #pragma once
 
 #include <cstdint>
@@ -23,5 +25,20 @@ std::string register_section(std::uint16_t id, const section& s);
 void unregister_section(std::uint16_t id);
 /// True if no open pool uses section id.
 bool section_id_free(std::uint16_t id);
+
+/// One of the MAX_OPEN_POOLS places for an open pool. A pool takes it before anything else (its
+/// file descriptor included) and gives it back when destroyed, after everything else.
+class open_slot {
+ public:
+  open_slot() = default;
+  open_slot(const open_slot&) = delete;
+  open_slot& operator=(const open_slot&) = delete;
+  ~open_slot();
+  /// False when MAX_OPEN_POOLS slots are already held.
+  bool acquire() noexcept;
+
+ private:
+  bool held_ = false;
+};
 
 }  // namespace pmpage::detail

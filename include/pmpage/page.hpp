@@ -114,15 +114,17 @@ struct section {
 static_assert(sizeof(section) == 64);
 
 inline constexpr unsigned SECTION_SHIFT = 32;   // pfn bits below the section id
-inline constexpr unsigned SECTION_BITS = 16;    // at most 65535 pools open at once
+// 65535 section ids (0 is never used); at most MAX_OPEN_POOLS of them are open at once.
+inline constexpr unsigned SECTION_BITS = 16;
 inline constexpr std::uint64_t SECTION_PAGES_MASK = (std::uint64_t{1} << SECTION_SHIFT) - 1;
 // A pool's vmemmap is sized to the pool (64 B x nr_pages, rounded up to 4 KiB) and starts on a
 // 4 GiB boundary; it owns the ceil(bytes / 4 GiB) granules it overlaps, so any address in them
 // finds the owner in one load. The index is then (address - vmemmap) / 64: the granule only
-// names the pool. 4 GiB keeps the table at 2 MiB of BSS and leaves 32768 granules; a 16 TiB pool
-// (the largest) spans 64 of them.
+// names the pool. 4 GiB keeps the table at 2 MiB of BSS and leaves 32768 granules, eight times
+// MAX_OPEN_POOLS; a 16 TiB pool (the largest) spans 64 of them.
 inline constexpr unsigned DESC_GRANULE_SHIFT = 32;
 inline constexpr unsigned DESC_GRANULES = 1u << (47 - DESC_GRANULE_SHIFT);
+static_assert(DESC_GRANULES >= 8 * MAX_OPEN_POOLS, "a small pool claims a whole granule");
 // Data areas start 1 GiB aligned, so a 1 GiB granule of address space belongs to one pool.
 inline constexpr unsigned DATA_GRANULE_SHIFT = 30;
 inline constexpr unsigned DATA_GRANULES = 1u << (47 - DATA_GRANULE_SHIFT);

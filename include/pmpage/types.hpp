@@ -29,6 +29,17 @@ inline constexpr std::size_t HPAGE_PMD_NR = std::size_t{1} << HPAGE_PMD_ORDER;  
 inline constexpr std::size_t HPAGE_PMD_SIZE = PAGE_SIZE << HPAGE_PMD_ORDER;     // 2 MiB
 inline constexpr unsigned MAX_PAGE_ORDER = 18;                                  // 1 GiB
 
+// ---- limits (docs/api.md "Limits"; tests/test_limits.cpp holds each one to its word) ----------
+
+/// Pools open at once in one process; pool::create / pool::open of one more throws pmpage::error
+/// with EMFILE, before touching its file. Each open pool holds a file descriptor (its lock),
+/// about five mappings (vm.max_map_count, 65530 by default, is for the whole process), and
+/// address space: its data mapping plus 1 GiB of alignment slack, and a descriptor window that
+/// starts a 4 GiB granule of its own (user space is 128 TiB). 4096 leaves most of each to the
+/// rest of the process; it is four times the usual RLIMIT_NOFILE soft limit (1024), which a
+/// process opening that many pools must raise anyway.
+inline constexpr unsigned MAX_OPEN_POOLS = 4096;
+
 /// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
 /// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
 class error : public std::system_error {
