@@ -40,7 +40,7 @@ std::string superblock_problem(const superblock& sb) {
   if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";
   if (sb.lanes_offset != 2 * SUPERBLOCK_SIZE || sb.root_offset != sb.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096))
     return "metadata offsets inconsistent";
-  if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > (std::uint64_t{1} << 40))
+  if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > MAX_ROOT_SIZE)
     return "root size out of range";
   if (sb.region_table_offset != sb.root_offset + sb.root_size ||
       sb.page_map_offset != sb.region_table_offset + round_up(sb.nr_regions * 8, 4096) ||
@@ -354,6 +354,9 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
 std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool::options& opts) {
   auto impl = std::make_unique<pool_impl>();
   if (!impl->slot_.acquire()) fail(EMFILE, path, "cannot create: " + too_many_pools());
+  if (opts.root_size > MAX_ROOT_SIZE)
+    fail(EINVAL, path, "options.root_size " + std::to_string(opts.root_size) + " is above MAX_ROOT_SIZE (" +
+                           std::to_string(MAX_ROOT_SIZE) + " bytes)");
   device& d = impl->dev_;
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
@@ -378,8 +381,8 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     if (size == 0) fail(EINVAL, path, "is empty and options.size is 0");
     layout lay;
     if (!compute_layout(size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
-      fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region");
-    if (opts.root_size > (std::uint64_t{1} << 40)) fail(EINVAL, path, "options.root_size is too large");
+      fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
+                             std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
     d.ensure_size(size, opts.preallocate);
     d.reserve_blocks(lay.data_offset);
 
