@@ -384,7 +384,9 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
     d.ensure_size(size, opts.preallocate);
-    d.reserve_blocks(lay.data_offset);
+    // Only the metadata is ever written: the padding up to the data alignment is not reserved
+    // (it was 2 MiB per pool on a file, almost all of it never used).
+    d.reserve_blocks(lay.page_map_offset + round_up(lay.nr_regions * PAGE_MAP_BYTES, 4096));
 
     superblock sb{};
     std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
