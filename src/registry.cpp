@@ -68,7 +68,18 @@ std::string register_section(std::uint16_t id, const section& s) {
   // A pool's pointers and pfns reach other threads only after open returns (a release of its
   // own), so plain stores suffice; the fence documents the order.
   g_sections[id] = s;
-  for (auto gr = vfirst; gr <= vlast; ++gr) g_desc_sections[gr] = s;
+  for (auto gr = vfirst; gr <= vlast; ++gr) {
+    // The record rebased to granule gr (page.hpp, section).
+    const std::uint64_t base = (gr - vfirst) * DESC_GRANULE_PAGES;
+    section r = s;
+    r.vmemmap += base;
+    r.regions += base >> HPAGE_PMD_ORDER;
+    r.data += base << PAGE_SHIFT;
+    r.nr_pages -= base;
+    r.start_pfn += base;
+    r.base_index = base;
+    g_desc_sections[gr] = r;
+  }
   for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = s;
   std::atomic_thread_fence(std::memory_order_release);
   return {};

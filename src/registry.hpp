@@ -3,9 +3,9 @@
 // pool open/close under registry_lock, read lock-free by <pmpage/mm.hpp>.
 //
 // Invariant: for an open pool with section id s, vmemmap v (4 GiB-aligned) and data area d, the
-// same section record is in g_sections[s], g_desc_sections[g] for every 4 GiB granule g
-// overlapping [v, v + nr_pages * 64 B), and g_data_sections[g] for every 1 GiB granule g
-// overlapping [d, d + nr_pages * 4 KiB); all other entries are zero. g_sections[0] stays zero
+// same section record is in g_sections[s] and in g_data_sections[g] for every 1 GiB granule g
+// overlapping [d, d + nr_pages * 4 KiB), and g_desc_sections[g] holds it rebased to g (page.hpp)
+// for every 4 GiB granule g overlapping [v, v + nr_pages * 64 B); all other entries are zero. g_sections[0] stays zero
 // forever, so pfns below 2^32 are never valid.
 //
 // It also counts the open pools: at most MAX_OPEN_POOLS hold an open_slot at once.

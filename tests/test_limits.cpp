@@ -104,6 +104,57 @@ TEST_F(Limits, DataAreaStopsAtMaxPoolPages) {
   pmpage::put_page(top);
 }
 
+TEST_F(Limits, PoolsSpanningSeveralDescriptorGranulesTranslateInEachOfThem) {
+  // 2^27 + 2^18 pages (~513 GiB of sparse file): descriptors in three 4 GiB granules. Costs
+  // 33 MiB of /dev/shm (page maps) and 8 MiB of DRAM (region descriptors).
+  constexpr std::uint64_t per_granule = std::uint64_t{1} << 26;  // pages whose descriptors fill 4 GiB
+  const auto path = new_path();
+  pool p = create_pool(path, ((2 * per_granule + (1u << 18)) << pmpage::PAGE_SHIFT) + 64 * MiB);
+  const std::uint64_t total = p.end_pfn() - p.start_pfn();
+  ASSERT_GT(total, 2 * per_granule);
+
+  // Fill the first granule with 1 GiB pages, until one (a multi-region compound) lands beyond it;
+  // then an order-0 page splits a region there too.
+  page* head = nullptr;
+  for (std::uint64_t i = 0; i <= total >> pmpage::MAX_PAGE_ORDER && !head; ++i) {
+    page* g = p.alloc_pages(pmpage::MAX_PAGE_ORDER);
+    ASSERT_NE(g, nullptr);
+    if (pmpage::page_to_pfn(g) - p.start_pfn() >= per_granule) head = g;
+  }
+  ASSERT_NE(head, nullptr);
+  page* small = p.alloc_pages(0);
+  ASSERT_NE(small, nullptr);
+  const pfn_t head_pfn = pmpage::page_to_pfn(head), small_pfn = pmpage::page_to_pfn(small);
+  ASSERT_GE(small_pfn - p.start_pfn(), per_granule) << "the first granule should be full";
+
+  for (const pfn_t pfn : {p.start_pfn(), p.start_pfn() + per_granule - 1, p.start_pfn() + per_granule,
+                          p.start_pfn() + 2 * per_granule, p.end_pfn() - 1, head_pfn + 1000, small_pfn}) {
+    page* d = pmpage::pfn_to_page(pfn);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(pmpage::page_to_pfn(d), pfn);
+    EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(d)), d);
+    EXPECT_EQ(static_cast<char*>(pmpage::page_address(d)), data_start(p) + ((pfn - p.start_pfn()) << pmpage::PAGE_SHIFT));
+  }
+  // A tail in another region of the compound (PG_region_tail) finds its head.
+  page* tail = pmpage::pfn_to_page(head_pfn + (pmpage::HPAGE_PMD_NR * 100) + 7);
+  EXPECT_EQ(pmpage::compound_head(tail), head);
+  EXPECT_TRUE(pmpage::PageTail(tail));
+  pmpage::get_page(tail);
+  EXPECT_EQ(pmpage::page_count(head), 2);
+  pmpage::put_page(tail);
+  EXPECT_EQ(pmpage::page_count(head), 1);
+  EXPECT_EQ(p.check(), "");
+
+  // After reopen the split region is lazy: the first touch loads it by its absolute index.
+  p.close();
+  p = pool::open(path);
+  page* again = pmpage::pfn_to_page(small_pfn);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(pmpage::page_count(again), 1);
+  EXPECT_EQ(pmpage::compound_head(pmpage::pfn_to_page(head_pfn + 3 * pmpage::HPAGE_PMD_NR)), pmpage::pfn_to_page(head_pfn));
+  EXPECT_EQ(p.check(), "");
+}
+
 // ---- root area -------------------------------------------------------------------------------
 
 TEST_F(Limits, RootSizeAboveMaxRootSizeIsEinvalBeforeAnythingIsWritten) {
