@@ -33,21 +33,28 @@ bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t d
   l.root_offset = l.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096);
   l.root_size = round_up(root_size < MIN_ROOT_SIZE ? MIN_ROOT_SIZE : root_size, 4096);
   l.region_table_offset = l.root_offset + l.root_size;
-  // Start from an upper bound and shrink until the metadata and the regions fit.
-  std::uint64_t regions = size / HPAGE_PMD_SIZE;
-  if (regions > MAX_POOL_PAGES / HPAGE_PMD_NR) regions = MAX_POOL_PAGES / HPAGE_PMD_NR;
-  while (regions > 0) {
+  // The largest region count whose metadata and data fit: fits(n) is monotone, so binary search
+  // (an estimate-and-shrink loop overshoots when the data-offset rounding changes).
+  std::uint64_t hi = size / HPAGE_PMD_SIZE;
+  if (hi > MAX_POOL_PAGES / HPAGE_PMD_NR) hi = MAX_POOL_PAGES / HPAGE_PMD_NR;
+  auto fit = [&](std::uint64_t regions) {
     l.nr_regions = regions;
     l.page_map_offset = l.region_table_offset + round_up(regions * 8, 4096);
     l.owner_table_offset = l.page_map_offset + round_up(regions * PAGE_MAP_BYTES, 4096);
     l.data_offset = round_up(l.owner_table_offset + regions * OWNER_TABLE_BYTES, data_align);
-    if (l.data_offset + regions * HPAGE_PMD_SIZE <= size) {
-      out = l;
-      return true;
-    }
-    const std::uint64_t over = l.data_offset + regions * HPAGE_PMD_SIZE - size;
-    const std::uint64_t drop = (over + HPAGE_PMD_SIZE - 1) / HPAGE_PMD_SIZE;
-    regions = drop >= regions ? 0 : regions - drop;
+    return l.data_offset + regions * HPAGE_PMD_SIZE <= size;
+  };
+  std::uint64_t lo = 0;  // fit(lo) holds or lo == 0
+  while (lo < hi) {
+    const std::uint64_t mid = lo + (hi - lo + 1) / 2;
+    if (fit(mid))
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  if (lo > 0 && fit(lo)) {
+    out = l;
+    return true;
   }
   return false;
 }

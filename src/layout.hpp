@@ -37,7 +37,6 @@ inline constexpr std::size_t PAGE_MAP_WORDS = PAGE_MAP_BYTES / 8;
 inline constexpr unsigned PAGES_PER_MAP_WORD = 16;
 inline constexpr std::size_t OWNER_TABLE_BYTES = 8 * 512;  // one owner entry per page of a region
 inline constexpr std::size_t MIN_ROOT_SIZE = 4096;
-inline constexpr std::uint64_t MAX_POOL_PAGES = std::uint64_t{1} << 32;  // one pfn section
 
 struct superblock {
   char magic[8];                    // POOL_MAGIC

@@ -45,6 +45,7 @@
 #include "layout.hpp"
 #include "pmpage/pool.hpp"
 #include "region_buddy.hpp"
+#include "registry.hpp"
 #include "spin_mutex.hpp"
 #include "split_region.hpp"
 
@@ -208,6 +209,7 @@ class pool_impl {
   /// O1 for the allocation headed by page `index`: "" or the violation.
   std::string owner_problem(std::uint64_t index, bool owned) const;
 
+  open_slot slot_;  // before the resources below, so it is given back after them
   device dev_;
   std::shared_ptr<persistence> pers_;
   layout lay_{};

@@ -61,7 +61,7 @@ std::string superblock_problem(const superblock& sb) {
   if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";
   if (sb.lanes_offset != 2 * SUPERBLOCK_SIZE || sb.root_offset != sb.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096))
     return "metadata offsets inconsistent";
-  if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > (std::uint64_t{1} << 40))
+  if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > MAX_ROOT_SIZE)
     return "root size out of range";
   if (sb.region_table_offset != sb.root_offset + sb.root_size ||
       sb.page_map_offset != sb.region_table_offset + round_up(sb.nr_regions * 8, 4096) ||
@@ -81,6 +81,10 @@ void stamp_opener(std::uint64_t& generation, int& pid) {
   (void)registered;
   generation = g_fork_generation.load(std::memory_order_relaxed);
   pid = int(::getpid());
+}
+
+std::string too_many_pools() {
+  return std::to_string(MAX_OPEN_POOLS) + " pools are already open in this process (MAX_OPEN_POOLS)";
 }
 
 std::uint16_t pick_section_id() {
@@ -322,7 +326,7 @@ void pool_impl::build_volatile() {
   if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
   regions_ = static_cast<page*>(r);
   vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
-  vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << VMEMMAP_SLOT_SHIFT));
+  vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << DESC_GRANULE_SHIFT));
   if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");
 
   buddy_.init(regions_, nr_regions_);
@@ -391,6 +395,7 @@ void pool_impl::register_pool() {
 
 std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::open_options& opts) {
   auto impl = std::make_unique<pool_impl>();
+  if (!impl->slot_.acquire()) fail(EMFILE, path, "cannot open: " + too_many_pools());
   device& d = impl->dev_;
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
@@ -496,6 +501,10 @@ void pool_impl::format(const layout& lay, const superblock& sb) {
 
 std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool::options& opts) {
   auto impl = std::make_unique<pool_impl>();
+  if (!impl->slot_.acquire()) fail(EMFILE, path, "cannot create: " + too_many_pools());
+  if (opts.root_size > MAX_ROOT_SIZE)
+    fail(EINVAL, path, "options.root_size " + std::to_string(opts.root_size) + " is above MAX_ROOT_SIZE (" +
+                           std::to_string(MAX_ROOT_SIZE) + " bytes)");
   device& d = impl->dev_;
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
@@ -514,8 +523,8 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     if (size == 0) fail(EINVAL, path, "is empty and options.size is 0");
     layout lay;
     if (!compute_layout(size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
-      fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region");
-    if (opts.root_size > (std::uint64_t{1} << 40)) fail(EINVAL, path, "options.root_size is too large");
+      fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
+                             std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
     superblock sb{};
     std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
@@ -545,7 +554,9 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     // The new size is made durable first: a valid superblock must never name a size the file
     // loses in a power failure (open would call it truncated).
     d.ensure_size(size, opts.preallocate);
-    d.reserve_blocks(lay.data_offset);
+    // Only the metadata is ever written by the library: the padding up to the data alignment is
+    // not reserved (it was 2 MiB per pool on a file, almost all of it never used).
+    d.reserve_blocks(lay.owner_table_offset + lay.nr_regions * OWNER_TABLE_BYTES);
     d.sync();
     impl->adopt_superblock(sb);
     impl->map_and_attach(opts.backend);

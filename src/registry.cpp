@@ -7,18 +7,40 @@
 namespace pmpage::detail {
 
 section g_sections[1u << SECTION_BITS];
-section g_desc_sections[VMEMMAP_SLOTS];
+section g_desc_sections[DESC_GRANULES];
 section g_data_sections[DATA_GRANULES];
 
 namespace {
 std::mutex registry_lock;
+std::atomic<unsigned> open_pools{0};
 
-void granule_range(const section& s, std::uintptr_t& first, std::uintptr_t& last) {
-  const auto d = reinterpret_cast<std::uintptr_t>(s.data);
-  first = d >> DATA_GRANULE_SHIFT;
-  last = (d + (s.nr_pages << PAGE_SHIFT) - 1) >> DATA_GRANULE_SHIFT;
+// The table entries [first, last] that the byte range [start, start + len) overlaps.
+void granule_range(std::uintptr_t start, std::uint64_t len, unsigned shift, std::uintptr_t& first,
+                   std::uintptr_t& last) {
+  first = start >> shift;
+  last = (start + len - 1) >> shift;
+}
+void data_granules(const section& s, std::uintptr_t& first, std::uintptr_t& last) {
+  granule_range(reinterpret_cast<std::uintptr_t>(s.data), s.nr_pages << PAGE_SHIFT, DATA_GRANULE_SHIFT, first, last);
+}
+void desc_granules(const section& s, std::uintptr_t& first, std::uintptr_t& last) {
+  granule_range(reinterpret_cast<std::uintptr_t>(s.vmemmap), s.nr_pages * sizeof(page), DESC_GRANULE_SHIFT, first, last);
 }
 }  // namespace
+
+bool open_slot::acquire() noexcept {
+  if (held_) return true;
+  unsigned n = open_pools.load(std::memory_order_relaxed);
+  do {
+    if (n >= MAX_OPEN_POOLS) return false;
+  } while (!open_pools.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  held_ = true;
+  return true;
+}
+
+open_slot::~open_slot() {
+  if (held_) open_pools.fetch_sub(1, std::memory_order_relaxed);
+}
 
 bool section_id_free(std::uint16_t id) {
   std::lock_guard g(registry_lock);
@@ -31,18 +53,33 @@ std::string register_section(std::uint16_t id, const section& s) {
   if (g_sections[id].nr_pages != 0)
     return "its pfn range (section " + std::to_string(id) +
            ") is already used by another open pool (is one a copy of the other?)";
-  const auto v = reinterpret_cast<std::uintptr_t>(s.vmemmap);
-  if ((v >> VMEMMAP_SLOT_SHIFT) >= VMEMMAP_SLOTS || g_desc_sections[v >> VMEMMAP_SLOT_SHIFT].nr_pages != 0)
-    return "descriptor address slot unavailable";
+  std::uintptr_t vfirst, vlast;
+  desc_granules(s, vfirst, vlast);
+  if (reinterpret_cast<std::uintptr_t>(s.vmemmap) & ((std::uintptr_t{1} << DESC_GRANULE_SHIFT) - 1))
+    return "descriptor window not aligned to its granule";
+  if (vlast >= DESC_GRANULES) return "descriptor window above the 47-bit address space";
+  for (auto gr = vfirst; gr <= vlast; ++gr)
+    if (g_desc_sections[gr].nr_pages != 0) return "descriptor address granule already owned";
   std::uintptr_t first, last;
-  granule_range(s, first, last);
+  data_granules(s, first, last);
   if (last >= DATA_GRANULES) return "data mapping above the 47-bit address space";
   for (auto gr = first; gr <= last; ++gr)
     if (g_data_sections[gr].nr_pages != 0) return "data address granule already owned";
   // A pool's pointers and pfns reach other threads only after open returns (a release of its
   // own), so plain stores suffice; the fence documents the order.
   g_sections[id] = s;
-  g_desc_sections[v >> VMEMMAP_SLOT_SHIFT] = s;
+  for (auto gr = vfirst; gr <= vlast; ++gr) {
+    // The record rebased to granule gr (page.hpp, section).
+    const std::uint64_t base = (gr - vfirst) * DESC_GRANULE_PAGES;
+    section r = s;
+    r.vmemmap += base;
+    r.regions += base >> HPAGE_PMD_ORDER;
+    r.data += base << PAGE_SHIFT;
+    r.nr_pages -= base;
+    r.start_pfn += base;
+    r.base_index = base;
+    g_desc_sections[gr] = r;
+  }
   for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = s;
   std::atomic_thread_fence(std::memory_order_release);
   return {};
@@ -53,9 +90,10 @@ void unregister_section(std::uint16_t id) {
   section& s = g_sections[id];
   if (s.nr_pages == 0) return;
   std::uintptr_t first, last;
-  granule_range(s, first, last);
+  data_granules(s, first, last);
   for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = section{};
-  g_desc_sections[reinterpret_cast<std::uintptr_t>(s.vmemmap) >> VMEMMAP_SLOT_SHIFT] = section{};
+  desc_granules(s, first, last);
+  for (auto gr = first; gr <= last; ++gr) g_desc_sections[gr] = section{};
   s = section{};
 }
 

@@ -39,20 +39,21 @@ void report_unlock_misuse(page* p) noexcept;
 
 /// Where a descriptor pointer lives: its pool section, pool page index and region descriptor.
 struct page_location {
-  const section* sec;
-  std::uint64_t index;  // page index within the pool's data area
+  const section* sec;   // rebased to p's granule (see detail::section)
+  std::uint64_t index;  // p is sec->vmemmap[index]; the pool page index is sec->base_index + index
   page* region;         // region descriptor of the page's 2 MiB region
   std::uint32_t rflags; // region flags, loaded with acquire (PG_region_lazy never set here)
 };
 
 inline const section& section_of(const page* p) noexcept {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return g_desc_sections[(a >> VMEMMAP_SLOT_SHIFT) & (VMEMMAP_SLOTS - 1)];
+  return g_desc_sections[(a >> DESC_GRANULE_SHIFT) & (DESC_GRANULES - 1)];
 }
 
+/// p's index in section_of(p), valid only if < its nr_pages: an empty entry (nr_pages 0), an
+/// address past the pool's vmemmap in its last granule, or one above 2^47 all fail that check.
 inline std::uint64_t index_of(const page* p) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return (a & ((std::uintptr_t{1} << VMEMMAP_SLOT_SHIFT) - 1)) / sizeof(page);
+  return (reinterpret_cast<std::uintptr_t>(p) & ~DESC_GRANULE_NUMBER_MASK) / sizeof(page);
 }
 
 /// Locates p. Returns false (after reporting misuse) when p is not a descriptor of an open pool.
@@ -66,7 +67,7 @@ inline bool locate(const page* p, page_location& out) noexcept {
   page* r = s.regions + (idx >> HPAGE_PMD_ORDER);
   std::uint32_t f = r->flags_.load(std::memory_order_acquire);
   if (PMPAGE_UNLIKELY(f & PG_region_lazy)) {
-    materialise_lazy_region(s, idx >> HPAGE_PMD_ORDER);
+    materialise_lazy_region(s, (s.base_index + idx) >> HPAGE_PMD_ORDER);
     f = r->flags_.load(std::memory_order_acquire);
   }
   out = page_location{&s, idx, r, f};
@@ -81,7 +82,8 @@ inline page* state_holder(const page_location& loc, page* p) noexcept {
     const std::uintptr_t h = load_compound_head(p);
     return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
   }
-  return loc.sec->regions + load_head_index(loc.region);  // PG_region_tail
+  // PG_region_tail: head_index_ is absolute; the head is in the same granule (page.hpp).
+  return loc.sec->regions + (load_head_index(loc.region) - (loc.sec->base_index >> HPAGE_PMD_ORDER));
 }
 
 inline page* state_holder(page* p) noexcept {
@@ -157,7 +159,7 @@ inline page* compound_head(page* p) noexcept {
     const std::uintptr_t h = detail::load_compound_head(p);
     return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
   }
-  return loc.sec->vmemmap + (std::uint64_t{detail::load_head_index(loc.region)} << HPAGE_PMD_ORDER);
+  return loc.sec->vmemmap + ((std::uint64_t{detail::load_head_index(loc.region)} << HPAGE_PMD_ORDER) - loc.sec->base_index);
 }
 
 inline bool PageHead(page* p) noexcept {

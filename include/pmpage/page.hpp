@@ -100,34 +100,55 @@ inline void store_head_index(page* p, std::uint32_t v) noexcept {
 /// What translation needs to know about one open pool. The registry keeps copies of it in three
 /// tables, so that every translation is one table load plus arithmetic:
 ///   g_sections[pfn >> 32]                 pfn -> pool (pfn_to_page, pfn_valid)
-///   g_desc_sections[descriptor >> 38]     descriptor -> pool (page_to_pfn, page_address, state)
+///   g_desc_sections[descriptor >> 32]     descriptor -> pool (page_to_pfn, page_address, state)
 ///   g_data_sections[address >> 30]        data address -> pool (virt_to_page)
 /// Written only by pool open/close under the registry lock; read lock-free. nr_pages == 0 means
 /// "no pool": every lookup through such an entry is rejected.
+///
+/// g_desc_sections holds the record *rebased* to each granule: in the entry of a pool's k-th
+/// 4 GiB granule, base_index = k * DESC_GRANULE_PAGES, vmemmap/regions/data/start_pfn are
+/// advanced by that many pages and nr_pages is reduced by it. "Page i" below then means page
+/// base_index + i of the pool, and i is the descriptor's offset in its granule / 64: computed
+/// from the address alone, as cheap as a fixed-size window. Only an absolute region index
+/// (head_index_, the lazy-region slow path) needs base_index added back.
 struct section {
-  page* vmemmap;            // 4 KiB descriptors; the one for pool page i is vmemmap[i]
+  page* vmemmap;            // 4 KiB descriptors; the one for page i is vmemmap[i]
   page* regions;            // region descriptors; region r is regions[r]
-  char* data;               // start of the data area (page i is data + i * PAGE_SIZE)
-  std::uint64_t nr_pages;   // pages in the data area
-  std::uint64_t start_pfn;  // pfn of page 0 (section id << 32)
+  char* data;               // page i is data + i * PAGE_SIZE
+  std::uint64_t nr_pages;   // pages from page 0 to the end of the data area
+  std::uint64_t start_pfn;  // pfn of page 0 (section id << 32 | base_index)
   void* owner;              // detail::pool_impl*
-  std::uint64_t reserved_[2];
+  std::uint64_t base_index; // pool page index of page 0: 0 except in g_desc_sections
+  std::uint64_t reserved_;
 };
 static_assert(sizeof(section) == 64);
 
 inline constexpr unsigned SECTION_SHIFT = 32;   // pfn bits below the section id
-inline constexpr unsigned SECTION_BITS = 16;    // at most 65535 pools open at once
+// 65535 section ids (0 is never used); at most MAX_OPEN_POOLS of them are open at once.
+inline constexpr unsigned SECTION_BITS = 16;
 inline constexpr std::uint64_t SECTION_PAGES_MASK = (std::uint64_t{1} << SECTION_SHIFT) - 1;
-// vmemmaps are aligned to 2^38 bytes (64 B x 2^32 pfns) so the owner is found from the address.
-inline constexpr unsigned VMEMMAP_SLOT_SHIFT = SECTION_SHIFT + 6;
-inline constexpr unsigned VMEMMAP_SLOTS = 1u << (47 - VMEMMAP_SLOT_SHIFT);
+// A pool's vmemmap is sized to the pool (64 B x nr_pages, rounded up to 4 KiB) and starts on a
+// 4 GiB boundary; it owns the ceil(bytes / 4 GiB) granules it overlaps, each with its own
+// rebased record (see section), so any address in them finds its pool and index with one load.
+// 4 GiB keeps the table at 2 MiB of BSS and leaves 32768 granules, eight times MAX_OPEN_POOLS;
+// a 16 TiB pool (the largest) spans 64 of them.
+inline constexpr unsigned DESC_GRANULE_SHIFT = 32;
+inline constexpr unsigned DESC_GRANULES = 1u << (47 - DESC_GRANULE_SHIFT);
+inline constexpr std::uint64_t DESC_GRANULE_PAGES = std::uint64_t{1} << (DESC_GRANULE_SHIFT - 6);
+// Address bits that name the granule. The index keeps every other bit, so an address at or
+// above 2^47 gets an index >= 2^41 and fails the nr_pages check instead of aliasing a pool.
+inline constexpr std::uint64_t DESC_GRANULE_NUMBER_MASK = std::uint64_t{DESC_GRANULES - 1} << DESC_GRANULE_SHIFT;
+static_assert(DESC_GRANULES >= 8 * MAX_OPEN_POOLS, "a small pool claims a whole granule");
+// A compound page (at most 2^MAX_PAGE_ORDER pages, naturally aligned) never straddles two
+// granules, so a head and its tails share one rebased record.
+static_assert(MAX_PAGE_ORDER <= DESC_GRANULE_SHIFT - 6);
 // Data areas start 1 GiB aligned, so a 1 GiB granule of address space belongs to one pool.
 inline constexpr unsigned DATA_GRANULE_SHIFT = 30;
 inline constexpr unsigned DATA_GRANULES = 1u << (47 - DATA_GRANULE_SHIFT);
 
 // Zero-initialised (BSS): pages of these tables that no pool uses are never touched.
 extern section g_sections[1u << SECTION_BITS];
-extern section g_desc_sections[VMEMMAP_SLOTS];
+extern section g_desc_sections[DESC_GRANULES];
 extern section g_data_sections[DATA_GRANULES];
 
 }  // namespace detail

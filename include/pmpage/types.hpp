@@ -45,6 +45,32 @@ inline constexpr gfp_t GFP_ZERO = 0x100u;
 /// increments, so the count can never wrap.
 inline constexpr int PAGE_REF_MAX = 1 << 30;
 
+// ---- limits (docs/api.md "Limits"; tests/test_limits.cpp holds each one to its word) ----------
+
+/// Pools open at once in one process; pool::create / pool::open of one more throws pmpage::error
+/// with EMFILE, before touching its file. Each open pool holds a file descriptor (its lock),
+/// about five mappings (vm.max_map_count, 65530 by default, is for the whole process), and
+/// address space: its data mapping plus 1 GiB of alignment slack, and a descriptor window that
+/// starts a 4 GiB granule of its own (user space is 128 TiB). 4096 leaves most of each to the
+/// rest of the process; it is four times the usual RLIMIT_NOFILE soft limit (1024), which a
+/// process opening that many pools must raise anyway.
+inline constexpr unsigned MAX_OPEN_POOLS = 4096;
+
+/// The smallest pool pool::create accepts: the metadata (superblocks, intent lanes, a root area
+/// of up to 2 MiB - 24 KiB, region table, page map, owner table) rounded up to the 2 MiB data alignment, plus
+/// one 2 MiB region. A larger root area or a device alignment above 2 MiB needs more; anything
+/// smaller throws pmpage::error with EINVAL.
+inline constexpr std::uint64_t MIN_POOL_SIZE = std::uint64_t{4} << 20;
+
+/// The largest data area: a pfn keeps 32 bits for the page index (16 TiB of 4 KiB pages). A
+/// bigger file or device is accepted; only the first 16 TiB after the metadata hold pages.
+inline constexpr std::uint64_t MAX_POOL_PAGES = std::uint64_t{1} << 32;
+
+/// The largest options.root_size; more throws pmpage::error with EINVAL. create zeroes and
+/// flushes the root area, and it sits in the mapping before the data area: larger application
+/// structures belong in allocated pages, whose pfns the root can hold.
+inline constexpr std::uint64_t MAX_ROOT_SIZE = std::uint64_t{1} << 30;
+
 /// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
 /// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
 class error : public std::system_error {

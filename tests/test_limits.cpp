@@ -1,0 +1,321 @@
+// Stated limits are the real limits: each constant of the "limits" block of <pmpage/types.hpp>
+// is reached (it works at the limit) and overstepped (one more fails with the documented errno,
+// and a message naming the limit), and descriptors outside every open pool stay misuse.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <set>
+
+#include "test_util.hpp"
+
+namespace {
+
+using namespace pmtest;
+using pmpage::page;
+using pmpage::pfn_t;
+using pmpage::pool;
+
+class Limits : public TempPathTest {
+ protected:
+  // Runs f, which must throw pmpage::error with `err`; returns what().
+  template <class F>
+  static std::string expect_error(int err, F&& f) {
+    try {
+      f();
+    } catch (const pmpage::error& e) {
+      EXPECT_EQ(e.code().value(), err) << e.what();
+      return e.what();
+    }
+    ADD_FAILURE() << "expected pmpage::error (" << std::strerror(err) << "), nothing was thrown";
+    return {};
+  }
+
+  static pool create_with_root(const std::filesystem::path& path, std::uint64_t size, std::size_t root_size) {
+    pool::options opts;
+    opts.size = size;
+    opts.root_size = root_size;
+    return pool::create(path, opts);
+  }
+};
+
+// ---- pool size -------------------------------------------------------------------------------
+
+TEST_F(Limits, MinPoolSizeIsTheSmallestPoolCreateAccepts) {
+  for (const std::uint64_t below : {pmpage::MIN_POOL_SIZE - 1, pmpage::MIN_POOL_SIZE - pmpage::PAGE_SIZE}) {
+    const auto path = new_path();
+    const std::string what = expect_error(EINVAL, [&] { create_pool(path, below); });
+    EXPECT_NE(what.find("MIN_POOL_SIZE"), std::string::npos) << what;
+    EXPECT_FALSE(std::filesystem::exists(path)) << "a file create made must be removed when it fails";
+  }
+
+  pool p = create_pool(new_path(), pmpage::MIN_POOL_SIZE);
+  EXPECT_EQ(p.stats().total_pages, pmpage::HPAGE_PMD_NR) << "one 2 MiB region";
+  page* huge = p.alloc_pages(pmpage::HPAGE_PMD_ORDER);
+  ASSERT_NE(huge, nullptr);
+  EXPECT_EQ(p.alloc_pages(0), nullptr) << "the pool is full";
+  pmpage::put_page(huge);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(Limits, MinPoolSizeHoldsARootAreaOfUpTo2MiBMinus24KiB) {
+  // Superblocks (8 KiB), lanes (4 KiB), region table, page map and owner table (4 KiB each) share
+  // the first 2 MiB with the root area.
+  constexpr std::size_t fits = (2 << 20) - (24 << 10);
+  pool p = create_with_root(new_path(), pmpage::MIN_POOL_SIZE, fits);
+  EXPECT_EQ(p.root_size(), fits);
+  EXPECT_EQ(p.stats().total_pages, pmpage::HPAGE_PMD_NR);
+  p.close();
+
+  const std::string what = expect_error(EINVAL, [&] {
+    create_with_root(new_path(), pmpage::MIN_POOL_SIZE, fits + pmpage::PAGE_SIZE);
+  });
+  EXPECT_NE(what.find("too small"), std::string::npos) << what;
+}
+
+TEST_F(Limits, DataAreaStopsAtMaxPoolPages) {
+  // A sparse /dev/shm file a little over 16 TiB + metadata. Sparse is not free: create reserves
+  // the metadata blocks (2 GiB of page maps, 64 MiB of region table) and the region descriptors
+  // take 512 MiB of DRAM, about 5 s in a Debug build. Too much for every run: on demand.
+  if (!std::getenv("PMPAGE_TEST_LARGE"))
+    GTEST_SKIP() << "a 16 TiB pool costs 2.1 GiB of /dev/shm and 512 MiB of DRAM; set PMPAGE_TEST_LARGE=1 to run it";
+  constexpr std::uint64_t size = (pmpage::MAX_POOL_PAGES << pmpage::PAGE_SHIFT) + 4 * GiB;
+  const auto path = new_path();
+  pool p = create_pool(path, size);
+  EXPECT_EQ(std::filesystem::file_size(path), size);
+  EXPECT_EQ(p.stats().total_pages, pmpage::MAX_POOL_PAGES) << "the rest of the file is left unused";
+  ASSERT_EQ(p.end_pfn() - p.start_pfn(), pmpage::MAX_POOL_PAGES);
+
+  // The last page translates like the first; one past it is no page of this pool.
+  const pfn_t last = p.end_pfn() - 1;
+  page* d = pmpage::pfn_to_page(last);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(pmpage::page_to_pfn(d), last);
+  EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(d)), d);
+  EXPECT_EQ(static_cast<char*>(pmpage::page_address(d)) + pmpage::PAGE_SIZE,
+            data_start(p) + (pmpage::MAX_POOL_PAGES << pmpage::PAGE_SHIFT));
+  EXPECT_FALSE(pmpage::pfn_valid(p.end_pfn()));
+
+  page* top = p.alloc_pages(pmpage::MAX_PAGE_ORDER);
+  ASSERT_NE(top, nullptr);
+  EXPECT_EQ(pmpage::page_to_pfn(pmpage::pfn_to_page(pmpage::page_to_pfn(top))), pmpage::page_to_pfn(top));
+  pmpage::put_page(top);
+}
+
+TEST_F(Limits, PoolsSpanningSeveralDescriptorGranulesTranslateInEachOfThem) {
+  // 2^27 + 2^18 pages (~513 GiB of sparse file): descriptors in three 4 GiB granules. Costs
+  // 1 GiB + 33 MiB of /dev/shm (owner tables and page maps, reserved at create) and 8 MiB of
+  // DRAM (region descriptors).
+  constexpr std::uint64_t per_granule = std::uint64_t{1} << 26;  // pages whose descriptors fill 4 GiB
+  const auto path = new_path();
+  constexpr std::uint64_t pages = 2 * per_granule + (1u << 18);
+  pool p = create_pool(path, (pages << pmpage::PAGE_SHIFT) + pages * 8 + 64 * MiB);
+  const std::uint64_t total = p.end_pfn() - p.start_pfn();
+  ASSERT_GT(total, 2 * per_granule);
+
+  // Fill the first granule with 1 GiB pages, until one (a multi-region compound) lands beyond it;
+  // then an order-0 page splits a region there too.
+  page* head = nullptr;
+  for (std::uint64_t i = 0; i <= total >> pmpage::MAX_PAGE_ORDER && !head; ++i) {
+    page* g = p.alloc_pages(pmpage::MAX_PAGE_ORDER);
+    ASSERT_NE(g, nullptr);
+    if (pmpage::page_to_pfn(g) - p.start_pfn() >= per_granule) head = g;
+  }
+  ASSERT_NE(head, nullptr);
+  page* small = p.alloc_pages(0);
+  ASSERT_NE(small, nullptr);
+  const pfn_t head_pfn = pmpage::page_to_pfn(head), small_pfn = pmpage::page_to_pfn(small);
+  ASSERT_GE(small_pfn - p.start_pfn(), per_granule) << "the first granule should be full";
+
+  for (const pfn_t pfn : {p.start_pfn(), p.start_pfn() + per_granule - 1, p.start_pfn() + per_granule,
+                          p.start_pfn() + 2 * per_granule, p.end_pfn() - 1, head_pfn + 1000, small_pfn}) {
+    page* d = pmpage::pfn_to_page(pfn);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(pmpage::page_to_pfn(d), pfn);
+    EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(d)), d);
+    EXPECT_EQ(static_cast<char*>(pmpage::page_address(d)), data_start(p) + ((pfn - p.start_pfn()) << pmpage::PAGE_SHIFT));
+  }
+  // A tail in another region of the compound (PG_region_tail) finds its head.
+  page* tail = pmpage::pfn_to_page(head_pfn + (pmpage::HPAGE_PMD_NR * 100) + 7);
+  EXPECT_EQ(pmpage::compound_head(tail), head);
+  EXPECT_TRUE(pmpage::PageTail(tail));
+  pmpage::get_page(tail);
+  EXPECT_EQ(pmpage::page_count(head), 2);
+  pmpage::put_page(tail);
+  EXPECT_EQ(pmpage::page_count(head), 1);
+  EXPECT_EQ(p.check(), "");
+
+  // After reopen the split region is lazy: the first touch loads it by its absolute index.
+  p.close();
+  p = pool::open(path);
+  page* again = pmpage::pfn_to_page(small_pfn);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(pmpage::page_count(again), 1);
+  EXPECT_EQ(pmpage::compound_head(pmpage::pfn_to_page(head_pfn + 3 * pmpage::HPAGE_PMD_NR)), pmpage::pfn_to_page(head_pfn));
+  EXPECT_EQ(p.check(), "");
+}
+
+// ---- root area -------------------------------------------------------------------------------
+
+TEST_F(Limits, RootSizeAboveMaxRootSizeIsEinvalBeforeAnythingIsWritten) {
+  for (const std::size_t root : {std::size_t(pmpage::MAX_ROOT_SIZE + 1), std::size_t(pmpage::MAX_ROOT_SIZE + pmpage::PAGE_SIZE),
+                                 std::numeric_limits<std::size_t>::max()}) {
+    const auto path = new_path();
+    const std::string what = expect_error(EINVAL, [&] { create_with_root(path, 64 * MiB, root); });
+    EXPECT_NE(what.find("MAX_ROOT_SIZE"), std::string::npos) << what;
+    EXPECT_FALSE(std::filesystem::exists(path));
+  }
+  // MAX_ROOT_SIZE itself passes that check: here the file is just too small for it. (A pool
+  // with a 1 GiB root would make create zero 1 GiB of /dev/shm: not a unit test's job.)
+  const std::string what = expect_error(EINVAL, [&] { create_with_root(new_path(), 64 * MiB, pmpage::MAX_ROOT_SIZE); });
+  EXPECT_NE(what.find("too small"), std::string::npos) << what;
+}
+
+// ---- open pools ------------------------------------------------------------------------------
+
+// Raises RLIMIT_NOFILE to at least `need` for the test's lifetime (the hard limit too when the
+// process may: root); restores it after.
+class nofile_limit {
+ public:
+  explicit nofile_limit(rlim_t need) {
+    ::getrlimit(RLIMIT_NOFILE, &saved_);
+    rlimit rl = saved_;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+      rl.rlim_max = need;
+      if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_max = saved_.rlim_max;  // not privileged
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+    ok_ = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need;
+    have_ = rl.rlim_cur;
+  }
+  ~nofile_limit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+  bool ok() const { return ok_; }
+  rlim_t have() const { return have_; }
+
+ private:
+  rlimit saved_{};
+  rlim_t have_ = 0;
+  bool ok_ = false;
+};
+
+TEST_F(Limits, MaxOpenPoolsAreOpenAtOnceAndOneMoreIsEmfile) {
+  constexpr unsigned n = pmpage::MAX_OPEN_POOLS;
+  const nofile_limit fds(n + 256);  // the pools' descriptors plus the test's own
+  if (!fds.ok())
+    GTEST_SKIP() << "RLIMIT_NOFILE is " << fds.have() << " and cannot be raised to " << n + 256
+                 << ": this process cannot hold " << n << " pool files open";
+
+  std::vector<std::filesystem::path> paths;
+  std::vector<pool> pools;
+  std::vector<page*> pages;
+  paths.reserve(n);
+  pools.reserve(n);
+  pages.reserve(n);
+  for (unsigned i = 0; i < n; ++i) {
+    paths.push_back(new_path());
+    pools.push_back(create_pool(paths.back(), pmpage::MIN_POOL_SIZE));
+    page* p = pools.back().alloc_pages(0);  // splits the pool's region: its 4 KiB descriptors exist
+    ASSERT_NE(p, nullptr) << "pool " << i;
+    *static_cast<std::uint64_t*>(pmpage::page_address(p)) = i;
+    pages.push_back(p);
+  }
+
+  // Every pool translates, and only to itself: pfn ranges and descriptors never overlap.
+  std::set<pfn_t> starts;
+  for (unsigned i = 0; i < n; ++i) {
+    const pfn_t pfn = pmpage::page_to_pfn(pages[i]);
+    ASSERT_GE(pfn, pools[i].start_pfn()) << "pool " << i;
+    ASSERT_LT(pfn, pools[i].end_pfn()) << "pool " << i;
+    ASSERT_EQ(pmpage::pfn_to_page(pfn), pages[i]) << "pool " << i;
+    void* addr = pmpage::page_address(pages[i]);
+    ASSERT_EQ(pmpage::virt_to_page(addr), pages[i]) << "pool " << i;
+    ASSERT_EQ(*static_cast<std::uint64_t*>(addr), i) << "pool " << i;
+    ASSERT_EQ(pmpage::page_count(pages[i]), 1) << "pool " << i;
+    starts.insert(pools[i].start_pfn());
+  }
+  EXPECT_EQ(starts.size(), n) << "every open pool has its own pfn section";
+
+  // One more, created or opened, is EMFILE, and create leaves no file behind.
+  const auto extra = new_path();
+  std::string what = expect_error(EMFILE, [&] { create_pool(extra, pmpage::MIN_POOL_SIZE); });
+  EXPECT_NE(what.find("MAX_OPEN_POOLS"), std::string::npos) << what;
+  EXPECT_NE(what.find(std::to_string(n)), std::string::npos) << what;
+  EXPECT_FALSE(std::filesystem::exists(extra));
+
+  // Closing one makes room for exactly one; its descriptors are then misuse.
+  constexpr unsigned victim = 7;
+  const pfn_t victim_pfn = pmpage::page_to_pfn(pages[victim]);
+  pools[victim].close();
+  {
+    misuse_recorder rec;
+    EXPECT_EQ(pmpage::page_to_pfn(pages[victim]), 0u);
+    EXPECT_EQ(rec.count(), 1) << "a descriptor of a closed pool must be reported";
+    EXPECT_EQ(pmpage::pfn_to_page(victim_pfn), nullptr);
+    EXPECT_EQ(rec.count(), 2);
+  }
+  pool replacement = create_pool(extra, pmpage::MIN_POOL_SIZE);
+  ASSERT_NE(replacement.alloc_pages(0), nullptr);
+  what = expect_error(EMFILE, [&] { pool::open(paths[victim]); });
+  EXPECT_NE(what.find("MAX_OPEN_POOLS"), std::string::npos) << what;
+
+  replacement.close();
+  pools[victim] = pool::open(paths[victim]);
+  page* again = pmpage::pfn_to_page(victim_pfn);
+  ASSERT_NE(again, nullptr) << "pfns are stable across close and reopen";
+  EXPECT_EQ(pmpage::page_count(again), 1);
+  EXPECT_EQ(*static_cast<std::uint64_t*>(pmpage::page_address(again)), victim);
+  EXPECT_EQ(pools[victim].check(), "");
+
+  pools.clear();  // close all before the files go (TearDown) and the fd limit is restored
+}
+
+// ---- misuse ----------------------------------------------------------------------------------
+
+TEST_F(Limits, DescriptorsOutsideEveryOpenPoolAreReported) {
+  pool a = create_pool(new_path(), pmpage::MIN_POOL_SIZE);
+  pool b = create_pool(new_path(), pmpage::MIN_POOL_SIZE);
+  page* pa = a.alloc_pages(0);
+  page* pb = b.alloc_pages(0);
+  ASSERT_NE(pa, nullptr);
+  ASSERT_NE(pb, nullptr);
+  page* first_a = pmpage::pfn_to_page(a.start_pfn());
+  const std::uint64_t pages_a = a.end_pfn() - a.start_pfn();
+
+  int local = 0;
+  const auto addr = [](std::uintptr_t v) { return reinterpret_cast<const page*>(v); };
+  const auto va = reinterpret_cast<std::uintptr_t>(first_a);
+  const std::vector<std::pair<const page*, const char*>> foreign = {
+      {addr(va + pages_a * sizeof(page)), "one past the pool's last descriptor (same 4 GiB granule)"},
+      {addr(va + (std::uint64_t{1} << 30)), "later in the pool's granule"},
+      {addr(va - sizeof(page)), "just below the pool's descriptors (the granule before)"},
+      {reinterpret_cast<const page*>(&local), "a stack address"},
+      {addr(64), "a low address"},
+      {addr(std::uintptr_t{1} << 47), "2^47, above user space"},
+      {addr(~std::uintptr_t{63}), "the top of the address space"},
+  };
+  misuse_recorder rec;
+  for (const auto& [p, what] : foreign) {
+    const int before = rec.count();
+    EXPECT_EQ(pmpage::page_to_pfn(p), 0u) << what;
+    EXPECT_EQ(pmpage::page_address(p), nullptr) << what;
+    EXPECT_EQ(rec.count(), before + 2) << what;
+  }
+  EXPECT_EQ(pmpage::page_to_pfn(pa) - a.start_pfn(), std::uint64_t(pa - first_a));
+  EXPECT_GE(pmpage::page_to_pfn(pb), b.start_pfn());
+  EXPECT_LT(pmpage::page_to_pfn(pb), b.end_pfn());
+  EXPECT_EQ(rec.count(), int(foreign.size()) * 2) << "b's and a's own pages are not misuse";
+
+  const pfn_t pfn_b = pmpage::page_to_pfn(pb);
+  b.close();
+  EXPECT_EQ(pmpage::page_to_pfn(pb), 0u) << "descriptor of a closed pool";
+  EXPECT_EQ(pmpage::pfn_to_page(pfn_b), nullptr) << "pfn of a closed pool";
+  EXPECT_EQ(rec.count(), int(foreign.size()) * 2 + 2);
+  EXPECT_EQ(pmpage::page_to_pfn(pa) - a.start_pfn(), std::uint64_t(pa - first_a)) << "a is unaffected";
+  pmpage::put_page(pa);
+}
+
+}  // namespace
