@@ -172,6 +172,29 @@ TEST_F(FenceBudget, AllocPagesToAndFreePagesFromCostAtMostTwoFences) {
   }
 }
 
+TEST_F(FenceBudget, OwnershipRecordsCostNoExtraFenceAndOneMoreLine) {
+  // The owner entry rides in alloc_pages_to's second epoch: still 2 fences, and one more flushed
+  // line than before ownership existed (intent, page-map line, slot; now + owner entry; + the
+  // previous operation's lazily retired intent, re-flushed by the first fence).
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);
+  pfn_t* slots = root_slots(pool_);
+  for (unsigned i = 0; i < 20; ++i) {
+    page* p = nullptr;
+    EXPECT_EQ(fences_of([&] { p = pool_.alloc_pages_to(0, &slots[i], pmpage::GFP_ZERO); }), 2u);
+    ASSERT_NE(p, nullptr);
+  }
+  for (unsigned i = 20; i < 40; ++i) {
+    const std::uint64_t flushes = flushes_of([&] { ASSERT_NE(pool_.alloc_pages_to(0, &slots[i]), nullptr); });
+    EXPECT_LE(flushes, 5u) << "alloc_pages_to #" << i;
+  }
+  for (unsigned i = 0; i < 40; ++i) EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_from(&slots[i]), 0); }), 2u);
+  EXPECT_EQ(fences_of([&] { ASSERT_NE(pool_.alloc_pages_to(9, &slots[0]), nullptr); }), 2u);
+  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.move_pages_owner(&slots[0], &slots[1]), 0); }), 2u);
+  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0); }), 0u) << "an empty slot";
+  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_from(&slots[1]), 0); }), 2u);
+  EXPECT_EQ(fences_of([&] { ASSERT_NE(pool_.alloc_pages(0, pmpage::GFP_ZERO), nullptr); }), 1u) << "zeroing shares the fence";
+}
+
 TEST_F(FenceBudget, BulkBatchThatFitsInASplitRegionSharesOneFence) {
   ASSERT_NE(pool_.alloc_pages(0), nullptr);
   std::vector<page*> out(64, nullptr);

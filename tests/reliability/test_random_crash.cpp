@@ -57,12 +57,18 @@ void random_op(std::mt19937_64& rng, pool& p, pfn_t* slots, model& m) {
       m.st.allocations[page_to_pfn(pg)] = order;
       m.st.slots[i] = page_to_pfn(pg);
     }
-  } else if (kind < 85) {
+  } else if (kind < 80) {
     const unsigned i = unsigned(rng() % pmpage::testing::NR_SLOTS);
-    if (!slots[i]) return;
     const pfn_t pfn = slots[i];
-    ASSERT_EQ(p.free_pages_from(&slots[i]), 0);
+    ASSERT_EQ(p.free_pages_from(&slots[i]), 0);  // an empty slot is a no-op
+    if (!pfn) return;
     m.st.allocations.erase(pfn);
+    m.st.slots[i] = 0;
+  } else if (kind < 85) {
+    const unsigned i = unsigned(rng() % pmpage::testing::NR_SLOTS), j = unsigned(rng() % pmpage::testing::NR_SLOTS);
+    if (!slots[i] || slots[j] || i == j) return;
+    ASSERT_EQ(p.move_pages_owner(&slots[i], &slots[j]), 0);
+    m.st.slots[j] = m.st.slots[i];
     m.st.slots[i] = 0;
   } else if (kind < 92) {
     auto [pfn, order] = random_live();
