@@ -482,6 +482,9 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
 
 void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane) {
   // Finish it as an ordinary allocation, then free it: both are paths every crash test covers.
+  const std::uint64_t index = std::uint64_t(p - vmemmap_);
+  page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
+  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
   {
     std::lock_guard g(mu_);
     apply_alloc_locked(p, order, 0);
@@ -495,11 +498,8 @@ void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsi
   // Retired before the page can be handed out again: its next owner's fence makes this durable.
   intents_.retire_lazily(lane);
   intents_.release(lane);
-  const std::uint64_t index = std::uint64_t(p - vmemmap_);
-  page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
-  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
-  h->refcount_.store(0, std::memory_order_relaxed);
-  release(h);
+  // Drop our reference like put_page: a speculative get_page_unless_zero may hold another.
+  if (h->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(h);
 }
 
 // ---- freeing -------------------------------------------------------------------------------------------
@@ -844,7 +844,28 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   if (const int e = split_prepare(h)) return e;
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::split_to, HPAGE_PMD_ORDER, off, pfn);
-  fence();  // 1: the intent (recovery rolls the split forward from here)
+  fence();  // 1: the intent (recovery rolls the split forward from here, or back: see replay)
+  // Claim slots 1..511 one compare-and-swap each, as alloc_pages_to claims its slot: a slot that a
+  // concurrent call filled since the check above makes the split fail, undone, instead of being
+  // overwritten (which would leak that call's page).
+  unsigned claimed = 1;
+  for (; claimed < HPAGE_PMD_NR; ++claimed) {
+    pfn_t expected = 0;
+    if (!std::atomic_ref<pfn_t>(slots[claimed]).compare_exchange_strong(expected, pfn + claimed, std::memory_order_acq_rel))
+      break;
+  }
+  if (claimed < HPAGE_PMD_NR) {
+    for (unsigned i = 1; i < claimed; ++i) std::atomic_ref<pfn_t>(slots[i]).store(0, std::memory_order_relaxed);
+    pers_->flush(slots + 1, (claimed - 1) * sizeof(pfn_t));
+    fence();  // the slots are empty again before the intent can go (replay undoes until then)
+    intents_.retire_lazily(lane);
+    intents_.release(lane);
+    h->refcount_.store(1, std::memory_order_release);
+    if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) h->flags_.notify_all();
+    report_misuse("split_huge_page_to: slots[%u] (%p) was filled by a concurrent call; nothing was split", claimed,
+                  static_cast<void*>(slots + claimed));
+    return -EINVAL;
+  }
   write_split_to_words(r, off);
   persist_word(region_word(r), make_region_word(region_state::split));
   fence();  // 2: 512 owned pages, each in its slot

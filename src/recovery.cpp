@@ -239,9 +239,11 @@ bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order, std::uin
 }
 
 bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off) {
-  // Rolled forward whenever the intent is valid: the caller's slots[1..511] were checked empty
-  // before the intent was written, and nothing else touches the region's pages until a later
-  // operation's fence has made this intent's retirement durable (intent_log.hpp).
+  // Rolled forward unless the split was failing: the caller's slots[1..511] were empty when the
+  // intent was written and the split claims each (0 -> pfn + i) after it; a slot holding anything
+  // else was filled by a concurrent call, the split gave up, and recovery finishes undoing it.
+  // Nothing else touches the region's pages until a later operation's fence has made this
+  // intent's retirement durable (intent_log.hpp), so SPLIT means it completed: roll forward.
   const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
   if (index & (HPAGE_PMD_NR - 1) || covered_by_earlier_head(r)) return false;
   if (!slot_range_valid(slots_off, HPAGE_PMD_NR)) return false;
@@ -251,6 +253,21 @@ bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off) {
   auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
   const pfn_t pfn = pfn_of_index(index);
   if (std::atomic_ref<pfn_t>(slots[0]).load(std::memory_order_relaxed) != pfn) return false;
+  if (w != make_region_word(region_state::split)) {
+    bool failing = false;
+    for (unsigned i = 1; i < HPAGE_PMD_NR && !failing; ++i) {
+      const pfn_t v = std::atomic_ref<pfn_t>(slots[i]).load(std::memory_order_relaxed);
+      failing = v != 0 && v != pfn + i;
+    }
+    if (failing) {
+      for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
+        if (std::atomic_ref<pfn_t>(slots[i]).load(std::memory_order_relaxed) == pfn + i) {
+          std::atomic_ref<pfn_t>(slots[i]).store(0, std::memory_order_relaxed);
+          pers_->flush(&slots[i], sizeof(pfn_t));
+        }
+      return true;
+    }
+  }
   write_split_to_words(r, slots_off);
   persist_word(region_word(r), make_region_word(region_state::split));
   return true;

@@ -72,7 +72,7 @@ TEST_F(Ownership, AllocPagesToIntoAFullSlotIsRefusedAndLeaksNothing) {
   expect_consistent(1);
 }
 
-TEST_F(Ownership, RacingAllocPagesToForOneSlotLeavesOneOwner) {
+TEST_F(Ownership, ConcurrentAllocPagesToForOneSlotLeavesOneOwner) {
   // Many threads race for the same empty slots: each slot ends with exactly one page, the losers'
   // pages go back, and every loser is told (misuse).
   constexpr int kThreads = 4, kRounds = 200;
@@ -212,6 +212,44 @@ TEST_F(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
   EXPECT_EQ(free_pages(), total_pages_);
   EXPECT_EQ(pool_.stats().split_regions, 0u);
   EXPECT_EQ(pool_.check(), "");
+}
+
+TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToAndAllocPagesToIntoItsSlotsLeaveOneOwnerPerSlot) {
+  // A split claims its 511 slots one compare-and-swap at a time; an alloc_pages_to racing into
+  // one of them either wins (the split fails, undone) or loses (misuse): never both.
+  pfn_t* table = slots() + 512;
+  int splits = 0, allocs = 0;
+  for (int round = 0; round < 60; ++round) {
+    page* huge = pool_.alloc_pages_to(9, &table[0]);
+    ASSERT_NE(huge, nullptr);
+    const unsigned k = 1 + unsigned(round * 37) % (HPAGE_PMD_NR - 1);
+    std::atomic<int> split_rc{1};
+    std::atomic<bool> alloc_ok{false};
+    std::barrier sync(2);
+    std::thread a([&] {
+      sync.arrive_and_wait();
+      split_rc = pmpage::split_huge_page_to(huge, table);
+    });
+    std::thread b([&] {
+      sync.arrive_and_wait();
+      alloc_ok = pool_.alloc_pages_to(0, &table[k]) != nullptr;
+    });
+    a.join();
+    b.join();
+    ASSERT_NE(split_rc.load() == 0, alloc_ok.load()) << "round " << round << ": exactly one must win";
+    splits += split_rc.load() == 0;
+    allocs += alloc_ok.load();
+    std::vector<pfn_t*> list;
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) list.push_back(&table[i]);
+    const auto r = pool_.check_slots(list);
+    ASSERT_TRUE(r.clean()) << "round " << round << "\n" << r.describe();
+    ASSERT_EQ(pool_.check(), "");
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) ASSERT_EQ(pool_.free_pages_from(&table[i]), 0);
+  }
+  EXPECT_EQ(recorder_.count(), 60);
+  EXPECT_EQ(free_pages(), total_pages_);
+  RecordProperty("splits", splits);
+  RecordProperty("allocs", allocs);
 }
 
 // ---- case 4 ------------------------------------------------------------------------------------

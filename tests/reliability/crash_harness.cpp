@@ -70,7 +70,7 @@ bool is_subset(const std::map<pfn_t, unsigned>& a, const std::map<pfn_t, unsigne
 
 /// Recovers `path` and checks it; returns "" or the failure.
 std::string recover_and_check(const std::string& path, const scenario& sc, const pool_state& pre,
-                              const pool_state& post, bool must_be_post) {
+                              const pool_state& post, bool must_be_post, const std::string& label) {
   try {
     pool q = pool::open(path);
     const pool_state got = read_state(q);
@@ -84,7 +84,7 @@ std::string recover_and_check(const std::string& path, const scenario& sc, const
         return "bulk allocation left a state outside [before, after]: " + describe(got);
       return {};
     }
-    if (got != pre && got != post)
+    if (got != pre && got != post && !(sc.also_valid && sc.also_valid(got, pre, label)))
       return "not all-or-nothing: got " + describe(got) + "; before " + describe(pre) + "; after " + describe(post);
     return {};
   } catch (const std::exception& e) {
@@ -144,7 +144,10 @@ crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_dur
     if (sc.setup) sc.setup(p, slots);
     pre = read_state(p);
     const std::uint64_t f0 = sim->fences();
-    sim->on_fence = [&](std::uint64_t k, bool before) { capture_all(*sim, images, "op", k - f0, before, seeds); };
+    sim->on_fence = [&](std::uint64_t k, bool before) {
+      if (sc.during_op) sc.during_op(p, slots, k - f0, before);
+      capture_all(*sim, images, "op", k - f0, before, seeds);
+    };
     sc.op(p, slots);
     sim->on_fence = nullptr;
     rep.op_fences = sim->fences() - f0;
@@ -159,7 +162,7 @@ crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_dur
     const bool final_image = i + 1 == images.size();
     write_image(img_path, sc.pool_size, im.bytes);
     ++rep.images;
-    if (std::string why = recover_and_check(img_path, sc, pre, post, final_image); !why.empty()) {
+    if (std::string why = recover_and_check(img_path, sc, pre, post, final_image, im.label); !why.empty()) {
       rep.failures.push_back(sc.name + ": crash " + im.label + ": " + why);
       continue;
     }
@@ -182,7 +185,7 @@ crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_dur
       write_image(rec_path, sc.pool_size, ri.bytes);
       ++rep.images;
       ++rep.recovery_images;
-      if (std::string why = recover_and_check(rec_path, sc, pre, post, false); !why.empty())
+      if (std::string why = recover_and_check(rec_path, sc, pre, post, false, im.label); !why.empty())
         rep.failures.push_back(sc.name + ": crash " + im.label + ", then crash during recovery at " + ri.label + ": " + why);
     }
   }

@@ -46,6 +46,12 @@ struct scenario {
   std::uint64_t pool_size = 32ull << 20;
   std::function<void(pool&, pfn_t* slots)> setup;
   std::function<void(pool&, pfn_t* slots)> op;
+  /// Called at every fence of the operation, before the crash images of that point are taken:
+  /// lets a scenario act as a concurrent caller would, between two fences.
+  std::function<void(pool&, pfn_t* slots, std::uint64_t fence, bool before)> during_op;
+  /// A third acceptable recovered state besides before and after, for the crash image `label`
+  /// (an operation racing a concurrent caller whose own effect a crash may or may not keep).
+  std::function<bool(const pool_state& got, const pool_state& before, const std::string& label)> also_valid;
   bool bulk = false;        // outcome may be any subset of the new allocations
   bool slot_owned = false;  // every allocation lives in a slot (alloc_pages_to scenarios)
 };

@@ -1,5 +1,6 @@
 // test_crash_points.cpp — every operation, crashed at every fence with several subsets of the
 // unfenced words, recovered, and checked (crash_harness.hpp says what "checked" means).
+#include <atomic>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -141,6 +142,48 @@ std::vector<scenario> all_scenarios() {
     s.name = "SplitHugePageToOwnedPage";
     s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(9, &slots[0]), nullptr); };
     s.op = [](pool&, pfn_t* slots) { ASSERT_EQ(split_huge_page_to(pfn_to_page(slots[0]), slots), 0); };
+    v.push_back(s);
+  }
+  {
+    // Another call publishes a page into slot 30 while the split's intent is being fenced (before
+    // the split claims its slots), and its store is durable with that fence. The split must give
+    // up and recovery must undo it: slot 30 keeps the other page, slots 1..29 and 31.. are empty.
+    // Only images taken before that fence completed may lack the other store; there the split's
+    // durable intent may legitimately roll forward instead.
+    scenario s;
+    s.name = "SplitHugePageToThatLosesASlotToAConcurrentCall";
+    auto other = std::make_shared<pfn_t>(0);
+    s.setup = [other](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(9, &slots[0]), nullptr);
+      page* q = p.alloc_pages(0);
+      ASSERT_NE(q, nullptr);
+      *other = page_to_pfn(q);
+    };
+    s.during_op = [other](pool& p, pfn_t* slots, std::uint64_t fence, bool before) {
+      if (fence != 1 || !before) return;
+      std::atomic_ref<pfn_t>(slots[30]).store(*other, std::memory_order_relaxed);
+      p.flush(&slots[30], sizeof(pfn_t));  // made durable by the fence being taken
+    };
+    s.also_valid = [](const pmpage::testing::pool_state& got, const pmpage::testing::pool_state& pre,
+                      const std::string& label) {
+      if (label.find("fence 1 (before)") == std::string::npos) return false;
+      const pfn_t head = pre.slots[0];
+      if (got.allocations.size() != HPAGE_PMD_NR + 1) return false;
+      for (pfn_t i = 0; i < HPAGE_PMD_NR; ++i) {
+        auto it = got.allocations.find(head + i);
+        if (it == got.allocations.end() || it->second != 0) return false;
+      }
+      for (std::size_t i = 0; i < got.slots.size(); ++i)
+        if (got.slots[i] != head + i) return false;
+      return true;
+    };
+    s.op = [other](pool&, pfn_t* slots) {
+      const auto previous = set_misuse_handler(+[](const char*) {});
+      const int rc = split_huge_page_to(pfn_to_page(slots[0]), slots);
+      set_misuse_handler(previous);
+      ASSERT_EQ(rc, -EINVAL);
+      for (unsigned i = 1; i < HPAGE_PMD_NR; ++i) ASSERT_EQ(slots[i], i == 30 ? *other : 0u) << i;
+    };
     v.push_back(s);
   }
   {
