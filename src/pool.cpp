@@ -430,6 +430,14 @@ bool pool_impl::dest_offset(const void* slot, std::uint64_t& off) const {
   return slot_offset_valid(off);
 }
 
+bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
+  if (off < lay_.data_offset) return false;  // the root area: always the application's
+  const std::uint64_t first = (off - lay_.data_offset) >> PAGE_SHIFT, last = (off + n * 8 - 1 - lay_.data_offset) >> PAGE_SHIFT;
+  for (std::uint64_t i = first; i <= last; ++i)
+    if (page_count(vpage(i)) <= 0) return true;
+  return false;
+}
+
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
   std::uint64_t slot;
   if (!dest_offset(dest, slot)) {
@@ -438,6 +446,11 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
     return nullptr;
   }
   if (!check_gfp("alloc_pages_to", gfp)) return nullptr;
+  if (slots_in_free_page(slot, 1)) {
+    report_misuse("alloc_pages_to: slot %p lies in a free page of pool %s (memory nobody owns: the page could be "
+                  "handed out and overwritten)", static_cast<void*>(dest), path().c_str());
+    return nullptr;
+  }
   if (const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed); old != 0) {
     report_misuse("alloc_pages_to: slot %p already holds pfn %#llx; overwriting it would leak that page "
                   "(free it with free_pages_from first)",
@@ -616,6 +629,11 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     return -EINVAL;
   }
   if (forked("free_pages_from")) return -EINVAL;
+  if (slots_in_free_page(slot, 1)) {
+    report_misuse("free_pages_from: slot %p lies in a free page of pool %s (its contents are nobody's)",
+                  static_cast<void*>(src), path().c_str());
+    return -EINVAL;
+  }
   const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
   if (pfn == 0) return 0;  // an empty slot: the kernel's kfree(NULL) / free_pages(0, order)
   if (pfn < start_pfn() || pfn >= end_pfn()) {
@@ -660,13 +678,16 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::free_from, order, slot, pfn);
   fence();  // 1: the intent is durable
+  // The slot first: once the page is free in DRAM another thread may be handed it, and the slot
+  // may lie inside it (a table page that owns itself). The intent is durable, so recovery
+  // completes the free whichever of the two reaches the media first.
+  std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
+  pers_->flush(src, sizeof *src);
   free_result fr;
   {
     std::lock_guard g(mu_);
     fr = free_stores_locked(h);
   }
-  std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
-  pers_->flush(src, sizeof *src);
   fence();  // 2: freed, its owner entry cleared, and the slot cleared
   intents_.retire_lazily(lane);
   intents_.release(lane);
@@ -738,6 +759,11 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
   if (from == to) {
     report_misuse("move_pages_owner: source and destination are the same slot %p", static_cast<void*>(src));
+    return -EINVAL;
+  }
+  if (slots_in_free_page(to, 1) || slots_in_free_page(from, 1)) {
+    report_misuse("move_pages_owner: slot %p or %p lies in a free page of pool %s", static_cast<void*>(src),
+                  static_cast<void*>(dest), path().c_str());
     return -EINVAL;
   }
   if (const pfn_t d = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed)) {
@@ -822,6 +848,11 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   if (!dest_offset(slots, off) || !slot_range_valid(off, HPAGE_PMD_NR)) {
     report_misuse("split_huge_page_to: slots %p is not an array of 512 8-byte aligned slots inside pool %s's root "
                   "or data area", static_cast<void*>(slots), path().c_str());
+    return -EINVAL;
+  }
+  if (slots_in_free_page(off, HPAGE_PMD_NR)) {
+    report_misuse("split_huge_page_to: the slot array %p lies (partly) in a free page of pool %s",
+                  static_cast<void*>(slots), path().c_str());
     return -EINVAL;
   }
   page* h = loc.region;

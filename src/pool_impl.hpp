@@ -195,6 +195,8 @@ class pool_impl {
   bool slot_offset_valid(std::uint64_t off) const;
   /// n consecutive slots from off, all inside the root area or all inside the data area.
   bool slot_range_valid(std::uint64_t off, std::uint64_t n) const;
+  /// n slots from off (valid) touch a data page that is not allocated: nobody owns that memory.
+  bool slots_in_free_page(std::uint64_t off, std::uint64_t n);
   /// Misuse if this process is a fork() child of the one that opened the pool (it may read, not
   /// allocate or free: its DRAM state is a stale copy of the parent's).
   bool forked(const char* caller) const noexcept;

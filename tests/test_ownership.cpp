@@ -165,6 +165,42 @@ TEST_F(Ownership, MovePagesOwnerRelocatesAReference) {
   expect_consistent(6);
 }
 
+TEST_F(Ownership, SlotsMustLieInMemorySomebodyOwns) {
+  // A slot in a free data page could be handed out and overwritten with the page: refused. A slot
+  // inside an allocated page (an engine's table page) is fine, even inside the page it owns.
+  page* table_page = pool_.alloc_pages(0, pmpage::GFP_ZERO);
+  ASSERT_NE(table_page, nullptr);
+  auto* table = static_cast<pfn_t*>(pmpage::page_address(table_page));
+  ASSERT_NE(pool_.alloc_pages_to(0, &table[0]), nullptr);
+  page* freed = pool_.alloc_pages(0);
+  auto* in_free = static_cast<pfn_t*>(pmpage::page_address(freed));
+  pmpage::put_page(freed);
+  page* p = nullptr;
+  int rc = 0;
+  expect_reported([&] { p = pool_.alloc_pages_to(0, in_free); }, "slot in a free page", "free page");
+  EXPECT_EQ(p, nullptr);
+  expect_reported([&] { rc = pool_.move_pages_owner(&table[0], in_free); }, "move into a free page", "free page");
+  EXPECT_EQ(rc, -EINVAL);
+  expect_reported([&] { rc = pool_.free_pages_from(in_free); }, "free through a free page", "free page");
+  EXPECT_EQ(rc, -EINVAL);
+  // A table page that holds the slot owning the table page itself: freeing it clears the slot
+  // before the page is free (nothing is written into a page that is no longer ours).
+  ASSERT_EQ(pool_.move_pages_owner(&table[0], &slots()[0]), 0);
+  pmpage::put_page(table_page);  // an unowned table page; the slot it held was moved out first
+  page* self = pool_.alloc_pages_to(0, &slots()[1], pmpage::GFP_ZERO);
+  ASSERT_NE(self, nullptr);
+  auto* inside = static_cast<pfn_t*>(pmpage::page_address(self));
+  ASSERT_EQ(pool_.move_pages_owner(&slots()[1], &inside[5]), 0);  // the page owns itself
+  EXPECT_EQ(inside[5], pmpage::page_to_pfn(self));
+  EXPECT_EQ(pool_.check(), "");
+  std::vector<pfn_t*> list{&slots()[0], &slots()[1], &inside[5]};
+  EXPECT_TRUE(pool_.check_slots(list).clean()) << pool_.check_slots(list).describe();
+  ASSERT_EQ(pool_.free_pages_from(&inside[5]), 0);
+  ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+  EXPECT_EQ(free_pages(), total_pages_);
+  EXPECT_EQ(pool_.check(), "");
+}
+
 // ---- case 3 ------------------------------------------------------------------------------------
 
 class OwnershipBigRoot : public Ownership {
