@@ -649,6 +649,24 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
                   static_cast<void*>(src), (unsigned long long)pfn);
     return -EINVAL;
   }
+  // Ownership first, so a wrong slot is reported even while other references make the free
+  // -EBUSY; checked again below once the page is claimed.
+  const std::uint64_t index = pfn - start_pfn();
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != slot) {
+    const std::uint64_t owner = load_word(owner_entry(index));
+    if (h->refcount_.load(std::memory_order_relaxed) <= 0)
+      report_misuse("free_pages_from: slot %p holds pfn %#llx, which is not allocated (dangling slot)",
+                    static_cast<void*>(src), (unsigned long long)pfn);
+    else if (owner == 0)
+      report_misuse("free_pages_from: slot %p holds pfn %#llx, which no slot owns (allocated with alloc_pages or "
+                    "split from an unowned page): drop it with put_page/free_pages",
+                    static_cast<void*>(src), (unsigned long long)pfn);
+    else
+      report_misuse("free_pages_from: slot %p holds pfn %#llx, but the slot at %p owns that page (a copy of a "
+                    "pfn must not free it)", static_cast<void*>(src), (unsigned long long)pfn,
+                    static_cast<void*>(dev_.base() + owner));
+    return -EINVAL;
+  }
   // Claim the page: from here no other free can reach it, so its ownership cannot change under us.
   int expected = 1;
   if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
@@ -659,9 +677,8 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     }
     return -EBUSY;
   }
-  const std::uint64_t index = pfn - start_pfn();
   const std::uint64_t owner = load_word(owner_entry(index));
-  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != slot) {
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != slot) {  // changed since: a race
     h->refcount_.fetch_add(1, std::memory_order_relaxed);
     if (owner == 0)
       report_misuse("free_pages_from: slot %p holds pfn %#llx, which no slot owns (allocated with alloc_pages or "
