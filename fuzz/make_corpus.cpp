@@ -1,5 +1,5 @@
 // make_corpus.cpp — writes seed inputs for fuzz_open: the metadata prefix of pools in various
-// states (fresh, split regions, multi-region pages, a live intent). Run by scripts/fuzz.sh when
+// states (fresh, split regions, multi-region pages, a live intent, slot-owned pages). Run by scripts/fuzz.sh when
 // the corpus directory is empty; the committed corpus came from it.
 #include <fcntl.h>
 #include <unistd.h>
@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   const std::string dir = argv[1];
   const std::string path = "/dev/shm/pmpage-corpus-" + std::to_string(::getpid());
   setenv("PMEM_IS_PMEM_FORCE", "1", 1);
-  for (int variant = 0; variant < 4; ++variant) {
+  for (int variant = 0; variant < 6; ++variant) {
     ::unlink(path.c_str());
     pmpage::pool::options o;
     o.size = 12u << 20;
@@ -50,6 +50,16 @@ int main(int argc, char** argv) {
       if (variant == 3) {
         auto* h = p.alloc_pages(9);
         if (h) pmpage::split_huge_page(h);
+      }
+      if (variant == 4) {  // slot ownership: an owned huge page split into 512 owned pages
+        p.free_pages_from(&slots[0]);
+        auto* h = p.alloc_pages_to(9, &slots[0]);
+        if (h) pmpage::split_huge_page_to(h, slots);
+      }
+      if (variant == 5) {  // owned pages of several orders, one moved to another slot
+        p.alloc_pages_to(0, &slots[1]);
+        p.alloc_pages_to(10, &slots[2]);
+        p.move_pages_owner(&slots[1], &slots[7]);
       }
     }
     dump(path, dir + "/seed-" + std::to_string(variant), 64 << 10);

@@ -28,6 +28,7 @@ pool_stats pool_impl::stats() noexcept {
   s.descriptor_bytes = nr_regions_ * sizeof(page) + materialised_ * HPAGE_PMD_NR * sizeof(page);
   s.allocator_bytes = materialised_ * sizeof(split_state) + lazy_.capacity() * sizeof(std::uint32_t);
   s.repaired_at_open = repaired_;
+  s.orphaned_owners = orphaned_;
   return s;
 }
 
@@ -61,6 +62,10 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
 
 std::string pool_impl::check() {
   std::lock_guard g(mu_);
+  // Load every split region first (their lazy repairs happen now), so the owner records of small
+  // pages are checked right after open too.
+  for (std::uint64_t r = 0; r < nr_regions_; ++r)
+    if (regions_[r].flags_.load(std::memory_order_relaxed) & PG_region_lazy) materialise_locked(std::uint32_t(r));
   return check_locked();
 }
 
@@ -193,9 +198,19 @@ std::string pool_impl::owner_problem(std::uint64_t index, bool owned) const {
     return err.str();
   }
   const pfn_t v = std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed);
-  if (v != pfn_of_index(index))
+  if (v != pfn_of_index(index)) {
     err << "O1: the slot at offset " << e << " owns pfn " << std::hex << pfn_of_index(index) << " but holds " << v
         << " (the engine overwrote a slot without free_pages_from?)";
+    return err.str();
+  }
+  if (e >= lay_.data_offset) {
+    // The slot's own memory must be somebody's: a slot in a freed page is lost with it.
+    const std::uint64_t in = (e - lay_.data_offset) >> PAGE_SHIFT;
+    page* holder = state_holder(vpage(in));
+    if (!holder || holder->refcount_.load(std::memory_order_relaxed) <= 0)
+      err << "O1: the slot owning pfn " << std::hex << pfn_of_index(index) << " lies in pool page " << std::dec << in
+          << ", which is free (the page holding the slot was freed while the slot still owned a page)";
+  }
   return err.str();
 }
 

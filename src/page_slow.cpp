@@ -34,6 +34,8 @@ void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcep
                   is_get ? "get_page" : "put_page", static_cast<unsigned long long>(page_to_pfn(p)), old);
 }
 
+void report_owned_put(page* p, page* holder) noexcept { owner_of(p)->report_owned(p, holder); }
+
 void release_compound(page* p, page* holder) noexcept {
   if (PMPAGE_UNLIKELY(holder->flags_.load(std::memory_order_acquire) & PG_slot_owned)) {
     owner_of(p)->report_owned_release(p, holder);
@@ -103,6 +105,10 @@ void free_pages(page* p, unsigned order) noexcept {
   if (actual != order) {
     detail::report_misuse("free_pages on pfn %#llx with order %u, but it was allocated with order %u",
                           static_cast<unsigned long long>(page_to_pfn(p)), order, actual);
+    return;
+  }
+  if (h->refcount_.load(std::memory_order_relaxed) == 1 && (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned)) {
+    detail::report_owned_put(p, h);
     return;
   }
   const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);  // put_page on the holder

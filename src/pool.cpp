@@ -131,10 +131,12 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     const bool ok = code_is_head(map_code(fixed, i)) && slot_offset_valid(e) &&
                     std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
                         pfn_of_index(base_index + i);
-    if (ok)
+    if (ok) {
       owned[i / 64] |= std::uint64_t{1} << (i % 64);
-    else
+    } else {
       stale[nr_stale++] = owner_entry(base_index + i);
+      if (code_is_head(map_code(fixed, i))) ++orphaned_;  // an allocation lost its owner
+    }
   }
   // A fork() child reads the pool but never writes it: it only builds its own view.
   const bool may_write = g_fork_generation.load(std::memory_order_relaxed) == fork_generation_;
@@ -598,6 +600,10 @@ void pool_impl::prefetch_map_line(const page* holder) const {
 
 void pool_impl::report_owned_release(page* p, page* holder) noexcept {
   holder->refcount_.fetch_add(1, std::memory_order_relaxed);  // the slot's reference stays
+  report_owned(p, holder);
+}
+
+void pool_impl::report_owned(page* p, page* holder) noexcept {
   const std::uint64_t index =
       is_region_desc(holder) ? std::uint64_t(holder - regions_) << HPAGE_PMD_ORDER : std::uint64_t(holder - vmemmap_);
   const std::uint64_t owner = load_word(owner_entry(index));
@@ -788,6 +794,10 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
                   static_cast<void*>(dest), (unsigned long long)d);
     return -EINVAL;
   }
+  if (pfn == 0) {
+    report_misuse("move_pages_owner: source slot %p is empty: there is nothing to move", static_cast<void*>(src));
+    return -EINVAL;
+  }
   if (pfn < start_pfn() || pfn >= end_pfn()) {
     report_misuse("move_pages_owner: source slot %p holds %#llx, not a page of pool %s", static_cast<void*>(src),
                   (unsigned long long)pfn, path().c_str());
@@ -802,8 +812,21 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     return -EINVAL;
   }
   const std::uint64_t index = pfn - start_pfn();
-  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != from) {
-    h->refcount_.fetch_sub(1, std::memory_order_relaxed);
+  // Our reference keeps frees and splits away (they need the count at 1); PG_owner_busy keeps a
+  // second move away. Only then is the owner checked: it cannot change until we clear the bit.
+  if (h->flags_.fetch_or(PG_owner_busy, std::memory_order_acquire) & PG_owner_busy) {
+    put_page(vpage(index));
+    report_misuse("move_pages_owner: pfn %#llx is being moved by a concurrent call (slot %p)", (unsigned long long)pfn,
+                  static_cast<void*>(src));
+    return -EINVAL;
+  }
+  auto done = [&] {
+    h->flags_.fetch_and(~std::uint32_t{PG_owner_busy}, std::memory_order_release);
+    put_page(vpage(index));  // never the last reference: the slot holds one
+  };
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != from ||
+      std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed) != pfn) {
+    done();
     report_misuse("move_pages_owner: source slot %p holds pfn %#llx but does not own it", static_cast<void*>(src),
                   (unsigned long long)pfn);
     return -EINVAL;
@@ -817,7 +840,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     intents_.retire_lazily(lane);
     fence();
     intents_.release(lane);
-    h->refcount_.fetch_sub(1, std::memory_order_relaxed);
+    done();
     report_misuse("move_pages_owner: destination slot %p was filled by a concurrent call", static_cast<void*>(dest));
     return -EINVAL;
   }
@@ -828,7 +851,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   fence();  // 2: the new slot owns the page, the old one is empty
   intents_.retire_lazily(lane);
   intents_.release(lane);
-  h->refcount_.fetch_sub(1, std::memory_order_release);
+  done();
   return 0;
 }
 
@@ -875,9 +898,17 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   page* h = loc.region;
   const auto r = std::uint32_t(h - regions_);
   const pfn_t pfn = pfn_of_index(loc.index);
+  // Freeze first (count 1 -> 0, and the page lock): no free, move or second split can change the
+  // owner between the checks below and the split.
+  if (const int e = split_prepare(h)) return e;
+  auto unfreeze = [&] {
+    h->refcount_.store(1, std::memory_order_release);
+    if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) h->flags_.notify_all();
+  };
   const std::uint64_t owner = load_word(owner_entry(loc.index));
   if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != off ||
       std::atomic_ref<pfn_t>(slots[0]).load(std::memory_order_relaxed) != pfn) {
+    unfreeze();
     report_misuse("split_huge_page_to: slots[0] (%p) must be the slot that owns pfn %#llx%s",
                   static_cast<void*>(slots), (unsigned long long)pfn,
                   owner ? "" : " (the page is not slot-owned: use split_huge_page)");
@@ -885,11 +916,11 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   }
   for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
     if (const pfn_t v = std::atomic_ref<pfn_t>(slots[i]).load(std::memory_order_relaxed)) {
+      unfreeze();
       report_misuse("split_huge_page_to: slots[%u] (%p) holds pfn %#llx; slots 1..511 must be empty", i,
                     static_cast<void*>(slots + i), (unsigned long long)v);
       return -EINVAL;
     }
-  if (const int e = split_prepare(h)) return e;
   const unsigned lane = intents_.acquire();
   intents_.write(lane, intent_kind::split_to, HPAGE_PMD_ORDER, off, pfn);
   fence();  // 1: the intent (recovery rolls the split forward from here, or back: see replay)
@@ -908,8 +939,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
     fence();  // the slots are empty again before the intent can go (replay undoes until then)
     intents_.retire_lazily(lane);
     intents_.release(lane);
-    h->refcount_.store(1, std::memory_order_release);
-    if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) h->flags_.notify_all();
+    unfreeze();
     report_misuse("split_huge_page_to: slots[%u] (%p) was filled by a concurrent call; nothing was split", claimed,
                   static_cast<void*>(slots + claimed));
     return -EINVAL;

@@ -89,6 +89,8 @@ class pool_impl {
   int split_huge_page_to(page* head, pfn_t* slots) noexcept;
   /// put_page/free_pages reached zero on a slot-owned page: restore the count and report.
   void report_owned_release(page* p, page* holder) noexcept;
+  /// The same report without touching the count (put_page saw the slot's reference first).
+  void report_owned(page* p, page* holder) noexcept;
   pool::slot_check check_slots(std::span<pfn_t* const> slots);
   void materialise(std::uint32_t region) noexcept;
 
@@ -241,6 +243,7 @@ class pool_impl {
   std::uint64_t split_regions_ = 0;
   std::uint64_t materialised_ = 0;
   std::uint64_t repaired_ = 0;
+  std::uint64_t orphaned_ = 0;  // owner records dropped at load: their slot no longer named the page
   intent_log intents_;
   std::uint64_t fork_generation_ = 0;  // g_fork_generation when the pool was opened
   int opener_pid_ = 0;

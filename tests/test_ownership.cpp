@@ -201,6 +201,61 @@ TEST_F(Ownership, SlotsMustLieInMemorySomebodyOwns) {
   EXPECT_EQ(pool_.check(), "");
 }
 
+TEST_F(Ownership, ConcurrentMovesOfOneSlotLeaveOneOwner) {
+  // Two threads move the same slot's page to two different slots: one wins, the other is told.
+  constexpr int kRounds = 300;
+  int won_total = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    ASSERT_NE(pool_.alloc_pages_to(round % 2 ? 9 : 0, &slots()[0]), nullptr);
+    std::barrier sync(2);
+    std::atomic<int> won{0};
+    auto mover = [&](unsigned to) {
+      sync.arrive_and_wait();
+      if (pool_.move_pages_owner(&slots()[0], &slots()[to]) == 0) won.fetch_add(1);
+    };
+    std::thread a(mover, 1), b(mover, 2);
+    a.join();
+    b.join();
+    ASSERT_EQ(won.load(), 1) << "round " << round;
+    won_total += won.load();
+    expect_consistent(3);
+    ASSERT_EQ(pool_.free_pages_from(&slots()[1]), 0);
+    ASSERT_EQ(pool_.free_pages_from(&slots()[2]), 0);
+  }
+  EXPECT_EQ(recorder_.count(), kRounds);
+  EXPECT_EQ(free_pages(), total_pages_);
+}
+
+TEST_F(Ownership, ABrokenOwnerRecordIsCountedAfterReopen) {
+  // Before close, check() names the slot the engine overwrote. After reopen the record is dropped
+  // when the region loads (the page stays allocated, unowned), counted in stats().orphaned_owners,
+  // and check_slots lists the page as unreferenced.
+  ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0]), nullptr);
+  const pfn_t lost = slots()[0];
+  slots()[0] = 0;
+  EXPECT_NE(pool_.check().find("O1"), std::string::npos);
+  reopen();
+  EXPECT_EQ(pool_.check(), "");  // loads every region: the record is dropped now
+  EXPECT_EQ(pool_.stats().orphaned_owners, 1u);
+  std::vector<pfn_t*> list{&slots()[0]};
+  const auto r = pool_.check_slots(list);
+  ASSERT_EQ(r.unreferenced.size(), 1u) << r.describe();
+  EXPECT_EQ(r.unreferenced[0].pfn, lost);
+  pmpage::free_pages(pmpage::pfn_to_page(lost), 0);  // unowned now: the engine can reclaim it
+  EXPECT_EQ(free_pages(), total_pages_);
+}
+
+TEST_F(Ownership, CheckSeesAFreedPageThatStillHeldAnOwningSlot) {
+  // The kernel's rule for page-table pages holds here too: a page holding slots that own pages
+  // must not be freed before those slots are emptied. check() names the violation at once.
+  ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0], pmpage::GFP_ZERO), nullptr);
+  auto* table = static_cast<pfn_t*>(pmpage::page_address(pmpage::pfn_to_page(slots()[0])));
+  ASSERT_NE(pool_.alloc_pages_to(0, &table[3]), nullptr);
+  ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);  // the table page, with table[3] still owning
+  const std::string why = pool_.check();
+  EXPECT_NE(why.find("which is free"), std::string::npos) << why;
+}
+
 // ---- case 3 ------------------------------------------------------------------------------------
 
 class OwnershipBigRoot : public Ownership {
@@ -286,6 +341,38 @@ TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToAndAllocPagesToIntoItsSlotsLea
   EXPECT_EQ(free_pages(), total_pages_);
   RecordProperty("splits", splits);
   RecordProperty("allocs", allocs);
+}
+
+TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToRacingAFreeAndReallocationNeverSplitsAnotherSlotsPage) {
+  // Thread A splits table's page; thread B frees it through table[0] and allocates an order-9
+  // page into another slot (often the same extent). The split checks the owner only once the
+  // page is frozen, so it either splits the page table[0] owns or refuses: never X's page.
+  pfn_t* table = slots() + 512;
+  pfn_t* x = &slots()[3];
+  for (int round = 0; round < 200; ++round) {
+    page* huge = pool_.alloc_pages_to(9, &table[0]);
+    ASSERT_NE(huge, nullptr);
+    std::barrier sync(2);
+    std::atomic<int> split_rc{1}, free_rc{1};
+    std::thread a([&] {
+      sync.arrive_and_wait();
+      split_rc = pmpage::split_huge_page_to(huge, table);
+    });
+    std::thread b([&] {
+      sync.arrive_and_wait();
+      free_rc = pool_.free_pages_from(&table[0]);
+      if (free_rc == 0) pool_.alloc_pages_to(9, x);
+    });
+    a.join();
+    b.join();
+    std::vector<pfn_t*> list{x};
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) list.push_back(&table[i]);
+    const auto r = pool_.check_slots(list);
+    ASSERT_TRUE(r.clean()) << "round " << round << " split " << split_rc << " free " << free_rc << "\n" << r.describe();
+    ASSERT_EQ(pool_.check(), "") << "round " << round;
+    for (pfn_t* s : list) ASSERT_EQ(pool_.free_pages_from(s), 0);
+  }
+  EXPECT_EQ(free_pages(), total_pages_);
 }
 
 // ---- case 4 ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ page* report_bad_pfn(pfn_t pfn) noexcept;                   // misuse; returns n
 pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
 void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
 void release_compound(page* p, page* holder) noexcept;      // count reached 0: free durably
+void report_owned_put(page* p, page* holder) noexcept;      // misuse: the slot's reference
 void materialise_lazy_region(const section& s, std::uint64_t region) noexcept;
 void lock_page_slow(page* p) noexcept;  // re-resolves the holder after every wake-up
 void wake_page_waiters(page* holder) noexcept;
@@ -230,6 +231,13 @@ inline bool get_page_unless_zero(page* p) noexcept {
 inline void put_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
+  // A slot's reference is refused before the count is touched, so other threads never see a
+  // slot-owned page at 0 because of this misuse (the same cache line: no extra miss).
+  if (PMPAGE_UNLIKELY(h->refcount_.load(std::memory_order_relaxed) == 1 &&
+                      (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned))) {
+    detail::report_owned_put(p, h);
+    return;
+  }
   const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);
   if (PMPAGE_LIKELY(old > 1)) return;
   if (old == 1)

@@ -34,6 +34,10 @@ struct pool_stats {
   std::uint64_t descriptor_bytes = 0;  // DRAM holding descriptors: regions x 64 B + 32 KiB x materialised
   std::uint64_t allocator_bytes = 0;   // DRAM of the allocator's own indexes (split-region state)
   std::uint64_t repaired_at_open = 0;  // torn updates found and repaired by recovery
+  /// Owner records dropped when a split region was loaded because their slot no longer named the
+  /// page (the engine overwrote a slot by hand, or freed the page holding it): those pages stay
+  /// allocated, owned by nobody; check_slots lists them as unreferenced.
+  std::uint64_t orphaned_owners = 0;
 };
 
 class pool {
