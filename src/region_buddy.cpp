@@ -15,7 +15,7 @@ void region_buddy::init(page* regions, std::uint64_t nr_regions) {
 void region_buddy::push(std::uint32_t r, unsigned order) {
   page& d = regions_[r];
   d.kind_ = RK_FREE_BLOCK;
-  d.order_ = std::uint8_t(order);
+  store_order(&d, order);  // read lock-free (compound_order, splits) while the buddy writes it
   d.list_prev_ = NIL;
   d.list_next_ = heads_[order - HPAGE_PMD_ORDER];
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = r;
@@ -31,7 +31,7 @@ void region_buddy::unlink(std::uint32_t r, unsigned order) {
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = d.list_prev_;
   d.list_next_ = d.list_prev_ = NIL;
   d.kind_ = RK_FREE_INNER;
-  d.order_ = 0;
+  store_order(&d, 0);
 }
 
 std::uint32_t region_buddy::alloc(unsigned order) {
