@@ -16,6 +16,16 @@
 //       tails are in-flight work and are cleared when the region is materialised.)
 //   P3  region word FREE     =>  its page map is ignored (zeroed when the region splits again).
 //   P4  a valid intent lane names an operation whose effects recovery completes or undoes.
+//   O1  a non-zero owner entry sits on an allocated head and the slot it names holds that head's
+//       pfn (layout.hpp); the slot lies in the root area or in an allocated page.
+//
+// Ownership (slot-owned pages, docs/api.md "Slot ownership")
+//   O2  PG_slot_owned on a state holder <=> its owner entry is non-zero (HEAD: region word bit 16).
+//   O3  a slot-owned page's count never reaches 0 except inside free_pages_from on its owner
+//       slot, which claims it (count 1 -> 0) before reading the owner; split_huge_page_to freezes
+//       it the same way; move_pages_owner holds a reference plus PG_owner_busy. So the owner of
+//       a page changes only under one of those three claims.
+//   A fork() child (g_fork_generation differs) never writes the media.
 //
 // Volatile invariants (V1..V5; checked by check())
 //   V1  every region is exactly one of: in a free buddy block, HEAD/TAIL of an allocated compound,
