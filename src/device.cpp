@@ -203,6 +203,18 @@ void device::reserve_blocks(std::uint64_t len) {
 }
 
 void device::read_at(void* buf, std::size_t len, std::uint64_t offset) const {
+  if (kind_ == kind::device_dax) {
+    // Device DAX files implement mmap but not read(2): map the covering aligned window read-only
+    // (mappings of device DAX must be multiples of its alignment), copy, unmap.
+    const std::uint64_t start = offset / align_ * align_;
+    const std::uint64_t end = (offset + len + align_ - 1) / align_ * align_;
+    if (offset + len > size_) fail(EIO, path_, "read past the end of the device");
+    void* m = ::mmap(nullptr, end - start, PROT_READ, MAP_SHARED, fd_, off_t(start));
+    if (m == MAP_FAILED) fail(errno, path_, sys_reason("mmap (to read the superblocks)", errno));
+    std::memcpy(buf, static_cast<const char*>(m) + (offset - start), len);
+    ::munmap(m, end - start);
+    return;
+  }
   auto* p = static_cast<char*>(buf);
   while (len > 0) {
     const ssize_t n = ::pread(fd_, p, len, off_t(offset));
