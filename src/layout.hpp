@@ -87,7 +87,8 @@ inline constexpr bool region_word_valid(std::uint64_t w) {
 
 // ---- owner table: 8 bytes per page -------------------------------------------------------------
 // Entry i of region r is 0, or the device offset of the pfn slot that owns the allocation whose
-// head is page i (for an order >= 9 allocation: entry 0 of its head region). Written in the same
+// head is page i (for an order >= 9 allocation: entry 0 of its head region, meaningful only when
+// the region word's owned bit is set). Written in the same
 // epoch as the allocation's codes by alloc_pages_to / split_huge_page_to and cleared by
 // free_pages_from, always under an intent lane. Rule O1: a non-zero entry sits on an allocated
 // head (a head code of a SPLIT region, or entry 0 of an owned HEAD region) and its slot holds the

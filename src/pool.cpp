@@ -659,7 +659,8 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // -EBUSY; checked again below once the page is claimed.
   const std::uint64_t index = pfn - start_pfn();
   if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != slot) {
-    const std::uint64_t owner = load_word(owner_entry(index));
+    const std::uint64_t owner =
+        (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) ? load_word(owner_entry(index)) : 0;
     if (h->refcount_.load(std::memory_order_relaxed) <= 0)
       report_misuse("free_pages_from: slot %p holds pfn %#llx, which is not allocated (dangling slot)",
                     static_cast<void*>(src), (unsigned long long)pfn);

@@ -222,6 +222,8 @@ class pool_impl {
   std::string check_locked();
   /// O1 for the allocation headed by page `index`: "" or the violation.
   std::string owner_problem(std::uint64_t index, bool owned) const;
+  /// The slot offset recorded for the allocation headed at `index`, or 0 if it is not slot-owned.
+  std::uint64_t recorded_owner(std::uint64_t index);
 
   open_slot slot_;  // before the resources below, so it is given back after them
   device dev_;

@@ -337,6 +337,7 @@ void pool_impl::replay_intents() {
 }
 
 void pool_impl::build_volatile() {
+  bool repairs = false;  // an owned large page whose slot no longer names it (fenced at the end)
   regions_bytes_ = round_up(nr_regions_ * sizeof(page), 4096);
   // Every region descriptor is written below: fault the array in with one call.
   void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -368,7 +369,24 @@ void pool_impl::build_volatile() {
         d.order_ = std::uint8_t(order);
         d.head_index_ = ri;
         d.refcount_.store(1, std::memory_order_relaxed);
-        d.flags_.store(PG_head | (region_word_owned(w) ? PG_slot_owned : 0u), std::memory_order_relaxed);
+        bool owned = region_word_owned(w);
+        if (owned) {
+          // O1 for an owned large page: its slot must still name it. Only owned heads are read (one
+          // entry each); an entry whose slot does not name the page is dropped, like the owner
+          // records of small pages when their region loads.
+          const std::uint64_t e = load_word(owner_entry(i << HPAGE_PMD_ORDER));
+          owned = slot_offset_valid(e) &&
+                  std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
+                      pfn_of_index(i << HPAGE_PMD_ORDER);
+          if (!owned) {
+            persist_word(owner_entry(i << HPAGE_PMD_ORDER), 0);
+            persist_word(region_word(ri), make_region_word(region_state::head, order));
+            repairs = true;
+            ++orphaned_;
+            ++repaired_;
+          }
+        }
+        d.flags_.store(PG_head | (owned ? PG_slot_owned : 0u), std::memory_order_relaxed);
         for (std::uint64_t t = 1; t < n; ++t) {
           page& td = regions_[i + t];
           td.kind_ = RK_TAIL;
@@ -393,6 +411,7 @@ void pool_impl::build_volatile() {
     }
   }
   end_run();
+  if (repairs) pers_->drain();
   // Lazy regions are loaded lowest first when the allocator needs one.
   std::reverse(lazy_.begin(), lazy_.end());
 }

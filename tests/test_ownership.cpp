@@ -230,19 +230,24 @@ TEST_F(Ownership, ABrokenOwnerRecordIsCountedAfterReopen) {
   // Before close, check() names the slot the engine overwrote. After reopen the record is dropped
   // when the region loads (the page stays allocated, unowned), counted in stats().orphaned_owners,
   // and check_slots lists the page as unreferenced.
-  ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0]), nullptr);
-  const pfn_t lost = slots()[0];
-  slots()[0] = 0;
-  EXPECT_NE(pool_.check().find("O1"), std::string::npos);
-  reopen();
-  EXPECT_EQ(pool_.check(), "");  // loads every region: the record is dropped now
-  EXPECT_EQ(pool_.stats().orphaned_owners, 1u);
-  std::vector<pfn_t*> list{&slots()[0]};
-  const auto r = pool_.check_slots(list);
-  ASSERT_EQ(r.unreferenced.size(), 1u) << r.describe();
-  EXPECT_EQ(r.unreferenced[0].pfn, lost);
-  pmpage::free_pages(pmpage::pfn_to_page(lost), 0);  // unowned now: the engine can reclaim it
-  EXPECT_EQ(free_pages(), total_pages_);
+  for (unsigned order : {0u, 9u}) {  // a small page's record is checked when its region loads, a large one's at open
+    SCOPED_TRACE("order " + std::to_string(order));
+    ASSERT_NE(pool_.alloc_pages_to(order, &slots()[0]), nullptr);
+    const pfn_t lost = slots()[0];
+    slots()[0] = 0;
+    EXPECT_NE(pool_.check().find("O1"), std::string::npos);
+    reopen();
+    EXPECT_EQ(pool_.check(), "");  // loads every region: the record is dropped now
+    EXPECT_EQ(pool_.stats().orphaned_owners, 1u);
+    std::vector<pfn_t*> list{&slots()[0]};
+    const auto r = pool_.check_slots(list);
+    ASSERT_EQ(r.unreferenced.size(), 1u) << r.describe();
+    EXPECT_EQ(r.unreferenced[0].pfn, lost);
+    pmpage::free_pages(pmpage::pfn_to_page(lost), order);  // unowned now: the engine can reclaim it
+    EXPECT_EQ(free_pages(), total_pages_);
+    reopen();
+    EXPECT_EQ(pool_.stats().orphaned_owners, 0u);
+  }
 }
 
 TEST_F(Ownership, CheckSeesAFreedPageThatStillHeldAnOwningSlot) {
