@@ -19,7 +19,16 @@ if [ ${#regressions[@]} -gt 0 ]; then
   "$build/fuzz/pmpage_fuzz_open" -runs=0 "${regressions[@]}"
 fi
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# The target keeps one scratch pool per process (/dev/shm/pmpage-fuzz-<pid>), and libFuzzer exits
+# with _Exit: remove those whose process is gone, when this script ends.
+cleanup() {
+  rm -rf "$work"
+  for f in /dev/shm/pmpage-fuzz-*; do
+    [ -e "$f" ] || continue
+    kill -0 "${f##*-}" 2>/dev/null || rm -f "$f"
+  done
+}
+trap cleanup EXIT
 cp "$corpus"/* "$work"/
 "$build/fuzz/pmpage_fuzz_open" -max_total_time="${FUZZ_SECONDS:-60}" -max_len=$((64 * 1024)) -timeout=20 \
   -rss_limit_mb=4096 -artifact_prefix=fuzz/crashes/ -print_final_stats=1 "$work" 2>&1 | tail -20
