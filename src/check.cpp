@@ -218,9 +218,8 @@ std::string pool_impl::owner_problem(std::uint64_t index, bool owned) const {
 }
 
 std::uint64_t pool_impl::recorded_owner(std::uint64_t index) {
-  // The owner entry counts only on an owned head (a large page's entry is stale unless owned).
   page* h = state_holder(vpage(index));
-  return h && (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) ? load_word(owner_entry(index)) : 0;
+  return h ? slot_owner(h, index) : 0;
 }
 
 pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {

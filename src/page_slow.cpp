@@ -107,10 +107,7 @@ void free_pages(page* p, unsigned order) noexcept {
                           static_cast<unsigned long long>(page_to_pfn(p)), order, actual);
     return;
   }
-  if (h->refcount_.load(std::memory_order_relaxed) == 1 && (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned)) {
-    detail::report_owned_put(p, h);
-    return;
-  }
+  if (detail::refuse_slot_reference(p, h)) return;
   const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);  // put_page on the holder
   if (old == 1)
     detail::release_compound(p, h);

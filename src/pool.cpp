@@ -606,7 +606,7 @@ void pool_impl::report_owned_release(page* p, page* holder) noexcept {
 void pool_impl::report_owned(page* p, page* holder) noexcept {
   const std::uint64_t index =
       is_region_desc(holder) ? std::uint64_t(holder - regions_) << HPAGE_PMD_ORDER : std::uint64_t(holder - vmemmap_);
-  const std::uint64_t owner = load_word(owner_entry(index));
+  const std::uint64_t owner = slot_owner(holder, index);
   report_misuse("put_page/free_pages would free pfn %#llx, which the slot at %p owns (alloc_pages_to): a slot's "
                 "reference is dropped only by free_pages_from on that slot (unbalanced put_page?)",
                 (unsigned long long)page_to_pfn(p), static_cast<void*>(dev_.base() + owner));
@@ -625,6 +625,27 @@ void pool_impl::release(page* holder) noexcept {
   }
   fence();
   finish_free(fr);
+}
+
+std::uint64_t pool_impl::slot_owner(page* h, std::uint64_t index) const {
+  // The owner entry counts only on an owned head (a large page's entry is stale unless owned).
+  return (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) ? load_word(owner_entry(index)) : 0;
+}
+
+int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn, page* h, std::uint64_t index) {
+  const std::uint64_t owner = slot_owner(h, index);
+  if (h->refcount_.load(std::memory_order_relaxed) <= 0)
+    report_misuse("%s: slot %p holds pfn %#llx, which is not allocated (dangling slot)", caller,
+                  static_cast<const void*>(slot), (unsigned long long)pfn);
+  else if (owner == 0)
+    report_misuse("%s: slot %p does not own pfn %#llx, which no slot owns (allocated with alloc_pages or split "
+                  "from an unowned page): drop it with put_page/free_pages", caller, static_cast<const void*>(slot),
+                  (unsigned long long)pfn);
+  else
+    report_misuse("%s: slot %p does not own pfn %#llx: the slot at %p owns that page (a copy of a pfn must not "
+                  "free or move it)", caller, static_cast<const void*>(slot), (unsigned long long)pfn,
+                  static_cast<void*>(dev_.base() + owner));
+  return -EINVAL;
 }
 
 int pool_impl::free_pages_from(pfn_t* src) noexcept {
@@ -656,46 +677,18 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     return -EINVAL;
   }
   // Ownership first, so a wrong slot is reported even while other references make the free
-  // -EBUSY; checked again below once the page is claimed.
+  // -EBUSY; checked again once the page is claimed (it cannot change after that).
   const std::uint64_t index = pfn - start_pfn();
-  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != slot) {
-    const std::uint64_t owner =
-        (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) ? load_word(owner_entry(index)) : 0;
-    if (h->refcount_.load(std::memory_order_relaxed) <= 0)
-      report_misuse("free_pages_from: slot %p holds pfn %#llx, which is not allocated (dangling slot)",
-                    static_cast<void*>(src), (unsigned long long)pfn);
-    else if (owner == 0)
-      report_misuse("free_pages_from: slot %p holds pfn %#llx, which no slot owns (allocated with alloc_pages or "
-                    "split from an unowned page): drop it with put_page/free_pages",
-                    static_cast<void*>(src), (unsigned long long)pfn);
-    else
-      report_misuse("free_pages_from: slot %p holds pfn %#llx, but the slot at %p owns that page (a copy of a "
-                    "pfn must not free it)", static_cast<void*>(src), (unsigned long long)pfn,
-                    static_cast<void*>(dev_.base() + owner));
-    return -EINVAL;
-  }
+  if (slot_owner(h, index) != slot) return report_not_owner("free_pages_from", src, pfn, h, index);
   // Claim the page: from here no other free can reach it, so its ownership cannot change under us.
   int expected = 1;
   if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
-    if (expected <= 0) {
-      report_misuse("free_pages_from: slot %p holds pfn %#llx, which is not allocated (dangling slot)",
-                    static_cast<void*>(src), (unsigned long long)pfn);
-      return -EINVAL;
-    }
-    return -EBUSY;
+    if (expected > 0) return -EBUSY;
+    return report_not_owner("free_pages_from", src, pfn, h, index);  // freed meanwhile: dangling
   }
-  const std::uint64_t owner = load_word(owner_entry(index));
-  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != slot) {  // changed since: a race
+  if (slot_owner(h, index) != slot) {  // changed between the check and the claim: a race
     h->refcount_.fetch_add(1, std::memory_order_relaxed);
-    if (owner == 0)
-      report_misuse("free_pages_from: slot %p holds pfn %#llx, which no slot owns (allocated with alloc_pages or "
-                    "split from an unowned page): drop it with put_page/free_pages",
-                    static_cast<void*>(src), (unsigned long long)pfn);
-    else
-      report_misuse("free_pages_from: slot %p holds pfn %#llx, but the slot at %p owns that page (a copy of a "
-                    "pfn must not free it)", static_cast<void*>(src), (unsigned long long)pfn,
-                    static_cast<void*>(dev_.base() + owner));
-    return -EINVAL;
+    return report_not_owner("free_pages_from", src, pfn, h, index);
   }
   const unsigned order = load_order(h);
   prefetch_map_line(h);
@@ -740,14 +733,15 @@ void pool_impl::write_split_map(std::uint32_t r) {
   pers_->flush(map, PAGE_MAP_BYTES);
 }
 
-void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off) {
+void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots) {
   const std::uint64_t first = std::uint64_t(r) << HPAGE_PMD_ORDER;
   write_split_map(r);
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), slots_off + 8 * i);
   pers_->flush(owner_entry(first), OWNER_TABLE_BYTES);
   auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
-  for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
-    std::atomic_ref<pfn_t>(slots[i]).store(pfn_of_index(first + i), std::memory_order_relaxed);
+  if (store_slots)
+    for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
+      std::atomic_ref<pfn_t>(slots[i]).store(pfn_of_index(first + i), std::memory_order_relaxed);
   pers_->flush(slots + 1, (HPAGE_PMD_NR - 1) * sizeof(pfn_t));
 }
 
@@ -757,11 +751,14 @@ int pool_impl::split_prepare(page* h) {
   if (h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked) return -EBUSY;
   int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
   if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
-    if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters)
-      h->flags_.notify_all();
+    split_unlock(h);
     return -EBUSY;
   }
   return 0;
+}
+
+void pool_impl::split_unlock(page* h) {
+  if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) h->flags_.notify_all();
 }
 
 namespace {
@@ -825,11 +822,9 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     h->flags_.fetch_and(~std::uint32_t{PG_owner_busy}, std::memory_order_release);
     put_page(vpage(index));  // never the last reference: the slot holds one
   };
-  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || load_word(owner_entry(index)) != from ||
-      std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed) != pfn) {
+  if (slot_owner(h, index) != from || std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed) != pfn) {
+    report_not_owner("move_pages_owner", src, pfn, h, index);
     done();
-    report_misuse("move_pages_owner: source slot %p holds pfn %#llx but does not own it", static_cast<void*>(src),
-                  (unsigned long long)pfn);
     return -EINVAL;
   }
   const unsigned lane = intents_.acquire();
@@ -904,10 +899,10 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   if (const int e = split_prepare(h)) return e;
   auto unfreeze = [&] {
     h->refcount_.store(1, std::memory_order_release);
-    if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) h->flags_.notify_all();
+    split_unlock(h);
   };
-  const std::uint64_t owner = load_word(owner_entry(loc.index));
-  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) || owner != off ||
+  const std::uint64_t owner = slot_owner(h, loc.index);
+  if (owner != off ||
       std::atomic_ref<pfn_t>(slots[0]).load(std::memory_order_relaxed) != pfn) {
     unfreeze();
     report_misuse("split_huge_page_to: slots[0] (%p) must be the slot that owns pfn %#llx%s",
@@ -945,7 +940,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
                   static_cast<void*>(slots + claimed));
     return -EINVAL;
   }
-  write_split_to_words(r, off);
+  write_split_to_words(r, off, /*store_slots=*/false);  // claimed above
   persist_word(region_word(r), make_region_word(region_state::split));
   fence();  // 2: 512 owned pages, each in its slot
   intents_.retire_lazily(lane);

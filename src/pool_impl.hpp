@@ -149,7 +149,7 @@ class pool_impl {
   /// The owner entry of pool page `index` (layout.hpp, rule O1).
   std::uint64_t* owner_entry(std::uint64_t index) const { return owner_table_ + index; }
   /// The owner table words of a split_huge_page_to and the caller's slots 1..511 (flushed).
-  void write_split_to_words(std::uint32_t r, std::uint64_t slots_off);
+  void write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots);
   /// Every page of region r an order-0 head in its page map (flushed).
   void write_split_map(std::uint32_t r);
   /// Zeroes region r's owner entries (flushed): every split starts with no stale owner.
@@ -218,6 +218,12 @@ class pool_impl {
   void split_descriptors(page* h, std::uint32_t r, bool owned);
   /// Takes the split's own page lock on h, freezes the count; undoes and returns an errno on failure.
   int split_prepare(page* h);
+  /// Drops the split's own page lock (a split that gave up), waking sleepers.
+  void split_unlock(page* h);
+  /// The slot offset that owns the allocation held by h and headed at `index`, or 0 (unowned).
+  std::uint64_t slot_owner(page* h, std::uint64_t index) const;
+  /// Reports `slot` naming pfn without owning it (dangling, unowned or another slot's); -EINVAL.
+  int report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn, page* h, std::uint64_t index);
   bool covered_by_earlier_head(std::uint32_t r) const;
   std::string check_locked();
   /// O1 for the allocation headed by page `index`: "" or the violation.

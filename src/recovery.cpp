@@ -268,7 +268,7 @@ bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off) {
       return true;
     }
   }
-  write_split_to_words(r, slots_off);
+  write_split_to_words(r, slots_off, /*store_slots=*/true);
   persist_word(region_word(r), make_region_word(region_state::split));
   return true;
 }

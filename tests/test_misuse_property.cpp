@@ -119,7 +119,7 @@ class MisuseProperty : public PoolTest {
   misuse_recorder recorder_;
 
   std::map<std::string, std::uint64_t> counts_;  // outcomes, for the coverage summary
-  void count(const char* what) { ++counts_[what]; }
+  void count(const std::string& what) { ++counts_[what]; }
 
   std::uint64_t rnd(std::uint64_t n) { return std::uniform_int_distribution<std::uint64_t>(0, n - 1)(rng_); }
   bool chance(unsigned percent) { return rnd(100) < percent; }
@@ -183,15 +183,7 @@ class MisuseProperty : public PoolTest {
     set_slot_model(to, pfn);
   }
 
-  bool model_has_free_extent(unsigned order) const {
-    const std::uint64_t n = std::uint64_t{1} << order;
-    for (std::uint64_t b = 0; b + n <= total_pages_; b += n) {
-      bool free = true;
-      for (std::uint64_t i = b; i < b + n && free; ++i) free = !used_[i];
-      if (free) return true;
-    }
-    return false;
-  }
+  bool model_has_free_extent(unsigned order) const { return has_free_extent(used_, order); }
 
   unsigned random_order() {  // 0..10: mostly split-region orders, sometimes whole / multi-region
     const std::uint64_t r = rnd(100);
@@ -453,6 +445,36 @@ class MisuseProperty : public PoolTest {
     if (!set.empty()) head = set.at(rnd(set.size()));
   }
 
+  // The conditions of one split attempt, drawn by `variant`: an extra reference for the split's
+  // duration (0, 1), the compound page locked through lock_at (2), or neither. `refused`: the split
+  // must return -EBUSY (referenced more than once, or locked).
+  void prepare_split(pfn_t head, std::uint64_t variant, pfn_t lock_at, bool& refused) {
+    if (variant < 2) {
+      EXPECT_REPORTS(0, "get_page", pmpage::get_page(pg(any_pfn_of(head))));
+      ++model_.at(head).count;
+    }
+    if (variant == 2) {
+      ASSERT_TRUE(pmpage::trylock_page(pg(lock_at)));
+    }
+    refused = variant == 2 || model_.at(head).count != 1;
+  }
+
+  // After the split attempt of prepare_split: it was refused and changed nothing; the lock and the
+  // extra reference are given back.
+  void undo_refused_split(pfn_t head, std::uint64_t variant, int rc, const std::string& what) {
+    if (variant == 2) {
+      EXPECT_REPORTS(0, "unlock_page", pmpage::unlock_page(pg(head)));
+    }
+    ASSERT_EQ(rc, -EBUSY);
+    ASSERT_FALSE(pmpage::PageSplit(pg(head)));
+    ASSERT_NO_FATAL_FAILURE(expect_count(head));
+    count(what + (variant == 2 ? " locked" : " busy"));
+    if (variant < 2) {
+      EXPECT_REPORTS(0, "put_page", pmpage::put_page(pg(any_pfn_of(head))));
+      --model_.at(head).count;
+    }
+  }
+
   // split_huge_page of an unowned order-9 page: 0 with count 1, -EBUSY (no report) when referenced
   // more than once or locked.
   void op_split() {
@@ -460,29 +482,12 @@ class MisuseProperty : public PoolTest {
     ASSERT_NO_FATAL_FAILURE(find_order9(false, head));
     if (!head) return;
     const std::uint64_t variant = rnd(10);
-    if (variant < 2) {  // an extra reference for the split's duration
-      EXPECT_REPORTS(0, "get_page", pmpage::get_page(pg(any_pfn_of(head))));
-      ++model_.at(head).count;
-    }
-    const allocation a = model_.at(head);
-    const bool lock = variant == 2;
-    if (lock) {
-      ASSERT_TRUE(pmpage::trylock_page(pg(head)));
-    }
+    bool refused = false;
+    ASSERT_NO_FATAL_FAILURE(prepare_split(head, variant, head, refused));
     int rc = 0;
     EXPECT_REPORTS(0, "split_huge_page of an unowned page", rc = pmpage::split_huge_page(pg(head)));
-    if (lock) {
-      EXPECT_REPORTS(0, "unlock_page", pmpage::unlock_page(pg(head)));
-    }
-    if (lock || a.count != 1) {
-      ASSERT_EQ(rc, -EBUSY);
-      ASSERT_FALSE(pmpage::PageSplit(pg(head)));
-      ASSERT_NO_FATAL_FAILURE(expect_count(head));
-      count(lock ? "split locked" : "split busy");
-      if (variant < 2) {
-        EXPECT_REPORTS(0, "put_page", pmpage::put_page(pg(any_pfn_of(head))));
-        --model_.at(head).count;
-      }
+    if (refused) {
+      ASSERT_NO_FATAL_FAILURE(undo_refused_split(head, variant, rc, "split"));
       return;
     }
     ASSERT_EQ(rc, 0);
@@ -532,29 +537,12 @@ class MisuseProperty : public PoolTest {
     ASSERT_NO_FATAL_FAILURE(owned9_into_table(head, t, ok));
     if (!ok) return;
     const std::uint64_t variant = rnd(10);
-    if (variant < 2) {  // an extra reference for the split's duration
-      EXPECT_REPORTS(0, "get_page", pmpage::get_page(pg(any_pfn_of(head))));
-      ++model_.at(head).count;
-    }
-    const allocation a = model_.at(head);
-    const bool lock = variant == 2;
-    if (lock) {
-      ASSERT_TRUE(pmpage::trylock_page(pg(head + rnd(HPAGE_PMD_NR))));
-    }
+    bool refused = false;
+    ASSERT_NO_FATAL_FAILURE(prepare_split(head, variant, head + rnd(HPAGE_PMD_NR), refused));
     int rc = 0;
     EXPECT_REPORTS(0, "split_huge_page_to", rc = pmpage::split_huge_page_to(pg(head), table(t)));
-    if (lock) {
-      EXPECT_REPORTS(0, "unlock_page", pmpage::unlock_page(pg(head)));
-    }
-    if (lock || a.count != 1) {
-      ASSERT_EQ(rc, -EBUSY);
-      ASSERT_FALSE(pmpage::PageSplit(pg(head)));
-      ASSERT_NO_FATAL_FAILURE(expect_count(head));
-      count(lock ? "split_to locked" : "split_to busy");
-      if (variant < 2) {
-        EXPECT_REPORTS(0, "put_page", pmpage::put_page(pg(any_pfn_of(head))));
-        --model_.at(head).count;
-      }
+    if (refused) {
+      ASSERT_NO_FATAL_FAILURE(undo_refused_split(head, variant, rc, "split_to"));
       // Out of the table again, so it is free for the next split.
       if (const std::size_t to = pick_empty_general(); to != SIZE_MAX) {
         EXPECT_REPORTS(0, "move_pages_owner out of a table", rc = pool_.move_pages_owner(table(t), slot(to)));

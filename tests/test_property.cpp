@@ -80,15 +80,7 @@ class Property : public PoolTest {
     model_.erase(pfn);
   }
 
-  bool model_has_free_extent(unsigned order) const {
-    const std::uint64_t n = std::uint64_t{1} << order;
-    for (std::uint64_t b = 0; b + n <= total_pages_; b += n) {
-      bool free = true;
-      for (std::uint64_t i = b; i < b + n && free; ++i) free = !used_[i];
-      if (free) return true;
-    }
-    return false;
-  }
+  bool model_has_free_extent(unsigned order) const { return has_free_extent(used_, order); }
 
   page* any_page_of(pfn_t head) { return pmpage::pfn_to_page(head + rnd(std::uint64_t{1} << model_.at(head).order)); }
 

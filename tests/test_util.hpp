@@ -150,6 +150,18 @@ inline std::uint64_t pages_in(const std::map<pmpage::pfn_t, unsigned>& allocs) {
   return n;
 }
 
+// Reference models: does a page-use map (one entry per pool page, non-zero = in use) have a free
+// naturally aligned extent of 2^order pages? (An allocation of that order must then succeed.)
+inline bool has_free_extent(const std::vector<std::uint8_t>& used, unsigned order) {
+  const std::uint64_t n = std::uint64_t{1} << order;
+  for (std::uint64_t b = 0; b + n <= used.size(); b += n) {
+    bool free = true;
+    for (std::uint64_t i = b; i < b + n && free; ++i) free = !used[i];
+    if (free) return true;
+  }
+  return false;
+}
+
 // The root area seen as an array of pfn slots (for alloc_pages_to / free_pages_from).
 inline pmpage::pfn_t* root_slots(const pmpage::pool& pool) {
   return reinterpret_cast<pmpage::pfn_t*>(pool.root());

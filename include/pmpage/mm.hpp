@@ -57,6 +57,17 @@ inline std::uint64_t index_of(const page* p) noexcept {
   return (reinterpret_cast<std::uintptr_t>(p) & ~DESC_GRANULE_NUMBER_MASK) / sizeof(page);
 }
 
+/// put_page/free_pages about to drop a slot-owned page's last reference (the slot's): reported,
+/// refused before the count is touched, so other threads never see the page at 0 because of this
+/// misuse. Count and flags share the descriptor's cache line: no extra miss on the put path.
+inline bool refuse_slot_reference(page* p, page* h) noexcept {
+  if (PMPAGE_LIKELY(h->refcount_.load(std::memory_order_relaxed) != 1 ||
+                    !(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned)))
+    return false;
+  report_owned_put(p, h);
+  return true;
+}
+
 /// Locates p. Returns false (after reporting misuse) when p is not a descriptor of an open pool.
 inline bool locate(const page* p, page_location& out) noexcept {
   const section& s = section_of(p);
@@ -231,13 +242,7 @@ inline bool get_page_unless_zero(page* p) noexcept {
 inline void put_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
-  // A slot's reference is refused before the count is touched, so other threads never see a
-  // slot-owned page at 0 because of this misuse (the same cache line: no extra miss).
-  if (PMPAGE_UNLIKELY(h->refcount_.load(std::memory_order_relaxed) == 1 &&
-                      (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned))) {
-    detail::report_owned_put(p, h);
-    return;
-  }
+  if (PMPAGE_UNLIKELY(detail::refuse_slot_reference(p, h))) return;
   const int old = h->refcount_.fetch_sub(1, std::memory_order_acq_rel);
   if (PMPAGE_LIKELY(old > 1)) return;
   if (old == 1)

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -123,6 +125,18 @@ std::string check_recovered(const pool& p, const pool_state& s, bool slot_owned)
     for (auto& [pfn, order] : s.allocations)
       if (!named.count(pfn)) return "pfn " + std::to_string(pfn) + " (order " + std::to_string(order) + ") is allocated but no slot names it: leaked";
   return {};
+}
+
+std::vector<char> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes(std::filesystem::file_size(path));
+  in.read(bytes.data(), std::streamsize(bytes.size()));
+  return bytes;
+}
+
+void write_file(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
 }
 
 crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery) {

@@ -66,6 +66,10 @@ struct crash_report {
   std::vector<std::string> failures;
 };
 
+/// A whole file's bytes, and a file made of exactly these bytes (crafting and comparing images).
+std::vector<char> read_file(const std::string& path);
+void write_file(const std::string& path, const std::vector<char>& bytes);
+
 /// seeds: random subsets per crash point (plus the all-kept and none-kept extremes).
 crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery);
 

@@ -16,21 +16,11 @@
 #include "layout.hpp"  // src/: crafting images needs the on-media structures
 
 using namespace pmpage;
+using pmpage::testing::read_file;
+using pmpage::testing::write_file;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::vector<char> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> bytes(fs::file_size(path));
-  in.read(bytes.data(), std::streamsize(bytes.size()));
-  return bytes;
-}
-
-void write_file(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
 
 /// Expects open(path) to throw pmpage::error whose message contains every fragment, and the
 /// file to be byte-for-byte unchanged.

@@ -24,23 +24,13 @@
 #include "sim_pmem.hpp"
 
 using namespace pmpage;
+using pmpage::testing::read_file;
+using pmpage::testing::write_file;
 namespace fs = std::filesystem;
 
 namespace {
 
 constexpr std::uint64_t MiB = 1ull << 20;
-
-std::vector<char> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> bytes(fs::file_size(path));
-  in.read(bytes.data(), std::streamsize(bytes.size()));
-  return bytes;
-}
-
-void write_file(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
 
 std::string temp_of(const std::string& path) { return path + ".pmpage-creating"; }
 
