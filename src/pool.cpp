@@ -189,6 +189,10 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
   return true;
 }
 
+std::size_t pool_impl::trim() noexcept {
+  return 0;  // (interim) a drained split region merges at once: nothing is kept to trim
+}
+
 void pool_impl::materialise(std::uint32_t r) noexcept {
   std::lock_guard g(mu_);
   materialise_locked(r);
@@ -1044,6 +1048,7 @@ void pool::drain() const noexcept {
   if (impl_) impl_->fence();
 }
 pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
+std::size_t pool::trim() noexcept { return impl_ ? impl_->trim() : 0; }
 void pool::for_each_allocated(const std::function<void(page*, unsigned)>& f) const {
   if (!impl_) return;
   std::vector<std::pair<page*, unsigned>> all;

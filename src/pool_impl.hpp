@@ -106,6 +106,7 @@ class pool_impl {
 
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
   pool_stats stats() noexcept;
+  std::size_t trim() noexcept;
   void collect_allocations(std::vector<std::pair<page*, unsigned>>& out);
   std::string check();
 

@@ -38,6 +38,16 @@ struct pool_stats {
   /// page (the engine overwrote a slot by hand, or freed the page holding it): those pages stay
   /// allocated, owned by nobody; check_slots lists them as unreferenced.
   std::uint64_t orphaned_owners = 0;
+  /// Per-CPU caches (docs/scaling.md): split regions a CPU's cache holds for its own small
+  /// allocations, and the free pages inside them. Those pages are free on the media (a crash
+  /// loses nothing) and are counted in free_pages; another CPU takes them only when the pool has
+  /// no other room. An idle cache is drained after PCP_IDLE_MS, and trim() drains them all.
+  std::uint64_t cpu_cached_regions = 0;
+  std::uint64_t cpu_cached_free_pages = 0;
+  /// Split regions with no allocation that keep their 4 KiB descriptors for a while (merge
+  /// hysteresis, docs/api.md "When descriptor memory comes back"): at most EMPTY_SPLIT_KEPT, each
+  /// for at most EMPTY_SPLIT_KEEP_MS; trim() merges them now. Included in split_regions.
+  std::uint64_t empty_split_regions = 0;
 };
 
 class pool {
@@ -150,6 +160,12 @@ class pool {
   void drain() const noexcept;
 
   pool_stats stats() const noexcept;
+  /// Returns descriptor memory now: drains every per-CPU cache and merges every split region
+  /// that has no allocation back into a free 2 MiB region, giving its 32 KiB of 4 KiB
+  /// descriptors back to the kernel (madvise). Returns the number of regions merged. Costs one
+  /// fence when there is anything to merge. Kernel: drain_all_pages() + compaction's merge.
+  /// Thread-safe; concurrent allocations may split regions again right away.
+  std::size_t trim() noexcept;
   /// Calls f(head, order) for every allocation. Allocations made or freed concurrently may or may
   /// not be seen; f must not allocate or free in this pool.
   void for_each_allocated(const std::function<void(page*, unsigned)>& f) const;

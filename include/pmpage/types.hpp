@@ -71,6 +71,19 @@ inline constexpr std::uint64_t MAX_POOL_PAGES = std::uint64_t{1} << 32;
 /// structures belong in allocated pages, whose pfns the root can hold.
 inline constexpr std::uint64_t MAX_ROOT_SIZE = std::uint64_t{1} << 30;
 
+/// Merge hysteresis (docs/api.md "When descriptor memory comes back"). A split region whose last
+/// allocation is freed keeps its 512 descriptors (32 KiB of DRAM) so that the next small
+/// allocation there costs what it costs inside a region: at most EMPTY_SPLIT_KEPT such regions
+/// per pool (the oldest merges first) and each for at most EMPTY_SPLIT_KEEP_MS, enforced whenever
+/// the allocator next takes its pool lock (a cache refill, a large alloc or free, a free that
+/// empties a region, stats(), trim()). pool::trim() merges them all now.
+inline constexpr unsigned EMPTY_SPLIT_KEPT = 16;
+inline constexpr unsigned EMPTY_SPLIT_KEEP_MS = 1000;
+
+/// A per-CPU cache that allocated nothing for this long is drained (its region goes back to the
+/// shared filler) the next time any thread takes the pool lock; pool::trim() drains them all.
+inline constexpr unsigned PCP_IDLE_MS = 1000;
+
 /// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
 /// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
 class error : public std::system_error {
