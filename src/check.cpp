@@ -12,10 +12,12 @@ namespace pmpage::detail {
 
 pool_stats pool_impl::stats() noexcept {
   pool_stats s;
+  std::uint64_t stashed_regions = 0;
   // The caches first, one lock at a time (their locks come before the pool lock).
   for (unsigned i = 0; i < nr_caches_; ++i) {
     cpu_cache& c = caches_[i];
     std::lock_guard gc(c.mu);
+    for (unsigned k = 0; k < cpu_cache::STASH_ORDERS; ++k) stashed_regions += std::uint64_t(c.nr_stash[k]) << k;
     if (c.region == NIL) continue;
     ++s.cpu_cached_regions;
     s.cpu_cached_free_pages += sstate(c.region).nr_free;
@@ -37,7 +39,7 @@ pool_stats pool_impl::stats() noexcept {
     const std::uint64_t* map = page_map(r);
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) s.free_pages += map_code(map, i) == CODE_FREE;
   }
-  s.free_regions = buddy_.free_regions();
+  s.free_regions = buddy_.free_regions() + stashed_regions;
   s.split_regions = split_regions_;
   s.materialised_regions = materialised_;
   s.descriptor_bytes = nr_regions_ * sizeof(page) + materialised_ * HPAGE_PMD_NR * sizeof(page);
@@ -123,6 +125,23 @@ std::string pool_impl::check_locked() {
             regions_[buddy].order_ == d.order_)
           return fail("B2: free buddies ", r, " and ", buddy, " of order ", int(d.order_), " not merged");
         buddy_free += n;
+        free_pages += n << HPAGE_PMD_ORDER;
+        r += n;
+        break;
+      }
+      case RK_STASHED: {
+        const std::uint64_t n = std::uint64_t{1} << (d.order_ - HPAGE_PMD_ORDER);
+        bool held = false;
+        for (unsigned i = 0; i < nr_caches_ && !held; ++i) {
+          const unsigned k = d.order_ - HPAGE_PMD_ORDER;
+          for (unsigned j = 0; k < cpu_cache::STASH_ORDERS && j < caches_[i].nr_stash[k]; ++j) held |= caches_[i].stash[k][j] == ri;
+        }
+        if (!held || r % n || r + n > nr_regions_) return fail("C1: stashed block at region ", r, " order ", int(d.order_), " not in a stash or misaligned");
+        for (std::uint64_t t = r; t < r + n; ++t) {
+          if (t > r && regions_[t].kind_ != RK_FREE_INNER) return fail("C1: region ", t, " inside stashed block ", r, " has kind ", int(regions_[t].kind_));
+          if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
+            return fail("V2: stashed region ", t, " is not FREE on the media");
+        }
         free_pages += n << HPAGE_PMD_ORDER;
         r += n;
         break;

@@ -30,8 +30,20 @@ namespace pmpage::detail {
 inline constexpr unsigned MAX_CPU_CACHES = 256;
 
 struct alignas(64) cpu_cache {
+  /// Free blocks of orders 9..9+STASH_ORDERS-1 kept for this CPU (the kernel's pcp lists hold
+  /// THP-order pages too): an order-9 or -10 alloc+free pair then takes no pool lock. FREE on the
+  /// media; region kind RK_STASHED.
+  static constexpr unsigned STASH_ORDERS = 2;
+  static constexpr unsigned STASH_MAX = 2;
   adaptive_mutex mu;
   std::uint32_t region = NIL;  // the split region it carves from; guarded by mu (and the pool lock to change)
+  std::uint32_t stash[STASH_ORDERS][STASH_MAX];  // guarded by mu
+  unsigned nr_stash[STASH_ORDERS] = {};
+  bool holds_anything() const {
+    for (unsigned k = 0; k < STASH_ORDERS; ++k)
+      if (nr_stash[k]) return true;
+    return region != NIL;
+  }
   unsigned index = 0;
   /// Allocations served, and the coarse time of the last one; written under mu, read by the idle
   /// sweep under the pool lock.

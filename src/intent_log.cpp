@@ -1,6 +1,7 @@
 // intent_log.cpp — see intent_log.hpp.
 #include "intent_log.hpp"
 
+#include <bit>
 #include <functional>
 #include <thread>
 
@@ -38,14 +39,11 @@ void intent_log::write(unsigned i, intent_kind kind, unsigned order, std::uint64
   l.pfn = pfn;
   l.aux = aux;
   l.checksum = fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8);
-  {
-    // The previous intent of this lane is overwritten: it no longer needs its retirement.
-    std::lock_guard g(mu_);
-    mirror& m = mirrors_[i];
-    if (m.pending) nr_pending_.fetch_sub(1, std::memory_order_relaxed);
-    m.pending = false;
-    m.seq = seq;
-  }
+  // The previous intent of this lane is overwritten: it no longer needs its retirement made
+  // durable by other threads' fences (this intent's own fence follows).
+  mirror& m = mirrors_[i];
+  m.seq_written = seq;
+  if (m.pending_seq.exchange(0, std::memory_order_acq_rel) != 0) unmark_pending(i);
   // Word by word (8-byte atomic stores): a torn lane fails its checksum at recovery.
   const auto* src = reinterpret_cast<const std::uint64_t*>(&l);
   auto* dst = reinterpret_cast<std::uint64_t*>(&lanes_[i]);
@@ -53,38 +51,45 @@ void intent_log::write(unsigned i, intent_kind kind, unsigned order, std::uint64
   pers_->flush(&lanes_[i], sizeof(lane));
 }
 
+void intent_log::unmark_pending(unsigned i) noexcept {
+  const std::uint64_t bit = std::uint64_t{1} << i;
+  pending_.fetch_and(~bit, std::memory_order_seq_cst);
+  // A retirement of lane i may have raced in between (its pending_seq store came before our
+  // clearing of the bit): set the bit again so no fence skips it.
+  if (mirrors_[i].pending_seq.load(std::memory_order_seq_cst) != 0) pending_.fetch_or(bit, std::memory_order_seq_cst);
+}
+
 void intent_log::retire_lazily(unsigned i) noexcept {
   std::atomic_ref<std::uint64_t>(lanes_[i].seq).store(0, std::memory_order_relaxed);
   pers_->flush(&lanes_[i].seq, 8);
-  std::lock_guard g(mu_);
-  mirror& m = mirrors_[i];
-  if (!m.pending) nr_pending_.fetch_add(1, std::memory_order_relaxed);
-  m.pending = true;
+  // The lane is held by the caller, so its seq is the one it wrote; 0 is never a seq.
+  mirrors_[i].pending_seq.store(mirrors_[i].seq_written, std::memory_order_seq_cst);
+  pending_.fetch_or(std::uint64_t{1} << i, std::memory_order_seq_cst);
 }
 
 void intent_log::before_fence(fence_token& t) noexcept {
   t.lanes = 0;
-  if (nr_pending_.load(std::memory_order_acquire) == 0) return;
-  std::lock_guard g(mu_);
-  for (unsigned i = 0; i < NR_LANES; ++i) {
-    if (!mirrors_[i].pending) continue;
+  std::uint64_t mask = pending_.load(std::memory_order_seq_cst);
+  while (mask) {
+    const unsigned i = unsigned(std::countr_zero(mask));
+    mask &= mask - 1;
+    const std::uint64_t seq = mirrors_[i].pending_seq.load(std::memory_order_seq_cst);
+    if (!seq) continue;
     // seq is already 0 in memory; flushing it from this thread puts it under this thread's fence.
     pers_->flush(&lanes_[i].seq, 8);
     t.lanes |= std::uint64_t{1} << i;
-    t.seq[i] = mirrors_[i].seq;
+    t.seq[i] = seq;
   }
 }
 
 void intent_log::after_fence(const fence_token& t) noexcept {
-  if (!t.lanes) return;
-  std::lock_guard g(mu_);
-  for (unsigned i = 0; i < NR_LANES; ++i) {
-    mirror& m = mirrors_[i];
-    // Only if the lane still holds the retirement we flushed (not a newer intent).
-    if ((t.lanes >> i & 1) && m.pending && m.seq == t.seq[i]) {
-      m.pending = false;
-      nr_pending_.fetch_sub(1, std::memory_order_relaxed);
-    }
+  std::uint64_t mask = t.lanes;
+  while (mask) {
+    const unsigned i = unsigned(std::countr_zero(mask));
+    mask &= mask - 1;
+    // Only if the lane still holds the retirement we flushed (not a newer one, not a new intent).
+    std::uint64_t expected = t.seq[i];
+    if (mirrors_[i].pending_seq.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) unmark_pending(i);
   }
 }
 

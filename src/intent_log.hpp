@@ -17,13 +17,12 @@
 // not. (A live intent belongs to a lane held mid-operation; no other operation can touch its
 // extent, which the holder has reserved.)
 //
-// Lock order: intent_log::mu_ is a leaf lock.
+// No lock: lanes are claimed with a compare-and-swap, pending retirements tracked with atomics.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <string>
 
 #include "layout.hpp"
@@ -58,15 +57,19 @@ class intent_log {
   std::string check(const std::function<bool(const lane&)>& valid);
 
  private:
-  struct mirror {
+  struct alignas(64) mirror {
     std::atomic<bool> busy{false};
-    bool pending = false;  // retired in memory, retirement maybe not durable; guarded by mu_
-    std::uint64_t seq = 0;
+    /// The seq of this lane's retired intent while its retirement may not be durable yet, else 0.
+    std::atomic<std::uint64_t> pending_seq{0};
+    std::uint64_t seq_written = 0;  // the seq of the last intent written (by the lane's holder)
   };
+  /// Clears lane i's pending bit, keeping it if a new retirement raced in.
+  void unmark_pending(unsigned i) noexcept;
   lane* lanes_ = nullptr;
   persistence* pers_ = nullptr;
-  std::mutex mu_;
-  std::atomic<unsigned> nr_pending_{0};
+  /// Bit i set <=> lane i may have a pending retirement (a superset: fences check pending_seq).
+  /// Lock-free, so fences of different threads never wait for each other here.
+  std::atomic<std::uint64_t> pending_{0};
   std::atomic<std::uint64_t> next_seq_{1};
   mirror mirrors_[NR_LANES];
 };

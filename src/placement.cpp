@@ -107,7 +107,7 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
       cpu_cache& c = caches_[i];
       if (!all && now - c.last_use_ms.load(std::memory_order_relaxed) < PCP_IDLE_MS) continue;
       if (!c.mu.try_lock()) continue;  // busy (or ours): not idle. Never wait: the lock order is c.mu first.
-      detach_locked(c);
+      drain_locked(c);
       c.mu.unlock();
     }
   }
@@ -117,6 +117,12 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
 }
 
 // ---- cache hand-over ------------------------------------------------------------------------------
+
+void pool_impl::drain_locked(cpu_cache& c) {
+  for (unsigned k = 0; k < cpu_cache::STASH_ORDERS; ++k)
+    while (c.nr_stash[k]) buddy_.free(c.stash[k][--c.nr_stash[k]], HPAGE_PMD_ORDER + k);  // free pages unchanged
+  detach_locked(c);
+}
 
 void pool_impl::detach_locked(cpu_cache& c) {
   const std::uint32_t r = c.region;
@@ -213,7 +219,7 @@ page* pool_impl::alloc_small(unsigned order, alloc_plan& plan, bool apply) {
     }
     // No room in the filler or the region buddy: other CPUs' caches may hold some. Take them
     // back and look once more, so "no room" means no free extent of this order anywhere.
-    if (attempt > 0 || plan.fresh_full || !drain_caches()) return nullptr;
+    if (attempt > 0 || plan.fresh_full || !reclaim()) return nullptr;
   }
 }
 
@@ -254,6 +260,23 @@ std::size_t pool_impl::bulk_order0(std::size_t n, page** out, alloc_plan& plan) 
 }
 
 page* pool_impl::alloc_large(unsigned order, bool apply) {
+  if (order - HPAGE_PMD_ORDER < cpu_cache::STASH_ORDERS) {
+    cpu_cache& c = this_cpu_cache();
+    std::uint32_t r = NIL;
+    {
+      std::lock_guard gc(c.mu);
+      if (unsigned& nr = c.nr_stash[order - HPAGE_PMD_ORDER]) r = c.stash[order - HPAGE_PMD_ORDER][--nr];
+      if (r != NIL) {
+        c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
+        c.free_delta.fetch_sub(std::int64_t{1} << order, std::memory_order_relaxed);
+      }
+    }
+    if (r != NIL) {
+      page* p = setup_large(r, order);
+      if (apply) apply_alloc(p, order, 0);
+      return p;
+    }
+  }
   for (int attempt = 0;; ++attempt) {
     merge_batch mb;
     page* p;
@@ -267,8 +290,9 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
       if (apply) apply_alloc(p, order, 0);
       return p;
     }
-    // Wholly free split regions (kept, or in caches) are free 2 MiB regions in all but name.
-    if (attempt > 0 || trim() == 0) return nullptr;
+    // Wholly free split regions (kept, or in caches) are free 2 MiB regions in all but name, and
+    // other CPUs' stashes hold free blocks.
+    if (attempt > 0 || !reclaim()) return nullptr;
   }
 }
 
@@ -321,12 +345,17 @@ bool pool_impl::drain_caches() {
   for (unsigned i = 0; i < nr_caches_; ++i) {
     cpu_cache& c = caches_[i];
     std::lock_guard gc(c.mu);
-    if (c.region == NIL) continue;
+    if (!c.holds_anything()) continue;
     std::lock_guard g(mu_);
-    detach_locked(c);
+    drain_locked(c);
     any = true;
   }
   return any;
+}
+
+bool pool_impl::reclaim() {
+  const bool drained = drain_caches();
+  return trim() > 0 || drained;
 }
 
 std::size_t pool_impl::trim() noexcept {

@@ -231,6 +231,11 @@ void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
 page* pool_impl::alloc_large_locked(unsigned order) {
   const std::uint32_t r = buddy_.alloc(order);
   if (r == NIL) return nullptr;
+  free_pages_ -= std::uint64_t{1} << order;
+  return setup_large(r, order);
+}
+
+page* pool_impl::setup_large(std::uint32_t r, unsigned order) {
   const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
   for (std::uint32_t i = 1; i < n; ++i) {
     page& t = regions_[r + i];
@@ -246,7 +251,6 @@ page* pool_impl::alloc_large_locked(unsigned order) {
   h.private_.store(0, std::memory_order_relaxed);
   h.refcount_.store(1, std::memory_order_relaxed);
   h.flags_.store(PG_head, std::memory_order_release);
-  free_pages_ -= std::uint64_t(n) << HPAGE_PMD_ORDER;
   return vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
 }
 
@@ -452,7 +456,7 @@ free_result pool_impl::free_stores(page* holder) {
     const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
     if (owned) persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
     persist_word(region_word(r), make_region_word(region_state::free));
-    std::lock_guard g(mu_);
+    // The regions are ours alone until finish_free hands them to a stash or the buddy.
     for (std::uint32_t i = 0; i < n; ++i) {
       page& d = regions_[r + i];
       d.flags_.store(0, std::memory_order_release);
@@ -462,7 +466,6 @@ free_result pool_impl::free_stores(page* holder) {
       store_order(&d, 0);
       store_head_index(&d, 0);
     }
-    free_pages_ += std::uint64_t(n) << HPAGE_PMD_ORDER;
     fr.kind = free_result::return_large;
     fr.region = r;
     fr.order = order;
@@ -501,10 +504,24 @@ void pool_impl::finish_free(const free_result& fr) {
   if (fr.kind == free_result::refile) {
     refile(fr.region);
   } else if (fr.kind == free_result::return_large) {
+    if (fr.order - HPAGE_PMD_ORDER < cpu_cache::STASH_ORDERS) {
+      cpu_cache& c = this_cpu_cache();
+      std::lock_guard gc(c.mu);
+      unsigned& nr = c.nr_stash[fr.order - HPAGE_PMD_ORDER];
+      if (nr < cpu_cache::STASH_MAX) {
+        page& d = regions_[fr.region];
+        store_order(&d, fr.order);
+        d.kind_ = RK_STASHED;
+        c.stash[fr.order - HPAGE_PMD_ORDER][nr++] = fr.region;
+        c.free_delta.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
+        return;
+      }
+    }
     merge_batch mb;
     {
       std::lock_guard g(mu_);
       buddy_.free(fr.region, fr.order);
+      free_pages_ += std::uint64_t{1} << fr.order;
       sweep_locked(mb, false);
     }
     finish_merges(mb);

@@ -194,12 +194,17 @@ class pool_impl {
   std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
   page* alloc_large(unsigned order, bool apply);
   page* alloc_large_locked(unsigned order);
+  /// The descriptors of a large page taken from the buddy or a stash at region r.
+  page* setup_large(std::uint32_t r, unsigned order);
+  /// Every cache gives back what it holds; true if anything was.
+  bool reclaim();
   /// Region lock held: marks [pos, pos + 2^order) used in region r and builds its descriptors.
   page* carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order);
   /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
   /// fresh one of this plan) and the position in pos; NIL when none has room.
   std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos);
-  void detach_locked(cpu_cache& c);  // c.mu + mu_
+  void detach_locked(cpu_cache& c);  // c.mu + mu_: its split region goes back to the filler
+  void drain_locked(cpu_cache& c);   // c.mu + mu_: its region and its stash go back
   bool attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int& pos);  // c.mu + mu_
   void empty_add_locked(std::uint32_t r, split_state& s);
   void empty_remove_locked(std::uint32_t r, split_state& s);

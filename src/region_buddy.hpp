@@ -26,6 +26,7 @@ enum region_kind : std::uint8_t {
   RK_HEAD = 2,        // head of an allocated compound page of order_ >= 9
   RK_TAIL = 3,        // region of a multi-region compound page, not its head (head_index_)
   RK_SPLIT = 4,       // tracked 4 KiB at a time (alloc_state_ once materialised)
+  RK_STASHED = 5,     // head of a free block of order_ (9..10) a per-CPU cache holds (cpu_cache.hpp)
 };
 
 class region_buddy {
