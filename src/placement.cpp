@@ -34,6 +34,150 @@ void pool_impl::init_caches() {
   for (unsigned i = 0; i < nr_caches_; ++i) caches_[i].index = i;
 }
 
+// ---- regions: fresh splits, lazy loads, large blocks ------------------------------------------------
+
+std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
+  if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
+    plan.fresh_full = true;
+    return NIL;
+  }
+  const std::uint32_t r = buddy_.alloc(HPAGE_PMD_ORDER);
+  if (r == NIL) return NIL;
+  back_descriptors(r);
+  auto* s = new split_state{};
+  std::memset(s->free_bits, 0xff, sizeof s->free_bits);
+  s->nr_free = HPAGE_PMD_NR;
+  s->longest = HPAGE_PMD_ORDER;
+  s->published = false;  // only this operation uses it until its SPLIT word is durable
+  page& d = regions_[r];
+  d.alloc_state_ = s;
+  d.kind_ = RK_SPLIT;
+  ++split_regions_;
+  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes,
+  // and its owner entries with it (O1: no stale owner survives into a new split).
+  write_map_locked(r, 0, PAGE_MAP_WORDS - 1);
+  clear_owner_entries(r);
+  d.flags_.store(PG_split, std::memory_order_release);
+  plan.fresh[plan.nr_fresh++] = r;
+  return r;
+}
+
+bool pool_impl::materialise_locked(std::uint32_t r) {
+  page& d = regions_[r];
+  if (!(d.flags_.load(std::memory_order_relaxed) & PG_region_lazy)) return false;
+  std::uint64_t* map = page_map(r);
+  // Validate the page map (P2); broken heads and orphan tails are in-flight work: clear them.
+  std::uint64_t fixed[PAGE_MAP_WORDS];
+  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) fixed[w] = load_word(&map[w]);
+  auto clear = [&](unsigned i) { fixed[i / PAGES_PER_MAP_WORD] &= ~(std::uint64_t{0xF} << ((i % PAGES_PER_MAP_WORD) * 4)); };
+  bool repaired = false;
+  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+    const std::uint8_t c = map_code(fixed, i);
+    if (c == CODE_FREE) {
+      ++i;
+      continue;
+    }
+    if (code_is_head(c)) {
+      const unsigned n = 1u << code_order(c);
+      bool ok = i % n == 0 && i + n <= HPAGE_PMD_NR;
+      for (unsigned j = i + 1; ok && j < i + n; ++j) ok = map_code(fixed, j) == CODE_TAIL;
+      if (ok) {
+        i += n;
+        continue;
+      }
+      clear(i);
+      unsigned j = i + 1;
+      while (j < HPAGE_PMD_NR && map_code(fixed, j) == CODE_TAIL) clear(j++);
+      repaired = true;
+      i = j;
+      continue;
+    }
+    clear(i);  // orphan tail or an invalid code
+    repaired = true;
+    ++i;
+  }
+  // Owner entries (O1): kept on a head whose slot still names it; anything else is a leftover of
+  // an interrupted operation or of the engine overwriting its slot, and is cleared.
+  const std::uint64_t base_index = std::uint64_t(r) << HPAGE_PMD_ORDER;
+  std::uint64_t owned[HPAGE_PMD_NR / 64] = {};
+  std::uint64_t* stale[HPAGE_PMD_NR];
+  unsigned nr_stale = 0;
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+    const std::uint64_t e = load_word(owner_entry(base_index + i));
+    if (!e) continue;
+    const bool ok = code_is_head(map_code(fixed, i)) && slot_offset_valid(e) &&
+                    std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
+                        pfn_of_index(base_index + i);
+    if (ok) {
+      owned[i / 64] |= std::uint64_t{1} << (i % 64);
+    } else {
+      stale[nr_stale++] = owner_entry(base_index + i);
+      if (code_is_head(map_code(fixed, i))) ++orphaned_;  // an allocation lost its owner
+    }
+  }
+  // A fork() child reads the pool but never writes it: it only builds its own view.
+  const bool may_write = g_fork_generation.load(std::memory_order_relaxed) == fork_generation_;
+  if ((repaired || nr_stale) && may_write) {
+    for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
+      if (fixed[w] != load_word(&map[w])) persist_word(&map[w], fixed[w]);
+    for (unsigned k = 0; k < nr_stale; ++k) persist_word(stale[k], 0);
+    fence();
+    ++repaired_;
+  }
+
+  back_descriptors(r);
+  auto* s = new split_state{};
+  std::memcpy(s->map, fixed, sizeof s->map);
+  std::memset(s->free_bits, 0xff, sizeof s->free_bits);
+  s->nr_free = HPAGE_PMD_NR;
+  s->list = 0xff;
+  s->published = true;
+  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+    const std::uint8_t c = map_code(fixed, i);
+    if (c == CODE_FREE) {
+      ++i;
+      continue;
+    }
+    const unsigned k = code_order(c);
+    mark_used(*s, i, 1u << k);
+    init_compound_small(r, i, k);
+    if (owned[i / 64] >> (i % 64) & 1) vpage(base_index + i)->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);
+    i += 1u << k;
+  }
+  d.alloc_state_ = s;
+  d.kind_ = RK_SPLIT;
+  free_pages_ += s->nr_free;
+  if (s->nr_free == HPAGE_PMD_NR && may_write) {
+    // Split on the media but empty (a crash between the last free and the merge): merge now.
+    delete s;
+    d.alloc_state_ = nullptr;
+    d.kind_ = RK_FREE_INNER;
+    --split_regions_;
+    persist_word(region_word(r), make_region_word(region_state::free));
+    fence();
+    release_descriptors(r);
+    --materialised_;
+    d.flags_.store(0, std::memory_order_release);
+    buddy_.free(r, HPAGE_PMD_ORDER);
+    return true;
+  }
+  d.flags_.store(PG_split, std::memory_order_release);
+  filler_.update(r, *s);
+  return true;
+}
+
+void pool_impl::materialise(std::uint32_t r) noexcept {
+  std::lock_guard g(mu_);
+  materialise_locked(r);
+}
+
+page* pool_impl::alloc_large_locked(unsigned order) {
+  const std::uint32_t r = buddy_.alloc(order);
+  if (r == NIL) return nullptr;
+  free_pages_ -= std::uint64_t{1} << order;
+  return setup_large(r, order);
+}
+
 // ---- the list of wholly free split regions (merge hysteresis) ---------------------------------------
 
 void pool_impl::empty_add_locked(std::uint32_t r, split_state& s) {

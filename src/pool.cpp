@@ -1,12 +1,12 @@
-// pool.cpp — allocation and freeing: where pages are chosen, where regions split and merge, and
-// in which order persistent words are written and fenced. See pool_impl.hpp for the invariants
-// and the lock order.
+// pool.cpp — the operations: each runs reserve (placement.cpp chooses pages) -> describe
+// (memmap.cpp builds descriptors) -> record (media.cpp writes and flushes words) -> fence ->
+// publish. See pool_impl.hpp for the invariants and the lock order.
 //
 // Durability recipe of every operation (each "fence" is one pmem_drain):
 //   order 0..8 in a published split region   page map word(s)                          1 fence
 //   order 0..8 needing a fresh region         zeroed map + codes | fence | SPLIT word   2 fences
 //   order 9..18 alloc or free                 head region word                          1 fence
-//   free that drains a split region           page map word + FREE region word          1 fence
+//   merge of a wholly free split region       FREE region word (placement.cpp, later)   1 fence per batch
 //   alloc_pages_to / free_pages_from          see intent_log.hpp                        2 fences
 // DRAM is updated under the lock before an allocation's fence (nobody else can see the pages
 // yet), and before a free's fence (a page freed in DRAM may be handed out again at once: its
@@ -25,240 +25,6 @@
 
 namespace pmpage::detail {
 
-// ---- descriptors ---------------------------------------------------------------------------------
-
-void pool_impl::back_descriptors(std::uint32_t r) {
-  // The window is either never touched or was given back with MADV_DONTNEED: both read as zero,
-  // but callers rely on every field being reset, so say it explicitly.
-  std::memset(static_cast<void*>(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER)), 0, HPAGE_PMD_NR * sizeof(page));
-  ++materialised_;
-}
-
-void pool_impl::release_descriptors(std::uint32_t r) {
-  ::madvise(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER), HPAGE_PMD_NR * sizeof(page), MADV_DONTNEED);
-}
-
-void pool_impl::init_compound_small(std::uint32_t r, unsigned first, unsigned order) {
-  page* head = vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + first);
-  const auto tail_link = reinterpret_cast<std::uintptr_t>(head) | 1;
-  for (unsigned j = 1; j < (1u << order); ++j) {
-    page* t = head + j;
-    store_compound_head(t, tail_link);
-    store_order(t, 0);
-    t->private_.store(0, std::memory_order_relaxed);
-    t->refcount_.store(0, std::memory_order_relaxed);
-    t->flags_.store(0, std::memory_order_relaxed);
-  }
-  store_compound_head(head, 0);
-  store_order(head, order);
-  head->private_.store(0, std::memory_order_relaxed);
-  head->refcount_.store(1, std::memory_order_relaxed);
-  head->flags_.store(order ? std::uint32_t{PG_head} : 0u, std::memory_order_release);
-}
-
-// ---- choosing pages ------------------------------------------------------------------------------
-
-std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
-  if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
-    plan.fresh_full = true;
-    return NIL;
-  }
-  const std::uint32_t r = buddy_.alloc(HPAGE_PMD_ORDER);
-  if (r == NIL) return NIL;
-  back_descriptors(r);
-  auto* s = new split_state{};
-  std::memset(s->free_bits, 0xff, sizeof s->free_bits);
-  s->nr_free = HPAGE_PMD_NR;
-  s->longest = HPAGE_PMD_ORDER;
-  s->published = false;  // only this operation uses it until its SPLIT word is durable
-  page& d = regions_[r];
-  d.alloc_state_ = s;
-  d.kind_ = RK_SPLIT;
-  ++split_regions_;
-  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes,
-  // and its owner entries with it (O1: no stale owner survives into a new split).
-  write_map_locked(r, 0, PAGE_MAP_WORDS - 1);
-  clear_owner_entries(r);
-  d.flags_.store(PG_split, std::memory_order_release);
-  plan.fresh[plan.nr_fresh++] = r;
-  return r;
-}
-
-bool pool_impl::materialise_locked(std::uint32_t r) {
-  page& d = regions_[r];
-  if (!(d.flags_.load(std::memory_order_relaxed) & PG_region_lazy)) return false;
-  std::uint64_t* map = page_map(r);
-  // Validate the page map (P2); broken heads and orphan tails are in-flight work: clear them.
-  std::uint64_t fixed[PAGE_MAP_WORDS];
-  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) fixed[w] = load_word(&map[w]);
-  auto clear = [&](unsigned i) { fixed[i / PAGES_PER_MAP_WORD] &= ~(std::uint64_t{0xF} << ((i % PAGES_PER_MAP_WORD) * 4)); };
-  bool repaired = false;
-  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
-    const std::uint8_t c = map_code(fixed, i);
-    if (c == CODE_FREE) {
-      ++i;
-      continue;
-    }
-    if (code_is_head(c)) {
-      const unsigned n = 1u << code_order(c);
-      bool ok = i % n == 0 && i + n <= HPAGE_PMD_NR;
-      for (unsigned j = i + 1; ok && j < i + n; ++j) ok = map_code(fixed, j) == CODE_TAIL;
-      if (ok) {
-        i += n;
-        continue;
-      }
-      clear(i);
-      unsigned j = i + 1;
-      while (j < HPAGE_PMD_NR && map_code(fixed, j) == CODE_TAIL) clear(j++);
-      repaired = true;
-      i = j;
-      continue;
-    }
-    clear(i);  // orphan tail or an invalid code
-    repaired = true;
-    ++i;
-  }
-  // Owner entries (O1): kept on a head whose slot still names it; anything else is a leftover of
-  // an interrupted operation or of the engine overwriting its slot, and is cleared.
-  const std::uint64_t base_index = std::uint64_t(r) << HPAGE_PMD_ORDER;
-  std::uint64_t owned[HPAGE_PMD_NR / 64] = {};
-  std::uint64_t* stale[HPAGE_PMD_NR];
-  unsigned nr_stale = 0;
-  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
-    const std::uint64_t e = load_word(owner_entry(base_index + i));
-    if (!e) continue;
-    const bool ok = code_is_head(map_code(fixed, i)) && slot_offset_valid(e) &&
-                    std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
-                        pfn_of_index(base_index + i);
-    if (ok) {
-      owned[i / 64] |= std::uint64_t{1} << (i % 64);
-    } else {
-      stale[nr_stale++] = owner_entry(base_index + i);
-      if (code_is_head(map_code(fixed, i))) ++orphaned_;  // an allocation lost its owner
-    }
-  }
-  // A fork() child reads the pool but never writes it: it only builds its own view.
-  const bool may_write = g_fork_generation.load(std::memory_order_relaxed) == fork_generation_;
-  if ((repaired || nr_stale) && may_write) {
-    for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
-      if (fixed[w] != load_word(&map[w])) persist_word(&map[w], fixed[w]);
-    for (unsigned k = 0; k < nr_stale; ++k) persist_word(stale[k], 0);
-    fence();
-    ++repaired_;
-  }
-
-  back_descriptors(r);
-  auto* s = new split_state{};
-  std::memcpy(s->map, fixed, sizeof s->map);
-  std::memset(s->free_bits, 0xff, sizeof s->free_bits);
-  s->nr_free = HPAGE_PMD_NR;
-  s->list = 0xff;
-  s->published = true;
-  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
-    const std::uint8_t c = map_code(fixed, i);
-    if (c == CODE_FREE) {
-      ++i;
-      continue;
-    }
-    const unsigned k = code_order(c);
-    mark_used(*s, i, 1u << k);
-    init_compound_small(r, i, k);
-    if (owned[i / 64] >> (i % 64) & 1) vpage(base_index + i)->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);
-    i += 1u << k;
-  }
-  d.alloc_state_ = s;
-  d.kind_ = RK_SPLIT;
-  free_pages_ += s->nr_free;
-  if (s->nr_free == HPAGE_PMD_NR && may_write) {
-    // Split on the media but empty (a crash between the last free and the merge): merge now.
-    delete s;
-    d.alloc_state_ = nullptr;
-    d.kind_ = RK_FREE_INNER;
-    --split_regions_;
-    persist_word(region_word(r), make_region_word(region_state::free));
-    fence();
-    release_descriptors(r);
-    --materialised_;
-    d.flags_.store(0, std::memory_order_release);
-    buddy_.free(r, HPAGE_PMD_ORDER);
-    return true;
-  }
-  d.flags_.store(PG_split, std::memory_order_release);
-  filler_.update(r, *s);
-  return true;
-}
-
-void pool_impl::materialise(std::uint32_t r) noexcept {
-  std::lock_guard g(mu_);
-  materialise_locked(r);
-}
-
-void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
-  constexpr unsigned words_per_line = 64 / 8;
-  const unsigned l0 = w0 / words_per_line * words_per_line, l1 = (w1 / words_per_line + 1) * words_per_line;
-  pers_->copy_nodrain(page_map(r) + l0, sstate(r).map + l0, (l1 - l0) * 8);
-}
-
-void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::uint64_t owner) {
-  const auto index = std::uint64_t(p - vmemmap_);
-  // The owner entry is 0 already for an unowned allocation (O1): only alloc_pages_to writes it,
-  // one more flushed line inside the same fence.
-  if (owner) persist_word(owner_entry(index), owner);
-  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
-  std::uint64_t* mirror = sstate(r).map;
-  for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
-    mirror[w] = (mirror[w] & ~mask) | bits;
-  });
-  write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + (1u << order) - 1) / PAGES_PER_MAP_WORD);
-}
-
-void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
-  const auto index = std::uint64_t(p - vmemmap_);
-  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
-  if (order >= HPAGE_PMD_ORDER) {
-    // The region word of an allocated large page is written only by its allocator and its
-    // freer, who hold the page: no lock.
-    if (owner) persist_word(owner_entry(index), owner);
-    persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
-    return;
-  }
-  // The page is allocated in DRAM, so its region cannot merge: its state stays.
-  adaptive_mutex& m = lock_region(sstate(r));
-  apply_small_held(r, p, order, owner);
-  m.unlock();
-}
-
-page* pool_impl::alloc_large_locked(unsigned order) {
-  const std::uint32_t r = buddy_.alloc(order);
-  if (r == NIL) return nullptr;
-  free_pages_ -= std::uint64_t{1} << order;
-  return setup_large(r, order);
-}
-
-page* pool_impl::setup_large(std::uint32_t r, unsigned order) {
-  const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
-  for (std::uint32_t i = 1; i < n; ++i) {
-    page& t = regions_[r + i];
-    t.kind_ = RK_TAIL;
-    store_head_index(&t, r);
-    t.refcount_.store(0, std::memory_order_relaxed);
-    t.flags_.store(PG_region_tail, std::memory_order_release);
-  }
-  page& h = regions_[r];
-  h.kind_ = RK_HEAD;
-  store_order(&h, order);
-  store_head_index(&h, r);
-  h.private_.store(0, std::memory_order_relaxed);
-  h.refcount_.store(1, std::memory_order_relaxed);
-  h.flags_.store(PG_head, std::memory_order_release);
-  return vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
-}
-
-void pool_impl::write_fresh_split_words(const alloc_plan& plan) {
-  for (unsigned i = 0; i < plan.nr_fresh; ++i)
-    persist_word(region_word(plan.fresh[i]), make_region_word(region_state::split));
-}
-
 // ---- public allocation entry points ------------------------------------------------------------------
 
 bool pool_impl::forked(const char* caller) const noexcept {
@@ -274,13 +40,6 @@ bool pool_impl::check_gfp(const char* caller, gfp_t gfp) const noexcept {
   if (PMPAGE_LIKELY(!(gfp & ~GFP_ZERO))) return true;
   report_misuse("%s: unknown gfp flags %#x (only GFP_ZERO is defined)", caller, gfp & ~GFP_ZERO);
   return false;
-}
-
-void pool_impl::zero_pages(page* p, unsigned order) {
-  // Outside the lock, before the allocation's fence: the zeros are durable when it returns.
-  void* a = page_address(p);
-  const std::size_t len = PAGE_SIZE << order;
-  pers_->memset_nodrain(a, 0, len);
 }
 
 page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply) {
@@ -643,39 +402,6 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   return 0;
 }
 
-void pool_impl::clear_owner_entries(std::uint32_t r) {
-  // By rule O1 the entries are zero already unless a torn epoch or corruption left one: read them
-  // (cheaper than writing 64 lines back) and clear only the lines that need it.
-  std::uint64_t* e = owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER);
-  for (unsigned line = 0; line < HPAGE_PMD_NR / 8; ++line) {
-    std::uint64_t any = 0;
-    for (unsigned w = 0; w < 8; ++w) any |= load_word(&e[line * 8 + w]);
-    if (!any) continue;
-    for (unsigned w = 0; w < 8; ++w) store_word(&e[line * 8 + w], 0);
-    pers_->flush(&e[line * 8], 64);
-  }
-}
-
-void pool_impl::write_split_map(std::uint32_t r) {
-  std::uint64_t* map = page_map(r);
-  constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
-  static_assert(code_head(0) == 0x1);
-  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], all_order0);
-  pers_->flush(map, PAGE_MAP_BYTES);
-}
-
-void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots) {
-  const std::uint64_t first = std::uint64_t(r) << HPAGE_PMD_ORDER;
-  write_split_map(r);
-  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), slots_off + 8 * i);
-  pers_->flush(owner_entry(first), OWNER_TABLE_BYTES);
-  auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
-  if (store_slots)
-    for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
-      std::atomic_ref<pfn_t>(slots[i]).store(pfn_of_index(first + i), std::memory_order_relaxed);
-  pers_->flush(slots + 1, (HPAGE_PMD_NR - 1) * sizeof(pfn_t));
-}
-
 int pool_impl::split_prepare(page* h) {
   // The split's own page lock. A locked page is in use, and a lock must never move under the
   // thread holding it (it would unlock a different descriptor): refuse instead.
@@ -884,37 +610,6 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   intents_.release(lane);
   split_descriptors(h, r, /*owned=*/true);
   return 0;
-}
-
-void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
-  std::lock_guard g(mu_);
-  back_descriptors(r);
-  const std::uint32_t hflags = h->flags_.load(std::memory_order_relaxed);
-  constexpr std::uint32_t inherited = PG_dirty | PG_uptodate;
-  page* first = vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
-  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
-    page* d = first + i;
-    d->refcount_.store(1, std::memory_order_relaxed);
-    d->flags_.store((hflags & inherited) | (owned ? PG_slot_owned : 0u), std::memory_order_relaxed);
-  }
-  first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  auto* s = new split_state{};  // all pages in use: no free bits
-  for (auto& w : s->map) w = 0x1111111111111111ull;
-  s->list = 0xff;
-  s->published = true;
-  h->alloc_state_ = s;
-  h->kind_ = RK_SPLIT;
-  store_order(h, 0);
-  h->private_.store(0, std::memory_order_relaxed);
-  ++split_regions_;
-  // The region descriptor stops being a holder in one atomic step. Its PG_locked (the split's own
-  // lock) is never released: a thread that resolved the holder before this exchange and tries the
-  // lock finds it taken and re-resolves in lock_page_slow, reaching its own subpage.
-  const std::uint32_t old = h->flags_.exchange(PG_split | PG_locked, std::memory_order_release);
-  if (const std::uint32_t late = old & inherited & ~hflags)  // set while we copied: pass it on
-    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) first[i].flags_.fetch_or(late, std::memory_order_relaxed);
-  if (old & PG_waiters) h->flags_.notify_all();  // they re-resolve to their subpages
-  filler_.update(r, *s);
 }
 
 }  // namespace pmpage::detail

@@ -1,0 +1,91 @@
+// media.cpp — the media recipe: which persistent words an operation writes and flushes (page-map
+// lines from the DRAM mirror, region words, owner entries, slots). Nothing here fences: the
+// operation in pool.cpp fences once its words are all flushed (the recipes are listed at the top
+// of pool.cpp and in docs/crash-consistency.md). Nothing here chooses pages either.
+#include <cstring>
+
+#include "pool_impl.hpp"
+
+namespace pmpage::detail {
+
+void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
+  constexpr unsigned words_per_line = 64 / 8;
+  const unsigned l0 = w0 / words_per_line * words_per_line, l1 = (w1 / words_per_line + 1) * words_per_line;
+  pers_->copy_nodrain(page_map(r) + l0, sstate(r).map + l0, (l1 - l0) * 8);
+}
+
+void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::uint64_t owner) {
+  const auto index = std::uint64_t(p - vmemmap_);
+  // The owner entry is 0 already for an unowned allocation (O1): only alloc_pages_to writes it,
+  // one more flushed line inside the same fence.
+  if (owner) persist_word(owner_entry(index), owner);
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  std::uint64_t* mirror = sstate(r).map;
+  for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
+    mirror[w] = (mirror[w] & ~mask) | bits;
+  });
+  write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + (1u << order) - 1) / PAGES_PER_MAP_WORD);
+}
+
+void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
+  const auto index = std::uint64_t(p - vmemmap_);
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  if (order >= HPAGE_PMD_ORDER) {
+    // The region word of an allocated large page is written only by its allocator and its
+    // freer, who hold the page: no lock.
+    if (owner) persist_word(owner_entry(index), owner);
+    persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
+    return;
+  }
+  // The page is allocated in DRAM, so its region cannot merge: its state stays.
+  adaptive_mutex& m = lock_region(sstate(r));
+  apply_small_held(r, p, order, owner);
+  m.unlock();
+}
+
+void pool_impl::write_fresh_split_words(const alloc_plan& plan) {
+  for (unsigned i = 0; i < plan.nr_fresh; ++i)
+    persist_word(region_word(plan.fresh[i]), make_region_word(region_state::split));
+}
+
+void pool_impl::zero_pages(page* p, unsigned order) {
+  // Outside the lock, before the allocation's fence: the zeros are durable when it returns.
+  void* a = page_address(p);
+  const std::size_t len = PAGE_SIZE << order;
+  pers_->memset_nodrain(a, 0, len);
+}
+
+void pool_impl::clear_owner_entries(std::uint32_t r) {
+  // By rule O1 the entries are zero already unless a torn epoch or corruption left one: read them
+  // (cheaper than writing 64 lines back) and clear only the lines that need it.
+  std::uint64_t* e = owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER);
+  for (unsigned line = 0; line < HPAGE_PMD_NR / 8; ++line) {
+    std::uint64_t any = 0;
+    for (unsigned w = 0; w < 8; ++w) any |= load_word(&e[line * 8 + w]);
+    if (!any) continue;
+    for (unsigned w = 0; w < 8; ++w) store_word(&e[line * 8 + w], 0);
+    pers_->flush(&e[line * 8], 64);
+  }
+}
+
+void pool_impl::write_split_map(std::uint32_t r) {
+  std::uint64_t* map = page_map(r);
+  constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
+  static_assert(code_head(0) == 0x1);
+  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], all_order0);
+  pers_->flush(map, PAGE_MAP_BYTES);
+}
+
+void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots) {
+  const std::uint64_t first = std::uint64_t(r) << HPAGE_PMD_ORDER;
+  write_split_map(r);
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), slots_off + 8 * i);
+  pers_->flush(owner_entry(first), OWNER_TABLE_BYTES);
+  auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
+  if (store_slots)
+    for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
+      std::atomic_ref<pfn_t>(slots[i]).store(pfn_of_index(first + i), std::memory_order_relaxed);
+  pers_->flush(slots + 1, (HPAGE_PMD_NR - 1) * sizeof(pfn_t));
+}
+
+}  // namespace pmpage::detail
