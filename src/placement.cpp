@@ -312,8 +312,13 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
       if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) r = plan.fresh[i];
     if (r == NIL) {
       detach_locked(c);
-      for (;;) {
-        if (const std::uint32_t f = filler_.find(order); f != NIL) {
+      // A cache takes a region with at least ~64 free pages when one exists (the kernel's pcp
+      // batch plays the same role): a nearly full region would send it back here after a few
+      // allocations, and on a heap of long-lived pages the pool lock would be taken on most
+      // of them (docs/scaling.md, "refill threshold"). Nearly full regions still drain: they
+      // are taken when nothing else has room, and frees fill them back up.
+      for (unsigned min_bucket = 1;;) {
+        if (const std::uint32_t f = filler_.find(order, min_bucket); f != NIL) {
           if (attach_locked(c, f, order, pos)) {
             r = f;
             break;
@@ -321,6 +326,10 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
           continue;
         }
         if (lazy_.empty()) {
+          if (min_bucket) {
+            min_bucket = 0;
+            continue;
+          }
           pos = 0;
           r = take_fresh_region_locked(plan);
           break;

@@ -102,10 +102,10 @@ void filler::update(std::uint32_t r, split_state& s, change c) {
   ++count_;
 }
 
-std::uint32_t filler::find(unsigned order) const {
+std::uint32_t filler::find(unsigned order, unsigned min_bucket) const {
   if (!nonempty_) return NIL;
   const unsigned wanted = (1u << ORDERS) - (1u << order);  // lists with longest >= order
-  for (unsigned fb = 0; fb < FULLNESS_BUCKETS; ++fb) {
+  for (unsigned fb = min_bucket; fb < FULLNESS_BUCKETS; ++fb) {
     const auto group = unsigned(nonempty_ >> (fb * ORDERS)) & wanted;
     if (group) return heads_[fb * ORDERS + unsigned(std::countr_zero(group))];
   }

@@ -112,8 +112,9 @@ class filler {
   /// Re-files region r after its state changed (or files it the first time).
   void update(std::uint32_t r, split_state& s, change c = change::unknown);
   void remove(std::uint32_t r, split_state& s);
-  /// The fullest region with a free aligned block of `order`, or NIL.
-  std::uint32_t find(unsigned order) const;
+  /// The fullest region with a free aligned block of `order` in fullness bucket >= min_bucket
+  /// (bucket b holds regions with about 64 b .. 64 b + 63 free pages), or NIL.
+  std::uint32_t find(unsigned order, unsigned min_bucket = 0) const;
   std::uint64_t size() const { return count_; }
 
  private:
