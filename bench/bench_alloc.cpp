@@ -3,6 +3,9 @@
 //
 //   alloc/order0_pair/pmpage      alloc_pages(0) + free_pages(p, 0) in an already split region
 //                                 (one other page stays allocated so the region does not merge)
+//   alloc/order0_lonely_pair/pmpage  alloc_pages(0) + free_pages(p, 0) of the only small page in
+//                                 the pool (its region holds nothing else), with an order-9 page
+//                                 allocated elsewhere; counters split_regions_before/_after
 //   alloc/order9_pair/pmpage      alloc_pages(9) + free_pages(p, 9): a whole region
 //   alloc/order0_to_pair/pmpage   alloc_pages_to(0, slot) + free_pages_from(slot), slot in the root
 //   alloc/order9_to_pair/pmpage   the same for order 9
@@ -48,6 +51,40 @@ void bm_pair(benchmark::State& state, unsigned order) {
       pmpage::free_pages(p, order);
     }
     state.SetItemsProcessed(state.iterations());
+  });
+}
+
+// The only 4 KiB page of its 2 MiB region, allocated and freed over and over (issue #8: at most
+// 1.5x alloc/order0_pair/pmpage, where a pinned page keeps the region split). The pool is in use —
+// an order-9 page, an unsplit region — but holds no split region: trim() first merges whatever
+// earlier benchmarks left split (kept empty regions, per-CPU caches), and the benchmark refuses to
+// run if any remains, since the page would then not be alone. Without merge hysteresis every
+// iteration splits a fresh region and merges it back when the page is freed.
+void bm_lonely_pair(benchmark::State& state) {
+  guarded(state, [&] {
+    auto& pool = pmpage_pool();
+    struct huge {
+      pmpage::page* p;
+      ~huge() {
+        if (p) pmpage::free_pages(p, 9);
+      }
+    } elsewhere{pool.alloc_pages(9)};
+    if (!elsewhere.p) return fail(state, "alloc_pages(9) failed");
+    pool.trim();
+    const auto before = pool.stats();
+    if (before.split_regions != 0)
+      return fail(state, std::to_string(before.split_regions) +
+                             " split regions remain after trim(): the page would not be alone in its region");
+    for (auto _ : state) {
+      pmpage::page* p = pool.alloc_pages(0);
+      if (!p) return fail(state, "alloc_pages(0) failed");
+      pmpage::free_pages(p, 0);
+    }
+    state.SetItemsProcessed(state.iterations());
+    const auto after = pool.stats();
+    state.counters["split_regions_before"] = double(before.split_regions);
+    state.counters["split_regions_after"] = double(after.split_regions);  // 1 if the region was kept
+    state.counters["empty_split_regions_after"] = double(after.empty_split_regions);
   });
 }
 
@@ -187,6 +224,7 @@ void bm_bulk(benchmark::State& state, bool bulk) {
 void register_alloc() {
   benchmark::RegisterBenchmark("floor/persist64/libpmem", bm_persist_floor);
   benchmark::RegisterBenchmark("alloc/order0_pair/pmpage", bm_pair, 0u);
+  benchmark::RegisterBenchmark("alloc/order0_lonely_pair/pmpage", bm_lonely_pair);
   benchmark::RegisterBenchmark("alloc/order9_pair/pmpage", bm_pair, 9u);
   benchmark::RegisterBenchmark("alloc/order0_to_pair/pmpage", bm_to_pair, 0u);
   benchmark::RegisterBenchmark("alloc/order9_to_pair/pmpage", bm_to_pair, 9u);

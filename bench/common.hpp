@@ -118,6 +118,6 @@ void register_translation();   // bench_translation.cpp: translation + get/put +
 void register_alloc();         // bench_alloc.cpp: pmpage alloc/free, fences, bulk, persist floor
 void register_pmemobj();       // bench_pmemobj.cpp: libpmemobj baselines
 void register_memory();        // bench_memory.cpp: DRAM, open time, sweep, split/merge, fragmentation
-void register_threads();       // bench_threads.cpp: 1 -> 2 thread scaling
+void register_threads();       // bench_threads.cpp: thread scaling, remote free, 2-thread fragmentation
 
 }  // namespace bench

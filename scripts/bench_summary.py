@@ -3,8 +3,9 @@
 
 usage: bench_summary.py RESULTS_JSON OUT_DIR
 
-Writes OUT_DIR/summary.md (the table of issue 4: measure, pmpage, baseline, ratio, target, met?,
-plus context rows and the machine), OUT_DIR/latency.dat and OUT_DIR/sweep.dat (for plot.gp), and
+Writes OUT_DIR/summary.md (the table of issue 4: measure, pmpage, baseline, ratio, target, met?;
+the scaling targets of issue 8: measure, ratio, target, baseline, met?; context rows and the
+machine), OUT_DIR/latency.dat and OUT_DIR/sweep.dat (for plot.gp), and
 prints the table. Exit status 0 even when targets are missed: missing a target is a result.
 """
 import json
@@ -141,6 +142,117 @@ def cmp_le(ratio, limit):
 
 def cmp_ge(ratio, limit):
     return NAN if math.isnan(ratio) else ratio >= limit
+
+
+def fmt_rate(v):
+    return "n/a" if math.isnan(v) else f"{v / 1e6:.2f} M/s"
+
+
+def met_cell(met):
+    if met is None:
+        return "—"
+    if isinstance(met, float) and math.isnan(met):
+        return "n/a"
+    return "yes" if met else "**NO**"
+
+
+def scaling_targets(doc, runs):
+    """The targets of issue 8 (thread scaling, remote free, large orders, slots, lonely pages,
+    fragmentation with two threads): rows of (measure, ratio, target, baseline, met?), and notes.
+
+    Every ratio is between two benchmarks of the same run; rates are items/s aggregated over the
+    threads (best repetition of each side, as everywhere in the summary)."""
+    rows = []
+
+    def add(measure, ratio, target, baseline, met):
+        rows.append((measure, ratio, target, baseline, met_cell(met)))
+
+    def r(name, threads=None):
+        v = rate(runs, f"{name}/threads:{threads}" if threads else name)
+        return v if v > 0 else NAN  # no items: nothing measured (and no division by zero below)
+
+    # 1. order-0 pairs 1 -> 2 threads, with the persist floor's own scaling beside them.
+    pair = {n: r("threads/order0_pair/pmpage", n) for n in (1, 2, 4, 8)}
+    s12 = pair[2] / pair[1]
+    add("order-0 alloc+free, each thread its own pages, 1 → 2 threads", f"{fmt_x(s12)} ({fmt_rate(pair[2])})",
+        "≥ 1.8×", f"`threads/order0_pair/pmpage` 1 thread: {fmt_rate(pair[1])}", cmp_ge(s12, 1.8))
+    p1, p2 = r("threads/persist/floor", 1), r("threads/persist/floor", 2)
+    add("↳ the persist floor itself, 1 → 2 threads (what flushes allow)", f"{fmt_x(p2 / p1)} ({fmt_rate(p2)})", "—",
+        f"`threads/persist/floor` 1 thread: {fmt_rate(p1)}", None)
+
+    # 2. more threads than CPUs.
+    ncpu = doc.get("context", {}).get("num_cpus", "?")
+    s82 = pair[8] / pair[2]
+    add(f"order-0 alloc+free, 8 threads on {ncpu} CPUs vs 2 threads", f"{fmt_x(s82)} ({fmt_rate(pair[8])})", "≥ 0.9×",
+        f"`threads/order0_pair/pmpage` 2 threads: {fmt_rate(pair[2])}", cmp_ge(s82, 0.9))
+    add(f"↳ 4 threads on {ncpu} CPUs vs 2 threads (context)", f"{fmt_x(pair[4] / pair[2])} ({fmt_rate(pair[4])})", "—",
+        "same", None)
+
+    # 3. remote free: allocated on one thread, freed on the other.
+    rem = r("threads/remote_free/pmpage", 2)
+    s = rem / pair[2]
+    add("remote free: pages allocated on one thread, freed on the other (2 threads)", f"{fmt_x(s)} ({fmt_rate(rem)})",
+        "≥ 0.8×", f"local pair, `threads/order0_pair/pmpage` 2 threads: {fmt_rate(pair[2])}", cmp_ge(s, 0.8))
+    lb = r("threads/local_batch/pmpage", 2)
+    add("↳ the same batches of 16 freed by their own thread (the batching alone)", f"{fmt_x(lb / pair[2])} ({fmt_rate(lb)})",
+        "—", "same", None)
+    ho = r("threads/remote_handoff/floor", 2)
+    add("↳ the handoff ring alone, passing dummy pointers (2 threads)",
+        f"{fmt_ns(1e9 / ho)} per page = {100 * rem / ho:.1f} % of a remote pair", "—",
+        f"remote pair: {fmt_ns(1e9 / rem)} per page (aggregate)", None)
+
+    # 4. large orders 1 -> 2 threads.
+    for order in (9, 10):
+        a1, a2 = r(f"threads/order{order}_pair/pmpage", 1), r(f"threads/order{order}_pair/pmpage", 2)
+        add(f"order-{order} alloc+free, 1 → 2 threads", f"{fmt_x(a2 / a1)} ({fmt_rate(a2)})", "≥ 1.6×",
+            f"`threads/order{order}_pair/pmpage` 1 thread: {fmt_rate(a1)}", cmp_ge(a2 / a1, 1.6))
+
+    # 5. slot pairs 1 -> 2 threads.
+    t1, t2 = r("threads/order0_to_pair/pmpage", 1), r("threads/order0_to_pair/pmpage", 2)
+    add("alloc_pages_to + free_pages_from, order 0, 1 → 2 threads", f"{fmt_x(t2 / t1)} ({fmt_rate(t2)})", "≥ 1.8×",
+        f"`threads/order0_to_pair/pmpage` 1 thread: {fmt_rate(t1)}", cmp_ge(t2 / t1, 1.8))
+
+    # 6. the only page of its region.
+    inside = ns_per_op(runs, "alloc/order0_pair/pmpage")
+    lonely = ns_per_op(runs, "alloc/order0_lonely_pair/pmpage")
+    q = lonely / inside
+    add("alloc+free of the only page in a 2 MiB region, repeated", f"{fmt_x(q)} ({fmt_ns(lonely)})", "≤ 1.5×",
+        f"pair inside a split region, `alloc/order0_pair/pmpage`: {fmt_ns(inside)}", cmp_le(q, 1.5))
+
+    # 7, 8. single-thread pairs against the persistence floor.
+    floor = ns_per_op(runs, "floor/persist64/libpmem")
+    q = inside / floor
+    add("order-0 alloc+free, 1 thread, vs the persist floor", f"{fmt_x(q)} ({fmt_ns(inside)})", "≤ 2.0×",
+        f"`floor/persist64/libpmem`: {fmt_ns(floor)}", cmp_le(q, 2.0))
+    to = ns_per_op(runs, "alloc/order0_to_pair/pmpage")
+    q = to / floor
+    add("alloc_pages_to + free_pages_from, order 0, 1 thread, vs the persist floor", f"{fmt_x(q)} ({fmt_ns(to)})",
+        "≤ 4.5×", f"`floor/persist64/libpmem`: {fmt_ns(floor)}", cmp_le(q, 4.5))
+
+    # 9. fragmentation with two threads (counters, not a speed).
+    name = "threads/frag_random_50pct/pmpage/threads:2"
+    sr, mr, cr = (counter(runs, name, k) for k in ("split_regions", "min_regions", "cpu_cached_regions"))
+    live = counter(runs, name, "live_pages")
+    q = (sr - cr) / mr if mr > 0 else NAN
+    add("fragmentation: random 4 KiB alloc/free at 50 %, 2 threads: (split − cached) / minimum",
+        f"{fmt_x(q)} ({sr:.0f} split, {cr:.0f} cached)", "≤ 1.25×",
+        f"minimum ⌈{live:.0f} live / 512⌉ = {mr:.0f} regions", cmp_le(q, 1.25))
+
+    a1, a2 = r("threads/getput/atomic", 1), r("threads/getput/atomic", 2)
+    sa = a2 / a1
+    if math.isnan(sa):
+        notes = ["The bare-atomic rows (`threads/getput/atomic`) are missing: whether the second CPU was free is unknown."]
+    elif sa >= 1.5:
+        notes = [f"Bare atomic pairs on distinct lines scaled {fmt_x(sa)} from 1 to 2 threads in this run: "
+                 "the second CPU was available while they ran."]
+    else:
+        notes = [f"Bare atomic pairs on distinct lines scaled only {fmt_x(sa)} from 1 to 2 threads in this run: "
+                 "the second CPU was busy with other work, so the 1 → 2 rows prove nothing."]
+    if p2 / p1 < 1.5:
+        notes.append(f"The persist floor itself scaled only {fmt_x(p2 / p1)}: on emulated pmem that means the second "
+                     "CPU was busy while it ran (repetitions are interleaved, so other rows may have been disturbed "
+                     "too); on real pmem it can also be the media's limit.")
+    return rows, notes
 
 
 def machine(doc):
@@ -345,6 +457,8 @@ def main():
     ctx.add("threads 1 → 2: one pmem_persist per op (the ceiling for durable alloc/free)", f"{p2 / 1e6:.2f} M/s with 2",
             f"{p1 / 1e6:.2f} M/s with 1", fmt_x(p2 / p1), "(context: flushes to this machine's memory scale this far)", None)
 
+    scaling, scaling_notes = scaling_targets(doc, runs)
+
     errors = [n for n in runs if (pick(runs, n) or {}).get("error")]
 
     # --- output -------------------------------------------------------------------------------------
@@ -364,6 +478,21 @@ def main():
         f"Targets met: {met} of {met + len(missed) + len(unknown)}."
         + (" Missed: " + "; ".join(missed) + "." if missed else "")
         + (" Not determined in this run: " + "; ".join(unknown) + "." if unknown else ""),
+        "",
+        "## Scaling targets (issue #8)",
+        "",
+        "Ratios between two benchmarks of this run; rates are items/s over wall time, summed over the threads. "
+        "Rows marked ↳ are context for the row above them.",
+        "",
+        "| measure | ratio measured | target | baseline used | met? |",
+        "|---|---|---|---|---|",
+    ] + ["| " + " | ".join(row) + " |" for row in scaling] + [
+        "",
+        f"Scaling targets met: {sum(1 for row in scaling if row[4] == 'yes')} of "
+        f"{sum(1 for row in scaling if row[4] != '—')}"
+        + (f" ({sum(1 for row in scaling if row[4] == 'n/a')} not determined in this run)"
+           if any(row[4] == "n/a" for row in scaling) else "")
+        + ". " + " ".join(scaling_notes),
         "",
         "## Context (same run, not targets)",
         "",

@@ -11,11 +11,26 @@
 namespace pmpage::detail {
 
 pool_stats pool_impl::stats() noexcept {
-  std::lock_guard g(mu_);
   pool_stats s;
+  // The caches first, one lock at a time (their locks come before the pool lock).
+  for (unsigned i = 0; i < nr_caches_; ++i) {
+    cpu_cache& c = caches_[i];
+    std::lock_guard gc(c.mu);
+    if (c.region == NIL) continue;
+    ++s.cpu_cached_regions;
+    s.cpu_cached_free_pages += sstate(c.region).nr_free;
+  }
+  merge_batch mb;
+  {
+    std::lock_guard g(mu_);
+    sweep_locked(mb, false);  // the idle and hysteresis bounds hold whenever someone looks
+  }
+  finish_merges(mb);
+  std::lock_guard g(mu_);
   s.total_pages = nr_pages_;
   s.total_regions = nr_regions_;
-  s.free_pages = free_pages_;
+  s.free_pages = free_pages_ + cached_free_delta();
+  s.empty_split_regions = nr_empty_;
   // Lazy regions are not loaded: count their free pages from the page map without loading them.
   for (std::uint32_t r : lazy_) {
     if (!(regions_[r].flags_.load(std::memory_order_relaxed) & PG_region_lazy)) continue;
@@ -33,7 +48,11 @@ pool_stats pool_impl::stats() noexcept {
 }
 
 void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out) {
-  std::lock_guard g(mu_);
+  lock_all();
+  struct unlocker {
+    pool_impl* p;
+    ~unlocker() { p->unlock_all(); }
+  } u{this};
   for (std::uint64_t r = 0; r < nr_regions_; ++r) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
@@ -46,7 +65,10 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
         if (d.kind_ != RK_SPLIT) continue;
       }
       if (!d.alloc_state_) continue;
-      const split_state& s = sstate(ri);
+      split_state& s = sstate(ri);
+      // Every cache lock is held; a region no cache holds is guarded by its own lock.
+      std::unique_lock own(s.own_lock, std::defer_lock);
+      if (s.cpu == NO_CPU) own.lock();
       for (unsigned i = 0; i < HPAGE_PMD_NR;) {
         if (s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64))) {
           ++i;
@@ -61,7 +83,11 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
 }
 
 std::string pool_impl::check() {
-  std::lock_guard g(mu_);
+  lock_all();
+  struct unlocker {
+    pool_impl* p;
+    ~unlocker() { p->unlock_all(); }
+  } u{this};
   // Load every split region first (their lazy repairs happen now), so the owner records of small
   // pages are checked right after open too.
   for (std::uint64_t r = 0; r < nr_regions_; ++r)
@@ -75,7 +101,7 @@ std::string pool_impl::check_locked() {
     (err << ... << parts);
     return err.str();
   };
-  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0, listed = 0;
+  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0, listed = 0, empty_listed = 0;
   for (std::uint64_t r = 0; r < nr_regions_;) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
@@ -130,14 +156,25 @@ std::string pool_impl::check_locked() {
         }
         if (!(f & PG_split) || !d.alloc_state_) return fail("I1: split region ", r, " not materialised");
         ++materialised;
-        const split_state& s = sstate(ri);
+        split_state& s = sstate(ri);
+        std::unique_lock own(s.own_lock, std::defer_lock);  // cache locks are all held already
+        if (s.cpu == NO_CPU) own.lock();
+        const bool cached = s.cpu != NO_CPU;
+        if (cached ? (s.cpu >= nr_caches_ || caches_[s.cpu].region != ri || s.lockp.load() != &caches_[s.cpu].mu)
+                   : s.lockp.load() != &s.own_lock)
+          return fail("S6: region ", r, " held by cache ", s.cpu, " but its lock or its cache disagrees");
+        if (!s.published) return fail("V1: region ", r, " is split but unpublished outside an operation");
         unsigned count = 0;
         for (auto b : s.free_bits) count += unsigned(std::popcount(b));
         if (count != s.nr_free) return fail("S1: region ", r, " free count ", s.nr_free, " != ", count);
-        if (s.nr_free == 0 ? s.longest != -1 : s.longest != longest_free_order(s)) return fail("S3: region ", r, " longest stale");
-        if (s.published && s.nr_free == HPAGE_PMD_NR) return fail("S1: region ", r, " wholly free but not merged");
-        const bool wanted = s.published && s.longest >= 0 && s.longest < int(HPAGE_PMD_ORDER);
-        if (wanted != (s.list != 0xff)) return fail("S4: region ", r, (wanted ? " has room but is not" : " is"), " on a filler list");
+        if (!cached && (s.nr_free == 0 ? s.longest != -1 : s.longest != longest_free_order(s)))
+          return fail("S3: region ", r, " longest stale");
+        if (s.on_empty != (!cached && s.nr_free == HPAGE_PMD_NR))
+          return fail("H1: region ", r, (s.on_empty ? " is" : " is not"), " on the empty list with ", s.nr_free, " free pages",
+                      cached ? " (held by a cache)" : "");
+        empty_listed += s.on_empty;
+        const unsigned target = filler::target_list(s);
+        if (target != s.list) return fail("S4: region ", r, " is on filler list ", int(s.list), ", belongs on ", target);
         listed += s.list != 0xff;
         free_pages += s.nr_free;
         const std::uint64_t* map = page_map(ri);
@@ -178,7 +215,17 @@ std::string pool_impl::check_locked() {
         return fail("V1: region ", r, " in transit or unknown kind ", int(d.kind_), " outside an operation");
     }
   }
-  if (free_pages != free_pages_) return fail("V3: free pages ", free_pages_, " recorded, ", free_pages, " counted");
+  if (free_pages != free_pages_ + cached_free_delta())
+    return fail("V3: free pages ", free_pages_ + cached_free_delta(), " recorded, ", free_pages, " counted");
+  if (empty_listed != nr_empty_) return fail("H1: empty list holds ", nr_empty_, " regions, ", empty_listed, " are marked");
+  std::uint64_t walked = 0;
+  for (std::uint32_t e = empty_head_; e != NIL; e = sstate(e).empty_next)
+    if (++walked > nr_empty_) return fail("H1: the empty list is longer than its count");
+  if (walked != nr_empty_) return fail("H1: empty list walk found ", walked, " of ", nr_empty_);
+  for (unsigned i = 0; i < nr_caches_; ++i)
+    if (const std::uint32_t r = caches_[i].region; r != NIL &&
+        (r >= nr_regions_ || regions_[r].kind_ != RK_SPLIT || !regions_[r].alloc_state_ || sstate(r).cpu != i))
+      return fail("S6: cache ", i, " holds region ", r, ", which does not name it");
   if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
   if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
   if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");

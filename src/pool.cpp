@@ -70,8 +70,7 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
   s->nr_free = HPAGE_PMD_NR;
   s->longest = HPAGE_PMD_ORDER;
-  s->list = 0xff;
-  s->published = false;  // not for other threads until its SPLIT word is durable
+  s->published = false;  // only this operation uses it until its SPLIT word is durable
   page& d = regions_[r];
   d.alloc_state_ = s;
   d.kind_ = RK_SPLIT;
@@ -189,76 +188,9 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
   return true;
 }
 
-std::size_t pool_impl::trim() noexcept {
-  return 0;  // (interim) a drained split region merges at once: nothing is kept to trim
-}
-
 void pool_impl::materialise(std::uint32_t r) noexcept {
   std::lock_guard g(mu_);
   materialise_locked(r);
-}
-
-std::uint32_t pool_impl::pick_region_locked(unsigned order, alloc_plan& plan, int& pos) {
-  // Regions this plan split come first: they are not published yet, so the filler cannot see them.
-  for (unsigned i = 0; i < plan.nr_fresh; ++i)
-    if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) return plan.fresh[i];
-  for (;;) {
-    if (const std::uint32_t r = filler_.find(order); r != NIL) {
-      pos = find_free_block(sstate(r), order);
-      return r;
-    }
-    if (lazy_.empty()) break;
-    // Split regions from before the last open: load them before splitting more.
-    const std::uint32_t l = lazy_.back();
-    lazy_.pop_back();
-    materialise_locked(l);
-  }
-  pos = 0;
-  return take_fresh_region_locked(plan);
-}
-
-page* pool_impl::alloc_small_locked(unsigned order, alloc_plan& plan) {
-  int pos;
-  const std::uint32_t r = pick_region_locked(order, plan, pos);
-  if (r == NIL) return nullptr;
-  split_state& s = sstate(r);
-  const unsigned n = 1u << order;
-  mark_used(s, unsigned(pos), n);
-  free_pages_ -= n;
-  init_compound_small(r, unsigned(pos), order);
-  filler_.update(r, s, filler::change::allocated);
-  return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + unsigned(pos));
-}
-
-std::size_t pool_impl::bulk_order0_locked(std::size_t n, page** out, alloc_plan& plan) {
-  std::size_t done = 0;
-  while (done < n) {
-    int pos;
-    const std::uint32_t r = pick_region_locked(0, plan, pos);
-    if (r == NIL) break;
-    // Take free pages a 64-bit word of the free bitmap at a time; write each map line once.
-    split_state& s = sstate(r);
-    page* base = vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
-    unsigned lo = HPAGE_PMD_NR, hi = 0;
-    for (unsigned w = 0; w < 8 && done < n; ++w) {
-      std::uint64_t bits = s.free_bits[w];
-      while (bits && done < n) {
-        const unsigned i = w * 64 + unsigned(std::countr_zero(bits));
-        bits &= bits - 1;
-        s.map[i / PAGES_PER_MAP_WORD] |= std::uint64_t(code_head(0)) << ((i % PAGES_PER_MAP_WORD) * 4);
-        init_compound_small(r, i, 0);
-        out[done++] = base + i;
-        --s.nr_free;
-        --free_pages_;
-        lo = std::min(lo, i);
-        hi = i;
-      }
-      s.free_bits[w] = bits;
-    }
-    write_map_locked(r, lo / PAGES_PER_MAP_WORD, hi / PAGES_PER_MAP_WORD);
-    filler_.update(r, s, filler::change::allocated);
-  }
-  return done;
 }
 
 void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
@@ -267,22 +199,33 @@ void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
   pers_->copy_nodrain(page_map(r) + l0, sstate(r).map + l0, (l1 - l0) * 8);
 }
 
-void pool_impl::apply_alloc_locked(page* p, unsigned order, std::uint64_t owner) {
+void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::uint64_t owner) {
   const auto index = std::uint64_t(p - vmemmap_);
-  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
   // The owner entry is 0 already for an unowned allocation (O1): only alloc_pages_to writes it,
   // one more flushed line inside the same fence.
   if (owner) persist_word(owner_entry(index), owner);
-  if (order >= HPAGE_PMD_ORDER) {
-    persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
-    return;
-  }
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   std::uint64_t* mirror = sstate(r).map;
   for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
     mirror[w] = (mirror[w] & ~mask) | bits;
   });
   write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + (1u << order) - 1) / PAGES_PER_MAP_WORD);
+}
+
+void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
+  const auto index = std::uint64_t(p - vmemmap_);
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  if (order >= HPAGE_PMD_ORDER) {
+    // The region word of an allocated large page is written only by its allocator and its
+    // freer, who hold the page: no lock.
+    if (owner) persist_word(owner_entry(index), owner);
+    persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
+    return;
+  }
+  // The page is allocated in DRAM, so its region cannot merge: its state stays.
+  adaptive_mutex& m = lock_region(sstate(r));
+  apply_small_held(r, p, order, owner);
+  m.unlock();
 }
 
 page* pool_impl::alloc_large_locked(unsigned order) {
@@ -310,16 +253,6 @@ page* pool_impl::alloc_large_locked(unsigned order) {
 void pool_impl::write_fresh_split_words(const alloc_plan& plan) {
   for (unsigned i = 0; i < plan.nr_fresh; ++i)
     persist_word(region_word(plan.fresh[i]), make_region_word(region_state::split));
-}
-
-void pool_impl::publish_fresh(const alloc_plan& plan) {
-  if (!plan.nr_fresh) return;
-  std::lock_guard g(mu_);
-  for (unsigned i = 0; i < plan.nr_fresh; ++i) {
-    split_state& s = sstate(plan.fresh[i]);
-    s.published = true;
-    filler_.update(plan.fresh[i], s);
-  }
 }
 
 // ---- public allocation entry points ------------------------------------------------------------------
@@ -352,10 +285,7 @@ page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, b
     return nullptr;
   }
   if (forked(caller)) return nullptr;
-  std::lock_guard g(mu_);
-  page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
-  if (p && apply) apply_alloc_locked(p, order, 0);
-  return p;
+  return order < HPAGE_PMD_ORDER ? alloc_small(order, plan, apply) : alloc_large(order, apply);
 }
 
 page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
@@ -387,15 +317,11 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
   while (done < n) {
     alloc_plan plan;
     const std::size_t first = done;
-    {
-      std::lock_guard g(mu_);
-      if (order == 0) done += bulk_order0_locked(n - done, out + done, plan);
-      while (done < n && order > 0) {
-        page* p = order < HPAGE_PMD_ORDER ? alloc_small_locked(order, plan) : alloc_large_locked(order);
-        if (!p) break;
-        apply_alloc_locked(p, order, 0);
-        out[done++] = p;
-      }
+    if (order == 0) done += bulk_order0(n - done, out + done, plan);
+    while (done < n && order > 0 && !plan.fresh_full) {
+      page* p = order < HPAGE_PMD_ORDER ? alloc_small(order, plan, true) : alloc_large(order, true);
+      if (!p) break;
+      out[done++] = p;
     }
     if (done == first) break;
     if (gfp & GFP_ZERO)
@@ -486,10 +412,7 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
                   "allocated was freed again", static_cast<void*>(dest), (unsigned long long)expected);
     return nullptr;
   }
-  {
-    std::lock_guard g(mu_);
-    apply_alloc_locked(p, order, slot);
-  }
+  apply_alloc(p, order, slot);
   write_fresh_split_words(plan);
   pers_->flush(dest, sizeof *dest);
   fence();  // 2: allocated, owned, and the slot names the page
@@ -504,10 +427,7 @@ void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsi
   const std::uint64_t index = std::uint64_t(p - vmemmap_);
   page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
   h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
-  {
-    std::lock_guard g(mu_);
-    apply_alloc_locked(p, order, 0);
-  }
+  apply_alloc(p, order, 0);
   fence();
   if (plan.nr_fresh) {
     write_fresh_split_words(plan);
@@ -523,7 +443,7 @@ void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsi
 
 // ---- freeing -------------------------------------------------------------------------------------------
 
-free_result pool_impl::free_stores_locked(page* holder) {
+free_result pool_impl::free_stores(page* holder) {
   free_result fr;
   const bool owned = holder->flags_.load(std::memory_order_relaxed) & PG_slot_owned;
   if (is_region_desc(holder)) {
@@ -532,6 +452,7 @@ free_result pool_impl::free_stores_locked(page* holder) {
     const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
     if (owned) persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
     persist_word(region_word(r), make_region_word(region_state::free));
+    std::lock_guard g(mu_);
     for (std::uint32_t i = 0; i < n; ++i) {
       page& d = regions_[r + i];
       d.flags_.store(0, std::memory_order_release);
@@ -552,44 +473,41 @@ free_result pool_impl::free_stores_locked(page* holder) {
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   const unsigned order = load_order(holder);
   const unsigned n = 1u << order;
+  // The page is ours alone until it is marked free below: its owner entry and descriptors first.
   if (owned) persist_word(owner_entry(index), 0);
   for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
   store_order(holder, 0);
   holder->private_.store(0, std::memory_order_relaxed);
   holder->flags_.store(0, std::memory_order_release);
-  split_state& s = sstate(r);
+  split_state& s = sstate(r);  // stays: the region holds our page, so it cannot merge
+  adaptive_mutex& m = lock_region(s);
   for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) { s.map[w] &= ~mask; });
   write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + n - 1) / PAGES_PER_MAP_WORD);
   mark_free(s, first, n);
-  free_pages_ += n;
   fr.order = order;
   fr.region = r;
-  if (s.nr_free == HPAGE_PMD_NR) {
-    // Drained: merge back into one free 2 MiB region (the map is all zero now, P3 holds).
-    filler_.remove(r, s);
-    delete &s;
-    page& d = regions_[r];
-    d.alloc_state_ = nullptr;
-    d.kind_ = RK_FREE_INNER;
-    d.flags_.store(0, std::memory_order_release);
-    --split_regions_;
-    persist_word(region_word(r), make_region_word(region_state::free));
-    fr.kind = free_result::merge_split;
-  } else {
-    filler_.update(r, s, filler::change::freed);
+  if (s.cpu == NO_CPU) {
+    // No cache holds it: its filler list, or the empty list, may need it (pool lock, after the
+    // fence). Its room only grows until a cache takes it, so that is rare.
+    filler::refresh_longest(s, filler::change::freed);
+    if (filler::target_list(s) != s.list || s.nr_free == HPAGE_PMD_NR) fr.kind = free_result::refile;
   }
+  m.unlock();
+  this_cpu_cache().free_delta.fetch_add(n, std::memory_order_relaxed);
   return fr;
 }
 
 void pool_impl::finish_free(const free_result& fr) {
-  if (fr.kind == free_result::done) return;
-  if (fr.kind == free_result::merge_split) release_descriptors(fr.region);  // outside the lock: a syscall
-  std::lock_guard g(mu_);
-  if (fr.kind == free_result::merge_split) {
-    --materialised_;
-    buddy_.free(fr.region, HPAGE_PMD_ORDER);
-  } else {
-    buddy_.free(fr.region, fr.order);
+  if (fr.kind == free_result::refile) {
+    refile(fr.region);
+  } else if (fr.kind == free_result::return_large) {
+    merge_batch mb;
+    {
+      std::lock_guard g(mu_);
+      buddy_.free(fr.region, fr.order);
+      sweep_locked(mb, false);
+    }
+    finish_merges(mb);
   }
 }
 
@@ -622,11 +540,7 @@ void pool_impl::release(page* holder) noexcept {
     return;
   }
   prefetch_map_line(holder);
-  free_result fr;
-  {
-    std::lock_guard g(mu_);
-    fr = free_stores_locked(holder);
-  }
+  const free_result fr = free_stores(holder);
   fence();
   finish_free(fr);
 }
@@ -704,11 +618,7 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // completes the free whichever of the two reaches the media first.
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
   pers_->flush(src, sizeof *src);
-  free_result fr;
-  {
-    std::lock_guard g(mu_);
-    fr = free_stores_locked(h);
-  }
+  const free_result fr = free_stores(h);
   fence();  // 2: freed, its owner entry cleared, and the slot cleared
   intents_.retire_lazily(lane);
   intents_.release(lane);
@@ -898,6 +808,12 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   page* h = loc.region;
   const auto r = std::uint32_t(h - regions_);
   const pfn_t pfn = pfn_of_index(loc.index);
+  // An unowned page never becomes owned while it is allocated (only alloc_pages_to sets the
+  // owner), so that misuse is reported before the freeze, whatever the count.
+  if (!(h->flags_.load(std::memory_order_relaxed) & PG_slot_owned)) {
+    report_misuse("split_huge_page_to: pfn %#llx is not slot-owned: use split_huge_page", (unsigned long long)pfn);
+    return -EINVAL;
+  }
   // Freeze first (count 1 -> 0, and the page lock): no free, move or second split can change the
   // owner between the checks below and the split.
   if (const int e = split_prepare(h)) return e;

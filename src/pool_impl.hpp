@@ -56,7 +56,8 @@
 #include "pmpage/pool.hpp"
 #include "region_buddy.hpp"
 #include "registry.hpp"
-#include "spin_mutex.hpp"
+#include "adaptive_mutex.hpp"
+#include "cpu_cache.hpp"
 #include "split_region.hpp"
 
 namespace pmpage::detail {
@@ -71,9 +72,17 @@ struct alloc_plan {
   bool fresh_full = false;  // a fresh region was needed but fresh[] is full
 };
 
+/// Regions a sweep took off the empty list to merge: FREE on the media (not yet fenced), their
+/// descriptors still backed; finish_merges fences, gives the memory back and frees them.
+struct merge_batch {
+  static constexpr unsigned MAX = 32;
+  std::uint32_t regions[MAX];
+  unsigned n = 0;
+};
+
 /// What a free left to do after its fence.
 struct free_result {
-  enum kind_t { done, merge_split, return_large } kind = done;
+  enum kind_t { done, refile, return_large } kind = done;
   std::uint32_t region = 0;
   unsigned order = 0;  // order of the freed compound page
 };
@@ -173,18 +182,43 @@ class pool_impl {
   void back_descriptors(std::uint32_t r);     // materialise the 512 4 KiB descriptors (zeroed)
   void release_descriptors(std::uint32_t r);  // give their memory back (madvise)
 
-  // --- allocator internals; *_locked functions require mu_
-  /// Checks the order and chooses pages under the lock; with apply, also writes them (unfenced).
+  // --- allocator internals; *_locked functions require mu_ (lock order: cpu_cache.hpp)
+  /// Checks the order and chooses pages; with apply, also writes them (unfenced).
   page* reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply);
-  /// A region with a free aligned block of `order` (its position in pos), loading lazy regions
-  /// and splitting a fresh one as needed; NIL when the pool has no room.
-  std::uint32_t pick_region_locked(unsigned order, alloc_plan& plan, int& pos);
-  page* alloc_small_locked(unsigned order, alloc_plan& plan);
+  // placement.cpp: per-CPU caches, the filler, the empty list, merges
+  void init_caches();
+  cpu_cache& this_cpu_cache() { return caches_[current_cpu() % nr_caches_]; }
+  /// Orders 0..8 from this CPU's cache (refilled as needed); nullptr when no room is left anywhere.
+  page* alloc_small(unsigned order, alloc_plan& plan, bool apply);
   /// alloc_pages_bulk of order 0: whole words of the free bitmap at a time, one write per line.
-  std::size_t bulk_order0_locked(std::size_t n, page** out, alloc_plan& plan);
+  std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
+  page* alloc_large(unsigned order, bool apply);
   page* alloc_large_locked(unsigned order);
+  /// Region lock held: marks [pos, pos + 2^order) used in region r and builds its descriptors.
+  page* carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order);
+  /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
+  /// fresh one of this plan) and the position in pos; NIL when none has room.
+  std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos);
+  void detach_locked(cpu_cache& c);  // c.mu + mu_
+  bool attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int& pos);  // c.mu + mu_
+  void empty_add_locked(std::uint32_t r, split_state& s);
+  void empty_remove_locked(std::uint32_t r, split_state& s);
+  void take_empty_locked(std::uint32_t r, merge_batch& mb);
+  /// Drains idle caches; takes empty regions past the hysteresis bounds (all of them with `all`).
+  void sweep_locked(merge_batch& mb, bool all);
+  /// Fences the batch's FREE words, gives back descriptor memory, frees the regions to the buddy.
+  void finish_merges(const merge_batch& mb);
+  /// A free changed region r's list (no cache holds it): re-file it under the pool lock.
+  void refile(std::uint32_t r);
+  /// Every cache gives its region back to the filler; true if any held one.
+  bool drain_caches();
+  std::uint64_t cached_free_delta() const;
+  void lock_all();    // every cache lock in index order, then the pool lock (check, walks)
+  void unlock_all();
   /// The persistent stores of a chosen allocation (unfenced): page-map codes or region word.
-  void apply_alloc_locked(page* p, unsigned order, std::uint64_t owner);
+  void apply_alloc(page* p, unsigned order, std::uint64_t owner);
+  /// The same for a small page, with its region's lock held.
+  void apply_small_held(std::uint32_t r, page* p, unsigned order, std::uint64_t owner);
   bool check_gfp(const char* caller, gfp_t gfp) const noexcept;
   /// GFP_ZERO: zeroes the pages and flushes them (durable at the allocation's fence).
   void zero_pages(page* p, unsigned order);
@@ -196,10 +230,10 @@ class pool_impl {
   /// Durability of a finished plan: fence 1 done by caller; writes fresh SPLIT words (flushed).
   void write_fresh_split_words(const alloc_plan& plan);
   void publish_fresh(const alloc_plan& plan);
-  /// Frees under the lock: DRAM state and the persistent stores (flushed, not fenced).
-  free_result free_stores_locked(page* holder);
+  /// Frees the DRAM state and writes the persistent stores (flushed, not fenced).
+  free_result free_stores(page* holder);
   void prefetch_map_line(const page* holder) const;
-  /// After the free's fence: merge a drained region back / return regions to the buddy.
+  /// After the free's fence: re-file the region / return regions to the buddy.
   void finish_free(const free_result& fr);
   split_state& sstate(std::uint32_t r) const { return *static_cast<split_state*>(regions_[r].alloc_state_); }
   bool dest_offset(const void* slot, std::uint64_t& off) const;
@@ -253,12 +287,17 @@ class pool_impl {
   page* vmemmap_ = nullptr;
   std::size_t vmemmap_bytes_ = 0;
 
-  // allocator (guarded by mu_)
-  spin_mutex mu_;
+  // allocator (guarded by mu_, the pool lock)
+  adaptive_mutex mu_;
+  std::unique_ptr<cpu_cache[]> caches_;
+  unsigned nr_caches_ = 1;
+  std::uint32_t empty_head_ = NIL, empty_tail_ = NIL;  // wholly free split regions, oldest first
+  std::uint64_t nr_empty_ = 0;
+  std::uint64_t last_idle_sweep_ms_ = 0;
   region_buddy buddy_;
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
-  std::uint64_t free_pages_ = 0;     // V3 (excludes lazy regions)
+  std::uint64_t free_pages_ = 0;     // V3 with the caches' free_delta (excludes lazy regions)
   std::uint64_t split_regions_ = 0;
   std::uint64_t materialised_ = 0;
   std::uint64_t repaired_ = 0;

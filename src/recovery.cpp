@@ -349,6 +349,7 @@ void pool_impl::build_volatile() {
 
   buddy_.init(regions_, nr_regions_);
   filler_.init(regions_);
+  init_caches();
   for (std::uint64_t i = 0; i < nr_regions_; ++i) regions_[i].list_next_ = regions_[i].list_prev_ = NIL;
   std::uint64_t run_start = 0, run_len = 0;  // current run of free regions
   auto end_run = [&] {

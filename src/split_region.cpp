@@ -66,9 +66,9 @@ void filler::remove(std::uint32_t r, split_state& s) {
   --count_;
 }
 
-void filler::update(std::uint32_t r, split_state& s, change c) {
+void filler::refresh_longest(split_state& s, change c) {
   // Allocating can only shorten the longest free block, freeing only lengthen it: search from
-  // the old value instead of from order 9 (this runs on every small alloc and free).
+  // the old value instead of from order 9.
   int longest = -1;
   if (c == change::allocated) {
     for (int k = s.longest; k >= 0 && longest < 0; --k)
@@ -84,12 +84,14 @@ void filler::update(std::uint32_t r, split_state& s, change c) {
     longest = longest_free_order(s);
   }
   s.longest = std::int8_t(longest);
-  // A wholly free region (longest 9) is about to merge; a full one (-1) cannot serve anything.
-  const bool wanted = s.published && s.longest >= 0 && s.longest < int(HPAGE_PMD_ORDER);
-  const unsigned target = wanted ? list_of(s) : 0xff;
+}
+
+void filler::update(std::uint32_t r, split_state& s, change c) {
+  refresh_longest(s, c);
+  const unsigned target = target_list(s);
   if (target == s.list) return;
   remove(r, s);
-  if (!wanted) return;
+  if (target == 0xff) return;
   page& d = regions_[r];
   d.list_prev_ = NIL;
   d.list_next_ = heads_[target];

@@ -8,29 +8,56 @@
 //       (nr_free == 512 only transiently, inside the free that merges r).
 //   S2  page i is free in s  <=>  page map code of i is CODE_FREE (after recovery).
 //   S3  s.longest == the largest k with a free naturally aligned 2^k block, or -1 if none.
-//   S4  r is on filler list (fullness(s), s.longest) iff s.longest >= 0 and r is published.
-//   S5  s.map equals the persistent page map. Writers update s.map under the lock and store whole
-//       cache lines of it to the media (ordinary stores + flush), never reading the media.
-// Lock: every function here runs under the pool's allocator lock.
+//   S3 and S4 hold for regions no per-CPU cache holds; a held region's longest is recomputed
+//   when its cache lets it go (nothing else looks at it meanwhile).
+//   S4  r is on filler list (fullness(s), min(s.longest, 8)) iff s.longest >= 0, r is published
+//       and no cache holds it (s.cpu == NO_CPU). Wholly free regions are listed too (the merge
+//       hysteresis keeps them split for a while; they are the last choice).
+//   S5  s.map equals the persistent page map. Writers update s.map under the region lock and
+//       store whole cache lines of it to the media (ordinary stores + flush), never reading it.
+//   S6  s.lockp points at the cache's mutex while cache s.cpu holds r, else at s.own_lock; it
+//       changes only while the lock it points at AND the pool lock are held.
+// Lock: the bitmap, map mirror, nr_free and longest are guarded by the region lock (*s.lockp);
+// s.cpu, s.list, the filler lists and the empty list by the pool lock plus the region lock.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
+#include "adaptive_mutex.hpp"
 #include "layout.hpp"
 #include "pmpage/page.hpp"
 
 namespace pmpage::detail {
 
 inline constexpr std::uint32_t NIL = 0xffffffffu;
+inline constexpr std::uint16_t NO_CPU = 0xffff;
 
-struct split_state {
+struct alignas(64) split_state {
   std::uint64_t map[PAGE_MAP_WORDS];  // S5: the region's page map as it is (or is being written) on the media
   std::uint64_t free_bits[8];  // bit i set <=> page i free
-  std::uint16_t nr_free;
-  std::int8_t longest;         // S3
-  std::uint8_t list;           // filler list it is on, or 0xff
-  bool published;              // visible to the filler (its SPLIT word is durable)
+  std::uint16_t nr_free = 0;
+  std::int8_t longest = -1;    // S3
+  std::uint8_t list = 0xff;    // filler list it is on, or 0xff
+  bool published = false;      // its SPLIT word is durable (until then only its splitter uses it)
+  std::uint16_t cpu = NO_CPU;  // the per-CPU cache holding it (cpu_cache.hpp), or NO_CPU
+  // Merge hysteresis: the list of wholly free regions no cache holds, oldest first (pool lock).
+  bool on_empty = false;
+  std::uint32_t empty_prev = NIL, empty_next = NIL;
+  std::uint64_t empty_since_ms = 0;
+  adaptive_mutex own_lock;                  // the region lock while no cache holds it
+  std::atomic<adaptive_mutex*> lockp{&own_lock};  // S6: the region lock
 };
+
+/// Takes region s's lock, whichever mutex it is at the moment (S6), and returns it.
+inline adaptive_mutex& lock_region(split_state& s) {
+  for (;;) {
+    adaptive_mutex* m = s.lockp.load(std::memory_order_acquire);
+    m->lock();
+    if (s.lockp.load(std::memory_order_relaxed) == m) return *m;
+    m->unlock();  // the region changed hands while we waited: take its new lock
+  }
+}
 
 /// Finds the lowest naturally aligned free block of 2^order pages; -1 if none.
 int find_free_block(const split_state& s, unsigned order);
@@ -75,6 +102,13 @@ class filler {
     count_ = 0;
   }
   enum class change { allocated, freed, unknown };
+  /// Brings s.longest up to date after pages were allocated or freed (region lock).
+  static void refresh_longest(split_state& s, change c);
+  /// The list region s belongs on now (S4), or 0xff for none.
+  static unsigned target_list(const split_state& s) {
+    const bool wanted = s.published && s.cpu == NO_CPU && s.longest >= 0;
+    return wanted ? list_of(s) : 0xff;
+  }
   /// Re-files region r after its state changed (or files it the first time).
   void update(std::uint32_t r, split_state& s, change c = change::unknown);
   void remove(std::uint32_t r, split_state& s);
@@ -85,7 +119,8 @@ class filler {
  private:
   static unsigned list_of(const split_state& s) {
     const unsigned fb = unsigned(s.nr_free) * FULLNESS_BUCKETS / (HPAGE_PMD_NR + 1);
-    return fb * ORDERS + unsigned(s.longest);
+    const unsigned longest = unsigned(s.longest) < ORDERS ? unsigned(s.longest) : ORDERS - 1;  // free: any order
+    return fb * ORDERS + longest;
   }
   page* regions_ = nullptr;
   std::uint32_t heads_[FULLNESS_BUCKETS * ORDERS];

@@ -70,6 +70,7 @@ TEST_P(CompoundOfOrder, LastPutOnATailFreesTheWholePage) {
   EXPECT_FALSE(pmpage::PageHead(head));
   EXPECT_FALSE(pmpage::PageTail(tail(head, 1)));
   EXPECT_TRUE(allocations(pool_).by_pfn.empty());
+  pool_.trim();
   EXPECT_EQ(pool_.stats().split_regions, 0u);
   EXPECT_EQ(pool_.check(), "");
 }
@@ -268,7 +269,7 @@ TEST_F(Compound, SplitHugePageRejectsAnythingButAnOrderNineHead) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Compound, RegionMergesWhenItsLastPageIsFreed) {
+TEST_F(Compound, RegionIsKeptWhenItsLastPageIsFreedAndMergesOnTrim) {
   page* a = pool_.alloc_pages(0);
   page* b = pool_.alloc_pages(2);
   ASSERT_NE(a, nullptr);
@@ -278,6 +279,14 @@ TEST_F(Compound, RegionMergesWhenItsLastPageIsFreed) {
   EXPECT_TRUE(pmpage::PageSplit(a)) << "a page of the region is still allocated";
   EXPECT_EQ(pool_.stats().split_regions, 1u);
   pmpage::put_page(b);
+  // Merge hysteresis: this CPU's cache keeps the empty region, descriptors and all, so the next
+  // small allocation does not split a region again.
+  EXPECT_TRUE(pmpage::PageSplit(a));
+  EXPECT_EQ(pool_.stats().split_regions, 1u);
+  EXPECT_EQ(pool_.stats().materialised_regions, 1u);
+  EXPECT_EQ(pool_.check(), "");
+  EXPECT_EQ(pool_.trim(), 1u);
+  EXPECT_EQ(pool_.trim(), 0u) << "nothing left to merge";
   EXPECT_FALSE(pmpage::PageSplit(a));
   EXPECT_FALSE(pmpage::PageSplit(b));
   const pmpage::pool_stats s = pool_.stats();
@@ -292,7 +301,7 @@ TEST_F(Compound, RegionMergesWhenItsLastPageIsFreed) {
   EXPECT_EQ(huge.size(), total_regions_);
 }
 
-TEST_F(Compound, SplitHugePageRegionMergesWhenAll512PagesAreFreed) {
+TEST_F(Compound, SplitHugePageRegionIsKeptWhenAll512PagesAreFreedAndMergesOnTrim) {
   page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
   ASSERT_EQ(pmpage::split_huge_page(huge), 0);
@@ -301,6 +310,10 @@ TEST_F(Compound, SplitHugePageRegionMergesWhenAll512PagesAreFreed) {
   for (std::uint64_t i = HPAGE_PMD_NR; i-- > 1;) pmpage::put_page(tail(huge, i));
   EXPECT_TRUE(pmpage::PageSplit(huge));
   pmpage::put_page(huge);
+  EXPECT_TRUE(pmpage::PageSplit(huge));
+  EXPECT_EQ(pool_.stats().empty_split_regions, 1u) << "no cache holds it: it waits on the empty list";
+  EXPECT_EQ(pool_.check(), "");
+  EXPECT_EQ(pool_.trim(), 1u);
   EXPECT_FALSE(pmpage::PageSplit(huge));
   EXPECT_EQ(pool_.stats().split_regions, 0u);
   EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(0));
@@ -317,11 +330,15 @@ TEST_F(Compound, DescriptorBytesFollowSplitRegions) {
     EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(i + 1));
     EXPECT_EQ(pool_.stats().materialised_regions, static_cast<std::uint64_t>(i + 1));
   }
+  // Freed regions keep their descriptors (up to EMPTY_SPLIT_KEPT of them) until trim().
   for (int i = 0; i < 5; ++i) {
     for (std::uint64_t j = 0; j < HPAGE_PMD_NR; ++j) pmpage::put_page(tail(huge[i], j));
-    EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(4 - i));
-    EXPECT_EQ(pool_.stats().split_regions, static_cast<std::uint64_t>(4 - i));
+    EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(5));
+    EXPECT_EQ(pool_.stats().empty_split_regions, static_cast<std::uint64_t>(i + 1));
   }
+  EXPECT_EQ(pool_.trim(), 5u);
+  EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(0));
+  EXPECT_EQ(pool_.stats().split_regions, 0u);
 }
 
 // The 4 KiB descriptors of a split region are real memory (32 KiB per region) and merging gives
@@ -361,6 +378,9 @@ TEST_F(CompoundRss, MergeReturnsDescriptorMemoryToTheSystem) {
 
   for (page* h : huge)
     for (std::uint64_t i = 0; i < HPAGE_PMD_NR; ++i) pmpage::put_page(tail(h, i));
+  // Past EMPTY_SPLIT_KEPT the freed regions merge at once; trim() returns the kept ones.
+  EXPECT_LE(pool_.stats().materialised_regions, pmpage::EMPTY_SPLIT_KEPT);
+  pool_.trim();
   const long merged = rss_anon_kib();
   EXPECT_EQ(pool_.stats().split_regions, 0u);
   EXPECT_EQ(pool_.stats().materialised_regions, 0u);

@@ -1036,6 +1036,7 @@ class MisuseProperty : public PoolTest {
       }
     while (!unowned_.empty()) ASSERT_NO_FATAL_FAILURE(put_unowned(unowned_.at(0)));
     ASSERT_NO_FATAL_FAILURE(expect_consistent());
+    pool_.trim();
     const pmpage::pool_stats s = pool_.stats();
     EXPECT_EQ(s.free_pages, total_pages_);
     EXPECT_EQ(s.split_regions, 0u);

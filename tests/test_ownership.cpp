@@ -306,6 +306,7 @@ TEST_F(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
   EXPECT_TRUE(pool_.check_slots(list).clean()) << pool_.check_slots(list).describe();
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) ASSERT_EQ(pool_.free_pages_from(&table[i]), 0) << i;
   EXPECT_EQ(free_pages(), total_pages_);
+  pool_.trim();
   EXPECT_EQ(pool_.stats().split_regions, 0u);
   EXPECT_EQ(pool_.check(), "");
 }

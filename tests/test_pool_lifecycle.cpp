@@ -215,6 +215,7 @@ TEST_F(PoolLifecycle, AllocationsCanBeFreedAfterReopen) {
   pool p = pool::open(path);
   for (pfn_t pfn : pfns) pmpage::put_page(pmpage::pfn_to_page(pfn));
   EXPECT_EQ(p.stats().free_pages, p.stats().total_pages);
+  p.trim();
   EXPECT_EQ(p.stats().split_regions, 0u);
   EXPECT_EQ(p.check(), "");
 }

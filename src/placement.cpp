@@ -1,0 +1,364 @@
+// placement.cpp — which region a small allocation comes from, and when split regions change
+// hands or merge: the per-CPU caches (cpu_cache.hpp), the shared filler of regions no cache
+// holds, the list of wholly free split regions kept for a while (merge hysteresis), and the
+// pressure paths that give cached and kept pages back before the pool reports no room.
+//
+// Lock order (pool_impl.hpp): cpu_cache::mu -> mu_ (pool lock) -> split_state::own_lock.
+// The pool lock is taken once per refill (about once per 512 small allocations per CPU), by
+// frees that change the list of a region no cache holds (at most ~18 times per region between
+// two cache visits: its free count and longest block only grow meanwhile), by orders >= 9, and
+// by stats/trim/check.
+//
+// Nothing here writes the media except a merge (FREE region word, fenced before the region is
+// given to the region buddy) and materialise_locked's repairs: a page a cache holds is free on
+// the media, so a crash loses nothing and leaks nothing.
+#include <sys/mman.h>
+#include <time.h>
+
+#include <cstring>
+
+#include "misuse.hpp"
+#include "pool_impl.hpp"
+
+namespace pmpage::detail {
+
+std::uint64_t coarse_now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // vDSO: reads a word, no syscall
+  return std::uint64_t(ts.tv_sec) * 1000 + std::uint64_t(ts.tv_nsec) / 1000000;
+}
+
+void pool_impl::init_caches() {
+  nr_caches_ = nr_cpu_caches();
+  caches_ = std::make_unique<cpu_cache[]>(nr_caches_);
+  for (unsigned i = 0; i < nr_caches_; ++i) caches_[i].index = i;
+}
+
+// ---- the list of wholly free split regions (merge hysteresis) ---------------------------------------
+
+void pool_impl::empty_add_locked(std::uint32_t r, split_state& s) {
+  if (s.on_empty) return;
+  s.on_empty = true;
+  s.empty_since_ms = coarse_now_ms();
+  s.empty_next = NIL;
+  s.empty_prev = empty_tail_;
+  if (empty_tail_ != NIL)
+    sstate(empty_tail_).empty_next = r;
+  else
+    empty_head_ = r;
+  empty_tail_ = r;
+  ++nr_empty_;
+}
+
+void pool_impl::empty_remove_locked(std::uint32_t r, split_state& s) {
+  if (!s.on_empty) return;
+  if (s.empty_prev != NIL)
+    sstate(s.empty_prev).empty_next = s.empty_next;
+  else
+    empty_head_ = s.empty_next;
+  if (s.empty_next != NIL)
+    sstate(s.empty_next).empty_prev = s.empty_prev;
+  else
+    empty_tail_ = s.empty_prev;
+  s.on_empty = false;
+  s.empty_prev = s.empty_next = NIL;
+  (void)r;
+  --nr_empty_;
+}
+
+void pool_impl::take_empty_locked(std::uint32_t r, merge_batch& mb) {
+  split_state& s = sstate(r);
+  s.own_lock.lock();  // no cache holds r (S6): its lock is its own
+  filler_.remove(r, s);
+  empty_remove_locked(r, s);
+  s.own_lock.unlock();
+  // Nobody can reach s any more: it has no allocation (so no free is under way in it), no cache
+  // holds it, and the filler no longer lists it.
+  delete &s;
+  page& d = regions_[r];
+  d.alloc_state_ = nullptr;
+  d.kind_ = RK_FREE_INNER;  // in transit until finish_merges gives it to the buddy
+  d.flags_.store(0, std::memory_order_release);
+  --split_regions_;
+  persist_word(region_word(r), make_region_word(region_state::free));
+  mb.regions[mb.n++] = r;
+}
+
+void pool_impl::finish_merges(const merge_batch& mb) {
+  if (!mb.n) return;
+  // FREE is durable before the region can be handed out again: its next owner's words then
+  // always come after it on the media.
+  fence();
+  for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);  // syscalls: outside the lock
+  std::lock_guard g(mu_);
+  for (unsigned i = 0; i < mb.n; ++i) {
+    --materialised_;
+    buddy_.free(mb.regions[i], HPAGE_PMD_ORDER);
+  }
+}
+
+void pool_impl::sweep_locked(merge_batch& mb, bool all) {
+  if (g_fork_generation.load(std::memory_order_relaxed) != fork_generation_) return;  // a child never writes
+  const std::uint64_t now = coarse_now_ms();
+  // Idle caches give their region back (at most every PCP_IDLE_MS / 4: this runs on every refill).
+  if (all || now - last_idle_sweep_ms_ >= PCP_IDLE_MS / 4) {
+    last_idle_sweep_ms_ = now;
+    for (unsigned i = 0; i < nr_caches_; ++i) {
+      cpu_cache& c = caches_[i];
+      if (!all && now - c.last_use_ms.load(std::memory_order_relaxed) < PCP_IDLE_MS) continue;
+      if (!c.mu.try_lock()) continue;  // busy (or ours): not idle. Never wait: the lock order is c.mu first.
+      detach_locked(c);
+      c.mu.unlock();
+    }
+  }
+  while (empty_head_ != NIL && mb.n < merge_batch::MAX &&
+         (all || nr_empty_ > EMPTY_SPLIT_KEPT || now - sstate(empty_head_).empty_since_ms >= EMPTY_SPLIT_KEEP_MS))
+    take_empty_locked(empty_head_, mb);
+}
+
+// ---- cache hand-over ------------------------------------------------------------------------------
+
+void pool_impl::detach_locked(cpu_cache& c) {
+  const std::uint32_t r = c.region;
+  if (r == NIL) return;
+  split_state& s = sstate(r);
+  // S6: the lock changes while both the old one (c.mu, held by our caller) and the new one are
+  // held, so a free waiting on c.mu re-reads lockp and moves to own_lock.
+  s.own_lock.lock();
+  s.cpu = NO_CPU;
+  s.lockp.store(&s.own_lock, std::memory_order_release);
+  c.region = NIL;
+  filler_.update(r, s);  // its longest block went stale while the cache held it
+  if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s);
+  s.own_lock.unlock();
+}
+
+bool pool_impl::attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int& pos) {
+  split_state& s = sstate(r);
+  s.own_lock.lock();
+  pos = find_free_block(s, order);
+  if (pos < 0) {  // its list was stale (cannot happen: frees only add room) — re-file it
+    filler_.update(r, s);
+    s.own_lock.unlock();
+    return false;
+  }
+  filler_.remove(r, s);
+  empty_remove_locked(r, s);
+  s.cpu = std::uint16_t(c.index);
+  s.lockp.store(&c.mu, std::memory_order_release);  // c.mu is held by our caller (S6)
+  s.own_lock.unlock();
+  c.region = r;
+  return true;
+}
+
+std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos) {
+  merge_batch mb;
+  std::uint32_t r = NIL;
+  {
+    std::lock_guard g(mu_);
+    sweep_locked(mb, false);
+    // Regions this operation split come first: no one else can see them yet.
+    for (unsigned i = 0; i < plan.nr_fresh && r == NIL; ++i)
+      if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) r = plan.fresh[i];
+    if (r == NIL) {
+      detach_locked(c);
+      for (;;) {
+        if (const std::uint32_t f = filler_.find(order); f != NIL) {
+          if (attach_locked(c, f, order, pos)) {
+            r = f;
+            break;
+          }
+          continue;
+        }
+        if (lazy_.empty()) {
+          pos = 0;
+          r = take_fresh_region_locked(plan);
+          break;
+        }
+        // Split regions from before the last open: load them before splitting more.
+        const std::uint32_t l = lazy_.back();
+        lazy_.pop_back();
+        materialise_locked(l);
+      }
+    }
+  }
+  finish_merges(mb);
+  return r;
+}
+
+page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order) {
+  split_state& s = sstate(r);
+  const unsigned n = 1u << order;
+  mark_used(s, pos, n);
+  init_compound_small(r, pos, order);
+  c.allocs.store(c.allocs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
+  c.free_delta.fetch_sub(n, std::memory_order_relaxed);
+  return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + pos);
+}
+
+page* pool_impl::alloc_small(unsigned order, alloc_plan& plan, bool apply) {
+  for (int attempt = 0;; ++attempt) {
+    {
+      cpu_cache& c = this_cpu_cache();
+      std::lock_guard g(c.mu);
+      std::uint32_t r = c.region;
+      int pos = r != NIL ? find_free_block(sstate(r), order) : -1;
+      if (pos < 0) r = refill(c, order, plan, pos);
+      if (r != NIL) {
+        page* p = carve(c, r, unsigned(pos), order);
+        if (apply) apply_small_held(r, p, order, 0);
+        return p;
+      }
+    }
+    // No room in the filler or the region buddy: other CPUs' caches may hold some. Take them
+    // back and look once more, so "no room" means no free extent of this order anywhere.
+    if (attempt > 0 || plan.fresh_full || !drain_caches()) return nullptr;
+  }
+}
+
+std::size_t pool_impl::bulk_order0(std::size_t n, page** out, alloc_plan& plan) {
+  cpu_cache& c = this_cpu_cache();
+  std::lock_guard g(c.mu);
+  std::size_t done = 0;
+  while (done < n) {
+    int pos = -1;
+    std::uint32_t r = c.region;
+    if (r == NIL || sstate(r).nr_free == 0) r = refill(c, 0, plan, pos);
+    if (r == NIL) break;
+    // Take free pages a 64-bit word of the free bitmap at a time; write each map line once.
+    split_state& s = sstate(r);
+    page* base = vpage(std::uint64_t(r) << HPAGE_PMD_ORDER);
+    unsigned lo = HPAGE_PMD_NR, hi = 0, got = 0;
+    for (unsigned w = 0; w < 8 && done < n; ++w) {
+      std::uint64_t bits = s.free_bits[w];
+      while (bits && done < n) {
+        const unsigned i = w * 64 + unsigned(std::countr_zero(bits));
+        bits &= bits - 1;
+        s.map[i / PAGES_PER_MAP_WORD] |= std::uint64_t(code_head(0)) << ((i % PAGES_PER_MAP_WORD) * 4);
+        init_compound_small(r, i, 0);
+        out[done++] = base + i;
+        ++got;
+        lo = std::min(lo, i);
+        hi = i;
+      }
+      s.free_bits[w] = bits;
+    }
+    s.nr_free = std::uint16_t(s.nr_free - got);
+    c.allocs.store(c.allocs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
+    c.free_delta.fetch_sub(got, std::memory_order_relaxed);
+    write_map_locked(r, lo / PAGES_PER_MAP_WORD, hi / PAGES_PER_MAP_WORD);
+  }
+  return done;
+}
+
+page* pool_impl::alloc_large(unsigned order, bool apply) {
+  for (int attempt = 0;; ++attempt) {
+    merge_batch mb;
+    page* p;
+    {
+      std::lock_guard g(mu_);
+      sweep_locked(mb, false);
+      p = alloc_large_locked(order);
+    }
+    finish_merges(mb);
+    if (p) {
+      if (apply) apply_alloc(p, order, 0);
+      return p;
+    }
+    // Wholly free split regions (kept, or in caches) are free 2 MiB regions in all but name.
+    if (attempt > 0 || trim() == 0) return nullptr;
+  }
+}
+
+void pool_impl::publish_fresh(const alloc_plan& plan) {
+  if (!plan.nr_fresh) return;
+  cpu_cache& c = this_cpu_cache();
+  std::lock_guard gc(c.mu);
+  std::lock_guard g(mu_);
+  for (unsigned i = 0; i < plan.nr_fresh; ++i) {
+    const std::uint32_t r = plan.fresh[i];
+    split_state& s = sstate(r);
+    s.own_lock.lock();
+    s.published = true;  // its SPLIT word is durable: anyone may allocate from it now
+    if (c.region == NIL && s.nr_free) {
+      s.cpu = std::uint16_t(c.index);
+      s.lockp.store(&c.mu, std::memory_order_release);
+      c.region = r;
+    } else {
+      filler_.update(r, s);
+    }
+    s.own_lock.unlock();
+  }
+}
+
+// ---- frees ------------------------------------------------------------------------------------
+
+void pool_impl::refile(std::uint32_t r) {
+  merge_batch mb;
+  {
+    std::lock_guard g(mu_);
+    page& d = regions_[r];
+    // Re-read under the pool lock: the region may have been taken by a cache, or merged and
+    // split again, since our free let go of its lock.
+    if (d.kind_ == RK_SPLIT && d.alloc_state_ && !(d.flags_.load(std::memory_order_relaxed) & PG_region_lazy)) {
+      split_state& s = sstate(r);
+      if (s.cpu == NO_CPU && s.published) {
+        s.own_lock.lock();  // S6: no cache holds it, and only the pool lock's holder could change that
+        filler_.update(r, s, filler::change::freed);
+        if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s);
+        s.own_lock.unlock();
+      }
+    }
+    sweep_locked(mb, false);
+  }
+  finish_merges(mb);
+}
+
+bool pool_impl::drain_caches() {
+  bool any = false;
+  for (unsigned i = 0; i < nr_caches_; ++i) {
+    cpu_cache& c = caches_[i];
+    std::lock_guard gc(c.mu);
+    if (c.region == NIL) continue;
+    std::lock_guard g(mu_);
+    detach_locked(c);
+    any = true;
+  }
+  return any;
+}
+
+std::size_t pool_impl::trim() noexcept {
+  if (forked("trim")) return 0;
+  drain_caches();
+  std::size_t merged = 0;
+  for (;;) {
+    merge_batch mb;
+    {
+      std::lock_guard g(mu_);
+      sweep_locked(mb, true);
+    }
+    if (!mb.n) return merged;
+    merged += mb.n;
+    finish_merges(mb);
+  }
+}
+
+std::uint64_t pool_impl::cached_free_delta() const {
+  std::int64_t d = 0;
+  for (unsigned i = 0; i < nr_caches_; ++i) d += caches_[i].free_delta.load(std::memory_order_relaxed);
+  return std::uint64_t(d);
+}
+
+void pool_impl::lock_all() {
+  for (unsigned i = 0; i < nr_caches_; ++i) caches_[i].mu.lock();
+  mu_.lock();
+}
+
+void pool_impl::unlock_all() {
+  mu_.unlock();
+  for (unsigned i = nr_caches_; i-- > 0;) caches_[i].mu.unlock();
+}
+
+}  // namespace pmpage::detail
