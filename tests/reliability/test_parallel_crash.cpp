@@ -23,6 +23,8 @@
 // not always the order they took effect), the recovered slots and the image's live intents.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -30,6 +32,7 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -458,12 +461,35 @@ TEST(ParallelCrash, TwoWorkersCrashedAtARandomFenceKeepEveryReturnedCall) {
   RecordProperty("crashed_with_both_workers_in_a_call", int(with_two_in_flight));
 }
 
-// The interleaving the random test above finds now and then, made deterministic: a pool with one
-// free page P, slot-owned; free_pages_from(slot) frees P in DRAM before its second fence, so a
-// concurrent alloc_pages(0) on another thread gets P and returns (its own fence done) while the
-// free is still at that fence. A power failure there (before or after the free's fence) must
-// keep the returned allocation: P allocated, and the slot emptied (the free's intent is durable,
-// so recovery completes it).
+// Pins the calling thread to the i-th CPU this process may use (wrapping); false if refused.
+bool pin_to_nth_cpu(unsigned i) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (cpus.empty()) return false;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpus[i % cpus.size()], &one);
+  return ::pthread_setaffinity_np(::pthread_self(), sizeof one, &one) == 0;
+}
+
+void on_nth_cpu(unsigned i, const std::function<void()>& f) {
+  std::thread t([&] {
+    pin_to_nth_cpu(i);
+    f();
+  });
+  t.join();
+}
+
+// The interleaving the random test above finds now and then, made deterministic. A one-region
+// pool is filled from CPU B (B's cache holds the region), the first page P owned by a slot. On
+// CPU A, free_pages_from(slot) frees P in DRAM before its second fence; at that fence another
+// thread on CPU B allocates an order-0 page, gets P from B's cache and returns (its own fence
+// done). A power failure then (before or after the free's second fence) must keep that returned
+// allocation: P allocated, the slot emptied (the free's intent is durable: recovery completes it).
 TEST(ParallelCrash, PageReallocatedWhileFreePagesFromFinishesStaysAllocatedAfterACrash) {
   const std::string path = "/dev/shm/pmpage-parallel-crash-realloc-" + std::to_string(::getpid());
   const std::string img = path + ".img";
@@ -482,11 +508,14 @@ TEST(ParallelCrash, PageReallocatedWhileFreePagesFromFinishesStaysAllocatedAfter
       pool p = pool::create(path, o);
       size = std::filesystem::file_size(path);
       auto* slots = static_cast<pfn_t*>(p.root());
-      page* owned = p.alloc_pages_to(0, &slots[0]);
-      ASSERT_NE(owned, nullptr);
-      target = page_to_pfn(owned);
-      std::vector<page*> rest;
-      while (page* x = p.alloc_pages(0)) rest.push_back(x);
+      on_nth_cpu(1, [&] {
+        page* owned = p.alloc_pages_to(0, &slots[0]);
+        ASSERT_NE(owned, nullptr);
+        target = page_to_pfn(owned);
+        // Exactly the rest of the pool: a failing call would make the cache give the region up.
+        for (std::uint64_t i = 1; i < p.stats().total_pages; ++i) ASSERT_NE(p.alloc_pages(0), nullptr);
+      });
+      ASSERT_NE(target, 0u);
       ASSERT_EQ(p.stats().free_pages, 0u);
       const std::uint64_t f0 = sim->fences();
       std::atomic<bool> inside{false};
@@ -494,10 +523,9 @@ TEST(ParallelCrash, PageReallocatedWhileFreePagesFromFinishesStaysAllocatedAfter
         if (k != f0 + 2 || inside.load()) return;  // the free's second fence (not the other thread's)
         if (before) {
           inside.store(true);
-          std::thread other([&] {
+          on_nth_cpu(1, [&] {
             if (page* x = p.alloc_pages(0)) reallocated = page_to_pfn(x);
           });
-          other.join();
           inside.store(false);
         }
         if (before == crash_before) {
@@ -506,10 +534,15 @@ TEST(ParallelCrash, PageReallocatedWhileFreePagesFromFinishesStaysAllocatedAfter
           images.emplace_back("random subset", sim->crash_image(7, 0.5));
         }
       };
-      EXPECT_EQ(p.free_pages_from(&slots[0]), 0);
+      on_nth_cpu(0, [&] { EXPECT_EQ(p.free_pages_from(&slots[0]), 0); });
       sim->on_fence = nullptr;
-      ASSERT_EQ(reallocated, target) << "the other thread got the page the free released";
       ASSERT_EQ(images.size(), 3u);
+      // A library may keep the page from others until the free is complete; then there is
+      // nothing to lose, and the recovered pool must merely be consistent.
+      if (reallocated) {
+        ASSERT_EQ(reallocated, target) << "the pool had no other free page";
+      }
+      ::testing::Test::RecordProperty(crash_before ? "reallocated_before" : "reallocated_after", reallocated ? 1 : 0);
     }
     for (const auto& [label, bytes] : images) {
       SCOPED_TRACE(label);
@@ -518,9 +551,11 @@ TEST(ParallelCrash, PageReallocatedWhileFreePagesFromFinishesStaysAllocatedAfter
       pool q = pool::open(img);
       const pool_state got = pmpage::testing::read_state(q);
       EXPECT_EQ(pmpage::testing::check_recovered(q, got, false), "");
+      if (!reallocated) continue;
       const auto it = got.allocations.find(target);
       EXPECT_TRUE(it != got.allocations.end() && it->second == 0)
-          << "alloc_pages(0) returned pfn " << hex(target) << " before the crash; after recovery it is free";
+          << "alloc_pages(0) on another thread returned pfn " << hex(target)
+          << " before the crash; after recovery it is free (the free_pages_from intent was replayed over it)";
       EXPECT_EQ(got.slots[0], 0u) << "the free's intent was durable: recovery completes it";
       EXPECT_EQ(q.stats().free_pages, 0u) << "every page was allocated by a call that returned";
     }
