@@ -392,4 +392,65 @@ TEST_F(CompoundRss, MergeReturnsDescriptorMemoryToTheSystem) {
       << "RssAnon unsplit " << unsplit << " KiB, split " << split << " KiB, merged " << merged << " KiB";
 }
 
+
+// Merge hysteresis keeps up to EMPTY_SPLIT_KEPT emptied regions (and the per-CPU caches hold
+// theirs) with their descriptors; pool::trim() gives that memory back too. Order-0 allocations
+// (through the caches) split the regions here, not split_huge_page.
+TEST_F(CompoundRss, TrimReturnsTheDescriptorMemoryOfKeptAndCachedRegions) {
+  if (!kRssIsMeaningful) GTEST_SKIP() << "RSS is not meaningful under a sanitizer";
+  constexpr std::uint64_t kRegions = 64;
+  constexpr long kDescriptorKiB = kRegions * 32;  // 2 MiB of descriptors
+  ASSERT_GE(total_regions_, kRegions);
+  std::vector<page*> pages;
+  pages.reserve(kRegions * HPAGE_PMD_NR);
+  const long unsplit = rss_anon_kib();
+  ASSERT_GT(unsplit, 0);
+
+  for (std::uint64_t i = 0; i < kRegions * HPAGE_PMD_NR; ++i) {
+    page* p = pool_.alloc_pages(0);
+    ASSERT_NE(p, nullptr);
+    pmpage::SetPageDirty(p);  // touch each descriptor, as a user of the pages would
+    pages.push_back(p);
+  }
+  const pmpage::pool_stats split_stats = pool_.stats();
+  const long split = rss_anon_kib();
+  EXPECT_GE(split_stats.materialised_regions, kRegions);
+  EXPECT_GE(split - unsplit, kDescriptorKiB / 2)
+      << "splitting " << kRegions << " regions should materialise ~" << kDescriptorKiB << " KiB";
+
+  for (page* p : pages) pmpage::put_page(p);
+  const pmpage::pool_stats freed = pool_.stats();
+  const long after_free = rss_anon_kib();
+  EXPECT_EQ(freed.free_pages, total_pages_);
+  EXPECT_LE(freed.empty_split_regions, pmpage::EMPTY_SPLIT_KEPT);
+  EXPECT_LE(freed.split_regions, pmpage::EMPTY_SPLIT_KEPT + freed.cpu_cached_regions)
+      << "more regions stayed split than the hysteresis and the caches may keep";
+  EXPECT_EQ(freed.materialised_regions, freed.split_regions);
+  // What merged at once gave its memory back at once.
+  const long merged_at_once = static_cast<long>(split_stats.materialised_regions - freed.materialised_regions) * 32;
+  EXPECT_GE(split - after_free, merged_at_once / 2)
+      << "RssAnon split " << split << " KiB, after the frees " << after_free << " KiB";
+
+  const std::size_t merged = pool_.trim();
+  const long trimmed = rss_anon_kib();
+  const pmpage::pool_stats t = pool_.stats();
+  EXPECT_EQ(merged, freed.split_regions) << "trim() merges every region still split";
+  EXPECT_EQ(t.split_regions, 0u);
+  EXPECT_EQ(t.materialised_regions, 0u);
+  EXPECT_EQ(t.empty_split_regions, 0u);
+  EXPECT_EQ(t.cpu_cached_regions, 0u);
+  EXPECT_EQ(t.free_regions, total_regions_);
+  EXPECT_EQ(t.descriptor_bytes, expected_descriptor_bytes(0));
+  RecordProperty("rss_anon_kib_unsplit", static_cast<int>(unsplit));
+  RecordProperty("rss_anon_kib_split", static_cast<int>(split));
+  RecordProperty("rss_anon_kib_after_free", static_cast<int>(after_free));
+  RecordProperty("rss_anon_kib_trimmed", static_cast<int>(trimmed));
+  EXPECT_GE(after_free - trimmed, static_cast<long>(freed.materialised_regions) * 32 / 2)
+      << "trim() merged " << freed.materialised_regions << " materialised regions: RssAnon after the frees "
+      << after_free << " KiB, after trim " << trimmed << " KiB";
+  EXPECT_GE(split - trimmed, kDescriptorKiB / 2)
+      << "RssAnon unsplit " << unsplit << " KiB, split " << split << " KiB, trimmed " << trimmed << " KiB";
+  EXPECT_EQ(pool_.check(), "");
+}
+
 }  // namespace

@@ -12,6 +12,12 @@
 //
 // Hooks let a test observe every fence: on_fence(k, before) is called with before=true just
 // before fence k makes its lines durable and with before=false just after.
+//
+// Several threads: every flush snapshot carries a sequence number, and a fence copies a snapshot
+// to the media only if no newer snapshot of that line is there already (cache coherence: a line
+// written back later holds every store an earlier write-back held, so an older write-back never
+// overwrites a newer one on the media). Likewise a crash image never takes a word from a pending
+// snapshot older than the line's durable one.
 #pragma once
 
 #include <algorithm>
@@ -38,7 +44,9 @@ class sim_pmem final : public pmpage::persistence {
     base_ = static_cast<char*>(base);
     len_ = std::min(length, tracked_);
     durable_.assign(base_, base_ + len_);
+    durable_seq_.assign(len_ / 64 + 1, 0);
     pending_.clear();
+    flush_seq_ = 0;
     fences_ = 0;
   }
   void detach() noexcept override {
@@ -53,8 +61,9 @@ class sim_pmem final : public pmpage::persistence {
     std::size_t lo = a < base_ ? 0 : std::size_t(a - base_);
     std::size_t hi = std::min(len_, std::size_t(a + len - base_));
     for (std::size_t line = lo / 64; line * 64 < hi; ++line) {
-      std::array<char, 64> snap;
-      std::memcpy(snap.data(), base_ + line * 64, 64);
+      snapshot snap;
+      std::memcpy(snap.bytes.data(), base_ + line * 64, 64);
+      snap.seq = ++flush_seq_;
       pending_[std::this_thread::get_id()][line] = snap;
     }
   }
@@ -71,7 +80,11 @@ class sim_pmem final : public pmpage::persistence {
       std::lock_guard g(mu_);
       auto mine = pending_.find(std::this_thread::get_id());
       if (mine != pending_.end()) {
-        for (auto& [line, snap] : mine->second) std::memcpy(durable_.data() + line * 64, snap.data(), 64);
+        for (auto& [line, snap] : mine->second) {
+          if (snap.seq <= durable_seq_[line]) continue;  // another thread fenced a newer copy
+          std::memcpy(durable_.data() + line * 64, snap.bytes.data(), 64);
+          durable_seq_[line] = snap.seq;
+        }
         pending_.erase(mine);
       }
     }
@@ -86,19 +99,30 @@ class sim_pmem final : public pmpage::persistence {
     std::vector<char> img = durable_;
     std::mt19937_64 rng(seed);
     std::bernoulli_distribution keep(keep_probability);
-    // Candidate values for each word: a flushed-but-unfenced snapshot (any thread's) and the
-    // current value.
+    // Candidate values for each word: the flushed-but-unfenced snapshots (any thread's) newer
+    // than the line's durable copy, and the current value.
+    std::vector<const char*> snaps;
     for (std::size_t w = 0; w + 8 <= len_; w += 8) {
       const char* cur = base_ + w;
-      const char* snap = nullptr;
+      snaps.clear();
+      bool differs = std::memcmp(cur, img.data() + w, 8) != 0;
       for (auto& [tid, lines] : pending_) {
         const auto it = lines.find(w / 64);
-        if (it != lines.end()) snap = it->second.data() + (w % 64);
+        if (it == lines.end() || it->second.seq <= durable_seq_[w / 64]) continue;
+        snaps.push_back(it->second.bytes.data() + (w % 64));
+        differs = differs || std::memcmp(snaps.back(), img.data() + w, 8) != 0;
       }
-      if (std::memcmp(cur, img.data() + w, 8) == 0 && (!snap || std::memcmp(snap, img.data() + w, 8) == 0)) continue;
+      if (!differs) continue;
       if (!keep(rng)) continue;
-      // Either a newer value reached the media: the snapshot or the current one.
-      const char* src = snap && (rng() & 1) ? snap : cur;
+      // A newer value reached the media: one of the snapshots or the current one. (With one
+      // snapshot, one coin flip: the single-threaded images stay what they were.)
+      const char* src = cur;
+      if (snaps.size() == 1) {
+        if (rng() & 1) src = snaps[0];
+      } else if (!snaps.empty()) {
+        const std::size_t pick = rng() % (snaps.size() + 1);
+        if (pick < snaps.size()) src = snaps[pick];
+      }
       std::memcpy(img.data() + w, src, 8);
     }
     return img;
@@ -117,8 +141,14 @@ class sim_pmem final : public pmpage::persistence {
   std::size_t tracked_;
   char* base_ = nullptr;
   std::size_t len_ = 0;
+  struct snapshot {
+    std::array<char, 64> bytes;
+    std::uint64_t seq = 0;  // flush order across all threads
+  };
   std::vector<char> durable_;
-  std::map<std::thread::id, std::map<std::size_t, std::array<char, 64>>> pending_;
+  std::vector<std::uint64_t> durable_seq_;  // per line: seq of the snapshot the media holds (0: attach)
+  std::map<std::thread::id, std::map<std::size_t, snapshot>> pending_;
+  std::uint64_t flush_seq_ = 0;
   std::uint64_t fences_ = 0;
 };
 
