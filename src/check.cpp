@@ -13,6 +13,12 @@ namespace pmpage::detail {
 pool_stats pool_impl::stats() noexcept {
   pool_stats s;
   std::uint64_t stashed_regions = 0;
+  merge_batch mb;
+  {
+    std::lock_guard g(mu_);
+    sweep_locked(mb, false);  // the idle and hysteresis bounds hold whenever someone looks
+  }
+  finish_merges(mb);
   // The caches first, one lock at a time (their locks come before the pool lock).
   for (unsigned i = 0; i < nr_caches_; ++i) {
     cpu_cache& c = caches_[i];
@@ -22,12 +28,6 @@ pool_stats pool_impl::stats() noexcept {
     ++s.cpu_cached_regions;
     s.cpu_cached_free_pages += sstate(c.region).nr_free;
   }
-  merge_batch mb;
-  {
-    std::lock_guard g(mu_);
-    sweep_locked(mb, false);  // the idle and hysteresis bounds hold whenever someone looks
-  }
-  finish_merges(mb);
   std::lock_guard g(mu_);
   s.total_pages = nr_pages_;
   s.total_regions = nr_regions_;

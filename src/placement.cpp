@@ -180,10 +180,10 @@ page* pool_impl::alloc_large_locked(unsigned order) {
 
 // ---- the list of wholly free split regions (merge hysteresis) ---------------------------------------
 
-void pool_impl::empty_add_locked(std::uint32_t r, split_state& s) {
+void pool_impl::empty_add_locked(std::uint32_t r, split_state& s, std::uint64_t since_ms) {
   if (s.on_empty) return;
   s.on_empty = true;
-  s.empty_since_ms = coarse_now_ms();
+  s.empty_since_ms = since_ms;
   s.empty_next = NIL;
   s.empty_prev = empty_tail_;
   if (empty_tail_ != NIL)
@@ -251,7 +251,7 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
       cpu_cache& c = caches_[i];
       if (!all && now - c.last_use_ms.load(std::memory_order_relaxed) < PCP_IDLE_MS) continue;
       if (!c.mu.try_lock()) continue;  // busy (or ours): not idle. Never wait: the lock order is c.mu first.
-      drain_locked(c);
+      drain_locked(c, /*idle=*/!all);
       c.mu.unlock();
     }
   }
@@ -262,13 +262,15 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
 
 // ---- cache hand-over ------------------------------------------------------------------------------
 
-void pool_impl::drain_locked(cpu_cache& c) {
+void pool_impl::drain_locked(cpu_cache& c, bool idle) {
   for (unsigned k = 0; k < cpu_cache::STASH_ORDERS; ++k)
     while (c.nr_stash[k]) buddy_.free(c.stash[k][--c.nr_stash[k]], HPAGE_PMD_ORDER + k);  // free pages unchanged
-  detach_locked(c);
+  // An idle cache's empty region has waited PCP_IDLE_MS already: it counts as empty since the
+  // cache's last use (a remote free may have emptied it later; merging early is only slower).
+  detach_locked(c, idle ? c.last_use_ms.load(std::memory_order_relaxed) : coarse_now_ms());
 }
 
-void pool_impl::detach_locked(cpu_cache& c) {
+void pool_impl::detach_locked(cpu_cache& c, std::uint64_t empty_since_ms) {
   const std::uint32_t r = c.region;
   if (r == NIL) return;
   split_state& s = sstate(r);
@@ -279,7 +281,7 @@ void pool_impl::detach_locked(cpu_cache& c) {
   s.lockp.store(&s.own_lock, std::memory_order_release);
   c.region = NIL;
   filler_.update(r, s);  // its longest block went stale while the cache held it
-  if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s);
+  if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s, empty_since_ms);
   s.own_lock.unlock();
 }
 
@@ -311,7 +313,7 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
     for (unsigned i = 0; i < plan.nr_fresh && r == NIL; ++i)
       if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) r = plan.fresh[i];
     if (r == NIL) {
-      detach_locked(c);
+      detach_locked(c, coarse_now_ms());
       // A cache takes a region with at least ~64 free pages when one exists (the kernel's pcp
       // batch plays the same role): a nearly full region would send it back here after a few
       // allocations, and on a heap of long-lived pages the pool lock would be taken on most
@@ -484,7 +486,7 @@ void pool_impl::refile(std::uint32_t r) {
       if (s.cpu == NO_CPU && s.published) {
         s.own_lock.lock();  // S6: no cache holds it, and only the pool lock's holder could change that
         filler_.update(r, s, filler::change::freed);
-        if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s);
+        if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s, coarse_now_ms());
         s.own_lock.unlock();
       }
     }
@@ -500,7 +502,7 @@ bool pool_impl::drain_caches() {
     std::lock_guard gc(c.mu);
     if (!c.holds_anything()) continue;
     std::lock_guard g(mu_);
-    drain_locked(c);
+    drain_locked(c, false);
     any = true;
   }
   return any;

@@ -206,15 +206,76 @@ void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsi
 
 // ---- freeing -------------------------------------------------------------------------------------------
 
-free_result pool_impl::free_stores(page* holder) {
+free_result pool_impl::free_stores(page* holder, bool release_now) {
   free_result fr;
   const bool owned = holder->flags_.load(std::memory_order_relaxed) & PG_slot_owned;
   if (is_region_desc(holder)) {
     const auto r = std::uint32_t(holder - regions_);
     const unsigned order = load_order(holder);
-    const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
     if (owned) persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
     persist_word(region_word(r), make_region_word(region_state::free));
+    fr.region = r;
+    fr.order = order;
+    fr.large = true;
+    if (!release_now) {
+      fr.kind = free_result::deferred;
+      return fr;
+    }
+    return release_freed(fr);
+  }
+  const auto index = std::uint64_t(holder - vmemmap_);
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  const unsigned order = load_order(holder);
+  const unsigned n = 1u << order;
+  // The page is ours alone until it is marked free: its owner entry and descriptors first.
+  if (owned) persist_word(owner_entry(index), 0);
+  for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
+  store_order(holder, 0);
+  holder->private_.store(0, std::memory_order_relaxed);
+  holder->flags_.store(0, std::memory_order_release);
+  fr.region = r;
+  fr.order = order;
+  fr.first = first;
+  split_state& s = sstate(r);  // stays: the region holds our page, so it cannot merge
+  adaptive_mutex& m = lock_region(s);
+  // The media (and its mirror, S5) say free now; the bitmap still says used, so no allocation
+  // can take the page until release_freed: a deferred release keeps it ours across a fence.
+  for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) { s.map[w] &= ~mask; });
+  write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + n - 1) / PAGES_PER_MAP_WORD);
+  if (!release_now) {
+    m.unlock();
+    fr.kind = free_result::deferred;
+    return fr;
+  }
+  release_small_held(s, fr);
+  m.unlock();
+  this_cpu_cache().free_delta.fetch_add(n, std::memory_order_relaxed);
+  return fr;
+}
+
+void pool_impl::release_small_held(split_state& s, free_result& fr) {
+  mark_free(s, fr.first, 1u << fr.order);
+  fr.kind = free_result::done;
+  if (s.cpu == NO_CPU) {
+    // No cache holds it: its filler list, or the empty list, may need it (pool lock, after the
+    // fence). Its room only grows until a cache takes it, so that is rare.
+    filler::refresh_longest(s, filler::change::freed);
+    if (filler::target_list(s) != s.list || s.nr_free == HPAGE_PMD_NR) fr.kind = free_result::refile;
+  }
+}
+
+free_result pool_impl::release_freed(free_result fr) {
+  if (!fr.large) {
+    split_state& s = sstate(fr.region);
+    adaptive_mutex& m = lock_region(s);
+    release_small_held(s, fr);
+    m.unlock();
+    this_cpu_cache().free_delta.fetch_add(1u << fr.order, std::memory_order_relaxed);
+    return fr;
+  }
+  {
+    const std::uint32_t r = fr.region, n = 1u << (fr.order - HPAGE_PMD_ORDER);
     // The regions are ours alone until finish_free hands them to a stash or the buddy.
     for (std::uint32_t i = 0; i < n; ++i) {
       page& d = regions_[r + i];
@@ -226,37 +287,8 @@ free_result pool_impl::free_stores(page* holder) {
       store_head_index(&d, 0);
     }
     fr.kind = free_result::return_large;
-    fr.region = r;
-    fr.order = order;
     return fr;
   }
-  const auto index = std::uint64_t(holder - vmemmap_);
-  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
-  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
-  const unsigned order = load_order(holder);
-  const unsigned n = 1u << order;
-  // The page is ours alone until it is marked free below: its owner entry and descriptors first.
-  if (owned) persist_word(owner_entry(index), 0);
-  for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
-  store_order(holder, 0);
-  holder->private_.store(0, std::memory_order_relaxed);
-  holder->flags_.store(0, std::memory_order_release);
-  split_state& s = sstate(r);  // stays: the region holds our page, so it cannot merge
-  adaptive_mutex& m = lock_region(s);
-  for_each_map_word(first, order, false, [&](unsigned w, std::uint64_t mask, std::uint64_t) { s.map[w] &= ~mask; });
-  write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + n - 1) / PAGES_PER_MAP_WORD);
-  mark_free(s, first, n);
-  fr.order = order;
-  fr.region = r;
-  if (s.cpu == NO_CPU) {
-    // No cache holds it: its filler list, or the empty list, may need it (pool lock, after the
-    // fence). Its room only grows until a cache takes it, so that is rare.
-    filler::refresh_longest(s, filler::change::freed);
-    if (filler::target_list(s) != s.list || s.nr_free == HPAGE_PMD_NR) fr.kind = free_result::refile;
-  }
-  m.unlock();
-  this_cpu_cache().free_delta.fetch_add(n, std::memory_order_relaxed);
-  return fr;
 }
 
 void pool_impl::finish_free(const free_result& fr) {
@@ -394,11 +426,14 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // completes the free whichever of the two reaches the media first.
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
   pers_->flush(src, sizeof *src);
-  const free_result fr = free_stores(h);
+  // The page stays out of the allocator's reach until this free is durable: another thread
+  // that allocated it before our second fence could see its allocation undone by the replay
+  // of our intent after a crash (tests/reliability/test_parallel_crash.cpp).
+  const free_result stored = free_stores(h, /*release_now=*/false);
   fence();  // 2: freed, its owner entry cleared, and the slot cleared
   intents_.retire_lazily(lane);
   intents_.release(lane);
-  finish_free(fr);
+  finish_free(release_freed(stored));
   return 0;
 }
 

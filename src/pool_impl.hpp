@@ -82,7 +82,9 @@ struct merge_batch {
 
 /// What a free left to do after its fence.
 struct free_result {
-  enum kind_t { done, refile, return_large } kind = done;
+  enum kind_t { done, refile, return_large, deferred } kind = done;
+  bool large = false;  // an order >= 9 page (region)
+  unsigned first = 0;  // small: index of the head within its region
   std::uint32_t region = 0;
   unsigned order = 0;  // order of the freed compound page
 };
@@ -203,10 +205,12 @@ class pool_impl {
   /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
   /// fresh one of this plan) and the position in pos; NIL when none has room.
   std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos);
-  void detach_locked(cpu_cache& c);  // c.mu + mu_: its split region goes back to the filler
-  void drain_locked(cpu_cache& c);   // c.mu + mu_: its region and its stash go back
+  /// c.mu + mu_: its split region goes back to the filler (to the empty list, if wholly free).
+  void detach_locked(cpu_cache& c, std::uint64_t empty_since_ms);
+  /// c.mu + mu_: its region and its stash go back (idle: the region has been idle since last use).
+  void drain_locked(cpu_cache& c, bool idle);
   bool attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int& pos);  // c.mu + mu_
-  void empty_add_locked(std::uint32_t r, split_state& s);
+  void empty_add_locked(std::uint32_t r, split_state& s, std::uint64_t since_ms);
   void empty_remove_locked(std::uint32_t r, split_state& s);
   void take_empty_locked(std::uint32_t r, merge_batch& mb);
   /// Drains idle caches; takes empty regions past the hysteresis bounds (all of them with `all`).
@@ -235,8 +239,12 @@ class pool_impl {
   /// Durability of a finished plan: fence 1 done by caller; writes fresh SPLIT words (flushed).
   void write_fresh_split_words(const alloc_plan& plan);
   void publish_fresh(const alloc_plan& plan);
-  /// Frees the DRAM state and writes the persistent stores (flushed, not fenced).
-  free_result free_stores(page* holder);
+  /// Writes the persistent stores of a free (flushed, not fenced) and, with release_now, gives
+  /// the pages back to the allocator's DRAM state; else returns `deferred` for release_freed.
+  free_result free_stores(page* holder, bool release_now = true);
+  /// The DRAM half of a deferred free: after it the pages can be handed out again.
+  free_result release_freed(free_result fr);
+  void release_small_held(split_state& s, free_result& fr);
   void prefetch_map_line(const page* holder) const;
   /// After the free's fence: re-file the region / return regions to the buddy.
   void finish_free(const free_result& fr);
