@@ -61,7 +61,9 @@ void intent_log::unmark_pending(unsigned i) noexcept {
 
 void intent_log::retire_lazily(unsigned i) noexcept {
   std::atomic_ref<std::uint64_t>(lanes_[i].seq).store(0, std::memory_order_relaxed);
-  pers_->flush(&lanes_[i].seq, 8);
+  // The caller issues the flush (seq_word) after this, outside its locks. Published first: the locked instructions would otherwise wait for the
+  // flush (x86 orders CLWB before locked read-modify-writes), making "lazy" a fence. A fence of
+  // another thread that sees the bit also sees seq == 0 and flushes the line itself.
   // The lane is held by the caller, so its seq is the one it wrote; 0 is never a seq.
   mirrors_[i].pending_seq.store(mirrors_[i].seq_written, std::memory_order_seq_cst);
   pending_.fetch_or(std::uint64_t{1} << i, std::memory_order_seq_cst);

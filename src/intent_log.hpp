@@ -39,8 +39,10 @@ class intent_log {
   /// Writes and flushes an intent into held lane i (not fenced).
   void write(unsigned i, intent_kind kind, unsigned order, std::uint64_t slot_offset, std::uint64_t pfn,
              std::uint64_t aux = 0) noexcept;
-  /// Retires lane i's intent: seq = 0 and flush, no fence (see header comment).
+  /// Retires lane i's intent: seq = 0, published as pending; the caller then flushes seq_word(i)
+  /// (no fence of its own: see the header comment).
   void retire_lazily(unsigned i) noexcept;
+  const void* seq_word(unsigned i) const noexcept { return &lanes_[i].seq; }
 
   /// What one fence makes durable: the lanes (and their seqs) whose retirement it re-flushed.
   struct fence_token {

@@ -8,10 +8,58 @@
 
 namespace pmpage::detail {
 
+namespace {
+/// This thread's queued flushes (pool_impl::flush_later). Each entry names its backend: a thread
+/// may queue for one pool and fence another (that only flushes earlier than needed).
+struct deferred_flushes {
+  static constexpr unsigned MAX = 16;
+  persistence* pers[MAX];
+  const void* addr[MAX];
+  std::size_t len[MAX];
+  unsigned n = 0;
+};
+thread_local deferred_flushes t_deferred;
+}  // namespace
+
+void pool_impl::flush_later(const void* p, std::size_t len) noexcept {
+  deferred_flushes& d = t_deferred;
+  if (d.n == deferred_flushes::MAX) issue_deferred_flushes();  // correct, only a little slower
+  d.pers[d.n] = pers_.get();
+  d.addr[d.n] = p;
+  d.len[d.n] = len;
+  ++d.n;
+}
+
+void pool_impl::issue_deferred_flushes() noexcept {
+  deferred_flushes& d = t_deferred;
+  const unsigned n = d.n;
+  d.n = 0;  // first: a backend that fails mid-way (a simulated power failure) leaves nothing stale
+  for (unsigned i = 0; i < n; ++i) d.pers[i]->flush(d.addr[i], d.len[i]);
+}
+
+void pool_impl::forget_deferred_flushes() noexcept {
+  // What is left are lazily queued intent retirements (retire_intent) and what a pool that failed
+  // to open queued; they name this pool's mapping and backend, which are going away.
+  deferred_flushes& d = t_deferred;
+  unsigned k = 0;
+  for (unsigned i = 0; i < d.n; ++i)
+    if (d.pers[i] != pers_.get()) {
+      d.pers[k] = d.pers[i];
+      d.addr[k] = d.addr[i];
+      d.len[k++] = d.len[i];
+    }
+  d.n = k;
+}
+
 void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
+  // Whole cache lines of the mirror (S5), stored under the region lock; their flush is issued
+  // after the lock is dropped (flush_later): the write-back then carries these codes or newer.
   constexpr unsigned words_per_line = 64 / 8;
   const unsigned l0 = w0 / words_per_line * words_per_line, l1 = (w1 / words_per_line + 1) * words_per_line;
-  pers_->copy_nodrain(page_map(r) + l0, sstate(r).map + l0, (l1 - l0) * 8);
+  std::uint64_t* map = page_map(r);
+  const std::uint64_t* mirror = sstate(r).map;
+  for (unsigned w = l0; w < l1; ++w) store_word(&map[w], mirror[w]);
+  flush_later(map + l0, (l1 - l0) * 8);
 }
 
 void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::uint64_t owner) {
@@ -64,7 +112,7 @@ void pool_impl::clear_owner_entries(std::uint32_t r) {
     for (unsigned w = 0; w < 8; ++w) any |= load_word(&e[line * 8 + w]);
     if (!any) continue;
     for (unsigned w = 0; w < 8; ++w) store_word(&e[line * 8 + w], 0);
-    pers_->flush(&e[line * 8], 64);
+    flush_later(&e[line * 8], 64);
   }
 }
 

@@ -45,13 +45,13 @@ page* pool_impl::setup_large(std::uint32_t r, unsigned order) {
   const std::uint32_t n = 1u << (order - HPAGE_PMD_ORDER);
   for (std::uint32_t i = 1; i < n; ++i) {
     page& t = regions_[r + i];
-    t.kind_ = RK_TAIL;
+    store_kind(t, RK_TAIL);
     store_head_index(&t, r);
     t.refcount_.store(0, std::memory_order_relaxed);
     t.flags_.store(PG_region_tail, std::memory_order_release);
   }
   page& h = regions_[r];
-  h.kind_ = RK_HEAD;
+  store_kind(h, RK_HEAD);
   store_order(&h, order);
   store_head_index(&h, r);
   h.private_.store(0, std::memory_order_relaxed);
@@ -77,7 +77,7 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   s->list = 0xff;
   s->published = true;
   h->alloc_state_ = s;
-  h->kind_ = RK_SPLIT;
+  store_kind(*h, RK_SPLIT);
   store_order(h, 0);
   h->private_.store(0, std::memory_order_relaxed);
   ++split_regions_;
@@ -88,7 +88,10 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   if (const std::uint32_t late = old & inherited & ~hflags)  // set while we copied: pass it on
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) first[i].flags_.fetch_or(late, std::memory_order_relaxed);
   if (old & PG_waiters) h->flags_.notify_all();  // they re-resolve to their subpages
+  // Its pieces are reachable now, and a free of one takes the region lock, not the pool lock.
+  s->own_lock.lock();
   filler_.update(r, *s);
+  s->own_lock.unlock();
 }
 
 }  // namespace pmpage::detail

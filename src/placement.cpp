@@ -51,7 +51,7 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
   s->published = false;  // only this operation uses it until its SPLIT word is durable
   page& d = regions_[r];
   d.alloc_state_ = s;
-  d.kind_ = RK_SPLIT;
+  store_kind(d, RK_SPLIT);
   ++split_regions_;
   // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes,
   // and its owner entries with it (O1: no stale owner survives into a new split).
@@ -145,13 +145,13 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     i += 1u << k;
   }
   d.alloc_state_ = s;
-  d.kind_ = RK_SPLIT;
+  store_kind(d, RK_SPLIT);
   free_pages_ += s->nr_free;
   if (s->nr_free == HPAGE_PMD_NR && may_write) {
     // Split on the media but empty (a crash between the last free and the merge): merge now.
     delete s;
     d.alloc_state_ = nullptr;
-    d.kind_ = RK_FREE_INNER;
+    store_kind(d, RK_FREE_INNER);
     --split_regions_;
     persist_word(region_word(r), make_region_word(region_state::free));
     fence();
@@ -161,8 +161,8 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     buddy_.free(r, HPAGE_PMD_ORDER);
     return true;
   }
+  filler_.update(r, *s);  // before PG_split makes its pages reachable (and freeable under its own lock)
   d.flags_.store(PG_split, std::memory_order_release);
-  filler_.update(r, *s);
   return true;
 }
 
@@ -221,7 +221,7 @@ void pool_impl::take_empty_locked(std::uint32_t r, merge_batch& mb) {
   delete &s;
   page& d = regions_[r];
   d.alloc_state_ = nullptr;
-  d.kind_ = RK_FREE_INNER;  // in transit until finish_merges gives it to the buddy
+  store_kind(d, RK_FREE_INNER);  // in transit until finish_merges gives it to the buddy
   d.flags_.store(0, std::memory_order_release);
   --split_regions_;
   persist_word(region_word(r), make_region_word(region_state::free));
@@ -439,15 +439,24 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
       std::lock_guard g(mu_);
       sweep_locked(mb, false);
       p = alloc_large_locked(order);
+      // Regions split on the media before the last open may be wholly free (kept empty at
+      // close or crash): loading one merges it. Only when the buddy has no room.
+      while (!p && attempt > 0 && !lazy_.empty()) {
+        const std::uint32_t l = lazy_.back();
+        lazy_.pop_back();
+        materialise_locked(l);
+        p = alloc_large_locked(order);
+      }
     }
     finish_merges(mb);
     if (p) {
       if (apply) apply_alloc(p, order, 0);
       return p;
     }
-    // Wholly free split regions (kept, or in caches) are free 2 MiB regions in all but name, and
-    // other CPUs' stashes hold free blocks.
-    if (attempt > 0 || !reclaim()) return nullptr;
+    // Wholly free split regions (kept, cached or not loaded yet) are free 2 MiB regions in all
+    // but name, and other CPUs' stashes hold free blocks.
+    if (attempt > 0) return nullptr;
+    reclaim();
   }
 }
 
@@ -481,7 +490,7 @@ void pool_impl::refile(std::uint32_t r) {
     page& d = regions_[r];
     // Re-read under the pool lock: the region may have been taken by a cache, or merged and
     // split again, since our free let go of its lock.
-    if (d.kind_ == RK_SPLIT && d.alloc_state_ && !(d.flags_.load(std::memory_order_relaxed) & PG_region_lazy)) {
+    if (load_kind(d) == RK_SPLIT && d.alloc_state_ && !(d.flags_.load(std::memory_order_relaxed) & PG_region_lazy)) {
       split_state& s = sstate(r);
       if (s.cpu == NO_CPU && s.published) {
         s.own_lock.lock();  // S6: no cache holds it, and only the pool lock's holder could change that
@@ -515,6 +524,10 @@ bool pool_impl::reclaim() {
 
 std::size_t pool_impl::trim() noexcept {
   if (forked("trim")) return 0;
+  return trim_now();
+}
+
+std::size_t pool_impl::trim_now() noexcept {
   drain_caches();
   std::size_t merged = 0;
   for (;;) {

@@ -134,6 +134,7 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
 }
 
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
+  const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   std::uint64_t slot;
   if (!dest_offset(dest, slot)) {
     report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
@@ -179,8 +180,7 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   write_fresh_split_words(plan);
   pers_->flush(dest, sizeof *dest);
   fence();  // 2: allocated, owned, and the slot names the page
-  intents_.retire_lazily(lane);
-  intents_.release(lane);
+  retire_intent(lane);
   publish_fresh(plan);
   return p;
 }
@@ -198,8 +198,7 @@ void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsi
     publish_fresh(plan);
   }
   // Retired before the page can be handed out again: its next owner's fence makes this durable.
-  intents_.retire_lazily(lane);
-  intents_.release(lane);
+  retire_intent(lane);
   // Drop our reference like put_page: a speculative get_page_unless_zero may hold another.
   if (h->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(h);
 }
@@ -282,7 +281,7 @@ free_result pool_impl::release_freed(free_result fr) {
       d.flags_.store(0, std::memory_order_release);
       d.refcount_.store(0, std::memory_order_relaxed);
       d.private_.store(0, std::memory_order_relaxed);
-      d.kind_ = RK_FREE_INNER;
+      store_kind(d, RK_FREE_INNER);
       store_order(&d, 0);
       store_head_index(&d, 0);
     }
@@ -302,7 +301,7 @@ void pool_impl::finish_free(const free_result& fr) {
       if (nr < cpu_cache::STASH_MAX) {
         page& d = regions_[fr.region];
         store_order(&d, fr.order);
-        d.kind_ = RK_STASHED;
+        store_kind(d, RK_STASHED);
         c.stash[fr.order - HPAGE_PMD_ORDER][nr++] = fr.region;
         c.free_delta.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
         return;
@@ -375,6 +374,7 @@ int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn
 }
 
 int pool_impl::free_pages_from(pfn_t* src) noexcept {
+  const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   std::uint64_t slot;
   if (!dest_offset(src, slot)) {
     report_misuse("free_pages_from: slot %p is not an 8-byte aligned word of pool %s's root or data area",
@@ -425,14 +425,13 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // may lie inside it (a table page that owns itself). The intent is durable, so recovery
   // completes the free whichever of the two reaches the media first.
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
-  pers_->flush(src, sizeof *src);
+  flush_later(src, sizeof *src);
   // The page stays out of the allocator's reach until this free is durable: another thread
   // that allocated it before our second fence could see its allocation undone by the replay
   // of our intent after a crash (tests/reliability/test_parallel_crash.cpp).
   const free_result stored = free_stores(h, /*release_now=*/false);
   fence();  // 2: freed, its owner entry cleared, and the slot cleared
-  intents_.retire_lazily(lane);
-  intents_.release(lane);
+  retire_intent(lane);
   finish_free(release_freed(stored));
   return 0;
 }
@@ -462,6 +461,7 @@ bool splittable(const page_location& loc) {
 }  // namespace
 
 int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
+  const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   std::uint64_t from, to;
   if (!dest_offset(src, from) || !dest_offset(dest, to)) {
     report_misuse("move_pages_owner: slots %p and %p must both be 8-byte aligned words of pool %s's root or data area",
@@ -526,6 +526,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   if (!std::atomic_ref<pfn_t>(*dest).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
     // Filled by a concurrent call after our check: the intent must not roll forward.
     intents_.retire_lazily(lane);
+    flush_later(intents_.seq_word(lane), 8);
     fence();
     intents_.release(lane);
     done();
@@ -537,8 +538,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
   pers_->flush(src, sizeof *src);
   fence();  // 2: the new slot owns the page, the old one is empty
-  intents_.retire_lazily(lane);
-  intents_.release(lane);
+  retire_intent(lane);
   done();
   return 0;
 }
@@ -565,6 +565,7 @@ int pool_impl::split_huge_page(page* p) noexcept {
 }
 
 int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
+  const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   page_location loc;
   if (!locate(p, loc)) return -EINVAL;
   if (!splittable(loc)) {
@@ -631,8 +632,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
     for (unsigned i = 1; i < claimed; ++i) std::atomic_ref<pfn_t>(slots[i]).store(0, std::memory_order_relaxed);
     pers_->flush(slots + 1, (claimed - 1) * sizeof(pfn_t));
     fence();  // the slots are empty again before the intent can go (replay undoes until then)
-    intents_.retire_lazily(lane);
-    intents_.release(lane);
+    retire_intent(lane);
     unfreeze();
     report_misuse("split_huge_page_to: slots[%u] (%p) was filled by a concurrent call; nothing was split", claimed,
                   static_cast<void*>(slots + claimed));
@@ -641,8 +641,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   write_split_to_words(r, off, /*store_slots=*/false);  // claimed above
   persist_word(region_word(r), make_region_word(region_state::split));
   fence();  // 2: 512 owned pages, each in its slot
-  intents_.retire_lazily(lane);
-  intents_.release(lane);
+  retire_intent(lane);
   split_descriptors(h, r, /*owned=*/true);
   return 0;
 }

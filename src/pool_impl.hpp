@@ -118,6 +118,7 @@ class pool_impl {
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
   pool_stats stats() noexcept;
   std::size_t trim() noexcept;
+  std::size_t trim_now() noexcept;  // trim without the fork check (close)
   void collect_allocations(std::vector<std::pair<page*, unsigned>>& out);
   std::string check();
 
@@ -132,7 +133,9 @@ class pool_impl {
   std::uint64_t root_size() const { return lay_.root_size; }
   persistence& pers() const { return *pers_; }
   /// The fence every caller uses, the application's pool.drain() included (intent_log.hpp).
+  /// It first issues this thread's deferred flushes (flush_later).
   void fence() noexcept {
+    issue_deferred_flushes();
     intent_log::fence_token t;
     intents_.before_fence(t);
     pers_->drain();
@@ -172,9 +175,31 @@ class pool_impl {
   static std::uint64_t load_word(const std::uint64_t* w) {
     return std::atomic_ref<const std::uint64_t>(*w).load(std::memory_order_relaxed);
   }
+  /// Stores a word and queues its flush for this thread's next fence (flush_later).
   void persist_word(std::uint64_t* w, std::uint64_t v) {
     store_word(w, v);
-    pers_->flush(w, 8);
+    flush_later(w, 8);
+  }
+  /// Queues a flush of [p, p + len) to be issued by this thread's next fence(). Why: on x86 a
+  /// locked instruction (every mutex lock and unlock, every atomic read-modify-write) waits for
+  /// the thread's outstanding CLWBs, so a flush issued inside a critical section holds the lock
+  /// for a whole write-back, and one issued before taking a lock costs a hidden fence. Every
+  /// caller fences before it returns.
+  void flush_later(const void* p, std::size_t len) noexcept;
+  void issue_deferred_flushes() noexcept;
+  void forget_deferred_flushes() noexcept;  // at close: drops this thread's entries for this pool
+  /// Issues this thread's queued flushes when a public call returns, so none outlives it (the
+  /// pool, and its backend, may be closed by another thread afterwards).
+  struct deferred_flush_scope {
+    pool_impl* p;
+    ~deferred_flush_scope() { p->issue_deferred_flushes(); }
+  };
+  /// Retires an operation's intent lazily (its flush queued for this thread's next fence; every
+  /// other thread's fence re-flushes it meanwhile) and gives the lane back.
+  void retire_intent(unsigned lane) noexcept {
+    intents_.retire_lazily(lane);
+    flush_later(intents_.seq_word(lane), 8);
+    intents_.release(lane);
   }
   // --- descriptors
   page* region_desc(std::uint32_t r) const { return regions_ + r; }

@@ -99,6 +99,13 @@ std::uint16_t pick_section_id() {
 }  // namespace
 
 pool_impl::~pool_impl() {
+  // At close the kept empty regions merge (so the next open finds them FREE, not split) and
+  // lazily retired intents become durable; a fork() child never writes.
+  if (registered_ && g_fork_generation.load(std::memory_order_relaxed) == fork_generation_) {
+    trim_now();
+    fence();
+  }
+  if (pers_) forget_deferred_flushes();
   if (registered_) unregister_section(section_id_);
   if (regions_) {
     for (std::uint64_t r = 0; r < nr_regions_; ++r) delete static_cast<split_state*>(regions_[r].alloc_state_);
@@ -331,8 +338,10 @@ void pool_impl::replay_intents() {
     ++repaired_;
   }
   if (!any) return;
+  issue_deferred_flushes();
   pers_->drain();  // effects before retiring the intents
   for (unsigned i = 0; i < NR_LANES; ++i) persist_word(&lanes_[i].seq, 0);
+  issue_deferred_flushes();
   pers_->drain();
 }
 
@@ -412,7 +421,10 @@ void pool_impl::build_volatile() {
     }
   }
   end_run();
-  if (repairs) pers_->drain();
+  if (repairs) {
+    issue_deferred_flushes();
+    pers_->drain();
+  }
   // Lazy regions are loaded lowest first when the allocator needs one.
   std::reverse(lazy_.begin(), lazy_.end());
 }

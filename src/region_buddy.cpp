@@ -14,7 +14,7 @@ void region_buddy::init(page* regions, std::uint64_t nr_regions) {
 
 void region_buddy::push(std::uint32_t r, unsigned order) {
   page& d = regions_[r];
-  d.kind_ = RK_FREE_BLOCK;
+  store_kind(d, RK_FREE_BLOCK);
   store_order(&d, order);  // read lock-free (compound_order, splits) while the buddy writes it
   d.list_prev_ = NIL;
   d.list_next_ = heads_[order - HPAGE_PMD_ORDER];
@@ -30,7 +30,7 @@ void region_buddy::unlink(std::uint32_t r, unsigned order) {
     heads_[order - HPAGE_PMD_ORDER] = d.list_next_;
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = d.list_prev_;
   d.list_next_ = d.list_prev_ = NIL;
-  d.kind_ = RK_FREE_INNER;
+  store_kind(d, RK_FREE_INNER);
   store_order(&d, 0);
 }
 
@@ -56,10 +56,10 @@ void region_buddy::free(std::uint32_t first, unsigned order) {
     const std::uint32_t buddy = r ^ (1u << (order - HPAGE_PMD_ORDER));
     if (buddy >= nr_regions_) break;
     const page& b = regions_[buddy];
-    if (b.kind_ != RK_FREE_BLOCK || b.order_ != order) break;
+    if (load_kind(b) != RK_FREE_BLOCK || load_order(const_cast<page*>(&b)) != order) break;
     unlink(buddy, order);
     if (buddy < r) {
-      regions_[r].kind_ = RK_FREE_INNER;
+      store_kind(regions_[r], RK_FREE_INNER);
       r = buddy;
     }
     ++order;

@@ -29,6 +29,16 @@ enum region_kind : std::uint8_t {
   RK_STASHED = 5,     // head of a free block of order_ (9..10) a per-CPU cache holds (cpu_cache.hpp)
 };
 
+/// A region descriptor's kind. Atomic (relaxed): a large page's descriptors change kind outside
+/// the pool lock (per-CPU stashes, frees) while the buddy, under it, looks at a neighbour's kind.
+/// No such change ever makes or unmakes RK_FREE_BLOCK, the only kind the buddy acts on.
+inline std::uint8_t load_kind(const page& d) noexcept {
+  return std::atomic_ref<const std::uint8_t>(d.kind_).load(std::memory_order_relaxed);
+}
+inline void store_kind(page& d, std::uint8_t k) noexcept {
+  std::atomic_ref<std::uint8_t>(d.kind_).store(k, std::memory_order_relaxed);
+}
+
 class region_buddy {
  public:
   void init(page* regions, std::uint64_t nr_regions);
