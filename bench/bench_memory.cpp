@@ -7,10 +7,11 @@
 //   open/flat_init/<N>GiB    the flat model's memmap_init for N GiB (every 64-byte descriptor
 //                            written; its memory is mapped and faulted in beforehand, untimed,
 //                            as the kernel's memblock memmap is). Counter dram_bytes, alloc_s
-//   splitmerge/order0_cycle/pmpage  alloc_pages(0) + free in an empty pool: splits a region and
-//                            merges it back every time (unless the library keeps it split)
-//   splitmerge/huge_cycle/pmpage    alloc_pages(9) + split_huge_page + 512 x free_pages(.., 0);
-//                            then 64 regions split at once and freed: RssAnon before, while
+//   splitmerge/order0_cycle/pmpage  alloc_pages(0) + free + trim() in an empty pool: splits a region
+//                            and merges it back every time (trim() forces the merge the
+//                            hysteresis would delay; alloc/order0_lonely_pair measures without it)
+//   splitmerge/huge_cycle/pmpage    alloc_pages(9) + split_huge_page + 512 x free_pages(.., 0) + trim();
+//                            then 64 regions split at once, freed and trimmed: RssAnon before, while
 //                            split and after (counters rss_*_kib, desc_*_bytes)
 //   frag/random_50pct/pmpage fill a pool to 50 % with 4 KiB pages, then free a random live page
 //                            and allocate one, 4 x live times. Counters split_regions,
@@ -97,6 +98,7 @@ void bm_order0_cycle(benchmark::State& state) {
       pmpage::page* p = pool.alloc_pages(0);
       if (!p) return fail(state, "alloc_pages(0) failed");
       pmpage::free_pages(p, 0);
+      pool.trim();  // merge now: the hysteresis would keep the region (alloc/order0_lonely_pair)
     }
     const auto st = pool.stats();
     state.counters["split_regions_after"] = double(st.split_regions);
@@ -123,7 +125,10 @@ void bm_huge_cycle(benchmark::State& state) {
     auto free_split = [&](pmpage::page* p) {
       for (std::size_t i = 0; i < pmpage::HPAGE_PMD_NR; ++i) pmpage::free_pages(p + i, 0);
     };
-    for (auto _ : state) free_split(split_one());
+    for (auto _ : state) {
+      free_split(split_one());
+      pool.trim();  // the merge itself (the hysteresis would keep the region split)
+    }
     state.SetItemsProcessed(state.iterations());
 
     // RSS: many regions split at once, then all merged back.
@@ -134,6 +139,7 @@ void bm_huge_cycle(benchmark::State& state) {
     const std::uint64_t r1 = rss_anon_bytes();
     const auto s1 = pool.stats();
     for (auto* h : heads) free_split(h);
+    pool.trim();  // at most EMPTY_SPLIT_KEPT regions wait for the hysteresis; trim returns them
     const std::uint64_t r2 = rss_anon_bytes();
     const auto s2 = pool.stats();
     state.counters["regions_split"] = double(regions);
