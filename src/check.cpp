@@ -58,27 +58,33 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
   for (std::uint64_t r = 0; r < nr_regions_; ++r) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
-    if (d.kind_ == RK_HEAD) {
-      out.emplace_back(vpage(r << HPAGE_PMD_ORDER), d.order_);
-    } else if (d.kind_ == RK_SPLIT) {
+    // Large pages change kind outside the locks held here (frees, per-CPU stashes): atomically.
+    const std::uint8_t kind = load_kind(d);
+    if (kind == RK_HEAD) {
+      const unsigned order = load_order(&d);
+      if (order >= HPAGE_PMD_ORDER) out.emplace_back(vpage(r << HPAGE_PMD_ORDER), order);
+    } else if (kind == RK_SPLIT) {
       if (d.flags_.load(std::memory_order_relaxed) & PG_region_lazy) {
         // Load it (and repair torn work) so its allocations are the DRAM state's.
         materialise_locked(ri);
-        if (d.kind_ != RK_SPLIT) continue;
+        if (load_kind(d) != RK_SPLIT) continue;
       }
       if (!d.alloc_state_) continue;
       split_state& s = sstate(ri);
       // Every cache lock is held; a region no cache holds is guarded by its own lock.
       std::unique_lock own(s.own_lock, std::defer_lock);
       if (s.cpu == NO_CPU) own.lock();
+      // The page-map mirror, not the descriptors: it is what the media says (S5), and a page
+      // being freed (its descriptors already torn down) or allocated (not yet recorded) is
+      // simply not listed, instead of showing up as pieces.
       for (unsigned i = 0; i < HPAGE_PMD_NR;) {
-        if (s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64))) {
+        const std::uint8_t c = map_code(s.map, i);
+        if (!code_is_head(c)) {
           ++i;
           continue;
         }
-        page* p = vpage((r << HPAGE_PMD_ORDER) + i);
-        out.emplace_back(p, p->order_);
-        i += 1u << p->order_;
+        out.emplace_back(vpage((r << HPAGE_PMD_ORDER) + i), code_order(c));
+        i += 1u << code_order(c);
       }
     }
   }

@@ -7,6 +7,15 @@
 
 namespace pmpage::detail {
 
+namespace {
+// The lane this thread last wrote an intent into, and the retirement pending on it then: the
+// write flushed that whole line, so this thread's next fence covers the retirement without
+// flushing the line again (other threads' fences still flush it: they do not cover our flush).
+thread_local const intent_log* t_wrote_log = nullptr;
+thread_local unsigned t_wrote_lane = 0;
+thread_local std::uint64_t t_wrote_pending = 0;
+}  // namespace
+
 void intent_log::init(lane* lanes, persistence* pers) {
   lanes_ = lanes;
   pers_ = pers;
@@ -19,8 +28,14 @@ unsigned intent_log::acquire() noexcept {
       const unsigned i = (start + k) % NR_LANES;
       bool expected = false;
       if (!mirrors_[i].busy.load(std::memory_order_relaxed) &&
-          mirrors_[i].busy.compare_exchange_strong(expected, true, std::memory_order_acquire))
+          mirrors_[i].busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+        // Only the lane's holder retires into it, so once a fence has made its last retirement
+        // durable (pending_seq 0) nobody can set it again while we hold the lane: the bit can go.
+        const std::uint64_t bit = std::uint64_t{1} << i;
+        if ((pending_.load(std::memory_order_relaxed) & bit) && mirrors_[i].pending_seq.load(std::memory_order_seq_cst) == 0)
+          pending_.fetch_and(~bit, std::memory_order_seq_cst);
         return i;
+      }
     }
     std::this_thread::yield();
   }
@@ -39,24 +54,19 @@ void intent_log::write(unsigned i, intent_kind kind, unsigned order, std::uint64
   l.pfn = pfn;
   l.aux = aux;
   l.checksum = fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8);
-  // The previous intent of this lane is overwritten: it no longer needs its retirement made
-  // durable by other threads' fences (this intent's own fence follows).
+  // A retirement still pending on this lane stays pending: until a fence makes this line durable
+  // the media may still hold the retired intent, and other threads' fences must keep flushing
+  // it (the line then carries this intent, which retires the old one just as well).
   mirror& m = mirrors_[i];
   m.seq_written = seq;
-  if (m.pending_seq.exchange(0, std::memory_order_acq_rel) != 0) unmark_pending(i);
+  t_wrote_log = this;
+  t_wrote_lane = i;
+  t_wrote_pending = m.pending_seq.load(std::memory_order_seq_cst);
   // Word by word (8-byte atomic stores): a torn lane fails its checksum at recovery.
   const auto* src = reinterpret_cast<const std::uint64_t*>(&l);
   auto* dst = reinterpret_cast<std::uint64_t*>(&lanes_[i]);
   for (unsigned w = 0; w < sizeof(lane) / 8; ++w) std::atomic_ref<std::uint64_t>(dst[w]).store(src[w], std::memory_order_relaxed);
   pers_->flush(&lanes_[i], sizeof(lane));
-}
-
-void intent_log::unmark_pending(unsigned i) noexcept {
-  const std::uint64_t bit = std::uint64_t{1} << i;
-  pending_.fetch_and(~bit, std::memory_order_seq_cst);
-  // A retirement of lane i may have raced in between (its pending_seq store came before our
-  // clearing of the bit): set the bit again so no fence skips it.
-  if (mirrors_[i].pending_seq.load(std::memory_order_seq_cst) != 0) pending_.fetch_or(bit, std::memory_order_seq_cst);
 }
 
 void intent_log::retire_lazily(unsigned i) noexcept {
@@ -77,8 +87,9 @@ void intent_log::before_fence(fence_token& t) noexcept {
     mask &= mask - 1;
     const std::uint64_t seq = mirrors_[i].pending_seq.load(std::memory_order_seq_cst);
     if (!seq) continue;
-    // seq is already 0 in memory; flushing it from this thread puts it under this thread's fence.
-    pers_->flush(&lanes_[i].seq, 8);
+    // seq is already 0 in memory (or a newer intent overwrote the line); flushing it from this
+    // thread puts it under this thread's fence — unless this thread's intent write just did.
+    if (!(t_wrote_log == this && t_wrote_lane == i && t_wrote_pending == seq)) pers_->flush(&lanes_[i].seq, 8);
     t.lanes |= std::uint64_t{1} << i;
     t.seq[i] = seq;
   }
@@ -89,9 +100,10 @@ void intent_log::after_fence(const fence_token& t) noexcept {
   while (mask) {
     const unsigned i = unsigned(std::countr_zero(mask));
     mask &= mask - 1;
-    // Only if the lane still holds the retirement we flushed (not a newer one, not a new intent).
+    // Only if the lane still holds the retirement we flushed (not a newer one). The mask bit
+    // stays: only the lane's next holder clears it (acquire), so it never misses a retirement.
     std::uint64_t expected = t.seq[i];
-    if (mirrors_[i].pending_seq.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) unmark_pending(i);
+    mirrors_[i].pending_seq.compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
   }
 }
 

@@ -65,11 +65,10 @@ class intent_log {
     std::atomic<std::uint64_t> pending_seq{0};
     std::uint64_t seq_written = 0;  // the seq of the last intent written (by the lane's holder)
   };
-  /// Clears lane i's pending bit, keeping it if a new retirement raced in.
-  void unmark_pending(unsigned i) noexcept;
   lane* lanes_ = nullptr;
   persistence* pers_ = nullptr;
-  /// Bit i set <=> lane i may have a pending retirement (a superset: fences check pending_seq).
+  /// Bit i set whenever lane i's pending_seq is non-zero (a superset: fences check pending_seq).
+  /// Set by the retiring holder; cleared only by the lane's next holder when pending_seq is 0.
   /// Lock-free, so fences of different threads never wait for each other here.
   std::atomic<std::uint64_t> pending_{0};
   std::atomic<std::uint64_t> next_seq_{1};

@@ -249,7 +249,8 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
     last_idle_sweep_ms_ = now;
     for (unsigned i = 0; i < nr_caches_; ++i) {
       cpu_cache& c = caches_[i];
-      if (!all && now - c.last_use_ms.load(std::memory_order_relaxed) < PCP_IDLE_MS) continue;
+      const std::uint64_t last = c.last_use_ms.load(std::memory_order_relaxed);
+      if (!all && (last >= now || now - last < PCP_IDLE_MS)) continue;  // (another CPU's clock may be ahead)
       if (!c.mu.try_lock()) continue;  // busy (or ours): not idle. Never wait: the lock order is c.mu first.
       drain_locked(c, /*idle=*/!all);
       c.mu.unlock();
@@ -303,8 +304,7 @@ bool pool_impl::attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int
   return true;
 }
 
-std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos) {
-  merge_batch mb;
+std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb) {
   std::uint32_t r = NIL;
   {
     std::lock_guard g(mu_);
@@ -343,8 +343,7 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
       }
     }
   }
-  finish_merges(mb);
-  return r;
+  return r;  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
 }
 
 page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order) {
@@ -360,18 +359,21 @@ page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned ord
 
 page* pool_impl::alloc_small(unsigned order, alloc_plan& plan, bool apply) {
   for (int attempt = 0;; ++attempt) {
+    merge_batch mb;  // merges a refill's sweep chose: finished outside the cache lock
+    page* p = nullptr;
     {
       cpu_cache& c = this_cpu_cache();
       std::lock_guard g(c.mu);
       std::uint32_t r = c.region;
       int pos = r != NIL ? find_free_block(sstate(r), order) : -1;
-      if (pos < 0) r = refill(c, order, plan, pos);
+      if (pos < 0) r = refill(c, order, plan, pos, mb);
       if (r != NIL) {
-        page* p = carve(c, r, unsigned(pos), order);
+        p = carve(c, r, unsigned(pos), order);
         if (apply) apply_small_held(r, p, order, 0);
-        return p;
       }
     }
+    finish_merges(mb);
+    if (p) return p;
     // No room in the filler or the region buddy: other CPUs' caches may hold some. Take them
     // back and look once more, so "no room" means no free extent of this order anywhere.
     if (attempt > 0 || plan.fresh_full || !reclaim()) return nullptr;
@@ -379,13 +381,26 @@ page* pool_impl::alloc_small(unsigned order, alloc_plan& plan, bool apply) {
 }
 
 std::size_t pool_impl::bulk_order0(std::size_t n, page** out, alloc_plan& plan) {
+  merge_batch mb;
+  const std::size_t done = bulk_order0_held(n, out, plan, mb);
+  finish_merges(mb);  // outside the cache lock
+  return done;
+}
+
+std::size_t pool_impl::bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb) {
   cpu_cache& c = this_cpu_cache();
   std::lock_guard g(c.mu);
   std::size_t done = 0;
   while (done < n) {
     int pos = -1;
     std::uint32_t r = c.region;
-    if (r == NIL || sstate(r).nr_free == 0) r = refill(c, 0, plan, pos);
+    if (r == NIL || sstate(r).nr_free == 0) {
+      if (mb.n == merge_batch::MAX) {  // let the caller finish these merges, then go on
+        plan.fresh_full = true;          // (read by alloc_pages_bulk as "stopped for room in the plan")
+        break;
+      }
+      r = refill(c, 0, plan, pos, mb);
+    }
     if (r == NIL) break;
     // Take free pages a 64-bit word of the free bitmap at a time; write each map line once.
     split_state& s = sstate(r);
@@ -476,6 +491,9 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
       c.region = r;
     } else {
       filler_.update(r, s);
+      // Its pages may all have been freed already (through a slot published before we got
+      // here): then it is an empty region like any other (H1).
+      if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s, coarse_now_ms());
     }
     s.own_lock.unlock();
   }

@@ -77,6 +77,7 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
   }
   if (!check_gfp("alloc_pages_bulk", gfp) || forked("alloc_pages_bulk")) return 0;
   std::size_t done = 0;
+  bool reclaimed = false;
   while (done < n) {
     alloc_plan plan;
     const std::size_t first = done;
@@ -86,16 +87,21 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
       if (!p) break;
       out[done++] = p;
     }
-    if (done == first) break;
-    if (gfp & GFP_ZERO)
-      for (std::size_t i = first; i < done; ++i) zero_pages(out[i], order);
-    fence();
-    if (plan.nr_fresh) {
-      write_fresh_split_words(plan);
+    if (done > first) {
+      if (gfp & GFP_ZERO)
+        for (std::size_t i = first; i < done; ++i) zero_pages(out[i], order);
       fence();
-      publish_fresh(plan);
+      if (plan.nr_fresh) {
+        write_fresh_split_words(plan);
+        fence();
+        publish_fresh(plan);
+      }
     }
-    if (!plan.fresh_full) break;  // stopped for lack of space, not for lack of plan room
+    if (plan.fresh_full) continue;  // stopped for lack of plan room: go on
+    // Stopped for lack of space here: other CPUs' caches may hold free pages (as alloc_pages
+    // does, look once more after taking them back).
+    if (done == n || reclaimed || !reclaim()) break;
+    reclaimed = true;
   }
   return done;
 }
@@ -405,7 +411,12 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // Ownership first, so a wrong slot is reported even while other references make the free
   // -EBUSY; checked again once the page is claimed (it cannot change after that).
   const std::uint64_t index = pfn - start_pfn();
-  if (slot_owner(h, index) != slot) return report_not_owner("free_pages_from", src, pfn, h, index);
+  if (const std::uint64_t owner = slot_owner(h, index); owner != slot) {
+    // Owned but no owner recorded yet: an alloc_pages_to into this slot has published the pfn
+    // and not finished (its owner entry comes next). Not a misuse; retry once it returns.
+    if (owner == 0 && (h->flags_.load(std::memory_order_acquire) & PG_slot_owned)) return -EBUSY;
+    return report_not_owner("free_pages_from", src, pfn, h, index);
+  }
   // Claim the page: from here no other free can reach it, so its ownership cannot change under us.
   int expected = 1;
   if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {

@@ -31,12 +31,15 @@
 //   V1  every region is exactly one of: in a free buddy block, HEAD/TAIL of an allocated compound,
 //       SPLIT (materialised or lazy), or in transit inside one operation.
 //   V2  a DRAM allocation exists iff the persistent state records it (after the op's fence).
-//   V3  free_pages_ == pages in free buddy blocks + free pages of materialised split regions.
+//   V3  free_pages_ + the caches' free_delta == pages in free buddy blocks + stashed blocks +
+//       free pages of materialised split regions.
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
+//   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
 //
-// Lock order: mu_ (allocator) is taken by alloc/free/split/merge/materialise, and is never held
-// while fencing on the common paths or while calling user code. intent_log's lock is a leaf
-// (taken inside fence(), with or without mu_). The registry lock is only taken by open/close.
+// Lock order (cpu_cache.hpp): cpu_cache::mu -> mu_ (the pool lock) -> split_state::own_lock.
+// None is held while fencing on the common paths (flushes are issued after the locks:
+// flush_later) or while calling user code. The intent log has no lock. The registry lock and
+// the open-pools list (fork handlers) are taken by open/close and around fork().
 //
 // Every flush and fence goes through pers_ (the persistence seam); fence() also makes every lazily
 // retired intent durable (intent_log.hpp).
@@ -118,6 +121,10 @@ class pool_impl {
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
   pool_stats stats() noexcept;
   std::size_t trim() noexcept;
+  /// pthread_atfork: every allocator lock of this pool, taken before fork() and released after
+  /// it in both processes (region locks re-made in the child).
+  void lock_for_fork();
+  void unlock_after_fork(bool child);
   std::size_t trim_now() noexcept;  // trim without the fork check (close)
   void collect_allocations(std::vector<std::pair<page*, unsigned>>& out);
   std::string check();
@@ -219,6 +226,7 @@ class pool_impl {
   page* alloc_small(unsigned order, alloc_plan& plan, bool apply);
   /// alloc_pages_bulk of order 0: whole words of the free bitmap at a time, one write per line.
   std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
+  std::size_t bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb);
   page* alloc_large(unsigned order, bool apply);
   page* alloc_large_locked(unsigned order);
   /// The descriptors of a large page taken from the buddy or a stash at region r.
@@ -229,7 +237,7 @@ class pool_impl {
   page* carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order);
   /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
   /// fresh one of this plan) and the position in pos; NIL when none has room.
-  std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos);
+  std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb);
   /// c.mu + mu_: its split region goes back to the filler (to the empty list, if wholly free).
   void detach_locked(cpu_cache& c, std::uint64_t empty_since_ms);
   /// c.mu + mu_: its region and its stash go back (idle: the region has been idle since last use).

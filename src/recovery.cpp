@@ -30,7 +30,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <new>
 #include <random>
+#include <vector>
 
 #include "misuse.hpp"
 #include "pool_impl.hpp"
@@ -73,11 +76,32 @@ std::string superblock_problem(const superblock& sb) {
   return {};
 }
 
-void note_fork_in_child() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+// fork(): a child gets a copy of every lock as some parent thread held it at that instant, and
+// only the forking thread. So the forking thread takes every open pool's allocator locks (cache
+// locks in index order, then the pool lock: the lock order) before fork and releases them after,
+// in both processes, as glibc does for malloc's arenas; region locks are re-made in the child.
+// The child may then read its pools (lazy loads, walks, stats) without meeting a lock that no
+// thread of its own will ever release.
+std::mutex g_open_mu;
+std::vector<pool_impl*> g_open;  // pools open in this process
+
+void fork_prepare() {
+  g_open_mu.lock();
+  for (pool_impl* p : g_open) p->lock_for_fork();
+}
+void fork_parent() {
+  for (pool_impl* p : g_open) p->unlock_after_fork(false);
+  g_open_mu.unlock();
+}
+void fork_child() {
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  for (pool_impl* p : g_open) p->unlock_after_fork(true);
+  g_open_mu.unlock();
+}
 
 /// Stamps a pool with the process generation it was opened in (pool_impl::forked).
 void stamp_opener(std::uint64_t& generation, int& pid) {
-  static const int registered = ::pthread_atfork(nullptr, nullptr, &note_fork_in_child);
+  static const int registered = ::pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
   (void)registered;
   generation = g_fork_generation.load(std::memory_order_relaxed);
   pid = int(::getpid());
@@ -98,7 +122,25 @@ std::uint16_t pick_section_id() {
 
 }  // namespace
 
+void pool_impl::lock_for_fork() { lock_all(); }
+
+void pool_impl::unlock_after_fork(bool child) {
+  unlock_all();
+  if (!child) return;
+  // A parent thread may have been inside a region lock at the fork: make them anew.
+  for (std::uint64_t r = 0; r < nr_regions_; ++r)
+    if (load_kind(regions_[r]) == RK_SPLIT && regions_[r].alloc_state_) {
+      split_state& s = sstate(std::uint32_t(r));
+      s.own_lock.~adaptive_mutex();
+      new (&s.own_lock) adaptive_mutex();
+    }
+}
+
 pool_impl::~pool_impl() {
+  if (registered_) {  // first: a fork from now on leaves this pool's locks alone
+    std::lock_guard g(g_open_mu);
+    g_open.erase(std::find(g_open.begin(), g_open.end(), this));
+  }
   // At close the kept empty regions merge (so the next open finds them FREE, not split) and
   // lazily retired intents become durable; a fork() child never writes.
   if (registered_ && g_fork_generation.load(std::memory_order_relaxed) == fork_generation_) {
@@ -440,6 +482,8 @@ void pool_impl::register_pool() {
   const std::string why = register_section(section_id_, s);
   if (!why.empty()) fail(EBUSY, path(), "cannot open: " + why);
   registered_ = true;
+  std::lock_guard g(g_open_mu);
+  g_open.push_back(this);
 }
 
 std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::open_options& opts) {
