@@ -11,6 +11,8 @@
 // Reproduce a model-test failure with PMPAGE_SCALING_SEED=<seed> (every failure prints it);
 // PMPAGE_SCALING_OPS=<n> scales the operations per thread.
 #include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -1254,3 +1256,102 @@ TEST_F(ScalingHysteresis, AtMostEmptySplitKeptEmptyRegionsAreKeptAndTheOldestMer
 }
 
 }  // namespace
+
+// ---- regressions found by review ------------------------------------------------------------------
+
+namespace {
+
+class ScalingRegressions : public Scaling {};
+
+// alloc_pages_bulk used to stop at the first empty refill while another CPU's cache held free pages.
+TEST_F(ScalingRegressions, BulkAllocationTakesPagesOtherCachesHold) {
+  std::vector<page*> got(total_pages_);
+  page* held = nullptr;
+  std::thread a([&] {
+    pin_this_thread(nth_cpu(0));
+    held = pool_.alloc_pages(0);  // CPU 0's cache now holds a region with 511 free pages
+  });
+  a.join();
+  ASSERT_NE(held, nullptr);
+  std::size_t n = 0;
+  std::thread b([&] {
+    pin_this_thread(nth_cpu(1));
+    n = pool_.alloc_pages_bulk(0, total_pages_, got.data());
+  });
+  b.join();
+  EXPECT_EQ(n, total_pages_ - 1) << "a short count while free pages sat in another CPU's cache";
+  EXPECT_EQ(pool_.stats().free_pages, 0u);
+  for (std::size_t i = 0; i < n; ++i) pmpage::put_page(got[i]);
+  pmpage::put_page(held);
+  EXPECT_EQ(pool_.check(), "");
+}
+
+// for_each_allocated may run concurrently (api.md): it used to report the tails of a page being
+// freed as separate order-0 allocations.
+TEST_F(ScalingRegressions, ConcurrentWalkSeesOnlyWholeAllocations) {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> churn;
+  for (int t = 0; t < 2; ++t)
+    churn.emplace_back([&] {
+      while (!stop.load()) {
+        page* p = pool_.alloc_pages(3);
+        if (p) pmpage::free_pages(p, 3);
+      }
+    });
+  std::uint64_t walked = 0, wrong = 0;
+  for (int i = 0; i < 200; ++i)
+    pool_.for_each_allocated([&](page*, unsigned order) {
+      ++walked;
+      wrong += order != 3;
+    });
+  stop.store(true);
+  for (auto& t : churn) t.join();
+  EXPECT_EQ(wrong, 0u) << "of " << walked << " walked allocations";
+  EXPECT_EQ(pool_.check(), "");
+}
+
+}  // namespace
+
+// fork() while other threads allocate: the child may walk the pool and load regions (api.md); it
+// used to hang on a lock a parent thread held at the fork. Not in the TSan run (fork with threads).
+TEST_F(Scaling, ForkWhileAllocatingLeavesTheChildAbleToWalkAndLoad) {
+  // Some allocations, then reopen: their regions are lazy (loaded on first touch).
+  std::vector<pfn_t> kept;
+  for (int i = 0; i < 64; ++i) kept.push_back(pmpage::page_to_pfn(pool_.alloc_pages(i % 4)));
+  reopen();
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> churn;
+  for (int t = 0; t < 2; ++t)
+    churn.emplace_back([&] {
+      while (!stop.load()) {
+        page* p = pool_.alloc_pages(0);
+        if (p) pmpage::put_page(p);
+        pool_.stats();
+      }
+    });
+  int hung = 0, failed = 0;
+  for (int i = 0; i < 20; ++i) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::alarm(5);  // a hang kills the child
+      std::uint64_t n = 0;
+      pool_.for_each_allocated([&](page*, unsigned) { ++n; });
+      page* p = pmpage::pfn_to_page(kept[std::size_t(i) % kept.size()]);
+      pmpage::get_page(p);
+      pmpage::put_page(p);
+      (void)pool_.stats();
+      ::_exit(n >= kept.size() ? 0 : 3);
+    }
+    ASSERT_GT(pid, 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status)) ++hung;
+    else if (WEXITSTATUS(status) != 0) ++failed;
+  }
+  stop.store(true);
+  for (auto& t : churn) t.join();
+  EXPECT_EQ(hung, 0) << "children killed by their 5 s alarm (a lock held across fork)";
+  EXPECT_EQ(failed, 0);
+  for (pfn_t pfn : kept) pmpage::put_page(pmpage::pfn_to_page(pfn));
+  EXPECT_EQ(pool_.check(), "");
+}

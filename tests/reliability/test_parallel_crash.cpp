@@ -562,4 +562,58 @@ TEST(ParallelCrash, PageReallocatedWhileFreePagesFromFinishesStaysAllocatedAfter
   }
 }
 
+// A lazily retired intent must stay pending until a fence covered it, even when its lane is
+// reused first (found by review). On one CPU: free_pages_from(slot) retires its intent lazily;
+// the same thread then starts alloc_pages_to on the same lane (its intent write overwrites the
+// line but is not fenced yet); at that fence, another thread allocates the freed page and
+// returns. A power failure then (only fenced words kept) must keep that allocation: the old free
+// intent, if still on the media, would be replayed over it.
+TEST(ParallelCrash, ReusedLaneKeepsARetiredIntentPendingUntilAFenceCoversIt) {
+  const std::string path = "/dev/shm/pmpage-parallel-crash-lane-" + std::to_string(::getpid());
+  const std::string img = path + ".img";
+  const scratch_files cleanup{{path, img}};
+  ::unlink(path.c_str());
+  auto sim = std::make_shared<pmpage::testing::sim_pmem>(8u << 20);
+  std::vector<char> image;
+  pfn_t freed = 0, reallocated = 0;
+  std::uint64_t size = 0;
+  {
+    pool::options o;
+    o.size = 8u << 20;
+    o.backend = sim;
+    pool p = pool::create(path, o);
+    size = std::filesystem::file_size(path);
+    auto* slots = static_cast<pfn_t*>(p.root());
+    on_nth_cpu(0, [&] {
+      page* x = p.alloc_pages_to(0, &slots[0]);
+      ASSERT_NE(x, nullptr);
+      freed = page_to_pfn(x);
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);  // retired lazily, on this thread's lane
+      const auto me = std::this_thread::get_id();
+      bool armed = true;
+      sim->on_fence = [&](std::uint64_t, bool before) {
+        if (!before || !armed || std::this_thread::get_id() != me) return;
+        armed = false;
+        on_nth_cpu(0, [&] {
+          if (page* q = p.alloc_pages(0)) reallocated = page_to_pfn(q);
+        });
+        image = sim->crash_image(1, 0.0);  // power failure: only what was fenced
+      };
+      ASSERT_NE(p.alloc_pages_to(9, &slots[1]), nullptr);  // same thread: the same lane
+      sim->on_fence = nullptr;
+    });
+  }
+  ASSERT_FALSE(image.empty());
+  ASSERT_EQ(reallocated, freed) << "the other thread should have been handed the freed page (same CPU cache)";
+  pmpage::testing::write_file(img, image);
+  ASSERT_EQ(::truncate(img.c_str(), off_t(size)), 0);
+  pool q = pool::open(img);
+  const pool_state got = pmpage::testing::read_state(q);
+  EXPECT_EQ(pmpage::testing::check_recovered(q, got, false), "");
+  const auto it = got.allocations.find(reallocated);
+  EXPECT_TRUE(it != got.allocations.end() && it->second == 0)
+      << "alloc_pages(0) returned pfn " << hex(reallocated)
+      << " before the crash; after recovery it is free (a retired intent on a reused lane was replayed)";
+}
+
 }  // namespace
