@@ -93,6 +93,7 @@ void intent_log::before_fence(fence_token& t) noexcept {
     t.lanes |= std::uint64_t{1} << i;
     t.seq[i] = seq;
   }
+  if (t_wrote_log == this) t_wrote_log = nullptr;  // the hint is for the fence right after the write
 }
 
 void intent_log::after_fence(const fence_token& t) noexcept {
