@@ -3,15 +3,16 @@
 // per_cpu_pages, mm/page_alloc.c) and, closer in shape, the 2026 RFC that gives each CPU whole
 // 2 MiB pageblocks; TCMalloc's per-CPU caches over its hugepage filler are the user-space model.
 //
-// A cache holds at most one split region. The region's pages stay free ON THE MEDIA until they
-// are allocated: a cache is placement only, so a crash loses nothing and leaks nothing.
+// A cache holds at most one split region, and up to STASH_MAX free blocks of orders 9 and 10.
+// Their pages stay free ON THE MEDIA until they are allocated: a cache is placement only, so a
+// crash loses nothing and leaks nothing.
 //
 // Locks. c.mu is the lock of the region the cache holds (split_state::lockp points at it while the
 // region is held), so an allocation takes exactly one lock, on a line no other CPU writes unless
 // it frees into that region (a remote free) or drains the cache. Lock order:
 //     cpu_cache::mu  ->  pool_impl::mu_ (pool lock)  ->  split_state::own_lock
-// A thread holds at most one cache lock, except lock_all() (check, for_each_allocated), which
-// takes them all in index order before the pool lock. The pool lock may TRY a cache lock (the
+// A thread holds at most one cache lock, except lock_all() (check, for_each_allocated, and the
+// fork() handlers), which takes them all in index order before the pool lock. The pool lock may TRY a cache lock (the
 // idle sweep), never wait for one.
 #pragma once
 
