@@ -46,9 +46,8 @@ struct alignas(64) cpu_cache {
     return region != NIL;
   }
   unsigned index = 0;
-  /// Allocations served, and the coarse time of the last one; written under mu, read by the idle
-  /// sweep under the pool lock.
-  std::atomic<std::uint64_t> allocs{0};
+  /// Coarse time of the last allocation served; written under mu, read by the idle sweep under
+  /// the pool lock.
   std::atomic<std::uint64_t> last_use_ms{0};
   /// Small pages freed minus allocated by threads running on this CPU (the kernel's per-CPU
   /// vm_stat diffs): pool free pages = pool_impl::free_pages_ + the sum of these.

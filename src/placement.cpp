@@ -351,7 +351,6 @@ page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned ord
   const unsigned n = 1u << order;
   mark_used(s, pos, n);
   init_compound_small(r, pos, order);
-  c.allocs.store(c.allocs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
   c.free_delta.fetch_sub(n, std::memory_order_relaxed);
   return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + pos);
@@ -421,7 +420,6 @@ std::size_t pool_impl::bulk_order0_held(std::size_t n, page** out, alloc_plan& p
       s.free_bits[w] = bits;
     }
     s.nr_free = std::uint16_t(s.nr_free - got);
-    c.allocs.store(c.allocs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
     c.free_delta.fetch_sub(got, std::memory_order_relaxed);
     write_map_locked(r, lo / PAGES_PER_MAP_WORD, hi / PAGES_PER_MAP_WORD);
@@ -537,7 +535,7 @@ bool pool_impl::drain_caches() {
 
 bool pool_impl::reclaim() {
   const bool drained = drain_caches();
-  return trim() > 0 || drained;
+  return merge_empty_regions() > 0 || drained;
 }
 
 std::size_t pool_impl::trim() noexcept {
@@ -547,6 +545,10 @@ std::size_t pool_impl::trim() noexcept {
 
 std::size_t pool_impl::trim_now() noexcept {
   drain_caches();
+  return merge_empty_regions();
+}
+
+std::size_t pool_impl::merge_empty_regions() noexcept {
   std::size_t merged = 0;
   for (;;) {
     merge_batch mb;

@@ -126,6 +126,7 @@ class pool_impl {
   void lock_for_fork();
   void unlock_after_fork(bool child);
   std::size_t trim_now() noexcept;  // trim without the fork check (close)
+  std::size_t merge_empty_regions() noexcept;  // every empty split region no cache holds; how many
   void collect_allocations(std::vector<std::pair<page*, unsigned>>& out);
   std::string check();
 

@@ -28,7 +28,12 @@
 #include <thread>
 #include <unordered_map>
 
+#include "cpu_pinning.hpp"
 #include "test_util.hpp"
+
+using pmpage::testing::nth_cpu;
+using pmpage::testing::pin_this_thread;
+using pmpage::testing::run_on_cpu;
 
 namespace {
 
@@ -45,44 +50,6 @@ using pmpage::pool_stats;
 std::uint64_t env_or(const char* name, std::uint64_t fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::strtoull(v, nullptr, 0) : fallback;
-}
-
-// ---- CPUs ------------------------------------------------------------------------------------
-
-// The CPUs this process may run on (its affinity mask), in order.
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) == 0)
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  if (cpus.empty()) cpus.push_back(0);
-  return cpus;
-}
-
-// The i-th allowed CPU (wrapping: on a one-CPU machine every index is that CPU).
-int nth_cpu(std::size_t i) {
-  static const std::vector<int> cpus = allowed_cpus();
-  return cpus[i % cpus.size()];
-}
-
-// Pins the calling thread to one CPU; false if the system refuses (the test then runs unpinned:
-// everything it asserts must hold either way, pinning only makes the cache paths predictable).
-bool pin_this_thread(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return ::pthread_setaffinity_np(::pthread_self(), sizeof set, &set) == 0;
-}
-
-// Runs f on a new thread pinned to `cpu` and waits for it (the test's own thread keeps its mask).
-void run_on_cpu(int cpu, const std::function<void()>& f) {
-  std::thread t([&] {
-    pin_this_thread(cpu);
-    f();
-  });
-  t.join();
 }
 
 // ---- stamps: a page handed to two owners at once shows up as a wrong stamp --------------------

@@ -41,6 +41,7 @@
 #include <sstream>
 #include <thread>
 
+#include "../cpu_pinning.hpp"
 #include "crash_harness.hpp"
 #include "sim_pmem.hpp"
 #include "layout.hpp"
@@ -461,28 +462,8 @@ TEST(ParallelCrash, TwoWorkersCrashedAtARandomFenceKeepEveryReturnedCall) {
   RecordProperty("crashed_with_both_workers_in_a_call", int(with_two_in_flight));
 }
 
-// Pins the calling thread to the i-th CPU this process may use (wrapping); false if refused.
-bool pin_to_nth_cpu(unsigned i) {
-  cpu_set_t allowed;
-  CPU_ZERO(&allowed);
-  if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
-  std::vector<int> cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c)
-    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
-  if (cpus.empty()) return false;
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  CPU_SET(cpus[i % cpus.size()], &one);
-  return ::pthread_setaffinity_np(::pthread_self(), sizeof one, &one) == 0;
-}
-
-void on_nth_cpu(unsigned i, const std::function<void()>& f) {
-  std::thread t([&] {
-    pin_to_nth_cpu(i);
-    f();
-  });
-  t.join();
-}
+// Runs f on a new thread pinned to the i-th CPU this process may use (wrapping).
+void on_nth_cpu(unsigned i, const std::function<void()>& f) { pmpage::testing::run_on_cpu(pmpage::testing::nth_cpu(i), f); }
 
 // The interleaving the random test above finds now and then, made deterministic. A one-region
 // pool is filled from CPU B (B's cache holds the region), the first page P owned by a slot. On
