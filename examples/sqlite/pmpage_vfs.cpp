@@ -1,0 +1,1044 @@
+// pmpage_vfs.cpp — the SQLite VFS "pmpage": database files kept in pool pages.
+//
+// On the media (docs/sqlite.md has the picture):
+//   root area (4 KiB)  = directory: a header line + 63 file entries of one cache line each
+//                        {state, size, table slot, suffix}; the suffix names the file relative to
+//                        the pool's path: "" the database, "-journal", "-wal", "-mjXXXXXXXX".
+//   entry.table        = the slot owning the file's page table, an order-2 page (2048 pfn slots).
+//   table[0..255]      = slots owning 4 KiB pages: file bytes [0, 1 MiB);
+//   table[256..2047]   = slots owning order-9 (2 MiB) pages: bytes [1 MiB, 3585 MiB).
+// Every page is published with alloc_pages_to and released with free_pages_from, so a crash never
+// leaks a page nor leaves a slot naming a free one (the library's contract, not this file's).
+//
+// Durability (SQLite's contract: what xSync covered survives; unsynced writes may or may not):
+//   xWrite   copies into the mapping and marks the 4 KiB blocks dirty (PG_dirty on a 4 KiB page,
+//            a DRAM bit per 4 KiB block of a 2 MiB page); no flush yet.
+//   xSync    flushes every dirty block and the size word, then ONE fence (drain) — on the calling
+//            thread, so a connection that moves between threads stays correct.
+//   xTruncate persists the new size first (the commit point of TRUNCATE journal mode), then
+//            frees the pages past it.
+//   xDelete  persists state DELETING first (the commit point of DELETE journal mode), then frees
+//            the pages, the table and the entry. Opening the pool finishes an interrupted delete.
+//   create   writes the entry, fence, then state LIVE, fence: a torn entry is never LIVE.
+// When the pool is opened (the first database of it in this process), pages past a file's durable
+// size (written but never synced before a crash, or kept by a reader during a truncate) are freed.
+//
+// Locks, in the order they are taken: vfs_instance::mu (the open pools) -> pool_ctx::mu (the
+// directory, the nodes) -> node::mu (one file's pages, size, dirty lists, lock state, shm).
+// SQLite's file locks (xLock) and WAL locks (xShmLock) are between connections of this process;
+// another process cannot open the pool at all (the pool's exclusive flock).
+#include "pmpage_sqlite.h"
+
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT1
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <pmpage/pmpage.hpp>
+
+namespace pmpage::sqlite {
+namespace {
+
+// ---- on-media layout -------------------------------------------------------------------------
+
+constexpr std::uint64_t DIR_MAGIC = 0x3153464c51536d70ull;  // "pmSQLFS1"
+constexpr std::uint64_t DIR_VERSION = 1;
+constexpr unsigned NR_FILES = 63;
+constexpr std::size_t SUFFIX_MAX = 32;  // bytes, with the NUL
+
+constexpr unsigned TABLE_ORDER = 2;
+constexpr unsigned NR_SLOTS = (PAGE_SIZE << TABLE_ORDER) / sizeof(pfn_t);  // 2048
+constexpr unsigned NR_SMALL = 256;
+constexpr std::uint64_t SMALL_BYTES = std::uint64_t{NR_SMALL} * PAGE_SIZE;  // 1 MiB
+constexpr unsigned HUGE_ORDER = 9;
+constexpr std::uint64_t HUGE_BYTES = PAGE_SIZE << HUGE_ORDER;  // 2 MiB
+constexpr std::uint64_t MAX_FILE = SMALL_BYTES + (NR_SLOTS - NR_SMALL) * HUGE_BYTES;
+constexpr unsigned BLOCKS_PER_HUGE = HUGE_BYTES / PAGE_SIZE;
+
+enum : std::uint64_t { F_FREE = 0, F_LIVE = 1, F_DELETING = 2 };
+
+struct alignas(64) dir_entry {
+  std::uint64_t state;  // F_*; the 8-byte word whose store commits a create or a delete
+  std::uint64_t size;   // bytes, as of the last xSync / xTruncate
+  pfn_t table;          // slot owning the page table (0 = no page yet)
+  std::uint64_t reserved;
+  char suffix[SUFFIX_MAX];
+};
+struct alignas(64) dir_header {
+  std::uint64_t magic;
+  std::uint64_t version;
+  std::uint64_t nr_files;
+  std::uint64_t reserved[5];
+};
+struct directory {
+  dir_header hdr;
+  dir_entry files[NR_FILES];
+};
+static_assert(sizeof(dir_entry) == 64 && sizeof(directory) == 4096);
+
+/// Where file byte `off` lives: slot `idx` of the table, a page of `order` covering [base, base+len).
+struct chunk {
+  unsigned idx;
+  unsigned order;
+  std::uint64_t base;
+  std::uint64_t len;
+};
+chunk chunk_at(std::uint64_t off) {
+  if (off < SMALL_BYTES) {
+    const auto i = unsigned(off / PAGE_SIZE);
+    return {i, 0, std::uint64_t{i} * PAGE_SIZE, PAGE_SIZE};
+  }
+  const auto j = unsigned((off - SMALL_BYTES) / HUGE_BYTES);
+  return {NR_SMALL + j, HUGE_ORDER, SMALL_BYTES + std::uint64_t{j} * HUGE_BYTES, HUGE_BYTES};
+}
+
+// ---- errors ----------------------------------------------------------------------------------
+
+thread_local std::string t_error;
+
+int fail(int rc, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+int fail(int rc, const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  t_error = buf;
+  sqlite3_log(rc, "pmpage VFS: %s", buf);
+  return rc;
+}
+
+// ---- DRAM state ------------------------------------------------------------------------------
+
+struct pm_file;
+struct pool_ctx;
+
+/// One file of a pool, shared by the handles that have it open (the VFS's inode).
+struct node {
+  pool_ctx* ctx;
+  unsigned index;  // directory entry
+  std::mutex mu;
+  int refs = 0;
+  std::uint64_t size = 0;        // logical size (xFileSize)
+  std::uint64_t media_size = 0;  // what entry.size says
+  pfn_t* table = nullptr;        // the page table in the mapping, once allocated
+  std::vector<page*> dirty_small;             // 4 KiB pages with PG_dirty set
+  std::vector<std::uint32_t> dirty_blocks;    // 4 KiB blocks of 2 MiB pages (index past SMALL_BYTES)
+  std::vector<std::uint64_t> dirty_bits;      // one bit per such block
+  std::set<unsigned> stale;  // table slots past `size` still holding a page a reader pinned
+  int fetch_out = 0;         // xFetch references not yet xUnfetch'ed
+  bool delete_on_close = false;
+  // SQLite file locks between this process's connections.
+  int nshared = 0;
+  pm_file* reserved = nullptr;
+  pm_file* pending = nullptr;
+  pm_file* exclusive = nullptr;
+  // WAL index (DRAM only: rebuilt from the WAL after a restart, as SQLite expects).
+  std::vector<char*> shm;
+  int shm_refs = 0;
+  int shm_shared[SQLITE_SHM_NLOCK] = {};
+  pm_file* shm_excl[SQLITE_SHM_NLOCK] = {};
+};
+
+struct vfs_instance;
+
+/// One open pool and its directory.
+struct pool_ctx {
+  vfs_instance* vfs;
+  std::string path;
+  pmpage::pool pool;
+  directory* dir = nullptr;
+  std::mutex mu;
+  std::map<unsigned, node*> nodes;
+  int refs = 0;  // open files
+  pid_t pid = ::getpid();  // a fork() child must not use its parent's pool
+};
+
+struct vfs_instance {
+  sqlite3_vfs vfs{};
+  vfs_options opts;
+  sqlite3_vfs* base = nullptr;  // SQLite's default VFS: temporary files, time, randomness
+  std::mutex mu;
+  std::map<std::string, pool_ctx*> pools;
+  int open_files = 0;
+};
+
+struct pm_file {
+  sqlite3_file base;  // pMethods = &pm_io_methods
+  node* n;
+  int lock;  // SQLITE_LOCK_*
+  std::uint16_t shm_shared;
+  std::uint16_t shm_excl;
+  bool shm_mapped;
+};
+
+vfs_instance* instance_of(sqlite3_vfs* v) { return static_cast<vfs_instance*>(v->pAppData); }
+
+// ---- the directory -----------------------------------------------------------------------------
+
+void persist_entry(pool_ctx* c, dir_entry& e) { c->pool.persist(&e, sizeof e); }
+
+dir_entry* find_entry(pool_ctx* c, const std::string& suffix, bool live_only = true) {
+  for (auto& e : c->dir->files)
+    if ((e.state == F_LIVE || (!live_only && e.state != F_FREE)) && suffix == e.suffix) return &e;
+  return nullptr;
+}
+
+/// Frees the pages of table slots [from, NR_SLOTS) that hold one. Slots whose page a reader still
+/// pins (-EBUSY) are returned in `busy`. Returns false if the pool refused a free (misuse: a bug).
+bool free_slots(pool_ctx* c, pfn_t* table, unsigned from, std::set<unsigned>* busy) {
+  bool ok = true;
+  for (unsigned i = from; i < NR_SLOTS; ++i) {
+    if (!table[i]) continue;
+    const int rc = c->pool.free_pages_from(&table[i]);
+    if (rc == -EBUSY && busy) busy->insert(i);
+    else if (rc != 0) ok = false;
+  }
+  return ok;
+}
+
+pfn_t* table_of(const dir_entry& e) {
+  return e.table ? static_cast<pfn_t*>(page_address(pfn_to_page(e.table))) : nullptr;
+}
+
+/// Finishes a delete whose DELETING state is durable: pages, table, entry.
+void finish_delete(pool_ctx* c, dir_entry& e) {
+  if (pfn_t* t = table_of(e)) {
+    free_slots(c, t, 0, nullptr);
+    c->pool.free_pages_from(&e.table);
+  }
+  e.size = 0;
+  std::memset(e.suffix, 0, sizeof e.suffix);
+  c->pool.flush(&e, sizeof e);
+  c->pool.drain();
+  e.state = F_FREE;
+  persist_entry(c, e);
+}
+
+/// The first slot whose page lies wholly at or past `size`.
+unsigned first_slot_past(std::uint64_t size) {
+  if (size == 0) return 0;
+  const chunk last = chunk_at(size - 1);
+  return last.idx + 1;
+}
+
+/// Zeroes [size, end of its page) so that a later extension reads zeros there (POSIX semantics).
+void zero_tail(pool_ctx* c, pfn_t* table, std::uint64_t size) {
+  if (!table || size == 0 || size >= MAX_FILE) return;
+  const chunk ck = chunk_at(size);
+  if (ck.base == size || !table[ck.idx]) return;
+  char* a = static_cast<char*>(page_address(pfn_to_page(table[ck.idx])));
+  std::memset(a + (size - ck.base), 0, ck.len - (size - ck.base));
+  c->pool.flush(a + (size - ck.base), ck.len - (size - ck.base));
+}
+
+/// Opening a pool: format an empty directory, finish interrupted deletes, drop pages past each
+/// file's durable size (writes a crash cut off before their xSync).
+int mount(pool_ctx* c) {
+  if (c->pool.root_size() < sizeof(directory))
+    return fail(SQLITE_CANTOPEN, "%s: the pool's root area (%zu bytes) is too small for a directory", c->path.c_str(),
+                c->pool.root_size());
+  c->dir = static_cast<directory*>(c->pool.root());
+  directory* d = c->dir;
+  if (d->hdr.magic != DIR_MAGIC) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(d);
+    if (std::any_of(bytes, bytes + sizeof *d, [](unsigned char b) { return b != 0; }))
+      return fail(SQLITE_CANTOPEN, "%s: the pool's root area holds something other than a pmpage SQLite directory",
+                  c->path.c_str());
+    d->hdr.version = DIR_VERSION;
+    d->hdr.nr_files = NR_FILES;
+    c->pool.flush(&d->hdr, sizeof d->hdr);
+    c->pool.drain();
+    d->hdr.magic = DIR_MAGIC;
+    c->pool.persist(&d->hdr, sizeof d->hdr);
+  } else if (d->hdr.version != DIR_VERSION || d->hdr.nr_files != NR_FILES) {
+    return fail(SQLITE_CANTOPEN, "%s: directory version %llu with %llu files is not supported", c->path.c_str(),
+                (unsigned long long)d->hdr.version, (unsigned long long)d->hdr.nr_files);
+  }
+  for (auto& e : d->files) {
+    if (e.state == F_DELETING) {
+      finish_delete(c, e);
+    } else if (e.state == F_LIVE) {
+      if (e.size > MAX_FILE) return fail(SQLITE_CORRUPT, "%s%s: size %llu is past the largest file", c->path.c_str(),
+                                         e.suffix, (unsigned long long)e.size);
+      if (pfn_t* t = table_of(e)) {
+        free_slots(c, t, first_slot_past(e.size), nullptr);
+        zero_tail(c, t, e.size);
+      }
+    } else if (e.state != F_FREE) {
+      return fail(SQLITE_CORRUPT, "%s: directory entry %td has state %llu", c->path.c_str(), &e - d->files,
+                  (unsigned long long)e.state);
+    }
+  }
+  c->pool.drain();
+  return SQLITE_OK;
+}
+
+std::uint64_t parse_size(const char* s, bool* ok) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(s, &end, 10);
+  *ok = errno == 0 && end != s;
+  unsigned shift = 0;
+  if (*ok && *end) {
+    switch (*end | 0x20) {
+      case 'k': shift = 10; break;
+      case 'm': shift = 20; break;
+      case 'g': shift = 30; break;
+      case 't': shift = 40; break;
+      default: *ok = false;
+    }
+    if (*ok && end[1] && !((end[1] | 0x20) == 'b' || ((end[1] | 0x20) == 'i' && (end[2] | 0x20) == 'b'))) *ok = false;
+  }
+  if (*ok && shift && v > (~0ull >> shift)) *ok = false;
+  return v << shift;
+}
+
+/// The pool for a main database path: already open, opened, or created. Called with vfs->mu held.
+int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out) {
+  const std::string path = zName;
+  if (auto it = v->pools.find(path); it != v->pools.end()) {
+    if (it->second->pid != ::getpid())  // inherited across fork(): the parent's, not ours
+      return fail(SQLITE_BUSY, "%s: the pool is open in another process (the parent, which opened it before fork())",
+                  zName);
+    *out = it->second;
+    return SQLITE_OK;
+  }
+  auto c = std::make_unique<pool_ctx>();
+  c->vfs = v;
+  c->path = path;
+  try {
+    pool::open_options oo;
+    oo.backend = v->opts.backend;
+    c->pool = pool::open(path, oo);
+  } catch (const pmpage::error& e) {
+    const bool missing = e.code() == std::errc::no_such_file_or_directory;
+    if (!missing || !(flags & SQLITE_OPEN_CREATE)) {
+      if (e.code() == std::errc::resource_unavailable_try_again || e.code() == std::errc::device_or_resource_busy)
+        return fail(SQLITE_BUSY, "%s: the pool is open in another process (%s)", zName, e.what());
+      return fail(SQLITE_CANTOPEN, "%s: %s", zName, e.what());
+    }
+    pool::options o;
+    o.size = v->opts.default_pool_size;
+    if (const char* s = sqlite3_uri_parameter(zName, "pool_size")) {
+      bool ok;
+      o.size = parse_size(s, &ok);
+      if (!ok || o.size == 0) return fail(SQLITE_CANTOPEN, "%s: pool_size=%s is not a size (bytes, or K/M/G/T)", zName, s);
+    }
+    o.backend = v->opts.backend;
+    try {
+      c->pool = pool::create(path, o);
+    } catch (const pmpage::error& e2) {
+      return fail(SQLITE_CANTOPEN, "%s: cannot create the pool: %s", zName, e2.what());
+    }
+  }
+  if (int rc = mount(c.get()); rc != SQLITE_OK) return rc;
+  *out = c.release();
+  v->pools.emplace(path, *out);
+  return SQLITE_OK;
+}
+
+/// The open pool whose path is a prefix of zName with a suffix SQLite uses for a database's
+/// companion files. Called with vfs->mu held.
+pool_ctx* pool_for_companion(vfs_instance* v, const std::string& name, std::string* suffix) {
+  pool_ctx* best = nullptr;
+  for (auto& [path, c] : v->pools) {
+    if (name.size() <= path.size() || name.compare(0, path.size(), path) != 0) continue;
+    const std::string s = name.substr(path.size());
+    if (s.size() >= SUFFIX_MAX || s[0] != '-') continue;
+    if (!best || path.size() > best->path.size()) {
+      best = c;
+      *suffix = s;
+    }
+  }
+  return best;
+}
+
+void release_pool(vfs_instance* v, pool_ctx* c) {
+  // vfs->mu held.
+  if (--c->refs > 0) return;
+  v->pools.erase(c->path);
+  c->pool.close();
+  delete c;
+}
+
+// ---- file I/O --------------------------------------------------------------------------------
+
+pm_file* F(sqlite3_file* f) { return reinterpret_cast<pm_file*>(f); }
+
+void mark_dirty(node* n, const chunk& ck, page* pg, std::uint64_t from, std::uint64_t len) {
+  if (ck.order == 0) {
+    // Under n->mu; TestSetPageDirty once the library has it (the dirty list's test-and-set).
+    if (!PageDirty(pg)) {
+      SetPageDirty(pg);
+      n->dirty_small.push_back(pg);
+    }
+    return;
+  }
+  const std::uint64_t first = (ck.base - SMALL_BYTES + from) / PAGE_SIZE;
+  const std::uint64_t last = (ck.base - SMALL_BYTES + from + len - 1) / PAGE_SIZE;
+  if (n->dirty_bits.size() * 64 <= last) n->dirty_bits.resize(last / 64 + 1 + 64, 0);
+  for (std::uint64_t b = first; b <= last; ++b) {
+    std::uint64_t& w = n->dirty_bits[b / 64];
+    if (w & (1ull << (b % 64))) continue;
+    w |= 1ull << (b % 64);
+    n->dirty_blocks.push_back(std::uint32_t(b));
+  }
+}
+
+/// Starts writing back every dirty block (no fence).
+void flush_dirty(node* n) {
+  pool& p = n->ctx->pool;
+  for (page* pg : n->dirty_small) {
+    p.flush(page_address(pg), PAGE_SIZE);
+    ClearPageDirty(pg);
+  }
+  n->dirty_small.clear();
+  for (std::uint32_t b : n->dirty_blocks) {
+    const std::uint64_t off = SMALL_BYTES + std::uint64_t{b} * PAGE_SIZE;
+    const chunk ck = chunk_at(off);
+    if (n->table && n->table[ck.idx])
+      p.flush(static_cast<char*>(page_address(pfn_to_page(n->table[ck.idx]))) + (off - ck.base), PAGE_SIZE);
+    n->dirty_bits[b / 64] &= ~(1ull << (b % 64));
+  }
+  n->dirty_blocks.clear();
+}
+
+/// Drops the dirty marks of slots [from, ...) before their pages are freed.
+void forget_dirty_from(node* n, unsigned from) {
+  std::erase_if(n->dirty_small, [&](page* pg) {
+    for (unsigned i = from; i < NR_SMALL; ++i)
+      if (n->table[i] && pfn_to_page(n->table[i]) == pg) {
+        ClearPageDirty(pg);
+        return true;
+      }
+    return false;
+  });
+  const std::uint64_t first_block = from <= NR_SMALL ? 0 : std::uint64_t{from - NR_SMALL} * BLOCKS_PER_HUGE;
+  std::erase_if(n->dirty_blocks, [&](std::uint32_t b) {
+    if (b < first_block) return false;
+    n->dirty_bits[b / 64] &= ~(1ull << (b % 64));
+    return true;
+  });
+}
+
+int pm_close(sqlite3_file* f);
+int pm_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  char* out = static_cast<char*>(buf);
+  std::uint64_t pos = std::uint64_t(off);
+  const std::uint64_t end = pos + std::uint64_t(amt);
+  const std::uint64_t avail_end = std::min(end, n->size);
+  while (pos < avail_end) {
+    const chunk ck = chunk_at(pos);
+    const std::uint64_t k = std::min(avail_end, ck.base + ck.len) - pos;
+    const pfn_t pfn = n->table ? n->table[ck.idx] : 0;
+    if (pfn) std::memcpy(out, static_cast<char*>(page_address(pfn_to_page(pfn))) + (pos - ck.base), k);
+    else std::memset(out, 0, k);  // a hole
+    out += k;
+    pos += k;
+  }
+  if (pos < end) {
+    std::memset(out, 0, end - pos);
+    return SQLITE_IOERR_SHORT_READ;
+  }
+  return SQLITE_OK;
+}
+
+/// Pages kept past a truncate because a reader pinned them (n->stale) hold the old bytes: before
+/// the file grows over them again, they are zeroed (a hole reads as zeros) and written back.
+void unstale_below(node* n, std::uint64_t new_size) {
+  for (auto it = n->stale.begin(); it != n->stale.end();) {
+    const unsigned i = *it;
+    const chunk ck = i < NR_SMALL ? chunk_at(std::uint64_t{i} * PAGE_SIZE)
+                                  : chunk_at(SMALL_BYTES + std::uint64_t{i - NR_SMALL} * HUGE_BYTES);
+    if (ck.base >= new_size) {
+      ++it;
+      continue;
+    }
+    page* pg = pfn_to_page(n->table[i]);
+    std::memset(page_address(pg), 0, ck.len);
+    mark_dirty(n, ck, pg, 0, ck.len);
+    it = n->stale.erase(it);
+  }
+}
+
+int ensure_table(node* n) {
+  if (n->table) return SQLITE_OK;
+  pool_ctx* c = n->ctx;
+  dir_entry& e = c->dir->files[n->index];
+  page* t = c->pool.alloc_pages_to(TABLE_ORDER, &e.table, GFP_ZERO);
+  if (!t) return fail(SQLITE_FULL, "%s: the pool is full (no 16 KiB page for a file's page table)", c->path.c_str());
+  n->table = static_cast<pfn_t*>(page_address(t));
+  return SQLITE_OK;
+}
+
+int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
+  node* n = F(f)->n;
+  pool_ctx* c = n->ctx;
+  std::lock_guard g(n->mu);
+  std::uint64_t pos = std::uint64_t(off);
+  const std::uint64_t end = pos + std::uint64_t(amt);
+  if (end > MAX_FILE)
+    return fail(SQLITE_FULL, "%s: a file of the pmpage VFS holds at most %llu bytes", c->path.c_str(),
+                (unsigned long long)MAX_FILE);
+  if (int rc = ensure_table(n); rc != SQLITE_OK) return rc;
+  if (!n->stale.empty()) unstale_below(n, end);
+  const char* in = static_cast<const char*>(buf);
+  while (pos < end) {
+    const chunk ck = chunk_at(pos);
+    const std::uint64_t k = std::min(end, ck.base + ck.len) - pos;
+    pfn_t& slot = n->table[ck.idx];
+    page* pg;
+    if (!slot) {
+      const bool whole = pos == ck.base && k == ck.len;
+      pg = c->pool.alloc_pages_to(ck.order, &slot, whole ? GFP_DEFAULT : GFP_ZERO);
+      if (!pg)
+        return fail(SQLITE_FULL, "%s: the pool is full (no %s page for file bytes at %llu)", c->path.c_str(),
+                    ck.order ? "2 MiB" : "4 KiB", (unsigned long long)pos);
+    } else {
+      pg = pfn_to_page(slot);
+    }
+    std::memcpy(static_cast<char*>(page_address(pg)) + (pos - ck.base), in, k);
+    mark_dirty(n, ck, pg, pos - ck.base, k);
+    in += k;
+    pos += k;
+  }
+  n->size = std::max(n->size, end);
+  return SQLITE_OK;
+}
+
+/// Frees the pages wholly past n->size (readers' pins stay: those slots go to n->stale).
+void free_past_size(node* n) {
+  if (!n->table) return;
+  const unsigned from = first_slot_past(n->size);
+  forget_dirty_from(n, from);
+  std::set<unsigned> busy;
+  free_slots(n->ctx, n->table, from, &busy);
+  n->stale = std::move(busy);
+}
+
+int pm_truncate(sqlite3_file* f, sqlite3_int64 size) {
+  node* n = F(f)->n;
+  pool_ctx* c = n->ctx;
+  std::lock_guard g(n->mu);
+  const auto want = std::uint64_t(size);
+  if (want > MAX_FILE) return fail(SQLITE_FULL, "%s: truncate to %lld is past the largest file", c->path.c_str(), size);
+  dir_entry& e = c->dir->files[n->index];
+  if (want >= n->size) {
+    unstale_below(n, want);  // the new bytes are holes: zeros, never a kept page's old bytes
+    n->size = want;
+  } else {
+    flush_dirty(n);  // the bytes that stay are written back with the size's fence
+    n->size = want;
+  }
+  // The commit point: the new size is durable before any page goes.
+  e.size = n->size;
+  c->pool.flush(&e.size, sizeof e.size);
+  c->pool.drain();
+  n->media_size = n->size;
+  zero_tail(c, n->table, n->size);
+  free_past_size(n);
+  return SQLITE_OK;
+}
+
+int pm_sync(sqlite3_file* f, int) {
+  node* n = F(f)->n;
+  pool_ctx* c = n->ctx;
+  std::lock_guard g(n->mu);
+  flush_dirty(n);
+  dir_entry& e = c->dir->files[n->index];
+  if (n->media_size != n->size) {
+    e.size = n->size;
+    c->pool.flush(&e.size, sizeof e.size);
+    n->media_size = n->size;
+  }
+  c->pool.drain();  // the one fence of a commit's sync
+  if (!n->stale.empty() && n->fetch_out == 0) free_past_size(n);
+  return SQLITE_OK;
+}
+
+int pm_file_size(sqlite3_file* f, sqlite3_int64* size) {
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  *size = sqlite3_int64(n->size);
+  return SQLITE_OK;
+}
+
+// SQLite's five lock levels between connections of this process (as os_unix.c's inode locks).
+int pm_lock(sqlite3_file* f, int level) {
+  pm_file* pf = F(f);
+  node* n = pf->n;
+  std::lock_guard g(n->mu);
+  if (pf->lock >= level) return SQLITE_OK;
+  if (level == SQLITE_LOCK_SHARED) {
+    if ((n->exclusive && n->exclusive != pf) || (n->pending && n->pending != pf)) return SQLITE_BUSY;
+    ++n->nshared;
+    pf->lock = SQLITE_LOCK_SHARED;
+    return SQLITE_OK;
+  }
+  if (level == SQLITE_LOCK_RESERVED) {
+    if (n->reserved && n->reserved != pf) return SQLITE_BUSY;
+    n->reserved = pf;
+    pf->lock = SQLITE_LOCK_RESERVED;
+    return SQLITE_OK;
+  }
+  // PENDING or EXCLUSIVE: PENDING keeps new readers out while the existing ones finish.
+  if (n->pending && n->pending != pf) return SQLITE_BUSY;
+  if (n->reserved && n->reserved != pf) return SQLITE_BUSY;
+  n->pending = pf;
+  if (pf->lock < SQLITE_LOCK_PENDING) pf->lock = SQLITE_LOCK_PENDING;
+  if (level == SQLITE_LOCK_EXCLUSIVE) {
+    if (n->nshared > 1) return SQLITE_BUSY;  // other readers: stay PENDING
+    n->exclusive = pf;
+    pf->lock = SQLITE_LOCK_EXCLUSIVE;
+  }
+  return SQLITE_OK;
+}
+
+void unlock_locked(pm_file* pf, int level) {
+  node* n = pf->n;
+  if (pf->lock <= level) return;
+  if (level <= SQLITE_LOCK_SHARED) {
+    if (n->exclusive == pf) n->exclusive = nullptr;
+    if (n->pending == pf) n->pending = nullptr;
+    if (n->reserved == pf) n->reserved = nullptr;
+  }
+  if (level == SQLITE_LOCK_NONE && pf->lock >= SQLITE_LOCK_SHARED) --n->nshared;
+  pf->lock = level;
+}
+
+int pm_unlock(sqlite3_file* f, int level) {
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  unlock_locked(F(f), level);
+  return SQLITE_OK;
+}
+
+int pm_check_reserved(sqlite3_file* f, int* out) {
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  *out = n->reserved || n->pending || n->exclusive;
+  return SQLITE_OK;
+}
+
+int pm_file_control(sqlite3_file* f, int op, void* arg) {
+  if (op == SQLITE_FCNTL_VFSNAME) {
+    *static_cast<char**>(arg) = sqlite3_mprintf("%s", F(f)->n->ctx->vfs->opts.name.c_str());
+    return SQLITE_OK;
+  }
+  return SQLITE_NOTFOUND;
+}
+
+int pm_sector_size(sqlite3_file*) { return int(PAGE_SIZE); }
+// A write changes only the bytes it names, even across a power failure (the media is written in
+// 8-byte words, and nothing is written back that SQLite did not write): POWERSAFE_OVERWRITE.
+// Not SAFE_APPEND: the size and the appended bytes share one fence, so a crash may keep either.
+int pm_device_characteristics(sqlite3_file*) { return SQLITE_IOCAP_POWERSAFE_OVERWRITE; }
+
+// ---- WAL index (shared memory) -----------------------------------------------------------------
+
+int pm_shm_map(sqlite3_file* f, int region, int size, int extend, void volatile** pp) {
+  pm_file* pf = F(f);
+  node* n = pf->n;
+  std::lock_guard g(n->mu);
+  if (!pf->shm_mapped) {
+    pf->shm_mapped = true;
+    ++n->shm_refs;
+  }
+  *pp = nullptr;
+  if (std::size_t(region) >= n->shm.size()) {
+    if (!extend) return SQLITE_OK;
+    while (n->shm.size() <= std::size_t(region)) {
+      char* r = static_cast<char*>(sqlite3_malloc(size));
+      if (!r) return SQLITE_NOMEM;
+      std::memset(r, 0, std::size_t(size));
+      n->shm.push_back(r);
+    }
+  }
+  *pp = n->shm[std::size_t(region)];
+  return SQLITE_OK;
+}
+
+int pm_shm_lock(sqlite3_file* f, int ofst, int cnt, int flags) {
+  pm_file* pf = F(f);
+  node* n = pf->n;
+  std::lock_guard g(n->mu);
+  const auto mask = std::uint16_t(((1u << cnt) - 1) << ofst);
+  if (flags & SQLITE_SHM_UNLOCK) {
+    for (int i = ofst; i < ofst + cnt; ++i) {
+      if (pf->shm_excl & (1u << i)) n->shm_excl[i] = nullptr;
+      if (pf->shm_shared & (1u << i)) --n->shm_shared[i];
+    }
+    pf->shm_excl &= std::uint16_t(~mask);
+    pf->shm_shared &= std::uint16_t(~mask);
+    return SQLITE_OK;
+  }
+  if (flags & SQLITE_SHM_SHARED) {
+    if ((pf->shm_shared | pf->shm_excl) & mask) return SQLITE_OK;
+    if (n->shm_excl[ofst]) return SQLITE_BUSY;
+    ++n->shm_shared[ofst];
+    pf->shm_shared |= mask;
+    return SQLITE_OK;
+  }
+  for (int i = ofst; i < ofst + cnt; ++i) {
+    if (n->shm_excl[i] && n->shm_excl[i] != pf) return SQLITE_BUSY;
+    if (n->shm_shared[i] - ((pf->shm_shared >> i) & 1) > 0) return SQLITE_BUSY;
+  }
+  for (int i = ofst; i < ofst + cnt; ++i) {
+    if (pf->shm_shared & (1u << i)) --n->shm_shared[i];
+    n->shm_excl[i] = pf;
+  }
+  pf->shm_shared &= std::uint16_t(~mask);
+  pf->shm_excl |= mask;
+  return SQLITE_OK;
+}
+
+void pm_shm_barrier(sqlite3_file* f) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::lock_guard g(F(f)->n->mu);  // also orders with the other connections' shm calls
+}
+
+void shm_release_locked(pm_file* pf) {
+  node* n = pf->n;
+  for (int i = 0; i < SQLITE_SHM_NLOCK; ++i) {
+    if (pf->shm_excl & (1u << i)) n->shm_excl[i] = nullptr;
+    if (pf->shm_shared & (1u << i)) --n->shm_shared[i];
+  }
+  pf->shm_excl = pf->shm_shared = 0;
+  if (pf->shm_mapped) {
+    pf->shm_mapped = false;
+    if (--n->shm_refs == 0) {
+      for (char* r : n->shm) sqlite3_free(r);
+      n->shm.clear();
+    }
+  }
+}
+
+int pm_shm_unmap(sqlite3_file* f, int) {
+  std::lock_guard g(F(f)->n->mu);
+  shm_release_locked(F(f));
+  return SQLITE_OK;
+}
+
+// ---- memory-mapped reads -------------------------------------------------------------------------
+
+int pm_fetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  *pp = nullptr;
+  const auto pos = std::uint64_t(off);
+  if (pos + std::uint64_t(amt) > n->size || !n->table) return SQLITE_OK;
+  const chunk ck = chunk_at(pos);
+  if (pos + std::uint64_t(amt) > ck.base + ck.len) return SQLITE_OK;  // spans two pages: xRead
+  const pfn_t pfn = n->table[ck.idx];
+  if (!pfn) return SQLITE_OK;  // a hole
+  page* pg = pfn_to_page(pfn);
+  get_page(pg);  // pinned: a truncate cannot free it under the reader
+  ++n->fetch_out;
+  *pp = static_cast<char*>(page_address(pg)) + (pos - ck.base);
+  return SQLITE_OK;
+}
+
+int pm_unfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
+  if (!p) return SQLITE_OK;  // "the mapping may be stale": ours never is
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  put_page(virt_to_page(p));
+  --n->fetch_out;
+  (void)off;
+  return SQLITE_OK;
+}
+
+const sqlite3_io_methods pm_io_methods = {
+    3,
+    pm_close,
+    pm_read,
+    pm_write,
+    pm_truncate,
+    pm_sync,
+    pm_file_size,
+    pm_lock,
+    pm_unlock,
+    pm_check_reserved,
+    pm_file_control,
+    pm_sector_size,
+    pm_device_characteristics,
+    pm_shm_map,
+    pm_shm_lock,
+    pm_shm_barrier,
+    pm_shm_unmap,
+    pm_fetch,
+    pm_unfetch,
+};
+
+// ---- the VFS -----------------------------------------------------------------------------------
+
+/// Deletes a file of an open pool; called with vfs->mu and c->mu held. SQLITE_IOERR_DELETE_NOENT
+/// if it does not exist.
+int delete_entry(pool_ctx* c, const std::string& suffix) {
+  dir_entry* e = find_entry(c, suffix);
+  if (!e) return SQLITE_IOERR_DELETE_NOENT;
+  const unsigned index = unsigned(e - c->dir->files);
+  if (auto it = c->nodes.find(index); it != c->nodes.end()) {
+    // Open elsewhere (SQLite deletes a journal only when no handle is open, but be safe):
+    // delete when the last handle closes.
+    it->second->delete_on_close = true;
+    return SQLITE_OK;
+  }
+  e->state = F_DELETING;  // the commit point of DELETE journal mode
+  persist_entry(c, *e);
+  finish_delete(c, *e);
+  return SQLITE_OK;
+}
+
+int pm_close(sqlite3_file* f) {
+  pm_file* pf = F(f);
+  node* n = pf->n;
+  pool_ctx* c = n->ctx;
+  vfs_instance* v = c->vfs;
+  std::lock_guard gv(v->mu);
+  {
+    std::lock_guard gc(c->mu);
+    {
+      std::lock_guard g(n->mu);
+      unlock_locked(pf, SQLITE_LOCK_NONE);
+      shm_release_locked(pf);
+    }
+    if (--n->refs == 0) {
+      c->nodes.erase(n->index);
+      dir_entry& e = c->dir->files[n->index];
+      for (page* pg : n->dirty_small) ClearPageDirty(pg);
+      if (n->fetch_out == 0 && n->table) {
+        // Pages past the durable size were never synced: free them, as a reopen would.
+        n->size = std::max(n->size, n->media_size);
+        free_past_size(n);
+      }
+      const bool del = n->delete_on_close;
+      delete n;
+      if (del) {
+        e.state = F_DELETING;
+        persist_entry(c, e);
+        finish_delete(c, e);
+      }
+    }
+  }
+  --v->open_files;
+  pf->base.pMethods = nullptr;
+  release_pool(v, c);
+  return SQLITE_OK;
+}
+
+int create_entry(pool_ctx* c, const std::string& suffix, dir_entry** out) {
+  for (auto& e : c->dir->files) {
+    if (e.state != F_FREE) continue;
+    std::memset(&e, 0, sizeof e);
+    std::memcpy(e.suffix, suffix.data(), suffix.size());
+    c->pool.flush(&e, sizeof e);
+    c->pool.drain();  // the whole entry before the state that makes it live
+    e.state = F_LIVE;
+    persist_entry(c, e);
+    *out = &e;
+    return SQLITE_OK;
+  }
+  return fail(SQLITE_FULL, "%s: the pool's directory is full (%u files)", c->path.c_str(), NR_FILES);
+}
+
+int pm_open(sqlite3_vfs* vfs, sqlite3_filename zName, sqlite3_file* file, int flags, int* out_flags) {
+  vfs_instance* v = instance_of(vfs);
+  file->pMethods = nullptr;
+  const int kind = flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_WAL | SQLITE_OPEN_SUPER_JOURNAL);
+  if (!zName || !kind) return v->base->xOpen(v->base, zName, file, flags, out_flags);  // temporary files
+  t_error.clear();
+  std::lock_guard gv(v->mu);
+  pool_ctx* c = nullptr;
+  std::string suffix;
+  if (flags & SQLITE_OPEN_MAIN_DB) {
+    if (int rc = get_pool(v, zName, flags, &c); rc != SQLITE_OK) return rc;
+  } else {
+    c = pool_for_companion(v, zName, &suffix);
+    if (!c) return fail(SQLITE_CANTOPEN, "%s: no database of this VFS is open for this file", zName);
+  }
+  ++c->refs;
+  int rc = SQLITE_OK;
+  {
+    std::lock_guard gc(c->mu);
+    dir_entry* e = find_entry(c, suffix);
+    if (e && (flags & SQLITE_OPEN_EXCLUSIVE)) rc = fail(SQLITE_CANTOPEN, "%s exists", zName);
+    else if (!e && !(flags & SQLITE_OPEN_CREATE)) rc = fail(SQLITE_CANTOPEN, "%s does not exist in its pool", zName);
+    else if (!e) rc = create_entry(c, suffix, &e);
+    if (rc == SQLITE_OK) {
+      const auto index = unsigned(e - c->dir->files);
+      node*& n = c->nodes[index];
+      if (!n) {
+        n = new node;
+        n->ctx = c;
+        n->index = index;
+        n->size = n->media_size = e->size;
+        n->table = table_of(*e);
+      }
+      ++n->refs;
+      if (flags & SQLITE_OPEN_DELETEONCLOSE) n->delete_on_close = true;
+      auto* pf = F(file);
+      pf->n = n;
+      pf->lock = SQLITE_LOCK_NONE;
+      pf->shm_shared = pf->shm_excl = 0;
+      pf->shm_mapped = false;
+      pf->base.pMethods = &pm_io_methods;
+      ++v->open_files;
+      if (out_flags) *out_flags = flags;
+    }
+  }
+  if (rc != SQLITE_OK) release_pool(v, c);
+  return rc;
+}
+
+int pm_delete(sqlite3_vfs* vfs, const char* zName, int sync_dir) {
+  vfs_instance* v = instance_of(vfs);
+  {
+    std::lock_guard gv(v->mu);
+    std::string suffix;
+    if (pool_ctx* c = pool_for_companion(v, zName, &suffix)) {
+      std::lock_guard gc(c->mu);
+      return delete_entry(c, suffix);
+    }
+  }
+  return v->base->xDelete(v->base, zName, sync_dir);  // not a file of an open pool
+}
+
+int pm_access(sqlite3_vfs* vfs, const char* zName, int flags, int* out) {
+  vfs_instance* v = instance_of(vfs);
+  {
+    std::lock_guard gv(v->mu);
+    std::string suffix;
+    pool_ctx* c = pool_for_companion(v, zName, &suffix);
+    if (!c) {
+      auto it = v->pools.find(zName);
+      if (it != v->pools.end()) c = it->second;
+    }
+    if (c) {
+      std::lock_guard gc(c->mu);
+      *out = find_entry(c, suffix) != nullptr;
+      return SQLITE_OK;
+    }
+  }
+  return v->base->xAccess(v->base, zName, flags, out);
+}
+
+int pm_full_pathname(sqlite3_vfs* vfs, const char* zName, int n, char* out) {
+  vfs_instance* v = instance_of(vfs);
+  return v->base->xFullPathname(v->base, zName, n, out);
+}
+
+int pm_randomness(sqlite3_vfs* vfs, int n, char* out) {
+  vfs_instance* v = instance_of(vfs);
+  return v->base->xRandomness(v->base, n, out);
+}
+int pm_sleep(sqlite3_vfs* vfs, int us) {
+  vfs_instance* v = instance_of(vfs);
+  return v->base->xSleep(v->base, us);
+}
+int pm_current_time(sqlite3_vfs* vfs, double* t) {
+  vfs_instance* v = instance_of(vfs);
+  return v->base->xCurrentTime(v->base, t);
+}
+int pm_current_time64(sqlite3_vfs* vfs, sqlite3_int64* t) {
+  vfs_instance* v = instance_of(vfs);
+  return v->base->xCurrentTimeInt64(v->base, t);
+}
+int pm_last_error(sqlite3_vfs*, int n, char* out) {
+  if (n > 0) std::snprintf(out, std::size_t(n), "%s", t_error.c_str());
+  return 0;
+}
+
+std::mutex g_registry_mu;
+std::map<std::string, std::unique_ptr<vfs_instance>> g_registry;
+
+}  // namespace
+
+int register_vfs(const vfs_options& opts) {
+#ifndef SQLITE_CORE
+  if (!sqlite3_api) return SQLITE_MISUSE;  // the extension build is registered by its entry point
+#endif
+  std::lock_guard g(g_registry_mu);
+  if (g_registry.count(opts.name)) return SQLITE_OK;
+  auto v = std::make_unique<vfs_instance>();
+  v->opts = opts;
+  v->base = sqlite3_vfs_find(nullptr);
+  if (!v->base) return SQLITE_ERROR;
+  sqlite3_vfs& s = v->vfs;
+  s.iVersion = 2;
+  s.szOsFile = std::max<int>(int(sizeof(pm_file)), v->base->szOsFile);
+  s.mxPathname = v->base->mxPathname;
+  s.zName = v->opts.name.c_str();
+  s.pAppData = v.get();
+  s.xOpen = pm_open;
+  s.xDelete = pm_delete;
+  s.xAccess = pm_access;
+  s.xFullPathname = pm_full_pathname;
+  s.xRandomness = pm_randomness;
+  s.xSleep = pm_sleep;
+  s.xCurrentTime = pm_current_time;
+  s.xGetLastError = pm_last_error;
+  s.xCurrentTimeInt64 = pm_current_time64;
+  if (int rc = sqlite3_vfs_register(&s, opts.make_default ? 1 : 0); rc != SQLITE_OK) return rc;
+  g_registry.emplace(opts.name, std::move(v));
+  return SQLITE_OK;
+}
+
+int unregister_vfs(const std::string& name) {
+  std::lock_guard g(g_registry_mu);
+  auto it = g_registry.find(name);
+  if (it == g_registry.end()) return SQLITE_NOTFOUND;
+  {
+    std::lock_guard gv(it->second->mu);
+    if (it->second->open_files > 0) return SQLITE_BUSY;
+  }
+  sqlite3_vfs_unregister(&it->second->vfs);
+  g_registry.erase(it);
+  return SQLITE_OK;
+}
+
+}  // namespace pmpage::sqlite
+
+extern "C" {
+
+int pmpage_sqlite_register(int make_default) {
+  pmpage::sqlite::vfs_options o;
+  o.make_default = make_default != 0;
+  return pmpage::sqlite::register_vfs(o);
+}
+
+const char* pmpage_sqlite_errmsg(void) { return pmpage::sqlite::t_error.c_str(); }
+
+/// The loadable extension's entry point (`.load libpmpage_sqlite`): registers "pmpage" and stays
+/// loaded after the connection that loaded it closes (the VFS outlives connections).
+#ifdef _WIN32
+__declspec(dllexport)
+#endif
+int sqlite3_pmpagesqlite_init(sqlite3* db, char** err, const sqlite3_api_routines* api) {
+  SQLITE_EXTENSION_INIT2(api);
+  (void)db;
+  const int rc = pmpage_sqlite_register(0);
+  if (rc != SQLITE_OK) {
+    if (err) *err = sqlite3_mprintf("pmpage VFS: registration failed (%d)", rc);
+    return rc;
+  }
+  return SQLITE_OK_LOAD_PERMANENTLY;
+}
+
+}  // extern "C"
