@@ -8,7 +8,7 @@
 # with clwb/clflushopt + sfence (PMEM_IS_PMEM_FORCE=1), and removed afterwards. With
 # --device=/dev/daxX.Y the device is formatted (its data is lost).
 #
-# Output (in results/, or $PMPAGE_RESULTS): bench.json (Google Benchmark), summary.md (the table
+# Output (in results/, or $PMPAGE_RESULTS): bench.json and sqlite.json (Google Benchmark), summary.md (the table
 # printed at the end), latency.png, dram_vs_size.png, open_vs_size.png.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +24,7 @@ scripts/setup.sh
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPMPAGE_BUILD_TESTS=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
 fi
-cmake --build "$build" -j"$jobs" --target pmpage_bench
+cmake --build "$build" -j"$jobs" --target pmpage_bench pmpage_sqlite_bench
 
 # ---- run ---------------------------------------------------------------------------------------------
 # Emulated pools of an interrupted earlier run (their process is gone) would only waste RAM.
@@ -45,8 +45,14 @@ rc=0
   --benchmark_display_aggregates_only=true \
   --benchmark_enable_random_interleaving=true \
   "$@" || rc=$?
+# The SQLite workload (issue #9): the pmpage VFS against SQLite's unix VFS and in-memory database.
+"$build/bench/pmpage_sqlite_bench" \
+  --benchmark_out="$out/sqlite.json" --benchmark_out_format=json \
+  --benchmark_repetitions="${PMPAGE_SQLITE_REPETITIONS:-5}" \
+  --benchmark_display_aggregates_only=true \
+  --benchmark_enable_random_interleaving=true || rc=$?
 # A failed benchmark still leaves the others in the JSON: summarise what there is, then report.
-python3 scripts/bench_summary.py "$out/bench.json" "$out"
+python3 scripts/bench_summary.py "$out/bench.json" "$out" "$out/sqlite.json"
 gnuplot -e "dir='$out'" scripts/plot.gp
 echo "bench.sh: results in $out/ (summary.md, bench.json, latency.png, dram_vs_size.png, open_vs_size.png)"
 [ "$rc" -eq 0 ] || echo "bench.sh: pmpage_bench exited with status $rc (see the errors above)" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns pmpage_bench's Google Benchmark JSON into the summary table and the plot data.
 
-usage: bench_summary.py RESULTS_JSON OUT_DIR
+usage: bench_summary.py RESULTS_JSON OUT_DIR [SQLITE_JSON]
 
 Writes OUT_DIR/summary.md (the table of issue 4: measure, pmpage, baseline, ratio, target, met?;
 the scaling targets of issue 8: measure, ratio, target, baseline, met?; context rows and the
@@ -255,6 +255,65 @@ def scaling_targets(doc, runs):
     return rows, notes
 
 
+SQLITE_PHASES = ["bulk_insert", "autocommit_insert", "point_select", "range_scan", "update", "delete", "vacuum"]
+SQLITE_CONFIGS = ["pmpage", "pmpage_mmap", "unix", "unix_mmap", "memory"]
+
+
+def sqlite_section(path):
+    """The SQLite workload of issue 9 (pmpage_sqlite_bench): each phase's time per configuration
+    (the repetition with the lowest total, per configuration), ratios, targets, fences per commit."""
+    if not path or not os.path.exists(path):
+        return ["## SQLite workload (issue #9)", "", "Not run (no SQLite results)."]
+    _, runs = load(path)
+    best = {}
+    for c in SQLITE_CONFIGS:
+        b = pick(runs, f"sqlite/{c}/iterations:3") or pick(runs, f"sqlite/{c}")
+        if b is None:
+            for name in runs:
+                if name.startswith(f"sqlite/{c}/") or name == f"sqlite/{c}":
+                    b = pick(runs, name)
+        best[c] = b
+    failed = [c for c, b in best.items() if not b or b.get("error")]
+    if failed:
+        return ["## SQLite workload (issue #9)", "",
+                "Failed or missing: " + ", ".join(f"{c} ({(best[c] or {}).get('error', 'missing')})" for c in failed)]
+
+    def ms(c, phase):
+        return best[c].get(f"{phase}_ms", NAN)
+
+    def total(c):
+        return sum(ms(c, ph) for ph in SQLITE_PHASES)
+
+    out = ["## SQLite workload (issue #9)", "",
+           "One process, the configurations interleaved; milliseconds per phase (the repetition with the lowest total). "
+           "journal_mode=DELETE, synchronous=FULL everywhere; `unix` is SQLite's unix VFS on a /dev/shm file, `memory` "
+           "its in-memory database (no durability). Ratios > 1 mean pmpage is faster.", "",
+           "| phase | " + " | ".join(SQLITE_CONFIGS) + " | unix / pmpage | unix_mmap / pmpage_mmap | pmpage / memory |",
+           "|---|" + "---|" * (len(SQLITE_CONFIGS) + 3)]
+    for ph in SQLITE_PHASES + ["total"]:
+        vals = {c: (total(c) if ph == "total" else ms(c, ph)) for c in SQLITE_CONFIGS}
+        label = f"**{ph}**" if ph == "total" else ph.replace("_", " ")
+        out.append("| " + label + " | " + " | ".join(f"{vals[c]:.1f}" for c in SQLITE_CONFIGS) + " | "
+                   + f"{fmt_x(vals['unix'] / vals['pmpage'])} | {fmt_x(vals['unix_mmap'] / vals['pmpage_mmap'])} | "
+                   + f"{fmt_x(vals['pmpage'] / vals['memory'])} |")
+    rows = []
+    for v, u in (("pmpage", "unix"), ("pmpage_mmap", "unix_mmap")):
+        q = total(u) / total(v)
+        rows.append((f"total, {v} vs {u}", f"{fmt_x(q)} faster", "≥ 1.8× faster", met_cell(cmp_ge(q, 1.8))))
+        q = ms(u, "autocommit_insert") / ms(v, "autocommit_insert")
+        rows.append((f"autocommit inserts, {v} vs {u}", f"{fmt_x(q)} faster", "≥ 3× faster", met_cell(cmp_ge(q, 3.0))))
+    for v in ("pmpage", "pmpage_mmap"):
+        q = total(v) / total("memory")
+        rows.append((f"total, {v} vs the in-memory database", f"{fmt_x(q)} its time", "≤ 1.15×",
+                     met_cell(cmp_le(q, 1.15))))
+    fpc = best["pmpage"].get("fences_per_commit", NAN)
+    out += ["", "| target | measured | target | met? |", "|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", f"Fences per autocommit insert on the pmpage VFS (DELETE journal: create, write, sync, delete): "
+                f"{fpc:.1f} (counted by a counting persistence backend)."]
+    return out
+
+
 def machine(doc):
     ctx = doc.get("context", {})
     model = "unknown CPU"
@@ -498,6 +557,7 @@ def main():
         "",
         ctx.markdown(("measure", "pmpage", "compared with", "ratio", "note")),
     ]
+    lines += [""] + sqlite_section(sys.argv[3] if len(sys.argv) > 3 else None)
     if errors:
         lines += ["", "## Benchmarks that failed", ""] + [f"- `{n}`: {pick(runs, n)['error']}" for n in errors]
     text = "\n".join(lines) + "\n"
