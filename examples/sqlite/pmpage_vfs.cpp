@@ -1,11 +1,15 @@
 // pmpage_vfs.cpp — the SQLite VFS "pmpage": database files kept in pool pages.
 //
 // On the media (docs/sqlite.md has the picture):
-//   root area (4 KiB)  = directory: a header line + 63 file entries of one cache line each
-//                        {state, size, table slot, suffix}; the suffix names the file relative to
-//                        the pool's path: "" the database, "-journal", "-wal", "-mjXXXXXXXX".
-//   entry.table        = the slot owning the file's page table, an order-2 page (2048 pfn slots).
-//   table[0..255]      = slots owning 4 KiB pages: file bytes [0, 1 MiB);
+//   root area (8 KiB)  = directory: a header line + 63 file entries of two cache lines each
+//                        {state, size, table slot, 8 direct slots, suffix}; the suffix names the
+//                        file relative to the pool's path: "" the database, "-journal", "-wal",
+//                        "-mjXXXXXXXX" (a super-journal).
+//   entry.direct[0..7] = slots owning 4 KiB pages: file bytes [0, 32 KiB) (a small journal needs
+//                        no page table: two fences fewer to create, two to delete — ext2's direct
+//                        blocks, for the same reason);
+//   entry.table        = the slot owning the file's page table, an order-2 page (2048 pfn slots);
+//   table[8..255]      = slots owning 4 KiB pages: file bytes [32 KiB, 1 MiB);
 //   table[256..2047]   = slots owning order-9 (2 MiB) pages: bytes [1 MiB, 3585 MiB).
 // Every page is published with alloc_pages_to and released with free_pages_from, so a crash never
 // leaks a page nor leaves a slot naming a free one (the library's contract, not this file's).
@@ -59,6 +63,7 @@ constexpr std::uint64_t DIR_VERSION = 1;
 constexpr unsigned NR_FILES = 63;
 constexpr std::size_t SUFFIX_MAX = 32;  // bytes, with the NUL
 
+constexpr unsigned NR_DIRECT = 8;
 constexpr unsigned TABLE_ORDER = 2;
 constexpr unsigned NR_SLOTS = (PAGE_SIZE << TABLE_ORDER) / sizeof(pfn_t);  // 2048
 constexpr unsigned NR_SMALL = 256;
@@ -67,6 +72,9 @@ constexpr unsigned HUGE_ORDER = 9;
 constexpr std::uint64_t HUGE_BYTES = PAGE_SIZE << HUGE_ORDER;  // 2 MiB
 constexpr std::uint64_t MAX_FILE = SMALL_BYTES + (NR_SLOTS - NR_SMALL) * HUGE_BYTES;
 constexpr unsigned BLOCKS_PER_HUGE = HUGE_BYTES / PAGE_SIZE;
+// A write that needs a new 4 KiB page takes up to this many (the next empty slots too) in one
+// bulk call: a journal grows sequentially, and the bulk call costs the fences of one page.
+constexpr unsigned SMALL_BATCH = 4;
 
 enum : std::uint64_t { F_FREE = 0, F_LIVE = 1, F_DELETING = 2 };
 
@@ -75,6 +83,7 @@ struct alignas(64) dir_entry {
   std::uint64_t size;   // bytes, as of the last xSync / xTruncate
   pfn_t table;          // slot owning the page table (0 = no page yet)
   std::uint64_t reserved;
+  pfn_t direct[NR_DIRECT];  // slots owning the 4 KiB pages of bytes [0, 32 KiB)
   char suffix[SUFFIX_MAX];
 };
 struct alignas(64) dir_header {
@@ -87,7 +96,8 @@ struct directory {
   dir_header hdr;
   dir_entry files[NR_FILES];
 };
-static_assert(sizeof(dir_entry) == 64 && sizeof(directory) == 4096);
+static_assert(sizeof(dir_entry) == 128 && sizeof(directory) <= 8192);
+constexpr std::size_t ROOT_SIZE = 8192;
 
 /// Where file byte `off` lives: slot `idx` of the table, a page of `order` covering [base, base+len).
 struct chunk {
@@ -134,7 +144,14 @@ struct node {
   int refs = 0;
   std::uint64_t size = 0;        // logical size (xFileSize)
   std::uint64_t media_size = 0;  // what entry.size says
+  dir_entry* e = nullptr;        // its directory entry
   pfn_t* table = nullptr;        // the page table in the mapping, once allocated
+  /// The slot owning the page of chunk idx; nullptr when it lies in a table not allocated yet.
+  pfn_t* slot(unsigned idx) const { return idx < NR_DIRECT ? &e->direct[idx] : table ? &table[idx] : nullptr; }
+  pfn_t pfn_at(unsigned idx) const {
+    const pfn_t* s = slot(idx);
+    return s ? *s : 0;
+  }
   std::vector<page*> dirty_small;             // 4 KiB pages with PG_dirty set
   std::vector<std::uint32_t> dirty_blocks;    // 4 KiB blocks of 2 MiB pages (index past SMALL_BYTES)
   std::vector<std::uint64_t> dirty_bits;      // one bit per such block
@@ -197,15 +214,29 @@ dir_entry* find_entry(pool_ctx* c, const std::string& suffix, bool live_only = t
   return nullptr;
 }
 
-/// Frees the pages of table slots [from, NR_SLOTS) that hold one. Slots whose page a reader still
-/// pins (-EBUSY) are returned in `busy`. Returns false if the pool refused a free (misuse: a bug).
-bool free_slots(pool_ctx* c, pfn_t* table, unsigned from, std::set<unsigned>* busy) {
-  bool ok = true;
+/// Frees the pages of a file's chunks [from, NR_SLOTS) (direct slots, then the table's), in bulk
+/// calls (2 fences per 16 pages). Chunks whose page a reader still pins (-EBUSY) are left and
+/// returned in `busy`. Returns false if the pool refused a free as misuse (a bug: reported).
+bool free_slots(pool_ctx* c, dir_entry& e, pfn_t* table, unsigned from, std::set<unsigned>* busy) {
+  std::vector<pfn_t*> slots;
+  std::vector<unsigned> idx;
   for (unsigned i = from; i < NR_SLOTS; ++i) {
-    if (!table[i]) continue;
-    const int rc = c->pool.free_pages_from(&table[i]);
-    if (rc == -EBUSY && busy) busy->insert(i);
-    else if (rc != 0) ok = false;
+    pfn_t* s = i < NR_DIRECT ? &e.direct[i] : table ? &table[i] : nullptr;
+    if (s && *s) {
+      slots.push_back(s);
+      idx.push_back(i);
+    }
+  }
+  if (slots.empty()) return true;
+  const int rc = c->pool.free_pages_bulk_from(slots);
+  if (rc == 0) return true;
+  if (rc != -EBUSY) return false;
+  // Some page is pinned: one at a time, keeping the pinned ones.
+  bool ok = true;
+  for (std::size_t k = 0; k < slots.size(); ++k) {
+    const int r = c->pool.free_pages_from(slots[k]);
+    if (r == -EBUSY && busy) busy->insert(idx[k]);
+    else if (r != 0 && r != -EBUSY) ok = false;
   }
   return ok;
 }
@@ -214,16 +245,15 @@ pfn_t* table_of(const dir_entry& e) {
   return e.table ? static_cast<pfn_t*>(page_address(pfn_to_page(e.table))) : nullptr;
 }
 
-/// Finishes a delete whose DELETING state is durable: pages, table, entry.
+/// Finishes a delete whose DELETING state is durable: pages, table, entry. The entry's last
+/// store needs no ordering of its own: a FREE entry's other words are never read (create rewrites
+/// them all), so state FREE and the cleared words share one fence.
 void finish_delete(pool_ctx* c, dir_entry& e) {
-  if (pfn_t* t = table_of(e)) {
-    free_slots(c, t, 0, nullptr);
-    c->pool.free_pages_from(&e.table);
-  }
+  pfn_t* t = table_of(e);
+  free_slots(c, e, t, 0, nullptr);
+  if (t) c->pool.free_pages_from(&e.table);
   e.size = 0;
   std::memset(e.suffix, 0, sizeof e.suffix);
-  c->pool.flush(&e, sizeof e);
-  c->pool.drain();
   e.state = F_FREE;
   persist_entry(c, e);
 }
@@ -236,11 +266,12 @@ unsigned first_slot_past(std::uint64_t size) {
 }
 
 /// Zeroes [size, end of its page) so that a later extension reads zeros there (POSIX semantics).
-void zero_tail(pool_ctx* c, pfn_t* table, std::uint64_t size) {
-  if (!table || size == 0 || size >= MAX_FILE) return;
+void zero_tail(pool_ctx* c, dir_entry& e, pfn_t* table, std::uint64_t size) {
+  if (size == 0 || size >= MAX_FILE) return;
   const chunk ck = chunk_at(size);
-  if (ck.base == size || !table[ck.idx]) return;
-  char* a = static_cast<char*>(page_address(pfn_to_page(table[ck.idx])));
+  const pfn_t pfn = ck.idx < NR_DIRECT ? e.direct[ck.idx] : table ? table[ck.idx] : 0;
+  if (ck.base == size || !pfn) return;
+  char* a = static_cast<char*>(page_address(pfn_to_page(pfn)));
   std::memset(a + (size - ck.base), 0, ck.len - (size - ck.base));
   c->pool.flush(a + (size - ck.base), ck.len - (size - ck.base));
 }
@@ -248,7 +279,7 @@ void zero_tail(pool_ctx* c, pfn_t* table, std::uint64_t size) {
 /// Opening a pool: format an empty directory, finish interrupted deletes, drop pages past each
 /// file's durable size (writes a crash cut off before their xSync).
 int mount(pool_ctx* c) {
-  if (c->pool.root_size() < sizeof(directory))
+  if (c->pool.root_size() < ROOT_SIZE)
     return fail(SQLITE_CANTOPEN, "%s: the pool's root area (%zu bytes) is too small for a directory", c->path.c_str(),
                 c->pool.root_size());
   c->dir = static_cast<directory*>(c->pool.root());
@@ -274,10 +305,9 @@ int mount(pool_ctx* c) {
     } else if (e.state == F_LIVE) {
       if (e.size > MAX_FILE) return fail(SQLITE_CORRUPT, "%s%s: size %llu is past the largest file", c->path.c_str(),
                                          e.suffix, (unsigned long long)e.size);
-      if (pfn_t* t = table_of(e)) {
-        free_slots(c, t, first_slot_past(e.size), nullptr);
-        zero_tail(c, t, e.size);
-      }
+      pfn_t* t = table_of(e);
+      free_slots(c, e, t, first_slot_past(e.size), nullptr);
+      zero_tail(c, e, t, e.size);
     } else if (e.state != F_FREE) {
       return fail(SQLITE_CORRUPT, "%s: directory entry %td has state %llu", c->path.c_str(), &e - d->files,
                   (unsigned long long)e.state);
@@ -339,6 +369,7 @@ int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out) {
       if (!ok || o.size == 0) return fail(SQLITE_CANTOPEN, "%s: pool_size=%s is not a size (bytes, or K/M/G/T)", zName, s);
     }
     o.backend = v->opts.backend;
+    o.root_size = ROOT_SIZE;
     try {
       c->pool = pool::create(path, o);
     } catch (const pmpage::error& e2) {
@@ -421,7 +452,7 @@ void flush_dirty(node* n) {
 void forget_dirty_from(node* n, unsigned from) {
   std::erase_if(n->dirty_small, [&](page* pg) {
     for (unsigned i = from; i < NR_SMALL; ++i)
-      if (n->table[i] && pfn_to_page(n->table[i]) == pg) {
+      if (const pfn_t pfn = n->pfn_at(i); pfn && pfn_to_page(pfn) == pg) {
         ClearPageDirty(pg);
         return true;
       }
@@ -446,7 +477,7 @@ int pm_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
   while (pos < avail_end) {
     const chunk ck = chunk_at(pos);
     const std::uint64_t k = std::min(avail_end, ck.base + ck.len) - pos;
-    const pfn_t pfn = n->table ? n->table[ck.idx] : 0;
+    const pfn_t pfn = n->pfn_at(ck.idx);
     if (pfn) std::memcpy(out, static_cast<char*>(page_address(pfn_to_page(pfn))) + (pos - ck.base), k);
     else std::memset(out, 0, k);  // a hole
     out += k;
@@ -470,7 +501,7 @@ void unstale_below(node* n, std::uint64_t new_size) {
       ++it;
       continue;
     }
-    page* pg = pfn_to_page(n->table[i]);
+    page* pg = pfn_to_page(n->pfn_at(i));
     std::memset(page_address(pg), 0, ck.len);
     mark_dirty(n, ck, pg, 0, ck.len);
     it = n->stale.erase(it);
@@ -480,8 +511,7 @@ void unstale_below(node* n, std::uint64_t new_size) {
 int ensure_table(node* n) {
   if (n->table) return SQLITE_OK;
   pool_ctx* c = n->ctx;
-  dir_entry& e = c->dir->files[n->index];
-  page* t = c->pool.alloc_pages_to(TABLE_ORDER, &e.table, GFP_ZERO);
+  page* t = c->pool.alloc_pages_to(TABLE_ORDER, &n->e->table, GFP_ZERO);
   if (!t) return fail(SQLITE_FULL, "%s: the pool is full (no 16 KiB page for a file's page table)", c->path.c_str());
   n->table = static_cast<pfn_t*>(page_address(t));
   return SQLITE_OK;
@@ -496,17 +526,32 @@ int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   if (end > MAX_FILE)
     return fail(SQLITE_FULL, "%s: a file of the pmpage VFS holds at most %llu bytes", c->path.c_str(),
                 (unsigned long long)MAX_FILE);
-  if (int rc = ensure_table(n); rc != SQLITE_OK) return rc;
+  if (end > NR_DIRECT * PAGE_SIZE)
+    if (int rc = ensure_table(n); rc != SQLITE_OK) return rc;
   if (!n->stale.empty()) unstale_below(n, end);
   const char* in = static_cast<const char*>(buf);
   while (pos < end) {
     const chunk ck = chunk_at(pos);
     const std::uint64_t k = std::min(end, ck.base + ck.len) - pos;
-    pfn_t& slot = n->table[ck.idx];
+    pfn_t& slot = *n->slot(ck.idx);
     page* pg;
     if (!slot) {
       const bool whole = pos == ck.base && k == ck.len;
-      pg = c->pool.alloc_pages_to(ck.order, &slot, whole ? GFP_DEFAULT : GFP_ZERO);
+      pg = nullptr;
+      if (ck.order == 0) {
+        // This page and the next empty ones, in one bulk call (zeroed: the later ones will be
+        // written in part). Pages past the size when the file closes go back then.
+        pfn_t* batch[SMALL_BATCH];
+        unsigned nb = 0;
+        for (unsigned i = ck.idx; i < NR_SMALL && nb < SMALL_BATCH; ++i) {
+          pfn_t* s = n->slot(i);
+          if (!s || *s) break;
+          batch[nb++] = s;
+        }
+        if (c->pool.alloc_pages_bulk_to(0, std::span<pfn_t* const>(batch, nb), GFP_ZERO) > 0) pg = pfn_to_page(slot);
+      } else {
+        pg = c->pool.alloc_pages_to(ck.order, &slot, whole ? GFP_DEFAULT : GFP_ZERO);
+      }
       if (!pg)
         return fail(SQLITE_FULL, "%s: the pool is full (no %s page for file bytes at %llu)", c->path.c_str(),
                     ck.order ? "2 MiB" : "4 KiB", (unsigned long long)pos);
@@ -524,11 +569,10 @@ int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
 
 /// Frees the pages wholly past n->size (readers' pins stay: those slots go to n->stale).
 void free_past_size(node* n) {
-  if (!n->table) return;
   const unsigned from = first_slot_past(n->size);
   forget_dirty_from(n, from);
   std::set<unsigned> busy;
-  free_slots(n->ctx, n->table, from, &busy);
+  free_slots(n->ctx, *n->e, n->table, from, &busy);
   n->stale = std::move(busy);
 }
 
@@ -551,7 +595,7 @@ int pm_truncate(sqlite3_file* f, sqlite3_int64 size) {
   c->pool.flush(&e.size, sizeof e.size);
   c->pool.drain();
   n->media_size = n->size;
-  zero_tail(c, n->table, n->size);
+  zero_tail(c, *n->e, n->table, n->size);
   free_past_size(n);
   return SQLITE_OK;
 }
@@ -742,10 +786,10 @@ int pm_fetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
   std::lock_guard g(n->mu);
   *pp = nullptr;
   const auto pos = std::uint64_t(off);
-  if (pos + std::uint64_t(amt) > n->size || !n->table) return SQLITE_OK;
+  if (pos + std::uint64_t(amt) > n->size) return SQLITE_OK;
   const chunk ck = chunk_at(pos);
   if (pos + std::uint64_t(amt) > ck.base + ck.len) return SQLITE_OK;  // spans two pages: xRead
-  const pfn_t pfn = n->table[ck.idx];
+  const pfn_t pfn = n->pfn_at(ck.idx);
   if (!pfn) return SQLITE_OK;  // a hole
   page* pg = pfn_to_page(pfn);
   get_page(pg);  // pinned: a truncate cannot free it under the reader
@@ -823,7 +867,7 @@ int pm_close(sqlite3_file* f) {
       c->nodes.erase(n->index);
       dir_entry& e = c->dir->files[n->index];
       for (page* pg : n->dirty_small) ClearPageDirty(pg);
-      if (n->fetch_out == 0 && n->table) {
+      if (n->fetch_out == 0) {
         // Pages past the durable size were never synced: free them, as a reopen would.
         n->size = std::max(n->size, n->media_size);
         free_past_size(n);
@@ -889,6 +933,7 @@ int pm_open(sqlite3_vfs* vfs, sqlite3_filename zName, sqlite3_file* file, int fl
         n->ctx = c;
         n->index = index;
         n->size = n->media_size = e->size;
+        n->e = e;
         n->table = table_of(*e);
       }
       ++n->refs;
