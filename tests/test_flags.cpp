@@ -160,7 +160,6 @@ TEST_F(Flags, TestSetPageDirtyReturnsTheOldBit) {
   EXPECT_TRUE(pmpage::PageDirty(p));
   EXPECT_TRUE(pmpage::TestClearPageDirty(p));
   EXPECT_FALSE(pmpage::TestSetPageDirty(p));
-  EXPECT_FALSE(pmpage::TestSetPageDirty(nullptr));  // not a page of any pool
 }
 
 TEST_F(Flags, TestSetPageDirtyOnATailActsOnTheHead) {

@@ -319,7 +319,8 @@ inline void ClearPageDirty(page* p) noexcept { detail::test_clear_flag(p, PG_dir
 inline bool TestClearPageDirty(page* p) noexcept { return detail::test_clear_flag(p, PG_dirty); }
 /// Sets PG_dirty on the compound head and returns whether it was already set, atomically: of
 /// threads racing to dirty one page exactly one gets false, so exactly one puts it on a dirty
-/// list. false for a pointer outside any open pool. Thread-safe. Kernel: TestSetPageDirty.
+/// list. Misuse (reported, returns false): p is not a descriptor of an open pool. Thread-safe.
+/// Volatile like every flag (not kept across close). Kernel: TestSetPageDirty.
 inline bool TestSetPageDirty(page* p) noexcept { return detail::test_set_flag(p, PG_dirty); }
 inline bool PageUptodate(page* p) noexcept { return detail::test_flag(p, PG_uptodate); }
 inline void SetPageUptodate(page* p) noexcept { detail::set_flag(p, PG_uptodate); }
