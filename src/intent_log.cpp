@@ -22,23 +22,28 @@ void intent_log::init(lane* lanes, persistence* pers) {
 }
 
 unsigned intent_log::acquire() noexcept {
-  const unsigned start = unsigned(std::hash<std::thread::id>{}(std::this_thread::get_id()) % NR_LANES);
   for (;;) {
-    for (unsigned k = 0; k < NR_LANES; ++k) {
-      const unsigned i = (start + k) % NR_LANES;
-      bool expected = false;
-      if (!mirrors_[i].busy.load(std::memory_order_relaxed) &&
-          mirrors_[i].busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
-        // Only the lane's holder retires into it, so once a fence has made its last retirement
-        // durable (pending_seq 0) nobody can set it again while we hold the lane: the bit can go.
-        const std::uint64_t bit = std::uint64_t{1} << i;
-        if ((pending_.load(std::memory_order_relaxed) & bit) && mirrors_[i].pending_seq.load(std::memory_order_seq_cst) == 0)
-          pending_.fetch_and(~bit, std::memory_order_seq_cst);
-        return i;
-      }
-    }
+    if (const unsigned i = try_acquire(); i < NR_LANES) return i;
     std::this_thread::yield();
   }
+}
+
+unsigned intent_log::try_acquire() noexcept {
+  const unsigned start = unsigned(std::hash<std::thread::id>{}(std::this_thread::get_id()) % NR_LANES);
+  for (unsigned k = 0; k < NR_LANES; ++k) {
+    const unsigned i = (start + k) % NR_LANES;
+    bool expected = false;
+    if (!mirrors_[i].busy.load(std::memory_order_relaxed) &&
+        mirrors_[i].busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+      // Only the lane's holder retires into it, so once a fence has made its last retirement
+      // durable (pending_seq 0) nobody can set it again while we hold the lane: the bit can go.
+      const std::uint64_t bit = std::uint64_t{1} << i;
+      if ((pending_.load(std::memory_order_relaxed) & bit) && mirrors_[i].pending_seq.load(std::memory_order_seq_cst) == 0)
+        pending_.fetch_and(~bit, std::memory_order_seq_cst);
+      return i;
+    }
+  }
+  return NR_LANES;
 }
 
 void intent_log::release(unsigned i) noexcept { mirrors_[i].busy.store(false, std::memory_order_release); }

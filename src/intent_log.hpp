@@ -35,6 +35,10 @@ class intent_log {
   void init(lane* lanes, persistence* pers);
   /// Takes a lane for one operation (yields while all are busy).
   unsigned acquire() noexcept;
+  /// Takes a free lane if there is one (never waits); NR_LANES if all are busy. The bulk slot
+  /// calls take their first lane with acquire() and the rest of a batch with this: a thread
+  /// waits for a lane only while it holds none, so callers holding several cannot deadlock.
+  unsigned try_acquire() noexcept;
   void release(unsigned i) noexcept;
   /// Writes and flushes an intent into held lane i (not fenced).
   void write(unsigned i, intent_kind kind, unsigned order, std::uint64_t slot_offset, std::uint64_t pfn,

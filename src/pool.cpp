@@ -19,6 +19,9 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <new>
 
 #include "misuse.hpp"
 #include "pool_impl.hpp"
@@ -447,6 +450,293 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   return 0;
 }
 
+// ---- bulk slot calls -----------------------------------------------------------------------------------
+// alloc_pages_bulk_to / free_pages_bulk_from are alloc_pages_to / free_pages_from for many slots
+// at once, sharing the two fences: a batch takes one intent lane per slot (the same alloc_to /
+// free_from intents, so recovery replays each slot on its own and a crash leaves every slot
+// before or after, independently), writes all the intents, fences, does all the slots' stores,
+// fences, retires them. A batch holds at most BULK_LANES lanes: the first is waited for with
+// acquire(), the rest taken only if free (try_acquire), so a thread waits for a lane only while
+// it holds none (no deadlock between bulk callers) and single calls always find lanes left.
+// A run intent (one lane for many slots) would need the slots' list on the media; the slots are
+// the engine's own words anywhere in the pool, so one lane per slot reuses what recovery has.
+
+namespace {
+/// A slot listed twice, or nullptr. Sorted copy for long lists (pairwise when that cannot be had).
+pfn_t* first_duplicate(std::span<pfn_t* const> slots) noexcept {
+  const std::size_t n = slots.size();
+  if (n > 32) {
+    std::unique_ptr<pfn_t*[]> sorted(new (std::nothrow) pfn_t*[n]);
+    if (sorted) {
+      std::copy(slots.begin(), slots.end(), sorted.get());
+      std::sort(sorted.get(), sorted.get() + n, std::less<pfn_t*>());
+      pfn_t** it = std::adjacent_find(sorted.get(), sorted.get() + n);
+      return it == sorted.get() + n ? nullptr : *it;
+    }
+  }
+  for (std::size_t i = 1; i < n; ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (slots[i] == slots[j]) return slots[i];
+  return nullptr;
+}
+}  // namespace
+
+unsigned pool_impl::acquire_lanes(unsigned* lanes, std::size_t want) noexcept {
+  unsigned n = 0;
+  lanes[n++] = intents_.acquire();
+  while (n < want && n < BULK_LANES) {
+    const unsigned l = intents_.try_acquire();
+    if (l == NR_LANES) break;
+    lanes[n++] = l;
+  }
+  return n;
+}
+
+std::size_t pool_impl::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept {
+  const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
+  if (order > MAX_PAGE_ORDER) {
+    report_misuse("alloc_pages_bulk_to: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
+    return 0;
+  }
+  if (!check_gfp("alloc_pages_bulk_to", gfp) || forked("alloc_pages_bulk_to")) return 0;
+  // Every slot is checked before anything changes: a misused list is refused whole.
+  for (std::size_t i = 0; i < dests.size(); ++i) {
+    pfn_t* dest = dests[i];
+    std::uint64_t slot;
+    if (!dest_offset(dest, slot)) {
+      report_misuse("alloc_pages_bulk_to: dests[%zu] (%p) is not an 8-byte aligned word of pool %s's root or data "
+                    "area; nothing was allocated", i, static_cast<void*>(dest), path().c_str());
+      return 0;
+    }
+    if (slots_in_free_page(slot, 1)) {
+      report_misuse("alloc_pages_bulk_to: dests[%zu] (%p) lies in a free page of pool %s; nothing was allocated", i,
+                    static_cast<void*>(dest), path().c_str());
+      return 0;
+    }
+    if (const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed); old != 0) {
+      report_misuse("alloc_pages_bulk_to: dests[%zu] (%p) already holds pfn %#llx; overwriting it would leak that "
+                    "page; nothing was allocated", i, static_cast<void*>(dest), (unsigned long long)old);
+      return 0;
+    }
+  }
+  if (pfn_t* dup = first_duplicate(dests)) {
+    report_misuse("alloc_pages_bulk_to: slot %p is listed twice; nothing was allocated", static_cast<void*>(dup));
+    return 0;
+  }
+  std::size_t done = 0;
+  while (done < dests.size()) {
+    bool stop = false;
+    done += alloc_to_batch(order, dests.subspan(done), gfp, stop);
+    if (stop) break;
+  }
+  return done;
+}
+
+std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp, bool& stop) noexcept {
+  // Lanes first, then pages: a batch never reserves a page it has no lane for.
+  unsigned lanes[BULK_LANES];
+  const unsigned nr_lanes = acquire_lanes(lanes, dests.size());
+  alloc_plan plan;
+  page* pages[BULK_LANES];
+  unsigned n = 0;
+  while (n < nr_lanes) {
+    page* p = reserve("alloc_pages_bulk_to", order, plan, /*apply=*/false);
+    if (!p) break;
+    pages[n++] = p;
+  }
+  // Short for lack of room in the plan (MAX_FRESH fresh regions): the next batch goes on.
+  // Short for lack of room in the pool: the call ends with what it has.
+  if (n < nr_lanes && (!plan.fresh_full || n == 0)) stop = true;
+  for (unsigned i = n; i < nr_lanes; ++i) intents_.release(lanes[i]);
+  if (n == 0) return 0;
+  std::uint64_t slots[BULK_LANES];
+  page* holders[BULK_LANES];
+  for (unsigned i = 0; i < n; ++i) {
+    dest_offset(dests[i], slots[i]);  // checked by our caller
+    const std::uint64_t index = std::uint64_t(pages[i] - vmemmap_);
+    holders[i] = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : pages[i];
+    holders[i]->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);  // nobody else holds it yet
+    if (gfp & GFP_ZERO) zero_pages(pages[i], order);
+    intents_.write(lanes[i], intent_kind::alloc_to, order, slots[i], pfn_of_index(index));
+  }
+  // 1: every intent is durable before any word of its allocation can be (alloc_pages_to).
+  fence();
+  // Claim the slots in list order; the first one a concurrent call filled since our check ends
+  // the call there, so the slots filled are always a prefix of the list (the pages reserved
+  // for it and the slots after it are undone, as alloc_pages_to's abandon does).
+  unsigned published = 0;
+  pfn_t lost_to = 0;
+  for (; published < n; ++published) {
+    pfn_t expected = 0;
+    const pfn_t pfn = pfn_of_index(std::uint64_t(pages[published] - vmemmap_));
+    if (!std::atomic_ref<pfn_t>(*dests[published]).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
+      lost_to = expected;
+      break;
+    }
+  }
+  for (unsigned i = 0; i < n; ++i) {
+    if (i < published) {
+      apply_alloc(pages[i], order, slots[i]);
+      pers_->flush(dests[i], sizeof(pfn_t));
+    } else {  // an ordinary allocation whose intent recovery undoes (the slot does not name it)
+      holders[i]->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
+      apply_alloc(pages[i], order, 0);
+    }
+  }
+  write_fresh_split_words(plan);
+  fence();  // 2: allocated, owned, and each claimed slot names its page
+  for (unsigned i = 0; i < n; ++i) retire_intent(lanes[i]);
+  publish_fresh(plan);
+  if (published < n) {
+    // Retired before the pages can be handed out again: the free's fence makes that durable.
+    for (unsigned i = published; i < n; ++i)
+      if (holders[i]->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(holders[i]);
+    report_misuse("alloc_pages_bulk_to: slot %p was filled (pfn %#llx) by a concurrent call; the slots before it "
+                  "were filled, it and the rest were not", static_cast<void*>(dests[published]),
+                  (unsigned long long)lost_to);
+    stop = true;
+  }
+  return published;
+}
+
+int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
+  const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
+  if (forked("free_pages_bulk_from")) return -EINVAL;
+  // The state holder of the page slot i names (0: none). The slots do not change until phase 4.
+  auto holder_of = [&](std::size_t i, pfn_t& pfn) -> page* {
+    pfn = std::atomic_ref<pfn_t>(*srcs[i]).load(std::memory_order_relaxed);
+    return pfn ? state_holder(vpage(pfn - start_pfn())) : nullptr;
+  };
+  // 1. Every slot is checked as free_pages_from checks it, before anything changes: a misused
+  //    list is refused whole (-EINVAL), and a busy page makes the whole call -EBUSY.
+  bool busy = false;
+  for (std::size_t i = 0; i < srcs.size(); ++i) {
+    pfn_t* src = srcs[i];
+    std::uint64_t slot;
+    if (!dest_offset(src, slot)) {
+      report_misuse("free_pages_bulk_from: srcs[%zu] (%p) is not an 8-byte aligned word of pool %s's root or data "
+                    "area; nothing was freed", i, static_cast<void*>(src), path().c_str());
+      return -EINVAL;
+    }
+    if (slots_in_free_page(slot, 1)) {
+      report_misuse("free_pages_bulk_from: srcs[%zu] (%p) lies in a free page of pool %s; nothing was freed", i,
+                    static_cast<void*>(src), path().c_str());
+      return -EINVAL;
+    }
+    const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+    if (pfn == 0) continue;  // empty: skipped
+    if (pfn < start_pfn() || pfn >= end_pfn()) {
+      report_misuse("free_pages_bulk_from: srcs[%zu] (%p) holds pfn %#llx, not a page of pool %s; nothing was freed",
+                    i, static_cast<void*>(src), (unsigned long long)pfn, path().c_str());
+      return -EINVAL;
+    }
+    page* p = vpage(pfn - start_pfn());
+    page* h = state_holder(p);
+    if (!h) return -EINVAL;
+    if (compound_head(p) != p) {
+      report_misuse("free_pages_bulk_from: srcs[%zu] (%p) holds pfn %#llx, a tail page, not the head of an "
+                    "allocation; nothing was freed", i, static_cast<void*>(src), (unsigned long long)pfn);
+      return -EINVAL;
+    }
+    const std::uint64_t index = pfn - start_pfn();
+    if (const std::uint64_t owner = slot_owner(h, index); owner != slot) {
+      // An alloc_pages_to into this slot still publishing (free_pages_from): not a misuse.
+      if (owner == 0 && (h->flags_.load(std::memory_order_acquire) & PG_slot_owned)) {
+        busy = true;
+        continue;
+      }
+      return report_not_owner("free_pages_bulk_from", src, pfn, h, index);
+    }
+    const int count = h->refcount_.load(std::memory_order_relaxed);
+    if (count <= 0) return report_not_owner("free_pages_bulk_from", src, pfn, h, index);
+    if (count > 1) busy = true;
+  }
+  if (pfn_t* dup = first_duplicate(srcs)) {
+    report_misuse("free_pages_bulk_from: slot %p is listed twice; nothing was freed", static_cast<void*>(dup));
+    return -EINVAL;
+  }
+  if (busy) return -EBUSY;
+  // 2. Claim every page (count 1 -> 0, as free_pages_from does): from here no other free, move or
+  //    split can reach them, so their owners cannot change. Any failure gives the claims back.
+  auto unclaim = [&](std::size_t upto) {
+    for (std::size_t j = 0; j < upto; ++j) {
+      pfn_t pfn;
+      if (page* h = holder_of(j, pfn)) h->refcount_.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  for (std::size_t i = 0; i < srcs.size(); ++i) {
+    pfn_t pfn;
+    page* h = holder_of(i, pfn);
+    if (!h) continue;
+    const std::uint64_t index = pfn - start_pfn();
+    std::uint64_t slot;
+    dest_offset(srcs[i], slot);
+    int expected = 1;
+    if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+      unclaim(i);
+      if (expected > 0) return -EBUSY;
+      return report_not_owner("free_pages_bulk_from", srcs[i], pfn, h, index);  // freed meanwhile
+    }
+    if (slot_owner(h, index) != slot) {  // changed between the check and the claim: a race
+      unclaim(i + 1);
+      return report_not_owner("free_pages_bulk_from", srcs[i], pfn, h, index);
+    }
+  }
+  // 3. No listed slot may lie in a page this call frees: once an earlier batch frees that page
+  //    it may be handed out, and a later batch would then write into its new owner's bytes.
+  //    Every page this call frees has count 0 now, so the free-page test finds them all (a page
+  //    a concurrent call is freeing too: misuse either way).
+  for (std::size_t i = 0; i < srcs.size(); ++i) {
+    std::uint64_t slot;
+    dest_offset(srcs[i], slot);
+    if (slots_in_free_page(slot, 1)) {
+      unclaim(srcs.size());
+      report_misuse("free_pages_bulk_from: srcs[%zu] (%p) lies in a page this call (or a concurrent one) frees; free "
+                    "a table page in a later call than the slots inside it; nothing was freed",
+                    i, static_cast<void*>(srcs[i]));
+      return -EINVAL;
+    }
+  }
+  // 4. Batches of up to BULK_LANES slots, two fences each (free_pages_from's protocol).
+  std::size_t next = 0;
+  for (;;) {
+    while (next < srcs.size() && std::atomic_ref<pfn_t>(*srcs[next]).load(std::memory_order_relaxed) == 0) ++next;
+    if (next == srcs.size()) break;
+    std::size_t left = 0;
+    for (std::size_t j = next; j < srcs.size() && left < BULK_LANES; ++j)
+      if (std::atomic_ref<pfn_t>(*srcs[j]).load(std::memory_order_relaxed)) ++left;
+    unsigned lanes[BULK_LANES];
+    const unsigned nr = acquire_lanes(lanes, left);
+    pfn_t* slots[BULK_LANES];
+    page* holders[BULK_LANES];
+    unsigned n = 0;
+    for (; n < nr && next < srcs.size(); ++next) {
+      pfn_t pfn;
+      page* h = holder_of(next, pfn);
+      if (!h) continue;
+      std::uint64_t slot;
+      dest_offset(srcs[next], slot);
+      prefetch_map_line(h);
+      intents_.write(lanes[n], intent_kind::free_from, load_order(h), slot, pfn);
+      slots[n] = srcs[next];
+      holders[n++] = h;
+    }
+    fence();  // 1: the intents are durable
+    // The slots first, as free_pages_from (a slot may lie in a page another thread is handed).
+    for (unsigned j = 0; j < n; ++j) {
+      std::atomic_ref<pfn_t>(*slots[j]).store(0, std::memory_order_relaxed);
+      flush_later(slots[j], sizeof(pfn_t));
+    }
+    // The pages stay out of the allocator's reach until the frees are durable (free_pages_from).
+    free_result stored[BULK_LANES];
+    for (unsigned j = 0; j < n; ++j) stored[j] = free_stores(holders[j], /*release_now=*/false);
+    fence();  // 2: freed, owner entries cleared, slots cleared
+    for (unsigned j = 0; j < n; ++j) retire_intent(lanes[j]);
+    for (unsigned j = 0; j < n; ++j) finish_free(release_freed(stored[j]));
+  }
+  return 0;
+}
+
 int pool_impl::split_prepare(page* h) {
   // The split's own page lock. A locked page is in use, and a lock must never move under the
   // thread holding it (it would unlock a different descriptor): refuse instead.
@@ -704,6 +994,12 @@ page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
   return impl_ ? impl_->alloc_pages_to(order, dest, gfp) : nullptr;
 }
 int pool::free_pages_from(pfn_t* src) noexcept { return impl_ ? impl_->free_pages_from(src) : -EINVAL; }
+std::size_t pool::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept {
+  return impl_ ? impl_->alloc_pages_bulk_to(order, dests, gfp) : 0;
+}
+int pool::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
+  return impl_ ? impl_->free_pages_bulk_from(srcs) : -EINVAL;
+}
 int pool::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   return impl_ ? impl_->move_pages_owner(src, dest) : -EINVAL;
 }

@@ -106,6 +106,10 @@ class pool_impl {
   std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept;
   page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept;
   int free_pages_from(pfn_t* src) noexcept;
+  /// The bulk slot calls (pool.cpp, "bulk slot calls"): batches of up to BULK_LANES slots.
+  static constexpr unsigned BULK_LANES = NR_LANES / 4;
+  std::size_t alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept;
+  int free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept;
   int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
   /// A compound page's count reached zero: free it durably. `holder` is its state holder.
   void release(page* holder) noexcept;
@@ -294,6 +298,10 @@ class pool_impl {
   /// Misuse if this process is a fork() child of the one that opened the pool (it may read, not
   /// allocate or free: its DRAM state is a stale copy of the parent's).
   bool forked(const char* caller) const noexcept;
+  /// One batch of alloc_pages_bulk_to (validated slots); how many it filled. stop: end the call.
+  std::size_t alloc_to_batch(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp, bool& stop) noexcept;
+  /// Takes 1..min(want, BULK_LANES) intent lanes into lanes[]: waits for the first only.
+  unsigned acquire_lanes(unsigned* lanes, std::size_t want) noexcept;
   /// alloc_pages_to's undo when the slot was filled by someone else after its check.
   void abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane);
   /// The shared part of split_huge_page / split_huge_page_to after the media is written.

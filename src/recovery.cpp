@@ -346,6 +346,14 @@ bool pool_impl::replay_move_to(std::uint64_t index, std::uint64_t src_off, std::
 
 void pool_impl::replay_intents() {
   bool any = false;
+  // Two passes: committed alloc_to intents (the slot names the page) roll forward first, every
+  // other intent second. A batch of alloc_pages_bulk_to may carve several slots' pages from one
+  // region it split fresh, whose SPLIT word shares the second epoch with their codes: rolling
+  // one slot forward makes the region SPLIT, and only then can undoing another slot of the batch
+  // clear that slot's codes (on a FREE region undo has nothing to clear, and a later roll-forward
+  // would expose them as an allocation nobody owns). Lanes of different operations never share
+  // an extent, so their order does not matter otherwise.
+  for (int pass = 0; pass < 2; ++pass)
   for (unsigned i = 0; i < NR_LANES; ++i) {
     lane l;
     std::memcpy(&l, &lanes_[i], sizeof l);
@@ -360,6 +368,10 @@ void pool_impl::replay_intents() {
     if (!slot_offset_valid(l.slot_offset)) continue;
     auto* slot = reinterpret_cast<pfn_t*>(dev_.base() + l.slot_offset);
     const pfn_t cur = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
+    // The slot of a committed alloc_to is not touched by any other lane's replay (it names a
+    // page whose extent only this lane covers), so both passes classify it alike.
+    const bool roll_forward = l.kind == std::uint32_t(intent_kind::alloc_to) && cur == l.pfn;
+    if (roll_forward != (pass == 0)) continue;
     if (l.kind == std::uint32_t(intent_kind::alloc_to)) {
       const bool ok = cur == l.pfn ? replay_ensure_allocated(index, l.order, l.slot_offset)  // committed
                                    : replay_ensure_free(index, l.order, l.slot_offset);      // not: undo

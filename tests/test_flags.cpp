@@ -151,6 +151,55 @@ TEST_F(Flags, DirtyCanBeSetTestedAndCleared) {
   EXPECT_FALSE(pmpage::PageDirty(p));
 }
 
+TEST_F(Flags, TestSetPageDirtyReturnsTheOldBit) {
+  page* p = pool_.alloc_pages(0);
+  ASSERT_NE(p, nullptr);
+  EXPECT_FALSE(pmpage::TestSetPageDirty(p));
+  EXPECT_TRUE(pmpage::PageDirty(p));
+  EXPECT_TRUE(pmpage::TestSetPageDirty(p));
+  EXPECT_TRUE(pmpage::PageDirty(p));
+  EXPECT_TRUE(pmpage::TestClearPageDirty(p));
+  EXPECT_FALSE(pmpage::TestSetPageDirty(p));
+}
+
+TEST_F(Flags, TestSetPageDirtyOnATailActsOnTheHead) {
+  for (unsigned order : {1u, 9u, 10u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    page* head = pool_.alloc_pages(order);
+    ASSERT_NE(head, nullptr);
+    EXPECT_FALSE(pmpage::TestSetPageDirty(tail(head, (std::uint64_t{1} << order) - 1)));
+    EXPECT_TRUE(pmpage::PageDirty(head));
+    EXPECT_TRUE(pmpage::TestSetPageDirty(head));
+    EXPECT_TRUE(pmpage::TestSetPageDirty(tail(head, 1)));
+  }
+}
+
+TEST_F(Flags, TestSetPageDirtyRaceHasExactlyOneWinner) {
+  // The dirty-list rule: of threads dirtying one page at once, exactly one sees it clean and
+  // queues it. Two threads, many rounds, each on a fresh clear bit (a tail for one of them).
+  page* p = pool_.alloc_pages(1);
+  ASSERT_NE(p, nullptr);
+  constexpr int kRounds = 20000;
+  std::atomic<int> round{0}, arrived{0}, winners{0};
+  std::atomic<bool> bad{false};
+  auto body = [&](page* which) {
+    for (int r = 0; r < kRounds; ++r) {
+      while (round.load(std::memory_order_acquire) != r) std::this_thread::yield();
+      if (!pmpage::TestSetPageDirty(which)) winners.fetch_add(1, std::memory_order_relaxed);
+      if (arrived.fetch_add(1, std::memory_order_acq_rel) % 2 == 1) {  // the second of the round
+        if (winners.exchange(0, std::memory_order_relaxed) != 1) bad.store(true);
+        pmpage::ClearPageDirty(p);
+        round.store(r + 1, std::memory_order_release);
+      }
+    }
+  };
+  std::thread a(body, p), b(body, tail(p, 1));
+  a.join();
+  b.join();
+  EXPECT_FALSE(bad.load()) << "a round had zero or two threads see the dirty bit clear";
+  EXPECT_EQ(round.load(), kRounds);
+}
+
 TEST_F(Flags, UptodateCanBeSetAndCleared) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);

@@ -117,6 +117,31 @@ class pool {
   /// slot does not own (allocated with alloc_pages, or owned by another slot).
   int free_pages_from(pfn_t* src) noexcept;
 
+  /// alloc_pages_to for many slots: fills each empty slot *dests[i] with its own new allocation
+  /// of `order`, owned by that slot exactly as alloc_pages_to's (only free_pages_from or
+  /// free_pages_bulk_from on it frees the page). Returns how many slots were filled: always
+  /// dests[0..n) in list order; fewer than dests.size() when the pool ran out of room (or a
+  /// concurrent call filled a slot first, reported as misuse: the slots from it on stay empty).
+  /// Misuse refuses the whole call before anything changes (returns 0, reported): a slot that is
+  /// not an 8-byte word of the root or data area, lies in a free page, is not empty, or is listed
+  /// twice; order > 18; unknown gfp bits.
+  /// Crash atomicity is per slot: after a crash each slot is empty or names its page, owned,
+  /// independently of the others; never a leaked page. Fences: 2 per batch of up to 16 slots
+  /// (a batch holds one intent lane per slot, and at most a quarter of the lanes), so n slots
+  /// cost 2 * ceil(n / 16) fences instead of 2n. Thread-safe. Kernel: alloc_pages_bulk_array.
+  std::size_t alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests,
+                                  gfp_t gfp = GFP_DEFAULT) noexcept;
+  /// free_pages_from for many slots: frees the page every non-empty slot *srcs[i] owns and sets
+  /// the slot to 0. Empty slots are skipped. Returns 0; or, with nothing changed:
+  /// -EBUSY if a page has references besides its slot's (or its alloc_pages_to is still
+  /// publishing); -EINVAL on misuse (reported), checked for every slot before anything is freed:
+  /// any of free_pages_from's misuses, a slot listed twice, or a slot lying inside a page this
+  /// same call frees (free a table page in a later call than the slots it holds).
+  /// Crash atomicity is per slot (each slot ends before or after, never a slot naming a free page
+  /// nor a leaked page); 2 fences per batch of up to 16 non-empty slots. Thread-safe.
+  /// Kernel: release_pages / free_pages_bulk.
+  int free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept;
+
   /// Moves the ownership of the page that slot *src owns to the empty slot *dest: *dest = pfn,
   /// *src = 0 and the owner recorded on the media, atomically with respect to a crash (2 fences).
   /// This is how an engine relocates a persistent reference (a page-table entry that moves);
