@@ -412,11 +412,7 @@ pm_file* F(sqlite3_file* f) { return reinterpret_cast<pm_file*>(f); }
 
 void mark_dirty(node* n, const chunk& ck, page* pg, std::uint64_t from, std::uint64_t len) {
   if (ck.order == 0) {
-    // Under n->mu; TestSetPageDirty once the library has it (the dirty list's test-and-set).
-    if (!PageDirty(pg)) {
-      SetPageDirty(pg);
-      n->dirty_small.push_back(pg);
-    }
+    if (!TestSetPageDirty(pg)) n->dirty_small.push_back(pg);  // the dirty list's test-and-set
     return;
   }
   const std::uint64_t first = (ck.base - SMALL_BYTES + from) / PAGE_SIZE;
