@@ -21,7 +21,7 @@
 
 #include "crash_harness.hpp"
 #include "layout.hpp"  // src/: CREATING_MAGIC, superblock offsets
-#include "sim_pmem.hpp"
+#include <pmpage/testing.hpp>
 
 using namespace pmpage;
 using pmpage::testing::read_file;
