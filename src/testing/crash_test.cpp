@@ -140,7 +140,7 @@ std::string crash_report::describe() const {
   if (!failed.empty()) {
     const crash_point& p = failed.front();
     o << "to rerun only the first: crash_options::only = crash_point{" << p.fence << ", " << (p.before ? "true" : "false")
-      << ", " << p.seed << ", " << keep_text(p.keep) << "}, or the environment variable PMPAGE_CRASH_ONLY=" << p.fence << ":"
+      << ", " << p.seed << "ull, " << keep_text(p.keep) << "}, or the environment variable PMPAGE_CRASH_ONLY=" << p.fence << ":"
       << (p.before ? 1 : 0) << ":" << p.seed << ":" << keep_text(p.keep) << "\n";
   }
   return o.str();
