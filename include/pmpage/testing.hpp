@@ -34,7 +34,7 @@ namespace pmpage::testing {
 /// does not make unfenced stores durable.
 ///
 /// Thread-safety: flush/drain/crash_image may be called from any threads at once (one internal
-/// mutex). on_fence must be set while no pool uses the device (it is read by drain()).
+/// mutex). Assign on_fence only while no other thread can fence (drain() copies it).
 /// Cost: one copy of the tracked bytes for the media (and one more at detach); crash_image
 /// compares the tracked bytes with the media (~10 ms for 32 MiB); flush copies 64 bytes a line.
 class sim_pmem final : public pmpage::persistence {
@@ -104,7 +104,7 @@ struct crash_report {
   std::size_t images = 0;              // images checked
   std::uint64_t fences = 0;            // fences the operation issued
   std::vector<std::string> failures;   // each names the crash point (its label, with seed) and the checker's message
-  std::vector<crash_point> failed;     // the crash point of each failure, in the same order
+  std::vector<crash_point> failed;     // the crash point of each failure, in the same order (for only = ...)
   bool ok() const { return failures.empty(); }
   /// All failures, plus how to reproduce one (crash_options::only = {...}, or env PMPAGE_CRASH_ONLY).
   std::string describe() const;
