@@ -673,6 +673,9 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     impl->register_pool();
     d.publish();  // new path: rename into place; existing path: nothing to do
   } catch (...) {
+    // Detach before the mapping goes: a backend may read it then (a simulated device keeps a copy
+    // of it). The destructor's second detach finds nothing attached.
+    if (impl->pers_) impl->pers_->detach();
     d.abandon();
     throw;
   }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs pmpage from the build tree into a scratch prefix, then configures, builds and runs a
-# consumer with find_package(pmpage) and with pkg-config, so the install cannot rot.
+# consumer with find_package(pmpage) and with pkg-config, so the install cannot rot; likewise a
+# consumer of the crash-testing toolkit (pmpage_testing / pmpage-testing.pc).
 set -euo pipefail
 src=$1; build=$2
 prefix=$(mktemp -d); work=$(mktemp -d)
@@ -10,7 +11,11 @@ cmake -S "$src/tests/install_consumer" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$pr
 cmake --build "$work/cmake" >/dev/null
 PMEM_IS_PMEM_FORCE=1 "$work/cmake/consumer"
 PMEM_IS_PMEM_FORCE=1 "$work/cmake/consumer_static"
+PMEM_IS_PMEM_FORCE=1 "$work/cmake/crash_consumer"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig"
 g++ -o "$work/pc_consumer" "$src/tests/install_consumer/consumer.cpp" $(pkg-config --cflags --libs pmpage) \
   -Wl,-rpath,"$(pkg-config --variable=libdir pmpage)"
 PMEM_IS_PMEM_FORCE=1 "$work/pc_consumer"
+g++ -o "$work/pc_crash_consumer" "$src/tests/install_consumer/crash_consumer.cpp" $(pkg-config --cflags --libs pmpage-testing) \
+  -Wl,-rpath,"$(pkg-config --variable=libdir pmpage-testing)"
+PMEM_IS_PMEM_FORCE=1 "$work/pc_crash_consumer"

@@ -25,7 +25,8 @@ class persistence {
   /// flushes reach the media (DAX with MAP_SYNC, device DAX, or PMEM_IS_PMEM_FORCE=1); when false
   /// the libpmem backend falls back to msync.
   virtual void attach(void* base, std::size_t length, bool is_pmem) = 0;
-  /// Called when the pool unmaps; no flush follows.
+  /// Called when the pool unmaps, while the mapping is still readable (a simulated device copies
+  /// it); no flush follows. May be called a second time (after a failed create): a no-op then.
   virtual void detach() noexcept {}
 
   /// Starts writing back the cache lines covering [addr, addr + len). Not ordered until drain().

@@ -11,7 +11,7 @@
 #include <set>
 #include <sstream>
 
-#include "sim_pmem.hpp"
+#include <pmpage/testing.hpp>
 
 namespace pmpage::testing {
 
@@ -139,8 +139,8 @@ void write_file(const std::string& path, const std::vector<char>& bytes) {
   out.write(bytes.data(), std::streamsize(bytes.size()));
 }
 
-crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery) {
-  crash_report rep;
+crash_points_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery) {
+  crash_points_report rep;
   const std::string live = scratch_path(sc.name, "live");
   const std::string img_path = scratch_path(sc.name, "img");
   const std::string rec_path = scratch_path(sc.name, "rec");

@@ -59,7 +59,7 @@ struct scenario {
 /// gtest prints a parameter with this (instead of its bytes).
 inline void PrintTo(const scenario& s, std::ostream* os) { *os << s.name; }
 
-struct crash_report {
+struct crash_points_report {
   std::size_t images = 0;           // crash images recovered and checked
   std::size_t recovery_images = 0;  // of which taken during a recovery
   std::uint64_t op_fences = 0;      // fences the operation issued
@@ -71,6 +71,6 @@ std::vector<char> read_file(const std::string& path);
 void write_file(const std::string& path, const std::vector<char>& bytes);
 
 /// seeds: random subsets per crash point (plus the all-kept and none-kept extremes).
-crash_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery);
+crash_points_report run_crash_points(const scenario& sc, unsigned seeds, bool crash_during_recovery);
 
 }  // namespace pmpage::testing

@@ -10,7 +10,7 @@
 #include <thread>
 #include <unistd.h>
 
-#include "sim_pmem.hpp"
+#include <pmpage/testing.hpp>
 
 #include "crash_harness.hpp"
 

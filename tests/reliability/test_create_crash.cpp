@@ -21,7 +21,7 @@
 
 #include "crash_harness.hpp"
 #include "layout.hpp"  // src/: CREATING_MAGIC, superblock offsets
-#include "sim_pmem.hpp"
+#include <pmpage/testing.hpp>
 
 using namespace pmpage;
 using pmpage::testing::read_file;
@@ -231,11 +231,6 @@ TEST_F(CreateCrash, KilledAtRandomPointsLeavesNoPoolAValidPoolOrAnInterruptedCre
 constexpr std::size_t TRACKED = 2u << 20;  // the metadata of a 12 MiB pool ends below 2 MiB
 constexpr std::uint64_t POOL = 12 * MiB;
 
-struct crash_image {
-  std::string label;
-  std::vector<char> bytes;  // the first TRACKED bytes of the device
-};
-
 struct start_state {
   const char* name;
   bool overwrite;
@@ -269,7 +264,6 @@ TEST_F(CreateCrash, PowerFailureAtEveryFenceOfAnInPlaceCreate) {
        }},
   };
   const unsigned seeds = std::getenv("PMPAGE_CRASH_SEEDS") ? unsigned(std::atoi(std::getenv("PMPAGE_CRASH_SEEDS"))) : 3;
-  const std::string img = path_ + ".img";
   for (const start_state& s : starts) {
     cleanup();
     s.make(path_);
@@ -282,66 +276,65 @@ TEST_F(CreateCrash, PowerFailureAtEveryFenceOfAnInPlaceCreate) {
       old_state = pmpage::testing::read_state(q);
     }
 
-    auto sim = std::make_shared<pmpage::testing::sim_pmem>(TRACKED);
-    std::vector<crash_image> images;
-    sim->on_fence = [&](std::uint64_t k, bool before) {
-      const std::string l = std::string(s.name) + ": fence " + std::to_string(k) + (before ? " (before)" : " (after)");
-      images.push_back({l + ", nothing unfenced kept", sim->crash_image(0, 0.0)});
-      images.push_back({l + ", everything written kept", sim->crash_image(0, 1.0)});
-      for (unsigned seed = 1; seed <= seeds; ++seed)
-        images.push_back({l + ", random subset seed " + std::to_string(seed), sim->crash_image(k * 7919 + seed, 0.5)});
-    };
-    std::uint64_t fences = 0;
-    {
-      pool::options o;
-      o.size = POOL;
-      o.overwrite = s.overwrite;
-      o.backend = sim;
-      pool p = pool::create(path_, o);
-      sim->on_fence = nullptr;
-      fences = sim->fences();
-      images.push_back({std::string(s.name) + ": create returned, nothing unfenced kept", sim->crash_image(0, 0.0)});
-    }
-    EXPECT_EQ(fences, 4u) << s.name << ": create's fences changed; update docs/crash-consistency.md";
-
+    // The operation is the create itself, on the simulated device; the images are checked after
+    // it returned (the untracked rest of each image is the file as create left it: create writes
+    // nothing beyond the metadata).
+    pmpage::testing::crash_options co;
+    co.tracked = TRACKED;
+    co.random_subsets = seeds;
     std::map<std::string, int> counts;
-    for (std::size_t i = 0; i < images.size(); ++i) {
-      const crash_image& im = images[i];
-      std::vector<char> bytes = original;  // create writes nothing beyond the metadata
-      std::copy(im.bytes.begin(), im.bytes.end(), bytes.begin());
-      write_file(img, bytes);
-      std::string why;
-      const opened r = try_open(img, &why);
-      bool recreate = false;
-      switch (r) {
-        case opened::pool: {
-          ASSERT_EQ(why, "") << im.label << ": a corrupt pool";
-          pool q = pool::open(img);
-          const auto st = pmpage::testing::read_state(q);
-          const bool fresh = st.allocations.empty() && st.slots == std::vector<pfn_t>(pmpage::testing::NR_SLOTS, 0);
-          EXPECT_TRUE(fresh || (old_is_pool && st == old_state)) << im.label << ": neither the new pool nor the old one";
-          ++counts[fresh ? "new pool" : "old pool, untouched"];
-          break;
-        }
-        case opened::interrupted:
-          ++counts["interrupted creation"];
-          recreate = true;
-          break;
-        case opened::not_a_pool:
-          // Nothing create wrote reached the media: the file is as it was.
-          EXPECT_TRUE(bytes == original) << im.label << ": reported as not a pool: " << why;
-          ++counts["unchanged, not a pool"];
-          recreate = all_zero(original);
-          break;
-        case opened::other_error:
-          ADD_FAILURE() << im.label << ": " << why;
-          break;
-      }
-      if (i + 1 == images.size()) EXPECT_EQ(r, opened::pool) << im.label << ": create returned but the pool is not durable";
-      if (recreate) expect_create_succeeds(img, POOL, im.label);
-      if (HasFailure()) break;
-    }
-    std::printf("%s: %zu crash images:", s.name, images.size());
+    std::uint64_t create_fences = 0;
+    const auto rep = pmpage::testing::run_crash_test(
+        path_, co,
+        [&](const std::shared_ptr<persistence>& device) {
+          pool::options o;
+          o.size = POOL;
+          o.overwrite = s.overwrite;
+          o.backend = device;
+          pool p = pool::create(path_, o);
+          create_fences = dynamic_cast<const pmpage::testing::sim_pmem&>(*device).fences();
+        },  // and the close (one more fence; crashed too)
+        [&](const fs::path& image, const pmpage::testing::crash_point& at) -> std::string {
+          if (HasFailure()) return {};  // the first failure is the one to read
+          const std::string label = std::string(s.name) + ": " + at.label();
+          const std::string img = image.string();
+          const std::vector<char> bytes = read_file(img);
+          std::string why;
+          const opened r = try_open(img, &why);
+          bool recreate = false;
+          switch (r) {
+            case opened::pool: {
+              EXPECT_EQ(why, "") << label << ": a corrupt pool";
+              if (!why.empty()) return {};
+              pool q = pool::open(img);
+              const auto st = pmpage::testing::read_state(q);
+              const bool fresh = st.allocations.empty() && st.slots == std::vector<pfn_t>(pmpage::testing::NR_SLOTS, 0);
+              EXPECT_TRUE(fresh || (old_is_pool && st == old_state)) << label << ": neither the new pool nor the old one";
+              ++counts[fresh ? "new pool" : "old pool, untouched"];
+              break;
+            }
+            case opened::interrupted:
+              ++counts["interrupted creation"];
+              recreate = true;
+              break;
+            case opened::not_a_pool:
+              // Nothing create wrote reached the media: the file is as it was.
+              EXPECT_TRUE(bytes == original) << label << ": reported as not a pool: " << why;
+              ++counts["unchanged, not a pool"];
+              recreate = all_zero(original);
+              break;
+            case opened::other_error:
+              ADD_FAILURE() << label << ": " << why;
+              break;
+          }
+          if (at.fence == 0) EXPECT_EQ(r, opened::pool) << label << ": create returned but the pool is not durable";
+          if (recreate) expect_create_succeeds(img, POOL, label);
+          return {};
+        });
+    EXPECT_EQ(create_fences, 4u) << s.name << ": create's fences changed; update docs/crash-consistency.md";
+    EXPECT_TRUE(rep.ok()) << rep.describe();
+    EXPECT_EQ(rep.images, (2 + seeds) * 2 * rep.fences + 1) << s.name;
+    std::printf("%s: %zu crash images:", s.name, rep.images);
     for (auto& [k, v] : counts) std::printf(" %d %s;", v, k.c_str());
     std::printf("\n");
     EXPECT_GT(counts["interrupted creation"], 0) << s.name;

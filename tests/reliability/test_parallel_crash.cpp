@@ -2,7 +2,7 @@
 //
 // Two workers run alloc_pages / free_pages / alloc_pages_to / free_pages_from and hand pages to
 // each other (so frees are remote: a page allocated from one CPU's cache is freed from the other)
-// on a pool on the simulated device (sim_pmem.hpp). At a random fence, on whichever thread issues
+// on a pool on the simulated device (pmpage/testing.hpp). At a random fence, on whichever thread issues
 // it, the power fails: the crash image is taken while the other thread is anywhere inside its own
 // call. The image is recovered and checked against what the workers had been told:
 //   * check() holds, free space adds up, every non-zero slot names an allocated head;
@@ -43,7 +43,7 @@
 
 #include "../cpu_pinning.hpp"
 #include "crash_harness.hpp"
-#include "sim_pmem.hpp"
+#include <pmpage/testing.hpp>
 #include "layout.hpp"
 
 using namespace pmpage;

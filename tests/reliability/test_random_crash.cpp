@@ -9,7 +9,7 @@
 #include <random>
 
 #include "crash_harness.hpp"
-#include "sim_pmem.hpp"
+#include <pmpage/testing.hpp>
 
 using namespace pmpage;
 using pmpage::testing::pool_state;
