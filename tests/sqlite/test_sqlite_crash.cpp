@@ -21,12 +21,7 @@ using pmpage::sqlite_test::scratch;
 
 namespace {
 
-class register_vfs_env : public ::testing::Environment {
- public:
-  void SetUp() override { ASSERT_EQ(pmpage_sqlite_register(0), SQLITE_OK); }
-};
-const auto* const g_env = ::testing::AddGlobalTestEnvironment(new register_vfs_env);
-
+// (The VFS "pmpage" is registered by test_sqlite_vfs.cpp's global environment.)
 constexpr const char* SIM_VFS = "pmpage-sim";
 
 // The transactions the crash test runs: the second grows the database past its direct pages
