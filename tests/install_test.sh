@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs pmpage from the build tree into a scratch prefix, then configures, builds and runs a
 # consumer with find_package(pmpage) and with pkg-config, so the install cannot rot; likewise a
-# consumer of the crash-testing toolkit (pmpage_testing / pmpage-testing.pc).
+# consumer of the crash-testing toolkit (pmpage_testing / pmpage-testing.pc) and of the SQLite VFS
+# (pmpage_sqlite_vfs / pmpage-sqlite.pc), and the stock sqlite3 shell loading the installed extension.
 set -euo pipefail
 src=$1; build=$2
 prefix=$(mktemp -d); work=$(mktemp -d)
@@ -19,3 +20,14 @@ PMEM_IS_PMEM_FORCE=1 "$work/pc_consumer"
 g++ -o "$work/pc_crash_consumer" "$src/tests/install_consumer/crash_consumer.cpp" $(pkg-config --cflags --libs pmpage-testing) \
   -Wl,-rpath,"$(pkg-config --variable=libdir pmpage-testing)"
 PMEM_IS_PMEM_FORCE=1 "$work/pc_crash_consumer"
+if [ -f "$build/examples/sqlite/libpmpage_sqlite.so" ]; then
+  PMEM_IS_PMEM_FORCE=1 "$work/cmake/sqlite_consumer"
+  g++ -o "$work/pc_sqlite_consumer" "$src/tests/install_consumer/sqlite_consumer.cpp" \
+    $(pkg-config --cflags --libs pmpage-sqlite) -Wl,-rpath,"$(pkg-config --variable=libdir pmpage-sqlite)"
+  PMEM_IS_PMEM_FORCE=1 "$work/pc_sqlite_consumer"
+  ext=$(find "$prefix" -name libpmpage_sqlite.so | head -1)
+  pool="$work/shell.pool"
+  out=$(printf '.load %s\n.open file:%s?vfs=pmpage&pool_size=16M\nCREATE TABLE t(a); INSERT INTO t VALUES (7); SELECT a FROM t;\n' \
+    "${ext%.so}" "$pool" | PMEM_IS_PMEM_FORCE=1 sqlite3)
+  [ "$out" = 7 ] || { echo "installed extension in the sqlite3 shell printed: $out"; exit 1; }
+fi
