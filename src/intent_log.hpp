@@ -8,6 +8,9 @@
 //   move_pages_owner: [intent] fence  [owner entry + *dest = pfn + *src = 0] fence
 // then the intent is retired lazily: seq = 0 and a flush, no fence of its own. Recovery
 // (recovery.cpp) rolls every valid intent forward or back from the slot's value.
+// alloc_pages_bulk_to / free_pages_bulk_from hold one lane per slot, up to NR_LANES / 4 at once,
+// and run the same two epochs for all of them together (pool.cpp, "bulk slot calls"); recovery
+// replays committed alloc_to intents before the others (recovery.cpp, replay_intents).
 //
 // A retired intent whose retirement may not be durable yet is "pending". It must never be
 // replayed over an operation that completed after it, so EVERY fence the pool issues, from any

@@ -8,6 +8,7 @@
 //   order 9..18 alloc or free                 head region word                          1 fence
 //   merge of a wholly free split region       FREE region word (placement.cpp, later)   1 fence per batch
 //   alloc_pages_to / free_pages_from          see intent_log.hpp                        2 fences
+//   alloc_pages_bulk_to / free_pages_bulk_from the same, one lane per slot            2 fences per <= 16 slots
 // DRAM is updated under the lock before an allocation's fence (nobody else can see the pages
 // yet), and before a free's fence (a page freed in DRAM may be handed out again at once: its
 // new owner's stores to the same words come later in coherence order, so what reaches the media

@@ -86,6 +86,17 @@ std::string recover_and_check(const std::string& path, const scenario& sc, const
         return "bulk allocation left a state outside [before, after]: " + describe(got);
       return {};
     }
+    if (sc.per_slot) {
+      for (std::size_t i = 0; i < got.slots.size(); ++i)
+        if (got.slots[i] != pre.slots[i] && got.slots[i] != post.slots[i])
+          return "slot " + std::to_string(i) + " is neither its value before nor after: " + describe(got);
+      for (auto& [pfn, order] : got.allocations) {
+        auto a = pre.allocations.find(pfn), b = post.allocations.find(pfn);
+        if (!((a != pre.allocations.end() && a->second == order) || (b != post.allocations.end() && b->second == order)))
+          return "allocation at pfn " + std::to_string(pfn) + " is in neither state: " + describe(got);
+      }
+      return {};
+    }
     if (got != pre && got != post && !(sc.also_valid && sc.also_valid(got, pre, label)))
       return "not all-or-nothing: got " + describe(got) + "; before " + describe(pre) + "; after " + describe(post);
     return {};

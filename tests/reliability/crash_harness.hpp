@@ -6,7 +6,7 @@
 // image is then recovered by pool::open and checked:
 //   * pool::check() holds (allocations well formed, never overlapping, DRAM == media, counts);
 //   * the state is the one before the operation or the one after it (all-or-nothing), or for a
-//     bulk allocation any subset of its pages;
+//     bulk allocation any subset of its pages, or for a bulk slot call any per-slot mix;
 //   * every non-zero slot names an allocated head, and (for the slots the scenario uses) the
 //     allocation and its slot agree: no leaked page, no slot pointing at a free page;
 //   * free space adds up: stats().free_pages == total - pages of all allocations.
@@ -53,6 +53,10 @@ struct scenario {
   /// (an operation racing a concurrent caller whose own effect a crash may or may not keep).
   std::function<bool(const pool_state& got, const pool_state& before, const std::string& label)> also_valid;
   bool bulk = false;        // outcome may be any subset of the new allocations
+  /// Outcome per slot (alloc_pages_bulk_to / free_pages_bulk_from): each root slot holds its
+  /// value from before or its value from after, independently of the others, and every
+  /// allocation is one of before or after (with slot_owned: no leak, no slot naming a free page).
+  bool per_slot = false;
   bool slot_owned = false;  // every allocation lives in a slot (alloc_pages_to scenarios)
 };
 

@@ -203,6 +203,46 @@ std::vector<scenario> all_scenarios() {
     s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.free_pages_from(&slots[7]), 0); };
     v.push_back(s);
   }
+  // Bulk slot calls: 20 slots are two batches (16 + 4); each slot recovers on its own.
+  auto bulk_list = [](pfn_t* slots, unsigned first, unsigned n) {
+    std::vector<pfn_t*> v;
+    for (unsigned i = first; i < first + n; ++i) v.push_back(&slots[i]);
+    return v;
+  };
+  for (unsigned order : {0u, 3u, 9u}) {
+    // Order 0 and 3 split a fresh region: one batch carves several slots' pages from it, and its
+    // SPLIT word shares the second epoch with their codes (recovery's two-pass replay).
+    scenario s;
+    s.name = "AllocPagesBulkToOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.per_slot = true;
+    s.pool_size = order >= 9 ? 64ull << 20 : 32ull << 20;
+    s.op = [order, bulk_list](pool& p, pfn_t* slots) { ASSERT_EQ(p.alloc_pages_bulk_to(order, bulk_list(slots, 0, 20)), 20u); };
+    v.push_back(s);
+  }
+  {
+    scenario s;
+    s.name = "AllocPagesBulkToInASplitRegion";
+    s.slot_owned = true;
+    s.per_slot = true;
+    s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(0, &slots[40]), nullptr); };
+    s.op = [bulk_list](pool& p, pfn_t* slots) { ASSERT_EQ(p.alloc_pages_bulk_to(1, bulk_list(slots, 0, 20)), 20u); };
+    v.push_back(s);
+  }
+  for (unsigned order : {0u, 9u}) {
+    scenario s;
+    s.name = "FreePagesBulkFromOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.per_slot = true;
+    s.pool_size = order >= 9 ? 64ull << 20 : 32ull << 20;
+    s.setup = [order, bulk_list](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[40]), nullptr);
+      ASSERT_EQ(p.alloc_pages_bulk_to(order, bulk_list(slots, 0, 20)), 20u);
+    };
+    // Slots 20..23 are empty (skipped): 20 pages in two batches.
+    s.op = [bulk_list](pool& p, pfn_t* slots) { ASSERT_EQ(p.free_pages_bulk_from(bulk_list(slots, 0, 24)), 0); };
+    v.push_back(s);
+  }
   {
     scenario s;
     s.name = "AllocPagesToAfterFreePagesFromOfTheSameSlot";  // a stale intent must not be replayed
