@@ -158,6 +158,7 @@ struct node {
   std::set<unsigned> stale;  // table slots past `size` still holding a page a reader pinned
   int fetch_out = 0;         // xFetch references not yet xUnfetch'ed
   bool delete_on_close = false;
+  bool journal = false;  // a rollback journal or super-journal (see pm_write)
   // SQLite file locks between this process's connections.
   int nshared = 0;
   pm_file* reserved = nullptr;
@@ -276,6 +277,40 @@ void zero_tail(pool_ctx* c, dir_entry& e, pfn_t* table, std::uint64_t size) {
   c->pool.flush(a + (size - ck.base), ck.len - (size - ck.base));
 }
 
+/// True when pfn is the head of an allocated compound page of `order` (what a slot must name).
+bool names_allocation(pfn_t pfn, unsigned order) {
+  if (!pfn_valid(pfn)) return false;
+  page* p = pfn_to_page(pfn);
+  return compound_head(p) == p && page_count(p) >= 1 && compound_order(p) == order;
+}
+
+/// Every slot of a live entry names an allocation of the right order. A damaged directory or page
+/// table is reported (SQLITE_CORRUPT) before the VFS would hand its pfns to the pool (a pfn that
+/// names no allocation would be misuse there, which by default aborts the process).
+int validate_entry(pool_ctx* c, const dir_entry& e) {
+  const auto* d = c->dir;
+  const long index = &e - d->files;
+  if (e.size > MAX_FILE)
+    return fail(SQLITE_CORRUPT, "%s: directory entry %ld has size %llu, past the largest file", c->path.c_str(), index,
+                (unsigned long long)e.size);
+  if (std::memchr(e.suffix, 0, sizeof e.suffix) == nullptr)
+    return fail(SQLITE_CORRUPT, "%s: directory entry %ld has an unterminated name", c->path.c_str(), index);
+  for (unsigned i = 0; i < NR_DIRECT; ++i)
+    if (e.direct[i] && !names_allocation(e.direct[i], 0))
+      return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): direct slot %u names pfn %#llx, not an allocated 4 KiB page",
+                  c->path.c_str(), e.suffix, index, i, (unsigned long long)e.direct[i]);
+  if (!e.table) return SQLITE_OK;
+  if (!names_allocation(e.table, TABLE_ORDER))
+    return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): its page table slot names pfn %#llx, not an allocated 16 KiB page",
+                c->path.c_str(), e.suffix, index, (unsigned long long)e.table);
+  const pfn_t* t = table_of(e);
+  for (unsigned i = NR_DIRECT; i < NR_SLOTS; ++i)
+    if (t[i] && !names_allocation(t[i], i < NR_SMALL ? 0 : HUGE_ORDER))
+      return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): page table slot %u names pfn %#llx, not an allocated %s page",
+                  c->path.c_str(), e.suffix, index, i, (unsigned long long)t[i], i < NR_SMALL ? "4 KiB" : "2 MiB");
+  return SQLITE_OK;
+}
+
 /// Opening a pool: format an empty directory, finish interrupted deletes, drop pages past each
 /// file's durable size (writes a crash cut off before their xSync).
 int mount(pool_ctx* c) {
@@ -300,11 +335,11 @@ int mount(pool_ctx* c) {
                 (unsigned long long)d->hdr.version, (unsigned long long)d->hdr.nr_files);
   }
   for (auto& e : d->files) {
+    if (e.state == F_DELETING || e.state == F_LIVE)
+      if (int rc = validate_entry(c, e); rc != SQLITE_OK) return rc;
     if (e.state == F_DELETING) {
       finish_delete(c, e);
     } else if (e.state == F_LIVE) {
-      if (e.size > MAX_FILE) return fail(SQLITE_CORRUPT, "%s%s: size %llu is past the largest file", c->path.c_str(),
-                                         e.suffix, (unsigned long long)e.size);
       pfn_t* t = table_of(e);
       free_slots(c, e, t, first_slot_past(e.size), nullptr);
       zero_tail(c, e, t, e.size);
@@ -513,12 +548,11 @@ int ensure_table(node* n) {
   return SQLITE_OK;
 }
 
-int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
-  node* n = F(f)->n;
+/// xWrite's body; n->mu held.
+int write_locked(node* n, const void* buf, std::uint64_t amt, std::uint64_t off) {
   pool_ctx* c = n->ctx;
-  std::lock_guard g(n->mu);
-  std::uint64_t pos = std::uint64_t(off);
-  const std::uint64_t end = pos + std::uint64_t(amt);
+  std::uint64_t pos = off;
+  const std::uint64_t end = pos + amt;
   if (end > MAX_FILE)
     return fail(SQLITE_FULL, "%s: a file of the pmpage VFS holds at most %llu bytes", c->path.c_str(),
                 (unsigned long long)MAX_FILE);
@@ -561,6 +595,40 @@ int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   }
   n->size = std::max(n->size, end);
   return SQLITE_OK;
+}
+
+/// The first word of a journal sector at `off`: what the file holds there (0 for a hole).
+std::uint64_t first_word(node* n, std::uint64_t off) {
+  if (off + 8 > n->size) return 0;
+  const chunk ck = chunk_at(off);
+  const pfn_t pfn = n->pfn_at(ck.idx);
+  std::uint64_t w = 0;
+  if (pfn) std::memcpy(&w, static_cast<char*>(page_address(pfn_to_page(pfn))) + (off - ck.base), 8);
+  return w;
+}
+
+int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
+  node* n = F(f)->n;
+  std::lock_guard g(n->mu);
+  // SQLite assumes a torn sector write is linear: if any byte of the sector changed, its first or
+  // last bytes did. The media only promises 8-byte failure atomicity (any subset of the words
+  // written since the last fence may survive). That matters where a journal header is cleared
+  // (PERSIST mode's commit): a surviving magic with nRec already zero would be a valid header
+  // saying "roll back nothing, then truncate the database to its old size" — after the
+  // transaction had been written. So a write that clears the first word of a journal sector
+  // makes that word durable first (one fence), then writes the rest.
+  const auto o = std::uint64_t(off);
+  if (n->journal && o % 512 == 0 && amt > 8) {
+    std::uint64_t w;
+    std::memcpy(&w, buf, 8);
+    if (w == 0 && first_word(n, o) != 0) {
+      if (int rc = write_locked(n, buf, 8, o); rc != SQLITE_OK) return rc;
+      const chunk ck = chunk_at(o);
+      n->ctx->pool.persist(static_cast<char*>(page_address(pfn_to_page(n->pfn_at(ck.idx)))) + (o - ck.base), 8);
+      return write_locked(n, static_cast<const char*>(buf) + 8, std::uint64_t(amt) - 8, o + 8);
+    }
+  }
+  return write_locked(n, buf, std::uint64_t(amt), o);
 }
 
 /// Frees the pages wholly past n->size (readers' pins stay: those slots go to n->stale).
@@ -862,12 +930,17 @@ int pm_close(sqlite3_file* f) {
     if (--n->refs == 0) {
       c->nodes.erase(n->index);
       dir_entry& e = c->dir->files[n->index];
-      for (page* pg : n->dirty_small) ClearPageDirty(pg);
-      if (n->fetch_out == 0) {
-        // Pages past the durable size were never synced: free them, as a reopen would.
-        n->size = std::max(n->size, n->media_size);
-        free_past_size(n);
+      // The last close makes what was written durable (a reopen in this process must see the
+      // file as it was left, synced or not, as on any file system), then frees pages past its end
+      // (the bulk allocation's spares).
+      flush_dirty(n);
+      if (n->media_size != n->size) {
+        e.size = n->size;
+        c->pool.flush(&e.size, sizeof e.size);
+        n->media_size = n->size;
       }
+      c->pool.drain();
+      if (n->fetch_out == 0) free_past_size(n);
       const bool del = n->delete_on_close;
       delete n;
       if (del) {
@@ -934,6 +1007,7 @@ int pm_open(sqlite3_vfs* vfs, sqlite3_filename zName, sqlite3_file* file, int fl
       }
       ++n->refs;
       if (flags & SQLITE_OPEN_DELETEONCLOSE) n->delete_on_close = true;
+      if (flags & (SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_SUPER_JOURNAL)) n->journal = true;
       auto* pf = F(file);
       pf->n = n;
       pf->lock = SQLITE_LOCK_NONE;

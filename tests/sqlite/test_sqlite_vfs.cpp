@@ -284,6 +284,36 @@ TEST(SqliteVfs, BadPoolsAreCantOpenWithAMessage) {
   remove_db_files(path);
 }
 
+TEST(SqliteVfs, ADamagedDirectoryIsSqliteCorruptNotACrash) {
+  const std::string path = scratch(test_name() + ".pool");
+  remove_db_files(path);
+  {
+    connection c(uri(path, "pool_size=16M"));
+    c.exec("CREATE TABLE t(a); INSERT INTO t VALUES (1);");
+  }
+  // The root area is the VFS's directory: a 64-byte header, then 128-byte entries
+  // {state, size, table, reserved, direct[8], suffix[32]} (docs/sqlite.md). Point the database's
+  // first direct slot at a pfn that is no allocation, as a stray write would.
+  for (const std::uint64_t bad : {std::uint64_t{0xdeadbeef}, std::uint64_t{0}}) {
+    {
+      pmpage::pool p = pmpage::pool::open(path);
+      auto* root = static_cast<unsigned char*>(p.root());
+      auto* entry = reinterpret_cast<std::uint64_t*>(root + 64);
+      ASSERT_EQ(entry[0], 1u) << "entry 0 is the live database";
+      ASSERT_NE(entry[4], 0u);
+      entry[4] = bad ? bad : p.start_pfn() + 5;  // then: a free page of the pool
+      p.persist(&entry[4], 8);
+    }
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(uri(path).c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_URI, nullptr);
+    EXPECT_TRUE(rc == SQLITE_CORRUPT || rc == SQLITE_CANTOPEN) << rc;
+    EXPECT_NE(std::string(pmpage_sqlite_errmsg()).find("direct slot 0 names pfn"), std::string::npos)
+        << pmpage_sqlite_errmsg();
+    sqlite3_close(db);
+  }
+  remove_db_files(path);
+}
+
 TEST(SqliteVfs, ASecondProcessIsRefusedWithAClearError) {
   const std::string path = scratch(test_name() + ".pool");
   remove_db_files(path);
