@@ -152,10 +152,10 @@ struct node {
     const pfn_t* s = slot(idx);
     return s ? *s : 0;
   }
-  std::vector<page*> dirty_small;             // 4 KiB pages with PG_dirty set
-  std::vector<std::uint32_t> dirty_blocks;    // 4 KiB blocks of 2 MiB pages (index past SMALL_BYTES)
-  std::vector<std::uint64_t> dirty_bits;      // one bit per such block
-  std::set<unsigned> stale;  // table slots past `size` still holding a page a reader pinned
+  std::vector<std::pair<unsigned, page*>> dirty_small;  // (chunk, 4 KiB page with PG_dirty set)
+  std::vector<std::uint32_t> dirty_blocks;  // written 4 KiB blocks of 2 MiB pages (index past SMALL_BYTES)
+  std::vector<std::uint64_t> huge_lines;    // per such block: its written cache lines (0 = clean)
+  std::set<unsigned> stale;  // chunks past `size` still holding a page a reader pinned (freed later)
   int fetch_out = 0;         // xFetch references not yet xUnfetch'ed
   bool delete_on_close = false;
   bool journal = false;  // a rollback journal or super-journal (see pm_write)
@@ -221,8 +221,8 @@ dir_entry* find_entry(pool_ctx* c, const std::string& suffix, bool live_only = t
 bool free_slots(pool_ctx* c, dir_entry& e, pfn_t* table, unsigned from, std::set<unsigned>* busy) {
   std::vector<pfn_t*> slots;
   std::vector<unsigned> idx;
-  for (unsigned i = from; i < NR_SLOTS; ++i) {
-    pfn_t* s = i < NR_DIRECT ? &e.direct[i] : table ? &table[i] : nullptr;
+  for (unsigned i = from, end = table ? NR_SLOTS : NR_DIRECT; i < end; ++i) {
+    pfn_t* s = i < NR_DIRECT ? &e.direct[i] : &table[i];
     if (s && *s) {
       slots.push_back(s);
       idx.push_back(i);
@@ -445,27 +445,58 @@ void release_pool(vfs_instance* v, pool_ctx* c) {
 
 pm_file* F(sqlite3_file* f) { return reinterpret_cast<pm_file*>(f); }
 
+/// The cache lines of a 4 KiB block that [from, from + len) touches (from, len within the block).
+std::uint64_t line_mask(std::uint64_t from, std::uint64_t len) {
+  const unsigned lo = unsigned(from / 64), hi = unsigned((from + len - 1) / 64);
+  return (hi == 63 ? ~0ull : (1ull << (hi + 1)) - 1) & ~((1ull << lo) - 1);
+}
+
+/// Records that [from, from + len) of chunk ck (page pg) was written. A 4 KiB page goes on the
+/// file's dirty list once (TestSetPageDirty: the dirty list's test-and-set) and keeps the mask of
+/// its written cache lines in page_private; a 4 KiB block of a 2 MiB page keeps its mask in
+/// n->huge_lines. xSync flushes the written lines only (a journal header update is one line).
 void mark_dirty(node* n, const chunk& ck, page* pg, std::uint64_t from, std::uint64_t len) {
+  if (len == 0) return;
   if (ck.order == 0) {
-    if (!TestSetPageDirty(pg)) n->dirty_small.push_back(pg);  // the dirty list's test-and-set
+    const std::uint64_t m = line_mask(from, len);
+    if (!TestSetPageDirty(pg)) {
+      n->dirty_small.push_back({ck.idx, pg});
+      set_page_private(pg, m);
+    } else {
+      set_page_private(pg, page_private(pg) | m);
+    }
     return;
   }
-  const std::uint64_t first = (ck.base - SMALL_BYTES + from) / PAGE_SIZE;
-  const std::uint64_t last = (ck.base - SMALL_BYTES + from + len - 1) / PAGE_SIZE;
-  if (n->dirty_bits.size() * 64 <= last) n->dirty_bits.resize(last / 64 + 1 + 64, 0);
-  for (std::uint64_t b = first; b <= last; ++b) {
-    std::uint64_t& w = n->dirty_bits[b / 64];
-    if (w & (1ull << (b % 64))) continue;
-    w |= 1ull << (b % 64);
-    n->dirty_blocks.push_back(std::uint32_t(b));
+  std::uint64_t off = ck.base - SMALL_BYTES + from;
+  const std::uint64_t end = off + len;
+  if (n->huge_lines.size() <= (end - 1) / PAGE_SIZE) n->huge_lines.resize((end - 1) / PAGE_SIZE + 1 + 512, 0);
+  while (off < end) {
+    const std::uint64_t b = off / PAGE_SIZE, in = off % PAGE_SIZE;
+    const std::uint64_t k = std::min(end - off, PAGE_SIZE - in);
+    std::uint64_t& w = n->huge_lines[b];
+    if (!w) n->dirty_blocks.push_back(std::uint32_t(b));
+    w |= line_mask(in, k);
+    off += k;
   }
 }
 
-/// Starts writing back every dirty block (no fence).
+/// Flushes the lines of `mask` in the 4 KiB block at `base`, one call per run of lines.
+void flush_lines(pool& p, const char* base, std::uint64_t mask) {
+  while (mask) {
+    const int lo = __builtin_ctzll(mask);
+    const std::uint64_t from_lo = mask >> lo;
+    const int n = from_lo == ~0ull >> lo ? 64 - lo : __builtin_ctzll(~from_lo);
+    p.flush(base + lo * 64, std::size_t(n) * 64);
+    mask &= n + lo >= 64 ? 0 : ~0ull << (n + lo);
+  }
+}
+
+/// Starts writing back every written line (no fence).
 void flush_dirty(node* n) {
   pool& p = n->ctx->pool;
-  for (page* pg : n->dirty_small) {
-    p.flush(page_address(pg), PAGE_SIZE);
+  for (auto& [idx, pg] : n->dirty_small) {
+    flush_lines(p, static_cast<const char*>(page_address(pg)), page_private(pg));
+    set_page_private(pg, 0);
     ClearPageDirty(pg);
   }
   n->dirty_small.clear();
@@ -473,26 +504,25 @@ void flush_dirty(node* n) {
     const std::uint64_t off = SMALL_BYTES + std::uint64_t{b} * PAGE_SIZE;
     const chunk ck = chunk_at(off);
     if (n->table && n->table[ck.idx])
-      p.flush(static_cast<char*>(page_address(pfn_to_page(n->table[ck.idx]))) + (off - ck.base), PAGE_SIZE);
-    n->dirty_bits[b / 64] &= ~(1ull << (b % 64));
+      flush_lines(p, static_cast<const char*>(page_address(pfn_to_page(n->table[ck.idx]))) + (off - ck.base),
+                  n->huge_lines[b]);
+    n->huge_lines[b] = 0;
   }
   n->dirty_blocks.clear();
 }
 
-/// Drops the dirty marks of slots [from, ...) before their pages are freed.
+/// Drops the dirty marks of chunks [from, ...) before their pages are freed.
 void forget_dirty_from(node* n, unsigned from) {
-  std::erase_if(n->dirty_small, [&](page* pg) {
-    for (unsigned i = from; i < NR_SMALL; ++i)
-      if (const pfn_t pfn = n->pfn_at(i); pfn && pfn_to_page(pfn) == pg) {
-        ClearPageDirty(pg);
-        return true;
-      }
-    return false;
+  std::erase_if(n->dirty_small, [&](const std::pair<unsigned, page*>& d) {
+    if (d.first < from) return false;
+    set_page_private(d.second, 0);
+    ClearPageDirty(d.second);
+    return true;
   });
   const std::uint64_t first_block = from <= NR_SMALL ? 0 : std::uint64_t{from - NR_SMALL} * BLOCKS_PER_HUGE;
   std::erase_if(n->dirty_blocks, [&](std::uint32_t b) {
     if (b < first_block) return false;
-    n->dirty_bits[b / 64] &= ~(1ull << (b % 64));
+    n->huge_lines[b] = 0;
     return true;
   });
 }
@@ -523,6 +553,7 @@ int pm_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
 
 /// Pages kept past a truncate because a reader pinned them (n->stale) hold the old bytes: before
 /// the file grows over them again, they are zeroed (a hole reads as zeros) and written back.
+/// (Pages allocated ahead are zero already: GFP_ZERO.)
 void unstale_below(node* n, std::uint64_t new_size) {
   for (auto it = n->stale.begin(); it != n->stale.end();) {
     const unsigned i = *it;
@@ -566,22 +597,22 @@ int write_locked(node* n, const void* buf, std::uint64_t amt, std::uint64_t off)
     pfn_t& slot = *n->slot(ck.idx);
     page* pg;
     if (!slot) {
-      const bool whole = pos == ck.base && k == ck.len;
-      pg = nullptr;
-      if (ck.order == 0) {
-        // This page and the next empty ones, in one bulk call (zeroed: the later ones will be
-        // written in part). Pages past the size when the file closes go back then.
-        pfn_t* batch[SMALL_BATCH];
-        unsigned nb = 0;
-        for (unsigned i = ck.idx; i < NR_SMALL && nb < SMALL_BATCH; ++i) {
-          pfn_t* s = n->slot(i);
-          if (!s || *s) break;
-          batch[nb++] = s;
-        }
-        if (c->pool.alloc_pages_bulk_to(0, std::span<pfn_t* const>(batch, nb), GFP_ZERO) > 0) pg = pfn_to_page(slot);
-      } else {
-        pg = c->pool.alloc_pages_to(ck.order, &slot, whole ? GFP_DEFAULT : GFP_ZERO);
+      // Always zeroed, the zeros durable with the allocation (GFP_ZERO): the size word and the
+      // data share xSync's fence, so after a crash in that sync the new size may be on the media
+      // while some data words are not; what shows through then must be zeros, never the page's
+      // previous bytes (an old journal header there once made a hot journal out of nothing: the
+      // power-failure test found it). A 4 KiB page brings the next empty ones along in one bulk
+      // call (a journal grows sequentially); pages past the size when the file closes or
+      // shrinks go back then.
+      pfn_t* batch[SMALL_BATCH];
+      unsigned nb = 0;
+      for (unsigned i = ck.idx; nb < (ck.order == 0 ? SMALL_BATCH : 1) && i < (ck.order == 0 ? NR_SMALL : NR_SLOTS); ++i) {
+        pfn_t* s = n->slot(i);
+        if (!s || *s) break;
+        batch[nb++] = s;
       }
+      pg = c->pool.alloc_pages_bulk_to(ck.order, std::span<pfn_t* const>(batch, nb), GFP_ZERO) > 0 ? pfn_to_page(slot)
+                                                                                                  : nullptr;
       if (!pg)
         return fail(SQLITE_FULL, "%s: the pool is full (no %s page for file bytes at %llu)", c->path.c_str(),
                     ck.order ? "2 MiB" : "4 KiB", (unsigned long long)pos);
