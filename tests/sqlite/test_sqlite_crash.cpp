@@ -76,7 +76,7 @@ TEST_P(SqliteCrash, PowerFailureAtEveryFenceOfACommitKeepsEveryCommittedTransact
   // The fence count at which each COMMIT had returned (from the op, read by the checker).
   std::vector<std::uint64_t> committed_at(NR_TXS, ~0ull);
   pmpage::testing::crash_options opts;
-  opts.random_subsets = std::getenv("PMPAGE_CRASH_SEEDS") ? unsigned(std::atoi(std::getenv("PMPAGE_CRASH_SEEDS"))) : 2;
+  opts.random_subsets = std::getenv("PMPAGE_CRASH_SEEDS") ? unsigned(std::atoi(std::getenv("PMPAGE_CRASH_SEEDS"))) : 4;
   auto op = [&](const std::shared_ptr<pmpage::persistence>& device) {
     pmpage::sqlite::vfs_options o;
     o.name = SIM_VFS;
