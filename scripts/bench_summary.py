@@ -336,7 +336,7 @@ def machine(doc):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     doc, runs = load(sys.argv[1])
     out_dir = sys.argv[2]
