@@ -72,9 +72,11 @@ constexpr unsigned HUGE_ORDER = 9;
 constexpr std::uint64_t HUGE_BYTES = PAGE_SIZE << HUGE_ORDER;  // 2 MiB
 constexpr std::uint64_t MAX_FILE = SMALL_BYTES + (NR_SLOTS - NR_SMALL) * HUGE_BYTES;
 constexpr unsigned BLOCKS_PER_HUGE = HUGE_BYTES / PAGE_SIZE;
-// A write that needs a new 4 KiB page takes up to this many (the next empty slots too) in one
-// bulk call: a journal grows sequentially, and the bulk call costs the fences of one page.
+// A write that needs a new 4 KiB page takes the next empty slots too, in one bulk call (the fences
+// of one page): up to SMALL_BATCH in the direct slots (a small journal: zeroing pages it will not
+// use costs more than fences), up to LARGE_BATCH beyond them (a growing database).
 constexpr unsigned SMALL_BATCH = 4;
+constexpr unsigned LARGE_BATCH = 16;
 
 enum : std::uint64_t { F_FREE = 0, F_LIVE = 1, F_DELETING = 2 };
 
@@ -604,9 +606,10 @@ int write_locked(node* n, const void* buf, std::uint64_t amt, std::uint64_t off)
       // power-failure test found it). A 4 KiB page brings the next empty ones along in one bulk
       // call (a journal grows sequentially); pages past the size when the file closes or
       // shrinks go back then.
-      pfn_t* batch[SMALL_BATCH];
+      pfn_t* batch[LARGE_BATCH];
       unsigned nb = 0;
-      for (unsigned i = ck.idx; nb < (ck.order == 0 ? SMALL_BATCH : 1) && i < (ck.order == 0 ? NR_SMALL : NR_SLOTS); ++i) {
+      const unsigned want = ck.order != 0 ? 1 : ck.idx < NR_DIRECT ? SMALL_BATCH : LARGE_BATCH;
+      for (unsigned i = ck.idx; nb < want && i < (ck.order == 0 ? NR_SMALL : NR_SLOTS); ++i) {
         pfn_t* s = n->slot(i);
         if (!s || *s) break;
         batch[nb++] = s;
