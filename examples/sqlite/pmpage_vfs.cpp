@@ -15,17 +15,24 @@
 // leaks a page nor leaves a slot naming a free one (the library's contract, not this file's).
 //
 // Durability (SQLite's contract: what xSync covered survives; unsynced writes may or may not):
-//   xWrite   copies into the mapping and marks the 4 KiB blocks dirty (PG_dirty on a 4 KiB page,
-//            a DRAM bit per 4 KiB block of a 2 MiB page); no flush yet.
-//   xSync    flushes every dirty block and the size word, then ONE fence (drain) — on the calling
+//   xWrite   copies into the mapping and records the written cache lines (a 4 KiB page goes on
+//            the file's dirty list by TestSetPageDirty and keeps its line mask in page_private;
+//            a 4 KiB block of a 2 MiB page has a mask in DRAM); no flush yet. New pages come
+//            zeroed (GFP_ZERO, durable with the allocation): see write_locked for why.
+//   xSync    flushes every written line and the size word, then ONE fence (drain) — on the calling
 //            thread, so a connection that moves between threads stays correct.
 //   xTruncate persists the new size first (the commit point of TRUNCATE journal mode), then
-//            frees the pages past it.
+//            frees the pages past it (bulk calls: 2 fences per 16 pages).
 //   xDelete  persists state DELETING first (the commit point of DELETE journal mode), then frees
 //            the pages, the table and the entry. Opening the pool finishes an interrupted delete.
 //   create   writes the entry, fence, then state LIVE, fence: a torn entry is never LIVE.
-// When the pool is opened (the first database of it in this process), pages past a file's durable
-// size (written but never synced before a crash, or kept by a reader during a truncate) are freed.
+//   close    the last close of a file is a sync (a reopen sees what was written), then frees
+//            the pages past its end.
+// A journal header cleared in place (PERSIST mode) is ordered by pm_write: SQLite assumes linear
+// sector writes, the media only 8-byte atomicity.
+// When the pool is opened (the first database of it in this process), every slot of the directory
+// is validated (a damaged pool is SQLITE_CORRUPT, never a misuse abort), interrupted deletes are
+// finished and pages past a file's durable size (written but never synced before a crash) freed.
 //
 // Locks, in the order they are taken: vfs_instance::mu (the open pools) -> pool_ctx::mu (the
 // directory, the nodes) -> node::mu (one file's pages, size, dirty lists, lock state, shm).
