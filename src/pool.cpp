@@ -603,16 +603,17 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
 int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
   if (forked("free_pages_bulk_from")) return -EINVAL;
-  // The state holder of the page slot i names (0: none). The slots do not change until phase 4.
-  auto holder_of = [&](std::size_t i, pfn_t& pfn) -> page* {
-    pfn = std::atomic_ref<pfn_t>(*srcs[i]).load(std::memory_order_relaxed);
-    return pfn ? state_holder(vpage(pfn - start_pfn())) : nullptr;
-  };
+  // What each slot named when it was checked (0: empty, skipped). Everything after the check
+  // works from this copy, never from the slots again: a concurrent alloc_pages_to may fill a slot
+  // that was empty, and that page is not ours to claim or free (it is the call after ours).
+  std::unique_ptr<pfn_t[]> seen(new (std::nothrow) pfn_t[srcs.size()]);
+  if (!seen && !srcs.empty()) return -ENOMEM;
   // 1. Every slot is checked as free_pages_from checks it, before anything changes: a misused
   //    list is refused whole (-EINVAL), and a busy page makes the whole call -EBUSY.
   bool busy = false;
   for (std::size_t i = 0; i < srcs.size(); ++i) {
     pfn_t* src = srcs[i];
+    seen[i] = 0;
     std::uint64_t slot;
     if (!dest_offset(src, slot)) {
       report_misuse("free_pages_bulk_from: srcs[%zu] (%p) is not an 8-byte aligned word of pool %s's root or data "
@@ -651,36 +652,37 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
     const int count = h->refcount_.load(std::memory_order_relaxed);
     if (count <= 0) return report_not_owner("free_pages_bulk_from", src, pfn, h, index);
     if (count > 1) busy = true;
+    seen[i] = pfn;
   }
   if (pfn_t* dup = first_duplicate(srcs)) {
     report_misuse("free_pages_bulk_from: slot %p is listed twice; nothing was freed", static_cast<void*>(dup));
     return -EINVAL;
   }
   if (busy) return -EBUSY;
+  auto holder = [&](std::size_t i) { return state_holder(vpage(seen[i] - start_pfn())); };
   // 2. Claim every page (count 1 -> 0, as free_pages_from does): from here no other free, move or
-  //    split can reach them, so their owners cannot change. Any failure gives the claims back.
+  //    split can reach them, so their owners cannot change, and the slots keep naming them. Any
+  //    failure gives back exactly the claims made.
   auto unclaim = [&](std::size_t upto) {
-    for (std::size_t j = 0; j < upto; ++j) {
-      pfn_t pfn;
-      if (page* h = holder_of(j, pfn)) h->refcount_.fetch_add(1, std::memory_order_relaxed);
-    }
+    for (std::size_t j = 0; j < upto; ++j)
+      if (seen[j]) holder(j)->refcount_.fetch_add(1, std::memory_order_relaxed);
   };
   for (std::size_t i = 0; i < srcs.size(); ++i) {
-    pfn_t pfn;
-    page* h = holder_of(i, pfn);
-    if (!h) continue;
-    const std::uint64_t index = pfn - start_pfn();
+    if (!seen[i]) continue;
+    page* h = holder(i);
+    const std::uint64_t index = seen[i] - start_pfn();
     std::uint64_t slot;
     dest_offset(srcs[i], slot);
     int expected = 1;
     if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
       unclaim(i);
       if (expected > 0) return -EBUSY;
-      return report_not_owner("free_pages_bulk_from", srcs[i], pfn, h, index);  // freed meanwhile
+      return report_not_owner("free_pages_bulk_from", srcs[i], seen[i], h, index);  // freed meanwhile
     }
-    if (slot_owner(h, index) != slot) {  // changed between the check and the claim: a race
+    if (slot_owner(h, index) != slot ||
+        std::atomic_ref<pfn_t>(*srcs[i]).load(std::memory_order_acquire) != seen[i]) {  // a race since the check
       unclaim(i + 1);
-      return report_not_owner("free_pages_bulk_from", srcs[i], pfn, h, index);
+      return report_not_owner("free_pages_bulk_from", srcs[i], seen[i], h, index);
     }
   }
   // 3. No listed slot may lie in a page this call frees: once an earlier batch frees that page
@@ -698,27 +700,26 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
       return -EINVAL;
     }
   }
-  // 4. Batches of up to BULK_LANES slots, two fences each (free_pages_from's protocol).
+  // 4. Batches of up to BULK_LANES claimed slots, two fences each (free_pages_from's protocol).
   std::size_t next = 0;
   for (;;) {
-    while (next < srcs.size() && std::atomic_ref<pfn_t>(*srcs[next]).load(std::memory_order_relaxed) == 0) ++next;
+    while (next < srcs.size() && !seen[next]) ++next;
     if (next == srcs.size()) break;
     std::size_t left = 0;
     for (std::size_t j = next; j < srcs.size() && left < BULK_LANES; ++j)
-      if (std::atomic_ref<pfn_t>(*srcs[j]).load(std::memory_order_relaxed)) ++left;
+      if (seen[j]) ++left;
     unsigned lanes[BULK_LANES];
     const unsigned nr = acquire_lanes(lanes, left);
     pfn_t* slots[BULK_LANES];
     page* holders[BULK_LANES];
     unsigned n = 0;
     for (; n < nr && next < srcs.size(); ++next) {
-      pfn_t pfn;
-      page* h = holder_of(next, pfn);
-      if (!h) continue;
+      if (!seen[next]) continue;
+      page* h = holder(next);
       std::uint64_t slot;
       dest_offset(srcs[next], slot);
       prefetch_map_line(h);
-      intents_.write(lanes[n], intent_kind::free_from, load_order(h), slot, pfn);
+      intents_.write(lanes[n], intent_kind::free_from, load_order(h), slot, seen[next]);
       slots[n] = srcs[next];
       holders[n++] = h;
     }
