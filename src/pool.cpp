@@ -988,22 +988,48 @@ const std::filesystem::path empty_path;
 
 pfn_t pool::start_pfn() const noexcept { return impl_ ? impl_->start_pfn() : 0; }
 pfn_t pool::end_pfn() const noexcept { return impl_ ? impl_->end_pfn() : 0; }
-page* pool::alloc_pages(unsigned order, gfp_t gfp) noexcept { return impl_ ? impl_->alloc_pages(order, gfp) : nullptr; }
+namespace {
+/// An allocation call on a closed pool (or a moved-from one) is misuse: reported, so that it is
+/// not mistaken for "no room" (nullptr) or for a silent no-op.
+void report_closed(const char* fn) noexcept {
+  detail::report_misuse("%s: the pool is closed (closed, moved from, or never opened)", fn);
+}
+}  // namespace
+
+page* pool::alloc_pages(unsigned order, gfp_t gfp) noexcept {
+  if (impl_) return impl_->alloc_pages(order, gfp);
+  report_closed("alloc_pages");
+  return nullptr;
+}
 std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept {
-  return impl_ ? impl_->alloc_pages_bulk(order, n, out, gfp) : 0;
+  if (impl_) return impl_->alloc_pages_bulk(order, n, out, gfp);
+  report_closed("alloc_pages_bulk");
+  return 0;
 }
 page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
-  return impl_ ? impl_->alloc_pages_to(order, dest, gfp) : nullptr;
+  if (impl_) return impl_->alloc_pages_to(order, dest, gfp);
+  report_closed("alloc_pages_to");
+  return nullptr;
 }
-int pool::free_pages_from(pfn_t* src) noexcept { return impl_ ? impl_->free_pages_from(src) : -EINVAL; }
+int pool::free_pages_from(pfn_t* src) noexcept {
+  if (impl_) return impl_->free_pages_from(src);
+  report_closed("free_pages_from");
+  return -EINVAL;
+}
 std::size_t pool::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept {
-  return impl_ ? impl_->alloc_pages_bulk_to(order, dests, gfp) : 0;
+  if (impl_) return impl_->alloc_pages_bulk_to(order, dests, gfp);
+  report_closed("alloc_pages_bulk_to");
+  return 0;
 }
 int pool::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
-  return impl_ ? impl_->free_pages_bulk_from(srcs) : -EINVAL;
+  if (impl_) return impl_->free_pages_bulk_from(srcs);
+  report_closed("free_pages_bulk_from");
+  return -EINVAL;
 }
 int pool::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
-  return impl_ ? impl_->move_pages_owner(src, dest) : -EINVAL;
+  if (impl_) return impl_->move_pages_owner(src, dest);
+  report_closed("move_pages_owner");
+  return -EINVAL;
 }
 void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }
 std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size() : 0; }

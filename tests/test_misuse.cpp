@@ -177,6 +177,22 @@ TEST_F(Misuse, PfnOfAClosedPoolIsReported) {
   EXPECT_EQ(pmpage::page_count(pmpage::pfn_to_page(pfn)), 1);
 }
 
+TEST_F(Misuse, AllocationCallsOnAClosedPoolAreReported) {
+  // Found by review: they returned nullptr / 0 / -EINVAL silently, so a closed pool looked full.
+  pmpage::pool closed;
+  pfn_t slot = 0;
+  pfn_t* one[] = {&slot};
+  expect_reported([&] { EXPECT_EQ(closed.alloc_pages(0), nullptr); }, "alloc_pages on a closed pool");
+  page* out[2];
+  expect_reported([&] { EXPECT_EQ(closed.alloc_pages_bulk(0, 2, out), 0u); }, "alloc_pages_bulk on a closed pool");
+  expect_reported([&] { EXPECT_EQ(closed.alloc_pages_to(0, &slot), nullptr); }, "alloc_pages_to on a closed pool");
+  expect_reported([&] { EXPECT_EQ(closed.free_pages_from(&slot), -EINVAL); }, "free_pages_from on a closed pool");
+  expect_reported([&] { EXPECT_EQ(closed.alloc_pages_bulk_to(0, one), 0u); }, "alloc_pages_bulk_to on a closed pool");
+  expect_reported([&] { EXPECT_EQ(closed.free_pages_bulk_from(one), -EINVAL); }, "free_pages_bulk_from on a closed pool");
+  expect_reported([&] { EXPECT_EQ(closed.move_pages_owner(&slot, &slot), -EINVAL); }, "move_pages_owner on a closed pool");
+  expect_state(total_pages_, {});
+}
+
 TEST_F(Misuse, UnlockOfAnUnlockedPageIsReported) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
