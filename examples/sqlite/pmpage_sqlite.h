@@ -46,7 +46,9 @@ namespace pmpage::sqlite {
 
 struct vfs_options {
   /// The name SQLite knows the VFS by (the `vfs=` URI parameter). Each name is its own instance
-  /// with its own open pools; registering a name that exists replaces nothing and returns SQLITE_OK.
+  /// with its own open pools. Registering a name again with the same options returns SQLITE_OK;
+  /// with other options (another backend) it is SQLITE_MISUSE — unregister_vfs first. A crash
+  /// test registers, runs, closes its connections and unregisters inside its op (docs/sqlite.md).
   std::string name = "pmpage";
   bool make_default = false;
   /// Size of a pool the VFS creates when the URI has no pool_size parameter.

@@ -49,6 +49,7 @@ SQLITE_EXTENSION_INIT1
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -210,6 +211,7 @@ struct pm_file {
   std::uint16_t shm_shared;
   std::uint16_t shm_excl;
   bool shm_mapped;
+  sqlite3_int64 mmap_limit;  // SQLITE_FCNTL_MMAP_SIZE (what PRAGMA mmap_size reports)
 };
 
 vfs_instance* instance_of(sqlite3_vfs* v) { return static_cast<vfs_instance*>(v->pAppData); }
@@ -399,7 +401,10 @@ int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out) {
     oo.backend = v->opts.backend;
     c->pool = pool::open(path, oo);
   } catch (const pmpage::error& e) {
-    const bool missing = e.code() == std::errc::no_such_file_or_directory;
+    // A missing file, or an empty one (what the unix VFS treats as an empty database): create.
+    std::error_code ec;
+    const bool missing = e.code() == std::errc::no_such_file_or_directory ||
+                         (std::filesystem::exists(path, ec) && std::filesystem::file_size(path, ec) == 0 && !ec);
     if (!missing || !(flags & SQLITE_OPEN_CREATE)) {
       if (e.code() == std::errc::resource_unavailable_try_again || e.code() == std::errc::device_or_resource_busy)
         return fail(SQLITE_BUSY, "%s: the pool is open in another process (%s)", zName, e.what());
@@ -414,6 +419,7 @@ int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out) {
     }
     o.backend = v->opts.backend;
     o.root_size = ROOT_SIZE;
+    o.mode = 0644;  // SQLite's default file permissions (before the umask)
     try {
       c->pool = pool::create(path, o);
     } catch (const pmpage::error& e2) {
@@ -786,8 +792,18 @@ int pm_check_reserved(sqlite3_file* f, int* out) {
 }
 
 int pm_file_control(sqlite3_file* f, int op, void* arg) {
+  pm_file* pf = F(f);
   if (op == SQLITE_FCNTL_VFSNAME) {
-    *static_cast<char**>(arg) = sqlite3_mprintf("%s", F(f)->n->ctx->vfs->opts.name.c_str());
+    *static_cast<char**>(arg) = sqlite3_mprintf("%s", pf->n->ctx->vfs->opts.name.c_str());
+    return SQLITE_OK;
+  }
+  if (op == SQLITE_FCNTL_MMAP_SIZE) {
+    // As os_unix.c: report the current limit, take a new one (>= 0). The pager decides from it
+    // whether to call xFetch; the VFS needs no mapping of its own (pool pages are mapped).
+    auto* v = static_cast<sqlite3_int64*>(arg);
+    const sqlite3_int64 want = *v;
+    *v = pf->mmap_limit;
+    if (want >= 0) pf->mmap_limit = want;
     return SQLITE_OK;
   }
   return SQLITE_NOTFOUND;
@@ -1054,6 +1070,7 @@ int pm_open(sqlite3_vfs* vfs, sqlite3_filename zName, sqlite3_file* file, int fl
       pf->lock = SQLITE_LOCK_NONE;
       pf->shm_shared = pf->shm_excl = 0;
       pf->shm_mapped = false;
+      pf->mmap_limit = 0;
       pf->base.pMethods = &pm_io_methods;
       ++v->open_files;
       if (out_flags) *out_flags = flags;
@@ -1131,7 +1148,16 @@ int register_vfs(const vfs_options& opts) {
   if (!sqlite3_api) return SQLITE_MISUSE;  // the extension build is registered by its entry point
 #endif
   std::lock_guard g(g_registry_mu);
-  if (g_registry.count(opts.name)) return SQLITE_OK;
+  if (auto it = g_registry.find(opts.name); it != g_registry.end()) {
+    const vfs_options& o = it->second->opts;
+    if (o.make_default == opts.make_default && o.default_pool_size == opts.default_pool_size &&
+        o.backend == opts.backend)
+      return SQLITE_OK;  // the same registration again
+    // A different backend under a registered name would be silently ignored (a crash test whose
+    // pools never see its simulated device): refuse it.
+    return fail(SQLITE_MISUSE, "VFS '%s' is registered already with other options (backend, default size); "
+                "unregister_vfs it first", opts.name.c_str());
+  }
   auto v = std::make_unique<vfs_instance>();
   v->opts = opts;
   v->base = sqlite3_vfs_find(nullptr);

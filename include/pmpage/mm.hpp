@@ -305,10 +305,11 @@ inline bool test_clear_flag(page* p, std::uint32_t bit) noexcept {
   page* h = state_holder(p);
   return h && (h->flags_.fetch_and(~bit, std::memory_order_acq_rel) & bit);
 }
-/// One atomic read-modify-write: of racing callers exactly one sees the bit clear.
+/// One atomic read-modify-write: of racing callers exactly one sees the bit clear. A pointer that
+/// is no descriptor (misuse, reported) answers "already set", so no caller acts on it.
 inline bool test_set_flag(page* p, std::uint32_t bit) noexcept {
   page* h = state_holder(p);
-  return h && (h->flags_.fetch_or(bit, std::memory_order_acq_rel) & bit);
+  return !h || (h->flags_.fetch_or(bit, std::memory_order_acq_rel) & bit);
 }
 }  // namespace detail
 
@@ -319,7 +320,8 @@ inline void ClearPageDirty(page* p) noexcept { detail::test_clear_flag(p, PG_dir
 inline bool TestClearPageDirty(page* p) noexcept { return detail::test_clear_flag(p, PG_dirty); }
 /// Sets PG_dirty on the compound head and returns whether it was already set, atomically: of
 /// threads racing to dirty one page exactly one gets false, so exactly one puts it on a dirty
-/// list. Misuse (reported, returns false): p is not a descriptor of an open pool. Thread-safe.
+/// list. Misuse (reported, returns true — "already dirty" — so a caller never queues an invalid
+/// page): p is not a descriptor of an open pool. Thread-safe.
 /// Volatile like every flag (not kept across close). Kernel: TestSetPageDirty.
 inline bool TestSetPageDirty(page* p) noexcept { return detail::test_set_flag(p, PG_dirty); }
 inline bool PageUptodate(page* p) noexcept { return detail::test_flag(p, PG_uptodate); }

@@ -125,6 +125,10 @@ struct crash_report {
 /// crash_point.fence == 0 to know that. An exception from check counts as a failure; one from op
 /// propagates. Images are kept in memory as sparse diffs until op returns.
 ///
+/// If op never opened a pool on the simulated device (it passed another backend, or an engine
+/// kept a registration made with an earlier device), the report has one failure saying so and no
+/// image is checked: a run that tested nothing never passes.
+///
 /// Not thread-safe w.r.t. itself; op may use several threads. Errors: std::system_error when
 /// `path` cannot be read or a scratch file written; std::invalid_argument for a malformed
 /// PMPAGE_CRASH_ONLY.

@@ -196,6 +196,21 @@ crash_report run_crash_test(const std::filesystem::path& path, const crash_optio
     capture({0, false, image_seed(opts.seed, 0, false, 0), 0.0});
   else if (only->fence == 0)
     capture(*only);
+  bool attached;
+  {
+    std::lock_guard g(model.mu);
+    attached = model.attached_once;
+  }
+  if (!attached) {
+    // Nothing was tested: op never opened a pool with the simulated device (it used another
+    // backend, or an engine kept a registration made with an earlier device). A pass here would
+    // be a lie.
+    rep.failures.push_back("the operation never opened a pool on the simulated device: pass `device` as the backend of "
+                           "every pool it opens on " + path.string() + " (an engine registered with an earlier device "
+                           "must be re-registered)");
+    rep.failed.push_back(crash_point{});
+    return rep;
+  }
   if (only && caps.empty()) {
     rep.failures.push_back(only->label() + ": not reached: the operation issued only " + std::to_string(rep.fences) + " fences");
     rep.failed.push_back(*only);

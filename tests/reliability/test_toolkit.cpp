@@ -210,3 +210,33 @@ TEST_F(Toolkit, ReopenOnTheSameDeviceKeepsUnfencedStoresVolatile) {
 }
 
 }  // namespace
+
+namespace {
+TEST(ToolkitMisuse, AnOperationThatNeverUsesTheSimulatedDeviceFails) {
+  // Found by review: an engine registration kept from an earlier run gave the op's pools the
+  // old device; the test "passed" with 0 fences and one image. Nothing tested must not pass.
+  const std::string path = "/dev/shm/pmpage-toolkit-unused-" + std::to_string(::getpid());
+  fs::remove(path);
+  {
+    pool::options o;
+    o.size = 16u << 20;
+    pool p = pool::create(path, o);
+  }
+  int checks = 0;
+  const pt::crash_report rep = pt::run_crash_test(
+      path, {},
+      [&](const std::shared_ptr<persistence>&) {
+        pool p = pool::open(path);  // the default backend: the simulated device is ignored
+        (void)p.alloc_pages(0);
+      },
+      [&](const fs::path&, const pt::crash_point&) {
+        ++checks;
+        return std::string();
+      });
+  EXPECT_FALSE(rep.ok());
+  ASSERT_EQ(rep.failures.size(), 1u);
+  EXPECT_NE(rep.failures[0].find("never opened a pool on the simulated device"), std::string::npos) << rep.failures[0];
+  EXPECT_EQ(checks, 0);
+  fs::remove(path);
+}
+}  // namespace

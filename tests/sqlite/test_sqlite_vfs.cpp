@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -312,6 +313,44 @@ TEST(SqliteVfs, ADamagedDirectoryIsSqliteCorruptNotACrash) {
     sqlite3_close(db);
   }
   remove_db_files(path);
+}
+
+TEST(SqliteVfs, BehavesLikeTheUnixVfsAtTheEdges) {
+  // Review findings: PRAGMA mmap_size printed nothing; an empty file was refused as "too small"
+  // where the unix VFS opens an empty database.
+  const std::string path = scratch(test_name() + ".pool");
+  remove_db_files(path);
+  { std::ofstream create_empty(path); }
+  {
+    connection c(uri(path, "pool_size=16M"));
+    EXPECT_EQ(c.exec("PRAGMA mmap_size=268435456;"), "268435456\n");
+    EXPECT_EQ(c.exec("PRAGMA mmap_size;"), "268435456\n");
+    c.exec("CREATE TABLE t(a); INSERT INTO t VALUES (5);");
+  }
+  EXPECT_GE(std::filesystem::file_size(path), 16u << 20) << "the empty file became the pool";
+  connection c(uri(path));
+  EXPECT_EQ(c.exec("SELECT a FROM t;"), "5\n");
+  c.close();
+  remove_db_files(path);
+}
+
+TEST(SqliteVfs, ReRegisteringANameWithAnotherBackendIsRefused) {
+  // Review finding: a crash test that registered its VFS name again with a new simulated device
+  // kept the old one and "passed" without testing anything.
+  pmpage::sqlite::vfs_options o;
+  o.name = "pmpage-rereg";
+  o.backend = pmpage::make_libpmem_persistence();
+  ASSERT_EQ(pmpage::sqlite::register_vfs(o), SQLITE_OK);
+  EXPECT_EQ(pmpage::sqlite::register_vfs(o), SQLITE_OK) << "the same registration again is fine";
+  pmpage::sqlite::vfs_options other = o;
+  other.backend = pmpage::make_libpmem_persistence();
+  EXPECT_EQ(pmpage::sqlite::register_vfs(other), SQLITE_MISUSE);
+  EXPECT_NE(std::string(pmpage_sqlite_errmsg()).find("unregister_vfs it first"), std::string::npos)
+      << pmpage_sqlite_errmsg();
+  EXPECT_EQ(pmpage::sqlite::unregister_vfs("pmpage-rereg"), SQLITE_OK);
+  EXPECT_EQ(pmpage::sqlite::register_vfs(other), SQLITE_OK);
+  EXPECT_EQ(pmpage::sqlite::unregister_vfs("pmpage-rereg"), SQLITE_OK);
+  EXPECT_EQ(pmpage::sqlite::unregister_vfs("pmpage-rereg"), SQLITE_NOTFOUND);
 }
 
 TEST(SqliteVfs, ASecondProcessIsRefusedWithAClearError) {
