@@ -1033,28 +1033,38 @@ int pool::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
 }
 void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }
 std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size() : 0; }
+// Persisting through a closed pool would silently make nothing durable, and checking one would
+// answer "healthy": both are reported like the allocation calls.
 void pool::persist(const void* addr, std::size_t len) const noexcept {
-  if (!impl_) return;
+  if (!impl_) return report_closed("persist");
   impl_->pers().flush(addr, len);
   impl_->fence();
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
-  if (impl_) impl_->pers().flush(addr, len);
+  if (!impl_) return report_closed("flush");
+  impl_->pers().flush(addr, len);
 }
 void pool::drain() const noexcept {
-  if (impl_) impl_->fence();
+  if (!impl_) return report_closed("drain");
+  impl_->fence();
 }
 pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
 std::size_t pool::trim() noexcept { return impl_ ? impl_->trim() : 0; }
 void pool::for_each_allocated(const std::function<void(page*, unsigned)>& f) const {
-  if (!impl_) return;
+  if (!impl_) return report_closed("for_each_allocated");
   std::vector<std::pair<page*, unsigned>> all;
   impl_->collect_allocations(all);
   for (auto& [p, order] : all) f(p, order);  // outside the lock: f may take references
 }
-std::string pool::check() const { return impl_ ? impl_->check() : std::string(); }
+std::string pool::check() const {
+  if (impl_) return impl_->check();
+  report_closed("check");
+  return "the pool is closed: nothing was checked";
+}
 pool::slot_check pool::check_slots(std::span<pfn_t* const> slots) const {
-  return impl_ ? impl_->check_slots(slots) : slot_check{};
+  if (impl_) return impl_->check_slots(slots);
+  report_closed("check_slots");
+  return slot_check{};
 }
 std::string pool::slot_check::describe() const {
   std::string out;

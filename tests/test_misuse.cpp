@@ -190,6 +190,14 @@ TEST_F(Misuse, AllocationCallsOnAClosedPoolAreReported) {
   expect_reported([&] { EXPECT_EQ(closed.alloc_pages_bulk_to(0, one), 0u); }, "alloc_pages_bulk_to on a closed pool");
   expect_reported([&] { EXPECT_EQ(closed.free_pages_bulk_from(one), -EINVAL); }, "free_pages_bulk_from on a closed pool");
   expect_reported([&] { EXPECT_EQ(closed.move_pages_owner(&slot, &slot), -EINVAL); }, "move_pages_owner on a closed pool");
+  // The same hole's other members: persisting through a closed pool made nothing durable without
+  // a word, and checking one answered "healthy".
+  expect_reported([&] { closed.persist(&slot, 8); }, "persist on a closed pool");
+  expect_reported([&] { closed.flush(&slot, 8); }, "flush on a closed pool");
+  expect_reported([&] { closed.drain(); }, "drain on a closed pool");
+  expect_reported([&] { EXPECT_NE(closed.check(), ""); }, "check on a closed pool");
+  expect_reported([&] { (void)closed.check_slots(one); }, "check_slots on a closed pool");
+  expect_reported([&] { closed.for_each_allocated([](page*, unsigned) {}); }, "for_each_allocated on a closed pool");
   expect_state(total_pages_, {});
 }
 
