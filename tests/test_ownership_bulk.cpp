@@ -18,20 +18,13 @@ using namespace pmtest;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class BulkSlots : public PoolTest {
+class BulkSlots : public CountingPoolTest {
  protected:
-  std::shared_ptr<pmpage::persistence> backend() override { return counter_; }
   pfn_t* slots() { return root_slots(pool_); }
   std::vector<pfn_t*> list(std::size_t first, std::size_t n) {
     std::vector<pfn_t*> v;
     for (std::size_t i = first; i < first + n; ++i) v.push_back(&slots()[i]);
     return v;
-  }
-  template <class F>
-  std::uint64_t fences_of(F&& f) {
-    counter_->reset();
-    f();
-    return counter_->fences();
   }
   template <class F>
   void expect_reported(F&& f, const char* what, const char* needle) {
@@ -48,8 +41,6 @@ class BulkSlots : public PoolTest {
     const auto r = pool_.check_slots(list(0, n));
     EXPECT_TRUE(r.clean()) << r.describe();
   }
-  std::shared_ptr<pmpage::counting_persistence> counter_ =
-      std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
   misuse_recorder recorder_;
 };
 

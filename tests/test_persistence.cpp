@@ -87,26 +87,7 @@ TEST_F(Persistence, BackendIsAttachedToTheMappingAndDetachedAtClose) {
 
 // ---- fence budget -----------------------------------------------------------------------------
 
-class FenceBudget : public PoolTest {
- protected:
-  std::shared_ptr<pmpage::persistence> backend() override { return counter_; }
-
-  template <class F>
-  std::uint64_t fences_of(F&& f) {
-    counter_->reset();
-    f();
-    return counter_->fences();
-  }
-  template <class F>
-  std::uint64_t flushes_of(F&& f) {
-    counter_->reset();
-    f();
-    return counter_->flushes();
-  }
-
-  std::shared_ptr<pmpage::counting_persistence> counter_ =
-      std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
-};
+using FenceBudget = CountingPoolTest;
 
 TEST_F(FenceBudget, OrderZeroAllocAndFreeInASplitRegionCostOneFenceEach) {
   page* anchor = pool_.alloc_pages(0);  // splits a region and keeps it split

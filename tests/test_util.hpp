@@ -247,4 +247,24 @@ class PoolTest : public TempPathTest {
   std::uint64_t total_regions_ = 0;
 };
 
+/// A PoolTest whose pool runs on a counting backend: fences_of(f) / flushes_of(f) are what f cost.
+class CountingPoolTest : public PoolTest {
+ protected:
+  std::shared_ptr<pmpage::persistence> backend() override { return counter_; }
+  template <class F>
+  std::uint64_t fences_of(F&& f) {
+    counter_->reset();
+    f();
+    return counter_->fences();
+  }
+  template <class F>
+  std::uint64_t flushes_of(F&& f) {
+    counter_->reset();
+    f();
+    return counter_->flushes();
+  }
+  std::shared_ptr<pmpage::counting_persistence> counter_ =
+      std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
+};
+
 }  // namespace pmtest

@@ -76,7 +76,7 @@ constexpr unsigned TABLE_ORDER = 2;
 constexpr unsigned NR_SLOTS = (PAGE_SIZE << TABLE_ORDER) / sizeof(pfn_t);  // 2048
 constexpr unsigned NR_SMALL = 256;
 constexpr std::uint64_t SMALL_BYTES = std::uint64_t{NR_SMALL} * PAGE_SIZE;  // 1 MiB
-constexpr unsigned HUGE_ORDER = 9;
+constexpr unsigned HUGE_ORDER = HPAGE_PMD_ORDER;  // the library's 2 MiB order
 constexpr std::uint64_t HUGE_BYTES = PAGE_SIZE << HUGE_ORDER;  // 2 MiB
 constexpr std::uint64_t MAX_FILE = SMALL_BYTES + (NR_SLOTS - NR_SMALL) * HUGE_BYTES;
 constexpr unsigned BLOCKS_PER_HUGE = HUGE_BYTES / PAGE_SIZE;
@@ -220,9 +220,9 @@ vfs_instance* instance_of(sqlite3_vfs* v) { return static_cast<vfs_instance*>(v-
 
 void persist_entry(pool_ctx* c, dir_entry& e) { c->pool.persist(&e, sizeof e); }
 
-dir_entry* find_entry(pool_ctx* c, const std::string& suffix, bool live_only = true) {
+dir_entry* find_entry(pool_ctx* c, const std::string& suffix) {
   for (auto& e : c->dir->files)
-    if ((e.state == F_LIVE || (!live_only && e.state != F_FREE)) && suffix == e.suffix) return &e;
+    if (e.state == F_LIVE && suffix == e.suffix) return &e;
   return nullptr;
 }
 
