@@ -54,13 +54,13 @@ device::~device() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void device::open_existing(const std::string& path) {
+void device::open_existing(const std::string& path, access a) {
   path_ = path;
-  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  fd_ = ::open(path.c_str(), (a == access::read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd_ < 0) {
     const int e = errno;
     if (e == EISDIR) fail(e, path, "is a directory, not a pool file or device");
-    fail(e, path, sys_reason("cannot open read-write", e));
+    fail(e, path, sys_reason(a == access::read_only ? "cannot open read-only" : "cannot open read-write", e));
   }
   probe();
 }
@@ -175,11 +175,20 @@ void device::probe() {
   fail(ENODEV, path_, "is neither a regular file nor a device DAX character device");
 }
 
-void device::lock() {
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+void device::lock(bool shared) {
+  if (::flock(fd_, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     const int e = errno;
-    if (e == EWOULDBLOCK) fail(EBUSY, path_, "pool is already open (by another process or another handle)");
-    fail(e, path_, sys_reason("flock", e));
+    if (e != EWOULDBLOCK) fail(e, path_, sys_reason("flock", e));
+    if (shared)
+      fail(EBUSY, path_, "pool is open for writing (by another process or another handle); "
+                         "a read-only open needs every writer to close it first");
+    // Held shared (read-only openers) or exclusively (a writer): ask which, without waiting.
+    const int probe = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    const bool readers_only = probe >= 0 && ::flock(probe, LOCK_SH | LOCK_NB) == 0;
+    if (probe >= 0) ::close(probe);
+    fail(EBUSY, path_, readers_only ? "pool is open read-only (by another process or another handle); "
+                                      "writing needs every reader to close it first"
+                                    : "pool is already open for writing (by another process or another handle)");
   }
 }
 
@@ -258,7 +267,7 @@ void device::sync() {
   if (::fsync(fd_) != 0) fail(errno, path_, sys_reason("fsync", errno));
 }
 
-void device::map(std::uint64_t length, std::uint64_t data_offset) {
+void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode) {
   constexpr std::uint64_t gib = 1ull << 30;
   const std::size_t res_len = std::size_t(length + gib);
   void* res = ::mmap(nullptr, res_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -268,9 +277,18 @@ void device::map(std::uint64_t length, std::uint64_t data_offset) {
   const auto r = reinterpret_cast<std::uintptr_t>(res);
   const std::uintptr_t data = (r + data_offset + gib - 1) & ~std::uintptr_t(gib - 1);
   char* want = reinterpret_cast<char*>(data - data_offset);
-  void* m = ::mmap(want, length, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED, fd_, 0);
-  bool sync = m != MAP_FAILED;
-  if (!sync) m = ::mmap(want, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0);
+  void* m = MAP_FAILED;
+  bool sync = false;
+  if (mode == map_mode::shared_write) {
+    m = ::mmap(want, length, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED, fd_, 0);
+    sync = m != MAP_FAILED;
+    if (!sync) m = ::mmap(want, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0);
+  } else if (mode == map_mode::shared_read) {
+    m = ::mmap(want, length, PROT_READ, MAP_SHARED | MAP_FIXED, fd_, 0);
+  } else {
+    // Device DAX refuses private mappings (EINVAL): the caller falls back to shared_read.
+    m = ::mmap(want, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd_, 0);
+  }
   if (m == MAP_FAILED) {
     const int e = errno;
     unmap();
@@ -280,7 +298,11 @@ void device::map(std::uint64_t length, std::uint64_t data_offset) {
   map_len_ = length;
   // MAP_SYNC means cache flushes reach the media; device DAX needs no page cache either.
   // pmem_is_pmem() answers the PMEM_IS_PMEM_FORCE override for everything else.
-  is_pmem_ = sync || kind_ == kind::device_dax || pmem_is_pmem(base_, length);
+  is_pmem_ = mode == map_mode::shared_write && (sync || kind_ == kind::device_dax || pmem_is_pmem(base_, length));
+}
+
+void device::protect_read_only() {
+  if (::mprotect(base_, map_len_, PROT_READ) != 0) fail(errno, path_, sys_reason("mprotect", errno));
 }
 
 void device::unmap() noexcept {

@@ -23,8 +23,10 @@ class device {
   device& operator=(const device&) = delete;
   ~device();
 
-  /// Opens an existing path read-write. Refuses directories, non-DAX character devices, FIFOs...
-  void open_existing(const std::string& path);
+  enum class access { read_write, read_only };
+  /// Opens an existing path (O_RDWR, or O_RDONLY for read_only: works on a file the caller may
+  /// only read). Refuses directories, non-DAX character devices, FIFOs...
+  void open_existing(const std::string& path, access a = access::read_write);
   /// Creates a new regular file under the temporary name temp_name(path), locked (flock), to be
   /// formatted there and published at `path` by publish(); abandon() removes it. A temporary file
   /// left by an interrupted create (unlocked) is replaced; one held by a running create is EBUSY.
@@ -34,8 +36,9 @@ class device {
   void publish();
   /// `<path>.pmpage-creating`: where create() builds a new pool file before publishing it.
   static std::string temp_name(const std::string& path);
-  /// Takes the exclusive single-opener lock (flock); throws if another handle holds it.
-  void lock();
+  /// Takes the opener lock (flock, never waits): exclusive for a writer, shared for read-only
+  /// openers (several readers, no writer). Throws EBUSY naming who holds it.
+  void lock(bool shared = false);
   /// Grows a regular file to at least `size` bytes; preallocate reserves all its blocks.
   void ensure_size(std::uint64_t size, bool preallocate);
   /// Reserves the blocks of [0, len) of a regular file, so that a full file system is an error
@@ -49,9 +52,16 @@ class device {
   /// fsync: the file's size and blocks (and, without MAP_SYNC, its mapped pages) are durable.
   void sync();
 
-  /// Maps the first `length` bytes shared and writable so that base() + data_offset is 1 GiB
-  /// aligned (huge-page friendly; also what the data-address table needs). Tries MAP_SYNC first.
-  void map(std::uint64_t length, std::uint64_t data_offset);
+  /// How map() maps: shared and writable (a pool open for writing; tries MAP_SYNC first); shared
+  /// and read-only (PROT_READ: fsck); or private copy-on-write over a read-only descriptor (a
+  /// read-only pool: recovery runs on this process's copy of the pages it touches, the file
+  /// never changes; made PROT_READ by protect_read_only() once recovery is done).
+  enum class map_mode { shared_write, shared_read, private_copy };
+  /// Maps the first `length` bytes so that base() + data_offset is 1 GiB aligned (huge-page
+  /// friendly; also what the data-address table needs).
+  void map(std::uint64_t length, std::uint64_t data_offset, map_mode mode = map_mode::shared_write);
+  /// mprotect(PROT_READ) of the whole mapping: a stray store into a read-only pool faults.
+  void protect_read_only();
   void unmap() noexcept;
 
   const std::string& path() const { return path_; }
