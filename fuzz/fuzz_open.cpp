@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <string>
 
+#include <pmpage/fsck.hpp>
 #include <pmpage/pmpage.hpp>
 
 namespace {
@@ -39,8 +40,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (fd < 0) std::abort();
   if (::ftruncate(fd, POOL_SIZE) != 0 || ::pwrite(fd, data, size, 0) != ssize_t(size)) std::abort();
   ::close(fd);
+  // The offline checker reads the same bytes first: it must never crash or throw on a readable
+  // file (damage is a problem in its report), and a pool it finds clean must open.
+  pmpage::fsck::report before;
+  try {
+    before = pmpage::fsck::check(scratch());
+  } catch (const pmpage::error& e) {
+    std::fprintf(stderr, "fsck threw on a readable file: %s\n", e.what());
+    std::abort();
+  }
+  bool opened = false;
   try {
     pmpage::pool p = pmpage::pool::open(scratch());
+    opened = true;
     std::size_t n = 0;
     p.for_each_allocated([&](pmpage::page* head, unsigned order) {
       if (pmpage::page_count(head) != 1 || pmpage::compound_order(head) != order) std::abort();
@@ -53,8 +65,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // The recovered pool must be usable.
     if (pmpage::page* pg = p.alloc_pages(0)) pmpage::put_page(pg);
     if (!p.check().empty()) std::abort();
-  } catch (const pmpage::error&) {
-    // Rejected with a message: fine.
+  } catch (const pmpage::error& e) {
+    // Rejected with a message: fine, unless the checker called the pool clean.
+    if (!opened && before.readable && before.problems.empty()) {
+      std::fprintf(stderr, "fsck found nothing wrong but open refused: %s\n", e.what());
+      std::abort();
+    }
+  }
+  if (opened && !before.readable) {
+    std::fprintf(stderr, "open accepted a pool the checker could not read\n");
+    std::abort();
   }
   return 0;
 }

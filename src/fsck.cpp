@@ -162,7 +162,7 @@ void analyzer::lanes() {
       p.length = LANE_SIZE;
     };
     if (l.checksum != fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8)) {
-      problem& p = add("L2", "intent lanes", "lane " + std::to_string(i) + " holds a torn intent (checksum mismatch): it was never committed");
+      problem& p = add("L3", "intent lanes", "lane " + std::to_string(i) + " holds a torn intent (checksum mismatch): it was never committed");
       locate(p);
       p.repair = "recovery discards it (clears its seq word)";
       p.recovery = true;
@@ -176,7 +176,7 @@ void analyzer::lanes() {
                           (l.kind != std::uint32_t(intent_kind::move_to) || slot_valid(l.aux)) &&
                           (l.kind != std::uint32_t(intent_kind::split_to) || l.order == HPAGE_PMD_ORDER);
     if (!in_range) {
-      problem& p = add("L3", "intent lanes",
+      problem& p = add("L2", "intent lanes",
                        "lane " + std::to_string(i) + " holds a checksummed intent whose fields are out of range (kind " +
                            std::to_string(l.kind) + ", order " + std::to_string(l.order) + ", pfn " + hex(l.pfn) +
                            ", slot offset " + hex(l.slot_offset) + "): damage or a crafted lane");
@@ -367,7 +367,7 @@ bool analyzer::fixed_map(std::uint64_t r, std::uint64_t* map, bool record) {
       while (j < HPAGE_PMD_NR && code_at(map, j) == CODE_TAIL) ++j;
       if (record) {
         const bool torn = fits && invalid == 0 && frees > 0 && tails + frees == n - 1;
-        problem& p = add(torn ? "P3" : "P2", "page map",
+        problem& p = add("P2", "page map",
                          where + std::to_string(i) + ": head of order " + std::to_string(k) +
                              (torn ? " with " + std::to_string(frees) + " of its tails missing: an allocation or free in flight"
                                    : !fits ? " is misaligned or runs past the region"
@@ -388,7 +388,7 @@ bool analyzer::fixed_map(std::uint64_t r, std::uint64_t* map, bool record) {
                                                                               code_at(map, j) != CODE_FREE))
       ++j;
     if (record) {
-      problem& p = add(tail_run ? "P3" : "P2", "page map",
+      problem& p = add("P2", "page map",
                        where + std::to_string(i) + (j - i > 1 ? "-" + std::to_string(j - 1) : std::string()) +
                            (tail_run ? ": tail codes with no head before them: an allocation or free in flight"
                                      : ": invalid code(s) " + hex(c) + " (no write produces them)"));
