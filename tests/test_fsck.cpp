@@ -14,6 +14,7 @@
 #include "layout.hpp"
 #include "pmpage/fsck.hpp"
 #include "pmpage/pmpage.hpp"
+#include "pool_image.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -21,44 +22,13 @@ namespace {
 using namespace pmpage;
 namespace fs = std::filesystem;
 using detail::superblock;
+using namespace pmtest::image;
 using namespace pmtest;
 
 fsck::options repairing() {
   fsck::options o;
   o.repair = true;
   return o;
-}
-
-std::string file_bytes(const fs::path& p) {
-  std::string s(fs::file_size(p), '\0');
-  std::ifstream in(p, std::ios::binary);
-  in.read(s.data(), std::streamsize(s.size()));
-  return s;
-}
-
-superblock read_sb(const fs::path& p) {
-  superblock sb;
-  std::ifstream in(p, std::ios::binary);
-  in.read(reinterpret_cast<char*>(&sb), sizeof sb);
-  return sb;
-}
-
-std::uint64_t read_word(const fs::path& p, std::uint64_t off) {
-  std::uint64_t v = 0;
-  std::ifstream in(p, std::ios::binary);
-  in.seekg(std::streamoff(off));
-  in.read(reinterpret_cast<char*>(&v), 8);
-  return v;
-}
-
-void write_word(const fs::path& p, std::uint64_t off, std::uint64_t v) {
-  std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
-  f.seekp(std::streamoff(off));
-  f.write(reinterpret_cast<const char*>(&v), 8);
-}
-
-void flip_bit(const fs::path& p, std::uint64_t off, unsigned bit) {
-  write_word(p, off & ~std::uint64_t{7}, read_word(p, off & ~std::uint64_t{7}) ^ (std::uint64_t{1} << (bit + 8 * (off & 7))));
 }
 
 /// The allocations of the pool at p: head pfn -> order.
@@ -445,3 +415,42 @@ TEST_F(FsckTest, DumpDecodesOneRegion) {
 }
 
 }  // namespace
+
+TEST_F(FsckTest, SixteenTebibytePoolIsCheckedFromItsMetadataAlone) {
+  // 2^23 regions: the region table (64 MiB, read whole) and the page maps of split regions only.
+  const fs::path big = new_path("16t");
+  const superblock sb = craft_image(big, (MAX_POOL_PAGES << PAGE_SHIFT) + 40 * GiB);
+  ASSERT_EQ(sb.nr_regions, MAX_POOL_PAGES / 512);
+  using detail::make_region_word;
+  using detail::region_state;
+  write_word(big, sb.region_table_offset, make_region_word(region_state::head, 18));        // regions 0..511
+  write_word(big, sb.region_table_offset + 8 * 1000, make_region_word(region_state::split)); // one 4 KiB page
+  write_word(big, sb.page_map_offset + 256 * 1000, 0x1);
+  write_word(big, sb.region_table_offset + 8 * (sb.nr_regions - 1), 0xdead0000);           // damage at the end
+  fsck::options o;
+  o.regions = true;
+  fsck::report r = fsck::check(big, o);
+  EXPECT_TRUE(r.readable);
+  ASSERT_EQ(r.regions.size(), sb.nr_regions);
+  EXPECT_EQ(r.large_allocations, 1u);
+  EXPECT_EQ(r.large_regions, 512u);
+  EXPECT_EQ(r.split_regions, 1u);
+  EXPECT_EQ(r.damaged_regions, 1u);
+  EXPECT_EQ(r.regions[1000].kind, fsck::region_kind::split);
+  EXPECT_EQ(r.regions[1000].used_pages, 1u);
+  EXPECT_EQ(r.regions[511].kind, fsck::region_kind::tail);
+  EXPECT_EQ(r.regions.back().kind, fsck::region_kind::damaged);
+  EXPECT_EQ(r.free_pages, r.total_pages - 512 * 512 - 1 - 512);  // the damaged region is not counted free
+  EXPECT_EQ(r.largest_free_order, 18);
+  const fsck::problem* p = find_rule(r, "R1");
+  ASSERT_NE(p, nullptr) << list(r);
+  EXPECT_EQ(p->offset, sb.region_table_offset + 8 * (sb.nr_regions - 1));
+  EXPECT_EQ(r.exit_code(), 4);
+  // The smallest pool: 4 MiB.
+  const fs::path small = new_path("4m");
+  pool(create_pool(small, MIN_POOL_SIZE)).close();
+  fsck::report s = fsck::check(small, o);
+  EXPECT_TRUE(s.problems.empty()) << list(s);
+  EXPECT_EQ(s.regions.size(), s.nr_regions);
+  EXPECT_GE(s.nr_regions, 1u);
+}
