@@ -309,6 +309,35 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
     }
     r += span;
   }
+  // R3: a FREE region's page map is ignored, and may hold a crash's leftovers; but an
+  // allocation there that a slot names as its owner was SPLIT (a crash cannot leave a slot
+  // naming a page whose region word is not durable: the intent undoes it). SPLIT and FREE
+  // differ in one bit: restore SPLIT, keeping every allocation.
+  for (std::uint64_t r = 0; r < n; ++r) {
+    if (words_[r] != make_region_word(region_state::free) || covered_[r] || damaged_[r]) continue;
+    const char* m = base_ + map_offset(r);
+    bool any = false;
+    for (unsigned w = 0; w < PAGE_MAP_WORDS && !any; ++w) any = load(m + 8 * w) != 0;
+    if (!any) continue;
+    std::uint64_t map[PAGE_MAP_WORDS];
+    std::memcpy(map, m, PAGE_MAP_BYTES);
+    unsigned named = 0;
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+      if (!code_is_head(code_at(map, i))) continue;
+      const std::uint64_t e = load(base_ + owner_offset((r << HPAGE_PMD_ORDER) + i));
+      named += e && slot_valid(e) && slot_value(e) == pfn_of((r << HPAGE_PMD_ORDER) + i);
+    }
+    if (!named) continue;
+    problem& p = add("R3", "region table",
+                     "region " + std::to_string(r) + " is FREE but its page map lists allocations, " + std::to_string(named) +
+                         " of them owned by slots that name them: its SPLIT word lost a bit");
+    p.region = p.word = std::int64_t(r);
+    p.offset = region_word_offset(r);
+    p.length = 8;
+    p.repair = "set it to SPLIT (keeps the allocations the slots name)";
+    fixes_.push_back({p.offset, make_region_word(region_state::split)});
+    words_[r] = make_region_word(region_state::split);
+  }
 }
 
 bool analyzer::fixed_map(std::uint64_t r, std::uint64_t* map, bool record) {

@@ -28,7 +28,7 @@ namespace pmpage::fsck {
 /// One finding. Locations are -1 when they do not apply.
 struct problem {
   /// The rule broken, as docs/format.md ("Checking a pool") names it: F1-F2 the file, SB1-SB3
-  /// superblocks, L1-L3 intent lanes, R1-R2 and P1 the region table, P2 page maps, O1 owners.
+  /// superblocks, L1-L3 intent lanes, R1-R3 and P1 the region table, P2 page maps, O1 owners.
   std::string rule;
   /// "file", "superblock A", "superblock B", "intent lanes", "region table", "page map",
   /// "owner table".
