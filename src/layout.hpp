@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "pmpage/types.hpp"
 
@@ -134,5 +135,10 @@ struct layout {
 bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t data_align, layout& out);
 
 std::uint64_t fletcher64(const void* data, std::size_t len);
+
+/// A copy whose magic word is the creation marker (create() had not finished with it).
+bool is_creating_marker(const superblock& sb);
+/// Why a superblock copy cannot be used (one phrase), or "" if it passes every rule.
+std::string superblock_problem(const superblock& sb);
 
 }  // namespace pmpage::detail

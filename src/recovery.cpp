@@ -47,35 +47,6 @@ namespace {
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
-/// A copy whose magic word is the creation marker (create() had not finished with it).
-bool is_creating_marker(const superblock& sb) { return std::memcmp(sb.magic, CREATING_MAGIC, sizeof sb.magic) == 0; }
-
-/// Why a superblock copy cannot be used, or "" if it can.
-std::string superblock_problem(const superblock& sb) {
-  if (is_creating_marker(sb)) return "creation in progress (create was interrupted)";
-  if (std::memcmp(sb.magic, POOL_MAGIC, sizeof sb.magic) != 0) return "bad magic (not a pmpage pool)";
-  if (sb.checksum != fletcher64(&sb, offsetof(superblock, checksum))) return "bad checksum";
-  if (sb.major != FORMAT_MAJOR)
-    return "format version " + std::to_string(sb.major) + "." + std::to_string(sb.minor) +
-           " is not supported (this library reads " + std::to_string(FORMAT_MAJOR) + ".x)";
-  if (sb.flags != 0) return "unknown feature flags";
-  if (sb.section_id == 0 || sb.section_id >= (1u << SECTION_BITS)) return "section id out of range";
-  if (sb.nr_lanes != NR_LANES) return "unexpected lane count";
-  if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";
-  if (sb.lanes_offset != 2 * SUPERBLOCK_SIZE || sb.root_offset != sb.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096))
-    return "metadata offsets inconsistent";
-  if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > MAX_ROOT_SIZE)
-    return "root size out of range";
-  if (sb.region_table_offset != sb.root_offset + sb.root_size ||
-      sb.page_map_offset != sb.region_table_offset + round_up(sb.nr_regions * 8, 4096) ||
-      sb.owner_table_offset != sb.page_map_offset + round_up(sb.nr_regions * PAGE_MAP_BYTES, 4096) ||
-      sb.data_offset < sb.owner_table_offset + sb.nr_regions * OWNER_TABLE_BYTES ||
-      sb.data_offset % HPAGE_PMD_SIZE != 0 || sb.data_offset > (std::uint64_t{1} << 40))
-    return "metadata offsets inconsistent";
-  if (sb.device_size < sb.data_offset + sb.nr_regions * HPAGE_PMD_SIZE) return "data area exceeds the device size";
-  return {};
-}
-
 // fork(): a child gets a copy of every lock as some parent thread held it at that instant, and
 // only the forking thread. So the forking thread takes every open pool's allocator locks (cache
 // locks in index order, then the pool lock: the lock order) before fork and releases them after,

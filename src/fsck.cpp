@@ -1,0 +1,777 @@
+// fsck.cpp — the offline checker (pmpage/fsck.hpp): judges every persistent structure of a pool
+// from its bytes, names each problem by location, and repairs what can be repaired without
+// losing an allocation.
+//
+// It shares the format (layout.hpp) and the superblock rules (superblock.cpp) with open, and
+// nothing else: it builds no descriptors and runs no allocator code, so it is an independent
+// second reading of the media, and it works on images open refuses.
+//
+// How problems are classified (docs/format.md names the rules):
+//   recovery  the leftovers of an interrupted operation that pool::open completes or undoes by
+//             itself: a live intent lane, a torn lane, a torn page-map update (a head whose
+//             missing tails are FREE, tails with no head), an empty split region, a stale owner
+//             entry on a page that is not a head. Not damage.
+//   damage    a state no crash produces: a bit flip, a truncated file, an engine that wrote over
+//             the metadata. Repaired only when the repair cannot lose an allocation (a region
+//             word one bit away from exactly one consistent value, a flipped tail code inside an
+//             intact extent, a damaged superblock copy); otherwise left, and the exit code says so.
+//
+// Repair order: damage first, by direct 8-byte stores on the mapped file; then, only if no
+// unrepaired damage is left (recovery clears codes it cannot explain, which would lose an
+// allocation hiding behind damage), pool::open runs recovery, every split region is loaded
+// (lazy repairs) and the pool closes (merges); a final read-only check confirms.
+#include "pmpage/fsck.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <sstream>
+
+#include "device.hpp"
+#include "layout.hpp"
+#include "pmpage/page.hpp"
+#include "pmpage/persistence.hpp"
+#include "pmpage/pool.hpp"
+
+namespace pmpage::fsck {
+
+using namespace pmpage::detail;
+
+std::size_t report::uncorrected() const {
+  return std::size_t(std::count_if(problems.begin(), problems.end(), [](const problem& p) { return !p.recovery && !p.repaired; }));
+}
+std::size_t report::corrected() const {
+  return std::size_t(std::count_if(problems.begin(), problems.end(), [](const problem& p) { return p.repaired; }));
+}
+int report::exit_code() const {
+  if (uncorrected()) return 4;
+  return corrected() ? 1 : 0;
+}
+
+namespace {
+
+std::string hex(std::uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%#llx", (unsigned long long)v);
+  return b;
+}
+
+std::uint8_t code_at(const std::uint64_t* map, unsigned i) {
+  return std::uint8_t(map[i / PAGES_PER_MAP_WORD] >> ((i % PAGES_PER_MAP_WORD) * 4) & 0xF);
+}
+void set_code(std::uint64_t* map, unsigned i, std::uint8_t c) {
+  const unsigned sh = (i % PAGES_PER_MAP_WORD) * 4;
+  map[i / PAGES_PER_MAP_WORD] = (map[i / PAGES_PER_MAP_WORD] & ~(std::uint64_t{0xF} << sh)) | (std::uint64_t(c) << sh);
+}
+
+std::uint64_t load(const void* p) {
+  std::uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+const char* region_word_name(std::uint64_t w) {
+  switch (region_word_kind(w)) {
+    case region_state::free: return "FREE";
+    case region_state::head: return "HEAD";
+    case region_state::split: return "SPLIT";
+  }
+  return "?";
+}
+
+std::string describe_word(std::uint64_t w) {
+  if (!region_word_valid(w)) return "invalid word " + hex(w);
+  std::string s = region_word_name(w);
+  if (region_word_kind(w) == region_state::head)
+    s += "(order " + std::to_string(region_word_order(w)) + (region_word_owned(w) ? ", owned)" : ")");
+  return s;
+}
+
+/// A planned direct repair: an 8-byte store.
+struct word_fix {
+  std::uint64_t offset;
+  std::uint64_t value;
+};
+
+/// One pass over a mapped image. Holds the effective region table (with planned repairs) and
+/// produces the report's figures and problems.
+class analyzer {
+ public:
+  analyzer(const char* base, const superblock& sb, report& out, std::vector<word_fix>& fixes)
+      : base_(base), sb_(sb), out_(out), fixes_(fixes) {}
+
+  void lanes();
+  void region_table(const std::function<void(std::uint64_t, std::uint64_t)>& progress);
+  void contents(bool want_regions, const std::function<void(std::uint64_t, std::uint64_t)>& progress);
+  /// The page map of split region r as recovery would leave it (damage repairs applied), its
+  /// problems added when `record` is set. Returns false if the region is not split.
+  bool fixed_map(std::uint64_t r, std::uint64_t* map, bool record);
+  void owners_of_split(std::uint64_t r, const std::uint64_t* map);
+  std::uint64_t effective_word(std::uint64_t r) const { return words_[r]; }
+  bool damaged(std::uint64_t r) const { return damaged_[r]; }
+
+ private:
+  std::uint64_t region_word_offset(std::uint64_t r) const { return sb_.region_table_offset + 8 * r; }
+  std::uint64_t map_offset(std::uint64_t r) const { return sb_.page_map_offset + PAGE_MAP_BYTES * r; }
+  std::uint64_t owner_offset(std::uint64_t index) const { return sb_.owner_table_offset + 8 * index; }
+  pfn_t pfn_of(std::uint64_t index) const { return (pfn_t{sb_.section_id} << SECTION_SHIFT) + index; }
+  bool slot_valid(std::uint64_t off) const {
+    if (off % 8) return false;
+    const bool in_root = off >= sb_.root_offset && off - sb_.root_offset <= sb_.root_size - 8;
+    const bool in_data = off >= sb_.data_offset && off - sb_.data_offset <= (sb_.nr_regions << (HPAGE_PMD_ORDER + PAGE_SHIFT)) - 8;
+    return in_root || in_data;
+  }
+  pfn_t slot_value(std::uint64_t off) const { return load(base_ + off); }
+  /// Is data page `index` allocated (as recovery would leave it)? For the slot-in-free-page rule.
+  bool page_allocated(std::uint64_t index);
+  problem& add(std::string rule, std::string structure, std::string what) {
+    problem p;
+    p.rule = std::move(rule);
+    p.structure = std::move(structure);
+    p.what = std::move(what);
+    out_.problems.push_back(std::move(p));
+    return out_.problems.back();
+  }
+  void check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large);
+
+  const char* base_;
+  const superblock& sb_;
+  report& out_;
+  std::vector<word_fix>& fixes_;
+  std::vector<std::uint64_t> words_;  // effective region words (FREE for damaged regions)
+  std::vector<bool> damaged_;
+  std::vector<std::uint8_t> covered_;  // 1 = inside a large allocation (not its head)
+  std::uint64_t cached_region_ = ~std::uint64_t{0};
+  std::uint64_t cached_map_[PAGE_MAP_WORDS]{};
+  bool cached_split_ = false;
+};
+
+void analyzer::lanes() {
+  const pfn_t start = pfn_of(0), end = pfn_of(sb_.nr_regions * HPAGE_PMD_NR);
+  for (unsigned i = 0; i < NR_LANES; ++i) {
+    lane l;
+    const std::uint64_t off = sb_.lanes_offset + i * LANE_SIZE;
+    std::memcpy(&l, base_ + off, sizeof l);
+    if (l.seq == 0) continue;
+    auto locate = [&](problem& p) {
+      p.word = i;
+      p.offset = off;
+      p.length = LANE_SIZE;
+    };
+    if (l.checksum != fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8)) {
+      problem& p = add("L2", "intent lanes", "lane " + std::to_string(i) + " holds a torn intent (checksum mismatch): it was never committed");
+      locate(p);
+      p.repair = "recovery discards it (clears its seq word)";
+      p.recovery = true;
+      continue;
+    }
+    const bool in_range = l.order <= MAX_PAGE_ORDER && l.pfn >= start && l.pfn < end &&
+                          (l.pfn - start) % (std::uint64_t{1} << l.order) == 0 &&
+                          l.pfn - start + (std::uint64_t{1} << l.order) <= sb_.nr_regions * HPAGE_PMD_NR &&
+                          slot_valid(l.slot_offset) && l.kind >= std::uint32_t(intent_kind::alloc_to) &&
+                          l.kind <= std::uint32_t(intent_kind::move_to) &&
+                          (l.kind != std::uint32_t(intent_kind::move_to) || slot_valid(l.aux)) &&
+                          (l.kind != std::uint32_t(intent_kind::split_to) || l.order == HPAGE_PMD_ORDER);
+    if (!in_range) {
+      problem& p = add("L3", "intent lanes",
+                       "lane " + std::to_string(i) + " holds a checksummed intent whose fields are out of range (kind " +
+                           std::to_string(l.kind) + ", order " + std::to_string(l.order) + ", pfn " + hex(l.pfn) +
+                           ", slot offset " + hex(l.slot_offset) + "): damage or a crafted lane");
+      locate(p);
+      p.repair = "discard it (recovery skips such a lane and clears its seq word)";
+      continue;
+    }
+    ++out_.pending_intents;
+    const pfn_t cur = slot_value(l.slot_offset);
+    std::string what = "lane " + std::to_string(i) + ": pending ";
+    switch (intent_kind(l.kind)) {
+      case intent_kind::alloc_to:
+        what += "alloc_pages_to of order " + std::to_string(l.order) + " at pfn " + hex(l.pfn) + " into the slot at " +
+                hex(l.slot_offset) + (cur == l.pfn ? ": the slot names the page, recovery rolls it forward"
+                                                   : ": the slot does not name the page, recovery undoes it");
+        break;
+      case intent_kind::free_from:
+        what += "free_pages_from of order " + std::to_string(l.order) + " at pfn " + hex(l.pfn) + " from the slot at " +
+                hex(l.slot_offset) + ": recovery completes the free";
+        break;
+      case intent_kind::split_to:
+        what += "split_huge_page_to at pfn " + hex(l.pfn) + " into 512 slots at " + hex(l.slot_offset) +
+                ": recovery completes it if the first slot names the page";
+        break;
+      case intent_kind::move_to:
+        what += "move_pages_owner of pfn " + hex(l.pfn) + " from the slot at " + hex(l.slot_offset) + " to the slot at " +
+                hex(l.aux) + ": recovery completes the move";
+        break;
+    }
+    problem& p = add("L1", "intent lanes", what);
+    locate(p);
+    p.repair = "recovery replays it";
+    p.recovery = true;
+  }
+}
+
+void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+  const std::uint64_t n = sb_.nr_regions;
+  words_.resize(n);
+  damaged_.assign(n, false);
+  covered_.assign(n, 0);
+  for (std::uint64_t r = 0; r < n; ++r) words_[r] = load(base_ + region_word_offset(r));
+  // R1: invalid words. A word one bit away from exactly one valid word that fits the table
+  // (alignment, extent, and the neighbours it would cover) is corrected; otherwise damaged.
+  auto head_fits = [&](std::uint64_t r, std::uint64_t w) {
+    const std::uint64_t span = std::uint64_t{1} << (region_word_order(w) - HPAGE_PMD_ORDER);
+    if (r % span || r + span > n) return false;
+    for (std::uint64_t t = r + 1; t < r + span; ++t)
+      if (words_[t] != make_region_word(region_state::free)) return false;
+    return true;
+  };
+  for (std::uint64_t r = 0; r < n; ++r) {
+    if (progress && r % 65536 == 0) progress(r / 4, n);  // the table is a quarter of the work
+    const std::uint64_t w = words_[r];
+    if (region_word_valid(w)) continue;
+    std::vector<std::uint64_t> candidates;
+    for (unsigned b = 0; b < 64; ++b) {
+      const std::uint64_t c = w ^ (std::uint64_t{1} << b);
+      if (!region_word_valid(c)) continue;
+      if (region_word_kind(c) == region_state::head && !head_fits(r, c)) continue;
+      candidates.push_back(c);
+    }
+    problem& p = add("R1", "region table", "region " + std::to_string(r) + " has an invalid state word " + hex(w));
+    p.region = std::int64_t(r);
+    p.word = std::int64_t(r);
+    p.offset = region_word_offset(r);
+    p.length = 8;
+    if (candidates.size() == 1) {
+      p.what += " (one bit away from " + describe_word(candidates[0]) + ", the only valid word that fits)";
+      p.repair = "set it to " + describe_word(candidates[0]) + " (" + hex(candidates[0]) + ")";
+      fixes_.push_back({p.offset, candidates[0]});
+      words_[r] = candidates[0];
+    } else {
+      p.what += candidates.empty() ? " (no valid word is one bit away)"
+                                   : " (" + std::to_string(candidates.size()) + " valid words are one bit away: ambiguous)";
+      damaged_[r] = true;
+      words_[r] = make_region_word(region_state::free);
+    }
+  }
+  // P1: large allocations: aligned, inside the pool, the regions they cover FREE.
+  for (std::uint64_t r = 0; r < n;) {
+    const std::uint64_t w = words_[r];
+    if (damaged_[r] || region_word_kind(w) != region_state::head) {
+      ++r;
+      continue;
+    }
+    const unsigned order = region_word_order(w);
+    const std::uint64_t span = std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+    if (r % span || r + span > n) {
+      problem& p = add("P1", "region table",
+                       "region " + std::to_string(r) + " heads an order-" + std::to_string(order) + " page that is " +
+                           (r % span ? "misaligned" : "running past the end of the pool"));
+      p.region = p.word = std::int64_t(r);
+      p.offset = region_word_offset(r);
+      p.length = 8;
+      damaged_[r] = true;
+      ++r;
+      continue;
+    }
+    for (std::uint64_t t = r + 1; t < r + span; ++t) {
+      if (words_[t] == make_region_word(region_state::free) && !damaged_[t]) {
+        covered_[t] = 1;
+        continue;
+      }
+      problem& p = add("P1", "region table",
+                       "region " + std::to_string(t) + " lies inside the order-" + std::to_string(order) + " page at region " +
+                           std::to_string(r) + " but is " + describe_word(load(base_ + region_word_offset(t))));
+      p.region = p.word = std::int64_t(t);
+      p.offset = region_word_offset(t);
+      p.length = 8;
+      // An empty SPLIT inside a large page is a flipped FREE word (FREE and SPLIT differ in one
+      // bit): making it FREE again loses nothing. Anything else: two claims on the same memory.
+      std::uint64_t map[PAGE_MAP_WORDS];
+      bool empty_split = false;
+      if (!damaged_[t] && region_word_kind(words_[t]) == region_state::split) {
+        const std::size_t before = out_.problems.size();
+        fixed_map(t, map, false);
+        out_.problems.resize(before);
+        empty_split = std::all_of(map, map + PAGE_MAP_WORDS, [](std::uint64_t x) { return x == 0; });
+      }
+      if (empty_split) {
+        p.repair = "set it to FREE (a SPLIT region with no allocation: one bit away from FREE)";
+        fixes_.push_back({p.offset, make_region_word(region_state::free)});
+        words_[t] = make_region_word(region_state::free);
+        covered_[t] = 1;
+      } else {
+        damaged_[t] = true;
+        damaged_[r] = true;
+      }
+    }
+    r += span;
+  }
+}
+
+bool analyzer::fixed_map(std::uint64_t r, std::uint64_t* map, bool record) {
+  if (damaged_[r] || region_word_kind(words_[r]) != region_state::split) return false;
+  std::memcpy(map, base_ + map_offset(r), PAGE_MAP_BYTES);
+  auto locate = [&](problem& p, unsigned first, unsigned count) {
+    p.region = std::int64_t(r);
+    p.page = first;
+    p.word = first / PAGES_PER_MAP_WORD;
+    p.offset = map_offset(r) + 8 * (first / PAGES_PER_MAP_WORD);
+    p.length = 8 * ((first + count - 1) / PAGES_PER_MAP_WORD - first / PAGES_PER_MAP_WORD + 1);
+  };
+  const std::string where = "region " + std::to_string(r) + " page ";
+  for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+    const std::uint8_t c = code_at(map, i);
+    if (c == CODE_FREE) {
+      ++i;
+      continue;
+    }
+    if (code_is_head(c)) {
+      const unsigned k = code_order(c), n = 1u << k;
+      const bool fits = i % n == 0 && i + n <= HPAGE_PMD_NR;
+      unsigned tails = 0, frees = 0, invalid = 0;
+      for (unsigned j = i + 1; fits && j < i + n; ++j) {
+        const std::uint8_t t = code_at(map, j);
+        tails += t == CODE_TAIL;
+        frees += t == CODE_FREE;
+        invalid += !code_is_head(t) && t != CODE_TAIL && t != CODE_FREE;
+      }
+      if (fits && tails == n - 1) {
+        i += n;
+        continue;
+      }
+      if (fits && invalid && tails + invalid == n - 1) {
+        // Every position of the extent is a tail or a code no write produces: flipped tails.
+        if (record) {
+          problem& p = add("P2", "page map", where + std::to_string(i) + ": the order-" + std::to_string(k) + " allocation has " +
+                                                   std::to_string(invalid) + " invalid code(s) where its tails belong");
+          locate(p, i, n);
+          p.repair = "restore the tail codes (keeps the allocation)";
+        }
+        // The store restores only the tail codes, word by word, from what the media holds.
+        for (unsigned w = i / PAGES_PER_MAP_WORD; w <= (i + n - 1) / PAGES_PER_MAP_WORD; ++w) {
+          const std::uint64_t off = map_offset(r) + 8 * w;
+          std::uint64_t media = load(base_ + off);
+          for (unsigned j = std::max(i + 1, w * PAGES_PER_MAP_WORD); j < std::min(i + n, (w + 1) * PAGES_PER_MAP_WORD); ++j)
+            media |= std::uint64_t{CODE_TAIL} << ((j % PAGES_PER_MAP_WORD) * 4);
+          if (record && media != load(base_ + off)) fixes_.push_back({off, media});
+        }
+        for (unsigned j = i + 1; j < i + n; ++j) set_code(map, j, CODE_TAIL);
+        i += n;
+        continue;
+      }
+      // Recovery clears the head and the run of tails right after it.
+      unsigned j = i + 1;
+      while (j < HPAGE_PMD_NR && code_at(map, j) == CODE_TAIL) ++j;
+      if (record) {
+        const bool torn = fits && invalid == 0 && frees > 0 && tails + frees == n - 1;
+        problem& p = add(torn ? "P3" : "P2", "page map",
+                         where + std::to_string(i) + ": head of order " + std::to_string(k) +
+                             (torn ? " with " + std::to_string(frees) + " of its tails missing: an allocation or free in flight"
+                                   : !fits ? " is misaligned or runs past the region"
+                                           : " with other allocations or invalid codes inside its extent"));
+        locate(p, i, j - i);
+        if (torn) {
+          p.repair = "recovery clears it (the operation did not finish)";
+          p.recovery = true;
+        }
+      }
+      for (unsigned x = i; x < j; ++x) set_code(map, x, CODE_FREE);
+      i = j;
+      continue;
+    }
+    unsigned j = i;
+    const bool tail_run = c == CODE_TAIL;
+    while (j < HPAGE_PMD_NR && (tail_run ? code_at(map, j) == CODE_TAIL : !code_is_head(code_at(map, j)) && code_at(map, j) != CODE_TAIL &&
+                                                                              code_at(map, j) != CODE_FREE))
+      ++j;
+    if (record) {
+      problem& p = add(tail_run ? "P3" : "P2", "page map",
+                       where + std::to_string(i) + (j - i > 1 ? "-" + std::to_string(j - 1) : std::string()) +
+                           (tail_run ? ": tail codes with no head before them: an allocation or free in flight"
+                                     : ": invalid code(s) " + hex(c) + " (no write produces them)"));
+      locate(p, i, j - i);
+      if (tail_run) {
+        p.repair = "recovery clears them (the operation did not finish)";
+        p.recovery = true;
+      }
+    }
+    for (unsigned x = i; x < j; ++x) set_code(map, x, CODE_FREE);
+    i = j;
+  }
+  return true;
+}
+
+bool analyzer::page_allocated(std::uint64_t index) {
+  const std::uint64_t r = index >> HPAGE_PMD_ORDER;
+  if (r >= sb_.nr_regions) return false;
+  if (covered_[r]) return true;
+  const std::uint64_t w = words_[r];
+  if (!damaged_[r] && region_word_kind(w) == region_state::head) return true;
+  if (r != cached_region_) {
+    const std::size_t before = out_.problems.size();
+    const auto nfix = fixes_.size();
+    cached_split_ = fixed_map(r, cached_map_, false);
+    out_.problems.resize(before);
+    fixes_.resize(nfix);
+    cached_region_ = r;
+  }
+  return cached_split_ && code_at(cached_map_, unsigned(index & (HPAGE_PMD_NR - 1))) != CODE_FREE;
+}
+
+void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large) {
+  auto locate = [&](problem& p) {
+    p.region = region;
+    p.page = page;
+    p.word = std::int64_t(index);
+    p.offset = owner_offset(index);
+    p.length = 8;
+  };
+  const std::string alloc = "the " + std::string(large ? "large page" : "allocation") + " at pfn " + hex(pfn_of(index));
+  if (!slot_valid(entry) || slot_value(entry) != pfn_of(index)) {
+    problem& p = add("O1", "owner table",
+                     alloc + " is recorded as owned by the slot at " + hex(entry) +
+                         (slot_valid(entry) ? ", which holds " + hex(slot_value(entry)) + " (the engine overwrote the slot without free_pages_from?)"
+                                            : ", which is not a slot of the pool"));
+    locate(p);
+    p.repair = "drop the ownership record; the page stays allocated, owned by nobody (pool::open does the same)";
+    return;
+  }
+  if (entry >= sb_.data_offset && !page_allocated((entry - sb_.data_offset) >> PAGE_SHIFT)) {
+    problem& p = add("O1", "owner table",
+                     alloc + " is owned by the slot at " + hex(entry) + ", which lies in pool page " +
+                         std::to_string((entry - sb_.data_offset) >> PAGE_SHIFT) +
+                         ", a free page (the page holding the slot was freed while the slot still owned a page)");
+    locate(p);
+  }
+}
+
+void analyzer::owners_of_split(std::uint64_t r, const std::uint64_t* map) {
+  const std::uint64_t first = r << HPAGE_PMD_ORDER;
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+    const std::uint64_t e = load(base_ + owner_offset(first + i));
+    if (!e) continue;
+    if (!code_is_head(code_at(map, i))) {
+      problem& p = add("O1", "owner table",
+                       "region " + std::to_string(r) + " page " + std::to_string(i) + " is not an allocated head but its owner entry names the slot at " + hex(e));
+      p.region = std::int64_t(r);
+      p.page = i;
+      p.word = std::int64_t(first + i);
+      p.offset = owner_offset(first + i);
+      p.length = 8;
+      p.repair = "recovery clears the stale entry when it loads the region";
+      p.recovery = true;
+      continue;
+    }
+    ++out_.owned_allocations;
+    check_owned_slot(first + i, e, std::int64_t(r), i, false);
+  }
+}
+
+void analyzer::contents(bool want_regions, const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+  const std::uint64_t n = sb_.nr_regions;
+  if (want_regions) out_.regions.assign(n, region_info{});
+  std::vector<std::uint8_t> free_region(n, 0);
+  int largest_small = -1;
+  for (std::uint64_t r = 0; r < n; ++r) {
+    if (progress && r % 4096 == 0) progress(n / 4 + r * 3 / 4, n);
+    region_info info;
+    const std::uint64_t w = words_[r];
+    if (damaged_[r]) {
+      info.kind = region_kind::damaged;
+      ++out_.damaged_regions;
+    } else if (covered_[r]) {
+      info.kind = region_kind::tail;
+      ++out_.large_regions;
+    } else if (region_word_kind(w) == region_state::head) {
+      info.kind = region_kind::head;
+      info.order = std::uint8_t(region_word_order(w));
+      ++out_.large_allocations;
+      ++out_.large_regions;
+      if (region_word_owned(w)) {
+        ++out_.owned_allocations;
+        check_owned_slot(r << HPAGE_PMD_ORDER, load(base_ + owner_offset(r << HPAGE_PMD_ORDER)), std::int64_t(r), 0, true);
+      }
+    } else if (region_word_kind(w) == region_state::split) {
+      info.kind = region_kind::split;
+      std::uint64_t map[PAGE_MAP_WORDS];
+      fixed_map(r, map, true);
+      ++out_.split_regions;
+      unsigned used = 0;
+      std::uint64_t free_bits[HPAGE_PMD_NR / 64] = {};
+      for (unsigned i = 0; i < HPAGE_PMD_NR;) {
+        const std::uint8_t c = code_at(map, i);
+        if (c == CODE_FREE) {
+          free_bits[i / 64] |= std::uint64_t{1} << (i % 64);
+          ++i;
+          continue;
+        }
+        ++out_.small_allocations;
+        used += 1u << code_order(c);
+        i += 1u << code_order(c);
+      }
+      info.used_pages = std::uint16_t(used);
+      out_.free_pages += HPAGE_PMD_NR - used;
+      out_.split_fullness[used == 0 ? 0 : used == HPAGE_PMD_NR ? 5 : 1 + used / 128]++;
+      if (used == 0) {
+        problem& p = add("R2", "region table", "region " + std::to_string(r) + " is SPLIT but holds no allocation (a crash between the last free and the merge)");
+        p.region = p.word = std::int64_t(r);
+        p.offset = region_word_offset(r);
+        p.length = 8;
+        p.repair = "recovery merges it into a free region when it loads it";
+        p.recovery = true;
+      }
+      // The longest naturally aligned free block of the region.
+      for (int k = int(HPAGE_PMD_ORDER) - 1; k > largest_small; --k) {
+        const unsigned len = 1u << k;
+        bool found = false;
+        for (unsigned s = 0; s < HPAGE_PMD_NR && !found; s += len) {
+          bool all = true;
+          for (unsigned x = s; x < s + len && all; ++x) all = free_bits[x / 64] >> (x % 64) & 1;
+          found = all;
+        }
+        if (found) {
+          largest_small = k;
+          break;
+        }
+      }
+      owners_of_split(r, map);
+    } else {
+      info.kind = region_kind::free;
+      free_region[r] = 1;
+      ++out_.free_regions;
+      out_.free_pages += HPAGE_PMD_NR;
+    }
+    if (want_regions) out_.regions[r] = info;
+  }
+  // The largest free order: an aligned block of 2^(k-9) free regions, else a split region's
+  // longest aligned free run. Prefix sums make each block test O(1).
+  std::vector<std::uint64_t> prefix(n + 1, 0);
+  for (std::uint64_t r = 0; r < n; ++r) prefix[r + 1] = prefix[r] + free_region[r];
+  out_.largest_free_order = largest_small;
+  for (unsigned k = MAX_PAGE_ORDER; k >= HPAGE_PMD_ORDER && out_.largest_free_order < int(k); --k) {
+    const std::uint64_t span = std::uint64_t{1} << (k - HPAGE_PMD_ORDER);
+    for (std::uint64_t s = 0; s + span <= n; s += span)
+      if (prefix[s + span] - prefix[s] == span) {
+        out_.largest_free_order = int(k);
+        break;
+      }
+  }
+  out_.total_pages = n * HPAGE_PMD_NR;
+  out_.descriptor_bytes_at_open = n * sizeof(page);
+  out_.descriptor_bytes_max = out_.descriptor_bytes_at_open + out_.split_regions * HPAGE_PMD_NR * sizeof(page);
+  if (progress) progress(n, n);
+}
+
+std::string uuid_string(const std::uint64_t u[2]) {
+  char b[40];
+  std::snprintf(b, sizeof b, "%016llx%016llx", (unsigned long long)u[0], (unsigned long long)u[1]);
+  return b;
+}
+
+/// The open device and the superblock copy recovery would use.
+struct image {
+  device dev;
+  superblock a{}, b{}, good{};
+  std::string pa, pb;
+};
+
+/// Opens and judges the superblocks; fills the identity part of the report. Returns false when
+/// the rest cannot be read (the reasons are problems in `out`).
+bool open_image(image& img, const std::filesystem::path& path, bool write, report& out, std::vector<word_fix>& fixes) {
+  device& d = img.dev;
+  d.open_existing(path.string(), write ? device::access::read_write : device::access::read_only);
+  d.lock(!write);
+  out.path = path.string();
+  out.file_size = d.size();
+  out.is_device_dax = d.type() == device::kind::device_dax;
+  auto file_problem = [&](std::string rule, std::string what) {
+    problem p;
+    p.rule = std::move(rule);
+    p.structure = "file";
+    p.what = std::move(what);
+    out.problems.push_back(std::move(p));
+    return false;
+  };
+  if (d.size() < 2 * SUPERBLOCK_SIZE)
+    return file_problem("F1", "too small to be a pmpage pool (" + std::to_string(d.size()) + " bytes)");
+  d.read_at(&img.a, sizeof img.a, 0);
+  d.read_at(&img.b, sizeof img.b, SUPERBLOCK_SIZE);
+  img.pa = superblock_problem(img.a);
+  img.pb = superblock_problem(img.b);
+  auto sb_problem = [&](int copy, const std::string& why) {
+    problem p;
+    p.rule = "SB1";
+    p.structure = copy == 0 ? "superblock A" : "superblock B";
+    p.offset = copy == 0 ? 0 : SUPERBLOCK_SIZE;
+    p.length = SUPERBLOCK_SIZE;
+    p.what = "copy " + std::string(copy == 0 ? "A" : "B") + " is unusable: " + why;
+    out.problems.push_back(std::move(p));
+    return &out.problems.back();
+  };
+  if (!img.pa.empty() && !img.pb.empty()) {
+    if (is_creating_marker(img.a) || is_creating_marker(img.b))
+      return file_problem("SB3", "pool creation was interrupted (a crash or kill during create): not a usable pool; "
+                                 "`pmpage create` formats it again without --force");
+    if (img.pa.rfind("bad magic", 0) == 0 && img.pb.rfind("bad magic", 0) == 0)
+      return file_problem("SB3", "not a pmpage pool (no superblock magic in either copy)");
+    sb_problem(0, img.pa);
+    sb_problem(1, img.pb);
+    return file_problem("SB3", "both superblock copies are unusable: nothing can be read or repaired safely");
+  }
+  img.good = img.pa.empty() ? img.a : img.b;
+  const superblock& sb = img.good;
+  if (!img.pa.empty()) {
+    problem* p = sb_problem(0, img.pa);
+    p->repair = "rewrite copy A from copy B (pool::open does the same)";
+    // The marker in A beside a valid B is a create interrupted between its last two fences.
+    p->recovery = is_creating_marker(img.a);
+    fixes.push_back({0, 0});  // whole-copy fix, applied specially
+  } else if (!img.pb.empty() || std::memcmp(&img.a, &img.b, sizeof img.a) != 0) {
+    problem* p = sb_problem(1, img.pb.empty() ? "differs from copy A (both pass their checksums)" : img.pb);
+    if (img.pb.empty()) p->rule = "SB2";
+    p->repair = "rewrite copy B from copy A (pool::open does the same)";
+    p->recovery = is_creating_marker(img.b);
+    fixes.push_back({SUPERBLOCK_SIZE, 0});
+  }
+  out.format_major = sb.major;
+  out.format_minor = sb.minor;
+  out.uuid = uuid_string(sb.uuid);
+  out.create_time_ns = sb.create_time_ns;
+  out.section_id = sb.section_id;
+  out.start_pfn = pfn_t{sb.section_id} << SECTION_SHIFT;
+  out.end_pfn = out.start_pfn + sb.nr_regions * HPAGE_PMD_NR;
+  out.device_size = sb.device_size;
+  out.nr_regions = sb.nr_regions;
+  out.root_size = sb.root_size;
+  out.data_offset = sb.data_offset;
+  out.metadata_bytes = sb.owner_table_offset + sb.nr_regions * OWNER_TABLE_BYTES;
+  if (d.size() < sb.device_size) {
+    file_problem("F2", "truncated: the pool needs " + std::to_string(sb.device_size) + " bytes but the file has " +
+                           std::to_string(d.size()) + " (its end, and the pages there, are gone)");
+    out.problems.back().offset = d.size();
+    out.problems.back().length = sb.device_size - d.size();
+    return false;
+  }
+  const std::uint64_t length = d.type() == device::kind::device_dax ? sb.device_size
+                                                                     : sb.data_offset + sb.nr_regions * HPAGE_PMD_SIZE;
+  d.map(length, sb.data_offset, write ? device::map_mode::shared_write : device::map_mode::shared_read);
+  out.readable = true;
+  return true;
+}
+
+/// Judges an image; `fixes` receives the direct repairs the damage allows.
+bool analyze(image& img, const std::filesystem::path& path, bool write, const options& opts, report& out,
+             std::vector<word_fix>& fixes) {
+  if (!open_image(img, path, write, out, fixes)) return false;
+  analyzer a(img.dev.base(), img.good, out, fixes);
+  a.lanes();
+  a.region_table(opts.progress);
+  a.contents(opts.regions, opts.progress);
+  return true;
+}
+
+bool same_problem(const problem& x, const problem& y) {
+  return x.rule == y.rule && x.structure == y.structure && x.region == y.region && x.page == y.page && x.word == y.word;
+}
+
+}  // namespace
+
+report check(const std::filesystem::path& path, const options& opts) {
+  report first;
+  std::vector<word_fix> fixes;
+  bool damage_left = false;
+  {
+    image img;
+    if (!analyze(img, path, opts.repair, opts, first, fixes) || !opts.repair || first.problems.empty()) return first;
+    damage_left = std::any_of(first.problems.begin(), first.problems.end(),
+                              [](const problem& p) { return !p.recovery && !p.repairable(); });
+    // 1. Damage, by direct stores (8-byte words; a superblock copy whole), made durable.
+    auto pers = make_libpmem_persistence();
+    char* base = img.dev.base();
+    pers->attach(base, img.dev.mapped_length(), img.dev.is_pmem());
+    for (const word_fix& f : fixes) {
+      if (f.offset < 2 * SUPERBLOCK_SIZE) {
+        std::memcpy(base + f.offset, &img.good, sizeof img.good);
+        pers->flush(base + f.offset, sizeof img.good);
+      } else {
+        std::memcpy(base + f.offset, &f.value, 8);
+        pers->flush(base + f.offset, 8);
+      }
+    }
+    pers->drain();
+    pers->detach();
+  }  // unlocks: pool::open below takes its own lock
+  // 2. Recovery, unless damage is left: recovery clears what it cannot explain, and an
+  //    allocation may hide behind that damage. Open replays intents, repairs the superblock
+  //    copy and owned large pages; check() loads every split region (torn maps, stale owners,
+  //    empty regions); close merges.
+  if (!damage_left) {
+    pool p = pool::open(path);
+    (void)p.check();
+    p.close();
+  }
+  // 3. Confirm with a read-only check; a problem it no longer finds was repaired.
+  report after;
+  std::vector<word_fix> unused;
+  image again;
+  analyze(again, path, false, options{false, opts.regions, {}}, after, unused);
+  for (problem& p : first.problems)
+    p.repaired = p.repairable() &&
+                 std::none_of(after.problems.begin(), after.problems.end(), [&](const problem& q) { return same_problem(p, q); });
+  for (problem& q : after.problems)
+    if (std::none_of(first.problems.begin(), first.problems.end(), [&](const problem& p) { return same_problem(p, q); }))
+      first.problems.push_back(q);
+  after.problems = std::move(first.problems);
+  return after;
+}
+
+region_dump dump_region(const std::filesystem::path& path, std::uint64_t region) {
+  report rep;
+  std::vector<word_fix> fixes;
+  image img;
+  if (!open_image(img, path, false, rep, fixes)) {
+    std::string why;
+    for (const problem& p : rep.problems) why += (why.empty() ? "" : "; ") + p.what;
+    throw pmpage::error(EINVAL, "pmpage: " + path.string() + ": cannot read the pool: " + why);
+  }
+  const superblock& sb = img.good;
+  if (region >= sb.nr_regions)
+    throw pmpage::error(EINVAL, "pmpage: " + path.string() + ": region " + std::to_string(region) + " is out of range (the pool has " +
+                                    std::to_string(sb.nr_regions) + " regions, 0.." + std::to_string(sb.nr_regions - 1) + ")");
+  region_dump out;
+  const char* base = img.dev.base();
+  out.region = region;
+  out.word_offset = sb.region_table_offset + 8 * region;
+  out.word = load(base + out.word_offset);
+  out.page_map_offset = sb.page_map_offset + PAGE_MAP_BYTES * region;
+  out.owner_table_offset = sb.owner_table_offset + OWNER_TABLE_BYTES * region;
+  out.data_offset = sb.data_offset + (region << (HPAGE_PMD_ORDER + PAGE_SHIFT));
+  out.first_pfn = (pfn_t{sb.section_id} << SECTION_SHIFT) + (region << HPAGE_PMD_ORDER);
+  out.owned = region_word_valid(out.word) && region_word_owned(out.word);
+  std::uint64_t map[PAGE_MAP_WORDS];
+  std::memcpy(map, base + out.page_map_offset, PAGE_MAP_BYTES);
+  const std::uint64_t root_end = sb.root_offset + sb.root_size;
+  const std::uint64_t data_end = sb.data_offset + (sb.nr_regions << (HPAGE_PMD_ORDER + PAGE_SHIFT));
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
+    out.codes[i] = code_at(map, i);
+    out.owners[i] = load(base + out.owner_table_offset + 8 * i);
+    const std::uint64_t e = out.owners[i];
+    if (e && e % 8 == 0 && ((e >= sb.root_offset && e + 8 <= root_end) || (e >= sb.data_offset && e + 8 <= data_end)))
+      out.slot_values[i] = load(base + e);
+  }
+  // The region's kind and problems, from a whole check (the region table decides tails and
+  // damage); problems of other regions are dropped.
+  analyzer a(base, sb, rep, fixes);
+  a.region_table({});
+  rep.regions.clear();
+  a.contents(true, {});
+  out.info = rep.regions[region];
+  for (problem& p : rep.problems)
+    if (p.region == std::int64_t(region)) out.problems.push_back(std::move(p));
+  return out;
+}
+
+}  // namespace pmpage::fsck

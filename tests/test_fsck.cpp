@@ -1,0 +1,447 @@
+// The offline checker (pmpage/fsck.hpp): figures agree with the open pool's, every metadata
+// structure's damage is found at its location, repairs keep every allocation, a read-only check
+// never changes a byte, and the exit codes follow fsck's convention.
+#include <gtest/gtest.h>
+#include <sys/file.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+
+#include "layout.hpp"
+#include "pmpage/fsck.hpp"
+#include "pmpage/pmpage.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace pmpage;
+namespace fs = std::filesystem;
+using detail::superblock;
+using namespace pmtest;
+
+fsck::options repairing() {
+  fsck::options o;
+  o.repair = true;
+  return o;
+}
+
+std::string file_bytes(const fs::path& p) {
+  std::string s(fs::file_size(p), '\0');
+  std::ifstream in(p, std::ios::binary);
+  in.read(s.data(), std::streamsize(s.size()));
+  return s;
+}
+
+superblock read_sb(const fs::path& p) {
+  superblock sb;
+  std::ifstream in(p, std::ios::binary);
+  in.read(reinterpret_cast<char*>(&sb), sizeof sb);
+  return sb;
+}
+
+std::uint64_t read_word(const fs::path& p, std::uint64_t off) {
+  std::uint64_t v = 0;
+  std::ifstream in(p, std::ios::binary);
+  in.seekg(std::streamoff(off));
+  in.read(reinterpret_cast<char*>(&v), 8);
+  return v;
+}
+
+void write_word(const fs::path& p, std::uint64_t off, std::uint64_t v) {
+  std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
+  f.seekp(std::streamoff(off));
+  f.write(reinterpret_cast<const char*>(&v), 8);
+}
+
+void flip_bit(const fs::path& p, std::uint64_t off, unsigned bit) {
+  write_word(p, off & ~std::uint64_t{7}, read_word(p, off & ~std::uint64_t{7}) ^ (std::uint64_t{1} << (bit + 8 * (off & 7))));
+}
+
+/// The allocations of the pool at p: head pfn -> order.
+std::map<pfn_t, unsigned> allocations_of(const fs::path& p) {
+  pool pl = pool::open(p);
+  std::map<pfn_t, unsigned> out;
+  pl.for_each_allocated([&](page* h, unsigned order) { out[page_to_pfn(h)] = order; });
+  return out;
+}
+
+const fsck::problem* find_rule(const fsck::report& r, const std::string& rule) {
+  for (const auto& p : r.problems)
+    if (p.rule == rule) return &p;
+  return nullptr;
+}
+
+std::string list(const fsck::report& r) {
+  std::string s;
+  for (const auto& p : r.problems) s += p.rule + " [" + p.structure + "] " + p.what + (p.repaired ? " (repaired)" : "") + "\n";
+  return s;
+}
+
+// A pool with small pages (orders 0..8, one owned by a root slot), large pages (order 9 and 10,
+// one owned) and holes from frees: what the damage tests start from.
+class FsckTest : public TempPathTest {
+ protected:
+  void SetUp() override {
+    path_ = new_path();
+    pool p = create_pool(path_, 64 * MiB);
+    start_ = p.start_pfn();
+    std::vector<page*> small;
+    for (unsigned i = 0; i < 64; ++i) small.push_back(p.alloc_pages(i % 9));
+    for (unsigned i = 0; i < small.size(); i += 3) free_pages(small[i], i % 9);
+    auto* slots = static_cast<pfn_t*>(p.root());
+    ASSERT_NE(p.alloc_pages_to(2, &slots[0]), nullptr);
+    ASSERT_NE(p.alloc_pages_to(9, &slots[1]), nullptr);
+    ASSERT_NE(p.alloc_pages(10), nullptr);
+    owned_small_ = slots[0];
+    owned_large_ = slots[1];
+    stats_ = p.stats();
+    p.close();
+    sb_ = read_sb(path_);
+    before_ = allocations_of(path_);
+  }
+  std::uint64_t region_word_off(std::uint64_t r) const { return sb_.region_table_offset + 8 * r; }
+  std::uint64_t map_word_off(std::uint64_t r, unsigned page) const { return sb_.page_map_offset + 256 * r + 8 * (page / 16); }
+  std::uint64_t owner_off(std::uint64_t index) const { return sb_.owner_table_offset + 8 * index; }
+  std::uint64_t index_of(pfn_t pfn) const { return pfn - start_; }
+
+  /// check() must not change a byte; returns its report.
+  fsck::report check_ro() {
+    const std::string before = file_bytes(path_);
+    fsck::report r = fsck::check(path_);
+    EXPECT_EQ(file_bytes(path_), before) << "a read-only check changed the file";
+    return r;
+  }
+
+  fs::path path_;
+  pfn_t start_ = 0, owned_small_ = 0, owned_large_ = 0;
+  pool_stats stats_;
+  superblock sb_{};
+  std::map<pfn_t, unsigned> before_;
+};
+
+TEST_F(FsckTest, HealthyPoolIsCleanAndItsFiguresMatchTheOpenPool) {
+  fsck::report r = check_ro();
+  EXPECT_TRUE(r.readable);
+  EXPECT_TRUE(r.problems.empty()) << list(r);
+  EXPECT_EQ(r.exit_code(), 0);
+  EXPECT_EQ(r.format_major, detail::FORMAT_MAJOR);
+  EXPECT_EQ(r.total_pages, stats_.total_pages);
+  EXPECT_EQ(r.free_pages, stats_.free_pages);
+  EXPECT_EQ(r.split_regions, stats_.split_regions);
+  EXPECT_EQ(r.nr_regions, stats_.total_regions);
+  EXPECT_EQ(r.start_pfn, start_);
+  EXPECT_EQ(r.end_pfn, start_ + stats_.total_pages);
+  EXPECT_EQ(r.large_allocations, 2u);
+  EXPECT_EQ(r.large_regions, 3u);  // order 9 + order 10
+  EXPECT_EQ(r.owned_allocations, 2u);
+  EXPECT_EQ(r.small_allocations + r.large_allocations, before_.size());
+  EXPECT_EQ(r.pending_intents, 0u);
+  EXPECT_EQ(r.descriptor_bytes_at_open, r.nr_regions * 64);
+  EXPECT_EQ(r.descriptor_bytes_max, r.nr_regions * 64 + r.split_regions * 32768);
+  EXPECT_GE(r.largest_free_order, 9);
+  std::uint64_t fullness = 0;
+  for (auto n : r.split_fullness) fullness += n;
+  EXPECT_EQ(fullness, r.split_regions);
+}
+
+TEST_F(FsckTest, RegionsListEveryRegionByKind) {
+  fsck::options o;
+  o.regions = true;
+  fsck::report r = fsck::check(path_, o);
+  ASSERT_EQ(r.regions.size(), r.nr_regions);
+  std::uint64_t heads = 0, tails = 0, split = 0, free = 0;
+  for (const auto& g : r.regions) {
+    heads += g.kind == fsck::region_kind::head;
+    tails += g.kind == fsck::region_kind::tail;
+    split += g.kind == fsck::region_kind::split;
+    free += g.kind == fsck::region_kind::free;
+  }
+  EXPECT_EQ(heads, 2u);
+  EXPECT_EQ(tails, 1u);
+  EXPECT_EQ(split, r.split_regions);
+  EXPECT_EQ(free, r.free_regions);
+  const auto& big = r.regions[index_of(owned_large_) >> 9];
+  EXPECT_EQ(big.kind, fsck::region_kind::head);
+  EXPECT_EQ(big.order, 9);
+}
+
+TEST_F(FsckTest, ProgressReachesTheTotal) {
+  std::uint64_t last_done = 0, last_total = 0, calls = 0;
+  fsck::options o;
+  o.progress = [&](std::uint64_t d, std::uint64_t t) {
+    EXPECT_LE(d, t);
+    last_done = d;
+    last_total = t;
+    ++calls;
+  };
+  fsck::check(path_, o);
+  EXPECT_GT(calls, 0u);
+  EXPECT_EQ(last_done, last_total);
+}
+
+TEST_F(FsckTest, EmptyAndFullPools) {
+  const fs::path empty = new_path("empty");
+  create_pool(empty, 16 * MiB).close();
+  fsck::report e = fsck::check(empty);
+  EXPECT_TRUE(e.problems.empty()) << list(e);
+  EXPECT_EQ(e.free_pages, e.total_pages);
+  EXPECT_EQ(e.free_regions, e.nr_regions);
+  EXPECT_GE(e.largest_free_order, 9);
+
+  const fs::path full = new_path("full");
+  {
+    pool p = create_pool(full, 16 * MiB);
+    while (p.alloc_pages(0)) {
+    }
+  }
+  fsck::report f = fsck::check(full);
+  EXPECT_TRUE(f.problems.empty()) << list(f);
+  EXPECT_EQ(f.free_pages, 0u);
+  EXPECT_EQ(f.largest_free_order, -1);
+  EXPECT_EQ(f.split_fullness[5], f.nr_regions);
+}
+
+TEST_F(FsckTest, DamagedSuperblockCopiesAreFoundAndRepaired) {
+  for (std::uint64_t off : {std::uint64_t{100}, std::uint64_t{4096 + 40}}) {
+    flip_bit(path_, off, 3);
+    fsck::report r = check_ro();
+    const fsck::problem* p = find_rule(r, "SB1");
+    ASSERT_NE(p, nullptr) << list(r);
+    EXPECT_EQ(p->structure, off < 4096 ? "superblock A" : "superblock B");
+    EXPECT_EQ(p->offset, off < 4096 ? 0u : 4096u);
+    EXPECT_FALSE(p->recovery);
+    EXPECT_EQ(r.exit_code(), 4);
+    fsck::report fixed = fsck::check(path_, repairing());
+    EXPECT_EQ(fixed.exit_code(), 1) << list(fixed);
+    EXPECT_EQ(fsck::check(path_).exit_code(), 0);
+    EXPECT_EQ(read_word(path_, off & ~7ull), read_word(path_, (off & ~7ull) ^ 4096));
+  }
+  EXPECT_EQ(allocations_of(path_), before_);
+}
+
+TEST_F(FsckTest, RegionWordBitFlipIsCorrectedToTheOnlyWordThatFits) {
+  const std::uint64_t r = index_of(owned_small_) >> 9;  // a SPLIT region
+  flip_bit(path_, region_word_off(r) + 5, 2);            // bit 42
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "R1");
+  ASSERT_NE(p, nullptr) << list(found);
+  EXPECT_EQ(p->region, std::int64_t(r));
+  EXPECT_EQ(p->offset, region_word_off(r));
+  EXPECT_TRUE(p->repairable());
+  EXPECT_THROW(pool::open(path_), pmpage::error);  // what the tool is for: open refuses it
+  fsck::report fixed = fsck::check(path_, repairing());
+  EXPECT_EQ(fixed.exit_code(), 1) << list(fixed);
+  EXPECT_EQ(read_word(path_, region_word_off(r)), detail::make_region_word(detail::region_state::split));
+  EXPECT_EQ(allocations_of(path_), before_);
+}
+
+TEST_F(FsckTest, AmbiguousRegionWordIsLeftAndNothingIsWritten) {
+  const std::uint64_t r = index_of(owned_small_) >> 9;
+  write_word(path_, region_word_off(r), 0x0707070707070707ull);  // far from every valid word
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "R1");
+  ASSERT_NE(p, nullptr);
+  EXPECT_FALSE(p->repairable());
+  EXPECT_EQ(found.damaged_regions, 1u);
+  const std::string before = file_bytes(path_);
+  fsck::report after = fsck::check(path_, repairing());
+  EXPECT_EQ(after.exit_code(), 4);
+  EXPECT_EQ(file_bytes(path_), before) << "nothing was repairable, so nothing may change";
+}
+
+TEST_F(FsckTest, FlippedTailCodeIsRestoredAndTheAllocationKept) {
+  const std::uint64_t index = index_of(owned_small_);  // order 2: head + 3 tails
+  const std::uint64_t r = index >> 9;
+  const unsigned pg = unsigned(index & 511) + 1;  // its first tail
+  flip_bit(path_, map_word_off(r, pg) + (pg % 16) / 2, (pg % 2) * 4);  // 0xF -> 0xE
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "P2");
+  ASSERT_NE(p, nullptr) << list(found);
+  EXPECT_EQ(p->region, std::int64_t(r));
+  EXPECT_EQ(p->page, std::int64_t(index & 511));
+  EXPECT_TRUE(p->repairable());
+  EXPECT_EQ(fsck::check(path_, repairing()).exit_code(), 1);
+  EXPECT_EQ(fsck::check(path_).exit_code(), 0);
+  EXPECT_EQ(allocations_of(path_), before_);
+}
+
+TEST_F(FsckTest, ImpossibleCodeOutsideAnyAllocationIsReportedNotGuessed) {
+  // A free page's code becomes 0xC: no write produces it, and it might be a damaged head.
+  fsck::options o;
+  o.regions = true;
+  const std::uint64_t r = index_of(owned_small_) >> 9;
+  pool p = pool::open(path_);
+  unsigned free_page = 512;
+  for (unsigned i = 511; i > 0 && free_page == 512; --i)
+    if (page_count(pfn_to_page(start_ + (r << 9) + i)) == 0 && !PageTail(pfn_to_page(start_ + (r << 9) + i))) free_page = i;
+  p.close();
+  ASSERT_LT(free_page, 512u);
+  const std::uint64_t off = map_word_off(r, free_page);
+  write_word(path_, off, read_word(path_, off) | (std::uint64_t{0xC} << (free_page % 16 * 4)));
+  fsck::report found = check_ro();
+  const fsck::problem* p2 = find_rule(found, "P2");
+  ASSERT_NE(p2, nullptr) << list(found);
+  EXPECT_FALSE(p2->repairable());
+  EXPECT_EQ(p2->offset, off);
+  EXPECT_EQ(found.exit_code(), 4);
+}
+
+TEST_F(FsckTest, OverwrittenOwnerEntryDropsTheOwnershipAndKeepsThePage) {
+  const std::uint64_t index = index_of(owned_small_);
+  write_word(path_, owner_off(index), sb_.root_offset + 512);  // a root word that holds 0
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "O1");
+  ASSERT_NE(p, nullptr) << list(found);
+  EXPECT_EQ(p->offset, owner_off(index));
+  EXPECT_TRUE(p->repairable());
+  EXPECT_EQ(found.exit_code(), 4);
+  EXPECT_EQ(fsck::check(path_, repairing()).exit_code(), 1);
+  EXPECT_EQ(read_word(path_, owner_off(index)), 0u);
+  EXPECT_EQ(allocations_of(path_), before_);
+}
+
+TEST_F(FsckTest, LanesPendingTornAndOutOfRange) {
+  detail::lane l{};
+  l.seq = 7;
+  l.kind = std::uint32_t(detail::intent_kind::alloc_to);
+  l.order = 0;
+  l.slot_offset = sb_.root_offset + 1024;  // holds 0: the alloc did not commit, recovery undoes it
+  l.pfn = start_ + (std::uint64_t{20} << 9);
+  l.checksum = detail::fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof l - 8);
+  auto put_lane = [&](unsigned i, const detail::lane& x) {
+    for (unsigned w = 0; w < 8; ++w) write_word(path_, sb_.lanes_offset + 64 * i + 8 * w, reinterpret_cast<const std::uint64_t*>(&x)[w]);
+  };
+  put_lane(3, l);
+  detail::lane torn = l;
+  torn.order = 1;  // checksum no longer matches
+  put_lane(5, torn);
+  detail::lane wild = l;
+  wild.pfn = start_ + (std::uint64_t{1} << 40);
+  wild.checksum = detail::fletcher64(reinterpret_cast<const char*>(&wild) + 8, sizeof wild - 8);
+  put_lane(9, wild);
+  fsck::report found = check_ro();
+  EXPECT_EQ(found.pending_intents, 1u);
+  const fsck::problem* l1 = find_rule(found, "L1");
+  const fsck::problem* l2 = find_rule(found, "L2");
+  const fsck::problem* l3 = find_rule(found, "L3");
+  ASSERT_TRUE(l1 && l2 && l3) << list(found);
+  EXPECT_EQ(l1->word, 3);
+  EXPECT_EQ(l1->offset, sb_.lanes_offset + 3 * 64);
+  EXPECT_TRUE(l1->recovery);
+  EXPECT_NE(l1->what.find("undoes"), std::string::npos) << l1->what;
+  EXPECT_TRUE(l2->recovery);
+  EXPECT_FALSE(l3->recovery);
+  EXPECT_EQ(found.exit_code(), 4);  // the out-of-range lane is damage
+  fsck::report fixed = fsck::check(path_, repairing());
+  EXPECT_EQ(fixed.exit_code(), 1) << list(fixed);
+  for (unsigned i : {3u, 5u, 9u}) EXPECT_EQ(read_word(path_, sb_.lanes_offset + 64 * i + 8), 0u);
+  EXPECT_EQ(fsck::check(path_).exit_code(), 0);
+  EXPECT_EQ(allocations_of(path_), before_);
+}
+
+TEST_F(FsckTest, TornPageMapIsRecoveryWorkNotDamage) {
+  // An order-5 allocation in flight: its head and the first word of tails written, the second
+  // word not (a crash keeps any subset of the words).
+  const std::uint64_t r = index_of(owned_small_) >> 9;
+  pool p = pool::open(path_);
+  unsigned first = 512;
+  for (unsigned s = 0; s < 512 && first == 512; s += 32) {
+    bool all_free = true;
+    for (unsigned i = s; i < s + 32 && all_free; ++i) {
+      page* pg = pfn_to_page(start_ + (r << 9) + i);
+      all_free = page_count(pg) == 0 && !PageTail(pg);
+    }
+    if (all_free) first = s;
+  }
+  p.close();
+  ASSERT_LT(first, 512u);
+  write_word(path_, map_word_off(r, first), 0xFFFFFFFFFFFFFFF6ull);  // head of order 5 + 15 tails
+  fsck::report found = check_ro();
+  const fsck::problem* p3 = find_rule(found, "P3");
+  ASSERT_NE(p3, nullptr) << list(found);
+  EXPECT_TRUE(p3->recovery);
+  EXPECT_EQ(found.exit_code(), 0);
+  EXPECT_EQ(found.free_pages, stats_.free_pages);  // counted free, as recovery leaves it
+  EXPECT_EQ(fsck::check(path_, repairing()).exit_code(), 1);
+  EXPECT_TRUE(fsck::check(path_).problems.empty());
+  EXPECT_EQ(allocations_of(path_), before_);
+}
+
+TEST_F(FsckTest, UnreadableFilesAreReportedNotThrown) {
+  // Truncated.
+  const fs::path cut = new_path("cut");
+  fs::copy_file(path_, cut);
+  fs::resize_file(cut, sb_.device_size - 4 * MiB);
+  fsck::report t = fsck::check(cut);
+  EXPECT_FALSE(t.readable);
+  ASSERT_NE(find_rule(t, "F2"), nullptr) << list(t);
+  EXPECT_EQ(t.exit_code(), 4);
+  // Interrupted creation: the marker in both copies.
+  const fs::path marker = new_path("marker");
+  fs::copy_file(path_, marker);
+  std::uint64_t m;
+  std::memcpy(&m, detail::CREATING_MAGIC, 8);
+  write_word(marker, 0, m);
+  write_word(marker, 4096, m);
+  fsck::report c = fsck::check(marker);
+  ASSERT_NE(find_rule(c, "SB3"), nullptr);
+  EXPECT_NE(find_rule(c, "SB3")->what.find("interrupted"), std::string::npos);
+  // Not a pool.
+  const fs::path junk = new_path("junk");
+  {
+    std::ofstream o(junk, std::ios::binary);
+    o << std::string(1 << 20, 'x');
+  }
+  fsck::report j = fsck::check(junk);
+  EXPECT_FALSE(j.readable);
+  EXPECT_EQ(j.exit_code(), 4);
+  // Too small.
+  const fs::path tiny = new_path("tiny");
+  std::ofstream(tiny) << "pmpage";
+  EXPECT_NE(find_rule(fsck::check(tiny), "F1"), nullptr);
+  // Missing: an operational error.
+  EXPECT_THROW(fsck::check(new_path("missing")), pmpage::error);
+}
+
+TEST_F(FsckTest, APoolOpenForWritingIsRefusedAndReadersShare) {
+  pool p = pool::open(path_);
+  try {
+    fsck::check(path_);
+    FAIL() << "a check must refuse a pool open for writing";
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code().value(), EBUSY);
+    EXPECT_NE(std::string(e.what()).find("open for writing"), std::string::npos) << e.what();
+  }
+  p.close();
+  // A shared lock held elsewhere (a reader) does not stop a check, but stops a repair.
+  const int fd = ::open(path_.c_str(), O_RDONLY);
+  ASSERT_EQ(::flock(fd, LOCK_SH), 0);
+  EXPECT_EQ(fsck::check(path_).exit_code(), 0);
+  EXPECT_THROW(fsck::check(path_, repairing()), pmpage::error);
+  ::close(fd);
+}
+
+TEST_F(FsckTest, DumpDecodesOneRegion) {
+  const std::uint64_t index = index_of(owned_small_);
+  const std::uint64_t r = index >> 9;
+  fsck::region_dump d = fsck::dump_region(path_, r);
+  EXPECT_EQ(d.info.kind, fsck::region_kind::split);
+  EXPECT_EQ(d.word, detail::make_region_word(detail::region_state::split));
+  EXPECT_EQ(d.word_offset, region_word_off(r));
+  const unsigned pg = unsigned(index & 511);
+  EXPECT_EQ(d.codes[pg], detail::code_head(2));
+  EXPECT_EQ(d.codes[pg + 1], detail::CODE_TAIL);
+  EXPECT_EQ(d.owners[pg], sb_.root_offset);
+  EXPECT_EQ(d.slot_values[pg], owned_small_);
+  EXPECT_TRUE(d.problems.empty());
+  fsck::region_dump big = fsck::dump_region(path_, index_of(owned_large_) >> 9);
+  EXPECT_EQ(big.info.kind, fsck::region_kind::head);
+  EXPECT_TRUE(big.owned);
+  EXPECT_THROW(fsck::dump_region(path_, sb_.nr_regions), pmpage::error);
+}
+
+}  // namespace
