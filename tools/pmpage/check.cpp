@@ -43,6 +43,8 @@ void print_problem(const fsck::problem& p, bool repair_mode) {
     std::cout << "    repaired: " << p.repair << '\n';
   else if (p.repairable())
     std::cout << (repair_mode ? "    not repaired: " : "    repair: ") << p.repair << '\n';
+  else if (!p.recovery && p.structure == "file")
+    std::cout << "    not repaired by check: left for a human\n";
   else if (!p.recovery)
     std::cout << "    cannot be repaired without losing an allocation: left for a human\n";
 }
@@ -70,9 +72,9 @@ command add_check(CLI::App& app) {
             const counts c = count(r);
             const int code = r.exit_code();
             if (a->json) {
-              nlohmann::json problems = nlohmann::json::array();
+              json problems = json::array();
               for (const auto& p : r.problems) problems.push_back(problem_json(p));
-              nlohmann::json j = {
+              json j = {
                   {"path", r.path},
                   {"readable", r.readable},
                   {"repair", a->repair},
@@ -94,7 +96,10 @@ command add_check(CLI::App& app) {
             if (r.problems.empty()) {
               std::cout << "clean";
             } else {
-              std::cout << c.damage << " damaged structure" << (c.damage == 1 ? "" : "s");
+              if (c.damage)
+                std::cout << c.damage << " damaged structure" << (c.damage == 1 ? "" : "s");
+              else
+                std::cout << "no damage";
               if (c.repaired) std::cout << ", " << c.repaired << " repaired";
               if (c.uncorrected) std::cout << ", " << c.uncorrected << " left uncorrected";
               if (c.recovery)

@@ -43,18 +43,18 @@ std::string describe_location(const fsck::problem& p) {
   return s;
 }
 
-nlohmann::json problem_json(const fsck::problem& p) {
-  auto loc = [](std::int64_t v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
+json problem_json(const fsck::problem& p) {
+  auto loc = [](std::int64_t v) { return v < 0 ? json(nullptr) : json(v); };
   return {
       {"rule", p.rule},
       {"structure", p.structure},
       {"region", loc(p.region)},
       {"page", loc(p.page)},
       {"word", loc(p.word)},
-      {"offset", p.length > 0 ? nlohmann::json(p.offset) : nlohmann::json(nullptr)},
+      {"offset", p.length > 0 ? json(p.offset) : json(nullptr)},
       {"length", p.length},
       {"what", p.what},
-      {"repair", p.repairable() ? nlohmann::json(p.repair) : nlohmann::json(nullptr)},
+      {"repair", p.repairable() ? json(p.repair) : json(nullptr)},
       {"repairable", p.repairable()},
       {"recovery", p.recovery},
       {"repaired", p.repaired},

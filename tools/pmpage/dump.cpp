@@ -51,7 +51,7 @@ std::vector<run> decode(const fsck::region_dump& d) {
         r.note = "tail codes with no head: in flight at a crash (recovery clears them)";
       } else {
         r.state = "invalid";
-        r.note = "invalid page-map code " + hex(c) + " (recovery clears it)";
+        r.note = "invalid page-map code " + hex(c) + " (rule P2)";
       }
       i = j + 1;
     } else {
@@ -127,7 +127,7 @@ void print(const fsck::region_dump& d, const std::vector<run>& runs, const std::
   }
   if (split || !(runs.size() == 1 && runs[0].state == "free"))
     for (const run& r : runs) {
-      std::cout << "  " << std::left << std::setw(14) << pages(r);
+      std::cout << "  " << std::left << std::setw(16) << pages(r);
       if (r.state == "free") {
         std::cout << "free";
       } else if (r.order >= 0) {
@@ -139,7 +139,7 @@ void print(const fsck::region_dump& d, const std::vector<run>& runs, const std::
       } else {
         std::cout << r.state;
       }
-      if (!r.note.empty()) std::cout << "\n  " << std::setw(14) << "" << "! " << r.note;
+      if (!r.note.empty()) std::cout << "\n  " << std::setw(16) << "" << "! " << r.note;
       std::cout << '\n';
     }
   // Owner entries on pages that head nothing (docs/format.md rule O1).
@@ -157,20 +157,20 @@ void print(const fsck::region_dump& d, const std::vector<run>& runs, const std::
   }
 }
 
-nlohmann::json to_json(const fsck::region_dump& d, const std::vector<run>& runs) {
-  nlohmann::json jr = nlohmann::json::array();
+json to_json(const fsck::region_dump& d, const std::vector<run>& runs) {
+  json jr = json::array();
   for (const run& r : runs) {
-    nlohmann::json j = {{"first", r.first}, {"last", r.last}, {"state", r.state}, {"code", r.code}};
+    json j = {{"first", r.first}, {"last", r.last}, {"state", r.state}, {"code", r.code}};
     if (r.order >= 0) {
       j["order"] = r.order;
       j["pfn"] = d.first_pfn + r.first;
-      j["owner"] = r.owner ? nlohmann::json(r.owner) : nlohmann::json(nullptr);
-      j["slot_value"] = r.owner ? nlohmann::json(r.slot_value) : nlohmann::json(nullptr);
+      j["owner"] = r.owner ? json(r.owner) : json(nullptr);
+      j["slot_value"] = r.owner ? json(r.slot_value) : json(nullptr);
     }
     if (!r.note.empty()) j["note"] = r.note;
     jr.push_back(j);
   }
-  nlohmann::json problems = nlohmann::json::array();
+  json problems = json::array();
   for (const auto& p : d.problems) problems.push_back(problem_json(p));
   return {
       {"region", d.region},

@@ -36,10 +36,10 @@ std::string percent(std::uint64_t part, std::uint64_t whole) {
   return buf;
 }
 
-nlohmann::json info_json(const fsck::report& r) {
-  nlohmann::json fullness = nlohmann::json::object();
+json info_json(const fsck::report& r) {
+  json fullness = json::object();
   for (unsigned i = 0; i < 6; ++i) fullness[FULLNESS_KEYS[i]] = r.split_fullness[i];
-  nlohmann::json problems = nlohmann::json::array();
+  json problems = json::array();
   std::size_t recovery = 0;
   for (const auto& p : r.problems) {
     problems.push_back(problem_json(p));

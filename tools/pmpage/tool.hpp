@@ -16,6 +16,9 @@
 
 namespace pmpage::tool {
 
+/// JSON objects keep their fields in the documented order (docs/cli.md), not sorted.
+using json = nlohmann::ordered_json;
+
 // fsck(8)'s convention, so scripts and operators read them the way they read a file system's.
 inline constexpr int EXIT_CLEAN = 0;        // no damage (or the command succeeded)
 inline constexpr int EXIT_CORRECTED = 1;    // damage found and all of it repaired
@@ -50,7 +53,7 @@ std::string hex(std::uint64_t v);
 /// Where a problem is: "superblock B, word 3, file offset 0x1018 (8 B)".
 std::string describe_location(const fsck::problem& p);
 /// A problem as JSON (the schema of docs/cli.md: locations that do not apply are null).
-nlohmann::json problem_json(const fsck::problem& p);
+json problem_json(const fsck::problem& p);
 /// region_kind as the JSON and the dump name it: "free", "split", "head", "tail", "damaged".
 const char* kind_name(fsck::region_kind k);
 /// The path option every subcommand takes first.
