@@ -45,16 +45,19 @@ void make_pool(const std::string& kind, const std::string& path, std::uint64_t s
       if (!pg) break;
       small.push_back(pg);
     }
-    // Every other page back, and regions that differ: the fifth region of every seven keeps all
-    // its pages (full), the third loses them all, others lose a share that grows with the index.
+    // Every other page back, and regions that differ, picked by a hash of the region index so the
+    // map does not look periodic: one in seven keeps all its pages (full), one loses them all
+    // (merged back into a free region), two keep one page in eight, one keeps one in four, one keeps
+    // seven in eight.
     for (std::size_t i = 0; i < small.size(); ++i) {
       const std::uint64_t region = (page_to_pfn(small[i]) - p.start_pfn()) / HPAGE_PMD_NR;
-      const unsigned r7 = region % 7;
+      const unsigned r7 = unsigned((region * 2654435761u) >> 8) % 7;
       bool free_it = i % 2 == 1;
       if (r7 == 5) free_it = false;
       if (r7 == 3) free_it = true;
       if (r7 == 1 || r7 == 6) free_it = i % 8 != 0;
       if (r7 == 2) free_it = i % 8 == 0;
+      if (r7 == 4) free_it = i % 4 != 0;
       if (free_it) free_pages(small[i], 0);
     }
   } else {

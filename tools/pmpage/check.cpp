@@ -41,6 +41,8 @@ void print_problem(const fsck::problem& p, bool repair_mode) {
     std::cout << "    recovery's leftover of an interrupted operation: pool::open completes it by itself\n";
   if (p.repaired)
     std::cout << "    repaired: " << p.repair << '\n';
+  else if (p.repairable() && repair_mode && p.recovery)
+    std::cout << "    not done: recovery runs only once no damage is left; it will: " << p.repair << '\n';
   else if (p.repairable())
     std::cout << (repair_mode ? "    not repaired: " : "    repair: ") << p.repair << '\n';
   else if (!p.recovery && p.structure == "file")
@@ -90,8 +92,10 @@ command add_check(CLI::App& app) {
               std::cout << j.dump(2) << '\n';
               return code;
             }
-            for (const auto& p : r.problems) print_problem(p, a->repair);
-            if (!r.problems.empty()) std::cout << '\n';
+            for (const auto& p : r.problems) {
+              print_problem(p, a->repair);
+              std::cout << '\n';
+            }
             std::cout << "pmpage check: " << r.path << ": ";
             if (r.problems.empty()) {
               std::cout << "clean";

@@ -91,8 +91,8 @@ std::string word_meaning(const fsck::region_dump& d) {
     case fsck::region_kind::free: return "FREE";
     case fsck::region_kind::split: return "SPLIT into 4 KiB pages, " + std::to_string(ri.used_pages) + " of 512 allocated";
     case fsck::region_kind::head:
-      return "HEAD of an order-" + std::to_string(ri.order) + " allocation (" +
-             std::to_string(1u << (ri.order - 9)) + " regions)" + (d.owned ? ", owned by a slot" : "");
+      return "HEAD of an order-" + std::to_string(ri.order) + " allocation (regions " + std::to_string(d.region) +
+             "-" + std::to_string(d.region + (1u << (ri.order - 9)) - 1) + ")" + (d.owned ? ", owned by a slot" : "");
     case fsck::region_kind::tail:
       return "FREE on the media: a later region of an order-" + std::to_string(ri.order) + " allocation";
     case fsck::region_kind::damaged: return "damaged (breaks the region-word rules)";

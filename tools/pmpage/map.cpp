@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -86,13 +87,13 @@ cat group_cat(const std::uint64_t (&n)[NCAT]) {
   return c;
 }
 
-grid make_grid(const std::vector<fsck::region_info>& regions, std::uint64_t width) {
+/// Cells of `group` regions each, `cols` to a row.
+grid make_grid(const std::vector<fsck::region_info>& regions, std::uint64_t group, std::uint64_t cols) {
   grid g;
   const std::uint64_t n = regions.size();
-  const std::uint64_t max_cells = width * MAX_ROWS;
-  g.group = std::max<std::uint64_t>(1, (n + max_cells - 1) / max_cells);
+  g.group = std::max<std::uint64_t>(1, group);
   const std::uint64_t ncells = (n + g.group - 1) / g.group;
-  g.cols = std::min(width, std::max<std::uint64_t>(ncells, 1));
+  g.cols = std::max<std::uint64_t>(1, std::min(cols, ncells));
   g.rows = (ncells + g.cols - 1) / g.cols;
   g.cells.reserve(ncells);
   for (std::uint64_t c = 0; c < ncells; ++c) {
@@ -102,6 +103,29 @@ grid make_grid(const std::vector<fsck::region_info>& regions, std::uint64_t widt
     g.cells.push_back(group_cat(count));
   }
   return g;
+}
+
+/// The terminal: `width` cells a row, at most MAX_ROWS rows.
+grid terminal_grid(const std::vector<fsck::region_info>& regions, std::uint64_t width) {
+  const std::uint64_t max_cells = width * MAX_ROWS;
+  return make_grid(regions, (regions.size() + max_cells - 1) / max_cells, width);
+}
+
+// The PNG's plot area: the image less the title, the row labels and the key below (measured on
+// gnuplot 5.4's pngcairo with the 10-point font).
+constexpr unsigned PNG_MARGIN_X = 110, PNG_MARGIN_Y = 160;
+constexpr unsigned PNG_MIN_CELL = 4;  // pixels: smaller cells are grouped
+
+/// The PNG: cells of at least PNG_MIN_CELL pixels, as many regions a cell as that needs, and a
+/// row length that makes the square cells fill the plot area's shape.
+grid png_grid(const std::vector<fsck::region_info>& regions, unsigned width, unsigned height) {
+  const double px = width - PNG_MARGIN_X, py = height - PNG_MARGIN_Y;
+  const std::uint64_t max_cells = std::uint64_t(px / PNG_MIN_CELL) * std::uint64_t(py / PNG_MIN_CELL);
+  const std::uint64_t n = std::max<std::size_t>(regions.size(), 1);
+  const std::uint64_t group = (n + max_cells - 1) / max_cells;
+  const std::uint64_t cells = (n + group - 1) / group;
+  const auto cols = std::uint64_t(std::ceil(std::sqrt(double(cells) * px / py)));
+  return make_grid(regions, group, std::min<std::uint64_t>(cols, std::uint64_t(px / PNG_MIN_CELL)));
 }
 
 std::string summary(const fsck::report& r, const grid& g) {
@@ -197,7 +221,8 @@ void write_png(const fsck::report& r, const grid& g, const std::string& file, un
      << "unset xtics\n"
      << "set ylabel 'first region of the row'\n"
      << "set style fill solid 1.0 border lc rgb '#808080'\n"
-     << "set key outside right top vertical noenhanced\n";
+     << "set key outside below center horizontal maxrows 4 noenhanced\n"
+     << "set lmargin 10\n";
   // About eight row labels, naming the first region of their row.
   const std::uint64_t step = std::max<std::uint64_t>(1, (g.rows + 7) / 8);
   gp << "set ytics (";
@@ -280,11 +305,11 @@ command add_map(CLI::App& app) {
               std::cerr << '\n';
               return EXIT_UNCORRECTED;
             }
-            const grid g = make_grid(r.regions, a->width);
+            const grid g = terminal_grid(r.regions, a->width);
             const bool colour = a->color == "always" || (a->color == "auto" && is_tty(STDOUT_FILENO));
             print_terminal(r, g, colour);
             if (!a->png.empty()) {
-              write_png(r, g, a->png, a->png_width, a->png_height);
+              write_png(r, png_grid(r.regions, a->png_width, a->png_height), a->png, a->png_width, a->png_height);
               std::cout << "pmpage map: wrote " << a->png << " (" << a->png_width << "x" << a->png_height
                         << " PNG)\n";
             }
