@@ -43,7 +43,7 @@ if [ -x "$build/tools/pmpage/pmpage" ]; then
   PMEM_IS_PMEM_FORCE=1 "$tool" create "$work/tool.pool" --size 8M >/dev/null
   PMEM_IS_PMEM_FORCE=1 "$tool" check "$work/tool.pool" >/dev/null
   cmake -S "$src/tools/pmpage" -B "$work/tool" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
-  cmake --build "$work/tool" >/dev/null
+  cmake --build "$work/tool" -j"$(nproc)" >/dev/null
   out=$(PMEM_IS_PMEM_FORCE=1 "$work/tool/pmpage" info --json "$work/tool.pool")
   case $out in *'"readable": true'*) ;; *) echo "pmpage built against the package printed: $out"; exit 1 ;; esac
 fi
