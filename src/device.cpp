@@ -262,6 +262,27 @@ bool device::is_blank() const {
   return true;
 }
 
+std::vector<std::pair<std::uint64_t, std::uint64_t>> device::data_extents(std::uint64_t begin, std::uint64_t end) const {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  if (kind_ != kind::regular_file) {
+    out.emplace_back(begin, end);
+    return out;
+  }
+  for (std::uint64_t pos = begin; pos < end;) {
+    const off_t data = ::lseek(fd_, off_t(pos), SEEK_DATA);
+    if (data < 0) {
+      if (errno != ENXIO) out.emplace_back(pos, end);  // no SEEK_DATA here: assume data
+      break;                                          // ENXIO: only holes from pos on
+    }
+    if (std::uint64_t(data) >= end) break;
+    off_t hole = ::lseek(fd_, data, SEEK_HOLE);
+    const std::uint64_t stop = hole < 0 ? end : std::min<std::uint64_t>(std::uint64_t(hole), end);
+    out.emplace_back(std::uint64_t(data), stop);
+    pos = stop;
+  }
+  return out;
+}
+
 void device::sync() {
   if (kind_ != kind::regular_file) return;
   if (::fsync(fd_) != 0) fail(errno, path_, sys_reason("fsync", errno));

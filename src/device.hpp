@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace pmpage::detail {
 
@@ -49,6 +51,11 @@ class device {
   /// True for a regular file that holds nothing: 0 bytes, or only holes and zero bytes (read,
   /// skipping holes with SEEK_DATA). False for device DAX (it cannot be scanned cheaply).
   bool is_blank() const;
+  /// The parts of [begin, end) that may hold data, as sorted [first, last) byte ranges: a regular
+  /// file's extents outside its holes (SEEK_DATA/SEEK_HOLE), or the whole range when the file
+  /// system cannot tell (and for device DAX). Lets a reader skip holes instead of faulting them
+  /// in (on tmpfs a read fault on a hole allocates a page).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(std::uint64_t begin, std::uint64_t end) const;
   /// fsync: the file's size and blocks (and, without MAP_SYNC, its mapped pages) are durable.
   void sync();
 

@@ -100,8 +100,11 @@ struct word_fix {
 /// produces the report's figures and problems.
 class analyzer {
  public:
-  analyzer(const char* base, const superblock& sb, report& out, std::vector<word_fix>& fixes)
-      : base_(base), sb_(sb), out_(out), fixes_(fixes) {}
+  using extents_fn = std::function<std::vector<std::pair<std::uint64_t, std::uint64_t>>(std::uint64_t, std::uint64_t)>;
+  /// `extents(begin, end)` lists the byte ranges of [begin, end) that may hold data (the rest are
+  /// holes, read as zeros without touching them: a sparse 16 TiB pool's metadata is mostly holes).
+  analyzer(const char* base, const superblock& sb, report& out, std::vector<word_fix>& fixes, extents_fn extents)
+      : base_(base), sb_(sb), out_(out), fixes_(fixes), extents_(std::move(extents)) {}
 
   void lanes();
   void region_table(const std::function<void(std::uint64_t, std::uint64_t)>& progress);
@@ -141,6 +144,7 @@ class analyzer {
   const superblock& sb_;
   report& out_;
   std::vector<word_fix>& fixes_;
+  extents_fn extents_;
   std::vector<std::uint64_t> words_;  // effective region words (FREE for damaged regions)
   std::vector<bool> damaged_;
   std::vector<std::uint8_t> covered_;  // 1 = inside a large allocation (not its head)
@@ -218,7 +222,9 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
   words_.resize(n);
   damaged_.assign(n, false);
   covered_.assign(n, 0);
-  for (std::uint64_t r = 0; r < n; ++r) words_[r] = load(base_ + region_word_offset(r));
+  // Words in holes are 0 (FREE): read only the table's data extents.
+  for (const auto& [a, b] : extents_(sb_.region_table_offset, sb_.region_table_offset + 8 * n))
+    for (std::uint64_t off = a / 8 * 8; off < b; off += 8) words_[(off - sb_.region_table_offset) / 8] = load(base_ + off);
   // R1: invalid words. A word one bit away from exactly one valid word that fits the table
   // (alignment, extent, and the neighbours it would cover) is corrected; otherwise damaged.
   auto head_fits = [&](std::uint64_t r, std::uint64_t w) {
@@ -313,7 +319,11 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
   // allocation there that a slot names as its owner was SPLIT (a crash cannot leave a slot
   // naming a page whose region word is not durable: the intent undoes it). SPLIT and FREE
   // differ in one bit: restore SPLIT, keeping every allocation.
-  for (std::uint64_t r = 0; r < n; ++r) {
+  std::vector<std::uint64_t> candidates;  // FREE regions whose page map is not a hole
+  for (const auto& [a, b] : extents_(sb_.page_map_offset, sb_.page_map_offset + PAGE_MAP_BYTES * n))
+    for (std::uint64_t r = (a - sb_.page_map_offset) / PAGE_MAP_BYTES; r < n && map_offset(r) < b; ++r)
+      if (candidates.empty() || candidates.back() != r) candidates.push_back(r);
+  for (const std::uint64_t r : candidates) {
     if (words_[r] != make_region_word(region_state::free) || covered_[r] || damaged_[r]) continue;
     const char* m = base_ + map_offset(r);
     bool any = false;
@@ -695,7 +705,7 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
 bool analyze(image& img, const std::filesystem::path& path, bool write, const options& opts, report& out,
              std::vector<word_fix>& fixes) {
   if (!open_image(img, path, write, out, fixes)) return false;
-  analyzer a(img.dev.base(), img.good, out, fixes);
+  analyzer a(img.dev.base(), img.good, out, fixes, [&](std::uint64_t b, std::uint64_t e) { return img.dev.data_extents(b, e); });
   a.lanes();
   a.region_table(opts.progress);
   a.contents(opts.regions, opts.progress);
@@ -793,7 +803,7 @@ region_dump dump_region(const std::filesystem::path& path, std::uint64_t region)
   }
   // The region's kind and problems, from a whole check (the region table decides tails and
   // damage); problems of other regions are dropped.
-  analyzer a(base, sb, rep, fixes);
+  analyzer a(base, sb, rep, fixes, [&](std::uint64_t b, std::uint64_t e) { return img.dev.data_extents(b, e); });
   a.region_table({});
   rep.regions.clear();
   a.contents(true, {});

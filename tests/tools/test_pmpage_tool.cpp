@@ -22,7 +22,8 @@
 
 #include <pmpage/pmpage.hpp>
 
-#include "layout.hpp"  // src/: where each structure sits, to damage it
+#include "layout.hpp"      // src/: where each structure sits, to damage it
+#include "pool_image.hpp"  // tests/: reading, damaging and crafting images
 #include "pools.hpp"
 
 extern char** environ;
@@ -31,19 +32,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using namespace pmtest::image;
 constexpr std::uint64_t MiB = 1ull << 20;
 
 struct result {
   int code = -1;
   std::string out, err;
 };
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::string s(fs::file_size(p), '\0');
-  f.read(s.data(), std::streamsize(s.size()));
-  return s;
-}
 
 // ---- the fixture: a scratch directory per test, the tool run as a child process ---------------
 
@@ -101,8 +96,8 @@ class Tool : public ::testing::Test {
     int status = 0;
     ::waitpid(pid, &status, 0);
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = slurp(out);
-    r.err = slurp(err);
+    r.out = file_bytes(out);
+    r.err = file_bytes(err);
     return r;
   }
 
@@ -120,49 +115,22 @@ class Tool : public ::testing::Test {
   fs::path dir_;
 };
 
-std::size_t file_hash(const std::string& p) { return std::hash<std::string>{}(slurp(p)); }
-
-pmpage::detail::superblock read_superblock(const std::string& p) {
-  pmpage::detail::superblock sb{};
-  std::ifstream f(p, std::ios::binary);
-  f.read(reinterpret_cast<char*>(&sb), sizeof sb);
-  return sb;
-}
-
-template <typename T>
-T read_at(const std::string& p, std::uint64_t off) {
-  T v{};
-  std::ifstream f(p, std::ios::binary);
-  f.seekg(std::streamoff(off));
-  f.read(reinterpret_cast<char*>(&v), sizeof v);
-  return v;
-}
-
-template <typename T>
-void write_at(const std::string& p, std::uint64_t off, const T& v) {
-  std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
-  f.seekp(std::streamoff(off));
-  f.write(reinterpret_cast<const char*>(&v), sizeof v);
-}
-
-void flip_bit(const std::string& p, std::uint64_t off, unsigned bit) {
-  write_at<std::uint8_t>(p, off, std::uint8_t(read_at<std::uint8_t>(p, off) ^ (1u << bit)));
-}
+std::size_t file_hash(const std::string& p) { return std::hash<std::string>{}(file_bytes(p)); }
 
 unsigned code_of(const std::string& p, const pmpage::detail::superblock& sb, std::uint64_t r, unsigned page) {
-  const auto w = read_at<std::uint64_t>(p, sb.page_map_offset + 256 * r + 8 * (page / 16));
+  const auto w = read_word(p, sb.page_map_offset + 256 * r + 8 * (page / 16));
   return unsigned(w >> (4 * (page % 16))) & 0xf;
 }
 
 /// A split region with at least one free page and one owner entry (the healthy pool has one).
 std::uint64_t split_region_with_owner(const std::string& p, const pmpage::detail::superblock& sb) {
   for (std::uint64_t r = 0; r < sb.nr_regions; ++r) {
-    const auto w = read_at<std::uint64_t>(p, sb.region_table_offset + 8 * r);
+    const auto w = read_word(p, sb.region_table_offset + 8 * r);
     if ((w & 0xff) != 2) continue;
     bool has_free = false, has_owner = false;
     for (unsigned i = 0; i < 512; ++i) {
       has_free |= code_of(p, sb, r, i) == 0;
-      has_owner |= read_at<std::uint64_t>(p, sb.owner_table_offset + 4096 * r + 8 * i) != 0;
+      has_owner |= read_word(p, sb.owner_table_offset + 4096 * r + 8 * i) != 0;
     }
     if (has_free && has_owner) return r;
   }
@@ -171,7 +139,7 @@ std::uint64_t split_region_with_owner(const std::string& p, const pmpage::detail
 }
 
 bool png_size(const std::string& p, std::uint32_t& w, std::uint32_t& h) {
-  const std::string s = slurp(p);
+  const std::string s = file_bytes(p);
   static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   if (s.size() < 33 || std::memcmp(s.data(), sig, 8) != 0 || s.compare(12, 4, "IHDR") != 0) return false;
   auto be32 = [&](std::size_t o) {
@@ -483,6 +451,26 @@ TEST_F(Tool, MapGroupsRegionsOfALargePool) {
   EXPECT_EQ(h, 768u);
 }
 
+TEST_F(Tool, InfoAndMapOfTheLargestPool) {
+  // 16 TiB of data (2^23 regions), crafted on a sparse file: two superblocks, one 1 GiB page at
+  // the start and everything else free. create would reserve 34 GiB of metadata blocks.
+  const std::string p = path("16t.pool");
+  const auto sb = craft_image(p, (pmpage::MAX_POOL_PAGES << pmpage::PAGE_SHIFT) + 40 * (MiB << 10));
+  write_word(p, sb.region_table_offset, pmpage::detail::make_region_word(pmpage::detail::region_state::head, 18));
+  const json info = run_json({"info", p, "--json"}, 0);
+  EXPECT_EQ(info["nr_regions"], std::uint64_t{1} << 23);
+  EXPECT_EQ(info["largest_free_order"], 18);
+  const result r = run({"map", p});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("1 cell = 2048 regions"), std::string::npos) << r.out.substr(0, 200);
+  EXPECT_LE(std::count(r.out.begin(), r.out.end(), '\n'), 64 + 5);
+  ASSERT_EQ(run({"map", p, "--png", path("16t.png")}).code, 0);
+  std::uint32_t w = 0, h = 0;
+  ASSERT_TRUE(png_size(path("16t.png"), w, h));
+  EXPECT_EQ(w, 1024u);
+  EXPECT_EQ(h, 768u);
+}
+
 TEST_F(Tool, MapPngIsAValidImageOfTheDocumentedSize) {
   const std::string p = make("fragmented");
   const std::string png = path("frag.png");
@@ -518,7 +506,7 @@ TEST_F(Tool, MapPngWithoutGnuplotIsAnOperationalError) {
 
 TEST_F(Tool, DumpDecodesASplitRegion) {
   const std::string p = make("healthy");
-  const auto sb = read_superblock(p);
+  const auto sb = read_sb(p);
   const std::uint64_t r = split_region_with_owner(p, sb);
   const json j = run_json({"dump", p, "--region", std::to_string(r), "--json"}, 0);
   EXPECT_EQ(j["region"], r);
@@ -570,7 +558,7 @@ const std::vector<damage_case> DAMAGES = {
      }},
     {"region word garbage", "region table", "R1", 4, 4,
      [](const std::string& p, const auto& sb) {
-       write_at<std::uint64_t>(p, sb.region_table_offset + 8 * 3, 0x00ff00ffull);
+       write_word(p, sb.region_table_offset + 8 * 3, 0x00ff00ffull);
      }},
     {"page-map code", "page map", "P2", 4, 4,
      [](const std::string& p, const auto& sb) {
@@ -578,14 +566,14 @@ const std::vector<damage_case> DAMAGES = {
        unsigned page = 511;
        while (code_of(p, sb, r, page) != 0) --page;
        const std::uint64_t off = sb.page_map_offset + 256 * r + 8 * (page / 16);
-       write_at<std::uint64_t>(p, off, read_at<std::uint64_t>(p, off) | (0xbull << (4 * (page % 16))));
+       write_word(p, off, read_word(p, off) | (0xbull << (4 * (page % 16))));
      }},
     {"owner entry", "owner table", "O1", 4, 1,
      [](const std::string& p, const auto& sb) {
        const std::uint64_t r = split_region_with_owner(p, sb);
        for (unsigned i = 0; i < 512; ++i) {
          const std::uint64_t off = sb.owner_table_offset + 4096 * r + 8 * i;
-         if (read_at<std::uint64_t>(p, off)) return flip_bit(p, off + 1, 3);
+         if (read_word(p, off)) return flip_bit(p, off + 1, 3);
        }
      }},
     // A torn lane is recovery's leftover, not damage: clean to a read-only check; a repairing
@@ -598,7 +586,7 @@ TEST_F(Tool, DamageIsFoundLocatedAndRepairedWhenSafe) {
   for (const auto& d : DAMAGES) {
     SCOPED_TRACE(d.name);
     const std::string p = make("healthy");
-    d.damage(p, read_superblock(p));
+    d.damage(p, read_sb(p));
     const std::size_t before = file_hash(p);
 
     const json j = run_json({"check", p, "--json"}, d.check_code);
@@ -646,8 +634,8 @@ TEST_F(Tool, DamageIsFoundLocatedAndRepairedWhenSafe) {
 
 TEST_F(Tool, AnUndecidableRegionIsDrawnDamaged) {
   const std::string p = make("empty");
-  const auto sb = read_superblock(p);
-  write_at<std::uint64_t>(p, sb.region_table_offset + 8 * 7, 0x00ff00ffull);
+  const auto sb = read_sb(p);
+  write_word(p, sb.region_table_offset + 8 * 7, 0x00ff00ffull);
   const result r = run({"map", p});
   ASSERT_EQ(r.code, 0);
   const std::string cells = map_cells(r.out);
@@ -684,8 +672,10 @@ TEST_F(Tool, AnInterruptedCreationIsNotAPoolAndCreateRedoesIt) {
     f.seekp(8 * MiB - 1);
     f.put(0);
   }
-  write_at(p, 0, pmpage::detail::CREATING_MAGIC);
-  write_at(p, 4096, pmpage::detail::CREATING_MAGIC);
+  std::uint64_t marker;
+  std::memcpy(&marker, pmpage::detail::CREATING_MAGIC, sizeof marker);
+  write_word(p, 0, marker);
+  write_word(p, 4096, marker);
   const std::size_t before = file_hash(p);
 
   const json j = run_json({"check", p, "--json"}, 4);
