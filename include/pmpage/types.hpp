@@ -10,6 +10,10 @@
 //     offending call does nothing (and returns nullptr / 0 / -EINVAL where it has a result).
 #pragma once
 
+#if __cplusplus < 202002L
+#error "pmpage's C++ API needs C++20 (-std=c++20; pkg-config --variable=cxxflags pmpage); C programs include <pmpage/pmpage.h>"
+#endif
+
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
