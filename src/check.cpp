@@ -113,7 +113,7 @@ std::string pool_impl::check_locked() {
   for (std::uint64_t r = 0; r < nr_regions_;) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
-    const std::uint64_t w = load_word(region_word(ri));
+    const std::uint64_t w = view_word(region_word(ri));
     const std::uint32_t f = d.flags_.load(std::memory_order_relaxed);
     switch (d.kind_) {
       case RK_FREE_BLOCK: {
@@ -121,7 +121,7 @@ std::string pool_impl::check_locked() {
         if (r % n || r + n > nr_regions_) return fail("B1: free block at region ", r, " order ", int(d.order_), " misaligned");
         for (std::uint64_t t = r; t < r + n; ++t) {
           if (t > r && regions_[t].kind_ != RK_FREE_INNER) return fail("B1: region ", t, " inside free block ", r, " has kind ", int(regions_[t].kind_));
-          if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
+          if (view_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
             return fail("V2: free region ", t, " is not FREE on the media");
           if (regions_[t].flags_.load(std::memory_order_relaxed) & (PG_region_special | PG_head))
             return fail("I1: free region ", t, " has allocator flags");
@@ -145,7 +145,7 @@ std::string pool_impl::check_locked() {
         if (!held || r % n || r + n > nr_regions_) return fail("C1: stashed block at region ", r, " order ", int(d.order_), " not in a stash or misaligned");
         for (std::uint64_t t = r; t < r + n; ++t) {
           if (t > r && regions_[t].kind_ != RK_FREE_INNER) return fail("C1: region ", t, " inside stashed block ", r, " has kind ", int(regions_[t].kind_));
-          if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
+          if (view_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
             return fail("V2: stashed region ", t, " is not FREE on the media");
         }
         free_pages += n << HPAGE_PMD_ORDER;
@@ -166,7 +166,7 @@ std::string pool_impl::check_locked() {
           const page& td = regions_[t];
           if (td.kind_ != RK_TAIL || td.head_index_ != ri || !(td.flags_.load() & PG_region_tail))
             return fail("I2: region ", t, " should be a tail of ", r);
-          if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
+          if (view_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
             return fail("P1: tail region ", t, " is not FREE on the media");
         }
         r += n;
@@ -202,14 +202,15 @@ std::string pool_impl::check_locked() {
         if (target != s.list) return fail("S4: region ", r, " is on filler list ", int(s.list), ", belongs on ", target);
         listed += s.list != 0xff;
         free_pages += s.nr_free;
-        const std::uint64_t* map = page_map(ri);
+        std::uint64_t map[PAGE_MAP_WORDS];  // the media's map as recovery leaves it (view_word)
+        for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) map[w] = view_word(page_map(ri) + w);
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
-          if (s.map[w] != load_word(&map[w])) return fail("S5: region ", r, " page map word ", w, " differs from its mirror");
+          if (s.map[w] != map[w]) return fail("S5: region ", r, " page map word ", w, " differs from its mirror");
         for (unsigned i = 0; i < HPAGE_PMD_NR;) {
           page* p = vpage((r << HPAGE_PMD_ORDER) + i);
           const bool is_free = s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64));
           const std::uint8_t c = map_code(map, i);
-          if (load_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) && (is_free || !code_is_head(c)))
+          if (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) && (is_free || !code_is_head(c)))
             return fail("O1: page ", i, " of region ", r, " is not an allocated head but has an owner entry");
           if (is_free) {
             if (c != CODE_FREE) return fail("S2: page ", i, " of region ", r, " free in DRAM, code ", int(c), " on the media");
@@ -223,7 +224,7 @@ std::string pool_impl::check_locked() {
           if (p->refcount_.load() <= 0) return fail("I4: allocated page ", i, " of region ", r, " has count ", p->refcount_.load());
           if (bool(p->flags_.load() & PG_head) != (k > 0)) return fail("I3: PG_head wrong at page ", i, " of region ", r);
           const bool owned = p->flags_.load() & PG_slot_owned;
-          if (owned != (load_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) != 0))
+          if (owned != (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) != 0))
             return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but not on the media");
           if (std::string why = owner_problem((r << HPAGE_PMD_ORDER) + i, owned); !why.empty()) return fail(why);
           for (unsigned j = 1; j < (1u << k); ++j) {
@@ -262,7 +263,7 @@ std::string pool_impl::check_locked() {
 }
 
 std::string pool_impl::owner_problem(std::uint64_t index, bool owned) const {
-  const std::uint64_t e = load_word(owner_entry(index));
+  const std::uint64_t e = view_word(owner_entry(index));
   std::ostringstream err;
   if (!owned) {
     if (e) err << "O1: unowned allocation at page " << index << " has owner entry " << e;

@@ -11,7 +11,8 @@
 //
 // Nothing here writes the media except a merge (FREE region word, fenced before the region is
 // given to the region buddy) and materialise_locked's repairs: a page a cache holds is free on
-// the media, so a crash loses nothing and leaks nothing.
+// the media, so a crash loses nothing and leaks nothing. A read-only pool merges nothing (sweeps
+// return at once) and keeps materialise_locked's repairs in DRAM (repair_word).
 #include <sys/mman.h>
 #include <time.h>
 
@@ -115,14 +116,30 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
       if (code_is_head(map_code(fixed, i))) ++orphaned_;  // an allocation lost its owner
     }
   }
-  // A fork() child reads the pool but never writes it: it only builds its own view.
+  // A fork() child reads the pool but never writes it: it only builds its own view. A read-only
+  // pool repairs as recovery would, but into overlay_ (repair_word): its mapping is PROT_READ.
   const bool may_write = g_fork_generation.load(std::memory_order_relaxed) == fork_generation_;
   if ((repaired || nr_stale) && may_write) {
+    unsigned cleared = 0;
     for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
-      if (fixed[w] != load_word(&map[w])) persist_word(&map[w], fixed[w]);
-    for (unsigned k = 0; k < nr_stale; ++k) persist_word(stale[k], 0);
-    fence();
+      if (const std::uint64_t old = load_word(&map[w]); fixed[w] != old) {
+        for (unsigned j = 0; j < PAGES_PER_MAP_WORD; ++j) cleared += ((old ^ fixed[w]) >> (4 * j) & 0xF) != 0;
+        repair_word(&map[w], fixed[w]);
+      }
+    for (unsigned k = 0; k < nr_stale; ++k) repair_word(stale[k], 0);
+    if (media_writable_) fence();
     ++repaired_;
+    char line[160];
+    if (repaired) {
+      std::snprintf(line, sizeof line, "region %u: torn page map (%u codes of interrupted work: broken heads, orphan "
+                    "tails, invalid codes) cleared", r, cleared);
+      note_repair(line);
+    }
+    if (nr_stale) {
+      std::snprintf(line, sizeof line, "region %u: %u stale owner entries cleared (their slot no longer names the "
+                    "page, or the page is no allocated head)", r, nr_stale);
+      note_repair(line);
+    }
   }
 
   back_descriptors(r);
@@ -153,8 +170,11 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     d.alloc_state_ = nullptr;
     store_kind(d, RK_FREE_INNER);
     --split_regions_;
-    persist_word(region_word(r), make_region_word(region_state::free));
-    fence();
+    repair_word(region_word(r), make_region_word(region_state::free));
+    if (media_writable_) fence();
+    char line[120];
+    std::snprintf(line, sizeof line, "region %u: split but wholly free (a crash before its merge): merged", r);
+    note_repair(line);
     release_descriptors(r);
     --materialised_;
     d.flags_.store(0, std::memory_order_release);
@@ -243,6 +263,7 @@ void pool_impl::finish_merges(const merge_batch& mb) {
 
 void pool_impl::sweep_locked(merge_batch& mb, bool all) {
   if (g_fork_generation.load(std::memory_order_relaxed) != fork_generation_) return;  // a child never writes
+  if (read_only_) return;  // nor does a read-only pool (stats() sweeps)
   const std::uint64_t now = coarse_now_ms();
   // Idle caches give their region back (at most every PCP_IDLE_MS / 4: this runs on every refill).
   if (all || now - last_idle_sweep_ms_ >= PCP_IDLE_MS / 4) {
@@ -539,7 +560,7 @@ bool pool_impl::reclaim() {
 }
 
 std::size_t pool_impl::trim() noexcept {
-  if (forked("trim")) return 0;
+  if (refuse_read_only("trim") || forked("trim")) return 0;
   return trim_now();
 }
 

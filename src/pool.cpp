@@ -56,7 +56,7 @@ page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, b
 }
 
 page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
-  if (!check_gfp("alloc_pages", gfp)) return nullptr;
+  if (refuse_read_only("alloc_pages") || !check_gfp("alloc_pages", gfp)) return nullptr;
   alloc_plan plan;
   page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
@@ -71,6 +71,7 @@ page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
 }
 
 std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept {
+  if (refuse_read_only("alloc_pages_bulk")) return 0;
   if (order > MAX_PAGE_ORDER) {
     report_misuse("alloc_pages_bulk: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
     return 0;
@@ -145,6 +146,7 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
 
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
+  if (refuse_read_only("alloc_pages_to")) return nullptr;
   std::uint64_t slot;
   if (!dest_offset(dest, slot)) {
     report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
@@ -352,7 +354,8 @@ void pool_impl::report_owned(page* p, page* holder) noexcept {
 }
 
 void pool_impl::release(page* holder) noexcept {
-  if (forked("put_page (last reference)")) {
+  if (refuse_read_only("put_page/free_pages (the last reference: the page would be freed)") ||
+      forked("put_page (last reference)")) {
     holder->refcount_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -385,6 +388,7 @@ int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn
 
 int pool_impl::free_pages_from(pfn_t* src) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
+  if (refuse_read_only("free_pages_from")) return -EROFS;
   std::uint64_t slot;
   if (!dest_offset(src, slot)) {
     report_misuse("free_pages_from: slot %p is not an 8-byte aligned word of pool %s's root or data area",
@@ -495,6 +499,7 @@ unsigned pool_impl::acquire_lanes(unsigned* lanes, std::size_t want) noexcept {
 
 std::size_t pool_impl::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
+  if (refuse_read_only("alloc_pages_bulk_to")) return 0;
   if (order > MAX_PAGE_ORDER) {
     report_misuse("alloc_pages_bulk_to: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
     return 0;
@@ -602,6 +607,7 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
 
 int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
+  if (refuse_read_only("free_pages_bulk_from")) return -EROFS;
   if (forked("free_pages_bulk_from")) return -EINVAL;
   // What each slot named when it was checked (0: empty, skipped). Everything after the check
   // works from this copy, never from the slots again: a concurrent alloc_pages_to may fill a slot
@@ -765,6 +771,7 @@ bool splittable(const page_location& loc) {
 
 int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
+  if (refuse_read_only("move_pages_owner")) return -EROFS;
   std::uint64_t from, to;
   if (!dest_offset(src, from) || !dest_offset(dest, to)) {
     report_misuse("move_pages_owner: slots %p and %p must both be 8-byte aligned words of pool %s's root or data area",
@@ -849,6 +856,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
 int pool_impl::split_huge_page(page* p) noexcept {
   page_location loc;
   if (!locate(p, loc)) return -EINVAL;
+  if (refuse_read_only("split_huge_page")) return -EROFS;
   if (!splittable(loc)) return -EINVAL;
   if (forked("split_huge_page")) return -EINVAL;
   page* h = loc.region;
@@ -871,6 +879,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   page_location loc;
   if (!locate(p, loc)) return -EINVAL;
+  if (refuse_read_only("split_huge_page_to")) return -EROFS;
   if (!splittable(loc)) {
     report_misuse("split_huge_page_to: pfn %#llx is not the head of an order-9 page", (unsigned long long)page_to_pfn(p));
     return -EINVAL;
@@ -1037,15 +1046,18 @@ std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size()
 // answer "healthy": both are reported like the allocation calls.
 void pool::persist(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("persist");
+  if (impl_->refuse_read_only("persist")) return;
   impl_->pers().flush(addr, len);
   impl_->fence();
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("flush");
+  if (impl_->refuse_read_only("flush")) return;
   impl_->pers().flush(addr, len);
 }
 void pool::drain() const noexcept {
   if (!impl_) return report_closed("drain");
+  if (impl_->refuse_read_only("drain")) return;
   impl_->fence();
 }
 pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
@@ -1074,6 +1086,8 @@ std::string pool::slot_check::describe() const {
 }
 const std::filesystem::path& pool::path() const noexcept { return impl_ ? impl_->fs_path : empty_path; }
 bool pool::is_pmem() const noexcept { return impl_ && impl_->is_pmem(); }
+bool pool::is_read_only() const noexcept { return impl_ && impl_->read_only(); }
+std::vector<std::string> pool::recovery_log() const { return impl_ ? impl_->recovery_log() : std::vector<std::string>{}; }
 void* pool::base() const noexcept { return impl_ ? impl_->base() : nullptr; }
 std::size_t pool::mapped_length() const noexcept { return impl_ ? impl_->mapped_length() : 0; }
 

@@ -26,6 +26,9 @@
 //       it the same way; move_pages_owner holds a reference plus PG_owner_busy. So the owner of
 //       a page changes only under one of those three claims.
 //   A fork() child (g_fork_generation differs) never writes the media.
+//   A read-only pool (read_only_) writes only its private mapping, and only while open() runs
+//   recovery (media_writable_); after that the mapping is PROT_READ and the repairs of lazy loads
+//   go to overlay_ (DRAM), which check() reads in place of the media words they replace.
 //
 // Volatile invariants (V1..V5; checked by check())
 //   V1  every region is exactly one of: in a free buddy block, HEAD/TAIL of an allocated compound,
@@ -46,11 +49,13 @@
 #pragma once
 
 #include <atomic>
+#include <cassert>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "device.hpp"
@@ -122,6 +127,12 @@ class pool_impl {
   pool::slot_check check_slots(std::span<pfn_t* const> slots);
   void materialise(std::uint32_t region) noexcept;
 
+  // ---- read-only pools and the recovery log (recovery.cpp) ---------------------------------------
+  bool read_only() const { return read_only_; }
+  /// Misuse if the pool is read-only: reports `caller` (nothing may change) and returns true.
+  bool refuse_read_only(const char* caller) const noexcept;
+  std::vector<std::string> recovery_log() const;
+
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
   pool_stats stats() noexcept;
   std::size_t trim() noexcept;
@@ -158,12 +169,29 @@ class pool_impl {
  private:
   // --- open path (recovery.cpp)
   void adopt_superblock(const superblock& sb);
-  void map_and_attach(std::shared_ptr<persistence> backend);
+  void map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode = device::map_mode::shared_write);
+  /// One line of recovery_log() (the places that count repaired_).
+  void note_repair(std::string line);
+  /// A repair's word store: persisted while the mapping may be written, else kept in overlay_
+  /// (a read-only pool after open; mu_ held, or open still running).
+  void repair_word(std::uint64_t* w, std::uint64_t v) {
+    if (media_writable_)
+      persist_word(w, v);
+    else
+      overlay_[w] = v;
+  }
+  /// A metadata word as recovery leaves it: overlay_'s value if a lazy repair of a read-only pool
+  /// put one there, else the media's (mu_ held). What check() reads.
+  std::uint64_t view_word(const std::uint64_t* w) const {
+    if (PMPAGE_LIKELY(overlay_.empty())) return load_word(w);
+    const auto it = overlay_.find(w);
+    return it == overlay_.end() ? load_word(w) : it->second;
+  }
   std::string validate_region_table() const;
   void replay_intents();
   bool replay_ensure_allocated(std::uint64_t index, unsigned order, std::uint64_t owner);
   bool replay_ensure_free(std::uint64_t index, unsigned order, std::uint64_t owner);
-  bool replay_split_to(std::uint64_t index, std::uint64_t slots_off);
+  bool replay_split_to(std::uint64_t index, std::uint64_t slots_off, bool& undone);
   bool replay_move_to(std::uint64_t index, std::uint64_t src_off, std::uint64_t dest_off);
   void build_volatile();
   void register_pool();
@@ -189,6 +217,7 @@ class pool_impl {
   }
   /// Stores a word and queues its flush for this thread's next fence (flush_later).
   void persist_word(std::uint64_t* w, std::uint64_t v) {
+    assert(media_writable_ && "a media write in a read-only pool");
     store_word(w, v);
     flush_later(w, 8);
   }
@@ -358,6 +387,11 @@ class pool_impl {
   std::uint64_t repaired_ = 0;
   std::uint64_t orphaned_ = 0;  // owner records dropped at load: their slot no longer named the page
   intent_log intents_;
+  bool read_only_ = false;       // open_options::read_only: every mutating call is refused
+  bool media_writable_ = true;   // false once a read-only pool's recovery is done (or device DAX)
+  std::unordered_map<const std::uint64_t*, std::uint64_t> overlay_;  // see view_word (mu_)
+  mutable std::mutex log_mu_;    // guards log_ (lazy loads add lines after open)
+  std::vector<std::string> log_;
   std::uint64_t fork_generation_ = 0;  // g_fork_generation when the pool was opened
   int opener_pid_ = 0;
 };

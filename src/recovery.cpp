@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "misuse.hpp"
+#include "null_persistence.hpp"
 #include "pool_impl.hpp"
 #include "registry.hpp"
 
@@ -113,8 +114,8 @@ pool_impl::~pool_impl() {
     g_open.erase(std::find(g_open.begin(), g_open.end(), this));
   }
   // At close the kept empty regions merge (so the next open finds them FREE, not split) and
-  // lazily retired intents become durable; a fork() child never writes.
-  if (registered_ && g_fork_generation.load(std::memory_order_relaxed) == fork_generation_) {
+  // lazily retired intents become durable; a fork() child and a read-only pool never write.
+  if (registered_ && !read_only_ && g_fork_generation.load(std::memory_order_relaxed) == fork_generation_) {
     trim_now();
     fence();
   }
@@ -144,11 +145,11 @@ void pool_impl::adopt_superblock(const superblock& sb) {
   nr_pages_ = sb.nr_regions * HPAGE_PMD_NR;
 }
 
-void pool_impl::map_and_attach(std::shared_ptr<persistence> backend) {
+void pool_impl::map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode) {
   // Device DAX only maps whole multiples of its alignment: map all of it. Files: just what we use.
   const std::uint64_t length = dev_.type() == device::kind::device_dax ? lay_.device_size
                                                                         : lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE;
-  dev_.map(length, lay_.data_offset);
+  dev_.map(length, lay_.data_offset, mode);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
   pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
   region_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.region_table_offset);
@@ -258,7 +259,7 @@ bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order, std::uin
   return true;
 }
 
-bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off) {
+bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off, bool& undone) {
   // Rolled forward unless the split was failing: the caller's slots[1..511] were empty when the
   // intent was written and the split claims each (0 -> pfn + i) after it; a slot holding anything
   // else was filled by a concurrent call, the split gave up, and recovery finishes undoing it.
@@ -280,6 +281,7 @@ bool pool_impl::replay_split_to(std::uint64_t index, std::uint64_t slots_off) {
       failing = v != 0 && v != pfn + i;
     }
     if (failing) {
+      undone = true;
       for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
         if (std::atomic_ref<pfn_t>(slots[i]).load(std::memory_order_relaxed) == pfn + i) {
           std::atomic_ref<pfn_t>(slots[i]).store(0, std::memory_order_relaxed);
@@ -330,36 +332,67 @@ void pool_impl::replay_intents() {
     std::memcpy(&l, &lanes_[i], sizeof l);
     if (l.seq == 0) continue;
     any = true;
-    if (l.checksum != fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8)) continue;  // torn: never committed
+    char line[256];
+    auto discard = [&](const char* why) {
+      if (pass != 0) return;  // one line per lane
+      std::snprintf(line, sizeof line, "intent lane %u: %s; the lane is cleared", i, why);
+      note_repair(line);
+    };
+    if (l.checksum != fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof(lane) - 8)) {
+      discard("torn intent (never committed) discarded");
+      continue;
+    }
     // Bounds-check everything before use: a crafted lane must not make us write outside the pool.
     const pfn_t start = start_pfn();
-    if (l.order > MAX_PAGE_ORDER || l.pfn < start || l.pfn >= end_pfn()) continue;
     const std::uint64_t index = l.pfn - start;
-    if (index % (std::uint64_t{1} << l.order) || index + (std::uint64_t{1} << l.order) > nr_pages_) continue;
-    if (!slot_offset_valid(l.slot_offset)) continue;
+    if (l.order > MAX_PAGE_ORDER || l.pfn < start || l.pfn >= end_pfn() || index % (std::uint64_t{1} << l.order) ||
+        index + (std::uint64_t{1} << l.order) > nr_pages_ || !slot_offset_valid(l.slot_offset)) {
+      discard("intent with out-of-range fields ignored");
+      continue;
+    }
     auto* slot = reinterpret_cast<pfn_t*>(dev_.base() + l.slot_offset);
     const pfn_t cur = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
     // The slot of a committed alloc_to is not touched by any other lane's replay (it names a
     // page whose extent only this lane covers), so both passes classify it alike.
     const bool roll_forward = l.kind == std::uint32_t(intent_kind::alloc_to) && cur == l.pfn;
     if (roll_forward != (pass == 0)) continue;
+    const char* kind = "unknown intent";
+    const char* outcome = nullptr;  // null: the intent did not fit the media and was skipped
     if (l.kind == std::uint32_t(intent_kind::alloc_to)) {
+      kind = "alloc_pages_to";
       const bool ok = cur == l.pfn ? replay_ensure_allocated(index, l.order, l.slot_offset)  // committed
                                    : replay_ensure_free(index, l.order, l.slot_offset);      // not: undo
-      if (!ok) continue;
+      if (ok) outcome = cur == l.pfn ? "rolled forward (the slot names the page: allocated, owned by the slot)"
+                                     : "undone (the slot does not name the page: the page is free)";
     } else if (l.kind == std::uint32_t(intent_kind::free_from)) {
-      if (!replay_ensure_free(index, l.order, l.slot_offset)) continue;  // the intent was durable: the free happens
-      if (cur == l.pfn) {
-        std::atomic_ref<pfn_t>(*slot).store(0, std::memory_order_relaxed);
-        pers_->flush(slot, sizeof *slot);
+      kind = "free_pages_from";
+      if (replay_ensure_free(index, l.order, l.slot_offset)) {  // the intent was durable: the free happens
+        outcome = "rolled forward (the page is free, the slot empty)";
+        if (cur == l.pfn) {
+          std::atomic_ref<pfn_t>(*slot).store(0, std::memory_order_relaxed);
+          pers_->flush(slot, sizeof *slot);
+        }
       }
     } else if (l.kind == std::uint32_t(intent_kind::move_to)) {
-      if (!replay_move_to(index, l.slot_offset, l.aux)) continue;
+      kind = "move_pages_owner";
+      if (replay_move_to(index, l.slot_offset, l.aux)) outcome = "rolled forward (the destination slot owns the page)";
     } else if (l.kind == std::uint32_t(intent_kind::split_to)) {
-      if (l.order != HPAGE_PMD_ORDER || !replay_split_to(index, l.slot_offset)) continue;
-    } else {
+      kind = "split_huge_page_to";
+      bool undone = false;
+      if (l.order == HPAGE_PMD_ORDER && replay_split_to(index, l.slot_offset, undone))
+        outcome = undone ? "undone (a slot was taken by a concurrent call: the page stays whole)"
+                         : "rolled forward (512 pages, each owned by its slot)";
+    }
+    if (!outcome) {
+      std::snprintf(line, sizeof line, "intent lane %u: %s of pfn %#llx (order %u), slot at offset %#llx: does not fit "
+                    "the media, nothing replayed; the lane is cleared", i, kind, (unsigned long long)l.pfn, l.order,
+                    (unsigned long long)l.slot_offset);
+      note_repair(line);
       continue;
     }
+    std::snprintf(line, sizeof line, "intent lane %u: %s of pfn %#llx (order %u), slot at offset %#llx: %s", i, kind,
+                  (unsigned long long)l.pfn, l.order, (unsigned long long)l.slot_offset, outcome);
+    note_repair(line);
     ++repaired_;
   }
   if (!any) return;
@@ -414,8 +447,14 @@ void pool_impl::build_volatile() {
                   std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
                       pfn_of_index(i << HPAGE_PMD_ORDER);
           if (!owned) {
-            persist_word(owner_entry(i << HPAGE_PMD_ORDER), 0);
-            persist_word(region_word(ri), make_region_word(region_state::head, order));
+            repair_word(owner_entry(i << HPAGE_PMD_ORDER), 0);
+            repair_word(region_word(ri), make_region_word(region_state::head, order));
+            char line[200];
+            std::snprintf(line, sizeof line, "region %llu: the owned order-%u page at pfn %#llx is no longer named by "
+                          "its slot (offset %#llx): owner record cleared, the page stays allocated, owned by nobody",
+                          (unsigned long long)i, order, (unsigned long long)pfn_of_index(i << HPAGE_PMD_ORDER),
+                          (unsigned long long)e);
+            note_repair(line);
             repairs = true;
             ++orphaned_;
             ++repaired_;
@@ -446,12 +485,29 @@ void pool_impl::build_volatile() {
     }
   }
   end_run();
-  if (repairs) {
+  if (repairs && media_writable_) {
     issue_deferred_flushes();
     pers_->drain();
   }
   // Lazy regions are loaded lowest first when the allocator needs one.
   std::reverse(lazy_.begin(), lazy_.end());
+}
+
+void pool_impl::note_repair(std::string line) {
+  std::lock_guard g(log_mu_);
+  log_.push_back(std::move(line));
+}
+
+std::vector<std::string> pool_impl::recovery_log() const {
+  std::lock_guard g(log_mu_);
+  return log_;
+}
+
+bool pool_impl::refuse_read_only(const char* caller) const noexcept {
+  if (PMPAGE_LIKELY(!read_only_)) return false;
+  report_misuse("%s: pool %s is open read-only (open_options::read_only): nothing was changed", caller,
+                path().c_str());
+  return true;
 }
 
 void pool_impl::register_pool() {
@@ -481,8 +537,9 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
       why += " (a pool::create of this path was interrupted before it finished; run create() again)";
     fail(e, path, why);
   }
-  d.open_existing(path);
-  d.lock();
+  impl->read_only_ = opts.read_only;
+  d.open_existing(path, opts.read_only ? device::access::read_only : device::access::read_write);
+  d.lock(/*shared=*/opts.read_only);
   if (d.size() < 2 * SUPERBLOCK_SIZE)
     fail(EINVAL, path, "too small to be a pmpage pool (" + std::to_string(d.size()) + " bytes)");
   superblock a, b;
@@ -505,23 +562,50 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
                            std::to_string(d.size()));
   impl->adopt_superblock(good);
-  impl->map_and_attach(opts.backend);
+  // Read-only: a regular file is mapped private (recovery below writes this process's copy only,
+  // with a backend that flushes nothing); device DAX refuses private mappings and is mapped
+  // read-only, so it is opened only if recovery has nothing to write there (checked below).
+  const bool shared_read = opts.read_only && d.type() == device::kind::device_dax;
+  if (!opts.read_only)
+    impl->map_and_attach(opts.backend);
+  else
+    impl->map_and_attach(std::make_shared<null_persistence>(),
+                         shared_read ? device::map_mode::shared_read : device::map_mode::private_copy);
+  impl->media_writable_ = !shared_read;
   if (std::string why = impl->validate_region_table(); !why.empty()) fail(EINVAL, path, why);
   if (!section_id_free(impl->section_id_))
     fail(EBUSY, path, "cannot open: its pfn range (section " + std::to_string(impl->section_id_) +
                           ") is used by another open pool (is one a copy of the other?)");
   // Both copies are written once at create and never change: repair a damaged one.
   const bool repair_a = !pa.empty(), repair_b = pa.empty() && (!pb.empty() || std::memcmp(&a, &b, sizeof a) != 0);
+  if (shared_read) {
+    std::string why;
+    if (repair_a || repair_b) why = std::string("superblock copy ") + (repair_a ? "A" : "B") + " needs repair";
+    for (unsigned i = 0; i < NR_LANES && why.empty(); ++i)
+      if (load_word(&impl->lanes_[i].seq) != 0) why = "intent lane " + std::to_string(i) + " holds an unfinished operation";
+    if (!why.empty())
+      fail(EROFS, path, "needs recovery (" + why + ") and device DAX cannot be recovered privately for a read-only "
+                        "open: open it read-write once, or run `pmpage check --repair`");
+  }
   if (repair_a || repair_b) {
     char* dst = impl->dev_.base() + (repair_a ? 0 : SUPERBLOCK_SIZE);
     std::memcpy(dst, &good, sizeof good);
     impl->pers_->persist(dst, sizeof good);
     ++impl->repaired_;
+    impl->note_repair(repair_a ? "superblock copy A repaired from copy B (copy A: " + pa + ")"
+                               : "superblock copy B repaired from copy A (copy B: " +
+                                     (pb.empty() ? std::string("differs from copy A") : pb) + ")");
   }
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->replay_intents();
   impl->build_volatile();
   impl->register_pool();
+  if (opts.read_only && !shared_read) {
+    // Recovery is done: from here a store into the mapping faults, and lazy loads keep their
+    // repairs in DRAM (repair_word).
+    impl->dev_.protect_read_only();
+    impl->media_writable_ = false;
+  }
   return impl;
 }
 

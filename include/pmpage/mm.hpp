@@ -238,7 +238,8 @@ inline bool get_page_unless_zero(page* p) noexcept {
 
 /// Drops a reference; the last one frees the whole compound page, durably. The last reference of
 /// a slot-owned page (alloc_pages_to) belongs to its slot: dropping it here is misuse (reported,
-/// the count stays 1); free_pages_from(slot) frees it.
+/// the count stays 1); free_pages_from(slot) frees it. So is dropping the last reference of a
+/// page of a read-only pool (reported; the page keeps it).
 inline void put_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
@@ -252,20 +253,23 @@ inline void put_page(page* p) noexcept {
 }
 
 /// The kernel's __free_pages: drops the caller's reference to the compound page of `order` whose
-/// head is p; frees it when that was the last one. Wrong order or a non-head is misuse.
+/// head is p; frees it when that was the last one. Wrong order or a non-head is misuse, and so is
+/// freeing a page of a read-only pool (the reference stays).
 PMPAGE_API void free_pages(page* p, unsigned order) noexcept;
 
 /// Turns an order-9 page whose count is exactly 1 into 512 order-0 pages, each allocated with
 /// count 1. Durable (2 fences). Returns 0; -EBUSY if the count is not 1, if the page is locked
 /// (the split takes the page lock itself, so a lock holder never sees its lock move; the kernel
 /// instead requires the caller to hold it), or if the page is slot-owned (use
-/// split_huge_page_to); -EINVAL if p is not an order-9 head.
+/// split_huge_page_to); -EINVAL if p is not an order-9 head; -EROFS in a read-only pool (misuse,
+/// reported).
 PMPAGE_API int split_huge_page(page* p) noexcept;
 
 /// split_huge_page of a slot-owned order-9 page: slots[0] must be the slot that owns p (it holds
 /// p's pfn) and slots[1..511] must be empty; afterwards slots[i] owns subpage i (slots[i] = pfn + i),
 /// crash-atomically (2 fences). slots must be 512 consecutive slots in the pool's root or data
-/// area. Returns 0, -EBUSY (count not 1, or locked), -EINVAL (misuse, reported).
+/// area. Returns 0, -EBUSY (count not 1, or locked), -EINVAL (misuse, reported), -EROFS (a
+/// read-only pool: misuse, reported).
 PMPAGE_API int split_huge_page_to(page* p, pfn_t* slots) noexcept;
 
 // ---------------------------------------------------------------------------------------------

@@ -72,13 +72,25 @@ class PMPAGE_API pool {
   };
 
   struct open_options {
-    std::shared_ptr<persistence> backend;  // nullptr = libpmem
+    std::shared_ptr<persistence> backend;  // nullptr = libpmem; ignored when read_only
+    /// Open for reading only (docs/api.md "Read-only open"). The file is opened O_RDONLY (a file
+    /// the caller may only read works) under a shared lock: any number of read-only opens of one
+    /// pool coexist across processes, and a writer's open fails EBUSY while a reader holds it (a
+    /// read-only open fails EBUSY while a writer does). A regular file is mapped private: recovery
+    /// runs as usual but on this process's copy (recovery_log() lists what it did there), the file
+    /// never changes, and the mapping is then made read-only, so a stray store faults. Device DAX
+    /// cannot be mapped private: a read-only open of one that needs recovery (a live intent, a
+    /// damaged superblock copy) fails EROFS; open it read-write once, or run `pmpage check --repair`.
+    /// Every mutating call on a read-only pool is misuse (reported, nothing changes): see
+    /// is_read_only().
+    bool read_only = false;
   };
 
   /// Formats `path` as a new pool and opens it. See docs/api.md for what each kind of path does.
   static pool create(const std::filesystem::path& path, const options& opts);
-  /// Opens and recovers an existing pool.
-  static pool open(const std::filesystem::path& path, const open_options& opts = {});
+  /// Opens and recovers an existing pool (opts.read_only: without writing it; see open_options).
+  static pool open(const std::filesystem::path& path, const open_options& opts);
+  static pool open(const std::filesystem::path& path) { return open(path, open_options{}); }
 
   pool() noexcept;  // a closed pool
   pool(pool&&) noexcept;
@@ -90,6 +102,23 @@ class PMPAGE_API pool {
   /// Closes the pool; every page* and pfn of it becomes invalid. Idempotent.
   void close() noexcept;
   bool is_open() const noexcept { return impl_ != nullptr; }
+  /// True for a pool opened with open_options::read_only (false for a closed pool). On such a
+  /// pool every call that would write the media is misuse, reported, and changes nothing:
+  /// alloc_pages, alloc_pages_bulk, alloc_pages_to, alloc_pages_bulk_to (nullptr / 0),
+  /// free_pages_from, free_pages_bulk_from, move_pages_owner, split_huge_page, split_huge_page_to
+  /// (-EROFS), persist / flush / drain (nothing done), trim (0), and a put_page / free_pages that
+  /// would drop a page's last reference (the reference stays). Reads are all allowed: stats,
+  /// for_each_allocated, check, check_slots, root(), page_address() loads, and get_page /
+  /// put_page that do not free, lock_page and the page flags (DRAM only). Thread-safe.
+  bool is_read_only() const noexcept;
+  /// What recovery repaired, one line per repair: a superblock copy rewritten, each intent lane
+  /// replayed (kind, pfn, order; rolled forward or undone), each owned large page whose slot no
+  /// longer names it, and, when a split region is first loaded (lazily, after open), a torn page
+  /// map cleared, stale owner entries cleared, an empty split region merged. Lines are added as
+  /// lazy loads happen (check() loads every region). For a read-only pool it is what recovery
+  /// would do, done only to this process's view. Empty for a healthy pool and a closed one.
+  /// Thread-safe.
+  std::vector<std::string> recovery_log() const;
 
   pfn_t start_pfn() const noexcept;
   pfn_t end_pfn() const noexcept;
@@ -114,7 +143,8 @@ class PMPAGE_API pool {
   /// (2 fences). An empty slot (0) is a no-op returning 0 (the kernel's kfree(NULL) rule).
   /// Returns 0; -EBUSY if other references are held (nothing changes); -EINVAL on misuse (also
   /// reported): src not a slot of this pool, *src not the head of an allocation, or a page this
-  /// slot does not own (allocated with alloc_pages, or owned by another slot).
+  /// slot does not own (allocated with alloc_pages, or owned by another slot); -EROFS on a
+  /// read-only pool (misuse, reported).
   int free_pages_from(pfn_t* src) noexcept;
 
   /// alloc_pages_to for many slots: fills each empty slot *dests[i] with its own new allocation
@@ -136,7 +166,8 @@ class PMPAGE_API pool {
   /// -EBUSY if a page has references besides its slot's (or its alloc_pages_to is still
   /// publishing); -EINVAL on misuse (reported), checked for every slot before anything is freed:
   /// any of free_pages_from's misuses, a slot listed twice, or a slot lying inside a page this
-  /// same call frees (free a table page in a later call than the slots it holds).
+  /// same call frees (free a table page in a later call than the slots it holds); -EROFS on a
+  /// read-only pool (misuse, reported).
   /// Crash atomicity is per slot (each slot ends before or after, never a slot naming a free page
   /// nor a leaked page); 2 fences per batch of up to 16 non-empty slots. Thread-safe.
   /// Kernel: release_pages / free_pages_bulk.
@@ -146,7 +177,8 @@ class PMPAGE_API pool {
   /// *src = 0 and the owner recorded on the media, atomically with respect to a crash (2 fences).
   /// This is how an engine relocates a persistent reference (a page-table entry that moves);
   /// copying the pfn by hand leaves the old slot the owner. Returns 0, or -EINVAL on misuse
-  /// (reported): a slot outside the pool, *dest not empty, *src empty or not the owner.
+  /// (reported): a slot outside the pool, *dest not empty, *src empty or not the owner; -EROFS on
+  /// a read-only pool (misuse, reported).
   int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
 
   /// What check_slots found: an fsck of the engine's own persistent references.
