@@ -242,6 +242,25 @@ pmpage_pool* pmpage_pool_open(const char* path) {
   }
 }
 
+pmpage_pool* pmpage_pool_open_read_only(const char* path) {
+  if (!path) {
+    fail(EINVAL, "pmpage: open: path is NULL");
+    return nullptr;
+  }
+  try {
+    pmpage::pool::open_options o;
+    o.read_only = true;
+    return new pmpage_pool{pmpage::pool::open(path, o), path};
+  } catch (...) {
+    fail_current("open");
+    return nullptr;
+  }
+}
+
+int pmpage_pool_is_read_only(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_is_read_only") ? -EINVAL : pool->pool.is_read_only() ? 1 : 0;
+}
+
 void pmpage_pool_close(pmpage_pool* pool) { delete pool; }
 
 pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool) {

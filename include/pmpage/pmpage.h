@@ -115,6 +115,12 @@ PMPAGE_API pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage
 /** pmpage::pool::open: verifies, recovers. NULL on failure (errno, pmpage_errormsg()): ENOENT,
  *  EINVAL (not a pool, damaged), PMPAGE_ERR_CREATE_INTERRUPTED, EBUSY (already open), ... */
 PMPAGE_API pmpage_pool* pmpage_pool_open(const char* path);
+/** pmpage::pool::open with open_options::read_only (docs/api.md "Read-only open"): nothing is
+ *  written; every mutating call is misuse. NULL on failure as pmpage_pool_open (also EROFS, EBUSY
+ *  while a writer has it open). */
+PMPAGE_API pmpage_pool* pmpage_pool_open_read_only(const char* path);
+/** 1 for a pool opened read-only, 0 otherwise; -EINVAL for NULL (misuse). */
+PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);
 /** Closes and frees the pool; every page and pfn of it becomes invalid. NULL is a no-op. */
 PMPAGE_API void pmpage_pool_close(pmpage_pool* pool);
 

@@ -254,7 +254,29 @@ static void test_pool_queries(void) {
   CHECK(p != NULL);
   if (!p) return;
   CHECK(strcmp((char*)pmpage_pool_root(p, NULL), "root data") == 0);
+  CHECK_EQ_U(pmpage_pool_is_read_only(p), 0);
   pmpage_pool_close(p);
+
+  /* Read-only: readable, translatable, every mutation refused as misuse. */
+  p = pmpage_pool_open_read_only(scratch("queries"));
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK_EQ_U(pmpage_pool_is_read_only(p), 1);
+  CHECK(strcmp((char*)pmpage_pool_root(p, NULL), "root data") == 0);
+  CHECK(pmpage_pfn_valid(pmpage_pool_start_pfn(p)));
+  EXPECT_MISUSE(CHECK(pmpage_alloc_pages(p, 0) == NULL), "read-only");
+  {
+    pmpage_pfn_t* slot = (pmpage_pfn_t*)pmpage_pool_root(p, NULL) + 8;
+    EXPECT_MISUSE(CHECK(pmpage_alloc_pages_to(p, 0, slot) == NULL), "read-only");
+  }
+  CHECK_EQ_U(pmpage_pool_check(p), 0);
+  /* A writer is refused while a reader has it open. */
+  errno = 0;
+  CHECK(pmpage_pool_open(scratch("queries")) == NULL);
+  CHECK_EQ_U(errno, EBUSY);
+  pmpage_pool_close(p);
+  CHECK(pmpage_pool_open_read_only(NULL) == NULL);
+  CHECK_EQ_U(errno, EINVAL);
   unlink(scratch("queries"));
 }
 
@@ -687,6 +709,7 @@ static void test_misuse(void) {
   EXPECT_MISUSE(CHECK(pmpage_pool_path(NULL) == NULL), "pool is NULL");
   EXPECT_MISUSE(CHECK(pmpage_pool_base(NULL, NULL) == NULL), "pool is NULL");
   EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_is_pmem(NULL), -EINVAL), "pool is NULL");
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_is_read_only(NULL), -EINVAL), "pool is NULL");
   EXPECT_MISUSE(pmpage_pool_persist(NULL, root, 8), "pool is NULL");
   EXPECT_MISUSE(pmpage_pool_flush(NULL, root, 8), "pool is NULL");
   EXPECT_MISUSE(pmpage_pool_drain(NULL), "pool is NULL");
