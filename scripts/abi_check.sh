@@ -4,8 +4,8 @@
 # its own build directory) and compares every exported symbol and the types reachable from the
 # public headers (include/pmpage/).
 #
-#   scripts/abi_check.sh            check; exit 1 on an incompatible change (a symbol removed or
-#                                   changed, a public type's layout changed) or an abidiff error
+#   scripts/abi_check.sh            check; exit 1 on any ABI difference (a symbol removed, changed
+#                                   or added, a public type's layout changed) or an abidiff error
 #   scripts/abi_check.sh --update   rewrite abi/libpmpage.abi from the current sources
 #
 # The baseline must describe the library exactly: a compatible change (symbols added) fails too,
@@ -43,8 +43,12 @@ elif (( rc & 8 )); then
   echo "           (PMPAGE_ABI_MAJOR, src/libpmpage.map) and run scripts/abi_check.sh --update." >&2
   exit 1
 elif (( rc & 4 )); then
-  echo "abi_check: compatible ABI change (symbols added), but $baseline does not have it: run" >&2
-  echo "           scripts/abi_check.sh --update, bump PMPAGE_ABI_MINOR and commit both with the change." >&2
+  # abidiff flags only removed symbols as incompatible by itself; a changed type (a field added to
+  # a struct passed by reference, as above) is reported as a plain change: read the report.
+  echo "abi_check: the ABI changed against $baseline (see above). Added symbols only: compatible, bump" >&2
+  echo "           PMPAGE_ABI_MINOR. A public type's size or layout changed: incompatible, bump the soname" >&2
+  echo "           (PMPAGE_ABI_MAJOR, src/libpmpage.map). Either way run scripts/abi_check.sh --update and" >&2
+  echo "           commit abi/libpmpage.abi with the change." >&2
   exit 1
 fi
 echo "abi_check: $(basename "$lib") matches $baseline"
