@@ -32,7 +32,7 @@ g++ -o "$work/pc_crash_consumer" "$src/tests/install_consumer/crash_consumer.cpp
 PMEM_IS_PMEM_FORCE=1 "$work/pc_crash_consumer"
 if [ -f "$build/examples/sqlite/libpmpage_sqlite.so" ]; then
   PMEM_IS_PMEM_FORCE=1 "$work/cmake/sqlite_consumer"
-  g++ -o "$work/pc_sqlite_consumer" "$src/tests/install_consumer/sqlite_consumer.cpp" \
+  g++ $(pkg-config --variable=cxxflags pmpage-sqlite) -o "$work/pc_sqlite_consumer" "$src/tests/install_consumer/sqlite_consumer.cpp" \
     $(pkg-config --cflags --libs pmpage-sqlite) -Wl,-rpath,"$(pkg-config --variable=libdir pmpage-sqlite)"
   PMEM_IS_PMEM_FORCE=1 "$work/pc_sqlite_consumer"
   ext=$(find "$prefix" -name libpmpage_sqlite.so | head -1)
