@@ -29,7 +29,8 @@ scripts/abi_check.sh
 step "2/4 AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPMPAGE_SANITIZE=address,undefined \
   -DPMPAGE_BUILD_BENCH=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-asan -j"$jobs" --target pmpage_tests pmpage_reliability_tests pmpage_sqlite_tests pmpage_c_tests
+cmake --build build-asan -j"$jobs" --target pmpage_tests pmpage_reliability_tests pmpage_sqlite_tests pmpage_cli pmpage_tool_tests \
+  pmpage_c_tests
 (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PMPAGE_CRASH_SEEDS=1 PMPAGE_CRASH_ITERATIONS=100 \
   ctest --output-on-failure -j"$jobs" --timeout 900)
 

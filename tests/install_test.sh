@@ -2,7 +2,8 @@
 # Installs pmpage from the build tree into a scratch prefix, then configures, builds and runs a
 # consumer with find_package(pmpage) and with pkg-config, so the install cannot rot; likewise a
 # consumer of the crash-testing toolkit (pmpage_testing / pmpage-testing.pc) and of the SQLite VFS
-# (pmpage_sqlite_vfs / pmpage-sqlite.pc), and the stock sqlite3 shell loading the installed extension.
+# (pmpage_sqlite_vfs / pmpage-sqlite.pc), and the stock sqlite3 shell loading the installed extension;
+# the installed pmpage(1) tool and its man page, and the tool's sources built against the package.
 set -euo pipefail
 src=$1; build=$2
 prefix=$(mktemp -d); work=$(mktemp -d)
@@ -40,4 +41,19 @@ if [ -f "$build/examples/sqlite/libpmpage_sqlite.so" ]; then
   out=$(printf '.load %s\n.open file:%s?vfs=pmpage&pool_size=16M\nCREATE TABLE t(a); INSERT INTO t VALUES (7); SELECT a FROM t;\n' \
     "${ext%.so}" "$pool" | PMEM_IS_PMEM_FORCE=1 sqlite3)
   [ "$out" = 7 ] || { echo "installed extension in the sqlite3 shell printed: $out"; exit 1; }
+fi
+if [ -x "$build/tools/pmpage/pmpage" ]; then
+  tool="$prefix/bin/pmpage"
+  help=$("$tool" --help)
+  case $help in *"Exit status"*) ;; *) echo "installed pmpage --help lacks the exit codes: $help"; exit 1 ;; esac
+  libs=$(ldd "$tool")
+  case $libs in *"$prefix"/*libpmpage.so*) ;; *) echo "installed pmpage does not use the installed libpmpage: $libs"; exit 1 ;; esac
+  man1=$(find "$prefix" -path '*/man1/pmpage.1')
+  [ -n "$man1" ] && grep -q '^\.SH "EXIT STATUS"' "$man1" || { echo "pmpage.1 not installed"; exit 1; }
+  PMEM_IS_PMEM_FORCE=1 "$tool" create "$work/tool.pool" --size 8M >/dev/null
+  PMEM_IS_PMEM_FORCE=1 "$tool" check "$work/tool.pool" >/dev/null
+  cmake -S "$src/tools/pmpage" -B "$work/tool" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  cmake --build "$work/tool" -j"$(nproc)" >/dev/null
+  out=$(PMEM_IS_PMEM_FORCE=1 "$work/tool/pmpage" info --json "$work/tool.pool")
+  case $out in *'"readable": true'*) ;; *) echo "pmpage built against the package printed: $out"; exit 1 ;; esac
 fi

@@ -1,0 +1,791 @@
+// tests/tools/test_pmpage_tool.cpp — pmpage(1) from the outside: pools built with the library
+// (pools.hpp), damaged byte by byte where docs/format.md puts each structure, then the `pmpage`
+// binary run on them as an operator would. Checks the exit codes of docs/cli.md, the documented
+// JSON fields and their values, that nothing but `create` and `check --repair` changes a byte,
+// the PNG's signature and size, and the refusal of a pool another process holds open.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <pmpage/pmpage.hpp>
+
+#include "layout.hpp"  // src/: where each structure sits, to damage it
+#include "pools.hpp"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+constexpr std::uint64_t MiB = 1ull << 20;
+
+struct result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::string s(fs::file_size(p), '\0');
+  f.read(s.data(), std::streamsize(s.size()));
+  return s;
+}
+
+// ---- the fixture: a scratch directory per test, the tool run as a child process ---------------
+
+class Tool : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path("/dev/shm") / ("pmpage-tool-" + std::to_string(::getpid()) + "-" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::string make(const std::string& kind, std::uint64_t size = 64 * MiB) {
+    const std::string p = path(kind + ".pool");
+    pmtool::make_pool(kind, p, size);
+    return p;
+  }
+
+  /// Runs PMPAGE_TOOL with args; stdout and stderr through files (no pipe to deadlock on).
+  result run(const std::vector<std::string>& args, const std::vector<std::string>& extra_env = {}) {
+    std::vector<std::string> argv_s = {PMPAGE_TOOL};
+    argv_s.insert(argv_s.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::vector<std::string> env_s;
+    for (char** e = environ; *e; ++e) {
+      bool replaced = false;
+      for (const auto& x : extra_env)
+        if (std::strncmp(*e, x.c_str(), x.find('=') + 1) == 0) replaced = true;
+      if (!replaced) env_s.emplace_back(*e);
+    }
+    env_s.insert(env_s.end(), extra_env.begin(), extra_env.end());
+    std::vector<char*> envp;
+    for (auto& e : env_s) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    const std::string out = (dir_ / "stdout").string(), err = (dir_ / "stderr").string();
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    pid_t pid;
+    const int rc = posix_spawn(&pid, PMPAGE_TOOL, &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    result r;
+    if (rc != 0) {
+      ADD_FAILURE() << "posix_spawn " << PMPAGE_TOOL << ": " << std::strerror(rc);
+      return r;
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  json run_json(const std::vector<std::string>& args, int expected_code) {
+    const result r = run(args);
+    EXPECT_EQ(r.code, expected_code) << r.out << r.err;
+    try {
+      return json::parse(r.out);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not JSON (" << e.what() << "): " << r.out;
+      return json::object();
+    }
+  }
+
+  fs::path dir_;
+};
+
+std::size_t file_hash(const std::string& p) { return std::hash<std::string>{}(slurp(p)); }
+
+pmpage::detail::superblock read_superblock(const std::string& p) {
+  pmpage::detail::superblock sb{};
+  std::ifstream f(p, std::ios::binary);
+  f.read(reinterpret_cast<char*>(&sb), sizeof sb);
+  return sb;
+}
+
+template <typename T>
+T read_at(const std::string& p, std::uint64_t off) {
+  T v{};
+  std::ifstream f(p, std::ios::binary);
+  f.seekg(std::streamoff(off));
+  f.read(reinterpret_cast<char*>(&v), sizeof v);
+  return v;
+}
+
+template <typename T>
+void write_at(const std::string& p, std::uint64_t off, const T& v) {
+  std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
+  f.seekp(std::streamoff(off));
+  f.write(reinterpret_cast<const char*>(&v), sizeof v);
+}
+
+void flip_bit(const std::string& p, std::uint64_t off, unsigned bit) {
+  write_at<std::uint8_t>(p, off, std::uint8_t(read_at<std::uint8_t>(p, off) ^ (1u << bit)));
+}
+
+unsigned code_of(const std::string& p, const pmpage::detail::superblock& sb, std::uint64_t r, unsigned page) {
+  const auto w = read_at<std::uint64_t>(p, sb.page_map_offset + 256 * r + 8 * (page / 16));
+  return unsigned(w >> (4 * (page % 16))) & 0xf;
+}
+
+/// A split region with at least one free page and one owner entry (the healthy pool has one).
+std::uint64_t split_region_with_owner(const std::string& p, const pmpage::detail::superblock& sb) {
+  for (std::uint64_t r = 0; r < sb.nr_regions; ++r) {
+    const auto w = read_at<std::uint64_t>(p, sb.region_table_offset + 8 * r);
+    if ((w & 0xff) != 2) continue;
+    bool has_free = false, has_owner = false;
+    for (unsigned i = 0; i < 512; ++i) {
+      has_free |= code_of(p, sb, r, i) == 0;
+      has_owner |= read_at<std::uint64_t>(p, sb.owner_table_offset + 4096 * r + 8 * i) != 0;
+    }
+    if (has_free && has_owner) return r;
+  }
+  ADD_FAILURE() << "no split region with a free page and an owner entry in " << p;
+  return 0;
+}
+
+bool png_size(const std::string& p, std::uint32_t& w, std::uint32_t& h) {
+  const std::string s = slurp(p);
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (s.size() < 33 || std::memcmp(s.data(), sig, 8) != 0 || s.compare(12, 4, "IHDR") != 0) return false;
+  auto be32 = [&](std::size_t o) {
+    return std::uint32_t(std::uint8_t(s[o])) << 24 | std::uint32_t(std::uint8_t(s[o + 1])) << 16 |
+           std::uint32_t(std::uint8_t(s[o + 2])) << 8 | std::uint32_t(std::uint8_t(s[o + 3]));
+  };
+  w = be32(16);
+  h = be32(20);
+  return true;
+}
+
+/// The cells of `pmpage map` output: the rows after the title, before the legend.
+std::string map_cells(const std::string& out) {
+  std::istringstream in(out);
+  std::string line, cells;
+  std::getline(in, line);  // title
+  while (std::getline(in, line) && line.rfind("legend:", 0) != 0) {
+    const auto sp = line.find_first_not_of(' ');
+    const auto after_label = line.find(' ', sp);
+    cells += line.substr(after_label + 1);
+  }
+  return cells;
+}
+
+// Every field docs/cli.md documents for `info --json`, with its JSON type.
+const std::vector<std::pair<std::string, json::value_t>> INFO_FIELDS = {
+    {"path", json::value_t::string},           {"file_size", json::value_t::number_unsigned},
+    {"is_device_dax", json::value_t::boolean}, {"readable", json::value_t::boolean},
+    {"format_version", json::value_t::string}, {"format_major", json::value_t::number_unsigned},
+    {"format_minor", json::value_t::number_unsigned}, {"uuid", json::value_t::string},
+    {"create_time_ns", json::value_t::number_unsigned}, {"section_id", json::value_t::number_unsigned},
+    {"start_pfn", json::value_t::number_unsigned}, {"end_pfn", json::value_t::number_unsigned},
+    {"device_size", json::value_t::number_unsigned}, {"nr_regions", json::value_t::number_unsigned},
+    {"root_size", json::value_t::number_unsigned}, {"data_offset", json::value_t::number_unsigned},
+    {"metadata_bytes", json::value_t::number_unsigned}, {"total_pages", json::value_t::number_unsigned},
+    {"free_pages", json::value_t::number_unsigned}, {"free_regions", json::value_t::number_unsigned},
+    {"split_regions", json::value_t::number_unsigned}, {"split_fullness", json::value_t::object},
+    {"large_allocations", json::value_t::number_unsigned}, {"large_regions", json::value_t::number_unsigned},
+    {"small_allocations", json::value_t::number_unsigned}, {"owned_allocations", json::value_t::number_unsigned},
+    {"damaged_regions", json::value_t::number_unsigned}, {"largest_free_order", json::value_t::number_integer},
+    {"pending_intents", json::value_t::number_unsigned}, {"descriptor_bytes_at_open", json::value_t::number_unsigned},
+    {"descriptor_bytes_max", json::value_t::number_unsigned}, {"problem_count", json::value_t::number_unsigned},
+    {"damage_count", json::value_t::number_unsigned}, {"problems", json::value_t::array},
+};
+const std::vector<std::string> PROBLEM_FIELDS = {"rule", "structure", "region", "page", "word", "offset",
+                                                 "length", "what", "repair", "repairable", "recovery", "repaired"};
+
+void expect_info_schema(const json& j) {
+  for (const auto& [name, type] : INFO_FIELDS) {
+    ASSERT_TRUE(j.contains(name)) << "info --json lacks " << name;
+    if (name == "largest_free_order")
+      EXPECT_TRUE(j[name].is_number_integer()) << name;
+    else if (type == json::value_t::number_unsigned)
+      EXPECT_TRUE(j[name].is_number_unsigned()) << name << " = " << j[name];
+    else
+      EXPECT_EQ(j[name].type(), type) << name;
+  }
+  EXPECT_EQ(j.size(), INFO_FIELDS.size()) << "undocumented fields in " << j.dump();
+  for (const char* k : {"empty", "1-127", "128-255", "256-383", "384-511", "full"})
+    EXPECT_TRUE(j["split_fullness"].contains(k)) << k;
+}
+
+void expect_problem_schema(const json& p) {
+  for (const auto& f : PROBLEM_FIELDS) EXPECT_TRUE(p.contains(f)) << "problem lacks " << f << ": " << p.dump();
+  EXPECT_EQ(p.size(), PROBLEM_FIELDS.size()) << p.dump();
+}
+
+const std::vector<std::string> KINDS = {"empty", "healthy", "full", "fragmented"};
+
+// ---- help and usage ---------------------------------------------------------------------------
+
+TEST_F(Tool, HelpDocumentsEverySubcommandAndTheExitCodes) {
+  const result r = run({"--help"});
+  EXPECT_EQ(r.code, 0);
+  for (const char* s : {"create", "info", "check", "map", "dump", "Exit status", "16", "1K = 1024"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << " missing from --help:\n" << r.out;
+  for (const char* sub : {"create", "info", "check", "map", "dump"}) {
+    const result h = run({sub, "--help"});
+    EXPECT_EQ(h.code, 0) << sub;
+    EXPECT_NE(h.out.find("Exit status"), std::string::npos) << sub << ":\n" << h.out;
+  }
+  EXPECT_NE(run({"create", "--help"}).out.find("--size"), std::string::npos);
+  EXPECT_NE(run({"check", "--help"}).out.find("--repair"), std::string::npos);
+  EXPECT_NE(run({"map", "--help"}).out.find("--png"), std::string::npos);
+  EXPECT_NE(run({"dump", "--help"}).out.find("--region"), std::string::npos);
+  EXPECT_EQ(run({"--version"}).code, 0);
+}
+
+TEST_F(Tool, UsageErrorsExit16) {
+  const std::string p = make("empty");
+  const std::vector<std::vector<std::string>> bad = {
+      {},
+      {"bogus"},
+      {"info"},
+      {"info", p, "--bogus"},
+      {"info", p, "extra"},
+      {"check", p, "--repair=maybe"},
+      {"map", p, "--width", "3"},
+      {"map", p, "--color", "purple"},
+      {"dump", p},
+      {"dump", p, "--region", "minus-one"},
+      {"create", path("n.pool"), "--size", "12Q"},
+      {"create", path("n.pool"), "--size"},
+  };
+  for (const auto& args : bad) {
+    const result r = run(args);
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    EXPECT_EQ(r.code, 16) << joined << "\n" << r.out << r.err;
+    EXPECT_FALSE(r.err.empty()) << joined;
+  }
+  EXPECT_FALSE(fs::exists(path("n.pool")));
+}
+
+TEST_F(Tool, MissingPathIsAnOperationalError) {
+  for (const char* sub : {"info", "check", "map"}) {
+    const result r = run({sub, path("nope.pool")});
+    EXPECT_EQ(r.code, 8) << sub;
+    EXPECT_NE(r.err.find("nope.pool"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(run({"dump", path("nope.pool"), "--region", "0"}).code, 8);
+}
+
+// ---- create -----------------------------------------------------------------------------------
+
+TEST_F(Tool, CreateTakesSizeSuffixes) {
+  const std::string p = path("new.pool");
+  result r = run({"create", p, "--size", "64M", "--root-size", "1M"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(fs::file_size(p), 64 * MiB);
+  json j = run_json({"info", p, "--json"}, 0);
+  EXPECT_EQ(j["root_size"], 1 * MiB);
+  EXPECT_EQ(j["file_size"], 64 * MiB);
+  EXPECT_EQ(j["free_pages"], j["total_pages"]);
+
+  const std::string q = path("lower.pool");
+  ASSERT_EQ(run({"create", q, "--size", "49152k", "--preallocate"}).code, 0);
+  EXPECT_EQ(fs::file_size(q), 48 * MiB);
+  const std::string g = path("giga.pool");
+  ASSERT_EQ(run({"create", g, "-s", "1GiB"}).code, 0);
+  EXPECT_EQ(fs::file_size(g), 1024 * MiB);
+}
+
+TEST_F(Tool, CreateRefusesAnExistingPoolWithoutForce) {
+  const std::string p = make("healthy");
+  const std::size_t before = file_hash(p);
+  const result r = run({"create", p, "--size", "64M"});
+  EXPECT_EQ(r.code, 8);
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  EXPECT_EQ(file_hash(p), before);
+
+  const std::string uuid = run_json({"info", p, "--json"}, 0)["uuid"];
+  EXPECT_EQ(run({"create", p, "--size", "64M", "--force"}).code, 0);
+  const json j = run_json({"info", p, "--json"}, 0);
+  EXPECT_NE(j["uuid"], uuid);
+  EXPECT_EQ(j["free_pages"], j["total_pages"]);
+}
+
+TEST_F(Tool, CreateTooSmallIsAnOperationalError) {
+  const result r = run({"create", path("tiny.pool"), "--size", "1M"});
+  EXPECT_EQ(r.code, 8);
+  EXPECT_FALSE(r.err.empty());
+}
+
+// ---- info, check, map, dump on healthy pools --------------------------------------------------
+
+TEST_F(Tool, InfoJsonHasTheDocumentedFieldsWithSaneValues) {
+  for (const auto& kind : KINDS) {
+    SCOPED_TRACE(kind);
+    const std::string p = make(kind);
+    const json j = run_json({"info", p, "--json"}, 0);
+    expect_info_schema(j);
+    EXPECT_TRUE(j["readable"]);
+    EXPECT_EQ(j["format_version"], "2.0");
+    EXPECT_EQ(j["nr_regions"].get<std::uint64_t>() * 512, j["total_pages"].get<std::uint64_t>());
+    EXPECT_EQ(j["end_pfn"].get<std::uint64_t>() - j["start_pfn"].get<std::uint64_t>(), j["total_pages"]);
+    EXPECT_EQ(j["start_pfn"].get<std::uint64_t>() >> 32, j["section_id"]);
+    EXPECT_EQ(j["file_size"], 64 * MiB);
+    EXPECT_EQ(j["problem_count"], 0u);
+    EXPECT_EQ(j["damaged_regions"], 0u);
+    EXPECT_EQ(j["pending_intents"], 0u);
+    EXPECT_EQ(j["descriptor_bytes_at_open"], 64 * j["nr_regions"].get<std::uint64_t>());
+    std::uint64_t split = 0;
+    for (const auto& [k, v] : j["split_fullness"].items()) split += v.get<std::uint64_t>();
+    EXPECT_EQ(split, j["split_regions"]);
+    EXPECT_EQ(j["free_regions"].get<std::uint64_t>() + j["split_regions"].get<std::uint64_t>() +
+                  j["large_regions"].get<std::uint64_t>(),
+              j["nr_regions"]);
+    if (kind == "empty") {
+      EXPECT_EQ(j["free_pages"], j["total_pages"]);
+      EXPECT_EQ(j["free_regions"], j["nr_regions"]);
+      EXPECT_EQ(j["large_allocations"], 0u);
+      EXPECT_EQ(j["small_allocations"], 0u);
+      EXPECT_GE(j["largest_free_order"].get<int>(), 9);
+    } else if (kind == "full") {
+      EXPECT_EQ(j["free_pages"], 0u);
+      EXPECT_EQ(j["largest_free_order"], -1);
+      EXPECT_EQ(j["large_allocations"], j["nr_regions"]);
+    } else if (kind == "healthy") {
+      EXPECT_EQ(j["large_allocations"], 3u);  // orders 9, 10 and an owned 9
+      EXPECT_EQ(j["large_regions"], 4u);
+      EXPECT_EQ(j["small_allocations"], 110u);
+      EXPECT_EQ(j["owned_allocations"], 11u);
+    } else if (kind == "fragmented") {
+      EXPECT_GT(j["split_regions"].get<std::uint64_t>(), 10u);
+      EXPECT_GT(j["free_pages"].get<std::uint64_t>(), 0u);
+      EXPECT_EQ(j["large_allocations"], 3u);
+      EXPECT_GT(j["descriptor_bytes_max"].get<std::uint64_t>(), j["descriptor_bytes_at_open"].get<std::uint64_t>());
+    }
+    const result human = run({"info", p});
+    EXPECT_EQ(human.code, 0);
+    for (const char* s : {"format version", "section id", "pfn range", "largest free order", "pending intents",
+                          "descriptor DRAM"})
+      EXPECT_NE(human.out.find(s), std::string::npos) << s;
+  }
+}
+
+TEST_F(Tool, ReadOnlyCommandsChangeNoByte) {
+  for (const auto& kind : KINDS) {
+    SCOPED_TRACE(kind);
+    const std::string p = make(kind);
+    const std::size_t before = file_hash(p);
+    const auto mtime = fs::last_write_time(p);
+    for (const auto& args : std::vector<std::vector<std::string>>{{"info", p},
+                                                                  {"info", p, "--json"},
+                                                                  {"check", p},
+                                                                  {"check", p, "--json"},
+                                                                  {"map", p},
+                                                                  {"map", p, "--color", "always"},
+                                                                  {"map", p, "--png", path("m.png")},
+                                                                  {"dump", p, "--region", "0"},
+                                                                  {"dump", p, "--region", "30", "--json"}}) {
+      const result r = run(args);
+      EXPECT_EQ(r.code, 0) << args[0] << " " << r.err;
+    }
+    EXPECT_EQ(file_hash(p), before);
+    EXPECT_EQ(fs::last_write_time(p), mtime);
+  }
+}
+
+TEST_F(Tool, CheckOfAHealthyPoolIsClean) {
+  for (const auto& kind : KINDS) {
+    SCOPED_TRACE(kind);
+    const std::string p = make(kind);
+    const json j = run_json({"check", p, "--json"}, 0);
+    for (const char* f : {"path", "readable", "repair", "problems", "counts", "exit_code"})
+      EXPECT_TRUE(j.contains(f)) << f;
+    EXPECT_EQ(j["exit_code"], 0);
+    EXPECT_EQ(j["repair"], false);
+    EXPECT_TRUE(j["problems"].empty());
+    for (const char* c : {"problems", "damage", "recovery", "repaired", "uncorrected"})
+      EXPECT_EQ(j["counts"][c], 0u) << c;
+    const result r = run({"check", p});
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("clean"), std::string::npos) << r.out;
+    EXPECT_EQ(run({"check", p, "--repair"}).code, 0);
+    EXPECT_EQ(run({"check", p}).code, 0);
+  }
+}
+
+TEST_F(Tool, MapDrawsOneCellPerRegionWithALegend) {
+  for (const auto& kind : KINDS) {
+    SCOPED_TRACE(kind);
+    const std::string p = make(kind);
+    const result r = run({"map", p});
+    ASSERT_EQ(r.code, 0) << r.err;
+    const std::string cells = map_cells(r.out);
+    EXPECT_EQ(cells.size(), 31u) << r.out;  // 64 MiB: 31 regions, one cell each
+    EXPECT_EQ(cells.find_first_not_of(".01234#HhX"), std::string::npos) << cells;
+    EXPECT_NE(r.out.find("legend:"), std::string::npos);
+    EXPECT_NE(r.out.find("1 cell = 1 region"), std::string::npos);
+    EXPECT_EQ(r.out.find('\033'), std::string::npos) << "colour when stdout is not a terminal";
+    if (kind == "empty") {
+      EXPECT_EQ(cells, std::string(31, '.'));
+    }
+    if (kind == "full") {
+      EXPECT_EQ(cells.find_first_of(".01234"), std::string::npos) << cells;
+    }
+    if (kind == "healthy") {
+      EXPECT_NE(cells.find('H'), std::string::npos) << cells;
+    }
+    if (kind == "fragmented") {
+      EXPECT_NE(cells.find_first_of("1234"), std::string::npos) << cells;
+      EXPECT_NE(cells.find('H'), std::string::npos) << cells;
+    }
+  }
+  EXPECT_NE(run({"map", make("fragmented"), "--color", "always"}).out.find("\033["), std::string::npos);
+}
+
+TEST_F(Tool, MapGroupsRegionsOfALargePool) {
+  // 16 GiB: about 8170 regions; 64 x 64 cells at most, so 2 regions a cell.
+  const std::string p = path("large.pool");
+  ASSERT_EQ(run({"create", p, "--size", "16G"}).code, 0);
+  const std::uint64_t nr = run_json({"info", p, "--json"}, 0)["nr_regions"];
+  ASSERT_GT(nr, 4096u);
+  const result r = run({"map", p});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("1 cell = 2 regions"), std::string::npos) << r.out.substr(0, 200);
+  const std::string cells = map_cells(r.out);
+  EXPECT_EQ(cells.size(), (nr + 1) / 2);
+  EXPECT_LE(std::count(r.out.begin(), r.out.end(), '\n'), 64 + 5);
+  const result narrow = run({"map", p, "--width", "16"});
+  EXPECT_NE(narrow.out.find("1 cell = 8 regions"), std::string::npos) << narrow.out.substr(0, 200);
+
+  ASSERT_EQ(run({"map", p, "--png", path("large.png")}).code, 0);
+  std::uint32_t w = 0, h = 0;
+  ASSERT_TRUE(png_size(path("large.png"), w, h));
+  EXPECT_EQ(w, 1024u);
+  EXPECT_EQ(h, 768u);
+}
+
+TEST_F(Tool, MapPngIsAValidImageOfTheDocumentedSize) {
+  const std::string p = make("fragmented");
+  const std::string png = path("frag.png");
+  result r = run({"map", p, "--png", png});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::uint32_t w = 0, h = 0;
+  ASSERT_TRUE(png_size(png, w, h)) << "not a PNG";
+  EXPECT_EQ(w, 1024u);
+  EXPECT_EQ(h, 768u);
+  EXPECT_FALSE(fs::exists(png + ".tmp"));
+
+  r = run({"map", p, "--png", png, "--png-width", "800", "--png-height", "600"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(png_size(png, w, h));
+  EXPECT_EQ(w, 800u);
+  EXPECT_EQ(h, 600u);
+
+  // The smallest pool: 4 MiB, one region.
+  const std::string small = path("small.pool");
+  ASSERT_EQ(run({"create", small, "--size", "4M"}).code, 0);
+  ASSERT_EQ(run({"map", small, "--png", path("small.png")}).code, 0) << run({"map", small, "--png", path("small.png")}).err;
+  ASSERT_TRUE(png_size(path("small.png"), w, h));
+  EXPECT_EQ(w, 1024u);
+}
+
+TEST_F(Tool, MapPngWithoutGnuplotIsAnOperationalError) {
+  const std::string p = make("empty");
+  const result r = run({"map", p, "--png", path("x.png")}, {"PATH=/nonexistent"});
+  EXPECT_EQ(r.code, 8);
+  EXPECT_NE(r.err.find("gnuplot"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(path("x.png")));
+}
+
+TEST_F(Tool, DumpDecodesASplitRegion) {
+  const std::string p = make("healthy");
+  const auto sb = read_superblock(p);
+  const std::uint64_t r = split_region_with_owner(p, sb);
+  const json j = run_json({"dump", p, "--region", std::to_string(r), "--json"}, 0);
+  EXPECT_EQ(j["region"], r);
+  EXPECT_EQ(j["kind"], "split");
+  EXPECT_EQ(j["word"], 2u);
+  EXPECT_EQ(j["word_offset"], sb.region_table_offset + 8 * r);
+  EXPECT_EQ(j["first_pfn"], (std::uint64_t(sb.section_id) << 32) + 512 * r);
+  unsigned next = 0, owned = 0;
+  for (const auto& run : j["runs"]) {
+    EXPECT_EQ(run["first"], next);
+    next = run["last"].get<unsigned>() + 1;
+    if (run["state"] == "allocation" && !run["owner"].is_null()) {
+      ++owned;
+      EXPECT_EQ(run["slot_value"], run["pfn"]);
+    }
+    EXPECT_NE(run["state"], "invalid");
+  }
+  EXPECT_EQ(next, 512u);
+  EXPECT_GE(owned, 1u);
+  EXPECT_TRUE(j["problems"].empty());
+
+  const result human = run({"dump", p, "--region", std::to_string(r)});
+  EXPECT_EQ(human.code, 0);
+  EXPECT_NE(human.out.find("head order"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("owned by the slot at file offset"), std::string::npos) << human.out;
+
+  EXPECT_EQ(run({"dump", p, "--region", std::to_string(sb.nr_regions)}).code, 8);
+}
+
+// ---- damage -----------------------------------------------------------------------------------
+
+struct damage_case {
+  const char* name;
+  const char* structure;  // the problem's structure
+  const char* rule;       // its rule
+  int check_code;         // read-only check
+  int repair_code;        // check --repair
+  std::function<void(const std::string&, const pmpage::detail::superblock&)> damage;
+};
+
+const std::vector<damage_case> DAMAGES = {
+    {"superblock A", "superblock A", "SB1", 4, 1,
+     [](const std::string& p, const auto&) { flip_bit(p, 16, 0); }},
+    {"superblock B", "superblock B", "SB1", 4, 1,
+     [](const std::string& p, const auto&) { flip_bit(p, 4096 + 40, 5); }},
+    {"region word one bit off", "region table", "R1", 4, 1,
+     [](const std::string& p, const auto& sb) {
+       flip_bit(p, sb.region_table_offset + 8 * split_region_with_owner(p, sb) + 2, 4);
+     }},
+    {"region word garbage", "region table", "R1", 4, 4,
+     [](const std::string& p, const auto& sb) {
+       write_at<std::uint64_t>(p, sb.region_table_offset + 8 * 3, 0x00ff00ffull);
+     }},
+    {"page-map code", "page map", "P2", 4, 4,
+     [](const std::string& p, const auto& sb) {
+       const std::uint64_t r = split_region_with_owner(p, sb);
+       unsigned page = 511;
+       while (code_of(p, sb, r, page) != 0) --page;
+       const std::uint64_t off = sb.page_map_offset + 256 * r + 8 * (page / 16);
+       write_at<std::uint64_t>(p, off, read_at<std::uint64_t>(p, off) | (0xbull << (4 * (page % 16))));
+     }},
+    {"owner entry", "owner table", "O1", 4, 1,
+     [](const std::string& p, const auto& sb) {
+       const std::uint64_t r = split_region_with_owner(p, sb);
+       for (unsigned i = 0; i < 512; ++i) {
+         const std::uint64_t off = sb.owner_table_offset + 4096 * r + 8 * i;
+         if (read_at<std::uint64_t>(p, off)) return flip_bit(p, off + 1, 3);
+       }
+     }},
+    // A torn lane is recovery's leftover, not damage: clean to a read-only check; a repairing
+    // check runs recovery, which clears it, and says so with 1.
+    {"intent lane", "intent lanes", "L", 0, 1,
+     [](const std::string& p, const auto& sb) { flip_bit(p, sb.lanes_offset + 64 * 5 + 8, 0); }},
+};
+
+TEST_F(Tool, DamageIsFoundLocatedAndRepairedWhenSafe) {
+  for (const auto& d : DAMAGES) {
+    SCOPED_TRACE(d.name);
+    const std::string p = make("healthy");
+    d.damage(p, read_superblock(p));
+    const std::size_t before = file_hash(p);
+
+    const json j = run_json({"check", p, "--json"}, d.check_code);
+    EXPECT_EQ(j["exit_code"], d.check_code);
+    ASSERT_FALSE(j["problems"].empty()) << j.dump(2);
+    bool found = false;
+    for (const auto& pr : j["problems"]) {
+      expect_problem_schema(pr);
+      if (pr["structure"] == d.structure && pr["rule"].get<std::string>().rfind(d.rule, 0) == 0) {
+        found = true;
+        EXPECT_GT(pr["length"].get<std::uint64_t>(), 0u);
+        EXPECT_FALSE(pr["what"].get<std::string>().empty());
+        EXPECT_EQ(pr["repaired"], false);
+      }
+    }
+    EXPECT_TRUE(found) << j.dump(2);
+    const result human = run({"check", p});
+    EXPECT_EQ(human.code, d.check_code);
+    EXPECT_NE(human.out.find(d.structure), std::string::npos) << human.out;
+    EXPECT_NE(human.out.find("file offset 0x"), std::string::npos) << human.out;
+    EXPECT_NE(human.out.find("exit " + std::to_string(d.check_code)), std::string::npos) << human.out;
+
+    // Described, drawn and dumped, without a byte changed.
+    const json info = run_json({"info", p, "--json"}, 0);
+    EXPECT_EQ(info["problem_count"], j["problems"].size());
+    EXPECT_EQ(run({"map", p}).code, 0);
+    EXPECT_EQ(run({"dump", p, "--region", "3"}).code, 0);
+    EXPECT_EQ(file_hash(p), before) << "a read-only command wrote";
+
+    const json rep = run_json({"check", p, "--repair", "--json"}, d.repair_code);
+    EXPECT_EQ(rep["repair"], true);
+    if (d.repair_code == 1) {
+      EXPECT_GE(rep["counts"]["repaired"].get<std::uint64_t>(), 1u);
+      EXPECT_EQ(rep["counts"]["uncorrected"], 0u);
+      EXPECT_NE(file_hash(p), before);
+    }
+    if (d.repair_code <= 1) {
+      const json again = run_json({"check", p, "--json"}, 0);
+      EXPECT_TRUE(again["problems"].empty()) << again.dump(2);
+    } else {
+      EXPECT_EQ(run({"check", p}).code, 4);
+    }
+  }
+}
+
+TEST_F(Tool, AnUndecidableRegionIsDrawnDamaged) {
+  const std::string p = make("empty");
+  const auto sb = read_superblock(p);
+  write_at<std::uint64_t>(p, sb.region_table_offset + 8 * 7, 0x00ff00ffull);
+  const result r = run({"map", p});
+  ASSERT_EQ(r.code, 0);
+  const std::string cells = map_cells(r.out);
+  ASSERT_EQ(cells.size(), 31u);
+  EXPECT_EQ(cells[7], 'X') << cells;
+  EXPECT_EQ(run_json({"info", p, "--json"}, 0)["damaged_regions"], 1u);
+  const result dump = run({"dump", p, "--region", "7"});
+  EXPECT_EQ(dump.code, 0);
+  EXPECT_NE(dump.out.find("0x0000000000ff00ff"), std::string::npos) << dump.out;
+}
+
+TEST_F(Tool, ATruncatedPoolIsDamageNotACrash) {
+  const std::string p = make("healthy");
+  fs::resize_file(p, 40 * MiB);
+  const std::size_t before = file_hash(p);
+  const json j = run_json({"check", p, "--json"}, 4);
+  EXPECT_EQ(j["exit_code"], 4);
+  EXPECT_FALSE(j["problems"].empty());
+  const result info = run({"info", p, "--json"});
+  const json ij = json::parse(info.out);
+  EXPECT_EQ(info.code, ij["readable"].get<bool>() ? 0 : 4);
+  expect_info_schema(ij);
+  const result map = run({"map", p});
+  EXPECT_EQ(map.code, ij["readable"].get<bool>() ? 0 : 4);
+  EXPECT_EQ(file_hash(p), before);
+  EXPECT_EQ(run({"check", p, "--repair"}).code, 4);
+  EXPECT_EQ(fs::file_size(p), 40 * MiB);
+}
+
+TEST_F(Tool, AnInterruptedCreationIsNotAPoolAndCreateRedoesIt) {
+  const std::string p = path("interrupted.pool");
+  {
+    std::ofstream f(p, std::ios::binary);
+    f.seekp(8 * MiB - 1);
+    f.put(0);
+  }
+  write_at(p, 0, pmpage::detail::CREATING_MAGIC);
+  write_at(p, 4096, pmpage::detail::CREATING_MAGIC);
+  const std::size_t before = file_hash(p);
+
+  const json j = run_json({"check", p, "--json"}, 4);
+  EXPECT_EQ(j["readable"], false);
+  ASSERT_FALSE(j["problems"].empty());
+  EXPECT_NE(j["problems"][0]["what"].get<std::string>().find("interrupted"), std::string::npos) << j.dump(2);
+  const json info = run_json({"info", p, "--json"}, 4);
+  expect_info_schema(info);
+  EXPECT_EQ(info["readable"], false);
+  EXPECT_EQ(info["nr_regions"], 0u);
+  EXPECT_NE(run({"info", p}).out.find("No readable pool"), std::string::npos);
+  EXPECT_EQ(run({"map", p}).code, 4);
+  EXPECT_EQ(run({"map", p, "--png", path("i.png")}).code, 4);
+  EXPECT_FALSE(fs::exists(path("i.png")));
+  EXPECT_EQ(run({"dump", p, "--region", "0"}).code, 8);
+  EXPECT_EQ(file_hash(p), before);
+
+  const result c = run({"create", p});
+  EXPECT_EQ(c.code, 0) << c.err;
+  EXPECT_EQ(run({"check", p}).code, 0);
+}
+
+// ---- a pool held by another process -----------------------------------------------------------
+
+/// A child process that holds the pool open (pool::open, for writing) until destroyed.
+class holder {
+ public:
+  explicit holder(const std::string& path) {
+    int ready[2], quit[2];
+    EXPECT_EQ(::pipe(ready), 0);
+    EXPECT_EQ(::pipe(quit), 0);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::close(ready[0]);
+      ::close(quit[1]);
+      char c = 'n';
+      try {
+        pmpage::pool p = pmpage::pool::open(path);
+        c = 'y';
+        (void)!::write(ready[1], &c, 1);
+        (void)!::read(quit[0], &c, 1);  // EOF when the parent lets go
+        p.close();
+      } catch (...) {
+        (void)!::write(ready[1], &c, 1);
+      }
+      ::_exit(0);
+    }
+    ::close(ready[1]);
+    ::close(quit[0]);
+    quit_ = quit[1];
+    char c = 0;
+    EXPECT_EQ(::read(ready[0], &c, 1), 1);
+    EXPECT_EQ(c, 'y') << "the child could not open " << path;
+    ::close(ready[0]);
+  }
+  ~holder() {
+    ::close(quit_);
+    int status;
+    ::waitpid(pid_, &status, 0);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int quit_ = -1;
+};
+
+TEST_F(Tool, APoolOpenInAnotherProcessIsRefused) {
+  const std::string p = make("healthy");
+  {
+    holder h(p);
+    for (const auto& args : std::vector<std::vector<std::string>>{{"info", p},
+                                                                  {"info", p, "--json"},
+                                                                  {"check", p},
+                                                                  {"check", p, "--repair"},
+                                                                  {"map", p},
+                                                                  {"dump", p, "--region", "0"},
+                                                                  {"create", p, "--force"}}) {
+      const result r = run(args);
+      EXPECT_EQ(r.code, 8) << args[0];
+      EXPECT_NE(r.err.find("open"), std::string::npos) << args[0] << ": " << r.err;
+      EXPECT_TRUE(r.out.empty() || args[0] == "map") << r.out;
+    }
+  }
+  EXPECT_EQ(run({"check", p}).code, 0);
+}
+
+TEST_F(Tool, ReadOnlyHoldersDoNotBlockReaders) {
+  const std::string p = make("fragmented");
+  // A shared lock is what a read-only opener (another `pmpage info`, fsck) holds.
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_SH), 0);
+  EXPECT_EQ(run({"info", p}).code, 0);
+  EXPECT_EQ(run({"check", p}).code, 0);
+  EXPECT_EQ(run({"map", p}).code, 0);
+  const result r = run({"check", p, "--repair"});
+  EXPECT_EQ(r.code, 8);
+  EXPECT_NE(r.err.find("open"), std::string::npos) << r.err;
+  ::close(fd);
+  EXPECT_EQ(run({"check", p, "--repair"}).code, 0);
+}
+
+}  // namespace
