@@ -114,6 +114,7 @@ struct rng {
 };
 
 // ---- registration (one function per file) ------------------------------------------------------
+void register_c_api();       // bench_c_api.cpp: the C header's inline hot paths against the C++ ones
 void register_translation();   // bench_translation.cpp: translation + get/put + atomic floor
 void register_alloc();         // bench_alloc.cpp: pmpage alloc/free, fences, bulk, persist floor
 void register_pmemobj();       // bench_pmemobj.cpp: libpmemobj baselines

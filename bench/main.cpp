@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   // Thread scaling first: it needs both CPUs free, which on a shared machine is likeliest at start.
   bench::register_threads();
   bench::register_translation();
+  bench::register_c_api();
   bench::register_alloc();
   bench::register_pmemobj();
   bench::register_memory();

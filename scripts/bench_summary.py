@@ -350,6 +350,13 @@ def main():
         r = pm / fl
         t.add(f"translation: `{fn}`", fmt_ns(pm), f"{fmt_ns(fl)} flat", fmt_x(r), "≤ 1.25× flat", cmp_le(r, 1.25))
 
+    # --- the C API's inline hot paths vs the C++ ones (issue #11) ------------------------------------
+    for fn in ("pfn_to_page", "page_to_pfn", "page_address", "virt_to_page", "get_put", "page_dirty"):
+        cv, xv = ns_per_op(runs, f"capi/{fn}/c"), ns_per_op(runs, f"capi/{fn}/cxx")
+        r = cv / xv
+        label = {"get_put": "get_page + put_page", "page_dirty": "PageDirty"}.get(fn, fn)
+        t.add(f"C API `pmpage_{label}` vs C++", fmt_ns(cv), f"{fmt_ns(xv)} C++", fmt_x(r), "≤ 1.1× C++", cmp_le(r, 1.1))
+
     # --- get/put vs the bare atomic ----------------------------------------------------------------
     atom = ns_per_op(runs, "refs/atomic/floor")
     labels = {"head": "heads (unsplit order 9)", "split4k": "split 4 KiB pages",

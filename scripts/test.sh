@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command. Installs what is missing, then:
-#   1. Debug build: unit tests, reliability tests (simulated power failure, bad input), the
-#      install/consume check, the example and the benchmark smoke run;
+#   1. Debug build: unit tests, reliability tests (simulated power failure, bad input), the C API
+#      suite, the install/consume check, the examples and the benchmark smoke run; then the ABI
+#      check (scripts/abi_check.sh: libpmpage.so against abi/libpmpage.abi with abidiff);
 #   2. the unit and reliability suites again under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   3. the concurrency tests under ThreadSanitizer;
 #   4. the libFuzzer target over open/recover for FUZZ_SECONDS (default 30).
@@ -20,12 +21,16 @@ cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DPMPAGE_BUILD_TESTS=ON -DPMPA
 cmake --build build-test -j"$jobs"
 (cd build-test && ctest --output-on-failure -j"$jobs" --timeout 900 "$@")
 
+step "ABI: libpmpage.so against abi/libpmpage.abi (abidiff)"
+scripts/abi_check.sh
+
 [ "${PMPAGE_TEST_QUICK:-0}" = 1 ] && exit 0
 
 step "2/4 AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPMPAGE_SANITIZE=address,undefined \
   -DPMPAGE_BUILD_BENCH=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-asan -j"$jobs" --target pmpage_tests pmpage_reliability_tests pmpage_sqlite_tests pmpage_cli pmpage_tool_tests
+cmake --build build-asan -j"$jobs" --target pmpage_tests pmpage_reliability_tests pmpage_sqlite_tests pmpage_cli pmpage_tool_tests \
+  pmpage_c_tests
 (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PMPAGE_CRASH_SEEDS=1 PMPAGE_CRASH_ITERATIONS=100 \
   ctest --output-on-failure -j"$jobs" --timeout 900)
 

@@ -14,16 +14,26 @@ cmake --build "$work/cmake" >/dev/null
 PMEM_IS_PMEM_FORCE=1 "$work/cmake/consumer"
 PMEM_IS_PMEM_FORCE=1 "$work/cmake/consumer_static"
 PMEM_IS_PMEM_FORCE=1 "$work/cmake/crash_consumer"
+PMEM_IS_PMEM_FORCE=1 "$work/cmake/c_consumer" "$work/c.pool" >/dev/null
+PMEM_IS_PMEM_FORCE=1 "$work/cmake/c_consumer_static" "$work/c.pool" >/dev/null
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig"
-g++ -o "$work/pc_consumer" "$src/tests/install_consumer/consumer.cpp" $(pkg-config --cflags --libs pmpage) \
-  -Wl,-rpath,"$(pkg-config --variable=libdir pmpage)"
+g++ $(pkg-config --variable=cxxflags pmpage) -o "$work/pc_consumer" "$src/tests/install_consumer/consumer.cpp" \
+  $(pkg-config --cflags --libs pmpage) -Wl,-rpath,"$(pkg-config --variable=libdir pmpage)"
 PMEM_IS_PMEM_FORCE=1 "$work/pc_consumer"
+# A C consumer with pkg-config: the C API's example, strict C11.
+cc -std=c11 -Wall -Wextra -Werror -pedantic -o "$work/pc_c_consumer" "$src/examples/hello.c" \
+  $(pkg-config --cflags --libs pmpage) -Wl,-rpath,"$(pkg-config --variable=libdir pmpage)"
+PMEM_IS_PMEM_FORCE=1 "$work/pc_c_consumer" "$work/pc_c.pool" >/dev/null
+# Only the documented API is exported: the C names, pmpage::*, nothing else.
+lib=$(find "$prefix" -name 'libpmpage.so.1' | head -1)
+bad=$(nm -D --defined-only "$lib" | awk '$3 != "" {print $3}' | grep -v -E '^(pmpage_|_ZN6pmpage|_ZNK6pmpage|_ZTIN6pmpage|_ZTSN6pmpage|_ZTVN6pmpage|PMPAGE_1$)' || true)
+[ -z "$bad" ] || { echo "libpmpage exports undocumented symbols:"; echo "$bad"; exit 1; }
 g++ -o "$work/pc_crash_consumer" "$src/tests/install_consumer/crash_consumer.cpp" $(pkg-config --cflags --libs pmpage-testing) \
   -Wl,-rpath,"$(pkg-config --variable=libdir pmpage-testing)"
 PMEM_IS_PMEM_FORCE=1 "$work/pc_crash_consumer"
 if [ -f "$build/examples/sqlite/libpmpage_sqlite.so" ]; then
   PMEM_IS_PMEM_FORCE=1 "$work/cmake/sqlite_consumer"
-  g++ -o "$work/pc_sqlite_consumer" "$src/tests/install_consumer/sqlite_consumer.cpp" \
+  g++ $(pkg-config --variable=cxxflags pmpage-sqlite) -o "$work/pc_sqlite_consumer" "$src/tests/install_consumer/sqlite_consumer.cpp" \
     $(pkg-config --cflags --libs pmpage-sqlite) -Wl,-rpath,"$(pkg-config --variable=libdir pmpage-sqlite)"
   PMEM_IS_PMEM_FORCE=1 "$work/pc_sqlite_consumer"
   ext=$(find "$prefix" -name libpmpage_sqlite.so | head -1)

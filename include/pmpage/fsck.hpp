@@ -113,13 +113,13 @@ struct report {
   std::vector<problem> problems;
 
   /// Problems that are damage (not recovery's) and not repaired.
-  std::size_t uncorrected() const;
+  PMPAGE_API std::size_t uncorrected() const;
   /// Problems a repairing check repaired.
-  std::size_t corrected() const;
+  PMPAGE_API std::size_t corrected() const;
   /// fsck's convention: 0 no damage (recovery's leftovers alone are not damage), 1 damage found
   /// and all of it repaired (or recovery's work done by a repairing check), 4 damage left.
   /// Operational errors (cannot open, locked) are exceptions, exit code 8 in the tool.
-  int exit_code() const;
+  PMPAGE_API int exit_code() const;
 };
 
 struct options {
@@ -139,7 +139,7 @@ struct options {
 /// operational errors only: the path cannot be opened (ENOENT, EACCES...), is not a file or
 /// device DAX, or the pool is open for writing elsewhere (EBUSY; with repair: open at all).
 /// Everything wrong with the contents is a problem in the report, never an exception.
-report check(const std::filesystem::path& path, const options& opts = {});
+PMPAGE_API report check(const std::filesystem::path& path, const options& opts = {});
 
 /// One region decoded: what `pmpage dump --region R` prints.
 struct region_dump {
@@ -162,6 +162,6 @@ struct region_dump {
 
 /// Decodes region `region` of the pool at `path` (read-only; same locking as check()). Throws
 /// pmpage::error (EINVAL) if the pool has no usable superblock or the region is out of range.
-region_dump dump_region(const std::filesystem::path& path, std::uint64_t region);
+PMPAGE_API region_dump dump_region(const std::filesystem::path& path, std::uint64_t region);
 
 }  // namespace pmpage::fsck

@@ -28,15 +28,15 @@ namespace pmpage {
 namespace detail {
 
 // Out-of-line slow paths (src/page_slow.cpp).
-page* report_bad_pfn(pfn_t pfn) noexcept;                   // misuse; returns nullptr
-pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
-void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
-void release_compound(page* p, page* holder) noexcept;      // count reached 0: free durably
-void report_owned_put(page* p, page* holder) noexcept;      // misuse: the slot's reference
-void materialise_lazy_region(const section& s, std::uint64_t region) noexcept;
-void lock_page_slow(page* p) noexcept;  // re-resolves the holder after every wake-up
-void wake_page_waiters(page* holder) noexcept;
-void report_unlock_misuse(page* p) noexcept;
+PMPAGE_API page* report_bad_pfn(pfn_t pfn) noexcept;                   // misuse; returns nullptr
+PMPAGE_API pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
+PMPAGE_API void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
+PMPAGE_API void release_compound(page* p, page* holder) noexcept;      // count reached 0: free durably
+PMPAGE_API void report_owned_put(page* p, page* holder) noexcept;      // misuse: the slot's reference
+PMPAGE_API void materialise_lazy_region(const section& s, std::uint64_t region) noexcept;
+PMPAGE_API void lock_page_slow(page* p) noexcept;  // re-resolves the holder after every wake-up
+PMPAGE_API void wake_page_waiters(page* holder) noexcept;
+PMPAGE_API void report_unlock_misuse(page* p) noexcept;
 
 /// Where a descriptor pointer lives: its pool section, pool page index and region descriptor.
 struct page_location {
@@ -255,7 +255,7 @@ inline void put_page(page* p) noexcept {
 /// The kernel's __free_pages: drops the caller's reference to the compound page of `order` whose
 /// head is p; frees it when that was the last one. Wrong order or a non-head is misuse, and so is
 /// freeing a page of a read-only pool (the reference stays).
-void free_pages(page* p, unsigned order) noexcept;
+PMPAGE_API void free_pages(page* p, unsigned order) noexcept;
 
 /// Turns an order-9 page whose count is exactly 1 into 512 order-0 pages, each allocated with
 /// count 1. Durable (2 fences). Returns 0; -EBUSY if the count is not 1, if the page is locked
@@ -263,14 +263,14 @@ void free_pages(page* p, unsigned order) noexcept;
 /// instead requires the caller to hold it), or if the page is slot-owned (use
 /// split_huge_page_to); -EINVAL if p is not an order-9 head; -EROFS in a read-only pool (misuse,
 /// reported).
-int split_huge_page(page* p) noexcept;
+PMPAGE_API int split_huge_page(page* p) noexcept;
 
 /// split_huge_page of a slot-owned order-9 page: slots[0] must be the slot that owns p (it holds
 /// p's pfn) and slots[1..511] must be empty; afterwards slots[i] owns subpage i (slots[i] = pfn + i),
 /// crash-atomically (2 fences). slots must be 512 consecutive slots in the pool's root or data
 /// area. Returns 0, -EBUSY (count not 1, or locked), -EINVAL (misuse, reported), -EROFS (a
 /// read-only pool: misuse, reported).
-int split_huge_page_to(page* p, pfn_t* slots) noexcept;
+PMPAGE_API int split_huge_page_to(page* p, pfn_t* slots) noexcept;
 
 // ---------------------------------------------------------------------------------------------
 // Flags and private data (act on the compound head; volatile, cleared when the pool opens)

@@ -148,9 +148,12 @@ inline constexpr unsigned DATA_GRANULE_SHIFT = 30;
 inline constexpr unsigned DATA_GRANULES = 1u << (47 - DATA_GRANULE_SHIFT);
 
 // Zero-initialised (BSS): pages of these tables that no pool uses are never touched.
-extern section g_sections[1u << SECTION_BITS];
-extern section g_desc_sections[DESC_GRANULES];
-extern section g_data_sections[DATA_GRANULES];
+// Their symbols have C names (the asm labels) so that the inline functions of the C header
+// <pmpage/pmpage.h> read the same arrays as these, with no indirection on either side; the C
+// header describes the same layout (pmpage_internal_section), pinned by src/c_api.cpp.
+extern PMPAGE_API section g_sections[1u << SECTION_BITS] __asm__("pmpage_internal_sections");
+extern PMPAGE_API section g_desc_sections[DESC_GRANULES] __asm__("pmpage_internal_desc_sections");
+extern PMPAGE_API section g_data_sections[DATA_GRANULES] __asm__("pmpage_internal_data_sections");
 
 }  // namespace detail
 }  // namespace pmpage

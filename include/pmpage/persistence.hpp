@@ -15,9 +15,11 @@
 #include <cstring>
 #include <memory>
 
+#include "pmpage/types.hpp"  // PMPAGE_API
+
 namespace pmpage {
 
-class persistence {
+class PMPAGE_API persistence {
  public:
   virtual ~persistence() = default;
 
@@ -59,11 +61,11 @@ class persistence {
 };
 
 /// The production backend: libpmem's pmem_flush/pmem_drain on pmem, pmem_msync otherwise.
-std::shared_ptr<persistence> make_libpmem_persistence();
+PMPAGE_API std::shared_ptr<persistence> make_libpmem_persistence();
 
 /// Wraps another backend and counts its calls (relaxed atomics): what benchmarks and the
 /// fence-budget tests use to prove "one fence per order-0 alloc".
-class counting_persistence final : public persistence {
+class PMPAGE_API counting_persistence final : public persistence {
  public:
   explicit counting_persistence(std::shared_ptr<persistence> inner) : inner_(std::move(inner)) {}
   void attach(void* base, std::size_t length, bool is_pmem) override { inner_->attach(base, length, is_pmem); }

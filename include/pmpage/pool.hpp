@@ -50,7 +50,7 @@ struct pool_stats {
   std::uint64_t empty_split_regions = 0;
 };
 
-class pool {
+class PMPAGE_API pool {
  public:
   struct options {
     /// Bytes for a regular file that does not exist or must grow; 0 = use the existing size.

@@ -10,11 +10,22 @@
 //     offending call does nothing (and returns nullptr / 0 / -EINVAL where it has a result).
 #pragma once
 
+#if __cplusplus < 202002L
+#error "pmpage's C++ API needs C++20 (-std=c++20; pkg-config --variable=cxxflags pmpage); C programs include <pmpage/pmpage.h>"
+#endif
+
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <system_error>
+
+// Symbols of the shared library: it is built with -fvisibility=hidden and a version script
+// (src/libpmpage.map), so only declarations marked PMPAGE_API (the documented C++ API, the slow
+// paths its inline functions call, and the C API of <pmpage/pmpage.h>) are exported.
+#ifndef PMPAGE_API
+#define PMPAGE_API __attribute__((visibility("default")))
+#endif
 
 namespace pmpage {
 
@@ -86,7 +97,7 @@ inline constexpr unsigned PCP_IDLE_MS = 1000;
 
 /// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
 /// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
-class error : public std::system_error {
+class PMPAGE_API error : public std::system_error {
  public:
   error(std::error_code code, const std::string& what) : std::system_error(code, what) {}
   error(int errno_value, const std::string& what)
@@ -105,6 +116,6 @@ inline constexpr int ERR_CREATE_INTERRUPTED = ECANCELED;
 using misuse_handler = void (*)(const char* message);
 
 /// Installs `handler` (nullptr restores the default) and returns the previous one. Thread-safe.
-misuse_handler set_misuse_handler(misuse_handler handler) noexcept;
+PMPAGE_API misuse_handler set_misuse_handler(misuse_handler handler) noexcept;
 
 }  // namespace pmpage

@@ -1,0 +1,426 @@
+// c_api.cpp — the out-of-line functions of the C API (<pmpage/pmpage.h>) over the C++ API.
+//
+// Every function is a boundary: no exception leaves it. Set-up errors (pmpage::error and any
+// other exception) become NULL or a negative errno, errno, and the calling thread's message
+// (pmpage_errormsg). The layout the header's inline functions read is pinned here against the
+// C++ types.
+#include "pmpage/pmpage.h"
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <string>
+#include <system_error>
+#include <type_traits>
+
+#include "misuse.hpp"
+#include "pmpage/pmpage.hpp"
+
+// ---- the shared layout --------------------------------------------------------------------------
+namespace {
+using pmpage::page;
+using pmpage::detail::section;
+using cdesc = pmpage_internal_desc;
+using csec = pmpage_internal_section;
+
+static_assert(sizeof(cdesc) == sizeof(page) && alignof(cdesc) <= alignof(page));
+static_assert(offsetof(cdesc, flags_) == offsetof(page, flags_));
+static_assert(offsetof(cdesc, refcount_) == offsetof(page, refcount_));
+static_assert(offsetof(cdesc, order_) == offsetof(page, order_));
+static_assert(offsetof(cdesc, kind_) == offsetof(page, kind_));
+static_assert(offsetof(cdesc, alloc_aux_) == offsetof(page, alloc_aux_));
+static_assert(offsetof(cdesc, head_index_) == offsetof(page, head_index_));
+static_assert(offsetof(cdesc, compound_head_) == offsetof(page, compound_head_));
+static_assert(offsetof(cdesc, private_) == offsetof(page, private_));
+static_assert(offsetof(cdesc, alloc_state_) == offsetof(page, alloc_state_));
+static_assert(offsetof(cdesc, list_next_) == offsetof(page, list_next_));
+static_assert(offsetof(cdesc, reserved_) == offsetof(page, reserved_));
+// The C side reads the atomics as plain words with __atomic builtins: same size, lock-free.
+static_assert(sizeof(std::atomic<std::uint32_t>) == 4 && std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<std::int32_t>) == 4 && std::atomic<std::int32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<std::uintptr_t>) == 8 && std::atomic<std::uintptr_t>::is_always_lock_free);
+
+static_assert(sizeof(csec) == sizeof(section));
+static_assert(offsetof(csec, vmemmap) == offsetof(section, vmemmap));
+static_assert(offsetof(csec, regions) == offsetof(section, regions));
+static_assert(offsetof(csec, data) == offsetof(section, data));
+static_assert(offsetof(csec, nr_pages) == offsetof(section, nr_pages));
+static_assert(offsetof(csec, start_pfn) == offsetof(section, start_pfn));
+static_assert(offsetof(csec, owner) == offsetof(section, owner));
+static_assert(offsetof(csec, base_index) == offsetof(section, base_index));
+static_assert(sizeof(pmpage_internal_sections) == sizeof(pmpage::detail::g_sections));
+static_assert(sizeof(pmpage_internal_desc_sections) == sizeof(pmpage::detail::g_desc_sections));
+static_assert(sizeof(pmpage_internal_data_sections) == sizeof(pmpage::detail::g_data_sections));
+
+static_assert(unsigned(PMPAGE_INTERNAL_PG_LOCKED) == unsigned(pmpage::PG_locked) && unsigned(PMPAGE_INTERNAL_PG_WAITERS) == unsigned(pmpage::PG_waiters));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_DIRTY) == unsigned(pmpage::PG_dirty) && unsigned(PMPAGE_INTERNAL_PG_UPTODATE) == unsigned(pmpage::PG_uptodate));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_HEAD) == unsigned(pmpage::PG_head) && unsigned(PMPAGE_INTERNAL_PG_SPLIT) == unsigned(pmpage::PG_split));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_REGION_TAIL) == unsigned(pmpage::PG_region_tail));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_REGION_LAZY) == unsigned(pmpage::PG_region_lazy));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_SLOT_OWNED) == unsigned(pmpage::PG_slot_owned));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_REGION_SPECIAL) == unsigned(pmpage::PG_region_special));
+static_assert(PMPAGE_INTERNAL_SECTION_SHIFT == pmpage::detail::SECTION_SHIFT);
+static_assert(PMPAGE_INTERNAL_SECTION_BITS == pmpage::detail::SECTION_BITS);
+static_assert(PMPAGE_INTERNAL_DESC_GRANULE_SHIFT == pmpage::detail::DESC_GRANULE_SHIFT);
+static_assert(PMPAGE_INTERNAL_DESC_GRANULES == pmpage::detail::DESC_GRANULES);
+static_assert(PMPAGE_INTERNAL_DESC_GRANULE_NUMBER_MASK == pmpage::detail::DESC_GRANULE_NUMBER_MASK);
+static_assert(PMPAGE_INTERNAL_DATA_GRANULE_SHIFT == pmpage::detail::DATA_GRANULE_SHIFT);
+static_assert(PMPAGE_INTERNAL_DATA_GRANULES == pmpage::detail::DATA_GRANULES);
+
+static_assert(PMPAGE_PAGE_SHIFT == pmpage::PAGE_SHIFT && PMPAGE_PAGE_SIZE == pmpage::PAGE_SIZE);
+static_assert(PMPAGE_HPAGE_PMD_ORDER == pmpage::HPAGE_PMD_ORDER && PMPAGE_HPAGE_PMD_NR == pmpage::HPAGE_PMD_NR);
+static_assert(PMPAGE_HPAGE_PMD_SIZE == pmpage::HPAGE_PMD_SIZE && PMPAGE_MAX_PAGE_ORDER == pmpage::MAX_PAGE_ORDER);
+static_assert(PMPAGE_GFP_DEFAULT == pmpage::GFP_DEFAULT && PMPAGE_GFP_ZERO == pmpage::GFP_ZERO);
+static_assert(PMPAGE_PAGE_REF_MAX == pmpage::PAGE_REF_MAX && PMPAGE_MAX_OPEN_POOLS == pmpage::MAX_OPEN_POOLS);
+static_assert(PMPAGE_MIN_POOL_SIZE == pmpage::MIN_POOL_SIZE && PMPAGE_MAX_POOL_PAGES == pmpage::MAX_POOL_PAGES);
+static_assert(PMPAGE_MAX_ROOT_SIZE == pmpage::MAX_ROOT_SIZE);
+static_assert(PMPAGE_ERR_CREATE_INTERRUPTED == pmpage::ERR_CREATE_INTERRUPTED);
+static_assert(std::is_same_v<pmpage_pfn_t, pmpage::pfn_t> && std::is_same_v<pmpage_gfp_t, pmpage::gfp_t>);
+
+page* cpp(struct pmpage_page* p) noexcept { return reinterpret_cast<page*>(p); }
+const page* cpp(const struct pmpage_page* p) noexcept { return reinterpret_cast<const page*>(p); }
+page* cpp(cdesc* p) noexcept { return reinterpret_cast<page*>(p); }
+struct pmpage_page* c(page* p) noexcept { return reinterpret_cast<struct pmpage_page*>(p); }
+
+// ---- errors ---------------------------------------------------------------------------------------
+thread_local char t_errormsg[1024];
+
+void set_error_message(const char* msg) noexcept {
+  std::snprintf(t_errormsg, sizeof t_errormsg, "%s", msg);
+}
+
+// Records err (a positive errno value) and msg; returns -err.
+int fail(int err, const char* msg) noexcept {
+  set_error_message(msg);
+  errno = err;
+  return -err;
+}
+
+// The current exception as -errno, with its message recorded. Called only from a catch block.
+int fail_current(const char* what) noexcept {
+  try {
+    throw;
+  } catch (const std::system_error& e) {  // pmpage::error among them
+    const int v = e.code().value();
+    return fail(v > 0 ? v : EIO, e.what());
+  } catch (const std::bad_alloc&) {
+    std::string m = std::string("pmpage: ") + what + ": out of memory";
+    return fail(ENOMEM, m.c_str());
+  } catch (const std::exception& e) {
+    std::string m = std::string("pmpage: ") + what + ": " + e.what();
+    return fail(EIO, m.c_str());
+  } catch (...) {
+    std::string m = std::string("pmpage: ") + what + ": unknown error";
+    return fail(EIO, m.c_str());
+  }
+}
+
+// ---- the C misuse handler ----------------------------------------------------------------------------
+std::mutex g_c_handler_lock;
+pmpage_misuse_handler g_c_handler = nullptr;
+void* g_c_handler_ctx = nullptr;
+
+void c_trampoline(const char* message) {
+  pmpage_misuse_handler h;
+  void* ctx;
+  {
+    std::lock_guard g(g_c_handler_lock);
+    h = g_c_handler;
+    ctx = g_c_handler_ctx;
+  }
+  set_error_message(message);
+  errno = EINVAL;
+  if (h) h(message, ctx);
+}
+
+// A NULL pool is the C form of a closed pool: misuse.
+bool null_pool(const pmpage_pool* pool, const char* fn) noexcept {
+  if (pool) return false;
+  pmpage::detail::report_misuse("%s: pool is NULL", fn);
+  errno = EINVAL;
+  return true;
+}
+
+}  // namespace
+
+struct pmpage_pool {
+  pmpage::pool pool;
+  std::string path;
+};
+
+extern "C" {
+
+// ---- slow paths of the inline functions ---------------------------------------------------------------
+struct pmpage_page* pmpage_internal_report_bad_pfn(pmpage_pfn_t pfn) { return c(pmpage::detail::report_bad_pfn(pfn)); }
+pmpage_pfn_t pmpage_internal_report_bad_page(const struct pmpage_page* p) {
+  return pmpage::detail::report_bad_page(cpp(p));
+}
+void pmpage_internal_report_refcount_misuse(struct pmpage_page* p, cdesc* holder, int old, int is_get) {
+  pmpage::detail::report_refcount_misuse(cpp(p), cpp(holder), old, is_get != 0);
+}
+void pmpage_internal_release_compound(struct pmpage_page* p, cdesc* holder) {
+  pmpage::detail::release_compound(cpp(p), cpp(holder));
+}
+void pmpage_internal_report_owned_put(struct pmpage_page* p, cdesc* holder) {
+  pmpage::detail::report_owned_put(cpp(p), cpp(holder));
+}
+void pmpage_internal_materialise_lazy_region(const csec* s, uint64_t region) {
+  pmpage::detail::materialise_lazy_region(*reinterpret_cast<const section*>(s), region);
+}
+void pmpage_internal_lock_page_slow(struct pmpage_page* p) { pmpage::detail::lock_page_slow(cpp(p)); }
+void pmpage_internal_wake_page_waiters(cdesc* holder) { pmpage::detail::wake_page_waiters(cpp(holder)); }
+void pmpage_internal_report_unlock_misuse(struct pmpage_page* p) { pmpage::detail::report_unlock_misuse(cpp(p)); }
+
+// ---- errors and misuse ----------------------------------------------------------------------------------
+const char* pmpage_errormsg(void) { return t_errormsg; }
+
+void pmpage_set_misuse_handler(pmpage_misuse_handler handler, void* ctx) {
+  {
+    std::lock_guard g(g_c_handler_lock);
+    g_c_handler = handler;
+    g_c_handler_ctx = handler ? ctx : nullptr;
+  }
+  pmpage::set_misuse_handler(handler ? &c_trampoline : nullptr);
+}
+
+// ---- pools ----------------------------------------------------------------------------------------------
+void pmpage_pool_options_init(struct pmpage_pool_options* opts) {
+  if (!opts) return;
+  std::memset(opts, 0, sizeof *opts);
+  const pmpage::pool::options d;
+  opts->size = d.size;
+  opts->root_size = d.root_size;
+  opts->overwrite = d.overwrite;
+  opts->preallocate = d.preallocate;
+  opts->mode = d.mode;
+}
+
+pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_options* opts) {
+  if (!path) {
+    fail(EINVAL, "pmpage: create: path is NULL");
+    return nullptr;
+  }
+  try {
+    pmpage::pool::options o;
+    if (opts) {
+      for (unsigned r : opts->reserved_)
+        if (r != 0) {
+          const std::string m = std::string("pmpage: create ") + path +
+                                ": pmpage_pool_options has non-zero reserved fields (fill it with pmpage_pool_options_init)";
+          fail(EINVAL, m.c_str());
+          return nullptr;
+        }
+      o.size = opts->size;
+      o.root_size = opts->root_size;
+      o.overwrite = opts->overwrite != 0;
+      o.preallocate = opts->preallocate != 0;
+      o.mode = opts->mode;
+    }
+    auto* p = new pmpage_pool{pmpage::pool::create(path, o), path};
+    return p;
+  } catch (...) {
+    fail_current("create");
+    return nullptr;
+  }
+}
+
+pmpage_pool* pmpage_pool_open(const char* path) {
+  if (!path) {
+    fail(EINVAL, "pmpage: open: path is NULL");
+    return nullptr;
+  }
+  try {
+    return new pmpage_pool{pmpage::pool::open(path), path};
+  } catch (...) {
+    fail_current("open");
+    return nullptr;
+  }
+}
+
+pmpage_pool* pmpage_pool_open_read_only(const char* path) {
+  if (!path) {
+    fail(EINVAL, "pmpage: open: path is NULL");
+    return nullptr;
+  }
+  try {
+    pmpage::pool::open_options o;
+    o.read_only = true;
+    return new pmpage_pool{pmpage::pool::open(path, o), path};
+  } catch (...) {
+    fail_current("open");
+    return nullptr;
+  }
+}
+
+int pmpage_pool_is_read_only(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_is_read_only") ? -EINVAL : pool->pool.is_read_only() ? 1 : 0;
+}
+
+void pmpage_pool_close(pmpage_pool* pool) { delete pool; }
+
+pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_start_pfn") ? 0 : pool->pool.start_pfn();
+}
+pmpage_pfn_t pmpage_pool_end_pfn(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_end_pfn") ? 0 : pool->pool.end_pfn();
+}
+void* pmpage_pool_root(const pmpage_pool* pool, size_t* size) {
+  if (null_pool(pool, "pmpage_pool_root")) {
+    if (size) *size = 0;
+    return nullptr;
+  }
+  if (size) *size = pool->pool.root_size();
+  return pool->pool.root();
+}
+const char* pmpage_pool_path(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_path") ? nullptr : pool->path.c_str();
+}
+int pmpage_pool_is_pmem(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_is_pmem") ? -EINVAL : pool->pool.is_pmem() ? 1 : 0;
+}
+void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
+  if (null_pool(pool, "pmpage_pool_base")) {
+    if (length) *length = 0;
+    return nullptr;
+  }
+  if (length) *length = pool->pool.mapped_length();
+  return pool->pool.base();
+}
+
+void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len) {
+  if (!null_pool(pool, "pmpage_pool_persist")) pool->pool.persist(addr, len);
+}
+void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len) {
+  if (!null_pool(pool, "pmpage_pool_flush")) pool->pool.flush(addr, len);
+}
+void pmpage_pool_drain(const pmpage_pool* pool) {
+  if (!null_pool(pool, "pmpage_pool_drain")) pool->pool.drain();
+}
+
+int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
+  if (null_pool(pool, "pmpage_pool_stats")) return -EINVAL;
+  if (!out) {
+    pmpage::detail::report_misuse("pmpage_pool_stats: out is NULL");
+    errno = EINVAL;
+    return -EINVAL;
+  }
+  const pmpage::pool_stats s = pool->pool.stats();
+  std::memset(out, 0, sizeof *out);
+  out->total_pages = s.total_pages;
+  out->free_pages = s.free_pages;
+  out->total_regions = s.total_regions;
+  out->free_regions = s.free_regions;
+  out->split_regions = s.split_regions;
+  out->materialised_regions = s.materialised_regions;
+  out->descriptor_bytes = s.descriptor_bytes;
+  out->allocator_bytes = s.allocator_bytes;
+  out->repaired_at_open = s.repaired_at_open;
+  out->orphaned_owners = s.orphaned_owners;
+  out->cpu_cached_regions = s.cpu_cached_regions;
+  out->cpu_cached_free_pages = s.cpu_cached_free_pages;
+  out->empty_split_regions = s.empty_split_regions;
+  return 0;
+}
+
+size_t pmpage_pool_trim(pmpage_pool* pool) { return null_pool(pool, "pmpage_pool_trim") ? 0 : pool->pool.trim(); }
+
+int pmpage_pool_check(const pmpage_pool* pool) {
+  if (null_pool(pool, "pmpage_pool_check")) return -EINVAL;
+  try {
+    const std::string r = pool->pool.check();
+    return r.empty() ? 0 : fail(EUCLEAN, r.c_str());
+  } catch (...) {
+    return fail_current("check");
+  }
+}
+
+int pmpage_pool_check_slots(const pmpage_pool* pool, pmpage_pfn_t* const* slots, size_t n) {
+  if (null_pool(pool, "pmpage_pool_check_slots")) return -EINVAL;
+  if (!slots && n) {
+    pmpage::detail::report_misuse("pmpage_pool_check_slots: slots is NULL");
+    errno = EINVAL;
+    return -EINVAL;
+  }
+  try {
+    const auto r = pool->pool.check_slots(std::span<pmpage::pfn_t* const>(slots, n));
+    return r.clean() ? 0 : fail(EUCLEAN, r.describe().c_str());
+  } catch (...) {
+    return fail_current("check_slots");
+  }
+}
+
+int pmpage_pool_for_each_allocated(const pmpage_pool* pool, pmpage_walk_fn fn, void* ctx) {
+  if (null_pool(pool, "pmpage_pool_for_each_allocated")) return -EINVAL;
+  if (!fn) {
+    pmpage::detail::report_misuse("pmpage_pool_for_each_allocated: fn is NULL");
+    errno = EINVAL;
+    return -EINVAL;
+  }
+  try {
+    pool->pool.for_each_allocated([fn, ctx](page* p, unsigned order) { fn(c(p), order, ctx); });
+    return 0;
+  } catch (...) {
+    return fail_current("for_each_allocated");
+  }
+}
+
+// ---- allocation and slot ownership -------------------------------------------------------------------------
+struct pmpage_page* pmpage_alloc_pages_gfp(pmpage_pool* pool, unsigned order, pmpage_gfp_t gfp) {
+  return null_pool(pool, "pmpage_alloc_pages") ? nullptr : c(pool->pool.alloc_pages(order, gfp));
+}
+struct pmpage_page* pmpage_alloc_pages(pmpage_pool* pool, unsigned order) {
+  return pmpage_alloc_pages_gfp(pool, order, PMPAGE_GFP_DEFAULT);
+}
+size_t pmpage_alloc_pages_bulk_gfp(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out,
+                                   pmpage_gfp_t gfp) {
+  if (null_pool(pool, "pmpage_alloc_pages_bulk")) return 0;
+  return pool->pool.alloc_pages_bulk(order, n, reinterpret_cast<page**>(out), gfp);
+}
+size_t pmpage_alloc_pages_bulk(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out) {
+  return pmpage_alloc_pages_bulk_gfp(pool, order, n, out, PMPAGE_GFP_DEFAULT);
+}
+struct pmpage_page* pmpage_alloc_pages_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot, pmpage_gfp_t gfp) {
+  return null_pool(pool, "pmpage_alloc_pages_to") ? nullptr : c(pool->pool.alloc_pages_to(order, slot, gfp));
+}
+struct pmpage_page* pmpage_alloc_pages_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot) {
+  return pmpage_alloc_pages_to_gfp(pool, order, slot, PMPAGE_GFP_DEFAULT);
+}
+int pmpage_free_pages_from(pmpage_pool* pool, pmpage_pfn_t* slot) {
+  return null_pool(pool, "pmpage_free_pages_from") ? -EINVAL : pool->pool.free_pages_from(slot);
+}
+size_t pmpage_alloc_pages_bulk_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots, size_t n,
+                                      pmpage_gfp_t gfp) {
+  if (null_pool(pool, "pmpage_alloc_pages_bulk_to")) return 0;
+  if (!slots && n) {
+    pmpage::detail::report_misuse("pmpage_alloc_pages_bulk_to: slots is NULL");
+    return 0;
+  }
+  return pool->pool.alloc_pages_bulk_to(order, std::span<pmpage::pfn_t* const>(slots, n), gfp);
+}
+size_t pmpage_alloc_pages_bulk_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots, size_t n) {
+  return pmpage_alloc_pages_bulk_to_gfp(pool, order, slots, n, PMPAGE_GFP_DEFAULT);
+}
+int pmpage_free_pages_bulk_from(pmpage_pool* pool, pmpage_pfn_t* const* slots, size_t n) {
+  if (null_pool(pool, "pmpage_free_pages_bulk_from")) return -EINVAL;
+  if (!slots && n) {
+    pmpage::detail::report_misuse("pmpage_free_pages_bulk_from: slots is NULL");
+    return -EINVAL;
+  }
+  return pool->pool.free_pages_bulk_from(std::span<pmpage::pfn_t* const>(slots, n));
+}
+int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmpage_pfn_t* dest) {
+  return null_pool(pool, "pmpage_move_pages_owner") ? -EINVAL : pool->pool.move_pages_owner(src, dest);
+}
+
+void pmpage_free_pages(struct pmpage_page* p, unsigned order) { pmpage::free_pages(cpp(p), order); }
+int pmpage_split_huge_page(struct pmpage_page* p) { return pmpage::split_huge_page(cpp(p)); }
+int pmpage_split_huge_page_to(struct pmpage_page* p, pmpage_pfn_t* slots) {
+  return pmpage::split_huge_page_to(cpp(p), slots);
+}
+
+}  // extern "C"
