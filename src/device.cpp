@@ -56,7 +56,8 @@ device::~device() {
 
 void device::open_existing(const std::string& path, access a) {
   path_ = path;
-  fd_ = ::open(path.c_str(), (a == access::read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO is refused by probe() instead of blocking the open until a writer comes.
+  fd_ = ::open(path.c_str(), (a == access::read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK);
   if (fd_ < 0) {
     const int e = errno;
     if (e == EISDIR) fail(e, path, "is a directory, not a pool file or device");

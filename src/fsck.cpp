@@ -145,9 +145,10 @@ class analyzer {
   report& out_;
   std::vector<word_fix>& fixes_;
   extents_fn extents_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> pending_;  // page ranges live intents cover
   std::vector<std::uint64_t> words_;  // effective region words (FREE for damaged regions)
   std::vector<bool> damaged_;
-  std::vector<std::uint8_t> covered_;  // 1 = inside a large allocation (not its head)
+  std::vector<std::uint8_t> covered_;  // inside a large allocation (not its head): its order, else 0
   std::uint64_t cached_region_ = ~std::uint64_t{0};
   std::uint64_t cached_map_[PAGE_MAP_WORDS]{};
   bool cached_split_ = false;
@@ -189,6 +190,7 @@ void analyzer::lanes() {
       continue;
     }
     ++out_.pending_intents;
+    pending_.emplace_back(l.pfn - start, l.pfn - start + (std::uint64_t{1} << l.order));
     const pfn_t cur = slot_value(l.slot_offset);
     std::string what = "lane " + std::to_string(i) + ": pending ";
     switch (intent_kind(l.kind)) {
@@ -284,7 +286,7 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
     }
     for (std::uint64_t t = r + 1; t < r + span; ++t) {
       if (words_[t] == make_region_word(region_state::free) && !damaged_[t]) {
-        covered_[t] = 1;
+        covered_[t] = std::uint8_t(order);
         continue;
       }
       problem& p = add("P1", "region table",
@@ -307,7 +309,7 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
         p.repair = "set it to FREE (a SPLIT region with no allocation: one bit away from FREE)";
         fixes_.push_back({p.offset, make_region_word(region_state::free)});
         words_[t] = make_region_word(region_state::free);
-        covered_[t] = 1;
+        covered_[t] = std::uint8_t(order);
       } else {
         damaged_[t] = true;
         damaged_[r] = true;
@@ -405,7 +407,18 @@ bool analyzer::fixed_map(std::uint64_t r, std::uint64_t* map, bool record) {
       unsigned j = i + 1;
       while (j < HPAGE_PMD_NR && code_at(map, j) == CODE_TAIL) ++j;
       if (record) {
-        const bool torn = fits && invalid == 0 && frees > 0 && tails + frees == n - 1;
+        // A crash keeps or loses each 8-byte word of a multi-word update whole: torn means every
+        // word of the extent holds either all of its new codes or only FREE ones, and the head's
+        // word its new codes. Anything else (a gap inside one word) is damage.
+        bool torn = fits && invalid == 0 && frees > 0 && tails + frees == n - 1;
+        for (unsigned w = i / PAGES_PER_MAP_WORD; torn && w <= (i + n - 1) / PAGES_PER_MAP_WORD; ++w) {
+          unsigned expected = 0, free = 0, total = 0;
+          for (unsigned x = std::max(i, w * PAGES_PER_MAP_WORD); x < std::min(i + n, (w + 1) * PAGES_PER_MAP_WORD); ++x, ++total) {
+            free += code_at(map, x) == CODE_FREE;
+            expected += x == i ? code_at(map, x) == c : code_at(map, x) == CODE_TAIL;
+          }
+          torn = expected == total || (free == total && w != i / PAGES_PER_MAP_WORD);
+        }
         problem& p = add("P2", "page map",
                          where + std::to_string(i) + ": head of order " + std::to_string(k) +
                              (torn ? " with " + std::to_string(frees) + " of its tails missing: an allocation or free in flight"
@@ -427,12 +440,17 @@ bool analyzer::fixed_map(std::uint64_t r, std::uint64_t* map, bool record) {
                                                                               code_at(map, j) != CODE_FREE))
       ++j;
     if (record) {
+      // Torn tails are whole words of TAIL codes after a word that is all FREE (the head's word,
+      // or a lost word of the same extent): a crash cannot split a word.
+      bool torn = tail_run && i % PAGES_PER_MAP_WORD == 0 && (j - i) % PAGES_PER_MAP_WORD == 0 && i > 0;
+      for (unsigned x = i - PAGES_PER_MAP_WORD; torn && x < i; ++x) torn = code_at(map, x) == CODE_FREE;
       problem& p = add("P2", "page map",
                        where + std::to_string(i) + (j - i > 1 ? "-" + std::to_string(j - 1) : std::string()) +
-                           (tail_run ? ": tail codes with no head before them: an allocation or free in flight"
-                                     : ": invalid code(s) " + hex(c) + " (no write produces them)"));
+                           (torn       ? ": tail codes with no head before them: an allocation or free in flight"
+                            : tail_run ? ": tail codes with no head, not in whole words (a crash keeps or loses each word whole): damage"
+                                       : ": invalid code(s) " + hex(c) + " (no write produces them)"));
       locate(p, i, j - i);
-      if (tail_run) {
+      if (torn) {
         p.repair = "recovery clears them (the operation did not finish)";
         p.recovery = true;
       }
@@ -493,15 +511,25 @@ void analyzer::owners_of_split(std::uint64_t r, const std::uint64_t* map) {
     const std::uint64_t e = load(base_ + owner_offset(first + i));
     if (!e) continue;
     if (!code_is_head(code_at(map, i))) {
+      // A stale entry is a crash's leftover only if its slot no longer names the page, or an
+      // intent still covers it: an entry, its codes and its slot change in one epoch under an
+      // intent. A slot that names a page the map calls free is a reference to lost memory.
+      const bool named = slot_valid(e) && slot_value(e) == pfn_of(first + i);
+      const bool in_flight = std::any_of(pending_.begin(), pending_.end(), [&](const auto& x) {
+        return first + i >= x.first && first + i < x.second;
+      });
       problem& p = add("O1", "owner table",
-                       "region " + std::to_string(r) + " page " + std::to_string(i) + " is not an allocated head but its owner entry names the slot at " + hex(e));
+                       "region " + std::to_string(r) + " page " + std::to_string(i) + " is not an allocated head but its owner entry names the slot at " +
+                           hex(e) + (named && !in_flight ? ", which still holds its pfn: the page map lost an allocation a slot references" : ""));
       p.region = std::int64_t(r);
       p.page = i;
       p.word = std::int64_t(first + i);
       p.offset = owner_offset(first + i);
       p.length = 8;
-      p.repair = "recovery clears the stale entry when it loads the region";
-      p.recovery = true;
+      if (!named || in_flight) {
+        p.repair = "recovery clears the stale entry when it loads the region";
+        p.recovery = true;
+      }
       continue;
     }
     ++out_.owned_allocations;
@@ -523,6 +551,7 @@ void analyzer::contents(bool want_regions, const std::function<void(std::uint64_
       ++out_.damaged_regions;
     } else if (covered_[r]) {
       info.kind = region_kind::tail;
+      info.order = covered_[r];
       ++out_.large_regions;
     } else if (region_word_kind(w) == region_state::head) {
       info.kind = region_kind::head;
@@ -668,12 +697,23 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     // The marker in A beside a valid B is a create interrupted between its last two fences.
     p->recovery = is_creating_marker(img.a);
     fixes.push_back({0, 0});  // whole-copy fix, applied specially
-  } else if (!img.pb.empty() || std::memcmp(&img.a, &img.b, sizeof img.a) != 0) {
-    problem* p = sb_problem(1, img.pb.empty() ? "differs from copy A (both pass their checksums)" : img.pb);
-    if (img.pb.empty()) p->rule = "SB2";
+  } else if (!img.pb.empty()) {
+    problem* p = sb_problem(1, img.pb);
     p->repair = "rewrite copy B from copy A (pool::open does the same)";
     p->recovery = is_creating_marker(img.b);
     fixes.push_back({SUPERBLOCK_SIZE, 0});
+  } else if (std::memcmp(&img.a, &img.b, sizeof img.a) != 0) {
+    // Both valid, different: no crash leaves that (both are written once, identical, behind the
+    // creation marker). Which one is the pool's cannot be told from the superblocks; the figures
+    // below read copy A. pool::open refuses such a pool too.
+    problem* p = sb_problem(1, "");
+    p->rule = "SB2";
+    p->structure = "superblock B";
+    p->what = std::string("copies A and B both pass every rule but differ") +
+              (img.a.section_id != img.b.section_id || std::memcmp(img.a.uuid, img.b.uuid, sizeof img.a.uuid) != 0
+                   ? " (they name different pools: uuid or section id)"
+                   : " (same pool, different fields)") +
+              ": a crash never leaves that, and which copy is right cannot be told";
   }
   out.format_major = sb.major;
   out.format_minor = sb.minor;

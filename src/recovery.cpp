@@ -576,8 +576,13 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   if (!section_id_free(impl->section_id_))
     fail(EBUSY, path, "cannot open: its pfn range (section " + std::to_string(impl->section_id_) +
                           ") is used by another open pool (is one a copy of the other?)");
-  // Both copies are written once at create and never change: repair a damaged one.
-  const bool repair_a = !pa.empty(), repair_b = pa.empty() && (!pb.empty() || std::memcmp(&a, &b, sizeof a) != 0);
+  // Both copies are written once at create, identical, and never change: repair a damaged one.
+  // Two valid copies that differ are no crash's doing (create writes the marker into both
+  // first): which one is the pool's cannot be told, so nothing is guessed or overwritten.
+  if (pa.empty() && pb.empty() && std::memcmp(&a, &b, sizeof a) != 0)
+    fail(EINVAL, path, "superblock copies A and B are both valid but differ (damage, or a copy of another pool's "
+                       "superblock written over one of them): not opened; run `pmpage check` on it");
+  const bool repair_a = !pa.empty(), repair_b = pa.empty() && !pb.empty();
   if (shared_read) {
     std::string why;
     if (repair_a || repair_b) why = std::string("superblock copy ") + (repair_a ? "A" : "B") + " needs repair";

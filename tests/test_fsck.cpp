@@ -540,3 +540,64 @@ TEST_F(FsckTest, RandomBitFlipsInEveryStructure) {
         }
     }
 }
+
+TEST_F(FsckTest, AFreedCodeUnderAnOwnedSlotIsDamageNotRecovery) {
+  // The owned order-2 allocation's head code cleared (0x3 -> 0x0 is two bits, 0x1 -> 0x0 one):
+  // its slot still names the page and no intent covers it, so no crash did this. Recovery would
+  // free the page under the slot: the check must call it damage and the repair must not run.
+  const std::uint64_t index = index_of(owned_small_);
+  const std::uint64_t r = index >> 9;
+  const unsigned pg = unsigned(index & 511);
+  const std::uint64_t off = map_word_off(r, pg);
+  write_word(path_, off, read_word(path_, off) & ~(std::uint64_t{0xF} << (pg % 16 * 4)));
+  fsck::report found = check_ro();
+  const fsck::problem* o1 = find_rule(found, "O1", 0);
+  ASSERT_NE(o1, nullptr) << list(found);
+  EXPECT_NE(o1->what.find("still holds its pfn"), std::string::npos) << o1->what;
+  // Its three tails, alone inside one word, are damage too: a crash keeps a word whole.
+  const fsck::problem* p2 = find_rule(found, "P2", 0);
+  ASSERT_NE(p2, nullptr) << list(found);
+  EXPECT_EQ(found.exit_code(), 4);
+  const std::string before = file_bytes(path_);
+  EXPECT_EQ(fsck::check(path_, repairing()).exit_code(), 4);
+  EXPECT_EQ(file_bytes(path_), before) << "recovery must not run over damage that may hide an allocation";
+}
+
+TEST_F(FsckTest, AShrunkHeadInsideOneWordIsDamage) {
+  // Order-2 head -> order-1 head: the head's word holds two orphan tails, which an 8-byte store
+  // cannot leave half-written.
+  const std::uint64_t index = index_of(owned_small_);
+  const std::uint64_t r = index >> 9;
+  const unsigned pg = unsigned(index & 511);
+  const std::uint64_t off = map_word_off(r, pg);
+  write_word(path_, off, (read_word(path_, off) & ~(std::uint64_t{0xF} << (pg % 16 * 4))) | (std::uint64_t{2} << (pg % 16 * 4)));
+  fsck::report found = check_ro();
+  EXPECT_EQ(find_rule(found, "P2", 1), nullptr) << list(found);
+  ASSERT_NE(find_rule(found, "P2", 0), nullptr) << list(found);
+  EXPECT_EQ(found.exit_code(), 4);
+}
+
+TEST_F(FsckTest, TwoValidButDifferentSuperblocksAreNotGuessed) {
+  // Copy A replaced by another pool's (valid) superblock: open refuses, check reports SB2 and a
+  // repair writes nothing.
+  const fs::path other = new_path("other");
+  create_pool(other, 64 * MiB).close();
+  {
+    const std::string a = file_bytes(other).substr(0, 4096);
+    std::fstream f(path_, std::ios::binary | std::ios::in | std::ios::out);
+    f.write(a.data(), std::streamsize(a.size()));
+  }
+  try {
+    pool::open(path_);
+    FAIL() << "open must refuse two valid, different superblock copies";
+  } catch (const pmpage::error& e) {
+    EXPECT_NE(std::string(e.what()).find("both valid but differ"), std::string::npos) << e.what();
+  }
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "SB2");
+  ASSERT_NE(p, nullptr) << list(found);
+  EXPECT_FALSE(p->repairable());
+  const std::string before = file_bytes(path_);
+  EXPECT_EQ(fsck::check(path_, repairing()).exit_code(), 4);
+  EXPECT_EQ(file_bytes(path_), before);
+}
