@@ -128,6 +128,11 @@ class analyzer {
     return in_root || in_data;
   }
   pfn_t slot_value(std::uint64_t off) const { return load(base_ + off); }
+  /// Does a live intent cover data page `index`? Its entry, codes and slot may then disagree:
+  /// replaying the intent makes them agree (recovery's work, not damage).
+  bool covered_by_intent(std::uint64_t index) const {
+    return std::any_of(pending_.begin(), pending_.end(), [&](const auto& x) { return index >= x.first && index < x.second; });
+  }
   /// Is data page `index` allocated (as recovery would leave it)? For the slot-in-free-page rule.
   bool page_allocated(std::uint64_t index);
   problem& add(std::string rule, std::string structure, std::string what) {
@@ -493,6 +498,12 @@ void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::i
                          (slot_valid(entry) ? ", which holds " + hex(slot_value(entry)) + " (the engine overwrote the slot without free_pages_from?)"
                                             : ", which is not a slot of the pool"));
     locate(p);
+    if (covered_by_intent(index)) {
+      p.what += "; a live intent covers it";
+      p.repair = "recovery replays the intent, which makes the owner record and the slot agree";
+      p.recovery = true;
+      return;
+    }
     p.repair = "drop the ownership record; the page stays allocated, owned by nobody (pool::open does the same)";
     return;
   }
@@ -502,6 +513,11 @@ void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::i
                          std::to_string((entry - sb_.data_offset) >> PAGE_SHIFT) +
                          ", a free page (the page holding the slot was freed while the slot still owned a page)");
     locate(p);
+    if (covered_by_intent(index) || covered_by_intent((entry - sb_.data_offset) >> PAGE_SHIFT)) {
+      p.what += "; a live intent covers it";
+      p.repair = "recovery replays the intent";
+      p.recovery = true;
+    }
   }
 }
 
@@ -515,9 +531,7 @@ void analyzer::owners_of_split(std::uint64_t r, const std::uint64_t* map) {
       // intent still covers it: an entry, its codes and its slot change in one epoch under an
       // intent. A slot that names a page the map calls free is a reference to lost memory.
       const bool named = slot_valid(e) && slot_value(e) == pfn_of(first + i);
-      const bool in_flight = std::any_of(pending_.begin(), pending_.end(), [&](const auto& x) {
-        return first + i >= x.first && first + i < x.second;
-      });
+      const bool in_flight = covered_by_intent(first + i);
       problem& p = add("O1", "owner table",
                        "region " + std::to_string(r) + " page " + std::to_string(i) + " is not an allocated head but its owner entry names the slot at " +
                            hex(e) + (named && !in_flight ? ", which still holds its pfn: the page map lost an allocation a slot references" : ""));

@@ -1,6 +1,8 @@
 // crash_harness.cpp — see crash_harness.hpp.
 #include "crash_harness.hpp"
 
+#include <pmpage/fsck.hpp>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -74,6 +76,12 @@ bool is_subset(const std::map<pfn_t, unsigned>& a, const std::map<pfn_t, unsigne
 std::string recover_and_check(const std::string& path, const scenario& sc, const pool_state& pre,
                               const pool_state& post, bool must_be_post, const std::string& label) {
   try {
+    // The offline checker must see only recovery's work in a crash image, never damage: what a
+    // crash leaves is what it classifies as an interrupted operation (docs/format.md).
+    const fsck::report f = fsck::check(path);
+    if (f.exit_code() != 0)
+      for (const fsck::problem& p : f.problems)
+        if (!p.recovery) return "fsck calls a crash image damaged: [" + p.rule + "] " + p.what;
     pool q = pool::open(path);
     const pool_state got = read_state(q);
     if (std::string why = check_recovered(q, got, sc.slot_owned); !why.empty()) return why;
