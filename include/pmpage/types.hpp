@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <system_error>
 
@@ -97,11 +98,18 @@ inline constexpr unsigned PCP_IDLE_MS = 1000;
 
 /// Thrown by set-up calls. code() is an errno-style std::errc value; what() names the path and
 /// the reason, e.g. "pmpage: open /dev/shm/x: superblock copy A: bad checksum, copy B: bad magic".
+/// what() is the message as given (std::system_error would append the code's strerror text, which
+/// the messages already carry where it helps: "cannot open read-only: No such file or directory").
 class PMPAGE_API error : public std::system_error {
  public:
-  error(std::error_code code, const std::string& what) : std::system_error(code, what) {}
+  error(std::error_code code, const std::string& what)
+      : std::system_error(code, what), what_(std::make_shared<const std::string>(what)) {}
   error(int errno_value, const std::string& what)
-      : std::system_error(std::error_code(errno_value, std::generic_category()), what) {}
+      : error(std::error_code(errno_value, std::generic_category()), what) {}
+  const char* what() const noexcept override { return what_->c_str(); }
+
+ private:
+  std::shared_ptr<const std::string> what_;  // shared: copying an exception must not throw
 };
 
 /// error::code().value() when pool::open finds a file (or device) whose pool::create was

@@ -63,8 +63,8 @@ command add_check(CLI::App& app) {
                 "repair what can be repaired without losing an allocation, then run recovery and "
                 "check again (opens PATH read-write and locks it exclusively)");
   sub->add_flag("--json", a->json, "print one JSON object: problems, counts, exit_code (docs/cli.md)");
-  sub->footer("Exit status: 0 no damage (recovery's leftovers are not damage), 1 damage found and all "
-              "of it repaired, 4 damage left uncorrected, 8 operational error (cannot open, pool open "
+  sub->footer("Exit status: 0 no damage (recovery's leftovers are not damage), 1 --repair changed the "
+              "pool: all damage repaired, or only recovery's leftovers cleared, 4 damage left uncorrected, 8 operational error (cannot open, pool open "
               "in another process), 16 usage error.\nProgress goes to stderr when the check runs over "
               "a second and stderr is a terminal.");
   return {sub, [a] {

@@ -1,5 +1,6 @@
 // tools/pmpage/create.cpp — `pmpage create PATH --size SIZE [--root-size SIZE] [--preallocate]
 // [--force]`: pool::create, then close. The only subcommand besides `check --repair` that writes.
+#include <cctype>
 #include <iostream>
 
 #include "pmpage/pool.hpp"
@@ -17,6 +18,19 @@ struct create_args {
 };
 }  // namespace
 
+/// A size: digits with an optional binary suffix, never negative, at most 2^60 bytes (1 EiB).
+/// AsSizeValue alone turns "-1" into 2^64 - 1 and lets an overflow through.
+CLI::Validator size_bytes() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        if (s.empty() || !std::isdigit(static_cast<unsigned char>(s[0]))) return "a size is digits with an optional suffix (64M, 1G)";
+        std::string digits = s.substr(0, s.find_first_not_of("0123456789"));
+        if (digits.size() > 19) return "size too large";
+        return {};
+      },
+      "SIZE");
+}
+
 command add_create(CLI::App& app) {
   auto a = std::make_shared<create_args>();
   CLI::App* sub = app.add_subcommand("create", "Format PATH as a new pool (the only command besides "
@@ -26,10 +40,14 @@ command add_create(CLI::App& app) {
                   "bytes of the pool, with a suffix: 64M, 1G, 2T (1K = 1024). Required for a new file; "
                   "an existing file is grown to it (0 or absent: its current size); ignored for "
                   "/dev/dax (the whole device is used)")
-      ->transform(CLI::AsSizeValue(false));
+      ->check(size_bytes())
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 60, "at most 1 EiB"));
   sub->add_option("--root-size", a->root_size,
                   "bytes of the persistent root area, rounded up to 4 KiB (4K .. 1G)")
+      ->check(size_bytes())
       ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 30, "4K .. 1G"))
       ->capture_default_str();
   sub->add_flag("--preallocate", a->preallocate,
                 "reserve the file's blocks now (posix_fallocate), so a full file system fails here "

@@ -197,7 +197,8 @@ command add_dump(CLI::App& app) {
                                              "runs of pages with their owners. Read-only.");
   add_path(*sub, a->path);
   sub->add_option("-r,--region", a->region, "the region's index (0 .. nr_regions-1, as `info` and `map` show)")
-      ->required();
+      ->required()
+      ->check(CLI::Range(std::uint64_t{0}, (std::uint64_t{1} << 32) - 1, "a region index"));
   sub->add_flag("--json", a->json, "print one JSON object (docs/cli.md)");
   sub->footer("Exit status: 0 decoded, 8 cannot open PATH, no readable pool or region out of range, "
               "16 usage error.");

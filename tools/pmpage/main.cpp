@@ -13,14 +13,14 @@ namespace {
 
 constexpr const char* FOOTER = R"(Exit status (fsck's convention):
   0   success; check: no damage (recovery's leftovers of an interrupted operation are not damage)
-  1   check --repair: damage found and all of it repaired
+  1   check --repair changed the pool: all damage repaired (or only recovery's leftovers cleared)
   4   damage left uncorrected (check), or no readable pool (info, map)
   8   operational error: cannot open the path, the pool is open for writing in another process,
       the path exists (create without --force), no readable pool (dump), region out of
       range (dump), I/O error, gnuplot missing for map --png
   16  usage error: bad command line
 
-Sizes take binary suffixes, case-insensitive: K, M, G, T (and KiB, MiB... ; 1K = 1024).
+Sizes take binary suffixes, case-insensitive: K, M, G, T, P (and KiB, MiB... ; 1K = 1024).
 Nothing but `create` and `check --repair` ever writes to a pool.
 See pmpage(1) and docs/cli.md.)";
 

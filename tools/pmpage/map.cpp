@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -244,6 +246,12 @@ void write_png(const fsck::report& r, const grid& g, const std::string& file, un
 
   std::error_code ec;
   std::filesystem::remove(tmp, ec);
+  // Make sure the image can be written before gnuplot runs: when `set output` fails, gnuplot
+  // draws to its standard output, which is ours.
+  if (std::FILE* f = std::fopen(tmp.c_str(), "wb"))
+    std::fclose(f);
+  else
+    throw tool_error("cannot write " + tmp + " (the PNG is drawn there, then renamed to " + file + "): " + std::strerror(errno));
   ::signal(SIGPIPE, SIG_IGN);  // a gnuplot that dies early must not kill us: its status says why
   FILE* p = ::popen(sh_quote(gnuplot).c_str(), "w");
   if (!p) throw tool_error("cannot run " + gnuplot);
@@ -255,9 +263,16 @@ void write_png(const fsck::report& r, const grid& g, const std::string& file, un
     throw tool_error("gnuplot failed to write " + file + " (exit status " +
                      std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : status) + ")");
   }
-  if (std::filesystem::file_size(tmp, ec) == 0 || ec) throw tool_error("gnuplot wrote no image to " + tmp);
+  if (std::filesystem::file_size(tmp, ec) == 0 || ec) {
+    std::filesystem::remove(tmp, ec);
+    throw tool_error("gnuplot wrote no image to " + tmp);
+  }
   std::filesystem::rename(tmp, file, ec);
-  if (ec) throw tool_error("cannot rename " + tmp + " to " + file + ": " + ec.message());
+  if (ec) {
+    const std::string why = ec.message();
+    std::filesystem::remove(tmp, ec);
+    throw tool_error("cannot rename " + tmp + " to " + file + ": " + why);
+  }
 }
 
 struct map_args {
