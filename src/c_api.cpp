@@ -88,10 +88,15 @@ page* cpp(cdesc* p) noexcept { return reinterpret_cast<page*>(p); }
 struct pmpage_page* c(page* p) noexcept { return reinterpret_cast<struct pmpage_page*>(p); }
 
 // ---- errors ---------------------------------------------------------------------------------------
-thread_local char t_errormsg[1024];
+// A string, not a fixed buffer: check_slots puts every problem of a pool in it.
+thread_local std::string t_errormsg;
 
 void set_error_message(const char* msg) noexcept {
-  std::snprintf(t_errormsg, sizeof t_errormsg, "%s", msg);
+  try {
+    t_errormsg.assign(msg);
+  } catch (...) {  // out of memory: keep what fits in what is there
+    t_errormsg.clear();
+  }
 }
 
 // Records err (a positive errno value) and msg; returns -err.
@@ -118,6 +123,23 @@ int fail_current(const char* what) noexcept {
     std::string m = std::string("pmpage: ") + what + ": unknown error";
     return fail(EIO, m.c_str());
   }
+}
+
+// A negative result of the C++ API, in C's convention: errno set, and the message saying why.
+// Misuse (-EINVAL) has set its own message already, through the misuse trampoline below.
+int result(const char* fn, int r) noexcept {
+  if (r >= 0) return r;
+  char m[256];
+  if (r == -EBUSY)
+    std::snprintf(m, sizeof m, "pmpage: %s: the page has other references, is locked, or is being published, moved "
+                  "or split by another call: nothing changed", fn);
+  else if (r == -EROFS)
+    std::snprintf(m, sizeof m, "pmpage: %s: the pool is open read-only: nothing changed", fn);
+  else
+    std::snprintf(m, sizeof m, "pmpage: %s: %s", fn, std::strerror(-r));
+  if (r != -EINVAL) set_error_message(m);
+  errno = -r;
+  return r;
 }
 
 // ---- the C misuse handler ----------------------------------------------------------------------------
@@ -177,7 +199,7 @@ void pmpage_internal_wake_page_waiters(cdesc* holder) { pmpage::detail::wake_pag
 void pmpage_internal_report_unlock_misuse(struct pmpage_page* p) { pmpage::detail::report_unlock_misuse(cpp(p)); }
 
 // ---- errors and misuse ----------------------------------------------------------------------------------
-const char* pmpage_errormsg(void) { return t_errormsg; }
+const char* pmpage_errormsg(void) { return t_errormsg.c_str(); }
 
 void pmpage_set_misuse_handler(pmpage_misuse_handler handler, void* ctx) {
   {
@@ -391,7 +413,7 @@ struct pmpage_page* pmpage_alloc_pages_to(pmpage_pool* pool, unsigned order, pmp
   return pmpage_alloc_pages_to_gfp(pool, order, slot, PMPAGE_GFP_DEFAULT);
 }
 int pmpage_free_pages_from(pmpage_pool* pool, pmpage_pfn_t* slot) {
-  return null_pool(pool, "pmpage_free_pages_from") ? -EINVAL : pool->pool.free_pages_from(slot);
+  return null_pool(pool, "pmpage_free_pages_from") ? -EINVAL : result("free_pages_from", pool->pool.free_pages_from(slot));
 }
 size_t pmpage_alloc_pages_bulk_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots, size_t n,
                                       pmpage_gfp_t gfp) {
@@ -411,16 +433,16 @@ int pmpage_free_pages_bulk_from(pmpage_pool* pool, pmpage_pfn_t* const* slots, s
     pmpage::detail::report_misuse("pmpage_free_pages_bulk_from: slots is NULL");
     return -EINVAL;
   }
-  return pool->pool.free_pages_bulk_from(std::span<pmpage::pfn_t* const>(slots, n));
+  return result("free_pages_bulk_from", pool->pool.free_pages_bulk_from(std::span<pmpage::pfn_t* const>(slots, n)));
 }
 int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmpage_pfn_t* dest) {
-  return null_pool(pool, "pmpage_move_pages_owner") ? -EINVAL : pool->pool.move_pages_owner(src, dest);
+  return null_pool(pool, "pmpage_move_pages_owner") ? -EINVAL : result("move_pages_owner", pool->pool.move_pages_owner(src, dest));
 }
 
 void pmpage_free_pages(struct pmpage_page* p, unsigned order) { pmpage::free_pages(cpp(p), order); }
-int pmpage_split_huge_page(struct pmpage_page* p) { return pmpage::split_huge_page(cpp(p)); }
+int pmpage_split_huge_page(struct pmpage_page* p) { return result("split_huge_page", pmpage::split_huge_page(cpp(p))); }
 int pmpage_split_huge_page_to(struct pmpage_page* p, pmpage_pfn_t* slots) {
-  return pmpage::split_huge_page_to(cpp(p), slots);
+  return result("split_huge_page_to", pmpage::split_huge_page_to(cpp(p), slots));
 }
 
 }  // extern "C"

@@ -313,6 +313,15 @@ pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {
   const auto base = reinterpret_cast<std::uintptr_t>(dev_.base());
   for (pfn_t* const slot : slots) {
     if (!slot) continue;
+    // A persistent reference lives in the pool: anything else is listed, never dereferenced
+    // (an engine's bad pointer must not crash its fsck).
+    const auto at = reinterpret_cast<std::uintptr_t>(slot);
+    if (at < base || !slot_offset_valid(at - base)) {
+      std::snprintf(buf, sizeof buf, "dangling: slot %p is not an 8-byte aligned word of this pool's root or data area",
+                    static_cast<void*>(slot));
+      add(out.dangling, slot, 0, 0);
+      continue;
+    }
     const pfn_t v = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_relaxed);
     if (!v) continue;
     auto it = by_pfn.find(v);

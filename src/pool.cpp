@@ -1044,15 +1044,27 @@ void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }
 std::size_t pool::root_size() const noexcept { return impl_ ? impl_->root_size() : 0; }
 // Persisting through a closed pool would silently make nothing durable, and checking one would
 // answer "healthy": both are reported like the allocation calls.
+namespace {
+/// persist/flush of a range outside the pool's mapping: a flush of memory that is not the
+/// pool's makes nothing durable (and a cache-line flush of an unmapped address faults).
+bool outside_mapping(const pool& p, const char* caller, const void* addr, std::size_t len) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(addr), b = reinterpret_cast<std::uintptr_t>(p.base());
+  if (a >= b && len <= p.mapped_length() && a - b <= p.mapped_length() - len) return false;
+  detail::report_misuse("%s: [%p, +%zu) is not inside pool %s's mapping: nothing is flushed", caller, addr, len,
+                        p.path().c_str());
+  return true;
+}
+}  // namespace
+
 void pool::persist(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("persist");
-  if (impl_->refuse_read_only("persist")) return;
+  if (impl_->refuse_read_only("persist") || outside_mapping(*this, "persist", addr, len)) return;
   impl_->pers().flush(addr, len);
   impl_->fence();
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("flush");
-  if (impl_->refuse_read_only("flush")) return;
+  if (impl_->refuse_read_only("flush") || outside_mapping(*this, "flush", addr, len)) return;
   impl_->pers().flush(addr, len);
 }
 void pool::drain() const noexcept {

@@ -283,3 +283,27 @@ TEST_F(Misuse, DefaultHandlerPrintsAndAborts) {
 }
 
 }  // namespace
+
+TEST_F(Misuse, PersistOutsideThePoolIsReportedAndFlushesNothing) {
+  // A flush of memory that is not the pool's makes nothing durable, and a cache-line flush of an
+  // unmapped address faults: both are refused.
+  char dram[64] = {};
+  expect_reported([&] { pool_.persist(dram, sizeof dram); }, "persist of a DRAM buffer");
+  expect_reported([&] { pool_.flush(nullptr, 4096); }, "flush of NULL");
+  char* const end = static_cast<char*>(pool_.base()) + pool_.mapped_length();
+  expect_reported([&] { pool_.persist(end - 8, 4096); }, "persist running past the mapping");
+  pool_.persist(pool_.root(), 64);  // inside: fine, nothing reported
+  expect_state(total_pages_, {});
+}
+
+TEST_F(Misuse, CheckSlotsListsASlotOutsideThePoolWithoutReadingIt) {
+  auto* root = static_cast<pfn_t*>(pool_.root());
+  ASSERT_NE(pool_.alloc_pages_to(0, &root[0]), nullptr);
+  pfn_t dram_slot = root[0];
+  pfn_t* const slots[] = {&root[0], &dram_slot, reinterpret_cast<pfn_t*>(8)};
+  const pmpage::pool::slot_check c = pool_.check_slots(slots);  // the bad pointer must not be read
+  ASSERT_EQ(c.dangling.size(), 2u) << c.describe();
+  EXPECT_NE(c.dangling[0].problem.find("not an 8-byte aligned word of this pool"), std::string::npos) << c.describe();
+  EXPECT_TRUE(c.unreferenced.empty());
+  EXPECT_EQ(pool_.free_pages_from(&root[0]), 0);
+}

@@ -394,7 +394,10 @@ static void test_slots(void) {
 
   /* A reference besides the slot's: free_pages_from refuses with -EBUSY. */
   pmpage_get_page(pg);
+  errno = 0;
   CHECK_EQ_U(pmpage_free_pages_from(p, &root[1]), -EBUSY);
+  CHECK_EQ_U(errno, EBUSY); /* C's convention holds for every negative result */
+  CHECK(strstr(pmpage_errormsg(), "free_pages_from") != NULL && strstr(pmpage_errormsg(), "other references") != NULL);
   CHECK(root[1] != 0);
   pmpage_put_page(pg);
 
