@@ -211,7 +211,8 @@ class PMPAGE_API pool {
   /// cache lines of [addr, addr + len); drain() is the fence: it completes the flushes THE CALLING
   /// THREAD issued (x86 sfence semantics), not other threads'. A connection that moves between
   /// threads must drain on the thread that flushed (or use persist(), which is flush + drain on
-  /// one thread). Every drain also makes the pool's lazily retired intents durable.
+  /// one thread). Every drain also makes the pool's lazily retired intents durable. A range
+  /// outside the pool's mapping is misuse (reported; nothing is flushed).
   void persist(const void* addr, std::size_t len) const noexcept;
   void flush(const void* addr, std::size_t len) const noexcept;
   void drain() const noexcept;
