@@ -138,6 +138,10 @@ std::uint64_t fletcher64(const void* data, std::size_t len);
 
 /// A copy whose magic word is the creation marker (create() had not finished with it).
 bool is_creating_marker(const superblock& sb);
+/// The superblock of a pool laid out as `lay` (checksummed): what create writes into both copies
+/// (and what tests use to craft images).
+superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uint64_t uuid0, std::uint64_t uuid1,
+                           std::uint64_t create_time_ns);
 /// Why a superblock copy cannot be used (one phrase), or "" if it passes every rule.
 std::string superblock_problem(const superblock& sb);
 

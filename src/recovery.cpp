@@ -670,6 +670,8 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
   if (opts.root_size > MAX_ROOT_SIZE)
     fail(EINVAL, path, "options.root_size " + std::to_string(opts.root_size) + " is above MAX_ROOT_SIZE (" +
                            std::to_string(MAX_ROOT_SIZE) + " bytes)");
+  if (opts.mode & ~0777u)
+    fail(EINVAL, path, "options.mode has bits outside 0777 (setuid, setgid, sticky or unknown bits): a pool file needs none of them");
   device& d = impl->dev_;
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
@@ -691,29 +693,14 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
-    superblock sb{};
-    std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
-    sb.major = FORMAT_MAJOR;
-    sb.minor = FORMAT_MINOR;
+    const std::uint16_t section_id = pick_section_id();
+    if (section_id == 0) fail(EBUSY, path, "no free pfn section: too many pools open");
     std::random_device rd;
-    sb.uuid[0] = (std::uint64_t(rd()) << 32) | rd();
-    sb.uuid[1] = (std::uint64_t(rd()) << 32) | rd();
-    sb.section_id = pick_section_id();
-    if (sb.section_id == 0) fail(EBUSY, path, "no free pfn section: too many pools open");
-    sb.device_size = size;
-    sb.nr_regions = lay.nr_regions;
-    sb.lanes_offset = lay.lanes_offset;
-    sb.nr_lanes = NR_LANES;
-    sb.root_offset = lay.root_offset;
-    sb.root_size = lay.root_size;
-    sb.region_table_offset = lay.region_table_offset;
-    sb.page_map_offset = lay.page_map_offset;
-    sb.owner_table_offset = lay.owner_table_offset;
-    sb.data_offset = lay.data_offset;
+    const std::uint64_t uuid0 = (std::uint64_t(rd()) << 32) | rd(), uuid1 = (std::uint64_t(rd()) << 32) | rd();
     timespec ts;
     ::clock_gettime(CLOCK_REALTIME, &ts);
-    sb.create_time_ns = std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
-    sb.checksum = fletcher64(&sb, offsetof(superblock, checksum));
+    const superblock sb = make_superblock(lay, section_id, uuid0, uuid1,
+                                          std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec));
 
     // Everything that can fail for want of space happens before the first write to the device.
     // The new size is made durable first: a valid superblock must never name a size the file

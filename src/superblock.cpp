@@ -1,5 +1,6 @@
 // superblock.cpp — the rules a superblock copy must pass (docs/format.md, "Superblock"), shared
 // by open (recovery.cpp) and the checker (fsck.cpp), so both judge a copy alike.
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -11,6 +12,30 @@ namespace pmpage::detail {
 namespace {
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 }  // namespace
+
+superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uint64_t uuid0, std::uint64_t uuid1,
+                           std::uint64_t create_time_ns) {
+  superblock sb{};
+  std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
+  sb.major = FORMAT_MAJOR;
+  sb.minor = FORMAT_MINOR;
+  sb.uuid[0] = uuid0;
+  sb.uuid[1] = uuid1;
+  sb.section_id = section_id;
+  sb.device_size = lay.device_size;
+  sb.nr_regions = lay.nr_regions;
+  sb.lanes_offset = lay.lanes_offset;
+  sb.nr_lanes = NR_LANES;
+  sb.root_offset = lay.root_offset;
+  sb.root_size = lay.root_size;
+  sb.region_table_offset = lay.region_table_offset;
+  sb.page_map_offset = lay.page_map_offset;
+  sb.owner_table_offset = lay.owner_table_offset;
+  sb.data_offset = lay.data_offset;
+  sb.create_time_ns = create_time_ns;
+  sb.checksum = fletcher64(&sb, offsetof(superblock, checksum));
+  return sb;
+}
 
 /// A copy whose magic word is the creation marker (create() had not finished with it).
 bool is_creating_marker(const superblock& sb) { return std::memcmp(sb.magic, CREATING_MAGIC, sizeof sb.magic) == 0; }

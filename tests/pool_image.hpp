@@ -55,23 +55,7 @@ inline void flip_bit(const fs::path& p, std::uint64_t off, unsigned bit) {
 inline superblock craft_image(const fs::path& path, std::uint64_t bytes) {
   detail::layout lay;
   if (!detail::compute_layout(bytes, 4096, std::uint64_t{2} << 20, lay)) throw std::runtime_error("layout");
-  superblock sb{};
-  std::memcpy(sb.magic, detail::POOL_MAGIC, 8);
-  sb.major = detail::FORMAT_MAJOR;
-  sb.minor = detail::FORMAT_MINOR;
-  sb.uuid[0] = 0x1234;
-  sb.section_id = 4321;
-  sb.device_size = bytes;
-  sb.nr_regions = lay.nr_regions;
-  sb.lanes_offset = lay.lanes_offset;
-  sb.nr_lanes = detail::NR_LANES;
-  sb.root_offset = lay.root_offset;
-  sb.root_size = lay.root_size;
-  sb.region_table_offset = lay.region_table_offset;
-  sb.page_map_offset = lay.page_map_offset;
-  sb.owner_table_offset = lay.owner_table_offset;
-  sb.data_offset = lay.data_offset;
-  sb.checksum = detail::fletcher64(&sb, offsetof(superblock, checksum));
+  const superblock sb = detail::make_superblock(lay, 4321, 0x1234, 0, 0);
   {
     std::ofstream o(path, std::ios::binary);
     o.write(reinterpret_cast<const char*>(&sb), sizeof sb);

@@ -360,6 +360,16 @@ TEST_F(PoolLifecycle, NewFileGetsTheRequestedMode) {
   EXPECT_EQ(st.st_mode & 0777, 0640u);
 }
 
+TEST_F(PoolLifecycle, ModeBitsBeyondPermissionsAreRefusedBeforeAnythingIsCreated) {
+  const auto path = new_path();
+  pool::options opts;
+  opts.size = 32 * MiB;
+  opts.mode = 04755;  // setuid: a pool file is never a program
+  const std::string msg = error_message([&] { pool::create(path, opts); });
+  EXPECT_NE(msg.find("options.mode"), std::string::npos) << msg;
+  EXPECT_FALSE(std::filesystem::exists(path));
+}
+
 TEST_F(PoolLifecycle, OpenOfMissingFileThrowsNamingThePath) {
   const auto path = new_path();
   const std::string msg = error_message([&] { pool::open(path); });
