@@ -26,22 +26,32 @@ std::uint64_t fletcher64(const void* data, std::size_t len) {
 
 static std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
-bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t data_align, layout& out) {
-  layout l{};
-  l.device_size = size;
+namespace {
+/// The header part of a layout: superblocks, lanes, root; then the tables for `regions`.
+void place_header(layout& l, std::uint64_t root_size) {
   l.lanes_offset = 2 * SUPERBLOCK_SIZE;
   l.root_offset = l.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096);
   l.root_size = round_up(root_size < MIN_ROOT_SIZE ? MIN_ROOT_SIZE : root_size, 4096);
   l.region_table_offset = l.root_offset + l.root_size;
+}
+void place_regions(layout& l, std::uint64_t regions, std::uint64_t data_align) {
+  l.nr_regions = regions;
+  l.page_map_offset = l.region_table_offset + round_up(regions * 8, 4096);
+  l.owner_table_offset = l.page_map_offset + round_up(regions * PAGE_MAP_BYTES, 4096);
+  l.data_offset = round_up(l.owner_table_offset + regions * OWNER_TABLE_BYTES, data_align);
+}
+}  // namespace
+
+bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t data_align, layout& out) {
+  layout l{};
+  l.device_size = size;
+  place_header(l, root_size);
   // The largest region count whose metadata and data fit: fits(n) is monotone, so binary search
   // (an estimate-and-shrink loop overshoots when the data-offset rounding changes).
   std::uint64_t hi = size / HPAGE_PMD_SIZE;
   if (hi > MAX_POOL_PAGES / HPAGE_PMD_NR) hi = MAX_POOL_PAGES / HPAGE_PMD_NR;
   auto fit = [&](std::uint64_t regions) {
-    l.nr_regions = regions;
-    l.page_map_offset = l.region_table_offset + round_up(regions * 8, 4096);
-    l.owner_table_offset = l.page_map_offset + round_up(regions * PAGE_MAP_BYTES, 4096);
-    l.data_offset = round_up(l.owner_table_offset + regions * OWNER_TABLE_BYTES, data_align);
+    place_regions(l, regions, data_align);
     return l.data_offset + regions * HPAGE_PMD_SIZE <= size;
   };
   std::uint64_t lo = 0;  // fit(lo) holds or lo == 0
@@ -57,6 +67,14 @@ bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t d
     return true;
   }
   return false;
+}
+
+layout layout_for_regions(std::uint64_t regions, std::uint64_t root_size, std::uint64_t data_align) {
+  layout l{};
+  place_header(l, root_size);
+  place_regions(l, regions, data_align);
+  l.device_size = l.data_offset + regions * HPAGE_PMD_SIZE;
+  return l;
 }
 
 }  // namespace pmpage::detail

@@ -25,6 +25,9 @@
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
 #endif
+#ifndef MAP_HUGE_2MB
+#define MAP_HUGE_2MB (21 << MAP_HUGE_SHIFT)
+#endif
 #ifndef MAP_SHARED_VALIDATE
 #define MAP_SHARED_VALIDATE 0x03
 #endif
@@ -169,6 +172,9 @@ void device::probe() {
     std::uint64_t sz = 0, al = 0;
     if (!read_sysfs_u64(sys + "/size", sz) || sz == 0) fail(ENODEV, path_, "cannot read device DAX size from " + sys);
     if (read_sysfs_u64(sys + "/device/align", al) && al > align_) align_ = al;
+    std::uint64_t node = 0;  // the memory's node; numa_node is the device's own proximity
+    if (read_sysfs_u64(sys + "/device/target_node", node) || read_sysfs_u64(sys + "/device/numa_node", node))
+      numa_node_ = int(std::int64_t(node));  // "-1" reads as 2^64-1: -1 again
     kind_ = kind::device_dax;
     size_ = sz;
     return;
@@ -321,6 +327,52 @@ void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode)
   // MAP_SYNC means cache flushes reach the media; device DAX needs no page cache either.
   // pmem_is_pmem() answers the PMEM_IS_PMEM_FORCE override for everything else.
   is_pmem_ = mode == map_mode::shared_write && (sync || kind_ == kind::device_dax || pmem_is_pmem(base_, length));
+}
+
+bool device::map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool hugetlb) {
+  constexpr std::uint64_t gib = 1ull << 30;
+  const std::size_t res_len = std::size_t(meta_len + data_len + gib);
+  void* res = ::mmap(nullptr, res_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (res == MAP_FAILED) fail(errno, path_, sys_reason("cannot reserve address space", errno));
+  reservation_ = static_cast<char*>(res);
+  reservation_len_ = res_len;
+  const auto r = reinterpret_cast<std::uintptr_t>(res);
+  char* data = reinterpret_cast<char*>((r + meta_len + gib - 1) & ~std::uintptr_t(gib - 1));
+  char* meta = data - meta_len;
+  // The metadata is only ever touched where it is used (MAP_NORESERVE, zero-fill on demand):
+  // an unsplit region costs its 8-byte region word.
+  if (::mmap(meta, meta_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) ==
+      MAP_FAILED) {
+    const int e = errno;
+    unmap();
+    fail(e, path_, sys_reason("cannot map the pool's metadata", e));
+  }
+  void* m;
+  if (fd_ >= 0) {
+    m = ::mmap(data, data_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0);
+  } else if (hugetlb) {
+    // No MAP_NORESERVE: the huge pages are reserved now or the mapping fails (ENOMEM), instead of
+    // a SIGBUS at the first touch of a page the pool handed out.
+    m = ::mmap(data, data_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB | MAP_FIXED,
+               -1, 0);
+    if (m == MAP_FAILED) {
+      const int e = errno;
+      unmap();
+      errno = e;
+      return false;
+    }
+  } else {
+    m = ::mmap(data, data_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  }
+  if (m == MAP_FAILED) {
+    const int e = errno;
+    unmap();
+    fail(e, path_, sys_reason("cannot map the pool's pages", e));
+  }
+  base_ = meta;
+  map_len_ = meta_len + data_len;
+  is_pmem_ = false;
+  return true;
 }
 
 void device::protect_read_only() {

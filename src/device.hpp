@@ -67,6 +67,21 @@ class device {
   /// Maps the first `length` bytes so that base() + data_offset is 1 GiB aligned (huge-page
   /// friendly; also what the data-address table needs).
   void map(std::uint64_t length, std::uint64_t data_offset, map_mode mode = map_mode::shared_write);
+  /// A volatile pool's memory (volatile_pool.cpp). [0, meta_len) becomes private anonymous DRAM
+  /// (the allocator's metadata and the root area) and [meta_len, meta_len + data_len) the pages:
+  /// the first data_len bytes of the open backing file or device, shared, or, with no backing
+  /// (name_memory() instead of open_existing), private anonymous memory, on 2 MiB hugetlb pages
+  /// if `hugetlb`. The pages start 1 GiB aligned, as map() places them. Returns false, mapping
+  /// nothing, when the hugetlb mapping alone failed (errno says why: the caller falls back);
+  /// throws for every other failure.
+  bool map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool hugetlb);
+  /// Names anonymous memory in error messages (there is no path).
+  void name_memory(const std::string& name) { path_ = name; }
+  int fd() const { return fd_; }
+  /// Device DAX: the NUMA node its memory is on (sysfs target_node, else numa_node); -1 when
+  /// unknown or not device DAX.
+  int numa_node() const { return numa_node_; }
+
   /// mprotect(PROT_READ) of the whole mapping: a stray store into a read-only pool faults.
   void protect_read_only();
   void unmap() noexcept;
@@ -96,6 +111,7 @@ class device {
   std::uint64_t map_len_ = 0;
   bool is_pmem_ = false;
   bool created_ = false;
+  int numa_node_ = -1;
 };
 
 /// Reserves `length` bytes of private anonymous memory (MAP_NORESERVE: nothing is charged until

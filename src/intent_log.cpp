@@ -16,9 +16,10 @@ thread_local unsigned t_wrote_lane = 0;
 thread_local std::uint64_t t_wrote_pending = 0;
 }  // namespace
 
-void intent_log::init(lane* lanes, persistence* pers) {
+void intent_log::init(lane* lanes, persistence* pers, bool enabled) {
   lanes_ = lanes;
   pers_ = pers;
+  enabled_ = enabled;
 }
 
 unsigned intent_log::acquire() noexcept {
@@ -29,6 +30,7 @@ unsigned intent_log::acquire() noexcept {
 }
 
 unsigned intent_log::try_acquire() noexcept {
+  if (!enabled_) return 0;
   const unsigned start = unsigned(std::hash<std::thread::id>{}(std::this_thread::get_id()) % NR_LANES);
   for (unsigned k = 0; k < NR_LANES; ++k) {
     const unsigned i = (start + k) % NR_LANES;
@@ -46,10 +48,13 @@ unsigned intent_log::try_acquire() noexcept {
   return NR_LANES;
 }
 
-void intent_log::release(unsigned i) noexcept { mirrors_[i].busy.store(false, std::memory_order_release); }
+void intent_log::release(unsigned i) noexcept {
+  if (enabled_) mirrors_[i].busy.store(false, std::memory_order_release);
+}
 
 void intent_log::write(unsigned i, intent_kind kind, unsigned order, std::uint64_t slot_offset,
                        std::uint64_t pfn, std::uint64_t aux) noexcept {
+  if (!enabled_) return;
   const std::uint64_t seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
   lane l{};
   l.seq = seq;
@@ -75,6 +80,7 @@ void intent_log::write(unsigned i, intent_kind kind, unsigned order, std::uint64
 }
 
 void intent_log::retire_lazily(unsigned i) noexcept {
+  if (!enabled_) return;
   std::atomic_ref<std::uint64_t>(lanes_[i].seq).store(0, std::memory_order_relaxed);
   // The caller issues the flush (seq_word) after this, outside its locks. Published first: the locked instructions would otherwise wait for the
   // flush (x86 orders CLWB before locked read-modify-writes), making "lazy" a fence. A fence of

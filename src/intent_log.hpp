@@ -35,7 +35,8 @@ namespace pmpage::detail {
 
 class intent_log {
  public:
-  void init(lane* lanes, persistence* pers);
+  /// enabled = false (a volatile pool): every call is a no-op; acquire hands out lane 0 to all.
+  void init(lane* lanes, persistence* pers, bool enabled = true);
   /// Takes a lane for one operation (yields while all are busy).
   unsigned acquire() noexcept;
   /// Takes a free lane if there is one (never waits); NR_LANES if all are busy. The bulk slot
@@ -74,6 +75,7 @@ class intent_log {
   };
   lane* lanes_ = nullptr;
   persistence* pers_ = nullptr;
+  bool enabled_ = true;
   /// Bit i set whenever lane i's pending_seq is non-zero (a superset: fences check pending_seq).
   /// Set by the retiring holder; cleared only by the lane's next holder when pending_seq is 0.
   /// Lock-free, so fences of different threads never wait for each other here.

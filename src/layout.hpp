@@ -133,6 +133,9 @@ struct layout {
 /// Computes the layout for a device of `size` bytes. data_align is 2 MiB or the device's alignment.
 /// Returns false when not even one region fits.
 bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t data_align, layout& out);
+/// The layout of exactly `regions` regions (a volatile pool: its metadata and data are mapped
+/// separately, so the size follows from the region count rather than the other way round).
+layout layout_for_regions(std::uint64_t regions, std::uint64_t root_size, std::uint64_t data_align);
 
 std::uint64_t fletcher64(const void* data, std::size_t len);
 

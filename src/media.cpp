@@ -22,6 +22,7 @@ thread_local deferred_flushes t_deferred;
 }  // namespace
 
 void pool_impl::flush_later(const void* p, std::size_t len) noexcept {
+  if (volatile_) return;
   deferred_flushes& d = t_deferred;
   if (d.n == deferred_flushes::MAX) issue_deferred_flushes();  // correct, only a little slower
   d.pers[d.n] = pers_.get();
@@ -100,7 +101,10 @@ void pool_impl::zero_pages(page* p, unsigned order) {
   // Outside the lock, before the allocation's fence: the zeros are durable when it returns.
   void* a = page_address(p);
   const std::size_t len = PAGE_SIZE << order;
-  pers_->memset_nodrain(a, 0, len);
+  if (volatile_)
+    std::memset(a, 0, len);
+  else
+    pers_->memset_nodrain(a, 0, len);
 }
 
 void pool_impl::clear_owner_entries(std::uint32_t r) {
@@ -121,19 +125,19 @@ void pool_impl::write_split_map(std::uint32_t r) {
   constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
   static_assert(code_head(0) == 0x1);
   for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], all_order0);
-  pers_->flush(map, PAGE_MAP_BYTES);
+  flush_now(map, PAGE_MAP_BYTES);
 }
 
 void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots) {
   const std::uint64_t first = std::uint64_t(r) << HPAGE_PMD_ORDER;
   write_split_map(r);
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), slots_off + 8 * i);
-  pers_->flush(owner_entry(first), OWNER_TABLE_BYTES);
+  flush_now(owner_entry(first), OWNER_TABLE_BYTES);
   auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
   if (store_slots)
     for (unsigned i = 1; i < HPAGE_PMD_NR; ++i)
       std::atomic_ref<pfn_t>(slots[i]).store(pfn_of_index(first + i), std::memory_order_relaxed);
-  pers_->flush(slots + 1, (HPAGE_PMD_NR - 1) * sizeof(pfn_t));
+  flush_now(slots + 1, (HPAGE_PMD_NR - 1) * sizeof(pfn_t));
 }
 
 }  // namespace pmpage::detail

@@ -190,7 +190,7 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   }
   apply_alloc(p, order, slot);
   write_fresh_split_words(plan);
-  pers_->flush(dest, sizeof *dest);
+  flush_now(dest, sizeof *dest);
   fence();  // 2: allocated, owned, and the slot names the page
   retire_intent(lane);
   publish_fresh(plan);
@@ -583,7 +583,7 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
   for (unsigned i = 0; i < n; ++i) {
     if (i < published) {
       apply_alloc(pages[i], order, slots[i]);
-      pers_->flush(dests[i], sizeof(pfn_t));
+      flush_now(dests[i], sizeof(pfn_t));
     } else {  // an ordinary allocation whose intent recovery undoes (the slot does not name it)
       holders[i]->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
       apply_alloc(pages[i], order, 0);
@@ -844,9 +844,9 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     return -EINVAL;
   }
   persist_word(owner_entry(index), to);
-  pers_->flush(dest, sizeof *dest);
+  flush_now(dest, sizeof *dest);
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
-  pers_->flush(src, sizeof *src);
+  flush_now(src, sizeof *src);
   fence();  // 2: the new slot owns the page, the old one is empty
   retire_intent(lane);
   done();
@@ -942,7 +942,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   }
   if (claimed < HPAGE_PMD_NR) {
     for (unsigned i = 1; i < claimed; ++i) std::atomic_ref<pfn_t>(slots[i]).store(0, std::memory_order_relaxed);
-    pers_->flush(slots + 1, (claimed - 1) * sizeof(pfn_t));
+    flush_now(slots + 1, (claimed - 1) * sizeof(pfn_t));
     fence();  // the slots are empty again before the intent can go (replay undoes until then)
     retire_intent(lane);
     unfreeze();
@@ -979,6 +979,12 @@ pool& pool::operator=(pool&& o) noexcept {
 pool::~pool() { close(); }
 void pool::close() noexcept { impl_.reset(); }
 
+pool pool::create_volatile(const volatile_options& opts) {
+  auto impl = pool_impl::create_volatile(opts);
+  impl->fs_path = opts.backing;
+  return pool(std::move(impl));
+}
+
 pool pool::create(const std::filesystem::path& path, const options& opts) {
   auto impl = pool_impl::create(path.string(), opts);
   impl->fs_path = path;
@@ -997,6 +1003,19 @@ const std::filesystem::path empty_path;
 
 pfn_t pool::start_pfn() const noexcept { return impl_ ? impl_->start_pfn() : 0; }
 pfn_t pool::end_pfn() const noexcept { return impl_ ? impl_->end_pfn() : 0; }
+namespace detail {
+std::string pool_impl::memory_description() const {
+  if (volatile_) return memory_desc_;
+  const std::uint64_t data = nr_regions_ * HPAGE_PMD_SIZE;
+  std::string s = std::string(read_only_ ? "persistent (read-only), " : "persistent, ") +
+                  (dev_.type() == device::kind::device_dax ? "device DAX " : "file ") + path() + ", " +
+                  std::to_string(data >> 20) + " MiB of pages, " +
+                  (is_pmem() ? "flushed with CPU cache write-back (pmem)" : "flushed with msync (not pmem)");
+  if (numa_node_ >= 0) s += ", on node " + std::to_string(numa_node_);
+  return s;
+}
+}  // namespace detail
+
 namespace {
 /// An allocation call on a closed pool (or a moved-from one) is misuse: reported, so that it is
 /// not mistaken for "no room" (nullptr) or for a silent no-op.
@@ -1059,13 +1078,13 @@ bool outside_mapping(const pool& p, const char* caller, const void* addr, std::s
 void pool::persist(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("persist");
   if (impl_->refuse_read_only("persist") || outside_mapping(*this, "persist", addr, len)) return;
-  impl_->pers().flush(addr, len);
+  impl_->flush_now(addr, len);
   impl_->fence();
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("flush");
   if (impl_->refuse_read_only("flush") || outside_mapping(*this, "flush", addr, len)) return;
-  impl_->pers().flush(addr, len);
+  impl_->flush_now(addr, len);
 }
 void pool::drain() const noexcept {
   if (!impl_) return report_closed("drain");
@@ -1099,6 +1118,9 @@ std::string pool::slot_check::describe() const {
 const std::filesystem::path& pool::path() const noexcept { return impl_ ? impl_->fs_path : empty_path; }
 bool pool::is_pmem() const noexcept { return impl_ && impl_->is_pmem(); }
 bool pool::is_read_only() const noexcept { return impl_ && impl_->read_only(); }
+bool pool::is_volatile() const noexcept { return impl_ && impl_->is_volatile(); }
+int pool::numa_node() const noexcept { return impl_ ? impl_->numa_node() : -1; }
+std::string pool::memory_description() const { return impl_ ? impl_->memory_description() : std::string(); }
 std::vector<std::string> pool::recovery_log() const { return impl_ ? impl_->recovery_log() : std::vector<std::string>{}; }
 void* pool::base() const noexcept { return impl_ ? impl_->base() : nullptr; }
 std::size_t pool::mapped_length() const noexcept { return impl_ ? impl_->mapped_length() : 0; }

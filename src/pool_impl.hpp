@@ -26,6 +26,8 @@
 //       it the same way; move_pages_owner holds a reference plus PG_owner_busy. So the owner of
 //       a page changes only under one of those three claims.
 //   A fork() child (g_fork_generation differs) never writes the media.
+//   A volatile pool (volatile_) has the same words in anonymous DRAM and the same invariants, but
+//   no backend call: fence() and flush_later() return at once and the intent log is disabled.
 //   A read-only pool (read_only_) writes only its private mapping, and only while open() runs
 //   recovery (media_writable_); after that the mapping is PROT_READ and the repairs of lazy loads
 //   go to overlay_ (DRAM), which check() reads in place of the media words they replace.
@@ -105,6 +107,8 @@ class pool_impl {
   // ---- set-up (recovery.cpp) -------------------------------------------------------------------
   static std::unique_ptr<pool_impl> create(const std::string& path, const pool::options& opts);
   static std::unique_ptr<pool_impl> open(const std::string& path, const pool::open_options& opts);
+  // volatile_pool.cpp: a pool whose metadata lives in DRAM (no flush, fence or intent)
+  static std::unique_ptr<pool_impl> create_volatile(const pool::volatile_options& opts);
 
   // ---- allocation (pool.cpp) -------------------------------------------------------------------
   page* alloc_pages(unsigned order, gfp_t gfp) noexcept;
@@ -129,6 +133,9 @@ class pool_impl {
 
   // ---- read-only pools and the recovery log (recovery.cpp) ---------------------------------------
   bool read_only() const { return read_only_; }
+  bool is_volatile() const { return volatile_; }
+  int numa_node() const { return numa_node_; }
+  std::string memory_description() const;  // pool::memory_description (pool.cpp)
   /// Misuse if the pool is read-only: reports `caller` (nothing may change) and returns true.
   bool refuse_read_only(const char* caller) const noexcept;
   std::vector<std::string> recovery_log() const;
@@ -155,9 +162,15 @@ class pool_impl {
   char* root() const { return dev_.base() + lay_.root_offset; }
   std::uint64_t root_size() const { return lay_.root_size; }
   persistence& pers() const { return *pers_; }
+  /// Starts writing back [p, p + len) now (slots the caller's stores just filled); nothing in a
+  /// volatile pool.
+  void flush_now(const void* p, std::size_t len) noexcept {
+    if (!volatile_) pers_->flush(p, len);
+  }
   /// The fence every caller uses, the application's pool.drain() included (intent_log.hpp).
   /// It first issues this thread's deferred flushes (flush_later).
   void fence() noexcept {
+    if (volatile_) return;  // nothing to make durable: a volatile pool queues no flush either
     issue_deferred_flushes();
     intent_log::fence_token t;
     intents_.before_fence(t);
@@ -170,6 +183,8 @@ class pool_impl {
   // --- open path (recovery.cpp)
   void adopt_superblock(const superblock& sb);
   void map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode = device::map_mode::shared_write);
+  /// Points the metadata tables and the intent log into the mapping (lay_ and pers_ set).
+  void locate_metadata();
   /// One line of recovery_log() (the places that count repaired_).
   void note_repair(std::string line);
   /// A repair's word store: persisted while the mapping may be written, else kept in overlay_
@@ -388,6 +403,9 @@ class pool_impl {
   std::uint64_t orphaned_ = 0;  // owner records dropped at load: their slot no longer named the page
   intent_log intents_;
   bool read_only_ = false;       // open_options::read_only: every mutating call is refused
+  bool volatile_ = false;        // create_volatile: the "media" is DRAM; nothing is flushed or fenced
+  int numa_node_ = -1;           // pool::numa_node()
+  std::string memory_desc_;      // pool::memory_description()
   bool media_writable_ = true;   // false once a read-only pool's recovery is done (or device DAX)
   std::unordered_map<const std::uint64_t*, std::uint64_t> overlay_;  // see view_word (mu_)
   mutable std::mutex log_mu_;    // guards log_ (lazy loads add lines after open)
@@ -399,6 +417,14 @@ class pool_impl {
 /// Incremented in every fork() child (pthread_atfork): a pool opened in generation g is the
 /// parent's when the process is still in generation g.
 extern std::atomic<std::uint64_t> g_fork_generation;
+
+// Set-up helpers shared by create, open (recovery.cpp) and create_volatile (volatile_pool.cpp).
+/// Stamps a pool with the process generation it was opened in (pool_impl::forked).
+void stamp_opener(std::uint64_t& generation, int& pid);
+/// The EMFILE reason when MAX_OPEN_POOLS pools are open.
+std::string too_many_pools();
+/// A random pfn section no open pool uses; 0 if none was found.
+std::uint16_t pick_section_id();
 
 /// The pool that owns descriptor p (via the section tables).
 inline pool_impl* owner_of(const page* p) { return static_cast<pool_impl*>(section_of(p).owner); }

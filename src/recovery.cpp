@@ -71,6 +71,8 @@ void fork_child() {
   g_open_mu.unlock();
 }
 
+}  // namespace
+
 /// Stamps a pool with the process generation it was opened in (pool_impl::forked).
 void stamp_opener(std::uint64_t& generation, int& pid) {
   static const int registered = ::pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
@@ -92,7 +94,6 @@ std::uint16_t pick_section_id() {
   return 0;
 }
 
-}  // namespace
 
 void pool_impl::lock_for_fork() { lock_all(); }
 
@@ -152,11 +153,16 @@ void pool_impl::map_and_attach(std::shared_ptr<persistence> backend, device::map
   dev_.map(length, lay_.data_offset, mode);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
   pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
+  numa_node_ = dev_.numa_node();  // device DAX: its memory's node; a file: unknown (-1)
+  locate_metadata();
+}
+
+void pool_impl::locate_metadata() {
   region_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.region_table_offset);
   page_maps_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.page_map_offset);
   owner_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.owner_table_offset);
   lanes_ = reinterpret_cast<lane*>(dev_.base() + lay_.lanes_offset);
-  intents_.init(lanes_, pers_.get());
+  intents_.init(lanes_, pers_.get(), /*enabled=*/!volatile_);
 }
 
 std::string pool_impl::validate_region_table() const {

@@ -257,6 +257,13 @@ inline void put_page(page* p) noexcept {
 /// freeing a page of a read-only pool (the reference stays).
 PMPAGE_API void free_pages(page* p, unsigned order) noexcept;
 
+/// The NUMA node of p's memory: the pool's node when it has one (pool::numa_node(): a bound
+/// volatile pool, device DAX), else where the kernel has placed p's memory (a query through
+/// libnuma, a system call: slow); -1 (the kernel's NUMA_NO_NODE) when p's memory is not backed
+/// yet or the kernel cannot tell, and for an invalid p (misuse, reported). Thread-safe.
+/// Kernel: page_to_nid().
+PMPAGE_API int page_to_nid(const page* p) noexcept;
+
 /// Turns an order-9 page whose count is exactly 1 into 512 order-0 pages, each allocated with
 /// count 1. Durable (2 fences). Returns 0; -EBUSY if the count is not 1, if the page is locked
 /// (the split takes the page lock itself, so a lock holder never sees its lock move; the kernel

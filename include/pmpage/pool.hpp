@@ -1,4 +1,8 @@
 // pmpage/pool.hpp — a pool: a DAX-mapped file or device whose data area is handed out as pages.
+// A persistent pool (create/open) keeps its allocator state on the device, crash-consistently; a
+// volatile pool (create_volatile) keeps it in DRAM and hands out memory whose contents die with
+// the process: anonymous memory, a file or device used as plain memory, optionally on huge pages
+// and bound to a NUMA node (CXL memory). Both give the same descriptors and the same API.
 //
 // Layer: above mm.hpp and persistence.hpp. Set-up (create/open) throws pmpage::error; everything
 // else is noexcept and thread-safe.
@@ -86,11 +90,55 @@ class PMPAGE_API pool {
     bool read_only = false;
   };
 
+  /// A volatile pool's memory (create_volatile; docs/api.md "Volatile pools").
+  struct volatile_options {
+    /// Bytes of pages to hand out: a multiple of 2 MiB, at least 2 MiB (EINVAL otherwise). With a
+    /// backing file or device, 0 = all of it (rounded down to 2 MiB); a regular file shorter than
+    /// `size` is grown (never shrunk). Anonymous memory needs a size.
+    std::uint64_t size = 0;
+    /// Empty: anonymous memory. Else a file or device whose memory the pool uses as plain memory:
+    /// a file on tmpfs or hugetlbfs, a memfd (pass "/proc/self/fd/N"), any regular file (page
+    /// cache), or device DAX (/dev/daxX.Y, e.g. a CXL expander in devdax mode). Its contents are
+    /// not kept and nothing but the application's data is written to it (the allocator's state
+    /// lives in DRAM); it must exist and is locked exclusively while the pool lives (EBUSY if
+    /// another pool, volatile or persistent, has it). A file holding a persistent pmpage pool is
+    /// refused (EEXIST) unless `overwrite`.
+    std::filesystem::path backing;
+    bool overwrite = false;
+    /// Huge pages for the pages handed out (anonymous memory and tmpfs/memfd files; a hugetlbfs
+    /// file and device DAX bring their own): none = base pages; thp = transparent huge pages
+    /// (madvise(MADV_HUGEPAGE)); hugetlb = 2 MiB pages reserved in /proc/sys/vm/nr_hugepages
+    /// (MAP_HUGETLB, anonymous memory only). When they cannot be had (THP disabled, too few huge
+    /// pages reserved) the pool falls back, hugetlb to thp to none, and memory_description() says
+    /// why; with require_huge_pages create fails ENOMEM instead.
+    enum class huge_pages { none, thp, hugetlb };
+    huge_pages huge = huge_pages::none;
+    bool require_huge_pages = false;
+    /// Bind the pages to this NUMA node (mbind MPOL_BIND through libnuma; every page is then
+    /// allocated on it or not at all, SIGBUS when it is full); -1 = the process's policy. A node
+    /// that does not exist or has no memory is EINVAL, as is a node on a backing whose placement
+    /// the kernel cannot set: a regular file on a disk file system (its page cache follows the
+    /// task's policy), or device DAX on another node (its memory is where the device is).
+    int numa_node = -1;
+    /// Bytes of the root area (DRAM, zeroed; rounded up to 4 KiB): room for alloc_pages_to slots.
+    std::size_t root_size = 4096;
+    /// A volatile pool never flushes or fences: a backend given here sees attach() and detach()
+    /// only (tests and benchmarks pass a counting_persistence to prove it). nullptr = none.
+    std::shared_ptr<persistence> backend;
+  };
+
   /// Formats `path` as a new pool and opens it. See docs/api.md for what each kind of path does.
   static pool create(const std::filesystem::path& path, const options& opts);
   /// Opens and recovers an existing pool (opts.read_only: without writing it; see open_options).
   static pool open(const std::filesystem::path& path, const open_options& opts);
   static pool open(const std::filesystem::path& path) { return open(path, open_options{}); }
+  /// Creates a volatile pool (docs/api.md "Volatile pools"): the same descriptors, allocator and
+  /// API as a persistent pool, with the allocator's state in DRAM and no flush, fence or intent
+  /// (alloc_pages_to and free_pages_from are plain stores). Its pages hold zeros or the bytes a
+  /// previous user of the backing left (GFP_ZERO zeroes them). Everything is gone at close().
+  /// Throws pmpage::error: EINVAL (bad size, node), ENOENT (no backing), EBUSY (backing in use),
+  /// EEXIST (backing holds a persistent pool), ENOMEM (no memory, or huge pages required and none).
+  static pool create_volatile(const volatile_options& opts);
 
   pool() noexcept;  // a closed pool
   pool(pool&&) noexcept;
@@ -119,6 +167,17 @@ class PMPAGE_API pool {
   /// would do, done only to this process's view. Empty for a healthy pool and a closed one.
   /// Thread-safe.
   std::vector<std::string> recovery_log() const;
+
+  /// True for a pool made by create_volatile (false for a closed pool).
+  bool is_volatile() const noexcept;
+  /// The NUMA node the pool's pages are on, when one is known for all of them: the node a volatile
+  /// pool was bound to, or the node of the device DAX it maps (sysfs); -1 otherwise (page_to_nid
+  /// then asks the kernel page by page).
+  int numa_node() const noexcept;
+  /// One line saying what memory backs the pool: its kind and size, the huge pages it got (and,
+  /// after a fallback, why it got fewer than asked), its NUMA binding. E.g. "volatile, anonymous
+  /// memory, 1 GiB, transparent huge pages, bound to node 0". Thread-safe.
+  std::string memory_description() const;
 
   pfn_t start_pfn() const noexcept;
   pfn_t end_pfn() const noexcept;

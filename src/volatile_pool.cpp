@@ -1,0 +1,268 @@
+// volatile_pool.cpp — pools whose contents need not survive: CXL memory, DRAM tiers, caches.
+//
+// A volatile pool is a persistent pool with the persistence taken out, not a second allocator:
+// the same layout (region table, page maps, owner tables, root) lives in private anonymous DRAM,
+// the data area is mapped right after it (so every offset, slot check and translation is the
+// same code), and the pool runs with volatile_ set: fence() and flush_later() return at once, the
+// intent log is disabled, GFP_ZERO is a plain memset. Every invariant (pool_impl.hpp) holds as
+// for a persistent pool and check() verifies the same things.
+//
+// What backs the pages (device::map_volatile):
+//   no backing        private anonymous memory; base pages, THP (madvise) or hugetlb (MAP_HUGETLB)
+//   tmpfs / memfd     the file's pages, shared (THP when shmem_enabled allows it)
+//   hugetlbfs file    huge pages by construction
+//   device DAX        the device (e.g. a CXL expander in devdax mode), its own alignment
+//   other files       the page cache (works; rarely what anyone wants)
+// A backing is locked exclusively (flock) for the pool's life, like a persistent pool's file, so
+// two pools never hand out the same memory; a backing that holds a persistent pool is refused.
+//
+// NUMA (numa_node): mbind(MPOL_BIND) of the data area through libnuma, before any page is
+// touched; the pool remembers the node, which is what page_to_nid answers for its pages
+// (numa.cpp). Placement can be set only where the kernel allocates the memory at fault time:
+// anonymous memory and shmem (tmpfs, memfd, hugetlbfs). Device DAX is where it is.
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <numa.h>
+#include <numaif.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "null_persistence.hpp"
+#include "pool_impl.hpp"
+
+namespace pmpage::detail {
+
+namespace {
+
+using vopts = pool::volatile_options;
+
+std::string read_line(const char* file) {
+  std::ifstream in(file);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+/// The selected word of a sysfs choice list ("always [madvise] never" -> "madvise"); "" if none.
+std::string selected(const std::string& choices) {
+  const auto a = choices.find('['), b = choices.find(']');
+  return a == std::string::npos || b == std::string::npos || b < a ? std::string() : choices.substr(a + 1, b - a - 1);
+}
+
+std::string size_text(std::uint64_t bytes) {
+  char buf[48];
+  if (bytes % (1ull << 30) == 0)
+    std::snprintf(buf, sizeof buf, "%llu GiB", (unsigned long long)(bytes >> 30));
+  else
+    std::snprintf(buf, sizeof buf, "%llu MiB", (unsigned long long)(bytes >> 20));
+  return buf;
+}
+
+/// "HugePages_Free: 3" from /proc/meminfo, for the hugetlb fallback message.
+std::string meminfo_field(const char* key) {
+  std::ifstream in("/proc/meminfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key, 0) == 0) {
+      std::istringstream rest(line.substr(std::strlen(key)));
+      std::string v;
+      rest >> v;
+      return v;
+    }
+  return "?";
+}
+
+enum class backing_kind { anonymous, shmem, hugetlbfs, device_dax, other_file };
+
+const char* kind_text(backing_kind k) {
+  switch (k) {
+    case backing_kind::anonymous: return "anonymous memory";
+    case backing_kind::shmem: return "tmpfs/memfd file";
+    case backing_kind::hugetlbfs: return "hugetlbfs file";
+    case backing_kind::device_dax: return "device DAX";
+    case backing_kind::other_file: return "file (page cache)";
+  }
+  return "?";
+}
+
+/// Checks numa_node before anything is mapped: it exists and has memory this process may use.
+void check_node(const std::string& name, int node) {
+  if (node == -1) return;
+  if (numa_available() < 0)
+    fail(EINVAL, name, "numa_node " + std::to_string(node) + ": this kernel has no NUMA support (numa_available() < 0)");
+  std::string with_memory;
+  for (int n = 0; n <= numa_max_node(); ++n)
+    if (numa_bitmask_isbitset(numa_all_nodes_ptr, unsigned(n)) && numa_node_size64(n, nullptr) > 0)
+      with_memory += (with_memory.empty() ? "" : ",") + std::to_string(n);
+  if (node < 0 || node > numa_max_node() || !numa_bitmask_isbitset(numa_nodes_ptr, unsigned(node)))
+    fail(EINVAL, name, "NUMA node " + std::to_string(node) + " does not exist (nodes with memory here: " + with_memory +
+                           "; -1 = no binding)");
+  if (!numa_bitmask_isbitset(numa_all_nodes_ptr, unsigned(node)) || numa_node_size64(node, nullptr) <= 0)
+    fail(EINVAL, name, "NUMA node " + std::to_string(node) +
+                           " has no memory this process may use (a CPU-only node, or outside its cpuset; nodes with "
+                           "memory here: " + with_memory + ")");
+}
+
+/// mbind(MPOL_BIND) of [addr, addr + len) to `node` (libnuma's wrapper of the system call).
+void bind_to_node(const std::string& name, void* addr, std::size_t len, int node) {
+  struct bitmask* mask = numa_allocate_nodemask();
+  numa_bitmask_setbit(mask, unsigned(node));
+  // MPOL_MF_MOVE | MPOL_MF_STRICT: pages a backing file already holds elsewhere move, or the
+  // call fails, so "bound" always means every page.
+  const long r = mbind(addr, len, MPOL_BIND, mask->maskp, mask->size + 1, MPOL_MF_MOVE | MPOL_MF_STRICT);
+  const int e = errno;
+  numa_free_nodemask(mask);
+  if (r != 0)
+    fail(e, name, "cannot bind the pool's pages to NUMA node " + std::to_string(node) + ": mbind: " + std::strerror(e));
+}
+
+}  // namespace
+
+std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_options& opts) {
+  auto impl = std::make_unique<pool_impl>();
+  device& d = impl->dev_;
+  const bool anonymous = opts.backing.empty();
+  const std::string name = anonymous ? std::string("volatile pool (anonymous memory)") : opts.backing.string();
+  if (!impl->slot_.acquire()) fail(EMFILE, name, "cannot create: " + too_many_pools());
+  if (opts.root_size > MAX_ROOT_SIZE)
+    fail(EINVAL, name, "volatile_options.root_size " + std::to_string(opts.root_size) + " is above MAX_ROOT_SIZE (" +
+                           std::to_string(MAX_ROOT_SIZE) + " bytes)");
+  if (opts.size % HPAGE_PMD_SIZE != 0)
+    fail(EINVAL, name, "volatile_options.size " + std::to_string(opts.size) +
+                           " is not a multiple of 2 MiB (a pool hands out whole 2 MiB regions)");
+  if (opts.huge != vopts::huge_pages::none && opts.huge != vopts::huge_pages::thp &&
+      opts.huge != vopts::huge_pages::hugetlb)
+    fail(EINVAL, name, "volatile_options.huge is not none, thp or hugetlb");
+  check_node(name, opts.numa_node);
+
+  // ---- the backing: what it is, how much of it the pool uses ----------------------------------------
+  backing_kind kind = backing_kind::anonymous;
+  std::uint64_t data_len = opts.size;
+  if (anonymous) {
+    d.name_memory(name);
+    if (opts.size == 0) fail(EINVAL, name, "volatile_options.size is 0 (anonymous memory needs a size)");
+  } else {
+    d.open_existing(name);  // a regular file or device DAX; refuses the rest, naming it
+    d.lock();               // exclusive: EBUSY while another pool, of either kind, uses it
+    if (d.size() >= 2 * SUPERBLOCK_SIZE && !opts.overwrite) {
+      superblock a, b;
+      d.read_at(&a, sizeof a, 0);
+      d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
+      if (superblock_problem(a).empty() || superblock_problem(b).empty())
+        fail(EEXIST, name, "holds a persistent pmpage pool, which a volatile pool would overwrite; set "
+                           "volatile_options.overwrite to use it anyway");
+    }
+    if (d.type() == device::kind::device_dax) {
+      kind = backing_kind::device_dax;
+      const std::uint64_t usable = d.size() / d.alignment() * d.alignment();
+      if (data_len == 0) data_len = usable / HPAGE_PMD_SIZE * HPAGE_PMD_SIZE;
+      if (data_len > usable || data_len % d.alignment() != 0)
+        fail(EINVAL, name, "volatile_options.size " + std::to_string(data_len) + " does not fit device DAX of " +
+                               std::to_string(usable) + " usable bytes in whole " + std::to_string(d.alignment()) +
+                               "-byte pages");
+    } else {
+      struct statfs fs;
+      if (::fstatfs(d.fd(), &fs) != 0) fail(errno, name, std::string("fstatfs: ") + std::strerror(errno));
+      kind = fs.f_type == HUGETLBFS_MAGIC ? backing_kind::hugetlbfs
+             : fs.f_type == TMPFS_MAGIC   ? backing_kind::shmem
+                                          : backing_kind::other_file;
+      if (data_len == 0) data_len = d.size() / HPAGE_PMD_SIZE * HPAGE_PMD_SIZE;
+      if (data_len == 0)
+        fail(EINVAL, name, "holds " + std::to_string(d.size()) +
+                               " bytes, less than one 2 MiB region, and volatile_options.size is 0");
+      d.ensure_size(data_len, false);  // grows, never shrinks
+    }
+  }
+  if (data_len / HPAGE_PMD_SIZE > MAX_POOL_PAGES / HPAGE_PMD_NR)
+    fail(EINVAL, name, "volatile_options.size " + std::to_string(data_len) + " is above the largest pool (" +
+                           std::to_string(MAX_POOL_PAGES * PAGE_SIZE) + " bytes)");
+  if (opts.numa_node != -1) {
+    if (kind == backing_kind::device_dax && d.numa_node() != opts.numa_node)
+      fail(EINVAL, name, "numa_node " + std::to_string(opts.numa_node) + ": device DAX memory is where the device is (node " +
+                             std::to_string(d.numa_node()) + "); it cannot be bound elsewhere");
+    if (kind == backing_kind::other_file)
+      fail(EINVAL, name, "numa_node " + std::to_string(opts.numa_node) +
+                             ": the kernel places a regular file's page cache by the task's policy, not the mapping's; "
+                             "use anonymous memory, tmpfs, a memfd or hugetlbfs to bind a pool to a node");
+  }
+
+  // ---- map it, with the huge pages asked for or the best fallback ---------------------------------
+  const layout lay = layout_for_regions(data_len / HPAGE_PMD_SIZE, opts.root_size, HPAGE_PMD_SIZE);
+  std::string huge_text, fallback;  // what the pool got; why it got less than asked
+  auto fall_back = [&](const std::string& why) {
+    if (opts.require_huge_pages) fail(ENOMEM, name, why + " (volatile_options.require_huge_pages is set)");
+    fallback += (fallback.empty() ? "" : "; ") + why;
+  };
+  vopts::huge_pages want = opts.huge;
+  if (want == vopts::huge_pages::hugetlb && kind != backing_kind::anonymous && kind != backing_kind::hugetlbfs) {
+    fall_back(std::string("hugetlb pages need anonymous memory or a hugetlbfs file, not a ") + kind_text(kind));
+    want = vopts::huge_pages::thp;
+  }
+  bool mapped = false;
+  if (want == vopts::huge_pages::hugetlb && kind == backing_kind::anonymous) {
+    mapped = d.map_volatile(lay.data_offset, data_len, /*hugetlb=*/true);
+    if (mapped) {
+      huge_text = "hugetlb 2 MiB pages";
+    } else {
+      fall_back("no " + std::to_string(data_len / HPAGE_PMD_SIZE) + " free 2 MiB huge pages (mmap MAP_HUGETLB: " +
+                std::strerror(errno) + "; HugePages_Free " + meminfo_field("HugePages_Free:") + " of HugePages_Total " +
+                meminfo_field("HugePages_Total:") + " in /proc/meminfo; reserve them with sysctl vm.nr_hugepages)");
+      want = vopts::huge_pages::thp;
+    }
+  }
+  if (!mapped) d.map_volatile(lay.data_offset, data_len, /*hugetlb=*/false);
+  char* data = d.base() + lay.data_offset;
+  if (kind == backing_kind::hugetlbfs) {
+    huge_text = "hugetlbfs huge pages";
+  } else if (kind == backing_kind::device_dax) {
+    huge_text = std::to_string(d.alignment() >> 10) + " KiB device pages";
+  } else if (want == vopts::huge_pages::thp) {
+    // THP for anonymous memory follows "enabled"; for tmpfs and memfd, "shmem_enabled".
+    const bool shmem = kind == backing_kind::shmem;
+    const char* knob = shmem ? "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+                             : "/sys/kernel/mm/transparent_hugepage/enabled";
+    const std::string mode = selected(read_line(knob));
+    if (kind == backing_kind::other_file)
+      fall_back("transparent huge pages are for anonymous memory, tmpfs and memfd, not a file (page cache)");
+    else if (mode.empty())
+      fall_back(std::string("transparent huge pages are not available (no ") + knob + ")");
+    else if (mode == "never" || mode == "deny")
+      fall_back(std::string("transparent huge pages are disabled (") + knob + " is " + mode + ")");
+    else if (::madvise(data, data_len, MADV_HUGEPAGE) != 0)
+      fall_back(std::string("madvise(MADV_HUGEPAGE): ") + std::strerror(errno));
+    else
+      huge_text = "transparent huge pages";
+  }
+  if (huge_text.empty()) huge_text = "base pages";
+  if (opts.numa_node != -1 && kind != backing_kind::device_dax) bind_to_node(name, data, data_len, opts.numa_node);
+
+  // ---- the pool: DRAM metadata (all zero: every region FREE), no persistence ----------------------
+  impl->volatile_ = true;
+  impl->lay_ = lay;
+  impl->nr_regions_ = lay.nr_regions;
+  impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
+  impl->section_id_ = pick_section_id();
+  if (impl->section_id_ == 0) fail(EBUSY, name, "no free pfn section: too many pools open");
+  impl->pers_ = opts.backend ? opts.backend : std::make_shared<null_persistence>();
+  impl->pers_->attach(d.base(), d.mapped_length(), false);
+  impl->locate_metadata();  // the intent log disabled (volatile_)
+  impl->numa_node_ = opts.numa_node != -1 ? opts.numa_node : kind == backing_kind::device_dax ? d.numa_node() : -1;
+  impl->memory_desc_ = "volatile, " + std::string(kind_text(kind)) + (anonymous ? "" : " " + name) + ", " +
+                       size_text(data_len) + ", " + huge_text +
+                       (opts.numa_node != -1 ? ", bound to node " + std::to_string(opts.numa_node)
+                        : impl->numa_node_ >= 0 ? ", on node " + std::to_string(impl->numa_node_)
+                                                : std::string()) +
+                       (fallback.empty() ? "" : " (fallback: " + fallback + ")");
+  stamp_opener(impl->fork_generation_, impl->opener_pid_);
+  impl->build_volatile();
+  impl->register_pool();
+  return impl;
+}
+
+}  // namespace pmpage::detail
