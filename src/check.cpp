@@ -203,7 +203,7 @@ std::string pool_impl::check_locked() {
         listed += s.list != 0xff;
         free_pages += s.nr_free;
         std::uint64_t map[PAGE_MAP_WORDS];  // the media's map as recovery leaves it (view_word)
-        for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) map[w] = view_word(page_map(ri) + w);
+        for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) map[w] = volatile_ ? s.map[w] : view_word(page_map(ri) + w);
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
           if (s.map[w] != map[w]) return fail("S5: region ", r, " page map word ", w, " differs from its mirror");
         for (unsigned i = 0; i < HPAGE_PMD_NR;) {

@@ -53,6 +53,7 @@ void pool_impl::forget_deferred_flushes() noexcept {
 }
 
 void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
+  if (volatile_) return;  // no media: the mirror is the page map (check() reads it as such)
   // Whole cache lines of the mirror (S5), stored under the region lock; their flush is issued
   // after the lock is dropped (flush_later): the write-back then carries these codes or newer.
   constexpr unsigned words_per_line = 64 / 8;
@@ -121,6 +122,7 @@ void pool_impl::clear_owner_entries(std::uint32_t r) {
 }
 
 void pool_impl::write_split_map(std::uint32_t r) {
+  if (volatile_) return;  // split_descriptors builds the mirror, the only page map a volatile pool has
   std::uint64_t* map = page_map(r);
   constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
   static_assert(code_head(0) == 0x1);

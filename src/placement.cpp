@@ -373,7 +373,7 @@ page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned ord
   mark_used(s, pos, n);
   init_compound_small(r, pos, order);
   c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
-  c.free_delta.fetch_sub(n, std::memory_order_relaxed);
+  c.add_free_delta(-std::int64_t(n));
   return vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + pos);
 }
 
@@ -442,7 +442,7 @@ std::size_t pool_impl::bulk_order0_held(std::size_t n, page** out, alloc_plan& p
     }
     s.nr_free = std::uint16_t(s.nr_free - got);
     c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
-    c.free_delta.fetch_sub(got, std::memory_order_relaxed);
+    c.add_free_delta(-std::int64_t(got));
     write_map_locked(r, lo / PAGES_PER_MAP_WORD, hi / PAGES_PER_MAP_WORD);
   }
   return done;
@@ -457,7 +457,7 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
       if (unsigned& nr = c.nr_stash[order - HPAGE_PMD_ORDER]) r = c.stash[order - HPAGE_PMD_ORDER][--nr];
       if (r != NIL) {
         c.last_use_ms.store(coarse_now_ms(), std::memory_order_relaxed);
-        c.free_delta.fetch_sub(std::int64_t{1} << order, std::memory_order_relaxed);
+        c.add_free_delta(-(std::int64_t{1} << order));
       }
     }
     if (r != NIL) {
@@ -586,6 +586,7 @@ std::size_t pool_impl::merge_empty_regions() noexcept {
 std::uint64_t pool_impl::cached_free_delta() const {
   std::int64_t d = 0;
   for (unsigned i = 0; i < nr_caches_; ++i) d += caches_[i].free_delta.load(std::memory_order_relaxed);
+  d += unheld_free_delta_.load(std::memory_order_relaxed);
   return std::uint64_t(d);
 }
 

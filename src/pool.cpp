@@ -261,12 +261,17 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
   }
   release_small_held(s, fr);
   m.unlock();
-  this_cpu_cache().free_delta.fetch_add(n, std::memory_order_relaxed);
   return fr;
 }
 
 void pool_impl::release_small_held(split_state& s, free_result& fr) {
   mark_free(s, fr.first, 1u << fr.order);
+  // The region lock is the holding cache's mu when a cache holds the region (S6): its counter
+  // takes a plain add. A region no cache holds is locked by its own lock: the shared atomic.
+  if (s.cpu != NO_CPU)
+    caches_[s.cpu].add_free_delta(std::int64_t{1} << fr.order);
+  else
+    unheld_free_delta_.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
   fr.kind = free_result::done;
   if (s.cpu == NO_CPU) {
     // No cache holds it: its filler list, or the empty list, may need it (pool lock, after the
@@ -282,7 +287,6 @@ free_result pool_impl::release_freed(free_result fr) {
     adaptive_mutex& m = lock_region(s);
     release_small_held(s, fr);
     m.unlock();
-    this_cpu_cache().free_delta.fetch_add(1u << fr.order, std::memory_order_relaxed);
     return fr;
   }
   {
@@ -315,7 +319,7 @@ void pool_impl::finish_free(const free_result& fr) {
         store_order(&d, fr.order);
         store_kind(d, RK_STASHED);
         c.stash[fr.order - HPAGE_PMD_ORDER][nr++] = fr.region;
-        c.free_delta.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
+        c.add_free_delta(std::int64_t{1} << fr.order);
         return;
       }
     }
