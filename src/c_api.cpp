@@ -173,6 +173,7 @@ bool null_pool(const pmpage_pool* pool, const char* fn) noexcept {
 struct pmpage_pool {
   pmpage::pool pool;
   std::string path;
+  std::string memory;  // pmpage_pool_memory_description's storage
 };
 
 extern "C" {
@@ -244,6 +245,7 @@ pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_optio
       o.mode = opts->mode;
     }
     auto* p = new pmpage_pool{pmpage::pool::create(path, o), path};
+    p->memory = p->pool.memory_description();
     return p;
   } catch (...) {
     fail_current("create");
@@ -257,7 +259,9 @@ pmpage_pool* pmpage_pool_open(const char* path) {
     return nullptr;
   }
   try {
-    return new pmpage_pool{pmpage::pool::open(path), path};
+    auto* p = new pmpage_pool{pmpage::pool::open(path), path};
+    p->memory = p->pool.memory_description();
+    return p;
   } catch (...) {
     fail_current("open");
     return nullptr;
@@ -272,11 +276,76 @@ pmpage_pool* pmpage_pool_open_read_only(const char* path) {
   try {
     pmpage::pool::open_options o;
     o.read_only = true;
-    return new pmpage_pool{pmpage::pool::open(path, o), path};
+    auto* p = new pmpage_pool{pmpage::pool::open(path, o), path};
+    p->memory = p->pool.memory_description();
+    return p;
   } catch (...) {
     fail_current("open");
     return nullptr;
   }
+}
+
+void pmpage_volatile_options_init(struct pmpage_volatile_options* opts) {
+  if (!opts) return;
+  std::memset(opts, 0, sizeof *opts);
+  const pmpage::pool::volatile_options d;
+  opts->size = d.size;
+  opts->root_size = d.root_size;
+  opts->backing = nullptr;
+  opts->huge = PMPAGE_HUGE_NONE;
+  opts->require_huge_pages = d.require_huge_pages;
+  opts->numa_node = d.numa_node;
+  opts->overwrite = d.overwrite;
+}
+
+pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* opts) {
+  if (!opts) {
+    fail(EINVAL, "pmpage: create_volatile: opts is NULL (fill one with pmpage_volatile_options_init)");
+    return nullptr;
+  }
+  for (unsigned r : opts->reserved_)
+    if (r != 0) {
+      fail(EINVAL, "pmpage: create_volatile: pmpage_volatile_options has non-zero reserved fields (fill it with "
+                   "pmpage_volatile_options_init)");
+      return nullptr;
+    }
+  using huge = pmpage::pool::volatile_options::huge_pages;
+  if (opts->huge != PMPAGE_HUGE_NONE && opts->huge != PMPAGE_HUGE_THP && opts->huge != PMPAGE_HUGE_HUGETLB) {
+    const std::string m = "pmpage: create_volatile: huge is " + std::to_string(opts->huge) +
+                          ", not PMPAGE_HUGE_NONE, PMPAGE_HUGE_THP or PMPAGE_HUGE_HUGETLB";
+    fail(EINVAL, m.c_str());
+    return nullptr;
+  }
+  try {
+    pmpage::pool::volatile_options o;
+    o.size = opts->size;
+    o.root_size = opts->root_size;
+    if (opts->backing) o.backing = opts->backing;
+    o.huge = opts->huge == PMPAGE_HUGE_THP ? huge::thp : opts->huge == PMPAGE_HUGE_HUGETLB ? huge::hugetlb : huge::none;
+    o.require_huge_pages = opts->require_huge_pages != 0;
+    o.numa_node = opts->numa_node;
+    o.overwrite = opts->overwrite != 0;
+    auto* p = new pmpage_pool{pmpage::pool::create_volatile(o), opts->backing ? opts->backing : ""};
+    p->memory = p->pool.memory_description();
+    return p;
+  } catch (...) {
+    fail_current("create_volatile");
+    return nullptr;
+  }
+}
+
+int pmpage_pool_is_volatile(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_is_volatile") ? -EINVAL : pool->pool.is_volatile() ? 1 : 0;
+}
+int pmpage_pool_numa_node(const pmpage_pool* pool) {
+  return null_pool(pool, "pmpage_pool_numa_node") ? -1 : pool->pool.numa_node();
+}
+const char* pmpage_pool_memory_description(const pmpage_pool* pool) {
+  if (null_pool(pool, "pmpage_pool_memory_description")) return nullptr;
+  return pool->memory.c_str();  // filled when the pool was made (no lazy write: thread-safe)
+}
+int pmpage_page_to_nid(const struct pmpage_page* page) {
+  return pmpage::page_to_nid(cpp(page));
 }
 
 int pmpage_pool_is_read_only(const pmpage_pool* pool) {

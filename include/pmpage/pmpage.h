@@ -119,6 +119,36 @@ PMPAGE_API pmpage_pool* pmpage_pool_open(const char* path);
  *  written; every mutating call is misuse. NULL on failure as pmpage_pool_open (also EROFS, EBUSY
  *  while a writer has it open). */
 PMPAGE_API pmpage_pool* pmpage_pool_open_read_only(const char* path);
+/** pmpage::pool::volatile_options (docs/api.md "Volatile pools"). Fill with
+ *  pmpage_volatile_options_init, then set fields; reserved words must stay zero. */
+enum pmpage_huge_pages { PMPAGE_HUGE_NONE = 0, PMPAGE_HUGE_THP = 1, PMPAGE_HUGE_HUGETLB = 2 };
+struct pmpage_volatile_options {
+  uint64_t size;          /* bytes of pages, a multiple of 2 MiB (0 with a backing: all of it) */
+  uint64_t root_size;     /* bytes of the root area (DRAM; 4 KiB .. PMPAGE_MAX_ROOT_SIZE) */
+  const char* backing;    /* NULL: anonymous memory; else a file, "/proc/self/fd/N" (memfd), /dev/daxX.Y */
+  int huge;               /* enum pmpage_huge_pages */
+  int require_huge_pages; /* fail with ENOMEM instead of falling back */
+  int numa_node;          /* bind the pages to this node (mbind); -1: no binding */
+  int overwrite;          /* use a backing that holds a persistent pool */
+  unsigned reserved_[10];
+};
+PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_volatile_options) == 80, "pmpage_volatile_options is ABI");
+/** Fills opts with the defaults: size 0, root_size 4096, backing NULL, PMPAGE_HUGE_NONE, numa_node -1. */
+PMPAGE_API void pmpage_volatile_options_init(struct pmpage_volatile_options* opts);
+/** pmpage::pool::create_volatile: a pool whose allocator state lives in DRAM, with no flush, fence
+ *  or intent; its pages are gone at close. opts must not be NULL (anonymous memory needs a size).
+ *  NULL on failure (errno, pmpage_errormsg()): EINVAL (size, node), ENOENT, EBUSY (backing in use),
+ *  EEXIST (backing holds a persistent pool), ENOMEM. */
+PMPAGE_API pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* opts);
+/** 1 for a volatile pool, 0 for a persistent one; -EINVAL for NULL (misuse). */
+PMPAGE_API int pmpage_pool_is_volatile(const pmpage_pool* pool);
+/** pmpage::pool::numa_node: the node all the pool's pages are on, or -1 (also for NULL: misuse). */
+PMPAGE_API int pmpage_pool_numa_node(const pmpage_pool* pool);
+/** pmpage::pool::memory_description: one line (valid until close; NULL for NULL: misuse). */
+PMPAGE_API const char* pmpage_pool_memory_description(const pmpage_pool* pool);
+/** The kernel's page_to_nid: the NUMA node of the page's memory, -1 if unknown or not backed yet. */
+PMPAGE_API int pmpage_page_to_nid(const struct pmpage_page* page);
+
 /** 1 for a pool opened read-only, 0 otherwise; -EINVAL for NULL (misuse). */
 PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);
 /** Closes and frees the pool; every page and pfn of it becomes invalid. NULL is a no-op. */

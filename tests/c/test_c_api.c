@@ -781,6 +781,60 @@ static void test_default_handler_aborts(void) {
   CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
 }
 
+static void test_volatile(void) {
+  struct pmpage_volatile_options o;
+  struct pmpage_pool_stats st;
+  struct pmpage_page *a, *big;
+  pmpage_pfn_t* root;
+  pmpage_pool* p;
+  size_t root_size = 0;
+
+  pmpage_volatile_options_init(&o);
+  CHECK(o.numa_node == -1 && o.huge == PMPAGE_HUGE_NONE && o.backing == NULL && o.root_size == 4096);
+  errno = 0;
+  CHECK(pmpage_pool_create_volatile(NULL) == NULL && errno == EINVAL);
+  CHECK(pmpage_pool_create_volatile(&o) == NULL && errno == EINVAL); /* anonymous memory needs a size */
+  CHECK(strstr(pmpage_errormsg(), "size") != NULL);
+  o.size = (3u << 20);
+  CHECK(pmpage_pool_create_volatile(&o) == NULL && errno == EINVAL); /* not a multiple of 2 MiB */
+  o.size = 64u << 20;
+  o.numa_node = 4095;
+  CHECK(pmpage_pool_create_volatile(&o) == NULL && errno == EINVAL);
+  CHECK(strstr(pmpage_errormsg(), "4095") != NULL);
+  o.numa_node = -1;
+  o.huge = 7;
+  CHECK(pmpage_pool_create_volatile(&o) == NULL && errno == EINVAL);
+  o.huge = PMPAGE_HUGE_NONE;
+  o.reserved_[3] = 1;
+  CHECK(pmpage_pool_create_volatile(&o) == NULL && errno == EINVAL);
+  o.reserved_[3] = 0;
+  o.numa_node = 0; /* every Linux machine has node 0 */
+  p = pmpage_pool_create_volatile(&o);
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK(pmpage_pool_is_volatile(p) == 1);
+  CHECK(pmpage_pool_is_pmem(p) == 0);
+  CHECK(pmpage_pool_numa_node(p) == 0);
+  CHECK(strstr(pmpage_pool_memory_description(p), "volatile") != NULL);
+  CHECK(strstr(pmpage_pool_memory_description(p), "node 0") != NULL);
+  a = pmpage_alloc_pages_gfp(p, 0, PMPAGE_GFP_ZERO);
+  big = pmpage_alloc_pages(p, 9);
+  CHECK(a && big);
+  CHECK(pmpage_page_to_nid(a) == 0);
+  CHECK(((const char*)pmpage_page_address(a))[100] == 0);
+  root = (pmpage_pfn_t*)pmpage_pool_root(p, &root_size);
+  CHECK(root && root_size == 4096);
+  CHECK(pmpage_alloc_pages_to(p, 0, &root[0]) != NULL);
+  CHECK(pmpage_free_pages_from(p, &root[0]) == 0 && root[0] == 0);
+  pmpage_free_pages(a, 0);
+  pmpage_free_pages(big, 9);
+  CHECK(pmpage_pool_stats(p, &st) == 0);
+  CHECK_EQ_U(st.free_pages, st.total_pages);
+  CHECK(pmpage_pool_check(p) == 0);
+  pmpage_pool_close(p);
+  CHECK(pmpage_pool_is_volatile(NULL) == -EINVAL);
+}
+
 int main(int argc, char** argv) {
   pthread_t t;
   void* fresh = NULL;
@@ -794,6 +848,7 @@ int main(int argc, char** argv) {
   test_page_api();
   test_misuse();
   test_cxx_agrees();
+  test_volatile();
   test_default_handler_aborts();
 
   CHECK(strlen(pmpage_errormsg()) > 0);
