@@ -362,7 +362,9 @@ bool device::map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool h
       return false;
     }
   } else {
-    m = ::mmap(data, data_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    // Not MAP_NORESERVE: a size the kernel's overcommit policy refuses is ENOMEM here, at create,
+    // rather than the OOM killer later.
+    m = ::mmap(data, data_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
   }
   if (m == MAP_FAILED) {
     const int e = errno;
