@@ -69,7 +69,9 @@ std::string verify_allocator() {
   std::free(c);
   if (!ok) die("malloc/aligned_alloc are not served by mimalloc (mi_is_in_heap_region is false)");
   g_version = v;
-  return std::to_string(v / 100) + "." + std::to_string(v % 100) + " (mi_version() = " + std::to_string(v) + ")";
+  // MI_MALLOC_VERSION: major * 100 + minor * 10 + patch (209 is 2.0.9).
+  return std::to_string(v / 100) + "." + std::to_string(v % 100 / 10) + "." + std::to_string(v % 10) +
+         " (mi_version() = " + std::to_string(v) + ")";
 #else
   const char* ver = nullptr;
   std::size_t sz = sizeof(ver);
