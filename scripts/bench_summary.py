@@ -726,6 +726,12 @@ def main():
             bv = o_best if basen is None else ns_per_op(runs, basen)
             bl = "pmemobj" if (basen is None or "pmemobj" in basen) else "flat (kernel)"
             f.write(f'"{label}"\t{d(ns_per_op(runs, pmn))}\t{d(bv)}\t"{bl}"\n')
+        # Volatile pools (issue #12) against the general-purpose allocators (no page descriptor).
+        for label, pmn, basen, bl in (("volatile order-0 pair", "alloc/order0_pair/pmpage_volatile",
+                                       "alloc/order0_pair/mimalloc", "mimalloc"),
+                                      ("volatile order-9 pair", "alloc/order9_pair/pmpage_volatile",
+                                       "alloc/order9_pair/jemalloc", "jemalloc")):
+            f.write(f'"{label}"\t{d(ns_per_op(runs, pmn))}\t{d(ns_per_op(runs, basen))}\t"{bl}"\n')
         f.write(f'"atomic inc+dec"\t?\t{d(atom)}\t"floor"\n')
         f.write(f'"pmem_persist 64B"\t?\t{d(floor)}\t"floor"\n')
     with open(os.path.join(out_dir, "sweep.dat"), "w") as f:
