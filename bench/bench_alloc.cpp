@@ -16,7 +16,22 @@
 //                                 by interposition (fence_count.cpp), as for PMDK
 //   bulk/alloc64_bulk/pmpage      alloc_pages_bulk(0, 64): time of the allocation only, per page
 //   bulk/alloc64_single/pmpage    64 x alloc_pages(0): time of the allocations only, per page
+//
+// Volatile pools (issue #12): the same loops on bench::volatile_pool() (anonymous memory, the
+// allocator's state in DRAM, no flush or fence):
+//   alloc/order0_pair/pmpage_volatile, alloc/order9_pair/pmpage_volatile,
+//   alloc/order0_to_pair/pmpage_volatile, alloc/order9_to_pair/pmpage_volatile
+//   fences/<op>/pmpage_volatile   fences and flushes per operation seen by a counting_persistence
+//                                 given as volatile_options::backend (expected: 0)
+//   alloc/order9_pair/mmap_thp    what an application does without pmpage to get a 2 MiB-aligned
+//                                 region of anonymous memory eligible for a transparent huge page:
+//                                 mmap 2 MiB (when the kernel does not place it 2 MiB-aligned,
+//                                 unmap it, map 4 MiB and trim both ends), madvise(MADV_HUGEPAGE),
+//                                 munmap. The memory is NOT touched, as pmpage's pair hands out
+//                                 pages without touching them. Counter unaligned_fraction: how
+//                                 often the over-map fallback was taken.
 #include <libpmem.h>
+#include <sys/mman.h>
 
 #include <vector>
 
@@ -41,9 +56,11 @@ pmpage::pfn_t* root_slot(pmpage::pool& pool, std::size_t i = 0) {
   return static_cast<pmpage::pfn_t*>(pool.root()) + 8 * i;  // one slot per cache line
 }
 
-void bm_pair(benchmark::State& state, unsigned order) {
+pmpage::pool& workload(bool vol) { return vol ? volatile_pool() : pmpage_pool(); }
+
+void bm_pair(benchmark::State& state, unsigned order, bool vol) {
   guarded(state, [&] {
-    auto& pool = pmpage_pool();
+    auto& pool = workload(vol);
     pin keep_split(pool);
     for (auto _ : state) {
       pmpage::page* p = pool.alloc_pages(order);
@@ -88,9 +105,9 @@ void bm_lonely_pair(benchmark::State& state) {
   });
 }
 
-void bm_to_pair(benchmark::State& state, unsigned order) {
+void bm_to_pair(benchmark::State& state, unsigned order, bool vol) {
   guarded(state, [&] {
-    auto& pool = pmpage_pool();
+    auto& pool = workload(vol);
     pin keep_split(pool);
     pmpage::pfn_t* slot = root_slot(pool);
     for (auto _ : state) {
@@ -124,10 +141,11 @@ void bm_persist_floor(benchmark::State& state) {
 
 enum class fop { plain0, plain9, to0, to9, bulk0 };
 
-void bm_fences(benchmark::State& state, fop op) {
+void bm_fences(benchmark::State& state, fop op, bool vol) {
   guarded(state, [&] {
     pmpage::counting_persistence* ctr = nullptr;
-    auto& pool = counting_pool(&ctr);
+    auto& pool = vol ? volatile_counting_pool(&ctr) : counting_pool(&ctr);
+    if (vol != pool.is_volatile()) return fail(state, "pool.is_volatile() is not what was asked for");
     pin keep_split(pool);
     std::uint64_t fa = 0, fr = 0, fla = 0, flr = 0, na = 0, nf = 0;
     std::vector<pmpage::page*> out(kBatch);
@@ -194,6 +212,37 @@ void bm_fences_drain(benchmark::State& state, unsigned order) {
   });
 }
 
+// ---- mmap + madvise(MADV_HUGEPAGE) + munmap: the 2 MiB region without pmpage --------------------
+
+void bm_mmap_thp(benchmark::State& state) {
+  constexpr std::size_t H = std::size_t{2} << 20;
+  std::uint64_t unaligned = 0, n = 0;
+  for (auto _ : state) {
+    void* a = mmap(nullptr, H, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED) return fail(state, "mmap 2 MiB failed");
+    if (reinterpret_cast<std::uintptr_t>(a) & (H - 1)) {
+      ++unaligned;
+      munmap(a, H);
+      void* b = mmap(nullptr, 2 * H, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (b == MAP_FAILED) return fail(state, "mmap 4 MiB failed");
+      const auto bu = reinterpret_cast<std::uintptr_t>(b);
+      const auto au = (bu + H - 1) & ~std::uintptr_t(H - 1);
+      if (au > bu) munmap(b, au - bu);
+      if (au + H < bu + 2 * H) munmap(reinterpret_cast<void*>(au + H), bu + 2 * H - (au + H));
+      a = reinterpret_cast<void*>(au);
+    }
+    if (madvise(a, H, MADV_HUGEPAGE) != 0) {
+      munmap(a, H);
+      return fail(state, "madvise(MADV_HUGEPAGE) failed (THP disabled?)");
+    }
+    keep(a);
+    munmap(a, H);
+    ++n;
+  }
+  state.SetItemsProcessed(state.iterations());
+  if (n) state.counters["unaligned_fraction"] = double(unaligned) / double(n);
+}
+
 // ---- bulk vs single -------------------------------------------------------------------------------
 
 void bm_bulk(benchmark::State& state, bool bulk) {
@@ -223,21 +272,32 @@ void bm_bulk(benchmark::State& state, bool bulk) {
 
 void register_alloc() {
   benchmark::RegisterBenchmark("floor/persist64/libpmem", bm_persist_floor);
-  benchmark::RegisterBenchmark("alloc/order0_pair/pmpage", bm_pair, 0u);
+  benchmark::RegisterBenchmark("alloc/order0_pair/pmpage", bm_pair, 0u, false);
   benchmark::RegisterBenchmark("alloc/order0_lonely_pair/pmpage", bm_lonely_pair);
-  benchmark::RegisterBenchmark("alloc/order9_pair/pmpage", bm_pair, 9u);
-  benchmark::RegisterBenchmark("alloc/order0_to_pair/pmpage", bm_to_pair, 0u);
-  benchmark::RegisterBenchmark("alloc/order9_to_pair/pmpage", bm_to_pair, 9u);
+  benchmark::RegisterBenchmark("alloc/order9_pair/pmpage", bm_pair, 9u, false);
+  benchmark::RegisterBenchmark("alloc/order0_to_pair/pmpage", bm_to_pair, 0u, false);
+  benchmark::RegisterBenchmark("alloc/order9_to_pair/pmpage", bm_to_pair, 9u, false);
+  // Volatile pools (issue #12): the same loops, interleaved with the persistent ones above.
+  benchmark::RegisterBenchmark("alloc/order0_pair/pmpage_volatile", bm_pair, 0u, true);
+  benchmark::RegisterBenchmark("alloc/order9_pair/pmpage_volatile", bm_pair, 9u, true);
+  benchmark::RegisterBenchmark("alloc/order0_to_pair/pmpage_volatile", bm_to_pair, 0u, true);
+  benchmark::RegisterBenchmark("alloc/order9_to_pair/pmpage_volatile", bm_to_pair, 9u, true);
+  benchmark::RegisterBenchmark("alloc/order9_pair/mmap_thp", bm_mmap_thp);
   benchmark::RegisterBenchmark("bulk/alloc64_bulk/pmpage", bm_bulk, true)->UseManualTime();
   benchmark::RegisterBenchmark("bulk/alloc64_single/pmpage", bm_bulk, false)->UseManualTime();
   benchmark::RegisterBenchmark("fences/order0/pmpage_drain", bm_fences_drain, 0u);
   benchmark::RegisterBenchmark("fences/order9/pmpage_drain", bm_fences_drain, 9u);
   // Fence counts: a separate pool whose backend counts (its atomics would bias the timings above).
-  benchmark::RegisterBenchmark("fences/order0/pmpage", bm_fences, fop::plain0);
-  benchmark::RegisterBenchmark("fences/order9/pmpage", bm_fences, fop::plain9);
-  benchmark::RegisterBenchmark("fences/order0_to/pmpage", bm_fences, fop::to0);
-  benchmark::RegisterBenchmark("fences/order9_to/pmpage", bm_fences, fop::to9);
-  benchmark::RegisterBenchmark("fences/bulk64/pmpage", bm_fences, fop::bulk0);
+  benchmark::RegisterBenchmark("fences/order0/pmpage", bm_fences, fop::plain0, false);
+  benchmark::RegisterBenchmark("fences/order9/pmpage", bm_fences, fop::plain9, false);
+  benchmark::RegisterBenchmark("fences/order0_to/pmpage", bm_fences, fop::to0, false);
+  benchmark::RegisterBenchmark("fences/order9_to/pmpage", bm_fences, fop::to9, false);
+  benchmark::RegisterBenchmark("fences/bulk64/pmpage", bm_fences, fop::bulk0, false);
+  benchmark::RegisterBenchmark("fences/order0/pmpage_volatile", bm_fences, fop::plain0, true);
+  benchmark::RegisterBenchmark("fences/order9/pmpage_volatile", bm_fences, fop::plain9, true);
+  benchmark::RegisterBenchmark("fences/order0_to/pmpage_volatile", bm_fences, fop::to0, true);
+  benchmark::RegisterBenchmark("fences/order9_to/pmpage_volatile", bm_fences, fop::to9, true);
+  benchmark::RegisterBenchmark("fences/bulk64/pmpage_volatile", bm_fences, fop::bulk0, true);
 }
 
 }  // namespace bench

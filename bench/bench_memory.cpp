@@ -16,6 +16,12 @@
 //   frag/random_50pct/pmpage fill a pool to 50 % with 4 KiB pages, then free a random live page
 //                            and allocate one, 4 x live times. Counters split_regions,
 //                            min_regions = ceil(live / 512), ratio
+//   dram/descriptors/pmpage_volatile  create_volatile of an unsplit pool of the workload size
+//                            (anonymous memory; 2 GiB, 256 MiB in smoke mode), timed (manual time);
+//                            counters descriptor_bytes, regions, per_region (descriptor_bytes /
+//                            total_regions), and persistent_per_region: the same for a
+//                            persistent pool of the same size created in the scratch directory
+//                            (issue #12: 64 B per unsplit 2 MiB region, as for persistent pools)
 #include <algorithm>
 #include <vector>
 
@@ -202,6 +208,42 @@ void bm_fragmentation(benchmark::State& state) {
   });
 }
 
+void bm_volatile_descriptors(benchmark::State& state) {
+  guarded(state, [&] {
+    const std::uint64_t bytes = cfg().workload_bytes;
+    pmpage::pool_stats st{};
+    std::uint64_t rss_delta = 0;
+    for (auto _ : state) {
+      pmpage::pool::volatile_options o;
+      o.size = bytes;
+      const std::uint64_t r0 = rss_anon_bytes();
+      const double t0 = now_s();
+      pmpage::pool pool = pmpage::pool::create_volatile(o);
+      const double t1 = now_s();
+      state.SetIterationTime(t1 - t0);
+      rss_delta = rss_anon_bytes() - r0;
+      st = pool.stats();
+      pool.close();
+    }
+    const auto path = scratch_path("descriptors-persistent.pool");
+    pmpage::pool_stats ps{};
+    {
+      pmpage::pool p = create_scratch(path, bytes);
+      ps = p.stats();
+    }
+    remove_scratch(path);
+    state.counters["descriptor_bytes"] = double(st.descriptor_bytes);
+    state.counters["regions"] = double(st.total_regions);
+    state.counters["split_regions"] = double(st.split_regions);
+    state.counters["per_region"] = st.total_regions ? double(st.descriptor_bytes) / double(st.total_regions) : 0.0;
+    state.counters["rss_anon_delta"] = double(rss_delta);
+    state.counters["persistent_descriptor_bytes"] = double(ps.descriptor_bytes);
+    state.counters["persistent_regions"] = double(ps.total_regions);
+    state.counters["persistent_per_region"] =
+        ps.total_regions ? double(ps.descriptor_bytes) / double(ps.total_regions) : 0.0;
+  });
+}
+
 }  // namespace
 
 void register_memory() {
@@ -222,6 +264,10 @@ void register_memory() {
         ->UseManualTime()
         ->Iterations(iters - (iters > 1))
         ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("dram/descriptors/pmpage_volatile", bm_volatile_descriptors)
+      ->UseManualTime()
+      ->Iterations(iters + 2)
+      ->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("splitmerge/order0_cycle/pmpage", bm_order0_cycle);
   benchmark::RegisterBenchmark("splitmerge/huge_cycle/pmpage", bm_huge_cycle)->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("frag/random_50pct/pmpage", bm_fragmentation)

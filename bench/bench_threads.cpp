@@ -4,6 +4,7 @@
 //   threads/persist/floor              each thread: store + pmem_persist of its own line (1, 2)
 //   threads/order0_pair/pmpage         each thread: alloc_pages(0) + free_pages of its own page in
 //                                      the shared pool (1, 2, 4, 8 threads; the machine has 2 CPUs)
+//   threads/order0_pair/pmpage_volatile  the same on bench::volatile_pool() (issue #12; 1, 2 threads)
 //   threads/order9_pair/pmpage         the same with order 9 (a whole region; 1, 2 threads)
 //   threads/order10_pair/pmpage        the same with order 10 (two regions; 1, 2 threads)
 //   threads/order0_to_pair/pmpage      each thread: alloc_pages_to(0, slot) + free_pages_from(slot),
@@ -41,10 +42,10 @@ pmpage::page* g_pin = nullptr;
 std::vector<pmpage::page*> g_pages[kMaxThreads];
 bool g_setup_ok = false;
 
-void setup(const benchmark::State&) {
+void setup_on(pmpage::pool& (*get_pool)()) {
   g_setup_ok = false;
   try {
-    auto& pool = pmpage_pool();
+    auto& pool = get_pool();
     g_pin = pool.alloc_pages(0);
     if (!g_pin) return;
     for (auto& v : g_pages) {
@@ -61,6 +62,9 @@ void setup(const benchmark::State&) {
   }
 }
 
+void setup(const benchmark::State&) { setup_on(pmpage_pool); }
+void volatile_setup(const benchmark::State&) { setup_on(volatile_pool); }
+
 void teardown(const benchmark::State&) {
   for (auto& v : g_pages) {
     for (auto* p : v) pmpage::free_pages(p, 0);
@@ -70,9 +74,9 @@ void teardown(const benchmark::State&) {
   g_pin = nullptr;
 }
 
-void bm_pair(benchmark::State& state, unsigned order) {
+void bm_pair(benchmark::State& state, unsigned order, bool vol) {
   if (!g_setup_ok) return fail(state, "setup failed");
-  auto& pool = pmpage_pool();  // already open: Setup created it
+  auto& pool = vol ? volatile_pool() : pmpage_pool();  // already open: Setup created it
   for (auto _ : state) {
     pmpage::page* p = pool.alloc_pages(order);
     if (!p) return fail(state, "alloc_pages(" + std::to_string(order) + ") failed");
@@ -453,11 +457,14 @@ void register_threads() {
       ->Setup(persist_setup)->Teardown(persist_teardown)->Threads(1)->Threads(2)->UseRealTime();
   // 4 and 8 threads on a 2-CPU machine: more threads than CPUs, as a server has; a lock holder
   // preempted while others spin shows here.
-  benchmark::RegisterBenchmark("threads/order0_pair/pmpage", bm_pair, 0u)
+  benchmark::RegisterBenchmark("threads/order0_pair/pmpage", bm_pair, 0u, false)
       ->Setup(setup)->Teardown(teardown)->Threads(1)->Threads(2)->Threads(4)->Threads(8)->UseRealTime();
-  benchmark::RegisterBenchmark("threads/order9_pair/pmpage", bm_pair, 9u)
+  // Volatile pools (issue #12): the same loop, each thread its own pages, on the volatile pool.
+  benchmark::RegisterBenchmark("threads/order0_pair/pmpage_volatile", bm_pair, 0u, true)
+      ->Setup(volatile_setup)->Teardown(teardown)->Threads(1)->Threads(2)->UseRealTime();
+  benchmark::RegisterBenchmark("threads/order9_pair/pmpage", bm_pair, 9u, false)
       ->Setup(setup)->Teardown(teardown)->Threads(1)->Threads(2)->UseRealTime();
-  benchmark::RegisterBenchmark("threads/order10_pair/pmpage", bm_pair, 10u)
+  benchmark::RegisterBenchmark("threads/order10_pair/pmpage", bm_pair, 10u, false)
       ->Setup(setup)->Teardown(teardown)->Threads(1)->Threads(2)->UseRealTime();
   benchmark::RegisterBenchmark("threads/order0_to_pair/pmpage", bm_to_pair)
       ->Setup(to_setup)->Teardown(to_teardown)->Threads(1)->Threads(2)->UseRealTime();

@@ -29,6 +29,8 @@ workload_kind g_kind = workload_kind::none;
 std::optional<pmpage::pool> g_pool;
 std::shared_ptr<pmpage::counting_persistence> g_counter;
 pmemobj_ctx g_obj;
+std::optional<pmpage::pool> g_vpool, g_vcount_pool;
+std::shared_ptr<pmpage::counting_persistence> g_vcounter;
 std::vector<std::filesystem::path> g_created;
 
 std::filesystem::path workload_path() {
@@ -160,6 +162,37 @@ void close_workload() noexcept {
   g_kind = workload_kind::none;
 }
 
+pmpage::pool& volatile_pool() {
+  if (!g_vpool) {
+    pmpage::pool::volatile_options o;
+    o.size = cfg().workload_bytes;
+    o.root_size = 64 * 1024;
+    g_vpool.emplace(pmpage::pool::create_volatile(o));
+  }
+  return *g_vpool;
+}
+
+pmpage::pool& volatile_counting_pool(pmpage::counting_persistence** counter) {
+  if (!g_vcount_pool) {
+    g_vcounter = std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
+    pmpage::pool::volatile_options o;
+    o.size = std::uint64_t{256} << 20;
+    o.root_size = 64 * 1024;
+    o.backend = g_vcounter;
+    g_vcount_pool.emplace(pmpage::pool::create_volatile(o));
+  }
+  *counter = g_vcounter.get();
+  return *g_vcount_pool;
+}
+
+void close_volatile() noexcept {
+  if (g_vpool) g_vpool->close();
+  g_vpool.reset();
+  if (g_vcount_pool) g_vcount_pool->close();
+  g_vcount_pool.reset();
+  g_vcounter.reset();
+}
+
 std::filesystem::path scratch_path(const std::string& name) {
   auto p = cfg().dir / name;
   std::error_code ec;
@@ -175,6 +208,7 @@ void remove_scratch(const std::filesystem::path& p) noexcept {
 
 void cleanup() noexcept {
   close_workload();
+  close_volatile();
   for (auto& p : g_created) remove_scratch(p);
   g_created.clear();
   if (cfg().own_dir) {

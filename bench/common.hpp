@@ -78,6 +78,19 @@ struct pmemobj_ctx {
 pmemobj_ctx& pmemobj_pool();
 
 void close_workload() noexcept;
+
+// ---- volatile pools (issue #12) ----------------------------------------------------------------
+// Anonymous memory, independent of the device under test (they stay open while the workload pool
+// changes kind). Created on first use and reused, like the workload pool.
+
+/// The volatile workload pool: cfg().workload_bytes of anonymous memory, no backend, root area of
+/// 64 KiB (as the persistent workload pool).
+pmpage::pool& volatile_pool();
+/// A volatile pool (256 MiB) whose volatile_options::backend counts: it must see no flush and no
+/// fence. `counter` receives the counter.
+pmpage::pool& volatile_counting_pool(pmpage::counting_persistence** counter);
+void close_volatile() noexcept;
+
 /// Removes every file this process created; called at exit.
 void cleanup() noexcept;
 

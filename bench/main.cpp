@@ -103,6 +103,13 @@ int main(int argc, char** argv) {
                                                              : c.dir.string());
   benchmark::AddCustomContext("pmpage.scratch", c.dir.string());
   benchmark::AddCustomContext("pmpage.smoke", smoke ? "1" : "0");
+  // The volatile workload pool (anonymous memory: nothing is touched until pages are used) is
+  // created here so that the JSON context says what memory it got.
+  try {
+    benchmark::AddCustomContext("pmpage.volatile_pool", bench::volatile_pool().memory_description());
+  } catch (const std::exception& e) {
+    benchmark::AddCustomContext("pmpage.volatile_pool", std::string("create_volatile failed: ") + e.what());
+  }
 
   // Thread scaling first: it needs both CPUs free, which on a shared machine is likeliest at start.
   bench::register_threads();

@@ -8,8 +8,12 @@
 # with clwb/clflushopt + sfence (PMEM_IS_PMEM_FORCE=1), and removed afterwards. With
 # --device=/dev/daxX.Y the device is formatted (its data is lost).
 #
-# Output (in results/, or $PMPAGE_RESULTS): bench.json and sqlite.json (Google Benchmark), summary.md (the table
-# printed at the end), latency.png, dram_vs_size.png, open_vs_size.png.
+# Output (in results/, or $PMPAGE_RESULTS): bench.json, sqlite.json, malloc_mimalloc.json and
+# malloc_jemalloc.json (Google Benchmark), summary.md (the table printed at the end), latency.png,
+# dram_vs_size.png, open_vs_size.png.
+#
+# The --benchmark_* flags given here also go to pmpage_bench_mimalloc and pmpage_bench_jemalloc
+# (the malloc baselines of volatile pools, issue #12: one program each, as each replaces malloc).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,7 +28,7 @@ scripts/setup.sh
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPMPAGE_BUILD_TESTS=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
 fi
-cmake --build "$build" -j"$jobs" --target pmpage_bench pmpage_sqlite_bench
+cmake --build "$build" -j"$jobs" --target pmpage_bench pmpage_sqlite_bench pmpage_bench_mimalloc pmpage_bench_jemalloc
 
 # ---- run ---------------------------------------------------------------------------------------------
 # Emulated pools of an interrupted earlier run (their process is gone) would only waste RAM.
@@ -45,6 +49,24 @@ rc=0
   --benchmark_display_aggregates_only=true \
   --benchmark_enable_random_interleaving=true \
   "$@" || rc=$?
+# The malloc baselines of volatile pools (issue #12), right after pmpage_bench: mimalloc and jemalloc
+# each replace malloc for their whole process, so each has its own program.
+malloc_flags=()
+for a in "$@"; do
+  case "$a" in --benchmark_*) malloc_flags+=("$a") ;; esac
+done
+malloc_json=()
+for m in mimalloc jemalloc; do
+  rm -f "$out/malloc_$m.json"
+  "$build/bench/pmpage_bench_$m" \
+    --benchmark_out="$out/malloc_$m.json" --benchmark_out_format=json \
+    --benchmark_min_time="${PMPAGE_BENCH_MIN_TIME:-0.2}" \
+    --benchmark_repetitions="${PMPAGE_BENCH_REPETITIONS:-5}" \
+    --benchmark_display_aggregates_only=true \
+    --benchmark_enable_random_interleaving=true \
+    ${malloc_flags[@]+"${malloc_flags[@]}"} || rc=$?
+  malloc_json+=("$out/malloc_$m.json")
+done
 # The SQLite workload (issue #9): the pmpage VFS against SQLite's unix VFS and in-memory database.
 "$build/bench/pmpage_sqlite_bench" \
   --benchmark_out="$out/sqlite.json" --benchmark_out_format=json \
@@ -52,8 +74,8 @@ rc=0
   --benchmark_display_aggregates_only=true \
   --benchmark_enable_random_interleaving=true || rc=$?
 # A failed benchmark still leaves the others in the JSON: summarise what there is, then report.
-python3 scripts/bench_summary.py "$out/bench.json" "$out" "$out/sqlite.json"
+python3 scripts/bench_summary.py "$out/bench.json" "$out" "$out/sqlite.json" "${malloc_json[@]}"
 gnuplot -e "dir='$out'" scripts/plot.gp
-echo "bench.sh: results in $out/ (summary.md, bench.json, latency.png, dram_vs_size.png, open_vs_size.png)"
-[ "$rc" -eq 0 ] || echo "bench.sh: pmpage_bench exited with status $rc (see the errors above)" >&2
+echo "bench.sh: results in $out/ (summary.md, bench.json, malloc_*.json, latency.png, dram_vs_size.png, open_vs_size.png)"
+[ "$rc" -eq 0 ] || echo "bench.sh: a benchmark program exited with status $rc (see the errors above)" >&2
 exit "$rc"

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Turns pmpage_bench's Google Benchmark JSON into the summary table and the plot data.
 
-usage: bench_summary.py RESULTS_JSON OUT_DIR [SQLITE_JSON]
+usage: bench_summary.py RESULTS_JSON OUT_DIR [SQLITE_JSON [MALLOC_JSON ...]]
+
+SQLITE_JSON may be "-" (none). MALLOC_JSON: the output of pmpage_bench_mimalloc and
+pmpage_bench_jemalloc (bench/bench_malloc.cpp), whose rows are read as if they were in RESULTS_JSON.
 
 Writes OUT_DIR/summary.md (the table of issue 4: measure, pmpage, baseline, ratio, target, met?;
-the scaling targets of issue 8: measure, ratio, target, baseline, met?; context rows and the
-machine), OUT_DIR/latency.dat and OUT_DIR/sweep.dat (for plot.gp), and
+the scaling targets of issue 8: measure, ratio, target, baseline, met?; the volatile-pool targets of
+issue 12; context rows and the machine), OUT_DIR/latency.dat and OUT_DIR/sweep.dat (for plot.gp), and
 prints the table. Exit status 0 even when targets are missed: missing a target is a result.
 """
 import json
@@ -255,6 +258,123 @@ def scaling_targets(doc, runs):
     return rows, notes
 
 
+def volatile_section(doc, runs, malloc_docs):
+    """The targets of issue 12 (volatile pools): lines of markdown.
+
+    Every ratio is between two benchmarks of the same bench.sh run; the mimalloc and jemalloc rows
+    come from their own programs (pmpage_bench_mimalloc, pmpage_bench_jemalloc), run right after
+    pmpage_bench, since each replaces malloc for its whole process."""
+    versions = {}
+    for md in malloc_docs:
+        c = md.get("context", {})
+        if c.get("malloc.allocator"):
+            versions[c["malloc.allocator"]] = c.get("malloc.version", "?")
+
+    def ver(a):
+        return f"{a} {versions[a].split(' ')[0].split('-')[0]}" if a in versions else f"{a} (not run)"
+
+    rows = []
+
+    def add(measure, vol, base, ratio, target, met, note):
+        rows.append((measure, vol, base, ratio, target, met_cell(met), note))
+
+    nodesc = "no page descriptor"
+    v0 = ns_per_op(runs, "alloc/order0_pair/pmpage_volatile")
+    v9 = ns_per_op(runs, "alloc/order9_pair/pmpage_volatile")
+    p0 = ns_per_op(runs, "alloc/order0_pair/pmpage")
+    p9 = ns_per_op(runs, "alloc/order9_pair/pmpage")
+    mi0, mi9 = ns_per_op(runs, "alloc/order0_pair/mimalloc"), ns_per_op(runs, "alloc/order9_pair/mimalloc")
+    je0, je9 = ns_per_op(runs, "alloc/order0_pair/jemalloc"), ns_per_op(runs, "alloc/order9_pair/jemalloc")
+    mm = ns_per_op(runs, "alloc/order9_pair/mmap_thp")
+
+    q = v0 / mi0
+    add("order-0 alloc+free pair, 1 thread, vs mimalloc `aligned_alloc(4096, 4096)` + `free`", fmt_ns(v0),
+        f"{fmt_ns(mi0)} {ver('mimalloc')}", fmt_x(q), "≤ 1.5×", cmp_le(q, 1.5), f"{nodesc} (4 KiB of bytes)")
+    q = p0 / v0
+    add("order-0 alloc+free pair, 1 thread, vs the same pair on a persistent pool", fmt_ns(v0),
+        f"{fmt_ns(p0)} `alloc/order0_pair/pmpage`", f"{fmt_x(q)} faster", "≥ 10× faster", cmp_ge(q, 10),
+        "same API and descriptors; the persistent pool flushes and fences")
+    q = mm / v9
+    fb = counter(runs, "alloc/order9_pair/mmap_thp", "unaligned_fraction")
+    add("order-9 alloc+free pair vs mmap + madvise(MADV_HUGEPAGE) + munmap of a 2 MiB-aligned region", fmt_ns(v9),
+        f"{fmt_ns(mm)} mmap_thp", f"{fmt_x(q)} faster", "≥ 20× faster", cmp_ge(q, 20),
+        f"{nodesc}; memory not touched on either side; over-map fallback taken in "
+        f"{'n/a' if math.isnan(fb) else f'{100 * fb:.0f} %'} of pairs")
+    q = v9 / je9
+    add("order-9 alloc+free pair vs jemalloc `aligned_alloc(2 MiB, 2 MiB)` + `free`", fmt_ns(v9),
+        f"{fmt_ns(je9)} {ver('jemalloc')}", fmt_x(q), "≤ 1.5×", cmp_le(q, 1.5), f"{nodesc} (2 MiB of bytes)")
+
+    def r(name, n):
+        v = rate(runs, f"{name}/threads:{n}")
+        return v if v > 0 else NAN
+
+    t1, t2 = r("threads/order0_pair/pmpage_volatile", 1), r("threads/order0_pair/pmpage_volatile", 2)
+    a1, a2 = r("threads/getput/atomic", 1), r("threads/getput/atomic", 2)
+    q = t2 / t1
+    add("order-0 alloc+free pair, each thread its own pages, 1 → 2 threads", f"{fmt_rate(t2)} with 2",
+        f"{fmt_rate(t1)} with 1", fmt_x(q), "≥ 1.8×", cmp_ge(q, 1.8),
+        f"bare atomic pairs scaled {fmt_x(a2 / a1)} in this run (what the 2nd CPU allowed)")
+
+    name = "dram/descriptors/pmpage_volatile"
+    pr, ppr = counter(runs, name, "per_region"), counter(runs, name, "persistent_per_region")
+    nreg, db = counter(runs, name, "regions"), counter(runs, name, "descriptor_bytes")
+    ok = NAN if math.isnan(pr) or math.isnan(ppr) else (pr <= 64.0 * 1.01 and abs(pr - ppr) <= 0.01 * ppr)
+    add(f"descriptor DRAM per unsplit 2 MiB region ({nreg:.0f} regions, {fmt_bytes(db)})", f"{pr:.1f} B",
+        f"{ppr:.1f} B persistent pool of the same size", fmt_x(pr / ppr), "64 B, as for persistent pools", ok,
+        "stats().descriptor_bytes / total_regions of a fresh pool")
+
+    for nm, label in (("order0", "alloc_pages(0) / free_pages"), ("order9", "alloc_pages(9) / free_pages"),
+                      ("order0_to", "alloc_pages_to(0) / free_pages_from"),
+                      ("order9_to", "alloc_pages_to(9) / free_pages_from"), ("bulk64", "alloc_pages_bulk(0, 64) / 64 frees, per page")):
+        vals = [counter(runs, f"fences/{nm}/pmpage_volatile", k)
+                for k in ("fences_alloc", "fences_free", "flushes_alloc", "flushes_free")]
+        pf = [counter(runs, f"fences/{nm}/pmpage", k) for k in ("fences_alloc", "fences_free")]
+        ok = NAN if any(math.isnan(v) for v in vals) else all(v == 0 for v in vals)
+        add(f"fences / flushes per op: {label}", f"{vals[0]:.2f} / {vals[1]:.2f} fences, {vals[2]:.2f} / {vals[3]:.2f} flushes",
+            f"{pf[0]:.2f} / {pf[1]:.2f} fences persistent", "—", "0 (counted)", ok,
+            "counting_persistence as volatile_options::backend")
+
+    q = p0 / v0
+    add("no cost to persistent pools: persistent order-0 pair (the targets above still apply to it)", fmt_ns(p0),
+        f"{fmt_ns(v0)} volatile", f"persistent / volatile {fmt_x(q)}", "no slower than before", None,
+        "\"before\" is not in this run: compare with an earlier summary")
+    q = p9 / v9
+    add("no cost to persistent pools: persistent order-9 pair", fmt_ns(p9), f"{fmt_ns(v9)} volatile",
+        f"persistent / volatile {fmt_x(q)}", "no slower than before", None, "same")
+
+    ctx = []
+    for nm in ("order0_to_pair", "order9_to_pair"):
+        v, p = ns_per_op(runs, f"alloc/{nm}/pmpage_volatile"), ns_per_op(runs, f"alloc/{nm}/pmpage")
+        ctx.append((f"`alloc/{nm}` volatile vs persistent", fmt_ns(v), fmt_ns(p), f"{fmt_x(p / v)} faster"))
+    ctx.append(("order-0 pair vs jemalloc `aligned_alloc(4096, 4096)`", fmt_ns(v0), f"{fmt_ns(je0)} {ver('jemalloc')}",
+                fmt_x(v0 / je0)))
+    ctx.append(("order-9 pair vs mimalloc `aligned_alloc(2 MiB, 2 MiB)`", fmt_ns(v9), f"{fmt_ns(mi9)} {ver('mimalloc')}",
+                fmt_x(v9 / mi9)))
+    for a in ("mimalloc", "jemalloc"):
+        b1, b2 = r(f"threads/order0_pair/{a}", 1), r(f"threads/order0_pair/{a}", 2)
+        ctx.append((f"{a} 4 KiB aligned pair, 1 → 2 threads", f"{fmt_rate(t2)} / {fmt_rate(t1)} volatile",
+                    f"{fmt_rate(b2)} / {fmt_rate(b1)}", f"{fmt_x(t2 / t1)} vs {fmt_x(b2 / b1)}"))
+    vc = counter(runs, "dram/descriptors/pmpage_volatile", "rss_anon_delta")
+    vt = real_ms(runs, "dram/descriptors/pmpage_volatile")
+    ctx.append((f"create_volatile of {fmt_bytes(nreg * 2**21) if not math.isnan(nreg) else '?'} (anonymous memory)",
+                fmt_ns(vt * 1e6), f"RssAnon +{fmt_bytes(vc)}", "—"))
+
+    desc = doc.get("context", {}).get("pmpage.volatile_pool", "?")
+    met = sum(1 for row in rows if row[5] == "yes")
+    judged = sum(1 for row in rows if row[5] != "—")
+    out = ["## Volatile pools (issue #12)", "",
+           f"Volatile workload pool: {desc}. Baselines in the same run: the persistent workload pool, "
+           "mmap + madvise(MADV_HUGEPAGE) + munmap (in pmpage_bench), and Debian's mimalloc and jemalloc "
+           "(pmpage_bench_mimalloc, pmpage_bench_jemalloc, run right after it). None of the baselines gives a page "
+           "descriptor: they hand out bytes, without refcount, flags, owner or pfn.", "",
+           "| measure | volatile pool | baseline | ratio | target | met? | note |", "|---|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out += ["", f"Volatile-pool targets met: {met} of {judged}.", "",
+            "| context (not targets) | volatile pool | compared with | ratio |", "|---|---|---|---|"]
+    out += ["| " + " | ".join(row) + " |" for row in ctx]
+    return out
+
+
 SQLITE_PHASES = ["bulk_insert", "autocommit_insert", "point_select", "range_scan", "update", "delete", "vacuum"]
 SQLITE_CONFIGS = ["pmpage", "pmpage_mmap", "unix", "unix_mmap", "memory"]
 
@@ -336,9 +456,19 @@ def machine(doc):
 
 
 def main():
-    if len(sys.argv) not in (3, 4):
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
     doc, runs = load(sys.argv[1])
+    sqlite_json = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None
+    malloc_docs = []
+    for path in sys.argv[4:]:
+        if not os.path.exists(path):
+            print(f"bench_summary.py: {path} missing, its rows are n/a", file=sys.stderr)
+            continue
+        mdoc, mruns = load(path)
+        malloc_docs.append(mdoc)
+        for k, v in mruns.items():
+            runs.setdefault(k, []).extend(v)
     out_dir = sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
     t = Table()
@@ -560,11 +690,13 @@ def main():
            if any(row[4] == "n/a" for row in scaling) else "")
         + ". " + " ".join(scaling_notes),
         "",
+    ] + volatile_section(doc, runs, malloc_docs) + [
+        "",
         "## Context (same run, not targets)",
         "",
         ctx.markdown(("measure", "pmpage", "compared with", "ratio", "note")),
     ]
-    lines += [""] + sqlite_section(sys.argv[3] if len(sys.argv) > 3 else None)
+    lines += [""] + sqlite_section(sqlite_json)
     if errors:
         lines += ["", "## Benchmarks that failed", ""] + [f"- `{n}`: {pick(runs, n)['error']}" for n in errors]
     text = "\n".join(lines) + "\n"
@@ -594,6 +726,12 @@ def main():
             bv = o_best if basen is None else ns_per_op(runs, basen)
             bl = "pmemobj" if (basen is None or "pmemobj" in basen) else "flat (kernel)"
             f.write(f'"{label}"\t{d(ns_per_op(runs, pmn))}\t{d(bv)}\t"{bl}"\n')
+        # Volatile pools (issue #12) against the general-purpose allocators (no page descriptor).
+        for label, pmn, basen, bl in (("volatile order-0 pair", "alloc/order0_pair/pmpage_volatile",
+                                       "alloc/order0_pair/mimalloc", "mimalloc"),
+                                      ("volatile order-9 pair", "alloc/order9_pair/pmpage_volatile",
+                                       "alloc/order9_pair/jemalloc", "jemalloc")):
+            f.write(f'"{label}"\t{d(ns_per_op(runs, pmn))}\t{d(ns_per_op(runs, basen))}\t"{bl}"\n')
         f.write(f'"atomic inc+dec"\t?\t{d(atom)}\t"floor"\n')
         f.write(f'"pmem_persist 64B"\t?\t{d(floor)}\t"floor"\n')
     with open(os.path.join(out_dir, "sweep.dat"), "w") as f:

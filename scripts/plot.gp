@@ -10,7 +10,7 @@ set grid ytics
 
 # ---- latency by operation: pmpage beside its baseline ---------------------------------------------
 set output dir."/latency.png"
-set title "Latency per operation, best of the repetitions (log scale)\nbaseline: flat kernel model for translation and get/put, pmemobj for allocation; floors last"
+set title "Latency per operation, best of the repetitions (log scale)\nbaseline: flat kernel model for translation and get/put, pmemobj for allocation, mimalloc / jemalloc for volatile pools; floors last"
 set rmargin 10
 set ylabel "ns per operation"
 set logscale y
