@@ -488,8 +488,13 @@ class ThreadCachesModel : public KindsAnd<ScalingBase, unsigned> {
     return {};
   }
 
+  // A volatile pool has nothing to reopen: the extra references are dropped instead (what a
+  // reopen does to a persistent pool's).
   void reopen_all() {
-    if (!reopen_if_persistent()) return;  // a volatile pool: nothing to reopen, references stay
+    if (!reopen_if_persistent())
+      for (auto& w : w_)
+        for (auto& [pfn, a] : w->held)
+          for (int c = a.count; c > 1; --c) pmpage::put_page(pmpage::pfn_to_page(pfn));
     for (auto& w : w_)
       for (auto& [pfn, a] : w->held) a.count = 1;  // references are volatile
   }
