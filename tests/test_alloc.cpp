@@ -12,16 +12,17 @@ using pmpage::HPAGE_PMD_NR;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class Alloc : public PoolTest {};
+class Alloc : public Kinds<PoolTest> {};
+class AllocPersistent : public PoolTest {};
 
 // Orders up to 18 need a naturally aligned free GiB: a sparse file slightly over 1 GiB (it costs
 // no memory until pages are touched; the tests below only touch metadata).
-class AllocLarge : public PoolTest {
+class AllocLarge : public Kinds<PoolTest> {
  protected:
   std::uint64_t pool_size() const override { return GiB + 64 * MiB; }
 };
 
-TEST_F(AllocLarge, EveryOrderGivesANaturallyAlignedHeadWithCountOne) {
+TEST_P(AllocLarge, EveryOrderGivesANaturallyAlignedHeadWithCountOne) {
   ASSERT_GE(total_pages_, std::uint64_t{1} << pmpage::MAX_PAGE_ORDER);
   for (unsigned order = 0; order <= pmpage::MAX_PAGE_ORDER; ++order) {
     SCOPED_TRACE("order " + std::to_string(order));
@@ -48,7 +49,7 @@ TEST_F(AllocLarge, EveryOrderGivesANaturallyAlignedHeadWithCountOne) {
   }
 }
 
-TEST_F(AllocLarge, OnlyOneGiBPageFitsAndItCoversAWholeGiB) {
+TEST_P(AllocLarge, OnlyOneGiBPageFitsAndItCoversAWholeGiB) {
   page* gib = pool_.alloc_pages(pmpage::MAX_PAGE_ORDER);
   ASSERT_NE(gib, nullptr);
   EXPECT_EQ(pool_.alloc_pages(pmpage::MAX_PAGE_ORDER), nullptr);
@@ -65,7 +66,7 @@ TEST_F(AllocLarge, OnlyOneGiBPageFitsAndItCoversAWholeGiB) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, NoAlignedExtentMeansNull) {
+TEST_P(Alloc, NoAlignedExtentMeansNull) {
   const pmpage::pool_stats before = pool_.stats();
   ASSERT_LT(total_pages_, std::uint64_t{1} << pmpage::MAX_PAGE_ORDER);
   EXPECT_EQ(pool_.alloc_pages(pmpage::MAX_PAGE_ORDER), nullptr);
@@ -75,7 +76,7 @@ TEST_F(Alloc, NoAlignedExtentMeansNull) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, FreePagesWithoutAnAlignedExtentStillMeanNull) {
+TEST_P(Alloc, FreePagesWithoutAnAlignedExtentStillMeanNull) {
   // Keep one order-0 page in every region: half the pool is free, yet no order-9 page fits.
   std::vector<page*> huge;
   while (page* p = pool_.alloc_pages(9)) huge.push_back(p);
@@ -96,7 +97,7 @@ TEST_F(Alloc, FreePagesWithoutAnAlignedExtentStillMeanNull) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, WholeRegionsRunOutAfterTotalRegions) {
+TEST_P(Alloc, WholeRegionsRunOutAfterTotalRegions) {
   std::vector<page*> got;
   while (page* p = pool_.alloc_pages(9)) got.push_back(p);
   EXPECT_EQ(got.size(), total_regions_);
@@ -110,7 +111,7 @@ TEST_F(Alloc, WholeRegionsRunOutAfterTotalRegions) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, EveryPageCanBeAllocatedOneByOneAndAllMergeBack) {
+TEST_P(Alloc, EveryPageCanBeAllocatedOneByOneAndAllMergeBack) {
   std::vector<page*> got;
   std::set<pfn_t> pfns;
   while (page* p = pool_.alloc_pages(0)) {
@@ -136,7 +137,7 @@ TEST_F(Alloc, EveryPageCanBeAllocatedOneByOneAndAllMergeBack) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, RandomOrdersNeverOverlapAndAreAligned) {
+TEST_P(Alloc, RandomOrdersNeverOverlapAndAreAligned) {
   std::mt19937 rng(1234);
   std::vector<std::uint8_t> owned(total_pages_, 0);
   std::uint64_t used = 0;
@@ -157,7 +158,7 @@ TEST_F(Alloc, RandomOrdersNeverOverlapAndAreAligned) {
   EXPECT_EQ(pages_in(allocations(pool_).by_pfn), used);
 }
 
-TEST_F(Alloc, SmallOrdersSplitARegionAndCountInStats) {
+TEST_P(Alloc, SmallOrdersSplitARegionAndCountInStats) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   EXPECT_TRUE(pmpage::PageSplit(p));
@@ -176,14 +177,14 @@ TEST_F(Alloc, SmallOrdersSplitARegionAndCountInStats) {
   EXPECT_EQ(pool_.stats().split_regions, 1u);
 }
 
-TEST_F(Alloc, OrderZeroPagesFillOneRegionBeforeSplittingAnother) {
+TEST_P(Alloc, OrderZeroPagesFillOneRegionBeforeSplittingAnother) {
   for (std::size_t i = 0; i < HPAGE_PMD_NR; ++i) ASSERT_NE(pool_.alloc_pages(0), nullptr);
   EXPECT_EQ(pool_.stats().split_regions, 1u);
   ASSERT_NE(pool_.alloc_pages(0), nullptr);
   EXPECT_EQ(pool_.stats().split_regions, 2u);
 }
 
-TEST_F(Alloc, OrderZeroGoesToTheFullestSplitRegionWithRoom) {
+TEST_P(Alloc, OrderZeroGoesToTheFullestSplitRegionWithRoom) {
   // Two split regions: A keeps 12 pages, B keeps 412. New order-0 pages go to B, so that A can
   // drain and merge.
   page* a = pool_.alloc_pages(9);
@@ -204,7 +205,7 @@ TEST_F(Alloc, OrderZeroGoesToTheFullestSplitRegionWithRoom) {
   EXPECT_EQ(pool_.stats().split_regions, 2u);
 }
 
-TEST_F(Alloc, FreeingAPageMakesItAllocatableAgain) {
+TEST_P(Alloc, FreeingAPageMakesItAllocatableAgain) {
   std::vector<page*> got;
   while (page* p = pool_.alloc_pages(9)) got.push_back(p);
   const pfn_t victim = pmpage::page_to_pfn(got[got.size() / 2]);
@@ -215,7 +216,7 @@ TEST_F(Alloc, FreeingAPageMakesItAllocatableAgain) {
   EXPECT_EQ(pmpage::page_count(again), 1);
 }
 
-TEST_F(Alloc, BulkAllocatesDistinctPagesEachWithCountOne) {
+TEST_P(Alloc, BulkAllocatesDistinctPagesEachWithCountOne) {
   std::vector<page*> out(300, nullptr);
   ASSERT_EQ(pool_.alloc_pages_bulk(0, out.size(), out.data()), out.size());
   std::set<pfn_t> pfns;
@@ -233,7 +234,7 @@ TEST_F(Alloc, BulkAllocatesDistinctPagesEachWithCountOne) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, BulkOfHigherOrdersIsAlignedAndCompound) {
+TEST_P(Alloc, BulkOfHigherOrdersIsAlignedAndCompound) {
   std::vector<page*> out(20, nullptr);
   ASSERT_EQ(pool_.alloc_pages_bulk(3, out.size(), out.data()), out.size());
   for (page* p : out) {
@@ -244,7 +245,7 @@ TEST_F(Alloc, BulkOfHigherOrdersIsAlignedAndCompound) {
   EXPECT_EQ(free_pages(), total_pages_ - 20 * 8);
 }
 
-TEST_F(Alloc, BulkReturnsHowManyFitWhenThePoolRunsOut) {
+TEST_P(Alloc, BulkReturnsHowManyFitWhenThePoolRunsOut) {
   std::vector<page*> out(total_regions_ + 5, nullptr);
   EXPECT_EQ(pool_.alloc_pages_bulk(9, out.size(), out.data()), total_regions_);
   EXPECT_EQ(free_pages(), 0u);
@@ -253,7 +254,7 @@ TEST_F(Alloc, BulkReturnsHowManyFitWhenThePoolRunsOut) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, AllocPagesToStoresTheHeadPfnInTheSlot) {
+TEST_P(Alloc, AllocPagesToStoresTheHeadPfnInTheSlot) {
   pfn_t* slots = root_slots(pool_);
   page* p = pool_.alloc_pages_to(0, &slots[0]);
   ASSERT_NE(p, nullptr);
@@ -275,7 +276,7 @@ TEST_F(Alloc, AllocPagesToStoresTheHeadPfnInTheSlot) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Alloc, AllocPagesToSlotInTheDataArea) {
+TEST_P(Alloc, AllocPagesToSlotInTheDataArea) {
   // A slot inside an allocated page of the pool (engines keep pfns in their own pages).
   page* table = pool_.alloc_pages(0);
   ASSERT_NE(table, nullptr);
@@ -289,7 +290,7 @@ TEST_F(Alloc, AllocPagesToSlotInTheDataArea) {
   EXPECT_EQ(free_pages(), total_pages_ - 1);
 }
 
-TEST_F(Alloc, AllocPagesToLeavesTheSlotAloneOnFailure) {
+TEST_P(Alloc, AllocPagesToLeavesTheSlotAloneOnFailure) {
   pfn_t* slots = root_slots(pool_);
   slots[3] = 0;
   EXPECT_EQ(pool_.alloc_pages_to(pmpage::MAX_PAGE_ORDER, &slots[3]), nullptr);
@@ -297,7 +298,7 @@ TEST_F(Alloc, AllocPagesToLeavesTheSlotAloneOnFailure) {
   EXPECT_EQ(free_pages(), total_pages_);
 }
 
-TEST_F(Alloc, FreePagesFromIsBusyWhileOtherReferencesAreHeld) {
+TEST_P(Alloc, FreePagesFromIsBusyWhileOtherReferencesAreHeld) {
   pfn_t* slots = root_slots(pool_);
   page* p = pool_.alloc_pages_to(3, &slots[0]);
   ASSERT_NE(p, nullptr);
@@ -313,7 +314,7 @@ TEST_F(Alloc, FreePagesFromIsBusyWhileOtherReferencesAreHeld) {
   EXPECT_EQ(free_pages(), total_pages_);
 }
 
-TEST_F(Alloc, AllocPagesToSurvivesReopen) {
+TEST_F(AllocPersistent, AllocPagesToSurvivesReopen) {
   pfn_t* slots = root_slots(pool_);
   for (unsigned i = 0; i < 12; ++i) ASSERT_NE(pool_.alloc_pages_to(i % 11, &slots[i]), nullptr);
   ASSERT_EQ(pool_.free_pages_from(&slots[4]), 0);
@@ -332,5 +333,8 @@ TEST_F(Alloc, AllocPagesToSurvivesReopen) {
   EXPECT_EQ(allocations(pool_).by_pfn, expected);
   EXPECT_EQ(pool_.check(), "");
 }
+
+INSTANTIATE_TEST_SUITE_P(, Alloc, kKinds, kind_name);
+INSTANTIATE_TEST_SUITE_P(, AllocLarge, kKinds, kind_name);
 
 }  // namespace

@@ -9,17 +9,20 @@ using pmpage::HPAGE_PMD_NR;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class Compound : public PoolTest {
+class CompoundBase : public PoolTest {
  protected:
   page* tail(page* head, std::uint64_t i) { return pmpage::pfn_to_page(pmpage::page_to_pfn(head) + i); }
 };
+class Compound : public Kinds<CompoundBase> {};
+class CompoundPersistent : public CompoundBase {};
 
 // ---- structure, for orders inside a region, of a whole region and spanning regions -------------
 
-class CompoundOfOrder : public Compound, public ::testing::WithParamInterface<unsigned> {};
+class CompoundOfOrder : public KindsAnd<CompoundBase, unsigned> {};
+class CompoundOfOrderPersistent : public CompoundBase, public ::testing::WithParamInterface<unsigned> {};
 
 TEST_P(CompoundOfOrder, HasOneHeadAndTailsPointingToIt) {
-  const unsigned order = GetParam();
+  const unsigned order = param();
   page* head = pool_.alloc_pages(order);
   ASSERT_NE(head, nullptr);
   EXPECT_TRUE(pmpage::PageHead(head));
@@ -44,7 +47,7 @@ TEST_P(CompoundOfOrder, HasOneHeadAndTailsPointingToIt) {
 }
 
 TEST_P(CompoundOfOrder, ReferencesOnAnyTailActOnTheHead) {
-  const unsigned order = GetParam();
+  const unsigned order = param();
   page* head = pool_.alloc_pages(order);
   ASSERT_NE(head, nullptr);
   page* last = tail(head, (std::uint64_t{1} << order) - 1);
@@ -61,7 +64,7 @@ TEST_P(CompoundOfOrder, ReferencesOnAnyTailActOnTheHead) {
 }
 
 TEST_P(CompoundOfOrder, LastPutOnATailFreesTheWholePage) {
-  const unsigned order = GetParam();
+  const unsigned order = param();
   page* head = pool_.alloc_pages(order);
   ASSERT_NE(head, nullptr);
   pmpage::put_page(tail(head, ((std::uint64_t{1} << order) / 2) | 1));
@@ -76,7 +79,7 @@ TEST_P(CompoundOfOrder, LastPutOnATailFreesTheWholePage) {
 }
 
 TEST_P(CompoundOfOrder, FreePagesDropsOneReferenceAndFreesOnTheLast) {
-  const unsigned order = GetParam();
+  const unsigned order = param();
   page* head = pool_.alloc_pages(order);
   ASSERT_NE(head, nullptr);
   pmpage::get_page(head);
@@ -89,7 +92,7 @@ TEST_P(CompoundOfOrder, FreePagesDropsOneReferenceAndFreesOnTheLast) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_P(CompoundOfOrder, FreeIsDurable) {
+TEST_P(CompoundOfOrderPersistent, FreeIsDurable) {
   const unsigned order = GetParam();
   page* keep = pool_.alloc_pages(order);
   page* drop = pool_.alloc_pages(order);
@@ -105,12 +108,17 @@ TEST_P(CompoundOfOrder, FreeIsDurable) {
   EXPECT_EQ(free_pages(), total_pages_ - (std::uint64_t{1} << order));
 }
 
-INSTANTIATE_TEST_SUITE_P(Orders, CompoundOfOrder, ::testing::Values(1u, 2u, 5u, 8u, 9u, 10u, 12u),
+INSTANTIATE_TEST_SUITE_P(Orders, CompoundOfOrder,
+                         ::testing::Combine(::testing::Values(1u, 2u, 5u, 8u, 9u, 10u, 12u), kKinds),
+                         [](const auto& info) {
+                           return kind_and_name(info, "order" + std::to_string(std::get<0>(info.param)));
+                         });
+INSTANTIATE_TEST_SUITE_P(Orders, CompoundOfOrderPersistent, ::testing::Values(1u, 2u, 5u, 8u, 9u, 10u, 12u),
                          [](const auto& info) { return "order" + std::to_string(info.param); });
 
 // ---- order-0 pages ----------------------------------------------------------------------------
 
-TEST_F(Compound, OrderZeroPageIsNotCompound) {
+TEST_P(Compound, OrderZeroPageIsNotCompound) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   EXPECT_FALSE(pmpage::PageHead(p));
@@ -121,7 +129,7 @@ TEST_F(Compound, OrderZeroPageIsNotCompound) {
   EXPECT_EQ(pmpage::page_count(p), 1);
 }
 
-TEST_F(Compound, FreePagesHaveCountZeroAndAreTheirOwnHead) {
+TEST_P(Compound, FreePagesHaveCountZeroAndAreTheirOwnHead) {
   for (std::uint64_t i : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{511}, std::uint64_t{512},
                           total_pages_ - 1}) {
     page* p = page_at(i);
@@ -133,7 +141,7 @@ TEST_F(Compound, FreePagesHaveCountZeroAndAreTheirOwnHead) {
   }
 }
 
-TEST_F(Compound, GetPageUnlessZeroFailsOnceFreed) {
+TEST_P(Compound, GetPageUnlessZeroFailsOnceFreed) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   ASSERT_TRUE(pmpage::get_page_unless_zero(p));
@@ -144,7 +152,7 @@ TEST_F(Compound, GetPageUnlessZeroFailsOnceFreed) {
   EXPECT_EQ(free_pages(), total_pages_);
 }
 
-TEST_F(Compound, TailsInEveryRegionOfAMultiRegionPageFindTheHead) {
+TEST_P(Compound, TailsInEveryRegionOfAMultiRegionPageFindTheHead) {
   page* head = pool_.alloc_pages(11);  // four regions
   ASSERT_NE(head, nullptr);
   for (std::uint64_t r = 0; r < 4; ++r) {
@@ -166,7 +174,7 @@ TEST_F(Compound, TailsInEveryRegionOfAMultiRegionPageFindTheHead) {
 
 // ---- split and merge --------------------------------------------------------------------------
 
-TEST_F(Compound, OrdersBelowNineSplitTheirRegionAndNineAndAboveDoNot) {
+TEST_P(Compound, OrdersBelowNineSplitTheirRegionAndNineAndAboveDoNot) {
   page* small = pool_.alloc_pages(3);
   page* huge = pool_.alloc_pages(9);
   page* bigger = pool_.alloc_pages(10);
@@ -185,7 +193,7 @@ TEST_F(Compound, OrdersBelowNineSplitTheirRegionAndNineAndAboveDoNot) {
   EXPECT_EQ(pool_.stats().split_regions, 1u);
 }
 
-TEST_F(Compound, SplitHugePageMakes512OrderZeroPages) {
+TEST_P(Compound, SplitHugePageMakes512OrderZeroPages) {
   page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
   const pfn_t base = pmpage::page_to_pfn(huge);
@@ -215,7 +223,7 @@ TEST_F(Compound, SplitHugePageMakes512OrderZeroPages) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Compound, SplitHugePageIsDurable) {
+TEST_F(CompoundPersistent, SplitHugePageIsDurable) {
   page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
   const pfn_t base = pmpage::page_to_pfn(huge);
@@ -231,7 +239,7 @@ TEST_F(Compound, SplitHugePageIsDurable) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Compound, SplitHugePageIsBusyWhileOtherReferencesAreHeld) {
+TEST_P(Compound, SplitHugePageIsBusyWhileOtherReferencesAreHeld) {
   page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
   pmpage::get_page(tail(huge, 3));
@@ -243,7 +251,7 @@ TEST_F(Compound, SplitHugePageIsBusyWhileOtherReferencesAreHeld) {
   EXPECT_EQ(pmpage::split_huge_page(huge), 0);
 }
 
-TEST_F(Compound, SplitHugePageRejectsAnythingButAnOrderNineHead) {
+TEST_P(Compound, SplitHugePageRejectsAnythingButAnOrderNineHead) {
   // Whether these are also reported as misuse is not specified; record instead of failing.
   misuse_recorder recorder;
   page* small = pool_.alloc_pages(0);
@@ -269,7 +277,7 @@ TEST_F(Compound, SplitHugePageRejectsAnythingButAnOrderNineHead) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Compound, RegionIsKeptWhenItsLastPageIsFreedAndMergesOnTrim) {
+TEST_P(Compound, RegionIsKeptWhenItsLastPageIsFreedAndMergesOnTrim) {
   page* a = pool_.alloc_pages(0);
   page* b = pool_.alloc_pages(2);
   ASSERT_NE(a, nullptr);
@@ -301,7 +309,7 @@ TEST_F(Compound, RegionIsKeptWhenItsLastPageIsFreedAndMergesOnTrim) {
   EXPECT_EQ(huge.size(), total_regions_);
 }
 
-TEST_F(Compound, SplitHugePageRegionIsKeptWhenAll512PagesAreFreedAndMergesOnTrim) {
+TEST_P(Compound, SplitHugePageRegionIsKeptWhenAll512PagesAreFreedAndMergesOnTrim) {
   page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
   ASSERT_EQ(pmpage::split_huge_page(huge), 0);
@@ -321,7 +329,7 @@ TEST_F(Compound, SplitHugePageRegionIsKeptWhenAll512PagesAreFreedAndMergesOnTrim
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Compound, DescriptorBytesFollowSplitRegions) {
+TEST_P(Compound, DescriptorBytesFollowSplitRegions) {
   std::vector<page*> huge;
   for (int i = 0; i < 5; ++i) {
     huge.push_back(pool_.alloc_pages(9));
@@ -343,12 +351,12 @@ TEST_F(Compound, DescriptorBytesFollowSplitRegions) {
 
 // The 4 KiB descriptors of a split region are real memory (32 KiB per region) and merging gives
 // it back to the OS, visible in RssAnon.
-class CompoundRss : public Compound {
+class CompoundRss : public Kinds<CompoundBase> {
  protected:
   std::uint64_t pool_size() const override { return 256 * MiB; }
 };
 
-TEST_F(CompoundRss, MergeReturnsDescriptorMemoryToTheSystem) {
+TEST_P(CompoundRss, MergeReturnsDescriptorMemoryToTheSystem) {
   if (!kRssIsMeaningful) GTEST_SKIP() << "RSS is not meaningful under a sanitizer";
   constexpr std::uint64_t kRegions = 64;
   constexpr long kDescriptorKiB = kRegions * 32;  // 2 MiB of descriptors
@@ -396,7 +404,7 @@ TEST_F(CompoundRss, MergeReturnsDescriptorMemoryToTheSystem) {
 // Merge hysteresis keeps up to EMPTY_SPLIT_KEPT emptied regions (and the per-CPU caches hold
 // theirs) with their descriptors; pool::trim() gives that memory back too. Order-0 allocations
 // (through the caches) split the regions here, not split_huge_page.
-TEST_F(CompoundRss, TrimReturnsTheDescriptorMemoryOfKeptAndCachedRegions) {
+TEST_P(CompoundRss, TrimReturnsTheDescriptorMemoryOfKeptAndCachedRegions) {
   if (!kRssIsMeaningful) GTEST_SKIP() << "RSS is not meaningful under a sanitizer";
   constexpr std::uint64_t kRegions = 64;
   constexpr long kDescriptorKiB = kRegions * 32;  // 2 MiB of descriptors
@@ -452,5 +460,8 @@ TEST_F(CompoundRss, TrimReturnsTheDescriptorMemoryOfKeptAndCachedRegions) {
       << "RssAnon unsplit " << unsplit << " KiB, split " << split << " KiB, trimmed " << trimmed << " KiB";
   EXPECT_EQ(pool_.check(), "");
 }
+
+INSTANTIATE_TEST_SUITE_P(, Compound, kKinds, kind_name);
+INSTANTIATE_TEST_SUITE_P(, CompoundRss, kKinds, kind_name);
 
 }  // namespace

@@ -13,12 +13,14 @@ using namespace std::chrono_literals;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class Flags : public PoolTest {
+class FlagsBase : public PoolTest {
  protected:
   page* tail(page* head, std::uint64_t i) { return pmpage::pfn_to_page(pmpage::page_to_pfn(head) + i); }
 };
+class Flags : public Kinds<FlagsBase> {};
+class FlagsPersistent : public FlagsBase {};
 
-TEST_F(Flags, FreshAllocationHasNoFlagsAndNoPrivate) {
+TEST_P(Flags, FreshAllocationHasNoFlagsAndNoPrivate) {
   for (unsigned order : {0u, 3u, 9u, 10u}) {
     page* p = pool_.alloc_pages(order);
     ASSERT_NE(p, nullptr);
@@ -29,7 +31,7 @@ TEST_F(Flags, FreshAllocationHasNoFlagsAndNoPrivate) {
   }
 }
 
-TEST_F(Flags, TrylockIsExclusiveUntilUnlock) {
+TEST_P(Flags, TrylockIsExclusiveUntilUnlock) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   EXPECT_FALSE(pmpage::PageLocked(p));
@@ -45,7 +47,7 @@ TEST_F(Flags, TrylockIsExclusiveUntilUnlock) {
   pmpage::unlock_page(p);
 }
 
-TEST_F(Flags, LockOnATailLocksTheHead) {
+TEST_P(Flags, LockOnATailLocksTheHead) {
   for (unsigned order : {2u, 9u, 11u}) {
     page* head = pool_.alloc_pages(order);
     ASSERT_NE(head, nullptr);
@@ -59,7 +61,7 @@ TEST_F(Flags, LockOnATailLocksTheHead) {
   }
 }
 
-TEST_F(Flags, LocksOfNeighbouringPagesAreIndependent) {
+TEST_P(Flags, LocksOfNeighbouringPagesAreIndependent) {
   page* a = pool_.alloc_pages(0);
   page* b = pool_.alloc_pages(0);
   page* c = pool_.alloc_pages(1);
@@ -74,7 +76,7 @@ TEST_F(Flags, LocksOfNeighbouringPagesAreIndependent) {
   pmpage::unlock_page(c);
 }
 
-TEST_F(Flags, LockPageSleepsUntilTheHolderUnlocks) {
+TEST_P(Flags, LockPageSleepsUntilTheHolderUnlocks) {
   for (unsigned order : {0u, 9u}) {
     page* p = pool_.alloc_pages(order);
     ASSERT_NE(p, nullptr);
@@ -94,7 +96,7 @@ TEST_F(Flags, LockPageSleepsUntilTheHolderUnlocks) {
   }
 }
 
-TEST_F(Flags, LockPageWakesEveryWaiter) {
+TEST_P(Flags, LockPageWakesEveryWaiter) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   pmpage::lock_page(p);
@@ -114,7 +116,7 @@ TEST_F(Flags, LockPageWakesEveryWaiter) {
   EXPECT_FALSE(pmpage::PageLocked(p));
 }
 
-TEST_F(Flags, LockPageGivesMutualExclusion) {
+TEST_P(Flags, LockPageGivesMutualExclusion) {
   page* p = pool_.alloc_pages(3);
   ASSERT_NE(p, nullptr);
   long counter = 0;  // deliberately not atomic: only the page lock protects it
@@ -136,7 +138,7 @@ TEST_F(Flags, LockPageGivesMutualExclusion) {
   EXPECT_FALSE(pmpage::PageLocked(p));
 }
 
-TEST_F(Flags, DirtyCanBeSetTestedAndCleared) {
+TEST_P(Flags, DirtyCanBeSetTestedAndCleared) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   EXPECT_FALSE(pmpage::PageDirty(p));
@@ -151,7 +153,7 @@ TEST_F(Flags, DirtyCanBeSetTestedAndCleared) {
   EXPECT_FALSE(pmpage::PageDirty(p));
 }
 
-TEST_F(Flags, TestSetPageDirtyReturnsTheOldBit) {
+TEST_P(Flags, TestSetPageDirtyReturnsTheOldBit) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   EXPECT_FALSE(pmpage::TestSetPageDirty(p));
@@ -162,7 +164,7 @@ TEST_F(Flags, TestSetPageDirtyReturnsTheOldBit) {
   EXPECT_FALSE(pmpage::TestSetPageDirty(p));
 }
 
-TEST_F(Flags, TestSetPageDirtyOnATailActsOnTheHead) {
+TEST_P(Flags, TestSetPageDirtyOnATailActsOnTheHead) {
   for (unsigned order : {1u, 9u, 10u}) {
     SCOPED_TRACE("order " + std::to_string(order));
     page* head = pool_.alloc_pages(order);
@@ -174,7 +176,7 @@ TEST_F(Flags, TestSetPageDirtyOnATailActsOnTheHead) {
   }
 }
 
-TEST_F(Flags, TestSetPageDirtyRaceHasExactlyOneWinner) {
+TEST_P(Flags, TestSetPageDirtyRaceHasExactlyOneWinner) {
   // The dirty-list rule: of threads dirtying one page at once, exactly one sees it clean and
   // queues it. Two threads, many rounds, each on a fresh clear bit (a tail for one of them).
   page* p = pool_.alloc_pages(1);
@@ -200,7 +202,7 @@ TEST_F(Flags, TestSetPageDirtyRaceHasExactlyOneWinner) {
   EXPECT_EQ(round.load(), kRounds);
 }
 
-TEST_F(Flags, UptodateCanBeSetAndCleared) {
+TEST_P(Flags, UptodateCanBeSetAndCleared) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   EXPECT_FALSE(pmpage::PageUptodate(p));
@@ -210,7 +212,7 @@ TEST_F(Flags, UptodateCanBeSetAndCleared) {
   EXPECT_FALSE(pmpage::PageUptodate(p));
 }
 
-TEST_F(Flags, PrivateIsStoredAndRead) {
+TEST_P(Flags, PrivateIsStoredAndRead) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   pmpage::set_page_private(p, 0xdeadbeefcafeULL);
@@ -219,7 +221,7 @@ TEST_F(Flags, PrivateIsStoredAndRead) {
   EXPECT_EQ(pmpage::page_private(p), 0u);
 }
 
-TEST_F(Flags, FlagsAndPrivateOnATailActOnTheHead) {
+TEST_P(Flags, FlagsAndPrivateOnATailActOnTheHead) {
   for (unsigned order : {1u, 9u, 10u}) {
     SCOPED_TRACE("order " + std::to_string(order));
     page* head = pool_.alloc_pages(order);
@@ -237,7 +239,7 @@ TEST_F(Flags, FlagsAndPrivateOnATailActOnTheHead) {
   }
 }
 
-TEST_F(Flags, FlagsOfNeighbouringPagesAreIndependent) {
+TEST_P(Flags, FlagsOfNeighbouringPagesAreIndependent) {
   page* a = pool_.alloc_pages(0);
   page* b = pool_.alloc_pages(0);
   ASSERT_TRUE(a && b);
@@ -247,7 +249,7 @@ TEST_F(Flags, FlagsOfNeighbouringPagesAreIndependent) {
   EXPECT_EQ(pmpage::page_private(b), 0u);
 }
 
-TEST_F(Flags, FlagsDoNotDisturbTheAllocator) {
+TEST_P(Flags, FlagsDoNotDisturbTheAllocator) {
   page* small = pool_.alloc_pages(2);
   page* huge = pool_.alloc_pages(9);
   ASSERT_TRUE(small && huge);
@@ -273,7 +275,7 @@ TEST_F(Flags, FlagsDoNotDisturbTheAllocator) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Flags, AReusedPageStartsClean) {
+TEST_P(Flags, AReusedPageStartsClean) {
   // Fill the pool with whole regions so the freed one is the only place the next one can go.
   std::vector<page*> huge;
   while (page* p = pool_.alloc_pages(9)) huge.push_back(p);
@@ -290,7 +292,7 @@ TEST_F(Flags, AReusedPageStartsClean) {
   EXPECT_EQ(pmpage::page_private(again), 0u);
 }
 
-TEST_F(Flags, FlagsAreClearedByReopen) {
+TEST_F(FlagsPersistent, FlagsAreClearedByReopen) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   const pfn_t pfn = pmpage::page_to_pfn(p);
@@ -308,9 +310,11 @@ TEST_F(Flags, FlagsAreClearedByReopen) {
   pmpage::unlock_page(p);
 }
 
+INSTANTIATE_TEST_SUITE_P(, Flags, kKinds, kind_name);
+
 }  // namespace
 
-TEST_F(Flags, SplitRefusesALockedHugePageAndWakesWaitersOntoTheirSubpages) {
+TEST_P(Flags, SplitRefusesALockedHugePageAndWakesWaitersOntoTheirSubpages) {
   // A lock must never move under the thread holding it, so split_huge_page refuses a locked page
   // (-EBUSY). Once it is unlocked the split goes ahead; every subpage starts unlocked.
   pmpage::page* huge = pool_.alloc_pages(9);

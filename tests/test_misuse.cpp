@@ -13,7 +13,7 @@ using pmpage::HPAGE_PMD_NR;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class Misuse : public PoolTest {
+class MisuseBase : public PoolTest {
  protected:
   page* tail(page* head, std::uint64_t i) { return pmpage::pfn_to_page(pmpage::page_to_pfn(head) + i); }
 
@@ -29,12 +29,12 @@ class Misuse : public PoolTest {
   }
 
   // The pool is as it was: same free pages and allocations, invariants hold, and the same after a
-  // reopen (misuse must never reach persistent state).
+  // reopen (misuse must never reach persistent state; a volatile pool is not reopened).
   void expect_state(std::uint64_t free, const std::map<pfn_t, unsigned>& allocs) {
     EXPECT_EQ(free_pages(), free);
     EXPECT_EQ(allocations(pool_).by_pfn, allocs);
     EXPECT_EQ(pool_.check(), "");
-    reopen();
+    reopen_if_persistent();
     EXPECT_EQ(free_pages(), free);
     EXPECT_EQ(allocations(pool_).by_pfn, allocs);
     EXPECT_EQ(pool_.check(), "");
@@ -42,8 +42,10 @@ class Misuse : public PoolTest {
 
   misuse_recorder recorder_;
 };
+class Misuse : public Kinds<MisuseBase> {};
+class MisusePersistent : public MisuseBase {};
 
-TEST_F(Misuse, HandlerCanBeReplacedAndRestored) {
+TEST_P(Misuse, HandlerCanBeReplacedAndRestored) {
   auto handler_a = [](const char*) {};
   auto handler_b = [](const char*) {};
   pmpage::misuse_handler a = +handler_a;
@@ -54,7 +56,7 @@ TEST_F(Misuse, HandlerCanBeReplacedAndRestored) {
   EXPECT_NE(pmpage::set_misuse_handler(&record_misuse), b);
 }
 
-TEST_F(Misuse, GetPageOnAFreePageIsReportedAndDoesNothing) {
+TEST_P(Misuse, GetPageOnAFreePageIsReportedAndDoesNothing) {
   page* p = page_at(3);
   ASSERT_EQ(pmpage::page_count(p), 0);
   expect_reported([&] { pmpage::get_page(p); }, "get_page on a free page");
@@ -66,7 +68,7 @@ TEST_F(Misuse, GetPageOnAFreePageIsReportedAndDoesNothing) {
   EXPECT_EQ(pmpage::page_count(q), 1);
 }
 
-TEST_F(Misuse, PutPageOnAFreePageIsReportedAndDoesNothing) {
+TEST_P(Misuse, PutPageOnAFreePageIsReportedAndDoesNothing) {
   page* keep = pool_.alloc_pages(0);
   ASSERT_NE(keep, nullptr);
   // A free page next to it in its split region, and a page of a free (unsplit) region.
@@ -83,10 +85,10 @@ TEST_F(Misuse, PutPageOnAFreePageIsReportedAndDoesNothing) {
 
 // Double put across the representations: order 0 and 3 in a split region, a whole region, and a
 // multi-region compound page; the second put is also tried through a tail.
-class MisuseDoublePut : public Misuse, public ::testing::WithParamInterface<unsigned> {};
+class MisuseDoublePut : public KindsAnd<MisuseBase, unsigned> {};
 
 TEST_P(MisuseDoublePut, SecondPutIsReportedAndDoesNothing) {
-  const unsigned order = GetParam();
+  const unsigned order = param();
   page* keep = pool_.alloc_pages(order);
   page* p = pool_.alloc_pages(order);
   ASSERT_TRUE(keep && p);
@@ -105,10 +107,12 @@ TEST_P(MisuseDoublePut, SecondPutIsReportedAndDoesNothing) {
   expect_state(free_after, expected);
 }
 
-INSTANTIATE_TEST_SUITE_P(Orders, MisuseDoublePut, ::testing::Values(0u, 3u, 9u, 10u),
-                         [](const auto& info) { return "order" + std::to_string(info.param); });
+INSTANTIATE_TEST_SUITE_P(Orders, MisuseDoublePut, ::testing::Combine(::testing::Values(0u, 3u, 9u, 10u), kKinds),
+                         [](const auto& info) {
+                           return kind_and_name(info, "order" + std::to_string(std::get<0>(info.param)));
+                         });
 
-TEST_F(Misuse, FreePagesWithTheWrongOrderIsReportedAndDoesNothing) {
+TEST_P(Misuse, FreePagesWithTheWrongOrderIsReportedAndDoesNothing) {
   page* p = pool_.alloc_pages(3);
   page* h = pool_.alloc_pages(9);
   ASSERT_TRUE(p && h);
@@ -125,7 +129,7 @@ TEST_F(Misuse, FreePagesWithTheWrongOrderIsReportedAndDoesNothing) {
   EXPECT_EQ(recorder_.count(), 4);
 }
 
-TEST_F(Misuse, FreePagesOnATailIsReportedAndDoesNothing) {
+TEST_P(Misuse, FreePagesOnATailIsReportedAndDoesNothing) {
   page* p = pool_.alloc_pages(4);
   ASSERT_NE(p, nullptr);
   expect_reported([&] { pmpage::free_pages(tail(p, 2), 4); }, "free_pages on a tail");
@@ -134,13 +138,13 @@ TEST_F(Misuse, FreePagesOnATailIsReportedAndDoesNothing) {
   expect_state(total_pages_ - 16, {{pmpage::page_to_pfn(p), 4}});
 }
 
-TEST_F(Misuse, FreePagesOfANeverAllocatedPageIsReported) {
+TEST_P(Misuse, FreePagesOfANeverAllocatedPageIsReported) {
   expect_reported([&] { pmpage::free_pages(page_at(0), 0); }, "free_pages of a free order-0 page");
   expect_reported([&] { pmpage::free_pages(page_at(HPAGE_PMD_NR), 9); }, "free_pages of a free region");
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, PfnOutsideEveryPoolIsReported) {
+TEST_P(Misuse, PfnOutsideEveryPoolIsReported) {
   expect_reported([&] { EXPECT_EQ(pmpage::pfn_to_page(0), nullptr); }, "pfn_to_page(0)");
   expect_reported([&] { EXPECT_EQ(pmpage::pfn_to_page(pool_.end_pfn()), nullptr); }, "pfn_to_page(end_pfn)");
   expect_reported([&] { EXPECT_EQ(pmpage::pfn_to_page(pool_.start_pfn() - 1), nullptr); },
@@ -151,7 +155,7 @@ TEST_F(Misuse, PfnOutsideEveryPoolIsReported) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, ForeignDescriptorPointerIsReported) {
+TEST_P(Misuse, ForeignDescriptorPointerIsReported) {
   // A page* that no pool handed out: a heap object, and a pointer past the pool's descriptors.
   auto foreign = std::make_unique<pmpage::page>();
   expect_reported([&] { pmpage::get_page(foreign.get()); }, "get_page of a heap object");
@@ -164,7 +168,7 @@ TEST_F(Misuse, ForeignDescriptorPointerIsReported) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, PfnOfAClosedPoolIsReported) {
+TEST_F(MisusePersistent, PfnOfAClosedPoolIsReported) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   const pfn_t pfn = pmpage::page_to_pfn(p);
@@ -177,7 +181,7 @@ TEST_F(Misuse, PfnOfAClosedPoolIsReported) {
   EXPECT_EQ(pmpage::page_count(pmpage::pfn_to_page(pfn)), 1);
 }
 
-TEST_F(Misuse, AllocationCallsOnAClosedPoolAreReported) {
+TEST_P(Misuse, AllocationCallsOnAClosedPoolAreReported) {
   // Found by review: they returned nullptr / 0 / -EINVAL silently, so a closed pool looked full.
   pmpage::pool closed;
   pfn_t slot = 0;
@@ -201,7 +205,7 @@ TEST_F(Misuse, AllocationCallsOnAClosedPoolAreReported) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, UnlockOfAnUnlockedPageIsReported) {
+TEST_P(Misuse, UnlockOfAnUnlockedPageIsReported) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   expect_reported([&] { pmpage::unlock_page(p); }, "unlock_page of an unlocked page");
@@ -210,7 +214,7 @@ TEST_F(Misuse, UnlockOfAnUnlockedPageIsReported) {
   pmpage::unlock_page(p);
 }
 
-TEST_F(Misuse, FreePagesFromAnEmptySlotIsANoOp) {
+TEST_P(Misuse, FreePagesFromAnEmptySlotIsANoOp) {
   // The kernel's kfree(NULL) / free_pages(0, order) rule: a truncate loop needs no guard.
   pfn_t* slots = root_slots(pool_);
   EXPECT_EQ(pool_.free_pages_from(&slots[0]), 0);
@@ -219,7 +223,7 @@ TEST_F(Misuse, FreePagesFromAnEmptySlotIsANoOp) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, FreePagesFromASlotNamingNoAllocationIsReported) {
+TEST_P(Misuse, FreePagesFromASlotNamingNoAllocationIsReported) {
   pfn_t* slots = root_slots(pool_);
   page* p = pool_.alloc_pages_to(2, &slots[0]);
   ASSERT_NE(p, nullptr);
@@ -239,7 +243,7 @@ TEST_F(Misuse, FreePagesFromASlotNamingNoAllocationIsReported) {
   expect_state(total_pages_ - 4, {{head, 2}});
 }
 
-TEST_F(Misuse, AllocPagesToOutsideThePoolIsReported) {
+TEST_P(Misuse, AllocPagesToOutsideThePoolIsReported) {
   pfn_t on_stack = 0;
   page* p = nullptr;
   expect_reported([&] { p = pool_.alloc_pages_to(0, &on_stack); }, "alloc_pages_to a stack slot");
@@ -248,7 +252,7 @@ TEST_F(Misuse, AllocPagesToOutsideThePoolIsReported) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, FreePagesFromOutsideThePoolIsReported) {
+TEST_P(Misuse, FreePagesFromOutsideThePoolIsReported) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   pfn_t on_stack = pmpage::page_to_pfn(p);
@@ -259,7 +263,7 @@ TEST_F(Misuse, FreePagesFromOutsideThePoolIsReported) {
   expect_state(total_pages_ - 1, {{on_stack, 0}});
 }
 
-TEST_F(Misuse, OrderAboveTheMaximumAllocatesNothing) {
+TEST_P(Misuse, OrderAboveTheMaximumAllocatesNothing) {
   // Reporting it is allowed but not required; it must not allocate.
   EXPECT_EQ(pool_.alloc_pages(pmpage::MAX_PAGE_ORDER + 1), nullptr);
   EXPECT_EQ(pool_.alloc_pages(1000), nullptr);
@@ -268,7 +272,7 @@ TEST_F(Misuse, OrderAboveTheMaximumAllocatesNothing) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, DefaultHandlerPrintsAndAborts) {
+TEST_P(Misuse, DefaultHandlerPrintsAndAborts) {
   // "fast" death tests fork without re-running SetUp, so the child shares this pool and leaves no
   // file behind.
   GTEST_FLAG_SET(death_test_style, "fast");
@@ -282,9 +286,10 @@ TEST_F(Misuse, DefaultHandlerPrintsAndAborts) {
   EXPECT_EQ(pool_.check(), "");
 }
 
+
 }  // namespace
 
-TEST_F(Misuse, PersistOutsideThePoolIsReportedAndFlushesNothing) {
+TEST_P(Misuse, PersistOutsideThePoolIsReportedAndFlushesNothing) {
   // A flush of memory that is not the pool's makes nothing durable, and a cache-line flush of an
   // unmapped address faults: both are refused.
   char dram[64] = {};
@@ -296,7 +301,7 @@ TEST_F(Misuse, PersistOutsideThePoolIsReportedAndFlushesNothing) {
   expect_state(total_pages_, {});
 }
 
-TEST_F(Misuse, CheckSlotsListsASlotOutsideThePoolWithoutReadingIt) {
+TEST_P(Misuse, CheckSlotsListsASlotOutsideThePoolWithoutReadingIt) {
   auto* root = static_cast<pfn_t*>(pool_.root());
   ASSERT_NE(pool_.alloc_pages_to(0, &root[0]), nullptr);
   pfn_t dram_slot = root[0];
@@ -307,3 +312,5 @@ TEST_F(Misuse, CheckSlotsListsASlotOutsideThePoolWithoutReadingIt) {
   EXPECT_TRUE(c.unreferenced.empty());
   EXPECT_EQ(pool_.free_pages_from(&root[0]), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(, Misuse, kKinds, kind_name);

@@ -30,7 +30,7 @@ using pmpage::HPAGE_PMD_NR;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class Ownership : public PoolTest {
+class OwnershipBase : public PoolTest {
  protected:
   pfn_t* slots() { return root_slots(pool_); }
   // Runs f and expects exactly one new misuse report.
@@ -53,10 +53,12 @@ class Ownership : public PoolTest {
   }
   misuse_recorder recorder_;
 };
+class Ownership : public Kinds<OwnershipBase> {};
+class OwnershipPersistent : public OwnershipBase {};
 
 // ---- case 1 ------------------------------------------------------------------------------------
 
-TEST_F(Ownership, AllocPagesToIntoAFullSlotIsRefusedAndLeaksNothing) {
+TEST_P(Ownership, AllocPagesToIntoAFullSlotIsRefusedAndLeaksNothing) {
   page* a = pool_.alloc_pages_to(0, &slots()[0]);
   ASSERT_NE(a, nullptr);
   const pfn_t first = slots()[0];
@@ -67,12 +69,12 @@ TEST_F(Ownership, AllocPagesToIntoAFullSlotIsRefusedAndLeaksNothing) {
   EXPECT_EQ(slots()[0], first);
   EXPECT_EQ(free_pages(), free_before);
   expect_consistent(1);
-  reopen();
+  reopen_if_persistent();
   EXPECT_EQ(allocations(pool_).by_pfn.size(), 1u);
   expect_consistent(1);
 }
 
-TEST_F(Ownership, ConcurrentAllocPagesToForOneSlotLeavesOneOwner) {
+TEST_P(Ownership, ConcurrentAllocPagesToForOneSlotLeavesOneOwner) {
   // Many threads race for the same empty slots: each slot ends with exactly one page, the losers'
   // pages go back, and every loser is told (misuse).
   constexpr int kThreads = 4, kRounds = 200;
@@ -96,7 +98,7 @@ TEST_F(Ownership, ConcurrentAllocPagesToForOneSlotLeavesOneOwner) {
 
 // ---- case 2 ------------------------------------------------------------------------------------
 
-TEST_F(Ownership, AnUnbalancedPutCannotFreeASlotOwnedPage) {
+TEST_P(Ownership, AnUnbalancedPutCannotFreeASlotOwnedPage) {
   for (unsigned order : {0u, 3u, 9u, 10u}) {
     SCOPED_TRACE("order " + std::to_string(order));
     page* p = pool_.alloc_pages_to(order, &slots()[0]);
@@ -114,7 +116,7 @@ TEST_F(Ownership, AnUnbalancedPutCannotFreeASlotOwnedPage) {
     EXPECT_NE(slots()[1], pfn);
     expect_consistent(2);
     // Ownership is on the media: it survives reopen (split regions are loaded lazily).
-    reopen();
+    reopen_if_persistent();
     p = pmpage::pfn_to_page(pfn);
     expect_reported([&] { pmpage::put_page(p); }, "put_page after reopen", "owns");
     EXPECT_EQ(pmpage::page_count(p), 1);
@@ -126,7 +128,7 @@ TEST_F(Ownership, AnUnbalancedPutCannotFreeASlotOwnedPage) {
   }
 }
 
-TEST_F(Ownership, FreePagesFromThroughACopiedPfnIsRefused) {
+TEST_P(Ownership, FreePagesFromThroughACopiedPfnIsRefused) {
   ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0]), nullptr);
   slots()[1] = slots()[0];  // the engine copies the pfn by hand
   int rc = 0;
@@ -143,14 +145,14 @@ TEST_F(Ownership, FreePagesFromThroughACopiedPfnIsRefused) {
   expect_consistent(3);
 }
 
-TEST_F(Ownership, MovePagesOwnerRelocatesAReference) {
+TEST_P(Ownership, MovePagesOwnerRelocatesAReference) {
   ASSERT_NE(pool_.alloc_pages_to(9, &slots()[0]), nullptr);
   const pfn_t pfn = slots()[0];
   ASSERT_EQ(pool_.move_pages_owner(&slots()[0], &slots()[5]), 0);
   EXPECT_EQ(slots()[0], 0u);
   EXPECT_EQ(slots()[5], pfn);
   expect_consistent(6);
-  reopen();
+  reopen_if_persistent();
   expect_consistent(6);
   int rc = 0;
   ASSERT_NE(pool_.alloc_pages_to(0, &slots()[1]), nullptr);
@@ -165,7 +167,7 @@ TEST_F(Ownership, MovePagesOwnerRelocatesAReference) {
   expect_consistent(6);
 }
 
-TEST_F(Ownership, SlotsMustLieInMemorySomebodyOwns) {
+TEST_P(Ownership, SlotsMustLieInMemorySomebodyOwns) {
   // A slot in a free data page could be handed out and overwritten with the page: refused. A slot
   // inside an allocated page (an engine's table page) is fine, even inside the page it owns.
   page* table_page = pool_.alloc_pages(0, pmpage::GFP_ZERO);
@@ -201,7 +203,7 @@ TEST_F(Ownership, SlotsMustLieInMemorySomebodyOwns) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Ownership, ConcurrentMovesOfOneSlotLeaveOneOwner) {
+TEST_P(Ownership, ConcurrentMovesOfOneSlotLeaveOneOwner) {
   // Two threads move the same slot's page to two different slots: one wins, the other is told.
   constexpr int kRounds = 300;
   int won_total = 0;
@@ -226,7 +228,7 @@ TEST_F(Ownership, ConcurrentMovesOfOneSlotLeaveOneOwner) {
   EXPECT_EQ(free_pages(), total_pages_);
 }
 
-TEST_F(Ownership, ABrokenOwnerRecordIsCountedAfterReopen) {
+TEST_F(OwnershipPersistent, ABrokenOwnerRecordIsCountedAfterReopen) {
   // Before close, check() names the slot the engine overwrote. After reopen the record is dropped
   // when the region loads (the page stays allocated, unowned), counted in stats().orphaned_owners,
   // and check_slots lists the page as unreferenced.
@@ -250,7 +252,7 @@ TEST_F(Ownership, ABrokenOwnerRecordIsCountedAfterReopen) {
   }
 }
 
-TEST_F(Ownership, CheckSeesAFreedPageThatStillHeldAnOwningSlot) {
+TEST_P(Ownership, CheckSeesAFreedPageThatStillHeldAnOwningSlot) {
   // The kernel's rule for page-table pages holds here too: a page holding slots that own pages
   // must not be freed before those slots are emptied. check() names the violation at once.
   ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0], pmpage::GFP_ZERO), nullptr);
@@ -263,20 +265,18 @@ TEST_F(Ownership, CheckSeesAFreedPageThatStillHeldAnOwningSlot) {
 
 // ---- case 3 ------------------------------------------------------------------------------------
 
-class OwnershipBigRoot : public Ownership {
+class OwnershipBigRoot : public Kinds<OwnershipBase> {
  protected:
   void SetUp() override {
     path_ = new_path();
-    pmpage::pool::options o;
-    o.size = 64 * MiB;
-    o.root_size = 16384;  // 2048 slots: room for a 512-slot array after a few single slots
-    pool_ = pmpage::pool::create(path_, o);
+    // root_size 16384: 2048 slots, room for a 512-slot array after a few single slots
+    pool_ = make_pool(64 * MiB, nullptr, 16384);
     total_pages_ = pool_.stats().total_pages;
     start_ = pool_.start_pfn();
   }
 };
 
-TEST_F(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
+TEST_P(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
   pfn_t* table = slots() + 512;  // the engine's 512-entry table; table[0] owns the huge page
   page* huge = pool_.alloc_pages_to(9, &table[0]);
   ASSERT_NE(huge, nullptr);
@@ -301,7 +301,7 @@ TEST_F(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
   EXPECT_EQ(pool_.check(), "");
   // Every piece is owned: an unbalanced put is refused for each, before and after reopen.
   expect_reported([&] { pmpage::put_page(pmpage::pfn_to_page(pfn + 300)); }, "put on a piece", "owns");
-  reopen();
+  reopen_if_persistent();
   expect_reported([&] { pmpage::put_page(pmpage::pfn_to_page(pfn + 301)); }, "put on a piece after reopen", "owns");
   EXPECT_TRUE(pool_.check_slots(list).clean()) << pool_.check_slots(list).describe();
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) ASSERT_EQ(pool_.free_pages_from(&table[i]), 0) << i;
@@ -311,7 +311,7 @@ TEST_F(OwnershipBigRoot, SplittingASlotOwnedHugePageNeedsASlotForEveryPiece) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToAndAllocPagesToIntoItsSlotsLeaveOneOwnerPerSlot) {
+TEST_P(OwnershipBigRoot, ConcurrentSplitHugePageToAndAllocPagesToIntoItsSlotsLeaveOneOwnerPerSlot) {
   // A split claims its 511 slots one compare-and-swap at a time; an alloc_pages_to racing into
   // one of them either wins (the split fails, undone) or loses (misuse): never both.
   pfn_t* table = slots() + 512;
@@ -349,7 +349,7 @@ TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToAndAllocPagesToIntoItsSlotsLea
   RecordProperty("allocs", allocs);
 }
 
-TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToRacingAFreeAndReallocationNeverSplitsAnotherSlotsPage) {
+TEST_P(OwnershipBigRoot, ConcurrentSplitHugePageToRacingAFreeAndReallocationNeverSplitsAnotherSlotsPage) {
   // Thread A splits table's page; thread B frees it through table[0] and allocates an order-9
   // page into another slot (often the same extent). The split checks the owner only once the
   // page is frozen, so it either splits the page table[0] owns or refuses: never X's page.
@@ -383,7 +383,7 @@ TEST_F(OwnershipBigRoot, ConcurrentSplitHugePageToRacingAFreeAndReallocationNeve
 
 // ---- case 4 ------------------------------------------------------------------------------------
 
-TEST_F(Ownership, AForkedChildCannotAllocateOrFreeAndTheParentIsUnaffected) {
+TEST_P(Ownership, AForkedChildCannotAllocateOrFreeAndTheParentIsUnaffected) {
   page* kept = pool_.alloc_pages_to(0, &slots()[0]);
   ASSERT_NE(kept, nullptr);
   std::memcpy(pmpage::page_address(kept), "parent", 7);
@@ -421,13 +421,13 @@ TEST_F(Ownership, AForkedChildCannotAllocateOrFreeAndTheParentIsUnaffected) {
   pmpage::put_page(more);
   pmpage::put_page(plain);
   expect_consistent(2);
-  reopen();
+  reopen_if_persistent();
   expect_consistent(2);
 }
 
 // ---- case 6 ------------------------------------------------------------------------------------
 
-TEST_F(Ownership, ReferenceCountsSaturateInsteadOfWrapping) {
+TEST_P(Ownership, ReferenceCountsSaturateInsteadOfWrapping) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   // 2^30 real get_page calls take too long for a unit test: start just below the limit. The
@@ -455,7 +455,7 @@ TEST_F(Ownership, ReferenceCountsSaturateInsteadOfWrapping) {
 
 // ---- case 7 ------------------------------------------------------------------------------------
 
-TEST_F(Ownership, ConcurrentLockersNeverLoseTheLockWhileTheOwnerSplits) {
+TEST_P(Ownership, ConcurrentLockersNeverLoseTheLockWhileTheOwnerSplits) {
   // Lockers lock random subpages of an order-9 page WITHOUT references while its owner splits it.
   // A lock_page that returns must hold the lock: PageLocked, and unlock_page not reported.
   constexpr int kLockers = 3;
@@ -513,7 +513,7 @@ TEST_F(Ownership, ConcurrentLockersNeverLoseTheLockWhileTheOwnerSplits) {
 
 // ---- check() and check_slots -------------------------------------------------------------------
 
-TEST_F(Ownership, CheckSeesASlotOverwrittenByHand) {
+TEST_P(Ownership, CheckSeesASlotOverwrittenByHand) {
   ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0]), nullptr);
   ASSERT_NE(pool_.alloc_pages_to(9, &slots()[1]), nullptr);
   const pfn_t small = slots()[0], huge = slots()[1];
@@ -526,7 +526,7 @@ TEST_F(Ownership, CheckSeesASlotOverwrittenByHand) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Ownership, CheckSlotsReportsEveryKindOfBrokenReference) {
+TEST_P(Ownership, CheckSlotsReportsEveryKindOfBrokenReference) {
   pfn_t* s = slots();
   ASSERT_NE(pool_.alloc_pages_to(0, &s[0]), nullptr);
   ASSERT_NE(pool_.alloc_pages_to(2, &s[1]), nullptr);
@@ -568,7 +568,7 @@ TEST_F(Ownership, CheckSlotsReportsEveryKindOfBrokenReference) {
 
 // ---- GFP_ZERO ----------------------------------------------------------------------------------
 
-TEST_F(Ownership, GfpZeroHandsOutZeroedPages) {
+TEST_P(Ownership, GfpZeroHandsOutZeroedPages) {
   auto all_zero = [](page* p, unsigned order) {
     const auto* b = static_cast<const unsigned char*>(pmpage::page_address(p));
     for (std::size_t i = 0; i < (pmpage::PAGE_SIZE << order); ++i)
@@ -607,5 +607,8 @@ TEST_F(Ownership, GfpZeroHandsOutZeroedPages) {
   EXPECT_EQ(bad, nullptr);
   EXPECT_EQ(free_pages(), total_pages_);
 }
+
+INSTANTIATE_TEST_SUITE_P(, Ownership, kKinds, kind_name);
+INSTANTIATE_TEST_SUITE_P(, OwnershipBigRoot, kKinds, kind_name);
 
 }  // namespace

@@ -18,7 +18,7 @@ using namespace pmtest;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class BulkSlots : public CountingPoolTest {
+class BulkSlots : public Kinds<CountingPoolTest> {
  protected:
   pfn_t* slots() { return root_slots(pool_); }
   std::vector<pfn_t*> list(std::size_t first, std::size_t n) {
@@ -44,7 +44,7 @@ class BulkSlots : public CountingPoolTest {
   misuse_recorder recorder_;
 };
 
-TEST_F(BulkSlots, AllocFillsEverySlotWithItsOwnOwnedPage) {
+TEST_P(BulkSlots, AllocFillsEverySlotWithItsOwnOwnedPage) {
   for (unsigned order : {0u, 3u, 9u}) {
     SCOPED_TRACE("order " + std::to_string(order));
     const auto dests = list(0, 20);
@@ -64,7 +64,7 @@ TEST_F(BulkSlots, AllocFillsEverySlotWithItsOwnOwnedPage) {
     EXPECT_EQ(pmpage::page_count(p), 1);
     ASSERT_EQ(pool_.free_pages_from(&slots()[7]), 0);
     EXPECT_EQ(slots()[7], 0u);
-    reopen();
+    reopen_if_persistent();
     EXPECT_EQ(allocations(pool_).by_pfn.size(), dests.size() - 1);
     expect_consistent(dests.size());
     ASSERT_EQ(pool_.free_pages_bulk_from(dests), 0);  // slot 7 is empty: skipped
@@ -74,7 +74,7 @@ TEST_F(BulkSlots, AllocFillsEverySlotWithItsOwnOwnedPage) {
   }
 }
 
-TEST_F(BulkSlots, AGfpZeroBulkHandsOutZeroedPages) {
+TEST_P(BulkSlots, AGfpZeroBulkHandsOutZeroedPages) {
   page* dirty = pool_.alloc_pages(0);
   std::memset(pmpage::page_address(dirty), 0xab, pmpage::PAGE_SIZE);
   pmpage::put_page(dirty);
@@ -86,16 +86,16 @@ TEST_F(BulkSlots, AGfpZeroBulkHandsOutZeroedPages) {
   }
 }
 
-TEST_F(BulkSlots, FencesArePaidPerBatchOfSixteenSlots) {
+TEST_P(BulkSlots, FencesArePaidPerBatchOfSixteenSlots) {
   page* anchor = pool_.alloc_pages(0);  // keeps a region split: no fresh split in the counts
   ASSERT_NE(anchor, nullptr);
   const auto dests = list(0, 64);
   std::uint64_t filled = 0;
   const std::uint64_t alloc_fences = fences_of([&] { filled = pool_.alloc_pages_bulk_to(0, dests); });
   ASSERT_EQ(filled, 64u);
-  EXPECT_EQ(alloc_fences, 8u) << "64 slots = 4 batches x 2 fences";
+  EXPECT_EQ(alloc_fences, per_kind(8)) << "64 slots = 4 batches x 2 fences";
   const std::uint64_t free_fences = fences_of([&] { ASSERT_EQ(pool_.free_pages_bulk_from(dests), 0); });
-  EXPECT_EQ(free_fences, 8u) << "64 slots = 4 batches x 2 fences";
+  EXPECT_EQ(free_fences, per_kind(8)) << "64 slots = 4 batches x 2 fences";
   // The single calls, for comparison: 2 fences per slot.
   const std::uint64_t single_alloc = fences_of([&] {
     for (pfn_t* d : dests) ASSERT_NE(pool_.alloc_pages_to(0, d), nullptr);
@@ -103,26 +103,27 @@ TEST_F(BulkSlots, FencesArePaidPerBatchOfSixteenSlots) {
   const std::uint64_t single_free = fences_of([&] {
     for (pfn_t* d : dests) ASSERT_EQ(pool_.free_pages_from(d), 0);
   });
-  EXPECT_EQ(single_alloc, 128u);
-  EXPECT_EQ(single_free, 128u);
+  EXPECT_EQ(single_alloc, per_kind(128));
+  EXPECT_EQ(single_free, per_kind(128));
   RecordProperty("bulk_alloc_fences_64", int(alloc_fences));
   RecordProperty("bulk_free_fences_64", int(free_fences));
+  // A volatile pool pays none of these fences (per_kind).
   // Empty slots cost nothing: 17 non-empty among 64 listed is two batches.
   ASSERT_EQ(pool_.alloc_pages_bulk_to(0, list(100, 17)), 17u);
   auto mixed = list(100, 17);
   const auto empties = list(0, 47);
   mixed.insert(mixed.begin() + 5, empties.begin(), empties.end());
-  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_bulk_from(mixed), 0); }), 4u);
+  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_bulk_from(mixed), 0); }), per_kind(4));
   EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_bulk_from(empties), 0); }), 0u);
   EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.alloc_pages_bulk_to(0, {}), 0u); }), 0u);
   // Order 9 (region words) costs the same per batch.
-  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.alloc_pages_bulk_to(9, list(0, 20)), 20u); }), 4u);
-  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_bulk_from(list(0, 20)), 0); }), 4u);
+  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.alloc_pages_bulk_to(9, list(0, 20)), 20u); }), per_kind(4));
+  EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.free_pages_bulk_from(list(0, 20)), 0); }), per_kind(4));
   pmpage::put_page(anchor);
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(BulkSlots, AFullPoolFillsAPrefix) {
+TEST_P(BulkSlots, AFullPoolFillsAPrefix) {
   // 64 MiB = 32 regions of order 9; ask for 40 of them.
   const auto dests = list(0, 40);
   const std::size_t got = pool_.alloc_pages_bulk_to(9, dests);
@@ -148,7 +149,7 @@ TEST_F(BulkSlots, AFullPoolFillsAPrefix) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(BulkSlots, AllocMisuseIsRefusedWholeWithNothingChanged) {
+TEST_P(BulkSlots, AllocMisuseIsRefusedWholeWithNothingChanged) {
   ASSERT_NE(pool_.alloc_pages_to(0, &slots()[3]), nullptr);  // a full slot
   page* freed = pool_.alloc_pages(0);
   auto* in_free = static_cast<pfn_t*>(pmpage::page_address(freed));
@@ -196,7 +197,7 @@ TEST_F(BulkSlots, AllocMisuseIsRefusedWholeWithNothingChanged) {
   expect_consistent(400);
 }
 
-TEST_F(BulkSlots, FreeMisuseIsRefusedWholeWithNothingChanged) {
+TEST_P(BulkSlots, FreeMisuseIsRefusedWholeWithNothingChanged) {
   ASSERT_EQ(pool_.alloc_pages_bulk_to(0, list(0, 30)), 30u);
   page* unowned = pool_.alloc_pages(0);
   page* compound = pool_.alloc_pages_to(2, &slots()[40]);
@@ -263,7 +264,7 @@ TEST_F(BulkSlots, FreeMisuseIsRefusedWholeWithNothingChanged) {
   expect_consistent(64);
 }
 
-TEST_F(BulkSlots, FreeWithAnotherReferenceIsBusyAndChangesNothing) {
+TEST_P(BulkSlots, FreeWithAnotherReferenceIsBusyAndChangesNothing) {
   const auto srcs = list(0, 40);
   ASSERT_EQ(pool_.alloc_pages_bulk_to(0, srcs), 40u);
   const std::vector<pfn_t> before(slots(), slots() + 40);
@@ -284,7 +285,7 @@ TEST_F(BulkSlots, FreeWithAnotherReferenceIsBusyAndChangesNothing) {
   expect_consistent(40);
 }
 
-TEST_F(BulkSlots, ConcurrentBulkCallsAndSingleFreesKeepOneOwnerPerSlot) {
+TEST_P(BulkSlots, ConcurrentBulkCallsAndSingleFreesKeepOneOwnerPerSlot) {
   // Two threads bulk-allocate and bulk-free their own slot arrays (more than one batch each) while
   // a third allocates and frees singly; nothing leaks and every slot ends empty.
   constexpr int kRounds = 150;
@@ -316,7 +317,7 @@ TEST_F(BulkSlots, ConcurrentBulkCallsAndSingleFreesKeepOneOwnerPerSlot) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(BulkSlots, ConcurrentBulkAllocIntoOneSlotListLeavesOneOwnerPerSlot) {
+TEST_P(BulkSlots, ConcurrentBulkAllocIntoOneSlotListLeavesOneOwnerPerSlot) {
   // Two threads bulk-fill the same empty slots: every slot ends with one page, each call filled a
   // prefix of the list, the loser is told (misuse), and no page leaks.
   constexpr int kRounds = 100;
@@ -340,7 +341,7 @@ TEST_F(BulkSlots, ConcurrentBulkAllocIntoOneSlotListLeavesOneOwnerPerSlot) {
   expect_consistent(24);
 }
 
-TEST_F(BulkSlots, BulkFreeNeverFreesAPageAConcurrentAllocPagesToPublishes) {
+TEST_P(BulkSlots, BulkFreeNeverFreesAPageAConcurrentAllocPagesToPublishes) {
   // Found by review: free_pages_bulk_from checked the slots, then read them again to claim and
   // free; an alloc_pages_to into a slot that was empty at the check published its page in
   // between, and the bulk free freed that page without claiming it (a free page with count 1,
@@ -382,5 +383,7 @@ TEST_F(BulkSlots, BulkFreeNeverFreesAPageAConcurrentAllocPagesToPublishes) {
   EXPECT_GT(freed_by_bulk, 0u);
   expect_consistent(32);
 }
+
+INSTANTIATE_TEST_SUITE_P(, BulkSlots, kKinds, kind_name);
 
 }  // namespace

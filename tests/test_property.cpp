@@ -256,10 +256,16 @@ class Property : public PoolTest {
     ++n_.free_from;
   }
 
+  // A volatile pool has nothing to reopen: the engine drops its extra references instead (what
+  // a reopen does to a persistent pool's), then everything is checked.
   void op_reopen() {
     ++n_.reopen;
-    reopen();
-    ASSERT_EQ(pool_.start_pfn(), start_);
+    if (reopen_if_persistent()) {
+      ASSERT_EQ(pool_.start_pfn(), start_);
+    } else {
+      for (auto& [pfn, a] : model_)
+        for (int c = a.count; c > 1; --c) pmpage::put_page(pmpage::pfn_to_page(pfn));
+    }
     for (auto& [pfn, a] : model_) a.count = 1;  // references are volatile
     ASSERT_NO_FATAL_FAILURE(expect_everything());
   }
@@ -342,15 +348,16 @@ class Property : public PoolTest {
 };
 
 // Two seeds by default; PMPAGE_PROPERTY_SEED replaces the base seed.
-class PropertySeed : public Property, public ::testing::WithParamInterface<std::uint64_t> {};
+class PropertySeed : public KindsAnd<Property, std::uint64_t> {};
 
 TEST_P(PropertySeed, RandomOperationsMatchTheReferenceModel) {
   const std::uint64_t steps = env_or("PMPAGE_PROPERTY_STEPS", 10000);
-  const std::uint64_t seed = env_or("PMPAGE_PROPERTY_SEED", 0x5eed0001) + GetParam();
+  const std::uint64_t seed = env_or("PMPAGE_PROPERTY_SEED", 0x5eed0001) + param();
   RecordProperty("seed", std::to_string(seed));
   run(seed, steps);
 }
 
-INSTANTIATE_TEST_SUITE_P(Seeds, PropertySeed, ::testing::Values(std::uint64_t{0}, std::uint64_t{1}));
+INSTANTIATE_TEST_SUITE_P(Seeds, PropertySeed, ::testing::Combine(::testing::Values(std::uint64_t{0}, std::uint64_t{1}), kKinds),
+                         [](const auto& info) { return kind_and_name(info, std::to_string(std::get<0>(info.param))); });
 
 }  // namespace

@@ -79,7 +79,7 @@ std::string describe(const pool_stats& s) {
 
 // ---- the fixture: what stats() must say about a known set of allocations ----------------------
 
-class Scaling : public PoolTest {
+class ScalingBase : public PoolTest {
  protected:
   // What a set of allocations (head pfn -> order) implies for the pool's counters.
   struct usage {
@@ -214,6 +214,7 @@ class Scaling : public PoolTest {
     return {};
   }
 };
+class Scaling : public Kinds<ScalingBase> {};
 
 // ---- 1. the multi-threaded model test ---------------------------------------------------------
 //
@@ -224,7 +225,7 @@ class Scaling : public PoolTest {
 // must be exactly the pool's allocations, with the counts, slots and stamps the models say, and
 // stats() and check() must agree. Halfway and at the end the pool is closed and reopened.
 
-class ThreadCachesModel : public Scaling, public ::testing::WithParamInterface<unsigned> {
+class ThreadCachesModel : public KindsAnd<ScalingBase, unsigned> {
  protected:
   std::uint64_t pool_size() const override { return 32 * MiB; }  // 15 regions: fills up often
 
@@ -487,8 +488,13 @@ class ThreadCachesModel : public Scaling, public ::testing::WithParamInterface<u
     return {};
   }
 
+  // A volatile pool has nothing to reopen: the extra references are dropped instead (what a
+  // reopen does to a persistent pool's).
   void reopen_all() {
-    reopen();
+    if (!reopen_if_persistent())
+      for (auto& w : w_)
+        for (auto& [pfn, a] : w->held)
+          for (int c = a.count; c > 1; --c) pmpage::put_page(pmpage::pfn_to_page(pfn));
     for (auto& w : w_)
       for (auto& [pfn, a] : w->held) a.count = 1;  // references are volatile
   }
@@ -597,7 +603,7 @@ class ThreadCachesModel : public Scaling, public ::testing::WithParamInterface<u
 };
 
 TEST_P(ThreadCachesModel, RandomOperationsOfAllThreadsMatchTheUnionOfTheirModels) {
-  const unsigned threads = GetParam();
+  const unsigned threads = param();
   // 8 threads on a 2-core machine: oversubscribed on purpose (threads migrate between CPUs and
   // are preempted inside the allocator).
   const std::uint64_t ops = env_or("PMPAGE_SCALING_OPS", threads <= 2 ? 15000 : 4000);
@@ -606,11 +612,12 @@ TEST_P(ThreadCachesModel, RandomOperationsOfAllThreadsMatchTheUnionOfTheirModels
   run(threads, seed, ops);
 }
 
-INSTANTIATE_TEST_SUITE_P(Threads, ThreadCachesModel, ::testing::Values(2u, 8u));
+INSTANTIATE_TEST_SUITE_P(Threads, ThreadCachesModel, ::testing::Combine(::testing::Values(2u, 8u), kKinds),
+                         [](const auto& info) { return kind_and_name(info, std::to_string(std::get<0>(info.param))); });
 
 // ---- 2-3, 6-7: focused concurrency tests --------------------------------------------------------
 
-class ThreadCaches : public Scaling {};
+class ThreadCaches : public Kinds<ScalingBase> {};
 
 // A queue of pages from one thread to another.
 struct page_queue {
@@ -653,7 +660,7 @@ struct page_queue {
   }
 };
 
-TEST_F(ThreadCaches, RemoteFreesOfPagesAllocatedOnAnotherThread) {
+TEST_P(ThreadCaches, RemoteFreesOfPagesAllocatedOnAnotherThread) {
   // Two threads on two CPUs (when there are two): each allocates batches, stamps them and sends
   // them to the other, which checks and frees them while its peer goes on allocating from the
   // same cached regions. Every 32nd page stays with its allocator until the end. A thread waits
@@ -723,7 +730,7 @@ TEST_F(ThreadCaches, RemoteFreesOfPagesAllocatedOnAnotherThread) {
   EXPECT_EQ(allocations_problem(expected), "");
   EXPECT_EQ(stats_problem(pool_.stats(), usage_of(expected)), "");
   ASSERT_EQ(pool_.check(), "");
-  reopen();
+  reopen_if_persistent();
   EXPECT_EQ(allocations_problem(expected), "") << "after reopen";
   EXPECT_EQ(stats_problem(pool_.stats(), usage_of(expected)), "") << "after reopen";
   ASSERT_EQ(pool_.check(), "") << "after reopen";
@@ -751,13 +758,13 @@ TEST_F(ThreadCaches, RemoteFreesOfPagesAllocatedOnAnotherThread) {
   ASSERT_EQ(pool_.check(), "");
   pool_.trim();
   EXPECT_EQ(trimmed_problem(pool_.stats(), usage_of({})), "");
-  reopen();
+  reopen_if_persistent();
   EXPECT_EQ(allocations_problem({}), "") << "after the second reopen";
   EXPECT_EQ(free_pages(), total_pages_);
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(ThreadCaches, TrimAfterThreadsExitDrainsEveryCacheAndMergesEveryEmptyRegion) {
+TEST_P(ThreadCaches, TrimAfterThreadsExitDrainsEveryCacheAndMergesEveryEmptyRegion) {
   EXPECT_EQ(pool_.trim(), 0u) << "a new pool has nothing to merge";
   // Four threads allocate and free on whatever CPUs they run on, keep a few pages, and exit.
   constexpr unsigned kThreads = 4;
@@ -818,7 +825,7 @@ TEST_F(ThreadCaches, TrimAfterThreadsExitDrainsEveryCacheAndMergesEveryEmptyRegi
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(ThreadCaches, IdleCachesAndExpiredEmptyRegionsAreReleasedByTheNextLockedCall) {
+TEST_P(ThreadCaches, IdleCachesAndExpiredEmptyRegionsAreReleasedByTheNextLockedCall) {
   // Three pools, one sleep. In each, threads allocate and free and exit; then nobody touches the
   // pool for longer than PCP_IDLE_MS and EMPTY_SPLIT_KEEP_MS. The next call that takes the pool
   // lock must drain the idle caches and merge the expired empty regions:
@@ -827,8 +834,8 @@ TEST_F(ThreadCaches, IdleCachesAndExpiredEmptyRegionsAreReleasedByTheNextLockedC
   //   large: nothing allocated       -> alloc_pages(9) (a large allocation) merges them: the
   //          regions the threads used are no longer split, before any stats() call.
   pmpage::pool idle = std::move(pool_);
-  pmpage::pool one = create_pool(new_path("one"), pool_size());
-  pmpage::pool large = create_pool(new_path("large"), pool_size());
+  pmpage::pool one = make_another_pool(pool_size(), "one");
+  pmpage::pool large = make_another_pool(pool_size(), "large");
 
   auto churn = [](pmpage::pool& p, unsigned threads, std::vector<pfn_t>& touched, pfn_t* left) {
     std::vector<std::vector<pfn_t>> got(threads);
@@ -904,7 +911,7 @@ TEST_F(ThreadCaches, IdleCachesAndExpiredEmptyRegionsAreReleasedByTheNextLockedC
   pool_ = std::move(idle);  // TearDown closes it
 }
 
-TEST_F(ThreadCaches, NoFalseOutOfMemoryWhileOtherCachesHoldThePages) {
+TEST_P(ThreadCaches, NoFalseOutOfMemoryWhileOtherCachesHoldThePages) {
   // A small pool filled from two threads on two CPUs, emptied from one of them: every free page
   // now sits in a region some cache holds or the hysteresis keeps. An allocation must take them:
   // an order-k allocation fails only if no free naturally aligned extent of order k exists.
@@ -1004,7 +1011,7 @@ TEST_F(ThreadCaches, NoFalseOutOfMemoryWhileOtherCachesHoldThePages) {
   }
 }
 
-TEST_F(ThreadCaches, OversubscribedThreadsOnANearlyFullPoolStayConsistent) {
+TEST_P(ThreadCaches, OversubscribedThreadsOnANearlyFullPoolStayConsistent) {
   // 8 threads (on 2 cores: preempted inside the allocator, migrating between CPUs) churn a small
   // pool that is nearly always full, so allocations keep reaching into other caches and kept
   // regions; a shared exchange makes a third of the frees remote.
@@ -1102,14 +1109,14 @@ TEST_F(ThreadCaches, OversubscribedThreadsOnANearlyFullPoolStayConsistent) {
 
 // ---- 4. merge hysteresis (one thread, pinned to one CPU so it uses one cache) -------------------
 
-class ScalingHysteresis : public Scaling {
+class ScalingHysteresis : public Kinds<ScalingBase> {
  protected:
   std::shared_ptr<pmpage::persistence> backend() override { return counter_; }
   std::shared_ptr<pmpage::counting_persistence> counter_ =
       std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
 };
 
-TEST_F(ScalingHysteresis, FreeingTheLastPageOfARegionKeepsItSplitUntilTrim) {
+TEST_P(ScalingHysteresis, FreeingTheLastPageOfARegionKeepsItSplitUntilTrim) {
   run_on_cpu(nth_cpu(0), [&] {
     page* p = pool_.alloc_pages(0);
     ASSERT_NE(p, nullptr);
@@ -1125,7 +1132,7 @@ TEST_F(ScalingHysteresis, FreeingTheLastPageOfARegionKeepsItSplitUntilTrim) {
 
     counter_->reset();
     EXPECT_EQ(pool_.trim(), 1u);
-    EXPECT_EQ(counter_->fences(), 1u) << "trim() costs one fence when it merges";
+    EXPECT_EQ(counter_->fences(), per_kind(1)) << "trim() costs one fence when it merges (none: volatile)";
     EXPECT_FALSE(pmpage::PageSplit(p));
     EXPECT_EQ(trimmed_problem(pool_.stats(), usage_of({})), "");
     EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(0));
@@ -1136,7 +1143,7 @@ TEST_F(ScalingHysteresis, FreeingTheLastPageOfARegionKeepsItSplitUntilTrim) {
   });
 }
 
-TEST_F(ScalingHysteresis, RepeatedAllocAndFreeInOneRegionKeepsItsDescriptorsAndCostsOneFenceEach) {
+TEST_P(ScalingHysteresis, RepeatedAllocAndFreeInOneRegionKeepsItsDescriptorsAndCostsOneFenceEach) {
   run_on_cpu(nth_cpu(0), [&] {
     page* p = pool_.alloc_pages(0);
     ASSERT_NE(p, nullptr);
@@ -1153,7 +1160,7 @@ TEST_F(ScalingHysteresis, RepeatedAllocAndFreeInOneRegionKeepsItsDescriptorsAndC
       regions.insert(index_of(q) / HPAGE_PMD_NR);
       pmpage::free_pages(q, order);
     }
-    EXPECT_EQ(counter_->fences(), 2u * kCycles) << "one fence per alloc and one per free: no split or merge in between";
+    EXPECT_EQ(counter_->fences(), per_kind(2u * kCycles)) << "one fence per alloc and one per free: no split or merge in between";
     const pool_stats s2 = pool_.stats();
     EXPECT_EQ(s2.materialised_regions, s1.materialised_regions) << describe(s2);
     EXPECT_EQ(s2.split_regions, s1.split_regions) << describe(s2);
@@ -1163,7 +1170,7 @@ TEST_F(ScalingHysteresis, RepeatedAllocAndFreeInOneRegionKeepsItsDescriptorsAndC
   });
 }
 
-TEST_F(ScalingHysteresis, AtMostEmptySplitKeptEmptyRegionsAreKeptAndTheOldestMergeFirst) {
+TEST_P(ScalingHysteresis, AtMostEmptySplitKeptEmptyRegionsAreKeptAndTheOldestMergeFirst) {
   // 24 regions each hold one order-0 page (fill them, free all but one page of each); then the
   // last pages go, in a random order. Each free empties a region: at most EMPTY_SPLIT_KEPT of
   // them stay split (plus what the cache holds), and those are the most recently emptied.
@@ -1228,10 +1235,10 @@ TEST_F(ScalingHysteresis, AtMostEmptySplitKeptEmptyRegionsAreKeptAndTheOldestMer
 
 namespace {
 
-class ScalingRegressions : public Scaling {};
+class ScalingRegressions : public Kinds<ScalingBase> {};
 
 // alloc_pages_bulk used to stop at the first empty refill while another CPU's cache held free pages.
-TEST_F(ScalingRegressions, BulkAllocationTakesPagesOtherCachesHold) {
+TEST_P(ScalingRegressions, BulkAllocationTakesPagesOtherCachesHold) {
   std::vector<page*> got(total_pages_);
   page* held = nullptr;
   std::thread a([&] {
@@ -1255,7 +1262,7 @@ TEST_F(ScalingRegressions, BulkAllocationTakesPagesOtherCachesHold) {
 
 // for_each_allocated may run concurrently (api.md): it used to report the tails of a page being
 // freed as separate order-0 allocations.
-TEST_F(ScalingRegressions, ConcurrentWalkSeesOnlyWholeAllocations) {
+TEST_P(ScalingRegressions, ConcurrentWalkSeesOnlyWholeAllocations) {
   std::atomic<bool> stop{false};
   std::vector<std::thread> churn;
   for (int t = 0; t < 2; ++t)
@@ -1277,15 +1284,19 @@ TEST_F(ScalingRegressions, ConcurrentWalkSeesOnlyWholeAllocations) {
   EXPECT_EQ(pool_.check(), "");
 }
 
+INSTANTIATE_TEST_SUITE_P(, ThreadCaches, kKinds, kind_name);
+INSTANTIATE_TEST_SUITE_P(, ScalingHysteresis, kKinds, kind_name);
+INSTANTIATE_TEST_SUITE_P(, ScalingRegressions, kKinds, kind_name);
+
 }  // namespace
 
 // fork() while other threads allocate: the child may walk the pool and load regions (api.md); it
 // used to hang on a lock a parent thread held at the fork. Not in the TSan run (fork with threads).
-TEST_F(Scaling, ForkWhileAllocatingLeavesTheChildAbleToWalkAndLoad) {
+TEST_P(Scaling, ForkWhileAllocatingLeavesTheChildAbleToWalkAndLoad) {
   // Some allocations, then reopen: their regions are lazy (loaded on first touch).
   std::vector<pfn_t> kept;
   for (int i = 0; i < 64; ++i) kept.push_back(pmpage::page_to_pfn(pool_.alloc_pages(i % 4)));
-  reopen();
+  reopen_if_persistent();
   std::atomic<bool> stop{false};
   std::vector<std::thread> churn;
   for (int t = 0; t < 2; ++t)
@@ -1322,3 +1333,5 @@ TEST_F(Scaling, ForkWhileAllocatingLeavesTheChildAbleToWalkAndLoad) {
   for (pfn_t pfn : kept) pmpage::put_page(pmpage::pfn_to_page(pfn));
   EXPECT_EQ(pool_.check(), "");
 }
+
+INSTANTIATE_TEST_SUITE_P(, Scaling, kKinds, kind_name);

@@ -16,12 +16,12 @@ using pmpage::HPAGE_PMD_NR;
 using pmpage::page;
 using pmpage::pfn_t;
 
-class Threads : public PoolTest {
+class Threads : public Kinds<PoolTest> {
  protected:
   static constexpr int kThreads = 4;
 };
 
-TEST_F(Threads, ConcurrentAllocFreeGetPutLockOnOwnPages) {
+TEST_P(Threads, ConcurrentAllocFreeGetPutLockOnOwnPages) {
   struct held {
     page* p;
     unsigned order;
@@ -99,7 +99,7 @@ TEST_F(Threads, ConcurrentAllocFreeGetPutLockOnOwnPages) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Threads, ConcurrentAllocPagesToAndFreePagesFromOnOwnSlots) {
+TEST_P(Threads, ConcurrentAllocPagesToAndFreePagesFromOnOwnSlots) {
   pfn_t* slots = root_slots(pool_);
   constexpr int kPerThread = 16;
   std::atomic<int> errors{0};
@@ -135,7 +135,7 @@ TEST_F(Threads, ConcurrentAllocPagesToAndFreePagesFromOnOwnSlots) {
   EXPECT_EQ(free_pages(), total_pages_ - pages_in(snap.by_pfn));
 }
 
-TEST_F(Threads, ConcurrentGetPutOnOneSharedPageKeepsTheCount) {
+TEST_P(Threads, ConcurrentGetPutOnOneSharedPageKeepsTheCount) {
   page* small = pool_.alloc_pages(3);
   page* huge = pool_.alloc_pages(9);
   ASSERT_TRUE(small && huge);
@@ -160,7 +160,7 @@ TEST_F(Threads, ConcurrentGetPutOnOneSharedPageKeepsTheCount) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Threads, RacingLastPutsFreeExactlyOnce) {
+TEST_P(Threads, RacingLastPutsFreeExactlyOnce) {
   // Several threads each own one reference; they drop them at the same moment. Exactly one put
   // must free the page: a double free would be reported as misuse (and fail the test), a missed
   // one would leave the page allocated.
@@ -186,7 +186,7 @@ TEST_F(Threads, RacingLastPutsFreeExactlyOnce) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Threads, TranslationStaysCorrectWhileRegionsSplitAndMerge) {
+TEST_P(Threads, TranslationStaysCorrectWhileRegionsSplitAndMerge) {
   // One thread splits and merges regions over and over (allocating and freeing the only page of
   // a region, then trim()); the others walk every pfn through the translation and reference API. Free pages
   // must read count 0 and be their own head whatever the state of their region.
@@ -232,7 +232,7 @@ TEST_F(Threads, TranslationStaysCorrectWhileRegionsSplitAndMerge) {
   EXPECT_EQ(pool_.check(), "");
 }
 
-TEST_F(Threads, ConcurrentAllocationsInOneSplitRegionNeverCollide) {
+TEST_P(Threads, ConcurrentAllocationsInOneSplitRegionNeverCollide) {
   // All threads allocate order-0 pages at once; packing puts them into the same split regions.
   std::vector<std::vector<pfn_t>> got(kThreads);
   std::vector<std::thread> threads;
@@ -254,5 +254,7 @@ TEST_F(Threads, ConcurrentAllocationsInOneSplitRegionNeverCollide) {
   EXPECT_LE(pool_.stats().split_regions, (n + HPAGE_PMD_NR - 1) / HPAGE_PMD_NR + kThreads);
   EXPECT_EQ(pool_.check(), "");
 }
+
+INSTANTIATE_TEST_SUITE_P(, Threads, kKinds, kind_name);
 
 }  // namespace

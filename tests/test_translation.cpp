@@ -13,7 +13,7 @@ using pmpage::page;
 using pmpage::PAGE_SIZE;
 using pmpage::pfn_t;
 
-class Translation : public PoolTest {
+class TranslationBase : public PoolTest {
  protected:
   // Checks the round trips for every pfn of pool_ and returns how many pfns failed (so a broken
   // library reports one failure, not sixteen thousand).
@@ -33,10 +33,12 @@ class Translation : public PoolTest {
     EXPECT_EQ(bad, 0u) << "first failing pfn index " << (first_bad - start_);
   }
 };
+class Translation : public Kinds<TranslationBase> {};
+class TranslationPersistent : public TranslationBase {};
 
-TEST_F(Translation, RoundTripsForEveryPfnOfAFreshPool) { expect_round_trips_for_every_pfn(); }
+TEST_P(Translation, RoundTripsForEveryPfnOfAFreshPool) { expect_round_trips_for_every_pfn(); }
 
-TEST_F(Translation, RoundTripsForEveryPfnWhateverItsState) {
+TEST_P(Translation, RoundTripsForEveryPfnWhateverItsState) {
   // A mix: a split region with order-0 and small compound pages, whole-region pages, a
   // multi-region compound page, a region split by split_huge_page, and free regions.
   ASSERT_NE(pool_.alloc_pages(0), nullptr);
@@ -53,7 +55,7 @@ TEST_F(Translation, RoundTripsForEveryPfnWhateverItsState) {
   expect_round_trips_for_every_pfn();
 }
 
-TEST_F(Translation, ConsecutivePfnsAreConsecutivePagesOfTheMapping) {
+TEST_P(Translation, ConsecutivePfnsAreConsecutivePagesOfTheMapping) {
   for (pfn_t pfn = pool_.start_pfn(); pfn + 1 < pool_.end_pfn(); pfn += 97) {
     auto* a = static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(pfn)));
     auto* b = static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(pfn + 1)));
@@ -61,7 +63,7 @@ TEST_F(Translation, ConsecutivePfnsAreConsecutivePagesOfTheMapping) {
   }
 }
 
-TEST_F(Translation, PageAddressIsWritableMemoryOfThePool) {
+TEST_P(Translation, PageAddressIsWritableMemoryOfThePool) {
   page* p = pool_.alloc_pages(1);
   ASSERT_NE(p, nullptr);
   auto* bytes = static_cast<unsigned char*>(pmpage::page_address(p));
@@ -72,7 +74,7 @@ TEST_F(Translation, PageAddressIsWritableMemoryOfThePool) {
             static_cast<unsigned char>(PAGE_SIZE));
 }
 
-TEST_F(Translation, DescriptorPointersDoNotMoveAcrossSplitAndMerge) {
+TEST_P(Translation, DescriptorPointersDoNotMoveAcrossSplitAndMerge) {
   page* huge = pool_.alloc_pages(9);
   ASSERT_NE(huge, nullptr);
   const pfn_t base = pmpage::page_to_pfn(huge);
@@ -105,7 +107,7 @@ TEST_F(Translation, DescriptorPointersDoNotMoveAcrossSplitAndMerge) {
   same("after re-split");
 }
 
-TEST_F(Translation, VirtToPageOfMemoryOutsideEveryPoolIsNull) {
+TEST_P(Translation, VirtToPageOfMemoryOutsideEveryPoolIsNull) {
   int on_stack = 0;
   auto on_heap = std::make_unique<char[]>(1 << 20);
   static char in_bss[4096];
@@ -121,7 +123,7 @@ TEST_F(Translation, VirtToPageOfMemoryOutsideEveryPoolIsNull) {
   EXPECT_EQ(pmpage::virt_to_page(pmpage::pfn_to_page(start_)), nullptr);
 }
 
-TEST_F(Translation, VirtToPageOfPoolMetadataAndRootIsNull) {
+TEST_P(Translation, VirtToPageOfPoolMetadataAndRootIsNull) {
   // Only the data area holds pages; the superblocks, metadata and root area around it do not.
   char* data = data_start(pool_);
   EXPECT_EQ(pmpage::virt_to_page(pool_.root()), nullptr);
@@ -132,7 +134,7 @@ TEST_F(Translation, VirtToPageOfPoolMetadataAndRootIsNull) {
   EXPECT_NE(pmpage::virt_to_page(data + total_pages_ * PAGE_SIZE - 1), nullptr);
 }
 
-TEST_F(Translation, PfnValidOnlyInsideAnOpenPool) {
+TEST_P(Translation, PfnValidOnlyInsideAnOpenPool) {
   EXPECT_FALSE(pmpage::pfn_valid(0));
   EXPECT_TRUE(pmpage::pfn_valid(pool_.start_pfn()));
   EXPECT_TRUE(pmpage::pfn_valid(pool_.end_pfn() - 1));
@@ -143,7 +145,7 @@ TEST_F(Translation, PfnValidOnlyInsideAnOpenPool) {
   EXPECT_FALSE(pmpage::pfn_valid(pfn_t{1} << 62));
 }
 
-TEST_F(Translation, ClosingThePoolInvalidatesItsPfnsAndAddresses) {
+TEST_P(Translation, ClosingThePoolInvalidatesItsPfnsAndAddresses) {
   char* data = data_start(pool_);
   const pfn_t start = pool_.start_pfn();
   pool_.close();
@@ -152,7 +154,7 @@ TEST_F(Translation, ClosingThePoolInvalidatesItsPfnsAndAddresses) {
   EXPECT_FALSE(pmpage::virt_addr_valid(data));
 }
 
-TEST_F(Translation, PfnsAndAddressesTranslateAgainAfterReopen) {
+TEST_F(TranslationPersistent, PfnsAndAddressesTranslateAgainAfterReopen) {
   page* p = pool_.alloc_pages(0);
   ASSERT_NE(p, nullptr);
   const pfn_t pfn = pmpage::page_to_pfn(p);
@@ -164,7 +166,7 @@ TEST_F(Translation, PfnsAndAddressesTranslateAgainAfterReopen) {
   expect_round_trips_for_every_pfn();
 }
 
-TEST_F(Translation, SeveralPoolsTranslateIndependently) {
+TEST_P(Translation, SeveralPoolsTranslateIndependently) {
   pmpage::pool other = create_pool(new_path("other"), 32 * MiB);
   page* a = pool_.alloc_pages(0);
   page* b = other.alloc_pages(0);
@@ -186,7 +188,7 @@ TEST_F(Translation, SeveralPoolsTranslateIndependently) {
 
 // "Looking up a descriptor of an unsplit region allocates no memory": walk every page of a pool
 // full of whole-region allocations through the read-side API and watch RssAnon.
-TEST_F(Translation, LookupsInUnsplitRegionsAllocateNoMemory) {
+TEST_P(Translation, LookupsInUnsplitRegionsAllocateNoMemory) {
   if (!kRssIsMeaningful) GTEST_SKIP() << "RSS is not meaningful under a sanitizer";
   std::vector<page*> huge;
   while (page* p = pool_.alloc_pages(9)) huge.push_back(p);
@@ -214,5 +216,7 @@ TEST_F(Translation, LookupsInUnsplitRegionsAllocateNoMemory) {
   EXPECT_EQ(pool_.stats().descriptor_bytes, descriptor_bytes);
   EXPECT_EQ(pool_.stats().materialised_regions, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(, Translation, kKinds, kind_name);
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <pmpage/pmpage.hpp>
@@ -205,15 +206,56 @@ class TempPathTest : public ::testing::Test {
   std::vector<std::filesystem::path> paths_;
 };
 
-// One open pool, pool_, at path_, created in SetUp. Subclasses choose the size (and the backend).
+// The two kinds of pool the behaviour suites run on (issue #12): a persistent pool (pool::create
+// on a /dev/shm file) and a volatile one (pool::create_volatile over anonymous memory, the same
+// size). Suites parameterised over it instantiate with kKinds and kind_name.
+enum class pool_kind { persistent, volatile_ };
+
+inline const char* kind_text(pool_kind k) { return k == pool_kind::persistent ? "Persistent" : "Volatile"; }
+inline std::string kind_name(const ::testing::TestParamInfo<pool_kind>& info) { return kind_text(info.param); }
+inline const auto kKinds = ::testing::Values(pool_kind::persistent, pool_kind::volatile_);
+
+// One open pool, pool_, created in SetUp: a persistent pool at path_, or (kind() == volatile_) a
+// volatile pool of the same size over anonymous memory (path_ is then unused). Subclasses choose
+// the size (and the backend); Kinds<...> makes the kind the test parameter.
 class PoolTest : public TempPathTest {
  protected:
   virtual std::uint64_t pool_size() const { return 64 * MiB; }
   virtual std::shared_ptr<pmpage::persistence> backend() { return nullptr; }
+  virtual pool_kind kind() const { return pool_kind::persistent; }
+  bool is_volatile_kind() const { return kind() == pool_kind::volatile_; }
+  // What a persistent pool pays (fences, flushes): a volatile pool pays nothing.
+  std::uint64_t per_kind(std::uint64_t persistent_cost) const { return is_volatile_kind() ? 0 : persistent_cost; }
+
+  // A pool of this test's kind (persistent: at path_, which must be set).
+  pmpage::pool make_pool(std::uint64_t size, std::shared_ptr<pmpage::persistence> be, std::size_t root_size = 4096) {
+    if (is_volatile_kind()) {
+      pmpage::pool::volatile_options v;
+      v.size = size;
+      v.root_size = root_size;
+      v.backend = std::move(be);
+      return pmpage::pool::create_volatile(v);
+    }
+    pmpage::pool::options o;
+    o.size = size;
+    o.root_size = root_size;
+    o.backend = std::move(be);
+    return pmpage::pool::create(path_, o);
+  }
+
+  // A second pool of this test's kind (persistent: at a new path tagged `tag`).
+  pmpage::pool make_another_pool(std::uint64_t size, const std::string& tag) {
+    if (is_volatile_kind()) {
+      pmpage::pool::volatile_options v;
+      v.size = size;
+      return pmpage::pool::create_volatile(v);
+    }
+    return create_pool(new_path(tag), size);
+  }
 
   void SetUp() override {
     path_ = new_path();
-    pool_ = create_pool(path_, pool_size(), backend());
+    pool_ = make_pool(pool_size(), backend());
     const pmpage::pool_stats s = pool_.stats();
     total_pages_ = s.total_pages;
     total_regions_ = s.total_regions;
@@ -225,10 +267,21 @@ class PoolTest : public TempPathTest {
     TempPathTest::TearDown();
   }
 
-  // Close and reopen pool_ (same path); refreshes nothing else: pfns must not change.
+  // Close and reopen pool_ (same path); refreshes nothing else: pfns must not change. Persistent
+  // pools only.
   void reopen() {
+    ASSERT_FALSE(is_volatile_kind()) << "reopen() of a volatile pool";
     pool_.close();
     pool_ = pmpage::pool::open(path_);
+  }
+
+  // Where a test reopens only on its way to checking that the state it built is still there: a
+  // persistent pool is reopened, a volatile one (no media to reopen) is left as it is, so the
+  // checks after it hold for the same pool. Returns whether it reopened.
+  bool reopen_if_persistent() {
+    if (is_volatile_kind()) return false;
+    reopen();
+    return true;
   }
 
   pmpage::page* page_at(std::uint64_t index) const { return pmpage::pfn_to_page(start_ + index); }
@@ -266,5 +319,28 @@ class CountingPoolTest : public PoolTest {
   std::shared_ptr<pmpage::counting_persistence> counter_ =
       std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
 };
+
+// A fixture Base run on both kinds of pool: the test parameter is the kind.
+//   class Alloc : public Kinds<PoolTest> {};  TEST_P(Alloc, ...)
+//   INSTANTIATE_TEST_SUITE_P(, Alloc, kKinds, kind_name);
+template <class Base>
+class Kinds : public Base, public ::testing::WithParamInterface<pool_kind> {
+ protected:
+  pool_kind kind() const override { return this->GetParam(); }
+};
+
+// A fixture Base with a parameter P of its own (an order, a seed) run on both kinds of pool: the
+// test parameter is (P, kind); param() is the P.
+template <class Base, class P>
+class KindsAnd : public Base, public ::testing::WithParamInterface<std::tuple<P, pool_kind>> {
+ protected:
+  pool_kind kind() const override { return std::get<1>(this->GetParam()); }
+  static P param() { return std::get<0>(KindsAnd::GetParam()); }
+};
+
+template <class P>
+std::string kind_and_name(const ::testing::TestParamInfo<std::tuple<P, pool_kind>>& info, const std::string& p) {
+  return p + "_" + kind_text(std::get<1>(info.param));
+}
 
 }  // namespace pmtest
