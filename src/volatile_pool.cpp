@@ -149,7 +149,13 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
     if (opts.size == 0) fail(EINVAL, name, "volatile_options.size is 0 (anonymous memory needs a size)");
   } else {
     d.open_existing(name);  // a regular file or device DAX; refuses the rest, naming it
-    d.lock();               // exclusive: EBUSY while another pool, of either kind, uses it
+    try {
+      d.lock();  // exclusive: EBUSY while another pool, of either kind, uses it
+    } catch (const pmpage::error& e) {
+      if (e.code().value() != EBUSY) throw;
+      fail(EBUSY, name, "is in use by another pool (a volatile pool using it as memory, or a persistent pool open "
+                        "on it, in this or another process)");
+    }
     if (d.size() >= 2 * SUPERBLOCK_SIZE && !opts.overwrite) {
       superblock a, b;
       d.read_at(&a, sizeof a, 0);
@@ -176,9 +182,9 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
       if (data_len == 0)
         fail(EINVAL, name, "holds " + std::to_string(d.size()) +
                                " bytes, less than one 2 MiB region, and volatile_options.size is 0");
-      d.ensure_size(data_len, false);  // grows, never shrinks
     }
   }
+  // Every check before the first change to the backing: a refused create leaves it as it was.
   if (data_len / HPAGE_PMD_SIZE > MAX_POOL_PAGES / HPAGE_PMD_NR)
     fail(EINVAL, name, "volatile_options.size " + std::to_string(data_len) + " is above the largest pool (" +
                            std::to_string(MAX_POOL_PAGES * PAGE_SIZE) + " bytes)");
@@ -191,6 +197,8 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
                              ": the kernel places a regular file's page cache by the task's policy, not the mapping's; "
                              "use anonymous memory, tmpfs, a memfd or hugetlbfs to bind a pool to a node");
   }
+  if (kind != backing_kind::anonymous && kind != backing_kind::device_dax)
+    d.ensure_size(data_len, false);  // grows a short file, never shrinks one
 
   // ---- map it, with the huge pages asked for or the best fallback ---------------------------------
   const layout lay = layout_for_regions(data_len / HPAGE_PMD_SIZE, opts.root_size, HPAGE_PMD_SIZE);
