@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -343,14 +344,88 @@ void pool_impl::prefetch_map_line(const page* holder) const {
                          (index & (HPAGE_PMD_NR - 1)) / PAGES_PER_MAP_WORD, 1);
 }
 
+// ---- orphaned owned pages -----------------------------------------------------------------------
+// A slot-owned page's last reference is its slot's, dropped only by free_pages_from on that slot.
+// But the slot may be gone: the engine freed the page that held it (a page-table page freed with
+// live entries) or overwrote it by hand. Then nothing can free the page through its slot, and a
+// persistent pool drops such owners at its next open (recovery.cpp, stats().orphaned_owners).
+// A volatile pool is never reopened, and a persistent one should not need to be: so put_page /
+// free_pages of the last reference of a page whose owning slot is void drops the ownership the
+// same way, now, and frees the page. A void slot: outside the root and data areas, in a free
+// page, or not naming the page.
+
+std::uint64_t pool_impl::head_index(page* holder) const {
+  return is_region_desc(holder) ? std::uint64_t(holder - regions_) << HPAGE_PMD_ORDER : std::uint64_t(holder - vmemmap_);
+}
+
+bool pool_impl::owner_is_void(page* holder, std::uint64_t index) {
+  const std::uint64_t off = slot_owner(holder, index);
+  if (off == 0) return false;  // not owned (any more): nothing to drop
+  if (!slot_offset_valid(off)) return true;
+  const pfn_t named = std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + off)).load(std::memory_order_acquire);
+  return named != pfn_of_index(index) || slots_in_free_page(off, 1);
+}
+
+void pool_impl::release_orphan(page* holder, std::uint64_t index) noexcept {
+  // The count is 0 and ours (claimed): the owner cannot change under us (pool_impl.hpp, O3).
+  if (refuse_read_only("put_page/free_pages (the last reference: the page would be freed)") ||
+      forked("put_page (last reference)")) {
+    holder->refcount_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const std::uint64_t slot = slot_owner(holder, index);
+  // Drop the owner, then free, each behind its fence. A crash in between leaves an allocated
+  // page owned by nobody, which open keeps and check_slots lists as unreferenced (what open makes
+  // of a void owner anyway); the other order could leave a free page that a stale slot in freed
+  // memory still names beside its owner entry, which the offline checker must call damage. A
+  // large page's ownership is its region word's owned bit (its entry counts only under it), so
+  // that bit goes first. The page stays ours (count 0, bitmap used) until release_freed.
+  if (is_region_desc(holder)) {
+    const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+    persist_word(region_word(r), make_region_word(region_state::head, load_order(holder)));
+    fence();
+    persist_word(owner_entry(index), 0);  // meaningless now: cleared with the free's epoch
+  } else {
+    persist_word(owner_entry(index), 0);
+    fence();
+  }
+  holder->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
+  free_result fr = free_stores(holder, /*release_now=*/false);
+  fence();
+  {
+    std::lock_guard g(mu_);
+    ++orphaned_;
+  }
+  char line[200];
+  std::snprintf(line, sizeof line,
+                "owner record of pfn %#llx dropped at its last put: its slot at device offset %#llx was void (in "
+                "freed memory or overwritten); the page was freed",
+                (unsigned long long)pfn_of_index(index), (unsigned long long)slot);
+  note_repair(line);
+  finish_free(release_freed(fr));
+}
+
 void pool_impl::report_owned_release(page* p, page* holder) noexcept {
+  // The count reached 0 (a put raced past the inline check): the page is claimed.
+  const std::uint64_t index = head_index(holder);
+  if (owner_is_void(holder, index)) return release_orphan(holder, index);
   holder->refcount_.fetch_add(1, std::memory_order_relaxed);  // the slot's reference stays
   report_owned(p, holder);
 }
 
 void pool_impl::report_owned(page* p, page* holder) noexcept {
-  const std::uint64_t index =
-      is_region_desc(holder) ? std::uint64_t(holder - regions_) << HPAGE_PMD_ORDER : std::uint64_t(holder - vmemmap_);
+  const std::uint64_t index = head_index(holder);
+  if (owner_is_void(holder, index)) {
+    // Claim the page as free_pages_from does (count 1 -> 0), then look again: the slot may have
+    // been written meanwhile. Until the claim the count is untouched, so nobody sees a 0 here.
+    int one = 1;
+    if (!holder->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) {
+      pmpage::put_page(p);  // the count moved (a reference taken or dropped): put it again
+      return;
+    }
+    if (owner_is_void(holder, index)) return release_orphan(holder, index);
+    holder->refcount_.fetch_add(1, std::memory_order_relaxed);
+  }
   const std::uint64_t owner = slot_owner(holder, index);
   report_misuse("put_page/free_pages would free pfn %#llx, which the slot at %p owns (alloc_pages_to): a slot's "
                 "reference is dropped only by free_pages_from on that slot (unbalanced put_page?)",

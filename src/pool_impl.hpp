@@ -127,6 +127,7 @@ class pool_impl {
   /// put_page/free_pages reached zero on a slot-owned page: restore the count and report.
   void report_owned_release(page* p, page* holder) noexcept;
   /// The same report without touching the count (put_page saw the slot's reference first).
+  /// Both free the page instead when its owning slot is void (pool.cpp, "orphaned owned pages").
   void report_owned(page* p, page* holder) noexcept;
   pool::slot_check check_slots(std::span<pfn_t* const> slots);
   void materialise(std::uint32_t region) noexcept;
@@ -356,6 +357,13 @@ class pool_impl {
   void split_unlock(page* h);
   /// The slot offset that owns the allocation held by h and headed at `index`, or 0 (unowned).
   std::uint64_t slot_owner(page* h, std::uint64_t index) const;
+  /// Pool page index of the head whose state holder is h.
+  std::uint64_t head_index(page* holder) const;
+  /// h is owned by a slot that is void: outside the pool's slot areas, in a free page, or not
+  /// naming the page (the engine freed or overwrote it). Then only an orphan release frees it.
+  bool owner_is_void(page* holder, std::uint64_t index);
+  /// Drops a void owner and frees the page (count claimed at 0 by the caller).
+  void release_orphan(page* holder, std::uint64_t index) noexcept;
   /// Reports `slot` naming pfn without owning it (dangling, unowned or another slot's); -EINVAL.
   int report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn, page* h, std::uint64_t index);
   bool covered_by_earlier_head(std::uint32_t r) const;

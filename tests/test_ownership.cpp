@@ -263,6 +263,56 @@ TEST_P(Ownership, CheckSeesAFreedPageThatStillHeldAnOwningSlot) {
   EXPECT_NE(why.find("which is free"), std::string::npos) << why;
 }
 
+TEST_P(Ownership, APageWhoseOwningSlotIsVoidIsFreedByItsLastPut) {
+  // The slot that owns a page can be lost without free_pages_from: overwritten by hand, or left in
+  // a page the engine freed. Nothing could free the page through it; a persistent pool drops such
+  // owners at its next open, and a volatile pool has no next open. So the last put of the page
+  // drops the void owner and frees it, on both kinds, with no misuse report; while the slot still
+  // names the page, the same put is refused (AnUnbalancedPutCannotFreeASlotOwnedPage).
+  for (unsigned order : {0u, 3u, 9u, 10u}) {
+    SCOPED_TRACE("overwritten slot, order " + std::to_string(order));
+    ASSERT_NE(pool_.alloc_pages_to(order, &slots()[0]), nullptr);
+    const pfn_t lost = slots()[0];
+    slots()[0] = 0;  // the engine forgets the page
+    const std::uint64_t before = pool_.stats().orphaned_owners;
+    pmpage::free_pages(pmpage::pfn_to_page(lost), order);
+    EXPECT_EQ(recorder_.count(), 0) << recorder_.last();
+    EXPECT_EQ(pool_.stats().orphaned_owners, before + 1);
+    EXPECT_EQ(free_pages(), total_pages_) << "the page was freed";
+    EXPECT_EQ(pool_.check(), "");
+  }
+  {
+    SCOPED_TRACE("a slot in a freed table page");
+    ASSERT_NE(pool_.alloc_pages_to(0, &slots()[0], pmpage::GFP_ZERO), nullptr);
+    auto* table = static_cast<pfn_t*>(pmpage::page_address(pmpage::pfn_to_page(slots()[0])));
+    page* owned = pool_.alloc_pages_to(0, &table[3]);
+    ASSERT_NE(owned, nullptr);
+    ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);  // the table page, with table[3] still owning
+    EXPECT_EQ(pool_.free_pages_from(&table[3]), -EINVAL) << "a slot in free memory frees nothing";
+    EXPECT_EQ(recorder_.count(), 1);
+    pmpage::get_page(owned);  // a reader's reference: the put below is not the last
+    pmpage::put_page(owned);
+    EXPECT_NE(free_pages(), total_pages_);
+    pmpage::put_page(owned);  // the last one: the void owner is dropped, the page freed
+    EXPECT_EQ(recorder_.count(), 1) << recorder_.last();
+    EXPECT_EQ(free_pages(), total_pages_);
+    EXPECT_EQ(pool_.check(), "");
+  }
+  {
+    SCOPED_TRACE("the slot still names the page");
+    ASSERT_NE(pool_.alloc_pages_to(0, &slots()[1]), nullptr);
+    expect_reported([&] { pmpage::put_page(pmpage::pfn_to_page(slots()[1])); }, "put of a live slot's page", "owns");
+    EXPECT_EQ(pool_.free_pages_from(&slots()[1]), 0);
+  }
+  bool found = false;
+  for (const std::string& line : pool_.recovery_log()) found |= line.find("dropped at its last put") != std::string::npos;
+  EXPECT_TRUE(found) << "the drop is logged";
+  if (reopen_if_persistent()) {
+    EXPECT_EQ(pool_.check(), "");
+    EXPECT_EQ(free_pages(), total_pages_);
+  }
+}
+
 // ---- case 3 ------------------------------------------------------------------------------------
 
 class OwnershipBigRoot : public Kinds<OwnershipBase> {

@@ -238,7 +238,8 @@ inline bool get_page_unless_zero(page* p) noexcept {
 
 /// Drops a reference; the last one frees the whole compound page, durably. The last reference of
 /// a slot-owned page (alloc_pages_to) belongs to its slot: dropping it here is misuse (reported,
-/// the count stays 1); free_pages_from(slot) frees it. So is dropping the last reference of a
+/// the count stays 1); free_pages_from(slot) frees it. Unless that slot is void (in free memory,
+/// or no longer naming the page): then the ownership is dropped and the page freed. So is dropping the last reference of a
 /// page of a read-only pool (reported; the page keeps it).
 inline void put_page(page* p) noexcept {
   page* h = detail::state_holder(p);

@@ -40,7 +40,8 @@ struct pool_stats {
   std::uint64_t repaired_at_open = 0;  // torn updates found and repaired by recovery
   /// Owner records dropped when a split region was loaded because their slot no longer named the
   /// page (the engine overwrote a slot by hand, or freed the page holding it): those pages stay
-  /// allocated, owned by nobody; check_slots lists them as unreferenced.
+  /// allocated, owned by nobody; check_slots lists them as unreferenced. Also counts owners
+  /// dropped at a page's last put_page/free_pages because its slot was void (docs/api.md).
   std::uint64_t orphaned_owners = 0;
   /// Per-CPU caches (docs/scaling.md): split regions a CPU's cache holds for its own small
   /// allocations, and the free pages inside them. Those pages are free on the media (a crash
@@ -137,7 +138,9 @@ class PMPAGE_API pool {
   /// (alloc_pages_to and free_pages_from are plain stores). Its pages hold zeros or the bytes a
   /// previous user of the backing left (GFP_ZERO zeroes them). Everything is gone at close().
   /// Throws pmpage::error: EINVAL (bad size, node), ENOENT (no backing), EBUSY (backing in use),
-  /// EEXIST (backing holds a persistent pool), ENOMEM (no memory, or huge pages required and none).
+  /// EEXIST (backing holds a persistent pool), ENOMEM (no memory, or huge pages required and none),
+  /// ENODEV (a backing that is neither a regular file nor device DAX), or the errno of a failed
+  /// system call on the backing (EACCES, EPERM). A refused create leaves the backing unchanged.
   static pool create_volatile(const volatile_options& opts);
 
   pool() noexcept;  // a closed pool
