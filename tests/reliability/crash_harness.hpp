@@ -58,6 +58,10 @@ struct scenario {
   /// allocation is one of before or after (with slot_owned: no leak, no slot naming a free page).
   bool per_slot = false;
   bool slot_owned = false;  // every allocation lives in a slot (alloc_pages_to scenarios)
+  /// What fsck may call damage in a crash image because the scenario's setup made that mistake on
+  /// purpose (an engine's broken slot, which the operation then settles): true for such a
+  /// problem (its rule and text). Any other damage still fails the image.
+  std::function<bool(const std::string& rule, const std::string& what)> setup_damage;
 };
 
 /// gtest prints a parameter with this (instead of its bytes).
