@@ -2,7 +2,9 @@
 // are 4 KiB pages of memory that need not survive (DRAM here; a CXL node or device in production,
 // docs/api.md "Volatile pools"). The page descriptors do the bookkeeping an engine would otherwise
 // build itself: page_count pins a frame while a reader uses it, PG_dirty marks it for write-back,
-// the page lock serialises its I/O, page_private holds the block number.
+// the page lock serialises its I/O, page_private holds the block number. One thread, to stay
+// short: a real buffer pool also guards its block map with a lock, publishes a frame before its
+// read completes, and has readers wait for the I/O with lock_page (or check PageUptodate).
 //
 //   ./pmpage_buffer_pool [numa-node]     (default: no binding)
 #include <pmpage/pmpage.hpp>
@@ -26,7 +28,7 @@ struct buffer_pool {
     }
     pmpage::page* p = pool.alloc_pages(0);  // the cache's own reference: count 1
     if (!p && !(p = evict_one())) return nullptr;
-    pmpage::lock_page(p);  // "I/O in progress": other pinners wait in lock_page
+    pmpage::lock_page(p);  // "I/O in progress" (a concurrent pinner would wait in lock_page)
     std::snprintf(static_cast<char*>(pmpage::page_address(p)), pmpage::PAGE_SIZE, "block %llu",
                   (unsigned long long)block);  // stands for the read from storage
     pmpage::set_page_private(p, block);
@@ -60,7 +62,14 @@ int main(int argc, char** argv) {
   opts.size = 4ull << 20;  // two 2 MiB regions: 1024 frames
   opts.huge = pmpage::pool::volatile_options::huge_pages::thp;
   if (argc > 1) opts.numa_node = std::atoi(argv[1]);
-  buffer_pool bp{pmpage::pool::create_volatile(opts), {}};
+  pmpage::pool pool;
+  try {
+    pool = pmpage::pool::create_volatile(opts);
+  } catch (const pmpage::error& e) {  // e.g. a node that does not exist: the message names it
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  buffer_pool bp{std::move(pool), {}};
   std::printf("%s\n", bp.pool.memory_description().c_str());
 
   for (std::uint64_t block = 0; block < 1500; ++block) {  // more blocks than frames: evictions
