@@ -20,19 +20,6 @@ using pmpage::pool;
 
 class Limits : public TempPathTest {
  protected:
-  // Runs f, which must throw pmpage::error with `err`; returns what().
-  template <class F>
-  static std::string expect_error(int err, F&& f) {
-    try {
-      f();
-    } catch (const pmpage::error& e) {
-      EXPECT_EQ(e.code().value(), err) << e.what();
-      return e.what();
-    }
-    ADD_FAILURE() << "expected pmpage::error (" << std::strerror(err) << "), nothing was thrown";
-    return {};
-  }
-
   static pool create_with_root(const std::filesystem::path& path, std::uint64_t size, std::size_t root_size) {
     pool::options opts;
     opts.size = size;

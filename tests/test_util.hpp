@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -93,6 +94,19 @@ inline ::testing::Environment* const g_pmpage_environment = [] {
   ::setenv("PMEM_IS_PMEM_FORCE", "1", 0);
   return ::testing::AddGlobalTestEnvironment(new pmpage_environment);
 }();
+
+// Runs f, which must throw pmpage::error with `err`; returns what() (for checks on the message).
+template <class F>
+std::string expect_error(int err, F&& f) {
+  try {
+    f();
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code().value(), err) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "expected pmpage::error (" << std::strerror(err) << "), nothing was thrown";
+  return {};
+}
 
 // ---- process memory ---------------------------------------------------------------------------
 

@@ -31,18 +31,6 @@ using pmpage::pfn_t;
 using pmpage::pool;
 using vopts = pmpage::pool::volatile_options;
 
-// Runs f, which must throw pmpage::error with `err`; returns what().
-template <class F>
-std::string expect_error(int err, F&& f) {
-  try {
-    f();
-  } catch (const pmpage::error& e) {
-    EXPECT_EQ(e.code().value(), err) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected pmpage::error (" << std::strerror(err) << "), nothing was thrown";
-  return {};
-}
 
 bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
