@@ -14,8 +14,13 @@ namespace pmpage::detail {
 
 void pool_impl::back_descriptors(std::uint32_t r) {
   // The window is either never touched or was given back with MADV_DONTNEED: both read as zero,
-  // but callers rely on every field being reset, so say it explicitly.
-  std::memset(static_cast<void*>(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER)), 0, HPAGE_PMD_NR * sizeof(page));
+  // but callers rely on every field being reset, so say it explicitly. With atomic stores, not
+  // memset: a lock-free reader that resolved the region as split before it merged (translation,
+  // page_count on a free page) may still load these descriptors while the region splits again.
+  static_assert(sizeof(page) % 8 == 0 && alignof(page) >= 8);
+  auto* w = reinterpret_cast<std::uint64_t*>(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER));
+  for (std::size_t i = 0; i < HPAGE_PMD_NR * sizeof(page) / 8; ++i)
+    std::atomic_ref<std::uint64_t>(w[i]).store(0, std::memory_order_relaxed);
   ++materialised_;
 }
 
