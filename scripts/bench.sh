@@ -25,8 +25,12 @@ jobs=${JOBS:-2}
 scripts/setup.sh
 
 # ---- build (incremental) ------------------------------------------------------------------------------
+# Configured every time (fast when nothing changed): a build directory made before a new target
+# existed would otherwise not know it ("No rule to make target").
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPMPAGE_BUILD_TESTS=OFF -DPMPAGE_BUILD_EXAMPLES=OFF >/dev/null
+else
+  cmake -S . -B "$build" >/dev/null
 fi
 cmake --build "$build" -j"$jobs" --target pmpage_bench pmpage_sqlite_bench pmpage_bench_mimalloc pmpage_bench_jemalloc
 
