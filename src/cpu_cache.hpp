@@ -49,11 +49,15 @@ struct alignas(64) cpu_cache {
   /// Coarse time of the last allocation served; written under mu, read by the idle sweep under
   /// the pool lock.
   std::atomic<std::uint64_t> last_use_ms{0};
-  /// Pages freed minus allocated in what this cache holds (its region, its stash), like the
-  /// kernel's per-CPU vm_stat diffs: pool free pages = pool_impl::free_pages_ + the sum of these
-  /// + pool_impl::unheld_free_delta_. Written only under mu (add_free_delta: a plain load and
-  /// store, not a locked read-modify-write, on the allocation fast path); read without it.
+  /// Small pages freed minus allocated by threads running on this CPU (the kernel's per-CPU
+  /// vm_stat diffs): pool free pages = pool_impl::free_pages_ + the sum of both counters of every
+  /// cache. free_delta is written only under mu (add_free_delta: a plain load and store, not a
+  /// locked read-modify-write, on the fast paths: allocations, and frees into this cache's own
+  /// region); remote_delta takes the frees of this CPU's threads into regions this cache does not
+  /// hold (an atomic add on this CPU's own line: writing the holder's counter instead would move
+  /// its line between CPUs on every remote free). Both are read without the lock.
   std::atomic<std::int64_t> free_delta{0};
+  std::atomic<std::int64_t> remote_delta{0};
   void add_free_delta(std::int64_t d) noexcept {  // mu held
     free_delta.store(free_delta.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
   }

@@ -585,8 +585,8 @@ std::size_t pool_impl::merge_empty_regions() noexcept {
 
 std::uint64_t pool_impl::cached_free_delta() const {
   std::int64_t d = 0;
-  for (unsigned i = 0; i < nr_caches_; ++i) d += caches_[i].free_delta.load(std::memory_order_relaxed);
-  d += unheld_free_delta_.load(std::memory_order_relaxed);
+  for (unsigned i = 0; i < nr_caches_; ++i)
+    d += caches_[i].free_delta.load(std::memory_order_relaxed) + caches_[i].remote_delta.load(std::memory_order_relaxed);
   return std::uint64_t(d);
 }
 

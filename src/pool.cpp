@@ -267,12 +267,13 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
 
 void pool_impl::release_small_held(split_state& s, free_result& fr) {
   mark_free(s, fr.first, 1u << fr.order);
-  // The region lock is the holding cache's mu when a cache holds the region (S6): its counter
-  // takes a plain add. A region no cache holds is locked by its own lock: the shared atomic.
-  if (s.cpu != NO_CPU)
-    caches_[s.cpu].add_free_delta(std::int64_t{1} << fr.order);
+  // A free into this CPU's own cached region holds that cache's mu (the region lock, S6): a plain
+  // add. Any other free (a remote free, a region no cache holds): this CPU's atomic counter.
+  cpu_cache& mine = this_cpu_cache();
+  if (s.cpu == mine.index)
+    mine.add_free_delta(std::int64_t{1} << fr.order);
   else
-    unheld_free_delta_.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
+    mine.remote_delta.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
   fr.kind = free_result::done;
   if (s.cpu == NO_CPU) {
     // No cache holds it: its filler list, or the empty list, may need it (pool lock, after the

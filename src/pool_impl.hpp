@@ -36,7 +36,7 @@
 //   V1  every region is exactly one of: in a free buddy block, HEAD/TAIL of an allocated compound,
 //       SPLIT (materialised or lazy), or in transit inside one operation.
 //   V2  a DRAM allocation exists iff the persistent state records it (after the op's fence).
-//   V3  free_pages_ + the caches' free_delta + unheld_free_delta_ == pages in free buddy blocks + stashed blocks +
+//   V3  free_pages_ + the caches' free_delta and remote_delta == pages in free buddy blocks + stashed blocks +
 //       free pages of materialised split regions.
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
@@ -405,9 +405,6 @@ class pool_impl {
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
   std::uint64_t free_pages_ = 0;     // V3 with the caches' free_delta (excludes lazy regions)
-  /// Small pages freed into split regions no cache holds (their own lock, not a cache's: see
-  /// release_small_held); part of V3's sum.
-  std::atomic<std::int64_t> unheld_free_delta_{0};
   std::uint64_t split_regions_ = 0;
   std::uint64_t materialised_ = 0;
   std::uint64_t repaired_ = 0;
