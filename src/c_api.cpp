@@ -171,9 +171,11 @@ bool null_pool(const pmpage_pool* pool, const char* fn) noexcept {
 }  // namespace
 
 struct pmpage_pool {
+  pmpage_pool(pmpage::pool p, std::string where)
+      : pool(std::move(p)), path(std::move(where)), memory(pool.memory_description()) {}
   pmpage::pool pool;
   std::string path;
-  std::string memory;  // pmpage_pool_memory_description's storage
+  std::string memory;  // pmpage_pool_memory_description's storage, filled once (no lazy write: thread-safe)
 };
 
 extern "C" {
@@ -244,9 +246,7 @@ pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_optio
       o.preallocate = opts->preallocate != 0;
       o.mode = opts->mode;
     }
-    auto* p = new pmpage_pool{pmpage::pool::create(path, o), path};
-    p->memory = p->pool.memory_description();
-    return p;
+    return new pmpage_pool{pmpage::pool::create(path, o), path};
   } catch (...) {
     fail_current("create");
     return nullptr;
@@ -259,9 +259,7 @@ pmpage_pool* pmpage_pool_open(const char* path) {
     return nullptr;
   }
   try {
-    auto* p = new pmpage_pool{pmpage::pool::open(path), path};
-    p->memory = p->pool.memory_description();
-    return p;
+    return new pmpage_pool{pmpage::pool::open(path), path};
   } catch (...) {
     fail_current("open");
     return nullptr;
@@ -276,9 +274,7 @@ pmpage_pool* pmpage_pool_open_read_only(const char* path) {
   try {
     pmpage::pool::open_options o;
     o.read_only = true;
-    auto* p = new pmpage_pool{pmpage::pool::open(path, o), path};
-    p->memory = p->pool.memory_description();
-    return p;
+    return new pmpage_pool{pmpage::pool::open(path, o), path};
   } catch (...) {
     fail_current("open");
     return nullptr;
@@ -325,9 +321,7 @@ pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* o
     o.require_huge_pages = opts->require_huge_pages != 0;
     o.numa_node = opts->numa_node;
     o.overwrite = opts->overwrite != 0;
-    auto* p = new pmpage_pool{pmpage::pool::create_volatile(o), opts->backing ? opts->backing : ""};
-    p->memory = p->pool.memory_description();
-    return p;
+    return new pmpage_pool{pmpage::pool::create_volatile(o), opts->backing ? opts->backing : ""};
   } catch (...) {
     fail_current("create_volatile");
     return nullptr;
@@ -342,7 +336,7 @@ int pmpage_pool_numa_node(const pmpage_pool* pool) {
 }
 const char* pmpage_pool_memory_description(const pmpage_pool* pool) {
   if (null_pool(pool, "pmpage_pool_memory_description")) return nullptr;
-  return pool->memory.c_str();  // filled when the pool was made (no lazy write: thread-safe)
+  return pool->memory.c_str();
 }
 int pmpage_page_to_nid(const struct pmpage_page* page) {
   return pmpage::page_to_nid(cpp(page));
