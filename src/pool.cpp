@@ -171,7 +171,9 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   if (!p) return nullptr;
   const std::uint64_t index = std::uint64_t(p - vmemmap_);
   page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
-  h->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);  // nobody else holds it yet
+  // Nobody else holds it yet. PG_publishing is visible to anyone who sees the pfn in the slot
+  // (the compare-and-swap below releases it): P5.
+  h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
   if (gfp & GFP_ZERO) zero_pages(p, order);
   const pfn_t pfn = pfn_of_index(index);
   const unsigned lane = intents_.acquire();
@@ -194,26 +196,91 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   flush_now(dest, sizeof *dest);
   fence();  // 2: allocated, owned, and the slot names the page
   retire_intent(lane);
+  end_publication(h);  // only now may another call free, move or split it (P5)
   publish_fresh(plan);
   return p;
 }
 
+// ---- publication ---------------------------------------------------------------------------------------
+// Recovery replays a live alloc_to intent from what the media says of its slot and page: the slot
+// names the page -> roll forward, else undo (free the page). Both are right only while no other
+// operation has touched that slot or page since. But the page is reachable the moment the
+// compare-and-swap fills the slot, and the intent retires only after the second fence: in
+// between, another thread may free the page through the slot, and a third be handed it; a
+// crash then finds the stale intent, a slot that no longer names the page, and frees the third
+// thread's page (issue #18, defect 0). So the page carries PG_publishing until the retirement is
+// pending, and every operation that can act on a slot-owned page waits for it to clear before
+// its own first fence: that fence then makes the retirement durable before any of its effects
+// can be. The wait is the publisher's second fence at most; the publisher waits for nobody.
+
+void pool_impl::end_publication(page* h) noexcept {
+  // Release: whoever sees the mark clear also sees the retirement pending (intent_log.hpp).
+  const std::uint32_t was = h->flags_.fetch_and(~(PG_publishing | PG_publish_waiters), std::memory_order_release);
+  if (was & PG_publish_waiters) h->flags_.notify_all();
+}
+
+void pool_impl::wait_published(page* h) noexcept {
+  // Spin briefly (the publisher is one fence away), then sleep on the flags word: a waiter that
+  // only yielded would compete for the CPU with a preempted publisher (adaptive_mutex.hpp).
+  for (unsigned spins = 0;; ++spins) {
+    std::uint32_t f = h->flags_.load(std::memory_order_acquire);
+    if (!(f & PG_publishing)) return;
+    if (spins < 128) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      continue;
+    }
+    if (!(f & PG_publish_waiters)) {
+      if (!h->flags_.compare_exchange_weak(f, f | PG_publish_waiters, std::memory_order_acquire)) continue;
+      f |= PG_publish_waiters;
+    }
+    h->flags_.wait(f, std::memory_order_acquire);
+  }
+}
+
 void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane) {
-  // Finish it as an ordinary allocation, then free it: both are paths every crash test covers.
+  // The slot went to a concurrent call. Nothing of this allocation is on the media but its intent
+  // (and a fresh region's zeroed map), and nobody else can reach the page: it was never
+  // published. So it is given back without ever being recorded as allocated: a crash or a kill
+  // at any point finds it free, and the live intent's undo has nothing to do. (Recording it as
+  // an ordinary allocation, retiring, then freeing it left a window between the retirement and
+  // the free's stores where a kill leaked the page: issue #18, defect 1.)
   const std::uint64_t index = std::uint64_t(p - vmemmap_);
   page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
-  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
-  apply_alloc(p, order, 0);
-  fence();
+  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned | PG_publishing}, std::memory_order_relaxed);
+  give_back_unpublished(&h, 1, plan, &lane, 1);
+}
+
+void pool_impl::give_back_unpublished(page* const* holders, unsigned n, alloc_plan& plan, const unsigned* lanes,
+                                      unsigned nr_lanes) {
+  // Claim each page as free_pages_from does (count 1 -> 0); a speculative get_page_unless_zero
+  // may hold another reference, and then its put_page frees it (release): the media says free
+  // either way, so that free writes nothing that matters and nothing can leak.
+  bool claimed[BULK_LANES];
+  free_result stored[BULK_LANES];
+  for (unsigned i = 0; i < n; ++i) {
+    int one = 1;
+    claimed[i] = holders[i]->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel);
+    // DRAM only for the page (its map words are written from the mirror, which never had it).
+    if (claimed[i]) stored[i] = free_stores(holders[i], /*release_now=*/false);
+  }
+  // A region this call split fresh is published like any other (its SPLIT word behind a fence:
+  // others may allocate from it as soon as it is published).
   if (plan.nr_fresh) {
     write_fresh_split_words(plan);
     fence();
     publish_fresh(plan);
   }
-  // Retired before the page can be handed out again: its next owner's fence makes this durable.
-  retire_intent(lane);
-  // Drop our reference like put_page: a speculative get_page_unless_zero may hold another.
-  if (h->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(h);
+  // Retired before any of the pages can be handed out again: the next owner's fence makes the
+  // retirement durable before its own effects (intent_log.hpp).
+  for (unsigned i = 0; i < nr_lanes; ++i) retire_intent(lanes[i]);
+  for (unsigned i = 0; i < n; ++i) {
+    if (claimed[i])
+      finish_free(release_freed(stored[i]));
+    else if (holders[i]->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+      release(holders[i]);
+  }
 }
 
 // ---- freeing -------------------------------------------------------------------------------------------
@@ -408,6 +475,7 @@ void pool_impl::release_orphan(page* holder, std::uint64_t index) noexcept {
 
 void pool_impl::report_owned_release(page* p, page* holder) noexcept {
   // The count reached 0 (a put raced past the inline check): the page is claimed.
+  wait_published(holder);  // its owner is recorded and its intent retiring before we judge it (P5)
   const std::uint64_t index = head_index(holder);
   if (owner_is_void(holder, index)) return release_orphan(holder, index);
   holder->refcount_.fetch_add(1, std::memory_order_relaxed);  // the slot's reference stays
@@ -415,6 +483,7 @@ void pool_impl::report_owned_release(page* p, page* holder) noexcept {
 }
 
 void pool_impl::report_owned(page* p, page* holder) noexcept {
+  wait_published(holder);  // as report_owned_release (P5)
   const std::uint64_t index = head_index(holder);
   if (owner_is_void(holder, index)) {
     // Claim the page as free_pages_from does (count 1 -> 0), then look again: the slot may have
@@ -481,7 +550,8 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
                   static_cast<void*>(src), path().c_str());
     return -EINVAL;
   }
-  const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+  // Acquire: a page published there is seen with its PG_publishing mark (P5).
+  const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_acquire);
   if (pfn == 0) return 0;  // an empty slot: the kernel's kfree(NULL) / free_pages(0, order)
   if (pfn < start_pfn() || pfn >= end_pfn()) {
     report_misuse("free_pages_from: slot %p holds pfn %#llx, not a page of pool %s", static_cast<void*>(src),
@@ -496,12 +566,15 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
                   static_cast<void*>(src), (unsigned long long)pfn);
     return -EINVAL;
   }
+  // An alloc_pages_to that published this page finishes first (P5): then its owner entry is
+  // recorded, and its intent's retirement is pending, so our first fence makes it durable.
+  wait_published(h);
   // Ownership first, so a wrong slot is reported even while other references make the free
   // -EBUSY; checked again once the page is claimed (it cannot change after that).
   const std::uint64_t index = pfn - start_pfn();
   if (const std::uint64_t owner = slot_owner(h, index); owner != slot) {
-    // Owned but no owner recorded yet: an alloc_pages_to into this slot has published the pfn
-    // and not finished (its owner entry comes next). Not a misuse; retry once it returns.
+    // Owned but no owner recorded yet: an alloc_pages_to republished the page into this slot
+    // since our wait (freed and allocated again meanwhile). Not a misuse; retry once it returns.
     if (owner == 0 && (h->flags_.load(std::memory_order_acquire) & PG_slot_owned)) return -EBUSY;
     return report_not_owner("free_pages_from", src, pfn, h, index);
   }
@@ -511,6 +584,7 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     if (expected > 0) return -EBUSY;
     return report_not_owner("free_pages_from", src, pfn, h, index);  // freed meanwhile: dangling
   }
+  wait_published(h);  // republished between the wait above and the claim (rare; P5)
   if (slot_owner(h, index) != slot) {  // changed between the check and the claim: a race
     h->refcount_.fetch_add(1, std::memory_order_relaxed);
     return report_not_owner("free_pages_from", src, pfn, h, index);
@@ -641,7 +715,7 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
     dest_offset(dests[i], slots[i]);  // checked by our caller
     const std::uint64_t index = std::uint64_t(pages[i] - vmemmap_);
     holders[i] = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : pages[i];
-    holders[i]->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);  // nobody else holds it yet
+    holders[i]->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);  // nobody else holds it yet
     if (gfp & GFP_ZERO) zero_pages(pages[i], order);
     intents_.write(lanes[i], intent_kind::alloc_to, order, slots[i], pfn_of_index(index));
   }
@@ -664,19 +738,19 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
     if (i < published) {
       apply_alloc(pages[i], order, slots[i]);
       flush_now(dests[i], sizeof(pfn_t));
-    } else {  // an ordinary allocation whose intent recovery undoes (the slot does not name it)
-      holders[i]->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
-      apply_alloc(pages[i], order, 0);
+    } else {  // never published, never recorded as allocated: given back below (abandon_alloc_to)
+      holders[i]->flags_.fetch_and(~std::uint32_t{PG_slot_owned | PG_publishing}, std::memory_order_relaxed);
     }
   }
   write_fresh_split_words(plan);
   fence();  // 2: allocated, owned, and each claimed slot names its page
   for (unsigned i = 0; i < n; ++i) retire_intent(lanes[i]);
+  for (unsigned i = 0; i < published; ++i) end_publication(holders[i]);  // P5
   publish_fresh(plan);
   if (published < n) {
-    // Retired before the pages can be handed out again: the free's fence makes that durable.
-    for (unsigned i = published; i < n; ++i)
-      if (holders[i]->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(holders[i]);
+    // Retired above, before the pages can be handed out again (abandon_alloc_to).
+    alloc_plan none;
+    give_back_unpublished(holders + published, n - published, none, nullptr, 0);
     report_misuse("alloc_pages_bulk_to: slot %p was filled (pfn %#llx) by a concurrent call; the slots before it "
                   "were filled, it and the rest were not", static_cast<void*>(dests[published]),
                   (unsigned long long)lost_to);
@@ -711,7 +785,7 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
                     static_cast<void*>(src), path().c_str());
       return -EINVAL;
     }
-    const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+    const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_acquire);  // with PG_publishing (P5)
     if (pfn == 0) continue;  // empty: skipped
     if (pfn < start_pfn() || pfn >= end_pfn()) {
       report_misuse("free_pages_bulk_from: srcs[%zu] (%p) holds pfn %#llx, not a page of pool %s; nothing was freed",
@@ -726,6 +800,7 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
                     "allocation; nothing was freed", i, static_cast<void*>(src), (unsigned long long)pfn);
       return -EINVAL;
     }
+    wait_published(h);  // as free_pages_from (P5)
     const std::uint64_t index = pfn - start_pfn();
     if (const std::uint64_t owner = slot_owner(h, index); owner != slot) {
       // An alloc_pages_to into this slot still publishing (free_pages_from): not a misuse.
@@ -765,6 +840,7 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
       if (expected > 0) return -EBUSY;
       return report_not_owner("free_pages_bulk_from", srcs[i], seen[i], h, index);  // freed meanwhile
     }
+    wait_published(h);  // republished since the check (P5)
     if (slot_owner(h, index) != slot ||
         std::atomic_ref<pfn_t>(*srcs[i]).load(std::memory_order_acquire) != seen[i]) {  // a race since the check
       unclaim(i + 1);
@@ -859,7 +935,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     return -EINVAL;
   }
   if (forked("move_pages_owner")) return -EINVAL;
-  const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed);
+  const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_acquire);  // with PG_publishing (P5)
   if (from == to) {
     report_misuse("move_pages_owner: source and destination are the same slot %p", static_cast<void*>(src));
     return -EINVAL;
@@ -904,6 +980,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     h->flags_.fetch_and(~std::uint32_t{PG_owner_busy}, std::memory_order_release);
     put_page(vpage(index));  // never the last reference: the slot holds one
   };
+  wait_published(h);  // an alloc_pages_to still publishing it records its owner first (P5)
   if (slot_owner(h, index) != from || std::atomic_ref<pfn_t>(*src).load(std::memory_order_relaxed) != pfn) {
     report_not_owner("move_pages_owner", src, pfn, h, index);
     done();
@@ -988,6 +1065,7 @@ int pool_impl::split_huge_page_to(page* p, pfn_t* slots) noexcept {
   // Freeze first (count 1 -> 0, and the page lock): no free, move or second split can change the
   // owner between the checks below and the split.
   if (const int e = split_prepare(h)) return e;
+  wait_published(h);  // an alloc_pages_to still publishing it records its owner first (P5)
   auto unfreeze = [&] {
     h->refcount_.store(1, std::memory_order_release);
     split_unlock(h);

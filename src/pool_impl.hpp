@@ -16,6 +16,15 @@
 //       tails are in-flight work and are cleared when the region is materialised.)
 //   P3  region word FREE     =>  its page map is ignored (zeroed when the region splits again).
 //   P4  a valid intent lane names an operation whose effects recovery completes or undoes.
+//   P5  no operation acts on a live intent's extent: until the intent's retirement is pending
+//       (so that the next fence of any thread makes it durable), the extent is reachable only by
+//       the operation that holds the lane. alloc_pages_to's page is reachable through its slot
+//       from the compare-and-swap on: it is PG_publishing until retired, and free_pages_from,
+//       free_pages_bulk_from, move_pages_owner, split_huge_page_to and the orphan release wait
+//       for that; a free keeps its page from the allocator until retired (deferred release); a
+//       move keeps its reference until retired; a split builds the pieces' descriptors after
+//       retiring. (Recovery decides from the slot, owner entry and page map, which another
+//       operation may have changed since; a stale live intent would be replayed over them.)
 //   O1  a non-zero owner entry sits on an allocated head and the slot it names holds that head's
 //       pfn (layout.hpp); the slot lies in the root area or in an allocated page.
 //
@@ -258,6 +267,11 @@ class pool_impl {
     flush_later(intents_.seq_word(lane), 8);
     intents_.release(lane);
   }
+  /// Publication (pool.cpp, "publication"): alloc_pages_to marks its page PG_publishing from
+  /// before its slot's compare-and-swap until its intent's retirement is pending; every other
+  /// operation that can act on a slot-owned page waits for the mark to clear (P5).
+  void end_publication(page* h) noexcept;
+  static void wait_published(page* h) noexcept;
   // --- descriptors
   page* region_desc(std::uint32_t r) const { return regions_ + r; }
   page* vpage(std::uint64_t index) const { return vmemmap_ + index; }
@@ -349,6 +363,10 @@ class pool_impl {
   unsigned acquire_lanes(unsigned* lanes, std::size_t want) noexcept;
   /// alloc_pages_to's undo when the slot was filled by someone else after its check.
   void abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane);
+  /// Returns reserved pages no slot ever named (their media words still say free) to the
+  /// allocator, after publishing `plan`'s fresh regions and retiring `lanes` (pool.cpp).
+  void give_back_unpublished(page* const* holders, unsigned n, alloc_plan& plan, const unsigned* lanes,
+                             unsigned nr_lanes);
   /// The shared part of split_huge_page / split_huge_page_to after the media is written.
   void split_descriptors(page* h, std::uint32_t r, bool owned);
   /// Takes the split's own page lock on h, freezes the count; undoes and returns an errno on failure.

@@ -48,12 +48,16 @@ enum page_flag : std::uint32_t {
   PG_slot_owned = 1u << 19,   // compound head: published by alloc_pages_to; only free_pages_from
                               // on its slot may free it (the owner is recorded on the media)
   PG_owner_busy = 1u << 20,   // compound head: a move_pages_owner is changing its owner
+  PG_publishing = 1u << 21,   // compound head: an alloc_pages_to has published it in its slot and
+                              // its intent is not retired yet; every other slot call waits (pool.cpp)
+  PG_publish_waiters = 1u << 22,  // someone sleeps until PG_publishing clears (futex on flags_)
 };
 
 /// Flags a region descriptor carries that send lookups off the unsplit fast path.
 inline constexpr std::uint32_t PG_region_special = PG_split | PG_region_tail | PG_region_lazy;
 /// Flags that belong to the allocator; user-visible flag operations never change them.
-inline constexpr std::uint32_t PG_allocator_mask = PG_head | PG_region_special | PG_slot_owned | PG_owner_busy;
+inline constexpr std::uint32_t PG_allocator_mask =
+    PG_head | PG_region_special | PG_slot_owned | PG_owner_busy | PG_publishing | PG_publish_waiters;
 
 struct page {
   // --- shared by region descriptors and 4 KiB descriptors -------------------------------------
