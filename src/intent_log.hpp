@@ -17,8 +17,10 @@
 // thread, first re-flushes the retirement of every pending lane and, once the fence returns,
 // counts it durable (before_fence / after_fence). Any operation that completes after a
 // retirement fences after it, so its effects can never be durable while the stale intent is
-// not. (A live intent belongs to a lane held mid-operation; no other operation can touch its
-// extent, which the holder has reserved.)
+// not. A live intent belongs to a lane held mid-operation, and no other operation may act on its
+// extent until the retirement is pending (rule P5, pool_impl.hpp): the holder has reserved it,
+// and where the extent becomes reachable before the retirement (alloc_pages_to's slot, filled
+// before its second fence) the page is marked PG_publishing and other slot calls wait.
 //
 // No lock: lanes are claimed with a compare-and-swap, pending retirements tracked with atomics.
 #pragma once
