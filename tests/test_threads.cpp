@@ -135,6 +135,52 @@ TEST_P(Threads, ConcurrentAllocPagesToAndFreePagesFromOnOwnSlots) {
   EXPECT_EQ(free_pages(), total_pages_ - pages_in(snap.by_pfn));
 }
 
+// An engine may act on a slot the moment it sees it filled, while alloc_pages_to is still
+// finishing (its second fence, its intent's retirement). Every slot call on that page then waits
+// for the publisher instead of failing or acting under it (issue #18, defect 0): free_pages_from
+// and move_pages_owner of a slot another thread just published succeed, every time, and the
+// pool ends consistent with every page in exactly one slot.
+TEST_P(Threads, ConcurrentFreeAndMoveOfJustPublishedSlotsWaitForThePublisher) {
+  pfn_t* slots = root_slots(pool_);
+  constexpr int kSlots = 8, kRounds = 400;
+  std::atomic<int> failed_free{0}, failed_move{0}, failed_alloc{0};
+  std::atomic<bool> stop{false};
+  std::thread publisher([&] {
+    for (int i = 0; i < kRounds * kSlots; ++i) {
+      pfn_t* s = &slots[i % kSlots];
+      while (std::atomic_ref<pfn_t>(*s).load(std::memory_order_acquire) != 0) std::this_thread::yield();
+      if (!pool_.alloc_pages_to(i % 5 == 0 ? 9u : 0u, s)) failed_alloc.fetch_add(1);
+    }
+    stop.store(true);
+  });
+  // Frees slots 0..3 through the slot, moves 4..7 to a second array and frees them there.
+  std::thread consumer([&] {
+    for (;;) {
+      const bool last = stop.load();
+      for (int k = 0; k < kSlots; ++k) {
+        pfn_t* s = &slots[k];
+        if (std::atomic_ref<pfn_t>(*s).load(std::memory_order_acquire) == 0) continue;
+        if (k < kSlots / 2) {
+          if (pool_.free_pages_from(s) != 0) failed_free.fetch_add(1);
+        } else {
+          pfn_t* d = &slots[kSlots + k];
+          if (pool_.move_pages_owner(s, d) != 0) failed_move.fetch_add(1);
+          if (pool_.free_pages_from(d) != 0) failed_free.fetch_add(1);
+        }
+      }
+      if (last) break;
+    }
+  });
+  publisher.join();
+  consumer.join();
+  EXPECT_EQ(failed_alloc.load(), 0);
+  EXPECT_EQ(failed_free.load(), 0) << "free_pages_from of a slot being published failed (-EBUSY) instead of waiting";
+  EXPECT_EQ(failed_move.load(), 0) << "move_pages_owner of a slot being published failed instead of waiting";
+  EXPECT_EQ(pool_.check(), "");
+  for (int k = 0; k < 2 * kSlots; ++k) EXPECT_EQ(slots[k], 0u) << "slot " << k;
+  EXPECT_EQ(free_pages(), total_pages_);
+}
+
 TEST_P(Threads, ConcurrentGetPutOnOneSharedPageKeepsTheCount) {
   page* small = pool_.alloc_pages(3);
   page* huge = pool_.alloc_pages(9);
