@@ -31,13 +31,28 @@
 // A journal header cleared in place (PERSIST mode) is ordered by pm_write: SQLite assumes linear
 // sector writes, the media only 8-byte atomicity.
 // When the pool is opened (the first database of it in this process), every slot of the directory
-// is validated (a damaged pool is SQLITE_CORRUPT, never a misuse abort), interrupted deletes are
-// finished and pages past a file's durable size (written but never synced before a crash) freed.
+// is validated — it names an allocation of this pool of the right order that it owns, and no two
+// slots name one page (pool::check_slots) — so a damaged pool is SQLITE_CORRUPT, never a misuse
+// abort; then interrupted deletes are finished and pages past a file's durable size (written but
+// never synced before a crash) freed. Bytes of an open pool can still change under the VFS (a
+// program writing the file): every pfn read from the media is range-checked before it is
+// dereferenced, and every VFS call runs under a misuse trap (below) that turns a report of the
+// library into SQLITE_CORRUPT for that call instead of the host's abort.
+//
+// A read-only open (SQLITE_OPEN_READONLY, mode=ro, or a pool the process may only read) opens
+// the pool with pool::open_options::read_only: recovery, if any, runs on a private copy, the
+// mount changes nothing, and the file is never written.
+//
+// An open pool is known by its file's (st_dev, st_ino), as os_unix.c knows an inode: a path that
+// now names another file (the pool was unlinked or renamed, and a new database created there) is
+// another database; a connection whose pool was moved is refused writes (SQLITE_READONLY_DBMOVED).
 //
 // Locks, in the order they are taken: vfs_instance::mu (the open pools) -> pool_ctx::mu (the
 // directory, the nodes) -> node::mu (one file's pages, size, dirty lists, lock state, shm).
+// g_handler_mu (the misuse handler's installation) is taken under vfs_instance::mu or alone.
 // SQLite's file locks (xLock) and WAL locks (xShmLock) are between connections of this process;
-// another process cannot open the pool at all (the pool's exclusive flock).
+// another process cannot open the pool for writing (the pool's exclusive flock); read-only
+// opens of several processes share it.
 #include "pmpage_sqlite.h"
 
 #include <sqlite3ext.h>
@@ -48,6 +63,7 @@ SQLITE_EXTENSION_INIT1
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -57,6 +73,7 @@ SQLITE_EXTENSION_INIT1
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <pmpage/pmpage.hpp>
@@ -128,18 +145,122 @@ chunk chunk_at(std::uint64_t off) {
 // ---- errors ----------------------------------------------------------------------------------
 
 thread_local std::string t_error;
+thread_local int t_errno = 0;  // the errno behind the last failure (xGetLastError, sqlite3_system_errno)
 
+int vfail(int rc, const char* fmt, va_list ap) {
+  char buf[512];
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  t_error = buf;
+  sqlite3_log(rc, "pmpage VFS: %s", buf);
+  return rc;
+}
 int fail(int rc, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 int fail(int rc, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfail(rc, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+/// fail() for a failure with an operating-system cause: SQLite reads `err` through xGetLastError
+/// (sqlite3_system_errno) after a failed open, as from os_unix.c.
+int fail_errno(int rc, int err, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+int fail_errno(int rc, int err, const char* fmt, ...) {
+  t_errno = err;
+  va_list ap;
+  va_start(ap, fmt);
+  vfail(rc, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+// ---- misuse reports on data read from the media -------------------------------------------------
+//
+// The library reports misuse through one process-wide handler, which by default aborts. The VFS
+// hands the library pfns and slots it read from the pool; the mount validates them, but the bytes
+// of an open pool can still be changed by someone else, and no VFS call may then abort its host.
+// So every VFS call that reaches the library runs inside a misuse_trap: while one is active on a
+// thread, a report on that thread is recorded there (the call then fails with SQLITE_CORRUPT);
+// reports on other threads, or outside a trap, go to the handler the host had installed.
+// trap_handler is installed while this process has a pool of any pmpage VFS open (or is opening
+// one), and the previous handler is put back when the last one closes — unless the host
+// installed another meanwhile, which then stays (the traps cannot work while the host's handler
+// is installed over the VFS's: say so in docs/sqlite.md).
+
+struct misuse_trap {
+  misuse_trap* outer;
+  bool tripped = false;
+  std::string first;  // the first report
+  misuse_trap();
+  ~misuse_trap();
+  misuse_trap(const misuse_trap&) = delete;
+  misuse_trap& operator=(const misuse_trap&) = delete;
+};
+thread_local misuse_trap* t_trap = nullptr;
+misuse_trap::misuse_trap() : outer(t_trap) { t_trap = this; }
+misuse_trap::~misuse_trap() { t_trap = outer; }
+
+/// Marks the calling thread's trap: damage the VFS itself found in the media (a pfn outside the
+/// pool) fails the call the same way as a report of the library.
+void note_damage(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void note_damage(const char* fmt, ...) {
+  misuse_trap* t = t_trap;
+  if (!t || t->tripped) return;
   char buf[512];
   va_list ap;
   va_start(ap, fmt);
   std::vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  t_error = buf;
-  sqlite3_log(rc, "pmpage VFS: %s", buf);
-  return rc;
+  t->tripped = true;
+  t->first = buf;
 }
+
+std::mutex g_handler_mu;
+int g_handler_users = 0;                       // pools open or being opened; g_handler_mu
+std::atomic<misuse_handler> g_host_handler{};  // what trap_handler forwards to
+
+void trap_handler(const char* msg) {
+  if (misuse_trap* t = t_trap) {
+    if (!t->tripped) {
+      t->tripped = true;
+      t->first = msg;
+    }
+    return;
+  }
+  const misuse_handler h = g_host_handler.load(std::memory_order_acquire);
+  if (h && h != &trap_handler) {
+    h(msg);
+    return;
+  }
+  // (Only if the host re-installed trap_handler itself after the VFS had put its own back: do
+  // what the library's default handler does.)
+  std::fprintf(stderr, "pmpage: misuse: %s\n", msg);
+  std::abort();
+}
+
+void hold_trap_handler() {
+  std::lock_guard g(g_handler_mu);
+  if (g_handler_users++ == 0) {
+    const misuse_handler prev = set_misuse_handler(&trap_handler);
+    if (prev != &trap_handler) g_host_handler.store(prev, std::memory_order_release);
+  }
+}
+void release_trap_handler() {
+  std::lock_guard g(g_handler_mu);
+  if (--g_handler_users > 0) return;
+  const misuse_handler cur = set_misuse_handler(g_host_handler.load(std::memory_order_acquire));
+  if (cur != &trap_handler) set_misuse_handler(cur);  // the host installed its own meanwhile: keep it
+}
+
+/// hold_trap_handler for a scope, unless keep() hands the hold to an open pool.
+struct trap_handler_hold {
+  bool held = true;
+  trap_handler_hold() { hold_trap_handler(); }
+  ~trap_handler_hold() {
+    if (held) release_trap_handler();
+  }
+  void keep() { held = false; }
+};
 
 // ---- DRAM state ------------------------------------------------------------------------------
 
@@ -183,11 +304,27 @@ struct node {
 
 struct vfs_instance;
 
+/// What a file is, whatever its name: os_unix.c's inode key.
+struct file_id {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  auto operator<=>(const file_id&) const = default;
+};
+bool stat_id(const std::string& path, file_id* id) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return false;
+  *id = {st.st_dev, st.st_ino};
+  return true;
+}
+
 /// One open pool and its directory.
 struct pool_ctx {
   vfs_instance* vfs;
-  std::string path;
+  std::string path;  // the name it was opened by (it may since have been unlinked or renamed)
+  file_id id;        // the file it is
   pmpage::pool pool;
+  bool read_only = false;  // opened with open_options::read_only: nothing is ever written
+  pfn_t start_pfn = 0, end_pfn = 0;
   directory* dir = nullptr;
   std::mutex mu;
   std::map<unsigned, node*> nodes;
@@ -195,12 +332,24 @@ struct pool_ctx {
   pid_t pid = ::getpid();  // a fork() child must not use its parent's pool
 };
 
+/// True when `path` no longer names the pool's file (deleted, renamed, or replaced): os_unix.c's
+/// fileHasMoved, behind SQLITE_FCNTL_HAS_MOVED (the pager then refuses writes:
+/// SQLITE_READONLY_DBMOVED).
+bool has_moved(const pool_ctx* c) {
+  file_id now;
+  return !stat_id(c->path, &now) || now != c->id;
+}
+
 struct vfs_instance {
   sqlite3_vfs vfs{};
   vfs_options opts;
   sqlite3_vfs* base = nullptr;  // SQLite's default VFS: temporary files, time, randomness
+  // SQLite's mmap limits (sqlite3_config(SQLITE_CONFIG_MMAP_SIZE): a default and a maximum),
+  // fixed once SQLite is initialised; read from the base VFS at registration (probe_mmap_limits).
+  sqlite3_int64 mmap_default = 0;
+  sqlite3_int64 mmap_max = 0x7fff0000;  // SQLite's SQLITE_MAX_MMAP_SIZE on Linux
   std::mutex mu;
-  std::map<std::string, pool_ctx*> pools;
+  std::map<file_id, pool_ctx*> pools;
   int open_files = 0;
 };
 
@@ -211,6 +360,8 @@ struct pm_file {
   std::uint16_t shm_shared;
   std::uint16_t shm_excl;
   bool shm_mapped;
+  bool read_only;            // this handle may not write (SQLITE_OPEN_READONLY, or a read-only pool)
+  int fetch_out;             // this handle's xFetch references not yet xUnfetch'ed
   sqlite3_int64 mmap_limit;  // SQLITE_FCNTL_MMAP_SIZE (what PRAGMA mmap_size reports)
 };
 
@@ -253,21 +404,38 @@ bool free_slots(pool_ctx* c, dir_entry& e, pfn_t* table, unsigned from, std::set
   return ok;
 }
 
-pfn_t* table_of(const dir_entry& e) {
-  return e.table ? static_cast<pfn_t*>(page_address(pfn_to_page(e.table))) : nullptr;
+/// The bytes of the page of `order` that `pfn` (read from the media) names, or nullptr when pfn
+/// does not lie in this pool with room for such a page, aligned: a slot changed from outside the
+/// VFS then fails the call (note_damage) instead of sending a copy elsewhere or making
+/// pfn_to_page report misuse. A few compares on the read and write paths.
+char* page_bytes(const pool_ctx* c, pfn_t pfn, unsigned order) {
+  const pfn_t nr = pfn_t{1} << order;
+  if (pfn < c->start_pfn || pfn >= c->end_pfn || c->end_pfn - pfn < nr || ((pfn - c->start_pfn) & (nr - 1)) != 0) {
+    note_damage("a slot names pfn %#llx, not a %u KiB page of this pool", (unsigned long long)pfn,
+                unsigned((PAGE_SIZE << order) >> 10));
+    return nullptr;
+  }
+  return static_cast<char*>(page_address(pfn_to_page(pfn)));
+}
+
+pfn_t* table_of(const pool_ctx* c, const dir_entry& e) {
+  return e.table ? reinterpret_cast<pfn_t*>(page_bytes(c, e.table, TABLE_ORDER)) : nullptr;
 }
 
 /// Finishes a delete whose DELETING state is durable: pages, table, entry. The entry's last
 /// store needs no ordering of its own: a FREE entry's other words are never read (create rewrites
 /// them all), so state FREE and the cleared words share one fence.
-void finish_delete(pool_ctx* c, dir_entry& e) {
-  pfn_t* t = table_of(e);
-  free_slots(c, e, t, 0, nullptr);
-  if (t) c->pool.free_pages_from(&e.table);
+/// Returns false, with the entry left DELETING, if the pool refused a free (damaged media).
+bool finish_delete(pool_ctx* c, dir_entry& e) {
+  pfn_t* t = table_of(c, e);
+  if (e.table && !t) return false;
+  if (!free_slots(c, e, t, 0, nullptr)) return false;
+  if (t && c->pool.free_pages_from(&e.table) != 0) return false;
   e.size = 0;
   std::memset(e.suffix, 0, sizeof e.suffix);
   e.state = F_FREE;
   persist_entry(c, e);
+  return true;
 }
 
 /// The first slot whose page lies wholly at or past `size`.
@@ -283,22 +451,24 @@ void zero_tail(pool_ctx* c, dir_entry& e, pfn_t* table, std::uint64_t size) {
   const chunk ck = chunk_at(size);
   const pfn_t pfn = ck.idx < NR_DIRECT ? e.direct[ck.idx] : table ? table[ck.idx] : 0;
   if (ck.base == size || !pfn) return;
-  char* a = static_cast<char*>(page_address(pfn_to_page(pfn)));
+  char* a = page_bytes(c, pfn, ck.order);
+  if (!a) return;
   std::memset(a + (size - ck.base), 0, ck.len - (size - ck.base));
   c->pool.flush(a + (size - ck.base), ck.len - (size - ck.base));
 }
 
-/// True when pfn is the head of an allocated compound page of `order` (what a slot must name).
-bool names_allocation(pfn_t pfn, unsigned order) {
-  if (!pfn_valid(pfn)) return false;
+/// True when pfn is the head of an allocated compound page of `order` of this pool (what a slot
+/// must name; pfn_valid alone would accept a page of another open pool).
+bool names_allocation(const pool_ctx* c, pfn_t pfn, unsigned order) {
+  if (pfn < c->start_pfn || pfn >= c->end_pfn) return false;
   page* p = pfn_to_page(pfn);
   return compound_head(p) == p && page_count(p) >= 1 && compound_order(p) == order;
 }
 
-/// Every slot of a live entry names an allocation of the right order. A damaged directory or page
-/// table is reported (SQLITE_CORRUPT) before the VFS would hand its pfns to the pool (a pfn that
-/// names no allocation would be misuse there, which by default aborts the process).
-int validate_entry(pool_ctx* c, const dir_entry& e) {
+/// The structure of one live or deleting entry: its size, its name, and every slot naming an
+/// allocation of this pool of the right order; its slots are appended to `slots` (with their
+/// entry in `owner`) for the ownership check that follows.
+int validate_entry(pool_ctx* c, dir_entry& e, std::vector<pfn_t*>& slots, std::vector<long>& owner) {
   const auto* d = c->dir;
   const long index = &e - d->files;
   if (e.size > MAX_FILE)
@@ -306,24 +476,74 @@ int validate_entry(pool_ctx* c, const dir_entry& e) {
                 (unsigned long long)e.size);
   if (std::memchr(e.suffix, 0, sizeof e.suffix) == nullptr)
     return fail(SQLITE_CORRUPT, "%s: directory entry %ld has an unterminated name", c->path.c_str(), index);
-  for (unsigned i = 0; i < NR_DIRECT; ++i)
-    if (e.direct[i] && !names_allocation(e.direct[i], 0))
+  auto add = [&](pfn_t* s) {
+    slots.push_back(s);
+    owner.push_back(index);
+  };
+  for (unsigned i = 0; i < NR_DIRECT; ++i) {
+    if (!e.direct[i]) continue;
+    if (!names_allocation(c, e.direct[i], 0))
       return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): direct slot %u names pfn %#llx, not an allocated 4 KiB page",
                   c->path.c_str(), e.suffix, index, i, (unsigned long long)e.direct[i]);
+    add(&e.direct[i]);
+  }
   if (!e.table) return SQLITE_OK;
-  if (!names_allocation(e.table, TABLE_ORDER))
+  if (!names_allocation(c, e.table, TABLE_ORDER))
     return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): its page table slot names pfn %#llx, not an allocated 16 KiB page",
                 c->path.c_str(), e.suffix, index, (unsigned long long)e.table);
-  const pfn_t* t = table_of(e);
-  for (unsigned i = NR_DIRECT; i < NR_SLOTS; ++i)
-    if (t[i] && !names_allocation(t[i], i < NR_SMALL ? 0 : HUGE_ORDER))
+  add(&e.table);
+  pfn_t* t = table_of(c, e);
+  for (unsigned i = NR_DIRECT; i < NR_SLOTS; ++i) {
+    if (!t[i]) continue;
+    if (!names_allocation(c, t[i], i < NR_SMALL ? 0 : HUGE_ORDER))
       return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): page table slot %u names pfn %#llx, not an allocated %s page",
                   c->path.c_str(), e.suffix, index, i, (unsigned long long)t[i], i < NR_SMALL ? "4 KiB" : "2 MiB");
+    add(&t[i]);
+  }
   return SQLITE_OK;
 }
 
-/// Opening a pool: format an empty directory, finish interrupted deletes, drop pages past each
-/// file's durable size (writes a crash cut off before their xSync).
+/// The whole directory before anything of it is handed to the pool: each entry's structure
+/// (validate_entry), no two live files of one name, and — pool::check_slots over every slot of
+/// every file, the complete list of the pool's owners — each slot is the recorded owner of the
+/// page it names and no page has two. A slot that merely names an allocated page of the right
+/// order (a pfn copied from elsewhere, past a file's size or into another file) would otherwise
+/// reach free_pages_bulk_from at the mount, as misuse. Allocations no slot names are leaks
+/// (logged, left alone: `pmpage check` reports them).
+int validate_directory(pool_ctx* c) {
+  std::vector<pfn_t*> slots;
+  std::vector<long> owner;
+  std::set<std::string> names;
+  for (auto& e : c->dir->files) {
+    if (e.state == F_FREE) continue;
+    if (e.state != F_LIVE && e.state != F_DELETING)
+      return fail(SQLITE_CORRUPT, "%s: directory entry %td has state %llu", c->path.c_str(), &e - c->dir->files,
+                  (unsigned long long)e.state);
+    if (int rc = validate_entry(c, e, slots, owner); rc != SQLITE_OK) return rc;
+    if (e.state == F_LIVE && !names.insert(e.suffix).second)
+      return fail(SQLITE_CORRUPT, "%s: two live directory entries name the file '%s' (entry %td is the second)",
+                  c->path.c_str(), e.suffix, &e - c->dir->files);
+  }
+  const pool::slot_check r = c->pool.check_slots(slots);
+  for (const auto* list : {&r.dangling, &r.shared, &r.misowned}) {
+    if (list->empty()) continue;
+    const pool::slot_check::entry& bad = list->front();
+    const auto k = std::size_t(std::find(slots.begin(), slots.end(), bad.slot) - slots.begin());
+    const long index = k < owner.size() ? owner[k] : -1;
+    return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %ld): %s%s", c->path.c_str(),
+                index >= 0 ? c->dir->files[index].suffix : "?", index, bad.problem.c_str(),
+                list->size() > 1 ? " (and more)" : "");
+  }
+  if (!r.unreferenced.empty())
+    sqlite3_log(SQLITE_NOTICE, "pmpage VFS: %s: %zu allocations no file of the directory names (leaked; `pmpage check` "
+                "lists them)", c->path.c_str(), r.unreferenced.size());
+  return SQLITE_OK;
+}
+
+/// Opening a pool: format an empty directory, validate it, finish interrupted deletes, drop pages
+/// past each file's durable size (writes a crash cut off before their xSync). A read-only pool is
+/// validated and left as it is (an empty root area reads as an empty directory): its files are
+/// read up to their durable sizes, an interrupted delete is no file.
 int mount(pool_ctx* c) {
   if (c->pool.root_size() < ROOT_SIZE)
     return fail(SQLITE_CANTOPEN, "%s: the pool's root area (%zu bytes) is too small for a directory", c->path.c_str(),
@@ -335,6 +555,7 @@ int mount(pool_ctx* c) {
     if (std::any_of(bytes, bytes + sizeof *d, [](unsigned char b) { return b != 0; }))
       return fail(SQLITE_CANTOPEN, "%s: the pool's root area holds something other than a pmpage SQLite directory",
                   c->path.c_str());
+    if (c->read_only) return SQLITE_OK;  // every entry is F_FREE: no file
     d->hdr.version = DIR_VERSION;
     d->hdr.nr_files = NR_FILES;
     c->pool.flush(&d->hdr, sizeof d->hdr);
@@ -345,19 +566,20 @@ int mount(pool_ctx* c) {
     return fail(SQLITE_CANTOPEN, "%s: directory version %llu with %llu files is not supported", c->path.c_str(),
                 (unsigned long long)d->hdr.version, (unsigned long long)d->hdr.nr_files);
   }
+  if (int rc = validate_directory(c); rc != SQLITE_OK) return rc;
+  if (c->read_only) return SQLITE_OK;
   for (auto& e : d->files) {
-    if (e.state == F_DELETING || e.state == F_LIVE)
-      if (int rc = validate_entry(c, e); rc != SQLITE_OK) return rc;
+    bool ok = true;
     if (e.state == F_DELETING) {
-      finish_delete(c, e);
+      ok = finish_delete(c, e);
     } else if (e.state == F_LIVE) {
-      pfn_t* t = table_of(e);
-      free_slots(c, e, t, first_slot_past(e.size), nullptr);
+      pfn_t* t = table_of(c, e);
+      ok = free_slots(c, e, t, first_slot_past(e.size), nullptr);
       zero_tail(c, e, t, e.size);
-    } else if (e.state != F_FREE) {
-      return fail(SQLITE_CORRUPT, "%s: directory entry %td has state %llu", c->path.c_str(), &e - d->files,
-                  (unsigned long long)e.state);
     }
+    if (!ok)
+      return fail(SQLITE_CORRUPT, "%s: file '%s' (entry %td): the pool refused to free its pages", c->path.c_str(),
+                  e.suffix, &e - d->files);
   }
   c->pool.drain();
   return SQLITE_OK;
@@ -383,67 +605,123 @@ std::uint64_t parse_size(const char* s, bool* ok) {
   return v << shift;
 }
 
-/// The pool for a main database path: already open, opened, or created. Called with vfs->mu held.
-int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out) {
+/// An open or create of the pool failed with the library's error e.
+int open_failed(const char* zName, const pmpage::error& e, const char* what) {
+  const int err = e.code().value();
+  // EBUSY: another process holds the pool, another handle of this process does (a pool::open
+  // of the application's, another VFS name), or an open pool of this process has its pfn range (a
+  // copy of it): the library's message says which.
+  if (err == EBUSY || err == EAGAIN) return fail_errno(SQLITE_BUSY, err, "%s: %s%s", zName, what, e.what());
+  return fail_errno(SQLITE_CANTOPEN, err, "%s: %s%s", zName, what, e.what());
+}
+
+/// The pool for a main database path: already open (the same file: device and inode, whatever
+/// its name), opened, or created. *read_only: the connection may only read (it asked to, or the
+/// pool is open read-only). Called with vfs->mu held.
+int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out, bool* read_only) {
   const std::string path = zName;
-  if (auto it = v->pools.find(path); it != v->pools.end()) {
-    if (it->second->pid != ::getpid())  // inherited across fork(): the parent's, not ours
-      return fail(SQLITE_BUSY, "%s: the pool is open in another process (the parent, which opened it before fork())",
-                  zName);
-    *out = it->second;
-    return SQLITE_OK;
+  const bool want_ro = (flags & SQLITE_OPEN_READONLY) != 0;
+  if (file_id id; stat_id(path, &id)) {
+    if (auto it = v->pools.find(id); it != v->pools.end()) {
+      if (it->second->pid != ::getpid())  // inherited across fork(): the parent's, not ours
+        return fail(SQLITE_BUSY, "%s: the pool is held by another process (the parent, which opened it before fork())",
+                    zName);
+      *out = it->second;
+      // A read-write open of a pool held read-only gets a read-only connection, as the unix VFS
+      // gives one for a file it may only read (SQLITE_OPEN_READWRITE means "if possible").
+      *read_only = want_ro || it->second->read_only;
+      return SQLITE_OK;
+    }
   }
+  trap_handler_hold hold;  // the mount hands media data to the pool: trap its misuse reports
   auto c = std::make_unique<pool_ctx>();
   c->vfs = v;
   c->path = path;
-  try {
+  c->read_only = want_ro;
+  auto open_as = [&](bool ro) {
     pool::open_options oo;
     oo.backend = v->opts.backend;
+    oo.read_only = ro;
     c->pool = pool::open(path, oo);
+    c->read_only = ro;
+  };
+  try {
+    open_as(want_ro);
   } catch (const pmpage::error& e) {
-    // A missing file, or an empty one (what the unix VFS treats as an empty database): create.
+    const int err = e.code().value();
     std::error_code ec;
-    const bool missing = e.code() == std::errc::no_such_file_or_directory ||
-                         (std::filesystem::exists(path, ec) && std::filesystem::file_size(path, ec) == 0 && !ec);
-    if (!missing || !(flags & SQLITE_OPEN_CREATE)) {
-      if (e.code() == std::errc::resource_unavailable_try_again || e.code() == std::errc::device_or_resource_busy)
-        return fail(SQLITE_BUSY, "%s: the pool is open in another process (%s)", zName, e.what());
-      return fail(SQLITE_CANTOPEN, "%s: %s", zName, e.what());
-    }
-    pool::options o;
-    o.size = v->opts.default_pool_size;
-    if (const char* s = sqlite3_uri_parameter(zName, "pool_size")) {
-      bool ok;
-      o.size = parse_size(s, &ok);
-      if (!ok || o.size == 0) return fail(SQLITE_CANTOPEN, "%s: pool_size=%s is not a size (bytes, or K/M/G/T)", zName, s);
-    }
-    o.backend = v->opts.backend;
-    o.root_size = ROOT_SIZE;
-    o.mode = 0644;  // SQLite's default file permissions (before the umask)
-    try {
-      c->pool = pool::create(path, o);
-    } catch (const pmpage::error& e2) {
-      return fail(SQLITE_CANTOPEN, "%s: cannot create the pool: %s", zName, e2.what());
+    const bool exists = std::filesystem::exists(path, ec);
+    // A missing file, or an empty one (what the unix VFS treats as an empty database): create.
+    const bool missing = err == ENOENT || (exists && std::filesystem::file_size(path, ec) == 0 && !ec);
+    if (!want_ro && exists && (err == EACCES || err == EPERM || err == EROFS)) {
+      // A pool this process may only read opens read-only, as the unix VFS opens such a file.
+      try {
+        open_as(true);
+      } catch (const pmpage::error& e2) {
+        return open_failed(zName, e2, "");
+      }
+    } else if (!missing || !(flags & SQLITE_OPEN_CREATE) || want_ro) {
+      return open_failed(zName, e, "");
+    } else {
+      pool::options o;
+      o.size = v->opts.default_pool_size;
+      if (const char* s = sqlite3_uri_parameter(zName, "pool_size")) {
+        bool ok;
+        o.size = parse_size(s, &ok);
+        if (!ok || o.size == 0)
+          return fail(SQLITE_CANTOPEN, "%s: pool_size=%s is not a size (bytes, or K/M/G/T)", zName, s);
+      }
+      o.backend = v->opts.backend;
+      o.root_size = ROOT_SIZE;
+      o.mode = 0644;  // SQLite's default file permissions (before the umask)
+      try {
+        c->pool = pool::create(path, o);
+      } catch (const pmpage::error& e2) {
+        return open_failed(zName, e2, "cannot create the pool: ");
+      }
     }
   }
-  if (int rc = mount(c.get()); rc != SQLITE_OK) return rc;
+  c->start_pfn = c->pool.start_pfn();
+  c->end_pfn = c->pool.end_pfn();
+  {
+    misuse_trap trap;
+    int rc = mount(c.get());
+    if (trap.tripped)
+      rc = fail(SQLITE_CORRUPT, "%s: the pool refused the directory's data (damaged): %s", zName, trap.first.c_str());
+    if (rc != SQLITE_OK) return rc;
+  }
+  // (Stat again: the open above may have created the file, or met another one than the first stat.)
+  if (!stat_id(path, &c->id))
+    return fail_errno(SQLITE_CANTOPEN, errno, "%s: the pool was removed while it was being opened", zName);
+  *read_only = c->read_only;
   *out = c.release();
-  v->pools.emplace(path, *out);
+  v->pools.emplace((*out)->id, *out);
+  hold.keep();  // released by release_pool
   return SQLITE_OK;
 }
 
 /// The open pool whose path is a prefix of zName with a suffix SQLite uses for a database's
-/// companion files. Called with vfs->mu held.
+/// companion files. Among pools opened under the same name (one since unlinked or renamed, one
+/// created there since), the one that name reaches now. Called with vfs->mu held.
 pool_ctx* pool_for_companion(vfs_instance* v, const std::string& name, std::string* suffix) {
   pool_ctx* best = nullptr;
-  for (auto& [path, c] : v->pools) {
+  int same_name = 0;  // pools with best's path
+  for (auto& [id, c] : v->pools) {
+    const std::string& path = c->path;
     if (name.size() <= path.size() || name.compare(0, path.size(), path) != 0) continue;
     const std::string s = name.substr(path.size());
     if (s.size() >= SUFFIX_MAX || s[0] != '-') continue;
     if (!best || path.size() > best->path.size()) {
       best = c;
       *suffix = s;
+      same_name = 1;
+    } else if (path == best->path) {
+      ++same_name;
     }
+  }
+  if (same_name > 1) {
+    if (file_id now; stat_id(best->path, &now))
+      if (auto it = v->pools.find(now); it != v->pools.end() && it->second->path == best->path) best = it->second;
   }
   return best;
 }
@@ -451,9 +729,10 @@ pool_ctx* pool_for_companion(vfs_instance* v, const std::string& name, std::stri
 void release_pool(vfs_instance* v, pool_ctx* c) {
   // vfs->mu held.
   if (--c->refs > 0) return;
-  v->pools.erase(c->path);
+  v->pools.erase(c->id);
   c->pool.close();
   delete c;
+  release_trap_handler();
 }
 
 // ---- file I/O --------------------------------------------------------------------------------
@@ -518,9 +797,8 @@ void flush_dirty(node* n) {
   for (std::uint32_t b : n->dirty_blocks) {
     const std::uint64_t off = SMALL_BYTES + std::uint64_t{b} * PAGE_SIZE;
     const chunk ck = chunk_at(off);
-    if (n->table && n->table[ck.idx])
-      flush_lines(p, static_cast<const char*>(page_address(pfn_to_page(n->table[ck.idx]))) + (off - ck.base),
-                  n->huge_lines[b]);
+    if (const char* a = n->table && n->table[ck.idx] ? page_bytes(n->ctx, n->table[ck.idx], ck.order) : nullptr)
+      flush_lines(p, a + (off - ck.base), n->huge_lines[b]);
     n->huge_lines[b] = 0;
   }
   n->dirty_blocks.clear();
@@ -543,7 +821,7 @@ void forget_dirty_from(node* n, unsigned from) {
 }
 
 int pm_close(sqlite3_file* f);
-int pm_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
+int do_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
   node* n = F(f)->n;
   std::lock_guard g(n->mu);
   char* out = static_cast<char*>(buf);
@@ -554,8 +832,13 @@ int pm_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
     const chunk ck = chunk_at(pos);
     const std::uint64_t k = std::min(avail_end, ck.base + ck.len) - pos;
     const pfn_t pfn = n->pfn_at(ck.idx);
-    if (pfn) std::memcpy(out, static_cast<char*>(page_address(pfn_to_page(pfn))) + (pos - ck.base), k);
-    else std::memset(out, 0, k);  // a hole
+    if (!pfn) {
+      std::memset(out, 0, k);  // a hole
+    } else {
+      const char* a = page_bytes(n->ctx, pfn, ck.order);
+      if (!a) return SQLITE_IOERR_READ;
+      std::memcpy(out, a + (pos - ck.base), k);
+    }
     out += k;
     pos += k;
   }
@@ -578,9 +861,10 @@ void unstale_below(node* n, std::uint64_t new_size) {
       ++it;
       continue;
     }
-    page* pg = pfn_to_page(n->pfn_at(i));
-    std::memset(page_address(pg), 0, ck.len);
-    mark_dirty(n, ck, pg, 0, ck.len);
+    if (char* a = page_bytes(n->ctx, n->pfn_at(i), ck.order)) {
+      std::memset(a, 0, ck.len);
+      mark_dirty(n, ck, virt_to_page(a), 0, ck.len);
+    }
     it = n->stale.erase(it);
   }
 }
@@ -633,7 +917,9 @@ int write_locked(node* n, const void* buf, std::uint64_t amt, std::uint64_t off)
         return fail(SQLITE_FULL, "%s: the pool is full (no %s page for file bytes at %llu)", c->path.c_str(),
                     ck.order ? "2 MiB" : "4 KiB", (unsigned long long)pos);
     } else {
-      pg = pfn_to_page(slot);
+      char* a = page_bytes(c, slot, ck.order);
+      if (!a) return SQLITE_IOERR_WRITE;
+      pg = virt_to_page(a);
     }
     std::memcpy(static_cast<char*>(page_address(pg)) + (pos - ck.base), in, k);
     mark_dirty(n, ck, pg, pos - ck.base, k);
@@ -650,12 +936,13 @@ std::uint64_t first_word(node* n, std::uint64_t off) {
   const chunk ck = chunk_at(off);
   const pfn_t pfn = n->pfn_at(ck.idx);
   std::uint64_t w = 0;
-  if (pfn) std::memcpy(&w, static_cast<char*>(page_address(pfn_to_page(pfn))) + (off - ck.base), 8);
+  if (const char* a = pfn ? page_bytes(n->ctx, pfn, ck.order) : nullptr) std::memcpy(&w, a + (off - ck.base), 8);
   return w;
 }
 
-int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
+int do_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   node* n = F(f)->n;
+  if (F(f)->read_only) return SQLITE_READONLY;
   std::lock_guard g(n->mu);
   // SQLite assumes a torn sector write is linear: if any byte of the sector changed, its first or
   // last bytes did. The media only promises 8-byte failure atomicity (any subset of the words
@@ -671,7 +958,9 @@ int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
     if (w == 0 && first_word(n, o) != 0) {
       if (int rc = write_locked(n, buf, 8, o); rc != SQLITE_OK) return rc;
       const chunk ck = chunk_at(o);
-      n->ctx->pool.persist(static_cast<char*>(page_address(pfn_to_page(n->pfn_at(ck.idx)))) + (o - ck.base), 8);
+      const char* a = page_bytes(n->ctx, n->pfn_at(ck.idx), ck.order);
+      if (!a) return SQLITE_IOERR_WRITE;
+      n->ctx->pool.persist(a + (o - ck.base), 8);
       return write_locked(n, static_cast<const char*>(buf) + 8, std::uint64_t(amt) - 8, o + 8);
     }
   }
@@ -687,9 +976,10 @@ void free_past_size(node* n) {
   n->stale = std::move(busy);
 }
 
-int pm_truncate(sqlite3_file* f, sqlite3_int64 size) {
+int do_truncate(sqlite3_file* f, sqlite3_int64 size) {
   node* n = F(f)->n;
   pool_ctx* c = n->ctx;
+  if (F(f)->read_only) return SQLITE_READONLY;
   std::lock_guard g(n->mu);
   const auto want = std::uint64_t(size);
   if (want > MAX_FILE) return fail(SQLITE_FULL, "%s: truncate to %lld is past the largest file", c->path.c_str(), size);
@@ -711,9 +1001,10 @@ int pm_truncate(sqlite3_file* f, sqlite3_int64 size) {
   return SQLITE_OK;
 }
 
-int pm_sync(sqlite3_file* f, int) {
+int do_sync(sqlite3_file* f, int) {
   node* n = F(f)->n;
   pool_ctx* c = n->ctx;
+  if (c->read_only || !n->e) return SQLITE_OK;  // nothing was written
   std::lock_guard g(n->mu);
   flush_dirty(n);
   dir_entry& e = c->dir->files[n->index];
@@ -798,12 +1089,20 @@ int pm_file_control(sqlite3_file* f, int op, void* arg) {
     return SQLITE_OK;
   }
   if (op == SQLITE_FCNTL_MMAP_SIZE) {
-    // As os_unix.c: report the current limit, take a new one (>= 0). The pager decides from it
-    // whether to call xFetch; the VFS needs no mapping of its own (pool pages are mapped).
+    // As os_unix.c: report the current limit, take a new one (>= 0) clamped to SQLite's
+    // configured maximum, and keep the old one while this handle has pages fetched. xFetch hands
+    // out nothing past the limit; the VFS needs no mapping of its own (pool pages are mapped).
     auto* v = static_cast<sqlite3_int64*>(arg);
-    const sqlite3_int64 want = *v;
+    const sqlite3_int64 want = std::min(*v, pf->n->ctx->vfs->mmap_max);
     *v = pf->mmap_limit;
-    if (want >= 0) pf->mmap_limit = want;
+    std::lock_guard g(pf->n->mu);  // fetch_out is changed by xFetch under it
+    if (want >= 0 && pf->fetch_out == 0) pf->mmap_limit = want;
+    return SQLITE_OK;
+  }
+  if (op == SQLITE_FCNTL_HAS_MOVED) {
+    // The pager asks before it opens a rollback journal (and before a checkpoint on close):
+    // a database whose file was deleted or renamed gets SQLITE_READONLY_DBMOVED, as on unix.
+    *static_cast<int*>(arg) = has_moved(pf->n->ctx);
     return SQLITE_OK;
   }
   return SQLITE_NOTFOUND;
@@ -902,31 +1201,73 @@ int pm_shm_unmap(sqlite3_file* f, int) {
 
 // ---- memory-mapped reads -------------------------------------------------------------------------
 
-int pm_fetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
-  node* n = F(f)->n;
+int do_fetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
+  pm_file* pf = F(f);
+  node* n = pf->n;
   std::lock_guard g(n->mu);
   *pp = nullptr;
   const auto pos = std::uint64_t(off);
+  // As os_unix.c, nothing past the handle's mmap limit (PRAGMA mmap_size) is handed out: xRead.
+  if (pos + std::uint64_t(amt) > std::uint64_t(pf->mmap_limit)) return SQLITE_OK;
   if (pos + std::uint64_t(amt) > n->size) return SQLITE_OK;
   const chunk ck = chunk_at(pos);
   if (pos + std::uint64_t(amt) > ck.base + ck.len) return SQLITE_OK;  // spans two pages: xRead
   const pfn_t pfn = n->pfn_at(ck.idx);
   if (!pfn) return SQLITE_OK;  // a hole
-  page* pg = pfn_to_page(pfn);
-  get_page(pg);  // pinned: a truncate cannot free it under the reader
+  char* a = page_bytes(n->ctx, pfn, ck.order);
+  if (!a) return SQLITE_IOERR_READ;
+  // Pinned: a truncate cannot free it under the reader. (A page that is free is no page of the
+  // file — its slot was changed from outside: SQLite reads it with xRead, which reports it.)
+  if (!get_page_unless_zero(virt_to_page(a))) return SQLITE_OK;
   ++n->fetch_out;
-  *pp = static_cast<char*>(page_address(pg)) + (pos - ck.base);
+  ++pf->fetch_out;
+  *pp = a + (pos - ck.base);
   return SQLITE_OK;
 }
 
-int pm_unfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
+int do_unfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
   if (!p) return SQLITE_OK;  // "the mapping may be stale": ours never is
   node* n = F(f)->n;
   std::lock_guard g(n->mu);
   put_page(virt_to_page(p));
   --n->fetch_out;
+  --F(f)->fetch_out;
   (void)off;
   return SQLITE_OK;
+}
+
+/// Ends a VFS call that ran under `trap`: a misuse report of the pool on this thread, or damage the
+/// VFS found in the media, fails the call with SQLITE_CORRUPT, whatever it had returned.
+int trapped(const misuse_trap& trap, const pool_ctx* c, int rc) {
+  if (!trap.tripped) return rc;
+  return fail(SQLITE_CORRUPT, "%s: the pool is damaged (changed from outside the VFS?): %s", c->path.c_str(),
+              trap.first.c_str());
+}
+int pm_read(sqlite3_file* f, void* buf, int amt, sqlite3_int64 off) {
+  misuse_trap t;
+  return trapped(t, F(f)->n->ctx, do_read(f, buf, amt, off));
+}
+int pm_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
+  misuse_trap t;
+  return trapped(t, F(f)->n->ctx, do_write(f, buf, amt, off));
+}
+int pm_truncate(sqlite3_file* f, sqlite3_int64 size) {
+  misuse_trap t;
+  return trapped(t, F(f)->n->ctx, do_truncate(f, size));
+}
+int pm_sync(sqlite3_file* f, int flags) {
+  misuse_trap t;
+  return trapped(t, F(f)->n->ctx, do_sync(f, flags));
+}
+int pm_fetch(sqlite3_file* f, sqlite3_int64 off, int amt, void** pp) {
+  misuse_trap t;
+  const int rc = trapped(t, F(f)->n->ctx, do_fetch(f, off, amt, pp));
+  if (rc != SQLITE_OK) *pp = nullptr;
+  return rc;
+}
+int pm_unfetch(sqlite3_file* f, sqlite3_int64 off, void* p) {
+  misuse_trap t;
+  return trapped(t, F(f)->n->ctx, do_unfetch(f, off, p));
 }
 
 const sqlite3_io_methods pm_io_methods = {
@@ -967,50 +1308,68 @@ int delete_entry(pool_ctx* c, const std::string& suffix) {
   }
   e->state = F_DELETING;  // the commit point of DELETE journal mode
   persist_entry(c, *e);
-  finish_delete(c, *e);
+  if (!finish_delete(c, *e)) return SQLITE_IOERR_DELETE;  // (the trap says why)
   return SQLITE_OK;
 }
 
-int pm_close(sqlite3_file* f) {
+int do_close(sqlite3_file* f) {
   pm_file* pf = F(f);
   node* n = pf->n;
   pool_ctx* c = n->ctx;
   vfs_instance* v = c->vfs;
   std::lock_guard gv(v->mu);
+  int rc = SQLITE_OK;
   {
     std::lock_guard gc(c->mu);
     {
       std::lock_guard g(n->mu);
       unlock_locked(pf, SQLITE_LOCK_NONE);
       shm_release_locked(pf);
+      n->fetch_out -= pf->fetch_out;  // (SQLite unfetches everything first; be safe)
     }
     if (--n->refs == 0) {
-      c->nodes.erase(n->index);
-      dir_entry& e = c->dir->files[n->index];
-      // The last close makes what was written durable (a reopen in this process must see the
-      // file as it was left, synced or not, as on any file system), then frees pages past its end
-      // (the bulk allocation's spares).
-      flush_dirty(n);
-      if (n->media_size != n->size) {
-        e.size = n->size;
-        c->pool.flush(&e.size, sizeof e.size);
-        n->media_size = n->size;
-      }
-      c->pool.drain();
-      if (n->fetch_out == 0) free_past_size(n);
-      const bool del = n->delete_on_close;
-      delete n;
-      if (del) {
-        e.state = F_DELETING;
-        persist_entry(c, e);
-        finish_delete(c, e);
+      if (!n->e) {
+        delete n;  // a read-only pool's empty companion (pm_open): nothing on the media
+      } else if (c->read_only) {
+        c->nodes.erase(n->index);
+        delete n;  // nothing was written
+      } else {
+        c->nodes.erase(n->index);
+        dir_entry& e = c->dir->files[n->index];
+        // The last close makes what was written durable (a reopen in this process must see the
+        // file as it was left, synced or not, as on any file system), then frees pages past its
+        // end (the bulk allocation's spares).
+        flush_dirty(n);
+        if (n->media_size != n->size) {
+          e.size = n->size;
+          c->pool.flush(&e.size, sizeof e.size);
+          n->media_size = n->size;
+        }
+        c->pool.drain();
+        if (n->fetch_out == 0) free_past_size(n);
+        const bool del = n->delete_on_close;
+        delete n;
+        if (del) {
+          e.state = F_DELETING;
+          persist_entry(c, e);
+          if (!finish_delete(c, e)) rc = SQLITE_IOERR_DELETE;
+        }
       }
     }
   }
   --v->open_files;
   pf->base.pMethods = nullptr;
-  release_pool(v, c);
-  return SQLITE_OK;
+  release_pool(v, c);  // (may close the pool: c is gone after it)
+  return rc;
+}
+
+int pm_close(sqlite3_file* f) {
+  misuse_trap t;
+  const std::string path = F(f)->n->ctx->path;
+  const int rc = do_close(f);
+  if (!t.tripped) return rc;
+  return fail(SQLITE_CORRUPT, "%s: the pool is damaged (changed from outside the VFS?): %s", path.c_str(),
+              t.first.c_str());
 }
 
 int create_entry(pool_ctx* c, const std::string& suffix, dir_entry** out) {
@@ -1028,56 +1387,86 @@ int create_entry(pool_ctx* c, const std::string& suffix, dir_entry** out) {
   return fail(SQLITE_FULL, "%s: the pool's directory is full (%u files)", c->path.c_str(), NR_FILES);
 }
 
-int pm_open(sqlite3_vfs* vfs, sqlite3_filename zName, sqlite3_file* file, int flags, int* out_flags) {
-  vfs_instance* v = instance_of(vfs);
-  file->pMethods = nullptr;
-  const int kind = flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_WAL | SQLITE_OPEN_SUPER_JOURNAL);
-  if (!zName || !kind) return v->base->xOpen(v->base, zName, file, flags, out_flags);  // temporary files
-  t_error.clear();
+int do_open(vfs_instance* v, sqlite3_filename zName, sqlite3_file* file, int flags, int* out_flags) {
   std::lock_guard gv(v->mu);
   pool_ctx* c = nullptr;
   std::string suffix;
+  bool read_only = (flags & SQLITE_OPEN_READONLY) != 0;
   if (flags & SQLITE_OPEN_MAIN_DB) {
-    if (int rc = get_pool(v, zName, flags, &c); rc != SQLITE_OK) return rc;
+    if (int rc = get_pool(v, zName, flags, &c, &read_only); rc != SQLITE_OK) return rc;
   } else {
     c = pool_for_companion(v, zName, &suffix);
     if (!c) return fail(SQLITE_CANTOPEN, "%s: no database of this VFS is open for this file", zName);
+    read_only = read_only || c->read_only;
   }
   ++c->refs;
   int rc = SQLITE_OK;
   {
     std::lock_guard gc(c->mu);
     dir_entry* e = find_entry(c, suffix);
-    if (e && (flags & SQLITE_OPEN_EXCLUSIVE)) rc = fail(SQLITE_CANTOPEN, "%s exists", zName);
-    else if (!e && !(flags & SQLITE_OPEN_CREATE)) rc = fail(SQLITE_CANTOPEN, "%s does not exist in its pool", zName);
-    else if (!e) rc = create_entry(c, suffix, &e);
-    if (rc == SQLITE_OK) {
+    node* n = nullptr;
+    if (e && (flags & SQLITE_OPEN_EXCLUSIVE)) {
+      rc = fail(SQLITE_CANTOPEN, "%s exists", zName);
+    } else if (!e && !(flags & SQLITE_OPEN_CREATE)) {
+      rc = fail(SQLITE_CANTOPEN, "%s does not exist in its pool", zName);
+    } else if (!e && c->read_only && !(flags & SQLITE_OPEN_MAIN_DB)) {
+      // SQLite opens a WAL with SQLITE_OPEN_CREATE even for a read-only database: a read-only
+      // pool, which is never written, gives it an empty file of its own that lives in DRAM.
+      n = new node;
+      n->ctx = c;
+      n->index = ~0u;
+    } else if (!e && c->read_only) {
+      rc = fail(SQLITE_CANTOPEN, "%s does not exist in its pool, which is open read-only", zName);
+    } else if (!e) {
+      rc = create_entry(c, suffix, &e);
+    }
+    if (rc == SQLITE_OK && !n) {
       const auto index = unsigned(e - c->dir->files);
-      node*& n = c->nodes[index];
-      if (!n) {
-        n = new node;
-        n->ctx = c;
-        n->index = index;
-        n->size = n->media_size = e->size;
-        n->e = e;
-        n->table = table_of(*e);
+      node*& slot = c->nodes[index];
+      if (!slot) {
+        slot = new node;
+        slot->ctx = c;
+        slot->index = index;
+        slot->size = slot->media_size = e->size;
+        slot->e = e;
+        slot->table = table_of(c, *e);
       }
+      n = slot;
+    }
+    if (rc == SQLITE_OK) {
       ++n->refs;
-      if (flags & SQLITE_OPEN_DELETEONCLOSE) n->delete_on_close = true;
+      if (flags & SQLITE_OPEN_DELETEONCLOSE && !c->read_only) n->delete_on_close = true;
       if (flags & (SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_SUPER_JOURNAL)) n->journal = true;
       auto* pf = F(file);
       pf->n = n;
       pf->lock = SQLITE_LOCK_NONE;
       pf->shm_shared = pf->shm_excl = 0;
       pf->shm_mapped = false;
-      pf->mmap_limit = 0;
+      pf->read_only = read_only;
+      pf->fetch_out = 0;
+      pf->mmap_limit = v->mmap_default;  // as os_unix.c: SQLite's configured default
       pf->base.pMethods = &pm_io_methods;
       ++v->open_files;
-      if (out_flags) *out_flags = flags;
+      if (out_flags)
+        *out_flags = read_only ? (flags & ~(SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_READONLY : flags;
     }
   }
   if (rc != SQLITE_OK) release_pool(v, c);
   return rc;
+}
+
+int pm_open(sqlite3_vfs* vfs, sqlite3_filename zName, sqlite3_file* file, int flags, int* out_flags) {
+  vfs_instance* v = instance_of(vfs);
+  file->pMethods = nullptr;
+  const int kind = flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_WAL | SQLITE_OPEN_SUPER_JOURNAL);
+  if (!zName || !kind) return v->base->xOpen(v->base, zName, file, flags, out_flags);  // temporary files
+  t_error.clear();
+  t_errno = 0;
+  misuse_trap t;
+  int rc = do_open(v, zName, file, flags, out_flags);
+  if (!t.tripped) return rc;
+  if (rc == SQLITE_OK) do_close(file);  // (SQLite calls no xClose after a failed xOpen)
+  return fail(SQLITE_CORRUPT, "%s: the pool is damaged (changed from outside the VFS?): %s", zName, t.first.c_str());
 }
 
 int pm_delete(sqlite3_vfs* vfs, const char* zName, int sync_dir) {
@@ -1087,7 +1476,12 @@ int pm_delete(sqlite3_vfs* vfs, const char* zName, int sync_dir) {
     std::string suffix;
     if (pool_ctx* c = pool_for_companion(v, zName, &suffix)) {
       std::lock_guard gc(c->mu);
-      return delete_entry(c, suffix);
+      if (c->read_only) {
+        if (!find_entry(c, suffix)) return SQLITE_IOERR_DELETE_NOENT;
+        return fail(SQLITE_IOERR_DELETE, "%s: the pool is open read-only", zName);
+      }
+      misuse_trap t;
+      return trapped(t, c, delete_entry(c, suffix));
     }
   }
   return v->base->xDelete(v->base, zName, sync_dir);  // not a file of an open pool
@@ -1100,12 +1494,13 @@ int pm_access(sqlite3_vfs* vfs, const char* zName, int flags, int* out) {
     std::string suffix;
     pool_ctx* c = pool_for_companion(v, zName, &suffix);
     if (!c) {
-      auto it = v->pools.find(zName);
-      if (it != v->pools.end()) c = it->second;
+      file_id id;
+      if (stat_id(zName, &id))
+        if (auto it = v->pools.find(id); it != v->pools.end()) c = it->second;
     }
     if (c) {
       std::lock_guard gc(c->mu);
-      *out = find_entry(c, suffix) != nullptr;
+      *out = find_entry(c, suffix) != nullptr && !(flags == SQLITE_ACCESS_READWRITE && c->read_only);
       return SQLITE_OK;
     }
   }
@@ -1133,9 +1528,34 @@ int pm_current_time64(sqlite3_vfs* vfs, sqlite3_int64* t) {
   vfs_instance* v = instance_of(vfs);
   return v->base->xCurrentTimeInt64(v->base, t);
 }
+/// SQLite asks after a failed open (sqlite3_system_errno): the errno behind this thread's last
+/// failure, as os_unix.c returns errno; the message too when it gives room for one.
 int pm_last_error(sqlite3_vfs*, int n, char* out) {
-  if (n > 0) std::snprintf(out, std::size_t(n), "%s", t_error.c_str());
-  return 0;
+  if (n > 0 && out) std::snprintf(out, std::size_t(n), "%s", t_error.c_str());
+  return t_errno;
+}
+
+/// SQLite's mmap default and maximum (sqlite3_config(SQLITE_CONFIG_MMAP_SIZE), not readable
+/// through the API): the base VFS applies them to a file it opens, so ask a temporary file of it.
+/// SQLite is initialised by now (sqlite3_vfs_find), so they cannot change later.
+void probe_mmap_limits(vfs_instance* v) {
+  sqlite3_vfs* b = v->base;
+  std::vector<sqlite3_int64> mem(std::size_t(b->szOsFile) / sizeof(sqlite3_int64) + 1, 0);
+  auto* f = reinterpret_cast<sqlite3_file*>(mem.data());
+  int out = 0;
+  const int flags = SQLITE_OPEN_TEMP_DB | SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_EXCLUSIVE |
+                    SQLITE_OPEN_DELETEONCLOSE;
+  if (b->xOpen(b, nullptr, f, flags, &out) != SQLITE_OK || !f->pMethods) return;
+  sqlite3_int64 dflt = -1;
+  if (f->pMethods->xFileControl(f, SQLITE_FCNTL_MMAP_SIZE, &dflt) == SQLITE_OK && dflt >= 0) {
+    sqlite3_int64 big = INT64_MAX, max = -1;
+    f->pMethods->xFileControl(f, SQLITE_FCNTL_MMAP_SIZE, &big);
+    if (f->pMethods->xFileControl(f, SQLITE_FCNTL_MMAP_SIZE, &max) == SQLITE_OK && max >= 0) {
+      v->mmap_default = dflt;
+      v->mmap_max = max;
+    }
+  }
+  f->pMethods->xClose(f);
 }
 
 std::mutex g_registry_mu;
@@ -1162,6 +1582,7 @@ int register_vfs(const vfs_options& opts) {
   v->opts = opts;
   v->base = sqlite3_vfs_find(nullptr);
   if (!v->base) return SQLITE_ERROR;
+  probe_mmap_limits(v.get());
   sqlite3_vfs& s = v->vfs;
   s.iVersion = 2;
   s.szOsFile = std::max<int>(int(sizeof(pm_file)), v->base->szOsFile);

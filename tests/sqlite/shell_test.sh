@@ -24,6 +24,17 @@ SQL
 )
 [ "$out" = $'ok\nrow 777' ] || { echo "second shell printed: $out"; exit 1; }
 [ ! -e "$pool-wal" ] && [ ! -e "$pool-shm" ] || { echo "a WAL or shm file appeared beside the pool"; exit 1; }
+# `.open --readonly` reads the pool and never writes it (issue #18: it used to open read-write).
+before=$(md5sum < "$pool")
+out=$("$shell" <<SQL
+.load $ext
+.open --readonly file:$pool?vfs=pmpage
+SELECT count(*) FROM t;
+INSERT INTO t VALUES (5000, 'refused');
+SQL
+) || true
+[ "$out" = '1000' ] || { echo "a read-only shell printed: $out"; exit 1; }
+[ "$(md5sum < "$pool")" = "$before" ] || { echo "a read-only shell changed the pool"; exit 1; }
 # A second process is refused while a first one has the pool open (the pool's flock).
 fifo=$(mktemp -u); mkfifo "$fifo"
 { printf '.load %s\n.open file:%s?vfs=pmpage\nSELECT count(*) FROM t;\n' "$ext" "$pool"; cat "$fifo"; } |
@@ -40,7 +51,7 @@ SQL
 )
 exec 3>&-; wait "$holder"; rm -f "$fifo"
 case $err in
-  *"open in another process"*) ;;
+  *"by another process"*) ;;
   *) echo "a second process was not refused with a clear message: $err"; exit 1 ;;
 esac
-echo "sqlite3 shell: extension loaded, pool written and read back, a second process refused"
+echo "sqlite3 shell: extension loaded, pool written and read back, read-only without a write, a second process refused"

@@ -243,6 +243,7 @@ TEST_F(Tool, UsageErrorsExit16) {
       {"dump", p, "--region", "minus-one"},
       {"create", path("n.pool"), "--size", "12Q"},
       {"create", path("n.pool"), "--size"},
+      {"create", path("n.pool")},  // a new file without --size (issue #18: was exit 8)
   };
   for (const auto& args : bad) {
     const result r = run(args);

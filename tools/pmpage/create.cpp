@@ -1,6 +1,7 @@
 // tools/pmpage/create.cpp — `pmpage create PATH --size SIZE [--root-size SIZE] [--preallocate]
 // [--force]`: pool::create, then close. The only subcommand besides `check --repair` that writes.
 #include <cctype>
+#include <filesystem>
 #include <iostream>
 
 #include "pmpage/pool.hpp"
@@ -58,6 +59,14 @@ command add_create(CLI::App& app) {
   sub->footer("Exit status: 0 created, 8 not created (the message says why), 16 usage error.");
 
   return {sub, [a] {
+            // A new file has no size to keep: the command line is incomplete (16), not a failure of
+            // the pool (8). An existing file (or device) keeps or grows its size, as documented.
+            std::error_code ec;
+            if (a->size == 0 && !std::filesystem::exists(a->path, ec) && !ec) {
+              std::cerr << "pmpage create: --size is required for a new file (" << a->path << " does not exist)\n"
+                        << "Run with --help for more information.\n";
+              return EXIT_USAGE;
+            }
             pool::options o;
             o.size = a->size;
             o.root_size = a->root_size;
