@@ -172,7 +172,10 @@ PMPAGE_API void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, s
 PMPAGE_API void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len);
 PMPAGE_API void pmpage_pool_drain(const pmpage_pool* pool);
 
-/** pmpage::pool_stats; reserved words are zero (later versions fill them). */
+/** pmpage::pool_stats; reserved words are zero (later versions fill them). One snapshot under the
+ *  allocator's locks: while other threads run, free_pages <= total_pages, cpu_cached_free_pages
+ *  <= free_pages, free_regions + split_regions <= total_regions (all bounds: pmpage/pool.hpp);
+ *  free_pages may lag below the truth by frees still running. */
 struct pmpage_pool_stats {
   uint64_t total_pages;
   uint64_t free_pages;
