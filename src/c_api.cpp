@@ -2,8 +2,9 @@
 //
 // Every function is a boundary: no exception leaves it. Set-up errors (pmpage::error and any
 // other exception) become NULL or a negative errno, errno, and the calling thread's message
-// (pmpage_errormsg). The layout the header's inline functions read is pinned here against the
-// C++ types.
+// (pmpage_errormsg). Every call that fails sets errno and its own message (c_call): a misused
+// call's is the misuse report, any other names the C function. The layout the header's inline
+// functions read is pinned here against the C++ types.
 #include "pmpage/pmpage.h"
 
 #include <atomic>
@@ -106,40 +107,98 @@ int fail(int err, const char* msg) noexcept {
   return -err;
 }
 
+// "pmpage_fn: what" of an exception's message, which starts "pmpage: " (pmpage::error) or not.
+std::string named(const char* fn, const char* what) {
+  if (std::strncmp(what, "pmpage: ", 8) == 0) what += 8;
+  return std::string(fn) + ": " + what;
+}
+
 // The current exception as -errno, with its message recorded. Called only from a catch block.
-int fail_current(const char* what) noexcept {
+int fail_current(const char* fn) noexcept {
   try {
     throw;
   } catch (const std::system_error& e) {  // pmpage::error among them
     const int v = e.code().value();
-    return fail(v > 0 ? v : EIO, e.what());
+    try {
+      return fail(v > 0 ? v : EIO, named(fn, e.what()).c_str());
+    } catch (...) {
+      return fail(v > 0 ? v : EIO, e.what());
+    }
   } catch (const std::bad_alloc&) {
-    std::string m = std::string("pmpage: ") + what + ": out of memory";
-    return fail(ENOMEM, m.c_str());
+    return fail(ENOMEM, "pmpage: out of memory");
   } catch (const std::exception& e) {
-    std::string m = std::string("pmpage: ") + what + ": " + e.what();
-    return fail(EIO, m.c_str());
+    try {
+      return fail(EIO, named(fn, e.what()).c_str());
+    } catch (...) {
+      return fail(EIO, e.what());
+    }
   } catch (...) {
-    std::string m = std::string("pmpage: ") + what + ": unknown error";
-    return fail(EIO, m.c_str());
+    try {
+      return fail(EIO, (std::string(fn) + ": unknown error").c_str());
+    } catch (...) {
+      return fail(EIO, "pmpage: unknown error");
+    }
   }
 }
 
-// A negative result of the C++ API, in C's convention: errno set, and the message saying why.
-// Misuse (-EINVAL) has set its own message already, through the misuse trampoline below.
-int result(const char* fn, int r) noexcept {
-  if (r >= 0) return r;
-  char m[256];
-  if (r == -EBUSY)
-    std::snprintf(m, sizeof m, "pmpage: %s: the page has other references, is locked, or is being published, moved "
-                  "or split by another call: nothing changed", fn);
-  else if (r == -EROFS)
-    std::snprintf(m, sizeof m, "pmpage: %s: the pool is open read-only: nothing changed", fn);
-  else
-    std::snprintf(m, sizeof m, "pmpage: %s: %s", fn, std::strerror(-r));
-  if (r != -EINVAL) set_error_message(m);
-  errno = -r;
-  return r;
+// One C call that can fail. It notes the thread's misuse reports when it starts: a failure with
+// a report since then is a misused call, whose message is that report (set whichever misuse
+// handler is installed); any other failure writes the call's own message. Either way a failing
+// call never leaves the message of an earlier failure in pmpage_errormsg().
+class c_call {
+ public:
+  explicit c_call(const char* fn) noexcept : fn_(fn), reports_(pmpage::detail::misuse_reports()) {}
+  const char* fn() const noexcept { return fn_; }
+  bool misused() const noexcept { return pmpage::detail::misuse_reports() != reports_; }
+
+  // Fails with err: the message is the misuse report if there was one, else "fn: why".
+  int fail(int err, const char* why) const noexcept {
+    if (misused()) return ::fail(err, pmpage::detail::last_misuse());
+    char m[512];
+    std::snprintf(m, sizeof m, "%s: %s", fn_, why);
+    return ::fail(err, m);
+  }
+  // A caller's mistake the C layer finds itself (a NULL argument): reported as misuse, -EINVAL.
+  int misuse(const char* what) const noexcept {
+    pmpage::detail::report_misuse("%s: %s", fn_, what);
+    return fail(EINVAL, what);
+  }
+  // A negative result of the C++ API, in C's convention: errno set, and the message saying why.
+  int result(int r) const noexcept {
+    if (r >= 0) return r;
+    if (r == -EINVAL && misused()) return fail(EINVAL, "");
+    if (r == -EBUSY)
+      return fail(EBUSY, "the page has other references, is locked, or is being published, moved or split by "
+                         "another call: nothing changed");
+    if (r == -EROFS) return fail(EROFS, "the pool is open read-only: nothing changed");
+    if (r == -EINVAL) return fail(EINVAL, "invalid argument (reported as misuse): nothing changed");
+    return fail(-r, std::strerror(-r));
+  }
+  // An allocation that got `got` of `wanted` extents of `order`: misused, or out of room (ENOMEM).
+  void short_of_room(unsigned order, std::size_t got, std::size_t wanted) const noexcept {
+    if (got >= wanted) return;
+    if (misused()) {
+      fail(EINVAL, "");
+      return;
+    }
+    char why[160];
+    if (wanted == 1)
+      std::snprintf(why, sizeof why, "no free extent of order %u in the pool", order);
+    else
+      std::snprintf(why, sizeof why, "%zu of %zu extents of order %u allocated: no free extent of that order left "
+                    "in the pool", got, wanted, order);
+    fail(ENOMEM, why);
+  }
+
+ private:
+  const char* fn_;
+  std::uint64_t reports_;
+};
+
+// The slow paths of the header's inline functions report misuse and return: the report is the
+// thread's message too, whichever misuse handler is installed.
+void note_misuse() noexcept {
+  fail(EINVAL, pmpage::detail::last_misuse());
 }
 
 // ---- the C misuse handler ----------------------------------------------------------------------------
@@ -161,10 +220,9 @@ void c_trampoline(const char* message) {
 }
 
 // A NULL pool is the C form of a closed pool: misuse.
-bool null_pool(const pmpage_pool* pool, const char* fn) noexcept {
+bool null_pool(const pmpage_pool* pool, const c_call& call) noexcept {
   if (pool) return false;
-  pmpage::detail::report_misuse("%s: pool is NULL", fn);
-  errno = EINVAL;
+  call.misuse("pool is NULL");
   return true;
 }
 
@@ -181,25 +239,40 @@ struct pmpage_pool {
 extern "C" {
 
 // ---- slow paths of the inline functions ---------------------------------------------------------------
-struct pmpage_page* pmpage_internal_report_bad_pfn(pmpage_pfn_t pfn) { return c(pmpage::detail::report_bad_pfn(pfn)); }
+// Each reports misuse and returns: the report becomes the thread's message whichever handler is installed.
+struct pmpage_page* pmpage_internal_report_bad_pfn(pmpage_pfn_t pfn) {
+  pmpage::detail::report_bad_pfn(pfn);
+  note_misuse();
+  return nullptr;
+}
 pmpage_pfn_t pmpage_internal_report_bad_page(const struct pmpage_page* p) {
-  return pmpage::detail::report_bad_page(cpp(p));
+  pmpage::detail::report_bad_page(cpp(p));
+  note_misuse();
+  return 0;
 }
 void pmpage_internal_report_refcount_misuse(struct pmpage_page* p, cdesc* holder, int old, int is_get) {
   pmpage::detail::report_refcount_misuse(cpp(p), cpp(holder), old, is_get != 0);
+  note_misuse();
 }
 void pmpage_internal_release_compound(struct pmpage_page* p, cdesc* holder) {
+  const c_call call("pmpage_put_page");
   pmpage::detail::release_compound(cpp(p), cpp(holder));
+  if (call.misused()) note_misuse();  // the last put of a slot-owned page
 }
 void pmpage_internal_report_owned_put(struct pmpage_page* p, cdesc* holder) {
+  const c_call call("pmpage_put_page");
   pmpage::detail::report_owned_put(cpp(p), cpp(holder));
+  if (call.misused()) note_misuse();  // (an orphaned page is freed instead, without a report)
 }
 void pmpage_internal_materialise_lazy_region(const csec* s, uint64_t region) {
   pmpage::detail::materialise_lazy_region(*reinterpret_cast<const section*>(s), region);
 }
 void pmpage_internal_lock_page_slow(struct pmpage_page* p) { pmpage::detail::lock_page_slow(cpp(p)); }
 void pmpage_internal_wake_page_waiters(cdesc* holder) { pmpage::detail::wake_page_waiters(cpp(holder)); }
-void pmpage_internal_report_unlock_misuse(struct pmpage_page* p) { pmpage::detail::report_unlock_misuse(cpp(p)); }
+void pmpage_internal_report_unlock_misuse(struct pmpage_page* p) {
+  pmpage::detail::report_unlock_misuse(cpp(p));
+  note_misuse();
+}
 
 // ---- errors and misuse ----------------------------------------------------------------------------------
 const char* pmpage_errormsg(void) { return t_errormsg.c_str(); }
@@ -226,8 +299,9 @@ void pmpage_pool_options_init(struct pmpage_pool_options* opts) {
 }
 
 pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_options* opts) {
+  const c_call call("pmpage_pool_create");
   if (!path) {
-    fail(EINVAL, "pmpage: create: path is NULL");
+    call.fail(EINVAL, "path is NULL");
     return nullptr;
   }
   try {
@@ -235,9 +309,9 @@ pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_optio
     if (opts) {
       for (unsigned r : opts->reserved_)
         if (r != 0) {
-          const std::string m = std::string("pmpage: create ") + path +
+          const std::string m = std::string(path) +
                                 ": pmpage_pool_options has non-zero reserved fields (fill it with pmpage_pool_options_init)";
-          fail(EINVAL, m.c_str());
+          call.fail(EINVAL, m.c_str());
           return nullptr;
         }
       o.size = opts->size;
@@ -248,27 +322,29 @@ pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_optio
     }
     return new pmpage_pool{pmpage::pool::create(path, o), path};
   } catch (...) {
-    fail_current("create");
+    fail_current(call.fn());
     return nullptr;
   }
 }
 
 pmpage_pool* pmpage_pool_open(const char* path) {
+  const c_call call("pmpage_pool_open");
   if (!path) {
-    fail(EINVAL, "pmpage: open: path is NULL");
+    call.fail(EINVAL, "path is NULL");
     return nullptr;
   }
   try {
     return new pmpage_pool{pmpage::pool::open(path), path};
   } catch (...) {
-    fail_current("open");
+    fail_current(call.fn());
     return nullptr;
   }
 }
 
 pmpage_pool* pmpage_pool_open_read_only(const char* path) {
+  const c_call call("pmpage_pool_open_read_only");
   if (!path) {
-    fail(EINVAL, "pmpage: open: path is NULL");
+    call.fail(EINVAL, "path is NULL");
     return nullptr;
   }
   try {
@@ -276,7 +352,7 @@ pmpage_pool* pmpage_pool_open_read_only(const char* path) {
     o.read_only = true;
     return new pmpage_pool{pmpage::pool::open(path, o), path};
   } catch (...) {
-    fail_current("open");
+    fail_current(call.fn());
     return nullptr;
   }
 }
@@ -295,21 +371,21 @@ void pmpage_volatile_options_init(struct pmpage_volatile_options* opts) {
 }
 
 pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* opts) {
+  const c_call call("pmpage_pool_create_volatile");
   if (!opts) {
-    fail(EINVAL, "pmpage: create_volatile: opts is NULL (fill one with pmpage_volatile_options_init)");
+    call.fail(EINVAL, "opts is NULL (fill one with pmpage_volatile_options_init)");
     return nullptr;
   }
   for (unsigned r : opts->reserved_)
     if (r != 0) {
-      fail(EINVAL, "pmpage: create_volatile: pmpage_volatile_options has non-zero reserved fields (fill it with "
-                   "pmpage_volatile_options_init)");
+      call.fail(EINVAL, "pmpage_volatile_options has non-zero reserved fields (fill it with pmpage_volatile_options_init)");
       return nullptr;
     }
   using huge = pmpage::pool::volatile_options::huge_pages;
   if (opts->huge != PMPAGE_HUGE_NONE && opts->huge != PMPAGE_HUGE_THP && opts->huge != PMPAGE_HUGE_HUGETLB) {
-    const std::string m = "pmpage: create_volatile: huge is " + std::to_string(opts->huge) +
-                          ", not PMPAGE_HUGE_NONE, PMPAGE_HUGE_THP or PMPAGE_HUGE_HUGETLB";
-    fail(EINVAL, m.c_str());
+    char m[128];
+    std::snprintf(m, sizeof m, "huge is %d, not PMPAGE_HUGE_NONE, PMPAGE_HUGE_THP or PMPAGE_HUGE_HUGETLB", opts->huge);
+    call.fail(EINVAL, m);
     return nullptr;
   }
   try {
@@ -323,39 +399,42 @@ pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* o
     o.overwrite = opts->overwrite != 0;
     return new pmpage_pool{pmpage::pool::create_volatile(o), opts->backing ? opts->backing : ""};
   } catch (...) {
-    fail_current("create_volatile");
+    fail_current(call.fn());
     return nullptr;
   }
 }
 
 int pmpage_pool_is_volatile(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_is_volatile") ? -EINVAL : pool->pool.is_volatile() ? 1 : 0;
+  return null_pool(pool, c_call("pmpage_pool_is_volatile")) ? -EINVAL : pool->pool.is_volatile() ? 1 : 0;
 }
 int pmpage_pool_numa_node(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_numa_node") ? -1 : pool->pool.numa_node();
+  return null_pool(pool, c_call("pmpage_pool_numa_node")) ? -1 : pool->pool.numa_node();
 }
 const char* pmpage_pool_memory_description(const pmpage_pool* pool) {
-  if (null_pool(pool, "pmpage_pool_memory_description")) return nullptr;
+  if (null_pool(pool, c_call("pmpage_pool_memory_description"))) return nullptr;
   return pool->memory.c_str();
 }
 int pmpage_page_to_nid(const struct pmpage_page* page) {
-  return pmpage::page_to_nid(cpp(page));
+  const c_call call("pmpage_page_to_nid");
+  const int nid = pmpage::page_to_nid(cpp(page));
+  if (call.misused()) note_misuse();  // -1 for a page of no node is an answer, not a failure
+  return nid;
 }
 
 int pmpage_pool_is_read_only(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_is_read_only") ? -EINVAL : pool->pool.is_read_only() ? 1 : 0;
+  return null_pool(pool, c_call("pmpage_pool_is_read_only")) ? -EINVAL : pool->pool.is_read_only() ? 1 : 0;
 }
 
 void pmpage_pool_close(pmpage_pool* pool) { delete pool; }
 
 pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_start_pfn") ? 0 : pool->pool.start_pfn();
+  return null_pool(pool, c_call("pmpage_pool_start_pfn")) ? 0 : pool->pool.start_pfn();
 }
 pmpage_pfn_t pmpage_pool_end_pfn(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_end_pfn") ? 0 : pool->pool.end_pfn();
+  return null_pool(pool, c_call("pmpage_pool_end_pfn")) ? 0 : pool->pool.end_pfn();
 }
 void* pmpage_pool_root(const pmpage_pool* pool, size_t* size) {
-  if (null_pool(pool, "pmpage_pool_root")) {
+  if (null_pool(pool, c_call("pmpage_pool_root"))) {
     if (size) *size = 0;
     return nullptr;
   }
@@ -363,13 +442,13 @@ void* pmpage_pool_root(const pmpage_pool* pool, size_t* size) {
   return pool->pool.root();
 }
 const char* pmpage_pool_path(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_path") ? nullptr : pool->path.c_str();
+  return null_pool(pool, c_call("pmpage_pool_path")) ? nullptr : pool->path.c_str();
 }
 int pmpage_pool_is_pmem(const pmpage_pool* pool) {
-  return null_pool(pool, "pmpage_pool_is_pmem") ? -EINVAL : pool->pool.is_pmem() ? 1 : 0;
+  return null_pool(pool, c_call("pmpage_pool_is_pmem")) ? -EINVAL : pool->pool.is_pmem() ? 1 : 0;
 }
 void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
-  if (null_pool(pool, "pmpage_pool_base")) {
+  if (null_pool(pool, c_call("pmpage_pool_base"))) {
     if (length) *length = 0;
     return nullptr;
   }
@@ -377,23 +456,28 @@ void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
   return pool->pool.base();
 }
 
+// persist/flush/drain return nothing; a misused one (a range outside the pool, a read-only
+// pool) leaves its report as the message.
 void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len) {
-  if (!null_pool(pool, "pmpage_pool_persist")) pool->pool.persist(addr, len);
+  const c_call call("pmpage_pool_persist");
+  if (!null_pool(pool, call)) pool->pool.persist(addr, len);
+  if (call.misused()) note_misuse();
 }
 void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len) {
-  if (!null_pool(pool, "pmpage_pool_flush")) pool->pool.flush(addr, len);
+  const c_call call("pmpage_pool_flush");
+  if (!null_pool(pool, call)) pool->pool.flush(addr, len);
+  if (call.misused()) note_misuse();
 }
 void pmpage_pool_drain(const pmpage_pool* pool) {
-  if (!null_pool(pool, "pmpage_pool_drain")) pool->pool.drain();
+  const c_call call("pmpage_pool_drain");
+  if (!null_pool(pool, call)) pool->pool.drain();
+  if (call.misused()) note_misuse();
 }
 
 int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
-  if (null_pool(pool, "pmpage_pool_stats")) return -EINVAL;
-  if (!out) {
-    pmpage::detail::report_misuse("pmpage_pool_stats: out is NULL");
-    errno = EINVAL;
-    return -EINVAL;
-  }
+  const c_call call("pmpage_pool_stats");
+  if (null_pool(pool, call)) return -EINVAL;
+  if (!out) return call.misuse("out is NULL");
   const pmpage::pool_stats s = pool->pool.stats();
   std::memset(out, 0, sizeof *out);
   out->total_pages = s.total_pages;
@@ -412,100 +496,135 @@ int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
   return 0;
 }
 
-size_t pmpage_pool_trim(pmpage_pool* pool) { return null_pool(pool, "pmpage_pool_trim") ? 0 : pool->pool.trim(); }
+size_t pmpage_pool_trim(pmpage_pool* pool) {
+  const c_call call("pmpage_pool_trim");
+  if (null_pool(pool, call)) return 0;
+  const std::size_t merged = pool->pool.trim();
+  if (call.misused()) note_misuse();  // a read-only pool, a fork() child: 0, nothing merged
+  return merged;
+}
 
 int pmpage_pool_check(const pmpage_pool* pool) {
-  if (null_pool(pool, "pmpage_pool_check")) return -EINVAL;
+  const c_call call("pmpage_pool_check");
+  if (null_pool(pool, call)) return -EINVAL;
   try {
     const std::string r = pool->pool.check();
-    return r.empty() ? 0 : fail(EUCLEAN, r.c_str());
+    return r.empty() ? 0 : fail(EUCLEAN, r.c_str());  // the violation, as check() words it
   } catch (...) {
-    return fail_current("check");
+    return fail_current(call.fn());
   }
 }
 
 int pmpage_pool_check_slots(const pmpage_pool* pool, pmpage_pfn_t* const* slots, size_t n) {
-  if (null_pool(pool, "pmpage_pool_check_slots")) return -EINVAL;
-  if (!slots && n) {
-    pmpage::detail::report_misuse("pmpage_pool_check_slots: slots is NULL");
-    errno = EINVAL;
-    return -EINVAL;
-  }
+  const c_call call("pmpage_pool_check_slots");
+  if (null_pool(pool, call)) return -EINVAL;
+  if (!slots && n) return call.misuse("slots is NULL");
   try {
     const auto r = pool->pool.check_slots(std::span<pmpage::pfn_t* const>(slots, n));
-    return r.clean() ? 0 : fail(EUCLEAN, r.describe().c_str());
+    return r.clean() ? 0 : fail(EUCLEAN, r.describe().c_str());  // one problem per line
   } catch (...) {
-    return fail_current("check_slots");
+    return fail_current(call.fn());
   }
 }
 
 int pmpage_pool_for_each_allocated(const pmpage_pool* pool, pmpage_walk_fn fn, void* ctx) {
-  if (null_pool(pool, "pmpage_pool_for_each_allocated")) return -EINVAL;
-  if (!fn) {
-    pmpage::detail::report_misuse("pmpage_pool_for_each_allocated: fn is NULL");
-    errno = EINVAL;
-    return -EINVAL;
-  }
+  const c_call call("pmpage_pool_for_each_allocated");
+  if (null_pool(pool, call)) return -EINVAL;
+  if (!fn) return call.misuse("fn is NULL");
   try {
     pool->pool.for_each_allocated([fn, ctx](page* p, unsigned order) { fn(c(p), order, ctx); });
     return 0;
   } catch (...) {
-    return fail_current("for_each_allocated");
+    return fail_current(call.fn());
   }
 }
 
 // ---- allocation and slot ownership -------------------------------------------------------------------------
+// A NULL or short result is misuse (the report is the message) or no room (ENOMEM, its own message).
 struct pmpage_page* pmpage_alloc_pages_gfp(pmpage_pool* pool, unsigned order, pmpage_gfp_t gfp) {
-  return null_pool(pool, "pmpage_alloc_pages") ? nullptr : c(pool->pool.alloc_pages(order, gfp));
+  const c_call call("pmpage_alloc_pages");
+  if (null_pool(pool, call)) return nullptr;
+  page* p = pool->pool.alloc_pages(order, gfp);
+  if (PMPAGE_UNLIKELY(!p)) call.short_of_room(order, 0, 1);
+  return c(p);
 }
 struct pmpage_page* pmpage_alloc_pages(pmpage_pool* pool, unsigned order) {
   return pmpage_alloc_pages_gfp(pool, order, PMPAGE_GFP_DEFAULT);
 }
 size_t pmpage_alloc_pages_bulk_gfp(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out,
                                    pmpage_gfp_t gfp) {
-  if (null_pool(pool, "pmpage_alloc_pages_bulk")) return 0;
-  return pool->pool.alloc_pages_bulk(order, n, reinterpret_cast<page**>(out), gfp);
+  const c_call call("pmpage_alloc_pages_bulk");
+  if (null_pool(pool, call)) return 0;
+  const std::size_t got = pool->pool.alloc_pages_bulk(order, n, reinterpret_cast<page**>(out), gfp);
+  call.short_of_room(order, got, n);
+  return got;
 }
 size_t pmpage_alloc_pages_bulk(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out) {
   return pmpage_alloc_pages_bulk_gfp(pool, order, n, out, PMPAGE_GFP_DEFAULT);
 }
 struct pmpage_page* pmpage_alloc_pages_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot, pmpage_gfp_t gfp) {
-  return null_pool(pool, "pmpage_alloc_pages_to") ? nullptr : c(pool->pool.alloc_pages_to(order, slot, gfp));
+  const c_call call("pmpage_alloc_pages_to");
+  if (null_pool(pool, call)) return nullptr;
+  page* p = pool->pool.alloc_pages_to(order, slot, gfp);
+  if (PMPAGE_UNLIKELY(!p)) call.short_of_room(order, 0, 1);
+  return c(p);
 }
 struct pmpage_page* pmpage_alloc_pages_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot) {
   return pmpage_alloc_pages_to_gfp(pool, order, slot, PMPAGE_GFP_DEFAULT);
 }
 int pmpage_free_pages_from(pmpage_pool* pool, pmpage_pfn_t* slot) {
-  return null_pool(pool, "pmpage_free_pages_from") ? -EINVAL : result("free_pages_from", pool->pool.free_pages_from(slot));
+  const c_call call("pmpage_free_pages_from");
+  return null_pool(pool, call) ? -EINVAL : call.result(pool->pool.free_pages_from(slot));
 }
 size_t pmpage_alloc_pages_bulk_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots, size_t n,
                                       pmpage_gfp_t gfp) {
-  if (null_pool(pool, "pmpage_alloc_pages_bulk_to")) return 0;
+  const c_call call("pmpage_alloc_pages_bulk_to");
+  if (null_pool(pool, call)) return 0;
   if (!slots && n) {
-    pmpage::detail::report_misuse("pmpage_alloc_pages_bulk_to: slots is NULL");
+    call.misuse("slots is NULL");
     return 0;
   }
-  return pool->pool.alloc_pages_bulk_to(order, std::span<pmpage::pfn_t* const>(slots, n), gfp);
+  const std::size_t got = pool->pool.alloc_pages_bulk_to(order, std::span<pmpage::pfn_t* const>(slots, n), gfp);
+  call.short_of_room(order, got, n);
+  return got;
 }
 size_t pmpage_alloc_pages_bulk_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots, size_t n) {
   return pmpage_alloc_pages_bulk_to_gfp(pool, order, slots, n, PMPAGE_GFP_DEFAULT);
 }
 int pmpage_free_pages_bulk_from(pmpage_pool* pool, pmpage_pfn_t* const* slots, size_t n) {
-  if (null_pool(pool, "pmpage_free_pages_bulk_from")) return -EINVAL;
-  if (!slots && n) {
-    pmpage::detail::report_misuse("pmpage_free_pages_bulk_from: slots is NULL");
-    return -EINVAL;
-  }
-  return result("free_pages_bulk_from", pool->pool.free_pages_bulk_from(std::span<pmpage::pfn_t* const>(slots, n)));
+  const c_call call("pmpage_free_pages_bulk_from");
+  if (null_pool(pool, call)) return -EINVAL;
+  if (!slots && n) return call.misuse("slots is NULL");
+  return call.result(pool->pool.free_pages_bulk_from(std::span<pmpage::pfn_t* const>(slots, n)));
 }
 int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmpage_pfn_t* dest) {
-  return null_pool(pool, "pmpage_move_pages_owner") ? -EINVAL : result("move_pages_owner", pool->pool.move_pages_owner(src, dest));
+  const c_call call("pmpage_move_pages_owner");
+  return null_pool(pool, call) ? -EINVAL : call.result(pool->pool.move_pages_owner(src, dest));
 }
 
-void pmpage_free_pages(struct pmpage_page* p, unsigned order) { pmpage::free_pages(cpp(p), order); }
-int pmpage_split_huge_page(struct pmpage_page* p) { return result("split_huge_page", pmpage::split_huge_page(cpp(p))); }
+void pmpage_free_pages(struct pmpage_page* p, unsigned order) {
+  const c_call call("pmpage_free_pages");
+  pmpage::free_pages(cpp(p), order);
+  if (call.misused()) note_misuse();
+}
+int pmpage_split_huge_page(struct pmpage_page* p) {
+  const c_call call("pmpage_split_huge_page");
+  const int r = pmpage::split_huge_page(cpp(p));
+  if (r == -EINVAL && !call.misused()) {
+    // Not misuse (the kernel's split_huge_page answers -EINVAL too): the page is no order-9 head.
+    char why[160];
+    std::snprintf(why, sizeof why, "pfn %#llx is not the head of an order-9 page (an order-0 page, a tail, a free "
+                  "page or a larger compound page): nothing changed", (unsigned long long)pmpage::page_to_pfn(cpp(p)));
+    return call.fail(EINVAL, why);
+  }
+  if (r == -EBUSY)
+    return call.fail(EBUSY, "the page has other references, is locked or being split by another call, or a slot owns "
+                            "it (split it with pmpage_split_huge_page_to): nothing changed");
+  return call.result(r);
+}
 int pmpage_split_huge_page_to(struct pmpage_page* p, pmpage_pfn_t* slots) {
-  return result("split_huge_page_to", pmpage::split_huge_page_to(cpp(p), slots));
+  const c_call call("pmpage_split_huge_page_to");
+  return call.result(pmpage::split_huge_page_to(cpp(p), slots));
 }
 
 }  // extern "C"

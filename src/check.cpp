@@ -12,26 +12,36 @@ namespace pmpage::detail {
 
 pool_stats pool_impl::stats() noexcept {
   pool_stats s;
-  std::uint64_t stashed_regions = 0;
   merge_batch mb;
   {
     std::lock_guard g(mu_);
     sweep_locked(mb, false);  // the idle and hysteresis bounds hold whenever someone looks
   }
   finish_merges(mb);
-  // The caches first, one lock at a time (their locks come before the pool lock).
+  // One snapshot under every lock: the per-CPU counters change under their cache's lock (a remote
+  // free adds to its own CPU's counter under the lock of the region it frees into), so with every
+  // cache lock held their sum is the pool's free count, short only of frees into regions no cache
+  // holds that are still running (they add after marking their pages free). Reading the counters
+  // one by one while others ran (as this did before) could pair an allocation's decrement with
+  // a miss of the free that came before it: free_pages above total_pages, cached above free.
+  lock_all();
+  std::uint64_t stashed_regions = 0;
   for (unsigned i = 0; i < nr_caches_; ++i) {
-    cpu_cache& c = caches_[i];
-    std::lock_guard gc(c.mu);
+    const cpu_cache& c = caches_[i];
     for (unsigned k = 0; k < cpu_cache::STASH_ORDERS; ++k) stashed_regions += std::uint64_t(c.nr_stash[k]) << k;
     if (c.region == NIL) continue;
     ++s.cpu_cached_regions;
     s.cpu_cached_free_pages += sstate(c.region).nr_free;
   }
-  std::lock_guard g(mu_);
+  const auto counted = std::int64_t(free_pages_ + cached_free_delta());
+  // The caches' figures are settled: only the pool lock is needed for the rest (lazy regions
+  // and the pool's own counters change only under it).
+  for (unsigned i = nr_caches_; i-- > 0;) caches_[i].mu.unlock();
   s.total_pages = nr_pages_;
   s.total_regions = nr_regions_;
-  s.free_pages = free_pages_ + cached_free_delta();
+  // The bounds pool.hpp promises hold by construction; the clamp only keeps a broken counter
+  // (check() reports it as V3) from wrapping the caller's total - free.
+  s.free_pages = std::uint64_t(std::clamp<std::int64_t>(counted, 0, std::int64_t(nr_pages_)));
   s.empty_split_regions = nr_empty_;
   // Lazy regions are not loaded: count their free pages from the page map without loading them.
   for (std::uint32_t r : lazy_) {
@@ -39,6 +49,7 @@ pool_stats pool_impl::stats() noexcept {
     const std::uint64_t* map = page_map(r);
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) s.free_pages += map_code(map, i) == CODE_FREE;
   }
+  s.free_pages = std::min(s.free_pages, s.total_pages);
   s.free_regions = buddy_.free_regions() + stashed_regions;
   s.split_regions = split_regions_;
   s.materialised_regions = materialised_;
@@ -46,6 +57,7 @@ pool_stats pool_impl::stats() noexcept {
   s.allocator_bytes = materialised_ * sizeof(split_state) + lazy_.capacity() * sizeof(std::uint32_t);
   s.repaired_at_open = repaired_;
   s.orphaned_owners = orphaned_;
+  mu_.unlock();
   return s;
 }
 
@@ -254,6 +266,7 @@ std::string pool_impl::check_locked() {
       return fail("S6: cache ", i, " holds region ", r, ", which does not name it");
   if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
   if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
+  if (regions_in_transit_ != 0) return fail("V1: ", regions_in_transit_, " regions counted in transit outside an operation");
   if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");
   if (listed != filler_.size()) return fail("S4: filler holds ", filler_.size(), " regions, ", listed, " are listed");
   return intents_.check([&](const lane& l) {

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include <cstring>
+#include <thread>
 
 #include "misuse.hpp"
 #include "pool_impl.hpp"
@@ -60,6 +61,7 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
   clear_owner_entries(r);
   d.flags_.store(PG_split, std::memory_order_release);
   plan.fresh[plan.nr_fresh++] = r;
+  ++regions_in_transit_;  // until publish_fresh
   return r;
 }
 
@@ -243,9 +245,9 @@ void pool_impl::take_empty_locked(std::uint32_t r, merge_batch& mb) {
   d.alloc_state_ = nullptr;
   store_kind(d, RK_FREE_INNER);  // in transit until finish_merges gives it to the buddy
   d.flags_.store(0, std::memory_order_release);
-  --split_regions_;
   persist_word(region_word(r), make_region_word(region_state::free));
   mb.regions[mb.n++] = r;
+  ++regions_in_transit_;  // still counted as split and materialised (stats), until merged_locked
 }
 
 void pool_impl::finish_merges(const merge_batch& mb) {
@@ -255,8 +257,14 @@ void pool_impl::finish_merges(const merge_batch& mb) {
   fence();
   for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);  // syscalls: outside the lock
   std::lock_guard g(mu_);
+  merged_locked(mb);
+}
+
+void pool_impl::merged_locked(const merge_batch& mb) {
   for (unsigned i = 0; i < mb.n; ++i) {
+    --split_regions_;
     --materialised_;
+    --regions_in_transit_;
     buddy_.free(mb.regions[i], HPAGE_PMD_ORDER);
   }
 }
@@ -326,45 +334,39 @@ bool pool_impl::attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int
 }
 
 std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb) {
-  std::uint32_t r = NIL;
-  {
-    std::lock_guard g(mu_);
-    sweep_locked(mb, false);
-    // Regions this operation split come first: no one else can see them yet.
-    for (unsigned i = 0; i < plan.nr_fresh && r == NIL; ++i)
-      if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) r = plan.fresh[i];
-    if (r == NIL) {
-      detach_locked(c, coarse_now_ms());
-      // A cache takes a region with at least ~64 free pages when one exists (the kernel's pcp
-      // batch plays the same role): a nearly full region would send it back here after a few
-      // allocations, and on a heap of long-lived pages the pool lock would be taken on most
-      // of them (docs/scaling.md, "refill threshold"). Nearly full regions still drain: they
-      // are taken when nothing else has room, and frees fill them back up.
-      for (unsigned min_bucket = 1;;) {
-        if (const std::uint32_t f = filler_.find(order, min_bucket); f != NIL) {
-          if (attach_locked(c, f, order, pos)) {
-            r = f;
-            break;
-          }
-          continue;
-        }
-        if (lazy_.empty()) {
-          if (min_bucket) {
-            min_bucket = 0;
-            continue;
-          }
-          pos = 0;
-          r = take_fresh_region_locked(plan);
-          break;
-        }
-        // Split regions from before the last open: load them before splitting more.
-        const std::uint32_t l = lazy_.back();
-        lazy_.pop_back();
-        materialise_locked(l);
-      }
+  std::lock_guard g(mu_);
+  sweep_locked(mb, false);
+  return refill_locked(c, order, plan, pos);  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
+}
+
+std::uint32_t pool_impl::refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos) {
+  // Regions this operation split come first: no one else can see them yet.
+  for (unsigned i = 0; i < plan.nr_fresh; ++i)
+    if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) return plan.fresh[i];
+  detach_locked(c, coarse_now_ms());
+  // A cache takes a region with at least ~64 free pages when one exists (the kernel's pcp
+  // batch plays the same role): a nearly full region would send it back here after a few
+  // allocations, and on a heap of long-lived pages the pool lock would be taken on most
+  // of them (docs/scaling.md, "refill threshold"). Nearly full regions still drain: they
+  // are taken when nothing else has room, and frees fill them back up.
+  for (unsigned min_bucket = 1;;) {
+    if (const std::uint32_t f = filler_.find(order, min_bucket); f != NIL) {
+      if (attach_locked(c, f, order, pos)) return f;
+      continue;
     }
+    if (lazy_.empty()) {
+      if (min_bucket) {
+        min_bucket = 0;
+        continue;
+      }
+      pos = 0;
+      return take_fresh_region_locked(plan);
+    }
+    // Split regions from before the last open: load them before splitting more.
+    const std::uint32_t l = lazy_.back();
+    lazy_.pop_back();
+    materialise_locked(l);
   }
-  return r;  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
 }
 
 page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order) {
@@ -378,25 +380,56 @@ page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned ord
 }
 
 page* pool_impl::alloc_small(unsigned order, alloc_plan& plan, bool apply) {
-  for (int attempt = 0;; ++attempt) {
-    merge_batch mb;  // merges a refill's sweep chose: finished outside the cache lock
-    page* p = nullptr;
-    {
-      cpu_cache& c = this_cpu_cache();
-      std::lock_guard g(c.mu);
-      std::uint32_t r = c.region;
-      int pos = r != NIL ? find_free_block(sstate(r), order) : -1;
-      if (pos < 0) r = refill(c, order, plan, pos, mb);
-      if (r != NIL) {
-        p = carve(c, r, unsigned(pos), order);
-        if (apply) apply_small_held(r, p, order, 0);
-      }
+  merge_batch mb;  // merges a refill's sweep chose: finished outside the cache lock
+  page* p = nullptr;
+  {
+    cpu_cache& c = this_cpu_cache();
+    std::lock_guard g(c.mu);
+    std::uint32_t r = c.region;
+    int pos = r != NIL ? find_free_block(sstate(r), order) : -1;
+    if (pos < 0) r = refill(c, order, plan, pos, mb);
+    if (r != NIL) {
+      p = carve(c, r, unsigned(pos), order);
+      if (apply) apply_small_held(r, p, order, 0);
     }
-    finish_merges(mb);
-    if (p) return p;
-    // No room in the filler or the region buddy: other CPUs' caches may hold some. Take them
-    // back and look once more, so "no room" means no free extent of this order anywhere.
-    if (attempt > 0 || plan.fresh_full || !reclaim()) return nullptr;
+  }
+  finish_merges(mb);
+  if (p || plan.fresh_full) return p;
+  // No room in the filler or the region buddy: other CPUs' caches and stashes may hold some.
+  return alloc_small_anywhere(order, plan, apply);
+}
+
+// How long a last-resort search waits for regions another operation holds between its locks (a
+// fresh region until its SPLIT word is durable, a merge on its way to the buddy): one or two
+// fences normally. The bound only keeps a caller from waiting forever on an operation that
+// waits for it in turn (alloc_pages_to takes its intent lane after reserving its pages, and a
+// bulk slot call waiting here may hold every lane).
+constexpr std::uint64_t TRANSIT_WAIT_MS = 1000;
+
+// The last resort of a small allocation: every cache gives back what it holds and the allocation
+// searches the pool, all under every lock. Taking the caches back and then searching again under
+// the pool lock alone (as this did before) let another CPU take the region back in between:
+// with two CPUs sharing one region, ~1 % of allocations failed with most of the pool free.
+// Holding every lock makes the answer exact: nullptr means no free extent of this order, apart
+// from frees still running (they count as after this call). Pages another operation holds
+// between its locks are free but not reachable yet: wait for that operation (TRANSIT_WAIT_MS).
+page* pool_impl::alloc_small_anywhere(unsigned order, alloc_plan& plan, bool apply) {
+  const std::uint64_t give_up_ms = coarse_now_ms() + TRANSIT_WAIT_MS;
+  for (;;) {
+    lock_all();
+    cpu_cache& c = this_cpu_cache();
+    for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
+    int pos = -1;
+    const std::uint32_t r = refill_locked(c, order, plan, pos);
+    page* p = nullptr;
+    if (r != NIL) {
+      p = carve(c, r, unsigned(pos), order);
+      if (apply) apply_small_held(r, p, order, 0);
+    }
+    const bool wait = !p && !plan.fresh_full && regions_in_transit_ > plan.nr_fresh && coarse_now_ms() < give_up_ms;
+    unlock_all();
+    if (!wait) return p;
+    std::this_thread::yield();
   }
 }
 
@@ -466,31 +499,49 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
       return p;
     }
   }
-  for (int attempt = 0;; ++attempt) {
-    merge_batch mb;
-    page* p;
-    {
-      std::lock_guard g(mu_);
-      sweep_locked(mb, false);
+  merge_batch mb;
+  page* p;
+  {
+    std::lock_guard g(mu_);
+    sweep_locked(mb, false);
+    p = alloc_large_locked(order);
+  }
+  finish_merges(mb);
+  if (!p) p = alloc_large_anywhere(order);
+  if (p && apply) apply_alloc(p, order, 0);
+  return p;
+}
+
+// alloc_small_anywhere's counterpart: other CPUs' stashes hold free blocks, and wholly free split
+// regions (kept, cached or not loaded yet) are free 2 MiB regions in all but name. All of them
+// are taken back and merged, and the buddy searched, under every lock (the merge fences there:
+// this runs only when the pool has no other room).
+page* pool_impl::alloc_large_anywhere(unsigned order) {
+  const std::uint64_t give_up_ms = coarse_now_ms() + TRANSIT_WAIT_MS;
+  for (;;) {
+    lock_all();
+    for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
+    page* p = alloc_large_locked(order);
+    // Regions split on the media before the last open may be wholly free (kept empty at close
+    // or crash): loading one merges it.
+    while (!p && !lazy_.empty()) {
+      const std::uint32_t l = lazy_.back();
+      lazy_.pop_back();
+      materialise_locked(l);
       p = alloc_large_locked(order);
-      // Regions split on the media before the last open may be wholly free (kept empty at
-      // close or crash): loading one merges it. Only when the buddy has no room.
-      while (!p && attempt > 0 && !lazy_.empty()) {
-        const std::uint32_t l = lazy_.back();
-        lazy_.pop_back();
-        materialise_locked(l);
-        p = alloc_large_locked(order);
-      }
     }
-    finish_merges(mb);
-    if (p) {
-      if (apply) apply_alloc(p, order, 0);
-      return p;
+    while (!p && empty_head_ != NIL) {
+      merge_batch mb;
+      while (empty_head_ != NIL && mb.n < merge_batch::MAX) take_empty_locked(empty_head_, mb);
+      fence();
+      for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);
+      merged_locked(mb);
+      p = alloc_large_locked(order);
     }
-    // Wholly free split regions (kept, cached or not loaded yet) are free 2 MiB regions in all
-    // but name, and other CPUs' stashes hold free blocks.
-    if (attempt > 0) return nullptr;
-    reclaim();
+    const bool wait = !p && regions_in_transit_ > 0 && coarse_now_ms() < give_up_ms;
+    unlock_all();
+    if (!wait) return p;
+    std::this_thread::yield();
   }
 }
 
@@ -504,6 +555,7 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
     split_state& s = sstate(r);
     s.own_lock.lock();
     s.published = true;  // its SPLIT word is durable: anyone may allocate from it now
+    --regions_in_transit_;
     if (c.region == NIL && s.nr_free) {
       s.cpu = std::uint16_t(c.index);
       s.lockp.store(&c.mu, std::memory_order_release);
@@ -552,11 +604,6 @@ bool pool_impl::drain_caches() {
     any = true;
   }
   return any;
-}
-
-bool pool_impl::reclaim() {
-  const bool drained = drain_caches();
-  return merge_empty_regions() > 0 || drained;
 }
 
 std::size_t pool_impl::trim() noexcept {

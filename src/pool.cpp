@@ -83,14 +83,27 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
   }
   if (!check_gfp("alloc_pages_bulk", gfp) || forked("alloc_pages_bulk")) return 0;
   std::size_t done = 0;
-  bool reclaimed = false;
-  while (done < n) {
+  bool no_room = false;
+  while (done < n && !no_room) {
     alloc_plan plan;
     const std::size_t first = done;
-    if (order == 0) done += bulk_order0(n - done, out + done, plan);
+    if (order == 0) {
+      done += bulk_order0(n - done, out + done, plan);
+      // bulk_order0 looks in this CPU's cache, the filler and the buddy; alloc_small also takes
+      // what other CPUs' caches hold (and leaves this CPU's cache holding it for the next round).
+      if (done < n && !plan.fresh_full) {
+        if (page* p = alloc_small(0, plan, true))
+          out[done++] = p;
+        else
+          no_room = !plan.fresh_full;
+      }
+    }
     while (done < n && order > 0 && !plan.fresh_full) {
       page* p = order < HPAGE_PMD_ORDER ? alloc_small(order, plan, true) : alloc_large(order, true);
-      if (!p) break;
+      if (!p) {
+        no_room = !plan.fresh_full;  // alloc_small/alloc_large looked everywhere
+        break;
+      }
       out[done++] = p;
     }
     if (done > first) {
@@ -103,11 +116,7 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
         publish_fresh(plan);
       }
     }
-    if (plan.fresh_full) continue;  // stopped for lack of plan room: go on
-    // Stopped for lack of space here: other CPUs' caches may hold free pages (as alloc_pages
-    // does, look once more after taking them back).
-    if (done == n || reclaimed || !reclaim()) break;
-    reclaimed = true;
+    // Stopped for lack of room in the plan (plan.fresh_full): the next round goes on.
   }
   return done;
 }

@@ -288,20 +288,23 @@ class pool_impl {
   cpu_cache& this_cpu_cache() { return caches_[current_cpu() % nr_caches_]; }
   /// Orders 0..8 from this CPU's cache (refilled as needed); nullptr when no room is left anywhere.
   page* alloc_small(unsigned order, alloc_plan& plan, bool apply);
+  /// alloc_small's last resort, under every lock (lock_all): nullptr means no free extent of that order.
+  page* alloc_small_anywhere(unsigned order, alloc_plan& plan, bool apply);
   /// alloc_pages_bulk of order 0: whole words of the free bitmap at a time, one write per line.
   std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
   std::size_t bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb);
   page* alloc_large(unsigned order, bool apply);
   page* alloc_large_locked(unsigned order);
+  /// alloc_large's last resort, under every lock: stashes drained, empty split regions merged.
+  page* alloc_large_anywhere(unsigned order);
   /// The descriptors of a large page taken from the buddy or a stash at region r.
   page* setup_large(std::uint32_t r, unsigned order);
-  /// Every cache gives back what it holds; true if anything was.
-  bool reclaim();
   /// Region lock held: marks [pos, pos + 2^order) used in region r and builds its descriptors.
   page* carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order);
   /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
   /// fresh one of this plan) and the position in pos; NIL when none has room.
   std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb);
+  std::uint32_t refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos);  // c.mu + mu_, no sweep
   /// c.mu + mu_: its split region goes back to the filler (to the empty list, if wholly free).
   void detach_locked(cpu_cache& c, std::uint64_t empty_since_ms);
   /// c.mu + mu_: its region and its stash go back (idle: the region has been idle since last use).
@@ -314,6 +317,8 @@ class pool_impl {
   void sweep_locked(merge_batch& mb, bool all);
   /// Fences the batch's FREE words, gives back descriptor memory, frees the regions to the buddy.
   void finish_merges(const merge_batch& mb);
+  /// finish_merges' last step (mu_ held, after the fence): the regions go to the buddy.
+  void merged_locked(const merge_batch& mb);
   /// A free changed region r's list (no cache holds it): re-file it under the pool lock.
   void refile(std::uint32_t r);
   /// Every cache gives its region back to the filler; true if any held one.
@@ -423,7 +428,10 @@ class pool_impl {
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
   std::uint64_t free_pages_ = 0;     // V3 with the caches' free_delta (excludes lazy regions)
-  std::uint64_t split_regions_ = 0;
+  std::uint64_t split_regions_ = 0;  // includes the regions of merges not yet in the buddy
+  /// Regions an operation holds between its locks, free pages and all: fresh splits until
+  /// publish_fresh, merges until merged_locked. A last-resort allocation waits for them.
+  std::uint32_t regions_in_transit_ = 0;
   std::uint64_t materialised_ = 0;
   std::uint64_t repaired_ = 0;
   std::uint64_t orphaned_ = 0;  // owner records dropped at load: their slot no longer named the page

@@ -77,11 +77,13 @@ typedef unsigned pmpage_gfp_t;
 
 /* ---- errors and misuse ------------------------------------------------------------------------ */
 
-/** The message of the calling thread's last error ("" if none yet): set by every call that
- *  returns NULL or a negative errno for a reason other than running out of room (an allocation
- *  that finds no free extent returns NULL / a short count and leaves the message alone), and by
- *  every misuse report while a C misuse handler is installed. Successful calls do not clear it.
- *  The pointer stays valid until the thread's next pmpage call. */
+/** The message of the calling thread's last error ("" if none yet). Every call that fails sets
+ *  its own, with errno: a NULL or negative errno result, and an allocation that finds no room
+ *  (NULL or a short count, errno ENOMEM, "pmpage_alloc_pages...: no free extent of order k").
+ *  A misused call's message is its misuse report, whichever misuse handler is installed; the
+ *  other messages start with the C function's name (pmpage_pool_check and
+ *  pmpage_pool_check_slots: the problems they found). Successful calls do not clear it. The
+ *  pointer stays valid until the thread's next pmpage call. */
 PMPAGE_API const char* pmpage_errormsg(void);
 
 /** A misuse handler: message describes the caller's mistake; ctx is the pointer given to
@@ -170,7 +172,10 @@ PMPAGE_API void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, s
 PMPAGE_API void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len);
 PMPAGE_API void pmpage_pool_drain(const pmpage_pool* pool);
 
-/** pmpage::pool_stats; reserved words are zero (later versions fill them). */
+/** pmpage::pool_stats; reserved words are zero (later versions fill them). One snapshot under the
+ *  allocator's locks: while other threads run, free_pages <= total_pages, cpu_cached_free_pages
+ *  <= free_pages, free_regions + split_regions <= total_regions (all bounds: pmpage/pool.hpp);
+ *  free_pages may lag below the truth by frees still running. */
 struct pmpage_pool_stats {
   uint64_t total_pages;
   uint64_t free_pages;
@@ -205,10 +210,11 @@ PMPAGE_API int pmpage_pool_for_each_allocated(const pmpage_pool* pool, pmpage_wa
 
 /* ---- allocation and slot ownership ------------------------------------------------------------ */
 
-/** A naturally aligned compound page of order (0..18), count 1, durable; NULL when no free extent. */
+/** A naturally aligned compound page of order (0..18), count 1, durable; NULL when no free extent
+ *  (errno ENOMEM) or on misuse (EINVAL). */
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages(pmpage_pool* pool, unsigned order);
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages_gfp(pmpage_pool* pool, unsigned order, pmpage_gfp_t gfp);
-/** Up to n pages of order into out[]; returns how many. */
+/** Up to n pages of order into out[]; returns how many (fewer than n: errno ENOMEM, no room). */
 PMPAGE_API size_t pmpage_alloc_pages_bulk(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out);
 PMPAGE_API size_t pmpage_alloc_pages_bulk_gfp(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out,
                                               pmpage_gfp_t gfp);
@@ -229,7 +235,8 @@ PMPAGE_API int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmp
 
 /** The kernel's __free_pages: drops the caller's reference to the compound page of order. */
 PMPAGE_API void pmpage_free_pages(struct pmpage_page* page, unsigned order);
-/** Order-9 head with count 1 -> 512 order-0 pages: 0, -EBUSY, -EINVAL. */
+/** Order-9 head with count 1 -> 512 order-0 pages: 0, -EBUSY (other references, locked, or
+ *  slot-owned), -EINVAL (not an order-9 head; not misuse unless p is no descriptor). */
 PMPAGE_API int pmpage_split_huge_page(struct pmpage_page* page);
 /** The split of a slot-owned order-9 page: slots[0] its owner, slots[1..511] empty. */
 PMPAGE_API int pmpage_split_huge_page_to(struct pmpage_page* page, pmpage_pfn_t* slots);

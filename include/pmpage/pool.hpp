@@ -28,6 +28,15 @@ namespace detail {
 class pool_impl;
 }
 
+/// pool::stats(). One snapshot taken under every allocator lock, so the figures agree with each
+/// other even while other threads allocate and free (a region being merged counts as split until
+/// it is a free region):
+///   free_pages <= total_pages;  cpu_cached_free_pages <= free_pages;
+///   512 x free_regions + cpu_cached_free_pages <= free_pages;
+///   free_regions + split_regions <= total_regions;
+///   materialised_regions, cpu_cached_regions, empty_split_regions <= split_regions.
+/// Only free_pages is approximate while others run: it may lag below the truth by the pages of
+/// frees still in progress. Exact when no other thread uses the pool.
 struct pool_stats {
   std::uint64_t total_pages = 0;       // pages in the data area
   std::uint64_t free_pages = 0;        // of which free
@@ -279,6 +288,9 @@ class PMPAGE_API pool {
   void flush(const void* addr, std::size_t len) const noexcept;
   void drain() const noexcept;
 
+  /// The pool's counters (pool_stats: which bounds hold while other threads run). Thread-safe: it
+  /// holds every allocator lock for the snapshot (one per CPU cache, then the pool lock), and
+  /// enforces the idle and hysteresis bounds first (may merge regions: one fence).
   pool_stats stats() const noexcept;
   /// Returns descriptor memory now: drains every per-CPU cache and merges every split region
   /// that has no allocation back into a free 2 MiB region, giving its 32 KiB of 4 KiB

@@ -16,3 +16,15 @@ extern "C" int cxx_header_agrees(struct pmpage_page* p) {
   pmpage::ClearPageDirty(q);
   return same && dirty && !pmpage_PageDirty(p);
 }
+
+// A misuse report while a C++ handler is installed (not the C one): the C call's message is the
+// report all the same. Restores the C test's handler (pmpage_set_misuse_handler) afterwards.
+extern "C" int cxx_handler_misuse_sets_c_message(pmpage_pool* pool) {
+  static int reports;
+  reports = 0;
+  const pmpage::misuse_handler previous = pmpage::set_misuse_handler([](const char*) { ++reports; });
+  pmpage_pfn_t* root = static_cast<pmpage_pfn_t*>(pmpage_pool_root(pool, nullptr));
+  const int r = pmpage_move_pages_owner(pool, &root[3], &root[4]);  // the source slot is empty
+  pmpage::set_misuse_handler(previous);
+  return r == -EINVAL && reports == 1;
+}

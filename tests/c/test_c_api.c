@@ -739,6 +739,172 @@ static void test_misuse(void) {
   unlink(scratch("misuse"));
 }
 
+/* ---- every failing call sets its own message (issue #18, defect 10) ------------------------------
+ * pmpage_split_huge_page of a page that is no order-9 head used to return -EINVAL with no message,
+ * so pmpage_errormsg() still described an earlier, unrelated failure; so did every allocation that
+ * found no room. Each failing call below runs right after an unrelated failure: its errno and its
+ * message must be its own. */
+#define STALE "stale-unrelated-failure"
+static void plant_stale_message(void) {
+  CHECK(pmpage_pool_open("/nonexistent-" STALE "/x.pool") == NULL);
+  CHECK(strstr(pmpage_errormsg(), STALE) != NULL);
+  errno = 0;
+}
+#define EXPECT_OWN_FAILURE(err, needle)                                                                   \
+  do {                                                                                                    \
+    const int errno_ = errno;                                                                             \
+    ++g_checks;                                                                                           \
+    if (errno_ != (err) || !strstr(pmpage_errormsg(), needle) || strstr(pmpage_errormsg(), STALE)) {      \
+      ++g_failures;                                                                                       \
+      fprintf(stderr, "%s:%d: expected errno %d and a message containing \"%s\"; got errno %d, \"%s\"\n", \
+              __FILE__, __LINE__, (int)(err), needle, errno_, pmpage_errormsg());                        \
+    }                                                                                                     \
+  } while (0)
+
+int cxx_handler_misuse_sets_c_message(pmpage_pool* pool); /* header_cxx.cpp */
+
+static void test_every_failure_sets_its_own_message(void) {
+  pmpage_pool* p = make_pool("own-message", 4u << 20, 4096); /* one 2 MiB region */
+  pmpage_pfn_t* root;
+  struct pmpage_page *small, *big, *huge, *extra;
+  struct pmpage_page* bogus = (struct pmpage_page*)(uintptr_t)0x1000;
+  struct pmpage_page* got[4];
+  pmpage_pfn_t* slots[2];
+  struct pmpage_pool_stats st;
+  if (!p) return;
+  root = (pmpage_pfn_t*)pmpage_pool_root(p, NULL);
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  CHECK_EQ_U(st.total_regions, 1);
+
+  /* split_huge_page of pages that are no order-9 head: not misuse, -EINVAL. */
+  small = pmpage_alloc_pages(p, 0);
+  big = pmpage_alloc_pages(p, 3);
+  CHECK(small && big);
+  if (!small || !big) return;
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_split_huge_page(small), -EINVAL);
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_split_huge_page");
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_split_huge_page(big), -EINVAL);
+  EXPECT_OWN_FAILURE(EINVAL, "not the head of an order-9 page");
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_split_huge_page(pmpage_pfn_to_page(pmpage_page_to_pfn(big) + 1)), -EINVAL); /* a tail */
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_split_huge_page");
+  pmpage_free_pages(big, 3);
+  pmpage_free_pages(small, 0);
+  CHECK_EQ_U(pmpage_pool_trim(p), 1); /* the region is whole again */
+
+  /* An order-9 page with a second reference: -EBUSY. */
+  huge = pmpage_alloc_pages(p, 9);
+  CHECK(huge != NULL);
+  if (!huge) return;
+  pmpage_get_page(huge);
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_split_huge_page(huge), -EBUSY);
+  EXPECT_OWN_FAILURE(EBUSY, "pmpage_split_huge_page");
+  pmpage_put_page(huge);
+
+  /* No room (the one region is taken): NULL or a short count, ENOMEM. */
+  plant_stale_message();
+  CHECK(pmpage_alloc_pages(p, 0) == NULL);
+  EXPECT_OWN_FAILURE(ENOMEM, "pmpage_alloc_pages");
+  plant_stale_message();
+  CHECK(pmpage_alloc_pages_gfp(p, 2, PMPAGE_GFP_ZERO) == NULL);
+  EXPECT_OWN_FAILURE(ENOMEM, "order 2");
+  plant_stale_message();
+  CHECK(pmpage_alloc_pages(p, 10) == NULL);
+  EXPECT_OWN_FAILURE(ENOMEM, "no free extent");
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_alloc_pages_bulk(p, 0, 4, got), 0);
+  EXPECT_OWN_FAILURE(ENOMEM, "pmpage_alloc_pages_bulk");
+  plant_stale_message();
+  CHECK(pmpage_alloc_pages_to(p, 0, &root[0]) == NULL);
+  EXPECT_OWN_FAILURE(ENOMEM, "pmpage_alloc_pages_to");
+  CHECK_EQ_U(root[0], 0);
+  slots[0] = &root[1];
+  slots[1] = &root[2];
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_alloc_pages_bulk_to(p, 0, slots, 2), 0);
+  EXPECT_OWN_FAILURE(ENOMEM, "pmpage_alloc_pages_bulk_to");
+  pmpage_free_pages(huge, 9);
+
+  /* Slot calls refused with -EBUSY: a reference besides the slot's. */
+  extra = pmpage_alloc_pages_to(p, 0, &root[0]);
+  CHECK(extra != NULL);
+  if (!extra) return;
+  pmpage_get_page(extra);
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_free_pages_from(p, &root[0]), -EBUSY);
+  EXPECT_OWN_FAILURE(EBUSY, "pmpage_free_pages_from");
+  slots[0] = &root[0];
+  plant_stale_message();
+  CHECK_EQ_U(pmpage_free_pages_bulk_from(p, slots, 1), -EBUSY);
+  EXPECT_OWN_FAILURE(EBUSY, "pmpage_free_pages_bulk_from");
+  pmpage_put_page(extra);
+
+  /* Misuse: the report is the message (and errno EINVAL). */
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_move_pages_owner(p, &root[3], &root[4]), -EINVAL), "move_pages_owner");
+  EXPECT_OWN_FAILURE(EINVAL, "move_pages_owner");
+  huge = pmpage_alloc_pages(NULL, 9); /* misuse: NULL pool */
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_alloc_pages: pool is NULL");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_free_pages_bulk_from(p, NULL, 1), -EINVAL), "slots is NULL");
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_free_pages_bulk_from");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_alloc_pages_bulk_to(p, 0, NULL, 1), 0), "slots is NULL");
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_alloc_pages_bulk_to");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_stats(p, NULL), -EINVAL), "out is NULL");
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_pool_stats");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK(pmpage_alloc_pages(p, PMPAGE_MAX_PAGE_ORDER + 1) == NULL), "order");
+  EXPECT_OWN_FAILURE(EINVAL, "alloc_pages: order");
+  plant_stale_message();
+  EXPECT_MISUSE(pmpage_free_pages(extra, 1), "order");
+  EXPECT_OWN_FAILURE(EINVAL, "free_pages");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK(pmpage_page_address(bogus) == NULL), "not a page descriptor"); /* inline */
+  EXPECT_OWN_FAILURE(EINVAL, "not a page descriptor");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK(pmpage_pfn_to_page(pmpage_pool_end_pfn(p) + 1) == NULL), "pfn"); /* inline */
+  EXPECT_OWN_FAILURE(EINVAL, "not a page of any open pool");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_split_huge_page(bogus), -EINVAL), "not a page descriptor");
+  EXPECT_OWN_FAILURE(EINVAL, "not a page descriptor");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_split_huge_page_to(extra, root + 512), -EINVAL), "split_huge_page_to");
+  EXPECT_OWN_FAILURE(EINVAL, "split_huge_page_to");
+  CHECK_EQ_U(pmpage_free_pages_from(p, &root[0]), 0);
+
+  /* Set-up failures name their call. */
+  plant_stale_message();
+  CHECK(pmpage_pool_create(NULL, NULL) == NULL);
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_pool_create");
+  plant_stale_message();
+  CHECK(pmpage_pool_open(NULL) == NULL);
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_pool_open");
+  plant_stale_message();
+  CHECK(pmpage_pool_open(scratch("own-message-missing")) == NULL);
+  EXPECT_OWN_FAILURE(ENOENT, "pmpage_pool_open");
+  plant_stale_message();
+  CHECK(pmpage_pool_open(scratch("own-message")) == NULL); /* open already */
+  EXPECT_OWN_FAILURE(EBUSY, "pmpage_pool_open");
+  plant_stale_message();
+  CHECK(pmpage_pool_create_volatile(NULL) == NULL);
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_pool_create_volatile");
+
+  /* A misuse handler installed from C++ (not pmpage_set_misuse_handler): the C call still takes
+   * the report as its message. */
+  plant_stale_message();
+  CHECK(cxx_handler_misuse_sets_c_message(p));
+  EXPECT_OWN_FAILURE(EINVAL, "move_pages_owner");
+
+  CHECK_EQ_U(pmpage_pool_check(p), 0);
+  pmpage_pool_close(p);
+  unlink(scratch("own-message"));
+}
+
 /* errormsg is per thread. */
 static void* errormsg_thread(void* arg) {
   (void)arg;
@@ -847,6 +1013,7 @@ int main(int argc, char** argv) {
   test_slots();
   test_page_api();
   test_misuse();
+  test_every_failure_sets_its_own_message();
   test_cxx_agrees();
   test_volatile();
   test_default_handler_aborts();
