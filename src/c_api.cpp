@@ -143,7 +143,7 @@ int result(const char* fn, int r) noexcept {
 }
 
 // ---- the C misuse handler ----------------------------------------------------------------------------
-std::mutex g_c_handler_lock;
+std::mutex g_c_handler_lock;  // taken around fork() (fork.cpp): c_misuse_handler_lock
 pmpage_misuse_handler g_c_handler = nullptr;
 void* g_c_handler_ctx = nullptr;
 
@@ -169,6 +169,10 @@ bool null_pool(const pmpage_pool* pool, const char* fn) noexcept {
 }
 
 }  // namespace
+
+namespace pmpage::detail {
+std::mutex& c_misuse_handler_lock() noexcept { return g_c_handler_lock; }
+}  // namespace pmpage::detail
 
 struct pmpage_pool {
   pmpage_pool(pmpage::pool p, std::string where)

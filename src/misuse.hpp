@@ -1,11 +1,17 @@
 // misuse.hpp — internal: report a caller's mistake through the installed misuse handler.
 #pragma once
 
+#include <mutex>
+
 #include "pmpage/types.hpp"
 
 namespace pmpage::detail {
 
 /// printf-style; the handler may return, in which case the caller must leave all state untouched.
 void report_misuse(const char* fmt, ...) noexcept __attribute__((format(printf, 1, 2)));
+
+/// The lock of the C API's misuse handler and its context (c_api.cpp): a leaf, held only while
+/// they are read or written. fork() takes it last (fork.cpp).
+std::mutex& c_misuse_handler_lock() noexcept;
 
 }  // namespace pmpage::detail
