@@ -379,6 +379,7 @@ class pool_impl {
   std::shared_ptr<persistence> pers_;
   layout lay_{};
   std::uint16_t section_id_ = 0;
+  std::uint16_t picked_id_ = 0;  // the id pick_section_id reserved for this new pool (create paths)
   bool registered_ = false;
   std::uint64_t nr_regions_ = 0;
   std::uint64_t nr_pages_ = 0;

@@ -72,6 +72,7 @@ pool_impl::~pool_impl() {
   }
   if (pers_) forget_deferred_flushes();
   if (registered_) unregister_section(section_id_);
+  else if (picked_id_) release_picked_section_id(picked_id_);  // a create that failed before registering
   if (regions_) {
     for (std::uint64_t r = 0; r < nr_regions_; ++r) delete static_cast<split_state*>(regions_[r].alloc_state_);
     ::munmap(regions_, regions_bytes_);
@@ -653,7 +654,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
-    const std::uint16_t section_id = pick_section_id();
+    const std::uint16_t section_id = impl->picked_id_ = pick_section_id();
     if (section_id == 0) fail(EBUSY, path, "no free pfn section: too many pools open");
     std::random_device rd;
     const std::uint64_t uuid0 = (std::uint64_t(rd()) << 32) | rd(), uuid1 = (std::uint64_t(rd()) << 32) | rd();

@@ -37,6 +37,9 @@ void release_oldest_window() {
 // last close of a pool with that id (0: never). BSS: only the entries of ids in use are touched.
 std::uint64_t g_closes = 0;
 std::uint64_t g_closed_at[1u << SECTION_BITS];
+// Ids picked for a pool being made and not yet registered (first_pickable_section_id).
+std::uint64_t g_picked[(1u << SECTION_BITS) / 64];
+bool picked(std::uint16_t id) { return g_picked[id / 64] >> (id % 64) & 1; }
 
 // The table entries [first, last] that the byte range [start, start + len) overlaps.
 void granule_range(std::uintptr_t start, std::uint64_t len, unsigned shift, std::uintptr_t& first,
@@ -74,10 +77,17 @@ bool section_id_free(std::uint16_t id) {
 std::uint16_t first_pickable_section_id(std::span<const std::uint16_t> ids) {
   std::lock_guard g(registry_lock);
   for (const std::uint16_t id : ids)
-    if (id != 0 && g_sections[id].nr_pages == 0 &&
-        (g_closed_at[id] == 0 || g_closes - g_closed_at[id] >= SECTION_ID_QUARANTINE))
+    if (id != 0 && g_sections[id].nr_pages == 0 && !picked(id) &&
+        (g_closed_at[id] == 0 || g_closes - g_closed_at[id] >= SECTION_ID_QUARANTINE)) {
+      g_picked[id / 64] |= std::uint64_t{1} << (id % 64);
       return id;
+    }
   return 0;
+}
+
+void release_picked_section_id(std::uint16_t id) {
+  std::lock_guard g(registry_lock);
+  g_picked[id / 64] &= ~(std::uint64_t{1} << (id % 64));
 }
 
 std::string register_section(std::uint16_t id, const section& s) {
@@ -114,6 +124,7 @@ std::string register_section(std::uint16_t id, const section& s) {
     g_desc_sections[gr] = r;
   }
   for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = s;
+  g_picked[id / 64] &= ~(std::uint64_t{1} << (id % 64));  // registered: no longer only picked
   std::atomic_thread_fence(std::memory_order_release);
   return {};
 }

@@ -35,9 +35,12 @@ std::string register_section(std::uint16_t id, const section& s);
 void unregister_section(std::uint16_t id);
 /// True if no open pool uses section id.
 bool section_id_free(std::uint16_t id);
-/// The first of `ids` that no open pool uses and none of the last SECTION_ID_QUARANTINE closed
-/// pools used; 0 if there is none (a new pool's id: pick_section_id).
+/// The first of `ids` that no open pool uses, none of the last SECTION_ID_QUARANTINE closed pools
+/// used and no other pool picked since; 0 if there is none (a new pool's id: pick_section_id).
+/// The id returned stays picked, so two pools made at once never both get it, until
+/// register_section registers it or release_picked_section_id gives it back (a failed create).
 std::uint16_t first_pickable_section_id(std::span<const std::uint16_t> ids);
+void release_picked_section_id(std::uint16_t id);
 
 /// How many closed pools' descriptor windows (at most QUARANTINE_BYTES of address space, the
 /// newest always) and section ids stay out of reach of new pools.

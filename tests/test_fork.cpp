@@ -103,6 +103,14 @@ TEST_F(Fork, ChildCreatesAndClosesPoolsWhileParentThreadsOpenAndClose) {
 
   std::atomic<bool> stop{false};
   std::atomic<int> failures{0};
+  std::mutex first_failure_mu;
+  std::string first_failure;
+  auto failed_with = [&](const char* what) {
+    if (failures.fetch_add(1) == 0) {
+      std::lock_guard g(first_failure_mu);
+      first_failure = what;
+    }
+  };
   std::vector<std::thread> churn;
   for (int t = 0; t < 2; ++t)
     churn.emplace_back([&] {
@@ -111,8 +119,8 @@ TEST_F(Fork, ChildCreatesAndClosesPoolsWhileParentThreadsOpenAndClose) {
           pool v = pool::create_volatile(vo);
           if (page* p = v.alloc_pages(0)) pmpage::put_page(p);
           v.close();
-        } catch (...) {
-          failures.fetch_add(1);
+        } catch (const std::exception& e) {
+          failed_with(e.what());
         }
       }
     });
@@ -121,8 +129,8 @@ TEST_F(Fork, ChildCreatesAndClosesPoolsWhileParentThreadsOpenAndClose) {
       try {
         pool p = pool::open(path);
         p.close();
-      } catch (...) {
-        failures.fetch_add(1);
+      } catch (const std::exception& e) {
+        failed_with(e.what());
       }
     }
   });
@@ -164,7 +172,7 @@ TEST_F(Fork, ChildCreatesAndClosesPoolsWhileParentThreadsOpenAndClose) {
 
   EXPECT_EQ(hung, 0) << "children that did not exit within 10 s (a lock held across fork)";
   EXPECT_EQ(failed, 0);
-  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(failures.load(), 0) << "parent threads' creates and opens that failed; the first: " << first_failure;
   EXPECT_GT(g_c_misuse.load(), 0);
   EXPECT_EQ(kept.check(), "");
   EXPECT_EQ(kept_volatile.check(), "");

@@ -749,4 +749,18 @@ TEST_F(PoolLifecycle, NewPoolsDoNotTakeTheSectionIdOfARecentlyClosedPool) {
   EXPECT_EQ(p.start_pfn(), start);
 }
 
+// Two pools made at once never pick the same section id (the second used to fail EBUSY, "already
+// used by another open pool"): a picked id stays taken until its pool registers or gives it back.
+TEST_F(PoolLifecycle, APickedSectionIdIsNotPickedAgainBeforeItsPoolRegisters) {
+  std::uint16_t candidates[256];
+  for (unsigned i = 0; i < 256; ++i) candidates[i] = std::uint16_t(0xff00u + i);
+  const std::uint16_t id = pmpage::detail::first_pickable_section_id(candidates);
+  ASSERT_NE(id, 0);
+  const std::uint16_t same[] = {id};
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(same), 0) << "picked twice";
+  pmpage::detail::release_picked_section_id(id);
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(same), id);
+  pmpage::detail::release_picked_section_id(id);
+}
+
 }  // namespace
