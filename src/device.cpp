@@ -129,9 +129,11 @@ void device::create_temp(const std::string& path, unsigned mode) {
       }
       if (names_fd(tmp, old) && ::unlink(tmp.c_str()) != 0 && errno != ENOENT) {
         const int e = errno;
+        ::flock(old, LOCK_UN);
         ::close(old);
         fail(e, path, sys_reason(("cannot remove the stale temporary file " + tmp).c_str(), e));
       }
+      ::flock(old, LOCK_UN);  // as everywhere: a fork() child's copy of `old` must not keep it locked
       ::close(old);
       continue;
     }
@@ -143,7 +145,8 @@ void device::create_temp(const std::string& path, unsigned mode) {
       probe();
       return;
     }
-    ::close(fd);  // lost a race with another create: not ours to remove
+    ::flock(fd, LOCK_UN);  // if it was ours (names_fd failed); another create's lock is on its own description
+    ::close(fd);           // lost a race with another create: not ours to remove
   }
   fail(EBUSY, path, "another pool::create of this path keeps replacing " + tmp);
 }
@@ -209,6 +212,8 @@ void device::lock(bool shared) {
     // Held shared (read-only openers) or exclusively (a writer): ask which, without waiting.
     const int probe = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     const bool readers_only = probe >= 0 && ::flock(probe, LOCK_SH | LOCK_NB) == 0;
+    // Unlocked before the close: a fork() meanwhile must not leave a child holding it.
+    if (readers_only) ::flock(probe, LOCK_UN);
     if (probe >= 0) ::close(probe);
     fail(EBUSY, path_, readers_only ? "pool is open read-only (by another process or another handle); "
                                       "writing needs every reader to close it first"

@@ -17,7 +17,8 @@ page* report_bad_pfn(pfn_t pfn) noexcept {
 
 pfn_t report_bad_page(const page* p) noexcept {
   if (quarantined(p))  // registry.hpp: no later pool has its descriptors there
-    report_misuse("%p is a page descriptor of a pool closed since (a stale page*): nothing done",
+    report_misuse("%p is not a page descriptor of any open pool: it is one of a pool closed since (a stale "
+                  "page*); nothing done",
                   static_cast<const void*>(p));
   else
     report_misuse("%p is not a page descriptor of any open pool", static_cast<const void*>(p));
