@@ -202,7 +202,7 @@ void note_misuse() noexcept {
 }
 
 // ---- the C misuse handler ----------------------------------------------------------------------------
-std::mutex g_c_handler_lock;
+std::mutex g_c_handler_lock;  // taken around fork() (fork.cpp): c_misuse_handler_lock
 pmpage_misuse_handler g_c_handler = nullptr;
 void* g_c_handler_ctx = nullptr;
 
@@ -227,6 +227,10 @@ bool null_pool(const pmpage_pool* pool, const c_call& call) noexcept {
 }
 
 }  // namespace
+
+namespace pmpage::detail {
+std::mutex& c_misuse_handler_lock() noexcept { return g_c_handler_lock; }
+}  // namespace pmpage::detail
 
 struct pmpage_pool {
   pmpage_pool(pmpage::pool p, std::string where)

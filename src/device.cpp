@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "pmpage/types.hpp"
+#include "registry.hpp"
 
 #ifndef MAP_SYNC
 #define MAP_SYNC 0x80000
@@ -41,6 +42,15 @@ void fail(int err, const std::string& path, const std::string& reason) {
 namespace {
 std::string sys_reason(const char* what, int err) { return std::string(what) + ": " + std::strerror(err); }
 
+/// mmap of `len` bytes of reserved address space (PROT_NONE); when there is none left, the
+/// quarantined descriptor windows of closed pools (registry.hpp) are given back and it is retried.
+void* reserve_address_space(std::size_t len) noexcept {
+  void* p = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED && errno == ENOMEM && release_quarantine())
+    p = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p;
+}
+
 bool read_sysfs_u64(const std::string& file, std::uint64_t& out) {
   std::ifstream in(file);
   if (!in) return false;
@@ -54,7 +64,13 @@ bool read_sysfs_u64(const std::string& file, std::uint64_t& out) {
 
 device::~device() {
   unmap();
-  if (fd_ >= 0) ::close(fd_);
+  if (fd_ < 0) return;
+  // A flock belongs to the open file description, which fork() children share: closing only our
+  // descriptor would leave the lock held for as long as any child keeps its copy (issue #18).
+  // So the process that took it unlocks it explicitly; a fork child closing its inherited copy
+  // only closes its descriptor, and the lock stays with the opener.
+  if (lock_pid_ != 0 && lock_pid_ == int(::getpid())) ::flock(fd_, LOCK_UN);
+  ::close(fd_);
 }
 
 void device::open_existing(const std::string& path, access a) {
@@ -113,20 +129,24 @@ void device::create_temp(const std::string& path, unsigned mode) {
       }
       if (names_fd(tmp, old) && ::unlink(tmp.c_str()) != 0 && errno != ENOENT) {
         const int e = errno;
+        ::flock(old, LOCK_UN);
         ::close(old);
         fail(e, path, sys_reason(("cannot remove the stale temporary file " + tmp).c_str(), e));
       }
+      ::flock(old, LOCK_UN);  // as everywhere: a fork() child's copy of `old` must not keep it locked
       ::close(old);
       continue;
     }
     if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && names_fd(tmp, fd)) {
       fd_ = fd;
+      lock_pid_ = int(::getpid());
       temp_path_ = tmp;
       created_ = true;
       probe();
       return;
     }
-    ::close(fd);  // lost a race with another create: not ours to remove
+    ::flock(fd, LOCK_UN);  // if it was ours (names_fd failed); another create's lock is on its own description
+    ::close(fd);           // lost a race with another create: not ours to remove
   }
   fail(EBUSY, path, "another pool::create of this path keeps replacing " + tmp);
 }
@@ -192,11 +212,14 @@ void device::lock(bool shared) {
     // Held shared (read-only openers) or exclusively (a writer): ask which, without waiting.
     const int probe = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     const bool readers_only = probe >= 0 && ::flock(probe, LOCK_SH | LOCK_NB) == 0;
+    // Unlocked before the close: a fork() meanwhile must not leave a child holding it.
+    if (readers_only) ::flock(probe, LOCK_UN);
     if (probe >= 0) ::close(probe);
     fail(EBUSY, path_, readers_only ? "pool is open read-only (by another process or another handle); "
                                       "writing needs every reader to close it first"
                                     : "pool is already open for writing (by another process or another handle)");
   }
+  lock_pid_ = int(::getpid());
 }
 
 void device::ensure_size(std::uint64_t size, bool preallocate) {
@@ -298,7 +321,7 @@ void device::sync() {
 void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode) {
   constexpr std::uint64_t gib = 1ull << 30;
   const std::size_t res_len = std::size_t(length + gib);
-  void* res = ::mmap(nullptr, res_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* res = reserve_address_space(res_len);
   if (res == MAP_FAILED) fail(errno, path_, sys_reason("cannot reserve address space", errno));
   reservation_ = static_cast<char*>(res);
   reservation_len_ = res_len;
@@ -332,7 +355,7 @@ void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode)
 bool device::map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool hugetlb) {
   constexpr std::uint64_t gib = 1ull << 30;
   const std::size_t res_len = std::size_t(meta_len + data_len + gib);
-  void* res = ::mmap(nullptr, res_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* res = reserve_address_space(res_len);
   if (res == MAP_FAILED) fail(errno, path_, sys_reason("cannot reserve address space", errno));
   reservation_ = static_cast<char*>(res);
   reservation_len_ = res_len;
@@ -395,7 +418,7 @@ void device::abandon() noexcept {
 
 void* reserve_aligned(std::size_t length, std::size_t align) noexcept {
   const std::size_t len = length + align;
-  void* p = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = reserve_address_space(len);
   if (p == MAP_FAILED) return nullptr;
   const auto a = reinterpret_cast<std::uintptr_t>(p);
   const std::uintptr_t start = (a + align - 1) & ~std::uintptr_t(align - 1);

@@ -39,7 +39,9 @@ class device {
   /// `<path>.pmpage-creating`: where create() builds a new pool file before publishing it.
   static std::string temp_name(const std::string& path);
   /// Takes the opener lock (flock, never waits): exclusive for a writer, shared for read-only
-  /// openers (several readers, no writer). Throws EBUSY naming who holds it.
+  /// openers (several readers, no writer). Throws EBUSY naming who holds it. The destructor
+  /// releases it (LOCK_UN, then close) in the process that took it; in a fork() child, which
+  /// shares the locked file description, it only closes the child's descriptor.
   void lock(bool shared = false);
   /// Grows a regular file to at least `size` bytes; preallocate reserves all its blocks.
   void ensure_size(std::uint64_t size, bool preallocate);
@@ -112,10 +114,12 @@ class device {
   bool is_pmem_ = false;
   bool created_ = false;
   int numa_node_ = -1;
+  int lock_pid_ = 0;  // the process that took the flock (lock, create_temp); 0: none
 };
 
 /// Reserves `length` bytes of private anonymous memory (MAP_NORESERVE: nothing is charged until
-/// touched) starting at an address aligned to `align`. Returns nullptr on failure.
+/// touched) starting at an address aligned to `align`. Returns nullptr on failure (when the
+/// address space is full, after giving back the quarantined windows of closed pools first).
 void* reserve_aligned(std::size_t length, std::size_t align) noexcept;
 void release_reservation(void* addr, std::size_t length) noexcept;
 

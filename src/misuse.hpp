@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 
 #include "pmpage/types.hpp"
 
@@ -15,5 +16,9 @@ void report_misuse(const char* fmt, ...) noexcept __attribute__((format(printf, 
 /// the report) from any other failure (it writes its own).
 std::uint64_t misuse_reports() noexcept;
 const char* last_misuse() noexcept;
+
+/// The lock of the C API's misuse handler and its context (c_api.cpp): a leaf, held only while
+/// they are read or written. fork() takes it last (fork.cpp).
+std::mutex& c_misuse_handler_lock() noexcept;
 
 }  // namespace pmpage::detail

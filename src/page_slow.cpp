@@ -16,7 +16,12 @@ page* report_bad_pfn(pfn_t pfn) noexcept {
 }
 
 pfn_t report_bad_page(const page* p) noexcept {
-  report_misuse("%p is not a page descriptor of any open pool", static_cast<const void*>(p));
+  if (quarantined(p))  // registry.hpp: no later pool has its descriptors there
+    report_misuse("%p is not a page descriptor of any open pool: it is one of a pool closed since (a stale "
+                  "page*); nothing done",
+                  static_cast<const void*>(p));
+  else
+    report_misuse("%p is not a page descriptor of any open pool", static_cast<const void*>(p));
   return 0;
 }
 

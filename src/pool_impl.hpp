@@ -53,7 +53,8 @@
 // Lock order (cpu_cache.hpp): cpu_cache::mu -> mu_ (the pool lock) -> split_state::own_lock.
 // None is held while fencing on the common paths (flushes are issued after the locks:
 // flush_later) or while calling user code. The intent log has no lock. The registry lock and
-// the open-pools list (fork handlers) are taken by open/close and around fork().
+// the open-pools list are taken by open/close; fork() takes every lock of the library in the
+// order written at the top of fork.cpp.
 //
 // Every flush and fence goes through pers_ (the persistence seam); fence() also makes every lazily
 // retired intent durable (intent_log.hpp).
@@ -401,6 +402,7 @@ class pool_impl {
   std::shared_ptr<persistence> pers_;
   layout lay_{};
   std::uint16_t section_id_ = 0;
+  std::uint16_t picked_id_ = 0;  // the id pick_section_id reserved for this new pool (create paths)
   bool registered_ = false;
   std::uint64_t nr_regions_ = 0;
   std::uint64_t nr_pages_ = 0;
@@ -455,6 +457,10 @@ extern std::atomic<std::uint64_t> g_fork_generation;
 // Set-up helpers shared by create, open (recovery.cpp) and create_volatile (volatile_pool.cpp).
 /// Stamps a pool with the process generation it was opened in (pool_impl::forked).
 void stamp_opener(std::uint64_t& generation, int& pid);
+/// The list of open pools whose allocator locks fork() takes (fork.cpp): a pool joins it once
+/// registered and leaves it first thing at close.
+void add_open_pool(pool_impl* p);
+void remove_open_pool(pool_impl* p);
 /// The EMFILE reason when MAX_OPEN_POOLS pools are open.
 std::string too_many_pools();
 /// A random pfn section no open pool uses; 0 if none was found.

@@ -21,7 +21,6 @@
 //     fence 2  zero the rest of both copies, the lanes, the root and the region table
 //     fence 3  superblock B (valid from here: everything it describes is durable)
 //     fence 4  superblock A
-#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -42,44 +41,11 @@
 
 namespace pmpage::detail {
 
-std::atomic<std::uint64_t> g_fork_generation{0};
-
 namespace {
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
-// fork(): a child gets a copy of every lock as some parent thread held it at that instant, and
-// only the forking thread. So the forking thread takes every open pool's allocator locks (cache
-// locks in index order, then the pool lock: the lock order) before fork and releases them after,
-// in both processes, as glibc does for malloc's arenas; region locks are re-made in the child.
-// The child may then read its pools (lazy loads, walks, stats) without meeting a lock that no
-// thread of its own will ever release.
-std::mutex g_open_mu;
-std::vector<pool_impl*> g_open;  // pools open in this process
-
-void fork_prepare() {
-  g_open_mu.lock();
-  for (pool_impl* p : g_open) p->lock_for_fork();
-}
-void fork_parent() {
-  for (pool_impl* p : g_open) p->unlock_after_fork(false);
-  g_open_mu.unlock();
-}
-void fork_child() {
-  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
-  for (pool_impl* p : g_open) p->unlock_after_fork(true);
-  g_open_mu.unlock();
-}
-
 }  // namespace
-
-/// Stamps a pool with the process generation it was opened in (pool_impl::forked).
-void stamp_opener(std::uint64_t& generation, int& pid) {
-  static const int registered = ::pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
-  (void)registered;
-  generation = g_fork_generation.load(std::memory_order_relaxed);
-  pid = int(::getpid());
-}
 
 std::string too_many_pools() {
   return std::to_string(MAX_OPEN_POOLS) + " pools are already open in this process (MAX_OPEN_POOLS)";
@@ -87,33 +53,17 @@ std::string too_many_pools() {
 
 std::uint16_t pick_section_id() {
   std::random_device rd;
-  for (int i = 0; i < 1000; ++i) {
-    const auto id = std::uint16_t(1 + rd() % ((1u << SECTION_BITS) - 1));
-    if (section_id_free(id)) return id;
+  for (int round = 0; round < 16; ++round) {
+    // Drawn outside the registry lock: random_device may read a file.
+    std::uint16_t ids[64];
+    for (auto& id : ids) id = std::uint16_t(1 + rd() % ((1u << SECTION_BITS) - 1));
+    if (const std::uint16_t id = first_pickable_section_id(ids)) return id;
   }
   return 0;
 }
 
-
-void pool_impl::lock_for_fork() { lock_all(); }
-
-void pool_impl::unlock_after_fork(bool child) {
-  unlock_all();
-  if (!child) return;
-  // A parent thread may have been inside a region lock at the fork: make them anew.
-  for (std::uint64_t r = 0; r < nr_regions_; ++r)
-    if (load_kind(regions_[r]) == RK_SPLIT && regions_[r].alloc_state_) {
-      split_state& s = sstate(std::uint32_t(r));
-      s.own_lock.~adaptive_mutex();
-      new (&s.own_lock) adaptive_mutex();
-    }
-}
-
 pool_impl::~pool_impl() {
-  if (registered_) {  // first: a fork from now on leaves this pool's locks alone
-    std::lock_guard g(g_open_mu);
-    g_open.erase(std::find(g_open.begin(), g_open.end(), this));
-  }
+  if (registered_) remove_open_pool(this);  // first: a fork from now on leaves this pool's locks alone
   // At close the kept empty regions merge (so the next open finds them FREE, not split) and
   // lazily retired intents become durable; a fork() child and a read-only pool never write.
   if (registered_ && !read_only_ && g_fork_generation.load(std::memory_order_relaxed) == fork_generation_) {
@@ -122,11 +72,17 @@ pool_impl::~pool_impl() {
   }
   if (pers_) forget_deferred_flushes();
   if (registered_) unregister_section(section_id_);
+  else if (picked_id_) release_picked_section_id(picked_id_);  // a create that failed before registering
   if (regions_) {
     for (std::uint64_t r = 0; r < nr_regions_; ++r) delete static_cast<split_state*>(regions_[r].alloc_state_);
     ::munmap(regions_, regions_bytes_);
   }
-  release_reservation(vmemmap_, vmemmap_bytes_);
+  // A registered pool's descriptors may still be named by a stale page* (an I/O in flight, a
+  // cache entry): their addresses go to the quarantine, not to the next pool (registry.hpp).
+  if (registered_)
+    quarantine_descriptors(vmemmap_, vmemmap_bytes_);
+  else
+    release_reservation(vmemmap_, vmemmap_bytes_);
   if (pers_) pers_->detach();
   // dev_ unmaps the device and closes it, which drops the single-opener lock.
 }
@@ -527,8 +483,7 @@ void pool_impl::register_pool() {
   const std::string why = register_section(section_id_, s);
   if (!why.empty()) fail(EBUSY, path(), "cannot open: " + why);
   registered_ = true;
-  std::lock_guard g(g_open_mu);
-  g_open.push_back(this);
+  add_open_pool(this);
 }
 
 std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::open_options& opts) {
@@ -699,7 +654,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
-    const std::uint16_t section_id = pick_section_id();
+    const std::uint16_t section_id = impl->picked_id_ = pick_section_id();
     if (section_id == 0) fail(EBUSY, path, "no free pfn section: too many pools open");
     std::random_device rd;
     const std::uint64_t uuid0 = (std::uint64_t(rd()) << 32) | rd(), uuid1 = (std::uint64_t(rd()) << 32) | rd();

@@ -9,9 +9,19 @@
 // forever, so pfns below 2^32 are never valid.
 //
 // It also counts the open pools: at most MAX_OPEN_POOLS hold an open_slot at once.
+//
+// Quarantine (a stale page* or pfn of a closed pool must not reach a newer pool, issue #18): a
+// closed pool's 4 KiB descriptor window stays reserved (PROT_NONE, its memory given back) while it
+// is among the last QUARANTINE_POOLS closed, so no later pool's descriptors land at its addresses
+// and a stale page* finds an empty table entry (misuse, reported by the existing slow path: the
+// inline paths pay nothing). Likewise a new pool (create, create_volatile) takes no section id
+// one of the last SECTION_ID_QUARANTINE closed pools had, so a stale pfn finds no pool. Reopening
+// a persistent pool takes its own id regardless: its pfns are names on the media.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "pmpage/page.hpp"
@@ -25,6 +35,31 @@ std::string register_section(std::uint16_t id, const section& s);
 void unregister_section(std::uint16_t id);
 /// True if no open pool uses section id.
 bool section_id_free(std::uint16_t id);
+/// The first of `ids` that no open pool uses, none of the last SECTION_ID_QUARANTINE closed pools
+/// used and no other pool picked since; 0 if there is none (a new pool's id: pick_section_id).
+/// The id returned stays picked, so two pools made at once never both get it, until
+/// register_section registers it or release_picked_section_id gives it back (a failed create).
+std::uint16_t first_pickable_section_id(std::span<const std::uint16_t> ids);
+void release_picked_section_id(std::uint16_t id);
+
+/// How many closed pools' descriptor windows (at most QUARANTINE_BYTES of address space, the
+/// newest always) and section ids stay out of reach of new pools.
+inline constexpr unsigned QUARANTINE_POOLS = 64;
+inline constexpr std::uint64_t QUARANTINE_BYTES = std::uint64_t{64} << 30;
+inline constexpr unsigned SECTION_ID_QUARANTINE = 4096;
+/// Takes over a closed pool's descriptor window [addr, addr + len) (unregistered already): its
+/// memory is given back, its addresses stay reserved until it leaves the quarantine.
+void quarantine_descriptors(void* addr, std::size_t len) noexcept;
+/// Gives every quarantined window back to the system (a reservation of address space failed);
+/// false if there was none.
+bool release_quarantine() noexcept;
+/// True if p lies in a quarantined window: a page* of a pool closed since (for misuse reports).
+bool quarantined(const void* p) noexcept;
+
+/// fork(): the registry lock, taken by the prepare handler and released in both processes
+/// (fork.cpp has the lock order).
+void registry_lock_for_fork() noexcept;
+void registry_unlock_after_fork() noexcept;
 
 /// One of the MAX_OPEN_POOLS places for an open pool. A pool takes it before anything else (its
 /// file descriptor included) and gives it back when destroyed, after everything else.

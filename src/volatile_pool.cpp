@@ -255,7 +255,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->lay_ = lay;
   impl->nr_regions_ = lay.nr_regions;
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
-  impl->section_id_ = pick_section_id();
+  impl->section_id_ = impl->picked_id_ = pick_section_id();
   if (impl->section_id_ == 0) fail(EBUSY, name, "no free pfn section: too many pools open");
   impl->pers_ = opts.backend ? opts.backend : std::make_shared<null_persistence>();
   impl->pers_->attach(d.base(), d.mapped_length(), false);

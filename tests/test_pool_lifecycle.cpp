@@ -7,8 +7,10 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 
+#include "registry.hpp"  // src/: the section-id quarantine
 #include "test_util.hpp"
 
 namespace {
@@ -621,6 +623,144 @@ TEST_F(PoolLifecycle, ReopenRepeatedlyIsStable) {
     expected[pmpage::page_to_pfn(pg)] = static_cast<unsigned>(round * 2);
     EXPECT_EQ(p.check(), "");
   }
+}
+
+// ---- a stale page* or pfn of a closed pool (issue #18 defect 11) ------------------------------------
+
+// What a pool looks like from outside: to check that a stale call left it untouched.
+struct pool_view {
+  std::map<pfn_t, unsigned> allocs;
+  std::uint64_t free_pages;
+  bool operator==(const pool_view&) const = default;
+};
+[[maybe_unused]] void PrintTo(const pool_view& v, std::ostream* os) {
+  *os << v.allocs.size() << " allocations, " << v.free_pages << " free pages";
+}
+pool_view view_of(const pool& p) { return {allocations(p).by_pfn, p.stats().free_pages}; }
+
+pool make_volatile(std::uint64_t size) {
+  pool::volatile_options v;
+  v.size = size;
+  return pool::create_volatile(v);
+}
+
+// Pool A is closed while a caller still holds one of its page*; pool B is made next, the same
+// size: before the fix B's descriptors landed at A's old addresses and put_page(stale) freed B's
+// page without a report. Now A's descriptor addresses are quarantined: the late call is misuse.
+void expect_stale_page_reported(const std::function<pool()>& make_a, const std::function<pool()>& make_b) {
+  pool a = make_a();
+  page* stale = a.alloc_pages(0);
+  ASSERT_NE(stale, nullptr);
+  page* stale_large = a.alloc_pages(pmpage::HPAGE_PMD_ORDER);
+  ASSERT_NE(stale_large, nullptr);
+  a.close();
+
+  pool b = make_b();
+  page* mine = b.alloc_pages(0);  // A's first allocations again: the same descriptor indexes
+  page* mine_large = b.alloc_pages(pmpage::HPAGE_PMD_ORDER);
+  ASSERT_TRUE(mine && mine_large);
+  const pool_view before = view_of(b);
+  {
+    misuse_recorder rec;
+    pmpage::put_page(stale);
+    EXPECT_EQ(rec.count(), 1) << "a stale page* of a closed pool was accepted";
+    EXPECT_NE(rec.last().find("closed"), std::string::npos) << rec.last();
+    pmpage::free_pages(stale_large, pmpage::HPAGE_PMD_ORDER);
+    EXPECT_EQ(rec.count(), 2);
+    EXPECT_EQ(pmpage::page_to_pfn(stale), 0u);
+    EXPECT_EQ(rec.count(), 3);
+  }
+  EXPECT_EQ(pmpage::page_count(mine), 1);
+  EXPECT_EQ(pmpage::page_count(mine_large), 1);
+  EXPECT_EQ(view_of(b), before);
+  EXPECT_EQ(b.check(), "");
+}
+
+TEST_F(PoolLifecycle, StalePageOfAClosedVolatilePoolIsMisuseNotANewerPoolsPage) {
+  expect_stale_page_reported([] { return make_volatile(8 * MiB); }, [] { return make_volatile(8 * MiB); });
+}
+
+TEST_F(PoolLifecycle, StalePageOfAClosedPersistentPoolIsMisuseNotANewerPoolsPage) {
+  const auto pa = new_path("a"), pb = new_path("b");
+  expect_stale_page_reported([&] { return create_pool(pa, 8 * MiB); }, [&] { return create_pool(pb, 8 * MiB); });
+}
+
+// The same pool reopened: its pfns are names on the media and stay valid, but a page* from before
+// the close is not one of its descriptors any more.
+TEST_F(PoolLifecycle, StalePageOfAPoolBeforeItWasReopenedIsMisuse) {
+  const auto path = new_path();
+  pool a = create_pool(path, 8 * MiB);
+  page* stale = a.alloc_pages(0);
+  ASSERT_NE(stale, nullptr);
+  const pfn_t pfn = pmpage::page_to_pfn(stale);
+  a.close();
+  pool again = pool::open(path);
+  const pool_view before = view_of(again);
+  {
+    misuse_recorder rec;
+    pmpage::put_page(stale);
+    EXPECT_EQ(rec.count(), 1);
+  }
+  EXPECT_EQ(view_of(again), before);
+  EXPECT_EQ(pmpage::page_count(pmpage::pfn_to_page(pfn)), 1) << "the page survives close; its pfn names it again";
+  EXPECT_EQ(again.check(), "");
+}
+
+// The quarantine holds across many pools made and closed after A (the bound is QUARANTINE_POOLS
+// closed pools: docs/api.md).
+TEST_F(PoolLifecycle, StalePageStaysMisuseWhileOtherPoolsComeAndGo) {
+  pool a = make_volatile(2 * MiB);
+  page* stale = a.alloc_pages(0);
+  ASSERT_NE(stale, nullptr);
+  a.close();
+  std::vector<pool> open;
+  for (unsigned i = 0; i + 2 < pmpage::detail::QUARANTINE_POOLS; ++i) {
+    pool p = make_volatile(2 * MiB);
+    ASSERT_NE(p.alloc_pages(0), nullptr);
+    if (i % 2) open.push_back(std::move(p));  // the others close: they join the quarantine
+  }
+  misuse_recorder rec;
+  pmpage::put_page(stale);
+  EXPECT_EQ(rec.count(), 1);
+  for (const pool& p : open) EXPECT_EQ(p.check(), "");
+}
+
+// A new pool takes no section id a recently closed pool had, so a stale pfn finds no pool (not a
+// new pool's page); reopening a persistent pool takes its own id regardless.
+TEST_F(PoolLifecycle, NewPoolsDoNotTakeTheSectionIdOfARecentlyClosedPool) {
+  pool v = make_volatile(2 * MiB);
+  const pfn_t stale = v.start_pfn();
+  const auto id = std::uint16_t(stale >> pmpage::detail::SECTION_SHIFT);
+  const std::uint16_t ids[] = {id};
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(ids), 0) << "in use";
+  v.close();
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(ids), 0) << "closed just now: quarantined";
+  EXPECT_FALSE(pmpage::pfn_valid(stale));
+
+  const auto path = new_path();
+  pfn_t start;
+  {
+    pool p = create_pool(path, 8 * MiB);
+    start = p.start_pfn();
+  }
+  const std::uint16_t pid[] = {std::uint16_t(start >> pmpage::detail::SECTION_SHIFT)};
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(pid), 0);
+  pool p = pool::open(path);  // its own id, quarantined or not
+  EXPECT_EQ(p.start_pfn(), start);
+}
+
+// Two pools made at once never pick the same section id (the second used to fail EBUSY, "already
+// used by another open pool"): a picked id stays taken until its pool registers or gives it back.
+TEST_F(PoolLifecycle, APickedSectionIdIsNotPickedAgainBeforeItsPoolRegisters) {
+  std::uint16_t candidates[256];
+  for (unsigned i = 0; i < 256; ++i) candidates[i] = std::uint16_t(0xff00u + i);
+  const std::uint16_t id = pmpage::detail::first_pickable_section_id(candidates);
+  ASSERT_NE(id, 0);
+  const std::uint16_t same[] = {id};
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(same), 0) << "picked twice";
+  pmpage::detail::release_picked_section_id(id);
+  EXPECT_EQ(pmpage::detail::first_pickable_section_id(same), id);
+  pmpage::detail::release_picked_section_id(id);
 }
 
 }  // namespace
