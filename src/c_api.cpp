@@ -170,6 +170,8 @@ bool null_pool(const pmpage_pool* pool, const char* fn) noexcept {
 
 }  // namespace
 
+void pmpage::detail::set_c_error_message(const char* msg) noexcept { set_error_message(msg); }
+
 struct pmpage_pool {
   pmpage_pool(pmpage::pool p, std::string where)
       : pool(std::move(p)), path(std::move(where)), memory(pool.memory_description()) {}

@@ -37,13 +37,7 @@ void pool_impl::init_caches() {
 
 // ---- regions: fresh splits, lazy loads, large blocks ------------------------------------------------
 
-std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
-  if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
-    plan.fresh_full = true;
-    return NIL;
-  }
-  const std::uint32_t r = buddy_.alloc(HPAGE_PMD_ORDER);
-  if (r == NIL) return NIL;
+std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan, std::uint32_t r) {
   back_descriptors(r);
   auto* s = new split_state{};
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
@@ -191,11 +185,42 @@ void pool_impl::materialise(std::uint32_t r) noexcept {
   materialise_locked(r);
 }
 
-page* pool_impl::alloc_large_locked(unsigned order) {
+std::uint32_t pool_impl::take_large_locked(unsigned order) {
   const std::uint32_t r = buddy_.alloc(order);
-  if (r == NIL) return nullptr;
-  free_pages_ -= std::uint64_t{1} << order;
-  return setup_large(r, order);
+  if (r != NIL) free_pages_ -= std::uint64_t{1} << order;
+  return r;
+}
+
+std::uint32_t pool_impl::take_reserved_block_locked(unsigned order) {
+  // Blocks taken and put back in the order they came: the buddy ends as it was but for the one
+  // returned. Bounded: this runs under the pool lock, and only after the file system said no.
+  constexpr unsigned MAX_LOOK = 64;
+  std::uint32_t looked[MAX_LOOK], found = NIL;
+  unsigned n = 0;
+  while (n < MAX_LOOK) {
+    const std::uint32_t r = buddy_.alloc(order);
+    if (r == NIL) break;
+    if (backing_.reserved(r, 1u << (order - HPAGE_PMD_ORDER))) {
+      found = r;
+      break;
+    }
+    looked[n++] = r;
+  }
+  while (n) buddy_.free(looked[--n], order);
+  return found;
+}
+
+bool pool_impl::reserve_backing(std::uint32_t r, std::uint32_t n) noexcept {
+  const int e = backing_.reserve(r, n);
+  if (PMPAGE_LIKELY(e == 0)) return true;
+  char m[320];
+  std::snprintf(m, sizeof m, "pmpage: %s: no room: the file system cannot reserve the blocks of region%s %u%s (%u x 2 MiB "
+                "at file offset %llu; fallocate: %s); the allocation fails instead of a SIGBUS at its first store",
+                path().c_str(), n > 1 ? "s" : "", r, n > 1 ? ("+" + std::to_string(n - 1)).c_str() : "", n,
+                (unsigned long long)backing_.offset_of(r), std::strerror(e));
+  set_c_error_message(m);
+  errno = e;
+  return false;
 }
 
 // ---- the list of wholly free split regions (merge hysteresis) ---------------------------------------
@@ -326,14 +351,20 @@ bool pool_impl::attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int
 }
 
 std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb) {
-  std::uint32_t r = NIL;
-  {
-    std::lock_guard g(mu_);
-    sweep_locked(mb, false);
-    // Regions this operation split come first: no one else can see them yet.
-    for (unsigned i = 0; i < plan.nr_fresh && r == NIL; ++i)
-      if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) r = plan.fresh[i];
-    if (r == NIL) {
+  // R1: a region whose blocks are not known to be reserved is reserved before the cache takes
+  // it, with the pool lock dropped (the call may allocate and zero 2 MiB), and the search starts
+  // over. A fresh region stays ours meanwhile (taken from the buddy, in transit); a filler
+  // region may be taken by another CPU, which then reserves it too (the call is idempotent).
+  for (;;) {
+    std::uint32_t r = NIL, unreserved = NIL;
+    bool fresh = false;
+    {
+      std::lock_guard g(mu_);
+      sweep_locked(mb, false);
+      // Regions this operation split come first: no one else can see them yet.
+      for (unsigned i = 0; i < plan.nr_fresh && r == NIL; ++i)
+        if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) r = plan.fresh[i];
+      if (r != NIL) return r;
       detach_locked(c, coarse_now_ms());
       // A cache takes a region with at least ~64 free pages when one exists (the kernel's pcp
       // batch plays the same role): a nearly full region would send it back here after a few
@@ -342,6 +373,10 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
       // are taken when nothing else has room, and frees fill them back up.
       for (unsigned min_bucket = 1;;) {
         if (const std::uint32_t f = filler_.find(order, min_bucket); f != NIL) {
+          if (!backing_.reserved(f)) {
+            unreserved = f;
+            break;
+          }
           if (attach_locked(c, f, order, pos)) {
             r = f;
             break;
@@ -353,8 +388,19 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
             min_bucket = 0;
             continue;
           }
+          if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
+            plan.fresh_full = true;
+            break;
+          }
+          const std::uint32_t b = buddy_.alloc(HPAGE_PMD_ORDER);
+          if (b == NIL) break;
+          if (!backing_.reserved(b)) {
+            unreserved = b;
+            fresh = true;
+            break;
+          }
           pos = 0;
-          r = take_fresh_region_locked(plan);
+          r = take_fresh_region_locked(plan, b);
           break;
         }
         // Split regions from before the last open: load them before splitting more.
@@ -363,8 +409,21 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
         materialise_locked(l);
       }
     }
+    if (unreserved == NIL) return r;  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
+    const bool ok = reserve_backing(unreserved, 1);
+    if (ok && !fresh) continue;  // search again: it is reserved now (or another CPU took it)
+    std::lock_guard g(mu_);
+    std::uint32_t b = unreserved;
+    if (!ok) {
+      // No room in the file system: the region goes back as it came (a fresh one to the buddy; a
+      // filler region never left the filler). A region used and freed since is reserved: take
+      // one of those if the buddy has it, else report no room (errno set).
+      if (fresh) buddy_.free(unreserved, HPAGE_PMD_ORDER);
+      if (plan.nr_fresh == alloc_plan::MAX_FRESH || (b = take_reserved_block_locked(HPAGE_PMD_ORDER)) == NIL) return NIL;
+    }
+    pos = 0;
+    return take_fresh_region_locked(plan, b);
   }
-  return r;  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
 }
 
 page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order) {
@@ -468,22 +527,32 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
   }
   for (int attempt = 0;; ++attempt) {
     merge_batch mb;
-    page* p;
+    std::uint32_t r;
     {
       std::lock_guard g(mu_);
       sweep_locked(mb, false);
-      p = alloc_large_locked(order);
+      r = take_large_locked(order);
       // Regions split on the media before the last open may be wholly free (kept empty at
       // close or crash): loading one merges it. Only when the buddy has no room.
-      while (!p && attempt > 0 && !lazy_.empty()) {
+      while (r == NIL && attempt > 0 && !lazy_.empty()) {
         const std::uint32_t l = lazy_.back();
         lazy_.pop_back();
         materialise_locked(l);
-        p = alloc_large_locked(order);
+        r = take_large_locked(order);
       }
     }
     finish_merges(mb);
-    if (p) {
+    // R1, outside the pool lock: the block is ours (in transit) until set up or given back.
+    if (r != NIL && !reserve_backing(r, 1u << (order - HPAGE_PMD_ORDER))) {
+      // No room in the file system (errno set): the block goes back; one used and freed since
+      // is reserved, if the buddy has one.
+      std::lock_guard g(mu_);
+      buddy_.free(r, order);
+      r = take_reserved_block_locked(order);
+      if (r == NIL) free_pages_ += std::uint64_t{1} << order;
+    }
+    if (r != NIL) {
+      page* p = setup_large(r, order);
       if (apply) apply_alloc(p, order, 0);
       return p;
     }

@@ -39,6 +39,8 @@
 //   V3  free_pages_ + the caches' free_delta and remote_delta == pages in free buddy blocks + stashed blocks +
 //       free pages of materialised split regions.
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
+//   R1  a region a cache holds, a stashed block and every allocation made in this open have
+//       their blocks reserved in a sparse backing file (region_backing.hpp).
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
 //
 // Lock order (cpu_cache.hpp): cpu_cache::mu -> mu_ (the pool lock) -> split_state::own_lock.
@@ -64,6 +66,7 @@
 #include "intent_log.hpp"
 #include "layout.hpp"
 #include "pmpage/pool.hpp"
+#include "region_backing.hpp"
 #include "region_buddy.hpp"
 #include "registry.hpp"
 #include "adaptive_mutex.hpp"
@@ -278,7 +281,16 @@ class pool_impl {
   std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
   std::size_t bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb);
   page* alloc_large(unsigned order, bool apply);
-  page* alloc_large_locked(unsigned order);
+  /// A free block of `order` from the buddy (free_pages_ counted, descriptors not set up yet:
+  /// in transit), or NIL.
+  std::uint32_t take_large_locked(unsigned order);
+  /// After a reservation failed: a block of `order` from the buddy whose regions are all
+  /// reserved already (used and freed since open), or NIL. Looks at a bounded number of blocks,
+  /// makes no system call; the others stay in the buddy.
+  std::uint32_t take_reserved_block_locked(unsigned order);
+  /// Reserves the blocks of [r, r + n) in a sparse backing file (region_backing.hpp); on failure
+  /// sets errno and the C API's message and returns false. No lock held (a syscall).
+  bool reserve_backing(std::uint32_t r, std::uint32_t n) noexcept;
   /// The descriptors of a large page taken from the buddy or a stash at region r.
   page* setup_large(std::uint32_t r, unsigned order);
   /// Every cache gives back what it holds; true if anything was.
@@ -316,7 +328,8 @@ class pool_impl {
   void zero_pages(page* p, unsigned order);
   /// Copies the cache lines of r's page map holding words [w0, w1] from the mirror (S5) to the media.
   void write_map_locked(std::uint32_t r, unsigned w0, unsigned w1);
-  std::uint32_t take_fresh_region_locked(alloc_plan& plan);
+  /// Makes region r, just taken from the buddy and reserved, a fresh split region of this plan.
+  std::uint32_t take_fresh_region_locked(alloc_plan& plan, std::uint32_t r);
   bool materialise_locked(std::uint32_t r);
   void init_compound_small(std::uint32_t r, unsigned first, unsigned order);
   /// Durability of a finished plan: fence 1 done by caller; writes fresh SPLIT words (flushed).
@@ -402,6 +415,7 @@ class pool_impl {
   std::uint64_t nr_empty_ = 0;
   std::uint64_t last_idle_sweep_ms_ = 0;
   region_buddy buddy_;
+  region_backing backing_;  // R1: which regions' blocks are reserved (sparse backing files only)
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
   std::uint64_t free_pages_ = 0;     // V3 with the caches' free_delta (excludes lazy regions)

@@ -197,8 +197,19 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
                              ": the kernel places a regular file's page cache by the task's policy, not the mapping's; "
                              "use anonymous memory, tmpfs, a memfd or hugetlbfs to bind a pool to a node");
   }
-  if (kind != backing_kind::anonymous && kind != backing_kind::device_dax)
-    d.ensure_size(data_len, false);  // grows a short file, never shrinks one
+  // From here on the backing may change: mapping a hugetlbfs file writable grows it, and a short
+  // file is grown below. Every failure gives the file its size back (nothing before the pool is
+  // made writes a byte of it), so a refused create leaves it as it was. The growth itself comes
+  // after the last check that can refuse (the huge pages, the NUMA binding, a pfn section): a
+  // shared mapping may reach past the end of the file as long as nothing touches it.
+  struct restore_size_on_failure {
+    device& d;
+    std::uint64_t size;
+    bool armed;
+    ~restore_size_on_failure() {
+      if (armed) d.restore_size(size);
+    }
+  } restore{d, d.size(), kind != backing_kind::anonymous && kind != backing_kind::device_dax};
 
   // ---- map it, with the huge pages asked for or the best fallback ---------------------------------
   const layout lay = layout_for_regions(data_len / HPAGE_PMD_SIZE, opts.root_size, HPAGE_PMD_SIZE);
@@ -257,6 +268,12 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
   impl->section_id_ = pick_section_id();
   if (impl->section_id_ == 0) fail(EBUSY, name, "no free pfn section: too many pools open");
+  if (restore.armed) {
+    d.ensure_size(data_len, false);  // grows a short file, never shrinks one
+    // A file's blocks are reserved region by region as the allocator takes them (tmpfs, a disk
+    // file: sparse; hugetlbfs: reserved by the mapping already, the call is a no-op there).
+    impl->backing_.init(d.fd(), 0, lay.nr_regions);
+  }
   impl->pers_ = opts.backend ? opts.backend : std::make_shared<null_persistence>();
   impl->pers_->attach(d.base(), d.mapped_length(), false);
   impl->locate_metadata();  // the intent log disabled (volatile_)
@@ -270,6 +287,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->build_volatile();
   impl->register_pool();
+  restore.armed = false;
   return impl;
 }
 
