@@ -38,6 +38,10 @@
 
 namespace pmpage::detail {
 
+/// fallocate's answer when the file system (or kernel) has no fallocate of this kind, rather
+/// than no room: EOPNOTSUPP, ENOSYS, and EINVAL, which some file systems give instead.
+inline bool cannot_reserve(int e) { return e == EOPNOTSUPP || e == ENOSYS || e == EINVAL; }
+
 class region_backing {
  public:
   /// Region r's data is [data_offset + r * 2 MiB, + 2 MiB) of the regular file open as fd. No
@@ -65,14 +69,14 @@ class region_backing {
 
   /// Reserves the blocks of regions [r, r + n) (one fallocate for the run). Returns 0, or the
   /// errno of fallocate (ENOSPC, EDQUOT, EIO, ...): then nothing of that run may be handed out.
-  /// A file system without fallocate (EOPNOTSUPP) cannot be helped: its regions count as
+  /// A file system without fallocate (cannot_reserve) cannot be helped: its regions count as
   /// reserved, as before this check existed. Any thread, no lock needed; several threads may
   /// reserve one region at once (the call is idempotent).
   int reserve(std::uint32_t r, std::uint32_t n) noexcept {
     if (reserved(r, n)) return 0;
     calls_.fetch_add(1, std::memory_order_relaxed);
     const int e = reserve_file_range(fd_, offset_of(r), std::uint64_t(n) * HPAGE_PMD_SIZE);
-    if (e != 0 && e != EOPNOTSUPP) return e;
+    if (e != 0 && !cannot_reserve(e)) return e;
     for (std::uint64_t i = r; i < std::uint64_t(r) + n; ++i)
       bits_[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_relaxed);
     return 0;

@@ -202,12 +202,18 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   // made writes a byte of it), so a refused create leaves it as it was. The growth itself comes
   // after the last check that can refuse (the huge pages, the NUMA binding, a pfn section): a
   // shared mapping may reach past the end of the file as long as nothing touches it.
-  struct restore_size_on_failure {
+  // A NUMA binding of a tmpfs or hugetlbfs file's mapping is the inode's shared policy, which
+  // outlives the mapping: a failure after bind_to_node drops it again.
+  struct restore_on_failure {
     device& d;
     std::uint64_t size;
     bool armed;
-    ~restore_size_on_failure() {
-      if (armed) d.restore_size(size);
+    void* bound = nullptr;
+    std::size_t bound_len = 0;
+    ~restore_on_failure() {
+      if (!armed) return;
+      if (bound) ::mbind(bound, bound_len, MPOL_DEFAULT, nullptr, 0, 0);
+      d.restore_size(size);
     }
   } restore{d, d.size(), kind != backing_kind::anonymous && kind != backing_kind::device_dax};
 
@@ -259,7 +265,13 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
       huge_text = "transparent huge pages";
   }
   if (huge_text.empty()) huge_text = "base pages";
-  if (opts.numa_node != -1 && kind != backing_kind::device_dax) bind_to_node(name, data, data_len, opts.numa_node);
+  if (opts.numa_node != -1 && kind != backing_kind::device_dax) {
+    bind_to_node(name, data, data_len, opts.numa_node);
+    if (kind == backing_kind::shmem || kind == backing_kind::hugetlbfs) {
+      restore.bound = data;
+      restore.bound_len = data_len;
+    }
+  }
 
   // ---- the pool: DRAM metadata (all zero: every region FREE), no persistence ----------------------
   impl->volatile_ = true;

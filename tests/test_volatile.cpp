@@ -6,6 +6,7 @@
 // and their fallback, memory gone at close, and "fence counter at zero" for every operation.
 #include <fcntl.h>
 #include <numa.h>
+#include <numaif.h>
 #include <sys/mman.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
@@ -464,6 +465,29 @@ TEST_F(VolatileBacking, ARefusedHugePageCreateLeavesTheBackingAsItWas) {
   struct statfs fs;
   ASSERT_EQ(::statfs(tmpl, &fs), 0);
   if (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC) refused(tmpl, thp, "THP on a disk file");
+}
+
+TEST_F(VolatileBacking, ARefusedCreateLeavesNoNumaPolicyOnTheBacking) {
+  // A NUMA binding of a memfd's (tmpfs file's) mapping is the file's shared policy and outlives
+  // the mapping. A sealed memfd that must grow is refused (EPERM) after the binding: the file
+  // keeps its size and has no policy left.
+  if (numa_available() < 0) GTEST_SKIP() << "no NUMA support";
+  fd_ = ::memfd_create("pmpage-test-sealed", MFD_ALLOW_SEALING);
+  ASSERT_GE(fd_, 0) << std::strerror(errno);
+  ASSERT_EQ(::ftruncate(fd_, 2 * MiB), 0);
+  ASSERT_EQ(::fcntl(fd_, F_ADD_SEALS, F_SEAL_GROW), 0) << std::strerror(errno);
+  vopts v;
+  v.backing = "/proc/self/fd/" + std::to_string(fd_);
+  v.size = 4 * MiB;
+  v.numa_node = 0;
+  expect_error(EPERM, [&] { pool::create_volatile(v); });
+  EXPECT_EQ(file_size(), 2 * MiB);
+  void* m = ::mmap(nullptr, 2 * MiB, PROT_READ, MAP_SHARED, fd_, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  int mode = -1;
+  ASSERT_EQ(get_mempolicy(&mode, nullptr, 0, m, MPOL_F_ADDR), 0) << std::strerror(errno);
+  ::munmap(m, 2 * MiB);
+  EXPECT_EQ(mode, MPOL_DEFAULT) << "the refused create left the file bound to a node";
 }
 
 TEST_F(VolatileBacking, AFullTmpfsBackingFailsAllocationsWithEnospcInsteadOfSigbus) {
