@@ -13,6 +13,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -223,10 +224,15 @@ class TempPathTest : public ::testing::Test {
 
 // A tmpfs of `bytes` mounted on a fresh directory under /tmp for the object's life: a file system
 // that fills up, where a sparse pool runs out of blocks. Needs root (CAP_SYS_ADMIN): ok() is false
-// otherwise, and why() says why, for GTEST_SKIP.
+// otherwise, and why() says why, for GTEST_SKIP. The mount is made in a private mount namespace
+// of this process when it can be, so a test that dies (the SIGBUS these tests guard against)
+// leaves no mount behind.
 class small_tmpfs {
  public:
   explicit small_tmpfs(std::uint64_t bytes) {
+    static const bool private_ns = ::geteuid() == 0 && ::unshare(CLONE_NEWNS) == 0 &&
+                                   ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
+    (void)private_ns;
     char tmpl[] = "/tmp/pmpage-small-tmpfs-XXXXXX";
     if (!::mkdtemp(tmpl)) {
       why_ = std::string("mkdtemp: ") + std::strerror(errno);

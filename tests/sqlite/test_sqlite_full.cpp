@@ -2,6 +2,7 @@
 // defect 3): SQLite gets SQLITE_FULL, the host lives (it died of SIGBUS inside the library), and
 // the database and the pool stay consistent.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -20,10 +21,14 @@ using pmpage::sqlite_test::connection;
 
 namespace {
 
-/// An 8 MiB tmpfs on a fresh directory (root only; the test skips otherwise).
+/// An 8 MiB tmpfs on a fresh directory (root only; the test skips otherwise), mounted in a
+/// private mount namespace when it can be, so a test that dies leaves no mount behind.
 class small_tmpfs {
  public:
   small_tmpfs() {
+    static const bool private_ns = ::geteuid() == 0 && ::unshare(CLONE_NEWNS) == 0 &&
+                                   ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
+    (void)private_ns;
     char tmpl[] = "/tmp/pmpage-sqlite-full-XXXXXX";
     if (!::mkdtemp(tmpl)) return;
     dir_ = tmpl;
