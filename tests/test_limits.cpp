@@ -11,6 +11,7 @@
 #include <iterator>
 #include <limits>
 #include <set>
+#include <thread>
 
 #include "layout.hpp"
 #include "pmpage/pmpage.h"
@@ -459,6 +460,50 @@ TEST_F(FullFileSystem, AllocationsFailWithEnospcInsteadOfSigbusAndNothingLeaks) 
   page* x = p.alloc_pages(0, pmpage::GFP_ZERO);
   ASSERT_NE(x, nullptr);
   EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(FullFileSystem, ThreadsRacingForTheLastBlocksGetPagesOrEnospcAndThePoolAddsUp) {
+  // Regions are reserved with the pool lock dropped: several threads take fresh regions, and
+  // filler regions, at once while the file system runs out. Each allocation either succeeds
+  // (its page is backed: stored into) or fails with ENOSPC; afterwards every page is accounted.
+  const auto path = in_fs("pool");
+  pool p = create_pool(path, 64 * MiB);
+  const std::uint64_t total = p.stats().total_pages;
+  constexpr int kThreads = 4;
+  std::vector<std::vector<page*>> got(kThreads);
+  std::vector<int> last_errno(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (unsigned i = 0;; ++i) {
+        const unsigned order = i % 16 == 15 ? 9 : i % 3;
+        errno = 0;
+        page* x = p.alloc_pages(order, pmpage::GFP_ZERO);
+        if (!x) {
+          if (order != 0) continue;  // a large or order-1/2 block may fail while order 0 still fits
+          last_errno[t] = errno;
+          return;
+        }
+        got[t].push_back(x);
+        // Frees now and then, so regions come back and are taken again by other threads.
+        if (i % 7 == 6) {
+          pmpage::put_page(got[t].back());
+          got[t].pop_back();
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  std::uint64_t held = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(last_errno[t], ENOSPC) << "thread " << t;
+    for (page* x : got[t]) held += std::uint64_t{1} << pmpage::compound_order(x);
+  }
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total - held);
+  for (auto& v : got)
+    for (page* x : v) pmpage::put_page(x);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total);
 }
 
 TEST_F(FullFileSystem, OpenReservesHolesInTheMetadataOrFailsWithEnospc) {
