@@ -6,6 +6,7 @@
 // the path.
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -121,6 +122,9 @@ class device {
 /// posix_fallocate fallback writes a byte per block, which would race with stores through a
 /// mapping of the same bytes): a file system without fallocate gives EOPNOTSUPP.
 int reserve_file_range(int fd, std::uint64_t offset, std::uint64_t len) noexcept;
+/// reserve_file_range's answer when the file system (or kernel) has no fallocate of this kind,
+/// rather than no room: EOPNOTSUPP, ENOSYS, and EINVAL, which some file systems give instead.
+inline bool cannot_reserve(int e) { return e == EOPNOTSUPP || e == ENOSYS || e == EINVAL; }
 
 /// Reserves `length` bytes of private anonymous memory (MAP_NORESERVE: nothing is charged until
 /// touched) starting at an address aligned to `align`. Returns nullptr on failure.

@@ -214,10 +214,9 @@ bool pool_impl::reserve_backing(std::uint32_t r, std::uint32_t n) noexcept {
   const int e = backing_.reserve(r, n);
   if (PMPAGE_LIKELY(e == 0)) return true;
   char m[320];
-  std::snprintf(m, sizeof m, "pmpage: %s: no room: the file system cannot reserve the blocks of region%s %u%s (%u x 2 MiB "
-                "at file offset %llu; fallocate: %s); the allocation fails instead of a SIGBUS at its first store",
-                path().c_str(), n > 1 ? "s" : "", r, n > 1 ? ("+" + std::to_string(n - 1)).c_str() : "", n,
-                (unsigned long long)backing_.offset_of(r), std::strerror(e));
+  std::snprintf(m, sizeof m, "pmpage: %s: no room: the file system cannot reserve the blocks of regions %u..%u (%u x 2 MiB "
+                "at file offset %llu; fallocate: %s): the allocation fails rather than a store into the page later",
+                path().c_str(), r, r + n - 1, n, (unsigned long long)backing_.offset_of(r), std::strerror(e));
   set_c_error_message(m);
   errno = e;
   return false;

@@ -596,7 +596,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     const std::uint64_t meta_end = impl->lay_.owner_table_offset + impl->nr_regions_ * OWNER_TABLE_BYTES;
     if (const int e = reserve_file_range(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
       fail(e, path, std::string("cannot reserve the blocks of the pool's metadata (") + std::to_string(meta_end) +
-                        " bytes; fallocate: " + std::strerror(e) + "): the file system is full; nothing was written");
+                        " bytes; fallocate: " + std::strerror(e) + "), whose stores would otherwise fault; nothing was written");
     impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_);
   }
   if (shared_read) {

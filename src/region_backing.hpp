@@ -23,8 +23,8 @@
 // per region the first time it is taken in an open. The bits live in DRAM only: after a reopen
 // each region is reserved again when first taken, which costs the file system no space (nothing
 // punches holes in a pool file, so the blocks are still there) but catches a file copied sparse
-// since. Nothing to do for device DAX, anonymous memory, or a pool that never allocates
-// (read-only).
+// since. Nothing to do for device DAX, anonymous memory, a hugetlbfs file (its mapping reserved
+// the huge pages), a preallocated pool file, or a pool that never allocates (read-only).
 #pragma once
 
 #include <atomic>
@@ -37,10 +37,6 @@
 #include "pmpage/types.hpp"
 
 namespace pmpage::detail {
-
-/// fallocate's answer when the file system (or kernel) has no fallocate of this kind, rather
-/// than no room: EOPNOTSUPP, ENOSYS, and EINVAL, which some file systems give instead.
-inline bool cannot_reserve(int e) { return e == EOPNOTSUPP || e == ENOSYS || e == EINVAL; }
 
 class region_backing {
  public:

@@ -280,12 +280,10 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
   impl->section_id_ = pick_section_id();
   if (impl->section_id_ == 0) fail(EBUSY, name, "no free pfn section: too many pools open");
-  if (restore.armed) {
-    d.ensure_size(data_len, false);  // grows a short file, never shrinks one
-    // A file's blocks are reserved region by region as the allocator takes them (tmpfs, a disk
-    // file: sparse; hugetlbfs: reserved by the mapping already, the call is a no-op there).
-    impl->backing_.init(d.fd(), 0, lay.nr_regions);
-  }
+  if (restore.armed) d.ensure_size(data_len, false);  // grows a short file, never shrinks one
+  // A tmpfs or disk file may be sparse: its blocks are reserved region by region as the allocator
+  // takes them (region_backing.hpp). A hugetlbfs file's huge pages were reserved by the mapping.
+  if (kind == backing_kind::shmem || kind == backing_kind::other_file) impl->backing_.init(d.fd(), 0, lay.nr_regions);
   impl->pers_ = opts.backend ? opts.backend : std::make_shared<null_persistence>();
   impl->pers_->attach(d.base(), d.mapped_length(), false);
   impl->locate_metadata();  // the intent log disabled (volatile_)

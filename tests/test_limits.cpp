@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "layout.hpp"
+#include "pmpage/fsck.hpp"
 #include "pmpage/pmpage.h"
 #include "test_util.hpp"
 
@@ -531,6 +532,29 @@ TEST_F(FullFileSystem, OpenReservesHolesInTheMetadataOrFailsWithEnospc) {
   pfn_t* slots = root_slots(p);
   ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);  // writes an owner entry
   EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(FullFileSystem, RepairOfAPoolWithHolesInItsMetadataFailsWithEnospcInsteadOfSigbus) {
+  // Superblock copy B turned into a hole (as a sparse copy of a damaged pool would have it): the
+  // repair rewrites it, a store into the hole. On a full file system that is ENOSPC, nothing
+  // repaired; with room, the repair goes through.
+  const auto path = in_fs("pool");
+  create_pool(path, 64 * MiB).close();
+  {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 4096), 0);
+    ::close(fd);
+  }
+  ASSERT_FALSE(pmpage::fsck::check(path).problems.empty());
+  const auto filler = fill_up();
+  pmpage::fsck::options repair;
+  repair.repair = true;
+  expect_error(ENOSPC, [&] { pmpage::fsck::check(path, repair); });
+  EXPECT_FALSE(pmpage::fsck::check(path).problems.empty()) << "nothing was repaired";
+  std::filesystem::remove(filler);
+  pmpage::fsck::check(path, repair);
+  EXPECT_TRUE(pmpage::fsck::check(path).problems.empty());
 }
 
 TEST_F(FullFileSystem, ARefusedCreateLeavesAnExistingFileAsItWas) {
