@@ -147,7 +147,9 @@ int fail_current(const char* fn) noexcept {
 // call never leaves the message of an earlier failure in pmpage_errormsg().
 class c_call {
  public:
-  explicit c_call(const char* fn) noexcept : fn_(fn), reports_(pmpage::detail::misuse_reports()) {}
+  // errno is cleared so that an ENOSPC the library sets during the call (a full file system,
+  // with its own message) is told from a plain lack of room.
+  explicit c_call(const char* fn) noexcept : fn_(fn), reports_(pmpage::detail::misuse_reports()) { errno = 0; }
   const char* fn() const noexcept { return fn_; }
   bool misused() const noexcept { return pmpage::detail::misuse_reports() != reports_; }
 
@@ -181,6 +183,7 @@ class c_call {
       fail(EINVAL, "");
       return;
     }
+    if (errno == ENOSPC) return;  // the file system is full: the library set errno and the message
     char why[160];
     if (wanted == 1)
       std::snprintf(why, sizeof why, "no free extent of order %u in the pool", order);
@@ -231,6 +234,8 @@ bool null_pool(const pmpage_pool* pool, const c_call& call) noexcept {
 namespace pmpage::detail {
 std::mutex& c_misuse_handler_lock() noexcept { return g_c_handler_lock; }
 }  // namespace pmpage::detail
+
+void pmpage::detail::set_c_error_message(const char* msg) noexcept { set_error_message(msg); }
 
 struct pmpage_pool {
   pmpage_pool(pmpage::pool p, std::string where)

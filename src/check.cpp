@@ -155,6 +155,7 @@ std::string pool_impl::check_locked() {
           for (unsigned j = 0; k < cpu_cache::STASH_ORDERS && j < caches_[i].nr_stash[k]; ++j) held |= caches_[i].stash[k][j] == ri;
         }
         if (!held || r % n || r + n > nr_regions_) return fail("C1: stashed block at region ", r, " order ", int(d.order_), " not in a stash or misaligned");
+        if (!backing_.reserved(ri, std::uint32_t(n))) return fail("R1: stashed block at region ", r, " is not reserved in the file");
         for (std::uint64_t t = r; t < r + n; ++t) {
           if (t > r && regions_[t].kind_ != RK_FREE_INNER) return fail("C1: region ", t, " inside stashed block ", r, " has kind ", int(regions_[t].kind_));
           if (view_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free))
@@ -264,6 +265,9 @@ std::string pool_impl::check_locked() {
     if (const std::uint32_t r = caches_[i].region; r != NIL &&
         (r >= nr_regions_ || regions_[r].kind_ != RK_SPLIT || !regions_[r].alloc_state_ || sstate(r).cpu != i))
       return fail("S6: cache ", i, " holds region ", r, ", which does not name it");
+  for (unsigned i = 0; i < nr_caches_; ++i)
+    if (const std::uint32_t r = caches_[i].region; r != NIL && !backing_.reserved(r))
+      return fail("R1: cache ", i, " holds region ", r, ", whose blocks are not reserved in the file");
   if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
   if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
   if (regions_in_transit_ != 0) return fail("V1: ", regions_in_transit_, " regions counted in transit outside an operation");

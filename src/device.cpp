@@ -234,6 +234,14 @@ void device::ensure_size(std::uint64_t size, bool preallocate) {
   }
 }
 
+void device::restore_size(std::uint64_t size) noexcept {
+  if (kind_ != kind::regular_file || fd_ < 0) return;
+  // Asks the file, not size_: a writable mapping of a hugetlbfs file grows it too.
+  struct stat st;
+  if (::fstat(fd_, &st) != 0 || std::uint64_t(st.st_size) == size) return;
+  if (::ftruncate(fd_, off_t(size)) == 0) size_ = size;
+}
+
 void device::reserve_blocks(std::uint64_t len) {
   if (kind_ != kind::regular_file) return;
   const int e = ::posix_fallocate(fd_, 0, off_t(len));
@@ -414,6 +422,13 @@ void device::abandon() noexcept {
   unmap();
   if (created_) ::unlink((temp_path_.empty() ? path_ : temp_path_).c_str());
   created_ = false;
+}
+
+int reserve_file_range(int fd, std::uint64_t offset, std::uint64_t len) noexcept {
+  int rc;
+  do rc = ::fallocate(fd, 0, off_t(offset), off_t(len));
+  while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : errno;
 }
 
 void* reserve_aligned(std::size_t length, std::size_t align) noexcept {

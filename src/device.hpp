@@ -6,6 +6,7 @@
 // the path.
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -45,6 +46,9 @@ class device {
   void lock(bool shared = false);
   /// Grows a regular file to at least `size` bytes; preallocate reserves all its blocks.
   void ensure_size(std::uint64_t size, bool preallocate);
+  /// A regular file whose size is not `size` is truncated (or grown) back to it: a create that
+  /// failed before writing anything undoes ensure_size. Best effort (a failure is ignored).
+  void restore_size(std::uint64_t size) noexcept;
   /// Reserves the blocks of [0, len) of a regular file, so that a full file system is an error
   /// here instead of SIGBUS when the mapping is first written.
   void reserve_blocks(std::uint64_t len);
@@ -116,6 +120,14 @@ class device {
   int numa_node_ = -1;
   int lock_pid_ = 0;  // the process that took the flock (lock, create_temp); 0: none
 };
+
+/// fallocate(fd, 0, offset, len), retried after EINTR: 0, or its errno. Never emulated (glibc's
+/// posix_fallocate fallback writes a byte per block, which would race with stores through a
+/// mapping of the same bytes): a file system without fallocate gives EOPNOTSUPP.
+int reserve_file_range(int fd, std::uint64_t offset, std::uint64_t len) noexcept;
+/// reserve_file_range's answer when the file system (or kernel) has no fallocate of this kind,
+/// rather than no room: EOPNOTSUPP, ENOSYS, and EINVAL, which some file systems give instead.
+inline bool cannot_reserve(int e) { return e == EOPNOTSUPP || e == ENOSYS || e == EINVAL; }
 
 /// Reserves `length` bytes of private anonymous memory (MAP_NORESERVE: nothing is charged until
 /// touched) starting at an address aligned to `align`. Returns nullptr on failure (when the

@@ -781,7 +781,16 @@ report check(const std::filesystem::path& path, const options& opts) {
     if (!analyze(img, path, opts.repair, opts, first, fixes) || !opts.repair || first.problems.empty()) return first;
     damage_left = std::any_of(first.problems.begin(), first.problems.end(),
                               [](const problem& p) { return !p.recovery && !p.repairable(); });
-    // 1. Damage, by direct stores (8-byte words; a superblock copy whole), made durable.
+    // 1. Damage, by direct stores (8-byte words; a superblock copy whole), made durable. They
+    // land in the metadata, whose blocks a copy may have turned into holes: reserved first, or a
+    // store on a full file system would be a SIGBUS instead of an error.
+    if (img.dev.type() == device::kind::regular_file) {
+      const std::uint64_t meta = std::min<std::uint64_t>(first.metadata_bytes, img.dev.size());
+      if (const int e = reserve_file_range(img.dev.fd(), 0, meta); e != 0 && !cannot_reserve(e))
+        throw pmpage::error(e, "pmpage: " + path.string() + ": cannot reserve the blocks of the pool's metadata (" +
+                                   std::to_string(meta) + " bytes; fallocate: " + std::strerror(e) +
+                                   ") to repair it; nothing was repaired");
+    }
     auto pers = make_libpmem_persistence();
     char* base = img.dev.base();
     pers->attach(base, img.dev.mapped_length(), img.dev.is_pmem());

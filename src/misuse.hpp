@@ -21,4 +21,9 @@ const char* last_misuse() noexcept;
 /// they are read or written. fork() takes it last (fork.cpp).
 std::mutex& c_misuse_handler_lock() noexcept;
 
+/// Sets the calling thread's pmpage_errormsg() (c_api.cpp) from inside the library: for the
+/// failures a C caller sees only as NULL + errno, such as an allocation the file system could
+/// not back (ENOSPC), so the message says why.
+void set_c_error_message(const char* msg) noexcept;
+
 }  // namespace pmpage::detail

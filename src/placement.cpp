@@ -38,13 +38,7 @@ void pool_impl::init_caches() {
 
 // ---- regions: fresh splits, lazy loads, large blocks ------------------------------------------------
 
-std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan) {
-  if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
-    plan.fresh_full = true;
-    return NIL;
-  }
-  const std::uint32_t r = buddy_.alloc(HPAGE_PMD_ORDER);
-  if (r == NIL) return NIL;
+std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan, std::uint32_t r) {
   back_descriptors(r);
   auto* s = new split_state{};
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
@@ -193,11 +187,41 @@ void pool_impl::materialise(std::uint32_t r) noexcept {
   materialise_locked(r);
 }
 
-page* pool_impl::alloc_large_locked(unsigned order) {
+std::uint32_t pool_impl::take_large_locked(unsigned order) {
   const std::uint32_t r = buddy_.alloc(order);
-  if (r == NIL) return nullptr;
-  free_pages_ -= std::uint64_t{1} << order;
-  return setup_large(r, order);
+  if (r != NIL) free_pages_ -= std::uint64_t{1} << order;
+  return r;
+}
+
+std::uint32_t pool_impl::take_reserved_block_locked(unsigned order) {
+  // Blocks taken and put back in the order they came: the buddy ends as it was but for the one
+  // returned. Bounded: this runs under the pool lock, and only after the file system said no.
+  constexpr unsigned MAX_LOOK = 64;
+  std::uint32_t looked[MAX_LOOK], found = NIL;
+  unsigned n = 0;
+  while (n < MAX_LOOK) {
+    const std::uint32_t r = buddy_.alloc(order);
+    if (r == NIL) break;
+    if (backing_.reserved(r, 1u << (order - HPAGE_PMD_ORDER))) {
+      found = r;
+      break;
+    }
+    looked[n++] = r;
+  }
+  while (n) buddy_.free(looked[--n], order);
+  return found;
+}
+
+bool pool_impl::reserve_backing(std::uint32_t r, std::uint32_t n) noexcept {
+  const int e = backing_.reserve(r, n);
+  if (PMPAGE_LIKELY(e == 0)) return true;
+  char m[320];
+  std::snprintf(m, sizeof m, "pmpage: %s: no room: the file system cannot reserve the blocks of regions %u..%u (%u x 2 MiB "
+                "at file offset %llu; fallocate: %s): the allocation fails rather than a store into the page later",
+                path().c_str(), r, r + n - 1, n, (unsigned long long)backing_.offset_of(r), std::strerror(e));
+  set_c_error_message(m);
+  errno = e;
+  return false;
 }
 
 // ---- the list of wholly free split regions (merge hysteresis) ---------------------------------------
@@ -334,12 +358,27 @@ bool pool_impl::attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int
 }
 
 std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb) {
-  std::lock_guard g(mu_);
-  sweep_locked(mb, false);
-  return refill_locked(c, order, plan, pos);  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
+  // R1: a region whose blocks are not known to be reserved is reserved with the pool lock
+  // dropped (the call may allocate and zero 2 MiB), and the search starts over. Once the file
+  // system said no, only regions reserved already are taken (refill_locked's fs_full).
+  bool fs_full = false;
+  for (;;) {
+    std::uint32_t r, unreserved;
+    bool fresh;
+    {
+      std::lock_guard g(mu_);
+      sweep_locked(mb, false);
+      r = refill_locked(c, order, plan, pos, unreserved, fresh, fs_full);
+    }
+    if (unreserved == NIL) return r;  // the caller runs finish_merges(mb) once c.mu is dropped (it fences)
+    if (!reserve_region_unlocked(unreserved, fresh)) fs_full = true;
+  }
 }
 
-std::uint32_t pool_impl::refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos) {
+std::uint32_t pool_impl::refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos,
+                                       std::uint32_t& unreserved, bool& fresh, bool fs_full) {
+  unreserved = NIL;
+  fresh = false;
   // Regions this operation split come first: no one else can see them yet.
   for (unsigned i = 0; i < plan.nr_fresh; ++i)
     if ((pos = find_free_block(sstate(plan.fresh[i]), order)) >= 0) return plan.fresh[i];
@@ -351,6 +390,12 @@ std::uint32_t pool_impl::refill_locked(cpu_cache& c, unsigned order, alloc_plan&
   // are taken when nothing else has room, and frees fill them back up.
   for (unsigned min_bucket = 1;;) {
     if (const std::uint32_t f = filler_.find(order, min_bucket); f != NIL) {
+      if (!backing_.reserved(f)) {
+        // Not reserved yet (R1): the caller reserves it and searches again. A filler region
+        // never leaves the filler meanwhile. On a full file system: no room.
+        if (!fs_full) unreserved = f;
+        return NIL;
+      }
       if (attach_locked(c, f, order, pos)) return f;
       continue;
     }
@@ -359,14 +404,38 @@ std::uint32_t pool_impl::refill_locked(cpu_cache& c, unsigned order, alloc_plan&
         min_bucket = 0;
         continue;
       }
+      if (plan.nr_fresh == alloc_plan::MAX_FRESH) {
+        plan.fresh_full = true;
+        return NIL;
+      }
+      // A region used and freed since open is reserved; after the file system said no, only
+      // such a region will do.
+      const std::uint32_t b = fs_full ? take_reserved_block_locked(HPAGE_PMD_ORDER) : buddy_.alloc(HPAGE_PMD_ORDER);
+      if (b == NIL) return NIL;
+      if (!backing_.reserved(b)) {  // taken from the buddy: ours until reserve_region_unlocked
+        unreserved = b;
+        fresh = true;
+        return NIL;
+      }
       pos = 0;
-      return take_fresh_region_locked(plan);
+      return take_fresh_region_locked(plan, b);
     }
     // Split regions from before the last open: load them before splitting more.
     const std::uint32_t l = lazy_.back();
     lazy_.pop_back();
     materialise_locked(l);
   }
+}
+
+bool pool_impl::reserve_region_unlocked(std::uint32_t r, bool fresh) {
+  const bool ok = reserve_backing(r, 1);
+  // A region taken from the buddy goes back either way: reserved now, the next search takes it
+  // (or another CPU does: it is reserved for whoever takes it).
+  if (fresh) {
+    std::lock_guard g(mu_);
+    buddy_.free(r, HPAGE_PMD_ORDER);
+  }
+  return ok;
 }
 
 page* pool_impl::carve(cpu_cache& c, std::uint32_t r, unsigned pos, unsigned order) {
@@ -415,19 +484,27 @@ constexpr std::uint64_t TRANSIT_WAIT_MS = 1000;
 // between its locks are free but not reachable yet: wait for that operation (TRANSIT_WAIT_MS).
 page* pool_impl::alloc_small_anywhere(unsigned order, alloc_plan& plan, bool apply) {
   const std::uint64_t give_up_ms = coarse_now_ms() + TRANSIT_WAIT_MS;
+  bool fs_full = false;
   for (;;) {
     lock_all();
     cpu_cache& c = this_cpu_cache();
     for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
     int pos = -1;
-    const std::uint32_t r = refill_locked(c, order, plan, pos);
+    std::uint32_t unreserved;
+    bool fresh;
+    const std::uint32_t r = refill_locked(c, order, plan, pos, unreserved, fresh, fs_full);
     page* p = nullptr;
     if (r != NIL) {
       p = carve(c, r, unsigned(pos), order);
       if (apply) apply_small_held(r, p, order, 0);
     }
-    const bool wait = !p && !plan.fresh_full && regions_in_transit_ > plan.nr_fresh && coarse_now_ms() < give_up_ms;
+    const bool wait = !p && unreserved == NIL && !plan.fresh_full && regions_in_transit_ > plan.nr_fresh &&
+                      coarse_now_ms() < give_up_ms;
     unlock_all();
+    if (unreserved != NIL) {  // R1, with no lock held (refill); then search again
+      if (!reserve_region_unlocked(unreserved, fresh)) fs_full = true;
+      continue;
+    }
     if (!wait) return p;
     std::this_thread::yield();
   }
@@ -500,16 +577,35 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
     }
   }
   merge_batch mb;
-  page* p;
+  std::uint32_t r;
   {
     std::lock_guard g(mu_);
     sweep_locked(mb, false);
-    p = alloc_large_locked(order);
+    r = take_large_locked(order);
   }
   finish_merges(mb);
-  if (!p) p = alloc_large_anywhere(order);
+  page* p = nullptr;
+  if (r != NIL) {
+    r = reserve_large_unlocked(r, order);
+    if (r == NIL) return nullptr;  // the file system is full (errno set)
+    p = setup_large(r, order);
+  } else {
+    p = alloc_large_anywhere(order);
+  }
   if (p && apply) apply_alloc(p, order, 0);
   return p;
+}
+
+std::uint32_t pool_impl::reserve_large_unlocked(std::uint32_t r, unsigned order) {
+  // R1, outside the pool lock: the block is ours (taken from the buddy) until set up or given back.
+  if (reserve_backing(r, 1u << (order - HPAGE_PMD_ORDER))) return r;
+  // No room in the file system (errno set): the block goes back; one used and freed since is
+  // reserved, if the buddy has one.
+  std::lock_guard g(mu_);
+  buddy_.free(r, order);
+  r = take_reserved_block_locked(order);
+  if (r == NIL) free_pages_ += std::uint64_t{1} << order;  // take_large_locked counted it taken
+  return r;
 }
 
 // alloc_small_anywhere's counterpart: other CPUs' stashes hold free blocks, and wholly free split
@@ -521,26 +617,30 @@ page* pool_impl::alloc_large_anywhere(unsigned order) {
   for (;;) {
     lock_all();
     for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
-    page* p = alloc_large_locked(order);
+    std::uint32_t r = take_large_locked(order);
     // Regions split on the media before the last open may be wholly free (kept empty at close
     // or crash): loading one merges it.
-    while (!p && !lazy_.empty()) {
+    while (r == NIL && !lazy_.empty()) {
       const std::uint32_t l = lazy_.back();
       lazy_.pop_back();
       materialise_locked(l);
-      p = alloc_large_locked(order);
+      r = take_large_locked(order);
     }
-    while (!p && empty_head_ != NIL) {
+    while (r == NIL && empty_head_ != NIL) {
       merge_batch mb;
       while (empty_head_ != NIL && mb.n < merge_batch::MAX) take_empty_locked(empty_head_, mb);
       fence();
       for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);
       merged_locked(mb);
-      p = alloc_large_locked(order);
+      r = take_large_locked(order);
     }
-    const bool wait = !p && regions_in_transit_ > 0 && coarse_now_ms() < give_up_ms;
+    const bool wait = r == NIL && regions_in_transit_ > 0 && coarse_now_ms() < give_up_ms;
     unlock_all();
-    if (!wait) return p;
+    if (r != NIL) {
+      r = reserve_large_unlocked(r, order);  // R1 (a no-op when reserved already)
+      return r != NIL ? setup_large(r, order) : nullptr;
+    }
+    if (!wait) return nullptr;
     std::this_thread::yield();
   }
 }

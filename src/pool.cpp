@@ -388,7 +388,10 @@ void pool_impl::finish_free(const free_result& fr) {
   if (fr.kind == free_result::refile) {
     refile(fr.region);
   } else if (fr.kind == free_result::return_large) {
-    if (fr.order - HPAGE_PMD_ORDER < cpu_cache::STASH_ORDERS) {
+    // R1: a stash hands its blocks out without a reservation check, so it takes only reserved
+    // ones (an allocation loaded at open is not known to be; the buddy path reserves it).
+    if (fr.order - HPAGE_PMD_ORDER < cpu_cache::STASH_ORDERS &&
+        backing_.reserved(fr.region, 1u << (fr.order - HPAGE_PMD_ORDER))) {
       cpu_cache& c = this_cpu_cache();
       std::lock_guard gc(c.mu);
       unsigned& nr = c.nr_stash[fr.order - HPAGE_PMD_ORDER];

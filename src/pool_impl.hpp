@@ -48,6 +48,8 @@
 //   V3  free_pages_ + the caches' free_delta and remote_delta == pages in free buddy blocks + stashed blocks +
 //       free pages of materialised split regions.
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
+//   R1  a region a cache holds, a stashed block and every allocation made in this open have
+//       their blocks reserved in a sparse backing file (region_backing.hpp).
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
 //
 // Lock order (cpu_cache.hpp): cpu_cache::mu -> mu_ (the pool lock) -> split_state::own_lock.
@@ -74,6 +76,7 @@
 #include "intent_log.hpp"
 #include "layout.hpp"
 #include "pmpage/pool.hpp"
+#include "region_backing.hpp"
 #include "region_buddy.hpp"
 #include "registry.hpp"
 #include "adaptive_mutex.hpp"
@@ -295,9 +298,24 @@ class pool_impl {
   std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
   std::size_t bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb);
   page* alloc_large(unsigned order, bool apply);
-  page* alloc_large_locked(unsigned order);
+  /// A free block of `order` from the buddy (free_pages_ counted, descriptors not set up yet:
+  /// in transit), or NIL.
+  std::uint32_t take_large_locked(unsigned order);
   /// alloc_large's last resort, under every lock: stashes drained, empty split regions merged.
   page* alloc_large_anywhere(unsigned order);
+  /// After a reservation failed: a block of `order` from the buddy whose regions are all
+  /// reserved already (used and freed since open), or NIL. Looks at a bounded number of blocks,
+  /// makes no system call; the others stay in the buddy.
+  std::uint32_t take_reserved_block_locked(unsigned order);
+  /// Reserves the blocks of [r, r + n) in a sparse backing file (region_backing.hpp); on failure
+  /// sets errno and the C API's message and returns false. No lock held (a syscall).
+  bool reserve_backing(std::uint32_t r, std::uint32_t n) noexcept;
+  /// R1 for a region refill_locked found unreserved (no lock held): reserves it; a `fresh` one
+  /// (taken from the buddy) goes back to the buddy either way. false: the file system is full.
+  bool reserve_region_unlocked(std::uint32_t r, bool fresh);
+  /// R1 for a large block taken from the buddy (no lock held): r, or a block reserved already
+  /// in its place, or NIL when the file system is full (errno set; the block given back).
+  std::uint32_t reserve_large_unlocked(std::uint32_t r, unsigned order);
   /// The descriptors of a large page taken from the buddy or a stash at region r.
   page* setup_large(std::uint32_t r, unsigned order);
   /// Region lock held: marks [pos, pos + 2^order) used in region r and builds its descriptors.
@@ -305,7 +323,11 @@ class pool_impl {
   /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
   /// fresh one of this plan) and the position in pos; NIL when none has room.
   std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb);
-  std::uint32_t refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos);  // c.mu + mu_, no sweep
+  /// c.mu + mu_, no sweep: refill's search. A region it would take whose blocks are not
+  /// reserved (R1) is returned in `unreserved` instead (NIL result; `fresh`: taken from the
+  /// buddy, the caller owns it); with fs_full only reserved regions are taken.
+  std::uint32_t refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, std::uint32_t& unreserved,
+                              bool& fresh, bool fs_full);
   /// c.mu + mu_: its split region goes back to the filler (to the empty list, if wholly free).
   void detach_locked(cpu_cache& c, std::uint64_t empty_since_ms);
   /// c.mu + mu_: its region and its stash go back (idle: the region has been idle since last use).
@@ -336,7 +358,8 @@ class pool_impl {
   void zero_pages(page* p, unsigned order);
   /// Copies the cache lines of r's page map holding words [w0, w1] from the mirror (S5) to the media.
   void write_map_locked(std::uint32_t r, unsigned w0, unsigned w1);
-  std::uint32_t take_fresh_region_locked(alloc_plan& plan);
+  /// Makes region r, just taken from the buddy and reserved, a fresh split region of this plan.
+  std::uint32_t take_fresh_region_locked(alloc_plan& plan, std::uint32_t r);
   bool materialise_locked(std::uint32_t r);
   void init_compound_small(std::uint32_t r, unsigned first, unsigned order);
   /// Durability of a finished plan: fence 1 done by caller; writes fresh SPLIT words (flushed).
@@ -427,6 +450,7 @@ class pool_impl {
   std::uint64_t nr_empty_ = 0;
   std::uint64_t last_idle_sweep_ms_ = 0;
   region_buddy buddy_;
+  region_backing backing_;  // R1: which regions' blocks are reserved (sparse backing files only)
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
   std::uint64_t free_pages_ = 0;     // V3 with the caches' free_delta (excludes lazy regions)

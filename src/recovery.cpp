@@ -544,6 +544,16 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     fail(EINVAL, path, "superblock copies A and B are both valid but differ (damage, or a copy of another pool's "
                        "superblock written over one of them): not opened; run `pmpage check` on it");
   const bool repair_a = !pa.empty(), repair_b = pa.empty() && !pb.empty();
+  if (!opts.read_only && d.type() == device::kind::regular_file) {
+    // Every metadata store from here on (repairs, replay, allocations) lands in reserved blocks,
+    // never in a hole a full file system cannot fill (SIGBUS): create reserved them, but a copy
+    // (cp, rsync -S) or an older pool may have holes there. A no-op when the blocks exist.
+    const std::uint64_t meta_end = impl->lay_.owner_table_offset + impl->nr_regions_ * OWNER_TABLE_BYTES;
+    if (const int e = reserve_file_range(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
+      fail(e, path, std::string("cannot reserve the blocks of the pool's metadata (") + std::to_string(meta_end) +
+                        " bytes; fallocate: " + std::strerror(e) + "), whose stores would otherwise fault; nothing was written");
+    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_);
+  }
   if (shared_read) {
     std::string why;
     if (repair_a || repair_b) why = std::string("superblock copy ") + (repair_a ? "A" : "B") + " needs repair";
@@ -643,6 +653,10 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
   } else {
     d.open_existing(path);
   }
+  // An existing file keeps its bytes until format() writes the marker; a failure before that
+  // gives it back its size too (ensure_size may have grown it): a refused create changes nothing.
+  const std::uint64_t original_size = d.size();
+  bool formatting = false;
   try {
     d.lock();
     if (exists && !opts.overwrite) refuse_unless_formattable(d, path);
@@ -673,6 +687,11 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     d.sync();
     impl->adopt_superblock(sb);
     impl->map_and_attach(opts.backend);
+    // A sparse file's data blocks are reserved region by region as the allocator takes them
+    // (region_backing.hpp); preallocated ones are all there.
+    if (d.type() == device::kind::regular_file && !opts.preallocate)
+      impl->backing_.init(d.fd(), lay.data_offset, lay.nr_regions);
+    formatting = true;
     impl->format(lay, sb);
     d.sync();  // without MAP_SYNC: block allocations of the pages just written
 
@@ -684,6 +703,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     // Detach before the mapping goes: a backend may read it then (a simulated device keeps a copy
     // of it). The destructor's second detach finds nothing attached.
     if (impl->pers_) impl->pers_->detach();
+    if (exists && !formatting) d.restore_size(original_size);
     d.abandon();
     throw;
   }

@@ -197,8 +197,25 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
                              ": the kernel places a regular file's page cache by the task's policy, not the mapping's; "
                              "use anonymous memory, tmpfs, a memfd or hugetlbfs to bind a pool to a node");
   }
-  if (kind != backing_kind::anonymous && kind != backing_kind::device_dax)
-    d.ensure_size(data_len, false);  // grows a short file, never shrinks one
+  // From here on the backing may change: mapping a hugetlbfs file writable grows it, and a short
+  // file is grown below. Every failure gives the file its size back (nothing before the pool is
+  // made writes a byte of it), so a refused create leaves it as it was. The growth itself comes
+  // after the last check that can refuse (the huge pages, the NUMA binding, a pfn section): a
+  // shared mapping may reach past the end of the file as long as nothing touches it.
+  // A NUMA binding of a tmpfs or hugetlbfs file's mapping is the inode's shared policy, which
+  // outlives the mapping: a failure after bind_to_node drops it again.
+  struct restore_on_failure {
+    device& d;
+    std::uint64_t size;
+    bool armed;
+    void* bound = nullptr;
+    std::size_t bound_len = 0;
+    ~restore_on_failure() {
+      if (!armed) return;
+      if (bound) ::mbind(bound, bound_len, MPOL_DEFAULT, nullptr, 0, 0);
+      d.restore_size(size);
+    }
+  } restore{d, d.size(), kind != backing_kind::anonymous && kind != backing_kind::device_dax};
 
   // ---- map it, with the huge pages asked for or the best fallback ---------------------------------
   const layout lay = layout_for_regions(data_len / HPAGE_PMD_SIZE, opts.root_size, HPAGE_PMD_SIZE);
@@ -248,7 +265,13 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
       huge_text = "transparent huge pages";
   }
   if (huge_text.empty()) huge_text = "base pages";
-  if (opts.numa_node != -1 && kind != backing_kind::device_dax) bind_to_node(name, data, data_len, opts.numa_node);
+  if (opts.numa_node != -1 && kind != backing_kind::device_dax) {
+    bind_to_node(name, data, data_len, opts.numa_node);
+    if (kind == backing_kind::shmem || kind == backing_kind::hugetlbfs) {
+      restore.bound = data;
+      restore.bound_len = data_len;
+    }
+  }
 
   // ---- the pool: DRAM metadata (all zero: every region FREE), no persistence ----------------------
   impl->volatile_ = true;
@@ -257,6 +280,10 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
   impl->section_id_ = impl->picked_id_ = pick_section_id();
   if (impl->section_id_ == 0) fail(EBUSY, name, "no free pfn section: too many pools open");
+  if (restore.armed) d.ensure_size(data_len, false);  // grows a short file, never shrinks one
+  // A tmpfs or disk file may be sparse: its blocks are reserved region by region as the allocator
+  // takes them (region_backing.hpp). A hugetlbfs file's huge pages were reserved by the mapping.
+  if (kind == backing_kind::shmem || kind == backing_kind::other_file) impl->backing_.init(d.fd(), 0, lay.nr_regions);
   impl->pers_ = opts.backend ? opts.backend : std::make_shared<null_persistence>();
   impl->pers_->attach(d.base(), d.mapped_length(), false);
   impl->locate_metadata();  // the intent log disabled (volatile_)
@@ -270,6 +297,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->build_volatile();
   impl->register_pool();
+  restore.armed = false;
   return impl;
 }
 

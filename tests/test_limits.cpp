@@ -1,14 +1,21 @@
 // Stated limits are the real limits: each constant of the "limits" block of <pmpage/types.hpp>
 // is reached (it works at the limit) and overstepped (one more fails with the documented errno,
 // and a message naming the limit), and descriptors outside every open pool stay misuse.
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <set>
+#include <thread>
 
+#include "layout.hpp"
+#include "pmpage/fsck.hpp"
+#include "pmpage/pmpage.h"
 #include "test_util.hpp"
 
 namespace {
@@ -303,6 +310,278 @@ TEST_F(Limits, DescriptorsOutsideEveryOpenPoolAreReported) {
   EXPECT_EQ(rec.count(), int(foreign.size()) * 2 + 2);
   EXPECT_EQ(pmpage::page_to_pfn(pa) - a.start_pfn(), std::uint64_t(pa - first_a)) << "a is unaffected";
   pmpage::put_page(pa);
+}
+
+
+// ---- a full file system (issue #18, defect 3) -------------------------------------------------
+// A pool file is sparse unless created with options.preallocate. A store into a page whose
+// blocks the file system cannot provide is a SIGBUS, which no caller can handle: the allocator
+// reserves a region's 2 MiB before it hands out any page of it, and an allocation the file
+// system cannot back returns nullptr with errno ENOSPC (docs/api.md, "Allocation").
+
+std::uint64_t blocks_of(const std::filesystem::path& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0);
+  return std::uint64_t(st.st_blocks) * 512;  // bytes the file system holds for the file
+}
+
+TEST_F(Limits, AnAllocationReservesItsWholeRegionInTheFileOnceNotPerPage) {
+  // 16 MiB on /dev/shm (tmpfs counts a block the moment it is allocated). Nothing below writes a
+  // page: every block the file gains is a reservation.
+  const auto path = new_path();
+  pool p = create_pool(path, 16 * MiB);
+  const std::uint64_t at_create = blocks_of(path);
+  std::vector<page*> small(200);
+  ASSERT_EQ(p.alloc_pages_bulk(0, small.size(), small.data()), small.size());
+  for (unsigned order : {0u, 3u, 8u}) small.push_back(p.alloc_pages(order));
+  page* huge = p.alloc_pages(9);
+  page* huger = p.alloc_pages(10);
+  ASSERT_NE(huge, nullptr);
+  ASSERT_NE(huger, nullptr);
+  std::set<std::uint64_t> regions;  // every region a page came from: each reserved whole, once
+  for (page* x : small) {
+    ASSERT_NE(x, nullptr);
+    regions.insert((pmpage::page_to_pfn(x) - p.start_pfn()) >> pmpage::HPAGE_PMD_ORDER);
+  }
+  const std::uint64_t reserved = (regions.size() + 1 + 2) * pmpage::HPAGE_PMD_SIZE;
+  EXPECT_EQ(blocks_of(path) - at_create, reserved)
+      << "small pages from " << regions.size() << " regions, an order-9 and an order-10 page";
+  // Frees and allocations in reserved regions reserve nothing more.
+  for (page* x : small) pmpage::put_page(x);
+  pmpage::put_page(huge);
+  pmpage::put_page(huger);
+  ASSERT_NE(huge = p.alloc_pages(9), nullptr);
+  pmpage::put_page(huge);
+  EXPECT_EQ(blocks_of(path) - at_create, reserved);
+  EXPECT_EQ(p.check(), "");
+}
+
+class FullFileSystem : public TempPathTest {
+ protected:
+  void SetUp() override {
+    if (!fs_.ok()) GTEST_SKIP() << fs_.why();
+  }
+  std::filesystem::path in_fs(const char* name) const { return fs_.dir() / name; }
+  /// Writes a file until the file system is full; returns its path.
+  std::filesystem::path fill_up() {
+    const auto path = in_fs("filler");
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    EXPECT_GE(fd, 0) << std::strerror(errno);
+    std::vector<char> buf(64 * 1024, 'f');
+    while (::write(fd, buf.data(), buf.size()) > 0) {
+    }
+    while (::write(fd, buf.data(), 1) > 0) {
+    }
+    ::close(fd);
+    return path;
+  }
+  small_tmpfs fs_{8 * MiB};
+};
+
+TEST_F(FullFileSystem, AllocationsFailWithEnospcInsteadOfSigbusAndNothingLeaks) {
+  // A 64 MiB sparse pool in an 8 MiB file system: it runs out of blocks long before pages.
+  const auto path = in_fs("pool");
+  std::set<page*> kept;
+  std::uint64_t total = 0;
+  {
+    pool p = create_pool(path, 64 * MiB);
+    total = p.stats().total_pages;
+    page* big = p.alloc_pages(9);  // freed once the file system is full: reusable
+    ASSERT_NE(big, nullptr);
+    errno = 0;
+    for (;;) {
+      page* x = p.alloc_pages(0, pmpage::GFP_ZERO);  // zeroing stores into the page: SIGBUS before
+      if (!x) break;
+      std::memset(pmpage::page_address(x), 0x5a, pmpage::PAGE_SIZE);
+      kept.insert(x);
+      ASSERT_LT(kept.size(), total) << "the file system never filled up";
+    }
+    EXPECT_EQ(errno, ENOSPC);
+    EXPECT_NE(std::string(pmpage_errormsg()).find("fallocate"), std::string::npos) << pmpage_errormsg();
+    EXPECT_GE(kept.size(), 512u) << "a region's worth fits";
+    EXPECT_EQ(p.check(), "");
+    EXPECT_EQ(p.stats().free_pages, total - kept.size() - 512);
+
+    // Every way in says the same and changes nothing.
+    page* out[64];
+    errno = 0;
+    EXPECT_EQ(p.alloc_pages(10), nullptr);
+    EXPECT_EQ(errno, ENOSPC);
+    errno = 0;
+    EXPECT_EQ(p.alloc_pages_bulk(0, 64, out), 0u);
+    EXPECT_EQ(errno, ENOSPC);
+    pfn_t* slots = root_slots(p);
+    errno = 0;
+    EXPECT_EQ(p.alloc_pages_to(0, &slots[0]), nullptr);
+    EXPECT_EQ(errno, ENOSPC);
+    EXPECT_EQ(slots[0], 0u);
+    pfn_t* bulk[4] = {&slots[1], &slots[2], &slots[3], &slots[4]};
+    EXPECT_EQ(p.alloc_pages_bulk_to(2, bulk), 0u);
+    EXPECT_EQ(slots[1] | slots[2] | slots[3] | slots[4], 0u);
+    EXPECT_EQ(p.check(), "");
+    EXPECT_EQ(p.stats().free_pages, total - kept.size() - 512);
+
+    // Pages freed are reserved already: they are handed out again, and then no more.
+    pmpage::put_page(big);
+    page* again = p.alloc_pages(9, pmpage::GFP_ZERO);
+    EXPECT_NE(again, nullptr);
+    std::vector<page*> freed;
+    for (auto it = kept.begin(); it != kept.end();) {
+      freed.push_back(*it);
+      pmpage::put_page(*it);
+      it = kept.erase(it);
+      if (it != kept.end()) ++it;
+    }
+    for (std::size_t i = 0; i < freed.size(); ++i) {
+      page* x = p.alloc_pages(0, pmpage::GFP_ZERO);
+      ASSERT_NE(x, nullptr) << "freed page " << i << " of " << freed.size() << " not handed out again";
+      kept.insert(x);
+    }
+    EXPECT_EQ(p.alloc_pages(0), nullptr);
+    if (again) pmpage::put_page(again);
+    EXPECT_EQ(p.check(), "");
+  }
+  // Reopened (on the full file system): healthy, every kept page still allocated, nothing more.
+  pool p = pool::open(path);
+  EXPECT_EQ(p.check(), "");
+  const auto snap = allocations(p);
+  EXPECT_EQ(snap.by_pfn.size(), kept.size());
+  EXPECT_EQ(pages_in(snap.by_pfn), kept.size());
+  EXPECT_EQ(p.stats().free_pages, total - kept.size());
+  // Free regions are reserved again when first taken after an open: only the one that held the
+  // order-9 page has its blocks still (the reservation is a no-op there).
+  std::vector<page*> huge;
+  errno = 0;
+  while (page* h = p.alloc_pages(9)) huge.push_back(h);
+  EXPECT_EQ(errno, ENOSPC);
+  EXPECT_LE(huge.size(), 1u);
+  for (page* h : huge) pmpage::put_page(h);
+  // A page freed after the reopen is reserved (its region's blocks exist): handed out again.
+  pmpage::free_pages(pmpage::pfn_to_page(snap.by_pfn.begin()->first), 0);
+  page* x = p.alloc_pages(0, pmpage::GFP_ZERO);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(FullFileSystem, ThreadsRacingForTheLastBlocksGetPagesOrEnospcAndThePoolAddsUp) {
+  // Regions are reserved with the pool lock dropped: several threads take fresh regions, and
+  // filler regions, at once while the file system runs out. Each allocation either succeeds
+  // (its page is backed: stored into) or fails with ENOSPC; afterwards every page is accounted.
+  const auto path = in_fs("pool");
+  pool p = create_pool(path, 64 * MiB);
+  const std::uint64_t total = p.stats().total_pages;
+  constexpr int kThreads = 4;
+  std::vector<std::vector<page*>> got(kThreads);
+  std::vector<int> last_errno(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (unsigned i = 0;; ++i) {
+        const unsigned order = i % 16 == 15 ? 9 : i % 3;
+        errno = 0;
+        page* x = p.alloc_pages(order, pmpage::GFP_ZERO);
+        if (!x) {
+          if (order != 0) continue;  // a large or order-1/2 block may fail while order 0 still fits
+          last_errno[t] = errno;
+          return;
+        }
+        got[t].push_back(x);
+        // Frees now and then, so regions come back and are taken again by other threads.
+        if (i % 7 == 6) {
+          pmpage::put_page(got[t].back());
+          got[t].pop_back();
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  std::uint64_t held = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(last_errno[t], ENOSPC) << "thread " << t;
+    for (page* x : got[t]) held += std::uint64_t{1} << pmpage::compound_order(x);
+  }
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total - held);
+  for (auto& v : got)
+    for (page* x : v) pmpage::put_page(x);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total);
+}
+
+TEST_F(FullFileSystem, OpenReservesHolesInTheMetadataOrFailsWithEnospc) {
+  // A pool copied sparse (cp, rsync -S) has holes where its metadata was never written: a store
+  // into one on a full file system would be a SIGBUS. Open fills them, or refuses.
+  const auto path = in_fs("pool");
+  create_pool(path, 64 * MiB).close();
+  pmpage::detail::superblock sb;
+  {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pread(fd, &sb, sizeof sb, 0), ssize_t(sizeof sb));
+    const std::uint64_t owners = sb.owner_table_offset, len = sb.nr_regions * pmpage::detail::OWNER_TABLE_BYTES;
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(owners), off_t(len)), 0);
+    ::close(fd);
+  }
+  const auto filler = fill_up();
+  const std::string what = expect_error(ENOSPC, [&] { pool::open(path); });
+  EXPECT_NE(what.find("metadata"), std::string::npos) << what;
+  std::filesystem::remove(filler);
+  const std::uint64_t meta = sb.owner_table_offset + sb.nr_regions * pmpage::detail::OWNER_TABLE_BYTES;
+  ASSERT_LT(blocks_of(path), meta);
+  pool p = pool::open(path);
+  EXPECT_EQ(blocks_of(path), meta) << "every metadata block is held again, nothing else";
+  pfn_t* slots = root_slots(p);
+  ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);  // writes an owner entry
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(FullFileSystem, RepairOfAPoolWithHolesInItsMetadataFailsWithEnospcInsteadOfSigbus) {
+  // Superblock copy B turned into a hole (as a sparse copy of a damaged pool would have it): the
+  // repair rewrites it, a store into the hole. On a full file system that is ENOSPC, nothing
+  // repaired; with room, the repair goes through.
+  const auto path = in_fs("pool");
+  create_pool(path, 64 * MiB).close();
+  {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 4096, 4096), 0);
+    ::close(fd);
+  }
+  ASSERT_FALSE(pmpage::fsck::check(path).problems.empty());
+  const auto filler = fill_up();
+  pmpage::fsck::options repair;
+  repair.repair = true;
+  expect_error(ENOSPC, [&] { pmpage::fsck::check(path, repair); });
+  EXPECT_FALSE(pmpage::fsck::check(path).problems.empty()) << "nothing was repaired";
+  std::filesystem::remove(filler);
+  pmpage::fsck::check(path, repair);
+  EXPECT_TRUE(pmpage::fsck::check(path).problems.empty());
+}
+
+TEST_F(FullFileSystem, ARefusedCreateLeavesAnExistingFileAsItWas) {
+  // create() on an existing file grows it to options.size before it reserves the metadata (and,
+  // with preallocate, everything); when the file system says no, the file keeps its size and bytes.
+  const auto path = in_fs("existing");
+  const std::string bytes(4096, 'x');
+  {
+    std::ofstream(path, std::ios::binary) << bytes;
+  }
+  auto unchanged = [&](const char* what) {
+    const std::uint64_t size = std::filesystem::file_size(path);
+    EXPECT_EQ(size, bytes.size()) << what << ": the refused create changed the file's size";
+    if (size != bytes.size()) return;
+    std::ifstream in(path, std::ios::binary);
+    const std::string now((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_TRUE(now == bytes) << what << ": the refused create changed the file's bytes";
+  };
+  pool::options o;
+  o.overwrite = true;
+  o.size = 4 * GiB;  // 2048 regions: 8.5 MiB of metadata, more than the file system holds
+  expect_error(ENOSPC, [&] { pool::create(path, o); });
+  unchanged("metadata reservation refused");
+  o.size = 16 * MiB;
+  o.preallocate = true;
+  expect_error(ENOSPC, [&] { pool::create(path, o); });
+  unchanged("preallocation refused");
 }
 
 }  // namespace

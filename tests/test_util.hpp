@@ -13,6 +13,8 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -218,6 +220,48 @@ class TempPathTest : public ::testing::Test {
   }
 
   std::vector<std::filesystem::path> paths_;
+};
+
+// A tmpfs of `bytes` mounted on a fresh directory under /tmp for the object's life: a file system
+// that fills up, where a sparse pool runs out of blocks. Needs root (CAP_SYS_ADMIN): ok() is false
+// otherwise, and why() says why, for GTEST_SKIP. The mount is made in a private mount namespace
+// of this process when it can be, so a test that dies (the SIGBUS these tests guard against)
+// leaves no mount behind.
+class small_tmpfs {
+ public:
+  explicit small_tmpfs(std::uint64_t bytes) {
+    static const bool private_ns = ::geteuid() == 0 && ::unshare(CLONE_NEWNS) == 0 &&
+                                   ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0;
+    (void)private_ns;
+    char tmpl[] = "/tmp/pmpage-small-tmpfs-XXXXXX";
+    if (!::mkdtemp(tmpl)) {
+      why_ = std::string("mkdtemp: ") + std::strerror(errno);
+      return;
+    }
+    dir_ = tmpl;
+    const std::string opts = "size=" + std::to_string(bytes) + ",mode=0700";
+    if (::geteuid() != 0) {
+      why_ = "not root: cannot mount a small tmpfs";
+    } else if (::mount("tmpfs", tmpl, "tmpfs", 0, opts.c_str()) != 0) {
+      why_ = std::string("mount -t tmpfs: ") + std::strerror(errno);
+    } else {
+      mounted_ = true;
+    }
+  }
+  ~small_tmpfs() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+    if (!dir_.empty()) ::rmdir(dir_.c_str());
+  }
+  small_tmpfs(const small_tmpfs&) = delete;
+  small_tmpfs& operator=(const small_tmpfs&) = delete;
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  std::filesystem::path dir() const { return dir_; }
+
+ private:
+  std::filesystem::path dir_;
+  std::string why_;
+  bool mounted_ = false;
 };
 
 // The two kinds of pool the behaviour suites run on (issue #12): a persistent pool (pool::create

@@ -6,6 +6,7 @@
 // and their fallback, memory gone at close, and "fence counter at zero" for every operation.
 #include <fcntl.h>
 #include <numa.h>
+#include <numaif.h>
 #include <sys/mman.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <set>
 
 #include "test_util.hpp"
@@ -418,6 +420,113 @@ TEST_F(VolatileBacking, ARefusedCreateLeavesTheBackingAsItWas) {
   v.numa_node = 0;
   expect_error(EINVAL, [&] { pool::create_volatile(v); });
   EXPECT_EQ(std::filesystem::file_size(tmpl), 0u) << "the refused backing was grown";
+}
+
+// A file's contents, byte for byte (the refused creates below must leave them alone).
+std::string file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST_F(VolatileBacking, ARefusedHugePageCreateLeavesTheBackingAsItWas) {
+  // Issue #18, defect 7: the huge-page checks ran after the file was grown (0 -> 4 MiB, 4 KiB ->
+  // 4 MiB). Each refused create below must leave the file's size and bytes as they were.
+  auto refused = [&](const std::filesystem::path& path, vopts v, const char* what) {
+    const std::string before = file_bytes(path);
+    v.backing = path;
+    v.size = 4 * MiB;
+    v.require_huge_pages = true;
+    expect_error(ENOMEM, [&] { pool::create_volatile(v); });
+    const std::uint64_t size = std::filesystem::file_size(path);
+    EXPECT_EQ(size, before.size()) << what << ": the refused backing changed size";
+    if (size == before.size()) {
+      EXPECT_TRUE(file_bytes(path) == before) << what << ": the refused backing's bytes changed";
+    }
+  };
+  vopts hugetlb;
+  hugetlb.huge = vopts::huge_pages::hugetlb;
+  vopts thp;
+  thp.huge = vopts::huge_pages::thp;
+  // hugetlb pages need anonymous memory or a hugetlbfs file: a tmpfs file is refused.
+  const auto empty = new_path("empty");
+  std::ofstream(empty).close();
+  refused(empty, hugetlb, "hugetlb on an empty tmpfs file");
+  const auto page = make_file(PAGE_SIZE);
+  refused(page, hugetlb, "hugetlb on a 4 KiB tmpfs file");
+  // THP on tmpfs follows shmem_enabled: refused where it is off.
+  std::ifstream knob("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string modes((std::istreambuf_iterator<char>(knob)), std::istreambuf_iterator<char>());
+  if (contains(modes, "[never]") || contains(modes, "[deny]") || modes.empty())
+    refused(page, thp, "THP on a tmpfs file with shmem THP off");
+  // THP is never for a page-cache file on a disk file system.
+  char tmpl[] = "/var/tmp/pmpage-volatile-XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "disk", 4), 4);
+  ::close(fd);
+  paths_.push_back(tmpl);
+  struct statfs fs;
+  ASSERT_EQ(::statfs(tmpl, &fs), 0);
+  if (fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC) refused(tmpl, thp, "THP on a disk file");
+}
+
+TEST_F(VolatileBacking, ARefusedCreateLeavesNoNumaPolicyOnTheBacking) {
+  // A NUMA binding of a memfd's (tmpfs file's) mapping is the file's shared policy and outlives
+  // the mapping. A sealed memfd that must grow is refused (EPERM) after the binding: the file
+  // keeps its size and has no policy left.
+  if (numa_available() < 0) GTEST_SKIP() << "no NUMA support";
+  fd_ = ::memfd_create("pmpage-test-sealed", MFD_ALLOW_SEALING);
+  ASSERT_GE(fd_, 0) << std::strerror(errno);
+  ASSERT_EQ(::ftruncate(fd_, 2 * MiB), 0);
+  ASSERT_EQ(::fcntl(fd_, F_ADD_SEALS, F_SEAL_GROW), 0) << std::strerror(errno);
+  vopts v;
+  v.backing = "/proc/self/fd/" + std::to_string(fd_);
+  v.size = 4 * MiB;
+  v.numa_node = 0;
+  expect_error(EPERM, [&] { pool::create_volatile(v); });
+  EXPECT_EQ(file_size(), 2 * MiB);
+  void* m = ::mmap(nullptr, 2 * MiB, PROT_READ, MAP_SHARED, fd_, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  int mode = -1;
+  ASSERT_EQ(get_mempolicy(&mode, nullptr, 0, m, MPOL_F_ADDR), 0) << std::strerror(errno);
+  ::munmap(m, 2 * MiB);
+  EXPECT_EQ(mode, MPOL_DEFAULT) << "the refused create left the file bound to a node";
+}
+
+TEST_F(VolatileBacking, AFullTmpfsBackingFailsAllocationsWithEnospcInsteadOfSigbus) {
+  // Issue #18, defect 3, for a volatile pool: a 64 MiB sparse backing file in an 8 MiB tmpfs.
+  pmtest::small_tmpfs fs(8 * MiB);
+  if (!fs.ok()) GTEST_SKIP() << fs.why();
+  const auto path = fs.dir() / "backing";
+  std::ofstream(path).close();
+  vopts v;
+  v.backing = path;
+  v.size = 64 * MiB;
+  pool p = pool::create_volatile(v);
+  const std::uint64_t total = p.stats().total_pages;
+  std::vector<page*> got;
+  errno = 0;
+  while (page* x = p.alloc_pages(0, pmpage::GFP_ZERO)) {  // GFP_ZERO stores into the page: SIGBUS before
+    got.push_back(x);
+    ASSERT_LT(got.size(), total) << "the file system never filled up";
+  }
+  EXPECT_EQ(errno, ENOSPC);
+  EXPECT_GE(got.size(), 512u);
+  errno = 0;
+  EXPECT_EQ(p.alloc_pages(9), nullptr);
+  EXPECT_EQ(errno, ENOSPC);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total - got.size());
+  // Freed pages are handed out again (their blocks are there); then no more.
+  for (std::size_t i = 0; i < got.size(); i += 2) pmpage::put_page(got[i]);
+  for (std::size_t i = 0; i < got.size(); i += 2) {
+    got[i] = p.alloc_pages(0, pmpage::GFP_ZERO);
+    ASSERT_NE(got[i], nullptr) << i;
+  }
+  EXPECT_EQ(p.alloc_pages(0), nullptr);
+  for (page* x : got) pmpage::put_page(x);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total);
 }
 
 TEST_F(VolatileBacking, TheBackingIsLockedAgainstEveryOtherPool) {

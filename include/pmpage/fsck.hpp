@@ -137,7 +137,9 @@ struct options {
 
 /// Checks the pool at `path` (a regular file or /dev/daxX.Y). Throws pmpage::error for
 /// operational errors only: the path cannot be opened (ENOENT, EACCES...), is not a file or
-/// device DAX, or the pool is open for writing elsewhere (EBUSY; with repair: open at all).
+/// device DAX, or the pool is open for writing elsewhere (EBUSY; with repair: open at all), or,
+/// with repair, the file system cannot hold the metadata blocks the repair writes (ENOSPC:
+/// nothing is repaired).
 /// Everything wrong with the contents is a problem in the report, never an exception.
 PMPAGE_API report check(const std::filesystem::path& path, const options& opts = {});
 

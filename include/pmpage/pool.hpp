@@ -77,7 +77,9 @@ class PMPAGE_API pool {
     /// Bytes of the persistent root area (rounded up to 4 KiB; at least 4 KiB). Zeroed at create.
     std::size_t root_size = 4096;
     /// Reserve the file's blocks up front (posix_fallocate) so a full file system fails create()
-    /// instead of faulting later. Off by default: pools are often sparse files.
+    /// instead of an allocation. Off by default: pools are often sparse files, whose blocks are
+    /// reserved a 2 MiB region at a time as the allocator first takes each region; when the file
+    /// system is full the allocation then fails with errno ENOSPC (never a SIGBUS at a store).
     bool preallocate = false;
     /// File mode for a newly created file.
     unsigned mode = 0600;
@@ -195,7 +197,8 @@ class PMPAGE_API pool {
   pfn_t end_pfn() const noexcept;
 
   /// Allocates a naturally aligned compound page of `order` (0..18); head with refcount 1, or
-  /// nullptr when no such free extent exists. Durable before it returns (1 fence; 2 when a fresh
+  /// nullptr when no such free extent exists, or when the file system under a sparse pool file
+  /// cannot back the region it needs (errno ENOSPC; the same for every allocating call). Durable before it returns (1 fence; 2 when a fresh
   /// region must be split). The page holds its previous owner's bytes unless gfp has GFP_ZERO.
   /// Kernel: alloc_pages(gfp, order). Misuse: order > 18, or a fork() child.
   page* alloc_pages(unsigned order, gfp_t gfp = GFP_DEFAULT) noexcept;
