@@ -228,7 +228,8 @@ void pool_impl::end_publication(page* h) noexcept {
   if (was & PG_publish_waiters) h->flags_.notify_all();
 }
 
-void pool_impl::wait_published(page* h) noexcept {
+void pool_impl::wait_published(page* h) const noexcept {
+  if (PMPAGE_UNLIKELY(g_fork_generation.load(std::memory_order_relaxed) != fork_generation_)) return;
   // Spin briefly (the publisher is one fence away), then sleep on the flags word: a waiter that
   // only yielded would compete for the CPU with a preempted publisher (adaptive_mutex.hpp).
   for (unsigned spins = 0;; ++spins) {

@@ -275,7 +275,9 @@ class pool_impl {
   /// before its slot's compare-and-swap until its intent's retirement is pending; every other
   /// operation that can act on a slot-owned page waits for the mark to clear (P5).
   void end_publication(page* h) noexcept;
-  static void wait_published(page* h) noexcept;
+  /// Returns at once in a fork() child: the publishing thread does not exist there, and a child
+  /// never writes the media (nothing it does can be replayed over).
+  void wait_published(page* h) const noexcept;
   // --- descriptors
   page* region_desc(std::uint32_t r) const { return regions_ + r; }
   page* vpage(std::uint64_t index) const { return vmemmap_ + index; }

@@ -25,6 +25,8 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -768,4 +770,45 @@ TEST(ParallelCrash, LoserOfASlotRaceNeverLeavesItsPageAllocatedAfterACrash) {
     }
     check_images(images, img, size);
   }
+}
+
+// A fork() child of a process whose thread was publishing a page (between the slot's
+// compare-and-swap and its intent's retirement) must not wait for that thread, which does not
+// exist in the child: the child's put_page of the page is reported as misuse (as any write of a
+// pool is in a child) and returns.
+TEST(ParallelCrash, ForkChildNeverWaitsForAPublicationItsParentHadInFlight) {
+  const std::string path = "/dev/shm/pmpage-parallel-crash-forkpub-" + std::to_string(::getpid());
+  const scratch_files cleanup{{path}};
+  ::unlink(path.c_str());
+  auto sim = std::make_shared<pmpage::testing::sim_pmem>(2u << 20);
+  pool::options o;
+  o.size = 8u << 20;
+  o.backend = sim;
+  pool p = pool::create(path, o);
+  auto* slots = static_cast<pfn_t*>(p.root());
+  int child_status = -1;
+  bool armed = true;
+  sim->on_fence = [&](std::uint64_t, bool before) {
+    if (before || !armed || std::atomic_ref<pfn_t>(slots[0]).load() == 0) return;
+    armed = false;  // the publisher's second fence has returned; its page is still being published
+    const pid_t child = ::fork();
+    if (child == 0) {
+      set_misuse_handler(+[](const char*) {});
+      pmpage::put_page(pfn_to_page(slots[0]));  // the slot's reference: misuse, reported
+      _exit(0);
+    }
+    for (int i = 0; i < 10000; ++i) {  // up to 10 s
+      if (::waitpid(child, &child_status, WNOHANG) == child) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &child_status, 0);
+  };
+  ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+  sim->on_fence = nullptr;
+  ASSERT_FALSE(armed);
+  EXPECT_TRUE(WIFEXITED(child_status) && WEXITSTATUS(child_status) == 0)
+      << "the child hung (killed) or failed: status " << child_status;
+  EXPECT_EQ(p.free_pages_from(&slots[0]), 0);
+  EXPECT_EQ(p.check(), "");
 }
