@@ -147,9 +147,8 @@ int fail_current(const char* fn) noexcept {
 // call never leaves the message of an earlier failure in pmpage_errormsg().
 class c_call {
  public:
-  // errno is cleared so that an ENOSPC the library sets during the call (a full file system,
-  // with its own message) is told from a plain lack of room.
-  explicit c_call(const char* fn) noexcept : fn_(fn), reports_(pmpage::detail::misuse_reports()) { errno = 0; }
+  explicit c_call(const char* fn) noexcept
+      : fn_(fn), reports_(pmpage::detail::misuse_reports()), backing_(pmpage::detail::backing_failures()) {}
   const char* fn() const noexcept { return fn_; }
   bool misused() const noexcept { return pmpage::detail::misuse_reports() != reports_; }
 
@@ -183,7 +182,12 @@ class c_call {
       fail(EINVAL, "");
       return;
     }
-    if (errno == ENOSPC) return;  // the file system is full: the library set errno and the message
+    if (pmpage::detail::backing_failures() != backing_) {
+      // The file system could not back it (ENOSPC, EDQUOT, EIO, ...): the library wrote the
+      // message naming the region; errno is that error, whatever ran since.
+      errno = pmpage::detail::last_backing_errno();
+      return;
+    }
     char why[160];
     if (wanted == 1)
       std::snprintf(why, sizeof why, "no free extent of order %u in the pool", order);
@@ -196,6 +200,7 @@ class c_call {
  private:
   const char* fn_;
   std::uint64_t reports_;
+  std::uint64_t backing_;  // backing_failures() when the call started
 };
 
 // The slow paths of the header's inline functions report misuse and return: the report is the
@@ -236,6 +241,20 @@ std::mutex& c_misuse_handler_lock() noexcept { return g_c_handler_lock; }
 }  // namespace pmpage::detail
 
 void pmpage::detail::set_c_error_message(const char* msg) noexcept { set_error_message(msg); }
+
+namespace {
+thread_local std::uint64_t t_backing_failures = 0;
+thread_local int t_backing_errno = 0;
+}  // namespace
+
+void pmpage::detail::note_backing_failure(int err, const char* msg) noexcept {
+  set_error_message(msg);
+  ++t_backing_failures;
+  t_backing_errno = err;
+  errno = err;
+}
+std::uint64_t pmpage::detail::backing_failures() noexcept { return t_backing_failures; }
+int pmpage::detail::last_backing_errno() noexcept { return t_backing_errno; }
 
 struct pmpage_pool {
   pmpage_pool(pmpage::pool p, std::string where)

@@ -25,5 +25,12 @@ std::mutex& c_misuse_handler_lock() noexcept;
 /// failures a C caller sees only as NULL + errno, such as an allocation the file system could
 /// not back (ENOSPC), so the message says why.
 void set_c_error_message(const char* msg) noexcept;
+/// An allocation found no room because the file system could not back it (ENOSPC, EDQUOT, EIO,
+/// ...): sets errno and the C message, and counts it for the calling thread, so the C API keeps
+/// that reason instead of calling it a plain lack of room (c_api.cpp, c_call).
+void note_backing_failure(int err, const char* msg) noexcept;
+/// Backing failures noted on this thread so far, and the last one's errno.
+std::uint64_t backing_failures() noexcept;
+int last_backing_errno() noexcept;
 
 }  // namespace pmpage::detail

@@ -219,8 +219,7 @@ bool pool_impl::reserve_backing(std::uint32_t r, std::uint32_t n) noexcept {
   std::snprintf(m, sizeof m, "pmpage: %s: no room: the file system cannot reserve the blocks of regions %u..%u (%u x 2 MiB "
                 "at file offset %llu; fallocate: %s): the allocation fails rather than a store into the page later",
                 path().c_str(), r, r + n - 1, n, (unsigned long long)backing_.offset_of(r), std::strerror(e));
-  set_c_error_message(m);
-  errno = e;
+  note_backing_failure(e, m);
   return false;
 }
 
@@ -584,14 +583,12 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
     r = take_large_locked(order);
   }
   finish_merges(mb);
-  page* p = nullptr;
+  bool fs_full = false;
   if (r != NIL) {
     r = reserve_large_unlocked(r, order);
-    if (r == NIL) return nullptr;  // the file system is full (errno set)
-    p = setup_large(r, order);
-  } else {
-    p = alloc_large_anywhere(order);
+    fs_full = r == NIL;  // errno set; other CPUs' stashes may still hold reserved blocks
   }
+  page* p = r != NIL ? setup_large(r, order) : alloc_large_anywhere(order, fs_full);
   if (p && apply) apply_alloc(p, order, 0);
   return p;
 }
@@ -612,19 +609,27 @@ std::uint32_t pool_impl::reserve_large_unlocked(std::uint32_t r, unsigned order)
 // regions (kept, cached or not loaded yet) are free 2 MiB regions in all but name. All of them
 // are taken back and merged, and the buddy searched, under every lock (the merge fences there:
 // this runs only when the pool has no other room).
-page* pool_impl::alloc_large_anywhere(unsigned order) {
+page* pool_impl::alloc_large_anywhere(unsigned order, bool fs_full) {
   const std::uint64_t give_up_ms = coarse_now_ms() + TRANSIT_WAIT_MS;
+  // Once the file system said no, only blocks reserved already will do (R1): stashed blocks
+  // are, and so are regions used and freed since open.
+  auto take = [&] {
+    if (!fs_full) return take_large_locked(order);
+    const std::uint32_t b = take_reserved_block_locked(order);
+    if (b != NIL) free_pages_ -= std::uint64_t{1} << order;
+    return b;
+  };
   for (;;) {
     lock_all();
     for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
-    std::uint32_t r = take_large_locked(order);
+    std::uint32_t r = take();
     // Regions split on the media before the last open may be wholly free (kept empty at close
     // or crash): loading one merges it.
     while (r == NIL && !lazy_.empty()) {
       const std::uint32_t l = lazy_.back();
       lazy_.pop_back();
       materialise_locked(l);
-      r = take_large_locked(order);
+      r = take();
     }
     while (r == NIL && empty_head_ != NIL) {
       merge_batch mb;
@@ -632,13 +637,16 @@ page* pool_impl::alloc_large_anywhere(unsigned order) {
       fence();
       for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);
       merged_locked(mb);
-      r = take_large_locked(order);
+      r = take();
     }
     const bool wait = r == NIL && regions_in_transit_ > 0 && coarse_now_ms() < give_up_ms;
     unlock_all();
     if (r != NIL) {
-      r = reserve_large_unlocked(r, order);  // R1 (a no-op when reserved already)
-      return r != NIL ? setup_large(r, order) : nullptr;
+      if (backing_.reserved(r, 1u << (order - HPAGE_PMD_ORDER))) return setup_large(r, order);
+      r = reserve_large_unlocked(r, order);  // R1, with no lock held
+      if (r != NIL) return setup_large(r, order);
+      fs_full = true;  // given back (errno set): look again for a reserved block
+      continue;
     }
     if (!wait) return nullptr;
     std::this_thread::yield();

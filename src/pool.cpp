@@ -53,7 +53,11 @@ page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, b
     return nullptr;
   }
   if (forked(caller)) return nullptr;
-  return order < HPAGE_PMD_ORDER ? alloc_small(order, plan, apply) : alloc_large(order, apply);
+  const std::uint64_t backing_failures_before = backing_failures();
+  page* p = order < HPAGE_PMD_ORDER ? alloc_small(order, plan, apply) : alloc_large(order, apply);
+  // errno names why the file system could not back it, whatever system calls ran since (R1).
+  if (PMPAGE_UNLIKELY(!p) && backing_failures() != backing_failures_before) errno = last_backing_errno();
+  return p;
 }
 
 page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {

@@ -304,7 +304,8 @@ class pool_impl {
   /// in transit), or NIL.
   std::uint32_t take_large_locked(unsigned order);
   /// alloc_large's last resort, under every lock: stashes drained, empty split regions merged.
-  page* alloc_large_anywhere(unsigned order);
+  /// fs_full: the file system refused a reservation; only blocks reserved already are taken.
+  page* alloc_large_anywhere(unsigned order, bool fs_full);
   /// After a reservation failed: a block of `order` from the buddy whose regions are all
   /// reserved already (used and freed since open), or NIL. Looks at a bounded number of blocks,
   /// makes no system call; the others stay in the buddy.

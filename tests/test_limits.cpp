@@ -16,6 +16,7 @@
 #include "layout.hpp"
 #include "pmpage/fsck.hpp"
 #include "pmpage/pmpage.h"
+#include "cpu_pinning.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -461,6 +462,35 @@ TEST_F(FullFileSystem, AllocationsFailWithEnospcInsteadOfSigbusAndNothingLeaks) 
   page* x = p.alloc_pages(0, pmpage::GFP_ZERO);
   ASSERT_NE(x, nullptr);
   EXPECT_EQ(p.check(), "");
+}
+
+// A large block freed into one CPU's stash is reserved (R1): on a full file system another CPU's
+// allocation of that order gets it (the last resort drains the stashes) instead of ENOSPC
+// (found by review: the ENOSPC path returned before the stashes were looked at).
+TEST_F(FullFileSystem, AReservedBlockInAnotherCpusStashIsHandedOutBeforeEnospc) {
+  const auto path = in_fs("pool");
+  pool p = create_pool(path, 64 * MiB);
+  for (const unsigned order : {9u, 10u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    std::vector<page*> held;
+    pmpage::testing::run_on_cpu(pmpage::testing::nth_cpu(0), [&] {
+      while (page* h = p.alloc_pages(order, pmpage::GFP_ZERO)) held.push_back(h);
+      ASSERT_FALSE(held.empty());
+      pmpage::free_pages(held.back(), order);  // into CPU 0's stash
+      held.pop_back();
+    });
+    page* other = nullptr;
+    int err = 0;
+    pmpage::testing::run_on_cpu(pmpage::testing::nth_cpu(1), [&] {
+      errno = 0;
+      other = p.alloc_pages(order);
+      err = errno;
+    });
+    EXPECT_NE(other, nullptr) << "no room reported (errno " << err << ") with a reserved block stashed on CPU 0";
+    if (other) held.push_back(other);
+    EXPECT_EQ(p.check(), "");
+    for (page* h : held) pmpage::free_pages(h, order);
+  }
 }
 
 TEST_F(FullFileSystem, ThreadsRacingForTheLastBlocksGetPagesOrEnospcAndThePoolAddsUp) {
