@@ -539,8 +539,8 @@ int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn
                   static_cast<const void*>(slot), (unsigned long long)pfn);
   else if (owner == 0)
     report_misuse("%s: slot %p does not own pfn %#llx, which no slot owns (allocated with alloc_pages or split "
-                  "from an unowned page): drop it with put_page/free_pages", caller, static_cast<const void*>(slot),
-                  (unsigned long long)pfn);
+                  "from an unowned page): drop it with put_page/free_pages, or make the slot its owner with "
+                  "adopt_pages", caller, static_cast<const void*>(slot), (unsigned long long)pfn);
   else
     report_misuse("%s: slot %p does not own pfn %#llx: the slot at %p owns that page (a copy of a pfn must not "
                   "free or move it)", caller, static_cast<const void*>(slot), (unsigned long long)pfn,
