@@ -1043,8 +1043,9 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
 // judge the entry against the slot's value on the media. The page is not moved, zeroed or freed,
 // so nothing else changes, and no crash can leave it free.
 // Concurrency: the page is claimed as free_pages_from claims it (count 1 -> 0), so no put, free,
-// split, move or second adoption reaches it while the owner changes (O3). PG_publishing from the
-// claim to the end makes every slot call that sees the page owned wait until the ownership is
+// split, move or second adoption reaches it while the owner changes (O3). It becomes owned only
+// while unlocked (split_huge_page checks for an owner under the page lock). PG_publishing from
+// then to the end makes every slot call that sees the page owned wait until the ownership is
 // durable and the count is back (P5's mark; there is no intent to retire).
 
 int pool_impl::adopt_pages(pfn_t* slot) noexcept {
@@ -1103,19 +1104,29 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
     return -EINVAL;
   }
   auto unclaim = [&] { h->refcount_.fetch_add(1, std::memory_order_release); };
-  // Freed and republished by alloc_pages_to between the check and the claim (the slot then named a
-  // page somebody else freed), or the slot rewritten meanwhile: misuse, given back unchanged.
-  if (h->flags_.load(std::memory_order_acquire) & PG_slot_owned) {
-    unclaim();
-    return report_owned_already();
-  }
   if (std::atomic_ref<pfn_t>(*slot).load(std::memory_order_acquire) != pfn) {
     unclaim();
     report_misuse("adopt_pages: slot %p was rewritten by a concurrent call (it held pfn %#llx); nothing was adopted",
                   static_cast<void*>(slot), (unsigned long long)pfn);
     return -EINVAL;
   }
-  h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);  // the claim keeps others out
+  // Owned from here, unless the page is locked: split_huge_page checks for an owner under the page
+  // lock and then freezes, so ownership must not appear in between (it would split an owned page,
+  // or freeze one: O3). One compare-and-swap orders the two on the flags word. Owned already: freed
+  // and republished by alloc_pages_to between the check and the claim (misuse, given back).
+  for (std::uint32_t f = h->flags_.load(std::memory_order_relaxed);;) {
+    if (f & PG_slot_owned) {
+      unclaim();
+      return report_owned_already();
+    }
+    if (f & PG_locked) {  // a split under way, or the engine's lock_page
+      unclaim();
+      return -EBUSY;
+    }
+    if (h->flags_.compare_exchange_weak(f, f | PG_slot_owned | PG_publishing, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed))
+      break;
+  }
   persist_word(owner_entry(index), off);
   flush_now(slot, sizeof *slot);  // a no-op write-back if the engine persisted it, as it must have
   fence();  // small: owned. large: the entry is durable before the bit that gives it meaning
@@ -1140,11 +1151,16 @@ int pool_impl::split_huge_page(page* p) noexcept {
   page* h = loc.region;
   // A slot owns the whole page; 511 pieces without a slot would leak (split_huge_page_to).
   if (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) return -EBUSY;
-  if (const int e = split_prepare(h)) return e;
-  // Again under the freeze: adopt_pages may have made it owned since the check above (it claims
-  // the count too, so once we hold it at 0 the owner cannot change).
+  // split_prepare with the owner checked again between the page lock and the freeze: adopt_pages
+  // makes a page owned only while it is unlocked, so from our lock on the owner cannot change, and
+  // an owned page is never frozen (O3: its count reaches 0 only in its slot's free).
+  if (h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked) return -EBUSY;
   if (h->flags_.load(std::memory_order_acquire) & PG_slot_owned) {
-    h->refcount_.fetch_add(1, std::memory_order_release);
+    split_unlock(h);
+    return -EBUSY;
+  }
+  int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
+  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
     split_unlock(h);
     return -EBUSY;
   }

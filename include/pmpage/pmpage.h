@@ -235,7 +235,7 @@ PMPAGE_API int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmp
 /** pool::adopt_pages: makes slot the owner of the unowned allocation it names (a repair tool's
  *  call: a page from pmpage_alloc_pages, or one whose owner record open dropped). The slot's value
  *  must be durable already; the page's count-1 reference becomes the slot's. 1 fence (order >= 9:
- *  2); crash-atomic. 0; -EBUSY (other references; errno EBUSY); -EINVAL (misuse, reported: slot
+ *  2); crash-atomic. 0; -EBUSY (other references, or the page is locked; errno EBUSY); -EINVAL (misuse, reported: slot
  *  outside the pool or in a free page, empty, naming a free page, a tail or an owned page);
  *  -EROFS (read-only pool). */
 PMPAGE_API int pmpage_adopt_pages(pmpage_pool* pool, pmpage_pfn_t* slot);

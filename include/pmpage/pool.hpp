@@ -264,13 +264,14 @@ class PMPAGE_API pool {
   /// it, and put_page / free_pages of its last reference is misuse.
   /// References: an unowned allocation holds count 1, the reference alloc_pages returned; adopting
   /// converts that reference into the slot's (the count stays 1, and the caller must not drop it
-  /// afterwards). A page with other references (count > 1) is -EBUSY, nothing changed.
+  /// afterwards). A page with other references (count > 1), or locked (lock_page; a split holds
+  /// the page lock), is -EBUSY, nothing changed.
   /// Durability: *slot must already be durable (it is flushed again, which costs nothing if it
   /// is). When the call returns the ownership is durable; a crash during it leaves the page owned
   /// by the slot or allocated and owned by nobody, never free (docs/format.md). Fences: 1 for
   /// order < 9 (one owner-table word), 2 for order >= 9 (the owner entry, then the region word's
   /// owned bit); none in a volatile pool.
-  /// Returns 0; -EBUSY (other references: nothing changed); -EINVAL on misuse (reported; nothing
+  /// Returns 0; -EBUSY (other references, or locked: nothing changed); -EINVAL on misuse (reported; nothing
   /// changed): slot not an 8-byte aligned word of the root or data area, or in a free page; slot
   /// empty; *slot not a page of this pool, a tail, a free page; the page already owned (by this or
   /// another slot); -EROFS on a read-only pool (misuse, reported).
