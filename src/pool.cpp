@@ -1087,10 +1087,13 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
     const std::uint64_t owner = slot_owner(h, index);
     if (owner == off)
       report_misuse("adopt_pages: slot %p owns pfn %#llx already", static_cast<void*>(slot), (unsigned long long)pfn);
-    else
-      report_misuse("adopt_pages: pfn %#llx is owned by %s%p: only an unowned page can be adopted (move_pages_owner "
-                    "moves a page between slots)", (unsigned long long)pfn, owner ? "the slot at " : "a slot being set, ",
-                    owner ? static_cast<void*>(dev_.base() + owner) : static_cast<void*>(slot));
+    else if (owner)
+      report_misuse("adopt_pages: pfn %#llx is owned by the slot at %p: only an unowned page can be adopted "
+                    "(move_pages_owner moves a page between slots)", (unsigned long long)pfn,
+                    static_cast<void*>(dev_.base() + owner));
+    else  // republished by a concurrent alloc_pages_to since the wait (the slot named a freed page)
+      report_misuse("adopt_pages: pfn %#llx is being published into a slot by a concurrent call: only an unowned "
+                    "page can be adopted", (unsigned long long)pfn);
     return -EINVAL;
   };
   if (h->flags_.load(std::memory_order_acquire) & PG_slot_owned) return report_owned_already();
