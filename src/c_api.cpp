@@ -629,6 +629,10 @@ int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmpage_pfn_t* 
   const c_call call("pmpage_move_pages_owner");
   return null_pool(pool, call) ? -EINVAL : call.result(pool->pool.move_pages_owner(src, dest));
 }
+int pmpage_adopt_pages(pmpage_pool* pool, pmpage_pfn_t* slot) {
+  const c_call call("pmpage_adopt_pages");
+  return null_pool(pool, call) ? -EINVAL : call.result(pool->pool.adopt_pages(slot));
+}
 
 void pmpage_free_pages(struct pmpage_page* p, unsigned order) {
   const c_call call("pmpage_free_pages");

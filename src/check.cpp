@@ -361,7 +361,7 @@ pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {
     const auto a_slot = reinterpret_cast<std::uintptr_t>(slot);
     if (owner == 0 || a_slot < base || a_slot - base != owner) {
       if (owner == 0)
-        std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which no slot owns (allocated with alloc_pages?)",
+        std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which no slot owns (allocated with alloc_pages, or its owner record was dropped: adopt_pages makes the slot its owner)",
                       static_cast<void*>(slot), (unsigned long long)v);
       else
         std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which the slot at %p owns",

@@ -91,7 +91,8 @@ inline constexpr bool region_word_valid(std::uint64_t w) {
 // head is page i (for an order >= 9 allocation: entry 0 of its head region, meaningful only when
 // the region word's owned bit is set). Written in the same
 // epoch as the allocation's codes by alloc_pages_to / split_huge_page_to and cleared by
-// free_pages_from, always under an intent lane. Rule O1: a non-zero entry sits on an allocated
+// free_pages_from, always under an intent lane; written by adopt_pages without one, on an
+// allocated page its durable slot already names (a large page's entry fenced before its owned bit). Rule O1: a non-zero entry sits on an allocated
 // head (a head code of a SPLIT region, or entry 0 of an owned HEAD region) and its slot holds the
 // head's pfn. A region's entries are zeroed when it is split, so stale entries never survive.
 

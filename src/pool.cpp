@@ -9,6 +9,7 @@
 //   merge of a wholly free split region       FREE region word (placement.cpp, later)   1 fence per batch
 //   alloc_pages_to / free_pages_from          see intent_log.hpp                        2 fences
 //   alloc_pages_bulk_to / free_pages_bulk_from the same, one lane per slot            2 fences per <= 16 slots
+//   adopt_pages                               owner entry (order >= 9: | fence | owned bit) 1 fence (order >= 9: 2)
 // DRAM is updated under the lock before an allocation's fence (nobody else can see the pages
 // yet), and before a free's fence (a page freed in DRAM may be handed out again at once: its
 // new owner's stores to the same words come later in coherence order, so what reaches the media
@@ -543,8 +544,8 @@ int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn
                   static_cast<const void*>(slot), (unsigned long long)pfn);
   else if (owner == 0)
     report_misuse("%s: slot %p does not own pfn %#llx, which no slot owns (allocated with alloc_pages or split "
-                  "from an unowned page): drop it with put_page/free_pages", caller, static_cast<const void*>(slot),
-                  (unsigned long long)pfn);
+                  "from an unowned page): drop it with put_page/free_pages, or make the slot its owner with "
+                  "adopt_pages", caller, static_cast<const void*>(slot), (unsigned long long)pfn);
   else
     report_misuse("%s: slot %p does not own pfn %#llx: the slot at %p owns that page (a copy of a pfn must not "
                   "free or move it)", caller, static_cast<const void*>(slot), (unsigned long long)pfn,
@@ -1027,6 +1028,128 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   return 0;
 }
 
+// ---- adoption ------------------------------------------------------------------------------------------
+// adopt_pages makes a slot the owner of an allocated page that no slot owns: what an engine's repair
+// tool needs once open has dropped an owner record (the engine overwrote the slot, then restored
+// it), or to hand a page allocated with alloc_pages to a slot. No intent lane: the ownership is one
+// owner-table word for a small page and two ordered words for a large one, and every subset of
+// them that a crash can keep reads as unowned-allocated (before) or owned (after):
+//   order < 9    owner entry 0 -> slot (+ the slot's line) | fence                        1 fence
+//                An unowned small page's entry is 0 (O1), and one aligned 8-byte store is
+//                failure-atomic: the entry is 0 or the slot.
+//   order >= 9   owner entry of the head (+ the slot's line) | fence | owned bit | fence  2 fences
+//                The entry means something only under the region word's owned bit (layout.hpp):
+//                until the bit is durable it is an unowned page's entry, which neither open nor
+//                fsck reads; the bit can reach the media only after the entry has (the fence
+//                between), so an owned bit never names a stale entry. One fence would let the bit
+//                land first: open would drop the ownership again (safe) but fsck would rightly
+//                call that image damage, as no crash of an intent-covered operation leaves it.
+// The slot must already be durable (it names the page: the engine persisted it): open and fsck
+// judge the entry against the slot's value on the media. The page is not moved, zeroed or freed,
+// so nothing else changes, and no crash can leave it free.
+// Concurrency: the page is claimed as free_pages_from claims it (count 1 -> 0), so no put, free,
+// split, move or second adoption reaches it while the owner changes (O3). It becomes owned only
+// while unlocked (split_huge_page checks for an owner under the page lock). PG_publishing from
+// then to the end makes every slot call that sees the page owned wait until the ownership is
+// durable and the count is back (P5's mark; there is no intent to retire).
+
+int pool_impl::adopt_pages(pfn_t* slot) noexcept {
+  const deferred_flush_scope flush_on_return{this};
+  if (refuse_read_only("adopt_pages")) return -EROFS;
+  std::uint64_t off;
+  if (!dest_offset(slot, off)) {
+    report_misuse("adopt_pages: slot %p is not an 8-byte aligned word of pool %s's root or data area",
+                  static_cast<void*>(slot), path().c_str());
+    return -EINVAL;
+  }
+  if (forked("adopt_pages")) return -EINVAL;
+  if (slots_in_free_page(off, 1)) {
+    report_misuse("adopt_pages: slot %p lies in a free page of pool %s (memory nobody owns)", static_cast<void*>(slot),
+                  path().c_str());
+    return -EINVAL;
+  }
+  const pfn_t pfn = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_acquire);
+  if (pfn == 0) {
+    report_misuse("adopt_pages: slot %p is empty: it names no page to adopt", static_cast<void*>(slot));
+    return -EINVAL;
+  }
+  if (pfn < start_pfn() || pfn >= end_pfn()) {
+    report_misuse("adopt_pages: slot %p holds %#llx, not a page of pool %s", static_cast<void*>(slot),
+                  (unsigned long long)pfn, path().c_str());
+    return -EINVAL;
+  }
+  page* p = vpage(pfn - start_pfn());
+  page* h = state_holder(p);
+  if (!h) return -EINVAL;
+  if (compound_head(p) != p) {
+    report_misuse("adopt_pages: slot %p holds pfn %#llx, a tail page, not the head of an allocation",
+                  static_cast<void*>(slot), (unsigned long long)pfn);
+    return -EINVAL;
+  }
+  const std::uint64_t index = pfn - start_pfn();
+  auto report_owned_already = [&] {
+    wait_published(h);  // an alloc_pages_to or adoption still publishing it records its owner first
+    const std::uint64_t owner = slot_owner(h, index);
+    if (owner == off)
+      report_misuse("adopt_pages: slot %p owns pfn %#llx already", static_cast<void*>(slot), (unsigned long long)pfn);
+    else if (owner)
+      report_misuse("adopt_pages: pfn %#llx is owned by the slot at %p: only an unowned page can be adopted "
+                    "(move_pages_owner moves a page between slots)", (unsigned long long)pfn,
+                    static_cast<void*>(dev_.base() + owner));
+    else  // republished by a concurrent alloc_pages_to since the wait (the slot named a freed page)
+      report_misuse("adopt_pages: pfn %#llx is being published into a slot by a concurrent call: only an unowned "
+                    "page can be adopted", (unsigned long long)pfn);
+    return -EINVAL;
+  };
+  if (h->flags_.load(std::memory_order_acquire) & PG_slot_owned) return report_owned_already();
+  // Claim it: the allocation's reference (count 1) is held by nobody while the owner changes.
+  int expected = 1;
+  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+    if (expected > 1) return -EBUSY;  // other references: nothing changed
+    if (h->flags_.load(std::memory_order_acquire) & (PG_slot_owned | PG_publishing)) return report_owned_already();
+    report_misuse("adopt_pages: slot %p holds pfn %#llx, which is not allocated (free, or being freed, split or "
+                  "adopted by a concurrent call)", static_cast<void*>(slot), (unsigned long long)pfn);
+    return -EINVAL;
+  }
+  auto unclaim = [&] { h->refcount_.fetch_add(1, std::memory_order_release); };
+  if (std::atomic_ref<pfn_t>(*slot).load(std::memory_order_acquire) != pfn) {
+    unclaim();
+    report_misuse("adopt_pages: slot %p was rewritten by a concurrent call (it held pfn %#llx); nothing was adopted",
+                  static_cast<void*>(slot), (unsigned long long)pfn);
+    return -EINVAL;
+  }
+  // Owned from here, unless the page is locked: split_huge_page checks for an owner under the page
+  // lock and then freezes, so ownership must not appear in between (it would split an owned page,
+  // or freeze one: O3). One compare-and-swap orders the two on the flags word. Owned already: freed
+  // and republished by alloc_pages_to between the check and the claim (misuse, given back).
+  for (std::uint32_t f = h->flags_.load(std::memory_order_relaxed);;) {
+    if (f & PG_slot_owned) {
+      unclaim();
+      return report_owned_already();
+    }
+    if (f & PG_locked) {  // a split under way, or the engine's lock_page
+      unclaim();
+      return -EBUSY;
+    }
+    if (h->flags_.compare_exchange_weak(f, f | PG_slot_owned | PG_publishing, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed))
+      break;
+  }
+  persist_word(owner_entry(index), off);
+  flush_now(slot, sizeof *slot);  // a no-op write-back if the engine persisted it, as it must have
+  fence();  // small: owned. large: the entry is durable before the bit that gives it meaning
+  if (is_region_desc(h)) {
+    persist_word(region_word(std::uint32_t(index >> HPAGE_PMD_ORDER)),
+                 make_region_word(region_state::head, load_order(h), /*owned=*/true));
+    fence();
+  }
+  // The allocation's reference is the slot's now (fetch_add, not a store: a put_page racing the
+  // claim saw 0 and undoes its own decrement, report_refcount_misuse).
+  unclaim();
+  end_publication(h);
+  return 0;
+}
+
 int pool_impl::split_huge_page(page* p) noexcept {
   page_location loc;
   if (!locate(p, loc)) return -EINVAL;
@@ -1036,7 +1159,19 @@ int pool_impl::split_huge_page(page* p) noexcept {
   page* h = loc.region;
   // A slot owns the whole page; 511 pieces without a slot would leak (split_huge_page_to).
   if (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) return -EBUSY;
-  if (const int e = split_prepare(h)) return e;
+  // split_prepare with the owner checked again between the page lock and the freeze: adopt_pages
+  // makes a page owned only while it is unlocked, so from our lock on the owner cannot change, and
+  // an owned page is never frozen (O3: its count reaches 0 only in its slot's free).
+  if (h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked) return -EBUSY;
+  if (h->flags_.load(std::memory_order_acquire) & PG_slot_owned) {
+    split_unlock(h);
+    return -EBUSY;
+  }
+  int expected = 1;  // freeze: a racing get_page_unless_zero sees 0 and fails
+  if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+    split_unlock(h);
+    return -EBUSY;
+  }
   const auto r = std::uint32_t(h - regions_);
   // Media first (HEAD(9) until the SPLIT word lands, so a crash leaves the whole page): every page
   // an order-0 head and no owner, fence, then the region word.
@@ -1232,6 +1367,11 @@ int pool::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
 int pool::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
   if (impl_) return impl_->move_pages_owner(src, dest);
   report_closed("move_pages_owner");
+  return -EINVAL;
+}
+int pool::adopt_pages(pfn_t* slot) noexcept {
+  if (impl_) return impl_->adopt_pages(slot);
+  report_closed("adopt_pages");
   return -EINVAL;
 }
 void* pool::root() const noexcept { return impl_ ? impl_->root() : nullptr; }

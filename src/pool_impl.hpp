@@ -32,8 +32,9 @@
 //   O2  PG_slot_owned on a state holder <=> its owner entry is non-zero (HEAD: region word bit 16).
 //   O3  a slot-owned page's count never reaches 0 except inside free_pages_from on its owner
 //       slot, which claims it (count 1 -> 0) before reading the owner; split_huge_page_to freezes
-//       it the same way; move_pages_owner holds a reference plus PG_owner_busy. So the owner of
-//       a page changes only under one of those three claims.
+//       it the same way; move_pages_owner holds a reference plus PG_owner_busy; adopt_pages claims
+//       an unowned page (count 1 -> 0) and marks it PG_publishing until its ownership is durable.
+//       So the owner of a page changes only under one of those four claims.
 //   A fork() child (g_fork_generation differs) never writes the media.
 //   A volatile pool (volatile_) has the same words in anonymous DRAM and the same invariants, but
 //   no backend call: fence() and flush_later() return at once and the intent log is disabled.
@@ -133,6 +134,8 @@ class pool_impl {
   std::size_t alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept;
   int free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept;
   int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
+  /// Makes *slot the owner of the unowned allocation it names (pool.cpp, "adoption").
+  int adopt_pages(pfn_t* slot) noexcept;
   /// A compound page's count reached zero: free it durably. `holder` is its state holder.
   void release(page* holder) noexcept;
   int split_huge_page(page* head) noexcept;

@@ -8,7 +8,8 @@
 //   6 2^31 get_page calls                                    -> the count saturates at PAGE_REF_MAX
 //   7 lock_page racing split_huge_page                       -> the split refuses locked pages
 //   9 free_pages_from of an empty slot                       -> no-op (kfree(NULL))
-// plus move_pages_owner, check_slots, check()'s owner and lane rules, and GFP_ZERO. (Case 5 is in
+// plus move_pages_owner, adopt_pages (a repair tool's restoration of a dropped owner record),
+// check_slots, check()'s owner and lane rules, and GFP_ZERO. (Case 5 is in
 // tests/reliability, case 8 in test_limits.cpp.)
 #include <sys/wait.h>
 #include <unistd.h>
@@ -561,6 +562,313 @@ TEST_P(Ownership, ConcurrentLockersNeverLoseTheLockWhileTheOwnerSplits) {
   EXPECT_EQ(pool_.check(), "");
 }
 
+// ---- adopt_pages -------------------------------------------------------------------------------
+
+TEST_P(Ownership, AdoptPagesMakesASlotTheOwnerOfAnUnownedAllocation) {
+  // alloc_pages -> the slot names it -> adopt_pages -> owned exactly as alloc_pages_to's page: the
+  // allocation's reference became the slot's (count 1), put_page of it is refused, free_pages_from
+  // frees it, and (persistent) the ownership survives reopen.
+  for (unsigned order : {0u, 3u, 9u, 10u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    page* p = pool_.alloc_pages(order);
+    ASSERT_NE(p, nullptr);
+    const pfn_t pfn = pmpage::page_to_pfn(p);
+    slots()[0] = pfn;
+    pool_.persist(&slots()[0], sizeof(pfn_t));
+    const int reports = recorder_.count();
+    ASSERT_EQ(pool_.adopt_pages(&slots()[0]), 0);
+    EXPECT_EQ(recorder_.count(), reports) << recorder_.last();
+    EXPECT_EQ(pmpage::page_count(p), 1) << "the allocation's reference is the slot's";
+    expect_consistent(1);
+    expect_reported([&] { pmpage::put_page(p); }, "put_page of the slot's reference", "owns");
+    EXPECT_EQ(pmpage::page_count(p), 1);
+    if (reopen_if_persistent()) expect_consistent(1);
+    ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+    EXPECT_EQ(slots()[0], 0u);
+    EXPECT_EQ(free_pages(), total_pages_);
+    expect_consistent(1);
+  }
+}
+
+TEST_P(Ownership, AdoptPagesRefusesEveryMisuseAndChangesNothing) {
+  pfn_t* s = slots();
+  page* plain = pool_.alloc_pages(3);  // unowned, order 3
+  ASSERT_NE(plain, nullptr);
+  const pfn_t plain_pfn = pmpage::page_to_pfn(plain);
+  ASSERT_NE(pool_.alloc_pages_to(0, &s[1]), nullptr);  // owned by slot 1
+  page* gone = pool_.alloc_pages(0);
+  const pfn_t gone_pfn = pmpage::page_to_pfn(gone);
+  void* gone_memory = pmpage::page_address(gone);
+  pmpage::put_page(gone);  // a free page
+  auto nothing_changed = [&] {
+    EXPECT_EQ(pmpage::page_count(plain), 1);
+    std::vector<pfn_t*> list{&s[0], &s[1]};
+    s[0] = plain_pfn;
+    const auto r = pool_.check_slots(list);
+    ASSERT_EQ(r.misowned.size(), 1u) << r.describe();  // slot 0 names the page, which no slot owns
+    EXPECT_EQ(r.misowned[0].slot, &s[0]);
+    EXPECT_EQ(pool_.check(), "");
+  };
+  pfn_t outside = plain_pfn;
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&outside), -EINVAL); }, "slot outside the pool", "root or data area");
+  auto* misaligned = reinterpret_cast<pfn_t*>(reinterpret_cast<char*>(&s[2]) + 4);
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(misaligned), -EINVAL); }, "misaligned slot", "aligned");
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(static_cast<pfn_t*>(gone_memory)), -EINVAL); },
+                  "slot in a free page", "free page");
+  s[0] = 0;
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&s[0]), -EINVAL); }, "empty slot", "empty");
+  s[0] = pool_.end_pfn() + 3;
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&s[0]), -EINVAL); }, "no page of this pool", "not a page of pool");
+  s[0] = plain_pfn + 1;
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&s[0]), -EINVAL); }, "a tail", "tail");
+  s[0] = gone_pfn;
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&s[0]), -EINVAL); }, "a free page", "not allocated");
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&s[1]), -EINVAL); }, "owned by this slot", "already");
+  s[0] = s[1];
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&s[0]), -EINVAL); }, "owned by another slot", "owned by the slot at");
+  nothing_changed();
+  // Other references: -EBUSY, not misuse, nothing changed; once they are dropped it adopts.
+  pmpage::get_page(plain);
+  const int before = recorder_.count();
+  EXPECT_EQ(pool_.adopt_pages(&s[0]), -EBUSY);
+  EXPECT_EQ(recorder_.count(), before);
+  pmpage::put_page(plain);
+  nothing_changed();
+  // A locked page (a split holds the page lock while it checks for an owner): -EBUSY too.
+  pmpage::lock_page(plain);
+  EXPECT_EQ(pool_.adopt_pages(&s[0]), -EBUSY);
+  EXPECT_EQ(recorder_.count(), before);
+  pmpage::unlock_page(plain);
+  nothing_changed();
+  ASSERT_EQ(pool_.adopt_pages(&s[0]), 0);
+  expect_consistent(2);
+  ASSERT_EQ(pool_.free_pages_from(&s[0]), 0);
+  ASSERT_EQ(pool_.free_pages_from(&s[1]), 0);
+  EXPECT_EQ(free_pages(), total_pages_);
+}
+
+TEST_F(OwnershipPersistent, AnOwnerRecordDroppedAtOpenIsRestoredByAdoption) {
+  // The repair tool's round trip: the engine overwrote its slot, open dropped the owner record
+  // (the page stays allocated, owned by nobody); the tool restores the slot and adopts the page;
+  // the engine's slots are clean again, across reopen, and the slot frees the page.
+  for (unsigned order : {0u, 9u, 10u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    ASSERT_NE(pool_.alloc_pages_to(order, &slots()[0]), nullptr);
+    const pfn_t lost = slots()[0];
+    slots()[0] = 0;
+    pool_.persist(&slots()[0], sizeof(pfn_t));
+    reopen();
+    EXPECT_EQ(pool_.check(), "");  // loads every region: the record is dropped now
+    EXPECT_EQ(pool_.stats().orphaned_owners, 1u);
+    std::vector<pfn_t*> list{&slots()[0]};
+    ASSERT_EQ(pool_.check_slots(list).unreferenced.size(), 1u);
+    slots()[0] = lost;  // the tool restores the slot ...
+    pool_.persist(&slots()[0], sizeof(pfn_t));
+    ASSERT_EQ(pool_.check_slots(list).misowned.size(), 1u) << "named but not owned yet";
+    ASSERT_EQ(pool_.adopt_pages(&slots()[0]), 0);  // ... and adopts the page
+    expect_consistent(1);
+    reopen();
+    EXPECT_EQ(pool_.stats().orphaned_owners, 0u);
+    expect_consistent(1);
+    EXPECT_EQ(pool_.stats().orphaned_owners, 0u) << "nothing dropped when the regions loaded";
+    ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+    EXPECT_EQ(free_pages(), total_pages_);
+  }
+}
+
+TEST_F(OwnershipPersistent, AdoptPagesOnAReadOnlyPoolIsRefused) {
+  page* p = pool_.alloc_pages(0);
+  ASSERT_NE(p, nullptr);
+  slots()[0] = pmpage::page_to_pfn(p);
+  pool_.persist(&slots()[0], sizeof(pfn_t));
+  pool_.close();
+  pmpage::pool::open_options ro;
+  ro.read_only = true;
+  pool_ = pmpage::pool::open(path_, ro);
+  expect_reported([&] { EXPECT_EQ(pool_.adopt_pages(&slots()[0]), -EROFS); }, "adopt on a read-only pool", "read-only");
+  std::vector<pfn_t*> list{&slots()[0]};
+  EXPECT_EQ(pool_.check_slots(list).misowned.size(), 1u);
+}
+
+TEST_P(Ownership, ConcurrentAdoptionsOfOnePageLeaveOneOwner) {
+  // Several slots name one unowned page and adopt it at once: exactly one becomes its owner, every
+  // other call is refused (misuse: owned, or claimed by the winner) or -EBUSY, and nothing leaks.
+  constexpr int kThreads = 4, kRounds = 100;
+  for (int round = 0; round < kRounds; ++round) {
+    const unsigned order = round % 2 ? 9 : 0;
+    page* p = pool_.alloc_pages(order);
+    ASSERT_NE(p, nullptr);
+    for (int t = 0; t < kThreads; ++t) slots()[t] = pmpage::page_to_pfn(p);
+    pool_.persist(slots(), kThreads * sizeof(pfn_t));
+    std::barrier sync(kThreads);
+    std::atomic<int> won{-1}, refused{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kThreads; ++t)
+      ts.emplace_back([&, t] {
+        sync.arrive_and_wait();
+        const int rc = pool_.adopt_pages(&slots()[t]);
+        if (rc == 0) {
+          int none = -1;
+          EXPECT_TRUE(won.compare_exchange_strong(none, t)) << "two owners";
+        } else {
+          EXPECT_TRUE(rc == -EINVAL || rc == -EBUSY) << rc;
+          refused.fetch_add(1);
+        }
+      });
+    for (auto& t : ts) t.join();
+    ASSERT_GE(won.load(), 0) << "round " << round << ": nobody adopted the page";
+    EXPECT_EQ(refused.load(), kThreads - 1);
+    for (int t = 0; t < kThreads; ++t)
+      if (t != won.load()) slots()[t] = 0;  // the losers' copies
+    expect_consistent(kThreads);
+    ASSERT_EQ(pool_.free_pages_from(&slots()[won.load()]), 0);
+  }
+  EXPECT_EQ(free_pages(), total_pages_);
+  expect_consistent(kThreads);
+}
+
+TEST_P(Ownership, ConcurrentFreeThroughASlotBeingAdoptedSeesItUnownedOrOwned) {
+  // free_pages_from on the slot while it is being adopted: before the adoption it is misuse (the
+  // slot does not own the page) and changes nothing; once adopt_pages has returned it frees the
+  // page. Never a slot naming a freed page with an owner record, never a leak.
+  constexpr int kRounds = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    const unsigned order = round % 2 ? 9 : 0;
+    page* p = pool_.alloc_pages(order);
+    ASSERT_NE(p, nullptr);
+    slots()[0] = pmpage::page_to_pfn(p);
+    pool_.persist(&slots()[0], sizeof(pfn_t));
+    std::barrier sync(2);
+    std::atomic<bool> adopted{false};
+    std::thread adopter([&] {
+      sync.arrive_and_wait();
+      EXPECT_EQ(pool_.adopt_pages(&slots()[0]), 0);
+      adopted.store(true, std::memory_order_release);
+    });
+    std::thread freer([&] {
+      sync.arrive_and_wait();
+      for (;;) {
+        const bool after = adopted.load(std::memory_order_acquire);
+        const int rc = pool_.free_pages_from(&slots()[0]);
+        if (rc == 0) break;
+        ASSERT_FALSE(after) << "a free after the adoption returned failed: " << rc;
+        ASSERT_TRUE(rc == -EINVAL || rc == -EBUSY) << rc;
+        std::this_thread::yield();
+      }
+    });
+    adopter.join();
+    freer.join();
+    ASSERT_EQ(slots()[0], 0u) << "round " << round;
+    ASSERT_EQ(free_pages(), total_pages_) << "round " << round;
+  }
+  expect_consistent(1);
+}
+
+TEST_P(Ownership, ConcurrentPutOfTheReferenceBeingAdoptedNeverFreesAnOwnedPage) {
+  // The allocation's reference dropped while it is being adopted (the caller's race): either the
+  // put came first (the page is free, the adoption refused) or the adoption did (the put is
+  // refused, or finds the count claimed and is reported); never an owned page freed or a count
+  // that no longer adds up.
+  constexpr int kRounds = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    const unsigned order = round % 2 ? 9 : 0;
+    page* p = pool_.alloc_pages(order);
+    ASSERT_NE(p, nullptr);
+    slots()[0] = pmpage::page_to_pfn(p);
+    pool_.persist(&slots()[0], sizeof(pfn_t));
+    std::barrier sync(2);
+    int rc = 1;
+    std::thread adopter([&] {
+      sync.arrive_and_wait();
+      rc = pool_.adopt_pages(&slots()[0]);
+    });
+    std::thread putter([&] {
+      sync.arrive_and_wait();
+      pmpage::put_page(p);
+    });
+    adopter.join();
+    putter.join();
+    if (rc == 0) {
+      ASSERT_EQ(pmpage::page_count(p), 1) << "round " << round;
+      expect_consistent(1);
+      ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+    } else {
+      ASSERT_EQ(rc, -EINVAL);
+      slots()[0] = 0;  // it named the page the put freed
+    }
+    ASSERT_EQ(free_pages(), total_pages_) << "round " << round;
+  }
+  expect_consistent(1);
+}
+
+TEST_P(Ownership, ConcurrentAdoptionAndSplitHugePageNeverSplitAnOwnedPage) {
+  // split_huge_page checked for an owner before it froze the page; an adoption in between would
+  // have made it split an owned page into 512 unowned pieces (or freeze an owned page). It checks
+  // again under the page lock now, and an adoption refuses a locked page: either the split wins
+  // (and the slot may adopt piece 0, or gets -EBUSY / misuse) or the adoption does (the split is
+  // -EBUSY).
+  constexpr int kRounds = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    page* p = pool_.alloc_pages(9);
+    ASSERT_NE(p, nullptr);
+    const pfn_t pfn = pmpage::page_to_pfn(p);
+    slots()[0] = pfn;
+    pool_.persist(&slots()[0], sizeof(pfn_t));
+    std::barrier sync(2);
+    int adopted = 1, split = 1;
+    std::thread a([&] {
+      sync.arrive_and_wait();
+      adopted = pool_.adopt_pages(&slots()[0]);
+    });
+    std::thread b([&] {
+      sync.arrive_and_wait();
+      split = pmpage::split_huge_page(p);
+    });
+    a.join();
+    b.join();
+    EXPECT_EQ(pool_.check(), "") << "round " << round;
+    std::vector<pfn_t*> list{&slots()[0]};
+    const auto r = pool_.check_slots(list);
+    if (adopted == 0) {
+      EXPECT_TRUE(r.misowned.empty() && r.dangling.empty()) << r.describe();
+    }
+    if (split == 0) {  // the adoption came after (piece 0) or failed while the page was frozen
+      EXPECT_TRUE(adopted == 0 || adopted == -EINVAL || adopted == -EBUSY) << adopted;
+      for (pfn_t i = adopted == 0 ? 1 : 0; i < HPAGE_PMD_NR; ++i) pmpage::put_page(pmpage::pfn_to_page(pfn + i));
+      if (adopted == 0) {
+        ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+      }
+    } else {
+      ASSERT_EQ(split, -EBUSY);
+      if (adopted == 0) {
+        ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+      } else {  // each found the other's claim: nothing changed
+        ASSERT_EQ(adopted, -EBUSY);
+        pmpage::free_pages(p, 9);
+      }
+    }
+    slots()[0] = 0;
+    ASSERT_EQ(free_pages(), total_pages_) << "round " << round;
+  }
+  EXPECT_EQ(pool_.check(), "");
+}
+
+class OwnershipFences : public Kinds<CountingPoolTest> {};
+
+TEST_P(OwnershipFences, AdoptPagesCostsOneFenceForASmallPageAndTwoForALargeOne) {
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);  // the small pages land in a published split region
+  pfn_t* s = root_slots(pool_);
+  for (unsigned order : {0u, 3u, 8u, 9u, 10u}) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    page* p = pool_.alloc_pages(order);
+    ASSERT_NE(p, nullptr);
+    s[0] = pmpage::page_to_pfn(p);
+    pool_.persist(&s[0], sizeof(pfn_t));
+    EXPECT_EQ(fences_of([&] { ASSERT_EQ(pool_.adopt_pages(&s[0]), 0); }), per_kind(order < 9 ? 1 : 2));
+    ASSERT_EQ(pool_.free_pages_from(&s[0]), 0);
+  }
+}
+
 // ---- check() and check_slots -------------------------------------------------------------------
 
 TEST_P(Ownership, CheckSeesASlotOverwrittenByHand) {
@@ -660,5 +968,6 @@ TEST_P(Ownership, GfpZeroHandsOutZeroedPages) {
 
 INSTANTIATE_TEST_SUITE_P(, Ownership, kKinds, kind_name);
 INSTANTIATE_TEST_SUITE_P(, OwnershipBigRoot, kKinds, kind_name);
+INSTANTIATE_TEST_SUITE_P(, OwnershipFences, kKinds, kind_name);
 
 }  // namespace

@@ -232,6 +232,13 @@ PMPAGE_API size_t pmpage_alloc_pages_bulk_to_gfp(pmpage_pool* pool, unsigned ord
 PMPAGE_API int pmpage_free_pages_bulk_from(pmpage_pool* pool, pmpage_pfn_t* const* slots, size_t n);
 /** Moves the ownership of src's page to the empty slot dest: 0 or -EINVAL. */
 PMPAGE_API int pmpage_move_pages_owner(pmpage_pool* pool, pmpage_pfn_t* src, pmpage_pfn_t* dest);
+/** pool::adopt_pages: makes slot the owner of the unowned allocation it names (a repair tool's
+ *  call: a page from pmpage_alloc_pages, or one whose owner record open dropped). The slot's value
+ *  must be durable already; the page's count-1 reference becomes the slot's. 1 fence (order >= 9:
+ *  2); crash-atomic. 0; -EBUSY (other references, or the page is locked; errno EBUSY); -EINVAL (misuse, reported: slot
+ *  outside the pool or in a free page, empty, naming a free page, a tail or an owned page);
+ *  -EROFS (read-only pool). */
+PMPAGE_API int pmpage_adopt_pages(pmpage_pool* pool, pmpage_pfn_t* slot);
 
 /** The kernel's __free_pages: drops the caller's reference to the compound page of order. */
 PMPAGE_API void pmpage_free_pages(struct pmpage_page* page, unsigned order);

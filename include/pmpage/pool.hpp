@@ -167,8 +167,8 @@ class PMPAGE_API pool {
   /// True for a pool opened with open_options::read_only (false for a closed pool). On such a
   /// pool every call that would write the media is misuse, reported, and changes nothing:
   /// alloc_pages, alloc_pages_bulk, alloc_pages_to, alloc_pages_bulk_to (nullptr / 0),
-  /// free_pages_from, free_pages_bulk_from, move_pages_owner, split_huge_page, split_huge_page_to
-  /// (-EROFS), persist / flush / drain (nothing done), trim (0), and a put_page / free_pages that
+  /// free_pages_from, free_pages_bulk_from, move_pages_owner, adopt_pages, split_huge_page,
+  /// split_huge_page_to (-EROFS), persist / flush / drain (nothing done), trim (0), and a put_page / free_pages that
   /// would drop a page's last reference (the reference stays). Reads are all allowed: stats,
   /// for_each_allocated, check, check_slots, root(), page_address() loads, and get_page /
   /// put_page that do not free, lock_page and the page flags (DRAM only). Thread-safe.
@@ -254,6 +254,33 @@ class PMPAGE_API pool {
   /// (reported): a slot outside the pool, *dest not empty, *src empty or not the owner; -EROFS on
   /// a read-only pool (misuse, reported).
   int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
+
+  /// Makes slot *slot the owner of the allocation it names, which no slot owns: a page allocated
+  /// with alloc_pages (or split from an unowned page), or one whose owner record open dropped
+  /// because its slot no longer named it (stats().orphaned_owners; check_slots lists it as
+  /// unreferenced, or the slot as misowned). For an engine's repair tool: restore the slot (store
+  /// the pfn, persist it), then adopt. Afterwards the slot owns the page exactly as if
+  /// alloc_pages_to had put it there: only free_pages_from(slot) frees it, move_pages_owner moves
+  /// it, and put_page / free_pages of its last reference is misuse.
+  /// References: an unowned allocation holds count 1, the reference alloc_pages returned; adopting
+  /// converts that reference into the slot's (the count stays 1, and the caller must not drop it
+  /// afterwards). A page with other references (count > 1), or locked (lock_page; a split holds
+  /// the page lock), is -EBUSY, nothing changed.
+  /// Durability: *slot must already be durable (it is flushed again, which costs nothing if it
+  /// is). When the call returns the ownership is durable; a crash during it leaves the page owned
+  /// by the slot or allocated and owned by nobody, never free (docs/format.md). Fences: 1 for
+  /// order < 9 (one owner-table word), 2 for order >= 9 (the owner entry, then the region word's
+  /// owned bit); none in a volatile pool.
+  /// Returns 0; -EBUSY (other references, or locked: nothing changed); -EINVAL on misuse (reported; nothing
+  /// changed): slot not an 8-byte aligned word of the root or data area, or in a free page; slot
+  /// empty; *slot not a page of this pool, a tail, a free page; the page already owned (by this or
+  /// another slot); -EROFS on a read-only pool (misuse, reported).
+  /// Thread-safe. The page is claimed while its owner changes (its count held at 0, as
+  /// free_pages_from holds it): no other thread may take or drop references to it meanwhile
+  /// (get_page / put_page then see a free page and are reported), and slot calls on it either see
+  /// it unowned or wait until it is owned. Counterpart: fsck's reconnection of an orphaned inode
+  /// to lost+found; the kernel's allocator and PMDK record no owner, so they have none.
+  int adopt_pages(pfn_t* slot) noexcept;
 
   /// What check_slots found: an fsck of the engine's own persistent references.
   struct slot_check {

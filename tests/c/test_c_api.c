@@ -905,6 +905,74 @@ static void test_every_failure_sets_its_own_message(void) {
   unlink(scratch("own-message"));
 }
 
+/* pmpage_adopt_pages: a repair tool makes a slot the owner of an unowned allocation it names. Every
+ * failure sets errno and its own message; -EROFS on a read-only pool. */
+static void test_adopt_pages(void) {
+  pmpage_pool* p = make_pool("adopt", 16u << 20, 4096);
+  pmpage_pfn_t* root;
+  pmpage_pfn_t* list[2];
+  struct pmpage_page *plain, *owned;
+  unsigned order;
+  if (!p) return;
+  root = (pmpage_pfn_t*)pmpage_pool_root(p, NULL);
+  list[0] = &root[0];
+  list[1] = &root[1];
+  for (order = 0; order <= 9; order += 9) {
+    plain = pmpage_alloc_pages(p, order);
+    CHECK(plain != NULL);
+    if (!plain) return;
+    root[0] = pmpage_page_to_pfn(plain);
+    pmpage_pool_persist(p, &root[0], sizeof root[0]);
+    plant_stale_message();
+    CHECK_EQ_U(pmpage_pool_check_slots(p, list, 1), -EUCLEAN); /* named, owned by nobody */
+    /* Another reference: -EBUSY, nothing changed. */
+    pmpage_get_page(plain);
+    plant_stale_message();
+    CHECK_EQ_U(pmpage_adopt_pages(p, &root[0]), -EBUSY);
+    EXPECT_OWN_FAILURE(EBUSY, "pmpage_adopt_pages");
+    pmpage_put_page(plain);
+    CHECK_EQ_U(pmpage_adopt_pages(p, &root[0]), 0);
+    CHECK_EQ_U(pmpage_page_count(plain), 1); /* the allocation's reference is the slot's */
+    CHECK_EQ_U(pmpage_pool_check_slots(p, list, 1), 0);
+    plant_stale_message();
+    EXPECT_MISUSE(CHECK_EQ_U(pmpage_adopt_pages(p, &root[0]), -EINVAL), "already");
+    EXPECT_OWN_FAILURE(EINVAL, "adopt_pages");
+    CHECK_EQ_U(pmpage_free_pages_from(p, &root[0]), 0);
+  }
+  /* Misuse: an empty slot, a slot outside the pool, a NULL pool, a page another slot owns. */
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_adopt_pages(p, &root[0]), -EINVAL), "empty");
+  EXPECT_OWN_FAILURE(EINVAL, "adopt_pages");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_adopt_pages(p, (pmpage_pfn_t*)list), -EINVAL), "root or data area");
+  EXPECT_OWN_FAILURE(EINVAL, "adopt_pages");
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_adopt_pages(NULL, &root[0]), -EINVAL), "pool is NULL");
+  EXPECT_OWN_FAILURE(EINVAL, "pmpage_adopt_pages: pool is NULL");
+  owned = pmpage_alloc_pages_to(p, 0, &root[1]);
+  CHECK(owned != NULL);
+  root[0] = root[1];
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_adopt_pages(p, &root[0]), -EINVAL), "owned by the slot at");
+  EXPECT_OWN_FAILURE(EINVAL, "adopt_pages");
+  root[0] = 0;
+  /* A read-only pool: -EROFS (misuse), the slot stays unowned. */
+  plain = pmpage_alloc_pages(p, 0);
+  CHECK(plain != NULL);
+  root[0] = pmpage_page_to_pfn(plain);
+  pmpage_pool_persist(p, &root[0], sizeof root[0]);
+  pmpage_pool_close(p);
+  p = pmpage_pool_open_read_only(scratch("adopt"));
+  CHECK(p != NULL);
+  if (!p) return;
+  root = (pmpage_pfn_t*)pmpage_pool_root(p, NULL);
+  plant_stale_message();
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_adopt_pages(p, &root[0]), -EROFS), "read-only");
+  EXPECT_OWN_FAILURE(EROFS, "read-only");
+  pmpage_pool_close(p);
+  unlink(scratch("adopt"));
+}
+
 /* errormsg is per thread. */
 static void* errormsg_thread(void* arg) {
   (void)arg;
@@ -1014,6 +1082,7 @@ int main(int argc, char** argv) {
   test_page_api();
   test_misuse();
   test_every_failure_sets_its_own_message();
+  test_adopt_pages();
   test_cxx_agrees();
   test_volatile();
   test_default_handler_aborts();

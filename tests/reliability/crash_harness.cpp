@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -22,6 +23,8 @@ namespace {
 // The allocator's stores all land below the data area, which starts at 2 MiB for pools of up to
 // a few GiB; the root slots are in there too.
 constexpr std::size_t TRACKED = 2u << 20;
+// scenario::every_subset enumerates all 2^n - 2 mixed subsets only up to this many words.
+constexpr std::size_t MAX_EVERY_SUBSET_WORDS = 10;
 
 struct image {
   std::string label;
@@ -44,10 +47,28 @@ void write_image(const std::string& path, std::uint64_t size, const std::vector<
 }
 
 void capture_all(sim_pmem& sim, std::vector<image>& out, const std::string& where, std::uint64_t k, bool before,
-                 unsigned seeds) {
+                 unsigned seeds, bool every_subset = false) {
   const std::string label = where + " fence " + std::to_string(k) + (before ? " (before)" : " (after)");
   out.push_back({label + ", nothing unfenced kept", sim.crash_image(0, 0.0)});
   out.push_back({label + ", everything written kept", sim.crash_image(0, 1.0)});
+  if (every_subset) {
+    // Every mix of the words written since the last fence (each old or new), when they are few.
+    const std::vector<char> none = out[out.size() - 2].bytes, all = out.back().bytes;
+    std::vector<std::size_t> words;
+    for (std::size_t w = 0; w + 8 <= none.size() && w + 8 <= all.size(); w += 8)
+      if (std::memcmp(none.data() + w, all.data() + w, 8) != 0) words.push_back(w);
+    if (words.size() <= MAX_EVERY_SUBSET_WORDS)
+      for (std::uint64_t mask = 1; mask + 1 < (std::uint64_t{1} << words.size()); ++mask) {
+        std::vector<char> img = none;
+        std::string kept;
+        for (std::size_t i = 0; i < words.size(); ++i)
+          if (mask >> i & 1) {
+            std::memcpy(img.data() + words[i], all.data() + words[i], 8);
+            kept += (kept.empty() ? "" : ",") + std::to_string(words[i]);
+          }
+        out.push_back({label + ", words at offsets " + kept + " kept of " + std::to_string(words.size()), std::move(img)});
+      }
+  }
   for (unsigned s = 1; s <= seeds; ++s) {
     const std::uint64_t seed = k * 1000003 + s * 7919 + (before ? 1 : 0);
     out.push_back({label + ", random subset seed " + std::to_string(seed), sim.crash_image(seed, 0.5)});
@@ -60,7 +81,7 @@ std::string describe(const pool_state& s) {
   for (auto& [pfn, order] : s.allocations) o << std::hex << pfn << std::dec << ":" << order << " ";
   o << "| slots";
   for (unsigned i = 0; i < s.slots.size(); ++i)
-    if (s.slots[i]) o << " [" << i << "]=" << std::hex << s.slots[i] << std::dec;
+    if (s.slots[i]) o << " [" << i << "]=" << std::hex << s.slots[i] << std::dec << (!s.owns.empty() && s.owns[i] ? " (owner)" : "");
   o << "}";
   return o.str();
 }
@@ -84,7 +105,7 @@ std::string recover_and_check(const std::string& path, const scenario& sc, const
         if (!p.recovery && !(sc.setup_damage && sc.setup_damage(p.rule, p.what)))
           return "fsck calls a crash image damaged: [" + p.rule + "] " + p.what;
     pool q = pool::open(path);
-    const pool_state got = read_state(q);
+    const pool_state got = read_state(q, sc.owners);
     if (std::string why = check_recovered(q, got, sc.slot_owned); !why.empty()) return why;
     if (must_be_post) {
       if (got != post) return "operation returned but its effects are not durable: got " + describe(got) + ", want " + describe(post);
@@ -116,11 +137,20 @@ std::string recover_and_check(const std::string& path, const scenario& sc, const
 
 }  // namespace
 
-pool_state read_state(const pool& p) {
+pool_state read_state(const pool& p, bool with_owners) {
   pool_state s;
   p.for_each_allocated([&](page* head, unsigned order) { s.allocations[page_to_pfn(head)] = order; });
-  const auto* slots = static_cast<const pfn_t*>(p.root());
+  auto* slots = static_cast<pfn_t*>(p.root());
   s.slots.assign(slots, slots + NR_SLOTS);
+  if (with_owners) {
+    std::vector<pfn_t*> list;
+    for (unsigned i = 0; i < NR_SLOTS; ++i) list.push_back(&slots[i]);
+    const pool::slot_check r = p.check_slots(list);
+    s.owns.assign(NR_SLOTS, 0);
+    for (unsigned i = 0; i < NR_SLOTS; ++i) s.owns[i] = slots[i] != 0;
+    for (const auto* bad : {&r.misowned, &r.shared, &r.dangling})
+      for (const auto& e : *bad) s.owns[std::size_t(e.slot - slots)] = 0;
+  }
   return s;
 }
 
@@ -176,18 +206,18 @@ crash_points_report run_crash_points(const scenario& sc, unsigned seeds, bool cr
     pool p = pool::create(live, o);
     auto* slots = static_cast<pfn_t*>(p.root());
     if (sc.setup) sc.setup(p, slots);
-    pre = read_state(p);
+    pre = read_state(p, sc.owners);
     const std::uint64_t f0 = sim->fences();
     sim->on_fence = [&](std::uint64_t k, bool before) {
       if (sc.during_op) sc.during_op(p, slots, k - f0, before);
-      capture_all(*sim, images, "op", k - f0, before, seeds);
+      capture_all(*sim, images, "op", k - f0, before, seeds, sc.every_subset);
     };
     sc.op(p, slots);
     sim->on_fence = nullptr;
     rep.op_fences = sim->fences() - f0;
     // The operation returned: with nothing unfenced kept, its effects must all be there.
     images.push_back({"after the operation returned, nothing unfenced kept", sim->crash_image(0, 0.0)});
-    post = read_state(p);
+    post = read_state(p, sc.owners);
   }
   ::unlink(live.c_str());
 

@@ -30,11 +30,15 @@ inline constexpr unsigned NR_SLOTS = 64;  // pfn slots at the start of the root 
 struct pool_state {
   std::map<pfn_t, unsigned> allocations;  // head pfn -> order
   std::vector<pfn_t> slots;               // root slots 0..NR_SLOTS-1
+  /// With read_state(p, true): per root slot, 1 if it names a page whose recorded owner it is
+  /// (check_slots finds it neither misowned, shared nor dangling); empty otherwise.
+  std::vector<std::uint8_t> owns;
   bool operator==(const pool_state&) const = default;
 };
 
-/// Reads the allocations and slots of an open pool (loads every split region).
-pool_state read_state(const pool& p);
+/// Reads the allocations and slots of an open pool (loads every split region); with_owners also
+/// which root slots own their page (operations that change only ownership: adopt_pages).
+pool_state read_state(const pool& p, bool with_owners = false);
 
 /// The reusable invariant checker: "" if the recovered pool is consistent on its own, else why.
 /// `slot_owned`: allocations must all be named by a slot (scenarios that allocate only with
@@ -58,6 +62,12 @@ struct scenario {
   /// allocation is one of before or after (with slot_owned: no leak, no slot naming a free page).
   bool per_slot = false;
   bool slot_owned = false;  // every allocation lives in a slot (alloc_pages_to scenarios)
+  /// The states compared include which root slots own their page (pool_state::owns): for an
+  /// operation whose only effect is ownership (adopt_pages), before and after differ only there.
+  bool owners = false;
+  /// Besides the random subsets: every subset of the words written since the previous fence,
+  /// at every crash point where they are at most 10 (a few-word protocol, proven exhaustively).
+  bool every_subset = false;
   /// What fsck may call damage in a crash image because the scenario's setup made that mistake on
   /// purpose (an engine's broken slot, which the operation then settles): true for such a
   /// problem (its rule and text). Any other damage still fails the image.

@@ -264,6 +264,26 @@ std::vector<scenario> all_scenarios() {
     };
     v.push_back(s);
   }
+  for (unsigned order : {0u, 9u, 10u}) {
+    // adopt_pages changes only ownership: before, slot 0 names an unowned allocation; after, it
+    // owns it. Every crash subset must be one of the two (the owner entry, and for order >= 9 the
+    // region word's owned bit behind its own fence), never a free page or an owner fsck calls
+    // damage.
+    scenario s;
+    s.name = "AdoptPagesOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;  // a few words: every subset of them, not only random ones
+    s.setup = [order](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);  // a small page's region is published
+      page* q = p.alloc_pages(order);
+      ASSERT_NE(q, nullptr);
+      slots[0] = page_to_pfn(q);
+      p.persist(&slots[0], sizeof(pfn_t));  // the engine's slot is durable before the adoption
+    };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.adopt_pages(&slots[0]), 0); };
+    v.push_back(s);
+  }
   {
     scenario s;
     s.name = "AllocPagesToAfterFreePagesFromOfTheSameSlot";  // a stale intent must not be replayed
