@@ -187,6 +187,9 @@ INSTANTIATE_TEST_SUITE_P(
         // ... or in an entry whose delete the mount would finish: it would free the database's pages.
         damage{"ADeletingEntrySharingSlots",
                [](const std::string& p, std::size_t dir, pmpage::pool&) { copy_entry0(p, dir, 2); }},
+        // ... or in a spare journal (a deleted one whose pages are kept), which the mount frees too.
+        damage{"ASpareJournalSharingSlots",
+               [](const std::string& p, std::size_t dir, pmpage::pool&) { copy_entry0(p, dir, 3); }},
         // The page table slot naming a 4 KiB data page of the file (the wrong order).
         damage{"ATableSlotNamingADataPage",
                [](const std::string& p, std::size_t dir, pmpage::pool&) {
