@@ -2,7 +2,9 @@
 //
 // On the media (docs/sqlite.md has the picture):
 //   root area (8 KiB)  = directory: a header line + 63 file entries of two cache lines each
-//                        {state, size, table slot, 8 direct slots, suffix}; the suffix names the
+//                        {state, size, table slot, 8 direct slots, suffix}; state FREE, LIVE,
+//                        DELETING, or SPARE (a deleted rollback journal whose pages the next
+//                        journal of that name reuses: no file); the suffix names the
 //                        file relative to the pool's path: "" the database, "-journal", "-wal",
 //                        "-mjXXXXXXXX" (a super-journal).
 //   entry.direct[0..7] = slots owning 4 KiB pages: file bytes [0, 32 KiB) (a small journal needs
@@ -20,16 +22,26 @@
 //            a 4 KiB block of a 2 MiB page has a mask in DRAM); no flush yet. New pages come
 //            zeroed (GFP_ZERO, durable with the allocation): see write_locked for why.
 //   xSync    flushes every written line and the size word, then ONE fence (drain) — on the calling
-//            thread, so a connection that moves between threads stays correct.
+//            thread, so a connection that moves between threads stays correct; none when nothing
+//            was written since the last fence.
 //   xTruncate persists the new size first (the commit point of TRUNCATE journal mode), then
-//            frees the pages past it (bulk calls: 2 fences per 16 pages).
+//            frees the pages past it (bulk calls: 2 fences per 16 pages). A journal keeps its 4 KiB
+//            pages (up to 1 MiB) for the next transaction, its first word zeroed with the size.
 //   xDelete  persists state DELETING first (the commit point of DELETE journal mode), then frees
 //            the pages, the table and the entry. Opening the pool finishes an interrupted delete.
-//   create   writes the entry, fence, then state LIVE, fence: a torn entry is never LIVE.
+//            A rollback journal instead becomes a SPARE in one fence (state, size 0, first word
+//            0: any one of them is the commit point), keeping its pages up to 1 MiB; the next
+//            journal of its name reuses the entry and the pages without a fence or an allocation.
+//            Spares and kept pages go back when the pool closes, or at the mount after a crash.
+//   create   writes the entry, fence, then state LIVE, made durable by the file's first sync: a
+//            torn entry is never LIVE, a crash before that sync leaves no file or an empty one.
 //   close    the last close of a file is a sync (a reopen sees what was written), then frees
-//            the pages past its end.
-// A journal header cleared in place (PERSIST mode) is ordered by pm_write: SQLite assumes linear
-// sector writes, the media only 8-byte atomicity.
+//            the pages past its end (a journal keeps them, as at xTruncate).
+// A rollback journal's commit therefore costs 4 fences in DELETE and TRUNCATE mode (SQLite's two
+// journal syncs, the database sync, the delete or truncate), 5 in PERSIST mode; a WAL commit 1.
+// A journal header cleared in place (PERSIST mode), or written over an old journal's bytes in a
+// reused page, is ordered by pm_write: SQLite assumes linear sector writes, the media only 8-byte
+// atomicity.
 // When the pool is opened (the first database of it in this process), every slot of the directory
 // is validated — it names an allocation of this pool of the right order that it owns, and no two
 // slots name one page (pool::check_slots) — so a damaged pool is SQLITE_CORRUPT, never a misuse
@@ -1025,8 +1037,12 @@ int do_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   // written since the last fence may survive). That matters where a journal header is cleared
   // (PERSIST mode's commit): a surviving magic with nRec already zero would be a valid header
   // saying "roll back nothing, then truncate the database to its old size" — after the
-  // transaction had been written. So a write that clears the first word of a journal sector
-  // makes that word durable first (one fence), then writes the rest.
+  // transaction had been written. It matters as much where a reused journal page holds an old
+  // journal's bytes and SQLite writes a journal header (first word 0 until its records are
+  // synced) over them: a crash that kept the new size but not that word would show an old header
+  // there, and a rollback would go on into the old journal's records. So a write that clears the
+  // first word of a journal sector makes that word durable first (one fence: only where the
+  // page's word was not 0 — a spilling transaction's later headers), then writes the rest.
   const auto o = std::uint64_t(off);
   if (n->journal && o % 512 == 0 && amt > 8) {
     std::uint64_t w;
