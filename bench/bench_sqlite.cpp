@@ -1,21 +1,25 @@
-// bench_sqlite.cpp — pmpage_sqlite_bench: one mixed SQL workload on five configurations, in one
+// bench_sqlite.cpp — pmpage_sqlite_bench: one mixed SQL workload on seven configurations, in one
 // process, interleaved (Google Benchmark's random interleaving of repetitions):
 //   pmpage        the pmpage VFS, database + journal in a pool in /dev/shm (emulated pmem)
 //   pmpage_mmap   the same with PRAGMA mmap_size (reads through xFetch: pointers into pool pages)
+//   pmpage_wal    the pmpage VFS in WAL mode (database + WAL in the pool)
 //   unix          SQLite's unix VFS on a /dev/shm file (tmpfs: fsync is cheap, no device latency)
 //   unix_mmap     the same with mmap
+//   unix_wal      the unix VFS in WAL mode
 //   memory        SQLite's in-memory database (no VFS, no durability at all)
-// Every configuration runs the same phases with journal_mode=DELETE, synchronous=FULL (SQLite's
-// defaults; the in-memory database keeps its journal in memory). One benchmark iteration is the
-// whole workload; each phase's time is a counter (ms), the manual time is the total. For the pmpage
-// VFS the fences of the autocommit phase are counted (a counting persistence backend) and reported
-// per commit. scripts/bench_summary.py prints the table (docs/sqlite.md explains it).
+// Every configuration runs the same phases with synchronous=FULL, journal_mode=DELETE (SQLite's
+// defaults) or WAL (the _wal ones); the in-memory database keeps its journal in memory in both.
+// One benchmark iteration is the whole workload; each phase's time is a counter (ms), the manual
+// time is the total. For the pmpage VFS the fences of the autocommit phase are counted (a counting
+// persistence backend) and reported per commit. scripts/bench_summary.py prints the table
+// (docs/sqlite.md explains it).
 //
 //   pmpage_sqlite_bench [--scratch=DIR] [--smoke] [Google Benchmark flags]
 #include <benchmark/benchmark.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -53,6 +57,7 @@ struct config {
   const char* name;
   const char* vfs;  // nullptr: in-memory database
   bool mmap;
+  const char* journal_mode = "DELETE";
 };
 
 std::string path_of(const config& c) { return g_scratch + "/pmpage-sqlite-bench-" + c.name + "-" + std::to_string(::getpid()); }
@@ -96,7 +101,10 @@ std::vector<double> run_workload(const config& cfg, std::uint64_t* fences) {
   std::vector<double> t(NR_PHASES);
   {
     connection c(uri);
-    c.exec("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;");
+    std::string mode = c.exec(std::string("PRAGMA journal_mode=") + cfg.journal_mode + "; PRAGMA synchronous=FULL;");
+    for (char& ch : mode) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+    if (cfg.vfs && mode != std::string(cfg.journal_mode) + "\n")  // (a refused mode would measure another)
+      throw std::runtime_error("journal_mode=" + std::string(cfg.journal_mode) + " gave " + mode);
     if (cfg.mmap) c.exec("PRAGMA mmap_size=1073741824;");
     c.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, k INTEGER, name TEXT, qty INTEGER);"
            "CREATE INDEX items_k ON items(k);");
@@ -199,8 +207,10 @@ int main(int argc, char** argv) {
   }
   static const config configs[] = {{"pmpage", "pmpage-bench", false},
                                    {"pmpage_mmap", "pmpage-bench", true},
+                                   {"pmpage_wal", "pmpage-bench", false, "WAL"},
                                    {"unix", "unix", false},
                                    {"unix_mmap", "unix", true},
+                                   {"unix_wal", "unix", false, "WAL"},
                                    {"memory", nullptr, false}};
   for (const config& c : configs)
     benchmark::RegisterBenchmark((std::string("sqlite/") + c.name).c_str(), BM_sqlite, c)

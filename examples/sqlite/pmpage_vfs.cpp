@@ -2,7 +2,9 @@
 //
 // On the media (docs/sqlite.md has the picture):
 //   root area (8 KiB)  = directory: a header line + 63 file entries of two cache lines each
-//                        {state, size, table slot, 8 direct slots, suffix}; the suffix names the
+//                        {state, size, table slot, 8 direct slots, suffix}; state FREE, LIVE,
+//                        DELETING, or SPARE (a deleted rollback journal whose pages the next
+//                        journal of that name reuses: no file); the suffix names the
 //                        file relative to the pool's path: "" the database, "-journal", "-wal",
 //                        "-mjXXXXXXXX" (a super-journal).
 //   entry.direct[0..7] = slots owning 4 KiB pages: file bytes [0, 32 KiB) (a small journal needs
@@ -20,16 +22,26 @@
 //            a 4 KiB block of a 2 MiB page has a mask in DRAM); no flush yet. New pages come
 //            zeroed (GFP_ZERO, durable with the allocation): see write_locked for why.
 //   xSync    flushes every written line and the size word, then ONE fence (drain) — on the calling
-//            thread, so a connection that moves between threads stays correct.
+//            thread, so a connection that moves between threads stays correct; none when nothing
+//            was written since the last fence.
 //   xTruncate persists the new size first (the commit point of TRUNCATE journal mode), then
-//            frees the pages past it (bulk calls: 2 fences per 16 pages).
+//            frees the pages past it (bulk calls: 2 fences per 16 pages). A journal keeps its 4 KiB
+//            pages (up to 1 MiB) for the next transaction, its first word zeroed with the size.
 //   xDelete  persists state DELETING first (the commit point of DELETE journal mode), then frees
 //            the pages, the table and the entry. Opening the pool finishes an interrupted delete.
-//   create   writes the entry, fence, then state LIVE, fence: a torn entry is never LIVE.
+//            A rollback journal instead becomes a SPARE in one fence (state, size 0, first word
+//            0: any one of them is the commit point), keeping its pages up to 1 MiB; the next
+//            journal of its name reuses the entry and the pages without a fence or an allocation.
+//            Spares and kept pages go back when the pool closes, or at the mount after a crash.
+//   create   writes the entry, fence, then state LIVE, made durable by the file's first sync: a
+//            torn entry is never LIVE, a crash before that sync leaves no file or an empty one.
 //   close    the last close of a file is a sync (a reopen sees what was written), then frees
-//            the pages past its end.
-// A journal header cleared in place (PERSIST mode) is ordered by pm_write: SQLite assumes linear
-// sector writes, the media only 8-byte atomicity.
+//            the pages past its end (a journal keeps them, as at xTruncate).
+// A rollback journal's commit therefore costs 4 fences in DELETE and TRUNCATE mode (SQLite's two
+// journal syncs, the database sync, the delete or truncate), 5 in PERSIST mode; a WAL commit 1.
+// A journal header cleared in place (PERSIST mode), or written over an old journal's bytes in a
+// reused page, is ordered by pm_write: SQLite assumes linear sector writes, the media only 8-byte
+// atomicity.
 // When the pool is opened (the first database of it in this process), every slot of the directory
 // is validated — it names an allocation of this pool of the right order that it owns, and no two
 // slots name one page (pool::check_slots) — so a damaged pool is SQLITE_CORRUPT, never a misuse
@@ -84,7 +96,9 @@ namespace {
 // ---- on-media layout -------------------------------------------------------------------------
 
 constexpr std::uint64_t DIR_MAGIC = 0x3153464c51536d70ull;  // "pmSQLFS1"
-constexpr std::uint64_t DIR_VERSION = 1;
+// Version 2 added state F_SPARE; a version-1 directory is upgraded at a read-write mount (it
+// holds no spare), and version-1 code refuses a version-2 pool instead of misreading a spare.
+constexpr std::uint64_t DIR_VERSION = 2;
 constexpr unsigned NR_FILES = 63;
 constexpr std::size_t SUFFIX_MAX = 32;  // bytes, with the NUL
 
@@ -102,8 +116,17 @@ constexpr unsigned BLOCKS_PER_HUGE = HUGE_BYTES / PAGE_SIZE;
 // use costs more than fences), up to LARGE_BATCH beyond them (a growing database).
 constexpr unsigned SMALL_BATCH = 4;
 constexpr unsigned LARGE_BATCH = 16;
+// A rollback journal keeps the 4 KiB pages of its first KEEP_CHUNKS chunks (up to 1 MiB, and its
+// page table) when it is truncated, closed or deleted, for the next transaction's journal: no
+// allocation or free per commit. They go back when the pool closes (or at the mount after a crash).
+constexpr unsigned KEEP_CHUNKS = NR_SMALL;
+constexpr const char* JOURNAL_SUFFIX = "-journal";
 
-enum : std::uint64_t { F_FREE = 0, F_LIVE = 1, F_DELETING = 2 };
+// F_SPARE: a deleted rollback journal whose pages are kept for the next journal of its name. Not a
+// file (find_entry never returns it); its size is 0 and the first word of its first page is 0,
+// both durable with the state (delete_entry), so reusing it (create_entry) can never show the old
+// journal as a hot one.
+enum : std::uint64_t { F_FREE = 0, F_LIVE = 1, F_DELETING = 2, F_SPARE = 3 };
 
 struct alignas(64) dir_entry {
   std::uint64_t state;  // F_*; the 8-byte word whose store commits a create or a delete
@@ -275,6 +298,7 @@ struct node {
   int refs = 0;
   std::uint64_t size = 0;        // logical size (xFileSize)
   std::uint64_t media_size = 0;  // what entry.size says
+  bool entry_dirty = false;      // the entry's state line is not known durable yet (created, reused)
   dir_entry* e = nullptr;        // its directory entry
   pfn_t* table = nullptr;        // the page table in the mapping, once allocated
   /// The slot owning the page of chunk idx; nullptr when it lies in a table not allocated yet.
@@ -289,7 +313,7 @@ struct node {
   std::set<unsigned> stale;  // chunks past `size` still holding a page a reader pinned (freed later)
   int fetch_out = 0;         // xFetch references not yet xUnfetch'ed
   bool delete_on_close = false;
-  bool journal = false;  // a rollback journal or super-journal (see pm_write)
+  bool journal = false;  // a rollback journal or super-journal (see pm_write); keeps its pages
   // SQLite file locks between this process's connections.
   int nshared = 0;
   pm_file* reserved = nullptr;
@@ -376,6 +400,11 @@ dir_entry* find_entry(pool_ctx* c, const std::string& suffix) {
     if (e.state == F_LIVE && suffix == e.suffix) return &e;
   return nullptr;
 }
+dir_entry* find_spare(pool_ctx* c, const std::string& suffix) {
+  for (auto& e : c->dir->files)
+    if (e.state == F_SPARE && suffix == e.suffix) return &e;
+  return nullptr;
+}
 
 /// Frees the pages of a file's chunks [from, NR_SLOTS) (direct slots, then the table's), in bulk
 /// calls (2 fences per 16 pages). Chunks whose page a reader still pins (-EBUSY) are left and
@@ -422,7 +451,7 @@ pfn_t* table_of(const pool_ctx* c, const dir_entry& e) {
   return e.table ? reinterpret_cast<pfn_t*>(page_bytes(c, e.table, TABLE_ORDER)) : nullptr;
 }
 
-/// Finishes a delete whose DELETING state is durable: pages, table, entry. The entry's last
+/// Finishes a delete whose DELETING (or SPARE) state is durable: pages, table, entry. The entry's last
 /// store needs no ordering of its own: a FREE entry's other words are never read (create rewrites
 /// them all), so state FREE and the cleared words share one fence.
 /// Returns false, with the entry left DELETING, if the pool refused a free (damaged media).
@@ -516,7 +545,7 @@ int validate_directory(pool_ctx* c) {
   std::set<std::string> names;
   for (auto& e : c->dir->files) {
     if (e.state == F_FREE) continue;
-    if (e.state != F_LIVE && e.state != F_DELETING)
+    if (e.state != F_LIVE && e.state != F_DELETING && e.state != F_SPARE)
       return fail(SQLITE_CORRUPT, "%s: directory entry %td has state %llu", c->path.c_str(), &e - c->dir->files,
                   (unsigned long long)e.state);
     if (int rc = validate_entry(c, e, slots, owner); rc != SQLITE_OK) return rc;
@@ -562,15 +591,21 @@ int mount(pool_ctx* c) {
     c->pool.drain();
     d->hdr.magic = DIR_MAGIC;
     c->pool.persist(&d->hdr, sizeof d->hdr);
-  } else if (d->hdr.version != DIR_VERSION || d->hdr.nr_files != NR_FILES) {
+  } else if ((d->hdr.version != DIR_VERSION && d->hdr.version != 1) || d->hdr.nr_files != NR_FILES) {
     return fail(SQLITE_CANTOPEN, "%s: directory version %llu with %llu files is not supported", c->path.c_str(),
                 (unsigned long long)d->hdr.version, (unsigned long long)d->hdr.nr_files);
   }
   if (int rc = validate_directory(c); rc != SQLITE_OK) return rc;
   if (c->read_only) return SQLITE_OK;
+  if (d->hdr.version != DIR_VERSION) {  // version 1: the same layout, no spare journal in it
+    d->hdr.version = DIR_VERSION;
+    c->pool.persist(&d->hdr.version, sizeof d->hdr.version);
+  }
   for (auto& e : d->files) {
     bool ok = true;
-    if (e.state == F_DELETING) {
+    // A spare journal is freed: a crash in its delete's fence may have kept the state without the
+    // zeroed size and first word that make reusing it safe.
+    if (e.state == F_DELETING || e.state == F_SPARE) {
       ok = finish_delete(c, e);
     } else if (e.state == F_LIVE) {
       pfn_t* t = table_of(c, e);
@@ -726,9 +761,26 @@ pool_ctx* pool_for_companion(vfs_instance* v, const std::string& name, std::stri
   return best;
 }
 
+/// Gives back the pages journals kept for the next transaction (spare journals, pages past a
+/// journal's size): a closed pool holds only what its files hold. Called with no file open.
+void free_kept_pages(pool_ctx* c) {
+  std::lock_guard gc(c->mu);
+  for (auto& e : c->dir->files) {
+    if (e.state == F_SPARE) {
+      finish_delete(c, e);
+    } else if (e.state == F_LIVE) {
+      const unsigned from = first_slot_past(e.size);
+      pfn_t* t = table_of(c, e);
+      // (No fence when there is nothing to free.) Then a table no byte of the file needs.
+      if (free_slots(c, e, t, from, nullptr) && t && from <= NR_DIRECT) c->pool.free_pages_from(&e.table);
+    }
+  }
+}
+
 void release_pool(vfs_instance* v, pool_ctx* c) {
   // vfs->mu held.
   if (--c->refs > 0) return;
+  if (!c->read_only && c->dir && c->pid == ::getpid()) free_kept_pages(c);
   v->pools.erase(c->id);
   c->pool.close();
   delete c;
@@ -785,9 +837,10 @@ void flush_lines(pool& p, const char* base, std::uint64_t mask) {
   }
 }
 
-/// Starts writing back every written line (no fence).
-void flush_dirty(node* n) {
+/// Starts writing back every written line (no fence). Returns false when there was none.
+bool flush_dirty(node* n) {
   pool& p = n->ctx->pool;
+  const bool any = !n->dirty_small.empty() || !n->dirty_blocks.empty();
   for (auto& [idx, pg] : n->dirty_small) {
     flush_lines(p, static_cast<const char*>(page_address(pg)), page_private(pg));
     set_page_private(pg, 0);
@@ -802,6 +855,19 @@ void flush_dirty(node* n) {
     n->huge_lines[b] = 0;
   }
   n->dirty_blocks.clear();
+  return any;
+}
+
+/// Starts writing back the entry's size and state words if the media may differ (no fence).
+/// Returns false when it had nothing to write.
+bool flush_entry(node* n) {
+  if (n->media_size == n->size && !n->entry_dirty) return false;
+  dir_entry& e = *n->e;
+  e.size = n->size;
+  n->ctx->pool.flush(&e, 2 * sizeof(std::uint64_t));  // state and size: one line
+  n->media_size = n->size;
+  n->entry_dirty = false;
+  return true;
 }
 
 /// Drops the dirty marks of chunks [from, ...) before their pages are freed.
@@ -869,6 +935,25 @@ void unstale_below(node* n, std::uint64_t new_size) {
   }
 }
 
+/// Zeroes the bytes [from, to) past a journal's size that its kept pages hold (old bytes of an
+/// earlier transaction's journal), before the file grows over them without writing them: a hole
+/// reads as zeros. (Other files' pages past the size are zero already: GFP_ZERO, zero_tail.)
+/// SQLite writes journals sequentially, so this is for completeness, not a path it takes.
+void zero_gap(node* n, std::uint64_t from, std::uint64_t to) {
+  if (!n->journal) return;
+  to = std::min(to, SMALL_BYTES);  // (kept pages: the 4 KiB area)
+  while (from < to) {
+    const chunk ck = chunk_at(from);
+    const std::uint64_t k = std::min(to, ck.base + ck.len) - from;
+    if (const pfn_t pfn = n->pfn_at(ck.idx))
+      if (char* a = page_bytes(n->ctx, pfn, ck.order)) {
+        std::memset(a + (from - ck.base), 0, k);
+        mark_dirty(n, ck, virt_to_page(a), from - ck.base, k);
+      }
+    from += k;
+  }
+}
+
 int ensure_table(node* n) {
   if (n->table) return SQLITE_OK;
   pool_ctx* c = n->ctx;
@@ -889,6 +974,7 @@ int write_locked(node* n, const void* buf, std::uint64_t amt, std::uint64_t off)
   if (end > NR_DIRECT * PAGE_SIZE)
     if (int rc = ensure_table(n); rc != SQLITE_OK) return rc;
   if (!n->stale.empty()) unstale_below(n, end);
+  if (pos > n->size) zero_gap(n, n->size, pos);
   const char* in = static_cast<const char*>(buf);
   while (pos < end) {
     const chunk ck = chunk_at(pos);
@@ -930,9 +1016,11 @@ int write_locked(node* n, const void* buf, std::uint64_t amt, std::uint64_t off)
   return SQLITE_OK;
 }
 
-/// The first word of a journal sector at `off`: what the file holds there (0 for a hole).
+/// The first word of a journal sector at `off`: what its page holds there, also past the size (a
+/// kept page's old bytes: an old journal header there must not survive a crash under the new
+/// header); 0 where there is no page (new pages are zeroed durably with their allocation).
 std::uint64_t first_word(node* n, std::uint64_t off) {
-  if (off + 8 > n->size) return 0;
+  if (off + 8 > MAX_FILE) return 0;
   const chunk ck = chunk_at(off);
   const pfn_t pfn = n->pfn_at(ck.idx);
   std::uint64_t w = 0;
@@ -949,8 +1037,12 @@ int do_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   // written since the last fence may survive). That matters where a journal header is cleared
   // (PERSIST mode's commit): a surviving magic with nRec already zero would be a valid header
   // saying "roll back nothing, then truncate the database to its old size" — after the
-  // transaction had been written. So a write that clears the first word of a journal sector
-  // makes that word durable first (one fence), then writes the rest.
+  // transaction had been written. It matters as much where a reused journal page holds an old
+  // journal's bytes and SQLite writes a journal header (first word 0 until its records are
+  // synced) over them: a crash that kept the new size but not that word would show an old header
+  // there, and a rollback would go on into the old journal's records. So a write that clears the
+  // first word of a journal sector makes that word durable first (one fence: only where the
+  // page's word was not 0 — a spilling transaction's later headers), then writes the rest.
   const auto o = std::uint64_t(off);
   if (n->journal && o % 512 == 0 && amt > 8) {
     std::uint64_t w;
@@ -967,12 +1059,14 @@ int do_write(sqlite3_file* f, const void* buf, int amt, sqlite3_int64 off) {
   return write_locked(n, buf, std::uint64_t(amt), o);
 }
 
-/// Frees the pages wholly past n->size (readers' pins stay: those slots go to n->stale).
+/// Frees the pages wholly past n->size (readers' pins stay: those slots go to n->stale). A
+/// journal keeps its first KEEP_CHUNKS chunks' pages for the next transaction (their old bytes
+/// past the size are never read: do_read stops at the size, a write past it zeroes the gap).
 void free_past_size(node* n) {
   const unsigned from = first_slot_past(n->size);
   forget_dirty_from(n, from);
   std::set<unsigned> busy;
-  free_slots(n->ctx, *n->e, n->table, from, &busy);
+  free_slots(n->ctx, *n->e, n->table, n->journal ? std::max(from, KEEP_CHUNKS) : from, &busy);
   n->stale = std::move(busy);
 }
 
@@ -986,16 +1080,26 @@ int do_truncate(sqlite3_file* f, sqlite3_int64 size) {
   dir_entry& e = c->dir->files[n->index];
   if (want >= n->size) {
     unstale_below(n, want);  // the new bytes are holes: zeros, never a kept page's old bytes
+    zero_gap(n, n->size, want);
     n->size = want;
   } else {
     flush_dirty(n);  // the bytes that stay are written back with the size's fence
     n->size = want;
+    // A journal emptied (TRUNCATE mode's commit) keeps its pages: its first word goes to 0 in the
+    // same fence as the size, so that either store alone makes it "not hot", and the next header,
+    // written over a zero word, needs no fence of its own (do_write).
+    if (want == 0 && n->journal && e.direct[0])
+      if (char* a = page_bytes(c, e.direct[0], 0)) {
+        std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(a)).store(0, std::memory_order_relaxed);
+        c->pool.flush(a, 8);
+      }
   }
   // The commit point: the new size is durable before any page goes.
   e.size = n->size;
-  c->pool.flush(&e.size, sizeof e.size);
+  c->pool.flush(&e, 2 * sizeof(std::uint64_t));
   c->pool.drain();
   n->media_size = n->size;
+  n->entry_dirty = false;
   zero_tail(c, *n->e, n->table, n->size);
   free_past_size(n);
   return SQLITE_OK;
@@ -1006,14 +1110,11 @@ int do_sync(sqlite3_file* f, int) {
   pool_ctx* c = n->ctx;
   if (c->read_only || !n->e) return SQLITE_OK;  // nothing was written
   std::lock_guard g(n->mu);
-  flush_dirty(n);
-  dir_entry& e = c->dir->files[n->index];
-  if (n->media_size != n->size) {
-    e.size = n->size;
-    c->pool.flush(&e.size, sizeof e.size);
-    n->media_size = n->size;
-  }
-  c->pool.drain();  // the one fence of a commit's sync
+  // The one fence of a commit's sync, and none when nothing was written since the last one (every
+  // store of the VFS to a file is on its dirty lists or in its entry until a fence covers it:
+  // TRUNCATE mode's sync after the truncate, a journal's close).
+  const bool data = flush_dirty(n);
+  if (flush_entry(n) || data) c->pool.drain();
   if (!n->stale.empty() && n->fetch_out == 0) free_past_size(n);
   return SQLITE_OK;
 }
@@ -1306,6 +1407,23 @@ int delete_entry(pool_ctx* c, const std::string& suffix) {
     it->second->delete_on_close = true;
     return SQLITE_OK;
   }
+  if (suffix == JOURNAL_SUFFIX && !find_spare(c, suffix)) {
+    // A rollback journal becomes the spare the next one reuses, pages and all: state SPARE, size 0
+    // and its first word 0 in one fence — the commit point of DELETE journal mode, reached by any
+    // one of the three stores (no file; an empty file; a journal whose first byte is 0, which
+    // SQLite never calls hot). Pages past KEEP_CHUNKS go after it.
+    if (e->direct[0])
+      if (char* a = page_bytes(c, e->direct[0], 0)) {
+        std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(a)).store(0, std::memory_order_relaxed);
+        c->pool.flush(a, 8);
+      }
+    e->size = 0;
+    e->state = F_SPARE;
+    c->pool.flush(e, 2 * sizeof(std::uint64_t));
+    c->pool.drain();
+    if (!free_slots(c, *e, table_of(c, *e), KEEP_CHUNKS, nullptr)) return SQLITE_IOERR_DELETE;
+    return SQLITE_OK;
+  }
   e->state = F_DELETING;  // the commit point of DELETE journal mode
   persist_entry(c, *e);
   if (!finish_delete(c, *e)) return SQLITE_IOERR_DELETE;  // (the trap says why)
@@ -1337,15 +1455,11 @@ int do_close(sqlite3_file* f) {
         c->nodes.erase(n->index);
         dir_entry& e = c->dir->files[n->index];
         // The last close makes what was written durable (a reopen in this process must see the
-        // file as it was left, synced or not, as on any file system), then frees pages past its
-        // end (the bulk allocation's spares).
-        flush_dirty(n);
-        if (n->media_size != n->size) {
-          e.size = n->size;
-          c->pool.flush(&e.size, sizeof e.size);
-          n->media_size = n->size;
-        }
-        c->pool.drain();
+        // file as it was left, synced or not, as on any file system) — no fence if nothing was
+        // written since the last sync — then frees pages past its end (the bulk allocation's
+        // spares; a journal keeps its 4 KiB pages for the next transaction).
+        const bool data = flush_dirty(n);
+        if (flush_entry(n) || data) c->pool.drain();
         if (n->fetch_out == 0) free_past_size(n);
         const bool del = n->delete_on_close;
         delete n;
@@ -1372,7 +1486,18 @@ int pm_close(sqlite3_file* f) {
               t.first.c_str());
 }
 
+/// Creates a file: the spare journal of that name if there is one (its pages reused, no fence),
+/// else a free entry (one fence). Either way the LIVE state is written back but not fenced: the
+/// file's first xSync or close makes it durable (node::entry_dirty); a crash before that leaves
+/// no file or an empty one, never a torn entry — a new entry is whole on the media before its
+/// state can be, and a spare's size and first word are 0 there already (delete_entry).
 int create_entry(pool_ctx* c, const std::string& suffix, dir_entry** out) {
+  if (dir_entry* e = find_spare(c, suffix)) {
+    e->state = F_LIVE;
+    c->pool.flush(e, 2 * sizeof(std::uint64_t));
+    *out = e;
+    return SQLITE_OK;
+  }
   for (auto& e : c->dir->files) {
     if (e.state != F_FREE) continue;
     std::memset(&e, 0, sizeof e);
@@ -1380,7 +1505,7 @@ int create_entry(pool_ctx* c, const std::string& suffix, dir_entry** out) {
     c->pool.flush(&e, sizeof e);
     c->pool.drain();  // the whole entry before the state that makes it live
     e.state = F_LIVE;
-    persist_entry(c, e);
+    c->pool.flush(&e, 2 * sizeof(std::uint64_t));
     *out = &e;
     return SQLITE_OK;
   }
@@ -1405,6 +1530,7 @@ int do_open(vfs_instance* v, sqlite3_filename zName, sqlite3_file* file, int fla
     std::lock_guard gc(c->mu);
     dir_entry* e = find_entry(c, suffix);
     node* n = nullptr;
+    bool created = false;
     if (e && (flags & SQLITE_OPEN_EXCLUSIVE)) {
       rc = fail(SQLITE_CANTOPEN, "%s exists", zName);
     } else if (!e && !(flags & SQLITE_OPEN_CREATE)) {
@@ -1419,6 +1545,7 @@ int do_open(vfs_instance* v, sqlite3_filename zName, sqlite3_file* file, int fla
       rc = fail(SQLITE_CANTOPEN, "%s does not exist in its pool, which is open read-only", zName);
     } else if (!e) {
       rc = create_entry(c, suffix, &e);
+      created = rc == SQLITE_OK;
     }
     if (rc == SQLITE_OK && !n) {
       const auto index = unsigned(e - c->dir->files);
@@ -1430,6 +1557,7 @@ int do_open(vfs_instance* v, sqlite3_filename zName, sqlite3_file* file, int fla
         slot->size = slot->media_size = e->size;
         slot->e = e;
         slot->table = table_of(c, *e);
+        slot->entry_dirty = created;
       }
       n = slot;
     }

@@ -187,12 +187,52 @@ INSTANTIATE_TEST_SUITE_P(
         // ... or in an entry whose delete the mount would finish: it would free the database's pages.
         damage{"ADeletingEntrySharingSlots",
                [](const std::string& p, std::size_t dir, pmpage::pool&) { copy_entry0(p, dir, 2); }},
+        // ... or in a spare journal (a deleted one whose pages are kept), which the mount frees too.
+        damage{"ASpareJournalSharingSlots",
+               [](const std::string& p, std::size_t dir, pmpage::pool&) { copy_entry0(p, dir, 3); }},
         // The page table slot naming a 4 KiB data page of the file (the wrong order).
         damage{"ATableSlotNamingADataPage",
                [](const std::string& p, std::size_t dir, pmpage::pool&) {
                  poke(p, dir, 0, W_TABLE, peek(p, dir, 0, W_DIRECT + 1));
                }}),
     [](const ::testing::TestParamInfo<damage>& i) { return std::string(i.param.name); });
+
+// ---- issue #19: directory version 2 (state SPARE) --------------------------------------------------
+
+// A pool written before the spare journal existed (directory version 1) opens and is upgraded; a
+// version this VFS does not know is refused with a message, and left as it was.
+TEST(SqliteVfs, AVersion1DirectoryIsUpgradedAndAnUnknownVersionRefused) {
+  const std::string path = scratch(name_of_test() + ".pool");
+  make_small_db(path);
+  const std::size_t dir = directory_offset(path);
+  auto version = [&] {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    const std::uint64_t v = read_word(fd, dir + 8);
+    ::close(fd);
+    return v;
+  };
+  auto set_version = [&](std::uint64_t v) {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    write_word(fd, dir + 8, v);
+    ::close(fd);
+  };
+  EXPECT_EQ(version(), 2u);
+  set_version(1);
+  {
+    connection c(uri(path));
+    EXPECT_EQ(c.exec("SELECT a FROM t; INSERT INTO t VALUES (43);"), "42\n");
+  }
+  EXPECT_EQ(version(), 2u);
+  set_version(3);
+  const std::string before = file_bytes(path);
+  sqlite3* db = nullptr;
+  const int rc = open_db(uri(path), SQLITE_OPEN_READWRITE, &db);
+  EXPECT_EQ(rc, SQLITE_CANTOPEN);
+  EXPECT_NE(std::string(pmpage_sqlite_errmsg()).find("directory version 3"), std::string::npos) << pmpage_sqlite_errmsg();
+  sqlite3_close(db);
+  EXPECT_EQ(file_bytes(path), before);
+  remove_db_files(path);
+}
 
 // ---- defect 14: bytes of an open pool changed from outside --------------------------------------
 
