@@ -680,6 +680,37 @@ int get_pool(vfs_instance* v, const char* zName, int flags, pool_ctx** out, bool
     c->pool = pool::open(path, oo);
     c->read_only = ro;
   };
+  // A read-write open validates the directory on a read-only view first. Loading a pool's
+  // regions read-write applies recovery's lazy repairs (an owner record whose slot no longer
+  // names its page is dropped, docs/api.md), so a damaged directory checked only after a
+  // read-write open would be refused with those records already gone from the file; on the
+  // private view they are not written. (The cost: a second open and check_slots of the
+  // directory, once per pool per process.)
+  if (!want_ro) {
+    pool_ctx probe;
+    probe.vfs = v;
+    probe.path = path;
+    probe.read_only = true;
+    bool opened = false;
+    try {
+      pool::open_options oo;  // no backend: nothing is written, and a test's device stays out of it
+      oo.read_only = true;
+      probe.pool = pool::open(path, oo);
+      opened = true;
+    } catch (const pmpage::error&) {
+      // Missing, empty, locked by a writer, not readable: the read-write open below says why.
+    }
+    if (opened) {
+      probe.start_pfn = probe.pool.start_pfn();
+      probe.end_pfn = probe.pool.end_pfn();
+      misuse_trap trap;
+      int rc = mount(&probe);
+      if (trap.tripped)
+        rc = fail(SQLITE_CORRUPT, "%s: the pool refused the directory's data (damaged): %s", zName, trap.first.c_str());
+      probe.pool.close();
+      if (rc != SQLITE_OK) return rc;
+    }
+  }
   try {
     open_as(want_ro);
   } catch (const pmpage::error& e) {

@@ -161,6 +161,18 @@ void copy_entry0(const std::string& path, std::size_t dir, std::uint64_t state) 
 INSTANTIATE_TEST_SUITE_P(
     Kinds, SqliteDamagedDirectory,
     ::testing::Values(
+        // A page's pfn moved to another slot of the file, its owning slot cleared: a read-write
+        // open's region loads would drop the owner record (found by review: the file changed).
+        damage{"APfnMovedToAnotherSlot",
+               [](const std::string& p, std::size_t dir, pmpage::pool&) {
+                 poke(p, dir, 0, W_DIRECT + 2, peek(p, dir, 0, W_DIRECT + 0));
+                 poke(p, dir, 0, W_DIRECT + 0, 0);
+               }},
+        // A pfn copied over another page's owning slot (that page's owner record is then void).
+        damage{"APfnCopiedOverAnOwningSlot",
+               [](const std::string& p, std::size_t dir, pmpage::pool&) {
+                 poke(p, dir, 0, W_DIRECT + 1, peek(p, dir, 0, W_DIRECT + 0));
+               }},
         // A pfn copied into a slot past the file's size: the mount frees those slots.
         damage{"PfnCopiedPastTheFilesSize",
                [](const std::string& p, std::size_t dir, pmpage::pool&) {
