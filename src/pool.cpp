@@ -553,6 +553,22 @@ int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn
   return -EINVAL;
 }
 
+page* pool_impl::head_named_by(const char* caller, const pfn_t* slot, pfn_t pfn) {
+  if (pfn < start_pfn() || pfn >= end_pfn()) {
+    report_misuse("%s: slot %p holds pfn %#llx, not a page of pool %s", caller, static_cast<const void*>(slot),
+                  (unsigned long long)pfn, path().c_str());
+    return nullptr;
+  }
+  page* p = vpage(pfn - start_pfn());
+  page* h = state_holder(p);  // reports a page it cannot resolve itself
+  if (h && compound_head(p) != p) {
+    report_misuse("%s: slot %p holds pfn %#llx, a tail page, not the head of an allocation", caller,
+                  static_cast<const void*>(slot), (unsigned long long)pfn);
+    return nullptr;
+  }
+  return h;
+}
+
 int pool_impl::free_pages_from(pfn_t* src) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   if (refuse_read_only("free_pages_from")) return -EROFS;
@@ -571,19 +587,8 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // Acquire: a page published there is seen with its PG_publishing mark (P5).
   const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_acquire);
   if (pfn == 0) return 0;  // an empty slot: the kernel's kfree(NULL) / free_pages(0, order)
-  if (pfn < start_pfn() || pfn >= end_pfn()) {
-    report_misuse("free_pages_from: slot %p holds pfn %#llx, not a page of pool %s", static_cast<void*>(src),
-                  (unsigned long long)pfn, path().c_str());
-    return -EINVAL;
-  }
-  page* p = vpage(pfn - start_pfn());
-  page* h = state_holder(p);
+  page* h = head_named_by("free_pages_from", src, pfn);
   if (!h) return -EINVAL;
-  if (compound_head(p) != p) {
-    report_misuse("free_pages_from: slot %p holds pfn %#llx, a tail page, not the head of an allocation",
-                  static_cast<void*>(src), (unsigned long long)pfn);
-    return -EINVAL;
-  }
   // An alloc_pages_to that published this page finishes first (P5): then its owner entry is
   // recorded, and its intent's retirement is pending, so our first fence makes it durable.
   wait_published(h);
@@ -1073,19 +1078,8 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
     report_misuse("adopt_pages: slot %p is empty: it names no page to adopt", static_cast<void*>(slot));
     return -EINVAL;
   }
-  if (pfn < start_pfn() || pfn >= end_pfn()) {
-    report_misuse("adopt_pages: slot %p holds %#llx, not a page of pool %s", static_cast<void*>(slot),
-                  (unsigned long long)pfn, path().c_str());
-    return -EINVAL;
-  }
-  page* p = vpage(pfn - start_pfn());
-  page* h = state_holder(p);
+  page* h = head_named_by("adopt_pages", slot, pfn);
   if (!h) return -EINVAL;
-  if (compound_head(p) != p) {
-    report_misuse("adopt_pages: slot %p holds pfn %#llx, a tail page, not the head of an allocation",
-                  static_cast<void*>(slot), (unsigned long long)pfn);
-    return -EINVAL;
-  }
   const std::uint64_t index = pfn - start_pfn();
   auto report_owned_already = [&] {
     wait_published(h);  // an alloc_pages_to or adoption still publishing it records its owner first

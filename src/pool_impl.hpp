@@ -418,6 +418,9 @@ class pool_impl {
   /// Drops a void owner and frees the page (count claimed at 0 by the caller).
   void release_orphan(page* holder, std::uint64_t index) noexcept;
   /// Reports `slot` naming pfn without owning it (dangling, unowned or another slot's); -EINVAL.
+  /// The state holder of the allocation whose head `pfn` (read from `slot`) is, or nullptr
+  /// after reporting misuse as `caller`: a pfn outside the pool, or a tail.
+  page* head_named_by(const char* caller, const pfn_t* slot, pfn_t pfn);
   int report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn, page* h, std::uint64_t index);
   bool covered_by_earlier_head(std::uint32_t r) const;
   std::string check_locked();
