@@ -1,31 +1,47 @@
 # plot.gp — the benchmark plots, from the data bench_summary.py writes.
 # usage: gnuplot -e "dir='results'" scripts/plot.gp
 if (!exists("dir")) dir = "results"
-set terminal pngcairo size 1100,560 font "DejaVu Sans,10"
+set terminal pngcairo noenhanced size 1100,560 font "DejaVu Sans,10"
 set termoption noenhanced
 set datafile separator "\t"
 set datafile missing "?"
 set key top left
 set grid ytics
 
-# ---- latency by operation: pmpage beside its baseline ---------------------------------------------
+# ---- latency by operation: pmpage beside its baselines ---------------------------------------------
+# latency.dat index 0: one bar per line (x, ns, kind, label above the bar); index 1: the operations'
+# labels at their groups' centres. A colour means one thing everywhere (bench_summary.py's kinds).
 set output dir."/latency.png"
-set title "Latency per operation, best of the repetitions (log scale)\nbaseline: flat kernel model for translation and get/put, pmemobj for allocation, mimalloc / jemalloc for volatile pools; floors last"
-set rmargin 10
+set terminal pngcairo noenhanced size 1400,640 font "DejaVu Sans,10"
+set title "Latency per operation, best of the repetitions (log scale); each baseline is named above its bar\nslot pair: alloc_pages_to + free_pages_from, what engines use; floors: what this machine allows (an atomic refcount pair; one 64-byte persist)"
 set ylabel "ns per operation"
 set logscale y
-set style data histogram
-set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
-set xtics rotate by -30 left
-set yrange [0.1:*]
-plot dir."/latency.dat" using 2:xtic(1) title "pmpage" lc rgb "#1f77b4", \
-     ''                using 3 title "baseline" lc rgb "#ff7f0e"
+set xtics rotate by 30 right nomirror scale 0
+set bmargin 6
+set rmargin 4
+stats dir."/latency.dat" index 0 using 2 nooutput
+set yrange [0.1:STATS_max * 40]
+set xrange [-1:*]
+set key top left reverse Left
+kind_rgb(k) = k == 1 ? 0x1f77b4 : k == 2 ? 0x2ca02c : k == 3 ? 0xff7f0e : 0x7f7f7f
+plot dir."/latency.dat" index 0 using 1:2:(0.9):(kind_rgb($3)) with boxes lc rgb variable notitle, \
+     ''                index 0 using 1:($2 * 1.25):4 with labels rotate by 90 left font ",8" notitle, \
+     ''                index 1 using 1:(1e-30):xtic(2) with points notitle, \
+     1/0 with boxes lc rgb "#1f77b4" title "pmpage, persistent pool", \
+     1/0 with boxes lc rgb "#2ca02c" title "pmpage, volatile pool", \
+     1/0 with boxes lc rgb "#ff7f0e" title "baseline (named above its bar)", \
+     1/0 with boxes lc rgb "#7f7f7f" title "floor (this machine)"
 unset logscale y
 unset style
+unset bmargin
 unset rmargin
-set xtics norotate
+unset xrange
+set key default
+set key top left
+set xtics norotate mirror scale default
+set terminal pngcairo noenhanced size 1100,560 font "DejaVu Sans,10"
 
 # ---- DRAM vs device size ----------------------------------------------------------------------------
 set output dir."/dram_vs_size.png"
