@@ -825,9 +825,10 @@ def main():
     dagger = ("† Depends on the machine. The persist floor is one 8-byte store + `pmem_persist` of its 64-byte line "
               f"({fmt_ns(floor)} here): a cache-line write-back and a fence on this CPU"
               + (", to DRAM in this run (emulated pmem); real pmem or CXL memory costs more" if emulated else "")
-              + ". The unix VFS's database is on tmpfs (/dev/shm), where fsync makes nothing durable and costs one "
-              "system call; on a file system whose fsync reaches a device the unix VFS is slower and the ratio "
-              "larger. PMDK's allocator and the kernel memmap's initialisation also cost different amounts on "
+              + (". The unix VFS's database is on tmpfs (/dev/shm), where fsync makes nothing durable and costs one "
+                 "system call; on a file system whose fsync reaches a device the unix VFS is slower and the ratio "
+                 "larger" if sq is not None else "")
+              + ". PMDK's allocator and the kernel memmap's initialisation also cost different amounts on "
               "different CPUs.")
 
     # --- the misses of every section, by cause --------------------------------------------------------
