@@ -431,6 +431,14 @@ int reserve_file_range(int fd, std::uint64_t offset, std::uint64_t len) noexcept
   return rc == 0 ? 0 : errno;
 }
 
+int reserve_file_holes(int fd, std::uint64_t offset, std::uint64_t len) noexcept {
+  // No SEEK_HOLE (an old file system): the answer is the end of the file, so this falls through to
+  // fallocate only past it; an error from lseek: reserve, to be safe.
+  const off_t hole = ::lseek(fd, off_t(offset), SEEK_HOLE);
+  if (hole >= 0 && std::uint64_t(hole) >= offset + len) return 0;
+  return reserve_file_range(fd, offset, len);
+}
+
 void* reserve_aligned(std::size_t length, std::size_t align) noexcept {
   const std::size_t len = length + align;
   void* p = reserve_address_space(len);

@@ -786,7 +786,7 @@ report check(const std::filesystem::path& path, const options& opts) {
     // store on a full file system would be a SIGBUS instead of an error.
     if (img.dev.type() == device::kind::regular_file) {
       const std::uint64_t meta = std::min<std::uint64_t>(first.metadata_bytes, img.dev.size());
-      if (const int e = reserve_file_range(img.dev.fd(), 0, meta); e != 0 && !cannot_reserve(e))
+      if (const int e = reserve_file_holes(img.dev.fd(), 0, meta); e != 0 && !cannot_reserve(e))
         throw pmpage::error(e, "pmpage: " + path.string() + ": cannot reserve the blocks of the pool's metadata (" +
                                    std::to_string(meta) + " bytes; fallocate: " + std::strerror(e) +
                                    ") to repair it; nothing was repaired");

@@ -504,7 +504,11 @@ page* pool_impl::alloc_small_anywhere(unsigned order, alloc_plan& plan, bool app
       if (!reserve_region_unlocked(unreserved, fresh)) fs_full = true;
       continue;
     }
-    if (!wait) return p;
+    if (!wait) {
+      // errno names why the file system could not back it, whatever ran since the refusal.
+      if (!p && fs_full) errno = last_backing_errno();
+      return p;
+    }
     std::this_thread::yield();
   }
 }
@@ -648,7 +652,10 @@ page* pool_impl::alloc_large_anywhere(unsigned order, bool fs_full) {
       fs_full = true;  // given back (errno set): look again for a reserved block
       continue;
     }
-    if (!wait) return nullptr;
+    if (!wait) {
+      if (fs_full) errno = last_backing_errno();  // as alloc_small_anywhere
+      return nullptr;
+    }
     std::this_thread::yield();
   }
 }

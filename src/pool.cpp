@@ -54,11 +54,7 @@ page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, b
     return nullptr;
   }
   if (forked(caller)) return nullptr;
-  const std::uint64_t backing_failures_before = backing_failures();
-  page* p = order < HPAGE_PMD_ORDER ? alloc_small(order, plan, apply) : alloc_large(order, apply);
-  // errno names why the file system could not back it, whatever system calls ran since (R1).
-  if (PMPAGE_UNLIKELY(!p) && backing_failures() != backing_failures_before) errno = last_backing_errno();
-  return p;
+  return order < HPAGE_PMD_ORDER ? alloc_small(order, plan, apply) : alloc_large(order, apply);
 }
 
 page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
@@ -234,7 +230,8 @@ void pool_impl::end_publication(page* h) noexcept {
 }
 
 void pool_impl::wait_published(page* h) const noexcept {
-  if (PMPAGE_UNLIKELY(g_fork_generation.load(std::memory_order_relaxed) != fork_generation_)) return;
+  if (PMPAGE_LIKELY(!(h->flags_.load(std::memory_order_acquire) & PG_publishing))) return;
+  if (g_fork_generation.load(std::memory_order_relaxed) != fork_generation_) return;
   // Spin briefly (the publisher is one fence away), then sleep on the flags word: a waiter that
   // only yielded would compete for the CPU with a preempted publisher (adaptive_mutex.hpp).
   for (unsigned spins = 0;; ++spins) {

@@ -549,7 +549,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     // never in a hole a full file system cannot fill (SIGBUS): create reserved them, but a copy
     // (cp, rsync -S) or an older pool may have holes there. A no-op when the blocks exist.
     const std::uint64_t meta_end = impl->lay_.owner_table_offset + impl->nr_regions_ * OWNER_TABLE_BYTES;
-    if (const int e = reserve_file_range(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
+    if (const int e = reserve_file_holes(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
       fail(e, path, std::string("cannot reserve the blocks of the pool's metadata (") + std::to_string(meta_end) +
                         " bytes; fallocate: " + std::strerror(e) + "), whose stores would otherwise fault; nothing was written");
     impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_);

@@ -8,8 +8,8 @@
 // reserves a region's 2 MiB (fallocate, mode 0) before it hands out any page of it, and a region
 // the file system cannot back is not handed out: the allocation reports "no room" with errno
 // ENOSPC (or the file system's errno: EDQUOT, EIO). The library's own metadata (superblocks,
-// lanes, root, region table, page maps, owner tables) is reserved whole at create and at every
-// writable open (device::reserve_blocks), so its stores never fault either.
+// lanes, root, region table, page maps, owner tables) is reserved whole at create, and at every
+// writable open where it has a hole (reserve_file_holes), so its stores never fault either.
 //
 // Where (placement.cpp, pool.cpp): pages are handed out only (1) as a large block taken from the
 // region buddy or from a per-CPU stash, or (2) from a region a per-CPU cache holds, which it took
