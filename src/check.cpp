@@ -239,6 +239,8 @@ std::string pool_impl::check_locked() {
           const bool owned = p->flags_.load() & PG_slot_owned;
           if (owned != (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) != 0))
             return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but not on the media");
+          if (owned != map_owned(map, i, k))
+            return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but its owned marker says ", !owned);
           if (std::string why = owner_problem((r << HPAGE_PMD_ORDER) + i, owned); !why.empty()) return fail(why);
           for (unsigned j = 1; j < (1u << k); ++j) {
             if (p[j].compound_head_ != (reinterpret_cast<std::uintptr_t>(p) | 1)) return fail("I3: tail ", i + j, " of region ", r, " bad head link");
@@ -280,7 +282,7 @@ std::string pool_impl::check_locked() {
 }
 
 std::string pool_impl::owner_problem(std::uint64_t index, bool owned) const {
-  const std::uint64_t e = view_word(owner_entry(index));
+  const std::uint64_t e = read_owner(index);
   std::ostringstream err;
   if (!owned) {
     if (e) err << "O1: unowned allocation at page " << index << " has owner entry " << e;

@@ -59,9 +59,8 @@ std::string hex(std::uint64_t v) {
   return b;
 }
 
-std::uint8_t code_at(const std::uint64_t* map, unsigned i) {
-  return std::uint8_t(map[i / PAGES_PER_MAP_WORD] >> ((i % PAGES_PER_MAP_WORD) * 4) & 0xF);
-}
+/// A page's code as an allocation reads it (owned markers as plain codes; layout.hpp).
+std::uint8_t code_at(const std::uint64_t* map, unsigned i) { return plain_code(raw_map_code(map, i)); }
 void set_code(std::uint64_t* map, unsigned i, std::uint8_t c) {
   const unsigned sh = (i % PAGES_PER_MAP_WORD) * 4;
   map[i / PAGES_PER_MAP_WORD] = (map[i / PAGES_PER_MAP_WORD] & ~(std::uint64_t{0xF} << sh)) | (std::uint64_t(c) << sh);
@@ -143,7 +142,8 @@ class analyzer {
     out_.problems.push_back(std::move(p));
     return out_.problems.back();
   }
-  void check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large);
+  void check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large,
+                        bool marked);
 
   const char* base_;
   const superblock& sb_;
@@ -341,7 +341,7 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
     unsigned named = 0;
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
       if (!code_is_head(code_at(map, i))) continue;
-      const std::uint64_t e = load(base_ + owner_offset((r << HPAGE_PMD_ORDER) + i));
+      const std::uint64_t e = decode_owner((r << HPAGE_PMD_ORDER) + i, load(base_ + owner_offset((r << HPAGE_PMD_ORDER) + i)));
       named += e && slot_valid(e) && slot_value(e) == pfn_of((r << HPAGE_PMD_ORDER) + i);
     }
     if (!named) continue;
@@ -483,7 +483,8 @@ bool analyzer::page_allocated(std::uint64_t index) {
   return cached_split_ && code_at(cached_map_, unsigned(index & (HPAGE_PMD_NR - 1))) != CODE_FREE;
 }
 
-void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large) {
+void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large,
+                                bool marked) {
   auto locate = [&](problem& p) {
     p.region = region;
     p.page = page;
@@ -492,7 +493,30 @@ void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::i
     p.length = 8;
   };
   const std::string alloc = "the " + std::string(large ? "large page" : "allocation") + " at pfn " + hex(pfn_of(index));
-  if (!slot_valid(entry) || slot_value(entry) != pfn_of(index)) {
+  if (entry == OWNER_INVALID) {
+    problem& p = add("O1", "owner table", alloc + " has a damaged owner entry (its check fails)");
+    locate(p);
+    p.repair = "drop the ownership record; the page stays allocated, owned by nobody (pool::open does the same)";
+    return;
+  }
+  const bool names = slot_valid(entry) && slot_value(entry) == pfn_of(index);
+  if (marked && !names && (entry == 0 || slot_valid(entry)) && !covered_by_intent(index)) {
+    // The slot protocol's in-flight states (docs/format.md, "The slot protocol"): an owned page
+    // is recorded with its marker and entry before its slot can name it, and its slot is cleared
+    // before it is recorded free. Its slot not naming it is an interrupted alloc_pages_to or
+    // free_pages_from, the loser of a slot race, or a slot the engine overwrote by hand.
+    problem& p = add("O1", "owner table",
+                     alloc + " is owned by " +
+                         (entry == 0 ? std::string("a slot its owner entry does not record (the entry did not reach the media)")
+                                     : "the slot at " + hex(entry) + ", which holds " + hex(slot_value(entry))) +
+                         ": a slot call the crash interrupted (alloc_pages_to before its publication, free_pages_from after "
+                         "clearing the slot, the loser of a slot race) or a slot overwritten by hand");
+    locate(p);
+    p.repair = "recovery frees the page";
+    p.recovery = true;
+    return;
+  }
+  if (!names) {
     problem& p = add("O1", "owner table",
                      alloc + " is recorded as owned by the slot at " + hex(entry) +
                          (slot_valid(entry) ? ", which holds " + hex(slot_value(entry)) + " (the engine overwrote the slot without free_pages_from?)"
@@ -524,13 +548,15 @@ void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::i
 void analyzer::owners_of_split(std::uint64_t r, const std::uint64_t* map) {
   const std::uint64_t first = r << HPAGE_PMD_ORDER;
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
-    const std::uint64_t e = load(base_ + owner_offset(first + i));
-    if (!e) continue;
-    if (!code_is_head(code_at(map, i))) {
-      // A stale entry is a crash's leftover only if its slot no longer names the page, or an
-      // intent still covers it: an entry, its codes and its slot change in one epoch under an
-      // intent. A slot that names a page the map calls free is a reference to lost memory.
-      const bool named = slot_valid(e) && slot_value(e) == pfn_of(first + i);
+    const std::uint8_t c = code_at(map, i);
+    const bool marked = code_is_head(c) && map_owned(map, i, code_order(c));
+    const std::uint64_t e = decode_owner(first + i, load(base_ + owner_offset(first + i)));
+    if (!e && !marked) continue;
+    if (!code_is_head(c)) {
+      // A stale entry is a crash's leftover (an interrupted free clears it after the slot) only if
+      // its slot no longer names the page, or an intent still covers it. A slot that names a page
+      // the map calls free is a reference to lost memory.
+      const bool named = e != OWNER_INVALID && slot_valid(e) && slot_value(e) == pfn_of(first + i);
       const bool in_flight = covered_by_intent(first + i);
       problem& p = add("O1", "owner table",
                        "region " + std::to_string(r) + " page " + std::to_string(i) + " is not an allocated head but its owner entry names the slot at " +
@@ -547,7 +573,7 @@ void analyzer::owners_of_split(std::uint64_t r, const std::uint64_t* map) {
       continue;
     }
     ++out_.owned_allocations;
-    check_owned_slot(first + i, e, std::int64_t(r), i, false);
+    check_owned_slot(first + i, e, std::int64_t(r), i, false, marked);
   }
 }
 
@@ -574,7 +600,8 @@ void analyzer::contents(bool want_regions, const std::function<void(std::uint64_
       ++out_.large_regions;
       if (region_word_owned(w)) {
         ++out_.owned_allocations;
-        check_owned_slot(r << HPAGE_PMD_ORDER, load(base_ + owner_offset(r << HPAGE_PMD_ORDER)), std::int64_t(r), 0, true);
+        check_owned_slot(r << HPAGE_PMD_ORDER, decode_owner(r << HPAGE_PMD_ORDER, load(base_ + owner_offset(r << HPAGE_PMD_ORDER))), std::int64_t(r), 0, true,
+                         true);
       }
     } else if (region_word_kind(w) == region_state::split) {
       info.kind = region_kind::split;
@@ -703,7 +730,8 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     sb_problem(1, img.pb);
     return file_problem("SB3", "both superblock copies are unusable: nothing can be read or repaired safely");
   }
-  img.good = img.pa.empty() ? img.a : img.b;
+  const bool torn_upgrade = img.pa.empty() && img.pb.empty() && superblocks_differ_by_upgrade(img.a, img.b);
+  img.good = img.pa.empty() && !torn_upgrade ? img.a : img.b;
   const superblock& sb = img.good;
   if (!img.pa.empty()) {
     problem* p = sb_problem(0, img.pa);
@@ -716,6 +744,12 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     p->repair = "rewrite copy B from copy A (pool::open does the same)";
     p->recovery = is_creating_marker(img.b);
     fixes.push_back({SUPERBLOCK_SIZE, 0});
+  } else if (torn_upgrade) {
+    problem* p = sb_problem(0, "");
+    p->what = "copy A lacks the tagged-owners flag copy B has: a format upgrade interrupted between its two writes";
+    p->repair = "rewrite copy A from copy B (pool::open does the same)";
+    p->recovery = true;
+    fixes.push_back({0, 0});
   } else if (std::memcmp(&img.a, &img.b, sizeof img.a) != 0) {
     // Both valid, different: no crash leaves that (both are written once, identical, behind the
     // creation marker). Which one is the pool's cannot be told from the superblocks; the figures
@@ -859,7 +893,7 @@ region_dump dump_region(const std::filesystem::path& path, std::uint64_t region)
   const std::uint64_t data_end = sb.data_offset + (sb.nr_regions << (HPAGE_PMD_ORDER + PAGE_SHIFT));
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
     out.codes[i] = code_at(map, i);
-    out.owners[i] = load(base + out.owner_table_offset + 8 * i);
+    out.owners[i] = decode_owner((std::uint64_t(region) << HPAGE_PMD_ORDER) + i, load(base + out.owner_table_offset + 8 * i));
     const std::uint64_t e = out.owners[i];
     if (e && e % 8 == 0 && ((e >= sb.root_offset && e + 8 <= root_end) || (e >= sb.data_offset && e + 8 <= data_end)))
       out.slot_values[i] = load(base + e);

@@ -30,6 +30,13 @@ inline constexpr char CREATING_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', '
 inline constexpr std::uint32_t FORMAT_MAJOR = 2;  // incompatible changes (2: owner tables)
 inline constexpr std::uint32_t FORMAT_MINOR = 0;  // compatible additions
 
+/// Feature flags (superblock::flags). A library refuses a pool with a flag it does not know, so a
+/// flag marks an incompatible change that needs no new major version for older pools to open.
+/// SB_TAGGED_OWNERS (0.3): owner entries carry a check (owner table, below). Set at create; set
+/// by the first writable open of an older pool before any entry is written.
+inline constexpr std::uint32_t SB_TAGGED_OWNERS = 1u << 0;
+inline constexpr std::uint32_t SB_KNOWN_FLAGS = SB_TAGGED_OWNERS;
+
 inline constexpr std::size_t SUPERBLOCK_SIZE = 4096;
 inline constexpr std::size_t NR_LANES = 64;
 inline constexpr std::size_t LANE_SIZE = 64;
@@ -45,7 +52,7 @@ struct superblock {
   std::uint32_t minor;              // FORMAT_MINOR
   std::uint64_t uuid[2];            // random at create; identifies the pool
   std::uint32_t section_id;         // pfn bits 32..47: pfns = section_id << 32 | page index
-  std::uint32_t flags;              // none defined; must be 0
+  std::uint32_t flags;              // feature flags (SB_*); a reader refuses any it does not know
   std::uint64_t device_size;        // bytes of the device the pool was created on
   std::uint64_t nr_regions;         // 2 MiB regions in the data area
   std::uint64_t lanes_offset;
@@ -87,14 +94,37 @@ inline constexpr bool region_word_valid(std::uint64_t w) {
 }
 
 // ---- owner table: 8 bytes per page -------------------------------------------------------------
-// Entry i of region r is 0, or the device offset of the pfn slot that owns the allocation whose
-// head is page i (for an order >= 9 allocation: entry 0 of its head region, meaningful only when
-// the region word's owned bit is set). Written in the same
-// epoch as the allocation's codes by alloc_pages_to / split_huge_page_to and cleared by
-// free_pages_from, always under an intent lane; written by adopt_pages without one, on an
-// allocated page its durable slot already names (a large page's entry fenced before its owned bit). Rule O1: a non-zero entry sits on an allocated
-// head (a head code of a SPLIT region, or entry 0 of an owned HEAD region) and its slot holds the
-// head's pfn. A region's entries are zeroed when it is split, so stale entries never survive.
+// Entry i of region r is 0, or names the pfn slot that owns the allocation whose head is page i
+// (for an order >= 9 allocation: entry 0 of its head region, meaningful only when the region
+// word's owned bit is set). Encoding (format flag SB_TAGGED_OWNERS): bit 63 set, bits 48..62 a
+// check of (page index, slot offset), bits 0..47 the slot's device offset. Recovery frees a page
+// whose owner slot holds 0 (the slot protocol, pool_impl.hpp O1), so an entry must never come to
+// name another slot by damage: a flipped bit fails the check, and the entry reads as invalid
+// (the record is dropped, the page kept). A pool written before the flag holds raw offsets (bit
+// 63 clear), still read as such.
+// Written in epoch 1 of alloc_pages_to (with the page's codes, before its slot can name it), by
+// split_huge_page_to and move_pages_owner under an intent lane, by adopt_pages on a page its
+// durable slot already names. A free through a slot leaves it (O4: stale on anything but an
+// allocated head); the next allocation of the page writes it. A region's entries are zeroed when
+// it is split.
+inline constexpr std::uint64_t OWNER_TAG = std::uint64_t{1} << 63;
+inline constexpr std::uint64_t OWNER_OFFSET_MASK = (std::uint64_t{1} << 48) - 1;
+inline constexpr std::uint64_t OWNER_INVALID = ~std::uint64_t{0};  // decode_owner: a damaged entry
+inline constexpr std::uint64_t owner_check(std::uint64_t index, std::uint64_t off) {
+  std::uint64_t h = (index + 1) * 0x9E3779B97F4A7C15ull ^ (off + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+  h ^= h >> 29;
+  return (h * 0xBF58476D1CE4E5B9ull) >> 49;  // 15 bits
+}
+/// The entry naming the slot at device offset `off` (< 2^48, non-zero) as page `index`'s owner.
+inline constexpr std::uint64_t encode_owner(std::uint64_t index, std::uint64_t off) {
+  return off == 0 ? 0 : OWNER_TAG | owner_check(index, off) << 48 | off;
+}
+/// The slot offset an entry names: 0 for none, OWNER_INVALID for a damaged tagged entry.
+inline constexpr std::uint64_t decode_owner(std::uint64_t index, std::uint64_t e) {
+  if (!(e & OWNER_TAG)) return e;  // 0, or a raw offset written before SB_TAGGED_OWNERS
+  const std::uint64_t off = e & OWNER_OFFSET_MASK;
+  return off != 0 && (e >> 48 & 0x7fff) == owner_check(index, off) ? off : OWNER_INVALID;
+}
 
 // ---- page map: 4-bit code per page of a split region -------------------------------------------
 //   0x0        free
@@ -105,6 +135,42 @@ inline constexpr bool region_word_valid(std::uint64_t w) {
 // on the recovery rule: a head whose tails are incomplete, or tails without a head, were in flight.
 inline constexpr std::uint8_t CODE_FREE = 0x0;
 inline constexpr std::uint8_t CODE_TAIL = 0xF;
+// Slot ownership markers (feature flag SB_TAGGED_OWNERS): an allocation owned by a slot says so
+// in the same 8-byte word as its head code, so that recovery can tell an owned allocation whose
+// owner entry did not reach the media from a plain one. Each is two bit flips away from FREE
+// and TAIL, the codes found where they are written.
+inline constexpr std::uint8_t CODE_OWNED_HEAD0 = 0xA;  // the head of an owned order-0 allocation
+inline constexpr std::uint8_t CODE_OWNED_TAIL = 0xC;   // the first tail of an owned order >= 1 allocation
+/// A split region's page map word when every page is an order-0 head (split_huge_page), plain or
+/// owned (split_huge_page_to).
+inline constexpr std::uint64_t SPLIT_MAP_WORD = 0x1111111111111111ull;
+inline constexpr std::uint64_t SPLIT_MAP_OWNED_WORD = 0xAAAAAAAAAAAAAAAAull;
+/// A code as an allocation reads it: the owned markers as their plain codes.
+inline constexpr std::uint8_t plain_code(std::uint8_t c) {
+  return c == CODE_OWNED_HEAD0 ? std::uint8_t{0x1} : c == CODE_OWNED_TAIL ? CODE_TAIL : c;
+}
+inline std::uint8_t raw_map_code(const std::uint64_t* map, unsigned i) {
+  return std::uint8_t((map[i / 16] >> ((i % 16) * 4)) & 0xF);
+}
+/// The map position and code that mark the allocation of `order` at page `head` owned.
+inline constexpr unsigned owned_marker_at(unsigned head, unsigned order) { return order == 0 ? head : head + 1; }
+inline constexpr std::uint8_t owned_marker(unsigned order) { return order == 0 ? CODE_OWNED_HEAD0 : CODE_OWNED_TAIL; }
+/// True if the (plain-valid) allocation of `order` at page `head` carries the owned marker.
+inline bool map_owned(const std::uint64_t* map, unsigned head, unsigned order) {
+  return raw_map_code(map, owned_marker_at(head, order)) == owned_marker(order);
+}
+/// `word` (the map word holding the marker position, owned_marker_at / 16) with the owned marker
+/// of the allocation of `order` at page `head` set or cleared.
+inline constexpr std::uint64_t with_owned_marker(std::uint64_t word, unsigned head, unsigned order, bool owned) {
+  const unsigned sh = (owned_marker_at(head, order) % 16) * 4;
+  const std::uint64_t c = owned ? owned_marker(order) : (order == 0 ? 0x1 : CODE_TAIL);
+  return (word & ~(std::uint64_t{0xF} << sh)) | (c << sh);
+}
+/// Sets or clears the owned marker of the allocation of `order` at page `head` in map words.
+inline void set_map_owned(std::uint64_t* map, unsigned head, unsigned order, bool owned) {
+  const unsigned w = owned_marker_at(head, order) / 16;
+  map[w] = with_owned_marker(map[w], head, order, owned);
+}
 inline constexpr std::uint8_t code_head(unsigned order) { return std::uint8_t(order + 1); }
 inline constexpr bool code_is_head(std::uint8_t c) { return c >= 1 && c <= 9; }
 inline constexpr unsigned code_order(std::uint8_t c) { return unsigned(c) - 1; }
@@ -148,5 +214,8 @@ superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uin
                            std::uint64_t create_time_ns);
 /// Why a superblock copy cannot be used (one phrase), or "" if it passes every rule.
 std::string superblock_problem(const superblock& sb);
+/// True if valid copies a and b differ only in that b has SB_TAGGED_OWNERS and a not: an upgrade
+/// that wrote B and not A yet (recovery.cpp, open).
+bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b);
 
 }  // namespace pmpage::detail

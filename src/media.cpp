@@ -66,14 +66,16 @@ void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
 
 void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::uint64_t owner) {
   const auto index = std::uint64_t(p - vmemmap_);
-  // The owner entry is 0 already for an unowned allocation (O1): only alloc_pages_to writes it,
-  // one more flushed line inside the same fence.
-  if (owner) persist_word(owner_entry(index), owner);
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
+  // An owned allocation (alloc_pages_to): its owner entry, and the owned marker in its head's
+  // map word, in the same epoch (O1). A plain one leaves the entry alone: it is 0 (O1), and read
+  // only under the marker anyway.
+  if (owner) write_owner(index, owner);
   std::uint64_t* mirror = sstate(r).map;
   for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
     mirror[w] = (mirror[w] & ~mask) | bits;
   });
+  if (owner) set_map_owned(mirror, first, order, true);
   write_map_locked(r, first / PAGES_PER_MAP_WORD, (first + (1u << order) - 1) / PAGES_PER_MAP_WORD);
 }
 
@@ -83,7 +85,7 @@ void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
   if (order >= HPAGE_PMD_ORDER) {
     // The region word of an allocated large page is written only by its allocator and its
     // freer, who hold the page: no lock.
-    if (owner) persist_word(owner_entry(index), owner);
+    if (owner) write_owner(index, owner);
     persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
     return;
   }
@@ -121,19 +123,17 @@ void pool_impl::clear_owner_entries(std::uint32_t r) {
   }
 }
 
-void pool_impl::write_split_map(std::uint32_t r) {
+void pool_impl::write_split_map(std::uint32_t r, bool owned) {
   if (volatile_) return;  // split_descriptors builds the mirror, the only page map a volatile pool has
   std::uint64_t* map = page_map(r);
-  constexpr std::uint64_t all_order0 = 0x1111111111111111ull;
-  static_assert(code_head(0) == 0x1);
-  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], all_order0);
+  for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) store_word(&map[w], owned ? SPLIT_MAP_OWNED_WORD : SPLIT_MAP_WORD);
   flush_now(map, PAGE_MAP_BYTES);
 }
 
 void pool_impl::write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots) {
   const std::uint64_t first = std::uint64_t(r) << HPAGE_PMD_ORDER;
-  write_split_map(r);
-  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), slots_off + 8 * i);
+  write_split_map(r, /*owned=*/true);
+  for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) store_word(owner_entry(first + i), encode_owner(first + i, slots_off + 8 * i));
   flush_now(owner_entry(first), OWNER_TABLE_BYTES);
   auto* slots = reinterpret_cast<pfn_t*>(dev_.base() + slots_off);
   if (store_slots)

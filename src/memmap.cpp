@@ -78,7 +78,7 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   }
   first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   auto* s = new split_state{};  // all pages in use: no free bits
-  for (auto& w : s->map) w = 0x1111111111111111ull;
+  for (auto& w : s->map) w = owned ? SPLIT_MAP_OWNED_WORD : SPLIT_MAP_WORD;  // S5: as write_split_map
   s->list = 0xff;
   s->published = true;
   h->alloc_state_ = s;

@@ -93,25 +93,62 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     repaired = true;
     ++i;
   }
-  // Owner entries (O1): kept on a head whose slot still names it; anything else is a leftover of
-  // an interrupted operation or of the engine overwriting its slot, and is cleared.
+  // Owner entries (O1). An allocation with the owned marker is owned by the slot its entry
+  // names while that slot holds its pfn. A slot that does not (0, another page, anything else),
+  // or an entry of 0, is a slot call the crash interrupted — an alloc_pages_to before its slot's
+  // store was durable, a free_pages_from after it, the loser of a slot race — or an engine that
+  // overwrote its slot by hand: the page is freed. An entry whose check fails is damage: the
+  // record is dropped and the page kept. A plain allocation with an entry is an owned allocation
+  // of a pool written before the markers (its slot names it: marked now) or a leftover (cleared).
   const std::uint64_t base_index = std::uint64_t(r) << HPAGE_PMD_ORDER;
   std::uint64_t owned[HPAGE_PMD_NR / 64] = {};
   std::uint64_t* stale[HPAGE_PMD_NR];
-  unsigned nr_stale = 0;
+  unsigned nr_stale = 0, nr_undone = 0, undone_codes = 0, nr_dropped = 0, nr_marked = 0, nr_leftover = 0;
+  const bool torn_codes = repaired;
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
-    const std::uint64_t e = load_word(owner_entry(base_index + i));
-    if (!e) continue;
-    const bool ok = code_is_head(map_code(fixed, i)) && slot_offset_valid(e) &&
-                    std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
-                        pfn_of_index(base_index + i);
-    if (ok) {
-      owned[i / 64] |= std::uint64_t{1} << (i % 64);
-    } else {
-      stale[nr_stale++] = owner_entry(base_index + i);
-      if (code_is_head(map_code(fixed, i))) ++orphaned_;  // an allocation lost its owner
+    const std::uint8_t c = map_code(fixed, i);
+    const bool head = code_is_head(c);
+    const bool marked = head && map_owned(fixed, i, code_order(c));
+    const std::uint64_t raw = load_word(owner_entry(base_index + i));
+    if (!raw && !marked) continue;
+    if (!head) {
+      stale[nr_stale++] = owner_entry(base_index + i);  // left by a free the crash interrupted
+      ++nr_leftover;
+      continue;
+    }
+    const unsigned k = code_order(c);
+    const owner_verdict v = slot_verdict(base_index + i, decode_owner(base_index + i, raw));
+    if (!marked) {
+      if (v == owner_verdict::owns) {  // a 0.2 pool's owned allocation
+        set_map_owned(fixed, i, k, true);
+        owned[i / 64] |= std::uint64_t{1} << (i % 64);
+        ++nr_marked;
+      } else {
+        stale[nr_stale++] = owner_entry(base_index + i);
+        ++nr_leftover;
+        ++orphaned_;  // an allocation lost its owner (a 0.2 pool's overwritten slot)
+      }
+      continue;
+    }
+    switch (v) {
+      case owner_verdict::owns:
+        owned[i / 64] |= std::uint64_t{1} << (i % 64);
+        break;
+      case owner_verdict::interrupted:
+        for (unsigned j = i; j < i + (1u << k); ++j) clear(j);
+        if (raw) stale[nr_stale++] = owner_entry(base_index + i);
+        ++nr_undone;
+        undone_codes += 1u << k;
+        break;
+      case owner_verdict::damaged:
+        set_map_owned(fixed, i, k, false);
+        stale[nr_stale++] = owner_entry(base_index + i);
+        ++nr_dropped;
+        ++orphaned_;
+        break;
     }
   }
+  repaired = repaired || nr_undone || nr_dropped || nr_marked;
   // A fork() child reads the pool but never writes it: it only builds its own view. A read-only
   // pool repairs as recovery would, but into overlay_ (repair_word): its mapping is PROT_READ.
   const bool may_write = g_fork_generation.load(std::memory_order_relaxed) == fork_generation_;
@@ -125,15 +162,31 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     for (unsigned k = 0; k < nr_stale; ++k) repair_word(stale[k], 0);
     if (media_writable_) fence();
     ++repaired_;
-    char line[160];
-    if (repaired) {
-      std::snprintf(line, sizeof line, "region %u: torn page map (%u codes of interrupted work: broken heads, orphan "
-                    "tails, invalid codes) cleared", r, cleared);
+    char line[256];
+    if (nr_undone) {
+      std::snprintf(line, sizeof line, "region %u: %u pages of interrupted slot calls freed (allocated and owned by a "
+                    "slot that does not name them: alloc_pages_to before its publication, free_pages_from after it)",
+                    r, nr_undone);
       note_repair(line);
     }
-    if (nr_stale) {
-      std::snprintf(line, sizeof line, "region %u: %u stale owner entries cleared (their slot no longer names the "
-                    "page, or the page is no allocated head)", r, nr_stale);
+    if (torn_codes) {
+      std::snprintf(line, sizeof line, "region %u: torn page map (%u codes of interrupted work: broken heads, orphan "
+                    "tails, invalid codes) cleared", r, cleared - undone_codes);
+      note_repair(line);
+    }
+    if (nr_dropped) {
+      std::snprintf(line, sizeof line, "region %u: %u owner records dropped (damaged owner entry: its check fails); "
+                    "the pages stay allocated, owned by nobody", r, nr_dropped);
+      note_repair(line);
+    }
+    if (nr_marked) {
+      std::snprintf(line, sizeof line, "region %u: %u owned allocations of a pool written before pmpage 0.3 marked "
+                    "owned in the page map", r, nr_marked);
+      note_repair(line);
+    }
+    if (const unsigned left = nr_leftover; left) {
+      std::snprintf(line, sizeof line, "region %u: %u stale owner entries cleared (left by an interrupted free, or "
+                    "by a slot the engine overwrote in a pool written before pmpage 0.3)", r, left);
       note_repair(line);
     }
   }

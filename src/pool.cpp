@@ -7,9 +7,11 @@
 //   order 0..8 needing a fresh region         zeroed map + codes | fence | SPLIT word   2 fences
 //   order 9..18 alloc or free                 head region word                          1 fence
 //   merge of a wholly free split region       FREE region word (placement.cpp, later)   1 fence per batch
-//   alloc_pages_to / free_pages_from          see intent_log.hpp                        2 fences
-//   alloc_pages_bulk_to / free_pages_bulk_from the same, one lane per slot            2 fences per <= 16 slots
-//   adopt_pages                               owner entry (order >= 9: | fence | owned bit) 1 fence (order >= 9: 2)
+//   alloc_pages_to      codes + owned marker (or owned region word) + owner entry | fence | slot    2 fences
+//                       (a fresh region: codes | fence | SPLIT word | fence | slot: 3)
+//   free_pages_from     slot = 0 | fence; then codes, owner entry (flushed, not fenced)         1 fence
+//   alloc_pages_bulk_to / free_pages_bulk_from  intent lanes (intent_log.hpp), one per slot    2 fences per <= 16 slots
+//   adopt_pages         owner entry | fence | owned marker (or bit)                              2 fences
 // DRAM is updated under the lock before an allocation's fence (nobody else can see the pages
 // yet), and before a free's fence (a page freed in DRAM may be handed out again at once: its
 // new owner's stores to the same words come later in coherence order, so what reaches the media
@@ -156,7 +158,7 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
 }
 
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
-  const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
+  const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("alloc_pages_to")) return nullptr;
   std::uint64_t slot;
   if (!dest_offset(dest, slot)) {
@@ -179,36 +181,86 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   alloc_plan plan;
   page* p = reserve("alloc_pages_to", order, plan, /*apply=*/false);
   if (!p) return nullptr;
-  const std::uint64_t index = std::uint64_t(p - vmemmap_);
-  page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
+  page* h = holder_of_reserved(p, order);
   // Nobody else holds it yet. PG_publishing is visible to anyone who sees the pfn in the slot
   // (the compare-and-swap below releases it): P5.
   h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
   if (gfp & GFP_ZERO) zero_pages(p, order);
-  const pfn_t pfn = pfn_of_index(index);
-  const unsigned lane = intents_.acquire();
-  intents_.write(lane, intent_kind::alloc_to, order, slot, pfn);
-  // 1: the intent is durable before any word of the allocation can be, so a crash can never
-  // leave the page allocated without the intent that lets recovery undo it.
-  fence();
+  return publish_to(p, h, order, plan, dest, slot, "alloc_pages_to");
+}
+
+page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
+                            const char* caller) noexcept {
+  // Epoch 1: the page allocated and owned by the slot (page map or region word, owner entry),
+  // with whatever the caller wrote into it, durable before the slot can name it. A crash from
+  // here until the slot's store is durable finds an allocated page whose owner slot holds 0 (or
+  // another page owned by that slot): recovery frees it (O1, rules 2 and 3).
+  apply_alloc(p, order, slot);
+  fence();  // 1
+  if (plan.nr_fresh) {
+    // A region this call split fresh: its SPLIT word is durable before any slot names a page in
+    // it (a slot naming a page of a FREE region would dangle). Others may use it from now on.
+    write_fresh_split_words(plan);
+    fence();
+    publish_fresh(plan);
+  }
   // Publishing claims the slot atomically: of two calls racing for one empty slot, one wins and
-  // the other undoes its allocation (its intent names a slot that does not hold its pfn, so
-  // recovery undoes it too).
+  // the other gives its page back (give_back_lost).
+  const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
   pfn_t expected = 0;
   if (!std::atomic_ref<pfn_t>(*dest).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
-    abandon_alloc_to(p, order, plan, lane);
-    report_misuse("alloc_pages_to: slot %p was filled (pfn %#llx) by a concurrent call; the page this call "
-                  "allocated was freed again", static_cast<void*>(dest), (unsigned long long)expected);
+    give_back_lost(h);
+    report_misuse("%s: slot %p was filled (pfn %#llx) by a concurrent call; the page this call allocated was "
+                  "freed again", caller, static_cast<void*>(dest), (unsigned long long)expected);
     return nullptr;
   }
-  apply_alloc(p, order, slot);
-  write_fresh_split_words(plan);
   flush_now(dest, sizeof *dest);
-  fence();  // 2: allocated, owned, and the slot names the page
-  retire_intent(lane);
-  end_publication(h);  // only now may another call free, move or split it (P5)
-  publish_fresh(plan);
+  fence();  // 2: the slot names the page
+  end_publication(h);
   return p;
+}
+
+page* pool_impl::holder_of_reserved(page* p, unsigned order) const {
+  const std::uint64_t index = std::uint64_t(p - vmemmap_);
+  return order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
+}
+
+void pool_impl::give_back_lost(page* h) {
+  // The slot went to a concurrent call. This page is recorded allocated and owned by that slot
+  // on the media, but was never published: nobody else can reach it. It is freed like a page its
+  // slot freed, with no fence of its own: until its FREE code is durable, a crash finds it owned
+  // by a slot that names another page (or 0), and recovery frees it (O1).
+  // Claim it as free_pages_from does (count 1 -> 0); a speculative get_page_unless_zero may hold
+  // another reference, and then its put_page frees it (release): its owned state must go first
+  // (a put of an owned page is refused), so its media record goes with it now.
+  const std::uint32_t was = h->flags_.fetch_and(~(PG_publishing | PG_publish_waiters), std::memory_order_release);
+  if (was & PG_publish_waiters) h->flags_.notify_all();
+  int one = 1;
+  if (h->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) {
+    finish_free(free_stores(h));
+    return;
+  }
+  drop_owner_record(h);
+  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
+  if (h->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(h);
+}
+
+void pool_impl::drop_owner_record(page* h) {
+  if (is_region_desc(h)) {
+    const auto r = std::uint32_t(h - regions_);
+    persist_word(region_word(r), make_region_word(region_state::head, load_order(h)));
+    persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
+    return;
+  }
+  const auto index = std::uint64_t(h - vmemmap_);
+  const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+  const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1)), order = load_order(h);
+  split_state& s = sstate(r);
+  adaptive_mutex& m = lock_region(s);
+  set_map_owned(s.map, first, order, false);
+  write_map_locked(r, owned_marker_at(first, order) / PAGES_PER_MAP_WORD, owned_marker_at(first, order) / PAGES_PER_MAP_WORD);
+  m.unlock();
+  persist_word(owner_entry(index), 0);
 }
 
 // ---- publication ---------------------------------------------------------------------------------------
@@ -251,19 +303,6 @@ void pool_impl::wait_published(page* h) const noexcept {
   }
 }
 
-void pool_impl::abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane) {
-  // The slot went to a concurrent call. Nothing of this allocation is on the media but its intent
-  // (and a fresh region's zeroed map), and nobody else can reach the page: it was never
-  // published. So it is given back without ever being recorded as allocated: a crash or a kill
-  // at any point finds it free, and the live intent's undo has nothing to do. (Recording it as
-  // an ordinary allocation, retiring, then freeing it left a window between the retirement and
-  // the free's stores where a kill leaked the page: issue #18, defect 1.)
-  const std::uint64_t index = std::uint64_t(p - vmemmap_);
-  page* h = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : p;
-  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned | PG_publishing}, std::memory_order_relaxed);
-  give_back_unpublished(&h, 1, plan, &lane, 1);
-}
-
 void pool_impl::give_back_unpublished(page* const* holders, unsigned n, alloc_plan& plan, const unsigned* lanes,
                                       unsigned nr_lanes) {
   // Claim each page as free_pages_from does (count 1 -> 0); a speculative get_page_unless_zero
@@ -303,6 +342,8 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
   if (is_region_desc(holder)) {
     const auto r = std::uint32_t(holder - regions_);
     const unsigned order = load_order(holder);
+    // The entry counts only under the owned bit: 0 landing before FREE reads as an interrupted
+    // free (recovery frees the page: O1).
     if (owned) persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
     persist_word(region_word(r), make_region_word(region_state::free));
     fr.region = r;
@@ -319,7 +360,9 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   const unsigned order = load_order(holder);
   const unsigned n = 1u << order;
-  // The page is ours alone until it is marked free: its owner entry and descriptors first.
+  // The page is ours alone until it is marked free: its owner entry and descriptors first. The
+  // entry counts only under the owned marker (O1): 0 landing before the FREE codes reads as an
+  // interrupted free, and recovery frees the page.
   if (owned) persist_word(owner_entry(index), 0);
   for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
   store_order(holder, 0);
@@ -531,7 +574,7 @@ void pool_impl::release(page* holder) noexcept {
 
 std::uint64_t pool_impl::slot_owner(page* h, std::uint64_t index) const {
   // The owner entry counts only on an owned head (a large page's entry is stale unless owned).
-  return (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) ? load_word(owner_entry(index)) : 0;
+  return (h->flags_.load(std::memory_order_relaxed) & PG_slot_owned) ? decode_owner(index, load_word(owner_entry(index))) : 0;
 }
 
 int pool_impl::report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn, page* h, std::uint64_t index) {
@@ -609,23 +652,17 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
     h->refcount_.fetch_add(1, std::memory_order_relaxed);
     return report_not_owner("free_pages_from", src, pfn, h, index);
   }
-  const unsigned order = load_order(h);
   prefetch_map_line(h);
-  const unsigned lane = intents_.acquire();
-  intents_.write(lane, intent_kind::free_from, order, slot, pfn);
-  fence();  // 1: the intent is durable
-  // The slot first: once the page is free in DRAM another thread may be handed it, and the slot
-  // may lie inside it (a table page that owns itself). The intent is durable, so recovery
-  // completes the free whichever of the two reaches the media first.
+  // The one epoch: the slot cleared, durable before the page map (or region word) can say free,
+  // so no crash ever finds the slot naming a free page. Until the FREE code is durable (this
+  // thread's next fence, or never), recovery finds an allocated page owned by a slot that holds
+  // 0 and frees it (O1 rule 2): the free is complete from the fence on. The slot is cleared
+  // before the page is freed in DRAM: it may lie inside the page (a table page that owns itself).
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
-  flush_later(src, sizeof *src);
-  // The page stays out of the allocator's reach until this free is durable: another thread
-  // that allocated it before our second fence could see its allocation undone by the replay
-  // of our intent after a crash (tests/reliability/test_parallel_crash.cpp).
-  const free_result stored = free_stores(h, /*release_now=*/false);
-  fence();  // 2: freed, its owner entry cleared, and the slot cleared
-  retire_intent(lane);
-  finish_free(release_freed(stored));
+  flush_now(src, sizeof *src);
+  fence();
+  // The owner entry stays (O4). The FREE code's flush is issued when this call returns.
+  finish_free(free_stores(h));
   return 0;
 }
 
@@ -1020,7 +1057,7 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
     report_misuse("move_pages_owner: destination slot %p was filled by a concurrent call", static_cast<void*>(dest));
     return -EINVAL;
   }
-  persist_word(owner_entry(index), to);
+  write_owner(index, to);
   flush_now(dest, sizeof *dest);
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
   flush_now(src, sizeof *src);
@@ -1126,14 +1163,25 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
                                         std::memory_order_relaxed))
       break;
   }
-  persist_word(owner_entry(index), off);
+  write_owner(index, off);
   flush_now(slot, sizeof *slot);  // a no-op write-back if the engine persisted it, as it must have
-  fence();  // small: owned. large: the entry is durable before the bit that gives it meaning
+  // The entry is durable before the owned marker (bit) that gives it meaning: a marker whose
+  // entry did not reach the media reads as an interrupted slot call, whose page recovery frees.
+  fence();
   if (is_region_desc(h)) {
     persist_word(region_word(std::uint32_t(index >> HPAGE_PMD_ORDER)),
                  make_region_word(region_state::head, load_order(h), /*owned=*/true));
-    fence();
+  } else {
+    const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
+    const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1)), order = load_order(h);
+    split_state& s = sstate(r);
+    adaptive_mutex& m = lock_region(s);
+    set_map_owned(s.map, first, order, true);
+    const unsigned w = owned_marker_at(first, order) / PAGES_PER_MAP_WORD;
+    write_map_locked(r, w, w);
+    m.unlock();
   }
+  fence();
   // The allocation's reference is the slot's now (fetch_add, not a store: a put_page racing the
   // claim saw 0 and undoes its own decrement, report_refcount_misuse).
   unclaim();

@@ -15,18 +15,29 @@
 //       2^k-aligned index followed by 2^k-1 tail codes. (After a crash: broken heads and orphan
 //       tails are in-flight work and are cleared when the region is materialised.)
 //   P3  region word FREE     =>  its page map is ignored (zeroed when the region splits again).
-//   P4  a valid intent lane names an operation whose effects recovery completes or undoes.
-//   P5  no operation acts on a live intent's extent: until the intent's retirement is pending
-//       (so that the next fence of any thread makes it durable), the extent is reachable only by
-//       the operation that holds the lane. alloc_pages_to's page is reachable through its slot
-//       from the compare-and-swap on: it is PG_publishing until retired, and free_pages_from,
-//       free_pages_bulk_from, move_pages_owner, split_huge_page_to and the orphan release wait
-//       for that; a free keeps its page from the allocator until retired (deferred release); a
-//       move keeps its reference until retired; a split builds the pieces' descriptors after
-//       retiring. (Recovery decides from the slot, owner entry and page map, which another
-//       operation may have changed since; a stale live intent would be replayed over them.)
-//   O1  a non-zero owner entry sits on an allocated head and the slot it names holds that head's
-//       pfn (layout.hpp); the slot lies in the root area or in an allocated page.
+//   P4  a valid intent lane names an operation whose effects recovery completes or undoes
+//       (move_pages_owner, split_huge_page_to, the bulk slot calls; a 0.2 pool's alloc_to and
+//       free_from lanes are still replayed at open).
+//   P5  no operation acts on a live intent's extent until the intent's retirement is pending
+//       (so that the next fence of any thread makes it durable). alloc_pages_to's page is
+//       reachable through its slot from the compare-and-swap on, before its last fence: it is
+//       PG_publishing until that fence returned, and free_pages_from, free_pages_bulk_from,
+//       move_pages_owner, split_huge_page_to and the orphan release wait for that, so an intent
+//       they write never precedes the publication it acts on. A free keeps its page from the
+//       allocator until its lane retired (bulk); a move keeps its reference until retired; a
+//       split builds the pieces' descriptors after retiring.
+//   O1  the slot protocol (pool.cpp, publish_to and free_pages_from; docs/format.md): a page is
+//       recorded allocated with its owner entry naming the slot (one epoch) before the slot can
+//       name it, and the slot is cleared (one epoch) before the page can be recorded free. So an
+//       allocated head's non-zero owner entry names its owner slot, and that slot holds the
+//       head's pfn, except after a crash: recovery frees the head if the slot holds 0 or another
+//       page owned by the same slot (an interrupted call), and drops the record otherwise (the
+//       engine overwrote the slot). The slot lies in the root area or in an allocated page.
+//   O4  an owner entry on anything but an allocated head is stale (a free through a slot leaves
+//       its entry; clearing it could reach the media before the FREE code and orphan the page).
+//       A small page's entry may be non-zero only while split_state::owner_stale says so, and
+//       the next allocation of that page writes it in its own epoch (apply_small_held). A large
+//       page's entry counts only under its HEAD word's owned bit; a split clears all 512.
 //
 // Ownership (slot-owned pages, docs/api.md "Slot ownership")
 //   O2  PG_slot_owned on a state holder <=> its owner entry is non-zero (HEAD: region word bit 16).
@@ -233,12 +244,16 @@ class pool_impl {
   // --- persistent metadata addresses
   std::uint64_t* region_word(std::uint32_t r) const { return region_table_ + r; }
   std::uint64_t* page_map(std::uint32_t r) const { return page_maps_ + std::uint64_t(r) * PAGE_MAP_WORDS; }
-  /// The owner entry of pool page `index` (layout.hpp, rule O1).
+  /// The owner entry of pool page `index` (layout.hpp, rule O1): raw words (0 tests work on them
+  /// raw); write_owner / read_owner encode and decode the slot offset they name.
   std::uint64_t* owner_entry(std::uint64_t index) const { return owner_table_ + index; }
+  void write_owner(std::uint64_t index, std::uint64_t slot_off) { persist_word(owner_entry(index), encode_owner(index, slot_off)); }
+  /// The slot offset page index's entry names: 0 none, OWNER_INVALID damaged (as check() sees it).
+  std::uint64_t read_owner(std::uint64_t index) const { return decode_owner(index, view_word(owner_entry(index))); }
   /// The owner table words of a split_huge_page_to and the caller's slots 1..511 (flushed).
   void write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots);
-  /// Every page of region r an order-0 head in its page map (flushed).
-  void write_split_map(std::uint32_t r);
+  /// Every page of region r an order-0 head in its page map, owned or plain (flushed).
+  void write_split_map(std::uint32_t r, bool owned = false);
   /// Zeroes region r's owner entries (flushed): every split starts with no stale owner.
   void clear_owner_entries(std::uint32_t r);
   static void store_word(std::uint64_t* w, std::uint64_t v) {
@@ -385,6 +400,9 @@ class pool_impl {
   /// An 8-byte aligned word inside the root or the data area (checked as numbers, before any
   /// pointer is formed from a value read off the media).
   bool slot_offset_valid(std::uint64_t off) const;
+  /// What recovery makes of an allocated head's non-zero owner entry e (O1; recovery.cpp).
+  enum class owner_verdict { owns, interrupted, damaged };
+  owner_verdict slot_verdict(std::uint64_t index, std::uint64_t e) const;
   /// n consecutive slots from off, all inside the root area or all inside the data area.
   bool slot_range_valid(std::uint64_t off, std::uint64_t n) const;
   /// n slots from off (valid) touch a data page that is not allocated: nobody owns that memory.
@@ -396,8 +414,19 @@ class pool_impl {
   std::size_t alloc_to_batch(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp, bool& stop) noexcept;
   /// Takes 1..min(want, BULK_LANES) intent lanes into lanes[]: waits for the first only.
   unsigned acquire_lanes(unsigned* lanes, std::size_t want) noexcept;
-  /// alloc_pages_to's undo when the slot was filled by someone else after its check.
-  void abandon_alloc_to(page* p, unsigned order, alloc_plan& plan, unsigned lane);
+  /// The slot protocol's allocation (pool.cpp): records the reserved page allocated and owned by
+  /// the slot at `slot` (epoch 1), fences, fills *dest by compare-and-swap, fences. p's holder h
+  /// is PG_slot_owned | PG_publishing already. Null (and the page given back) if *dest was filled.
+  page* publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
+                   const char* caller) noexcept;
+  /// The state holder of a page reserve() returned (its region descriptor for order >= 9).
+  page* holder_of_reserved(page* p, unsigned order) const;
+  /// Makes allocated page h plain on the media (owned marker or bit and owner entry cleared;
+  /// flushed, not fenced). A crash before that is durable finds it owned by a slot that does not
+  /// name it, which frees it: only for a page no slot names.
+  void drop_owner_record(page* h);
+  /// publish_to's loser of the slot race: frees its recorded, never published page (no fence).
+  void give_back_lost(page* h);
   /// Returns reserved pages no slot ever named (their media words still say free) to the
   /// allocator, after publishing `plan`'s fresh regions and retiring `lanes` (pool.cpp).
   void give_back_unpublished(page* const* holders, unsigned n, alloc_plan& plan, const unsigned* lanes,

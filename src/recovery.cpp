@@ -151,6 +151,20 @@ std::string pool_impl::validate_region_table() const {
   return {};
 }
 
+pool_impl::owner_verdict pool_impl::slot_verdict(std::uint64_t index, std::uint64_t e) const {
+  // The slot protocol (pool.cpp, publish_to and free_pages_from; docs/format.md): an owned page
+  // is recorded allocated, owned (marker) and with its entry in one epoch, before its slot can
+  // name it, and its slot is cleared before the page is recorded free. So an owned page whose
+  // slot does not hold its pfn was never published (an alloc_pages_to the crash stopped, the
+  // loser of a slot race, the old page of a replacement) or was freed through its slot (a
+  // free_pages_from the crash stopped), or its slot was overwritten by hand: it is freed. e is
+  // decoded (decode_owner): 0 is an entry that did not reach the media with the marker.
+  if (e == 0) return owner_verdict::interrupted;
+  if (e == OWNER_INVALID || !slot_offset_valid(e)) return owner_verdict::damaged;
+  const pfn_t v = std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed);
+  return v == pfn_of_index(index) ? owner_verdict::owns : owner_verdict::interrupted;
+}
+
 bool pool_impl::covered_by_earlier_head(std::uint32_t r) const {
   for (unsigned n = HPAGE_PMD_ORDER + 1; n <= MAX_PAGE_ORDER; ++n) {
     const std::uint64_t span = std::uint64_t{1} << (n - HPAGE_PMD_ORDER);
@@ -175,7 +189,7 @@ bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order, std
       for (std::uint64_t t = r + 1; t < r + n; ++t)
         if (load_word(region_word(std::uint32_t(t))) != make_region_word(region_state::free)) return false;
     }
-    persist_word(owner_entry(index), owner);
+    write_owner(index, owner);
     persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
     return true;
   }
@@ -194,7 +208,11 @@ bool pool_impl::replay_ensure_allocated(std::uint64_t index, unsigned order, std
   for_each_map_word(first, order, true, [&](unsigned wi, std::uint64_t mask, std::uint64_t bits) {
     persist_word(&map[wi], (load_word(&map[wi]) & ~mask) | bits);
   });
-  persist_word(owner_entry(index), owner);
+  if (owner) {
+    std::uint64_t* mw = &map[owned_marker_at(first, order) / PAGES_PER_MAP_WORD];
+    persist_word(mw, with_owned_marker(load_word(mw), first, order, true));
+  }
+  write_owner(index, owner);
   if (region_word_kind(w) == region_state::free) persist_word(region_word(r), make_region_word(region_state::split));
   return true;
 }
@@ -204,7 +222,7 @@ bool pool_impl::replay_ensure_free(std::uint64_t index, unsigned order, std::uin
   if (covered_by_earlier_head(r)) return false;
   // The entry goes whatever the region's state: a FREE region may have become FREE in the same
   // torn epoch that should have cleared it.
-  if (load_word(owner_entry(index)) == owner) persist_word(owner_entry(index), 0);
+  if (read_owner(index) == owner) persist_word(owner_entry(index), 0);
   const std::uint64_t w = load_word(region_word(r));
   if (order >= HPAGE_PMD_ORDER) {
     if ((w & ~REGION_OWNED) == make_region_word(region_state::head, order))
@@ -261,7 +279,7 @@ bool pool_impl::replay_move_to(std::uint64_t index, std::uint64_t src_off, std::
   // Rolled forward: the destination was empty when the intent was written, and the source stays
   // the owner until this intent's retirement is durable (any later operation fences first).
   if (!slot_offset_valid(dest_off) || dest_off == src_off) return false;
-  const std::uint64_t e = load_word(owner_entry(index));
+  const std::uint64_t e = read_owner(index);
   if (e != src_off && e != dest_off) return false;
   auto* src = reinterpret_cast<pfn_t*>(dev_.base() + src_off);
   auto* dest = reinterpret_cast<pfn_t*>(dev_.base() + dest_off);
@@ -271,7 +289,7 @@ bool pool_impl::replay_move_to(std::uint64_t index, std::uint64_t src_off, std::
   // Both empty is the move in flight too (the source's clearing reached the media, the
   // destination's store did not): the intent still names the page.
   if ((s != pfn && s != 0) || (d != pfn && d != 0)) return false;
-  persist_word(owner_entry(index), dest_off);
+  write_owner(index, dest_off);
   std::atomic_ref<pfn_t>(*dest).store(pfn, std::memory_order_relaxed);
   pers_->flush(dest, sizeof *dest);
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
@@ -388,7 +406,27 @@ void pool_impl::build_volatile() {
   };
   for (std::uint64_t i = 0; i < nr_regions_;) {
     const auto ri = std::uint32_t(i);
-    const std::uint64_t w = load_word(region_word(ri));
+    std::uint64_t w = load_word(region_word(ri));
+    if (region_word_kind(w) == region_state::head && region_word_owned(w)) {
+      // An owned large page whose slot does not name it: a slot call the crash interrupted
+      // (slot_verdict; materialise_locked decides small pages the same way). Freed: its region
+      // word FREE, like the words of the regions it covered (P1), its entry 0.
+      const std::uint64_t e = read_owner(i << HPAGE_PMD_ORDER);
+      if (slot_verdict(i << HPAGE_PMD_ORDER, e) == owner_verdict::interrupted) {
+        const unsigned order = region_word_order(w);
+        w = make_region_word(region_state::free);
+        if (load_word(owner_entry(i << HPAGE_PMD_ORDER))) repair_word(owner_entry(i << HPAGE_PMD_ORDER), 0);
+        repair_word(region_word(ri), w);
+        char line[200];
+        std::snprintf(line, sizeof line, "region %llu: the order-%u page at pfn %#llx of an interrupted slot call "
+                      "freed (its owner slot, at offset %#llx, does not name it)",
+                      (unsigned long long)i, order, (unsigned long long)pfn_of_index(i << HPAGE_PMD_ORDER),
+                      (unsigned long long)e);
+        note_repair(line);
+        repairs = true;
+        ++repaired_;
+      }
+    }
     page& d = regions_[i];
     if (region_word_kind(w) != region_state::free) end_run();
     switch (region_word_kind(w)) {
@@ -401,21 +439,18 @@ void pool_impl::build_volatile() {
         d.refcount_.store(1, std::memory_order_relaxed);
         bool owned = region_word_owned(w);
         if (owned) {
-          // O1 for an owned large page: its slot must still name it. Only owned heads are read (one
-          // entry each); an entry whose slot does not name the page is dropped, like the owner
-          // records of small pages when their region loads.
-          const std::uint64_t e = load_word(owner_entry(i << HPAGE_PMD_ORDER));
-          owned = slot_offset_valid(e) &&
-                  std::atomic_ref<pfn_t>(*reinterpret_cast<pfn_t*>(dev_.base() + e)).load(std::memory_order_relaxed) ==
-                      pfn_of_index(i << HPAGE_PMD_ORDER);
+          // O1 for an owned large page, as for small pages when their region loads
+          // (materialise_locked): kept while its slot names it (freed above if not); a damaged
+          // entry drops the record and keeps the page. Only owned heads are read (one entry each).
+          const std::uint64_t e = read_owner(i << HPAGE_PMD_ORDER);
+          owned = slot_verdict(i << HPAGE_PMD_ORDER, e) == owner_verdict::owns;
           if (!owned) {
             repair_word(owner_entry(i << HPAGE_PMD_ORDER), 0);
             repair_word(region_word(ri), make_region_word(region_state::head, order));
             char line[200];
-            std::snprintf(line, sizeof line, "region %llu: the owned order-%u page at pfn %#llx is no longer named by "
-                          "its slot (offset %#llx): owner record cleared, the page stays allocated, owned by nobody",
-                          (unsigned long long)i, order, (unsigned long long)pfn_of_index(i << HPAGE_PMD_ORDER),
-                          (unsigned long long)e);
+            std::snprintf(line, sizeof line, "region %llu: the owned order-%u page at pfn %#llx has a damaged owner "
+                          "entry (its check fails): owner record cleared, the page stays allocated, owned by nobody",
+                          (unsigned long long)i, order, (unsigned long long)pfn_of_index(i << HPAGE_PMD_ORDER));
             note_repair(line);
             repairs = true;
             ++orphaned_;
@@ -518,7 +553,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
       fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
     fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
   }
-  const superblock& good = pa.empty() ? a : b;
+  const superblock& good = pa.empty() && !(pb.empty() && superblocks_differ_by_upgrade(a, b)) ? a : b;
   if (d.size() < good.device_size)
     fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
                            std::to_string(d.size()));
@@ -540,10 +575,12 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   // Both copies are written once at create, identical, and never change: repair a damaged one.
   // Two valid copies that differ are no crash's doing (create writes the marker into both
   // first): which one is the pool's cannot be told, so nothing is guessed or overwritten.
-  if (pa.empty() && pb.empty() && std::memcmp(&a, &b, sizeof a) != 0)
+  // The one legitimate difference: an upgrade to SB_TAGGED_OWNERS (below) that wrote B and not A.
+  const bool torn_upgrade = pa.empty() && pb.empty() && superblocks_differ_by_upgrade(a, b);
+  if (pa.empty() && pb.empty() && std::memcmp(&a, &b, sizeof a) != 0 && !torn_upgrade)
     fail(EINVAL, path, "superblock copies A and B are both valid but differ (damage, or a copy of another pool's "
                        "superblock written over one of them): not opened; run `pmpage check` on it");
-  const bool repair_a = !pa.empty(), repair_b = pa.empty() && !pb.empty();
+  const bool repair_a = !pa.empty() || (torn_upgrade && !opts.read_only), repair_b = pa.empty() && !pb.empty();
   if (!opts.read_only && d.type() == device::kind::regular_file) {
     // Every metadata store from here on (repairs, replay, allocations) lands in reserved blocks,
     // never in a hole a full file system cannot fill (SIGBUS): create reserved them, but a copy
@@ -568,9 +605,24 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     std::memcpy(dst, &good, sizeof good);
     impl->pers_->persist(dst, sizeof good);
     ++impl->repaired_;
-    impl->note_repair(repair_a ? "superblock copy A repaired from copy B (copy A: " + pa + ")"
+    impl->note_repair(torn_upgrade ? std::string("superblock copy A upgraded like copy B (an interrupted format upgrade)")
+                      : repair_a ? "superblock copy A repaired from copy B (copy A: " + pa + ")"
                                : "superblock copy B repaired from copy A (copy B: " +
                                      (pb.empty() ? std::string("differs from copy A") : pb) + ")");
+  }
+  if (!opts.read_only && !(good.flags & SB_TAGGED_OWNERS)) {
+    // A pool written before 0.3: its owner entries are raw offsets (still read as such). Tagged
+    // entries are written from now on, which a 0.2 library would misread as damage and drop: set
+    // the flag it refuses first, B then A (a crash in between leaves the torn upgrade above).
+    superblock up = good;
+    up.flags |= SB_TAGGED_OWNERS;
+    up.checksum = fletcher64(&up, offsetof(superblock, checksum));
+    for (const std::size_t at : {SUPERBLOCK_SIZE, std::size_t{0}}) {
+      std::memcpy(impl->dev_.base() + at, &up, sizeof up);
+      impl->pers_->persist(impl->dev_.base() + at, sizeof up);
+    }
+    impl->note_repair("format upgraded: owner entries carry a check from now on (feature flag tagged-owners; "
+                      "pmpage 0.2 refuses the pool from now on)");
   }
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->replay_intents();

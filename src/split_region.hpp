@@ -85,9 +85,8 @@ void for_each_map_word(unsigned first, unsigned order, bool allocate, F&& f) {
   }
 }
 
-inline std::uint8_t map_code(const std::uint64_t* map, unsigned i) {
-  return std::uint8_t((map[i / PAGES_PER_MAP_WORD] >> ((i % PAGES_PER_MAP_WORD) * 4)) & 0xF);
-}
+/// Page i's code as an allocation reads it (the owned markers as their plain codes: layout.hpp).
+inline std::uint8_t map_code(const std::uint64_t* map, unsigned i) { return plain_code(raw_map_code(map, i)); }
 
 /// Filler: lists of published split regions by (fullness bucket, longest free order). Allocation
 /// takes the fullest region that has room, so nearly empty regions drain and merge back.

@@ -22,6 +22,7 @@ superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uin
   sb.uuid[0] = uuid0;
   sb.uuid[1] = uuid1;
   sb.section_id = section_id;
+  sb.flags = SB_TAGGED_OWNERS;
   sb.device_size = lay.device_size;
   sb.nr_regions = lay.nr_regions;
   sb.lanes_offset = lay.lanes_offset;
@@ -40,6 +41,14 @@ superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uin
 /// A copy whose magic word is the creation marker (create() had not finished with it).
 bool is_creating_marker(const superblock& sb) { return std::memcmp(sb.magic, CREATING_MAGIC, sizeof sb.magic) == 0; }
 
+bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b) {
+  if ((a.flags & SB_TAGGED_OWNERS) || !(b.flags & SB_TAGGED_OWNERS)) return false;
+  superblock up = a;
+  up.flags |= SB_TAGGED_OWNERS;
+  up.checksum = fletcher64(&up, offsetof(superblock, checksum));
+  return std::memcmp(&up, &b, sizeof up) == 0;
+}
+
 /// Why a superblock copy cannot be used, or "" if it can.
 std::string superblock_problem(const superblock& sb) {
   if (is_creating_marker(sb)) return "creation in progress (create was interrupted)";
@@ -48,7 +57,7 @@ std::string superblock_problem(const superblock& sb) {
   if (sb.major != FORMAT_MAJOR)
     return "format version " + std::to_string(sb.major) + "." + std::to_string(sb.minor) +
            " is not supported (this library reads " + std::to_string(FORMAT_MAJOR) + ".x)";
-  if (sb.flags != 0) return "unknown feature flags";
+  if (sb.flags & ~SB_KNOWN_FLAGS) return "unknown feature flags (written by a newer pmpage)";
   if (sb.section_id == 0 || sb.section_id >= (1u << SECTION_BITS)) return "section id out of range";
   if (sb.nr_lanes != NR_LANES) return "unexpected lane count";
   if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";

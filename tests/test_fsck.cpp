@@ -262,9 +262,24 @@ TEST_F(FsckTest, ImpossibleCodeOutsideAnyAllocationIsReportedNotGuessed) {
   EXPECT_EQ(found.exit_code(), 4);
 }
 
-TEST_F(FsckTest, OverwrittenOwnerEntryDropsTheOwnershipAndKeepsThePage) {
+TEST_F(FsckTest, OwnerEntryNamingAnEmptySlotIsAnInterruptedSlotCallRecoveryFrees) {
+  // The slot protocol's in-flight state (an alloc_pages_to before its publication, a
+  // free_pages_from after clearing the slot): not damage; recovery frees the page.
   const std::uint64_t index = index_of(owned_small_);
   write_word(path_, owner_off(index), sb_.root_offset + 512);  // a root word that holds 0
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "O1");
+  ASSERT_NE(p, nullptr) << list(found);
+  EXPECT_TRUE(p->recovery) << p->what;
+  EXPECT_NE(p->what.find("interrupted"), std::string::npos) << p->what;
+  EXPECT_EQ(found.exit_code(), 0) << list(found);
+}
+
+TEST_F(FsckTest, DamagedOwnerEntryDropsTheOwnershipAndKeepsThePage) {
+  // A flipped bit fails the entry's check: damage, never taken for a slot (which would free the
+  // page as an interrupted slot call). The repair drops the record and keeps the page.
+  const std::uint64_t index = index_of(owned_small_);
+  flip_bit(path_, owner_off(index), 5);
   fsck::report found = check_ro();
   const fsck::problem* p = find_rule(found, "O1");
   ASSERT_NE(p, nullptr) << list(found);

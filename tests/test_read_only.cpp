@@ -269,15 +269,17 @@ TEST_F(ReadOnlyTest, DamagedImageOpensReadOnlyUnchangedAndReadWriteRepairsTheSam
   l.pfn = owned_small;
   l.checksum = detail::fletcher64(reinterpret_cast<const char*>(&l) + 8, sizeof l - 8);
   put_at(img, sb.lanes_offset + 5 * sizeof l, l);
-  // 2. the owned order-9 page's slot overwritten by hand (its owner record no longer holds);
-  put_at<pfn_t>(img, root_off + 8, 0);
+  // 2. the owned order-9 page's owner entry damaged (a flipped bit fails its check: the record
+  //    is dropped, the page kept; a slot that does not name its page would free it instead);
   const std::uint64_t huge_region = (owned_huge - start) >> HPAGE_PMD_ORDER;
+  put_at<std::uint64_t>(img, owner_off(sb, huge_region << HPAGE_PMD_ORDER),
+                        word_at<std::uint64_t>(img, owner_off(sb, huge_region << HPAGE_PMD_ORDER)) ^ 0x20);
   // 3. a torn page map: an orphan tail code on a free page of the split region;
   const unsigned torn_page = 500;
   ASSERT_EQ(map_code_at(img, sb, small_region, torn_page), 0u);
   put_at(img, map_word_off(sb, small_region, torn_page),
          word_at<std::uint64_t>(img, map_word_off(sb, small_region, torn_page)) | (std::uint64_t{0xF} << (torn_page % 16 * 4)));
-  // 4. a stale owner entry on another free page of it;
+  // 4. a stale owner entry on another free page of it (what an interrupted free leaves);
   const std::uint64_t stale_index = (small_region << HPAGE_PMD_ORDER) + 400;
   ASSERT_EQ(map_code_at(img, sb, small_region, 400), 0u);
   put_at<std::uint64_t>(img, owner_off(sb, stale_index), root_off + 8 * 7);

@@ -321,9 +321,9 @@ INSTANTIATE_TEST_SUITE_P(Operations, CrashPoints, ::testing::ValuesIn(all_scenar
 
 namespace {
 
-// A thread's alloc_pages_to retires its intent lazily; if that thread never fences again, the
-// next fence of ANY thread (here: the application's own persist) must make the retirement
-// durable, or a crash would replay the stale intent and free a page the application moved.
+// A thread's intent (a bulk slot call's; alloc_pages_to has none since 0.3) is retired lazily; if
+// that thread never fences again, the next fence of ANY thread (here: the move's) must make the
+// retirement durable, or a crash would replay the stale intent and free a page that moved.
 TEST(IntentRetirement, AnyThreadsFenceRetiresAnotherThreadsIntent) {
   const std::string path = "/dev/shm/pmpage-retire-" + std::to_string(::getpid());
   ::unlink(path.c_str());
@@ -337,12 +337,12 @@ TEST(IntentRetirement, AnyThreadsFenceRetiresAnotherThreadsIntent) {
     o.backend = sim;
     pool p = pool::create(path, o);
     auto* slots = static_cast<pfn_t*>(p.root());
-    std::thread([&] { ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr); }).join();  // exits: never fences again
+    std::thread([&] {
+      pfn_t* one[] = {&slots[0]};
+      ASSERT_EQ(p.alloc_pages_bulk_to(0, one), 1u);
+    }).join();  // exits: never fences again
     moved = slots[0];
-    slots[1] = moved;  // the application moves the pfn into its own structure...
-    p.persist(&slots[1], sizeof(pfn_t));
-    slots[0] = 0;
-    p.persist(&slots[0], sizeof(pfn_t));
+    ASSERT_EQ(p.move_pages_owner(&slots[0], &slots[1]), 0);  // the slot at 0 is empty now
     image = sim->crash_image(0, 0.0);  // power fails: only what was fenced survives
   }
   const std::string img = path + ".img";
