@@ -70,25 +70,6 @@ struct pool_stats {
   std::uint64_t hwpoison_pages = 0;
 };
 
-/// A byte range of a pool's file or device that cannot be read: a media error ("bad block",
-/// "poison"). Offsets are from the start of the file or device, as libpmem2 and ndctl report
-/// them (512-byte sectors on an NVDIMM; a CXL device's poison list gives device physical
-/// addresses, which the caller translates to offsets in the devdax device).
-struct bad_block {
-  std::uint64_t offset = 0;
-  std::uint64_t length = 0;
-  friend bool operator==(const bad_block&, const bad_block&) = default;
-};
-
-/// An allocated page in a bad block (pool::hwpoison_pages): the pfn of the bad page, and the head
-/// and order of the allocation it belongs to (the allocation carries PG_hwpoison).
-struct hwpoison_page {
-  pfn_t pfn = 0;
-  pfn_t head = 0;
-  unsigned order = 0;
-  friend bool operator==(const hwpoison_page&, const hwpoison_page&) = default;
-};
-
 class PMPAGE_API pool {
  public:
   struct options {
