@@ -159,7 +159,13 @@ class pool_impl {
   std::vector<std::string> recovery_log() const;
 
   // ---- bad blocks (badblocks.cpp) -----------------------------------------------------------------
-  std::vector<bad_block> bad_block_list() const { return bad_blocks_; }
+  /// The list as the caller knows it: device offsets, or a volatile pool's backing offsets.
+  std::vector<bad_block> bad_block_list() const {
+    std::vector<bad_block> v = bad_blocks_;
+    if (volatile_)
+      for (bad_block& b : v) b.offset -= lay_.data_offset;
+    return v;
+  }
   std::vector<hwpoison_page> hwpoison_list();
 
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------

@@ -417,3 +417,24 @@ TEST_F(BadBlockTest, ClearingHappensOnlyOnRequestAndOnlyForAReportedRange) {
             after.begin() + std::ptrdiff_t(off));
   EXPECT_EQ(cleared, after);
 }
+
+// ---- volatile pools --------------------------------------------------------------------------------
+
+TEST_F(BadBlockTest, AVolatilePoolNeverHandsOutABadPageOfItsBacking) {
+  // A CXL expander used as plain memory has poison too: offsets are the backing's (= the pages').
+  pool::volatile_options o;
+  o.size = 16 * MiB;
+  o.bad_blocks = {{3 * HPAGE_PMD_SIZE + 4096 + 100, 8}};
+  pool p = pool::create_volatile(o);
+  EXPECT_EQ(p.bad_blocks(), o.bad_blocks);
+  const pfn_t bad = p.start_pfn() + 3 * HPAGE_PMD_NR + 1;
+  EXPECT_EQ(p.stats().quarantined_pages, HPAGE_PMD_NR);
+  for (unsigned order : {0u, 1u, 9u}) {
+    const std::vector<pfn_t> got = allocate_everything(p, order);
+    EXPECT_FALSE(covers(got, order, bad)) << order;
+    for (pfn_t f : got) free_pages(pfn_to_page(f), order);
+    EXPECT_EQ(p.check(), "");
+  }
+  o.bad_blocks = {{16 * MiB, 512}};
+  expect_error(EINVAL, [&] { pool::create_volatile(o); });
+}

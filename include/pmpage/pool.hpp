@@ -153,6 +153,11 @@ class PMPAGE_API pool {
     int numa_node = -1;
     /// Bytes of the root area (DRAM, zeroed; rounded up to 4 KiB): room for alloc_pages_to slots.
     std::size_t root_size = 4096;
+    /// Bad blocks of the backing (docs/api.md "Bad blocks"): byte offsets from its start, i.e. of
+    /// the pages (a CXL device's poison list; libpmem2 is not asked for volatile pools). Each must
+    /// lie inside the pool's `size` bytes (EINVAL). The free 2 MiB regions holding them are never
+    /// handed out; pool::bad_blocks() returns them as given (merged).
+    std::vector<bad_block> bad_blocks;
     /// A volatile pool never flushes or fences: a backend given here sees attach() and detach()
     /// only (tests and benchmarks pass a counting_persistence to prove it). nullptr = none.
     std::shared_ptr<persistence> backend;
