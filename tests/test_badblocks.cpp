@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "badblocks.hpp"  // src/: the bad-block source seam
 #include "test_util.hpp"
@@ -437,4 +438,56 @@ TEST_F(BadBlockTest, AVolatilePoolNeverHandsOutABadPageOfItsBacking) {
   }
   o.bad_blocks = {{16 * MiB, 512}};
   expect_error(EINVAL, [&] { pool::create_volatile(o); });
+}
+
+// ---- concurrency ---------------------------------------------------------------------------------
+
+TEST_F(BadBlockTest, ThreadsAllocatingAndFreeingBesideStatsNeverGetABadPage) {
+  // Poisoned pages freed by several threads while others allocate and one reads the counters:
+  // the quarantine happens under the region lock (TSan checks the stats walk's locking too).
+  const fs::path path = new_path();
+  std::vector<pfn_t> poisoned;
+  std::vector<bad_block> bad;
+  {
+    pool p = create_pool(path, POOL_SIZE);
+    for (int i = 0; i < 64; ++i) {
+      page* pg = p.alloc_pages(0);
+      ASSERT_NE(pg, nullptr);
+      if (i % 4 == 0) {
+        poisoned.push_back(page_to_pfn(pg));
+        bad.push_back({offset_of(p, page_to_pfn(pg)), 512});
+      }
+    }
+  }
+  pool p = open_with(path, bad);
+  ASSERT_EQ(p.stats().hwpoison_pages, poisoned.size());
+  const std::set<pfn_t> bad_set(poisoned.begin(), poisoned.end());
+  std::atomic<int> handed_bad{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (std::size_t i = std::size_t(t); i < poisoned.size(); i += 4) free_pages(pfn_to_page(poisoned[i]), 0);
+      for (int round = 0; round < 200; ++round) {
+        page* got[16];
+        const std::size_t n = p.alloc_pages_bulk(0, 16, got);
+        for (std::size_t k = 0; k < n; ++k) {
+          if (bad_set.count(page_to_pfn(got[k]))) handed_bad.fetch_add(1);
+          free_pages(got[k], 0);
+        }
+      }
+    });
+  std::thread reader([&] {
+    while (!stop.load()) {
+      (void)p.stats();
+      (void)p.hwpoison_pages();
+    }
+  });
+  for (auto& t : threads) t.join();
+  stop = true;
+  reader.join();
+  EXPECT_EQ(handed_bad.load(), 0);
+  EXPECT_EQ(p.stats().hwpoison_pages, 0u);
+  EXPECT_EQ(p.stats().quarantined_pages, poisoned.size());
+  EXPECT_EQ(p.check(), "");
 }
