@@ -64,6 +64,7 @@ static_assert(unsigned(PMPAGE_INTERNAL_PG_HEAD) == unsigned(pmpage::PG_head) && 
 static_assert(unsigned(PMPAGE_INTERNAL_PG_REGION_TAIL) == unsigned(pmpage::PG_region_tail));
 static_assert(unsigned(PMPAGE_INTERNAL_PG_REGION_LAZY) == unsigned(pmpage::PG_region_lazy));
 static_assert(unsigned(PMPAGE_INTERNAL_PG_SLOT_OWNED) == unsigned(pmpage::PG_slot_owned));
+static_assert(unsigned(PMPAGE_INTERNAL_PG_HWPOISON) == unsigned(pmpage::PG_hwpoison));
 static_assert(unsigned(PMPAGE_INTERNAL_PG_REGION_SPECIAL) == unsigned(pmpage::PG_region_special));
 static_assert(PMPAGE_INTERNAL_SECTION_SHIFT == pmpage::detail::SECTION_SHIFT);
 static_assert(PMPAGE_INTERNAL_SECTION_BITS == pmpage::detail::SECTION_BITS);
@@ -385,6 +386,56 @@ pmpage_pool* pmpage_pool_open_read_only(const char* path) {
   }
 }
 
+pmpage_pool* pmpage_pool_open_bad_blocks(const char* path, const struct pmpage_bad_block* bad, size_t n,
+                                         unsigned flags) {
+  const c_call call("pmpage_pool_open_bad_blocks");
+  if (!path || (n && !bad) || (flags & ~unsigned(PMPAGE_OPEN_READ_ONLY | PMPAGE_OPEN_NO_DEVICE_BAD_BLOCKS))) {
+    call.fail(EINVAL, !path ? "path is NULL" : (n && !bad) ? "bad is NULL with n > 0" : "unknown flags");
+    return nullptr;
+  }
+  try {
+    pmpage::pool::open_options o;
+    o.read_only = flags & PMPAGE_OPEN_READ_ONLY;
+    o.device_bad_blocks = !(flags & PMPAGE_OPEN_NO_DEVICE_BAD_BLOCKS);
+    for (size_t i = 0; i < n; ++i) o.bad_blocks.push_back({bad[i].offset, bad[i].length});
+    return new pmpage_pool{pmpage::pool::open(path, o), path};
+  } catch (...) {
+    fail_current(call.fn());
+    return nullptr;
+  }
+}
+
+size_t pmpage_pool_hwpoison_pages(const pmpage_pool* pool, struct pmpage_hwpoison_page* out, size_t n) {
+  const c_call call("pmpage_pool_hwpoison_pages");
+  if (null_pool(pool, call)) return 0;
+  if (n && !out) {
+    call.misuse("out is NULL with n > 0");
+    return 0;
+  }
+  try {
+    const auto v = pool->pool.hwpoison_pages();
+    for (size_t i = 0; i < n && i < v.size(); ++i) out[i] = {v[i].pfn, v[i].head, v[i].order, 0};
+    return v.size();
+  } catch (...) {  // std::bad_alloc
+    fail_current(call.fn());
+    return 0;
+  }
+}
+
+int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_t length) {
+  const c_call call("pmpage_clear_bad_block");
+  if (!path) {
+    call.fail(EINVAL, "path is NULL");
+    return -EINVAL;
+  }
+  try {
+    pmpage::pool::clear_bad_block(path, {offset, length});
+    return 0;
+  } catch (...) {
+    return fail_current(call.fn());
+  }
+}
+
 void pmpage_volatile_options_init(struct pmpage_volatile_options* opts) {
   if (!opts) return;
   std::memset(opts, 0, sizeof *opts);
@@ -521,6 +572,8 @@ int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
   out->cpu_cached_regions = s.cpu_cached_regions;
   out->cpu_cached_free_pages = s.cpu_cached_free_pages;
   out->empty_split_regions = s.empty_split_regions;
+  out->quarantined_pages = s.quarantined_pages;
+  out->hwpoison_pages = s.hwpoison_pages;
   return 0;
 }
 

@@ -34,6 +34,8 @@ pool_stats pool_impl::stats() noexcept {
     s.cpu_cached_free_pages += sstate(c.region).nr_free;
   }
   const auto counted = std::int64_t(free_pages_ + cached_free_delta());
+  if (PMPAGE_UNLIKELY(!bad_pages_.empty() || quarantined_regions_))
+    count_bad_pages_locked(s.quarantined_pages, s.hwpoison_pages, nullptr);
   // The caches' figures are settled: only the pool lock is needed for the rest (lazy regions
   // and the pool's own counters change only under it).
   for (unsigned i = nr_caches_; i-- > 0;) caches_[i].mu.unlock();
@@ -121,7 +123,7 @@ std::string pool_impl::check_locked() {
     (err << ... << parts);
     return err.str();
   };
-  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0, listed = 0, empty_listed = 0;
+  std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0, listed = 0, empty_listed = 0, quarantined = 0;
   for (std::uint64_t r = 0; r < nr_regions_;) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
@@ -165,8 +167,17 @@ std::string pool_impl::check_locked() {
         r += n;
         break;
       }
+      case RK_QUARANTINED:
+        if (w != make_region_word(region_state::free)) return fail("Q1: quarantined region ", r, " is not FREE on the media");
+        if (!bad_bits_of(ri)) return fail("Q1: quarantined region ", r, " holds no bad page");
+        if (f & (PG_region_special | PG_head | PG_hwpoison)) return fail("Q1: quarantined region ", r, " has flags ", f);
+        ++quarantined;
+        ++r;
+        break;
       case RK_HEAD: {
         const std::uint64_t n = std::uint64_t{1} << (d.order_ - HPAGE_PMD_ORDER);
+        if (bool(f & PG_hwpoison) != has_bad_region(ri, std::uint32_t(n)))
+          return fail("Q3: head region ", r, " PG_hwpoison ", bool(f & PG_hwpoison), " but holds a bad page ", !bool(f & PG_hwpoison));
         if ((w & ~REGION_OWNED) != make_region_word(region_state::head, d.order_)) return fail("V2: head region ", r, " not HEAD(", int(d.order_), ") on the media");
         if (bool(f & PG_slot_owned) != region_word_owned(w)) return fail("O2: head region ", r, " slot-owned in DRAM ", bool(f & PG_slot_owned), ", on the media ", region_word_owned(w));
         // An unowned large page's owner entries are not read by anything (they are cleared when
@@ -219,10 +230,22 @@ std::string pool_impl::check_locked() {
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) map[w] = volatile_ ? s.map[w] : view_word(page_map(ri) + w);
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
           if (s.map[w] != map[w]) return fail("S5: region ", r, " page map word ", w, " differs from its mirror");
+        if (s.bad_bits != bad_bits_of(ri)) return fail("Q2: region ", r, " does not know its bad pages");
+        auto bad_in = [&](unsigned first, unsigned count) {
+          for (unsigned j = first; s.bad_bits && j < first + count; ++j)
+            if (s.bad_bits[j / 64] >> (j % 64) & 1) return true;
+          return false;
+        };
         for (unsigned i = 0; i < HPAGE_PMD_NR;) {
           page* p = vpage((r << HPAGE_PMD_ORDER) + i);
           const bool is_free = s.free_bits[i / 64] & (std::uint64_t{1} << (i % 64));
           const std::uint8_t c = map_code(map, i);
+          if (is_free && bad_in(i, 1)) return fail("Q2: bad page ", i, " of region ", r, " is free in DRAM");
+          if (!is_free && c == CODE_FREE && bad_in(i, 1)) {  // held out (quarantined): free on the media
+            if (p->refcount_.load() != 0 || (p->compound_head_ & 1)) return fail("I4: quarantined page ", i, " of region ", r, " has state");
+            ++i;
+            continue;
+          }
           if (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) && (is_free || !code_is_head(c)))
             return fail("O1: page ", i, " of region ", r, " is not an allocated head but has an owner entry");
           if (is_free) {
@@ -236,6 +259,8 @@ std::string pool_impl::check_locked() {
           if (i % (1u << k)) return fail("I3: order-", k, " head at page ", i, " misaligned");
           if (p->refcount_.load() <= 0) return fail("I4: allocated page ", i, " of region ", r, " has count ", p->refcount_.load());
           if (bool(p->flags_.load() & PG_head) != (k > 0)) return fail("I3: PG_head wrong at page ", i, " of region ", r);
+          if (bool(p->flags_.load() & PG_hwpoison) != bad_in(i, 1u << k))
+            return fail("Q3: order-", k, " page ", i, " of region ", r, " PG_hwpoison disagrees with its bad pages");
           const bool owned = p->flags_.load() & PG_slot_owned;
           if (owned != (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) != 0))
             return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but not on the media");
@@ -272,6 +297,7 @@ std::string pool_impl::check_locked() {
       return fail("R1: cache ", i, " holds region ", r, ", whose blocks are not reserved in the file");
   if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
   if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
+  if (quarantined != quarantined_regions_) return fail("Q1: ", quarantined_regions_, " quarantined regions recorded, ", quarantined, " counted");
   if (regions_in_transit_ != 0) return fail("V1: ", regions_in_transit_, " regions counted in transit outside an operation");
   if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");
   if (listed != filler_.size()) return fail("S4: filler holds ", filler_.size(), " regions, ", listed, " are listed");

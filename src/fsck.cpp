@@ -30,6 +30,7 @@
 #include <memory>
 #include <sstream>
 
+#include "badblocks.hpp"
 #include "device.hpp"
 #include "layout.hpp"
 #include "pmpage/page.hpp"
@@ -112,6 +113,9 @@ class analyzer {
   /// problems added when `record` is set. Returns false if the region is not split.
   bool fixed_map(std::uint64_t r, std::uint64_t* map, bool record);
   void owners_of_split(std::uint64_t r, const std::uint64_t* map);
+  /// Is data page `index` allocated (as recovery would leave it)? If so, its allocation's head
+  /// index and order.
+  bool allocation_of(std::uint64_t index, std::uint64_t& head, unsigned& order);
   std::uint64_t effective_word(std::uint64_t r) const { return words_[r]; }
   bool damaged(std::uint64_t r) const { return damaged_[r]; }
 
@@ -483,6 +487,23 @@ bool analyzer::page_allocated(std::uint64_t index) {
   return cached_split_ && code_at(cached_map_, unsigned(index & (HPAGE_PMD_NR - 1))) != CODE_FREE;
 }
 
+bool analyzer::allocation_of(std::uint64_t index, std::uint64_t& head, unsigned& order) {
+  if (!page_allocated(index)) return false;
+  std::uint64_t r = index >> HPAGE_PMD_ORDER;
+  if (covered_[r] || region_word_kind(words_[r]) == region_state::head) {
+    // A large allocation: its head region is the aligned one of its order (P1).
+    order = covered_[r] ? covered_[r] : region_word_order(words_[r]);
+    r &= ~((std::uint64_t{1} << (order - HPAGE_PMD_ORDER)) - 1);
+    head = r << HPAGE_PMD_ORDER;
+    return true;
+  }
+  unsigned i = unsigned(index & (HPAGE_PMD_NR - 1));  // page_allocated cached the region's map
+  while (i > 0 && code_at(cached_map_, i) == CODE_TAIL) --i;
+  order = code_is_head(code_at(cached_map_, i)) ? code_order(code_at(cached_map_, i)) : 0;
+  head = (r << HPAGE_PMD_ORDER) + i;
+  return true;
+}
+
 void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large,
                                 bool marked) {
   auto locate = [&](problem& p) {
@@ -685,14 +706,87 @@ struct image {
   device dev;
   superblock a{}, b{}, good{};
   std::string pa, pb;
+  std::vector<bad_block> bad;  // options' and libpmem2's, normalised
 };
+
+/// What can be done about a bad block in a pool structure (docs/cli.md, "Bad blocks").
+std::string metadata_advice(const std::string& hit) {
+  auto has = [&](const char* s) { return hit.find(s) != std::string::npos; };
+  std::string a = "pool::open refuses the pool while the block is bad. Clearing it (`pmpage clear-bad-block`, only "
+                  "for a block libpmem2 reports; a CXL device's poison through its driver) zeroes it: ";
+  if (has("superblock copy") && !(has("copy A") && has("copy B")))
+    return a + "the next pool::open rewrites the copy from the other one; nothing is lost";
+  std::string lost;
+  if (has("superblock copy A") && has("superblock copy B")) lost += "both superblock copies are lost (the pool cannot be opened); ";
+  if (has("intent lanes")) lost += "an operation in flight in those lanes is forgotten (run `pmpage check` after); ";
+  if (has("root area")) lost += "that part of the root area reads as zeros (the engine's root data and slots there); ";
+  if (has("region table")) lost += "those regions read as free and their allocations are lost; ";
+  if (has("page maps")) lost += "those regions' small allocations read as free and are lost; ";
+  if (has("owner tables")) lost += "those pages stay allocated but owned by no slot (adopt_pages restores it); ";
+  if (!lost.empty()) lost.resize(lost.size() - 2);
+  return a + lost + ". Restoring the pool from a replica or backup loses nothing";
+}
+
+/// The bad blocks of the open device to check against; EINVAL for an option range outside it.
+std::vector<bad_block> gather_bad_blocks(const device& d, const std::filesystem::path& path, const options& opts) {
+  std::vector<bad_block> all;
+  for (const bad_block& b : opts.bad_blocks) {
+    if (b.length == 0 || b.offset >= d.size() || b.length > d.size() - b.offset)
+      throw pmpage::error(EINVAL, "pmpage: " + path.string() + ": bad block " + std::to_string(b.offset) + "+" +
+                                      std::to_string(b.length) + (b.length == 0 ? " is empty" : " runs past the end of the file"));
+    all.push_back(b);
+  }
+  if (opts.device_bad_blocks)
+    for (const bad_block& b : detail::current_badblock_source().list(d.fd(), d.path(), d.type() == device::kind::device_dax))
+      if (b.length && b.offset < d.size()) all.push_back({b.offset, std::min(b.length, d.size() - b.offset)});
+  return detail::normalise_bad_blocks(std::move(all));
+}
+
+/// Records the bad blocks that touch the metadata of `lay` (findings and BB1 problems); true if any.
+bool metadata_bad_blocks(const std::vector<bad_block>& bad, const layout& lay, report& out) {
+  bool any = false;
+  for (const bad_block& b : bad) {
+    const std::string hit = metadata_hit(lay, b.offset, b.length);
+    if (hit.empty()) continue;
+    any = true;
+    bad_block_finding f;
+    f.what = bad_block_finding::kind::metadata;
+    f.offset = b.offset;
+    f.length = b.length;
+    f.where = hit;
+    f.advice = metadata_advice(hit);
+    out.bad_blocks.push_back(f);
+    problem p;
+    p.rule = "BB1";
+    p.structure = "bad block";
+    p.offset = b.offset;
+    p.length = b.length;
+    p.what = "bad block " + describe_range(b) + " (a media error) lies in " + hit;
+    out.problems.push_back(std::move(p));
+  }
+  return any;
+}
 
 /// Opens and judges the superblocks; fills the identity part of the report. Returns false when
 /// the rest cannot be read (the reasons are problems in `out`).
-bool open_image(image& img, const std::filesystem::path& path, bool write, report& out, std::vector<word_fix>& fixes) {
+bool open_image(image& img, const std::filesystem::path& path, bool write, report& out, std::vector<word_fix>& fixes,
+                const options* opts = nullptr) {
   device& d = img.dev;
   d.open_existing(path.string(), write ? device::access::read_write : device::access::read_only);
   d.lock(!write);
+  if (opts) {
+    img.bad = gather_bad_blocks(d, path, *opts);
+    // Nothing is read from a bad superblock copy (on pmem the read faults or fails): stop here.
+    layout head{};
+    head.lanes_offset = head.root_offset = head.region_table_offset = head.page_map_offset = head.owner_table_offset =
+        2 * SUPERBLOCK_SIZE;
+    if (metadata_bad_blocks(img.bad, head, out)) {
+      out.path = path.string();
+      out.file_size = d.size();
+      out.is_device_dax = d.type() == device::kind::device_dax;
+      return false;
+    }
+  }
   out.path = path.string();
   out.file_size = d.size();
   out.is_device_dax = d.type() == device::kind::device_dax;
@@ -792,11 +886,75 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
 /// Judges an image; `fixes` receives the direct repairs the damage allows.
 bool analyze(image& img, const std::filesystem::path& path, bool write, const options& opts, report& out,
              std::vector<word_fix>& fixes) {
-  if (!open_image(img, path, write, out, fixes)) return false;
+  if (!open_image(img, path, write, out, fixes, &opts)) return false;
+  const superblock& sb = img.good;
+  layout lay{sb.device_size, sb.nr_regions, sb.lanes_offset, sb.root_offset, sb.root_size, sb.region_table_offset,
+             sb.page_map_offset, sb.owner_table_offset, sb.data_offset};
+  // Reading a bad block kills the reader (SIGBUS): with one in the metadata nothing else is read.
+  if (metadata_bad_blocks(img.bad, lay, out)) return true;
   analyzer a(img.dev.base(), img.good, out, fixes, [&](std::uint64_t b, std::uint64_t e) { return img.dev.data_extents(b, e); });
   a.lanes();
   a.region_table(opts.progress);
   a.contents(opts.regions, opts.progress);
+  // Bad data pages: what pool::open will make of each (docs/api.md "Bad blocks").
+  const std::uint64_t data_end = sb.data_offset + sb.nr_regions * HPAGE_PMD_SIZE;
+  const pfn_t start = pfn_t{sb.section_id} << SECTION_SHIFT;
+  for (const bad_block& b : img.bad) {
+    const std::uint64_t lo = std::max(b.offset, sb.data_offset), hi = std::min(b.offset + b.length, data_end);
+    if (lo >= hi) {
+      bad_block_finding f;
+      f.offset = b.offset;
+      f.length = b.length;
+      f.where = "outside the pool's structures (padding, or past the data area)";
+      f.advice = "nothing uses it";
+      out.bad_blocks.push_back(f);
+      continue;
+    }
+    for (std::uint64_t i = (lo - sb.data_offset) >> PAGE_SHIFT; i <= (hi - 1 - sb.data_offset) >> PAGE_SHIFT; ++i) {
+      if (!out.bad_blocks.empty() && out.bad_blocks.back().what != bad_block_finding::kind::outside &&
+          out.bad_blocks.back().what != bad_block_finding::kind::metadata && out.bad_blocks.back().pfn == start + i)
+        continue;  // two ranges in one page
+      bad_block_finding f;
+      const std::uint64_t page_off = sb.data_offset + (i << PAGE_SHIFT);
+      f.offset = std::max(b.offset, page_off);
+      f.length = std::min(b.offset + b.length, page_off + PAGE_SIZE) - f.offset;
+      f.pfn = start + i;
+      const std::uint64_t r = i >> HPAGE_PMD_ORDER;
+      char where[160];
+      std::snprintf(where, sizeof where, "pfn %#llx (page %llu of region %llu, file offset %#llx)", (unsigned long long)f.pfn,
+                    (unsigned long long)(i & (HPAGE_PMD_NR - 1)), (unsigned long long)r, (unsigned long long)page_off);
+      f.where = where;
+      std::uint64_t head = 0;
+      unsigned order = 0;
+      if (a.allocation_of(i, head, order)) {
+        f.what = bad_block_finding::kind::allocated;
+        f.head = start + head;
+        f.order = order;
+        char adv[400];
+        std::snprintf(adv, sizeof adv, "its data is lost. pool::open marks the order-%u allocation at pfn %#llx "
+                      "PG_hwpoison (PageHWPoison) and lists the page in hwpoison_pages(): the engine must not read it, "
+                      "restores its contents from elsewhere and frees the allocation, whose bad page then stays out of use",
+                      order, (unsigned long long)f.head);
+        f.advice = adv;
+        problem p;
+        p.rule = "BB2";
+        p.structure = "bad block";
+        p.region = std::int64_t(r);
+        p.page = std::int64_t(i & (HPAGE_PMD_NR - 1));
+        p.offset = f.offset;
+        p.length = f.length;
+        p.what = "bad block " + describe_range({f.offset, f.length}) + " (a media error) lies in allocated " + f.where +
+                 ", part of the order-" + std::to_string(order) + " allocation at pfn " + hex(f.head);
+        out.problems.push_back(std::move(p));
+      } else {
+        f.what = bad_block_finding::kind::free;
+        f.advice = region_word_kind(a.effective_word(r)) == region_state::split
+                       ? "free: pool::open quarantines the page (never handed out while the pool is open)"
+                       : "free: pool::open quarantines its whole free 2 MiB region (never handed out while the pool is open)";
+      }
+      out.bad_blocks.push_back(std::move(f));
+    }
+  }
   return true;
 }
 
@@ -853,7 +1011,11 @@ report check(const std::filesystem::path& path, const options& opts) {
   report after;
   std::vector<word_fix> unused;
   image again;
-  analyze(again, path, false, options{false, opts.regions, {}}, after, unused);
+  options again_opts;
+  again_opts.regions = opts.regions;
+  again_opts.bad_blocks = opts.bad_blocks;
+  again_opts.device_bad_blocks = opts.device_bad_blocks;
+  analyze(again, path, false, again_opts, after, unused);
   for (problem& p : first.problems)
     p.repaired = p.repairable() &&
                  std::none_of(after.problems.begin(), after.problems.end(), [&](const problem& q) { return same_problem(p, q); });

@@ -81,6 +81,13 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   for (auto& w : s->map) w = owned ? SPLIT_MAP_OWNED_WORD : SPLIT_MAP_WORD;  // S5: as write_split_map
   s->list = 0xff;
   s->published = true;
+  if (const std::uint64_t* bad = bad_bits_of(r)) {
+    // The poisoned page's flag goes to the pieces that hold a bad page, and only to them (Q3);
+    // freeing one of those later holds it out (Q2).
+    s->bad_bits = bad;
+    for (unsigned i = 0; i < HPAGE_PMD_NR; ++i)
+      if (bad[i / 64] >> (i % 64) & 1) first[i].flags_.fetch_or(PG_hwpoison, std::memory_order_relaxed);
+  }
   h->alloc_state_ = s;
   store_kind(*h, RK_SPLIT);
   store_order(h, 0);

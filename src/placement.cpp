@@ -210,6 +210,13 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     if (owned[i / 64] >> (i % 64) & 1) vpage(base_index + i)->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);
     i += 1u << k;
   }
+  if (const std::uint64_t* bad = bad_bits_of(r)) {
+    // Bad pages (badblocks.cpp): a free one is held out (Q2: so the region never looks wholly
+    // free and never merges), an allocated one marks its allocation (Q3).
+    s->bad_bits = bad;
+    hold_bad_pages(*s, 0, HPAGE_PMD_NR);
+    mark_hwpoison_small(r, *s);
+  }
   d.alloc_state_ = s;
   store_kind(d, RK_SPLIT);
   free_pages_ += s->nr_free;

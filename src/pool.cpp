@@ -389,13 +389,16 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
 
 void pool_impl::release_small_held(split_state& s, free_result& fr) {
   mark_free(s, fr.first, 1u << fr.order);
+  // A poisoned allocation's bad pages stay out of the allocator (badblocks.cpp, Q2).
+  const std::int64_t freed = (std::int64_t{1} << fr.order) -
+                             (PMPAGE_UNLIKELY(s.bad_bits != nullptr) ? hold_bad_pages(s, fr.first, 1u << fr.order) : 0);
   // A free into this CPU's own cached region holds that cache's mu (the region lock, S6): a plain
   // add. Any other free (a remote free, a region no cache holds): this CPU's atomic counter.
   cpu_cache& mine = this_cpu_cache();
   if (s.cpu == mine.index)
-    mine.add_free_delta(std::int64_t{1} << fr.order);
+    mine.add_free_delta(freed);
   else
-    mine.remote_delta.fetch_add(std::int64_t{1} << fr.order, std::memory_order_relaxed);
+    mine.remote_delta.fetch_add(freed, std::memory_order_relaxed);
   fr.kind = free_result::done;
   if (s.cpu == NO_CPU) {
     // No cache holds it: its filler list, or the empty list, may need it (pool lock, after the
@@ -434,6 +437,22 @@ void pool_impl::finish_free(const free_result& fr) {
   if (fr.kind == free_result::refile) {
     refile(fr.region);
   } else if (fr.kind == free_result::return_large) {
+    const std::uint32_t n = 1u << (fr.order - HPAGE_PMD_ORDER);
+    if (PMPAGE_UNLIKELY(has_bad_region(fr.region, n))) {
+      // A poisoned large page: its bad regions are held out whole (Q1), the others go to the
+      // buddy one by one (merging among themselves and with free neighbours, never across a
+      // quarantined region), never to a stash, which would hand the block out whole.
+      std::lock_guard g(mu_);
+      for (std::uint32_t t = fr.region; t < fr.region + n; ++t) {
+        if (bad_bits_of(t)) {
+          quarantine_region_locked(t);
+          continue;
+        }
+        buddy_.free(t, HPAGE_PMD_ORDER);
+        free_pages_ += HPAGE_PMD_NR;
+      }
+      return;
+    }
     // R1: a stash hands its blocks out without a reservation check, so it takes only reserved
     // ones (an allocation loaded at open is not known to be; the buddy path reserves it).
     if (fr.order - HPAGE_PMD_ORDER < cpu_cache::STASH_ORDERS &&

@@ -74,6 +74,7 @@
 // retired intent durable (intent_log.hpp).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cassert>
 #include <cstdint>
@@ -168,6 +169,16 @@ class pool_impl {
   bool refuse_read_only(const char* caller) const noexcept;
   std::vector<std::string> recovery_log() const;
 
+  // ---- bad blocks (badblocks.cpp) -----------------------------------------------------------------
+  /// The list as the caller knows it: device offsets, or a volatile pool's backing offsets.
+  std::vector<bad_block> bad_block_list() const {
+    std::vector<bad_block> v = bad_blocks_;
+    if (volatile_)
+      for (bad_block& b : v) b.offset -= lay_.data_offset;
+    return v;
+  }
+  std::vector<hwpoison_page> hwpoison_list();
+
   // ---- introspection (check.cpp / pool.cpp) -----------------------------------------------------
   pool_stats stats() noexcept;
   std::size_t trim() noexcept;
@@ -238,6 +249,36 @@ class pool_impl {
   bool replay_move_to(std::uint64_t index, std::uint64_t src_off, std::uint64_t dest_off);
   void build_volatile();
   void register_pool();
+  // --- bad blocks (badblocks.cpp; pool_impl.hpp has nothing of them on the media)
+  /// open_options' list and libpmem2's into bad_blocks_ (validated, normalised); refuses (EIO) a
+  /// range over a superblock copy before either is read.
+  void gather_bad_blocks(const pool::open_options& opts);
+  /// EIO naming the range and the structure when a bad block touches the metadata of `lay`.
+  void refuse_metadata_hits(const layout& lay) const;
+  /// bad_pages_ and bad_bits_ from bad_blocks_ (lay_ known).
+  void index_bad_pages();
+  /// After build_volatile: PG_hwpoison on large allocations over a bad page, bad split regions
+  /// loaded (materialise_locked holds their bad free pages out and marks their allocations).
+  void apply_bad_pages_at_open();
+  /// region r's bad-page bitmap (8 words), or nullptr.
+  const std::uint64_t* bad_bits_of(std::uint32_t r) const;
+  bool has_bad_region(std::uint32_t first, std::uint32_t n) const;
+  /// A free region with a bad page leaves every allocator index (mu_, or open): Q1.
+  void quarantine_region_locked(std::uint32_t r);
+  /// Region lock held, s.bad_bits set: takes the bad pages of [first, first + count) back out of
+  /// free_bits (Q2); returns how many.
+  unsigned hold_bad_pages(split_state& s, unsigned first, unsigned count);
+  /// PG_hwpoison on every allocation of split region r (s built) that holds a bad page (Q3).
+  void mark_hwpoison_small(std::uint32_t r, split_state& s);
+  struct bad_page_state {
+    enum kind_t { none, quarantined, poisoned } kind = none;
+    std::uint64_t head = 0;  // poisoned: pool page index of the allocation's head
+    unsigned order = 0;
+  };
+  /// What bad page `index` is now (every allocator lock held, or the region's).
+  bad_page_state classify_bad_page(std::uint64_t index) const;
+  /// Under lock_all: stats' two figures, and the poisoned pages into *list if given.
+  void count_bad_pages_locked(std::uint64_t& quarantined, std::uint64_t& poisoned, std::vector<hwpoison_page>* list);
   // --- create path (recovery.cpp): marker, metadata, superblock B, superblock A (4 fences)
   void format(const layout& lay, const superblock& sb);
 
@@ -500,6 +541,11 @@ class pool_impl {
   std::uint64_t repaired_ = 0;
   std::uint64_t orphaned_ = 0;  // owner records dropped at load: their slot no longer named the page
   intent_log intents_;
+  // Bad blocks of this open (badblocks.cpp): fixed at open, read without a lock.
+  std::vector<bad_block> bad_blocks_;       // sorted, merged; device offsets
+  std::vector<std::uint64_t> bad_pages_;    // sorted pool page indexes in a bad block
+  std::unordered_map<std::uint32_t, std::array<std::uint64_t, 8>> bad_bits_;  // region -> its bad pages
+  std::uint64_t quarantined_regions_ = 0;   // regions of kind RK_QUARANTINED (mu_)
   bool read_only_ = false;       // open_options::read_only: every mutating call is refused
   bool volatile_ = false;        // create_volatile: the "media" is DRAM; nothing is flushed or fenced
   int numa_node_ = -1;           // pool::numa_node()

@@ -475,6 +475,12 @@ void pool_impl::build_volatile() {
         ++i;
         break;
       case region_state::free:
+        if (PMPAGE_UNLIKELY(bad_bits_of(ri) != nullptr)) {  // holds a bad page: held out whole (Q1)
+          end_run();
+          quarantine_region_locked(ri);
+          ++i;
+          break;
+        }
         if (!run_len) run_start = i;
         ++run_len;
         ++i;
@@ -538,6 +544,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   d.lock(/*shared=*/opts.read_only);
   if (d.size() < 2 * SUPERBLOCK_SIZE)
     fail(EINVAL, path, "too small to be a pmpage pool (" + std::to_string(d.size()) + " bytes)");
+  impl->gather_bad_blocks(opts);  // a bad superblock copy is refused before it is read
   superblock a, b;
   d.read_at(&a, sizeof a, 0);
   d.read_at(&b, sizeof b, SUPERBLOCK_SIZE);
@@ -558,6 +565,12 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
                            std::to_string(d.size()));
   impl->adopt_superblock(good);
+  if (!impl->bad_blocks_.empty()) {
+    layout lay = impl->lay_;
+    lay.nr_regions = impl->nr_regions_;
+    impl->refuse_metadata_hits(lay);  // before anything but the superblocks is read
+    impl->index_bad_pages();
+  }
   // Read-only: a regular file is mapped private (recovery below writes this process's copy only,
   // with a backend that flushes nothing); device DAX refuses private mappings and is mapped
   // read-only, so it is opened only if recovery has nothing to write there (checked below).
@@ -627,6 +640,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->replay_intents();
   impl->build_volatile();
+  if (!impl->bad_pages_.empty()) impl->apply_bad_pages_at_open();
   impl->register_pool();
   if (opts.read_only && !shared_read) {
     // Recovery is done: from here a store into the mapping faults, and lazy loads keep their

@@ -27,6 +27,7 @@ enum region_kind : std::uint8_t {
   RK_TAIL = 3,        // region of a multi-region compound page, not its head (head_index_)
   RK_SPLIT = 4,       // tracked 4 KiB at a time (alloc_state_ once materialised)
   RK_STASHED = 5,     // head of a free block of order_ (9..10) a per-CPU cache holds (cpu_cache.hpp)
+  RK_QUARANTINED = 6, // free on the media but holds a bad page: held out whole (badblocks.cpp, Q1)
 };
 
 /// A region descriptor's kind. Atomic (relaxed): a large page's descriptors change kind outside

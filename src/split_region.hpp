@@ -45,6 +45,9 @@ struct alignas(64) split_state {
   bool on_empty = false;
   std::uint32_t empty_prev = NIL, empty_next = NIL;
   std::uint64_t empty_since_ms = 0;
+  /// Bad pages of the region (bit i: page i lies in a bad block), or nullptr (almost always):
+  /// such a page never becomes free in free_bits (badblocks.cpp, Q2). Fixed while the pool is open.
+  const std::uint64_t* bad_bits = nullptr;
   adaptive_mutex own_lock;                  // the region lock while no cache holds it
   std::atomic<adaptive_mutex*> lockp{&own_lock};  // S6: the region lock
 };

@@ -35,6 +35,7 @@
 #include <sstream>
 
 #include "null_persistence.hpp"
+#include "badblocks.hpp"
 #include "pool_impl.hpp"
 
 namespace pmpage::detail {
@@ -295,7 +296,22 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
                                                 : std::string()) +
                        (fallback.empty() ? "" : " (fallback: " + fallback + ")");
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
+  if (!opts.bad_blocks.empty()) {
+    // Offsets in the backing are offsets of the pages: shifted by the (DRAM) metadata's length
+    // to the layout's offsets, which is what the pool keeps (badblocks.cpp).
+    std::vector<bad_block> bad;
+    for (const bad_block& b : opts.bad_blocks) {
+      if (b.length == 0 || b.offset >= data_len || b.length > data_len - b.offset)
+        fail(EINVAL, name, "volatile_options::bad_blocks: range " + std::to_string(b.offset) + "+" +
+                               std::to_string(b.length) + (b.length == 0 ? " is empty" : " lies outside the pool's " +
+                                                                                              std::to_string(data_len) + " bytes"));
+      bad.push_back({b.offset + lay.data_offset, b.length});
+    }
+    impl->bad_blocks_ = normalise_bad_blocks(std::move(bad));
+    impl->index_bad_pages();
+  }
   impl->build_volatile();
+  if (!impl->bad_pages_.empty()) impl->apply_bad_pages_at_open();
   impl->register_pool();
   restore.armed = false;
   return impl;

@@ -67,6 +67,23 @@ struct region_info {
   std::uint16_t used_pages = 0;  // split: allocated 4 KiB pages, 0..512
 };
 
+/// A bad block (media error) and what it means for the pool (report::bad_blocks; docs/cli.md).
+struct bad_block_finding {
+  enum class kind : std::uint8_t {
+    metadata,   // in the pool's metadata: pool::open refuses the pool (damage)
+    allocated,  // an allocated data page: open marks its allocation PG_hwpoison (its data is lost)
+    free,       // a free data page: open quarantines it (not damage)
+    outside,    // padding or beyond the pool: nothing uses it
+  };
+  kind what = kind::outside;
+  std::uint64_t offset = 0, length = 0;  // the bad range (metadata, outside), or its part in one page
+  std::string where;    // "the page maps [0x7000, 0x8f00), the entries of region 3", "pfn 0x...5 (...)"
+  pfn_t pfn = 0;        // allocated / free: the bad page
+  pfn_t head = 0;       // allocated: the head of its allocation
+  unsigned order = 0;   // allocated: the allocation's order
+  std::string advice;   // what can be done (one or two sentences)
+};
+
 /// What a check found. Figures describe the media as recovery would leave the page maps (torn
 /// codes counted free) but before pending intents are replayed; pending_intents says how many.
 struct report {
@@ -111,6 +128,11 @@ struct report {
   /// One entry per region when options::regions is set (what `pmpage map` draws).
   std::vector<region_info> regions;
   std::vector<problem> problems;
+  /// The bad blocks checked (options::bad_blocks and libpmem2's), one entry per metadata range
+  /// and per bad data page. A metadata hit or an allocated page is also a problem (rule BB1, BB2:
+  /// damage, never repaired by check); with a metadata hit nothing but the superblocks was read
+  /// (reading a bad block kills the reader), so the content figures are 0.
+  std::vector<bad_block_finding> bad_blocks;
 
   /// Problems that are damage (not recovery's) and not repaired.
   PMPAGE_API std::size_t uncorrected() const;
@@ -133,6 +155,10 @@ struct options {
   /// Called from the checking thread every few thousand regions with (regions checked, total);
   /// the tool prints progress when a check runs longer than a second.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
+  /// Bad blocks to check the pool against, as pool::open_options::bad_blocks (ranges outside the
+  /// file are an error: EINVAL), and whether to ask libpmem2 for the device's too.
+  std::vector<bad_block> bad_blocks;
+  bool device_bad_blocks = true;
 };
 
 /// Checks the pool at `path` (a regular file or /dev/daxX.Y). Throws pmpage::error for

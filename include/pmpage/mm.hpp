@@ -339,6 +339,13 @@ inline bool TestSetPageDirty(page* p) noexcept { return detail::test_set_flag(p,
 inline bool PageUptodate(page* p) noexcept { return detail::test_flag(p, PG_uptodate); }
 inline void SetPageUptodate(page* p) noexcept { detail::set_flag(p, PG_uptodate); }
 inline void ClearPageUptodate(page* p) noexcept { detail::test_clear_flag(p, PG_uptodate); }
+/// True when the allocation p belongs to has a page in a bad block (media error): reading that
+/// page raises a machine check (SIGBUS). Set by the pool at open (open_options::bad_blocks and
+/// libpmem2's list) and by split_huge_page on the pieces that hold a bad page; never by the
+/// caller. pool::hwpoison_pages lists the bad pages themselves. The flag is on the compound head
+/// (the folio, in the kernel's terms: PageHWPoison of any page of it answers for the whole).
+/// Kernel: PageHWPoison.
+inline bool PageHWPoison(page* p) noexcept { return detail::test_flag(p, PG_hwpoison); }
 
 inline std::uintptr_t page_private(page* p) noexcept {
   page* h = detail::state_holder(p);

@@ -42,6 +42,8 @@ enum page_flag : std::uint32_t {
   PG_dirty = 1u << 2,
   PG_uptodate = 1u << 3,
   PG_head = 1u << 4,          // head of a compound page (order >= 1)
+  PG_hwpoison = 1u << 5,      // the allocation has a page in a bad block (PageHWPoison;
+                              // pool::hwpoison_pages lists which): set by the allocator only
   PG_split = 1u << 16,        // region desc: 4 KiB descriptors materialised (I1)
   PG_region_tail = 1u << 17,  // region desc: inside a multi-region compound, not its head
   PG_region_lazy = 1u << 18,  // region desc: split on the device, descriptors not built yet
@@ -57,7 +59,7 @@ enum page_flag : std::uint32_t {
 inline constexpr std::uint32_t PG_region_special = PG_split | PG_region_tail | PG_region_lazy;
 /// Flags that belong to the allocator; user-visible flag operations never change them.
 inline constexpr std::uint32_t PG_allocator_mask =
-    PG_head | PG_region_special | PG_slot_owned | PG_owner_busy | PG_publishing | PG_publish_waiters;
+    PG_head | PG_hwpoison | PG_region_special | PG_slot_owned | PG_owner_busy | PG_publishing | PG_publish_waiters;
 
 struct page {
   // --- shared by region descriptors and 4 KiB descriptors -------------------------------------

@@ -151,6 +151,35 @@ PMPAGE_API const char* pmpage_pool_memory_description(const pmpage_pool* pool);
 /** The kernel's page_to_nid: the NUMA node of the page's memory, -1 if unknown or not backed yet. */
 PMPAGE_API int pmpage_page_to_nid(const struct pmpage_page* page);
 
+/** A bad block (media error) of a pool's file or device: pmpage::bad_block (docs/api.md "Bad blocks"). */
+struct pmpage_bad_block {
+  uint64_t offset; /* bytes from the start of the file or device */
+  uint64_t length;
+};
+enum {
+  PMPAGE_OPEN_READ_ONLY = 1,             /* open_options::read_only */
+  PMPAGE_OPEN_NO_DEVICE_BAD_BLOCKS = 2,  /* open_options::device_bad_blocks = false */
+};
+/** pmpage::pool::open with open_options::bad_blocks = bad[0..n) (bad may be NULL when n is 0) and
+ *  `flags` (PMPAGE_OPEN_*; other bits: EINVAL). NULL on failure as pmpage_pool_open, also EIO (a
+ *  bad block in the pool's metadata: the message names the range and the structure). */
+PMPAGE_API pmpage_pool* pmpage_pool_open_bad_blocks(const char* path, const struct pmpage_bad_block* bad, size_t n,
+                                                    unsigned flags);
+/** pmpage::hwpoison_page: an allocated page in a bad block. */
+struct pmpage_hwpoison_page {
+  pmpage_pfn_t pfn;   /* the bad page */
+  pmpage_pfn_t head;  /* the head of its allocation (which carries PG_hwpoison) */
+  unsigned order;     /* the allocation's order */
+  unsigned reserved_;
+};
+/** pool::hwpoison_pages(): fills out[0..min(n, count)) by pfn and returns the count (out may be
+ *  NULL when n is 0); 0 for NULL pool (misuse). */
+PMPAGE_API size_t pmpage_pool_hwpoison_pages(const pmpage_pool* pool, struct pmpage_hwpoison_page* out, size_t n);
+/** pool::clear_bad_block: zeroes [offset, offset + length) through libpmem2, only inside a bad
+ *  block libpmem2 reports, with the pool closed everywhere. 0, or -errno (pmpage_errormsg()):
+ *  -EINVAL (not a reported bad block: nothing written), -EBUSY (the pool is open), -EIO. */
+PMPAGE_API int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_t length);
+
 /** 1 for a pool opened read-only, 0 otherwise; -EINVAL for NULL (misuse). */
 PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);
 /** Closes and frees the pool; every page and pfn of it becomes invalid. NULL is a no-op. */
@@ -190,7 +219,9 @@ struct pmpage_pool_stats {
   uint64_t cpu_cached_regions;
   uint64_t cpu_cached_free_pages;
   uint64_t empty_split_regions;
-  uint64_t reserved_[11];
+  uint64_t quarantined_pages; /* bad blocks: free pages held out for this open */
+  uint64_t hwpoison_pages;    /* bad blocks: allocated pages in a bad block (PG_hwpoison) */
+  uint64_t reserved_[9];
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_pool_stats) == 192, "pmpage_pool_stats is ABI");
 /** Fills *out; 0, or -EINVAL (misuse: NULL pool or out). */
@@ -287,6 +318,7 @@ enum {
   PMPAGE_INTERNAL_PG_DIRTY = 1u << 2,
   PMPAGE_INTERNAL_PG_UPTODATE = 1u << 3,
   PMPAGE_INTERNAL_PG_HEAD = 1u << 4,
+  PMPAGE_INTERNAL_PG_HWPOISON = 1u << 5,
   PMPAGE_INTERNAL_PG_SPLIT = 1u << 16,
   PMPAGE_INTERNAL_PG_REGION_TAIL = 1u << 17,
   PMPAGE_INTERNAL_PG_REGION_LAZY = 1u << 18,
@@ -591,6 +623,11 @@ static inline bool pmpage_PageUptodate(struct pmpage_page* p) {
 static inline void pmpage_SetPageUptodate(struct pmpage_page* p) { pmpage_internal_set_flag(p, PMPAGE_INTERNAL_PG_UPTODATE); }
 static inline void pmpage_ClearPageUptodate(struct pmpage_page* p) {
   (void)pmpage_internal_test_clear_flag(p, PMPAGE_INTERNAL_PG_UPTODATE);
+}
+
+/** pmpage::PageHWPoison: the page's allocation has a page in a bad block (never read it). */
+static inline bool pmpage_PageHWPoison(struct pmpage_page* p) {
+  return pmpage_internal_test_flag(p, PMPAGE_INTERNAL_PG_HWPOISON);
 }
 
 static inline uintptr_t pmpage_page_private(struct pmpage_page* p) {

@@ -62,6 +62,12 @@ struct pool_stats {
   /// hysteresis, docs/api.md "When descriptor memory comes back"): at most EMPTY_SPLIT_KEPT, each
   /// for at most EMPTY_SPLIT_KEEP_MS; trim() merges them now. Included in split_regions.
   std::uint64_t empty_split_regions = 0;
+  /// Bad blocks (docs/api.md "Bad blocks"): free pages held out of every allocation path for this
+  /// open because they lie in a bad block or share a free 2 MiB region with one (free on the
+  /// media, not counted in free_pages), and allocated pages that lie in a bad block (their
+  /// allocation carries PG_hwpoison: PageHWPoison). Both 0 for a pool opened without bad blocks.
+  std::uint64_t quarantined_pages = 0;
+  std::uint64_t hwpoison_pages = 0;
 };
 
 class PMPAGE_API pool {
@@ -100,6 +106,19 @@ class PMPAGE_API pool {
     /// Every mutating call on a read-only pool is misuse (reported, nothing changes): see
     /// is_read_only().
     bool read_only = false;
+    /// Bad blocks of the file or device (docs/api.md "Bad blocks"), added to those libpmem2
+    /// reports: for a CXL memory device, whose poison list comes from the CXL driver, and for
+    /// tests. Every range must lie inside the file or device and be non-empty (EINVAL). Used for
+    /// this open only; nothing about them is written to the pool. A range that touches the
+    /// pool's metadata (superblocks, intent lanes, root area, region table, page maps, owner
+    /// tables) refuses the open (EIO, naming the range and the structure); in the data area a
+    /// free page is quarantined (never handed out while the pool is open, the rest of its 2 MiB
+    /// region too when the region is wholly free) and an allocated one is marked PG_hwpoison.
+    std::vector<bad_block> bad_blocks;
+    /// Ask libpmem2 for the bad blocks of an NVDIMM (device DAX, or a file on a DAX file system);
+    /// a file that is not DAX is not asked (libpmem2 only knows NVDIMM namespaces). An error of
+    /// libpmem2 fails the open (EIO) rather than risk handing out poisoned pages.
+    bool device_bad_blocks = true;
   };
 
   /// A volatile pool's memory (create_volatile; docs/api.md "Volatile pools").
@@ -134,6 +153,11 @@ class PMPAGE_API pool {
     int numa_node = -1;
     /// Bytes of the root area (DRAM, zeroed; rounded up to 4 KiB): room for alloc_pages_to slots.
     std::size_t root_size = 4096;
+    /// Bad blocks of the backing (docs/api.md "Bad blocks"): byte offsets from its start, i.e. of
+    /// the pages (a CXL device's poison list; libpmem2 is not asked for volatile pools). Each must
+    /// lie inside the pool's `size` bytes (EINVAL). The free 2 MiB regions holding them are never
+    /// handed out; pool::bad_blocks() returns them as given (merged).
+    std::vector<bad_block> bad_blocks;
     /// A volatile pool never flushes or fences: a backend given here sees attach() and detach()
     /// only (tests and benchmarks pass a counting_persistence to prove it). nullptr = none.
     std::shared_ptr<persistence> backend;
@@ -328,6 +352,28 @@ class PMPAGE_API pool {
   /// fence when there is anything to merge. Kernel: drain_all_pages() + compaction's merge.
   /// Thread-safe; concurrent allocations may split regions again right away.
   std::size_t trim() noexcept;
+  /// The bad blocks this open uses (open_options::bad_blocks and libpmem2's), sorted, merged;
+  /// empty for a pool without any (and for a closed pool). Thread-safe.
+  std::vector<bad_block> bad_blocks() const;
+  /// The allocated pages that lie in a bad block (their allocations carry PG_hwpoison), by pfn.
+  /// An engine reads none of these pages (a load from poisoned memory is a machine check:
+  /// SIGBUS), restores what they held from elsewhere, and frees the allocation: its bad pages are
+  /// then quarantined, never handed out again while the pool is open. Takes the allocator lock
+  /// (loads the split regions that hold bad pages). Thread-safe.
+  std::vector<hwpoison_page> hwpoison_pages() const;
+  /// The bad blocks libpmem2 reports for `path` (an NVDIMM: device DAX, or a file on a DAX file
+  /// system; empty for any other file). Throws pmpage::error: the path cannot be opened, or
+  /// libpmem2 fails (EIO).
+  static std::vector<bad_block> device_bad_blocks(const std::filesystem::path& path);
+  /// Clears bad block `range` of the pool at `path` (docs/api.md "Bad blocks"): libpmem2's
+  /// pmem2_badblock_clear, which ZEROES the range (a file: its blocks are deallocated and
+  /// allocated again; device DAX: the platform's clear-error command). Only a range inside one
+  /// that libpmem2 reports bad (device_bad_blocks) is cleared; anything else is refused (EINVAL)
+  /// and nothing is written. The pool must not be open anywhere (the file is locked exclusively:
+  /// EBUSY). Poison that came from elsewhere (a CXL device's list) is cleared through that
+  /// device's driver, not here. Throws pmpage::error.
+  static void clear_bad_block(const std::filesystem::path& path, const bad_block& range);
+
   /// Calls f(head, order) for every allocation. Allocations made or freed concurrently may or may
   /// not be seen; f must not allocate or free in this pool.
   void for_each_allocated(const std::function<void(page*, unsigned)>& f) const;

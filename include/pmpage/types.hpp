@@ -118,6 +118,25 @@ class PMPAGE_API error : public std::system_error {
 /// pool" is EINVAL; an existing pool refused by create without overwrite is EEXIST.)
 inline constexpr int ERR_CREATE_INTERRUPTED = ECANCELED;
 
+/// A byte range of a pool's file or device that cannot be read: a media error ("bad block",
+/// "poison"). Offsets are from the start of the file or device, as libpmem2 and ndctl report
+/// them (512-byte sectors on an NVDIMM; a CXL device's poison list gives device physical
+/// addresses, which the caller translates to offsets in the devdax device).
+struct bad_block {
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  friend bool operator==(const bad_block&, const bad_block&) = default;
+};
+
+/// An allocated page in a bad block (pool::hwpoison_pages): the pfn of the bad page, and the head
+/// and order of the allocation it belongs to (the allocation carries PG_hwpoison).
+struct hwpoison_page {
+  pfn_t pfn = 0;
+  pfn_t head = 0;
+  unsigned order = 0;
+  friend bool operator==(const hwpoison_page&, const hwpoison_page&) = default;
+};
+
 /// Called with a human-readable description of an API misuse (double free, get_page on a page
 /// whose count is 0, a pfn outside every open pool, ...). The default handler prints the message
 /// to stderr and aborts. An installed handler may return; the misused call then does nothing.

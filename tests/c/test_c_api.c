@@ -245,7 +245,9 @@ static void test_pool_queries(void) {
   CHECK_EQ_U(st.total_regions * PMPAGE_HPAGE_PMD_NR, st.total_pages);
   CHECK(st.descriptor_bytes >= st.total_regions * 64);
   CHECK_EQ_U(st.reserved_[0], 0);
-  CHECK_EQ_U(st.reserved_[10], 0);
+  CHECK_EQ_U(st.reserved_[8], 0);
+  CHECK_EQ_U(st.quarantined_pages, 0);
+  CHECK_EQ_U(st.hwpoison_pages, 0);
   CHECK_EQ_U(pmpage_pool_check(p), 0);
   pmpage_pool_close(p);
 
@@ -1069,6 +1071,63 @@ static void test_volatile(void) {
   CHECK(pmpage_pool_is_volatile(NULL) == -EINVAL);
 }
 
+/* ---- bad blocks: the open with a list, PageHWPoison, the stats and the list, clearing ---------- */
+static void test_bad_blocks(void) {
+  pmpage_pool* p = make_pool("badblocks", 64ull << 20, 4096);
+  struct pmpage_page* pg;
+  pmpage_pfn_t pfn;
+  struct pmpage_bad_block bad[2];
+  struct pmpage_hwpoison_page hw[4];
+  struct pmpage_pool_stats st;
+  uint64_t off;
+  CHECK(p != NULL);
+  if (!p) return;
+  pg = pmpage_alloc_pages(p, 2);
+  CHECK(pg != NULL);
+  if (!pg) return;
+  pfn = pmpage_page_to_pfn(pg);
+  off = (uint64_t)((char*)pmpage_page_address(pmpage_pfn_to_page(pfn + 3)) - (char*)pmpage_pool_base(p, NULL));
+  pmpage_pool_close(p);
+
+  bad[0].offset = off + 512; /* page 3 of the order-2 allocation */
+  bad[0].length = 512;
+  p = pmpage_pool_open_bad_blocks(scratch("badblocks"), bad, 1, PMPAGE_OPEN_NO_DEVICE_BAD_BLOCKS);
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK(pmpage_PageHWPoison(pmpage_pfn_to_page(pfn)));
+  CHECK(pmpage_PageHWPoison(pmpage_pfn_to_page(pfn + 3)));
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  CHECK_EQ_U(st.hwpoison_pages, 1);
+  CHECK_EQ_U(st.quarantined_pages, 0);
+  CHECK_EQ_U(pmpage_pool_hwpoison_pages(p, hw, 4), 1);
+  CHECK_EQ_U(hw[0].pfn, pfn + 3);
+  CHECK_EQ_U(hw[0].head, pfn);
+  CHECK_EQ_U(hw[0].order, 2);
+  CHECK_EQ_U(pmpage_pool_hwpoison_pages(p, NULL, 0), 1);
+  pmpage_free_pages(pmpage_pfn_to_page(pfn), 2);
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  CHECK_EQ_U(st.hwpoison_pages, 0);
+  CHECK_EQ_U(st.quarantined_pages, 1);
+  CHECK_EQ_U(pmpage_pool_check(p), 0);
+  pmpage_pool_close(p);
+
+  /* A range over the metadata (superblock copy B) refuses the open with EIO, naming it. */
+  bad[1].offset = 4096;
+  bad[1].length = 512;
+  errno = 0;
+  CHECK(pmpage_pool_open_bad_blocks(scratch("badblocks"), bad, 2, 0) == NULL);
+  CHECK_EQ_U(errno, EIO);
+  CHECK(strstr(pmpage_errormsg(), "superblock copy B") != NULL);
+  CHECK(pmpage_pool_open_bad_blocks(scratch("badblocks"), NULL, 1, 0) == NULL);
+  CHECK_EQ_U(errno, EINVAL);
+  CHECK(pmpage_pool_open_bad_blocks(scratch("badblocks"), NULL, 0, 4) == NULL);
+  CHECK_EQ_U(errno, EINVAL);
+  /* Nothing reports a bad block on a plain file: clearing is refused, nothing zeroed. */
+  CHECK_EQ_U(pmpage_clear_bad_block(scratch("badblocks"), off, 4096), -EINVAL);
+  CHECK(strstr(pmpage_errormsg(), "not inside a bad block") != NULL);
+  unlink(scratch("badblocks"));
+}
+
 int main(int argc, char** argv) {
   pthread_t t;
   void* fresh = NULL;
@@ -1085,6 +1144,7 @@ int main(int argc, char** argv) {
   test_adopt_pages();
   test_cxx_agrees();
   test_volatile();
+  test_bad_blocks();
   test_default_handler_aborts();
 
   CHECK(strlen(pmpage_errormsg()) > 0);

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -183,6 +184,7 @@ const std::vector<std::pair<std::string, json::value_t>> INFO_FIELDS = {
     {"pending_intents", json::value_t::number_unsigned}, {"descriptor_bytes_at_open", json::value_t::number_unsigned},
     {"descriptor_bytes_max", json::value_t::number_unsigned}, {"problem_count", json::value_t::number_unsigned},
     {"damage_count", json::value_t::number_unsigned}, {"problems", json::value_t::array},
+    {"bad_blocks", json::value_t::array},
 };
 const std::vector<std::string> PROBLEM_FIELDS = {"rule", "structure", "region", "page", "word", "offset",
                                                  "length", "what", "repair", "repairable", "recovery", "repaired"};
@@ -214,7 +216,7 @@ const std::vector<std::string> KINDS = {"empty", "healthy", "full", "fragmented"
 TEST_F(Tool, HelpDocumentsEverySubcommandAndTheExitCodes) {
   const result r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* s : {"create", "info", "check", "map", "dump", "Exit status", "16", "1K = 1024"})
+  for (const char* s : {"create", "info", "check", "map", "dump", "clear-bad-block", "Exit status", "16", "1K = 1024"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s << " missing from --help:\n" << r.out;
   for (const char* sub : {"create", "info", "check", "map", "dump"}) {
     const result h = run({sub, "--help"});
@@ -780,3 +782,126 @@ TEST_F(Tool, ReadOnlyHoldersDoNotBlockReaders) {
 }
 
 }  // namespace
+
+// ---- bad blocks (docs/cli.md "Bad blocks") -----------------------------------------------------
+
+namespace {
+
+/// The device offset of the first page of the first split region and of the first free region of
+/// the "healthy" pool, and one of its allocated pages.
+struct healthy_places {
+  std::uint64_t free_page = 0, allocated_page = 0, free_region_page = 0;
+  pmpage::pfn_t allocated_pfn = 0;
+};
+
+healthy_places places_of(const std::string& p) {
+  const auto sb = read_sb(p);
+  healthy_places h;
+  for (std::uint64_t r = 0; r < sb.nr_regions; ++r) {
+    const auto w = read_word(p, sb.region_table_offset + 8 * r);
+    if (r == 0 && (w & 0xff) == 0) h.free_region_page = sb.data_offset;  // region 0 is never a tail
+    if ((w & 0xff) != 2) continue;
+    for (unsigned i = 0; i < 512; ++i) {
+      const unsigned c = code_of(p, sb, r, i);
+      if (c == 1 && !h.allocated_page) {  // an order-0 head
+        h.allocated_page = sb.data_offset + (r << 21) + i * 4096ull;
+        h.allocated_pfn = (pmpage::pfn_t{sb.section_id} << 32) + (r << 9) + i;
+      }
+      if (c == 0 && !h.free_page) h.free_page = sb.data_offset + (r << 21) + i * 4096ull;
+    }
+  }
+  return h;
+}
+
+std::string range(std::uint64_t off, std::uint64_t len) {
+  char b[64];
+  std::snprintf(b, sizeof b, "0x%llx:%llu", (unsigned long long)off, (unsigned long long)len);
+  return b;
+}
+
+}  // namespace
+
+TEST_F(Tool, CheckInfoAndMapReportBadBlocksAndWhatOpenMakesOfThem) {
+  const std::string p = make("healthy");
+  const healthy_places h = places_of(p);
+  ASSERT_TRUE(h.free_page && h.allocated_page && h.free_region_page);
+  const std::size_t before = file_hash(p);
+  const std::vector<std::string> bad = {"--bad-block", range(h.allocated_page + 512, 512), "--bad-block",
+                                        range(h.free_page, 4096), "--bad-block", range(h.free_region_page, 512)};
+  // An allocated page in a bad block is damage (its data is lost): exit 4, never repaired.
+  std::vector<std::string> args = {"check", p, "--json"};
+  args.insert(args.end(), bad.begin(), bad.end());
+  const json j = run_json(args, 4);
+  ASSERT_EQ(j["bad_blocks"].size(), 3u) << j.dump(2);
+  std::map<std::string, json> by_kind;
+  for (const auto& f : j["bad_blocks"]) by_kind[f["kind"].get<std::string>()] = f;
+  ASSERT_TRUE(by_kind.count("allocated") && by_kind.count("free")) << j.dump(2);
+  EXPECT_EQ(by_kind["allocated"]["pfn"], h.allocated_pfn);
+  EXPECT_EQ(by_kind["allocated"]["head"], h.allocated_pfn);
+  EXPECT_EQ(by_kind["allocated"]["order"], 0);
+  EXPECT_NE(by_kind["allocated"]["advice"].get<std::string>().find("PG_hwpoison"), std::string::npos);
+  EXPECT_NE(by_kind["free"]["advice"].get<std::string>().find("quarantines"), std::string::npos);
+  ASSERT_EQ(j["problems"].size(), 1u) << j.dump(2);
+  EXPECT_EQ(j["problems"][0]["rule"], "BB2");
+  expect_problem_schema(j["problems"][0]);
+  args = {"check", p, "--repair"};
+  args.insert(args.end(), bad.begin(), bad.end());
+  const result human = run(args);
+  EXPECT_EQ(human.code, 4) << human.out << human.err;
+  for (const char* s : {"[BB2]", "bad block", "(allocated)", "(free)", "quarantined at open", "1 allocated page poisoned"})
+    EXPECT_NE(human.out.find(s), std::string::npos) << s << ":\n" << human.out;
+  // info and map say the same; nothing was written by any of them (not even check --repair).
+  std::vector<std::string> info = {"info", p, "--json"};
+  info.insert(info.end(), bad.begin(), bad.end());
+  const json ij = run_json(info, 0);
+  expect_info_schema(ij);
+  EXPECT_EQ(ij["bad_blocks"].size(), 3u);
+  info = {"info", p};
+  info.insert(info.end(), bad.begin(), bad.end());
+  const result it = run(info);
+  EXPECT_NE(it.out.find("Bad blocks"), std::string::npos) << it.out;
+  EXPECT_NE(it.out.find("poisoned pfn"), std::string::npos) << it.out;
+  std::vector<std::string> map = {"map", p};
+  map.insert(map.end(), bad.begin(), bad.end());
+  const result m = run(map);
+  EXPECT_EQ(m.code, 0) << m.err;
+  EXPECT_NE(m.out.find("(PG_hwpoison at open"), std::string::npos) << m.out;
+  EXPECT_NE(m.out.find("(quarantined at open)"), std::string::npos) << m.out;
+  EXPECT_EQ(file_hash(p), before);
+  // Without the list the pool is clean.
+  EXPECT_EQ(run({"check", p, "--no-device-bad-blocks"}).code, 0);
+}
+
+TEST_F(Tool, ABadBlockInTheMetadataIsNamedAndNothingElseIsRead) {
+  const std::string p = make("healthy");
+  const auto sb = read_sb(p);
+  const json j = run_json({"check", p, "--json", "--bad-block", range(sb.page_map_offset + 256 * 2, 256)}, 4);
+  ASSERT_EQ(j["bad_blocks"].size(), 1u) << j.dump(2);
+  EXPECT_EQ(j["bad_blocks"][0]["kind"], "metadata");
+  const std::string where = j["bad_blocks"][0]["where"];
+  EXPECT_NE(where.find("the page maps"), std::string::npos) << where;
+  EXPECT_NE(where.find("region 2"), std::string::npos) << where;
+  EXPECT_NE(j["bad_blocks"][0]["advice"].get<std::string>().find("small allocations read as free"), std::string::npos);
+  ASSERT_EQ(j["problems"].size(), 1u) << j.dump(2);
+  EXPECT_EQ(j["problems"][0]["rule"], "BB1");
+  // A superblock copy: the advice is that clearing loses nothing.
+  const json s = run_json({"check", p, "--json", "--bad-block", "4096:512"}, 4);
+  EXPECT_EQ(s["readable"], false);
+  EXPECT_NE(s["bad_blocks"][0]["advice"].get<std::string>().find("rewrites the copy from the other one"), std::string::npos);
+  // map cannot draw what it did not read.
+  EXPECT_EQ(run({"map", p, "--bad-block", range(sb.page_map_offset, 8)}).code, 4);
+  // A range outside the file, or malformed: operational error and usage... both refused.
+  EXPECT_EQ(run({"check", p, "--bad-block", "0x7fffffffffff:512"}).code, 8);
+  EXPECT_EQ(run({"check", p, "--bad-block", "12"}).code, 8);
+}
+
+TEST_F(Tool, ClearBadBlockRefusesARangeTheDeviceDoesNotReport) {
+  // No NVDIMM here: libpmem2 reports nothing for a file, so nothing may be cleared.
+  const std::string p = make("healthy");
+  const std::size_t before = file_hash(p);
+  const auto sb = read_sb(p);
+  const result r = run({"clear-bad-block", p, range(sb.data_offset, 4096)});
+  EXPECT_EQ(r.code, 8);
+  EXPECT_NE(r.err.find("not inside a bad block the device reports"), std::string::npos) << r.err;
+  EXPECT_EQ(file_hash(p), before);
+}

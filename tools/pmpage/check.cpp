@@ -13,6 +13,7 @@ struct check_args {
   std::string path;
   bool repair = false;
   bool json = false;
+  bad_block_args bad;
 };
 
 struct counts {
@@ -45,6 +46,8 @@ void print_problem(const fsck::problem& p, bool repair_mode) {
     std::cout << "    not done: recovery runs only once no damage is left; it will: " << p.repair << '\n';
   else if (p.repairable())
     std::cout << (repair_mode ? "    not repaired: " : "    repair: ") << p.repair << '\n';
+  else if (!p.recovery && p.structure == "bad block")
+    std::cout << "    a media error: check cannot repair it; what can be done is under the bad block below\n";
   else if (!p.recovery && p.structure == "file")
     std::cout << "    not repaired by check: left for a human\n";
   else if (!p.recovery)
@@ -62,7 +65,8 @@ command add_check(CLI::App& app) {
   sub->add_flag("--repair", a->repair,
                 "repair what can be repaired without losing an allocation, then run recovery and "
                 "check again (opens PATH read-write and locks it exclusively)");
-  sub->add_flag("--json", a->json, "print one JSON object: problems, counts, exit_code (docs/cli.md)");
+  sub->add_flag("--json", a->json, "print one JSON object: problems, counts, bad_blocks, exit_code (docs/cli.md)");
+  add_bad_block_options(*sub, a->bad);
   sub->footer("Exit status: 0 no damage (recovery's leftovers are not damage), 1 --repair changed the "
               "pool: all damage repaired, or only recovery's leftovers cleared, 4 damage left uncorrected, 8 operational error (cannot open, pool open "
               "in another process), 16 usage error.\nProgress goes to stderr when the check runs over "
@@ -70,6 +74,7 @@ command add_check(CLI::App& app) {
   return {sub, [a] {
             fsck::options o;
             o.repair = a->repair;
+            apply_bad_block_options(a->bad, o);
             const fsck::report r = run_check(a->path, o);
             const counts c = count(r);
             const int code = r.exit_code();
@@ -87,6 +92,7 @@ command add_check(CLI::App& app) {
                     {"recovery", c.recovery},
                     {"repaired", c.repaired},
                     {"uncorrected", c.uncorrected}}},
+                  {"bad_blocks", bad_blocks_json(r)},
                   {"exit_code", code},
               };
               std::cout << j.dump(2) << '\n';
@@ -94,6 +100,10 @@ command add_check(CLI::App& app) {
             }
             for (const auto& p : r.problems) {
               print_problem(p, a->repair);
+              std::cout << '\n';
+            }
+            if (!r.bad_blocks.empty()) {
+              print_bad_blocks(r);
               std::cout << '\n';
             }
             std::cout << "pmpage check: " << r.path << ": ";
@@ -109,6 +119,16 @@ command add_check(CLI::App& app) {
               if (c.recovery)
                 std::cout << "; " << c.recovery << " leftover" << (c.recovery == 1 ? "" : "s")
                           << " of an interrupted operation (recovery's work, not damage)";
+            }
+            if (!r.bad_blocks.empty()) {
+              std::size_t quarantined = 0, poisoned = 0;
+              for (const auto& f : r.bad_blocks) {
+                quarantined += f.what == fsck::bad_block_finding::kind::free;
+                poisoned += f.what == fsck::bad_block_finding::kind::allocated;
+              }
+              std::cout << "; " << r.bad_blocks.size() << " bad block finding" << (r.bad_blocks.size() == 1 ? "" : "s")
+                        << " (" << poisoned << " allocated page" << (poisoned == 1 ? "" : "s") << " poisoned, "
+                        << quarantined << " free page" << (quarantined == 1 ? "" : "s") << " quarantined at open)";
             }
             std::cout << " (exit " << code << ")\n";
             if (!a->repair && c.repairable)

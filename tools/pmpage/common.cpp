@@ -7,6 +7,7 @@
 #include <iostream>
 #include <cstdio>
 
+#include "pmpage/pool.hpp"
 #include "tool.hpp"
 
 namespace pmpage::tool {
@@ -111,6 +112,114 @@ fsck::report run_check(const std::string& path, fsck::options opts) {
   progress_meter meter(path);
   opts.progress = meter.callback();
   return fsck::check(path, opts);
+}
+
+// ---- bad blocks -------------------------------------------------------------------------------
+
+namespace {
+std::uint64_t parse_number(const std::string& text, const std::string& whole) {
+  // 0x hex or decimal, with the size suffixes every other option takes (4K, 1M).
+  if (text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0) {
+    std::size_t used = 0;
+    std::uint64_t v = 0;
+    try {
+      v = std::stoull(text, &used, 16);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == text.size() && used > 2) return v;
+  } else {
+    std::uint64_t v = 0;
+    if (!CLI::detail::lexical_cast(text, v)) {
+      CLI::AsSizeValue conv(false);
+      std::string t = text;
+      try {
+        conv(t);
+        if (CLI::detail::lexical_cast(t, v)) return v;
+      } catch (const std::exception&) {
+      }
+    } else {
+      return v;
+    }
+  }
+  throw tool_error("--bad-block " + whole + ": '" + text + "' is not a number (decimal, 0x hex, or with K/M/G)");
+}
+}  // namespace
+
+bad_block parse_bad_block(const std::string& text) {
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) throw tool_error("--bad-block " + text + ": expected OFFSET:LENGTH");
+  return {parse_number(text.substr(0, colon), text), parse_number(text.substr(colon + 1), text)};
+}
+
+void add_bad_block_options(CLI::App& sub, bad_block_args& a) {
+  sub.add_option("--bad-block", a.ranges,
+                 "a bad block (media error) of the file or device, OFFSET:LENGTH in bytes (decimal, 0x hex, or "
+                 "K/M/G); repeatable. Added to those libpmem2 reports for an NVDIMM (a CXL device's poison list, "
+                 "translated to device offsets)")
+      ->type_name("OFFSET:LENGTH");
+  sub.add_flag("--no-device-bad-blocks", a.no_device, "do not ask libpmem2 for the device's bad blocks");
+}
+
+void apply_bad_block_options(const bad_block_args& a, fsck::options& o) {
+  for (const std::string& t : a.ranges) o.bad_blocks.push_back(parse_bad_block(t));
+  o.device_bad_blocks = !a.no_device;
+}
+
+const char* bad_block_kind_name(fsck::bad_block_finding::kind k) {
+  switch (k) {
+    case fsck::bad_block_finding::kind::metadata: return "metadata";
+    case fsck::bad_block_finding::kind::allocated: return "allocated";
+    case fsck::bad_block_finding::kind::free: return "free";
+    case fsck::bad_block_finding::kind::outside: return "outside";
+  }
+  return "?";
+}
+
+void print_bad_blocks(const fsck::report& r) {
+  for (const auto& f : r.bad_blocks) {
+    std::cout << "bad block " << hex(f.offset) << '+' << hex(f.length) << " (" << bad_block_kind_name(f.what) << "): "
+              << f.where << '\n';
+    std::cout << "    " << f.advice << '\n';
+  }
+}
+
+json bad_blocks_json(const fsck::report& r) {
+  json a = json::array();
+  for (const auto& f : r.bad_blocks) {
+    const bool page = f.what == fsck::bad_block_finding::kind::allocated || f.what == fsck::bad_block_finding::kind::free;
+    a.push_back({{"kind", bad_block_kind_name(f.what)},
+                 {"offset", f.offset},
+                 {"length", f.length},
+                 {"where", f.where},
+                 {"pfn", page ? json(f.pfn) : json(nullptr)},
+                 {"head", f.what == fsck::bad_block_finding::kind::allocated ? json(f.head) : json(nullptr)},
+                 {"order", f.what == fsck::bad_block_finding::kind::allocated ? json(f.order) : json(nullptr)},
+                 {"advice", f.advice}});
+  }
+  return a;
+}
+
+command add_clear_bad_block(CLI::App& app) {
+  struct args {
+    std::string path, range;
+  };
+  auto a = std::make_shared<args>();
+  CLI::App* sub = app.add_subcommand(
+      "clear-bad-block",
+      "Clear the bad block OFFSET:LENGTH of the pool at PATH through libpmem2, which ZEROES it. Only a range "
+      "inside a bad block the device reports is cleared; the pool must not be open. Writes.");
+  add_path(*sub, a->path);
+  sub->add_option("RANGE", a->range, "OFFSET:LENGTH in bytes (decimal, 0x hex, or K/M/G)")->required();
+  sub->footer("Exit status: 0 cleared, 8 refused (not a reported bad block, the pool is open) or failed, 16 usage "
+              "error. Run `pmpage check` afterwards: what the zeroed bytes held is gone.");
+  return {sub, [a] {
+            const bad_block b = parse_bad_block(a->range);
+            pool::clear_bad_block(a->path, b);
+            std::cout << "pmpage: cleared bad block " << hex(b.offset) << '+' << hex(b.length) << " of " << a->path
+                      << " (the range now reads as zeros)\n";
+            return EXIT_CLEAN;
+          }};
 }
 
 }  // namespace pmpage::tool

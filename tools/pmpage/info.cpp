@@ -14,6 +14,7 @@ namespace {
 struct info_args {
   std::string path;
   bool json = false;
+  bad_block_args bad;
 };
 
 // Labels of report::split_fullness, in its order.
@@ -80,6 +81,7 @@ json info_json(const fsck::report& r) {
       {"problem_count", r.problems.size()},
       {"damage_count", r.problems.size() - recovery},
       {"problems", problems},
+      {"bad_blocks", bad_blocks_json(r)},
   };
 }
 
@@ -141,6 +143,17 @@ void print_table(const fsck::report& r) {
   std::cout << "Problems\n";
   row("damage", n(damage) + (damage ? " (see `pmpage check`)" : ""));
   row("recovery leftovers", n(recovery) + (recovery ? " (completed by the next open)" : ""));
+  if (r.bad_blocks.empty()) return;
+  std::size_t by_kind[4] = {};
+  for (const auto& f : r.bad_blocks) ++by_kind[unsigned(f.what)];
+  std::cout << "Bad blocks\n";
+  row("in metadata", n(by_kind[0]) + (by_kind[0] ? " (pool::open refuses the pool: see `pmpage check`)" : ""));
+  row("allocated pages (PG_hwpoison)", n(by_kind[1]));
+  row("free pages (quarantined)", n(by_kind[2]));
+  row("outside the pool's structures", n(by_kind[3]));
+  for (const auto& f : r.bad_blocks)
+    if (f.what == fsck::bad_block_finding::kind::allocated)
+      row("  poisoned pfn " + hex(f.pfn), "order-" + n(f.order) + " allocation at pfn " + hex(f.head));
 }
 
 }  // namespace
@@ -152,10 +165,13 @@ command add_info(CLI::App& app) {
               "fullness, free pages, largest free order, pending intents, descriptor DRAM. Read-only.");
   add_path(*sub, a->path);
   sub->add_flag("--json", a->json, "print one JSON object (fields: docs/cli.md)");
+  add_bad_block_options(*sub, a->bad);
   sub->footer("Exit status: 0 described (damage, if any, is counted: see `pmpage check`), 4 no readable "
               "pool at PATH, 8 cannot open it, 16 usage error.");
   return {sub, [a] {
-            const fsck::report r = run_check(a->path, {});
+            fsck::options o;
+            apply_bad_block_options(a->bad, o);
+            const fsck::report r = run_check(a->path, o);
             if (a->json)
               std::cout << info_json(r).dump(2) << '\n';
             else

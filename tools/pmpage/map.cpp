@@ -281,6 +281,7 @@ struct map_args {
   std::string color = "auto";
   std::string png;
   unsigned png_width = 1024, png_height = 768;
+  bad_block_args bad;
 };
 
 }  // namespace
@@ -307,14 +308,17 @@ command add_map(CLI::App& app) {
   sub->add_option("--png-height", a->png_height, "height of the PNG in pixels")
       ->check(CLI::Range(240u, 8192u))
       ->capture_default_str();
+  add_bad_block_options(*sub, a->bad);
   sub->footer("Exit status: 0 drawn (damaged regions are drawn 'X'), 4 no readable pool at PATH, 8 "
               "cannot open it or gnuplot failed, 16 usage error.");
   return {sub, [a] {
             if (!a->png.empty()) find_gnuplot();  // before the check: fail fast
             fsck::options o;
             o.regions = true;
+            apply_bad_block_options(a->bad, o);
             const fsck::report r = run_check(a->path, o);
-            if (!r.readable) {
+            // A bad block in the metadata: nothing but the superblock was read (the regions are unknown).
+            if (!r.readable || r.regions.size() != r.nr_regions) {
               std::cerr << "pmpage map: " << a->path << ": no readable pool";
               for (const auto& p : r.problems) std::cerr << "; " << describe_location(p) << ": " << p.what;
               std::cerr << '\n';
@@ -323,6 +327,18 @@ command add_map(CLI::App& app) {
             const grid g = terminal_grid(r.regions, a->width);
             const bool colour = a->color == "always" || (a->color == "auto" && is_tty(STDOUT_FILENO));
             print_terminal(r, g, colour);
+            // Bad blocks under the map: by region, what pool::open makes of each (docs/cli.md).
+            for (const auto& f : r.bad_blocks) {
+              std::cout << "bad block " << hex(f.offset) << '+' << hex(f.length) << ": ";
+              if (f.what == fsck::bad_block_finding::kind::allocated)
+                std::cout << "region " << ((f.pfn - r.start_pfn) >> HPAGE_PMD_ORDER) << ", allocated pfn " << hex(f.pfn)
+                          << " (PG_hwpoison at open: order-" << f.order << " allocation at " << hex(f.head) << ")\n";
+              else if (f.what == fsck::bad_block_finding::kind::free)
+                std::cout << "region " << ((f.pfn - r.start_pfn) >> HPAGE_PMD_ORDER) << ", free pfn " << hex(f.pfn)
+                          << " (quarantined at open)\n";
+              else
+                std::cout << bad_block_kind_name(f.what) << ": " << f.where << '\n';
+            }
             if (!a->png.empty()) {
               write_png(r, png_grid(r.regions, a->png_width, a->png_height), a->png, a->png_width, a->png_height);
               std::cout << "pmpage map: wrote " << a->png << " (" << a->png_width << "x" << a->png_height

@@ -83,4 +83,24 @@ class progress_meter {
 /// fsck::check with the progress meter.
 fsck::report run_check(const std::string& path, fsck::options opts);
 
+// ---- bad blocks (docs/cli.md "Bad blocks") ------------------------------------------------------
+
+/// The bad-block options of check, info and map: `--bad-block OFFSET:LENGTH` (repeatable; numbers
+/// in decimal or 0x hex, or with size suffixes) and `--no-device-bad-blocks`.
+struct bad_block_args {
+  std::vector<std::string> ranges;
+  bool no_device = false;
+};
+void add_bad_block_options(CLI::App& sub, bad_block_args& a);
+/// Parses them into `o` (a bad range is a tool_error: exit 8).
+void apply_bad_block_options(const bad_block_args& a, fsck::options& o);
+/// "OFFSET:LENGTH" -> range; throws tool_error naming the text.
+bad_block parse_bad_block(const std::string& text);
+/// The report's bad-block findings, one block each (check), or as JSON.
+void print_bad_blocks(const fsck::report& r);
+json bad_blocks_json(const fsck::report& r);
+const char* bad_block_kind_name(fsck::bad_block_finding::kind k);
+
+command add_clear_bad_block(CLI::App& app);
+
 }  // namespace pmpage::tool
