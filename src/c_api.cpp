@@ -167,6 +167,11 @@ class c_call {
   // A negative result of the C++ API, in C's convention: errno set, and the message saying why.
   int result(int r) const noexcept {
     if (r >= 0) return r;
+    if (pmpage::detail::backing_failures() != backing_ && r == -pmpage::detail::last_backing_errno()) {
+      // The library wrote the message (a write-back error: pool, call and errno named).
+      errno = -r;
+      return r;
+    }
     if (r == -EINVAL && misused()) return fail(EINVAL, "");
     if (r == -EBUSY)
       return fail(EBUSY, "the page has other references, is locked, or is being published, moved or split by "
@@ -453,7 +458,13 @@ int pmpage_pool_is_read_only(const pmpage_pool* pool) {
   return null_pool(pool, c_call("pmpage_pool_is_read_only")) ? -EINVAL : pool->pool.is_read_only() ? 1 : 0;
 }
 
-void pmpage_pool_close(pmpage_pool* pool) { delete pool; }
+int pmpage_pool_close(pmpage_pool* pool) {
+  if (!pool) return 0;
+  const c_call call("pmpage_pool_close");
+  const int r = pool->pool.close();
+  delete pool;
+  return call.result(r);
+}
 
 pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool) {
   return null_pool(pool, c_call("pmpage_pool_start_pfn")) ? 0 : pool->pool.start_pfn();
@@ -486,20 +497,24 @@ void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
 
 // persist/flush/drain return nothing; a misused one (a range outside the pool, a read-only
 // pool) leaves its report as the message.
-void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len) {
+int pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len) {
   const c_call call("pmpage_pool_persist");
-  if (!null_pool(pool, call)) pool->pool.persist(addr, len);
-  if (call.misused()) note_misuse();
+  if (null_pool(pool, call)) return -EINVAL;
+  return call.result(pool->pool.persist(addr, len));
 }
 void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len) {
   const c_call call("pmpage_pool_flush");
   if (!null_pool(pool, call)) pool->pool.flush(addr, len);
   if (call.misused()) note_misuse();
 }
-void pmpage_pool_drain(const pmpage_pool* pool) {
+int pmpage_pool_drain(const pmpage_pool* pool) {
   const c_call call("pmpage_pool_drain");
-  if (!null_pool(pool, call)) pool->pool.drain();
-  if (call.misused()) note_misuse();
+  if (null_pool(pool, call)) return -EINVAL;
+  return call.result(pool->pool.drain());
+}
+int pmpage_pool_writeback_error(const pmpage_pool* pool) {
+  const c_call call("pmpage_pool_writeback_error");
+  return null_pool(pool, call) ? -EINVAL : pool->pool.writeback_error();
 }
 
 int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
@@ -521,6 +536,7 @@ int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
   out->cpu_cached_regions = s.cpu_cached_regions;
   out->cpu_cached_free_pages = s.cpu_cached_free_pages;
   out->empty_split_regions = s.empty_split_regions;
+  out->writeback_errno = std::uint64_t(s.writeback_errno);
   return 0;
 }
 

@@ -6,6 +6,7 @@
 // fence has nothing left to do.
 #include <libpmem.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "pmpage/persistence.hpp"
@@ -20,7 +21,7 @@ class libpmem_persistence final : public persistence {
     if (is_pmem_)
       pmem_flush(addr, len);
     else
-      pmem_msync(addr, len);
+      msync_checked(addr, len);
   }
   void drain() noexcept override {
     if (is_pmem_) pmem_drain();
@@ -32,7 +33,7 @@ class libpmem_persistence final : public persistence {
       pmem_memset_nodrain(dst, c, len);
     else {
       std::memset(dst, c, len);
-      pmem_msync(dst, len);
+      msync_checked(dst, len);
     }
   }
   // copy_nodrain: the default (ordinary stores, then flush). Non-temporal stores would skip the
@@ -41,6 +42,12 @@ class libpmem_persistence final : public persistence {
   // overwritten by our older line when it finally leaves the write-combining buffer.
 
  private:
+  /// msync's failure is the write-back error of the page cache (EIO, ENOSPC, EDQUOT): the kernel
+  /// reports it once and then marks the pages clean, so it is recorded here, where the pool's next
+  /// fence finds it (persistence.hpp), instead of being lost ("fsyncgate").
+  void msync_checked(const void* addr, std::size_t len) noexcept {
+    if (__builtin_expect(pmem_msync(addr, len) != 0, 0)) report_writeback_error(errno);
+  }
   bool is_pmem_ = true;
 };
 

@@ -63,13 +63,26 @@ page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
   page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
   if (gfp & GFP_ZERO) zero_pages(p, order);
-  fence();
+  int e = fence();
   if (plan.nr_fresh) {
-    write_fresh_split_words(plan);
-    fence();
+    // After a failed fence the page map under the SPLIT word may not be on the media: the word
+    // stays FREE there; in DRAM the regions are published either way (they are split).
+    if (PMPAGE_LIKELY(!e)) {
+      write_fresh_split_words(plan);
+      e = fence();
+    }
     publish_fresh(plan);
   }
+  if (PMPAGE_UNLIKELY(e)) return fail_alloc(p, "alloc_pages", e);
   return p;
+}
+
+page* pool_impl::fail_alloc(page* p, const char* caller, int e) noexcept {
+  // Its only reference: the put frees it in DRAM and writes the free to the media (best effort:
+  // that fence fails too). A reopen finds it free or allocated and named by nobody, never both.
+  pmpage::put_page(p);
+  note_writeback_failure(caller, e);
+  return nullptr;
 }
 
 std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept {
@@ -110,11 +123,20 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
     if (done > first) {
       if (gfp & GFP_ZERO)
         for (std::size_t i = first; i < done; ++i) zero_pages(out[i], order);
-      fence();
+      int e = fence();
       if (plan.nr_fresh) {
-        write_fresh_split_words(plan);
-        fence();
+        if (PMPAGE_LIKELY(!e)) {  // as alloc_pages
+          write_fresh_split_words(plan);
+          e = fence();
+        }
         publish_fresh(plan);
+      }
+      if (PMPAGE_UNLIKELY(e)) {
+        // This round's pages are not handed out; earlier rounds' fences succeeded.
+        for (std::size_t i = first; i < done; ++i) pmpage::put_page(out[i]);
+        done = first;
+        note_writeback_failure("alloc_pages_bulk", e);
+        break;
       }
     }
     // Stopped for lack of room in the plan (plan.fresh_full): the next round goes on.
@@ -525,8 +547,11 @@ void pool_impl::release(page* holder) noexcept {
   }
   prefetch_map_line(holder);
   const free_result fr = free_stores(holder);
-  fence();
+  const int e = fence();
+  // A failed fence still completes the free in DRAM (the page is unreachable to the caller, who
+  // dropped its last reference); the error is reported and latched (put_page returns nothing).
   finish_free(fr);
+  if (PMPAGE_UNLIKELY(e)) note_writeback_failure("put_page/free_pages", e);
 }
 
 std::uint64_t pool_impl::slot_owner(page* h, std::uint64_t index) const {
@@ -1128,11 +1153,25 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
   }
   persist_word(owner_entry(index), off);
   flush_now(slot, sizeof *slot);  // a no-op write-back if the engine persisted it, as it must have
-  fence();  // small: owned. large: the entry is durable before the bit that gives it meaning
-  if (is_region_desc(h)) {
+  int e = fence();  // small: owned. large: the entry is durable before the bit that gives it meaning
+  if (is_region_desc(h) && PMPAGE_LIKELY(!e)) {
     persist_word(region_word(std::uint32_t(index >> HPAGE_PMD_ORDER)),
                  make_region_word(region_state::head, load_order(h), /*owned=*/true));
+    e = fence();
+  }
+  if (PMPAGE_UNLIKELY(e)) {
+    // Not adopted: unowned again on the media (best effort: the bit first, then the entry, the
+    // reverse of the order above) and in DRAM, the allocation's reference back to the caller.
+    if (is_region_desc(h))
+      persist_word(region_word(std::uint32_t(index >> HPAGE_PMD_ORDER)),
+                   make_region_word(region_state::head, load_order(h), /*owned=*/false));
+    persist_word(owner_entry(index), 0);
     fence();
+    h->flags_.fetch_and(~PG_slot_owned, std::memory_order_release);
+    unclaim();
+    end_publication(h);
+    note_writeback_failure("adopt_pages", e);
+    return -e;
   }
   // The allocation's reference is the slot's now (fetch_add, not a store: a put_page racing the
   // claim saw 0 and undoes its own decrement, report_refcount_misuse).
@@ -1168,9 +1207,24 @@ int pool_impl::split_huge_page(page* p) noexcept {
   // an order-0 head and no owner, fence, then the region word.
   write_split_map(r);
   clear_owner_entries(r);
-  fence();
-  persist_word(region_word(r), make_region_word(region_state::split));
-  fence();
+  int e = fence();
+  if (PMPAGE_LIKELY(!e)) {
+    persist_word(region_word(r), make_region_word(region_state::split));
+    e = fence();
+    if (PMPAGE_UNLIKELY(e)) {
+      // Back to HEAD(9) on the media (best effort); either word reads as a consistent pool: the
+      // whole page, or 512 order-0 pages the engine holds no reference to.
+      persist_word(region_word(r), make_region_word(region_state::head, HPAGE_PMD_ORDER));
+      fence();
+    }
+  }
+  if (PMPAGE_UNLIKELY(e)) {
+    // The split did not happen in DRAM: the page stays whole, unfrozen and unlocked.
+    h->refcount_.store(1, std::memory_order_release);
+    split_unlock(h);
+    note_writeback_failure("split_huge_page", e);
+    return -e;
+  }
   split_descriptors(h, r, /*owned=*/false);
   return 0;
 }
@@ -1278,7 +1332,13 @@ pool& pool::operator=(pool&& o) noexcept {
   return *this;
 }
 pool::~pool() { close(); }
-void pool::close() noexcept { impl_.reset(); }
+int pool::close() noexcept {
+  if (!impl_) return 0;
+  const int e = impl_->close_flush();
+  impl_.reset();
+  return -e;
+}
+int pool::writeback_error() const noexcept { return impl_ ? -impl_->durability_failed() : 0; }
 
 pool pool::create_volatile(const volatile_options& opts) {
   auto impl = pool_impl::create_volatile(opts);
@@ -1381,21 +1441,36 @@ bool outside_mapping(const pool& p, const char* caller, const void* addr, std::s
 }
 }  // namespace
 
-void pool::persist(const void* addr, std::size_t len) const noexcept {
-  if (!impl_) return report_closed("persist");
-  if (impl_->refuse_read_only("persist") || outside_mapping(*this, "persist", addr, len)) return;
+int pool::persist(const void* addr, std::size_t len) const noexcept {
+  if (!impl_) {
+    report_closed("persist");
+    return -EINVAL;
+  }
+  if (impl_->refuse_read_only("persist")) return -EROFS;
+  if (outside_mapping(*this, "persist", addr, len)) return -EINVAL;
   impl_->flush_now(addr, len);
-  impl_->fence();
+  if (const int e = impl_->fence(); PMPAGE_UNLIKELY(e)) {
+    impl_->note_writeback_failure("persist", e);
+    return -e;
+  }
+  return 0;
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("flush");
   if (impl_->refuse_read_only("flush") || outside_mapping(*this, "flush", addr, len)) return;
   impl_->flush_now(addr, len);
 }
-void pool::drain() const noexcept {
-  if (!impl_) return report_closed("drain");
-  if (impl_->refuse_read_only("drain")) return;
-  impl_->fence();
+int pool::drain() const noexcept {
+  if (!impl_) {
+    report_closed("drain");
+    return -EINVAL;
+  }
+  if (impl_->refuse_read_only("drain")) return -EROFS;
+  if (const int e = impl_->fence(); PMPAGE_UNLIKELY(e)) {
+    impl_->note_writeback_failure("drain", e);
+    return -e;
+  }
+  return 0;
 }
 pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
 std::size_t pool::trim() noexcept { return impl_ ? impl_->trim() : 0; }

@@ -60,7 +60,10 @@
 // order written at the top of fork.cpp.
 //
 // Every flush and fence goes through pers_ (the persistence seam); fence() also makes every lazily
-// retired intent durable (intent_log.hpp).
+// retired intent durable (intent_log.hpp), and returns the pool's write-back error: once a backend
+// reported one (msync failed), every later fence of the pool returns it (durability_failed) and
+// every call that makes something durable fails with it until the pool is reopened; the DRAM
+// state stays consistent (an allocation is undone, a free is completed).
 #pragma once
 
 #include <atomic>
@@ -185,20 +188,50 @@ class pool_impl {
     if (!volatile_) pers_->flush(p, len);
   }
   /// The fence every caller uses, the application's pool.drain() included (intent_log.hpp).
-  /// It first issues this thread's deferred flushes (flush_later).
-  void fence() noexcept {
-    if (volatile_) return;  // nothing to make durable: a volatile pool queues no flush either
+  /// It first issues this thread's deferred flushes (flush_later). Returns 0, or the pool's
+  /// write-back error (a positive errno, see durability_failed): what this fence covered may not
+  /// be durable.
+  int fence() noexcept {
+    if (volatile_) return 0;  // nothing to make durable: a volatile pool queues no flush either
     issue_deferred_flushes();
     intent_log::fence_token t;
     intents_.before_fence(t);
     pers_->drain();
     intents_.after_fence(t);
+    // One load of a counter that never moves on a healthy backend (persistence.hpp).
+    if (PMPAGE_UNLIKELY(pers_->writeback_errors() != 0)) return latch_writeback_error();
+    return 0;
   }
+  /// 0, or the write-back error (a positive errno: EIO, ENOSPC, ...) that made this pool's
+  /// durability unknown. Latched the first time a fence (or this call) finds the backend reported
+  /// a failure since attach, and returned by every later call until the pool is closed: once a
+  /// write-back failed, nothing the pool makes durable afterwards can be trusted either (the
+  /// kernel reports a failed write-back once, then calls the pages clean). For paths that fence
+  /// through other means (the slot calls' fences are fence(), which returns the same value).
+  /// One load on a healthy pool.
+  int durability_failed() const noexcept {
+    if (volatile_ || !pers_ || PMPAGE_LIKELY(pers_->writeback_errors() == 0)) return 0;
+    return latch_writeback_error();
+  }
+  /// A call that could not make its change durable (e: durability_failed()): sets errno and the
+  /// C API's message (pmpage_errormsg) naming the pool, the call and the error. Cold.
+  void note_writeback_failure(const char* caller, int e) const noexcept;
+  /// pool::close: the final trim and fence (idempotent; the destructor calls it too), then
+  /// durability_failed().
+  int close_flush() noexcept;
   std::filesystem::path fs_path;
 
  private:
+  /// durability_failed's slow path (media.cpp): latches the backend's error if it came after attach.
+  int latch_writeback_error() const noexcept __attribute__((noinline, cold));
+  /// The undo of an allocation whose fence failed (e: its error): the page goes back, the call
+  /// fails with e (note_writeback_failure). Returns nullptr.
+  page* fail_alloc(page* p, const char* caller, int e) noexcept __attribute__((noinline, cold));
+
   // --- open path (recovery.cpp)
   void adopt_superblock(const superblock& sb);
+  /// Throws pmpage::error(durability_failed(), ...) if a write-back failed (create, open).
+  void refuse_if_not_durable(const char* what) const;
   void map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode = device::map_mode::shared_write);
   /// Points the metadata tables and the intent log into the mapping (lay_ and pers_ set).
   void locate_metadata();
@@ -432,6 +465,9 @@ class pool_impl {
   open_slot slot_;  // before the resources below, so it is given back after them
   device dev_;
   std::shared_ptr<persistence> pers_;
+  std::uint64_t wb_seen_ = 0;             // pers_->writeback_errors() at attach: earlier ones are not ours
+  mutable std::atomic<int> wb_error_{0};  // the latched write-back error (durability_failed)
+  bool closed_flush_ = false;             // close_flush ran
   layout lay_{};
   std::uint16_t section_id_ = 0;
   std::uint16_t picked_id_ = 0;  // the id pick_section_id reserved for this new pool (create paths)

@@ -7,9 +7,15 @@
 //
 // Contract: a store to the pool mapping is durable once flush() covered it and a later drain()
 // (the fence) returned. drain() orders and completes every earlier flush of the calling thread.
+//
+// Write-back errors: a backend whose write-back can fail (msync on a file that is not DAX) calls
+// report_writeback_error() with the errno before its flush() or drain() returns. The pool reads
+// writeback_errors() after every fence (one relaxed load) and, when it moved, fails the operation
+// and keeps reporting the error until it is reopened (docs/api.md "Write-back errors").
 #pragma once
 
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -58,6 +64,40 @@ class PMPAGE_API persistence {
     flush(addr, len);
     drain();
   }
+
+  /// Write-back failures this backend has reported since it was constructed (any pool, any
+  /// thread). A pool compares it with its value at attach after each fence. Thread-safe.
+  std::uint64_t writeback_errors() const noexcept { return wb_errors_.load(std::memory_order_acquire); }
+  /// The errno of the latest failure (EIO, ENOSPC, ...), or 0 if there was none. Thread-safe.
+  int last_writeback_error() const noexcept { return wb_errno_.load(std::memory_order_relaxed); }
+
+ protected:
+  /// For backends: a write-back failed with err (an errno value; 0 is taken as EIO). Call it
+  /// before the flush() or drain() that saw the failure returns, so the fence that follows (or
+  /// this one) reports it. Thread-safe; lock-free.
+  void report_writeback_error(int err) noexcept {
+    wb_errno_.store(err > 0 ? err : EIO, std::memory_order_relaxed);
+    wb_errors_.fetch_add(1, std::memory_order_release);
+  }
+  /// For wrappers (counting_persistence): reports the failures `inner` reported since the last
+  /// call. One relaxed load when there are none.
+  void forward_writeback_errors(const persistence& inner) noexcept {
+    if (__builtin_expect(inner.wb_errors_.load(std::memory_order_relaxed) == forwarded_.load(std::memory_order_relaxed), 1))
+      return;
+    forward_slow(inner);
+  }
+
+ private:
+  void forward_slow(const persistence& inner) noexcept {
+    std::uint64_t seen = forwarded_.load(std::memory_order_relaxed);
+    const std::uint64_t now = inner.writeback_errors();
+    while (seen < now && !forwarded_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+    }
+    if (seen < now) report_writeback_error(inner.last_writeback_error());
+  }
+  std::atomic<std::uint64_t> wb_errors_{0};
+  std::atomic<int> wb_errno_{0};
+  std::atomic<std::uint64_t> forwarded_{0};  // forward_writeback_errors: inner's count seen
 };
 
 /// The production backend: libpmem's pmem_flush/pmem_drain on pmem, pmem_msync otherwise.
@@ -77,6 +117,9 @@ class PMPAGE_API counting_persistence final : public persistence {
   void drain() noexcept override {
     fences_.fetch_add(1, std::memory_order_relaxed);
     inner_->drain();
+    // The pool reads this object's error count: the inner backend's failures (made during this
+    // drain or the flushes before it) become this object's before the drain returns.
+    forward_writeback_errors(*inner_);
   }
   void copy_nodrain(void* dst, const void* src, std::size_t len) noexcept override {
     flushes_.fetch_add(1, std::memory_order_relaxed);
