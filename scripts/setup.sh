@@ -2,7 +2,7 @@
 # Installs the Debian packages pmpage needs, only those missing (fast when nothing is).
 # Usage: scripts/setup.sh [extra-package ...]
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libpmem-dev libpmemobj-dev libgtest-dev libbenchmark-dev gnuplot-nox python3
+pkgs=(cmake g++ make pkg-config libpmem-dev libpmem2-dev libpmemobj-dev libgtest-dev libbenchmark-dev gnuplot-nox python3
       libsqlite3-dev sqlite3 libcli11-dev nlohmann-json3-dev abigail-tools
       libnuma-dev libmimalloc-dev libjemalloc-dev "$@")
 missing=()

@@ -80,6 +80,9 @@ static_assert(PMPAGE_GFP_DEFAULT == pmpage::GFP_DEFAULT && PMPAGE_GFP_ZERO == pm
 static_assert(PMPAGE_PAGE_REF_MAX == pmpage::PAGE_REF_MAX && PMPAGE_MAX_OPEN_POOLS == pmpage::MAX_OPEN_POOLS);
 static_assert(PMPAGE_MIN_POOL_SIZE == pmpage::MIN_POOL_SIZE && PMPAGE_MAX_POOL_PAGES == pmpage::MAX_POOL_PAGES);
 static_assert(PMPAGE_MAX_ROOT_SIZE == pmpage::MAX_ROOT_SIZE);
+static_assert(PMPAGE_GRANULARITY_BYTE == int(pmpage::granularity::byte) &&
+              PMPAGE_GRANULARITY_CACHE_LINE == int(pmpage::granularity::cache_line) &&
+              PMPAGE_GRANULARITY_PAGE == int(pmpage::granularity::page));
 static_assert(PMPAGE_ERR_CREATE_INTERRUPTED == pmpage::ERR_CREATE_INTERRUPTED);
 static_assert(std::is_same_v<pmpage_pfn_t, pmpage::pfn_t> && std::is_same_v<pmpage_gfp_t, pmpage::gfp_t>);
 
@@ -485,6 +488,9 @@ const char* pmpage_pool_path(const pmpage_pool* pool) {
 }
 int pmpage_pool_is_pmem(const pmpage_pool* pool) {
   return null_pool(pool, c_call("pmpage_pool_is_pmem")) ? -EINVAL : pool->pool.is_pmem() ? 1 : 0;
+}
+int pmpage_pool_granularity(const pmpage_pool* pool) {
+  return null_pool(pool, c_call("pmpage_pool_granularity")) ? -EINVAL : int(pool->pool.store_granularity());
 }
 void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
   if (null_pool(pool, c_call("pmpage_pool_base"))) {

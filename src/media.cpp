@@ -24,7 +24,7 @@ thread_local deferred_flushes t_deferred;
 }  // namespace
 
 void pool_impl::flush_later(const void* p, std::size_t len) noexcept {
-  if (volatile_) return;
+  if (no_flush_) return;  // volatile, or byte granularity: the fence alone makes the stores durable
   deferred_flushes& d = t_deferred;
   if (d.n == deferred_flushes::MAX) issue_deferred_flushes();  // correct, only a little slower
   d.pers[d.n] = pers_.get();
@@ -52,6 +52,17 @@ void pool_impl::forget_deferred_flushes() noexcept {
       d.len[k++] = d.len[i];
     }
   d.n = k;
+}
+
+persistence& no_flush_sink() noexcept {
+  // The intent log's backend at byte granularity: it only ever flushes (the pool fences).
+  struct sink final : persistence {
+    granularity attach(void*, std::size_t, granularity g) override { return g; }
+    void flush(const void*, std::size_t) noexcept override {}
+    void drain() noexcept override {}
+  };
+  static sink s;
+  return s;
 }
 
 int pool_impl::latch_writeback_error() const noexcept {
@@ -125,7 +136,7 @@ void pool_impl::zero_pages(page* p, unsigned order) {
   // Outside the lock, before the allocation's fence: the zeros are durable when it returns.
   void* a = page_address(p);
   const std::size_t len = PAGE_SIZE << order;
-  if (volatile_)
+  if (no_flush_)  // volatile, or byte granularity (durable once the fence has ordered them)
     std::memset(a, 0, len);
   else
     pers_->memset_nodrain(a, 0, len);

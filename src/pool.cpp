@@ -1371,7 +1371,9 @@ std::string pool_impl::memory_description() const {
   std::string s = std::string(read_only_ ? "persistent (read-only), " : "persistent, ") +
                   (dev_.type() == device::kind::device_dax ? "device DAX " : "file ") + path() + ", " +
                   std::to_string(data >> 20) + " MiB of pages, " +
-                  (is_pmem() ? "flushed with CPU cache write-back (pmem)" : "flushed with msync (not pmem)");
+                  (gran_ == granularity::byte         ? "byte granularity (eADR: fences only)"
+                   : gran_ == granularity::cache_line ? "cache-line granularity (CPU cache write-back, pmem)"
+                                                      : "page granularity (msync, not pmem)");
   if (numa_node_ >= 0) s += ", on node " + std::to_string(numa_node_);
   return s;
 }
@@ -1498,6 +1500,9 @@ std::string pool::slot_check::describe() const {
 }
 const std::filesystem::path& pool::path() const noexcept { return impl_ ? impl_->fs_path : empty_path; }
 bool pool::is_pmem() const noexcept { return impl_ && impl_->is_pmem(); }
+granularity pool::store_granularity() const noexcept {
+  return impl_ ? impl_->store_granularity() : granularity::page;
+}
 bool pool::is_read_only() const noexcept { return impl_ && impl_->read_only(); }
 bool pool::is_volatile() const noexcept { return impl_ && impl_->is_volatile(); }
 int pool::numa_node() const noexcept { return impl_ ? impl_->numa_node() : -1; }

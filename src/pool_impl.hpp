@@ -178,14 +178,17 @@ class pool_impl {
   pfn_t end_pfn() const { return start_pfn() + nr_pages_; }
   char* base() const { return dev_.base(); }
   std::uint64_t mapped_length() const { return dev_.mapped_length(); }
-  bool is_pmem() const { return dev_.is_pmem(); }
+  bool is_pmem() const { return gran_ != granularity::page; }
+  /// The granularity the pool's flushes and fences follow (persistence.hpp): the backend's
+  /// answer at attach. A volatile pool: page (it never flushes).
+  granularity store_granularity() const { return gran_; }
   char* root() const { return dev_.base() + lay_.root_offset; }
   std::uint64_t root_size() const { return lay_.root_size; }
   persistence& pers() const { return *pers_; }
   /// Starts writing back [p, p + len) now (slots the caller's stores just filled); nothing in a
   /// volatile pool.
   void flush_now(const void* p, std::size_t len) noexcept {
-    if (!volatile_) pers_->flush(p, len);
+    if (!no_flush_) pers_->flush(p, len);
   }
   /// The fence every caller uses, the application's pool.drain() included (intent_log.hpp).
   /// It first issues this thread's deferred flushes (flush_later). Returns 0, or the pool's
@@ -509,6 +512,8 @@ class pool_impl {
   intent_log intents_;
   bool read_only_ = false;       // open_options::read_only: every mutating call is refused
   bool volatile_ = false;        // create_volatile: the "media" is DRAM; nothing is flushed or fenced
+  bool no_flush_ = false;        // volatile_, or byte granularity: flush_later / flush_now / zero_pages flush nothing
+  granularity gran_ = granularity::page;  // store_granularity()
   int numa_node_ = -1;           // pool::numa_node()
   std::string memory_desc_;      // pool::memory_description()
   bool media_writable_ = true;   // false once a read-only pool's recovery is done (or device DAX)
@@ -534,6 +539,9 @@ void remove_open_pool(pool_impl* p);
 std::string too_many_pools();
 /// A random pfn section no open pool uses; 0 if none was found.
 std::uint16_t pick_section_id();
+
+/// A backend whose flush and drain do nothing: the intent log's at byte granularity (media.cpp).
+persistence& no_flush_sink() noexcept;
 
 /// The pool that owns descriptor p (via the section tables).
 inline pool_impl* owner_of(const page* p) { return static_cast<pool_impl*>(section_of(p).owner); }

@@ -122,7 +122,8 @@ void pool_impl::map_and_attach(std::shared_ptr<persistence> backend, device::map
   dev_.map(length, lay_.data_offset, mode);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
   wb_seen_ = pers_->writeback_errors();  // a reused backend's earlier failures are not this pool's
-  pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
+  gran_ = pers_->attach(dev_.base(), dev_.mapped_length(), dev_.store_granularity());
+  no_flush_ = gran_ == granularity::byte;  // eADR: the fences alone (a volatile pool sets it too)
   numa_node_ = dev_.numa_node();  // device DAX: its memory's node; a file: unknown (-1)
   locate_metadata();
 }
@@ -132,7 +133,8 @@ void pool_impl::locate_metadata() {
   page_maps_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.page_map_offset);
   owner_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.owner_table_offset);
   lanes_ = reinterpret_cast<lane*>(dev_.base() + lay_.lanes_offset);
-  intents_.init(lanes_, pers_.get(), /*enabled=*/!volatile_);
+  // At byte granularity the intent log's flushes go nowhere (it only flushes; the pool fences).
+  intents_.init(lanes_, gran_ == granularity::byte ? &no_flush_sink() : pers_.get(), /*enabled=*/!volatile_);
 }
 
 std::string pool_impl::validate_region_table() const {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <random>
 #include <set>
 #include <thread>
@@ -23,12 +24,12 @@ using pmpage::pfn_t;
 // Records what the pool tells its backend, and forwards to libpmem.
 class recording_persistence final : public pmpage::persistence {
  public:
-  void attach(void* base, std::size_t length, bool is_pmem) override {
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity g) override {
     ++attached;
     this->base = base;
     this->length = length;
-    this->is_pmem = is_pmem;
-    inner_->attach(base, length, is_pmem);
+    this->gran = g;
+    return inner_->attach(base, length, g);
   }
   void detach() noexcept override {
     ++detached;
@@ -49,7 +50,7 @@ class recording_persistence final : public pmpage::persistence {
   int attached = 0, detached = 0;
   void* base = nullptr;
   std::size_t length = 0;
-  bool is_pmem = false;
+  pmpage::granularity gran = pmpage::granularity::page;
   std::atomic<std::uint64_t> flushes{0}, fences{0}, flushes_outside_mapping{0};
 
  private:
@@ -66,7 +67,7 @@ TEST_F(Persistence, BackendIsAttachedToTheMappingAndDetachedAtClose) {
     EXPECT_EQ(backend->attached, 1);
     EXPECT_EQ(backend->base, p.base());
     EXPECT_EQ(backend->length, p.mapped_length());
-    EXPECT_TRUE(backend->is_pmem) << "PMEM_IS_PMEM_FORCE=1 is set";
+    EXPECT_EQ(backend->gran, pmpage::granularity::cache_line) << "PMEM_IS_PMEM_FORCE=1 is set";
     EXPECT_EQ(backend->detached, 0);
     ASSERT_NE(p.alloc_pages(0), nullptr);
     EXPECT_GT(backend->fences.load(), 0u);
@@ -217,13 +218,139 @@ TEST_F(FenceBudget, PersistIsFlushPlusOneFence) {
   EXPECT_EQ(fences_of([&] { pool_.drain(); }), 1u);
 }
 
+// ---- granularity ------------------------------------------------------------------------------
+
+// Sets (or, with nullptr, unsets) an environment variable for the object's life.
+class scoped_env {
+ public:
+  scoped_env(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
+  }
+  ~scoped_env() {
+    if (had_)
+      ::setenv(name_, old_.c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+struct gran_case {
+  const char* forced;  // PMEM2_FORCE_GRANULARITY
+  pmpage::granularity want;
+};
+
+class Granularity : public TempPathTest, public ::testing::WithParamInterface<gran_case> {};
+
+TEST_P(Granularity, ForcedGranularityDecidesFlushesAndKeepsTheFences) {
+  const scoped_env env("PMEM2_FORCE_GRANULARITY", GetParam().forced);
+  auto counter = std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
+  pmpage::pool p = create_pool(new_path(), 64 * MiB, counter);
+  const pmpage::granularity g = GetParam().want;
+  ASSERT_EQ(p.store_granularity(), g);
+  EXPECT_EQ(p.is_pmem(), g != pmpage::granularity::page);
+  EXPECT_NE(p.memory_description().find(std::string(g == pmpage::granularity::byte ? "byte" : g == pmpage::granularity::cache_line ? "cache-line" : "page") + " granularity"), std::string::npos)
+      << p.memory_description();
+  ASSERT_NE(p.alloc_pages(0), nullptr);  // a split region
+  const bool flushes = g != pmpage::granularity::byte;
+  for (unsigned order : {0u, 9u}) {
+    counter->reset();
+    page* pg = p.alloc_pages(order, pmpage::GFP_ZERO);
+    ASSERT_NE(pg, nullptr);
+    EXPECT_EQ(counter->fences(), 1u) << "order " << order << ": one fence at every granularity";
+    EXPECT_EQ(counter->flushes() > 0, flushes) << "order " << order << ": " << counter->flushes() << " flushes";
+    counter->reset();
+    pmpage::put_page(pg);
+    EXPECT_EQ(counter->fences(), 1u);
+    EXPECT_EQ(counter->flushes() > 0, flushes) << counter->flushes() << " flushes";
+  }
+  pfn_t* slots = root_slots(p);
+  counter->reset();
+  ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+  ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+  EXPECT_EQ(counter->fences(), 4u);
+  EXPECT_EQ(counter->flushes() > 0, flushes) << "the intent log flushes nothing at byte granularity either";
+  counter->reset();
+  EXPECT_EQ(p.persist(p.root(), 64), 0);
+  EXPECT_EQ(counter->fences(), 1u);
+  EXPECT_EQ(counter->flushes() > 0, flushes);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.close(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(, Granularity,
+                         ::testing::Values(gran_case{"BYTE", pmpage::granularity::byte},
+                                           gran_case{"cache_line", pmpage::granularity::cache_line},
+                                           gran_case{"PAGE", pmpage::granularity::page}),
+                         [](const auto& info) { return std::string(pmpage::granularity_name(info.param.want)); });
+
+TEST_F(Persistence, PmemIsPmemForceStillMeansCacheLineAndATmpfsFileIsPageOtherwise) {
+  const scoped_env no_pmem2("PMEM2_FORCE_GRANULARITY", nullptr);
+  {
+    const scoped_env force("PMEM_IS_PMEM_FORCE", "1");
+    pmpage::pool p = create_pool(new_path(), 64 * MiB);
+    EXPECT_EQ(p.store_granularity(), pmpage::granularity::cache_line);
+  }
+  const scoped_env no_force("PMEM_IS_PMEM_FORCE", nullptr);
+  const auto path = new_path();
+  { pmpage::pool p = create_pool(path, 64 * MiB); }
+  pmpage::pool p = pmpage::pool::open(path);
+  EXPECT_EQ(p.store_granularity(), pmpage::granularity::page) << "/dev/shm is tmpfs: no MAP_SYNC, no DAX";
+  EXPECT_FALSE(p.is_pmem());
+  {
+    const scoped_env both("PMEM_IS_PMEM_FORCE", "1");
+    const scoped_env byte("PMEM2_FORCE_GRANULARITY", "byte");
+    p.close();
+    p = pmpage::pool::open(path);
+    EXPECT_EQ(p.store_granularity(), pmpage::granularity::byte) << "PMEM2_FORCE_GRANULARITY wins";
+  }
+  pmpage::pool::open_options ro;
+  ro.read_only = true;
+  p.close();
+  p = pmpage::pool::open(path, ro);
+  EXPECT_EQ(p.store_granularity(), pmpage::granularity::page) << "a read-only pool flushes nothing";
+}
+
+TEST_F(Persistence, TheBackendsAnswerIsTheGranularityThePoolFollows) {
+  // A backend (a simulated device) may model another granularity than the platform's.
+  class byte_backend final : public pmpage::persistence {
+   public:
+    pmpage::granularity attach(void* b, std::size_t l, pmpage::granularity) override {
+      inner_->attach(b, l, pmpage::granularity::byte);
+      return pmpage::granularity::byte;
+    }
+    void flush(const void*, std::size_t) noexcept override { ++flushes; }
+    void drain() noexcept override { inner_->drain(); }
+    std::atomic<int> flushes{0};
+
+   private:
+    std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+  };
+  auto be = std::make_shared<byte_backend>();
+  pmpage::pool p = create_pool(new_path(), 64 * MiB, be);
+  EXPECT_EQ(p.store_granularity(), pmpage::granularity::byte);
+  const int after_create = be->flushes.load();  // format() flushes through the seam: a no-op at byte
+  for (int i = 0; i < 10; ++i) pmpage::put_page(p.alloc_pages(i % 2 ? 0 : 9));
+  EXPECT_EQ(be->flushes.load(), after_create);
+}
+
 // ---- write-back errors ------------------------------------------------------------------------
 
 // libpmem underneath, plus an injected write-back failure: the next fail_drains drains report err
 // once each (as the kernel reports a failed write-back once), then the device is healthy again.
 class failing_persistence final : public pmpage::persistence {
  public:
-  void attach(void* base, std::size_t length, bool is_pmem) override { inner_->attach(base, length, is_pmem); }
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity g) override {
+    return inner_->attach(base, length, g);
+  }
   void detach() noexcept override { inner_->detach(); }
   void flush(const void* addr, std::size_t len) noexcept override { inner_->flush(addr, len); }
   void drain() noexcept override {
@@ -392,7 +519,9 @@ TEST_F(WritebackError, CreateAndOpenFailWhenTheirWritesCannotBeWrittenBack) {
 // Forces msync (the recipe of a pool file that is not DAX) whatever PMEM_IS_PMEM_FORCE says.
 class msync_persistence final : public pmpage::persistence {
  public:
-  void attach(void* base, std::size_t length, bool) override { inner_->attach(base, length, false); }
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity) override {
+    return inner_->attach(base, length, pmpage::granularity::page);
+  }
   void detach() noexcept override { inner_->detach(); }
   void flush(const void* addr, std::size_t len) noexcept override { inner_->flush(addr, len); }
   void drain() noexcept override {

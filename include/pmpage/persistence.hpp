@@ -25,14 +25,34 @@
 
 namespace pmpage {
 
+/// How a store to the mapping becomes durable: the platform's store granularity, in libpmem2's
+/// terms (pmem2_granularity), finest first. What a pool's fences and flushes do follows it:
+enum class granularity : std::uint8_t {
+  /// The CPU caches are in the persistence domain (eADR; CXL memory with Global Persistent
+  /// Flush): a store is durable once it leaves the store buffer. No flush; the fence (sfence)
+  /// orders the stores, one where CACHE_LINE has one.
+  byte = 0,
+  /// ADR: a store is durable once its cache line is written back (clwb) and fenced (sfence).
+  cache_line = 1,
+  /// The mapping is page cache (a file that is not DAX): durable after msync of its pages, whose
+  /// failure is a write-back error (report_writeback_error).
+  page = 2,
+};
+/// "byte", "cache_line", "page".
+constexpr const char* granularity_name(granularity g) noexcept {
+  return g == granularity::byte ? "byte" : g == granularity::cache_line ? "cache_line" : "page";
+}
+
 class PMPAGE_API persistence {
  public:
   virtual ~persistence() = default;
 
-  /// Called once when a pool maps its device, before any flush. `is_pmem` tells whether CPU cache
-  /// flushes reach the media (DAX with MAP_SYNC, device DAX, or PMEM_IS_PMEM_FORCE=1); when false
-  /// the libpmem backend falls back to msync.
-  virtual void attach(void* base, std::size_t length, bool is_pmem) = 0;
+  /// Called once when a pool maps its device, before any flush. `g` is the granularity the
+  /// platform gives the mapping (detected with libpmem2; PMEM2_FORCE_GRANULARITY forces it;
+  /// docs/api.md "Persistence by granularity"). Returns the granularity the pool follows with
+  /// this backend: `g` for a backend over the real device; a simulated device returns the one it
+  /// models (testing.hpp). At byte the pool issues no flush at all, only its fences.
+  virtual granularity attach(void* base, std::size_t length, granularity g) = 0;
   /// Called when the pool unmaps, while the mapping is still readable (a simulated device copies
   /// it); no flush follows. May be called a second time (after a failed create): a no-op then.
   virtual void detach() noexcept {}
@@ -100,7 +120,9 @@ class PMPAGE_API persistence {
   std::atomic<std::uint64_t> forwarded_{0};  // forward_writeback_errors: inner's count seen
 };
 
-/// The production backend: libpmem's pmem_flush/pmem_drain on pmem, pmem_msync otherwise.
+/// The production backend: at byte granularity flush does nothing and drain is pmem_drain
+/// (sfence); at cache_line pmem_flush (clwb) and pmem_drain; at page pmem_msync, whose failure
+/// is reported (report_writeback_error).
 PMPAGE_API std::shared_ptr<persistence> make_libpmem_persistence();
 
 /// Wraps another backend and counts its calls (relaxed atomics): what benchmarks and the
@@ -108,7 +130,7 @@ PMPAGE_API std::shared_ptr<persistence> make_libpmem_persistence();
 class PMPAGE_API counting_persistence final : public persistence {
  public:
   explicit counting_persistence(std::shared_ptr<persistence> inner) : inner_(std::move(inner)) {}
-  void attach(void* base, std::size_t length, bool is_pmem) override { inner_->attach(base, length, is_pmem); }
+  granularity attach(void* base, std::size_t length, granularity g) override { return inner_->attach(base, length, g); }
   void detach() noexcept override { inner_->detach(); }
   void flush(const void* addr, std::size_t len) noexcept override {
     flushes_.fetch_add(1, std::memory_order_relaxed);

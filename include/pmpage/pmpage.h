@@ -166,6 +166,14 @@ PMPAGE_API void* pmpage_pool_root(const pmpage_pool* pool, size_t* size);
 PMPAGE_API const char* pmpage_pool_path(const pmpage_pool* pool);
 /** 1 when flushes reach the media directly (pmem), 0 when msync is used; -EINVAL for NULL. */
 PMPAGE_API int pmpage_pool_is_pmem(const pmpage_pool* pool);
+/** pool::store_granularity (libpmem2's terms): how the pool's stores become durable. */
+enum pmpage_granularity {
+  PMPAGE_GRANULARITY_BYTE = 0,       /* eADR / CXL GPF: fences only, no flush */
+  PMPAGE_GRANULARITY_CACHE_LINE = 1, /* clwb + sfence */
+  PMPAGE_GRANULARITY_PAGE = 2        /* page cache: msync */
+};
+/** One of PMPAGE_GRANULARITY_*; -EINVAL for NULL (misuse). */
+PMPAGE_API int pmpage_pool_granularity(const pmpage_pool* pool);
 /** The mapping of the whole device; *length (if not NULL) gets its length. */
 PMPAGE_API void* pmpage_pool_base(const pmpage_pool* pool, size_t* length);
 

@@ -358,8 +358,14 @@ class PMPAGE_API pool {
   std::string check() const;
 
   const std::filesystem::path& path() const noexcept;
-  /// True when flushes go to the media directly (pmem); false when msync is used.
+  /// True when flushes go to the media directly (pmem); false when msync is used:
+  /// store_granularity() != granularity::page.
   bool is_pmem() const noexcept;
+  /// How the pool makes its stores durable (persistence.hpp, docs/api.md "Persistence by
+  /// granularity"): byte (eADR: fences only, no flush), cache_line (clwb + sfence), page (msync).
+  /// Detected at open with libpmem2 (PMEM2_FORCE_GRANULARITY forces it), or what a simulated
+  /// backend models. page for a volatile pool (nothing is flushed) and a closed one.
+  granularity store_granularity() const noexcept;
   /// The mapping of the whole device (superblocks, metadata, root, data) and its length.
   void* base() const noexcept;
   std::size_t mapped_length() const noexcept;
