@@ -24,7 +24,7 @@ config& cfg() {
 namespace {
 std::atomic<bool> g_failed{false};
 
-enum class workload_kind { none, pmpage, counting, pmemobj };
+enum class workload_kind { none, pmpage, counting, pmpage_byte, pmemobj };
 workload_kind g_kind = workload_kind::none;
 std::optional<pmpage::pool> g_pool;
 std::shared_ptr<pmpage::counting_persistence> g_counter;
@@ -106,6 +106,33 @@ pmpage::pool& counting_pool(pmpage::counting_persistence** counter) {
     g_kind = workload_kind::counting;
   }
   *counter = g_counter.get();
+  return *g_pool;
+}
+
+namespace {
+/// The libpmem backend run at byte granularity whatever the platform is: what an eADR machine
+/// gets (fences only), so its cost can be measured on any machine (issue 22: order-0 pair at
+/// byte vs cache-line granularity).
+class byte_persistence final : public pmpage::persistence {
+ public:
+  pmpage::granularity attach(void* b, std::size_t l, pmpage::granularity) override {
+    return inner_->attach(b, l, pmpage::granularity::byte);
+  }
+  void detach() noexcept override { inner_->detach(); }
+  void flush(const void* a, std::size_t l) noexcept override { inner_->flush(a, l); }
+  void drain() noexcept override { inner_->drain(); }
+
+ private:
+  std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+};
+}  // namespace
+
+pmpage::pool& byte_pool() {
+  if (g_kind != workload_kind::pmpage_byte) {
+    prepare_target();
+    g_pool.emplace(create_pmpage(std::make_shared<byte_persistence>()));
+    g_kind = workload_kind::pmpage_byte;
+  }
   return *g_pool;
 }
 

@@ -61,6 +61,9 @@ void guarded(benchmark::State& state, F&& f) {
 pmpage::pool& pmpage_pool();
 /// The pmpage workload pool with a counting backend; `counter` receives the counter.
 pmpage::pool& counting_pool(pmpage::counting_persistence** counter);
+/// The pmpage workload pool run at byte granularity (eADR: fences only, no flush), whatever the
+/// platform: the same file, reformatted.
+pmpage::pool& byte_pool();
 
 struct obj_root {
   PMEMoid oid;            // the handle an engine keeps in pmem

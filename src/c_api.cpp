@@ -81,6 +81,9 @@ static_assert(PMPAGE_GFP_DEFAULT == pmpage::GFP_DEFAULT && PMPAGE_GFP_ZERO == pm
 static_assert(PMPAGE_PAGE_REF_MAX == pmpage::PAGE_REF_MAX && PMPAGE_MAX_OPEN_POOLS == pmpage::MAX_OPEN_POOLS);
 static_assert(PMPAGE_MIN_POOL_SIZE == pmpage::MIN_POOL_SIZE && PMPAGE_MAX_POOL_PAGES == pmpage::MAX_POOL_PAGES);
 static_assert(PMPAGE_MAX_ROOT_SIZE == pmpage::MAX_ROOT_SIZE);
+static_assert(PMPAGE_GRANULARITY_BYTE == int(pmpage::granularity::byte) &&
+              PMPAGE_GRANULARITY_CACHE_LINE == int(pmpage::granularity::cache_line) &&
+              PMPAGE_GRANULARITY_PAGE == int(pmpage::granularity::page));
 static_assert(PMPAGE_ERR_CREATE_INTERRUPTED == pmpage::ERR_CREATE_INTERRUPTED);
 static_assert(std::is_same_v<pmpage_pfn_t, pmpage::pfn_t> && std::is_same_v<pmpage_gfp_t, pmpage::gfp_t>);
 
@@ -168,6 +171,11 @@ class c_call {
   // A negative result of the C++ API, in C's convention: errno set, and the message saying why.
   int result(int r) const noexcept {
     if (r >= 0) return r;
+    if (pmpage::detail::backing_failures() != backing_ && r == -pmpage::detail::last_backing_errno()) {
+      // The library wrote the message (a write-back error: pool, call and errno named).
+      errno = -r;
+      return r;
+    }
     if (r == -EINVAL && misused()) return fail(EINVAL, "");
     if (r == -EBUSY)
       return fail(EBUSY, "the page has other references, is locked, or is being published, moved or split by "
@@ -504,7 +512,13 @@ int pmpage_pool_is_read_only(const pmpage_pool* pool) {
   return null_pool(pool, c_call("pmpage_pool_is_read_only")) ? -EINVAL : pool->pool.is_read_only() ? 1 : 0;
 }
 
-void pmpage_pool_close(pmpage_pool* pool) { delete pool; }
+int pmpage_pool_close(pmpage_pool* pool) {
+  if (!pool) return 0;
+  const c_call call("pmpage_pool_close");
+  const int r = pool->pool.close();
+  delete pool;
+  return call.result(r);
+}
 
 pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool) {
   return null_pool(pool, c_call("pmpage_pool_start_pfn")) ? 0 : pool->pool.start_pfn();
@@ -526,6 +540,9 @@ const char* pmpage_pool_path(const pmpage_pool* pool) {
 int pmpage_pool_is_pmem(const pmpage_pool* pool) {
   return null_pool(pool, c_call("pmpage_pool_is_pmem")) ? -EINVAL : pool->pool.is_pmem() ? 1 : 0;
 }
+int pmpage_pool_granularity(const pmpage_pool* pool) {
+  return null_pool(pool, c_call("pmpage_pool_granularity")) ? -EINVAL : int(pool->pool.store_granularity());
+}
 void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
   if (null_pool(pool, c_call("pmpage_pool_base"))) {
     if (length) *length = 0;
@@ -537,20 +554,24 @@ void* pmpage_pool_base(const pmpage_pool* pool, size_t* length) {
 
 // persist/flush/drain return nothing; a misused one (a range outside the pool, a read-only
 // pool) leaves its report as the message.
-void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len) {
+int pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len) {
   const c_call call("pmpage_pool_persist");
-  if (!null_pool(pool, call)) pool->pool.persist(addr, len);
-  if (call.misused()) note_misuse();
+  if (null_pool(pool, call)) return -EINVAL;
+  return call.result(pool->pool.persist(addr, len));
 }
 void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len) {
   const c_call call("pmpage_pool_flush");
   if (!null_pool(pool, call)) pool->pool.flush(addr, len);
   if (call.misused()) note_misuse();
 }
-void pmpage_pool_drain(const pmpage_pool* pool) {
+int pmpage_pool_drain(const pmpage_pool* pool) {
   const c_call call("pmpage_pool_drain");
-  if (!null_pool(pool, call)) pool->pool.drain();
-  if (call.misused()) note_misuse();
+  if (null_pool(pool, call)) return -EINVAL;
+  return call.result(pool->pool.drain());
+}
+int pmpage_pool_writeback_error(const pmpage_pool* pool) {
+  const c_call call("pmpage_pool_writeback_error");
+  return null_pool(pool, call) ? -EINVAL : pool->pool.writeback_error();
 }
 
 int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
@@ -574,6 +595,7 @@ int pmpage_pool_stats(const pmpage_pool* pool, struct pmpage_pool_stats* out) {
   out->empty_split_regions = s.empty_split_regions;
   out->quarantined_pages = s.quarantined_pages;
   out->hwpoison_pages = s.hwpoison_pages;
+  out->writeback_errno = std::uint64_t(s.writeback_errno);
   return 0;
 }
 

@@ -45,6 +45,7 @@ pool_stats pool_impl::stats() noexcept {
   // (check() reports it as V3) from wrapping the caller's total - free.
   s.free_pages = std::uint64_t(std::clamp<std::int64_t>(counted, 0, std::int64_t(nr_pages_)));
   s.empty_split_regions = nr_empty_;
+  s.writeback_errno = durability_failed();
   // Lazy regions are not loaded: count their free pages from the page map without loading them.
   for (std::uint32_t r : lazy_) {
     if (!(regions_[r].flags_.load(std::memory_order_relaxed) & PG_region_lazy)) continue;

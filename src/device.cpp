@@ -2,7 +2,8 @@
 #include "device.hpp"
 
 #include <fcntl.h>
-#include <libpmem.h>
+#include <libpmem2.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -355,9 +356,89 @@ void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode)
   }
   base_ = static_cast<char*>(m);
   map_len_ = length;
-  // MAP_SYNC means cache flushes reach the media; device DAX needs no page cache either.
-  // pmem_is_pmem() answers the PMEM_IS_PMEM_FORCE override for everything else.
-  is_pmem_ = mode == map_mode::shared_write && (sync || kind_ == kind::device_dax || pmem_is_pmem(base_, length));
+  // MAP_SYNC means cache flushes reach the media; device DAX needs no page cache either. Only a
+  // shared writable mapping is ever flushed (read-only modes: page, nothing is written).
+  gran_ = mode == map_mode::shared_write ? detect_granularity(sync) : granularity::page;
+}
+
+namespace {
+
+/// PMEM2_FORCE_GRANULARITY as libpmem2 reads it (case-insensitive; CACHELINE and CL accepted).
+bool forced_granularity(granularity& g) {
+  const char* v = std::getenv("PMEM2_FORCE_GRANULARITY");
+  if (!v) return false;
+  if (!strcasecmp(v, "BYTE")) {
+    g = granularity::byte;
+  } else if (!strcasecmp(v, "CACHE_LINE") || !strcasecmp(v, "CACHELINE") || !strcasecmp(v, "CL")) {
+    g = granularity::cache_line;
+  } else if (!strcasecmp(v, "PAGE")) {
+    g = granularity::page;
+  } else {
+    return false;  // libpmem2 ignores an unknown value too
+  }
+  return true;
+}
+
+/// eADR, as libpmem2 decides it (auto_flush_linux.c): some NVDIMM region exists and every one
+/// says its persistence domain is the CPU cache.
+bool platform_has_eadr() {
+  std::error_code ec;
+  std::filesystem::directory_iterator it("/sys/bus/nd/devices", ec), end;
+  bool any = false;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("region", 0) != 0) continue;
+    std::ifstream in(it->path() / "persistence_domain");
+    std::string domain;
+    if (!(in >> domain) || domain != "cpu_cache") return false;
+    any = true;
+  }
+  return any;
+}
+
+/// libpmem2's answer for a regular file: a one-page map (the first page, never written) and its
+/// store granularity; false if libpmem2 refused (its message is not needed: the caller falls back).
+bool libpmem2_granularity(int fd, granularity& g) {
+  pmem2_source* src = nullptr;
+  if (pmem2_source_from_fd(&src, fd) != 0) return false;
+  pmem2_config* cfg = nullptr;
+  bool ok = false;
+  if (pmem2_config_new(&cfg) == 0) {
+    pmem2_map* map = nullptr;
+    // PAGE is the coarsest: libpmem2 then maps and reports the finest granularity it can get.
+    if (pmem2_config_set_required_store_granularity(cfg, PMEM2_GRANULARITY_PAGE) == 0 &&
+        pmem2_config_set_length(cfg, 4096) == 0 && pmem2_map_new(&map, cfg, src) == 0) {
+      const pmem2_granularity pg = pmem2_map_get_store_granularity(map);
+      g = pg == PMEM2_GRANULARITY_BYTE ? granularity::byte
+          : pg == PMEM2_GRANULARITY_CACHE_LINE ? granularity::cache_line
+                                               : granularity::page;
+      pmem2_map_delete(&map);
+      ok = true;
+    }
+    pmem2_config_delete(&cfg);
+  }
+  pmem2_source_delete(&src);
+  return ok;
+}
+
+}  // namespace
+
+granularity device::detect_granularity(bool map_sync) const noexcept {
+  granularity g = granularity::page;
+  try {
+    if (kind_ == kind::device_dax || !libpmem2_granularity(fd_, g))
+      g = !map_sync && kind_ != kind::device_dax ? granularity::page
+          : platform_has_eadr()                  ? granularity::byte
+                                                 : granularity::cache_line;
+    if (forced_granularity(g)) return g;
+  } catch (...) {  // out of memory in the sysfs walk: the safe answer
+    return map_sync || kind_ == kind::device_dax ? granularity::cache_line : granularity::page;
+  }
+  if (g == granularity::page) {
+    const char* f = std::getenv("PMEM_IS_PMEM_FORCE");
+    if (f && std::strcmp(f, "1") == 0) g = granularity::cache_line;
+  }
+  return g;
 }
 
 bool device::map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool hugetlb) {
@@ -404,7 +485,7 @@ bool device::map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool h
   }
   base_ = meta;
   map_len_ = meta_len + data_len;
-  is_pmem_ = false;
+  gran_ = granularity::page;
   return true;
 }
 

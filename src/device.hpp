@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "pmpage/persistence.hpp"  // granularity
+
 namespace pmpage::detail {
 
 [[noreturn]] void fail(int err, const std::string& path, const std::string& reason);
@@ -98,7 +100,19 @@ class device {
   std::uint64_t alignment() const { return align_; }  // device DAX alignment, else 2 MiB
   char* base() const { return base_; }
   std::uint64_t mapped_length() const { return map_len_; }
-  bool is_pmem() const { return is_pmem_; }
+  /// How stores to the shared writable mapping become durable (persistence.hpp): detected by
+  /// map() (detect_granularity); page for the other map modes and for volatile mappings.
+  granularity store_granularity() const { return gran_; }
+  bool is_pmem() const { return gran_ != granularity::page; }
+  /// The granularity a shared writable mapping of this open device gets (map() calls it): a
+  /// regular file asks libpmem2 (a one-page pmem2_map_new: MAP_SYNC, its eADR probe,
+  /// PMEM2_FORCE_GRANULARITY), with pmpage's own rules as the fallback when libpmem2 refuses;
+  /// device DAX uses pmpage's own rules (libpmem2 understands only NVDIMM namespaces): byte when
+  /// every NVDIMM region's persistence_domain is cpu_cache (eADR), else cache_line. Then
+  /// PMEM2_FORCE_GRANULARITY (BYTE | CACHE_LINE | PAGE) wins; without it PMEM_IS_PMEM_FORCE=1
+  /// turns page into cache_line (libpmem's test switch, kept working). `map_sync`: whether the
+  /// pool's own mapping got MAP_SYNC. Never throws.
+  granularity detect_granularity(bool map_sync) const noexcept;
   /// Called when set-up failed: unlinks a file this object created (its temporary name, unless
   /// already published).
   void abandon() noexcept;
@@ -115,7 +129,7 @@ class device {
   std::size_t reservation_len_ = 0;
   char* base_ = nullptr;
   std::uint64_t map_len_ = 0;
-  bool is_pmem_ = false;
+  granularity gran_ = granularity::page;
   bool created_ = false;
   int numa_node_ = -1;
   int lock_pid_ = 0;  // the process that took the flock (lock, create_temp); 0: none

@@ -36,10 +36,10 @@
 //   The handlers are registered when the library is loaded (a namespace-scope initialiser), not
 //   lazily: a function-local static's guard is a lock too, and a fork while another thread ran
 //   the first open would have left it taken in the child.
-// Not the library's: libpmem keeps a lock of its own around its list of mappings (pmem_is_pmem,
-// called when a persistent pool is mapped, without PMEM_IS_PMEM_FORCE) and registers no fork
-// handler; a child that opens a persistent pool while a parent thread was inside that call can
-// wait on it.
+// Not the library's: libpmem2 keeps a lock of its own around its tree of registered mappings
+// (pmem2_map_new / pmem2_map_delete, called when a persistent pool on a regular file is mapped,
+// to learn its granularity) and registers no fork handler; a child that opens a persistent pool
+// while a parent thread was inside that call can wait on it.
 #include <pthread.h>
 #include <unistd.h>
 

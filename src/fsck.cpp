@@ -985,7 +985,7 @@ report check(const std::filesystem::path& path, const options& opts) {
     }
     auto pers = make_libpmem_persistence();
     char* base = img.dev.base();
-    pers->attach(base, img.dev.mapped_length(), img.dev.is_pmem());
+    pers->attach(base, img.dev.mapped_length(), img.dev.store_granularity());
     for (const word_fix& f : fixes) {
       if (f.offset < 2 * SUPERBLOCK_SIZE) {
         std::memcpy(base + f.offset, &img.good, sizeof img.good);
@@ -997,6 +997,10 @@ report check(const std::filesystem::path& path, const options& opts) {
     }
     pers->drain();
     pers->detach();
+    if (pers->writeback_errors() != 0)
+      throw pmpage::error(pers->last_writeback_error(),
+                          "pmpage: " + path.string() + ": the repairs could not be written back to the media (" +
+                              std::strerror(pers->last_writeback_error()) + "): not repaired");
   }  // unlocks: pool::open below takes its own lock
   // 2. Recovery, unless damage is left: recovery clears what it cannot explain, and an
   //    allocation may hide behind that damage. Open replays intents, repairs the superblock

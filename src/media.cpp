@@ -2,8 +2,10 @@
 // lines from the DRAM mirror, region words, owner entries, slots). Nothing here fences: the
 // operation in pool.cpp fences once its words are all flushed (the recipes are listed at the top
 // of pool.cpp and in docs/crash-consistency.md). Nothing here chooses pages either.
+#include <cstdio>
 #include <cstring>
 
+#include "misuse.hpp"
 #include "pool_impl.hpp"
 
 namespace pmpage::detail {
@@ -22,7 +24,7 @@ thread_local deferred_flushes t_deferred;
 }  // namespace
 
 void pool_impl::flush_later(const void* p, std::size_t len) noexcept {
-  if (volatile_) return;
+  if (no_flush_) return;  // volatile, or byte granularity: the fence alone makes the stores durable
   deferred_flushes& d = t_deferred;
   if (d.n == deferred_flushes::MAX) issue_deferred_flushes();  // correct, only a little slower
   d.pers[d.n] = pers_.get();
@@ -50,6 +52,38 @@ void pool_impl::forget_deferred_flushes() noexcept {
       d.len[k++] = d.len[i];
     }
   d.n = k;
+}
+
+persistence& no_flush_sink() noexcept {
+  // The intent log's backend at byte granularity: it only ever flushes (the pool fences).
+  struct sink final : persistence {
+    granularity attach(void*, std::size_t, granularity g) override { return g; }
+    void flush(const void*, std::size_t) noexcept override {}
+    void drain() noexcept override {}
+  };
+  static sink s;
+  return s;
+}
+
+int pool_impl::latch_writeback_error() const noexcept {
+  // Failures the backend reported before this pool attached (a backend reused after a failed
+  // pool) are not this pool's; every one since is, whichever thread's flush met it.
+  if (pers_->writeback_errors() != wb_seen_) {
+    int expected = 0;
+    const int e = pers_->last_writeback_error();
+    wb_error_.compare_exchange_strong(expected, e > 0 ? e : EIO, std::memory_order_relaxed);
+  }
+  return wb_error_.load(std::memory_order_relaxed);
+}
+
+void pool_impl::note_writeback_failure(const char* caller, int e) const noexcept {
+  char m[512];
+  std::snprintf(m, sizeof m,
+                "pmpage: %s: %s: writing back to the media failed (%s): what the call changed may not be durable (an "
+                "allocation was undone, a free completed in memory); every later call that makes something durable "
+                "on this pool fails the same way until it is reopened",
+                path().c_str(), caller, std::strerror(e));
+  note_backing_failure(e, m);
 }
 
 void pool_impl::write_map_locked(std::uint32_t r, unsigned w0, unsigned w1) {
@@ -104,7 +138,7 @@ void pool_impl::zero_pages(page* p, unsigned order) {
   // Outside the lock, before the allocation's fence: the zeros are durable when it returns.
   void* a = page_address(p);
   const std::size_t len = PAGE_SIZE << order;
-  if (volatile_)
+  if (no_flush_)  // volatile, or byte granularity (durable once the fence has ordered them)
     std::memset(a, 0, len);
   else
     pers_->memset_nodrain(a, 0, len);

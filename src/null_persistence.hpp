@@ -12,7 +12,7 @@ namespace pmpage::detail {
 
 class null_persistence final : public persistence {
  public:
-  void attach(void*, std::size_t, bool) override {}
+  granularity attach(void*, std::size_t, granularity g) override { return g; }
   void flush(const void*, std::size_t) noexcept override {}
   void drain() noexcept override {}
 };

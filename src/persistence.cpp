@@ -1,11 +1,15 @@
 // persistence.cpp — the production persistence backend over libpmem.
 //
-// On pmem (MAP_SYNC DAX, device DAX, or PMEM_IS_PMEM_FORCE=1) a flush is pmem_flush (clwb or
-// clflushopt, whichever the CPU has) and the fence is pmem_drain (sfence). Otherwise the mapping is
-// page cache and only msync makes it durable: flush() msyncs the covering pages at once and the
-// fence has nothing left to do.
+// By the mapping's granularity (persistence.hpp): byte (eADR: the caches are persistent) needs no
+// flush and the fence is pmem_drain (sfence); cache_line (MAP_SYNC DAX, device DAX) flushes with
+// pmem_flush (clwb or clflushopt, whichever the CPU has) and fences with pmem_drain; page (page
+// cache) is made durable only by msync: flush() msyncs the covering pages at once, reporting a
+// failure, and the fence has nothing left to do. (libpmem2's own flush functions need a
+// pmem2_map of the pool's mapping, which pmpage places itself; pmem2_map_from_existing's PAGE
+// persist never returns in 1.12.1: docs/design.md.)
 #include <libpmem.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "pmpage/persistence.hpp"
@@ -15,24 +19,28 @@ namespace {
 
 class libpmem_persistence final : public persistence {
  public:
-  void attach(void*, std::size_t, bool is_pmem) override { is_pmem_ = is_pmem; }
+  granularity attach(void*, std::size_t, granularity g) override {
+    g_ = g;
+    return g;
+  }
   void flush(const void* addr, std::size_t len) noexcept override {
-    if (is_pmem_)
+    if (g_ == granularity::cache_line)
       pmem_flush(addr, len);
-    else
-      pmem_msync(addr, len);
+    else if (g_ == granularity::page)
+      msync_checked(addr, len);
   }
   void drain() noexcept override {
-    if (is_pmem_) pmem_drain();
+    if (g_ != granularity::page) pmem_drain();
   }
   void memset_nodrain(void* dst, int c, std::size_t len) noexcept override {
     // Data pages only (GFP_ZERO), written outside the allocator lock and fenced by the caller:
-    // libpmem may use non-temporal stores here. Not pmem: plain memset, then msync.
-    if (is_pmem_)
+    // libpmem may use non-temporal stores here. Byte: plain stores, the fence orders them.
+    // Page cache: plain memset, then msync.
+    if (g_ == granularity::cache_line) {
       pmem_memset_nodrain(dst, c, len);
-    else {
+    } else {
       std::memset(dst, c, len);
-      pmem_msync(dst, len);
+      if (g_ == granularity::page) msync_checked(dst, len);
     }
   }
   // copy_nodrain: the default (ordinary stores, then flush). Non-temporal stores would skip the
@@ -41,7 +49,13 @@ class libpmem_persistence final : public persistence {
   // overwritten by our older line when it finally leaves the write-combining buffer.
 
  private:
-  bool is_pmem_ = true;
+  /// msync's failure is the write-back error of the page cache (EIO, ENOSPC, EDQUOT): the kernel
+  /// reports it once and then marks the pages clean, so it is recorded here, where the pool's next
+  /// fence finds it (persistence.hpp), instead of being lost ("fsyncgate").
+  void msync_checked(const void* addr, std::size_t len) noexcept {
+    if (__builtin_expect(pmem_msync(addr, len) != 0, 0)) report_writeback_error(errno);
+  }
+  granularity g_ = granularity::cache_line;
 };
 
 }  // namespace

@@ -65,13 +65,26 @@ page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
   page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
   if (gfp & GFP_ZERO) zero_pages(p, order);
-  fence();
+  int e = fence();
   if (plan.nr_fresh) {
-    write_fresh_split_words(plan);
-    fence();
+    // After a failed fence the page map under the SPLIT word may not be on the media: the word
+    // stays FREE there; in DRAM the regions are published either way (they are split).
+    if (PMPAGE_LIKELY(!e)) {
+      write_fresh_split_words(plan);
+      e = fence();
+    }
     publish_fresh(plan);
   }
+  if (PMPAGE_UNLIKELY(e)) return fail_alloc(p, "alloc_pages", e);
   return p;
+}
+
+page* pool_impl::fail_alloc(page* p, const char* caller, int e) noexcept {
+  // Its only reference: the put frees it in DRAM and writes the free to the media (best effort:
+  // that fence fails too). A reopen finds it free or allocated and named by nobody, never both.
+  pmpage::put_page(p);
+  note_writeback_failure(caller, e);
+  return nullptr;
 }
 
 std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept {
@@ -112,11 +125,20 @@ std::size_t pool_impl::alloc_pages_bulk(unsigned order, std::size_t n, page** ou
     if (done > first) {
       if (gfp & GFP_ZERO)
         for (std::size_t i = first; i < done; ++i) zero_pages(out[i], order);
-      fence();
+      int e = fence();
       if (plan.nr_fresh) {
-        write_fresh_split_words(plan);
-        fence();
+        if (PMPAGE_LIKELY(!e)) {  // as alloc_pages
+          write_fresh_split_words(plan);
+          e = fence();
+        }
         publish_fresh(plan);
+      }
+      if (PMPAGE_UNLIKELY(e)) {
+        // This round's pages are not handed out; earlier rounds' fences succeeded.
+        for (std::size_t i = first; i < done; ++i) pmpage::put_page(out[i]);
+        done = first;
+        note_writeback_failure("alloc_pages_bulk", e);
+        break;
       }
     }
     // Stopped for lack of room in the plan (plan.fresh_full): the next round goes on.
@@ -196,13 +218,21 @@ page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, 
   // here until the slot's store is durable finds an allocated page whose owner slot holds 0 (or
   // another page owned by that slot): recovery frees it (O1, rules 2 and 3).
   apply_alloc(p, order, slot);
-  fence();  // 1
+  int e = fence();  // 1
   if (plan.nr_fresh) {
     // A region this call split fresh: its SPLIT word is durable before any slot names a page in
     // it (a slot naming a page of a FREE region would dangle). Others may use it from now on.
-    write_fresh_split_words(plan);
-    fence();
+    // After a failed fence the word stays FREE on the media (alloc_pages does the same).
+    if (PMPAGE_LIKELY(!e)) {
+      write_fresh_split_words(plan);
+      e = fence();
+    }
     publish_fresh(plan);
+  }
+  if (PMPAGE_UNLIKELY(e)) {  // never published: given back like a lost race's page
+    give_back_lost(h);
+    note_writeback_failure(caller, e);
+    return nullptr;
   }
   // Publishing claims the slot atomically: of two calls racing for one empty slot, one wins and
   // the other gives its page back (give_back_lost).
@@ -215,7 +245,17 @@ page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, 
     return nullptr;
   }
   flush_now(dest, sizeof *dest);
-  fence();  // 2: the slot names the page
+  e = fence();  // 2: the slot names the page
+  if (PMPAGE_UNLIKELY(e)) {
+    // The slot's store may not be durable: the allocation is not handed out. Others who read the
+    // slot meanwhile wait for PG_publishing (P5), so the slot is emptied before they act; the
+    // media keep whichever state reached them (recovery frees the page if the slot is lost).
+    std::atomic_ref<pfn_t>(*dest).store(0, std::memory_order_release);
+    flush_now(dest, sizeof *dest);
+    give_back_lost(h);
+    note_writeback_failure(caller, e);
+    return nullptr;
+  }
   end_publication(h);
   return p;
 }
@@ -587,8 +627,11 @@ void pool_impl::release(page* holder) noexcept {
   }
   prefetch_map_line(holder);
   const free_result fr = free_stores(holder);
-  fence();
+  const int e = fence();
+  // A failed fence still completes the free in DRAM (the page is unreachable to the caller, who
+  // dropped its last reference); the error is reported and latched (put_page returns nothing).
   finish_free(fr);
+  if (PMPAGE_UNLIKELY(e)) note_writeback_failure("put_page/free_pages", e);
 }
 
 std::uint64_t pool_impl::slot_owner(page* h, std::uint64_t index) const {
@@ -679,9 +722,14 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   // before the page is freed in DRAM: it may lie inside the page (a table page that owns itself).
   std::atomic_ref<pfn_t>(*src).store(0, std::memory_order_relaxed);
   flush_now(src, sizeof *src);
-  fence();
-  // The owner entry stays (O4). The FREE code's flush is issued when this call returns.
+  const int e = fence();
+  // The FREE code and the cleared owner entry: flushed when this call returns, made durable by
+  // this thread's next fence (or by recovery, which frees an owned page its slot does not name).
   finish_free(free_stores(h));
+  if (PMPAGE_UNLIKELY(e)) {  // freed in DRAM as the kernel's free would; the caller learns it
+    note_writeback_failure("free_pages_from", e);
+    return -e;
+  }
   return 0;
 }
 
@@ -1186,21 +1234,38 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
   flush_now(slot, sizeof *slot);  // a no-op write-back if the engine persisted it, as it must have
   // The entry is durable before the owned marker (bit) that gives it meaning: a marker whose
   // entry did not reach the media reads as an interrupted slot call, whose page recovery frees.
-  fence();
-  if (is_region_desc(h)) {
-    persist_word(region_word(std::uint32_t(index >> HPAGE_PMD_ORDER)),
-                 make_region_word(region_state::head, load_order(h), /*owned=*/true));
-  } else {
+  const auto set_owned_record = [&](bool owned) {
+    if (is_region_desc(h)) {
+      persist_word(region_word(std::uint32_t(index >> HPAGE_PMD_ORDER)),
+                   make_region_word(region_state::head, load_order(h), owned));
+      return;
+    }
     const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);
     const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1)), order = load_order(h);
     split_state& s = sstate(r);
     adaptive_mutex& m = lock_region(s);
-    set_map_owned(s.map, first, order, true);
+    set_map_owned(s.map, first, order, owned);
     const unsigned w = owned_marker_at(first, order) / PAGES_PER_MAP_WORD;
     write_map_locked(r, w, w);
     m.unlock();
+  };
+  int e = fence();
+  if (PMPAGE_LIKELY(!e)) {
+    set_owned_record(true);
+    e = fence();
   }
-  fence();
+  if (PMPAGE_UNLIKELY(e)) {
+    // Not adopted: unowned again on the media (best effort: the marker first, then the entry, the
+    // reverse of the order above) and in DRAM, the allocation's reference back to the caller.
+    set_owned_record(false);
+    persist_word(owner_entry(index), 0);
+    fence();
+    h->flags_.fetch_and(~PG_slot_owned, std::memory_order_release);
+    unclaim();
+    end_publication(h);
+    note_writeback_failure("adopt_pages", e);
+    return -e;
+  }
   // The allocation's reference is the slot's now (fetch_add, not a store: a put_page racing the
   // claim saw 0 and undoes its own decrement, report_refcount_misuse).
   unclaim();
@@ -1235,9 +1300,24 @@ int pool_impl::split_huge_page(page* p) noexcept {
   // an order-0 head and no owner, fence, then the region word.
   write_split_map(r);
   clear_owner_entries(r);
-  fence();
-  persist_word(region_word(r), make_region_word(region_state::split));
-  fence();
+  int e = fence();
+  if (PMPAGE_LIKELY(!e)) {
+    persist_word(region_word(r), make_region_word(region_state::split));
+    e = fence();
+    if (PMPAGE_UNLIKELY(e)) {
+      // Back to HEAD(9) on the media (best effort); either word reads as a consistent pool: the
+      // whole page, or 512 order-0 pages the engine holds no reference to.
+      persist_word(region_word(r), make_region_word(region_state::head, HPAGE_PMD_ORDER));
+      fence();
+    }
+  }
+  if (PMPAGE_UNLIKELY(e)) {
+    // The split did not happen in DRAM: the page stays whole, unfrozen and unlocked.
+    h->refcount_.store(1, std::memory_order_release);
+    split_unlock(h);
+    note_writeback_failure("split_huge_page", e);
+    return -e;
+  }
   split_descriptors(h, r, /*owned=*/false);
   return 0;
 }
@@ -1345,7 +1425,13 @@ pool& pool::operator=(pool&& o) noexcept {
   return *this;
 }
 pool::~pool() { close(); }
-void pool::close() noexcept { impl_.reset(); }
+int pool::close() noexcept {
+  if (!impl_) return 0;
+  const int e = impl_->close_flush();
+  impl_.reset();
+  return -e;
+}
+int pool::writeback_error() const noexcept { return impl_ ? -impl_->durability_failed() : 0; }
 
 pool pool::create_volatile(const volatile_options& opts) {
   auto impl = pool_impl::create_volatile(opts);
@@ -1378,7 +1464,9 @@ std::string pool_impl::memory_description() const {
   std::string s = std::string(read_only_ ? "persistent (read-only), " : "persistent, ") +
                   (dev_.type() == device::kind::device_dax ? "device DAX " : "file ") + path() + ", " +
                   std::to_string(data >> 20) + " MiB of pages, " +
-                  (is_pmem() ? "flushed with CPU cache write-back (pmem)" : "flushed with msync (not pmem)");
+                  (gran_ == granularity::byte         ? "byte granularity (eADR: fences only)"
+                   : gran_ == granularity::cache_line ? "cache-line granularity (CPU cache write-back, pmem)"
+                                                      : "page granularity (msync, not pmem)");
   if (numa_node_ >= 0) s += ", on node " + std::to_string(numa_node_);
   return s;
 }
@@ -1448,21 +1536,36 @@ bool outside_mapping(const pool& p, const char* caller, const void* addr, std::s
 }
 }  // namespace
 
-void pool::persist(const void* addr, std::size_t len) const noexcept {
-  if (!impl_) return report_closed("persist");
-  if (impl_->refuse_read_only("persist") || outside_mapping(*this, "persist", addr, len)) return;
+int pool::persist(const void* addr, std::size_t len) const noexcept {
+  if (!impl_) {
+    report_closed("persist");
+    return -EINVAL;
+  }
+  if (impl_->refuse_read_only("persist")) return -EROFS;
+  if (outside_mapping(*this, "persist", addr, len)) return -EINVAL;
   impl_->flush_now(addr, len);
-  impl_->fence();
+  if (const int e = impl_->fence(); PMPAGE_UNLIKELY(e)) {
+    impl_->note_writeback_failure("persist", e);
+    return -e;
+  }
+  return 0;
 }
 void pool::flush(const void* addr, std::size_t len) const noexcept {
   if (!impl_) return report_closed("flush");
   if (impl_->refuse_read_only("flush") || outside_mapping(*this, "flush", addr, len)) return;
   impl_->flush_now(addr, len);
 }
-void pool::drain() const noexcept {
-  if (!impl_) return report_closed("drain");
-  if (impl_->refuse_read_only("drain")) return;
-  impl_->fence();
+int pool::drain() const noexcept {
+  if (!impl_) {
+    report_closed("drain");
+    return -EINVAL;
+  }
+  if (impl_->refuse_read_only("drain")) return -EROFS;
+  if (const int e = impl_->fence(); PMPAGE_UNLIKELY(e)) {
+    impl_->note_writeback_failure("drain", e);
+    return -e;
+  }
+  return 0;
 }
 pool_stats pool::stats() const noexcept { return impl_ ? impl_->stats() : pool_stats{}; }
 std::size_t pool::trim() noexcept { return impl_ ? impl_->trim() : 0; }
@@ -1490,6 +1593,9 @@ std::string pool::slot_check::describe() const {
 }
 const std::filesystem::path& pool::path() const noexcept { return impl_ ? impl_->fs_path : empty_path; }
 bool pool::is_pmem() const noexcept { return impl_ && impl_->is_pmem(); }
+granularity pool::store_granularity() const noexcept {
+  return impl_ ? impl_->store_granularity() : granularity::page;
+}
 bool pool::is_read_only() const noexcept { return impl_ && impl_->read_only(); }
 bool pool::is_volatile() const noexcept { return impl_ && impl_->is_volatile(); }
 int pool::numa_node() const noexcept { return impl_ ? impl_->numa_node() : -1; }

@@ -71,7 +71,10 @@
 // order written at the top of fork.cpp.
 //
 // Every flush and fence goes through pers_ (the persistence seam); fence() also makes every lazily
-// retired intent durable (intent_log.hpp).
+// retired intent durable (intent_log.hpp), and returns the pool's write-back error: once a backend
+// reported one (msync failed), every later fence of the pool returns it (durability_failed) and
+// every call that makes something durable fails with it until the pool is reopened; the DRAM
+// state stays consistent (an allocation is undone, a free is completed).
 #pragma once
 
 #include <array>
@@ -197,30 +200,63 @@ class pool_impl {
   pfn_t end_pfn() const { return start_pfn() + nr_pages_; }
   char* base() const { return dev_.base(); }
   std::uint64_t mapped_length() const { return dev_.mapped_length(); }
-  bool is_pmem() const { return dev_.is_pmem(); }
+  bool is_pmem() const { return gran_ != granularity::page; }
+  /// The granularity the pool's flushes and fences follow (persistence.hpp): the backend's
+  /// answer at attach. A volatile pool: page (it never flushes).
+  granularity store_granularity() const { return gran_; }
   char* root() const { return dev_.base() + lay_.root_offset; }
   std::uint64_t root_size() const { return lay_.root_size; }
   persistence& pers() const { return *pers_; }
   /// Starts writing back [p, p + len) now (slots the caller's stores just filled); nothing in a
   /// volatile pool.
   void flush_now(const void* p, std::size_t len) noexcept {
-    if (!volatile_) pers_->flush(p, len);
+    if (!no_flush_) pers_->flush(p, len);
   }
   /// The fence every caller uses, the application's pool.drain() included (intent_log.hpp).
-  /// It first issues this thread's deferred flushes (flush_later).
-  void fence() noexcept {
-    if (volatile_) return;  // nothing to make durable: a volatile pool queues no flush either
+  /// It first issues this thread's deferred flushes (flush_later). Returns 0, or the pool's
+  /// write-back error (a positive errno, see durability_failed): what this fence covered may not
+  /// be durable.
+  int fence() noexcept {
+    if (volatile_) return 0;  // nothing to make durable: a volatile pool queues no flush either
     issue_deferred_flushes();
     intent_log::fence_token t;
     intents_.before_fence(t);
     pers_->drain();
     intents_.after_fence(t);
+    // One load of a counter that never moves on a healthy backend (persistence.hpp).
+    if (PMPAGE_UNLIKELY(pers_->writeback_errors() != 0)) return latch_writeback_error();
+    return 0;
   }
+  /// 0, or the write-back error (a positive errno: EIO, ENOSPC, ...) that made this pool's
+  /// durability unknown. Latched the first time a fence (or this call) finds the backend reported
+  /// a failure since attach, and returned by every later call until the pool is closed: once a
+  /// write-back failed, nothing the pool makes durable afterwards can be trusted either (the
+  /// kernel reports a failed write-back once, then calls the pages clean). For paths that fence
+  /// through other means (the slot calls' fences are fence(), which returns the same value).
+  /// One load on a healthy pool.
+  int durability_failed() const noexcept {
+    if (volatile_ || !pers_ || PMPAGE_LIKELY(pers_->writeback_errors() == 0)) return 0;
+    return latch_writeback_error();
+  }
+  /// A call that could not make its change durable (e: durability_failed()): sets errno and the
+  /// C API's message (pmpage_errormsg) naming the pool, the call and the error. Cold.
+  void note_writeback_failure(const char* caller, int e) const noexcept;
+  /// pool::close: the final trim and fence (idempotent; the destructor calls it too), then
+  /// durability_failed().
+  int close_flush() noexcept;
   std::filesystem::path fs_path;
 
  private:
+  /// durability_failed's slow path (media.cpp): latches the backend's error if it came after attach.
+  int latch_writeback_error() const noexcept __attribute__((noinline, cold));
+  /// The undo of an allocation whose fence failed (e: its error): the page goes back, the call
+  /// fails with e (note_writeback_failure). Returns nullptr.
+  page* fail_alloc(page* p, const char* caller, int e) noexcept __attribute__((noinline, cold));
+
   // --- open path (recovery.cpp)
   void adopt_superblock(const superblock& sb);
+  /// Throws pmpage::error(durability_failed(), ...) if a write-back failed (create, open).
+  void refuse_if_not_durable(const char* what) const;
   void map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode = device::map_mode::shared_write);
   /// Points the metadata tables and the intent log into the mapping (lay_ and pers_ set).
   void locate_metadata();
@@ -502,6 +538,9 @@ class pool_impl {
   open_slot slot_;  // before the resources below, so it is given back after them
   device dev_;
   std::shared_ptr<persistence> pers_;
+  std::uint64_t wb_seen_ = 0;             // pers_->writeback_errors() at attach: earlier ones are not ours
+  mutable std::atomic<int> wb_error_{0};  // the latched write-back error (durability_failed)
+  bool closed_flush_ = false;             // close_flush ran
   layout lay_{};
   std::uint16_t section_id_ = 0;
   std::uint16_t picked_id_ = 0;  // the id pick_section_id reserved for this new pool (create paths)
@@ -548,6 +587,8 @@ class pool_impl {
   std::uint64_t quarantined_regions_ = 0;   // regions of kind RK_QUARANTINED (mu_)
   bool read_only_ = false;       // open_options::read_only: every mutating call is refused
   bool volatile_ = false;        // create_volatile: the "media" is DRAM; nothing is flushed or fenced
+  bool no_flush_ = false;        // volatile_, or byte granularity: flush_later / flush_now / zero_pages flush nothing
+  granularity gran_ = granularity::page;  // store_granularity()
   int numa_node_ = -1;           // pool::numa_node()
   std::string memory_desc_;      // pool::memory_description()
   bool media_writable_ = true;   // false once a read-only pool's recovery is done (or device DAX)
@@ -573,6 +614,9 @@ void remove_open_pool(pool_impl* p);
 std::string too_many_pools();
 /// A random pfn section no open pool uses; 0 if none was found.
 std::uint16_t pick_section_id();
+
+/// A backend whose flush and drain do nothing: the intent log's at byte granularity (media.cpp).
+persistence& no_flush_sink() noexcept;
 
 /// The pool that owns descriptor p (via the section tables).
 inline pool_impl* owner_of(const page* p) { return static_cast<pool_impl*>(section_of(p).owner); }

@@ -62,7 +62,9 @@ std::uint16_t pick_section_id() {
   return 0;
 }
 
-pool_impl::~pool_impl() {
+int pool_impl::close_flush() noexcept {
+  if (closed_flush_) return durability_failed();
+  closed_flush_ = true;
   if (registered_) remove_open_pool(this);  // first: a fork from now on leaves this pool's locks alone
   // At close the kept empty regions merge (so the next open finds them FREE, not split) and
   // lazily retired intents become durable; a fork() child and a read-only pool never write.
@@ -70,6 +72,11 @@ pool_impl::~pool_impl() {
     trim_now();
     fence();
   }
+  return durability_failed();
+}
+
+pool_impl::~pool_impl() {
+  close_flush();
   if (pers_) forget_deferred_flushes();
   if (registered_) unregister_section(section_id_);
   else if (picked_id_) release_picked_section_id(picked_id_);  // a create that failed before registering
@@ -85,6 +92,12 @@ pool_impl::~pool_impl() {
     release_reservation(vmemmap_, vmemmap_bytes_);
   if (pers_) pers_->detach();
   // dev_ unmaps the device and closes it, which drops the single-opener lock.
+}
+
+void pool_impl::refuse_if_not_durable(const char* what) const {
+  if (const int e = durability_failed(); e != 0)
+    fail(e, path(), std::string(what) + " could not be written back to the media (" + std::strerror(e) +
+                        "): the file system lost them; nothing is trusted");
 }
 
 void pool_impl::adopt_superblock(const superblock& sb) {
@@ -108,7 +121,9 @@ void pool_impl::map_and_attach(std::shared_ptr<persistence> backend, device::map
                                                                         : lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE;
   dev_.map(length, lay_.data_offset, mode);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
-  pers_->attach(dev_.base(), dev_.mapped_length(), dev_.is_pmem());
+  wb_seen_ = pers_->writeback_errors();  // a reused backend's earlier failures are not this pool's
+  gran_ = pers_->attach(dev_.base(), dev_.mapped_length(), dev_.store_granularity());
+  no_flush_ = gran_ == granularity::byte;  // eADR: the fences alone (a volatile pool sets it too)
   numa_node_ = dev_.numa_node();  // device DAX: its memory's node; a file: unknown (-1)
   locate_metadata();
 }
@@ -118,7 +133,8 @@ void pool_impl::locate_metadata() {
   page_maps_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.page_map_offset);
   owner_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.owner_table_offset);
   lanes_ = reinterpret_cast<lane*>(dev_.base() + lay_.lanes_offset);
-  intents_.init(lanes_, pers_.get(), /*enabled=*/!volatile_);
+  // At byte granularity the intent log's flushes go nowhere (it only flushes; the pool fences).
+  intents_.init(lanes_, gran_ == granularity::byte ? &no_flush_sink() : pers_.get(), /*enabled=*/!volatile_);
 }
 
 std::string pool_impl::validate_region_table() const {
@@ -641,6 +657,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   impl->replay_intents();
   impl->build_volatile();
   if (!impl->bad_pages_.empty()) impl->apply_bad_pages_at_open();
+  impl->refuse_if_not_durable("open: recovery's writes");
   impl->register_pool();
   if (opts.read_only && !shared_read) {
     // Recovery is done: from here a store into the mapping faults, and lazy loads keep their
@@ -759,6 +776,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       impl->backing_.init(d.fd(), lay.data_offset, lay.nr_regions);
     formatting = true;
     impl->format(lay, sb);
+    impl->refuse_if_not_durable("create: the new pool's metadata");
     d.sync();  // without MAP_SYNC: block allocations of the pages just written
 
     stamp_opener(impl->fork_generation_, impl->opener_pid_);

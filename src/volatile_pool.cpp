@@ -276,6 +276,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
 
   // ---- the pool: DRAM metadata (all zero: every region FREE), no persistence ----------------------
   impl->volatile_ = true;
+  impl->no_flush_ = true;
   impl->lay_ = lay;
   impl->nr_regions_ = lay.nr_regions;
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
@@ -286,7 +287,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   // takes them (region_backing.hpp). A hugetlbfs file's huge pages were reserved by the mapping.
   if (kind == backing_kind::shmem || kind == backing_kind::other_file) impl->backing_.init(d.fd(), 0, lay.nr_regions);
   impl->pers_ = opts.backend ? opts.backend : std::make_shared<null_persistence>();
-  impl->pers_->attach(d.base(), d.mapped_length(), false);
+  impl->pers_->attach(d.base(), d.mapped_length(), granularity::page);  // nothing is ever flushed
   impl->locate_metadata();  // the intent log disabled (volatile_)
   impl->numa_node_ = opts.numa_node != -1 ? opts.numa_node : kind == backing_kind::device_dax ? d.numa_node() : -1;
   impl->memory_desc_ = "volatile, " + std::string(kind_text(kind)) + (anonymous ? "" : " " + name) + ", " +

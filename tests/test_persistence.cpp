@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <random>
 #include <set>
 #include <thread>
@@ -23,12 +24,12 @@ using pmpage::pfn_t;
 // Records what the pool tells its backend, and forwards to libpmem.
 class recording_persistence final : public pmpage::persistence {
  public:
-  void attach(void* base, std::size_t length, bool is_pmem) override {
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity g) override {
     ++attached;
     this->base = base;
     this->length = length;
-    this->is_pmem = is_pmem;
-    inner_->attach(base, length, is_pmem);
+    this->gran = g;
+    return inner_->attach(base, length, g);
   }
   void detach() noexcept override {
     ++detached;
@@ -49,7 +50,7 @@ class recording_persistence final : public pmpage::persistence {
   int attached = 0, detached = 0;
   void* base = nullptr;
   std::size_t length = 0;
-  bool is_pmem = false;
+  pmpage::granularity gran = pmpage::granularity::page;
   std::atomic<std::uint64_t> flushes{0}, fences{0}, flushes_outside_mapping{0};
 
  private:
@@ -66,7 +67,7 @@ TEST_F(Persistence, BackendIsAttachedToTheMappingAndDetachedAtClose) {
     EXPECT_EQ(backend->attached, 1);
     EXPECT_EQ(backend->base, p.base());
     EXPECT_EQ(backend->length, p.mapped_length());
-    EXPECT_TRUE(backend->is_pmem) << "PMEM_IS_PMEM_FORCE=1 is set";
+    EXPECT_EQ(backend->gran, pmpage::granularity::cache_line) << "PMEM_IS_PMEM_FORCE=1 is set";
     EXPECT_EQ(backend->detached, 0);
     ASSERT_NE(p.alloc_pages(0), nullptr);
     EXPECT_GT(backend->fences.load(), 0u);
@@ -222,6 +223,359 @@ TEST_F(FenceBudget, PersistIsFlushPlusOneFence) {
   EXPECT_EQ(fences_of([&] { pool_.flush(root, 64); }), 0u);
   EXPECT_GE(counter_->flushes(), 1u);
   EXPECT_EQ(fences_of([&] { pool_.drain(); }), 1u);
+}
+
+// ---- granularity ------------------------------------------------------------------------------
+
+// Sets (or, with nullptr, unsets) an environment variable for the object's life.
+class scoped_env {
+ public:
+  scoped_env(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
+  }
+  ~scoped_env() {
+    if (had_)
+      ::setenv(name_, old_.c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+struct gran_case {
+  const char* forced;  // PMEM2_FORCE_GRANULARITY
+  pmpage::granularity want;
+};
+
+class Granularity : public TempPathTest, public ::testing::WithParamInterface<gran_case> {};
+
+TEST_P(Granularity, ForcedGranularityDecidesFlushesAndKeepsTheFences) {
+  const scoped_env env("PMEM2_FORCE_GRANULARITY", GetParam().forced);
+  auto counter = std::make_shared<pmpage::counting_persistence>(pmpage::make_libpmem_persistence());
+  pmpage::pool p = create_pool(new_path(), 64 * MiB, counter);
+  const pmpage::granularity g = GetParam().want;
+  ASSERT_EQ(p.store_granularity(), g);
+  EXPECT_EQ(p.is_pmem(), g != pmpage::granularity::page);
+  EXPECT_NE(p.memory_description().find(std::string(g == pmpage::granularity::byte ? "byte" : g == pmpage::granularity::cache_line ? "cache-line" : "page") + " granularity"), std::string::npos)
+      << p.memory_description();
+  ASSERT_NE(p.alloc_pages(0), nullptr);  // a split region
+  const bool flushes = g != pmpage::granularity::byte;
+  for (unsigned order : {0u, 9u}) {
+    counter->reset();
+    page* pg = p.alloc_pages(order, pmpage::GFP_ZERO);
+    ASSERT_NE(pg, nullptr);
+    EXPECT_EQ(counter->fences(), 1u) << "order " << order << ": one fence at every granularity";
+    EXPECT_EQ(counter->flushes() > 0, flushes) << "order " << order << ": " << counter->flushes() << " flushes";
+    counter->reset();
+    pmpage::put_page(pg);
+    EXPECT_EQ(counter->fences(), 1u);
+    EXPECT_EQ(counter->flushes() > 0, flushes) << counter->flushes() << " flushes";
+  }
+  pfn_t* slots = root_slots(p);
+  counter->reset();
+  ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+  ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+  EXPECT_EQ(counter->fences(), 3u) << "the slot pair: 2 + 1 at every granularity";
+  EXPECT_EQ(counter->flushes() > 0, flushes) << "nothing is flushed at byte granularity";
+  counter->reset();
+  EXPECT_EQ(p.persist(p.root(), 64), 0);
+  EXPECT_EQ(counter->fences(), 1u);
+  EXPECT_EQ(counter->flushes() > 0, flushes);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.close(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(, Granularity,
+                         ::testing::Values(gran_case{"BYTE", pmpage::granularity::byte},
+                                           gran_case{"cache_line", pmpage::granularity::cache_line},
+                                           gran_case{"PAGE", pmpage::granularity::page}),
+                         [](const auto& info) { return std::string(pmpage::granularity_name(info.param.want)); });
+
+TEST_F(Persistence, PmemIsPmemForceStillMeansCacheLineAndATmpfsFileIsPageOtherwise) {
+  const scoped_env no_pmem2("PMEM2_FORCE_GRANULARITY", nullptr);
+  {
+    const scoped_env force("PMEM_IS_PMEM_FORCE", "1");
+    pmpage::pool p = create_pool(new_path(), 64 * MiB);
+    EXPECT_EQ(p.store_granularity(), pmpage::granularity::cache_line);
+  }
+  const scoped_env no_force("PMEM_IS_PMEM_FORCE", nullptr);
+  const auto path = new_path();
+  { pmpage::pool p = create_pool(path, 64 * MiB); }
+  pmpage::pool p = pmpage::pool::open(path);
+  EXPECT_EQ(p.store_granularity(), pmpage::granularity::page) << "/dev/shm is tmpfs: no MAP_SYNC, no DAX";
+  EXPECT_FALSE(p.is_pmem());
+  {
+    const scoped_env both("PMEM_IS_PMEM_FORCE", "1");
+    const scoped_env byte("PMEM2_FORCE_GRANULARITY", "byte");
+    p.close();
+    p = pmpage::pool::open(path);
+    EXPECT_EQ(p.store_granularity(), pmpage::granularity::byte) << "PMEM2_FORCE_GRANULARITY wins";
+  }
+  pmpage::pool::open_options ro;
+  ro.read_only = true;
+  p.close();
+  p = pmpage::pool::open(path, ro);
+  EXPECT_EQ(p.store_granularity(), pmpage::granularity::page) << "a read-only pool flushes nothing";
+}
+
+TEST_F(Persistence, TheBackendsAnswerIsTheGranularityThePoolFollows) {
+  // A backend (a simulated device) may model another granularity than the platform's.
+  class byte_backend final : public pmpage::persistence {
+   public:
+    pmpage::granularity attach(void* b, std::size_t l, pmpage::granularity) override {
+      inner_->attach(b, l, pmpage::granularity::byte);
+      return pmpage::granularity::byte;
+    }
+    void flush(const void*, std::size_t) noexcept override { ++flushes; }
+    void drain() noexcept override { inner_->drain(); }
+    std::atomic<int> flushes{0};
+
+   private:
+    std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+  };
+  auto be = std::make_shared<byte_backend>();
+  pmpage::pool p = create_pool(new_path(), 64 * MiB, be);
+  EXPECT_EQ(p.store_granularity(), pmpage::granularity::byte);
+  const int after_create = be->flushes.load();  // format() flushes through the seam: a no-op at byte
+  for (int i = 0; i < 10; ++i) pmpage::put_page(p.alloc_pages(i % 2 ? 0 : 9));
+  EXPECT_EQ(be->flushes.load(), after_create);
+}
+
+// ---- write-back errors ------------------------------------------------------------------------
+
+// libpmem underneath, plus an injected write-back failure: the next fail_drains drains report err
+// once each (as the kernel reports a failed write-back once), then the device is healthy again.
+class failing_persistence final : public pmpage::persistence {
+ public:
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity g) override {
+    return inner_->attach(base, length, g);
+  }
+  void detach() noexcept override { inner_->detach(); }
+  void flush(const void* addr, std::size_t len) noexcept override { inner_->flush(addr, len); }
+  void drain() noexcept override {
+    inner_->drain();
+    if (fail_drains.load() > 0) {
+      fail_drains.fetch_sub(1);
+      report_writeback_error(err);
+    }
+  }
+  std::atomic<int> fail_drains{0};
+  int err = EIO;
+
+ private:
+  std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+};
+
+class WritebackError : public TempPathTest {
+ protected:
+  void SetUp() override {
+    path_ = new_path();
+    pool_ = create_pool(path_, 64 * MiB, backend_);
+    anchor_ = pool_.alloc_pages(0);  // a split region, so order-0 calls take one fence
+    ASSERT_NE(anchor_, nullptr);
+  }
+  // Every later durable call fails with the latched error; the DRAM state stays whole.
+  void expect_latched(int err) {
+    EXPECT_EQ(pool_.writeback_error(), -err);
+    EXPECT_EQ(pool_.stats().writeback_errno, err);
+    errno = 0;
+    EXPECT_EQ(pool_.alloc_pages(0), nullptr) << "latched: nothing is handed out any more";
+    EXPECT_EQ(errno, err);
+    errno = 0;
+    EXPECT_EQ(pool_.alloc_pages(9), nullptr);
+    EXPECT_EQ(errno, err);
+    page* out[4];
+    EXPECT_EQ(pool_.alloc_pages_bulk(0, 4, out), 0u);
+    EXPECT_EQ(pool_.persist(pool_.root(), 8), -err);
+    EXPECT_EQ(pool_.drain(), -err);
+    EXPECT_EQ(pool_.check(), "");
+  }
+  std::shared_ptr<failing_persistence> backend_ = std::make_shared<failing_persistence>();
+  std::filesystem::path path_;
+  pmpage::pool pool_;
+  page* anchor_ = nullptr;
+};
+
+TEST_F(WritebackError, AllocationWhoseFenceFailsIsNotHandedOutAndTheErrorIsLatched) {
+  const std::uint64_t free_before = pool_.stats().free_pages;
+  backend_->fail_drains = 1;
+  errno = 0;
+  EXPECT_EQ(pool_.alloc_pages(0), nullptr);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_EQ(pool_.stats().free_pages, free_before) << "the allocation is undone in DRAM";
+  EXPECT_EQ(backend_->fail_drains.load(), 0) << "the backend is healthy again: only the latch reports now";
+  expect_latched(EIO);
+  EXPECT_EQ(pool_.stats().free_pages, free_before);
+  EXPECT_EQ(pool_.close(), -EIO) << "close reports it too";
+  EXPECT_EQ(pool_.close(), 0) << "a closed pool";
+
+  // Reopened (the same backend object: its earlier failure is not the new pool's): healthy.
+  pmpage::pool::open_options oo;
+  oo.backend = backend_;
+  pmpage::pool p = pmpage::pool::open(path_, oo);
+  EXPECT_EQ(p.writeback_error(), 0);
+  page* q = p.alloc_pages(0);
+  EXPECT_NE(q, nullptr);
+  EXPECT_EQ(p.persist(p.root(), 8), 0);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.close(), 0);
+}
+
+TEST_F(WritebackError, FreshRegionAndLargeAllocationsAreUndone) {
+  const std::uint64_t free_before = pool_.stats().free_pages;
+  const std::uint64_t split_before = pool_.stats().split_regions;
+  backend_->fail_drains = 1;
+  errno = 0;
+  EXPECT_EQ(pool_.alloc_pages(9), nullptr);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_EQ(pool_.stats().free_pages, free_before);
+  EXPECT_EQ(pool_.check(), "");
+  expect_latched(EIO);
+  EXPECT_EQ(pool_.stats().free_pages, free_before);
+  EXPECT_LE(pool_.stats().split_regions, split_before + 1);
+}
+
+TEST_F(WritebackError, FreeCompletesInMemoryAndReportsTheError) {
+  page* p = pool_.alloc_pages(0);
+  page* big = pool_.alloc_pages(9);
+  ASSERT_NE(p, nullptr);
+  ASSERT_NE(big, nullptr);
+  const std::uint64_t free_before = pool_.stats().free_pages;
+  backend_->fail_drains = 1;
+  errno = 0;
+  pmpage::put_page(p);
+  EXPECT_EQ(errno, EIO) << "put_page returns nothing: errno and writeback_error() say it";
+  EXPECT_EQ(pool_.stats().free_pages, free_before + 1) << "the page is free in DRAM";
+  errno = 0;
+  pmpage::free_pages(big, 9);
+  EXPECT_EQ(errno, EIO) << "latched: the next free reports it too";
+  EXPECT_EQ(pool_.stats().free_pages, free_before + 1 + HPAGE_PMD_NR);
+  expect_latched(EIO);
+}
+
+TEST_F(WritebackError, BulkAllocationHandsOutNothingOfTheFailedRound) {
+  const std::uint64_t free_before = pool_.stats().free_pages;
+  backend_->fail_drains = 1;
+  page* out[32];
+  errno = 0;
+  EXPECT_EQ(pool_.alloc_pages_bulk(0, 32, out), 0u);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_EQ(pool_.stats().free_pages, free_before);
+  expect_latched(EIO);
+}
+
+TEST_F(WritebackError, SplitAndAdoptionAreUndone) {
+  page* big = pool_.alloc_pages(9);
+  page* small = pool_.alloc_pages(0);
+  ASSERT_NE(big, nullptr);
+  ASSERT_NE(small, nullptr);
+  pfn_t* slots = root_slots(pool_);
+  slots[0] = pmpage::page_to_pfn(small);
+  backend_->fail_drains = 1;
+  EXPECT_EQ(pool_.adopt_pages(&slots[0]), -EIO);
+  EXPECT_EQ(pmpage::page_count(small), 1) << "the caller's reference is back";
+  EXPECT_EQ(pmpage::split_huge_page(big), -EIO) << "latched: the split is refused";
+  EXPECT_EQ(pmpage::compound_order(big), 9u) << "the page stays whole";
+  EXPECT_EQ(pmpage::page_count(big), 1);
+  expect_latched(EIO);
+  pmpage::put_page(small);  // unowned: the caller's reference frees it (error reported, freed in DRAM)
+  pmpage::put_page(big);
+  EXPECT_EQ(pool_.check(), "");
+}
+
+TEST_F(WritebackError, TheOriginalErrnoIsReported) {
+  backend_->err = ENOSPC;
+  backend_->fail_drains = 1;
+  EXPECT_EQ(pool_.persist(pool_.root(), 8), -ENOSPC);
+  expect_latched(ENOSPC);
+}
+
+TEST_F(WritebackError, CountingWrapperForwardsTheInnerBackendsErrors) {
+  auto inner = std::make_shared<failing_persistence>();
+  auto counter = std::make_shared<pmpage::counting_persistence>(inner);
+  pmpage::pool p = create_pool(new_path("counted"), 64 * MiB, counter);
+  inner->fail_drains = 1;
+  EXPECT_EQ(p.drain(), -EIO);
+  EXPECT_EQ(p.writeback_error(), -EIO);
+  EXPECT_EQ(p.close(), -EIO);
+}
+
+TEST_F(WritebackError, CreateAndOpenFailWhenTheirWritesCannotBeWrittenBack) {
+  auto be = std::make_shared<failing_persistence>();
+  be->fail_drains = 1;
+  const auto path = new_path("create");
+  try {
+    create_pool(path, 64 * MiB, be);
+    ADD_FAILURE() << "create succeeded although its metadata was not written back";
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code().value(), EIO);
+    EXPECT_NE(std::string(e.what()).find("written back"), std::string::npos) << e.what();
+  }
+}
+
+// ---- write-back errors on a real file system (root) --------------------------------------------
+
+// Forces msync (the recipe of a pool file that is not DAX) whatever PMEM_IS_PMEM_FORCE says.
+class msync_persistence final : public pmpage::persistence {
+ public:
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity) override {
+    return inner_->attach(base, length, pmpage::granularity::page);
+  }
+  void detach() noexcept override { inner_->detach(); }
+  void flush(const void* addr, std::size_t len) noexcept override { inner_->flush(addr, len); }
+  void drain() noexcept override {
+    inner_->drain();
+    forward_writeback_errors(*inner_);
+  }
+  void memset_nodrain(void* dst, int c, std::size_t len) noexcept override { inner_->memset_nodrain(dst, c, len); }
+
+ private:
+  std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+};
+
+TEST(WritebackErrorOnExt4, FullDeviceFailsTheCallAndEveryLaterDurableCall) {
+  // ext4 of 64 MiB whose blocks live on a 12 MiB tmpfs: mkfs takes a few MiB, the pool's zeroed
+  // pages the rest; then write-back fails (the loop device cannot grow its file) and msync
+  // reports it once.
+  pmtest::failing_ext4 fs(12 * MiB, 64 * MiB);
+  if (!fs.ok()) GTEST_SKIP() << "needs a failing file system (ext4 on a loop device on a small tmpfs): " << fs.why();
+  pmpage::pool::options o;
+  o.size = 48 * MiB;
+  o.backend = std::make_shared<msync_persistence>();
+  pmpage::pool p = pmpage::pool::create(fs.dir() / "pool", o);
+  int failed_with = 0;
+  unsigned handed_out = 0;
+  for (unsigned i = 0; i < 700 && !failed_with; ++i) {
+    errno = 0;
+    page* pg = p.alloc_pages(4, pmpage::GFP_ZERO);  // 64 KiB of zeros written back per call
+    if (!pg) {
+      failed_with = errno;
+      break;
+    }
+    ++handed_out;
+    std::memset(pmpage::page_address(pg), 0x5a, 4096);
+    if (const int e = p.persist(pmpage::page_address(pg), 4096); e != 0) failed_with = -e;
+  }
+  ASSERT_NE(failed_with, 0) << "no write-back failed after " << handed_out << " allocations of 64 KiB";
+  EXPECT_TRUE(failed_with == ENOSPC || failed_with == EIO) << std::strerror(failed_with);
+  EXPECT_EQ(p.writeback_error(), -failed_with);
+  // msync itself now returns 0 for these pages; the pool keeps saying they are not durable.
+  errno = 0;
+  EXPECT_EQ(p.alloc_pages(0), nullptr);
+  EXPECT_EQ(errno, failed_with);
+  EXPECT_EQ(p.persist(p.root(), 8), -failed_with);
+  EXPECT_EQ(p.drain(), -failed_with);
+  EXPECT_EQ(p.stats().writeback_errno, failed_with);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.close(), -failed_with);
 }
 
 // ---- crashes ----------------------------------------------------------------------------------

@@ -264,6 +264,65 @@ class small_tmpfs {
   bool mounted_ = false;
 };
 
+// An ext4 file system whose write-back fails: ext4 in an image file of image_bytes on a
+// small_tmpfs of tmpfs_bytes (smaller), mounted through a loop device (mount -o loop: the loop
+// device is released at unmount, and with the private mount namespace of small_tmpfs also when the
+// process dies). Once the tmpfs is full, a write-back of the ext4 fails and msync returns the
+// error (ENOSPC or EIO) once, then 0 for the same pages: the case that loses data when the first
+// error is dropped. Needs root, mkfs.ext4 and loop devices: ok() is false otherwise and why()
+// says why (for GTEST_SKIP).
+class failing_ext4 {
+ public:
+  failing_ext4(std::uint64_t tmpfs_bytes, std::uint64_t image_bytes) : tmpfs_(tmpfs_bytes) {
+    if (!tmpfs_.ok()) {
+      why_ = tmpfs_.why();
+      return;
+    }
+    const std::filesystem::path img = tmpfs_.dir() / "ext4.img";
+    mnt_ = tmpfs_.dir() / "mnt";
+    std::error_code ec;
+    std::filesystem::create_directory(mnt_, ec);
+    std::ofstream(img).close();
+    if (::truncate(img.c_str(), off_t(image_bytes)) != 0) {
+      why_ = std::string("truncate: ") + std::strerror(errno);
+      return;
+    }
+    if (std::string out; !run("mkfs.ext4 -q -F " + img.string(), out)) {
+      why_ = "mkfs.ext4 refused: " + out;
+      return;
+    }
+    if (std::string out; !run("mount -t ext4 -o loop,errors=continue " + img.string() + " " + mnt_.string(), out)) {
+      why_ = "mount -o loop refused (no loop devices?): " + out;
+      return;
+    }
+    mounted_ = true;
+  }
+  ~failing_ext4() {
+    if (mounted_ && ::umount2(mnt_.c_str(), 0) != 0) ::umount2(mnt_.c_str(), MNT_DETACH);
+  }
+  failing_ext4(const failing_ext4&) = delete;
+  failing_ext4& operator=(const failing_ext4&) = delete;
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  std::filesystem::path dir() const { return mnt_; }
+
+ private:
+  static bool run(const std::string& cmd, std::string& out) {
+    FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (!f) {
+      out = std::strerror(errno);
+      return false;
+    }
+    char buf[256];
+    while (std::fgets(buf, sizeof buf, f)) out += buf;
+    return ::pclose(f) == 0;
+  }
+  small_tmpfs tmpfs_;
+  std::filesystem::path mnt_;
+  std::string why_;
+  bool mounted_ = false;
+};
+
 // The two kinds of pool the behaviour suites run on (issue #12): a persistent pool (pool::create
 // on a /dev/shm file) and a volatile one (pool::create_volatile over anonymous memory, the same
 // size). Suites parameterised over it instantiate with kKinds and kind_name.

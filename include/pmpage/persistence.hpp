@@ -7,9 +7,15 @@
 //
 // Contract: a store to the pool mapping is durable once flush() covered it and a later drain()
 // (the fence) returned. drain() orders and completes every earlier flush of the calling thread.
+//
+// Write-back errors: a backend whose write-back can fail (msync on a file that is not DAX) calls
+// report_writeback_error() with the errno before its flush() or drain() returns. The pool reads
+// writeback_errors() after every fence (one relaxed load) and, when it moved, fails the operation
+// and keeps reporting the error until it is reopened (docs/api.md "Write-back errors").
 #pragma once
 
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -19,14 +25,34 @@
 
 namespace pmpage {
 
+/// How a store to the mapping becomes durable: the platform's store granularity, in libpmem2's
+/// terms (pmem2_granularity), finest first. What a pool's fences and flushes do follows it:
+enum class granularity : std::uint8_t {
+  /// The CPU caches are in the persistence domain (eADR; CXL memory with Global Persistent
+  /// Flush): a store is durable once it leaves the store buffer. No flush; the fence (sfence)
+  /// orders the stores, one where CACHE_LINE has one.
+  byte = 0,
+  /// ADR: a store is durable once its cache line is written back (clwb) and fenced (sfence).
+  cache_line = 1,
+  /// The mapping is page cache (a file that is not DAX): durable after msync of its pages, whose
+  /// failure is a write-back error (report_writeback_error).
+  page = 2,
+};
+/// "byte", "cache_line", "page".
+constexpr const char* granularity_name(granularity g) noexcept {
+  return g == granularity::byte ? "byte" : g == granularity::cache_line ? "cache_line" : "page";
+}
+
 class PMPAGE_API persistence {
  public:
   virtual ~persistence() = default;
 
-  /// Called once when a pool maps its device, before any flush. `is_pmem` tells whether CPU cache
-  /// flushes reach the media (DAX with MAP_SYNC, device DAX, or PMEM_IS_PMEM_FORCE=1); when false
-  /// the libpmem backend falls back to msync.
-  virtual void attach(void* base, std::size_t length, bool is_pmem) = 0;
+  /// Called once when a pool maps its device, before any flush. `g` is the granularity the
+  /// platform gives the mapping (detected with libpmem2; PMEM2_FORCE_GRANULARITY forces it;
+  /// docs/api.md "Persistence by granularity"). Returns the granularity the pool follows with
+  /// this backend: `g` for a backend over the real device; a simulated device returns the one it
+  /// models (testing.hpp). At byte the pool issues no flush at all, only its fences.
+  virtual granularity attach(void* base, std::size_t length, granularity g) = 0;
   /// Called when the pool unmaps, while the mapping is still readable (a simulated device copies
   /// it); no flush follows. May be called a second time (after a failed create): a no-op then.
   virtual void detach() noexcept {}
@@ -58,9 +84,45 @@ class PMPAGE_API persistence {
     flush(addr, len);
     drain();
   }
+
+  /// Write-back failures this backend has reported since it was constructed (any pool, any
+  /// thread). A pool compares it with its value at attach after each fence. Thread-safe.
+  std::uint64_t writeback_errors() const noexcept { return wb_errors_.load(std::memory_order_acquire); }
+  /// The errno of the latest failure (EIO, ENOSPC, ...), or 0 if there was none. Thread-safe.
+  int last_writeback_error() const noexcept { return wb_errno_.load(std::memory_order_relaxed); }
+
+ protected:
+  /// For backends: a write-back failed with err (an errno value; 0 is taken as EIO). Call it
+  /// before the flush() or drain() that saw the failure returns, so the fence that follows (or
+  /// this one) reports it. Thread-safe; lock-free.
+  void report_writeback_error(int err) noexcept {
+    wb_errno_.store(err > 0 ? err : EIO, std::memory_order_relaxed);
+    wb_errors_.fetch_add(1, std::memory_order_release);
+  }
+  /// For wrappers (counting_persistence): reports the failures `inner` reported since the last
+  /// call. One relaxed load when there are none.
+  void forward_writeback_errors(const persistence& inner) noexcept {
+    if (__builtin_expect(inner.wb_errors_.load(std::memory_order_relaxed) == forwarded_.load(std::memory_order_relaxed), 1))
+      return;
+    forward_slow(inner);
+  }
+
+ private:
+  void forward_slow(const persistence& inner) noexcept {
+    std::uint64_t seen = forwarded_.load(std::memory_order_relaxed);
+    const std::uint64_t now = inner.writeback_errors();
+    while (seen < now && !forwarded_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+    }
+    if (seen < now) report_writeback_error(inner.last_writeback_error());
+  }
+  std::atomic<std::uint64_t> wb_errors_{0};
+  std::atomic<int> wb_errno_{0};
+  std::atomic<std::uint64_t> forwarded_{0};  // forward_writeback_errors: inner's count seen
 };
 
-/// The production backend: libpmem's pmem_flush/pmem_drain on pmem, pmem_msync otherwise.
+/// The production backend: at byte granularity flush does nothing and drain is pmem_drain
+/// (sfence); at cache_line pmem_flush (clwb) and pmem_drain; at page pmem_msync, whose failure
+/// is reported (report_writeback_error).
 PMPAGE_API std::shared_ptr<persistence> make_libpmem_persistence();
 
 /// Wraps another backend and counts its calls (relaxed atomics): what benchmarks and the
@@ -68,7 +130,7 @@ PMPAGE_API std::shared_ptr<persistence> make_libpmem_persistence();
 class PMPAGE_API counting_persistence final : public persistence {
  public:
   explicit counting_persistence(std::shared_ptr<persistence> inner) : inner_(std::move(inner)) {}
-  void attach(void* base, std::size_t length, bool is_pmem) override { inner_->attach(base, length, is_pmem); }
+  granularity attach(void* base, std::size_t length, granularity g) override { return inner_->attach(base, length, g); }
   void detach() noexcept override { inner_->detach(); }
   void flush(const void* addr, std::size_t len) noexcept override {
     flushes_.fetch_add(1, std::memory_order_relaxed);
@@ -77,6 +139,9 @@ class PMPAGE_API counting_persistence final : public persistence {
   void drain() noexcept override {
     fences_.fetch_add(1, std::memory_order_relaxed);
     inner_->drain();
+    // The pool reads this object's error count: the inner backend's failures (made during this
+    // drain or the flushes before it) become this object's before the drain returns.
+    forward_writeback_errors(*inner_);
   }
   void copy_nodrain(void* dst, const void* src, std::size_t len) noexcept override {
     flushes_.fetch_add(1, std::memory_order_relaxed);

@@ -182,8 +182,10 @@ PMPAGE_API int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_
 
 /** 1 for a pool opened read-only, 0 otherwise; -EINVAL for NULL (misuse). */
 PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);
-/** Closes and frees the pool; every page and pfn of it becomes invalid. NULL is a no-op. */
-PMPAGE_API void pmpage_pool_close(pmpage_pool* pool);
+/** Closes and frees the pool; every page and pfn of it becomes invalid. NULL is a no-op. Returns 0,
+ *  or the pool's write-back error as -errno (errno set; the pool is closed and freed either way):
+ *  what the pool made durable, up to its final fence at close, may not be. */
+PMPAGE_API int pmpage_pool_close(pmpage_pool* pool);
 
 PMPAGE_API pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool);
 PMPAGE_API pmpage_pfn_t pmpage_pool_end_pfn(const pmpage_pool* pool);
@@ -193,13 +195,29 @@ PMPAGE_API void* pmpage_pool_root(const pmpage_pool* pool, size_t* size);
 PMPAGE_API const char* pmpage_pool_path(const pmpage_pool* pool);
 /** 1 when flushes reach the media directly (pmem), 0 when msync is used; -EINVAL for NULL. */
 PMPAGE_API int pmpage_pool_is_pmem(const pmpage_pool* pool);
+/** pool::store_granularity (libpmem2's terms): how the pool's stores become durable. */
+enum pmpage_granularity {
+  PMPAGE_GRANULARITY_BYTE = 0,       /* eADR / CXL GPF: fences only, no flush */
+  PMPAGE_GRANULARITY_CACHE_LINE = 1, /* clwb + sfence */
+  PMPAGE_GRANULARITY_PAGE = 2        /* page cache: msync */
+};
+/** One of PMPAGE_GRANULARITY_*; -EINVAL for NULL (misuse). */
+PMPAGE_API int pmpage_pool_granularity(const pmpage_pool* pool);
 /** The mapping of the whole device; *length (if not NULL) gets its length. */
 PMPAGE_API void* pmpage_pool_base(const pmpage_pool* pool, size_t* length);
 
-/** flush + drain of [addr, addr + len). drain completes the calling thread's flushes only. */
-PMPAGE_API void pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len);
+/** flush + drain of [addr, addr + len). drain completes the calling thread's flushes only.
+ *  persist and drain return 0 when what they cover is durable; -errno (errno set, message in
+ *  pmpage_errormsg) when the pool has a write-back error (pmpage_pool_writeback_error): the data
+ *  may not be durable; -EINVAL / -EROFS on misuse. */
+PMPAGE_API int pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len);
 PMPAGE_API void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len);
-PMPAGE_API void pmpage_pool_drain(const pmpage_pool* pool);
+PMPAGE_API int pmpage_pool_drain(const pmpage_pool* pool);
+/** pool::writeback_error: 0 while every fence of the pool made its writes durable; else -errno of
+ *  the first write-back failure (-EIO, -ENOSPC: msync failed on a pool file that is not DAX),
+ *  latched until the pool is closed; every call that makes something durable fails with it
+ *  meanwhile. -EINVAL for NULL (misuse). */
+PMPAGE_API int pmpage_pool_writeback_error(const pmpage_pool* pool);
 
 /** pmpage::pool_stats; reserved words are zero (later versions fill them). One snapshot under the
  *  allocator's locks: while other threads run, free_pages <= total_pages, cpu_cached_free_pages
@@ -221,7 +239,8 @@ struct pmpage_pool_stats {
   uint64_t empty_split_regions;
   uint64_t quarantined_pages; /* bad blocks: free pages held out for this open */
   uint64_t hwpoison_pages;    /* bad blocks: allocated pages in a bad block (PG_hwpoison) */
-  uint64_t reserved_[9];
+  uint64_t writeback_errno;   /* 0, or the errno of the pool's latched write-back failure */
+  uint64_t reserved_[8];
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_pool_stats) == 192, "pmpage_pool_stats is ABI");
 /** Fills *out; 0, or -EINVAL (misuse: NULL pool or out). */

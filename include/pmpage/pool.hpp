@@ -68,6 +68,9 @@ struct pool_stats {
   /// allocation carries PG_hwpoison: PageHWPoison). Both 0 for a pool opened without bad blocks.
   std::uint64_t quarantined_pages = 0;
   std::uint64_t hwpoison_pages = 0;
+  /// 0, or the errno (EIO, ENOSPC, ...) of the write-back failure this pool latched: see
+  /// pool::writeback_error(). Nonzero means nothing made durable since can be trusted.
+  int writeback_errno = 0;
 };
 
 class PMPAGE_API pool {
@@ -185,8 +188,21 @@ class PMPAGE_API pool {
   pool& operator=(const pool&) = delete;
   ~pool();
 
-  /// Closes the pool; every page* and pfn of it becomes invalid. Idempotent.
-  void close() noexcept;
+  /// Closes the pool; every page* and pfn of it becomes invalid. Idempotent. Returns 0, or the
+  /// pool's write-back error as -errno (writeback_error(): the last fence at close, or any earlier
+  /// one, failed to make the pool's state durable); the pool is closed either way. A closed pool
+  /// returns 0.
+  int close() noexcept;
+  /// Write-back errors (docs/api.md "Write-back errors"). 0 while every fence of this pool made
+  /// what it covered durable; else -errno of the first failure (-EIO, -ENOSPC, -EDQUOT: msync
+  /// failed on a pool file that is not DAX). Latched: once nonzero it stays so until the pool is
+  /// closed, and every call that makes something durable fails with it: alloc_pages and the other
+  /// allocating calls return nullptr / fewer (errno set, the pages not handed out), the int-returning
+  /// calls return it (their change undone, or for a free completed in memory), persist / drain /
+  /// close return it, put_page / free_pages of a last reference set errno. Reopening the pool
+  /// clears it (open fails if recovery cannot write back either). 0 for a closed pool.
+  /// Thread-safe; one load.
+  int writeback_error() const noexcept;
   bool is_open() const noexcept { return impl_ != nullptr; }
   /// True for a pool opened with open_options::read_only (false for a closed pool). On such a
   /// pool every call that would write the media is misuse, reported, and changes nothing:
@@ -338,9 +354,13 @@ class PMPAGE_API pool {
   /// threads must drain on the thread that flushed (or use persist(), which is flush + drain on
   /// one thread). Every drain also makes the pool's lazily retired intents durable. A range
   /// outside the pool's mapping is misuse (reported; nothing is flushed).
-  void persist(const void* addr, std::size_t len) const noexcept;
+  /// persist and drain return 0 when what they cover is durable; -errno when the pool has a
+  /// write-back error (writeback_error(): this drain's write-back or an earlier one failed, so the
+  /// data may not be durable: an engine must not report its commit durable); -EINVAL for a closed
+  /// pool or a range outside the mapping, -EROFS for a read-only pool (misuse, reported).
+  int persist(const void* addr, std::size_t len) const noexcept;
   void flush(const void* addr, std::size_t len) const noexcept;
-  void drain() const noexcept;
+  int drain() const noexcept;
 
   /// The pool's counters (pool_stats: which bounds hold while other threads run). Thread-safe: it
   /// holds every allocator lock for the snapshot (one per CPU cache, then the pool lock), and
@@ -384,8 +404,14 @@ class PMPAGE_API pool {
   std::string check() const;
 
   const std::filesystem::path& path() const noexcept;
-  /// True when flushes go to the media directly (pmem); false when msync is used.
+  /// True when flushes go to the media directly (pmem); false when msync is used:
+  /// store_granularity() != granularity::page.
   bool is_pmem() const noexcept;
+  /// How the pool makes its stores durable (persistence.hpp, docs/api.md "Persistence by
+  /// granularity"): byte (eADR: fences only, no flush), cache_line (clwb + sfence), page (msync).
+  /// Detected at open with libpmem2 (PMEM2_FORCE_GRANULARITY forces it), or what a simulated
+  /// backend models. page for a volatile pool (nothing is flushed) and a closed one.
+  granularity store_granularity() const noexcept;
   /// The mapping of the whole device (superblocks, metadata, root, data) and its length.
   void* base() const noexcept;
   std::size_t mapped_length() const noexcept;

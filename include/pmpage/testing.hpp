@@ -22,11 +22,24 @@
 
 namespace pmpage::testing {
 
-/// A simulated device: the x86 ADR model. A store to the mapping is durable only once a flush
-/// covered it and a later drain() *on the same thread* completed (clwb + sfence); at a power
-/// failure the media holds the durable image plus any subset of the 8-byte words written since
-/// (8-byte failure atomicity: a word is old or new, never torn; a dirty line may be evicted at any
-/// time, so an unfenced store may or may not survive).
+/// A simulated device, in one of two models (pmpage::granularity, docs/testing-your-engine.md):
+///  * cache_line, the x86 ADR model: a store to the mapping is durable only once a flush covered
+///    it and a later drain() *on the same thread* completed (clwb + sfence).
+///  * byte, the eADR model (CPU caches in the persistence domain, CXL GPF): a store is durable once
+///    it left the store buffer, flushed or not; a drain() makes every store visible in the mapping
+///    at that moment durable (the fencing thread's earlier stores among them). Flushes do nothing.
+/// At a power failure the media holds the durable image plus any subset of the 8-byte words
+/// written since (8-byte failure atomicity: a word is old or new, never torn; a dirty line may be
+/// evicted at any time, so an unfenced store may or may not survive). At byte granularity real
+/// hardware loses only a suffix, in program order, of each thread's stores since its last fence;
+/// the simulator does not know program order and keeps any subset, which includes every such
+/// suffix: an engine that passes is safe, one that relies on the order of its unfenced stores
+/// (no fence between two stores that must reach the media in order) may be reported.
+///
+/// The pool follows the model: attach() returns it (persistence.hpp), so a pool on a byte model
+/// issues no flush. The default model follows the platform's granularity given to attach()
+/// (byte stays byte; cache_line and page are modelled as cache_line: the pool flushes and fences
+/// at both), so PMEM2_FORCE_GRANULARITY=BYTE selects the byte model for a whole test run.
 ///
 /// One object is one device: pass it as the backend of every pool opened on one file, one after
 /// the other (never two files). The first attach() takes the durable image from the mapping (the
@@ -43,11 +56,15 @@ class sim_pmem final : public pmpage::persistence {
   /// beyond it are not modelled (they are not in crash images; use it to leave out a data area
   /// the checker does not read).
   explicit sim_pmem(std::size_t tracked = 0);
+  /// The same with a fixed model (granularity::byte or cache_line; page is taken as cache_line),
+  /// whatever the platform says.
+  sim_pmem(std::size_t tracked, pmpage::granularity model);
   ~sim_pmem() override;
   sim_pmem(const sim_pmem&) = delete;
   sim_pmem& operator=(const sim_pmem&) = delete;
 
-  void attach(void* base, std::size_t length, bool is_pmem) override;
+  /// Returns the model (see above): the granularity the pool then follows.
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity g) override;
   /// Keeps a copy of the tracked mapping: crash_image() works on it after the pool closed.
   void detach() noexcept override;
   void flush(const void* addr, std::size_t len) noexcept override;
@@ -66,6 +83,9 @@ class sim_pmem final : public pmpage::persistence {
   std::uint64_t fences() const;
   /// Bytes modelled: min(tracked, device length) once attached.
   std::size_t tracked() const;
+  /// The model in use: byte or cache_line (before the first attach: the fixed model, or
+  /// cache_line).
+  pmpage::granularity model() const;
 
   /// Called at every fence: k is fences() counting this one; before = true just before the
   /// fence makes its lines durable, false just after. Runs on the fencing thread, inside a pool
@@ -95,6 +115,9 @@ struct crash_options {
   std::uint64_t seed = 1;         // base seed; each image's seed derives from it, the fence and the subset index
   std::size_t tracked = 0;        // bytes modelled (0 = whole file); beyond them images hold the file as op left it
   std::filesystem::path scratch_dir = "/dev/shm";  // where images are written for the checker
+  /// The simulator's model (sim_pmem): byte (eADR) or cache_line (ADR); unset = the platform's
+  /// (PMEM2_FORCE_GRANULARITY=BYTE selects byte). An engine's crash test should run under both.
+  std::optional<pmpage::granularity> granularity;
   /// Reproduce one failure: run only this point. The environment variable
   /// PMPAGE_CRASH_ONLY=fence:before(0/1):seed:keep overrides it.
   std::optional<crash_point> only;

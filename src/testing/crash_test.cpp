@@ -152,7 +152,8 @@ crash_report run_crash_test(const std::filesystem::path& path, const crash_optio
   std::optional<crash_point> only = opts.only;
   if (const char* env = std::getenv("PMPAGE_CRASH_ONLY"); env && *env) only = parse_only(env);
 
-  auto sim = std::make_shared<sim_pmem>(opts.tracked);
+  auto sim = opts.granularity ? std::make_shared<sim_pmem>(opts.tracked, *opts.granularity)
+                              : std::make_shared<sim_pmem>(opts.tracked);
   sim_pmem::impl& model = sim_access::of(*sim);
   {
     std::lock_guard g(model.mu);

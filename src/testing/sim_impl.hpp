@@ -18,6 +18,7 @@
 #include <array>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -47,6 +48,10 @@ struct sim_pmem::impl {
 
   explicit impl(std::size_t t) : tracked_req(t) {}
 
+  /// The byte model's fence: every line of the mapping that differs from the media becomes
+  /// durable (logged when logging); mu held.
+  void make_visible_durable();
+
   mutable std::mutex mu;
   std::size_t tracked_req;
   bool attached_once = false;
@@ -58,6 +63,8 @@ struct sim_pmem::impl {
   std::vector<std::pair<std::thread::id, std::unordered_map<std::size_t, snapshot>>> pending;
   std::uint64_t flush_seq = 0;
   std::uint64_t fences = 0;
+  std::optional<pmpage::granularity> fixed_model;  // sim_pmem(tracked, model)
+  pmpage::granularity model = pmpage::granularity::cache_line;
 
   bool logging = false;
   std::vector<char> initial;  // the media at the first attach (when logging)

@@ -75,11 +75,37 @@ sim_pmem::impl::sparse_image sim_pmem::impl::capture(std::uint64_t seed, double 
 }
 
 sim_pmem::sim_pmem(std::size_t tracked) : impl_(std::make_unique<impl>(tracked)) {}
+sim_pmem::sim_pmem(std::size_t tracked, pmpage::granularity model) : impl_(std::make_unique<impl>(tracked)) {
+  impl_->fixed_model = model == pmpage::granularity::byte ? model : pmpage::granularity::cache_line;
+  impl_->model = *impl_->fixed_model;
+}
+
+void sim_pmem::impl::make_visible_durable() {
+  // A block at a time (memcmp is vectorised), then the lines of a block that differs.
+  for (std::size_t blk = 0; blk < len; blk += BLOCK) {
+    const std::size_t end = std::min(len, blk + BLOCK);
+    if (std::memcmp(base + blk, durable.data() + blk, end - blk) == 0) continue;
+    for (std::size_t at = blk; at < end; at += LINE) {
+      const std::size_t n = std::min(LINE, end - at);
+      if (std::memcmp(base + at, durable.data() + at, n) == 0) continue;
+      std::memcpy(durable.data() + at, base + at, n);
+      durable_seq[at / LINE] = ++flush_seq;  // newer than any pending snapshot of the line
+      if (logging) {
+        logged_line l{at / LINE, {}};
+        std::memcpy(l.bytes.data(), base + at, n);
+        log.push_back(l);
+      }
+    }
+  }
+}
 sim_pmem::~sim_pmem() = default;
 
-void sim_pmem::attach(void* base, std::size_t length, bool) {
+pmpage::granularity sim_pmem::attach(void* base, std::size_t length, pmpage::granularity platform) {
   impl& m = *impl_;
   std::lock_guard g(m.mu);
+  m.model = m.fixed_model ? *m.fixed_model
+            : platform == pmpage::granularity::byte ? pmpage::granularity::byte
+                                                    : pmpage::granularity::cache_line;
   m.base = static_cast<char*>(base);
   const std::size_t n = m.tracked_req ? std::min(length, m.tracked_req) : length;
   m.detached.clear();
@@ -91,7 +117,7 @@ void sim_pmem::attach(void* base, std::size_t length, bool) {
     m.durable.assign(m.base, m.base + n);
     m.durable_seq.assign(n / LINE + 1, 0);
     if (m.logging) m.initial = m.durable;
-    return;
+    return m.model;
   }
   // A reopen of the same device: the media keeps what was fenced (a close does not make unfenced
   // stores durable). A longer mapping models the new bytes as they are on the media now.
@@ -104,6 +130,7 @@ void sim_pmem::attach(void* base, std::size_t length, bool) {
   }
   m.len = n;
   m.durable_seq.resize(n / LINE + 1, 0);
+  return m.model;
 }
 
 void sim_pmem::detach() noexcept {
@@ -122,7 +149,7 @@ void sim_pmem::detach() noexcept {
 void sim_pmem::flush(const void* addr, std::size_t len) noexcept {
   impl& m = *impl_;
   std::lock_guard g(m.mu);
-  if (!m.base) return;
+  if (!m.base || m.model == pmpage::granularity::byte) return;  // byte: the fence makes it durable
   const auto* a = static_cast<const char*>(addr);
   if (a + len <= m.base || a >= m.base + m.len) return;
   const std::size_t lo = a < m.base ? 0 : std::size_t(a - m.base);
@@ -156,6 +183,9 @@ void sim_pmem::drain() noexcept {
   if (hook) hook(k, true);
   {
     std::lock_guard g(m.mu);
+    // Byte model: what is visible now left the store buffers, so it is durable (this thread's
+    // stores before the fence among them).
+    if (m.model == pmpage::granularity::byte && m.base) m.make_visible_durable();
     const auto me = std::this_thread::get_id();
     auto mine = std::find_if(m.pending.begin(), m.pending.end(), [&](auto& p) { return p.first == me; });
     if (mine != m.pending.end()) {
@@ -188,6 +218,11 @@ std::uint64_t sim_pmem::fences() const {
 std::size_t sim_pmem::tracked() const {
   std::lock_guard g(impl_->mu);
   return impl_->len;
+}
+
+pmpage::granularity sim_pmem::model() const {
+  std::lock_guard g(impl_->mu);
+  return impl_->model;
 }
 
 }  // namespace pmpage::testing

@@ -234,9 +234,11 @@ static void test_pool_queries(void) {
   CHECK(pmpage_pool_base(p, NULL) == base);
   CHECK_EQ_U(pmpage_pool_is_pmem(p), 1); /* PMEM_IS_PMEM_FORCE=1 */
   strcpy(root, "root data");
-  pmpage_pool_persist(p, root, 10);
+  CHECK_EQ_U(pmpage_pool_granularity(p), PMPAGE_GRANULARITY_CACHE_LINE); /* PMEM_IS_PMEM_FORCE=1 */
+  CHECK_EQ_U(pmpage_pool_persist(p, root, 10), 0);
   pmpage_pool_flush(p, root, 10);
-  pmpage_pool_drain(p);
+  CHECK_EQ_U(pmpage_pool_drain(p), 0);
+  CHECK_EQ_U(pmpage_pool_writeback_error(p), 0);
 
   memset(&st, 0xff, sizeof st);
   CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
@@ -244,12 +246,15 @@ static void test_pool_queries(void) {
   CHECK_EQ_U(st.free_pages, st.total_pages);
   CHECK_EQ_U(st.total_regions * PMPAGE_HPAGE_PMD_NR, st.total_pages);
   CHECK(st.descriptor_bytes >= st.total_regions * 64);
+  CHECK_EQ_U(st.writeback_errno, 0);
   CHECK_EQ_U(st.reserved_[0], 0);
-  CHECK_EQ_U(st.reserved_[8], 0);
+  CHECK_EQ_U(st.reserved_[7], 0);
+  CHECK_EQ_U(st.writeback_errno, 0);
   CHECK_EQ_U(st.quarantined_pages, 0);
   CHECK_EQ_U(st.hwpoison_pages, 0);
   CHECK_EQ_U(pmpage_pool_check(p), 0);
-  pmpage_pool_close(p);
+  CHECK_EQ_U(pmpage_pool_close(p), 0);
+  CHECK_EQ_U(pmpage_pool_close(NULL), 0);
 
   /* Reopen: root data kept. */
   p = pmpage_pool_open(scratch("queries"));
@@ -715,9 +720,11 @@ static void test_misuse(void) {
   EXPECT_MISUSE(CHECK(pmpage_pool_base(NULL, NULL) == NULL), "pool is NULL");
   EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_is_pmem(NULL), -EINVAL), "pool is NULL");
   EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_is_read_only(NULL), -EINVAL), "pool is NULL");
-  EXPECT_MISUSE(pmpage_pool_persist(NULL, root, 8), "pool is NULL");
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_persist(NULL, root, 8), -EINVAL), "pool is NULL");
   EXPECT_MISUSE(pmpage_pool_flush(NULL, root, 8), "pool is NULL");
-  EXPECT_MISUSE(pmpage_pool_drain(NULL), "pool is NULL");
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_drain(NULL), -EINVAL), "pool is NULL");
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_writeback_error(NULL), -EINVAL), "pool is NULL");
+  EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_granularity(NULL), -EINVAL), "pool is NULL");
   EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_stats(NULL, NULL), -EINVAL), "pool is NULL");
   EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_stats(p, NULL), -EINVAL), "out is NULL");
   EXPECT_MISUSE(CHECK_EQ_U(pmpage_pool_trim(NULL), 0), "pool is NULL");

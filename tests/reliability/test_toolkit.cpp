@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -207,6 +208,62 @@ TEST_F(Toolkit, ReopenOnTheSameDeviceKeepsUnfencedStoresVolatile) {
   std::memcpy(&v_every, every.data() + at, 8);
   EXPECT_EQ(v_none, 1u);
   EXPECT_EQ(v_every, 42u);
+}
+
+TEST_F(Toolkit, CorrectEnginePassesAtEveryCrashPointAtByteGranularity) {
+  pt::crash_options o;
+  o.granularity = granularity::byte;
+  const pt::crash_report rep = run(false, o);
+  EXPECT_TRUE(rep.ok()) << rep.describe();
+  EXPECT_GE(rep.fences, 8u) << "the same fences as at cache-line granularity";
+}
+
+TEST_F(Toolkit, AtByteGranularityAMissingFlushFailsOnlyWhereStoreOrderMatters) {
+  // The buggy engine never persists a node before the count. Under eADR the count's persist (a
+  // fence) makes the node durable too: every image with nothing or everything unfenced kept, and
+  // the end image, pass. Only a random subset that keeps the count but drops the node (stores the
+  // simulator cannot order) fails: the engine relies on the order of two unfenced stores.
+  pt::crash_options o;
+  o.granularity = granularity::byte;
+  const pt::crash_report rep = run(true, o);
+  for (const auto& f : rep.failed) EXPECT_TRUE(f.keep > 0 && f.keep < 1) << f.label();
+  const pt::crash_report adr = run(true);
+  bool end_failed = false;
+  for (const auto& f : adr.failed) end_failed = end_failed || f.fence == 0;
+  EXPECT_TRUE(end_failed) << "the cache-line model loses the unflushed node even after the operation";
+}
+
+TEST_F(Toolkit, ByteModelKeepsEveryStoreBeforeAFenceAndAnySubsetAfterIt) {
+  auto sim = std::make_shared<pt::sim_pmem>(0, granularity::byte);
+  pool::open_options oo;
+  oo.backend = sim;
+  pool p = pool::open(path_, oo);
+  EXPECT_EQ(p.store_granularity(), granularity::byte) << "the pool follows the simulated device";
+  EXPECT_EQ(sim->model(), granularity::byte);
+  auto* r = static_cast<list_root*>(p.root());
+  const std::size_t at = static_cast<char*>(p.root()) - static_cast<char*>(p.base()) + offsetof(list_root, count);
+  auto word = [&](const std::vector<char>& img) {
+    std::uint64_t v;
+    std::memcpy(&v, img.data() + at, 8);
+    return v;
+  };
+  r->count = 42;  // never flushed
+  EXPECT_EQ(p.drain(), 0);
+  EXPECT_EQ(word(sim->crash_image(0, 0.0)), 42u) << "visible at the fence: durable";
+  r->count = 43;  // after the last fence: may or may not survive
+  EXPECT_EQ(word(sim->crash_image(0, 0.0)), 42u);
+  EXPECT_EQ(word(sim->crash_image(0, 1.0)), 43u);
+
+  // The same under the cache-line model: the unflushed store is not durable at the fence.
+  p.close();
+  fresh();
+  auto adr = std::make_shared<pt::sim_pmem>(0, granularity::cache_line);
+  oo.backend = adr;
+  pool q = pool::open(path_, oo);
+  EXPECT_EQ(q.store_granularity(), granularity::cache_line);
+  static_cast<list_root*>(q.root())->count = 42;
+  EXPECT_EQ(q.drain(), 0);
+  EXPECT_EQ(word(adr->crash_image(0, 0.0)), 1u);
 }
 
 }  // namespace
