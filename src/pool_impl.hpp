@@ -171,7 +171,7 @@ class pool_impl {
 
   // ---- accessors ---------------------------------------------------------------------------------
   const std::string& path() const { return dev_.path(); }
-  pfn_t start_pfn() const { return pfn_t{section_id_} << SECTION_SHIFT; }
+  pfn_t start_pfn() const { return pfn_base_; }
   pfn_t end_pfn() const { return start_pfn() + nr_pages_; }
   char* base() const { return dev_.base(); }
   std::uint64_t mapped_length() const { return dev_.mapped_length(); }
@@ -433,8 +433,8 @@ class pool_impl {
   device dev_;
   std::shared_ptr<persistence> pers_;
   layout lay_{};
-  std::uint16_t section_id_ = 0;
-  std::uint16_t picked_id_ = 0;  // the id pick_section_id reserved for this new pool (create paths)
+  pfn_t pfn_base_ = 0;     // the pool's identity: its pfns are pfn_base_ + page index
+  pfn_t picked_base_ = 0;  // the base pick_pfn_base reserved for this new pool (create paths)
   bool registered_ = false;
   std::uint64_t nr_regions_ = 0;
   std::uint64_t nr_pages_ = 0;
@@ -496,8 +496,6 @@ void add_open_pool(pool_impl* p);
 void remove_open_pool(pool_impl* p);
 /// The EMFILE reason when MAX_OPEN_POOLS pools are open.
 std::string too_many_pools();
-/// A random pfn section no open pool uses; 0 if none was found.
-std::uint16_t pick_section_id();
 
 /// The pool that owns descriptor p (via the section tables).
 inline pool_impl* owner_of(const page* p) { return static_cast<pool_impl*>(section_of(p).owner); }

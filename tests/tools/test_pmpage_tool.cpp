@@ -314,10 +314,13 @@ TEST_F(Tool, InfoJsonHasTheDocumentedFieldsWithSaneValues) {
     const json j = run_json({"info", p, "--json"}, 0);
     expect_info_schema(j);
     EXPECT_TRUE(j["readable"]);
-    EXPECT_EQ(j["format_version"], "2.0");
+    EXPECT_EQ(j["format_version"], "3.0");
     EXPECT_EQ(j["nr_regions"].get<std::uint64_t>() * 512, j["total_pages"].get<std::uint64_t>());
     EXPECT_EQ(j["end_pfn"].get<std::uint64_t>() - j["start_pfn"].get<std::uint64_t>(), j["total_pages"]);
-    EXPECT_EQ(j["start_pfn"].get<std::uint64_t>() >> 32, j["section_id"]);
+    // Format 3: the identity is the pfn base, a multiple of 2^28 from 2^32 up; no section id.
+    EXPECT_EQ(j["start_pfn"].get<std::uint64_t>() % (std::uint64_t{1} << 28), 0u);
+    EXPECT_GE(j["start_pfn"].get<std::uint64_t>(), std::uint64_t{1} << 32);
+    EXPECT_EQ(j["section_id"], 0u);
     EXPECT_EQ(j["file_size"], 64 * MiB);
     EXPECT_EQ(j["problem_count"], 0u);
     EXPECT_EQ(j["damaged_regions"], 0u);
@@ -352,7 +355,7 @@ TEST_F(Tool, InfoJsonHasTheDocumentedFieldsWithSaneValues) {
     }
     const result human = run({"info", p});
     EXPECT_EQ(human.code, 0);
-    for (const char* s : {"format version", "section id", "pfn range", "largest free order", "pending intents",
+    for (const char* s : {"format version", "pfn base", "pfn range", "largest free order", "pending intents",
                           "descriptor DRAM"})
       EXPECT_NE(human.out.find(s), std::string::npos) << s;
   }
@@ -514,7 +517,7 @@ TEST_F(Tool, DumpDecodesASplitRegion) {
   EXPECT_EQ(j["kind"], "split");
   EXPECT_EQ(j["word"], 2u);
   EXPECT_EQ(j["word_offset"], sb.region_table_offset + 8 * r);
-  EXPECT_EQ(j["first_pfn"], (std::uint64_t(sb.section_id) << 32) + 512 * r);
+  EXPECT_EQ(j["first_pfn"], sb.pfn_base + 512 * r);
   unsigned next = 0, owned = 0;
   for (const auto& run : j["runs"]) {
     EXPECT_EQ(run["first"], next);
