@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <memory>
 
+#include "pmpage/pmpage.h"
+#include "registry.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -218,5 +220,132 @@ TEST_P(Translation, LookupsInUnsplitRegionsAllocateNoMemory) {
 }
 
 INSTANTIATE_TEST_SUITE_P(, Translation, kKinds, kind_name);
+
+// ---- pool identity: 64-bit pfn bases, the hashed section table and its overflow -------------------
+
+// Chooses the pfn base of the pools created in its scope (registry.hpp's test seam), one after
+// the other from `bases`.
+class forced_bases {
+ public:
+  explicit forced_bases(std::vector<pfn_t> bases) : bases_(std::move(bases)) {
+    pmpage::detail::set_pfn_base_source_for_testing([this] { return bases_.at(next_++); });
+  }
+  ~forced_bases() { pmpage::detail::set_pfn_base_source_for_testing({}); }
+
+ private:
+  std::vector<pfn_t> bases_;
+  std::size_t next_ = 0;
+};
+
+class PoolIdentity : public TranslationBase {
+ protected:
+  void expect_translates(pmpage::pool& p) {
+    std::uint64_t bad = 0;
+    for (pfn_t pfn = p.start_pfn(); pfn < p.end_pfn(); ++pfn) {
+      page* pg = pmpage::pfn_to_page(pfn);
+      void* addr = pg ? pmpage::page_address(pg) : nullptr;
+      bad += !(pg && pmpage::pfn_valid(pfn) && pmpage::page_to_pfn(pg) == pfn && addr &&
+               pmpage::virt_to_page(addr) == pg);
+    }
+    EXPECT_EQ(bad, 0u) << "pfns of [" << std::hex << p.start_pfn() << ", " << p.end_pfn() << ") that failed";
+  }
+};
+
+// The pfn base is 64 bits wide: pools with their identity in bits 48..63 translate like any other,
+// through the one-load inline path, persistent (across close and reopen) and volatile alike.
+TEST_F(PoolIdentity, PfnsWithHighBaseBitsTranslateAndSurviveReopen) {
+  const pfn_t high = pfn_t{0xfedcba987} << 28, top = pmpage::detail::MAX_PFN_BASE;
+  forced_bases force({high, top});
+  const auto path = new_path();
+  page* kept;
+  {
+    pmpage::pool p = create_pool(path, 8 * MiB);
+    ASSERT_EQ(p.start_pfn(), high);
+    expect_translates(p);
+    kept = p.alloc_pages(3);
+    ASSERT_NE(kept, nullptr);
+    static_cast<pfn_t*>(p.root())[0] = pmpage::page_to_pfn(kept);
+  }
+  pmpage::pool p = pmpage::pool::open(path);
+  EXPECT_EQ(p.start_pfn(), high) << "a pool's pfns are stable for its life";
+  const pfn_t stored = static_cast<pfn_t*>(p.root())[0];
+  EXPECT_EQ(stored >> 48, 0xfedcu);
+  EXPECT_EQ(pmpage::compound_order(pmpage::pfn_to_page(stored)), 3u);
+  expect_translates(p);
+
+  pmpage::pool::volatile_options v;
+  v.size = 4 * MiB;
+  pmpage::pool vp = pmpage::pool::create_volatile(v);
+  EXPECT_EQ(vp.start_pfn(), top);
+  EXPECT_LT(vp.start_pfn(), vp.end_pfn()) << "the largest base leaves room below 2^64";
+  expect_translates(vp);
+  EXPECT_EQ(pmpage::detail::overflow_granules(), 0u) << "their granules hash to different entries";
+}
+
+// Two open pools whose pfn granules share an entry of the hashed table (same low 16 granule
+// bits): the later one lives in the overflow table and still translates, both ways, through the
+// C++ and the C inline functions; it stays correct when the other closes, and its own close
+// empties the overflow.
+TEST_F(PoolIdentity, PoolsWhoseGranulesShareATableEntryBothTranslate) {
+  const pfn_t a_base = pfn_t{0x1234} << 32;
+  const pfn_t b_base = a_base + (pfn_t{1} << (pmpage::detail::SECTION_SHIFT + pmpage::detail::SECTION_BITS));
+  forced_bases force({a_base, b_base});
+  const unsigned overflow_before = pmpage::detail::overflow_granules();
+  pmpage::pool::volatile_options v;
+  v.size = 4 * MiB;
+  pmpage::pool a = pmpage::pool::create_volatile(v);
+  const auto b_path = new_path();
+  pmpage::pool b = create_pool(b_path, 8 * MiB);
+  ASSERT_EQ(a.start_pfn(), a_base);
+  ASSERT_EQ(b.start_pfn(), b_base);
+  EXPECT_EQ(pmpage::detail::overflow_granules(), overflow_before + 1);
+  expect_translates(a);
+  expect_translates(b);
+  {
+    misuse_recorder rec;  // the overflow path is a lookup, not misuse
+    page* pg = pmpage::pfn_to_page(b_base + 5);
+    EXPECT_EQ(pmpage_pfn_to_page(b_base + 5), reinterpret_cast<pmpage_page*>(pg));
+    EXPECT_TRUE(pmpage_pfn_valid(b_base + 5));
+    EXPECT_EQ(pmpage_page_to_pfn(reinterpret_cast<pmpage_page*>(pg)), b_base + 5);
+    EXPECT_FALSE(pmpage::pfn_valid(b.end_pfn())) << "past its end";
+    EXPECT_FALSE(pmpage::pfn_valid(b_base - 1));
+    EXPECT_EQ(rec.count(), 0);
+  }
+  a.close();
+  expect_translates(b);  // not moved into the freed entry: it stays where readers look
+  const pfn_t b_pfn = b_base + 9;
+  b.close();
+  EXPECT_EQ(pmpage::detail::overflow_granules(), overflow_before);
+  misuse_recorder rec;
+  EXPECT_FALSE(pmpage::pfn_valid(b_pfn));
+  EXPECT_EQ(pmpage::pfn_to_page(b_pfn), nullptr);
+  EXPECT_EQ(rec.count(), 1) << "a pfn of a closed pool in the overflow is misuse, reported";
+}
+
+// A pfn of a pool that is not open is rejected, whichever way its identity is drawn: the inline
+// range check compares the whole 64 bits, so a pfn that shares the table entry of an open pool
+// (same granule bits 28..43, other high bits) finds nothing either.
+TEST_F(PoolIdentity, APfnOfAPoolThatIsNotOpenIsRejected) {
+  const pfn_t base = pfn_t{0x77} << 40;
+  const pfn_t alias = base + (pfn_t{0x5} << 48);  // same table entry, another pool's pfns
+  forced_bases force({base});
+  const auto path = new_path();
+  pfn_t pfn;
+  {
+    pmpage::pool p = create_pool(path, 8 * MiB);
+    pfn = pmpage::page_to_pfn(p.alloc_pages(0));
+    misuse_recorder rec;
+    EXPECT_FALSE(pmpage::pfn_valid(alias + (pfn - base)));
+    EXPECT_EQ(pmpage::pfn_to_page(alias + (pfn - base)), nullptr);
+    EXPECT_EQ(rec.count(), 1);
+  }
+  misuse_recorder rec;
+  EXPECT_FALSE(pmpage::pfn_valid(pfn));
+  EXPECT_EQ(pmpage::pfn_to_page(pfn), nullptr);
+  EXPECT_EQ(pmpage_pfn_to_page(pfn), nullptr);
+  EXPECT_FALSE(pmpage_pfn_valid(pfn));
+  EXPECT_EQ(rec.count(), 2);
+  EXPECT_NE(rec.last().find("not a page of any open pool"), std::string::npos) << rec.last();
+}
 
 }  // namespace
