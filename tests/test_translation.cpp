@@ -1,8 +1,11 @@
 // Translation: pfn_to_page, page_to_pfn, page_address, virt_to_page, pfn_valid, virt_addr_valid.
 // The contract holds for every valid pfn whatever its state (free, allocated, split or not) and
 // descriptor pointers never move while the pool is open.
+#include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <thread>
 
 #include "pmpage/pmpage.h"
 #include "registry.hpp"
@@ -320,6 +323,78 @@ TEST_F(PoolIdentity, PoolsWhoseGranulesShareATableEntryBothTranslate) {
   EXPECT_FALSE(pmpage::pfn_valid(b_pfn));
   EXPECT_EQ(pmpage::pfn_to_page(b_pfn), nullptr);
   EXPECT_EQ(rec.count(), 1) << "a pfn of a closed pool in the overflow is misuse, reported";
+}
+
+// Readers of a pool in the overflow table never see a wrong answer while other pools sharing its
+// entry register and close (which rebuilds the table under its sequence lock). TSan checks the
+// lock-free reads.
+TEST_F(PoolIdentity, OverflowLookupsStayRightWhileOtherPoolsComeAndGo) {
+  const pfn_t step = pfn_t{1} << (pmpage::detail::SECTION_SHIFT + pmpage::detail::SECTION_BITS);
+  const pfn_t a_base = pfn_t{0x2345} << 32;
+  constexpr unsigned kChurn = 40;
+  std::vector<pfn_t> bases = {a_base, a_base + step};
+  for (unsigned i = 0; i < kChurn; ++i) bases.push_back(a_base + (2 + i % 3) * step);
+  forced_bases force(bases);
+  pmpage::pool::volatile_options v;
+  v.size = 4 * MiB;
+  pmpage::pool a = pmpage::pool::create_volatile(v);
+  pmpage::pool b = pmpage::pool::create_volatile(v);  // in the overflow table
+  const pfn_t probe = b.start_pfn() + 7;
+  page* const expected = pmpage::pfn_to_page(probe);
+  ASSERT_NE(expected, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> wrong{0}, lookups{0};
+  std::thread reader([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      wrong += pmpage::pfn_to_page(probe) != expected || !pmpage::pfn_valid(probe);
+      ++lookups;
+    }
+  });
+  for (unsigned i = 0; i < kChurn; ++i) pmpage::pool::create_volatile(v).close();
+  while (lookups.load() < 1000) std::this_thread::yield();
+  stop = true;
+  reader.join();
+  EXPECT_EQ(wrong.load(), 0u);
+  expect_translates(b);
+}
+
+// A pool larger than one pfn granule (1 TiB of pages) has a table record per granule, each
+// rebased to it; pfns on both sides of the boundary translate, and closing the pool empties
+// every entry. Volatile, on a sparse file: 1 TiB + 4 MiB of address space, memory only for what
+// is touched.
+TEST_F(PoolIdentity, APoolSpanningTwoPfnGranulesTranslatesAcrossTheBoundary) {
+  const pfn_t base = pfn_t{0x31} << 36;
+  forced_bases force({base});
+  pmpage::pool::volatile_options v;
+  v.size = (std::uint64_t{1} << 40) + 4 * MiB;
+  v.backing = new_path();  // a sparse /dev/shm file: a shared mapping, no overcommit of 1 TiB
+  std::ofstream{v.backing};
+  std::string why;
+  pmpage::pool p = [&] {
+    try {
+      return pmpage::pool::create_volatile(v);
+    } catch (const pmpage::error& e) {
+      why = e.what();
+      return pmpage::pool();
+    }
+  }();
+  if (!p.is_open()) GTEST_SKIP() << "no room for a 1 TiB volatile pool here: " << why;
+  ASSERT_EQ(p.start_pfn(), base);
+  const pfn_t boundary = base + (pfn_t{1} << pmpage::detail::SECTION_SHIFT);
+  ASSERT_GT(p.end_pfn(), boundary);
+  for (const pfn_t pfn : {base, boundary - 1, boundary, boundary + 1, p.end_pfn() - 1}) {
+    page* pg = pmpage::pfn_to_page(pfn);
+    ASSERT_NE(pg, nullptr) << std::hex << pfn;
+    EXPECT_EQ(pmpage::page_to_pfn(pg), pfn);
+    EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(pg)), pg);
+    EXPECT_TRUE(pmpage::pfn_valid(pfn));
+  }
+  page* across = pmpage::pfn_to_page(boundary);
+  EXPECT_EQ(static_cast<char*>(pmpage::page_address(across)) - static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(base))),
+            std::ptrdiff_t(PAGE_SIZE) << pmpage::detail::SECTION_SHIFT);
+  p.close();
+  EXPECT_FALSE(pmpage::pfn_valid(base));
+  EXPECT_FALSE(pmpage::pfn_valid(boundary));
 }
 
 // A pfn of a pool that is not open is rejected, whichever way its identity is drawn: the inline
