@@ -271,7 +271,7 @@ extern "C" {
 // Each reports misuse and returns: the report becomes the thread's message whichever handler is installed.
 struct pmpage_page* pmpage_internal_report_bad_pfn(pmpage_pfn_t pfn) {
   // The miss path of pmpage_pfn_to_page: a pool in the overflow table is no misuse.
-  if (pmpage::page* p = pmpage::detail::overflow_pfn_to_page(pfn)) return c(p);
+  if (pmpage::page* p = pmpage::detail::pfn_to_page_slow(pfn)) return c(p);
   pmpage::detail::report_bad_pfn(pfn);
   note_misuse();
   return nullptr;

@@ -334,7 +334,11 @@ void unregister_section(pfn_t base) {
     ++g_closed_count;
 }
 
-page* overflow_pfn_to_page(pfn_t pfn) noexcept {
+page* pfn_to_page_slow(pfn_t pfn) noexcept {
+  // The primary entry first: the inline code of a program built against headers with another
+  // SECTION_SHIFT (before format 3: 32) looked in the wrong one and lands here for every pfn.
+  if (const section& s = primary_entry(pfn & ~SECTION_PAGES_MASK); pfn - s.start_pfn < s.nr_pages)
+    return s.vmemmap + (pfn - s.start_pfn);
   const unsigned h = overflow_hash(pfn >> SECTION_SHIFT);
   for (;;) {
     const std::uint64_t seq = g_overflow_seq.load(std::memory_order_acquire);

@@ -64,9 +64,10 @@ pfn_t pfn_base_from_random(std::uint64_t r);
 /// Not thread-safe: set it while no pool is being made.
 void set_pfn_base_source_for_testing(std::function<pfn_t()> draw);
 
-/// The pool's descriptor of pfn if the pfn is in the overflow table (page.hpp), else nullptr.
-/// Lock-free (a sequence lock; it retries while a pool registers or unregisters).
-page* overflow_pfn_to_page(pfn_t pfn) noexcept;
+/// The pool's descriptor of pfn if the pfn is a page of an open pool, looked up out of line: its
+/// primary entry, then the overflow table (page.hpp); else nullptr. Lock-free (the overflow has a
+/// sequence lock; it retries while a pool registers or unregisters).
+page* pfn_to_page_slow(pfn_t pfn) noexcept;
 /// How many pfn granules of open pools are in the overflow table (tests, stats).
 unsigned overflow_granules() noexcept;
 
