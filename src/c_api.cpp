@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "misuse.hpp"
+#include "registry.hpp"
 #include "pmpage/pmpage.hpp"
 
 // ---- the shared layout --------------------------------------------------------------------------
@@ -278,10 +279,13 @@ extern "C" {
 // ---- slow paths of the inline functions ---------------------------------------------------------------
 // Each reports misuse and returns: the report becomes the thread's message whichever handler is installed.
 struct pmpage_page* pmpage_internal_report_bad_pfn(pmpage_pfn_t pfn) {
+  // The miss path of pmpage_pfn_to_page: a pool in the overflow table is no misuse.
+  if (pmpage::page* p = pmpage::detail::pfn_to_page_slow(pfn)) return c(p);
   pmpage::detail::report_bad_pfn(pfn);
   note_misuse();
   return nullptr;
 }
+bool pmpage_internal_pfn_valid_slow(pmpage_pfn_t pfn) { return pmpage::detail::pfn_valid_slow(pfn); }
 pmpage_pfn_t pmpage_internal_report_bad_page(const struct pmpage_page* p) {
   pmpage::detail::report_bad_page(cpp(p));
   note_misuse();

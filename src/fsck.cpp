@@ -28,11 +28,13 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <sstream>
 
 #include "badblocks.hpp"
 #include "device.hpp"
 #include "layout.hpp"
+#include "registry.hpp"
 #include "pmpage/page.hpp"
 #include "pmpage/persistence.hpp"
 #include "pmpage/pool.hpp"
@@ -117,13 +119,17 @@ class analyzer {
   /// index and order.
   bool allocation_of(std::uint64_t index, std::uint64_t& head, unsigned& order);
   std::uint64_t effective_word(std::uint64_t r) const { return words_[r]; }
+  /// Every (page index, owner entry) of an allocated head whose owner entry is non-zero, valid
+  /// or not, collected by contents() when set: what reidentify rewrites.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>>* owned = nullptr;
+  bool valid_slot(std::uint64_t off) const { return slot_valid(off); }
   bool damaged(std::uint64_t r) const { return damaged_[r]; }
 
  private:
   std::uint64_t region_word_offset(std::uint64_t r) const { return sb_.region_table_offset + 8 * r; }
   std::uint64_t map_offset(std::uint64_t r) const { return sb_.page_map_offset + PAGE_MAP_BYTES * r; }
   std::uint64_t owner_offset(std::uint64_t index) const { return sb_.owner_table_offset + 8 * index; }
-  pfn_t pfn_of(std::uint64_t index) const { return (pfn_t{sb_.section_id} << SECTION_SHIFT) + index; }
+  pfn_t pfn_of(std::uint64_t index) const { return superblock_pfn_base(sb_) + index; }
   bool slot_valid(std::uint64_t off) const {
     if (off % 8) return false;
     const bool in_root = off >= sb_.root_offset && off - sb_.root_offset <= sb_.root_size - 8;
@@ -506,6 +512,7 @@ bool analyzer::allocation_of(std::uint64_t index, std::uint64_t& head, unsigned&
 
 void analyzer::check_owned_slot(std::uint64_t index, std::uint64_t entry, std::int64_t region, std::int64_t page, bool large,
                                 bool marked) {
+  if (owned) owned->emplace_back(index, entry);
   auto locate = [&](problem& p) {
     p.region = region;
     p.page = page;
@@ -826,6 +833,21 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
   }
   const bool torn_upgrade = img.pa.empty() && img.pb.empty() && superblocks_differ_by_upgrade(img.a, img.b);
   img.good = img.pa.empty() && !torn_upgrade ? img.a : img.b;
+  // An interrupted re-identification: its copy (written first) is the one that knows both pfn
+  // bases; the other may still hold the old superblock, which is no damage of its own.
+  const bool reid_a = img.pa.empty() && img.a.reidentify_from != 0, reid_b = img.pb.empty() && img.b.reidentify_from != 0;
+  if (reid_a || reid_b) {
+    img.good = reid_a ? img.a : img.b;
+    problem p;
+    p.rule = "SB4";
+    p.structure = reid_a ? "superblock A" : "superblock B";
+    p.offset = reid_a ? 0 : SUPERBLOCK_SIZE;
+    p.length = SUPERBLOCK_SIZE;
+    p.what = "a re-identification (pmpage reidentify) from pfn base " + hex(img.good.reidentify_from) + " to " +
+             hex(img.good.pfn_base) + " was interrupted: slots may name either; pool::open refuses the pool";
+    p.repair = "";  // `pmpage reidentify` finishes it; a repairing check does not guess
+    out.problems.push_back(std::move(p));
+  }
   const superblock& sb = img.good;
   if (!img.pa.empty()) {
     problem* p = sb_problem(0, img.pa);
@@ -844,7 +866,7 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     p->repair = "rewrite copy A from copy B (pool::open does the same)";
     p->recovery = true;
     fixes.push_back({0, 0});
-  } else if (std::memcmp(&img.a, &img.b, sizeof img.a) != 0) {
+  } else if (!reid_a && !reid_b && std::memcmp(&img.a, &img.b, sizeof img.a) != 0) {
     // Both valid, different: no crash leaves that (both are written once, identical, behind the
     // creation marker). Which one is the pool's cannot be told from the superblocks; the figures
     // below read copy A. pool::open refuses such a pool too.
@@ -852,8 +874,8 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     p->rule = "SB2";
     p->structure = "superblock B";
     p->what = std::string("copies A and B both pass every rule but differ") +
-              (img.a.section_id != img.b.section_id || std::memcmp(img.a.uuid, img.b.uuid, sizeof img.a.uuid) != 0
-                   ? " (they name different pools: uuid or section id)"
+              (superblock_pfn_base(img.a) != superblock_pfn_base(img.b) || std::memcmp(img.a.uuid, img.b.uuid, sizeof img.a.uuid) != 0
+                   ? " (they name different pools: uuid or pfn base)"
                    : " (same pool, different fields)") +
               ": a crash never leaves that, and which copy is right cannot be told";
   }
@@ -861,8 +883,8 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
   out.format_minor = sb.minor;
   out.uuid = uuid_string(sb.uuid);
   out.create_time_ns = sb.create_time_ns;
-  out.section_id = sb.section_id;
-  out.start_pfn = pfn_t{sb.section_id} << SECTION_SHIFT;
+  out.section_id = sb.major == FORMAT_MAJOR_SECTION_ID ? sb.section_id : 0;
+  out.start_pfn = superblock_pfn_base(sb);
   out.end_pfn = out.start_pfn + sb.nr_regions * HPAGE_PMD_NR;
   out.device_size = sb.device_size;
   out.nr_regions = sb.nr_regions;
@@ -1051,7 +1073,7 @@ region_dump dump_region(const std::filesystem::path& path, std::uint64_t region)
   out.page_map_offset = sb.page_map_offset + PAGE_MAP_BYTES * region;
   out.owner_table_offset = sb.owner_table_offset + OWNER_TABLE_BYTES * region;
   out.data_offset = sb.data_offset + (region << (HPAGE_PMD_ORDER + PAGE_SHIFT));
-  out.first_pfn = (pfn_t{sb.section_id} << SECTION_SHIFT) + (region << HPAGE_PMD_ORDER);
+  out.first_pfn = superblock_pfn_base(sb) + (region << HPAGE_PMD_ORDER);
   out.owned = region_word_valid(out.word) && region_word_owned(out.word);
   std::uint64_t map[PAGE_MAP_WORDS];
   std::memcpy(map, base + out.page_map_offset, PAGE_MAP_BYTES);
@@ -1074,6 +1096,136 @@ region_dump dump_region(const std::filesystem::path& path, std::uint64_t region)
   for (problem& p : rep.problems)
     if (p.region == std::int64_t(region)) out.problems.push_back(std::move(p));
   return out;
+}
+
+// ---- reidentify ----------------------------------------------------------------------------------
+// Crash order (docs/format.md, "Re-identification"): both superblock copies first name the new
+// base with reidentify_from = the old one (A, then B; open refuses such a pool), then the slots
+// are rewritten, then both copies drop reidentify_from. A crash anywhere leaves either the old
+// pool untouched (A torn: open repairs it from B) or a pool open refuses until reidentify runs
+// again; that run finds the new base in the copy that has reidentify_from and finishes: a slot
+// named by an owner entry holds the page's old pfn (rewritten) or its new one (done already).
+
+reidentify_result reidentify(const std::filesystem::path& path, const reidentify_options& opts) {
+  const std::string where = "pmpage: " + path.string() + ": ";
+  report rep;
+  std::vector<word_fix> unused;
+  image img;
+  if (!open_image(img, path, /*write=*/true, rep, unused)) {
+    std::string why;
+    for (const problem& p : rep.problems) why += (why.empty() ? "" : "; ") + p.what;
+    throw pmpage::error(EINVAL, where + "cannot re-identify: no readable pool: " + why);
+  }
+  const superblock cur = img.good;  // the in-progress copy, if a re-identification was interrupted
+  const bool resume = cur.reidentify_from != 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> owned;
+  analyzer a(img.dev.base(), cur, rep, unused, [&](std::uint64_t b, std::uint64_t e) { return img.dev.data_extents(b, e); });
+  a.owned = &owned;
+  a.lanes();
+  a.region_table({});
+  a.contents(false, {});
+  if (!resume) {
+    // Damage or a crash's leftovers: recovery (check --repair) first, so the owner tables name
+    // exactly the slots that hold the pool's pfns and no intent holds an old pfn.
+    std::string why;
+    for (const problem& p : rep.problems) why += (why.empty() ? "" : "; ") + p.rule + ": " + p.what;
+    if (!why.empty())
+      throw pmpage::error(EINVAL, where + "cannot re-identify a pool that is not clean (" + why +
+                                      "); run `pmpage check --repair` on it first; nothing was changed");
+  }
+  const std::uint64_t nr_pages = cur.nr_regions * HPAGE_PMD_NR;
+  reidentify_result res;
+  res.resumed = resume;
+  res.old_format_major = cur.major;
+  superblock next = cur;
+  if (resume) {
+    res.old_start_pfn = cur.reidentify_from;
+    res.new_start_pfn = cur.pfn_base;
+  } else {
+    res.old_start_pfn = superblock_pfn_base(cur);
+    pfn_t nb = opts.new_start_pfn;
+    const auto overlaps_old = [&](pfn_t b) { return b < res.old_start_pfn + nr_pages && res.old_start_pfn < b + nr_pages; };
+    if (nb != 0) {
+      if (!pfn_base_valid(nb) || overlaps_old(nb))
+        throw pmpage::error(EINVAL, where + "cannot re-identify: new pfn base " + hex(nb) +
+                                        " is not a multiple of 2^28 in [2^32, 2^64 - 2^33] apart from the old pfns");
+      if (std::string why = detail::pfn_range_conflict(nb, nr_pages); !why.empty())
+        throw pmpage::error(EBUSY, where + "cannot re-identify to pfn base " + hex(nb) + ": in this process " + why);
+    } else {
+      // A fresh random base that no pool open in this process has (its original, for a copy).
+      for (int i = 0; i < 16 && nb == 0; ++i) {
+        nb = detail::pick_pfn_base(nr_pages);
+        if (nb != 0) detail::release_picked_pfn_base(nb);
+        if (nb != 0 && overlaps_old(nb)) nb = 0;
+      }
+      if (nb == 0) throw pmpage::error(EBUSY, where + "cannot re-identify: no free pfn range found");
+    }
+    res.new_start_pfn = nb;
+    next.major = FORMAT_MAJOR;
+    next.minor = FORMAT_MINOR;
+    next.section_id = 0;
+    next.pfn_base = nb;
+    next.reidentify_from = res.old_start_pfn;
+    // The copy is a pool of its own now: a new uuid too (the uuid is informational).
+    std::random_device rd;
+    next.uuid[0] = (std::uint64_t(rd()) << 32) | rd();
+    next.uuid[1] = (std::uint64_t(rd()) << 32) | rd();
+    seal_superblock(next);
+  }
+  res.uuid = uuid_string(next.uuid);
+
+  char* base = img.dev.base();
+  // Every store below lands in blocks that exist (a copied file may have holes: a store there
+  // on a full file system would be a SIGBUS, not an error).
+  if (img.dev.type() == device::kind::regular_file) {
+    auto reserve = [&](std::uint64_t off, std::uint64_t len) {
+      if (const int e = reserve_file_holes(img.dev.fd(), off, len); e != 0 && !cannot_reserve(e))
+        throw pmpage::error(e, where + "cannot reserve the blocks the re-identification writes (fallocate: " +
+                                   std::strerror(e) + "); nothing was changed");
+    };
+    reserve(0, 2 * SUPERBLOCK_SIZE);
+    for (const auto& [index, slot] : owned)
+      if (a.valid_slot(slot)) reserve(slot & ~std::uint64_t{PAGE_SIZE - 1}, PAGE_SIZE);
+  }
+  auto pers = make_libpmem_persistence();
+  pers->attach(base, img.dev.mapped_length(), img.dev.store_granularity());
+  auto write_copies = [&](const superblock& sb) {
+    for (const std::uint64_t off : {std::uint64_t{0}, std::uint64_t{SUPERBLOCK_SIZE}}) {
+      std::memcpy(base + off, &sb, sizeof sb);
+      pers->persist(base + off, sizeof sb);
+    }
+  };
+  write_copies(next);
+  for (const auto& [index, slot] : owned) {
+    if (!a.valid_slot(slot)) continue;
+    std::uint64_t v;
+    std::memcpy(&v, base + slot, 8);
+    if (v == res.old_start_pfn + index) {
+      const std::uint64_t nv = res.new_start_pfn + index;
+      std::memcpy(base + slot, &nv, 8);
+      pers->flush(base + slot, 8);
+      ++res.slots_rewritten;
+    } else if (v == res.new_start_pfn + index) {
+      ++res.slots_rewritten;  // an interrupted run did it
+    }
+  }
+  pers->drain();
+  // A write-back failure (an msync that failed, on a pool that is not DAX): the slots may not be
+  // durable, so the old base stays recorded (the pool stays refused until a run completes).
+  auto refuse_if_failed = [&] {
+    if (pers->writeback_errors() != 0)
+      throw pmpage::error(pers->last_writeback_error(),
+                          where + "the re-identification could not be written back to the media (" +
+                              std::strerror(pers->last_writeback_error()) + "); run it again");
+  };
+  refuse_if_failed();
+  next.reidentify_from = 0;
+  seal_superblock(next);
+  write_copies(next);
+  pers->detach();
+  refuse_if_failed();
+  if (img.dev.type() == device::kind::regular_file) img.dev.sync();
+  return res;
 }
 
 }  // namespace pmpage::fsck

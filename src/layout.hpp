@@ -27,8 +27,14 @@ inline constexpr char POOL_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', '\1'}
 /// both superblock copies; the valid superblocks replace it last. Differs from POOL_MAGIC only in
 /// its last byte. A device whose copies hold it (and neither is valid) is an interrupted create.
 inline constexpr char CREATING_MAGIC[8] = {'P', 'M', 'P', 'A', 'G', 'E', '\0', 'C'};
-inline constexpr std::uint32_t FORMAT_MAJOR = 2;  // incompatible changes (2: owner tables)
-inline constexpr std::uint32_t FORMAT_MINOR = 0;  // compatible additions
+// Incompatible changes: 2 owner tables; 3 the 64-bit pfn base (pfn_base) in place of the 16-bit
+// section id. This library creates 3.0 pools and opens 2.x ones as well, with their pfns
+// unchanged (pfn base = section_id << 32); a 2.x pool stays 2.x (libraries before 3 open it)
+// until `pmpage reidentify` gives it a new identity, which makes it 3.0. A library that reads
+// only 2.x refuses a 3.x pool by its major ("format version 3.0 is not supported").
+inline constexpr std::uint32_t FORMAT_MAJOR = 3;
+inline constexpr std::uint32_t FORMAT_MAJOR_SECTION_ID = 2;  // the oldest major still opened
+inline constexpr std::uint32_t FORMAT_MINOR = 0;             // compatible additions
 
 /// Feature flags (superblock::flags). A library refuses a pool with a flag it does not know, so a
 /// flag marks an incompatible change that needs no new major version for older pools to open.
@@ -51,7 +57,7 @@ struct superblock {
   std::uint32_t major;              // FORMAT_MAJOR
   std::uint32_t minor;              // FORMAT_MINOR
   std::uint64_t uuid[2];            // random at create; identifies the pool
-  std::uint32_t section_id;         // pfn bits 32..47: pfns = section_id << 32 | page index
+  std::uint32_t section_id;         // 2.x: 1..65535, pfns = section_id << 32 | page index; 3.x: 0
   std::uint32_t flags;              // feature flags (SB_*); a reader refuses any it does not know
   std::uint64_t device_size;        // bytes of the device the pool was created on
   std::uint64_t nr_regions;         // 2 MiB regions in the data area
@@ -64,12 +70,15 @@ struct superblock {
   std::uint64_t data_offset;
   std::uint64_t create_time_ns;     // CLOCK_REALTIME at create, informational
   std::uint64_t owner_table_offset;
-  std::uint8_t reserved[SUPERBLOCK_SIZE - 136];
+  std::uint64_t pfn_base;           // 3.x: the pool's pfns are pfn_base + page index; 2.x: 0
+  std::uint64_t reidentify_from;    // 3.x: 0, or the old pfn base while a reidentify runs; 2.x: 0
+  std::uint8_t reserved[SUPERBLOCK_SIZE - 152];
   std::uint64_t checksum;           // fletcher64 of the bytes before it
 };
 static_assert(sizeof(superblock) == SUPERBLOCK_SIZE);
 static_assert(offsetof(superblock, owner_table_offset) == 120);
-static_assert(offsetof(superblock, reserved) == 128);
+static_assert(offsetof(superblock, pfn_base) == 128);
+static_assert(offsetof(superblock, reidentify_from) == 136);
 
 // ---- region state word ------------------------------------------------------------------------
 // bits 0..7 kind, bits 8..15 order (heads only), bit 16 owned (heads only: the allocation is
@@ -210,12 +219,18 @@ std::uint64_t fletcher64(const void* data, std::size_t len);
 bool is_creating_marker(const superblock& sb);
 /// The superblock of a pool laid out as `lay` (checksummed): what create writes into both copies
 /// (and what tests use to craft images).
-superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uint64_t uuid0, std::uint64_t uuid1,
+superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint64_t uuid0, std::uint64_t uuid1,
                            std::uint64_t create_time_ns);
 /// Why a superblock copy cannot be used (one phrase), or "" if it passes every rule.
 std::string superblock_problem(const superblock& sb);
 /// True if valid copies a and b differ only in that b has SB_TAGGED_OWNERS and a not: an upgrade
 /// that wrote B and not A yet (recovery.cpp, open).
 bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b);
+/// The pfn of data page 0 of a pool whose superblock passes superblock_problem (2.x or 3.x).
+std::uint64_t superblock_pfn_base(const superblock& sb);
+/// A valid pfn base of a 3.x pool: a multiple of 2^28 in [2^32, 2^64 - 2^33] (page.hpp).
+bool pfn_base_valid(std::uint64_t base);
+/// Recomputes sb.checksum after a field changed.
+void seal_superblock(superblock& sb);
 
 }  // namespace pmpage::detail

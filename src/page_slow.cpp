@@ -4,16 +4,21 @@
 
 #include "misuse.hpp"
 #include "pool_impl.hpp"
+#include "registry.hpp"
 #include "pmpage/mm.hpp"
 
 namespace pmpage {
 namespace detail {
 
 page* report_bad_pfn(pfn_t pfn) noexcept {
+  // The primary entry missed: the pfn may be a pool's whose granule shares it (registry.hpp).
+  if (page* p = pfn_to_page_slow(pfn)) return p;
   report_misuse("pfn %#llx is not a page of any open pool (closed pool, or outside its data area)",
                 static_cast<unsigned long long>(pfn));
   return nullptr;
 }
+
+bool pfn_valid_slow(pfn_t pfn) noexcept { return pfn_to_page_slow(pfn) != nullptr; }
 
 pfn_t report_bad_page(const page* p) noexcept {
   if (quarantined(p))  // registry.hpp: no later pool has its descriptors there

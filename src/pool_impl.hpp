@@ -196,7 +196,7 @@ class pool_impl {
 
   // ---- accessors ---------------------------------------------------------------------------------
   const std::string& path() const { return dev_.path(); }
-  pfn_t start_pfn() const { return pfn_t{section_id_} << SECTION_SHIFT; }
+  pfn_t start_pfn() const { return pfn_base_; }
   pfn_t end_pfn() const { return start_pfn() + nr_pages_; }
   char* base() const { return dev_.base(); }
   std::uint64_t mapped_length() const { return dev_.mapped_length(); }
@@ -542,8 +542,8 @@ class pool_impl {
   mutable std::atomic<int> wb_error_{0};  // the latched write-back error (durability_failed)
   bool closed_flush_ = false;             // close_flush ran
   layout lay_{};
-  std::uint16_t section_id_ = 0;
-  std::uint16_t picked_id_ = 0;  // the id pick_section_id reserved for this new pool (create paths)
+  pfn_t pfn_base_ = 0;     // the pool's identity: its pfns are pfn_base_ + page index
+  pfn_t picked_base_ = 0;  // the base pick_pfn_base reserved for this new pool (create paths)
   bool registered_ = false;
   std::uint64_t nr_regions_ = 0;
   std::uint64_t nr_pages_ = 0;
@@ -612,8 +612,6 @@ void add_open_pool(pool_impl* p);
 void remove_open_pool(pool_impl* p);
 /// The EMFILE reason when MAX_OPEN_POOLS pools are open.
 std::string too_many_pools();
-/// A random pfn section no open pool uses; 0 if none was found.
-std::uint16_t pick_section_id();
 
 /// A backend whose flush and drain do nothing: the intent log's at byte granularity (media.cpp).
 persistence& no_flush_sink() noexcept;

@@ -51,17 +51,6 @@ std::string too_many_pools() {
   return std::to_string(MAX_OPEN_POOLS) + " pools are already open in this process (MAX_OPEN_POOLS)";
 }
 
-std::uint16_t pick_section_id() {
-  std::random_device rd;
-  for (int round = 0; round < 16; ++round) {
-    // Drawn outside the registry lock: random_device may read a file.
-    std::uint16_t ids[64];
-    for (auto& id : ids) id = std::uint16_t(1 + rd() % ((1u << SECTION_BITS) - 1));
-    if (const std::uint16_t id = first_pickable_section_id(ids)) return id;
-  }
-  return 0;
-}
-
 int pool_impl::close_flush() noexcept {
   if (closed_flush_) return durability_failed();
   closed_flush_ = true;
@@ -78,8 +67,8 @@ int pool_impl::close_flush() noexcept {
 pool_impl::~pool_impl() {
   close_flush();
   if (pers_) forget_deferred_flushes();
-  if (registered_) unregister_section(section_id_);
-  else if (picked_id_) release_picked_section_id(picked_id_);  // a create that failed before registering
+  if (registered_) unregister_section(pfn_base_);
+  else if (picked_base_) release_picked_pfn_base(picked_base_);  // a create that failed before registering
   if (regions_) {
     for (std::uint64_t r = 0; r < nr_regions_; ++r) delete static_cast<split_state*>(regions_[r].alloc_state_);
     ::munmap(regions_, regions_bytes_);
@@ -101,7 +90,7 @@ void pool_impl::refuse_if_not_durable(const char* what) const {
 }
 
 void pool_impl::adopt_superblock(const superblock& sb) {
-  section_id_ = std::uint16_t(sb.section_id);
+  pfn_base_ = superblock_pfn_base(sb);
   lay_.device_size = sb.device_size;
   lay_.nr_regions = sb.nr_regions;
   lay_.lanes_offset = sb.lanes_offset;
@@ -537,7 +526,7 @@ void pool_impl::register_pool() {
   s.nr_pages = nr_pages_;
   s.start_pfn = start_pfn();
   s.owner = this;
-  const std::string why = register_section(section_id_, s);
+  const std::string why = register_section(s, path());
   if (!why.empty()) fail(EBUSY, path(), "cannot open: " + why);
   registered_ = true;
   add_open_pool(this);
@@ -576,7 +565,12 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
       fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
     fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
   }
+  // Two valid copies that differ only by SB_TAGGED_OWNERS: an upgrade (below) that wrote B, not A.
   const superblock& good = pa.empty() && !(pb.empty() && superblocks_differ_by_upgrade(a, b)) ? a : b;
+  if ((pa.empty() && a.reidentify_from != 0) || (pb.empty() && b.reidentify_from != 0))
+    fail(EINVAL, path,
+         "a re-identification of this pool (pmpage reidentify) was interrupted: some of its slots may name its "
+         "new pfns, others its old ones; run `pmpage reidentify " + path + "` again to finish it (not opened)");
   if (d.size() < good.device_size)
     fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
                            std::to_string(d.size()));
@@ -598,9 +592,8 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
                          shared_read ? device::map_mode::shared_read : device::map_mode::private_copy);
   impl->media_writable_ = !shared_read;
   if (std::string why = impl->validate_region_table(); !why.empty()) fail(EINVAL, path, why);
-  if (!section_id_free(impl->section_id_))
-    fail(EBUSY, path, "cannot open: its pfn range (section " + std::to_string(impl->section_id_) +
-                          ") is used by another open pool (is one a copy of the other?)");
+  if (std::string why = pfn_range_conflict(impl->pfn_base_, impl->nr_pages_, path); !why.empty())
+    fail(EBUSY, path, "cannot open: " + why);
   // Both copies are written once at create, identical, and never change: repair a damaged one.
   // Two valid copies that differ are no crash's doing (create writes the marker into both
   // first): which one is the pool's cannot be told, so nothing is guessed or overwritten.
@@ -751,13 +744,13 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
-    const std::uint16_t section_id = impl->picked_id_ = pick_section_id();
-    if (section_id == 0) fail(EBUSY, path, "no free pfn section: too many pools open");
+    const pfn_t pfn_base = impl->picked_base_ = pick_pfn_base(lay.nr_regions * HPAGE_PMD_NR);
+    if (pfn_base == 0) fail(EBUSY, path, "cannot create: no free pfn range found (random source broken?)");
     std::random_device rd;
     const std::uint64_t uuid0 = (std::uint64_t(rd()) << 32) | rd(), uuid1 = (std::uint64_t(rd()) << 32) | rd();
     timespec ts;
     ::clock_gettime(CLOCK_REALTIME, &ts);
-    const superblock sb = make_superblock(lay, section_id, uuid0, uuid1,
+    const superblock sb = make_superblock(lay, pfn_base, uuid0, uuid1,
                                           std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec));
 
     // Everything that can fail for want of space happens before the first write to the device.

@@ -13,7 +13,17 @@ namespace {
 std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 }  // namespace
 
-superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uint64_t uuid0, std::uint64_t uuid1,
+bool pfn_base_valid(std::uint64_t base) {
+  return base >= MIN_PFN_BASE && base <= MAX_PFN_BASE && (base & SECTION_PAGES_MASK) == 0;
+}
+
+std::uint64_t superblock_pfn_base(const superblock& sb) {
+  return sb.major == FORMAT_MAJOR_SECTION_ID ? std::uint64_t{sb.section_id} << 32 : sb.pfn_base;
+}
+
+void seal_superblock(superblock& sb) { sb.checksum = fletcher64(&sb, offsetof(superblock, checksum)); }
+
+superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint64_t uuid0, std::uint64_t uuid1,
                            std::uint64_t create_time_ns) {
   superblock sb{};
   std::memcpy(sb.magic, POOL_MAGIC, sizeof sb.magic);
@@ -21,7 +31,7 @@ superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uin
   sb.minor = FORMAT_MINOR;
   sb.uuid[0] = uuid0;
   sb.uuid[1] = uuid1;
-  sb.section_id = section_id;
+  sb.pfn_base = pfn_base;
   sb.flags = SB_TAGGED_OWNERS;
   sb.device_size = lay.device_size;
   sb.nr_regions = lay.nr_regions;
@@ -34,7 +44,7 @@ superblock make_superblock(const layout& lay, std::uint32_t section_id, std::uin
   sb.owner_table_offset = lay.owner_table_offset;
   sb.data_offset = lay.data_offset;
   sb.create_time_ns = create_time_ns;
-  sb.checksum = fletcher64(&sb, offsetof(superblock, checksum));
+  seal_superblock(sb);
   return sb;
 }
 
@@ -54,11 +64,20 @@ std::string superblock_problem(const superblock& sb) {
   if (is_creating_marker(sb)) return "creation in progress (create was interrupted)";
   if (std::memcmp(sb.magic, POOL_MAGIC, sizeof sb.magic) != 0) return "bad magic (not a pmpage pool)";
   if (sb.checksum != fletcher64(&sb, offsetof(superblock, checksum))) return "bad checksum";
-  if (sb.major != FORMAT_MAJOR)
+  if (sb.major != FORMAT_MAJOR && sb.major != FORMAT_MAJOR_SECTION_ID)
     return "format version " + std::to_string(sb.major) + "." + std::to_string(sb.minor) +
-           " is not supported (this library reads " + std::to_string(FORMAT_MAJOR) + ".x)";
+           " is not supported (this library reads " + std::to_string(FORMAT_MAJOR_SECTION_ID) + ".x and " +
+           std::to_string(FORMAT_MAJOR) + ".x)";
   if (sb.flags & ~SB_KNOWN_FLAGS) return "unknown feature flags (written by a newer pmpage)";
-  if (sb.section_id == 0 || sb.section_id >= (1u << SECTION_BITS)) return "section id out of range";
+  if (sb.major == FORMAT_MAJOR_SECTION_ID) {
+    // 2.x: the 16-bit section id; the fields 3.x added were reserved (zero) then.
+    if (sb.section_id == 0 || sb.section_id > 0xffff) return "section id out of range";
+  } else {
+    if (sb.section_id != 0) return "section id set in a 3.x superblock (must be 0)";
+    if (!pfn_base_valid(sb.pfn_base)) return "pfn base out of range";
+    if (sb.reidentify_from != 0 && (!pfn_base_valid(sb.reidentify_from) || sb.reidentify_from == sb.pfn_base))
+      return "reidentify_from out of range";
+  }
   if (sb.nr_lanes != NR_LANES) return "unexpected lane count";
   if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";
   if (sb.lanes_offset != 2 * SUPERBLOCK_SIZE || sb.root_offset != sb.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096))

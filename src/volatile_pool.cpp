@@ -280,8 +280,8 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->lay_ = lay;
   impl->nr_regions_ = lay.nr_regions;
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
-  impl->section_id_ = impl->picked_id_ = pick_section_id();
-  if (impl->section_id_ == 0) fail(EBUSY, name, "no free pfn section: too many pools open");
+  impl->pfn_base_ = impl->picked_base_ = pick_pfn_base(impl->nr_pages_);
+  if (impl->pfn_base_ == 0) fail(EBUSY, name, "cannot create: no free pfn range found (random source broken?)");
   if (restore.armed) d.ensure_size(data_len, false);  // grows a short file, never shrinks one
   // A tmpfs or disk file may be sparse: its blocks are reserved region by region as the allocator
   // takes them (region_backing.hpp). A hugetlbfs file's huge pages were reserved by the mapping.

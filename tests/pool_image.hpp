@@ -55,7 +55,7 @@ inline void flip_bit(const fs::path& p, std::uint64_t off, unsigned bit) {
 inline superblock craft_image(const fs::path& path, std::uint64_t bytes) {
   detail::layout lay;
   if (!detail::compute_layout(bytes, 4096, std::uint64_t{2} << 20, lay)) throw std::runtime_error("layout");
-  const superblock sb = detail::make_superblock(lay, 4321, 0x1234, 0, 0);
+  const superblock sb = detail::make_superblock(lay, std::uint64_t{4321} << 32, 0x1234, 0, 0);
   {
     std::ofstream o(path, std::ios::binary);
     o.write(reinterpret_cast<const char*>(&sb), sizeof sb);

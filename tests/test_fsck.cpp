@@ -17,6 +17,7 @@
 #include "pmpage/fsck.hpp"
 #include "pmpage/pmpage.hpp"
 #include "pool_image.hpp"
+#include "registry.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -36,6 +37,12 @@ fsck::options repairing() {
 /// The allocations of the pool at p: head pfn -> order.
 std::map<pfn_t, unsigned> allocations_of(const fs::path& p) {
   pool pl = pool::open(p);
+  std::map<pfn_t, unsigned> out;
+  pl.for_each_allocated([&](page* h, unsigned order) { out[page_to_pfn(h)] = order; });
+  return out;
+}
+
+std::map<pfn_t, unsigned> allocations_of_open(const pool& pl) {
   std::map<pfn_t, unsigned> out;
   pl.for_each_allocated([&](page* h, unsigned order) { out[page_to_pfn(h)] = order; });
   return out;
@@ -614,5 +621,171 @@ TEST_F(FsckTest, TwoValidButDifferentSuperblocksAreNotGuessed) {
   EXPECT_FALSE(p->repairable());
   const std::string before = file_bytes(path_);
   EXPECT_EQ(fsck::check(path_, repairing()).exit_code(), 4);
+  EXPECT_EQ(file_bytes(path_), before);
+}
+
+// ---- reidentify ----------------------------------------------------------------------------------
+
+void write_copy(const fs::path& p, unsigned copy, const superblock& sb) {
+  std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
+  f.seekp(std::streamoff(copy * detail::SUPERBLOCK_SIZE));
+  f.write(reinterpret_cast<const char*>(&sb), sizeof sb);
+}
+
+// A copied pool file has its original's pfns, so the two cannot be open together; reidentify
+// gives the copy a new pfn base and rewrites every slot the owner tables name (root slots and a
+// slot inside an allocated page), after which the copy is clean, opens beside the original and
+// frees through its slots. A pfn the engine stored itself (not a slot) keeps its old value: the
+// documented limit.
+TEST_F(FsckTest, ReidentifyLetsACopiedPoolFileOpenBesideItsOriginal) {
+  pfn_t data_slot_holder, in_page_owned;
+  {
+    pool p = pool::open(path_);
+    page* holder = p.alloc_pages(0);
+    ASSERT_NE(holder, nullptr);
+    auto* in_page = static_cast<pfn_t*>(page_address(holder));
+    ASSERT_NE(p.alloc_pages_to(1, &in_page[3]), nullptr);
+    data_slot_holder = page_to_pfn(holder);
+    in_page_owned = in_page[3];
+    static_cast<pfn_t*>(p.root())[5] = data_slot_holder;  // the engine's own reference: no slot
+  }
+  const fs::path copy = new_path("copy");
+  fs::copy_file(path_, copy);
+  const std::string original_bytes = file_bytes(path_);
+  {
+    pool a = pool::open(path_);
+    const std::string what = expect_error(EBUSY, [&] { pool::open(copy); });
+    EXPECT_NE(what.find("one is a copy of the other"), std::string::npos) << what;
+    expect_error(EBUSY, [&] { fsck::reidentify(path_); });  // an open pool is locked: refused
+  }
+
+  const fsck::reidentify_result r = fsck::reidentify(copy);
+  EXPECT_EQ(file_bytes(path_), original_bytes) << "the original is not touched";
+  EXPECT_EQ(r.old_start_pfn, start_);
+  EXPECT_NE(r.new_start_pfn, start_);
+  EXPECT_EQ(r.slots_rewritten, 3u);
+  EXPECT_EQ(r.old_format_major, 3u);
+  EXPECT_FALSE(r.resumed);
+  EXPECT_NE(r.uuid, fsck::check(path_).uuid) << "the copy is a pool of its own";
+  const fsck::report checked = fsck::check(copy);
+  EXPECT_EQ(checked.exit_code(), 0) << list(checked);
+  EXPECT_TRUE(checked.problems.empty()) << list(checked);
+  EXPECT_EQ(checked.start_pfn, r.new_start_pfn);
+
+  pool a = pool::open(path_);
+  pool b = pool::open(copy);  // together, at last
+  const pfn_t delta = r.new_start_pfn - r.old_start_pfn;
+  EXPECT_EQ(b.start_pfn(), r.new_start_pfn);
+  auto* as = static_cast<pfn_t*>(a.root());
+  auto* bs = static_cast<pfn_t*>(b.root());
+  EXPECT_EQ(as[0], owned_small_);
+  EXPECT_EQ(bs[0], owned_small_ + delta);
+  EXPECT_EQ(bs[1], owned_large_ + delta);
+  EXPECT_EQ(static_cast<pfn_t*>(page_address(pfn_to_page(data_slot_holder + delta)))[3], in_page_owned + delta);
+  EXPECT_EQ(bs[5], data_slot_holder) << "a pfn stored outside a slot is the engine's to translate";
+  EXPECT_EQ(compound_order(pfn_to_page(bs[1])), 9u);
+  EXPECT_EQ(a.check(), "");
+  EXPECT_EQ(b.check(), "");
+  std::map<pfn_t, unsigned> shifted;
+  for (const auto& [pfn, order] : allocations_of_open(a)) shifted[pfn + delta] = order;
+  EXPECT_EQ(allocations_of_open(b), shifted);
+  EXPECT_EQ(b.free_pages_from(&bs[0]), 0) << "the copy's slots own its pages";
+  EXPECT_EQ(bs[0], 0u);
+  EXPECT_EQ(b.check(), "");
+}
+
+// A pool of format 2 (16-bit section id) opens with its pfns unchanged; reidentify makes it 3.0.
+TEST_F(FsckTest, AFormat2PoolKeepsItsPfnsAndReidentifyMakesIt3) {
+  // The same pool, as a format-2 library would have written it: section id 0x4242, base 0x4242 << 32.
+  const pfn_t v2_base = pfn_t{0x4242} << 32;
+  const fs::path old = new_path("v2");
+  pfn_t owned;
+  {
+    pmpage::detail::set_pfn_base_source_for_testing([&] { return v2_base; });
+    pool p = create_pool(old, 16 * MiB);
+    pmpage::detail::set_pfn_base_source_for_testing({});
+    ASSERT_NE(p.alloc_pages_to(0, static_cast<pfn_t*>(p.root())), nullptr);
+    owned = static_cast<pfn_t*>(p.root())[0];
+  }
+  superblock sb = read_sb(old);
+  sb.major = 2;
+  sb.section_id = 0x4242;
+  sb.pfn_base = 0;
+  detail::seal_superblock(sb);
+  write_copy(old, 0, sb);
+  write_copy(old, 1, sb);
+  const fsck::report r2 = fsck::check(old);
+  EXPECT_EQ(r2.exit_code(), 0) << list(r2);
+  EXPECT_EQ(r2.format_major, 2u);
+  EXPECT_EQ(r2.section_id, 0x4242u);
+  EXPECT_EQ(r2.start_pfn, v2_base);
+  {
+    pool p = pool::open(old);
+    EXPECT_EQ(p.start_pfn(), v2_base);
+    EXPECT_EQ(page_to_pfn(pfn_to_page(owned)), owned);
+    EXPECT_EQ(p.check(), "");
+  }
+  EXPECT_EQ(read_sb(old).major, 2u) << "opening a 2.x pool leaves it 2.x";
+
+  const fsck::reidentify_result r = fsck::reidentify(old);
+  EXPECT_EQ(r.old_format_major, 2u);
+  EXPECT_EQ(r.old_start_pfn, v2_base);
+  EXPECT_EQ(r.slots_rewritten, 1u);
+  const superblock now = read_sb(old);
+  EXPECT_EQ(now.major, detail::FORMAT_MAJOR);
+  EXPECT_EQ(now.section_id, 0u);
+  EXPECT_EQ(now.pfn_base, r.new_start_pfn);
+  pool p = pool::open(old);
+  EXPECT_EQ(static_cast<pfn_t*>(p.root())[0], owned - v2_base + r.new_start_pfn);
+  EXPECT_EQ(p.check(), "");
+}
+
+// A re-identification cut short (a crash after the first superblock copy, or among the slots)
+// leaves a pool open refuses with a message saying what to run, check reports it (SB4, not
+// repaired by guessing), and running reidentify again finishes it with the base it had chosen.
+TEST_F(FsckTest, AnInterruptedReidentifyIsRefusedByOpenAndFinishedByRunningItAgain) {
+  const pfn_t new_base = pfn_t{0xabcde} << 28;
+  superblock next = read_sb(path_);
+  next.pfn_base = new_base;
+  next.reidentify_from = start_;
+  detail::seal_superblock(next);
+  write_copy(path_, 0, next);  // copy A written, B still the old superblock
+  std::string what = expect_error(EINVAL, [&] { pool::open(path_); });
+  EXPECT_NE(what.find("re-identification"), std::string::npos) << what;
+  EXPECT_NE(what.find("pmpage reidentify"), std::string::npos) << what;
+  fsck::report found = check_ro();
+  const fsck::problem* p = find_rule(found, "SB4");
+  ASSERT_NE(p, nullptr) << list(found);
+  EXPECT_FALSE(p->repairable());
+  EXPECT_EQ(found.exit_code(), 4);
+  EXPECT_EQ(find_rule(found, "SB2"), nullptr) << "the differing copies are the re-identification's: " << list(found);
+
+  // Further on: both copies written and one of the two slots rewritten.
+  write_copy(path_, 1, next);
+  write_word(path_, sb_.root_offset, owned_small_ - start_ + new_base);
+  EXPECT_EQ(expect_error(EINVAL, [&] { pool::open(path_); }).find("interrupted") != std::string::npos, true);
+
+  const fsck::reidentify_result r = fsck::reidentify(path_);
+  EXPECT_TRUE(r.resumed);
+  EXPECT_EQ(r.old_start_pfn, start_);
+  EXPECT_EQ(r.new_start_pfn, new_base);
+  EXPECT_EQ(r.slots_rewritten, 2u);
+  const fsck::report after = check_ro();
+  EXPECT_EQ(after.exit_code(), 0) << list(after);
+  pool pl = pool::open(path_);
+  auto* slots = static_cast<pfn_t*>(pl.root());
+  EXPECT_EQ(slots[0], owned_small_ - start_ + new_base);
+  EXPECT_EQ(slots[1], owned_large_ - start_ + new_base);
+  EXPECT_EQ(pl.check(), "");
+}
+
+// reidentify works only from a clean pool: damage (or a crash's leftovers) is check --repair's to
+// deal with first, and it says so without writing a byte.
+TEST_F(FsckTest, ReidentifyRefusesAPoolThatNeedsRecoveryAndChangesNothing) {
+  // A region word one bit away from valid: damage, found by check.
+  flip_bit(path_, region_word_off(0), 40);
+  const std::string before = file_bytes(path_);
+  const std::string what = expect_error(EINVAL, [&] { fsck::reidentify(path_); });
+  EXPECT_NE(what.find("pmpage check --repair"), std::string::npos) << what;
   EXPECT_EQ(file_bytes(path_), before);
 }

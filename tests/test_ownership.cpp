@@ -239,7 +239,7 @@ constexpr pfn_t kForeignValue = 0x5eed0000beefull;  // no pfn of any pool
 // Flips one bit of page `pfn`'s owner entry in the closed pool file at `path` (damage).
 void damage_owner_entry(const std::filesystem::path& path, pfn_t pfn) {
   const auto sb = pmtest::image::read_sb(path);
-  const std::uint64_t index = pfn - (pfn_t{sb.section_id} << pmpage::detail::SECTION_SHIFT);
+  const std::uint64_t index = pfn - pmpage::detail::superblock_pfn_base(sb);
   pmtest::image::flip_bit(path, sb.owner_table_offset + 8 * index, 3);
 }
 

@@ -725,16 +725,16 @@ TEST_F(PoolLifecycle, StalePageStaysMisuseWhileOtherPoolsComeAndGo) {
   for (const pool& p : open) EXPECT_EQ(p.check(), "");
 }
 
-// A new pool takes no section id a recently closed pool had, so a stale pfn finds no pool (not a
-// new pool's page); reopening a persistent pool takes its own id regardless.
-TEST_F(PoolLifecycle, NewPoolsDoNotTakeTheSectionIdOfARecentlyClosedPool) {
+// A new pool takes no pfn range a recently closed pool had, so a stale pfn finds no pool (not a
+// new pool's page); reopening a persistent pool takes its own pfn base regardless.
+TEST_F(PoolLifecycle, NewPoolsDoNotTakeThePfnRangeOfARecentlyClosedPool) {
   pool v = make_volatile(2 * MiB);
   const pfn_t stale = v.start_pfn();
-  const auto id = std::uint16_t(stale >> pmpage::detail::SECTION_SHIFT);
-  const std::uint16_t ids[] = {id};
-  EXPECT_EQ(pmpage::detail::first_pickable_section_id(ids), 0) << "in use";
+  const std::uint64_t n = v.end_pfn() - v.start_pfn();
+  const pfn_t ids[] = {stale};
+  EXPECT_EQ(pmpage::detail::first_pickable_pfn_base(ids, n), 0u) << "in use";
   v.close();
-  EXPECT_EQ(pmpage::detail::first_pickable_section_id(ids), 0) << "closed just now: quarantined";
+  EXPECT_EQ(pmpage::detail::first_pickable_pfn_base(ids, n), 0u) << "closed just now: quarantined";
   EXPECT_FALSE(pmpage::pfn_valid(stale));
 
   const auto path = new_path();
@@ -743,24 +743,25 @@ TEST_F(PoolLifecycle, NewPoolsDoNotTakeTheSectionIdOfARecentlyClosedPool) {
     pool p = create_pool(path, 8 * MiB);
     start = p.start_pfn();
   }
-  const std::uint16_t pid[] = {std::uint16_t(start >> pmpage::detail::SECTION_SHIFT)};
-  EXPECT_EQ(pmpage::detail::first_pickable_section_id(pid), 0);
-  pool p = pool::open(path);  // its own id, quarantined or not
+  const pfn_t pid[] = {start};
+  EXPECT_EQ(pmpage::detail::first_pickable_pfn_base(pid, 1), 0u);
+  pool p = pool::open(path);  // its own pfn base, quarantined or not
   EXPECT_EQ(p.start_pfn(), start);
 }
 
-// Two pools made at once never pick the same section id (the second used to fail EBUSY, "already
-// used by another open pool"): a picked id stays taken until its pool registers or gives it back.
-TEST_F(PoolLifecycle, APickedSectionIdIsNotPickedAgainBeforeItsPoolRegisters) {
-  std::uint16_t candidates[256];
-  for (unsigned i = 0; i < 256; ++i) candidates[i] = std::uint16_t(0xff00u + i);
-  const std::uint16_t id = pmpage::detail::first_pickable_section_id(candidates);
-  ASSERT_NE(id, 0);
-  const std::uint16_t same[] = {id};
-  EXPECT_EQ(pmpage::detail::first_pickable_section_id(same), 0) << "picked twice";
-  pmpage::detail::release_picked_section_id(id);
-  EXPECT_EQ(pmpage::detail::first_pickable_section_id(same), id);
-  pmpage::detail::release_picked_section_id(id);
+// Two pools made at once never pick overlapping pfn ranges (the second used to fail EBUSY,
+// "already used by another open pool"): a picked base stays taken until its pool registers or
+// gives it back.
+TEST_F(PoolLifecycle, APickedPfnBaseIsNotPickedAgainBeforeItsPoolRegisters) {
+  pfn_t candidates[256];
+  for (unsigned i = 0; i < 256; ++i) candidates[i] = (std::uint64_t{0xab00} + i) << 32;
+  const pfn_t id = pmpage::detail::first_pickable_pfn_base(candidates, 512);
+  ASSERT_NE(id, 0u);
+  const pfn_t same[] = {id};
+  EXPECT_EQ(pmpage::detail::first_pickable_pfn_base(same, 512), 0u) << "picked twice";
+  pmpage::detail::release_picked_pfn_base(id);
+  EXPECT_EQ(pmpage::detail::first_pickable_pfn_base(same, 512), id);
+  pmpage::detail::release_picked_pfn_base(id);
 }
 
 }  // namespace

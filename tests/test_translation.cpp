@@ -1,9 +1,14 @@
 // Translation: pfn_to_page, page_to_pfn, page_address, virt_to_page, pfn_valid, virt_addr_valid.
 // The contract holds for every valid pfn whatever its state (free, allocated, split or not) and
 // descriptor pointers never move while the pool is open.
+#include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <thread>
 
+#include "pmpage/pmpage.h"
+#include "registry.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -218,5 +223,204 @@ TEST_P(Translation, LookupsInUnsplitRegionsAllocateNoMemory) {
 }
 
 INSTANTIATE_TEST_SUITE_P(, Translation, kKinds, kind_name);
+
+// ---- pool identity: 64-bit pfn bases, the hashed section table and its overflow -------------------
+
+// Chooses the pfn base of the pools created in its scope (registry.hpp's test seam), one after
+// the other from `bases`.
+class forced_bases {
+ public:
+  explicit forced_bases(std::vector<pfn_t> bases) : bases_(std::move(bases)) {
+    pmpage::detail::set_pfn_base_source_for_testing([this] { return bases_.at(next_++); });
+  }
+  ~forced_bases() { pmpage::detail::set_pfn_base_source_for_testing({}); }
+
+ private:
+  std::vector<pfn_t> bases_;
+  std::size_t next_ = 0;
+};
+
+class PoolIdentity : public TranslationBase {
+ protected:
+  void expect_translates(pmpage::pool& p) {
+    std::uint64_t bad = 0;
+    for (pfn_t pfn = p.start_pfn(); pfn < p.end_pfn(); ++pfn) {
+      page* pg = pmpage::pfn_to_page(pfn);
+      void* addr = pg ? pmpage::page_address(pg) : nullptr;
+      bad += !(pg && pmpage::pfn_valid(pfn) && pmpage::page_to_pfn(pg) == pfn && addr &&
+               pmpage::virt_to_page(addr) == pg);
+    }
+    EXPECT_EQ(bad, 0u) << "pfns of [" << std::hex << p.start_pfn() << ", " << p.end_pfn() << ") that failed";
+  }
+};
+
+// The pfn base is 64 bits wide: pools with their identity in bits 48..63 translate like any other,
+// through the one-load inline path, persistent (across close and reopen) and volatile alike.
+TEST_F(PoolIdentity, PfnsWithHighBaseBitsTranslateAndSurviveReopen) {
+  const pfn_t high = pfn_t{0xfedcba987} << 28, top = pmpage::detail::MAX_PFN_BASE;
+  forced_bases force({high, top});
+  const auto path = new_path();
+  page* kept;
+  {
+    pmpage::pool p = create_pool(path, 8 * MiB);
+    ASSERT_EQ(p.start_pfn(), high);
+    expect_translates(p);
+    kept = p.alloc_pages(3);
+    ASSERT_NE(kept, nullptr);
+    static_cast<pfn_t*>(p.root())[0] = pmpage::page_to_pfn(kept);
+  }
+  pmpage::pool p = pmpage::pool::open(path);
+  EXPECT_EQ(p.start_pfn(), high) << "a pool's pfns are stable for its life";
+  const pfn_t stored = static_cast<pfn_t*>(p.root())[0];
+  EXPECT_EQ(stored >> 48, 0xfedcu);
+  EXPECT_EQ(pmpage::compound_order(pmpage::pfn_to_page(stored)), 3u);
+  expect_translates(p);
+
+  pmpage::pool::volatile_options v;
+  v.size = 4 * MiB;
+  pmpage::pool vp = pmpage::pool::create_volatile(v);
+  EXPECT_EQ(vp.start_pfn(), top);
+  EXPECT_LT(vp.start_pfn(), vp.end_pfn()) << "the largest base leaves room below 2^64";
+  expect_translates(vp);
+  EXPECT_EQ(pmpage::detail::overflow_granules(), 0u) << "their granules hash to different entries";
+}
+
+// Two open pools whose pfn granules share an entry of the hashed table (same low 16 granule
+// bits): the later one lives in the overflow table and still translates, both ways, through the
+// C++ and the C inline functions; it stays correct when the other closes, and its own close
+// empties the overflow.
+TEST_F(PoolIdentity, PoolsWhoseGranulesShareATableEntryBothTranslate) {
+  const pfn_t a_base = pfn_t{0x1234} << 32;
+  const pfn_t b_base = a_base + (pfn_t{1} << (pmpage::detail::SECTION_SHIFT + pmpage::detail::SECTION_BITS));
+  forced_bases force({a_base, b_base});
+  const unsigned overflow_before = pmpage::detail::overflow_granules();
+  pmpage::pool::volatile_options v;
+  v.size = 4 * MiB;
+  pmpage::pool a = pmpage::pool::create_volatile(v);
+  const auto b_path = new_path();
+  pmpage::pool b = create_pool(b_path, 8 * MiB);
+  ASSERT_EQ(a.start_pfn(), a_base);
+  ASSERT_EQ(b.start_pfn(), b_base);
+  EXPECT_EQ(pmpage::detail::overflow_granules(), overflow_before + 1);
+  expect_translates(a);
+  expect_translates(b);
+  {
+    misuse_recorder rec;  // the overflow path is a lookup, not misuse
+    page* pg = pmpage::pfn_to_page(b_base + 5);
+    EXPECT_EQ(pmpage_pfn_to_page(b_base + 5), reinterpret_cast<pmpage_page*>(pg));
+    EXPECT_TRUE(pmpage_pfn_valid(b_base + 5));
+    EXPECT_EQ(pmpage_page_to_pfn(reinterpret_cast<pmpage_page*>(pg)), b_base + 5);
+    EXPECT_FALSE(pmpage::pfn_valid(b.end_pfn())) << "past its end";
+    EXPECT_FALSE(pmpage::pfn_valid(b_base - 1));
+    EXPECT_EQ(rec.count(), 0);
+  }
+  a.close();
+  expect_translates(b);  // not moved into the freed entry: it stays where readers look
+  const pfn_t b_pfn = b_base + 9;
+  b.close();
+  EXPECT_EQ(pmpage::detail::overflow_granules(), overflow_before);
+  misuse_recorder rec;
+  EXPECT_FALSE(pmpage::pfn_valid(b_pfn));
+  EXPECT_EQ(pmpage::pfn_to_page(b_pfn), nullptr);
+  EXPECT_EQ(rec.count(), 1) << "a pfn of a closed pool in the overflow is misuse, reported";
+}
+
+// Readers of a pool in the overflow table never see a wrong answer while other pools sharing its
+// entry register and close (which rebuilds the table under its sequence lock). TSan checks the
+// lock-free reads.
+TEST_F(PoolIdentity, OverflowLookupsStayRightWhileOtherPoolsComeAndGo) {
+  const pfn_t step = pfn_t{1} << (pmpage::detail::SECTION_SHIFT + pmpage::detail::SECTION_BITS);
+  const pfn_t a_base = pfn_t{0x2345} << 32;
+  constexpr unsigned kChurn = 40;
+  std::vector<pfn_t> bases = {a_base, a_base + step};
+  for (unsigned i = 0; i < kChurn; ++i) bases.push_back(a_base + (2 + i % 3) * step);
+  forced_bases force(bases);
+  pmpage::pool::volatile_options v;
+  v.size = 4 * MiB;
+  pmpage::pool a = pmpage::pool::create_volatile(v);
+  pmpage::pool b = pmpage::pool::create_volatile(v);  // in the overflow table
+  const pfn_t probe = b.start_pfn() + 7;
+  page* const expected = pmpage::pfn_to_page(probe);
+  ASSERT_NE(expected, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> wrong{0}, lookups{0};
+  std::thread reader([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      wrong += pmpage::pfn_to_page(probe) != expected || !pmpage::pfn_valid(probe);
+      ++lookups;
+    }
+  });
+  for (unsigned i = 0; i < kChurn; ++i) pmpage::pool::create_volatile(v).close();
+  while (lookups.load() < 1000) std::this_thread::yield();
+  stop = true;
+  reader.join();
+  EXPECT_EQ(wrong.load(), 0u);
+  expect_translates(b);
+}
+
+// A pool larger than one pfn granule (1 TiB of pages) has a table record per granule, each
+// rebased to it; pfns on both sides of the boundary translate, and closing the pool empties
+// every entry. Volatile, on a sparse file: 1 TiB + 4 MiB of address space, memory only for what
+// is touched.
+TEST_F(PoolIdentity, APoolSpanningTwoPfnGranulesTranslatesAcrossTheBoundary) {
+  const pfn_t base = pfn_t{0x31} << 36;
+  forced_bases force({base});
+  pmpage::pool::volatile_options v;
+  v.size = (std::uint64_t{1} << 40) + 4 * MiB;
+  v.backing = new_path();  // a sparse /dev/shm file: a shared mapping, no overcommit of 1 TiB
+  std::ofstream{v.backing};
+  std::string why;
+  pmpage::pool p = [&] {
+    try {
+      return pmpage::pool::create_volatile(v);
+    } catch (const pmpage::error& e) {
+      why = e.what();
+      return pmpage::pool();
+    }
+  }();
+  if (!p.is_open()) GTEST_SKIP() << "no room for a 1 TiB volatile pool here: " << why;
+  ASSERT_EQ(p.start_pfn(), base);
+  const pfn_t boundary = base + (pfn_t{1} << pmpage::detail::SECTION_SHIFT);
+  ASSERT_GT(p.end_pfn(), boundary);
+  for (const pfn_t pfn : {base, boundary - 1, boundary, boundary + 1, p.end_pfn() - 1}) {
+    page* pg = pmpage::pfn_to_page(pfn);
+    ASSERT_NE(pg, nullptr) << std::hex << pfn;
+    EXPECT_EQ(pmpage::page_to_pfn(pg), pfn);
+    EXPECT_EQ(pmpage::virt_to_page(pmpage::page_address(pg)), pg);
+    EXPECT_TRUE(pmpage::pfn_valid(pfn));
+  }
+  page* across = pmpage::pfn_to_page(boundary);
+  EXPECT_EQ(static_cast<char*>(pmpage::page_address(across)) - static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(base))),
+            std::ptrdiff_t(PAGE_SIZE) << pmpage::detail::SECTION_SHIFT);
+  p.close();
+  EXPECT_FALSE(pmpage::pfn_valid(base));
+  EXPECT_FALSE(pmpage::pfn_valid(boundary));
+}
+
+// A pfn of a pool that is not open is rejected, whichever way its identity is drawn: the inline
+// range check compares the whole 64 bits, so a pfn that shares the table entry of an open pool
+// (same granule bits 28..43, other high bits) finds nothing either.
+TEST_F(PoolIdentity, APfnOfAPoolThatIsNotOpenIsRejected) {
+  const pfn_t base = pfn_t{0x77} << 40;
+  const pfn_t alias = base + (pfn_t{0x5} << 48);  // same table entry, another pool's pfns
+  forced_bases force({base});
+  const auto path = new_path();
+  pfn_t pfn;
+  {
+    pmpage::pool p = create_pool(path, 8 * MiB);
+    pfn = pmpage::page_to_pfn(p.alloc_pages(0));
+    misuse_recorder rec;
+    EXPECT_FALSE(pmpage::pfn_valid(alias + (pfn - base)));
+    EXPECT_EQ(pmpage::pfn_to_page(alias + (pfn - base)), nullptr);
+    EXPECT_EQ(rec.count(), 1);
+  }
+  misuse_recorder rec;
+  EXPECT_FALSE(pmpage::pfn_valid(pfn));
+  EXPECT_EQ(pmpage::pfn_to_page(pfn), nullptr);
+  EXPECT_EQ(pmpage_pfn_to_page(pfn), nullptr);
+  EXPECT_FALSE(pmpage_pfn_valid(pfn));
+  EXPECT_EQ(rec.count(), 2);
+  EXPECT_NE(rec.last().find("not a page of any open pool"), std::string::npos) << rec.last();
+}
 
 }  // namespace

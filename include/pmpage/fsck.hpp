@@ -27,7 +27,7 @@ namespace pmpage::fsck {
 
 /// One finding. Locations are -1 when they do not apply.
 struct problem {
-  /// The rule broken, as docs/format.md ("Checking a pool") names it: F1-F2 the file, SB1-SB3
+  /// The rule broken, as docs/format.md ("Checking a pool") names it: F1-F2 the file, SB1-SB4
   /// superblocks, L1-L3 intent lanes, R1-R3 and P1 the region table, P2 page maps, O1 owners.
   std::string rule;
   /// "file", "superblock A", "superblock B", "intent lanes", "region table", "page map",
@@ -98,8 +98,8 @@ struct report {
   std::uint32_t format_major = 0, format_minor = 0;
   std::string uuid;                  // 32 hex digits
   std::uint64_t create_time_ns = 0;  // CLOCK_REALTIME at create
-  std::uint32_t section_id = 0;      // pfn bits 32..47
-  pfn_t start_pfn = 0, end_pfn = 0;  // the pool's pfns: [start_pfn, end_pfn)
+  std::uint32_t section_id = 0;      // format 2.x: the 16-bit section id (pfn bits 32..47); 3.x: 0
+  pfn_t start_pfn = 0, end_pfn = 0;  // the pool's pfns: [start_pfn, end_pfn); start_pfn is its identity
   std::uint64_t device_size = 0;     // bytes the pool was created on
   std::uint64_t nr_regions = 0;      // 2 MiB regions in the data area
   std::uint64_t root_size = 0;       // bytes of the root area
@@ -191,5 +191,35 @@ struct region_dump {
 /// Decodes region `region` of the pool at `path` (read-only; same locking as check()). Throws
 /// pmpage::error (EINVAL) if the pool has no usable superblock or the region is out of range.
 PMPAGE_API region_dump dump_region(const std::filesystem::path& path, std::uint64_t region);
+
+struct reidentify_options {
+  /// The new pfn base (a multiple of 2^28 in [2^32, 2^64 - 2^33], apart from the old pfns);
+  /// 0: a random one, as create draws, that no pool open in this process uses.
+  pfn_t new_start_pfn = 0;
+};
+
+struct reidentify_result {
+  pfn_t old_start_pfn = 0, new_start_pfn = 0;  // a page's new pfn is its old pfn - old + new
+  std::string uuid;                            // the pool's new uuid (32 hex digits)
+  std::uint64_t slots_rewritten = 0;           // slots that named a page of the pool and now hold its new pfn
+  std::uint32_t old_format_major = 0;          // 2: the pool was format 2.x (it is 3.0 now)
+  bool resumed = false;                        // finished an interrupted re-identification
+};
+
+/// Gives the closed pool at `path` a new identity (pfn base and uuid) so that it can be open
+/// beside a pool whose pfns it shares (a copy of it, or a pool that drew an overlapping pfn base):
+/// the superblock gets the new base and every slot the owner tables name as owning a page of the
+/// pool (alloc_pages_to, split_huge_page_to, move_pages_owner, adopt_pages) is rewritten to the
+/// page's new pfn. Pfns the engine keeps anywhere else (its own structures, other pools, files)
+/// are not known to the library and keep the old values: the engine must translate them (the
+/// result gives both bases). A 2.x pool becomes 3.0. Crash-safe: an interrupted run leaves a pool
+/// that pool::open refuses until reidentify runs again, which finishes it.
+///
+/// Locks the pool exclusively (EBUSY if it is open anywhere). Throws pmpage::error: EINVAL if the
+/// pool is unreadable or not clean (damage, or a crash's leftovers: run check with repair first),
+/// or new_start_pfn is invalid; EBUSY if new_start_pfn overlaps a pool open in this process;
+/// the errno of a failed open or block reservation. Nothing is changed when it throws before
+/// writing; a failure after it started writing is resumed by running it again.
+PMPAGE_API reidentify_result reidentify(const std::filesystem::path& path, const reidentify_options& opts = {});
 
 }  // namespace pmpage::fsck

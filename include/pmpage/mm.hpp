@@ -28,7 +28,10 @@ namespace pmpage {
 namespace detail {
 
 // Out-of-line slow paths (src/page_slow.cpp).
-PMPAGE_API page* report_bad_pfn(pfn_t pfn) noexcept;                   // misuse; returns nullptr
+// pfn_to_page's miss path: the pfn's pool when it is in the overflow table (page.hpp), else
+// misuse (reported; returns nullptr).
+PMPAGE_API page* report_bad_pfn(pfn_t pfn) noexcept;
+PMPAGE_API bool pfn_valid_slow(pfn_t pfn) noexcept;                    // pfn_valid's miss path
 PMPAGE_API pfn_t report_bad_page(const page* p) noexcept;              // misuse; returns 0
 PMPAGE_API void report_refcount_misuse(page* p, page* holder, int old, bool is_get) noexcept;
 PMPAGE_API void release_compound(page* p, page* holder) noexcept;      // count reached 0: free durably
@@ -113,10 +116,13 @@ inline page* state_holder(page* p) noexcept {
 /// True iff pfn belongs to the data area of an open pool.
 inline bool pfn_valid(pfn_t pfn) noexcept {
   const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
-  return pfn - s.start_pfn < s.nr_pages;  // one unsigned compare checks both ends (and bits 48+)
+  // One unsigned compare checks both ends and every high bit; a miss may still be a pool whose
+  // granule shares the entry with another pool's (page.hpp): the overflow table decides.
+  return pfn - s.start_pfn < s.nr_pages || detail::pfn_valid_slow(pfn);
 }
 
-/// The descriptor of pfn. An invalid pfn is misuse (reported; returns nullptr).
+/// The descriptor of pfn. An invalid pfn is misuse (reported; returns nullptr). A pfn of a pool
+/// in the overflow table (page.hpp) takes the out-of-line path and is found there.
 inline page* pfn_to_page(pfn_t pfn) noexcept {
   const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
   const std::uint64_t idx = pfn - s.start_pfn;

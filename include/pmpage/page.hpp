@@ -106,7 +106,7 @@ inline void store_head_index(page* p, std::uint32_t v) noexcept {
 
 /// What translation needs to know about one open pool. The registry keeps copies of it in three
 /// tables, so that every translation is one table load plus arithmetic:
-///   g_sections[pfn >> 32]                 pfn -> pool (pfn_to_page, pfn_valid)
+///   g_sections[(pfn >> 28) % 65536]       pfn -> pool (pfn_to_page, pfn_valid), hashed: see below
 ///   g_desc_sections[descriptor >> 32]     descriptor -> pool (page_to_pfn, page_address, state)
 ///   g_data_sections[address >> 30]        data address -> pool (virt_to_page)
 /// Written only by pool open/close under the registry lock; read lock-free. nr_pages == 0 means
@@ -123,17 +123,37 @@ struct section {
   page* regions;            // region descriptors; region r is regions[r]
   char* data;               // page i is data + i * PAGE_SIZE
   std::uint64_t nr_pages;   // pages from page 0 to the end of the data area
-  std::uint64_t start_pfn;  // pfn of page 0 (section id << 32 | base_index)
+  std::uint64_t start_pfn;  // pfn of page 0 (the pool's pfn base + base_index)
   void* owner;              // detail::pool_impl*
-  std::uint64_t base_index; // pool page index of page 0: 0 except in g_desc_sections
+  std::uint64_t base_index; // pool page index of page 0: 0 except in rebased records
   std::uint64_t reserved_;
 };
 static_assert(sizeof(section) == 64);
 
-inline constexpr unsigned SECTION_SHIFT = 32;   // pfn bits below the section id
-// 65535 section ids (0 is never used); at most MAX_OPEN_POOLS of them are open at once.
-inline constexpr unsigned SECTION_BITS = 16;
+// A pool's pfns are [pfn base, pfn base + nr_pages). The pfn base is its identity, drawn at
+// random at create (a multiple of 2^SECTION_SHIFT in [2^32, 2^64 - 2^33]: about 2^36 choices, so
+// pools created independently practically never overlap; docs/api.md, Limits) and stored in the
+// superblock; pools of format 2 have section_id << 32. The pfn space is cut into "pfn granules"
+// of 2^SECTION_SHIFT pages (1 TiB); a pool covers the ceil(nr_pages / 2^28) granules from its
+// base, at most 16. g_sections is a hash table of granules: entry (granule % 2^SECTION_BITS)
+// holds the record of the open pool granule that hashes there, rebased to it like
+// g_desc_sections (start_pfn = the granule's first pfn of the pool, vmemmap, regions, data and
+// base_index advanced to match), so pfn_to_page stays one load, one
+// subtraction and one compare: a pfn that is not in the entry's range fails that compare whatever
+// its high bits. When two open pools' granules hash to one entry the later one is kept in an
+// overflow table, read out of line by the miss path (report_bad_pfn, pfn_valid_slow): correct,
+// a few ns slower; with 1,000 single-granule pools open, about 8 of them are there.
+inline constexpr unsigned SECTION_SHIFT = 28;  // pfn bits below the pfn granule number
+inline constexpr unsigned SECTION_BITS = 16;   // entries of g_sections: 2^16 (4 MiB of BSS)
 inline constexpr std::uint64_t SECTION_PAGES_MASK = (std::uint64_t{1} << SECTION_SHIFT) - 1;
+// No pool's pfns are below this (a base is at least 2^32), so pfn 0 and any small number are
+// never valid, and a pfn is never below a record's nr_pages (at most 2^32): an entry being
+// rewritten can never make a pfn of another pool look valid (registry.cpp).
+inline constexpr std::uint64_t MIN_PFN_BASE = std::uint64_t{1} << 32;
+// The largest base leaves room for a 16 TiB pool and its end_pfn (at most 2^64 - 2^32).
+inline constexpr std::uint64_t MAX_PFN_BASE = std::uint64_t{0} - (std::uint64_t{1} << 33);
+static_assert(MIN_PFN_BASE % (std::uint64_t{1} << SECTION_SHIFT) == 0 && MAX_PFN_BASE % (std::uint64_t{1} << SECTION_SHIFT) == 0);
+static_assert(MAX_POOL_PAGES <= MIN_PFN_BASE);
 // A pool's vmemmap is sized to the pool (64 B x nr_pages, rounded up to 4 KiB) and starts on a
 // 4 GiB boundary; it owns the ceil(bytes / 4 GiB) granules it overlaps, each with its own
 // rebased record (see section), so any address in them finds its pool and index with one load.

@@ -50,7 +50,7 @@ extern "C" {
 
 /* ---- types and constants ---------------------------------------------------------------------- */
 
-/** A page frame number: section << 32 | index; never 0; stable across close and reopen. */
+/** A page frame number: the pool's pfn base + page index; never 0; stable across close and reopen. */
 typedef uint64_t pmpage_pfn_t;
 /** An open pool (pmpage::pool). Opaque. */
 typedef struct pmpage_pool pmpage_pool;
@@ -343,7 +343,7 @@ enum {
   PMPAGE_INTERNAL_PG_REGION_LAZY = 1u << 18,
   PMPAGE_INTERNAL_PG_SLOT_OWNED = 1u << 19,
   PMPAGE_INTERNAL_PG_REGION_SPECIAL = (1u << 16) | (1u << 17) | (1u << 18),
-  PMPAGE_INTERNAL_SECTION_SHIFT = 32,
+  PMPAGE_INTERNAL_SECTION_SHIFT = 28,
   PMPAGE_INTERNAL_SECTION_BITS = 16,
   PMPAGE_INTERNAL_DESC_GRANULE_SHIFT = 32,
   PMPAGE_INTERNAL_DESC_GRANULES = 1 << (47 - 32),
@@ -359,7 +359,9 @@ extern PMPAGE_API struct pmpage_internal_section pmpage_internal_desc_sections[P
 extern PMPAGE_API struct pmpage_internal_section pmpage_internal_data_sections[PMPAGE_INTERNAL_DATA_GRANULES];
 
 /* The slow paths (pmpage::detail::report_bad_pfn, ...): out of line, C linkage. */
+/* pmpage_pfn_to_page's miss path: the overflow table of the section table (page.hpp), else misuse. */
 PMPAGE_API struct pmpage_page* pmpage_internal_report_bad_pfn(pmpage_pfn_t pfn);
+PMPAGE_API bool pmpage_internal_pfn_valid_slow(pmpage_pfn_t pfn);
 PMPAGE_API pmpage_pfn_t pmpage_internal_report_bad_page(const struct pmpage_page* p);
 PMPAGE_API void pmpage_internal_report_refcount_misuse(struct pmpage_page* p, struct pmpage_internal_desc* holder,
                                                        int old, int is_get);
@@ -436,7 +438,7 @@ static inline struct pmpage_internal_desc* pmpage_internal_state_holder(const st
 static inline bool pmpage_pfn_valid(pmpage_pfn_t pfn) {
   const struct pmpage_internal_section* s =
       &pmpage_internal_sections[(pfn >> PMPAGE_INTERNAL_SECTION_SHIFT) & ((1u << PMPAGE_INTERNAL_SECTION_BITS) - 1)];
-  return pfn - s->start_pfn < s->nr_pages;
+  return pfn - s->start_pfn < s->nr_pages || pmpage_internal_pfn_valid_slow(pfn);
 }
 
 /** The descriptor of pfn; an invalid pfn is misuse (NULL). */

@@ -31,8 +31,9 @@
 namespace pmpage {
 
 /// A page frame number. Unique across every pool open in the process, never 0, and stable across
-/// close and reopen of a pool (engines store pfns on the device). Layout: bits 32..47 are the
-/// pool's section id (chosen at create), bits 0..31 the page's index in the pool's data area.
+/// close and reopen of a pool (engines store pfns on the device). Layout: the pool's pfn base
+/// (its identity: a random multiple of 2^28 of at least 2^32, drawn at create) plus the page's
+/// index in the pool's data area; pfns of one pool are contiguous, [start_pfn, end_pfn).
 using pfn_t = std::uint64_t;
 
 inline constexpr unsigned PAGE_SHIFT = 12;

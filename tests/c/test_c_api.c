@@ -1017,7 +1017,7 @@ static void test_default_handler_aborts(void) {
     int devnull = open("/dev/null", O_WRONLY);
     if (devnull >= 0) dup2(devnull, 2); /* the message goes to stderr */
     pmpage_set_misuse_handler(NULL, NULL);
-    pmpage_put_page(pmpage_pfn_to_page((pmpage_pfn_t)1 << 32)); /* no pool has section 1 open */
+    pmpage_put_page(pmpage_pfn_to_page((pmpage_pfn_t)1 << 32)); /* no pool here has pfn base 2^32 */
     _exit(0);                                                /* not reached */
   }
   CHECK(waitpid(pid, &status, 0) == pid);

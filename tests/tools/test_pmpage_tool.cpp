@@ -316,10 +316,13 @@ TEST_F(Tool, InfoJsonHasTheDocumentedFieldsWithSaneValues) {
     const json j = run_json({"info", p, "--json"}, 0);
     expect_info_schema(j);
     EXPECT_TRUE(j["readable"]);
-    EXPECT_EQ(j["format_version"], "2.0");
+    EXPECT_EQ(j["format_version"], "3.0");
     EXPECT_EQ(j["nr_regions"].get<std::uint64_t>() * 512, j["total_pages"].get<std::uint64_t>());
     EXPECT_EQ(j["end_pfn"].get<std::uint64_t>() - j["start_pfn"].get<std::uint64_t>(), j["total_pages"]);
-    EXPECT_EQ(j["start_pfn"].get<std::uint64_t>() >> 32, j["section_id"]);
+    // Format 3: the identity is the pfn base, a multiple of 2^28 from 2^32 up; no section id.
+    EXPECT_EQ(j["start_pfn"].get<std::uint64_t>() % (std::uint64_t{1} << 28), 0u);
+    EXPECT_GE(j["start_pfn"].get<std::uint64_t>(), std::uint64_t{1} << 32);
+    EXPECT_EQ(j["section_id"], 0u);
     EXPECT_EQ(j["file_size"], 64 * MiB);
     EXPECT_EQ(j["problem_count"], 0u);
     EXPECT_EQ(j["damaged_regions"], 0u);
@@ -354,7 +357,7 @@ TEST_F(Tool, InfoJsonHasTheDocumentedFieldsWithSaneValues) {
     }
     const result human = run({"info", p});
     EXPECT_EQ(human.code, 0);
-    for (const char* s : {"format version", "section id", "pfn range", "largest free order", "pending intents",
+    for (const char* s : {"format version", "pfn base", "pfn range", "largest free order", "pending intents",
                           "descriptor DRAM"})
       EXPECT_NE(human.out.find(s), std::string::npos) << s;
   }
@@ -516,7 +519,7 @@ TEST_F(Tool, DumpDecodesASplitRegion) {
   EXPECT_EQ(j["kind"], "split");
   EXPECT_EQ(j["word"], 2u);
   EXPECT_EQ(j["word_offset"], sb.region_table_offset + 8 * r);
-  EXPECT_EQ(j["first_pfn"], (std::uint64_t(sb.section_id) << 32) + 512 * r);
+  EXPECT_EQ(j["first_pfn"], sb.pfn_base + 512 * r);
   unsigned next = 0, owned = 0;
   for (const auto& run : j["runs"]) {
     EXPECT_EQ(run["first"], next);
@@ -779,6 +782,45 @@ TEST_F(Tool, ReadOnlyHoldersDoNotBlockReaders) {
   EXPECT_NE(r.err.find("open"), std::string::npos) << r.err;
   ::close(fd);
   EXPECT_EQ(run({"check", p, "--repair"}).code, 0);
+}
+
+// ---- reidentify -------------------------------------------------------------------------------------
+
+// `pmpage reidentify` on a copied pool file: a new pfn base and uuid, every owning slot rewritten,
+// the copy clean; the original is untouched. Bad input is a usage error (16), a non-pool 8.
+TEST_F(Tool, ReidentifyGivesACopyItsOwnPfnsAndLeavesTheOriginal) {
+  const std::string p = make("healthy");
+  const std::string copy = path("copy.pool");
+  fs::copy_file(p, copy);
+  const std::size_t original = file_hash(p);
+  const json before = run_json({"info", p, "--json"}, 0);
+  const json j = run_json({"reidentify", copy, "--json"}, 0);
+  EXPECT_EQ(j["old_start_pfn"], before["start_pfn"]);
+  EXPECT_NE(j["new_start_pfn"], before["start_pfn"]);
+  EXPECT_EQ(j["slots_rewritten"], before["owned_allocations"]);
+  EXPECT_GT(j["slots_rewritten"].get<std::uint64_t>(), 0u);
+  EXPECT_EQ(j["resumed"], false);
+  EXPECT_EQ(file_hash(p), original);
+  const json after = run_json({"info", copy, "--json"}, 0);
+  EXPECT_EQ(after["start_pfn"], j["new_start_pfn"]);
+  EXPECT_EQ(after["uuid"], j["uuid"]);
+  EXPECT_NE(after["uuid"], before["uuid"]);
+  EXPECT_EQ(after["problem_count"], 0u);
+  EXPECT_EQ(run({"check", copy}).code, 0);
+
+  const result human = run({"reidentify", copy, "--pfn-base", "0x500000000"});
+  EXPECT_EQ(human.code, 0) << human.err;
+  EXPECT_NE(human.out.find("0x500000000"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("translated by the engine"), std::string::npos) << human.out;
+  EXPECT_EQ(run_json({"info", copy, "--json"}, 0)["start_pfn"], 0x500000000u);
+
+  EXPECT_EQ(run({"reidentify", copy, "--pfn-base", "12x"}).code, 16);
+  const result odd = run({"reidentify", copy, "--pfn-base", "0x500000001"});
+  EXPECT_EQ(odd.code, 8);
+  EXPECT_NE(odd.err.find("multiple of 2^28"), std::string::npos) << odd.err;
+  const std::string junk = path("junk");
+  { std::ofstream(junk) << std::string(64 * 1024, 'x'); }
+  EXPECT_EQ(run({"reidentify", junk}).code, 8);
 }
 
 }  // namespace

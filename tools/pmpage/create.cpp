@@ -1,5 +1,5 @@
 // tools/pmpage/create.cpp — `pmpage create PATH --size SIZE [--root-size SIZE] [--preallocate]
-// [--force]`: pool::create, then close. The only subcommand besides `check --repair` that writes.
+// [--force]`: pool::create, then close. With `check --repair` and `reidentify`, the subcommands that write.
 #include <cctype>
 #include <filesystem>
 #include <iostream>
@@ -34,8 +34,8 @@ CLI::Validator size_bytes() {
 
 command add_create(CLI::App& app) {
   auto a = std::make_shared<create_args>();
-  CLI::App* sub = app.add_subcommand("create", "Format PATH as a new pool (the only command besides "
-                                               "`check --repair` that writes).");
+  CLI::App* sub = app.add_subcommand("create", "Format PATH as a new pool (it writes, as `check --repair` "
+                                               "and `reidentify` do).");
   add_path(*sub, a->path);
   sub->add_option("-s,--size", a->size,
                   "bytes of the pool, with a suffix: 64M, 1G, 2T (1K = 1024). Required for a new file; "

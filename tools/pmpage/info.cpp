@@ -103,8 +103,8 @@ void print_table(const fsck::report& r) {
   row("uuid", r.uuid);
   row("created", format_time(r.create_time_ns));
   row("device size at create", human_bytes(r.device_size) + " (" + n(r.device_size) + " B)");
-  row("section id", n(r.section_id));
-  row("pfn range", "[" + hex(r.start_pfn) + ", " + hex(r.end_pfn) + ")");
+  if (r.format_major == 2) row("section id", n(r.section_id) + " (format 2.x: pfn bits 32..47)");
+  row("pfn range", "[" + hex(r.start_pfn) + ", " + hex(r.end_pfn) + ") (pfn base " + hex(r.start_pfn) + ": the pool's identity)");
   row("root area", human_bytes(r.root_size));
   row("metadata", human_bytes(r.metadata_bytes) + ", data area at file offset " + hex(r.data_offset));
 
