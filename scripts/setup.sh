@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(cmake g++ make pkg-config libpmem-dev libpmem2-dev libpmemobj-dev libgtest-dev libbenchmark-dev gnuplot-nox python3
       libsqlite3-dev sqlite3 libcli11-dev nlohmann-json3-dev abigail-tools
-      libnuma-dev libmimalloc-dev libjemalloc-dev "$@")
+      libnuma-dev libmimalloc-dev libjemalloc-dev doxygen "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

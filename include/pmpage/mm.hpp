@@ -1,12 +1,13 @@
-// pmpage/mm.hpp — the kernel's page API: translation, references, compound pages, flags.
-//
-// Layer: above page.hpp. Everything here is inline and lock-free; the only calls out of line are
-// the slow paths: a count reaching zero (frees the page), a misuse report, a lazily loaded region
-// (first touch after open), and sleeping in lock_page().
-//
-// Each function works on any valid `page*`, split or not, head or tail. For a page of an unsplit
-// region nothing behind the pointer is read: its state lives in the region descriptor, found by
-// arithmetic (pfn >> 9), like the kernel finds a folio from a tail page.
+/// \file
+/// pmpage/mm.hpp — the kernel's page API: translation, references, compound pages, flags.
+///
+/// Layer: above page.hpp. Everything here is inline and lock-free; the only calls out of line are
+/// the slow paths: a count reaching zero (frees the page), a misuse report, a lazily loaded region
+/// (first touch after open), and sleeping in lock_page().
+///
+/// Each function works on any valid `page*`, split or not, head or tail. For a page of an unsplit
+/// region nothing behind the pointer is read: its state lives in the region descriptor, found by
+/// arithmetic (pfn >> 9), like the kernel finds a folio from a tail page.
 #pragma once
 
 #include <atomic>
@@ -161,6 +162,8 @@ inline page* virt_to_page(const void* addr) noexcept {
   return s.vmemmap + (off >> PAGE_SHIFT);
 }
 
+/// True iff addr lies in the data area of an open pool (virt_to_page would find its page).
+/// Kernel: virt_addr_valid.
 inline bool virt_addr_valid(const void* addr) noexcept { return virt_to_page(addr) != nullptr; }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,6 +183,8 @@ inline page* compound_head(page* p) noexcept {
   return loc.sec->vmemmap + ((std::uint64_t{detail::load_head_index(loc.region)} << HPAGE_PMD_ORDER) - loc.sec->base_index);
 }
 
+/// True iff p is the head of a compound page (order >= 1). False for order-0 pages, tails, free
+/// pages, and an invalid p (misuse, reported). Kernel: PageHead.
 inline bool PageHead(page* p) noexcept {
   detail::page_location loc;
   if (PMPAGE_UNLIKELY(!detail::locate(p, loc))) return false;
@@ -188,6 +193,8 @@ inline bool PageHead(page* p) noexcept {
   return (loc.rflags & PG_head) && (loc.index & (HPAGE_PMD_NR - 1)) == 0;
 }
 
+/// True iff p is a tail of a compound page (any page of it but the head). False for an invalid p
+/// (misuse, reported). Kernel: PageTail.
 inline bool PageTail(page* p) noexcept {
   detail::page_location loc;
   if (PMPAGE_UNLIKELY(!detail::locate(p, loc))) return false;
@@ -196,6 +203,7 @@ inline bool PageTail(page* p) noexcept {
   return (loc.rflags & PG_head) && (loc.index & (HPAGE_PMD_NR - 1)) != 0;
 }
 
+/// PageHead(p) || PageTail(p): p is part of an allocation of order >= 1. Kernel: PageCompound.
 inline bool PageCompound(page* p) noexcept { return PageHead(p) || PageTail(p); }
 
 /// Order of a compound head; 0 for order-0 pages and for tails (as in the kernel).
@@ -213,6 +221,9 @@ inline bool PageSplit(page* p) noexcept {
 // References (act on the compound head)
 // ---------------------------------------------------------------------------------------------
 
+/// The reference count of p's compound page (the head's): 0 for a free page, >= 1 for an
+/// allocated one (a slot-owned page counts its slot's reference). A snapshot: other threads may
+/// change it at once. 0 for an invalid p (misuse, reported). Kernel: page_count.
 inline int page_count(page* p) noexcept {
   page* h = detail::state_holder(p);
   return h ? h->refcount_.load(std::memory_order_relaxed) : 0;
@@ -290,6 +301,9 @@ PMPAGE_API int split_huge_page_to(page* p, pfn_t* slots) noexcept;
 // Flags and private data (act on the compound head; volatile, cleared when the pool opens)
 // ---------------------------------------------------------------------------------------------
 
+/// Takes the page lock of p's compound page if it is free: true when taken (acquire), false when
+/// another holder has it, and for an invalid p (misuse, reported). Never sleeps. Kernel:
+/// trylock_page.
 inline bool trylock_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   return h && !(h->flags_.fetch_or(PG_locked, std::memory_order_acquire) & PG_locked);
@@ -303,6 +317,9 @@ inline void lock_page(page* p) noexcept {
   detail::lock_page_slow(p);
 }
 
+/// Releases the page lock (release) and wakes a lock_page() sleeper. Unlocking a page that is not
+/// locked is misuse (reported). Any thread may unlock (the lock has no owner, as in the kernel).
+/// Kernel: unlock_page.
 inline void unlock_page(page* p) noexcept {
   page* h = detail::state_holder(p);
   if (PMPAGE_UNLIKELY(!h)) return;
@@ -331,10 +348,18 @@ inline bool test_set_flag(page* p, std::uint32_t bit) noexcept {
 }
 }  // namespace detail
 
+/// True while someone holds the page lock of p's compound page. Kernel: PageLocked.
 inline bool PageLocked(page* p) noexcept { return detail::test_flag(p, PG_locked); }
+/// PG_dirty of p's compound page: the engine's own bit (the library only hands it on to the
+/// pieces of a split); volatile: clear after allocation and at open. Thread-safe (atomic), as
+/// are the other flag functions; false for an invalid p (misuse, reported). Kernel: PageDirty.
 inline bool PageDirty(page* p) noexcept { return detail::test_flag(p, PG_dirty); }
+/// Sets PG_dirty on the compound head (release). Kernel: SetPageDirty.
 inline void SetPageDirty(page* p) noexcept { detail::set_flag(p, PG_dirty); }
+/// Clears PG_dirty on the compound head. Kernel: ClearPageDirty.
 inline void ClearPageDirty(page* p) noexcept { detail::test_clear_flag(p, PG_dirty); }
+/// Clears PG_dirty and returns whether it was set, atomically: of threads racing to clean one
+/// page exactly one gets true (and writes it back). Kernel: TestClearPageDirty.
 inline bool TestClearPageDirty(page* p) noexcept { return detail::test_clear_flag(p, PG_dirty); }
 /// Sets PG_dirty on the compound head and returns whether it was already set, atomically: of
 /// threads racing to dirty one page exactly one gets false, so exactly one puts it on a dirty
@@ -342,8 +367,12 @@ inline bool TestClearPageDirty(page* p) noexcept { return detail::test_clear_fla
 /// page): p is not a descriptor of an open pool. Thread-safe.
 /// Volatile like every flag (not kept across close). Kernel: TestSetPageDirty.
 inline bool TestSetPageDirty(page* p) noexcept { return detail::test_set_flag(p, PG_dirty); }
+/// PG_uptodate of p's compound page: the engine's own bit, volatile, clear at open (as
+/// PageDirty). Kernel: PageUptodate.
 inline bool PageUptodate(page* p) noexcept { return detail::test_flag(p, PG_uptodate); }
+/// Sets PG_uptodate on the compound head (release). Kernel: SetPageUptodate.
 inline void SetPageUptodate(page* p) noexcept { detail::set_flag(p, PG_uptodate); }
+/// Clears PG_uptodate on the compound head. Kernel: ClearPageUptodate.
 inline void ClearPageUptodate(page* p) noexcept { detail::test_clear_flag(p, PG_uptodate); }
 /// True when the allocation p belongs to has a page in a bad block (media error): reading that
 /// page raises a machine check (SIGBUS). Set by the pool at open (open_options::bad_blocks and
@@ -353,10 +382,14 @@ inline void ClearPageUptodate(page* p) noexcept { detail::test_clear_flag(p, PG_
 /// Kernel: PageHWPoison.
 inline bool PageHWPoison(page* p) noexcept { return detail::test_flag(p, PG_hwpoison); }
 
+/// The private word of p's compound page (acquire): the engine's, e.g. a pointer to its buffer
+/// header; 0 after allocation and at open (volatile), and for an invalid p (misuse, reported).
+/// Kernel: page_private.
 inline std::uintptr_t page_private(page* p) noexcept {
   page* h = detail::state_holder(p);
   return h ? h->private_.load(std::memory_order_acquire) : 0;
 }
+/// Sets the private word of p's compound page (release). Kernel: set_page_private.
 inline void set_page_private(page* p, std::uintptr_t value) noexcept {
   if (page* h = detail::state_holder(p)) h->private_.store(value, std::memory_order_release);
 }

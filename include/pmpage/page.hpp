@@ -1,30 +1,35 @@
-// pmpage/page.hpp — the page descriptor (`struct page`) and the process-wide section tables.
-//
-// Layer: above types.hpp. Everything here is volatile (DRAM) state, rebuilt when a pool opens.
-//
-// Glossary
-//   region       2 MiB of a pool's data area (HPAGE_PMD_NR pages). Region r of a pool covers pool
-//                page indexes [r * 512, r * 512 + 512).
-//   region desc  one `page` per region, in a dense array (section::regions). It is the head
-//                descriptor of every compound page of order >= 9, and holds the PG_split bit.
-//   4 KiB desc   one `page` per pfn in section::vmemmap, a virtual array reserved for the whole
-//                pool but backed by memory only for split regions (32 KiB per split region).
-//   user pointer the `page*` the API hands out is always `vmemmap + index`, split or not, so
-//                page_to_pfn(pfn_to_page(pfn)) == pfn and the pointer never changes while the pool
-//                is open. The memory behind it is only read when its region is split (PG_split);
-//                otherwise the state lives in the region descriptor ("state holder").
-//
-// Invariants (I1..I5; checked by detail::pool_impl::check_invariants)
-//   I1  region.flags & PG_split  <=>  the region's 512 4 KiB descriptors are materialised.
-//   I2  unsplit region, allocated: region desc of the compound head region holds refcount/flags;
-//       other regions of a multi-region compound carry PG_region_tail and head_index.
-//   I3  split region: a 4 KiB desc is a head (PG_head, order >= 1), a tail (compound_head & 1),
-//       or an order-0 page; tails of orders 1..8 never leave their region.
-//   I4  refcount > 0  <=>  the compound page is allocated (and the persistent page map says so).
-//   I5  page_to_pfn(pfn_to_page(p)) == p for every valid pfn p.
-//
-// Do not touch the fields directly: use the functions of <pmpage/mm.hpp>, which resolve the state
-// holder first (the kernel's folio rule: operations on a tail act on the head).
+/// \file
+/// pmpage/page.hpp — the page descriptor (`struct page`) and the process-wide section tables.
+///
+/// Layer: above types.hpp. Everything here is volatile (DRAM) state, rebuilt when a pool opens.
+///
+/// Glossary
+/// ```
+///   region       2 MiB of a pool's data area (HPAGE_PMD_NR pages). Region r of a pool covers pool
+///                page indexes [r * 512, r * 512 + 512).
+///   region desc  one `page` per region, in a dense array (section::regions). It is the head
+///                descriptor of every compound page of order >= 9, and holds the PG_split bit.
+///   4 KiB desc   one `page` per pfn in section::vmemmap, a virtual array reserved for the whole
+///                pool but backed by memory only for split regions (32 KiB per split region).
+///   user pointer the `page*` the API hands out is always `vmemmap + index`, split or not, so
+///                page_to_pfn(pfn_to_page(pfn)) == pfn and the pointer never changes while the pool
+///                is open. The memory behind it is only read when its region is split (PG_split);
+///                otherwise the state lives in the region descriptor ("state holder").
+/// ```
+///
+/// Invariants (I1..I5; checked by detail::pool_impl::check_invariants)
+/// ```
+///   I1  region.flags & PG_split  <=>  the region's 512 4 KiB descriptors are materialised.
+///   I2  unsplit region, allocated: region desc of the compound head region holds refcount/flags;
+///       other regions of a multi-region compound carry PG_region_tail and head_index.
+///   I3  split region: a 4 KiB desc is a head (PG_head, order >= 1), a tail (compound_head & 1),
+///       or an order-0 page; tails of orders 1..8 never leave their region.
+///   I4  refcount > 0  <=>  the compound page is allocated (and the persistent page map says so).
+///   I5  page_to_pfn(pfn_to_page(p)) == p for every valid pfn p.
+/// ```
+///
+/// Do not touch the fields directly: use the functions of <pmpage/mm.hpp>, which resolve the state
+/// holder first (the kernel's folio rule: operations on a tail act on the head).
 #pragma once
 
 #include <atomic>
@@ -37,22 +42,22 @@ namespace pmpage {
 /// Page flag bits (kept in page::flags_). Bits below 16 are the kernel-visible ones; bits 16+ are
 /// owned by the allocator and only meaningful in region descriptors.
 enum page_flag : std::uint32_t {
-  PG_locked = 1u << 0,
-  PG_waiters = 1u << 1,  // someone sleeps in lock_page(); unlock must wake them
-  PG_dirty = 1u << 2,
-  PG_uptodate = 1u << 3,
-  PG_head = 1u << 4,          // head of a compound page (order >= 1)
-  PG_hwpoison = 1u << 5,      // the allocation has a page in a bad block (PageHWPoison;
-                              // pool::hwpoison_pages lists which): set by the allocator only
-  PG_split = 1u << 16,        // region desc: 4 KiB descriptors materialised (I1)
-  PG_region_tail = 1u << 17,  // region desc: inside a multi-region compound, not its head
-  PG_region_lazy = 1u << 18,  // region desc: split on the device, descriptors not built yet
-  PG_slot_owned = 1u << 19,   // compound head: published by alloc_pages_to; only free_pages_from
-                              // on its slot may free it (the owner is recorded on the media)
-  PG_owner_busy = 1u << 20,   // compound head: a move_pages_owner is changing its owner
-  PG_publishing = 1u << 21,   // compound head: an alloc_pages_to has published it in its slot and
-                              // its intent is not retired yet; every other slot call waits (pool.cpp)
-  PG_publish_waiters = 1u << 22,  // someone sleeps until PG_publishing clears (futex on flags_)
+  PG_locked = 1u << 0,        ///< the page lock (lock_page, trylock_page, unlock_page; PageLocked)
+  PG_waiters = 1u << 1,       ///< someone sleeps in lock_page(); unlock must wake them
+  PG_dirty = 1u << 2,         ///< the engine's dirty bit (PageDirty, SetPageDirty, ...); volatile
+  PG_uptodate = 1u << 3,      ///< the engine's up-to-date bit (PageUptodate, ...); volatile
+  PG_head = 1u << 4,          ///< head of a compound page (order >= 1)
+  PG_hwpoison = 1u << 5,      ///< the allocation has a page in a bad block (PageHWPoison;
+                              ///< pool::hwpoison_pages lists which): set by the allocator only
+  PG_split = 1u << 16,        ///< region desc: 4 KiB descriptors materialised (I1)
+  PG_region_tail = 1u << 17,  ///< region desc: inside a multi-region compound, not its head
+  PG_region_lazy = 1u << 18,  ///< region desc: split on the device, descriptors not built yet
+  PG_slot_owned = 1u << 19,   ///< compound head: published by alloc_pages_to; only free_pages_from
+                              ///< on its slot may free it (the owner is recorded on the media)
+  PG_owner_busy = 1u << 20,   ///< compound head: a move_pages_owner is changing its owner
+  PG_publishing = 1u << 21,   ///< compound head: an alloc_pages_to has published it in its slot and
+                              ///< its intent is not retired yet; every other slot call waits (pool.cpp)
+  PG_publish_waiters = 1u << 22,  ///< someone sleeps until PG_publishing clears (futex on flags_)
 };
 
 /// Flags a region descriptor carries that send lookups off the unsplit fast path.
@@ -61,20 +66,25 @@ inline constexpr std::uint32_t PG_region_special = PG_split | PG_region_tail | P
 inline constexpr std::uint32_t PG_allocator_mask =
     PG_head | PG_hwpoison | PG_region_special | PG_slot_owned | PG_owner_busy | PG_publishing | PG_publish_waiters;
 
+/// The page descriptor, the kernel's struct page: 64 bytes of DRAM per page (per region for an
+/// unsplit 2 MiB region), rebuilt at open. The API hands out `page*` and takes it back; its fields
+/// are the allocator's and are reached through the functions of mm.hpp (which resolve the state
+/// holder first: the glossary above), never directly. Layout pinned by static_assert (and, for
+/// the C header's inline functions, by src/c_api.cpp).
 struct page {
   // --- shared by region descriptors and 4 KiB descriptors -------------------------------------
-  std::atomic<std::uint32_t> flags_;    // page_flag bits
-  std::atomic<std::int32_t> refcount_;  // DO NOT USE DIRECTLY: get_page/put_page/page_count
-  std::uint8_t order_;                  // compound order of a head (0 for order-0 pages)
-  std::uint8_t kind_;                   // allocator bookkeeping (detail::region_kind / page_kind)
-  std::uint16_t alloc_aux_;             // allocator bookkeeping
-  std::uint32_t head_index_;            // region desc: head region of a multi-region compound
-  std::uintptr_t compound_head_;        // 4 KiB desc: head page* | 1 on tails, else 0
-  std::atomic<std::uintptr_t> private_;  // page_private / set_page_private
-  void* alloc_state_;                   // region desc: allocator state of a split region
-  std::uint32_t list_next_;             // region desc: allocator free-list links (region index)
-  std::uint32_t list_prev_;
-  std::uint64_t reserved_[2];
+  std::atomic<std::uint32_t> flags_;    ///< page_flag bits; use the flag functions of mm.hpp
+  std::atomic<std::int32_t> refcount_;  ///< DO NOT USE DIRECTLY: get_page/put_page/page_count
+  std::uint8_t order_;                  ///< compound order of a head (0 for order-0 pages)
+  std::uint8_t kind_;                   ///< allocator bookkeeping (detail::region_kind / page_kind)
+  std::uint16_t alloc_aux_;             ///< allocator bookkeeping
+  std::uint32_t head_index_;            ///< region desc: head region of a multi-region compound
+  std::uintptr_t compound_head_;        ///< 4 KiB desc: head page* | 1 on tails, else 0
+  std::atomic<std::uintptr_t> private_;  ///< page_private / set_page_private
+  void* alloc_state_;                   ///< region desc: allocator state of a split region
+  std::uint32_t list_next_;             ///< region desc: allocator free-list links (region index)
+  std::uint32_t list_prev_;             ///< region desc: the other free-list link
+  std::uint64_t reserved_[2];           ///< zero; keeps the descriptor one cache line
 };
 
 static_assert(sizeof(page) == 64, "struct page must stay one cache line");

@@ -1,17 +1,18 @@
-// pmpage/persistence.hpp — the one seam through which every flush and fence goes.
-//
-// Layer: beside types.hpp; used by pool.hpp. The library never calls libpmem, msync or a fence
-// instruction except through a `persistence` object, so tests can substitute a simulated device
-// (one that models which cache lines reach the media before a power failure) and benchmarks can
-// count fences.
-//
-// Contract: a store to the pool mapping is durable once flush() covered it and a later drain()
-// (the fence) returned. drain() orders and completes every earlier flush of the calling thread.
-//
-// Write-back errors: a backend whose write-back can fail (msync on a file that is not DAX) calls
-// report_writeback_error() with the errno before its flush() or drain() returns. The pool reads
-// writeback_errors() after every fence (one relaxed load) and, when it moved, fails the operation
-// and keeps reporting the error until it is reopened (docs/api.md "Write-back errors").
+/// \file
+/// pmpage/persistence.hpp — the one seam through which every flush and fence goes.
+///
+/// Layer: beside types.hpp; used by pool.hpp. The library never calls libpmem, msync or a fence
+/// instruction except through a `persistence` object, so tests can substitute a simulated device
+/// (one that models which cache lines reach the media before a power failure) and benchmarks can
+/// count fences.
+///
+/// Contract: a store to the pool mapping is durable once flush() covered it and a later drain()
+/// (the fence) returned. drain() orders and completes every earlier flush of the calling thread.
+///
+/// Write-back errors: a backend whose write-back can fail (msync on a file that is not DAX) calls
+/// report_writeback_error() with the errno before its flush() or drain() returns. The pool reads
+/// writeback_errors() after every fence (one relaxed load) and, when it moved, fails the operation
+/// and keeps reporting the error until it is reopened (docs/api.md "Write-back errors").
 #pragma once
 
 #include <atomic>
@@ -43,6 +44,12 @@ constexpr const char* granularity_name(granularity g) noexcept {
   return g == granularity::byte ? "byte" : g == granularity::cache_line ? "cache_line" : "page";
 }
 
+/// The flush/fence seam (the contract is at the top of this header): a pool makes every store of
+/// its own durable through the backend it was given (pool::options::backend, open_options::backend;
+/// make_libpmem_persistence() by default). Implement it to model a device (testing::sim_pmem) or
+/// wrap one to count (counting_persistence). A pool calls flush, drain and the copy functions
+/// from every thread that uses it, at once: they must be thread-safe.
+/// Counterparts: libpmem's pmem_flush / pmem_drain; the kernel's arch_wb_cache_pmem / pmem_wmb.
 class PMPAGE_API persistence {
  public:
   virtual ~persistence() = default;
@@ -80,6 +87,8 @@ class PMPAGE_API persistence {
     flush(dst, len);
   }
 
+  /// flush(addr, len) then drain(), on the calling thread: [addr, addr + len) is durable when it
+  /// returns (libpmem's pmem_persist).
   void persist(const void* addr, std::size_t len) noexcept {
     flush(addr, len);
     drain();
@@ -129,6 +138,8 @@ PMPAGE_API std::shared_ptr<persistence> make_libpmem_persistence();
 /// fence-budget tests use to prove "one fence per order-0 alloc".
 class PMPAGE_API counting_persistence final : public persistence {
  public:
+  /// Counts the calls made to it and passes each to `inner` (must not be nullptr), whose
+  /// write-back failures it reports as its own.
   explicit counting_persistence(std::shared_ptr<persistence> inner) : inner_(std::move(inner)) {}
   granularity attach(void* base, std::size_t length, granularity g) override { return inner_->attach(base, length, g); }
   void detach() noexcept override { inner_->detach(); }
@@ -151,8 +162,11 @@ class PMPAGE_API counting_persistence final : public persistence {
     flushes_.fetch_add(1, std::memory_order_relaxed);
     inner_->memset_nodrain(dst, c, len);
   }
+  /// drain() calls since construction or reset(), all threads. Thread-safe (relaxed).
   std::uint64_t fences() const noexcept { return fences_.load(std::memory_order_relaxed); }
+  /// flush(), copy_nodrain() and memset_nodrain() calls since construction or reset().
   std::uint64_t flushes() const noexcept { return flushes_.load(std::memory_order_relaxed); }
+  /// Sets both counts to 0 (not atomically with respect to calls still running on other threads).
   void reset() noexcept {
     fences_.store(0, std::memory_order_relaxed);
     flushes_.store(0, std::memory_order_relaxed);

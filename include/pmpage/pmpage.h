@@ -1,4 +1,5 @@
-/* pmpage/pmpage.h — the C API of pmpage (C11; includable from C++).
+/** \file
+ * pmpage/pmpage.h — the C API of pmpage (C11; includable from C++).
  *
  * Every operation of the C++ API (<pmpage/pmpage.hpp>) under a pmpage_ prefix: pools, the
  * allocation calls, slot ownership, the root area, persistence, stats, checks, the allocation
@@ -14,8 +15,8 @@
  *
  * Hot paths (translation, references, compound queries, flags, lock, private) are static
  * inline functions here, reading the library's section tables directly, as the C++ inline
- * functions of <pmpage/mm.hpp> do: they need GCC or Clang (__atomic builtins; any other compiler
- * stops at an #error). Everything else is an exported function of libpmpage.
+ * functions of <pmpage/mm.hpp> do: they need GCC or Clang (`__atomic` builtins; any other compiler
+ * stops at an `#error`). Everything else is an exported function of libpmpage.
  *
  * Thread safety: as the C++ API: every function may be called from any thread (pmpage_pool_check
  * is exact only when no other thread uses the pool; pmpage_pool_check_slots and
@@ -59,18 +60,32 @@ struct pmpage_page;
 /** Allocation flags (the kernel's gfp_t). */
 typedef unsigned pmpage_gfp_t;
 
+/** pmpage::PAGE_SHIFT: log2 of PMPAGE_PAGE_SIZE. */
 #define PMPAGE_PAGE_SHIFT 12
+/** pmpage::PAGE_SIZE: bytes of a page (4 KiB); a page of order k is PMPAGE_PAGE_SIZE << k bytes. */
 #define PMPAGE_PAGE_SIZE ((size_t)1 << PMPAGE_PAGE_SHIFT)
+/** pmpage::HPAGE_PMD_ORDER: the order of a 2 MiB page, which is also a region of the pool. */
 #define PMPAGE_HPAGE_PMD_ORDER 9
+/** pmpage::HPAGE_PMD_NR: pages in a 2 MiB page or region (512). */
 #define PMPAGE_HPAGE_PMD_NR ((size_t)1 << PMPAGE_HPAGE_PMD_ORDER)
+/** pmpage::HPAGE_PMD_SIZE: bytes of a 2 MiB page or region. */
 #define PMPAGE_HPAGE_PMD_SIZE (PMPAGE_PAGE_SIZE << PMPAGE_HPAGE_PMD_ORDER)
+/** pmpage::MAX_PAGE_ORDER: the largest order (1 GiB); a larger one is misuse. */
 #define PMPAGE_MAX_PAGE_ORDER 18
+/** pmpage::GFP_DEFAULT: no allocation modifier. */
 #define PMPAGE_GFP_DEFAULT 0u
+/** pmpage::GFP_ZERO (the kernel's `__GFP_ZERO`): the pages are zeroed, durably, inside the
+ *  allocation's own fence. */
 #define PMPAGE_GFP_ZERO 0x100u
+/** pmpage::PAGE_REF_MAX: the largest reference count; a get beyond it is misuse (count unchanged). */
 #define PMPAGE_PAGE_REF_MAX (1 << 30)
+/** pmpage::MAX_OPEN_POOLS: pools open at once in one process (one more: EMFILE). */
 #define PMPAGE_MAX_OPEN_POOLS 4096u
+/** pmpage::MIN_POOL_SIZE: the smallest pool in bytes (4 MiB with the default root area). */
 #define PMPAGE_MIN_POOL_SIZE ((uint64_t)4 << 20)
+/** pmpage::MAX_POOL_PAGES: the largest data area in pages (16 TiB); the rest of a larger file is unused. */
 #define PMPAGE_MAX_POOL_PAGES ((uint64_t)1 << 32)
+/** pmpage::MAX_ROOT_SIZE: the largest root area in bytes (1 GiB; more: -EINVAL). */
 #define PMPAGE_MAX_ROOT_SIZE ((uint64_t)1 << 30)
 /** The error of pmpage_pool_open on a file whose pmpage_pool_create was interrupted. */
 #define PMPAGE_ERR_CREATE_INTERRUPTED ECANCELED
@@ -100,12 +115,12 @@ PMPAGE_API void pmpage_set_misuse_handler(pmpage_misuse_handler handler, void* c
  *  program compiled against this header keeps working. Non-zero reserved words are refused
  *  (-EINVAL). */
 struct pmpage_pool_options {
-  uint64_t size;      /* bytes of the pool file (0: the existing file's size); ignored for devices */
-  uint64_t root_size; /* bytes of the persistent root area (4 KiB .. PMPAGE_MAX_ROOT_SIZE) */
-  int overwrite;      /* format an existing pool or foreign file (else -EEXIST) */
-  int preallocate;    /* posix_fallocate the file */
-  unsigned mode;      /* file mode of a new file (0600) */
-  unsigned reserved_[11];
+  uint64_t size;      /**< bytes of the pool file (0: the existing file's size); ignored for devices */
+  uint64_t root_size; /**< bytes of the persistent root area (4 KiB .. PMPAGE_MAX_ROOT_SIZE) */
+  int overwrite;      /**< format an existing pool or foreign file (else -EEXIST) */
+  int preallocate;    /**< posix_fallocate the file */
+  unsigned mode;      /**< file mode of a new file (0600) */
+  unsigned reserved_[11]; /**< zero (pmpage_pool_options_init): room for later fields */
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_pool_options) == 72, "pmpage_pool_options is ABI");
 
@@ -121,18 +136,19 @@ PMPAGE_API pmpage_pool* pmpage_pool_open(const char* path);
  *  written; every mutating call is misuse. NULL on failure as pmpage_pool_open (also EROFS, EBUSY
  *  while a writer has it open). */
 PMPAGE_API pmpage_pool* pmpage_pool_open_read_only(const char* path);
+/** pmpage::pool::volatile_options::huge_pages: base pages, transparent huge pages, or hugetlb. */
+enum pmpage_huge_pages { PMPAGE_HUGE_NONE = 0, PMPAGE_HUGE_THP = 1, PMPAGE_HUGE_HUGETLB = 2 };
 /** pmpage::pool::volatile_options (docs/api.md "Volatile pools"). Fill with
  *  pmpage_volatile_options_init, then set fields; reserved words must stay zero. */
-enum pmpage_huge_pages { PMPAGE_HUGE_NONE = 0, PMPAGE_HUGE_THP = 1, PMPAGE_HUGE_HUGETLB = 2 };
 struct pmpage_volatile_options {
-  uint64_t size;          /* bytes of pages, a multiple of 2 MiB (0 with a backing: all of it) */
-  uint64_t root_size;     /* bytes of the root area (DRAM; 4 KiB .. PMPAGE_MAX_ROOT_SIZE) */
-  const char* backing;    /* NULL: anonymous memory; else a file, "/proc/self/fd/N" (memfd), /dev/daxX.Y */
-  int huge;               /* enum pmpage_huge_pages */
-  int require_huge_pages; /* fail with ENOMEM instead of falling back */
-  int numa_node;          /* bind the pages to this node (mbind); -1: no binding */
-  int overwrite;          /* use a backing that holds a persistent pool */
-  unsigned reserved_[10];
+  uint64_t size;          /**< bytes of pages, a multiple of 2 MiB (0 with a backing: all of it) */
+  uint64_t root_size;     /**< bytes of the root area (DRAM; 4 KiB .. PMPAGE_MAX_ROOT_SIZE) */
+  const char* backing;    /**< NULL: anonymous memory; else a file, "/proc/self/fd/N" (memfd), /dev/daxX.Y */
+  int huge;               /**< enum pmpage_huge_pages */
+  int require_huge_pages; /**< fail with ENOMEM instead of falling back */
+  int numa_node;          /**< bind the pages to this node (mbind); -1: no binding */
+  int overwrite;          /**< use a backing that holds a persistent pool */
+  unsigned reserved_[10];  /**< zero (pmpage_volatile_options_init): room for later fields */
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_volatile_options) == 80, "pmpage_volatile_options is ABI");
 /** Fills opts with the defaults: size 0, root_size 4096, backing NULL, PMPAGE_HUGE_NONE, numa_node -1. */
@@ -153,12 +169,12 @@ PMPAGE_API int pmpage_page_to_nid(const struct pmpage_page* page);
 
 /** A bad block (media error) of a pool's file or device: pmpage::bad_block (docs/api.md "Bad blocks"). */
 struct pmpage_bad_block {
-  uint64_t offset; /* bytes from the start of the file or device */
-  uint64_t length;
+  uint64_t offset; /**< bytes from the start of the file or device */
+  uint64_t length; /**< bytes; not 0 */
 };
 enum {
-  PMPAGE_OPEN_READ_ONLY = 1,             /* open_options::read_only */
-  PMPAGE_OPEN_NO_DEVICE_BAD_BLOCKS = 2,  /* open_options::device_bad_blocks = false */
+  PMPAGE_OPEN_READ_ONLY = 1,             /**< open_options::read_only */
+  PMPAGE_OPEN_NO_DEVICE_BAD_BLOCKS = 2,  /**< open_options::device_bad_blocks = false */
 };
 /** pmpage::pool::open with open_options::bad_blocks = bad[0..n) (bad may be NULL when n is 0) and
  *  `flags` (PMPAGE_OPEN_*; other bits: EINVAL). NULL on failure as pmpage_pool_open, also EIO (a
@@ -167,10 +183,10 @@ PMPAGE_API pmpage_pool* pmpage_pool_open_bad_blocks(const char* path, const stru
                                                     unsigned flags);
 /** pmpage::hwpoison_page: an allocated page in a bad block. */
 struct pmpage_hwpoison_page {
-  pmpage_pfn_t pfn;   /* the bad page */
-  pmpage_pfn_t head;  /* the head of its allocation (which carries PG_hwpoison) */
-  unsigned order;     /* the allocation's order */
-  unsigned reserved_;
+  pmpage_pfn_t pfn;   /**< the bad page */
+  pmpage_pfn_t head;  /**< the head of its allocation (which carries PG_hwpoison) */
+  unsigned order;     /**< the allocation's order */
+  unsigned reserved_;  /**< zero */
 };
 /** pool::hwpoison_pages(): fills out[0..min(n, count)) by pfn and returns the count (out may be
  *  NULL when n is 0); 0 for NULL pool (misuse). */
@@ -187,7 +203,9 @@ PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);
  *  what the pool made durable, up to its final fence at close, may not be. */
 PMPAGE_API int pmpage_pool_close(pmpage_pool* pool);
 
+/** pool::start_pfn: the pool's first pfn, its pfn base (its identity). */
 PMPAGE_API pmpage_pfn_t pmpage_pool_start_pfn(const pmpage_pool* pool);
+/** pool::end_pfn: one past the pool's last pfn. */
 PMPAGE_API pmpage_pfn_t pmpage_pool_end_pfn(const pmpage_pool* pool);
 /** The persistent root area (zeroed at create); *size (if size is not NULL) gets its length. */
 PMPAGE_API void* pmpage_pool_root(const pmpage_pool* pool, size_t* size);
@@ -197,9 +215,9 @@ PMPAGE_API const char* pmpage_pool_path(const pmpage_pool* pool);
 PMPAGE_API int pmpage_pool_is_pmem(const pmpage_pool* pool);
 /** pool::store_granularity (libpmem2's terms): how the pool's stores become durable. */
 enum pmpage_granularity {
-  PMPAGE_GRANULARITY_BYTE = 0,       /* eADR / CXL GPF: fences only, no flush */
-  PMPAGE_GRANULARITY_CACHE_LINE = 1, /* clwb + sfence */
-  PMPAGE_GRANULARITY_PAGE = 2        /* page cache: msync */
+  PMPAGE_GRANULARITY_BYTE = 0,       /**< eADR / CXL GPF: fences only, no flush */
+  PMPAGE_GRANULARITY_CACHE_LINE = 1, /**< clwb + sfence */
+  PMPAGE_GRANULARITY_PAGE = 2        /**< page cache: msync */
 };
 /** One of PMPAGE_GRANULARITY_*; -EINVAL for NULL (misuse). */
 PMPAGE_API int pmpage_pool_granularity(const pmpage_pool* pool);
@@ -211,7 +229,9 @@ PMPAGE_API void* pmpage_pool_base(const pmpage_pool* pool, size_t* length);
  *  pmpage_errormsg) when the pool has a write-back error (pmpage_pool_writeback_error): the data
  *  may not be durable; -EINVAL / -EROFS on misuse. */
 PMPAGE_API int pmpage_pool_persist(const pmpage_pool* pool, const void* addr, size_t len);
+/** pool::flush: starts writing back [addr, addr + len); durable after this thread's next drain. */
 PMPAGE_API void pmpage_pool_flush(const pmpage_pool* pool, const void* addr, size_t len);
+/** pool::drain: the fence for the calling thread's flushes; returns as pmpage_pool_persist. */
 PMPAGE_API int pmpage_pool_drain(const pmpage_pool* pool);
 /** pool::writeback_error: 0 while every fence of the pool made its writes durable; else -errno of
  *  the first write-back failure (-EIO, -ENOSPC: msync failed on a pool file that is not DAX),
@@ -224,23 +244,23 @@ PMPAGE_API int pmpage_pool_writeback_error(const pmpage_pool* pool);
  *  <= free_pages, free_regions + split_regions <= total_regions (all bounds: pmpage/pool.hpp);
  *  free_pages may lag below the truth by frees still running. */
 struct pmpage_pool_stats {
-  uint64_t total_pages;
-  uint64_t free_pages;
-  uint64_t total_regions;
-  uint64_t free_regions;
-  uint64_t split_regions;
-  uint64_t materialised_regions;
-  uint64_t descriptor_bytes;
-  uint64_t allocator_bytes;
-  uint64_t repaired_at_open;
-  uint64_t orphaned_owners;
-  uint64_t cpu_cached_regions;
-  uint64_t cpu_cached_free_pages;
-  uint64_t empty_split_regions;
-  uint64_t quarantined_pages; /* bad blocks: free pages held out for this open */
-  uint64_t hwpoison_pages;    /* bad blocks: allocated pages in a bad block (PG_hwpoison) */
-  uint64_t writeback_errno;   /* 0, or the errno of the pool's latched write-back failure */
-  uint64_t reserved_[8];
+  uint64_t total_pages;           /**< 4 KiB pages in the data area */
+  uint64_t free_pages;            /**< of which free */
+  uint64_t total_regions;         /**< 2 MiB regions in the data area */
+  uint64_t free_regions;          /**< regions wholly free and unsplit */
+  uint64_t split_regions;         /**< regions whose pages are tracked 4 KiB at a time */
+  uint64_t materialised_regions;  /**< split regions whose 4 KiB descriptors exist in DRAM */
+  uint64_t descriptor_bytes;      /**< DRAM holding descriptors */
+  uint64_t allocator_bytes;       /**< DRAM of the allocator's own indexes */
+  uint64_t repaired_at_open;      /**< torn updates found and repaired by recovery */
+  uint64_t orphaned_owners;       /**< owner records dropped because their slot no longer named the page */
+  uint64_t cpu_cached_regions;    /**< split regions held by per-CPU caches */
+  uint64_t cpu_cached_free_pages; /**< free pages inside them (counted in free_pages) */
+  uint64_t empty_split_regions;   /**< split regions without allocation kept for a while (merge hysteresis) */
+  uint64_t quarantined_pages; /**< bad blocks: free pages held out for this open */
+  uint64_t hwpoison_pages;    /**< bad blocks: allocated pages in a bad block (PG_hwpoison) */
+  uint64_t writeback_errno;   /**< 0, or the errno of the pool's latched write-back failure */
+  uint64_t reserved_[8];      /**< zero: room for later counters */
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_pool_stats) == 192, "pmpage_pool_stats is ABI");
 /** Fills *out; 0, or -EINVAL (misuse: NULL pool or out). */
@@ -256,6 +276,7 @@ PMPAGE_API int pmpage_pool_check_slots(const pmpage_pool* pool, pmpage_pfn_t* co
 /** Calls fn(head, order, ctx) for every allocation (a snapshot: concurrent allocations may or may
  *  not be seen; fn must not allocate or free in this pool). 0, or -EINVAL (misuse). */
 typedef void (*pmpage_walk_fn)(struct pmpage_page* head, unsigned order, void* ctx);
+/** pool::for_each_allocated: see pmpage_walk_fn. */
 PMPAGE_API int pmpage_pool_for_each_allocated(const pmpage_pool* pool, pmpage_walk_fn fn, void* ctx);
 
 /* ---- allocation and slot ownership ------------------------------------------------------------ */
@@ -263,19 +284,23 @@ PMPAGE_API int pmpage_pool_for_each_allocated(const pmpage_pool* pool, pmpage_wa
 /** A naturally aligned compound page of order (0..18), count 1, durable; NULL when no free extent
  *  (errno ENOMEM) or on misuse (EINVAL). */
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages(pmpage_pool* pool, unsigned order);
+/** pmpage_alloc_pages with allocation flags (PMPAGE_GFP_ZERO; unknown bits are misuse). */
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages_gfp(pmpage_pool* pool, unsigned order, pmpage_gfp_t gfp);
 /** Up to n pages of order into out[]; returns how many (fewer than n: errno ENOMEM, no room). */
 PMPAGE_API size_t pmpage_alloc_pages_bulk(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out);
+/** pmpage_alloc_pages_bulk with allocation flags. */
 PMPAGE_API size_t pmpage_alloc_pages_bulk_gfp(pmpage_pool* pool, unsigned order, size_t n, struct pmpage_page** out,
                                               pmpage_gfp_t gfp);
 /** Allocates and stores the head pfn into the empty slot, crash-atomically; the slot owns it. */
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot);
+/** pmpage_alloc_pages_to with allocation flags. */
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot,
                                                          pmpage_gfp_t gfp);
 /** Frees the page slot owns and clears the slot: 0 (also for an empty slot), -EBUSY, -EINVAL. */
 PMPAGE_API int pmpage_free_pages_from(pmpage_pool* pool, pmpage_pfn_t* slot);
 /** alloc_pages_to for n slots; returns how many were filled (slots[0..k)). */
 PMPAGE_API size_t pmpage_alloc_pages_bulk_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots, size_t n);
+/** pmpage_alloc_pages_bulk_to with allocation flags. */
 PMPAGE_API size_t pmpage_alloc_pages_bulk_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* const* slots,
                                                  size_t n, pmpage_gfp_t gfp);
 /** free_pages_from for n slots: 0, -EBUSY, -EINVAL (nothing changed). */
@@ -479,6 +504,7 @@ static inline struct pmpage_page* pmpage_virt_to_page(const void* addr) {
   return (struct pmpage_page*)(s->vmemmap + (off >> PMPAGE_PAGE_SHIFT));
 }
 
+/** pmpage::virt_addr_valid: addr lies in the data area of an open pool. */
 static inline bool pmpage_virt_addr_valid(const void* addr) { return pmpage_virt_to_page(addr) != NULL; }
 
 /* ---- compound pages (inline) ------------------------------------------------------------------ */
@@ -501,6 +527,7 @@ static inline struct pmpage_page* pmpage_compound_head(struct pmpage_page* p) {
                                 loc.sec->base_index));
 }
 
+/** pmpage::PageHead: p is the head of a compound page (order >= 1). */
 static inline bool pmpage_PageHead(struct pmpage_page* p) {
   struct pmpage_internal_loc loc;
   if (PMPAGE_INTERNAL_UNLIKELY(!pmpage_internal_locate(p, &loc))) return false;
@@ -510,6 +537,7 @@ static inline bool pmpage_PageHead(struct pmpage_page* p) {
   return (loc.rflags & PMPAGE_INTERNAL_PG_HEAD) && (loc.index & (PMPAGE_HPAGE_PMD_NR - 1)) == 0;
 }
 
+/** pmpage::PageTail: p is a tail of a compound page. */
 static inline bool pmpage_PageTail(struct pmpage_page* p) {
   struct pmpage_internal_loc loc;
   if (PMPAGE_INTERNAL_UNLIKELY(!pmpage_internal_locate(p, &loc))) return false;
@@ -519,6 +547,7 @@ static inline bool pmpage_PageTail(struct pmpage_page* p) {
   return (loc.rflags & PMPAGE_INTERNAL_PG_HEAD) && (loc.index & (PMPAGE_HPAGE_PMD_NR - 1)) != 0;
 }
 
+/** pmpage::PageCompound: p is part of an allocation of order >= 1. */
 static inline bool pmpage_PageCompound(struct pmpage_page* p) { return pmpage_PageHead(p) || pmpage_PageTail(p); }
 
 /** Order of a compound head; 0 for order-0 pages and tails. */
@@ -534,6 +563,7 @@ static inline bool pmpage_PageSplit(struct pmpage_page* p) {
 
 /* ---- references (inline; act on the compound head) -------------------------------------------- */
 
+/** pmpage::page_count: the reference count of p's compound page (0: free). */
 static inline int pmpage_page_count(struct pmpage_page* p) {
   struct pmpage_internal_desc* h = pmpage_internal_state_holder(p);
   return h ? __atomic_load_n(&h->refcount_, __ATOMIC_RELAXED) : 0;
@@ -582,6 +612,7 @@ static inline void pmpage_put_page(struct pmpage_page* p) {
 
 /* ---- flags, lock, private data (inline; act on the compound head; volatile) ------------------ */
 
+/** pmpage::trylock_page: takes the page lock if free (true), never sleeps. */
 static inline bool pmpage_trylock_page(struct pmpage_page* p) {
   struct pmpage_internal_desc* h = pmpage_internal_state_holder(p);
   return h && !(__atomic_fetch_or(&h->flags_, PMPAGE_INTERNAL_PG_LOCKED, __ATOMIC_ACQUIRE) & PMPAGE_INTERNAL_PG_LOCKED);
@@ -625,12 +656,17 @@ static inline bool pmpage_internal_test_set_flag(struct pmpage_page* p, uint32_t
   return !h || (__atomic_fetch_or(&h->flags_, bit, __ATOMIC_ACQ_REL) & bit);
 }
 
+/** pmpage::PageLocked: someone holds the page lock. */
 static inline bool pmpage_PageLocked(struct pmpage_page* p) { return pmpage_internal_test_flag(p, PMPAGE_INTERNAL_PG_LOCKED); }
+/** pmpage::PageDirty: the engine's dirty bit of p's compound page (volatile). */
 static inline bool pmpage_PageDirty(struct pmpage_page* p) { return pmpage_internal_test_flag(p, PMPAGE_INTERNAL_PG_DIRTY); }
+/** pmpage::SetPageDirty. */
 static inline void pmpage_SetPageDirty(struct pmpage_page* p) { pmpage_internal_set_flag(p, PMPAGE_INTERNAL_PG_DIRTY); }
+/** pmpage::ClearPageDirty. */
 static inline void pmpage_ClearPageDirty(struct pmpage_page* p) {
   (void)pmpage_internal_test_clear_flag(p, PMPAGE_INTERNAL_PG_DIRTY);
 }
+/** pmpage::TestClearPageDirty: clears PG_dirty and returns the old bit atomically. */
 static inline bool pmpage_TestClearPageDirty(struct pmpage_page* p) {
   return pmpage_internal_test_clear_flag(p, PMPAGE_INTERNAL_PG_DIRTY);
 }
@@ -638,10 +674,13 @@ static inline bool pmpage_TestClearPageDirty(struct pmpage_page* p) {
 static inline bool pmpage_TestSetPageDirty(struct pmpage_page* p) {
   return pmpage_internal_test_set_flag(p, PMPAGE_INTERNAL_PG_DIRTY);
 }
+/** pmpage::PageUptodate: the engine's up-to-date bit (volatile). */
 static inline bool pmpage_PageUptodate(struct pmpage_page* p) {
   return pmpage_internal_test_flag(p, PMPAGE_INTERNAL_PG_UPTODATE);
 }
+/** pmpage::SetPageUptodate. */
 static inline void pmpage_SetPageUptodate(struct pmpage_page* p) { pmpage_internal_set_flag(p, PMPAGE_INTERNAL_PG_UPTODATE); }
+/** pmpage::ClearPageUptodate. */
 static inline void pmpage_ClearPageUptodate(struct pmpage_page* p) {
   (void)pmpage_internal_test_clear_flag(p, PMPAGE_INTERNAL_PG_UPTODATE);
 }
@@ -651,10 +690,12 @@ static inline bool pmpage_PageHWPoison(struct pmpage_page* p) {
   return pmpage_internal_test_flag(p, PMPAGE_INTERNAL_PG_HWPOISON);
 }
 
+/** pmpage::page_private: the engine's private word of p's compound page (0 after allocation). */
 static inline uintptr_t pmpage_page_private(struct pmpage_page* p) {
   struct pmpage_internal_desc* h = pmpage_internal_state_holder(p);
   return h ? __atomic_load_n(&h->private_, __ATOMIC_ACQUIRE) : 0;
 }
+/** pmpage::set_page_private. */
 static inline void pmpage_set_page_private(struct pmpage_page* p, uintptr_t value) {
   struct pmpage_internal_desc* h = pmpage_internal_state_holder(p);
   if (h) __atomic_store_n(&h->private_, value, __ATOMIC_RELEASE);

@@ -1,11 +1,12 @@
-// pmpage/pool.hpp — a pool: a DAX-mapped file or device whose data area is handed out as pages.
-// A persistent pool (create/open) keeps its allocator state on the device, crash-consistently; a
-// volatile pool (create_volatile) keeps it in DRAM and hands out memory whose contents die with
-// the process: anonymous memory, a file or device used as plain memory, optionally on huge pages
-// and bound to a NUMA node (CXL memory). Both give the same descriptors and the same API.
-//
-// Layer: above mm.hpp and persistence.hpp. Set-up (create/open) throws pmpage::error; everything
-// else is noexcept and thread-safe.
+/// \file
+/// pmpage/pool.hpp — a pool: a DAX-mapped file or device whose data area is handed out as pages.
+/// A persistent pool (create/open) keeps its allocator state on the device, crash-consistently; a
+/// volatile pool (create_volatile) keeps it in DRAM and hands out memory whose contents die with
+/// the process: anonymous memory, a file or device used as plain memory, optionally on huge pages
+/// and bound to a NUMA node (CXL memory). Both give the same descriptors and the same API.
+///
+/// Layer: above mm.hpp and persistence.hpp. Set-up (create/open) throws pmpage::error; everything
+/// else is noexcept and thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -31,22 +32,24 @@ class pool_impl;
 /// pool::stats(). One snapshot taken under every allocator lock, so the figures agree with each
 /// other even while other threads allocate and free (a region being merged counts as split until
 /// it is a free region):
+/// ```
 ///   free_pages <= total_pages;  cpu_cached_free_pages <= free_pages;
 ///   512 x free_regions + cpu_cached_free_pages <= free_pages;
 ///   free_regions + split_regions <= total_regions;
 ///   materialised_regions, cpu_cached_regions, empty_split_regions <= split_regions.
+/// ```
 /// Only free_pages is approximate while others run: it may lag below the truth by the pages of
 /// frees still in progress. Exact when no other thread uses the pool.
 struct pool_stats {
-  std::uint64_t total_pages = 0;       // pages in the data area
-  std::uint64_t free_pages = 0;        // of which free
-  std::uint64_t total_regions = 0;     // 2 MiB regions in the data area
-  std::uint64_t free_regions = 0;      // regions wholly free and unsplit
-  std::uint64_t split_regions = 0;     // regions whose pages are tracked 4 KiB at a time
-  std::uint64_t materialised_regions = 0;  // split regions whose 4 KiB descriptors exist in DRAM
-  std::uint64_t descriptor_bytes = 0;  // DRAM holding descriptors: regions x 64 B + 32 KiB x materialised
-  std::uint64_t allocator_bytes = 0;   // DRAM of the allocator's own indexes (split-region state)
-  std::uint64_t repaired_at_open = 0;  // torn updates found and repaired by recovery
+  std::uint64_t total_pages = 0;       ///< 4 KiB pages in the data area
+  std::uint64_t free_pages = 0;        ///< of which free
+  std::uint64_t total_regions = 0;     ///< 2 MiB regions in the data area
+  std::uint64_t free_regions = 0;      ///< regions wholly free and unsplit
+  std::uint64_t split_regions = 0;     ///< regions whose pages are tracked 4 KiB at a time
+  std::uint64_t materialised_regions = 0;  ///< split regions whose 4 KiB descriptors exist in DRAM
+  std::uint64_t descriptor_bytes = 0;  ///< DRAM holding descriptors: regions x 64 B + 32 KiB x materialised
+  std::uint64_t allocator_bytes = 0;   ///< DRAM of the allocator's own indexes (split-region state)
+  std::uint64_t repaired_at_open = 0;  ///< torn updates found and repaired by recovery
   /// Owner records dropped when a split region was loaded because their slot no longer named the
   /// page (the engine overwrote a slot by hand, or freed the page holding it): those pages stay
   /// allocated, owned by nobody; check_slots lists them as unreferenced. Also counts owners
@@ -57,7 +60,7 @@ struct pool_stats {
   /// loses nothing) and are counted in free_pages; another CPU takes them only when the pool has
   /// no other room. An idle cache is drained after PCP_IDLE_MS, and trim() drains them all.
   std::uint64_t cpu_cached_regions = 0;
-  std::uint64_t cpu_cached_free_pages = 0;
+  std::uint64_t cpu_cached_free_pages = 0;  ///< the free pages inside cpu_cached_regions
   /// Split regions with no allocation that keep their 4 KiB descriptors for a while (merge
   /// hysteresis, docs/api.md "When descriptor memory comes back"): at most EMPTY_SPLIT_KEPT, each
   /// for at most EMPTY_SPLIT_KEEP_MS; trim() merges them now. Included in split_regions.
@@ -67,14 +70,23 @@ struct pool_stats {
   /// media, not counted in free_pages), and allocated pages that lie in a bad block (their
   /// allocation carries PG_hwpoison: PageHWPoison). Both 0 for a pool opened without bad blocks.
   std::uint64_t quarantined_pages = 0;
-  std::uint64_t hwpoison_pages = 0;
+  std::uint64_t hwpoison_pages = 0;  ///< allocated pages in a bad block (see quarantined_pages)
   /// 0, or the errno (EIO, ENOSPC, ...) of the write-back failure this pool latched: see
   /// pool::writeback_error(). Nonzero means nothing made durable since can be trusted.
   int writeback_errno = 0;
 };
 
+/// A pool: a file or device (persistent: create, open) or memory (create_volatile) whose data
+/// area is handed out as pages with kernel-style descriptors. A move-only handle; the pool closes
+/// when its handle is destroyed or close() is called. Set-up (create, open, create_volatile)
+/// throws pmpage::error; the other calls report errors by their result (only those that return
+/// a container can throw, std::bad_alloc) and may be called from any number of threads at once
+/// (check and check_slots are exact only while no other thread allocates or frees). Kernel
+/// counterpart: a memory zone and its buddy allocator, with ZONE_DEVICE-style descriptors;
+/// PMDK's: a pmemobj pool.
 class PMPAGE_API pool {
  public:
+  /// pool::create's options (docs/api.md "Creating and opening").
   struct options {
     /// Bytes for a regular file that does not exist or must grow; 0 = use the existing size.
     /// Ignored for device DAX (its whole size is used).
@@ -96,8 +108,9 @@ class PMPAGE_API pool {
     std::shared_ptr<persistence> backend;
   };
 
+  /// pool::open's options.
   struct open_options {
-    std::shared_ptr<persistence> backend;  // nullptr = libpmem; ignored when read_only
+    std::shared_ptr<persistence> backend;  ///< nullptr = libpmem; ignored when read_only
     /// Open for reading only (docs/api.md "Read-only open"). The file is opened O_RDONLY (a file
     /// the caller may only read works) under a shared lock: any number of read-only opens of one
     /// pool coexist across processes, and a writer's open fails EBUSY while a reader holds it (a
@@ -138,6 +151,7 @@ class PMPAGE_API pool {
     /// another pool, volatile or persistent, has it). A file holding a persistent pmpage pool is
     /// refused (EEXIST) unless `overwrite`.
     std::filesystem::path backing;
+    /// Use a backing that holds a persistent pmpage pool (its pool is destroyed); else EEXIST.
     bool overwrite = false;
     /// Huge pages for the pages handed out (anonymous memory and tmpfs/memfd files; a hugetlbfs
     /// file and device DAX bring their own): none = base pages; thp = transparent huge pages
@@ -146,7 +160,8 @@ class PMPAGE_API pool {
     /// pages reserved) the pool falls back, hugetlb to thp to none, and memory_description() says
     /// why; with require_huge_pages create fails ENOMEM instead.
     enum class huge_pages { none, thp, hugetlb };
-    huge_pages huge = huge_pages::none;
+    huge_pages huge = huge_pages::none;  ///< the huge pages asked for (see huge_pages)
+    /// Fail create_volatile with ENOMEM instead of falling back to fewer huge pages.
     bool require_huge_pages = false;
     /// Bind the pages to this NUMA node (mbind MPOL_BIND through libnuma; every page is then
     /// allocated on it or not at all, SIGBUS when it is full); -1 = the process's policy. A node
@@ -170,6 +185,7 @@ class PMPAGE_API pool {
   static pool create(const std::filesystem::path& path, const options& opts);
   /// Opens and recovers an existing pool (opts.read_only: without writing it; see open_options).
   static pool open(const std::filesystem::path& path, const open_options& opts);
+  /// open(path, open_options{}): read-write, libpmem, libpmem2's bad blocks.
   static pool open(const std::filesystem::path& path) { return open(path, open_options{}); }
   /// Creates a volatile pool (docs/api.md "Volatile pools"): the same descriptors, allocator and
   /// API as a persistent pool, with the allocator's state in DRAM and no flush, fence or intent
@@ -181,8 +197,12 @@ class PMPAGE_API pool {
   /// system call on the backing (EACCES, EPERM). A refused create leaves the backing unchanged.
   static pool create_volatile(const volatile_options& opts);
 
-  pool() noexcept;  // a closed pool
+  /// A closed pool (is_open() false): every call on it is misuse or returns its closed-pool value.
+  pool() noexcept;
+  /// Takes over the other's pool; the other is left closed.
   pool(pool&&) noexcept;
+  /// Closes this pool (as close(), its write-back error is lost: call close() first to see it),
+  /// then takes over the other's; the other is left closed.
   pool& operator=(pool&&) noexcept;
   pool(const pool&) = delete;
   pool& operator=(const pool&) = delete;
@@ -203,6 +223,7 @@ class PMPAGE_API pool {
   /// clears it (open fails if recovery cannot write back either). 0 for a closed pool.
   /// Thread-safe; one load.
   int writeback_error() const noexcept;
+  /// False for a default-constructed, moved-from or closed pool.
   bool is_open() const noexcept { return impl_ != nullptr; }
   /// True for a pool opened with open_options::read_only (false for a closed pool). On such a
   /// pool every call that would write the media is misuse, reported, and changes nothing:
@@ -233,7 +254,9 @@ class PMPAGE_API pool {
   /// memory, 1 GiB, transparent huge pages, bound to node 0". Thread-safe.
   std::string memory_description() const;
 
+  /// The pool's first pfn: its pfn base, its identity (types.hpp, pfn_t), the same at every open.
   pfn_t start_pfn() const noexcept;
+  /// One past the pool's last pfn: its pfns are [start_pfn(), end_pfn()), total_pages of them.
   pfn_t end_pfn() const noexcept;
 
   /// Allocates a naturally aligned compound page of `order` (0..18); head with refcount 1, or
@@ -324,16 +347,18 @@ class PMPAGE_API pool {
 
   /// What check_slots found: an fsck of the engine's own persistent references.
   struct slot_check {
+    /// One finding.
     struct entry {
-      const pfn_t* slot;    // the engine's slot (nullptr for an unreferenced allocation)
-      pfn_t pfn;            // what it names / the allocation's head
-      unsigned order;       // the allocation's order (when it is one)
-      std::string problem;  // one line, naming slot address, pfn and the rule broken
+      const pfn_t* slot;    ///< the engine's slot (nullptr for an unreferenced allocation)
+      pfn_t pfn;            ///< what it names / the allocation's head
+      unsigned order;       ///< the allocation's order (when it is one)
+      std::string problem;  ///< one line, naming slot address, pfn and the rule broken
     };
-    std::vector<entry> unreferenced;  // allocations no listed slot names (leaks, if the list is complete)
-    std::vector<entry> dangling;      // slots naming a free page, a tail, or no page of this pool
-    std::vector<entry> shared;        // slots naming a page another listed slot also names
-    std::vector<entry> misowned;      // slots naming a page the media says another slot (or none) owns
+    std::vector<entry> unreferenced;  ///< allocations no listed slot names (leaks, if the list is complete)
+    std::vector<entry> dangling;      ///< slots naming a free page, a tail, or no page of this pool
+    std::vector<entry> shared;        ///< slots naming a page another listed slot also names
+    std::vector<entry> misowned;      ///< slots naming a page the media says another slot (or none) owns
+    /// No finding of any kind.
     bool clean() const { return unreferenced.empty() && dangling.empty() && shared.empty() && misowned.empty(); }
     /// All problems, one per line ("" when clean).
     std::string describe() const;
@@ -346,6 +371,7 @@ class PMPAGE_API pool {
 
   /// The persistent root area (zeroed at create), at least 4 KiB.
   void* root() const noexcept;
+  /// Bytes of the root area: options::root_size (volatile_options::root_size) rounded up to 4 KiB.
   std::size_t root_size() const noexcept;
 
   /// Persistence of the application's own data in the pool. flush() starts writing back the
@@ -359,7 +385,10 @@ class PMPAGE_API pool {
   /// data may not be durable: an engine must not report its commit durable); -EINVAL for a closed
   /// pool or a range outside the mapping, -EROFS for a read-only pool (misuse, reported).
   int persist(const void* addr, std::size_t len) const noexcept;
+  /// Starts writing back [addr, addr + len) (clwb; nothing at byte granularity; msync at page);
+  /// durable after this thread's next drain(). See persist(). Kernel: arch_wb_cache_pmem.
   void flush(const void* addr, std::size_t len) const noexcept;
+  /// The fence for this thread's flushes: returns 0 or -errno as persist(). Kernel: pmem_wmb.
   int drain() const noexcept;
 
   /// The pool's counters (pool_stats: which bounds hold while other threads run). Thread-safe: it
@@ -403,6 +432,7 @@ class PMPAGE_API pool {
   /// description of the first violation. Takes the allocator lock (slow).
   std::string check() const;
 
+  /// The path given to create or open (empty for anonymous volatile memory and a closed pool).
   const std::filesystem::path& path() const noexcept;
   /// True when flushes go to the media directly (pmem); false when msync is used:
   /// store_granularity() != granularity::page.
@@ -414,8 +444,11 @@ class PMPAGE_API pool {
   granularity store_granularity() const noexcept;
   /// The mapping of the whole device (superblocks, metadata, root, data) and its length.
   void* base() const noexcept;
+  /// Bytes of the mapping at base().
   std::size_t mapped_length() const noexcept;
 
+  /// The implementation, for the library's own tools and tests. Not API: its type is not in the
+  /// installed headers' documentation and may change with any release.
   detail::pool_impl* impl() const noexcept { return impl_.get(); }
 
  private:

@@ -1,12 +1,13 @@
-// pmpage/testing.hpp — power-failure testing for code that keeps its data in a pmpage pool.
-//
-// Layer: over pool.hpp; a separate library (libpmpage_testing, CMake target
-// pmpage::pmpage_testing, pkg-config pmpage-testing). Nothing in libpmpage depends on it.
-//
-// sim_pmem is a persistence backend (persistence.hpp) that models which stores survive a power
-// failure; run_crash_test runs an operation on it, takes a crash image at every fence the
-// operation issues, and hands each image to a checker. docs/testing-your-engine.md shows how an
-// engine plugs in and how to read and reproduce a failure.
+/// \file
+/// pmpage/testing.hpp — power-failure testing for code that keeps its data in a pmpage pool.
+///
+/// Layer: over pool.hpp; a separate library (libpmpage_testing, CMake target
+/// pmpage::pmpage_testing, pkg-config pmpage-testing). Nothing in libpmpage depends on it.
+///
+/// sim_pmem is a persistence backend (persistence.hpp) that models which stores survive a power
+/// failure; run_crash_test runs an operation on it, takes a crash image at every fence the
+/// operation issues, and hands each image to a checker. docs/testing-your-engine.md shows how an
+/// engine plugs in and how to read and reproduce a failure.
 #pragma once
 
 #include <cstddef>
@@ -20,6 +21,7 @@
 
 #include <pmpage/persistence.hpp>
 
+/// Power-failure testing for engines (testing.hpp; libpmpage_testing).
 namespace pmpage::testing {
 
 /// A simulated device, in one of two models (pmpage::granularity, docs/testing-your-engine.md):
@@ -92,7 +94,7 @@ class sim_pmem final : public pmpage::persistence {
   /// call that may hold allocator locks: copy what you need (crash_image), check afterwards.
   std::function<void(std::uint64_t fence, bool before)> on_fence;
 
-  struct impl;  // the model (src/testing/sim_pmem.cpp); run_crash_test uses its sparse capture
+  struct impl;  ///< the model (src/testing/sim_pmem.cpp); run_crash_test uses its sparse capture
 
  private:
   std::unique_ptr<impl> impl_;
@@ -101,20 +103,21 @@ class sim_pmem final : public pmpage::persistence {
 
 /// One crash: where in the operation, and which unfenced words survive.
 struct crash_point {
-  std::uint64_t fence = 0;  // 1-based fence of the operation; 0 = after the operation returned
-  bool before = false;      // image taken just before that fence completes (else just after)
-  std::uint64_t seed = 0;   // RNG seed of the surviving subset of unfenced words
-  double keep = 0;          // 0 = nothing unfenced survives, 1 = everything written survives, else per-word probability
+  std::uint64_t fence = 0;  ///< 1-based fence of the operation; 0 = after the operation returned
+  bool before = false;      ///< image taken just before that fence completes (else just after)
+  std::uint64_t seed = 0;   ///< RNG seed of the surviving subset of unfenced words
+  double keep = 0;          ///< 0 = nothing unfenced survives, 1 = everything written survives, else per-word probability
   /// e.g. "fence 3 (before), random subset seed 1234 (keep 0.5)".
   std::string label() const;
 };
 
+/// run_crash_test's options: which crash images, and where they are written.
 struct crash_options {
-  unsigned random_subsets = 2;    // random subsets per crash point, besides "none kept" and "all kept"
-  double keep_probability = 0.5;  // of each unfenced word in a random subset
-  std::uint64_t seed = 1;         // base seed; each image's seed derives from it, the fence and the subset index
-  std::size_t tracked = 0;        // bytes modelled (0 = whole file); beyond them images hold the file as op left it
-  std::filesystem::path scratch_dir = "/dev/shm";  // where images are written for the checker
+  unsigned random_subsets = 2;    ///< random subsets per crash point, besides "none kept" and "all kept"
+  double keep_probability = 0.5;  ///< of each unfenced word in a random subset
+  std::uint64_t seed = 1;         ///< base seed; each image's seed derives from it, the fence and the subset index
+  std::size_t tracked = 0;        ///< bytes modelled (0 = whole file); beyond them images hold the file as op left it
+  std::filesystem::path scratch_dir = "/dev/shm";  ///< where images are written for the checker
   /// The simulator's model (sim_pmem): byte (eADR) or cache_line (ADR); unset = the platform's
   /// (PMEM2_FORCE_GRANULARITY=BYTE selects byte). An engine's crash test should run under both.
   std::optional<pmpage::granularity> granularity;
@@ -123,11 +126,13 @@ struct crash_options {
   std::optional<crash_point> only;
 };
 
+/// What run_crash_test found.
 struct crash_report {
-  std::size_t images = 0;              // images checked
-  std::uint64_t fences = 0;            // fences the operation issued
-  std::vector<std::string> failures;   // each names the crash point (its label, with seed) and the checker's message
-  std::vector<crash_point> failed;     // the crash point of each failure, in the same order (for only = ...)
+  std::size_t images = 0;              ///< images checked
+  std::uint64_t fences = 0;            ///< fences the operation issued
+  std::vector<std::string> failures;   ///< each names the crash point (its label, with seed) and the checker's message
+  std::vector<crash_point> failed;     ///< the crash point of each failure, in the same order (for only = ...)
+  /// No failure.
   bool ok() const { return failures.empty(); }
   /// All failures, plus how to reproduce one (crash_options::only = {...}, or env PMPAGE_CRASH_ONLY).
   std::string describe() const;
@@ -140,7 +145,7 @@ struct crash_report {
 /// (nothing unfenced kept); then writes each image to a scratch file in opts.scratch_dir (the
 /// file's size, holding the image over the tracked bytes) and calls `check` on it.
 ///
-/// `op` receives the simulated device and must pass it as pool::options/open_options::backend to
+/// `op` receives the simulated device and must pass it as pool::options::backend or pool::open_options::backend to
 /// every pool it opens on `path` (an engine exposes a backend option for this), and must close
 /// them before it returns. `check` returns "" when the recovered state is acceptable, else why;
 /// it may open (and must close) a pool on the image, and may modify the image. An image taken

@@ -1,13 +1,14 @@
-// pmpage/types.hpp — units, constants, the error type and the misuse policy.
-//
-// Layer: bottom. Included by every other public header; includes nothing of pmpage.
-//
-// Error policy (one per layer):
-//   * Set-up (pool::create / pool::open) throws pmpage::error, naming the path and the reason.
-//   * Hot paths (translation, get/put, flags, alloc/free) never throw and never block on I/O.
-//     Allocation failure is a nullptr / short count. Caller mistakes (misuse) are reported through
-//     the misuse handler; the default prints and aborts, and if an installed handler returns, the
-//     offending call does nothing (and returns nullptr / 0 / -EINVAL where it has a result).
+/// \file
+/// pmpage/types.hpp — units, constants, the error type and the misuse policy.
+///
+/// Layer: bottom. Included by every other public header; includes nothing of pmpage.
+///
+/// Error policy (one per layer):
+///   * Set-up (pool::create / pool::open) throws pmpage::error, naming the path and the reason.
+///   * Hot paths (translation, get/put, flags, alloc/free) never throw and never block on I/O.
+///     Allocation failure is a nullptr / short count. Caller mistakes (misuse) are reported through
+///     the misuse handler; the default prints and aborts, and if an installed handler returns, the
+///     offending call does nothing (and returns nullptr / 0 / -EINVAL where it has a result).
 #pragma once
 
 #if __cplusplus < 202002L
@@ -28,6 +29,10 @@
 #define PMPAGE_API __attribute__((visibility("default")))
 #endif
 
+/// The C++ API (namespace pmpage): pools (pool.hpp), the kernel's page API on their descriptors
+/// (mm.hpp), the persistence seam (persistence.hpp); pmpage::fsck checks closed pools (fsck.hpp)
+/// and pmpage::testing simulates power failures (testing.hpp, a library of its own). The C API
+/// (pmpage.h) has the same operations under a pmpage_ prefix.
 namespace pmpage {
 
 /// A page frame number. Unique across every pool open in the process, never 0, and stable across
@@ -36,18 +41,24 @@ namespace pmpage {
 /// index in the pool's data area; pfns of one pool are contiguous, [start_pfn, end_pfn).
 using pfn_t = std::uint64_t;
 
+/// log2 of PAGE_SIZE (the kernel's PAGE_SHIFT on x86-64).
 inline constexpr unsigned PAGE_SHIFT = 12;
-inline constexpr std::size_t PAGE_SIZE = std::size_t{1} << PAGE_SHIFT;  // 4 KiB
+/// Bytes of a page, the unit of allocation: 4 KiB. A page of order k is PAGE_SIZE << k bytes.
+inline constexpr std::size_t PAGE_SIZE = std::size_t{1} << PAGE_SHIFT;
+/// The order of a 2 MiB page (a PMD mapping), which is also a region of the pool: 9.
 inline constexpr unsigned HPAGE_PMD_ORDER = 9;
-inline constexpr std::size_t HPAGE_PMD_NR = std::size_t{1} << HPAGE_PMD_ORDER;  // 512
-inline constexpr std::size_t HPAGE_PMD_SIZE = PAGE_SIZE << HPAGE_PMD_ORDER;     // 2 MiB
-inline constexpr unsigned MAX_PAGE_ORDER = 18;                                  // 1 GiB
+/// Pages in a 2 MiB page or region: 512.
+inline constexpr std::size_t HPAGE_PMD_NR = std::size_t{1} << HPAGE_PMD_ORDER;
+/// Bytes of a 2 MiB page or region.
+inline constexpr std::size_t HPAGE_PMD_SIZE = PAGE_SIZE << HPAGE_PMD_ORDER;
+/// The largest order an allocation may have: 18, 1 GiB (2^18 pages). A larger order is misuse.
+inline constexpr unsigned MAX_PAGE_ORDER = 18;
 
 /// Allocation flags, the kernel's gfp_t. Only the modifiers that mean something for a pool exist.
 using gfp_t = unsigned;
 /// No modifier (the kernel's GFP_KERNEL as far as a pool is concerned).
 inline constexpr gfp_t GFP_DEFAULT = 0;
-/// The kernel's __GFP_ZERO (renamed: identifiers containing "__" are reserved in C++): the pages
+/// The kernel's `__GFP_ZERO` (renamed: identifiers containing `__` are reserved in C++): the pages
 /// are zeroed and the zeros are durable by the time the allocation returns, inside the
 /// allocation's own fence. Without it a page holds whatever its previous owner wrote.
 inline constexpr gfp_t GFP_ZERO = 0x100u;
@@ -91,6 +102,7 @@ inline constexpr std::uint64_t MAX_ROOT_SIZE = std::uint64_t{1} << 30;
 /// the allocator next takes its pool lock (a cache refill, a large alloc or free, a free that
 /// empties a region, stats(), trim()). pool::trim() merges them all now.
 inline constexpr unsigned EMPTY_SPLIT_KEPT = 16;
+/// Milliseconds an empty split region keeps its descriptors at most (see EMPTY_SPLIT_KEPT).
 inline constexpr unsigned EMPTY_SPLIT_KEEP_MS = 1000;
 
 /// A per-CPU cache that allocated nothing for this long is drained (its region goes back to the
@@ -103,10 +115,13 @@ inline constexpr unsigned PCP_IDLE_MS = 1000;
 /// the messages already carry where it helps: "cannot open read-only: No such file or directory").
 class PMPAGE_API error : public std::system_error {
  public:
+  /// An error with `code` and the message `what` (returned by what() as given).
   error(std::error_code code, const std::string& what)
       : std::system_error(code, what), what_(std::make_shared<const std::string>(what)) {}
+  /// An error whose code() is errno_value in std::generic_category() (EINVAL, ENOENT, ...).
   error(int errno_value, const std::string& what)
       : error(std::error_code(errno_value, std::generic_category()), what) {}
+  /// The message as given: names the path and the reason. Valid as long as the error (copies share it).
   const char* what() const noexcept override { return what_->c_str(); }
 
  private:
@@ -124,17 +139,19 @@ inline constexpr int ERR_CREATE_INTERRUPTED = ECANCELED;
 /// them (512-byte sectors on an NVDIMM; a CXL device's poison list gives device physical
 /// addresses, which the caller translates to offsets in the devdax device).
 struct bad_block {
-  std::uint64_t offset = 0;
-  std::uint64_t length = 0;
+  std::uint64_t offset = 0;  ///< bytes from the start of the file or device
+  std::uint64_t length = 0;  ///< bytes; never 0 in a list the library accepts
+  /// Same range.
   friend bool operator==(const bad_block&, const bad_block&) = default;
 };
 
 /// An allocated page in a bad block (pool::hwpoison_pages): the pfn of the bad page, and the head
 /// and order of the allocation it belongs to (the allocation carries PG_hwpoison).
 struct hwpoison_page {
-  pfn_t pfn = 0;
-  pfn_t head = 0;
-  unsigned order = 0;
+  pfn_t pfn = 0;       ///< the page in the bad block
+  pfn_t head = 0;      ///< the head of its allocation, which carries PG_hwpoison
+  unsigned order = 0;  ///< the allocation's order
+  /// Same page of the same allocation.
   friend bool operator==(const hwpoison_page&, const hwpoison_page&) = default;
 };
 
