@@ -22,7 +22,16 @@
 //                            total_regions), and persistent_per_region: the same for a
 //                            persistent pool of the same size created in the scratch directory
 //                            (issue #12: 64 B per unsplit 2 MiB region, as for persistent pools)
+//   first_touch/insert/pmpage_volatile/populate:{0,1}  a cache tier's first inserts: a fresh
+//                            anonymous volatile pool (256 MiB, base pages; 16 MiB in smoke mode),
+//                            created untimed with volatile_options::populate off or on, then timed:
+//                            alloc_pages(0) + a 4 KiB memcpy into the page until the pool is full.
+//                            items/s = inserts/s; counters faults_per_insert (minor page faults
+//                            of the timed loop, getrusage), create_ms (create_volatile's time)
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common.hpp"
@@ -244,6 +253,49 @@ void bm_volatile_descriptors(benchmark::State& state) {
   });
 }
 
+long minor_faults() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
+
+void bm_first_touch_insert(benchmark::State& state, bool populate) {
+  guarded(state, [&] {
+    const std::uint64_t bytes = cfg().smoke ? std::uint64_t{16} << 20 : std::uint64_t{256} << 20;
+    std::vector<char> value(pmpage::PAGE_SIZE, 'v');
+    std::vector<pmpage::page*> got;
+    got.reserve(bytes / pmpage::PAGE_SIZE);
+    double create_s = 0;
+    long faults = 0;
+    std::uint64_t inserts = 0;
+    for (auto _ : state) {
+      pmpage::pool::volatile_options o;
+      o.size = bytes;
+      o.populate = populate;
+      const double c0 = now_s();
+      pmpage::pool pool = pmpage::pool::create_volatile(o);
+      create_s = now_s() - c0;
+      got.clear();
+      const long f0 = minor_faults();
+      const double t0 = now_s();
+      while (pmpage::page* p = pool.alloc_pages(0)) {
+        std::memcpy(pmpage::page_address(p), value.data(), value.size());
+        got.push_back(p);
+      }
+      const double t1 = now_s();
+      faults += minor_faults() - f0;
+      state.SetIterationTime(t1 - t0);
+      inserts += got.size();
+      for (pmpage::page* p : got) pmpage::put_page(p);
+      pool.close();
+    }
+    state.SetItemsProcessed(std::int64_t(inserts));
+    state.counters["faults_per_insert"] = inserts ? double(faults) / double(inserts) : 0.0;
+    state.counters["create_ms"] = create_s * 1e3;
+    state.counters["pool_mib"] = double(bytes >> 20);
+  });
+}
+
 }  // namespace
 
 void register_memory() {
@@ -268,6 +320,13 @@ void register_memory() {
       ->UseManualTime()
       ->Iterations(iters + 2)
       ->Unit(benchmark::kMicrosecond);
+  for (bool populate : {false, true})
+    benchmark::RegisterBenchmark(
+        ("first_touch/insert/pmpage_volatile/populate:" + std::to_string(int(populate))).c_str(), bm_first_touch_insert,
+        populate)
+        ->UseManualTime()
+        ->Iterations(iters)
+        ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("splitmerge/order0_cycle/pmpage", bm_order0_cycle);
   benchmark::RegisterBenchmark("splitmerge/huge_cycle/pmpage", bm_huge_cycle)->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("frag/random_50pct/pmpage", bm_fragmentation)

@@ -459,6 +459,7 @@ void pmpage_volatile_options_init(struct pmpage_volatile_options* opts) {
   opts->require_huge_pages = d.require_huge_pages;
   opts->numa_node = d.numa_node;
   opts->overwrite = d.overwrite;
+  opts->populate = d.populate;
 }
 
 pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* opts) {
@@ -488,6 +489,7 @@ pmpage_pool* pmpage_pool_create_volatile(const struct pmpage_volatile_options* o
     o.require_huge_pages = opts->require_huge_pages != 0;
     o.numa_node = opts->numa_node;
     o.overwrite = opts->overwrite != 0;
+    o.populate = opts->populate != 0;
     return new pmpage_pool{pmpage::pool::create_volatile(o), opts->backing ? opts->backing : ""};
   } catch (...) {
     fail_current(call.fn());

@@ -110,6 +110,26 @@ void check_node(const std::string& name, int node) {
                            "memory here: " + with_memory + ")");
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14 (older C libraries lack the constant)
+#endif
+
+/// Pre-faults [addr, addr + len) for writing: every page allocated and mapped writable, nothing
+/// written. madvise(MADV_POPULATE_WRITE) reports a page the kernel cannot supply as an error
+/// (EFAULT where a touch would be SIGBUS: the huge pages, the bound node or the file system ran
+/// out; ENOMEM: out of memory) instead of killing the process. A kernel without it (before 5.14)
+/// answers EINVAL: then each 4 KiB page is read and the byte written back, which faults it in
+/// without changing it (nothing else can touch the pool's memory yet). Returns 0 or an errno.
+int populate_write(char* addr, std::size_t len) {
+  if (::madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
+  if (errno != EINVAL) return errno;
+  for (std::size_t off = 0; off < len; off += PAGE_SIZE) {
+    volatile char* c = addr + off;
+    *c = *c;
+  }
+  return 0;
+}
+
 /// mbind(MPOL_BIND) of [addr, addr + len) to `node` (libnuma's wrapper of the system call).
 void bind_to_node(const std::string& name, void* addr, std::size_t len, int node) {
   struct bitmask* mask = numa_allocate_nodemask();
@@ -295,6 +315,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
                        (opts.numa_node != -1 ? ", bound to node " + std::to_string(opts.numa_node)
                         : impl->numa_node_ >= 0 ? ", on node " + std::to_string(impl->numa_node_)
                                                 : std::string()) +
+                       (opts.populate ? ", populated" : "") +
                        (fallback.empty() ? "" : " (fallback: " + fallback + ")");
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   if (!opts.bad_blocks.empty()) {
@@ -310,6 +331,39 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
     }
     impl->bad_blocks_ = normalise_bad_blocks(std::move(bad));
     impl->index_bad_pages();
+  }
+  if (opts.populate) {
+    // After the huge-page advice and the NUMA binding (so the pages are faulted in the size and
+    // on the node asked for) and after a short file was grown (a fault past its end is SIGBUS):
+    // why not MAP_POPULATE at mmap, which would also swallow the errors. A region that holds a
+    // bad block is left alone (a store to poisoned memory is a machine check); with a backing
+    // file each run of regions is reserved first (fallocate), so a full file system is ENOSPC
+    // here, and the allocator finds those regions reserved (region_backing.hpp).
+    std::vector<bool> bad_region(lay.nr_regions, false);
+    for (const bad_block& b : opts.bad_blocks)
+      for (std::uint64_t r = b.offset / HPAGE_PMD_SIZE; r <= (b.offset + b.length - 1) / HPAGE_PMD_SIZE; ++r)
+        bad_region[r] = true;
+    for (std::uint64_t r = 0; r < lay.nr_regions;) {
+      if (bad_region[r]) {
+        ++r;
+        continue;
+      }
+      std::uint64_t end = r;
+      while (end < lay.nr_regions && !bad_region[end]) ++end;
+      if (kind == backing_kind::shmem || kind == backing_kind::other_file)
+        if (const int e = impl->backing_.reserve(std::uint32_t(r), std::uint32_t(end - r)))
+          fail(e, name, "volatile_options.populate: cannot reserve " + size_text((end - r) * HPAGE_PMD_SIZE) +
+                            " of the backing at offset " + std::to_string(r * HPAGE_PMD_SIZE) + ": fallocate: " +
+                            std::strerror(e));
+      if (const int e = populate_write(data + r * HPAGE_PMD_SIZE, std::size_t((end - r) * HPAGE_PMD_SIZE)))
+        fail(e == EFAULT ? ENOMEM : e, name,
+             "volatile_options.populate: cannot fault in " + size_text((end - r) * HPAGE_PMD_SIZE) + " at offset " +
+                 std::to_string(r * HPAGE_PMD_SIZE) + ": madvise(MADV_POPULATE_WRITE): " + std::strerror(e) +
+                 (e == EFAULT ? " (the memory could not be had: the huge pages, the bound NUMA node or the backing's "
+                                "file system is full)"
+                              : ""));
+      r = end;
+    }
   }
   impl->build_volatile();
   if (!impl->bad_pages_.empty()) impl->apply_bad_pages_at_open();

@@ -832,4 +832,97 @@ TEST_F(Volatile, VolatileAndPersistentPoolsTranslateIndependently) {
   EXPECT_EQ(q.check(), "");
 }
 
+
+// ---- populate: every page faulted in at create ----------------------------------------------------
+
+// Pages of the pool's data area resident in memory now (mincore), and the area's page count.
+std::pair<std::size_t, std::size_t> resident_data_pages(const pool& p) {
+  void* data = pmpage::page_address(pmpage::pfn_to_page(p.start_pfn()));
+  const std::size_t n = std::size_t(p.end_pfn() - p.start_pfn());
+  std::vector<unsigned char> v(n);
+  EXPECT_EQ(::mincore(data, n * PAGE_SIZE, v.data()), 0) << std::strerror(errno);
+  return {std::size_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; })), n};
+}
+
+TEST_F(Volatile, PopulateFaultsInEveryPageAtCreate) {
+  vopts v;
+  v.size = 16 * MiB;
+  {
+    pool lazy = pool::create_volatile(v);
+    EXPECT_EQ(resident_data_pages(lazy).first, 0u) << "without populate no page is faulted in before its first touch";
+    EXPECT_FALSE(contains(lazy.memory_description(), "populated")) << lazy.memory_description();
+  }
+  v.populate = true;
+  pool p = pool::create_volatile(v);
+  const auto [resident, total] = resident_data_pages(p);
+  EXPECT_EQ(total, 16 * MiB / PAGE_SIZE);
+  EXPECT_EQ(resident, total) << "populate left pages to fault in at first touch";
+  EXPECT_TRUE(contains(p.memory_description(), ", populated")) << p.memory_description();
+  // The pages are as a fresh pool's: zero, all free, and handed out as usual.
+  page* x = p.alloc_pages(9);
+  ASSERT_NE(x, nullptr);
+  const char* bytes = static_cast<const char*>(pmpage::page_address(x));
+  EXPECT_TRUE(std::all_of(bytes, bytes + HPAGE_PMD_NR * PAGE_SIZE, [](char c) { return c == 0; }));
+  pmpage::put_page(x);
+  EXPECT_EQ(p.stats().free_pages, total);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(Volatile, PopulateLeavesTheRegionsOfBadBlocksAlone) {
+  // A store to poisoned memory is a machine check: populate must not touch a region with a bad
+  // block, and must fault in every other one.
+  vopts v;
+  v.size = 8 * MiB;
+  v.populate = true;
+  v.bad_blocks = {{2 * MiB + 5 * PAGE_SIZE, PAGE_SIZE}};  // in region 1
+  pool p = pool::create_volatile(v);
+  char* data = static_cast<char*>(pmpage::page_address(pmpage::pfn_to_page(p.start_pfn())));
+  for (std::uint64_t r = 0; r < 4; ++r) {
+    std::vector<unsigned char> in(HPAGE_PMD_NR);
+    ASSERT_EQ(::mincore(data + r * 2 * MiB, 2 * MiB, in.data()), 0);
+    const auto n = std::count_if(in.begin(), in.end(), [](unsigned char c) { return c & 1; });
+    EXPECT_EQ(n, r == 1 ? 0 : long(HPAGE_PMD_NR)) << "region " << r;
+  }
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(VolatileBacking, PopulateReservesAndFaultsInASparseMemfdWithoutWritingIt) {
+  fd_ = ::memfd_create("pmpage-test-populate", 0);
+  ASSERT_GE(fd_, 0) << std::strerror(errno);
+  ASSERT_EQ(::ftruncate(fd_, off_t(8 * MiB)), 0);  // sparse: no page of it exists yet
+  ASSERT_EQ(::pwrite(fd_, &kPattern, 1, off_t(3 * MiB)), 1);
+  vopts v;
+  v.backing = "/proc/self/fd/" + std::to_string(fd_);
+  v.populate = true;
+  pool p = pool::create_volatile(v);
+  const auto [resident, total] = resident_data_pages(p);
+  EXPECT_EQ(total, 8 * MiB / PAGE_SIZE);
+  EXPECT_EQ(resident, total);
+  struct stat st;
+  ASSERT_EQ(::fstat(fd_, &st), 0);
+  EXPECT_GE(std::uint64_t(st.st_blocks) * 512, 8 * MiB) << "the backing's pages are allocated";
+  EXPECT_EQ(file_size(), 8 * MiB);
+  // Nothing was written: the holes read as zeros, the one byte as it was.
+  std::vector<unsigned char> buf(8 * MiB);
+  ASSERT_EQ(::pread(fd_, buf.data(), buf.size(), 0), ssize_t(buf.size()));
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    ASSERT_EQ(buf[i], i == 3 * MiB ? kPattern : 0) << "byte " << i;
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(VolatileBacking, PopulateOnAFullTmpfsFailsCreateWithEnospcAndLeavesTheFile) {
+  // Without populate this pool is created and its allocations fail ENOSPC later (above); with it
+  // the memory is claimed at create, so create is what fails, and the file keeps its size.
+  pmtest::small_tmpfs fs(8 * MiB);
+  if (!fs.ok()) GTEST_SKIP() << fs.why();
+  const auto path = fs.dir() / "backing";
+  std::ofstream(path).close();
+  vopts v;
+  v.backing = path;
+  v.size = 64 * MiB;
+  v.populate = true;
+  const std::string why = expect_error(ENOSPC, [&] { pool::create_volatile(v); });
+  EXPECT_TRUE(contains(why, "populate")) << why;
+  EXPECT_EQ(std::filesystem::file_size(path), 0u);
+}
 }  // namespace

@@ -148,10 +148,12 @@ struct pmpage_volatile_options {
   int require_huge_pages; /**< fail with ENOMEM instead of falling back */
   int numa_node;          /**< bind the pages to this node (mbind); -1: no binding */
   int overwrite;          /**< use a backing that holds a persistent pool */
-  unsigned reserved_[10];  /**< zero (pmpage_volatile_options_init): room for later fields */
+  int populate;           /**< pre-fault every page at create (volatile_options::populate) */
+  unsigned reserved_[9];   /**< zero (pmpage_volatile_options_init): room for later fields */
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_volatile_options) == 80, "pmpage_volatile_options is ABI");
-/** Fills opts with the defaults: size 0, root_size 4096, backing NULL, PMPAGE_HUGE_NONE, numa_node -1. */
+/** Fills opts with the defaults: size 0, root_size 4096, backing NULL, PMPAGE_HUGE_NONE, numa_node -1,
+ *  populate 0. */
 PMPAGE_API void pmpage_volatile_options_init(struct pmpage_volatile_options* opts);
 /** pmpage::pool::create_volatile: a pool whose allocator state lives in DRAM, with no flush, fence
  *  or intent; its pages are gone at close. opts must not be NULL (anonymous memory needs a size).

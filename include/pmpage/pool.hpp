@@ -163,6 +163,16 @@ class PMPAGE_API pool {
     huge_pages huge = huge_pages::none;  ///< the huge pages asked for (see huge_pages)
     /// Fail create_volatile with ENOMEM instead of falling back to fewer huge pages.
     bool require_huge_pages = false;
+    /// Pre-fault the pages (docs/api.md "Volatile pools"): create_volatile allocates every page of
+    /// the pool and maps it writable before it returns (madvise(MADV_POPULATE_WRITE), after the
+    /// huge-page advice and the NUMA binding; with a backing file its blocks are reserved first),
+    /// so no page handed out takes a page fault at its first touch: a cache tier's first inserts
+    /// run at full speed. Costs the whole size in memory at once and time at create (the kernel
+    /// zeroes every page). Memory that cannot be had fails create instead of a later SIGBUS:
+    /// ENOMEM (out of memory, or the bound node or the huge pages ran out), ENOSPC (the backing's
+    /// file system is full). A region holding a bad block is not touched. Nothing is written to
+    /// the backing. Off: each page is faulted in when first touched. Kernel: MAP_POPULATE.
+    bool populate = false;
     /// Bind the pages to this NUMA node (mbind MPOL_BIND through libnuma; every page is then
     /// allocated on it or not at all, SIGBUS when it is full); -1 = the process's policy. A node
     /// that does not exist or has no memory is EINVAL, as is a node on a backing whose placement

@@ -1076,6 +1076,16 @@ static void test_volatile(void) {
   CHECK(pmpage_pool_check(p) == 0);
   pmpage_pool_close(p);
   CHECK(pmpage_pool_is_volatile(NULL) == -EINVAL);
+  /* populate (volatile_options::populate) reaches the pool: it says so. */
+  pmpage_volatile_options_init(&o);
+  CHECK(o.populate == 0);
+  o.size = 4u << 20;
+  o.populate = 1;
+  p = pmpage_pool_create_volatile(&o);
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK(strstr(pmpage_pool_memory_description(p), "populated") != NULL);
+  pmpage_pool_close(p);
 }
 
 /* ---- bad blocks: the open with a list, PageHWPoison, the stats and the list, clearing ---------- */
