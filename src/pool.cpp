@@ -179,7 +179,7 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
   return false;
 }
 
-page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
+page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const pool::page_init* init) noexcept {
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("alloc_pages_to")) return nullptr;
   std::uint64_t slot;
@@ -196,7 +196,7 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   }
   if (const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed); old != 0) {
     report_misuse("alloc_pages_to: slot %p already holds pfn %#llx; overwriting it would leak that page "
-                  "(free it with free_pages_from first)",
+                  "(free it with free_pages_from first, or replace it with replace_pages)",
                   static_cast<void*>(dest), (unsigned long long)old);
     return nullptr;
   }
@@ -207,12 +207,108 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   // Nobody else holds it yet. PG_publishing is visible to anyone who sees the pfn in the slot
   // (the compare-and-swap below releases it): P5.
   h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
+  if (!fill_reserved(p, h, order, plan, gfp, init, "alloc_pages_to")) return nullptr;
+  return publish_to(p, h, order, plan, dest, slot, 0, "alloc_pages_to");
+}
+
+bool pool_impl::fill_reserved(page* p, page* h, unsigned order, alloc_plan& plan, gfp_t gfp, const pool::page_init* init,
+                              const char* caller) noexcept {
   if (gfp & GFP_ZERO) zero_pages(p, order);
-  return publish_to(p, h, order, plan, dest, slot, "alloc_pages_to");
+  if (!init || !*init) return true;
+  // The engine's initialiser, on a page nobody else can reach (its media words still say free),
+  // with no lock held. What it writes and flushes rides in the allocation's first fence.
+  int rc;
+  try {
+    rc = (*init)(p, page_address(p), PAGE_SIZE << order);
+  } catch (...) {
+    rc = -ECANCELED;  // an exception must not cross the noexcept API: treated as a refusal
+  }
+  if (rc == 0) return true;
+  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned | PG_publishing}, std::memory_order_relaxed);
+  give_back_unpublished(&h, 1, plan, nullptr, 0);
+  char m[256];
+  std::snprintf(m, sizeof m, "pmpage: %s: %s: the initialiser refused the page (returned %d): nothing was allocated",
+                path().c_str(), caller, rc);
+  note_backing_failure(rc < 0 ? -rc : ECANCELED, m);  // sets errno and the C API's message
+  return false;
+}
+
+// ---- replacement -----------------------------------------------------------------------------------
+// replace_pages publishes a new page into a slot that owns a page and frees the old one, crash
+// atomically and in alloc_pages_to's two fences: the new page is recorded allocated and owned by
+// the slot (epoch 1), the slot is switched from the old pfn to the new one (epoch 2), and the old
+// page is freed after that fence without one of its own. Recovery keeps whichever page the slot
+// names and frees the other (both are owned by the slot: O1), so a crash leaves the old page or
+// the new one, never both, never neither. The old page is claimed first, as free_pages_from
+// claims it, so no other call can free, move or split it meanwhile.
+
+page* pool_impl::replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const pool::page_init* init) noexcept {
+  const deferred_flush_scope flush_on_return{this};
+  if (refuse_read_only("replace_pages")) return nullptr;
+  std::uint64_t slot;
+  if (!dest_offset(dest, slot)) {
+    report_misuse("replace_pages: slot %p is not an 8-byte aligned word of pool %s's root or data area",
+                  static_cast<void*>(dest), path().c_str());
+    return nullptr;
+  }
+  if (!check_gfp("replace_pages", gfp)) return nullptr;
+  if (forked("replace_pages")) return nullptr;
+  if (slots_in_free_page(slot, 1)) {
+    report_misuse("replace_pages: slot %p lies in a free page of pool %s (memory nobody owns)", static_cast<void*>(dest),
+                  path().c_str());
+    return nullptr;
+  }
+  const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_acquire);
+  if (old == 0) return alloc_pages_to(order, dest, gfp, init);  // nothing to replace
+  page* oh = head_named_by("replace_pages", dest, old);
+  if (!oh) return nullptr;
+  const std::uint64_t oindex = old - start_pfn();
+  if (slot >= lay_.data_offset && ((slot - lay_.data_offset) >> PAGE_SHIFT) - oindex < (std::uint64_t{1} << load_order(oh))) {
+    report_misuse("replace_pages: slot %p lies inside the page it owns (pfn %#llx): replacing would free the slot's own "
+                  "memory; move the slot first", static_cast<void*>(dest), (unsigned long long)old);
+    return nullptr;
+  }
+  wait_published(oh);  // an alloc_pages_to still publishing it finishes first (P5)
+  auto refuse = [&](int err) -> page* {
+    if (err == EINVAL) report_not_owner("replace_pages", dest, old, oh, oindex);
+    errno = err;
+    return nullptr;
+  };
+  if (slot_owner(oh, oindex) != slot) return refuse(EINVAL);
+  // Claim the old page (count 1 -> 0), as free_pages_from does: its owner cannot change now.
+  int one = 1;
+  if (!oh->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) return refuse(one > 0 ? EBUSY : EINVAL);
+  wait_published(oh);
+  auto unclaim = [&] { oh->refcount_.fetch_add(1, std::memory_order_release); };
+  if (slot_owner(oh, oindex) != slot) {
+    unclaim();
+    return refuse(EINVAL);
+  }
+  alloc_plan plan;
+  page* p = reserve("replace_pages", order, plan, /*apply=*/false);
+  if (!p) {
+    unclaim();
+    return nullptr;
+  }
+  page* h = holder_of_reserved(p, order);
+  h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
+  if (!fill_reserved(p, h, order, plan, gfp, init, "replace_pages")) {
+    unclaim();
+    return nullptr;
+  }
+  page* got = publish_to(p, h, order, plan, dest, slot, old, "replace_pages");
+  if (!got) {  // the slot was rewritten behind our claim (misuse, reported), or a write-back failed
+    unclaim();
+    return nullptr;
+  }
+  // The slot durably names the new page: the old one is freed (its FREE code and cleared entry
+  // flushed when this call returns; until they are durable recovery frees it: O1).
+  finish_free(free_stores(oh));
+  return got;
 }
 
 page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
-                            const char* caller) noexcept {
+                            pfn_t old, const char* caller) noexcept {
   // Epoch 1: the page allocated and owned by the slot (page map or region word, owner entry),
   // with whatever the caller wrote into it, durable before the slot can name it. A crash from
   // here until the slot's store is durable finds an allocated page whose owner slot holds 0 (or
@@ -235,9 +331,9 @@ page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, 
     return nullptr;
   }
   // Publishing claims the slot atomically: of two calls racing for one empty slot, one wins and
-  // the other gives its page back (give_back_lost).
+  // the other gives its page back (give_back_lost). A replacement expects the page it replaces.
   const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
-  pfn_t expected = 0;
+  pfn_t expected = old;
   if (!std::atomic_ref<pfn_t>(*dest).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
     give_back_lost(h);
     report_misuse("%s: slot %p was filled (pfn %#llx) by a concurrent call; the page this call allocated was "
@@ -248,9 +344,9 @@ page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, 
   e = fence();  // 2: the slot names the page
   if (PMPAGE_UNLIKELY(e)) {
     // The slot's store may not be durable: the allocation is not handed out. Others who read the
-    // slot meanwhile wait for PG_publishing (P5), so the slot is emptied before they act; the
-    // media keep whichever state reached them (recovery frees the page if the slot is lost).
-    std::atomic_ref<pfn_t>(*dest).store(0, std::memory_order_release);
+    // slot meanwhile wait for PG_publishing (P5), so the slot is restored before they act; the
+    // media keep whichever state reached them (recovery frees the page the slot does not name).
+    std::atomic_ref<pfn_t>(*dest).store(old, std::memory_order_release);
     flush_now(dest, sizeof *dest);
     give_back_lost(h);
     note_writeback_failure(caller, e);
@@ -1493,6 +1589,18 @@ std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gf
 page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
   if (impl_) return impl_->alloc_pages_to(order, dest, gfp);
   report_closed("alloc_pages_to");
+  return nullptr;
+}
+
+page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const page_init& init) noexcept {
+  if (impl_) return impl_->alloc_pages_to(order, dest, gfp, &init);
+  report_closed("alloc_pages_to");
+  return nullptr;
+}
+
+page* pool::replace_pages(pfn_t* slot, unsigned order, gfp_t gfp, const page_init& init) noexcept {
+  if (impl_) return impl_->replace_pages(slot, order, gfp, &init);
+  report_closed("replace_pages");
   return nullptr;
 }
 int pool::free_pages_from(pfn_t* src) noexcept {

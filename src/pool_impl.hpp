@@ -142,7 +142,8 @@ class pool_impl {
   // ---- allocation (pool.cpp) -------------------------------------------------------------------
   page* alloc_pages(unsigned order, gfp_t gfp) noexcept;
   std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept;
-  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept;
+  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const pool::page_init* init = nullptr) noexcept;
+  page* replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const pool::page_init* init) noexcept;
   int free_pages_from(pfn_t* src) noexcept;
   /// The bulk slot calls (pool.cpp, "bulk slot calls"): batches of up to BULK_LANES slots.
   static constexpr unsigned BULK_LANES = NR_LANES / 4;
@@ -494,8 +495,12 @@ class pool_impl {
   /// The slot protocol's allocation (pool.cpp): records the reserved page allocated and owned by
   /// the slot at `slot` (epoch 1), fences, fills *dest by compare-and-swap, fences. p's holder h
   /// is PG_slot_owned | PG_publishing already. Null (and the page given back) if *dest was filled.
-  page* publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
+  page* publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot, pfn_t old,
                    const char* caller) noexcept;
+  /// Zeroes (GFP_ZERO) and runs the engine's initialiser on a reserved, unpublished page; if the
+  /// initialiser refuses, gives the page back and returns false (errno and message set).
+  bool fill_reserved(page* p, page* h, unsigned order, alloc_plan& plan, gfp_t gfp, const pool::page_init* init,
+                     const char* caller) noexcept;
   /// The state holder of a page reserve() returned (its region descriptor for order >= 9).
   page* holder_of_reserved(page* p, unsigned order) const;
   /// Makes allocated page h plain on the media (owned marker or bit and owner entry cleared;
