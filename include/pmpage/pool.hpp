@@ -290,7 +290,9 @@ class PMPAGE_API pool {
   /// Returns 0; -EBUSY if other references are held (nothing changes); -EINVAL on misuse (also
   /// reported): src not a slot of this pool, *src not the head of an allocation, or a page this
   /// slot does not own (allocated with alloc_pages, or owned by another slot); -EROFS on a
-  /// read-only pool (misuse, reported).
+  /// read-only pool (misuse, reported); -errno of a write-back failure (the page is freed in
+  /// DRAM and the slot emptied all the same; pool::writeback_error()). Thread-safe. Kernel:
+  /// free_pages / kfree.
   int free_pages_from(pfn_t* src) noexcept;
 
   /// alloc_pages_to for many slots: fills each empty slot *dests[i] with its own new allocation
@@ -329,8 +331,8 @@ class PMPAGE_API pool {
 
   /// Makes slot *slot the owner of the allocation it names, which no slot owns: a page allocated
   /// with alloc_pages (or split from an unowned page), or one whose owner record open dropped
-  /// because its slot no longer named it (stats().orphaned_owners; check_slots lists it as
-  /// unreferenced, or the slot as misowned). For an engine's repair tool: restore the slot (store
+  /// because its owner entry was damaged (stats().orphaned_owners; check_slots lists the slot as
+  /// misowned). For an engine's repair tool: restore the slot (store
   /// the pfn, persist it), then adopt. Afterwards the slot owns the page exactly as if
   /// alloc_pages_to had put it there: only free_pages_from(slot) frees it, move_pages_owner moves
   /// it, and put_page / free_pages of its last reference is misuse.
@@ -340,9 +342,9 @@ class PMPAGE_API pool {
   /// the page lock), is -EBUSY, nothing changed.
   /// Durability: *slot must already be durable (it is flushed again, which costs nothing if it
   /// is). When the call returns the ownership is durable; a crash during it leaves the page owned
-  /// by the slot or allocated and owned by nobody, never free (docs/format.md). Fences: 1 for
-  /// order < 9 (one owner-table word), 2 for order >= 9 (the owner entry, then the region word's
-  /// owned bit); none in a volatile pool.
+  /// by the slot or allocated and owned by nobody, never free (docs/format.md). Fences: 2 (the
+  /// owner entry, then the owned marker in the page map or the region word's owned bit); none in
+  /// a volatile pool.
   /// Returns 0; -EBUSY (other references, or locked: nothing changed); -EINVAL on misuse (reported; nothing
   /// changed): slot not an 8-byte aligned word of the root or data area, or in a free page; slot
   /// empty; *slot not a page of this pool, a tail, a free page; the page already owned (by this or
