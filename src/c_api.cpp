@@ -681,6 +681,34 @@ struct pmpage_page* pmpage_alloc_pages_to_gfp(pmpage_pool* pool, unsigned order,
 struct pmpage_page* pmpage_alloc_pages_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot) {
   return pmpage_alloc_pages_to_gfp(pool, order, slot, PMPAGE_GFP_DEFAULT);
 }
+namespace {
+pmpage::pool::page_init c_init(pmpage_page_init_fn init, void* arg) {
+  if (!init) return {};
+  return [init, arg](page* head, void* addr, std::size_t bytes) { return init(c(head), addr, bytes, arg); };
+}
+}  // namespace
+struct pmpage_page* pmpage_alloc_pages_init_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot, pmpage_gfp_t gfp,
+                                               pmpage_page_init_fn init, void* arg) {
+  const c_call call("pmpage_alloc_pages_init_to");
+  if (null_pool(pool, call)) return nullptr;
+  page* p = pool->pool.alloc_pages_to(order, slot, gfp, c_init(init, arg));
+  if (PMPAGE_UNLIKELY(!p)) call.short_of_room(order, 0, 1);
+  return c(p);
+}
+struct pmpage_page* pmpage_replace_pages(pmpage_pool* pool, pmpage_pfn_t* slot, unsigned order, pmpage_gfp_t gfp,
+                                         pmpage_page_init_fn init, void* arg) {
+  const c_call call("pmpage_replace_pages");
+  if (null_pool(pool, call)) return nullptr;
+  errno = 0;
+  page* p = pool->pool.replace_pages(slot, order, gfp, c_init(init, arg));
+  if (PMPAGE_UNLIKELY(!p)) {
+    if (errno == EBUSY && !call.misused())
+      call.result(-EBUSY);
+    else
+      call.short_of_room(order, 0, 1);
+  }
+  return c(p);
+}
 int pmpage_free_pages_from(pmpage_pool* pool, pmpage_pfn_t* slot) {
   const c_call call("pmpage_free_pages_from");
   return null_pool(pool, call) ? -EINVAL : call.result(pool->pool.free_pages_from(slot));

@@ -1,16 +1,17 @@
-// intent_log.hpp — the intent lanes that make alloc_pages_to / free_pages_from atomic.
+// intent_log.hpp — the intent lanes that make the multi-word slot calls atomic.
 //
-// An intent says "extent (pfn, order) is being allocated into / freed from the pfn slot at
-// slot_offset". Protocol (two fences):
-//   alloc_pages_to:  [intent] fence  [page map / region words + owner entry + fresh SPLIT word + *slot = pfn] fence
-//   free_pages_from: [intent] fence  [page map / region words + owner entry + *slot = 0] fence
+// An intent says "extent (pfn, order) is being moved / split / allocated into / freed from the
+// pfn slot at slot_offset". Protocol (two fences):
 //   split_huge_page_to: [intent] fence  [page map + owner entries + slots 1..511 + SPLIT word] fence
 //   move_pages_owner: [intent] fence  [owner entry + *dest = pfn + *src = 0] fence
+//   alloc_pages_bulk_to / free_pages_bulk_from, one lane per slot, up to NR_LANES / 4 at once:
+//     [intents] fence  [page map / region words + owner entries + slots] fence
 // then the intent is retired lazily: seq = 0 and a flush, no fence of its own. Recovery
-// (recovery.cpp) rolls every valid intent forward or back from the slot's value.
-// alloc_pages_bulk_to / free_pages_bulk_from hold one lane per slot, up to NR_LANES / 4 at once,
-// and run the same two epochs for all of them together (pool.cpp, "bulk slot calls"); recovery
-// replays committed alloc_to intents before the others (recovery.cpp, replay_intents).
+// (recovery.cpp) rolls every valid intent forward or back from the slot's value, committed
+// alloc_to intents first (recovery.cpp, replay_intents).
+// The single alloc_pages_to, free_pages_from and replace_pages use no lane (the slot protocol:
+// pool.cpp, publish_to; docs/format.md). A pool written by pmpage 0.2 may still hold their
+// alloc_to / free_from intents, replayed at open as before.
 //
 // A retired intent whose retirement may not be durable yet is "pending". It must never be
 // replayed over an operation that completed after it, so EVERY fence the pool issues, from any
@@ -19,7 +20,7 @@
 // retirement fences after it, so its effects can never be durable while the stale intent is
 // not. A live intent belongs to a lane held mid-operation, and no other operation may act on its
 // extent until the retirement is pending (rule P5, pool_impl.hpp): the holder has reserved it,
-// and where the extent becomes reachable before the retirement (alloc_pages_to's slot, filled
+// and where the extent becomes reachable before the retirement (a bulk call's slot, filled
 // before its second fence) the page is marked PG_publishing and other slot calls wait.
 //
 // No lock: lanes are claimed with a compare-and-swap, pending retirements tracked with atomics.

@@ -179,7 +179,7 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
   return false;
 }
 
-page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
+page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const pool::page_init* init) noexcept {
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("alloc_pages_to")) return nullptr;
   std::uint64_t slot;
@@ -196,7 +196,7 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   }
   if (const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed); old != 0) {
     report_misuse("alloc_pages_to: slot %p already holds pfn %#llx; overwriting it would leak that page "
-                  "(free it with free_pages_from first)",
+                  "(free it with free_pages_from first, or replace it with replace_pages)",
                   static_cast<void*>(dest), (unsigned long long)old);
     return nullptr;
   }
@@ -207,12 +207,108 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept
   // Nobody else holds it yet. PG_publishing is visible to anyone who sees the pfn in the slot
   // (the compare-and-swap below releases it): P5.
   h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
+  if (!fill_reserved(p, h, order, plan, gfp, init, "alloc_pages_to")) return nullptr;
+  return publish_to(p, h, order, plan, dest, slot, 0, "alloc_pages_to");
+}
+
+bool pool_impl::fill_reserved(page* p, page* h, unsigned order, alloc_plan& plan, gfp_t gfp, const pool::page_init* init,
+                              const char* caller) noexcept {
   if (gfp & GFP_ZERO) zero_pages(p, order);
-  return publish_to(p, h, order, plan, dest, slot, "alloc_pages_to");
+  if (!init || !*init) return true;
+  // The engine's initialiser, on a page nobody else can reach (its media words still say free),
+  // with no lock held. What it writes and flushes rides in the allocation's first fence.
+  int rc;
+  try {
+    rc = (*init)(p, page_address(p), PAGE_SIZE << order);
+  } catch (...) {
+    rc = -ECANCELED;  // an exception must not cross the noexcept API: treated as a refusal
+  }
+  if (rc == 0) return true;
+  h->flags_.fetch_and(~std::uint32_t{PG_slot_owned | PG_publishing}, std::memory_order_relaxed);
+  give_back_unpublished(h, plan);
+  char m[256];
+  std::snprintf(m, sizeof m, "pmpage: %s: %s: the initialiser refused the page (returned %d): nothing was allocated",
+                path().c_str(), caller, rc);
+  note_backing_failure(rc < 0 ? -rc : ECANCELED, m);  // sets errno and the C API's message
+  return false;
+}
+
+// ---- replacement -----------------------------------------------------------------------------------
+// replace_pages publishes a new page into a slot that owns a page and frees the old one, crash
+// atomically and in alloc_pages_to's two fences: the new page is recorded allocated and owned by
+// the slot (epoch 1), the slot is switched from the old pfn to the new one (epoch 2), and the old
+// page is freed after that fence without one of its own. Recovery keeps whichever page the slot
+// names and frees the other (both are owned by the slot: O1), so a crash leaves the old page or
+// the new one, never both, never neither. The old page is claimed first, as free_pages_from
+// claims it, so no other call can free, move or split it meanwhile.
+
+page* pool_impl::replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const pool::page_init* init) noexcept {
+  const deferred_flush_scope flush_on_return{this};
+  if (refuse_read_only("replace_pages")) return nullptr;
+  std::uint64_t slot;
+  if (!dest_offset(dest, slot)) {
+    report_misuse("replace_pages: slot %p is not an 8-byte aligned word of pool %s's root or data area",
+                  static_cast<void*>(dest), path().c_str());
+    return nullptr;
+  }
+  if (!check_gfp("replace_pages", gfp)) return nullptr;
+  if (forked("replace_pages")) return nullptr;
+  if (slots_in_free_page(slot, 1)) {
+    report_misuse("replace_pages: slot %p lies in a free page of pool %s (memory nobody owns)", static_cast<void*>(dest),
+                  path().c_str());
+    return nullptr;
+  }
+  const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_acquire);
+  if (old == 0) return alloc_pages_to(order, dest, gfp, init);  // nothing to replace
+  page* oh = head_named_by("replace_pages", dest, old);
+  if (!oh) return nullptr;
+  const std::uint64_t oindex = old - start_pfn();
+  if (slot >= lay_.data_offset && ((slot - lay_.data_offset) >> PAGE_SHIFT) - oindex < (std::uint64_t{1} << load_order(oh))) {
+    report_misuse("replace_pages: slot %p lies inside the page it owns (pfn %#llx): replacing would free the slot's own "
+                  "memory; move the slot first", static_cast<void*>(dest), (unsigned long long)old);
+    return nullptr;
+  }
+  wait_published(oh);  // an alloc_pages_to still publishing it finishes first (P5)
+  auto refuse = [&](int err) -> page* {
+    if (err == EINVAL) report_not_owner("replace_pages", dest, old, oh, oindex);
+    errno = err;
+    return nullptr;
+  };
+  if (slot_owner(oh, oindex) != slot) return refuse(EINVAL);
+  // Claim the old page (count 1 -> 0), as free_pages_from does: its owner cannot change now.
+  int one = 1;
+  if (!oh->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) return refuse(one > 0 ? EBUSY : EINVAL);
+  wait_published(oh);
+  auto unclaim = [&] { oh->refcount_.fetch_add(1, std::memory_order_release); };
+  if (slot_owner(oh, oindex) != slot) {
+    unclaim();
+    return refuse(EINVAL);
+  }
+  alloc_plan plan;
+  page* p = reserve("replace_pages", order, plan, /*apply=*/false);
+  if (!p) {
+    unclaim();
+    return nullptr;
+  }
+  page* h = holder_of_reserved(p, order);
+  h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
+  if (!fill_reserved(p, h, order, plan, gfp, init, "replace_pages")) {
+    unclaim();
+    return nullptr;
+  }
+  page* got = publish_to(p, h, order, plan, dest, slot, old, "replace_pages");
+  if (!got) {  // the slot was rewritten behind our claim (misuse, reported), or a write-back failed
+    unclaim();
+    return nullptr;
+  }
+  // The slot durably names the new page: the old one is freed (its FREE code and cleared entry
+  // flushed when this call returns; until they are durable recovery frees it: O1).
+  finish_free(free_stores(oh));
+  return got;
 }
 
 page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
-                            const char* caller) noexcept {
+                            pfn_t old, const char* caller) noexcept {
   // Epoch 1: the page allocated and owned by the slot (page map or region word, owner entry),
   // with whatever the caller wrote into it, durable before the slot can name it. A crash from
   // here until the slot's store is durable finds an allocated page whose owner slot holds 0 (or
@@ -235,9 +331,9 @@ page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, 
     return nullptr;
   }
   // Publishing claims the slot atomically: of two calls racing for one empty slot, one wins and
-  // the other gives its page back (give_back_lost).
+  // the other gives its page back (give_back_lost). A replacement expects the page it replaces.
   const pfn_t pfn = pfn_of_index(std::uint64_t(p - vmemmap_));
-  pfn_t expected = 0;
+  pfn_t expected = old;
   if (!std::atomic_ref<pfn_t>(*dest).compare_exchange_strong(expected, pfn, std::memory_order_acq_rel)) {
     give_back_lost(h);
     report_misuse("%s: slot %p was filled (pfn %#llx) by a concurrent call; the page this call allocated was "
@@ -248,9 +344,9 @@ page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, 
   e = fence();  // 2: the slot names the page
   if (PMPAGE_UNLIKELY(e)) {
     // The slot's store may not be durable: the allocation is not handed out. Others who read the
-    // slot meanwhile wait for PG_publishing (P5), so the slot is emptied before they act; the
-    // media keep whichever state reached them (recovery frees the page if the slot is lost).
-    std::atomic_ref<pfn_t>(*dest).store(0, std::memory_order_release);
+    // slot meanwhile wait for PG_publishing (P5), so the slot is restored before they act; the
+    // media keep whichever state reached them (recovery frees the page the slot does not name).
+    std::atomic_ref<pfn_t>(*dest).store(old, std::memory_order_release);
     flush_now(dest, sizeof *dest);
     give_back_lost(h);
     note_writeback_failure(caller, e);
@@ -304,16 +400,16 @@ void pool_impl::drop_owner_record(page* h) {
 }
 
 // ---- publication ---------------------------------------------------------------------------------------
-// Recovery replays a live alloc_to intent from what the media says of its slot and page: the slot
-// names the page -> roll forward, else undo (free the page). Both are right only while no other
-// operation has touched that slot or page since. But the page is reachable the moment the
-// compare-and-swap fills the slot, and the intent retires only after the second fence: in
-// between, another thread may free the page through the slot, and a third be handed it; a
-// crash then finds the stale intent, a slot that no longer names the page, and frees the third
-// thread's page (issue #18, defect 0). So the page carries PG_publishing until the retirement is
-// pending, and every operation that can act on a slot-owned page waits for it to clear before
-// its own first fence: that fence then makes the retirement durable before any of its effects
-// can be. The wait is the publisher's second fence at most; the publisher waits for nobody.
+// A page a slot call publishes is reachable the moment the compare-and-swap fills the slot, one
+// fence before the call returns. It carries PG_publishing until then, and every operation that
+// can act on a slot-owned page waits for the mark to clear before it acts. For a bulk call the
+// mark covers its live intent: recovery replays an intent from what the media says of its slot
+// and page, which is right only while no other operation has touched them since, so the other
+// operation's first fence must come after the retirement is pending (issue #18, defect 0). For
+// alloc_pages_to and replace_pages (no intent) it keeps the others from acting on a publication
+// whose slot store may not be durable yet: move_pages_owner and split_huge_page_to write intents
+// that name the slot. The wait is the publisher's last fence at most; the publisher waits for
+// nobody.
 
 void pool_impl::end_publication(page* h) noexcept {
   // Release: whoever sees the mark clear also sees the retirement pending (intent_log.hpp).
@@ -343,35 +439,26 @@ void pool_impl::wait_published(page* h) const noexcept {
   }
 }
 
-void pool_impl::give_back_unpublished(page* const* holders, unsigned n, alloc_plan& plan, const unsigned* lanes,
-                                      unsigned nr_lanes) {
-  // Claim each page as free_pages_from does (count 1 -> 0); a speculative get_page_unless_zero
-  // may hold another reference, and then its put_page frees it (release): the media says free
-  // either way, so that free writes nothing that matters and nothing can leak.
-  bool claimed[BULK_LANES];
-  free_result stored[BULK_LANES];
-  for (unsigned i = 0; i < n; ++i) {
-    int one = 1;
-    claimed[i] = holders[i]->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel);
-    // DRAM only for the page (its map words are written from the mirror, which never had it).
-    if (claimed[i]) stored[i] = free_stores(holders[i], /*release_now=*/false);
-  }
-  // A region this call split fresh is published like any other (its SPLIT word behind a fence:
-  // others may allocate from it as soon as it is published).
+void pool_impl::give_back_unpublished(page* h, alloc_plan& plan) {
+  // A reserved page its caller never recorded on the media (its words still say free) and never
+  // published. Claim it as free_pages_from does (count 1 -> 0); a speculative
+  // get_page_unless_zero may hold another reference, and then its put_page frees it (release):
+  // the media says free either way, so that free writes nothing that matters and nothing leaks.
+  int one = 1;
+  const bool claimed = h->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel);
+  const free_result stored = claimed ? free_stores(h, /*release_now=*/false) : free_result{};
+  // A region this call split fresh is published like any other: its zeroed map durable, then its
+  // SPLIT word behind a fence of its own (alloc_pages); others may allocate from it from then on.
   if (plan.nr_fresh) {
+    fence();
     write_fresh_split_words(plan);
     fence();
     publish_fresh(plan);
   }
-  // Retired before any of the pages can be handed out again: the next owner's fence makes the
-  // retirement durable before its own effects (intent_log.hpp).
-  for (unsigned i = 0; i < nr_lanes; ++i) retire_intent(lanes[i]);
-  for (unsigned i = 0; i < n; ++i) {
-    if (claimed[i])
-      finish_free(release_freed(stored[i]));
-    else if (holders[i]->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1)
-      release(holders[i]);
-  }
+  if (claimed)
+    finish_free(release_freed(stored));
+  else if (h->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+    release(h);
 }
 
 // ---- freeing -------------------------------------------------------------------------------------------
@@ -735,14 +822,11 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
 
 // ---- bulk slot calls -----------------------------------------------------------------------------------
 // alloc_pages_bulk_to / free_pages_bulk_from are alloc_pages_to / free_pages_from for many slots
-// at once, sharing the two fences: a batch takes one intent lane per slot (the same alloc_to /
-// free_from intents, so recovery replays each slot on its own and a crash leaves every slot
-// before or after, independently), writes all the intents, fences, does all the slots' stores,
-// fences, retires them. A batch holds at most BULK_LANES lanes: the first is waited for with
-// acquire(), the rest taken only if free (try_acquire), so a thread waits for a lane only while
-// it holds none (no deadlock between bulk callers) and single calls always find lanes left.
-// A run intent (one lane for many slots) would need the slots' list on the media; the slots are
-// the engine's own words anywhere in the pool, so one lane per slot reuses what recovery has.
+// at once, sharing the fences: the same slot protocol (publish_to, free_pages_from), one epoch
+// for all the slots of a batch. Each page's own words and its slot decide its crash outcome, so
+// a crash leaves every slot before or after, independently. alloc_pages_bulk_to: every page
+// recorded allocated and owned | fence | every slot | fence, per batch of up to BULK_BATCH slots
+// (the stack arrays); free_pages_bulk_from: every slot 0 | fence, for the whole list.
 
 namespace {
 /// A slot listed twice, or nullptr. Sorted copy for long lists (pairwise when that cannot be had).
@@ -764,19 +848,8 @@ pfn_t* first_duplicate(std::span<pfn_t* const> slots) noexcept {
 }
 }  // namespace
 
-unsigned pool_impl::acquire_lanes(unsigned* lanes, std::size_t want) noexcept {
-  unsigned n = 0;
-  lanes[n++] = intents_.acquire();
-  while (n < want && n < BULK_LANES) {
-    const unsigned l = intents_.try_acquire();
-    if (l == NR_LANES) break;
-    lanes[n++] = l;
-  }
-  return n;
-}
-
 std::size_t pool_impl::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept {
-  const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
+  const deferred_flush_scope flush_on_return{this};  // the given-back pages' flushes, after our locks
   if (refuse_read_only("alloc_pages_bulk_to")) return 0;
   if (order > MAX_PAGE_ORDER) {
     report_misuse("alloc_pages_bulk_to: order %u > MAX_PAGE_ORDER (%u)", order, MAX_PAGE_ORDER);
@@ -817,37 +890,46 @@ std::size_t pool_impl::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* cons
 }
 
 std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp, bool& stop) noexcept {
-  // Lanes first, then pages: a batch never reserves a page it has no lane for.
-  unsigned lanes[BULK_LANES];
-  const unsigned nr_lanes = acquire_lanes(lanes, dests.size());
+  const unsigned want = unsigned(std::min<std::size_t>(dests.size(), BULK_BATCH));
   alloc_plan plan;
-  page* pages[BULK_LANES];
+  page* pages[BULK_BATCH];
   unsigned n = 0;
-  while (n < nr_lanes) {
+  while (n < want) {
     page* p = reserve("alloc_pages_bulk_to", order, plan, /*apply=*/false);
     if (!p) break;
     pages[n++] = p;
   }
   // Short for lack of room in the plan (MAX_FRESH fresh regions): the next batch goes on.
   // Short for lack of room in the pool: the call ends with what it has.
-  if (n < nr_lanes && (!plan.fresh_full || n == 0)) stop = true;
-  for (unsigned i = n; i < nr_lanes; ++i) intents_.release(lanes[i]);
+  if (n < want && (!plan.fresh_full || n == 0)) stop = true;
   if (n == 0) return 0;
-  std::uint64_t slots[BULK_LANES];
-  page* holders[BULK_LANES];
+  std::uint64_t slots[BULK_BATCH];
+  page* holders[BULK_BATCH];
   for (unsigned i = 0; i < n; ++i) {
     dest_offset(dests[i], slots[i]);  // checked by our caller
-    const std::uint64_t index = std::uint64_t(pages[i] - vmemmap_);
-    holders[i] = order >= HPAGE_PMD_ORDER ? region_desc(std::uint32_t(index >> HPAGE_PMD_ORDER)) : pages[i];
+    holders[i] = holder_of_reserved(pages[i], order);
     holders[i]->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);  // nobody else holds it yet
     if (gfp & GFP_ZERO) zero_pages(pages[i], order);
-    intents_.write(lanes[i], intent_kind::alloc_to, order, slots[i], pfn_of_index(index));
+    apply_alloc(pages[i], order, slots[i]);
   }
-  // 1: every intent is durable before any word of its allocation can be (alloc_pages_to).
-  fence();
+  // 1: every page recorded allocated and owned before its slot can name it (publish_to).
+  int e = fence();
+  if (plan.nr_fresh) {
+    if (PMPAGE_LIKELY(!e)) {
+      write_fresh_split_words(plan);
+      e = fence();
+    }
+    publish_fresh(plan);
+  }
+  if (PMPAGE_UNLIKELY(e)) {
+    for (unsigned i = 0; i < n; ++i) give_back_lost(holders[i]);
+    note_writeback_failure("alloc_pages_bulk_to", e);
+    stop = true;
+    return 0;
+  }
   // Claim the slots in list order; the first one a concurrent call filled since our check ends
-  // the call there, so the slots filled are always a prefix of the list (the pages reserved
-  // for it and the slots after it are undone, as alloc_pages_to's abandon does).
+  // the call there, so the slots filled are always a prefix of the list (the pages reserved for
+  // it and the slots after it are given back, as publish_to's loser does).
   unsigned published = 0;
   pfn_t lost_to = 0;
   for (; published < n; ++published) {
@@ -857,24 +939,22 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
       lost_to = expected;
       break;
     }
+    flush_now(dests[published], sizeof(pfn_t));
   }
-  for (unsigned i = 0; i < n; ++i) {
-    if (i < published) {
-      apply_alloc(pages[i], order, slots[i]);
+  e = fence();  // 2: each claimed slot names its page
+  if (PMPAGE_UNLIKELY(e)) {
+    for (unsigned i = 0; i < published; ++i) {
+      std::atomic_ref<pfn_t>(*dests[i]).store(0, std::memory_order_release);
       flush_now(dests[i], sizeof(pfn_t));
-    } else {  // never published, never recorded as allocated: given back below (abandon_alloc_to)
-      holders[i]->flags_.fetch_and(~std::uint32_t{PG_slot_owned | PG_publishing}, std::memory_order_relaxed);
     }
+    for (unsigned i = 0; i < n; ++i) give_back_lost(holders[i]);
+    note_writeback_failure("alloc_pages_bulk_to", e);
+    stop = true;
+    return 0;
   }
-  write_fresh_split_words(plan);
-  fence();  // 2: allocated, owned, and each claimed slot names its page
-  for (unsigned i = 0; i < n; ++i) retire_intent(lanes[i]);
   for (unsigned i = 0; i < published; ++i) end_publication(holders[i]);  // P5
-  publish_fresh(plan);
   if (published < n) {
-    // Retired above, before the pages can be handed out again (abandon_alloc_to).
-    alloc_plan none;
-    give_back_unpublished(holders + published, n - published, none, nullptr, 0);
+    for (unsigned i = published; i < n; ++i) give_back_lost(holders[i]);
     report_misuse("alloc_pages_bulk_to: slot %p was filled (pfn %#llx) by a concurrent call; the slots before it "
                   "were filled, it and the rest were not", static_cast<void*>(dests[published]),
                   (unsigned long long)lost_to);
@@ -884,7 +964,7 @@ std::size_t pool_impl::alloc_to_batch(unsigned order, std::span<pfn_t* const> de
 }
 
 int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
-  const deferred_flush_scope flush_on_return{this};  // the lazy retirements' flushes, after our locks
+  const deferred_flush_scope flush_on_return{this};  // the frees' flushes, after our locks
   if (refuse_read_only("free_pages_bulk_from")) return -EROFS;
   if (forked("free_pages_bulk_from")) return -EINVAL;
   // What each slot named when it was checked (0: empty, skipped). Everything after the check
@@ -986,41 +1066,24 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
       return -EINVAL;
     }
   }
-  // 4. Batches of up to BULK_LANES claimed slots, two fences each (free_pages_from's protocol).
-  std::size_t next = 0;
-  for (;;) {
-    while (next < srcs.size() && !seen[next]) ++next;
-    if (next == srcs.size()) break;
-    std::size_t left = 0;
-    for (std::size_t j = next; j < srcs.size() && left < BULK_LANES; ++j)
-      if (seen[j]) ++left;
-    unsigned lanes[BULK_LANES];
-    const unsigned nr = acquire_lanes(lanes, left);
-    pfn_t* slots[BULK_LANES];
-    page* holders[BULK_LANES];
-    unsigned n = 0;
-    for (; n < nr && next < srcs.size(); ++next) {
-      if (!seen[next]) continue;
-      page* h = holder(next);
-      std::uint64_t slot;
-      dest_offset(srcs[next], slot);
-      prefetch_map_line(h);
-      intents_.write(lanes[n], intent_kind::free_from, load_order(h), slot, seen[next]);
-      slots[n] = srcs[next];
-      holders[n++] = h;
-    }
-    fence();  // 1: the intents are durable
-    // The slots first, as free_pages_from (a slot may lie in a page another thread is handed).
-    for (unsigned j = 0; j < n; ++j) {
-      std::atomic_ref<pfn_t>(*slots[j]).store(0, std::memory_order_relaxed);
-      flush_later(slots[j], sizeof(pfn_t));
-    }
-    // The pages stay out of the allocator's reach until the frees are durable (free_pages_from).
-    free_result stored[BULK_LANES];
-    for (unsigned j = 0; j < n; ++j) stored[j] = free_stores(holders[j], /*release_now=*/false);
-    fence();  // 2: freed, owner entries cleared, slots cleared
-    for (unsigned j = 0; j < n; ++j) retire_intent(lanes[j]);
-    for (unsigned j = 0; j < n; ++j) finish_free(release_freed(stored[j]));
+  // 4. Every claimed slot 0, one fence, then every page freed with no fence of its own
+  //    (free_pages_from's protocol). The slots first: a slot may lie in a page another thread is
+  //    handed once it is free (not one of ours: step 3).
+  bool any = false;
+  for (std::size_t i = 0; i < srcs.size(); ++i) {
+    if (!seen[i]) continue;
+    prefetch_map_line(holder(i));
+    std::atomic_ref<pfn_t>(*srcs[i]).store(0, std::memory_order_relaxed);
+    flush_later(srcs[i], sizeof(pfn_t));
+    any = true;
+  }
+  if (!any) return 0;
+  const int e = fence();
+  for (std::size_t i = 0; i < srcs.size(); ++i)
+    if (seen[i]) finish_free(free_stores(holder(i)));
+  if (PMPAGE_UNLIKELY(e)) {  // freed in DRAM as the kernel's free would; the caller learns it
+    note_writeback_failure("free_pages_bulk_from", e);
+    return -e;
   }
   return 0;
 }
@@ -1493,6 +1556,18 @@ std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gf
 page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
   if (impl_) return impl_->alloc_pages_to(order, dest, gfp);
   report_closed("alloc_pages_to");
+  return nullptr;
+}
+
+page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const page_init& init) noexcept {
+  if (impl_) return impl_->alloc_pages_to(order, dest, gfp, &init);
+  report_closed("alloc_pages_to");
+  return nullptr;
+}
+
+page* pool::replace_pages(pfn_t* slot, unsigned order, gfp_t gfp, const page_init& init) noexcept {
+  if (impl_) return impl_->replace_pages(slot, order, gfp, &init);
+  report_closed("replace_pages");
   return nullptr;
 }
 int pool::free_pages_from(pfn_t* src) noexcept {

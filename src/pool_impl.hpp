@@ -142,10 +142,12 @@ class pool_impl {
   // ---- allocation (pool.cpp) -------------------------------------------------------------------
   page* alloc_pages(unsigned order, gfp_t gfp) noexcept;
   std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp) noexcept;
-  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept;
+  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const pool::page_init* init = nullptr) noexcept;
+  page* replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const pool::page_init* init) noexcept;
   int free_pages_from(pfn_t* src) noexcept;
-  /// The bulk slot calls (pool.cpp, "bulk slot calls"): batches of up to BULK_LANES slots.
-  static constexpr unsigned BULK_LANES = NR_LANES / 4;
+  /// The bulk slot calls (pool.cpp, "bulk slot calls"): alloc_pages_bulk_to's batches of up to
+  /// BULK_BATCH slots (its stack arrays).
+  static constexpr unsigned BULK_BATCH = 64;
   std::size_t alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp) noexcept;
   int free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept;
   int move_pages_owner(pfn_t* src, pfn_t* dest) noexcept;
@@ -489,13 +491,15 @@ class pool_impl {
   bool forked(const char* caller) const noexcept;
   /// One batch of alloc_pages_bulk_to (validated slots); how many it filled. stop: end the call.
   std::size_t alloc_to_batch(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp, bool& stop) noexcept;
-  /// Takes 1..min(want, BULK_LANES) intent lanes into lanes[]: waits for the first only.
-  unsigned acquire_lanes(unsigned* lanes, std::size_t want) noexcept;
   /// The slot protocol's allocation (pool.cpp): records the reserved page allocated and owned by
   /// the slot at `slot` (epoch 1), fences, fills *dest by compare-and-swap, fences. p's holder h
   /// is PG_slot_owned | PG_publishing already. Null (and the page given back) if *dest was filled.
-  page* publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
+  page* publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot, pfn_t old,
                    const char* caller) noexcept;
+  /// Zeroes (GFP_ZERO) and runs the engine's initialiser on a reserved, unpublished page; if the
+  /// initialiser refuses, gives the page back and returns false (errno and message set).
+  bool fill_reserved(page* p, page* h, unsigned order, alloc_plan& plan, gfp_t gfp, const pool::page_init* init,
+                     const char* caller) noexcept;
   /// The state holder of a page reserve() returned (its region descriptor for order >= 9).
   page* holder_of_reserved(page* p, unsigned order) const;
   /// Makes allocated page h plain on the media (owned marker or bit and owner entry cleared;
@@ -504,10 +508,9 @@ class pool_impl {
   void drop_owner_record(page* h);
   /// publish_to's loser of the slot race: frees its recorded, never published page (no fence).
   void give_back_lost(page* h);
-  /// Returns reserved pages no slot ever named (their media words still say free) to the
-  /// allocator, after publishing `plan`'s fresh regions and retiring `lanes` (pool.cpp).
-  void give_back_unpublished(page* const* holders, unsigned n, alloc_plan& plan, const unsigned* lanes,
-                             unsigned nr_lanes);
+  /// Returns a reserved page its caller never recorded on the media nor published to the
+  /// allocator, after publishing `plan`'s fresh regions (pool.cpp).
+  void give_back_unpublished(page* h, alloc_plan& plan);
   /// The shared part of split_huge_page / split_huge_page_to after the media is written.
   void split_descriptors(page* h, std::uint32_t r, bool owned);
   /// Takes the split's own page lock on h, freezes the count; undoes and returns an errno on failure.

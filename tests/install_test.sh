@@ -42,8 +42,8 @@ cc -std=c11 -Wall -Wextra -Werror -pedantic -o "$work/pc_c_consumer" "$src/examp
   $(pkg-config --cflags --libs pmpage) -Wl,-rpath,"$(pkg-config --variable=libdir pmpage)"
 PMEM_IS_PMEM_FORCE=1 "$work/pc_c_consumer" "$work/pc_c.pool" >/dev/null
 # Only the documented API is exported: the C names, pmpage::*, nothing else.
-lib=$(find "$prefix" -name 'libpmpage.so.1' | head -1)
-bad=$(nm -D --defined-only "$lib" | awk '$3 != "" {print $3}' | grep -v -E '^(pmpage_|_ZN6pmpage|_ZNK6pmpage|_ZTIN6pmpage|_ZTSN6pmpage|_ZTVN6pmpage|PMPAGE_1$)' || true)
+lib=$(find "$prefix" -name 'libpmpage.so.2' | head -1)
+bad=$(nm -D --defined-only "$lib" | awk '$3 != "" {print $3}' | grep -v -E '^(pmpage_|_ZN6pmpage|_ZNK6pmpage|_ZTIN6pmpage|_ZTSN6pmpage|_ZTVN6pmpage|PMPAGE_2$)' || true)
 [ -z "$bad" ] || { echo "libpmpage exports undocumented symbols:"; echo "$bad"; exit 1; }
 g++ $(pkg-config --variable=cxxflags pmpage-testing) -o "$work/pc_crash_consumer" \
   "$src/tests/install_consumer/crash_consumer.cpp" $(pkg-config --cflags --libs pmpage-testing) \

@@ -298,6 +298,20 @@ PMPAGE_API struct pmpage_page* pmpage_alloc_pages_to(pmpage_pool* pool, unsigned
 /** pmpage_alloc_pages_to with allocation flags. */
 PMPAGE_API struct pmpage_page* pmpage_alloc_pages_to_gfp(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot,
                                                          pmpage_gfp_t gfp);
+/** An engine's initialiser (pool::page_init): writes the page at addr (bytes = 4096 << order) and
+ *  flushes what it wrote (pmpage_pool_flush); returns 0 to publish, anything else to refuse. */
+typedef int (*pmpage_page_init_fn)(struct pmpage_page* head, void* addr, size_t bytes, void* arg);
+/** pool::alloc_pages_to with an initialiser: allocate, fill and publish in 2 fences, the contents
+ *  durable with the slot. NULL: no room (errno ENOMEM), the initialiser refused (errno -rc for a
+ *  negative rc, else ECANCELED; nothing allocated), misuse (EINVAL), a write-back failure. */
+PMPAGE_API struct pmpage_page* pmpage_alloc_pages_init_to(pmpage_pool* pool, unsigned order, pmpage_pfn_t* slot,
+                                                          pmpage_gfp_t gfp, pmpage_page_init_fn init, void* arg);
+/** pool::replace_pages: publishes a new page of order (init may be NULL) in the slot and frees the
+ *  page the slot owned, crash-atomically, in 2 fences. NULL with errno: ENOMEM (no room), EBUSY
+ *  (the old page has other references), EINVAL (misuse, reported), the initialiser's refusal, a
+ *  write-back failure; nothing changed in each case. An empty slot: pmpage_alloc_pages_init_to. */
+PMPAGE_API struct pmpage_page* pmpage_replace_pages(pmpage_pool* pool, pmpage_pfn_t* slot, unsigned order,
+                                                    pmpage_gfp_t gfp, pmpage_page_init_fn init, void* arg);
 /** Frees the page slot owns and clears the slot: 0 (also for an empty slot), -EBUSY, -EINVAL. */
 PMPAGE_API int pmpage_free_pages_from(pmpage_pool* pool, pmpage_pfn_t* slot);
 /** alloc_pages_to for n slots; returns how many were filled (slots[0..k)). */

@@ -280,18 +280,52 @@ class PMPAGE_API pool {
   /// Kernel: alloc_pages_bulk_array.
   std::size_t alloc_pages_bulk(unsigned order, std::size_t n, page** out, gfp_t gfp = GFP_DEFAULT) noexcept;
   /// Allocates a compound page and publishes its head pfn into the empty slot *dest, atomically with
-  /// respect to a crash (2 fences). The slot then OWNS the page: the ownership is recorded on the
-  /// media, survives close, crash and reopen, and only free_pages_from(dest) frees the page
-  /// (put_page / free_pages cannot take its count below 1). dest must be an 8-byte aligned word of
-  /// this pool's root or data area and must hold 0; a non-empty slot is misuse (nothing changes,
-  /// returns nullptr). Returns the head, or nullptr when the pool has no room.
+  /// respect to a crash. The slot then OWNS the page: the ownership is recorded on the media,
+  /// survives close, crash and reopen, and only free_pages_from(dest) frees the page (put_page /
+  /// free_pages cannot take its count below 1). dest must be an 8-byte aligned word of this pool's
+  /// root or data area and must hold 0; a non-empty slot is misuse (nothing changes, returns
+  /// nullptr). Returns the head, or nullptr when the pool has no room.
+  /// Fences: 2 (the page recorded allocated and owned | the slot); 3 when a fresh 2 MiB region
+  /// must be split for it (its SPLIT word is durable before a slot names a page in it). When it
+  /// returns, the slot holding the pfn is durable; a crash before that leaves the slot empty and
+  /// the page free (docs/format.md, "The slot protocol"). Thread-safe. Kernel: none (the kernel's
+  /// allocator records no owner; PMDK's pmemobj_alloc(oidp) is the model).
   page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp = GFP_DEFAULT) noexcept;
+
+  /// An engine's initialiser for a page being allocated into a slot: called once with the head,
+  /// its address and its size in bytes (4096 << order), before the page is published, on a page
+  /// no other thread can reach, with no library lock held. It writes the page and flushes what it
+  /// wrote (pool::flush; no drain: the allocation's first fence makes it durable). Returns 0 to
+  /// publish; anything else gives the page back unpublished, and the call returns nullptr with
+  /// errno = -rc for a negative rc (else ECANCELED). An exception counts as a refusal.
+  /// PMDK counterpart: pmemobj_constr.
+  using page_init = std::function<int(page* head, void* addr, std::size_t bytes)>;
+  /// alloc_pages_to whose page holds what `init` wrote (after GFP_ZERO's zeros, if asked) when the
+  /// slot names it: allocate, fill and publish in the same 2 fences (3 from a fresh region), the
+  /// contents durable with the slot. A crash leaves the slot empty and the page free, or the slot
+  /// naming the filled page. Errors and thread-safety as alloc_pages_to.
+  page* alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const page_init& init) noexcept;
+  /// Replaces the page slot *slot owns with a new page of `order` (filled by `init`, zeroed with
+  /// GFP_ZERO) and frees the old one, atomically with respect to a crash: afterwards the slot
+  /// names and owns the new page and the old one is free; a crash leaves the old page (slot
+  /// unchanged, the new page free) or the new one (the old page free), never both or neither.
+  /// Copy-on-write and shadow paging (LMDB, CoW B-trees) in one call. Fences: 2, as
+  /// alloc_pages_to (3 from a fresh region). An empty slot: alloc_pages_to. Returns the new head,
+  /// or nullptr with errno: ENOMEM-like no room (nothing changed); EBUSY: the old page has
+  /// references besides its slot's (nothing changed); EINVAL on misuse (reported): the slot does
+  /// not own the page it names, lies in a free page or inside the page it owns; EIO/ENOSPC... a
+  /// write-back failure (the slot keeps the old page). Thread-safe; the old page is claimed (its
+  /// count held at 0) while the call runs, as free_pages_from claims it. Kernel: none.
+  page* replace_pages(pfn_t* slot, unsigned order, gfp_t gfp = GFP_DEFAULT, const page_init& init = {}) noexcept;
   /// Frees the page that slot *src owns and sets *src = 0, atomically with respect to a crash
-  /// (2 fences). An empty slot (0) is a no-op returning 0 (the kernel's kfree(NULL) rule).
+  /// (1 fence: the slot cleared; the page's free record follows unfenced, and recovery completes
+  /// it). An empty slot (0) is a no-op returning 0 (the kernel's kfree(NULL) rule).
   /// Returns 0; -EBUSY if other references are held (nothing changes); -EINVAL on misuse (also
   /// reported): src not a slot of this pool, *src not the head of an allocation, or a page this
   /// slot does not own (allocated with alloc_pages, or owned by another slot); -EROFS on a
-  /// read-only pool (misuse, reported).
+  /// read-only pool (misuse, reported); -errno of a write-back failure (the page is freed in
+  /// DRAM and the slot emptied all the same; pool::writeback_error()). Thread-safe. Kernel:
+  /// free_pages / kfree.
   int free_pages_from(pfn_t* src) noexcept;
 
   /// alloc_pages_to for many slots: fills each empty slot *dests[i] with its own new allocation
@@ -330,8 +364,8 @@ class PMPAGE_API pool {
 
   /// Makes slot *slot the owner of the allocation it names, which no slot owns: a page allocated
   /// with alloc_pages (or split from an unowned page), or one whose owner record open dropped
-  /// because its slot no longer named it (stats().orphaned_owners; check_slots lists it as
-  /// unreferenced, or the slot as misowned). For an engine's repair tool: restore the slot (store
+  /// because its owner entry was damaged (stats().orphaned_owners; check_slots lists the slot as
+  /// misowned). For an engine's repair tool: restore the slot (store
   /// the pfn, persist it), then adopt. Afterwards the slot owns the page exactly as if
   /// alloc_pages_to had put it there: only free_pages_from(slot) frees it, move_pages_owner moves
   /// it, and put_page / free_pages of its last reference is misuse.
@@ -341,9 +375,9 @@ class PMPAGE_API pool {
   /// the page lock), is -EBUSY, nothing changed.
   /// Durability: *slot must already be durable (it is flushed again, which costs nothing if it
   /// is). When the call returns the ownership is durable; a crash during it leaves the page owned
-  /// by the slot or allocated and owned by nobody, never free (docs/format.md). Fences: 1 for
-  /// order < 9 (one owner-table word), 2 for order >= 9 (the owner entry, then the region word's
-  /// owned bit); none in a volatile pool.
+  /// by the slot or allocated and owned by nobody, never free (docs/format.md). Fences: 2 (the
+  /// owner entry, then the owned marker in the page map or the region word's owned bit); none in
+  /// a volatile pool.
   /// Returns 0; -EBUSY (other references, or locked: nothing changed); -EINVAL on misuse (reported; nothing
   /// changed): slot not an 8-byte aligned word of the root or data area, or in a free page; slot
   /// empty; *slot not a page of this pool, a tail, a free page; the page already owned (by this or

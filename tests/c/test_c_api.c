@@ -914,6 +914,57 @@ static void test_every_failure_sets_its_own_message(void) {
   unlink(scratch("own-message"));
 }
 
+/* The slot protocol's allocate-fill-publish and replacement from C. */
+static int fill_with(struct pmpage_page* head, void* addr, size_t bytes, void* arg) {
+  pmpage_pool* p = (pmpage_pool*)arg;
+  (void)head;
+  memset(addr, 0x42, bytes);
+  pmpage_pool_flush(p, addr, bytes);
+  return 0;
+}
+static int refuse_with_enodata(struct pmpage_page* head, void* addr, size_t bytes, void* arg) {
+  (void)head;
+  (void)addr;
+  (void)bytes;
+  (void)arg;
+  return -ENODATA;
+}
+static void test_init_and_replace(void) {
+  pmpage_pool* p = make_pool("init-replace", 16u << 20, 4096);
+  pmpage_pfn_t* root;
+  struct pmpage_page *a, *b;
+  pmpage_pfn_t old;
+  if (!p) return;
+  root = (pmpage_pfn_t*)pmpage_pool_root(p, NULL);
+  a = pmpage_alloc_pages_init_to(p, 0, &root[0], PMPAGE_GFP_DEFAULT, fill_with, p);
+  CHECK(a != NULL);
+  if (!a) return;
+  CHECK_EQ_U(root[0], pmpage_page_to_pfn(a));
+  CHECK_EQ_U(((unsigned char*)pmpage_page_address(a))[4095], 0x42);
+  /* Refused by the initialiser: NULL, errno from it, the library's message, nothing published. */
+  plant_stale_message();
+  CHECK(pmpage_alloc_pages_init_to(p, 0, &root[1], PMPAGE_GFP_DEFAULT, refuse_with_enodata, NULL) == NULL);
+  EXPECT_OWN_FAILURE(ENODATA, "initialiser refused");
+  CHECK_EQ_U(root[1], 0);
+  /* Replacement: the slot names the new page, the old one is free. */
+  old = root[0];
+  b = pmpage_replace_pages(p, &root[0], 1, PMPAGE_GFP_ZERO, NULL, NULL);
+  CHECK(b != NULL);
+  CHECK_EQ_U(root[0], pmpage_page_to_pfn(b));
+  CHECK(root[0] != old);
+  /* Other references on the old page: EBUSY, nothing changed. */
+  pmpage_get_page(b);
+  plant_stale_message();
+  CHECK(pmpage_replace_pages(p, &root[0], 0, PMPAGE_GFP_DEFAULT, NULL, NULL) == NULL);
+  EXPECT_OWN_FAILURE(EBUSY, "pmpage_replace_pages");
+  CHECK_EQ_U(root[0], pmpage_page_to_pfn(b));
+  pmpage_put_page(b);
+  CHECK_EQ_U(pmpage_free_pages_from(p, &root[0]), 0);
+  CHECK_EQ_U(pmpage_pool_check(p), 0);
+  pmpage_pool_close(p);
+  unlink(scratch("init-replace"));
+}
+
 /* pmpage_adopt_pages: a repair tool makes a slot the owner of an unowned allocation it names. Every
  * failure sets errno and its own message; -EROFS on a read-only pool. */
 static void test_adopt_pages(void) {
@@ -1159,6 +1210,7 @@ int main(int argc, char** argv) {
   test_misuse();
   test_every_failure_sets_its_own_message();
   test_adopt_pages();
+  test_init_and_replace();
   test_cxx_agrees();
   test_volatile();
   test_bad_blocks();

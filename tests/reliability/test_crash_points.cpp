@@ -1,5 +1,6 @@
 // test_crash_points.cpp — every operation, crashed at every fence with several subsets of the
 // unfenced words, recovered, and checked (crash_harness.hpp says what "checked" means).
+#include <cstring>
 #include <atomic>
 #include <gtest/gtest.h>
 
@@ -101,6 +102,8 @@ std::vector<scenario> all_scenarios() {
     scenario s;
     s.name = "AllocPagesToOrder" + std::to_string(order);
     s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
     s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr); };
     s.op = [order](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr); };
     v.push_back(s);
@@ -109,6 +112,7 @@ std::vector<scenario> all_scenarios() {
     scenario s;
     s.name = "AllocPagesToSplitsAFreshRegion";
     s.slot_owned = true;
+    s.owners = true;
     s.op = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(2, &slots[0]), nullptr); };
     v.push_back(s);
   }
@@ -116,6 +120,8 @@ std::vector<scenario> all_scenarios() {
     scenario s;
     s.name = "FreePagesFromOrder" + std::to_string(order);
     s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
     s.setup = [order](pool& p, pfn_t* slots) {
       ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
       ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
@@ -282,6 +288,40 @@ std::vector<scenario> all_scenarios() {
       p.persist(&slots[0], sizeof(pfn_t));  // the engine's slot is durable before the adoption
     };
     s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.adopt_pages(&slots[0]), 0); };
+    v.push_back(s);
+  }
+  // The slot protocol's allocate-fill-publish and replacement: every subset of each epoch's
+  // words leaves the slot empty (or naming the old page) with the new page free, or the slot
+  // naming the new page; never both pages, never neither (docs/format.md, "The slot protocol").
+  for (unsigned order : {0u, 9u}) {
+    scenario s;
+    s.name = "AllocPagesToWithInitOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 64ull << 20;
+    s.setup = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr); };
+    s.op = [order](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0], 0, [&p](page*, void* addr, std::size_t) {
+        std::memset(addr, 0x7e, 4096);
+        p.flush(addr, 4096);
+        return 0;
+      }), nullptr);
+    };
+    v.push_back(s);
+  }
+  for (unsigned order : {0u, 9u}) {
+    scenario s;
+    s.name = "ReplacePagesOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 64ull << 20;
+    s.setup = [order](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);  // a small page's region is published
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+    };
+    s.op = [order](pool& p, pfn_t* slots) { ASSERT_NE(p.replace_pages(&slots[0], order), nullptr); };
     v.push_back(s);
   }
   {
