@@ -10,7 +10,7 @@
 //   alloc_pages_to      codes + owned marker (or owned region word) + owner entry | fence | slot    2 fences
 //                       (a fresh region: codes | fence | SPLIT word | fence | slot: 3)
 //   free_pages_from     slot = 0 | fence; then codes, owner entry (flushed, not fenced)         1 fence
-//   alloc_pages_bulk_to / free_pages_bulk_from  intent lanes (intent_log.hpp), one per slot    2 fences per <= 16 slots
+//   alloc_pages_bulk_to / free_pages_bulk_from  the same for many slots      2 per <= 64 slots / 1 per list
 //   adopt_pages         owner entry | fence | owned marker (or bit)                              2 fences
 // DRAM is updated under the lock before an allocation's fence (nobody else can see the pages
 // yet), and before a free's fence (a page freed in DRAM may be handed out again at once: its
@@ -1553,22 +1553,41 @@ std::size_t pool::alloc_pages_bulk(unsigned order, std::size_t n, page** out, gf
   report_closed("alloc_pages_bulk");
   return 0;
 }
+namespace {
+/// The slot calls that return a page set errno = EINVAL when they refused a misuse (a C++ caller
+/// with a misuse handler that returns learns it as a C caller does); other failures set their
+/// own errno (no room, EBUSY, the initialiser's refusal, a write-back error).
+template <class F>
+page* errno_on_misuse(F&& call) noexcept {
+  const std::uint64_t before = detail::misuse_reports();
+  page* p = call();
+  if (!p && detail::misuse_reports() != before) errno = EINVAL;
+  return p;
+}
+}  // namespace
+
 page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp) noexcept {
-  if (impl_) return impl_->alloc_pages_to(order, dest, gfp);
-  report_closed("alloc_pages_to");
-  return nullptr;
+  return errno_on_misuse([&]() -> page* {
+    if (impl_) return impl_->alloc_pages_to(order, dest, gfp);
+    report_closed("alloc_pages_to");
+    return nullptr;
+  });
 }
 
 page* pool::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const page_init& init) noexcept {
-  if (impl_) return impl_->alloc_pages_to(order, dest, gfp, &init);
-  report_closed("alloc_pages_to");
-  return nullptr;
+  return errno_on_misuse([&]() -> page* {
+    if (impl_) return impl_->alloc_pages_to(order, dest, gfp, &init);
+    report_closed("alloc_pages_to");
+    return nullptr;
+  });
 }
 
 page* pool::replace_pages(pfn_t* slot, unsigned order, gfp_t gfp, const page_init& init) noexcept {
-  if (impl_) return impl_->replace_pages(slot, order, gfp, &init);
-  report_closed("replace_pages");
-  return nullptr;
+  return errno_on_misuse([&]() -> page* {
+    if (impl_) return impl_->replace_pages(slot, order, gfp, &init);
+    report_closed("replace_pages");
+    return nullptr;
+  });
 }
 int pool::free_pages_from(pfn_t* src) noexcept {
   if (impl_) return impl_->free_pages_from(src);

@@ -1008,6 +1008,23 @@ TEST_P(Ownership, ReplacePagesRefusesWhatFreePagesFromRefusesAndChangesNothing) 
   slots()[1] = owned;
   expect_reported([&] { EXPECT_EQ(pool_.replace_pages(&slots()[1], 0), nullptr); }, "replace through a copy", "does not own");
   slots()[1] = 0;
+  // Every misuse sets errno = EINVAL, as the C API does: a value that is no pfn of the pool, an
+  // order past 18, unknown gfp bits, a slot outside the pool.
+  slots()[3] = 12345;
+  for (int variant = 0; variant < 4; ++variant) {
+    SCOPED_TRACE("misuse " + std::to_string(variant));
+    errno = 0;
+    pfn_t outside = 0;
+    expect_reported([&] {
+      EXPECT_EQ(variant == 0   ? pool_.replace_pages(&slots()[3], 0)
+                : variant == 1 ? pool_.replace_pages(&slots()[0], 30)
+                : variant == 2 ? pool_.replace_pages(&slots()[0], 0, pmpage::gfp_t{0x4000})
+                               : pool_.replace_pages(&outside, 0),
+                nullptr);
+    }, "replace misuse");
+    EXPECT_EQ(errno, EINVAL);
+  }
+  slots()[3] = 0;
   // An unowned page.
   page* plain = pool_.alloc_pages(0);
   ASSERT_NE(plain, nullptr);

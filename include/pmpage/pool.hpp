@@ -50,10 +50,11 @@ struct pool_stats {
   std::uint64_t descriptor_bytes = 0;  ///< DRAM holding descriptors: regions x 64 B + 32 KiB x materialised
   std::uint64_t allocator_bytes = 0;   ///< DRAM of the allocator's own indexes (split-region state)
   std::uint64_t repaired_at_open = 0;  ///< torn updates found and repaired by recovery
-  /// Owner records dropped when a split region was loaded because their slot no longer named the
-  /// page (the engine overwrote a slot by hand, or freed the page holding it): those pages stay
-  /// allocated, owned by nobody; check_slots lists them as unreferenced. Also counts owners
-  /// dropped at a page's last put_page/free_pages because its slot was void (docs/api.md).
+  /// Owner records dropped when a region was loaded because their owner entry was damaged (its
+  /// check fails): those pages stay allocated, owned by nobody; check_slots lists their slots as
+  /// misowned (a page whose slot no longer names it is freed instead: docs/format.md, "The slot
+  /// protocol"). Also counts owners dropped at a page's last put_page/free_pages because its slot
+  /// was void (docs/api.md).
   std::uint64_t orphaned_owners = 0;
   /// Per-CPU caches (docs/scaling.md): split regions a CPU's cache holds for its own small
   /// allocations, and the free pages inside them. Those pages are free on the media (a crash
@@ -314,8 +315,10 @@ class PMPAGE_API pool {
   /// or nullptr with errno: ENOMEM-like no room (nothing changed); EBUSY: the old page has
   /// references besides its slot's (nothing changed); EINVAL on misuse (reported): the slot does
   /// not own the page it names, lies in a free page or inside the page it owns; EIO/ENOSPC... a
-  /// write-back failure (the slot keeps the old page). Thread-safe; the old page is claimed (its
-  /// count held at 0) while the call runs, as free_pages_from claims it. Kernel: none.
+  /// write-back failure (the slot keeps the old page). The old page must hold no slot that owns
+  /// a page (as for free_pages_from: those children would stay owned by slots in a freed page).
+  /// Thread-safe; the old page is claimed (its count held at 0) while the call runs, as
+  /// free_pages_from claims it. Kernel: none.
   page* replace_pages(pfn_t* slot, unsigned order, gfp_t gfp = GFP_DEFAULT, const page_init& init = {}) noexcept;
   /// Frees the page that slot *src owns and sets *src = 0, atomically with respect to a crash
   /// (1 fence: the slot cleared; the page's free record follows unfenced, and recovery completes
@@ -337,9 +340,9 @@ class PMPAGE_API pool {
   /// not an 8-byte word of the root or data area, lies in a free page, is not empty, or is listed
   /// twice; order > 18; unknown gfp bits.
   /// Crash atomicity is per slot: after a crash each slot is empty or names its page, owned,
-  /// independently of the others; never a leaked page. Fences: 2 per batch of up to 16 slots
-  /// (a batch holds one intent lane per slot, and at most a quarter of the lanes), so n slots
-  /// cost 2 * ceil(n / 16) fences instead of 2n. Thread-safe. Kernel: alloc_pages_bulk_array.
+  /// independently of the others; never a leaked page. Fences: 2 per batch of up to 64 slots
+  /// (every page recorded | every slot, the slot protocol of alloc_pages_to), so n slots cost
+  /// 2 * ceil(n / 64) fences instead of 2n. Thread-safe. Kernel: alloc_pages_bulk_array.
   std::size_t alloc_pages_bulk_to(unsigned order, std::span<pfn_t* const> dests,
                                   gfp_t gfp = GFP_DEFAULT) noexcept;
   /// free_pages_from for many slots: frees the page every non-empty slot *srcs[i] owns and sets
@@ -350,7 +353,8 @@ class PMPAGE_API pool {
   /// same call frees (free a table page in a later call than the slots it holds); -EROFS on a
   /// read-only pool (misuse, reported).
   /// Crash atomicity is per slot (each slot ends before or after, never a slot naming a free page
-  /// nor a leaked page); 2 fences per batch of up to 16 non-empty slots. Thread-safe.
+  /// nor a leaked page); 1 fence for the whole list (every slot 0, then the pages freed).
+  /// Thread-safe.
   /// Kernel: release_pages / free_pages_bulk.
   int free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept;
 
