@@ -1276,6 +1276,16 @@ int pool_impl::adopt_pages(pfn_t* slot) noexcept {
                   static_cast<void*>(slot), (unsigned long long)pfn);
     return -EINVAL;
   }
+  // The page may come from a region this open never took: its owner-table slice may be a hole of
+  // a sparse copy (region_backing.hpp). Reserve it before the store that would fault there.
+  if (const int e = backing_.reserve_owner_slice(std::uint32_t(index >> HPAGE_PMD_ORDER))) {
+    unclaim();
+    char m[256];
+    std::snprintf(m, sizeof m, "pmpage: %s: adopt_pages: cannot reserve the owner table of region %llu (%s): nothing "
+                  "was adopted", path().c_str(), (unsigned long long)(index >> HPAGE_PMD_ORDER), std::strerror(e));
+    note_backing_failure(e, m);
+    return -e;
+  }
   // Owned from here, unless the page is locked: split_huge_page checks for an owner under the page
   // lock and then freezes, so ownership must not appear in between (it would split an owned page,
   // or freeze one: O3). One compare-and-swap orders the two on the flags word. Owned already: freed

@@ -606,12 +606,23 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   if (!opts.read_only && d.type() == device::kind::regular_file) {
     // Every metadata store from here on (repairs, replay, allocations) lands in reserved blocks,
     // never in a hole a full file system cannot fill (SIGBUS): create reserved them, but a copy
-    // (cp, rsync -S) or an older pool may have holes there. A no-op when the blocks exist.
-    const std::uint64_t meta_end = impl->lay_.owner_table_offset + impl->nr_regions_ * OWNER_TABLE_BYTES;
+    // (cp, rsync -S) or an older pool may have holes there. A no-op when the blocks exist. The
+    // owner tables (4 KiB per region) are reserved a region at a time (region_backing.hpp).
+    const std::uint64_t meta_end = impl->lay_.owner_table_offset;
     if (const int e = reserve_file_holes(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
       fail(e, path, std::string("cannot reserve the blocks of the pool's metadata (") + std::to_string(meta_end) +
                         " bytes; fallocate: " + std::strerror(e) + "), whose stores would otherwise fault; nothing was written");
-    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_);
+    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_, impl->lay_.owner_table_offset);
+    // Replay writes owner entries of the regions its intents name: their slices first.
+    const std::uint64_t start = impl->start_pfn();
+    for (unsigned i = 0; i < NR_LANES; ++i) {
+      const std::uint64_t pfn = load_word(&impl->lanes_[i].pfn);
+      if (load_word(&impl->lanes_[i].seq) == 0 || pfn < start || pfn >= impl->end_pfn()) continue;
+      const auto r = std::uint32_t((pfn - start) >> HPAGE_PMD_ORDER);
+      if (const int e = impl->backing_.reserve_owner_slice(r))
+        fail(e, path, "cannot reserve the owner table of region " + std::to_string(r) + " for recovery (fallocate: " +
+                          std::strerror(e) + "); nothing was written");
+    }
   }
   if (shared_read) {
     std::string why;
@@ -766,7 +777,7 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     // A sparse file's data blocks are reserved region by region as the allocator takes them
     // (region_backing.hpp); preallocated ones are all there.
     if (d.type() == device::kind::regular_file && !opts.preallocate)
-      impl->backing_.init(d.fd(), lay.data_offset, lay.nr_regions);
+      impl->backing_.init(d.fd(), lay.data_offset, lay.nr_regions, lay.owner_table_offset);
     formatting = true;
     impl->format(lay, sb);
     impl->refuse_if_not_durable("create: the new pool's metadata");

@@ -417,6 +417,15 @@ TEST_F(Limits, DescriptorsOutsideEveryOpenPoolAreReported) {
 // reserves a region's 2 MiB before it hands out any page of it, and an allocation the file
 // system cannot back returns nullptr with errno ENOSPC (docs/api.md, "Allocation").
 
+std::uint64_t read_word_at(const std::filesystem::path& path, std::uint64_t off) {
+  std::uint64_t v = 0;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(::pread(fd, &v, sizeof v, off_t(off)), ssize_t(sizeof v));
+  ::close(fd);
+  return v;
+}
+
 std::uint64_t blocks_of(const std::filesystem::path& path) {
   struct stat st;
   EXPECT_EQ(::stat(path.c_str(), &st), 0);
@@ -636,29 +645,68 @@ TEST_F(FullFileSystem, ThreadsRacingForTheLastBlocksGetPagesOrEnospcAndThePoolAd
 
 TEST_F(FullFileSystem, OpenReservesHolesInTheMetadataOrFailsWithEnospc) {
   // A pool copied sparse (cp, rsync -S) has holes where its metadata was never written: a store
-  // into one on a full file system would be a SIGBUS. Open fills them, or refuses.
+  // into one on a full file system would be a SIGBUS. Open fills those before the owner tables,
+  // or refuses; an owner-table slice is reserved with its region's data when the allocator takes
+  // the region (and by adopt_pages): no SIGBUS, an allocation the file system cannot back is
+  // ENOSPC, and nothing is searched for holes per region at open.
   const auto path = in_fs("pool");
   create_pool(path, 64 * MiB).close();
   pmpage::detail::superblock sb;
+  const int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pread(fd, &sb, sizeof sb, 0), ssize_t(sizeof sb));
+  const std::uint64_t owners = sb.owner_table_offset, len = sb.nr_regions * pmpage::detail::OWNER_TABLE_BYTES;
+  auto punch = [&](std::uint64_t off, std::uint64_t n) {
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(off), off_t(n)), 0);
+  };
+  // 1. A hole in the page maps (before the owner tables): open fills it or refuses.
+  punch(sb.page_map_offset, 4096);
   {
-    const int fd = ::open(path.c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::pread(fd, &sb, sizeof sb, 0), ssize_t(sizeof sb));
-    const std::uint64_t owners = sb.owner_table_offset, len = sb.nr_regions * pmpage::detail::OWNER_TABLE_BYTES;
-    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(owners), off_t(len)), 0);
-    ::close(fd);
+    const auto filler = fill_up();
+    const std::string what = expect_error(ENOSPC, [&] { pool::open(path); });
+    EXPECT_NE(what.find("metadata"), std::string::npos) << what;
+    std::filesystem::remove(filler);
+    const std::uint64_t before = blocks_of(path);
+    pool::open(path).close();  // with room: the hole is filled
+    EXPECT_EQ(blocks_of(path), before + 4096);
   }
-  const auto filler = fill_up();
-  const std::string what = expect_error(ENOSPC, [&] { pool::open(path); });
-  EXPECT_NE(what.find("metadata"), std::string::npos) << what;
-  std::filesystem::remove(filler);
-  const std::uint64_t meta = sb.owner_table_offset + sb.nr_regions * pmpage::detail::OWNER_TABLE_BYTES;
-  ASSERT_LT(blocks_of(path), meta);
-  pool p = pool::open(path);
-  EXPECT_EQ(blocks_of(path), meta) << "every metadata block is held again, nothing else";
-  pfn_t* slots = root_slots(p);
-  ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);  // writes an owner entry
-  EXPECT_EQ(p.check(), "");
+  // 2. Holes in all the owner tables: open succeeds even on a full file system.
+  punch(owners, len);
+  const std::uint64_t head = blocks_of(path);
+  {
+    const auto filler = fill_up();
+    pool p = pool::open(path);
+    EXPECT_EQ(blocks_of(path), head) << "nothing reserved at open";
+    pfn_t* slots = root_slots(p);
+    errno = 0;
+    EXPECT_EQ(p.alloc_pages_to(0, &slots[0]), nullptr) << "no region can be reserved";
+    EXPECT_EQ(errno, ENOSPC);
+    EXPECT_EQ(p.check(), "");
+    std::filesystem::remove(filler);
+    ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);  // its region and owner slice reserved first
+    EXPECT_EQ(blocks_of(path), head + pmpage::HPAGE_PMD_SIZE + 4096) << "one region's data and owner slice";
+    EXPECT_EQ(p.check(), "");
+    ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+    // 3. adopt_pages of a page from a region this open did not take: its owner slice first.
+    page* plain = p.alloc_pages(9);
+    ASSERT_NE(plain, nullptr);
+    slots[1] = pmpage::page_to_pfn(plain);
+    p.persist(&slots[1], sizeof(pfn_t));
+  }
+  {
+    const std::uint64_t r = (read_word_at(path, sb.root_offset + 8) - pmpage::detail::superblock_pfn_base(sb)) >> 9;
+    punch(owners + r * 4096, 4096);
+    const auto filler = fill_up();
+    pool p = pool::open(path);
+    pfn_t* slots = root_slots(p);
+    EXPECT_EQ(p.adopt_pages(&slots[1]), -ENOSPC);
+    EXPECT_EQ(p.check_slots(std::vector<pfn_t*>{&slots[1]}).misowned.size(), 1u) << "nothing adopted";
+    std::filesystem::remove(filler);
+    EXPECT_EQ(p.adopt_pages(&slots[1]), 0);
+    EXPECT_EQ(p.check(), "");
+    ASSERT_EQ(p.free_pages_from(&slots[1]), 0);
+  }
+  ::close(fd);
 }
 
 TEST_F(FullFileSystem, RepairOfAPoolWithHolesInItsMetadataFailsWithEnospcInsteadOfSigbus) {
