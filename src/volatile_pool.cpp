@@ -314,6 +314,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->build_volatile();
   if (!impl->bad_pages_.empty()) impl->apply_bad_pages_at_open();
   impl->register_pool();
+  impl->enable_magazines();
   restore.armed = false;
   return impl;
 }
