@@ -24,7 +24,12 @@ pool_stats pool_impl::stats() noexcept {
   // holds that are still running (they add after marking their pages free). Reading the counters
   // one by one while others ran (as this did before) could pair an allocation's decrement with
   // a miss of the free that came before it: free_pages above total_pages, cached above free.
+  // The magazines' pages (volatile pools) are free: counted with every magazine lock held too,
+  // so a refill or flush between a magazine and its region is seen on one side only (M1).
+  lock_magazines();
   lock_all();
+  std::uint64_t in_magazines = 0;
+  for (const magazine* m = mags_; m; m = m->pool_next) in_magazines += m->count.load(std::memory_order_relaxed);
   std::uint64_t stashed_regions = 0;
   for (unsigned i = 0; i < nr_caches_; ++i) {
     const cpu_cache& c = caches_[i];
@@ -33,12 +38,13 @@ pool_stats pool_impl::stats() noexcept {
     ++s.cpu_cached_regions;
     s.cpu_cached_free_pages += sstate(c.region).nr_free;
   }
-  const auto counted = std::int64_t(free_pages_ + cached_free_delta());
+  const auto counted = std::int64_t(free_pages_ + cached_free_delta() + in_magazines);
   if (PMPAGE_UNLIKELY(!bad_pages_.empty() || quarantined_regions_))
     count_bad_pages_locked(s.quarantined_pages, s.hwpoison_pages, nullptr);
   // The caches' figures are settled: only the pool lock is needed for the rest (lazy regions
   // and the pool's own counters change only under it).
   for (unsigned i = nr_caches_; i-- > 0;) caches_[i].mu.unlock();
+  unlock_magazines();  // (g_mags and the magazine locks come before mu_, which stays held: fine to drop first)
   s.total_pages = nr_pages_;
   s.total_regions = nr_regions_;
   // The bounds pool.hpp promises hold by construction; the clamp only keeps a broken counter
@@ -65,11 +71,17 @@ pool_stats pool_impl::stats() noexcept {
 }
 
 void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out) {
+  lock_magazines();
   lock_all();
   struct unlocker {
     pool_impl* p;
-    ~unlocker() { p->unlock_all(); }
+    ~unlocker() {
+      p->unlock_all();
+      p->unlock_magazines();
+    }
   } u{this};
+  // Pages in a magazine are order-0 heads in the page map but free (M1): not listed.
+  const std::vector<const page*> mag = magazine_pages();
   for (std::uint64_t r = 0; r < nr_regions_; ++r) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
@@ -98,7 +110,9 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
           ++i;
           continue;
         }
-        out.emplace_back(vpage((r << HPAGE_PMD_ORDER) + i), code_order(c));
+        page* p = vpage((r << HPAGE_PMD_ORDER) + i);
+        if (code_order(c) != 0 || mag.empty() || !std::binary_search(mag.begin(), mag.end(), p))
+          out.emplace_back(p, code_order(c));
         i += 1u << code_order(c);
       }
     }
@@ -106,25 +120,34 @@ void pool_impl::collect_allocations(std::vector<std::pair<page*, unsigned>>& out
 }
 
 std::string pool_impl::check() {
+  lock_magazines();
   lock_all();
   struct unlocker {
     pool_impl* p;
-    ~unlocker() { p->unlock_all(); }
+    ~unlocker() {
+      p->unlock_all();
+      p->unlock_magazines();
+    }
   } u{this};
   // Load every split region first (their lazy repairs happen now), so the owner records of small
   // pages are checked right after open too.
   for (std::uint64_t r = 0; r < nr_regions_; ++r)
     if (regions_[r].flags_.load(std::memory_order_relaxed) & PG_region_lazy) materialise_locked(std::uint32_t(r));
-  return check_locked();
+  return check_locked(magazine_pages());
 }
 
-std::string pool_impl::check_locked() {
+std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
   std::ostringstream err;
   auto fail = [&](auto&&... parts) {
     (err << ... << parts);
     return err.str();
   };
   std::uint64_t free_pages = 0, split = 0, materialised = 0, buddy_free = 0, listed = 0, empty_listed = 0, quarantined = 0;
+  // M1: the magazines' pages, each in one magazine, each met below in a split region.
+  std::uint64_t in_magazines = 0;
+  for (std::size_t k = 1; k < mag.size(); ++k)
+    if (mag[k] == mag[k - 1]) return fail("M1: page ", static_cast<const void*>(mag[k]), " is in two magazines (or twice in one)");
+  auto in_magazine = [&](const page* p) { return !mag.empty() && std::binary_search(mag.begin(), mag.end(), p); };
   for (std::uint64_t r = 0; r < nr_regions_;) {
     const auto ri = std::uint32_t(r);
     page& d = regions_[r];
@@ -247,6 +270,21 @@ std::string pool_impl::check_locked() {
             ++i;
             continue;
           }
+          if (in_magazine(p)) {  // free, though allocated in the region's books (M1)
+            if (is_free || c != code_head(0))
+              return fail("M1: page ", i, " of region ", r, " is in a magazine but ",
+                          is_free ? "free in the region's bitmap" : "not an order-0 head in the page map");
+            if (bad_in(i, 1)) return fail("M1: bad page ", i, " of region ", r, " is in a magazine");
+            if (p->refcount_.load() != 0 || p->flags_.load() != 0 || load_order(p) != 0 || load_compound_head(p) != 0 ||
+                p->private_.load() != 0)
+              return fail("M1: page ", i, " of region ", r, " is in a magazine but its descriptor is not free (count ",
+                          p->refcount_.load(), ", flags ", p->flags_.load(), ")");
+            if (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)))
+              return fail("M1: page ", i, " of region ", r, " is in a magazine but has an owner entry");
+            ++in_magazines;
+            ++i;
+            continue;
+          }
           if (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) && (is_free || !code_is_head(c)))
             return fail("O1: page ", i, " of region ", r, " is not an allocated head but has an owner entry");
           if (is_free) {
@@ -282,6 +320,8 @@ std::string pool_impl::check_locked() {
         return fail("V1: region ", r, " in transit or unknown kind ", int(d.kind_), " outside an operation");
     }
   }
+  if (in_magazines != mag.size())
+    return fail("M1: ", mag.size() - in_magazines, " magazine pages are not pages of this pool's split regions");
   if (free_pages != free_pages_ + cached_free_delta())
     return fail("V3: free pages ", free_pages_ + cached_free_delta(), " recorded, ", free_pages, " counted");
   if (empty_listed != nr_empty_) return fail("H1: empty list holds ", nr_empty_, " regions, ", empty_listed, " are marked");

@@ -10,7 +10,10 @@
 // Fork lock order (prepare takes them top to bottom; it is also the order in which any code path
 // nests them, so prepare cannot deadlock with a running thread):
 //   1. g_open_mu                              the open-pools list (this file)
+//   1a. g_mags                                every pool's list of per-thread magazines
+//                                             (magazine.cpp; volatile pools)
 //   2. per open pool, in list order:          pool_impl::lock_for_fork
+//        magazine::busy of each of its magazines (volatile pools)
 //        cpu_cache::mu of each cache, in index order
 //        pool_impl::mu_ (the pool lock)
 //        pool_impl::log_mu_ (the recovery log; a leaf, taken under mu_ by lazy loads)
@@ -62,6 +65,7 @@ std::vector<pool_impl*> g_open;  // pools open in this process
 
 void fork_prepare() {
   g_open_mu.lock();
+  magazines_lock_for_fork();
   for (pool_impl* p : g_open) p->lock_for_fork();
   registry_lock_for_fork();
   c_misuse_handler_lock().lock();
@@ -70,6 +74,7 @@ void fork_parent() {
   c_misuse_handler_lock().unlock();
   registry_unlock_after_fork();
   for (pool_impl* p : g_open) p->unlock_after_fork(false);
+  magazines_unlock_after_fork();
   g_open_mu.unlock();
 }
 void fork_child() {
@@ -77,6 +82,7 @@ void fork_child() {
   c_misuse_handler_lock().unlock();
   registry_unlock_after_fork();
   for (pool_impl* p : g_open) p->unlock_after_fork(true);
+  magazines_unlock_after_fork();
   g_open_mu.unlock();
 }
 
@@ -100,6 +106,9 @@ void remove_open_pool(pool_impl* p) {
 }
 
 void pool_impl::lock_for_fork() {
+  // g_mags is held (fork_prepare): this pool's magazines, then its caches and pool lock.
+  if (mag_serial_)
+    for (magazine* m = mags_; m; m = m->pool_next) m->lock();
   lock_all();
   log_mu_.lock();
 }
@@ -107,6 +116,8 @@ void pool_impl::lock_for_fork() {
 void pool_impl::unlock_after_fork(bool child) {
   log_mu_.unlock();
   unlock_all();
+  if (mag_serial_)
+    for (magazine* m = mags_; m; m = m->pool_next) m->unlock();
   if (!child) return;
   // A parent thread may have been inside a region lock at the fork: make them anew.
   for (std::uint64_t r = 0; r < nr_regions_; ++r)

@@ -544,6 +544,7 @@ constexpr std::uint64_t TRANSIT_WAIT_MS = 1000;
 page* pool_impl::alloc_small_anywhere(unsigned order, alloc_plan& plan, bool apply) {
   const std::uint64_t give_up_ms = coarse_now_ms() + TRANSIT_WAIT_MS;
   bool fs_full = false;
+  drain_magazines();  // other threads' magazines hold free pages too (before lock_all: lock order)
   for (;;) {
     lock_all();
     cpu_cache& c = this_cpu_cache();
@@ -580,7 +581,8 @@ std::size_t pool_impl::bulk_order0(std::size_t n, page** out, alloc_plan& plan) 
   return done;
 }
 
-std::size_t pool_impl::bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb) {
+std::size_t pool_impl::bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb,
+                                        bool describe) {
   cpu_cache& c = this_cpu_cache();
   std::lock_guard g(c.mu);
   std::size_t done = 0;
@@ -605,7 +607,7 @@ std::size_t pool_impl::bulk_order0_held(std::size_t n, page** out, alloc_plan& p
         const unsigned i = w * 64 + unsigned(std::countr_zero(bits));
         bits &= bits - 1;
         s.map[i / PAGES_PER_MAP_WORD] |= std::uint64_t(code_head(0)) << ((i % PAGES_PER_MAP_WORD) * 4);
-        init_compound_small(r, i, 0);
+        if (describe) init_compound_small(r, i, 0);
         out[done++] = base + i;
         ++got;
         lo = std::min(lo, i);
@@ -677,6 +679,7 @@ page* pool_impl::alloc_large_anywhere(unsigned order, bool fs_full) {
   const std::uint64_t give_up_ms = coarse_now_ms() + TRANSIT_WAIT_MS;
   // Once the file system said no, only blocks reserved already will do (R1): stashed blocks
   // are, and so are regions used and freed since open.
+  drain_magazines();  // a page in a magazine keeps its region split (before lock_all: lock order)
   auto take = [&] {
     if (!fs_full) return take_large_locked(order);
     const std::uint32_t b = take_reserved_block_locked(order);
@@ -787,6 +790,7 @@ std::size_t pool_impl::trim() noexcept {
 }
 
 std::size_t pool_impl::trim_now() noexcept {
+  drain_magazines();  // their pages keep their regions from merging
   drain_caches();
   return merge_empty_regions();
 }

@@ -61,6 +61,15 @@ page* pool_impl::reserve(const char* caller, unsigned order, alloc_plan& plan, b
 
 page* pool_impl::alloc_pages(unsigned order, gfp_t gfp) noexcept {
   if (refuse_read_only("alloc_pages") || !check_gfp("alloc_pages", gfp)) return nullptr;
+  if (order == 0 && mag_serial_) {  // a volatile pool: this thread's magazine (magazine.hpp)
+    if (forked("alloc_pages")) return nullptr;
+    if (page* p = mag_alloc()) {
+      if (gfp & GFP_ZERO) zero_pages(p, 0);
+      return p;
+    }
+    // No magazine (the thread is exiting) or no room to refill one: the ordinary path, which
+    // also drains every magazine before it reports no room.
+  }
   alloc_plan plan;
   page* p = reserve("alloc_pages", order, plan, /*apply=*/true);
   if (!p) return nullptr;
@@ -712,6 +721,11 @@ void pool_impl::release(page* holder) noexcept {
     holder->refcount_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  // A volatile pool's order-0 page goes to this thread's magazine (magazine.hpp); a poisoned one
+  // goes back to its region, which holds its bad page out (Q2).
+  if (mag_serial_ && !is_region_desc(holder) && load_order(holder) == 0 &&
+      !(holder->flags_.load(std::memory_order_relaxed) & PG_hwpoison) && mag_free(holder))
+    return;
   prefetch_map_line(holder);
   const free_result fr = free_stores(holder);
   const int e = fence();

@@ -60,11 +60,16 @@
 //   V3  free_pages_ + the caches' free_delta and remote_delta == pages in free buddy blocks + stashed blocks +
 //       free pages of materialised split regions.
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
+//   M1  (volatile pools) a page in a thread's magazine (magazine.hpp) is an order-0 head in its
+//       region's page map and used in its free_bits, counted allocated by the region and V3, with
+//       its descriptor in the free state (count 0, no flags, order 0, no compound link, private 0,
+//       no owner entry), and in no other magazine. stats().free_pages adds the magazines' pages.
 //   R1  a region a cache holds, a stashed block and every allocation made in this open have
 //       their blocks reserved in a sparse backing file (region_backing.hpp).
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
 //
-// Lock order (cpu_cache.hpp): cpu_cache::mu -> mu_ (the pool lock) -> split_state::own_lock.
+// Lock order (cpu_cache.hpp, magazine.hpp): g_mags -> magazine::busy -> cpu_cache::mu -> mu_ (the
+// pool lock) -> split_state::own_lock.
 // None is held while fencing on the common paths (flushes are issued after the locks:
 // flush_later) or while calling user code. The intent log has no lock. The registry lock and
 // the open-pools list are taken by open/close; fork() takes every lock of the library in the
@@ -97,6 +102,7 @@
 #include "registry.hpp"
 #include "adaptive_mutex.hpp"
 #include "cpu_cache.hpp"
+#include "magazine.hpp"
 #include "split_region.hpp"
 
 namespace pmpage::detail {
@@ -395,7 +401,9 @@ class pool_impl {
   page* alloc_small_anywhere(unsigned order, alloc_plan& plan, bool apply);
   /// alloc_pages_bulk of order 0: whole words of the free bitmap at a time, one write per line.
   std::size_t bulk_order0(std::size_t n, page** out, alloc_plan& plan);
-  std::size_t bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb);
+  /// describe: build each page's descriptor (count 1); without it the descriptors stay in the
+  /// free state (a magazine's refill: magazine.hpp).
+  std::size_t bulk_order0_held(std::size_t n, page** out, alloc_plan& plan, merge_batch& mb, bool describe = true);
   page* alloc_large(unsigned order, bool apply);
   /// A free block of `order` from the buddy (free_pages_ counted, descriptors not set up yet:
   /// in transit), or NIL.
@@ -449,6 +457,31 @@ class pool_impl {
   std::uint64_t cached_free_delta() const;
   void lock_all();    // every cache lock in index order, then the pool lock (check, walks)
   void unlock_all();
+  // magazine.cpp: per-thread magazines of free order-0 pages (volatile pools; magazine.hpp)
+  /// Turns magazines on (create_volatile, once the pool is complete).
+  void enable_magazines() noexcept;
+  /// An order-0 page from this thread's magazine (refilled from this CPU's cache), its count 1;
+  /// nullptr when the magazine cannot be had or refilled (the caller takes the ordinary path).
+  page* mag_alloc() noexcept;
+  /// The last reference of order-0 page h went: h goes to this thread's magazine (its descriptor
+  /// set to the free state). false: no magazine (the caller frees it the ordinary way).
+  bool mag_free(page* h) noexcept;
+  /// This thread's magazine for this pool (created on first use), or nullptr while it exits.
+  magazine* this_thread_magazine() noexcept;
+  magazine* magazine_slow() noexcept;
+  /// busy held: refills m from this CPU's cache; how many it holds now (0: no room there).
+  unsigned mag_refill(magazine& m) noexcept;
+  /// busy held: gives m's n oldest pages back to their regions.
+  void mag_flush(magazine& m, unsigned n) noexcept;
+  /// Every magazine of this pool gives its pages back (trim, the last-resort paths). No lock held.
+  void drain_magazines() noexcept;
+  /// close: drains and kills every magazine of this pool (none is reachable afterwards).
+  void close_magazines() noexcept;
+  /// g_mags and every magazine lock of this pool, before lock_all (check, stats, walks, fork).
+  void lock_magazines() noexcept;
+  void unlock_magazines() noexcept;
+  /// Under lock_magazines: the pages the magazines hold, sorted (check, the walks).
+  std::vector<const page*> magazine_pages() const;
   /// The persistent stores of a chosen allocation (unfenced): page-map codes or region word.
   void apply_alloc(page* p, unsigned order, std::uint64_t owner);
   /// The same for a small page, with its region's lock held.
@@ -532,7 +565,8 @@ class pool_impl {
   page* head_named_by(const char* caller, const pfn_t* slot, pfn_t pfn);
   int report_not_owner(const char* caller, const pfn_t* slot, pfn_t pfn, page* h, std::uint64_t index);
   bool covered_by_earlier_head(std::uint32_t r) const;
-  std::string check_locked();
+  /// mag: the magazines' pages (magazine_pages), checked as free (M1).
+  std::string check_locked(const std::vector<const page*>& mag);
   /// O1 for the allocation headed by page `index`: "" or the violation.
   std::string owner_problem(std::uint64_t index, bool owned) const;
   /// The slot offset recorded for the allocation headed at `index`, or 0 if it is not slot-owned.
@@ -598,6 +632,11 @@ class pool_impl {
   std::unordered_map<const std::uint64_t*, std::uint64_t> overlay_;  // see view_word (mu_)
   mutable std::mutex log_mu_;    // guards log_ (lazy loads add lines after open)
   std::vector<std::string> log_;
+  // Magazines (magazine.hpp): 0 = off (persistent pools); else this pool's serial, unique in the
+  // process, the key of every thread's magazine lookup. mags_: the pool's magazines (g_mags).
+  std::uint64_t mag_serial_ = 0;
+  magazine* mags_ = nullptr;
+  friend struct thread_magazines;
   std::uint64_t fork_generation_ = 0;  // g_fork_generation when the pool was opened
   int opener_pid_ = 0;
 };

@@ -55,6 +55,9 @@ int pool_impl::close_flush() noexcept {
   if (closed_flush_) return durability_failed();
   closed_flush_ = true;
   if (registered_) remove_open_pool(this);  // first: a fork from now on leaves this pool's locks alone
+  // Then every thread's magazine of this pool gives its pages back and dies (magazine.hpp): no
+  // thread reaches the pool through one afterwards, at its exit or ever.
+  close_magazines();
   // At close the kept empty regions merge (so the next open finds them FREE, not split) and
   // lazily retired intents become durable; a fork() child and a read-only pool never write.
   if (registered_ && !read_only_ && g_fork_generation.load(std::memory_order_relaxed) == fork_generation_) {

@@ -367,6 +367,8 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   }
   impl->build_volatile();
   if (!impl->bad_pages_.empty()) impl->apply_bad_pages_at_open();
+  // Before register_pool: from there on another thread's fork() reads the pool's magazine state.
+  impl->enable_magazines();
   impl->register_pool();
   restore.armed = false;
   return impl;

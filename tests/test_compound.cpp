@@ -315,9 +315,11 @@ TEST_P(Compound, SplitHugePageRegionIsKeptWhenAll512PagesAreFreedAndMergesOnTrim
   ASSERT_EQ(pmpage::split_huge_page(huge), 0);
   EXPECT_EQ(pool_.stats().split_regions, 1u);
   EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(1));
-  for (std::uint64_t i = HPAGE_PMD_NR; i-- > 1;) pmpage::put_page(tail(huge, i));
+  free_on_exiting_thread([&] {  // (a volatile pool's magazine goes back to the regions at its exit)
+    for (std::uint64_t i = HPAGE_PMD_NR; i-- > 1;) pmpage::put_page(tail(huge, i));
+  });
   EXPECT_TRUE(pmpage::PageSplit(huge));
-  pmpage::put_page(huge);
+  free_on_exiting_thread([&] { pmpage::put_page(huge); });
   EXPECT_TRUE(pmpage::PageSplit(huge));
   EXPECT_EQ(pool_.stats().empty_split_regions, 1u) << "no cache holds it: it waits on the empty list";
   EXPECT_EQ(pool_.check(), "");
@@ -340,7 +342,9 @@ TEST_P(Compound, DescriptorBytesFollowSplitRegions) {
   }
   // Freed regions keep their descriptors (up to EMPTY_SPLIT_KEPT of them) until trim().
   for (int i = 0; i < 5; ++i) {
-    for (std::uint64_t j = 0; j < HPAGE_PMD_NR; ++j) pmpage::put_page(tail(huge[i], j));
+    free_on_exiting_thread([&] {  // (a volatile pool's magazine goes back to the regions at its exit)
+      for (std::uint64_t j = 0; j < HPAGE_PMD_NR; ++j) pmpage::put_page(tail(huge[i], j));
+    });
     EXPECT_EQ(pool_.stats().descriptor_bytes, expected_descriptor_bytes(5));
     EXPECT_EQ(pool_.stats().empty_split_regions, static_cast<std::uint64_t>(i + 1));
   }
@@ -384,8 +388,10 @@ TEST_P(CompoundRss, MergeReturnsDescriptorMemoryToTheSystem) {
   EXPECT_GE(split - unsplit, kDescriptorKiB / 2)
       << "splitting " << kRegions << " regions should materialise ~" << kDescriptorKiB << " KiB";
 
-  for (page* h : huge)
-    for (std::uint64_t i = 0; i < HPAGE_PMD_NR; ++i) pmpage::put_page(tail(h, i));
+  free_on_exiting_thread([&] {  // (a volatile pool's magazine goes back to the regions at its exit)
+    for (page* h : huge)
+      for (std::uint64_t i = 0; i < HPAGE_PMD_NR; ++i) pmpage::put_page(tail(h, i));
+  });
   // Past EMPTY_SPLIT_KEPT the freed regions merge at once; trim() returns the kept ones.
   EXPECT_LE(pool_.stats().materialised_regions, pmpage::EMPTY_SPLIT_KEPT);
   pool_.trim();

@@ -178,6 +178,52 @@ TEST_F(Fork, ChildCreatesAndClosesPoolsWhileParentThreadsOpenAndClose) {
   EXPECT_EQ(kept_volatile.check(), "");
 }
 
+// Per-thread magazines (src/magazine.hpp): their locks are taken around fork() like every other
+// allocator lock. A parent thread allocates and frees order-0 pages in a loop (its magazine lock
+// taken and dropped on every call) while this thread forks; each child reads stats() of its copy,
+// which takes every magazine lock of the pool, and closes it (no drain: a child never writes). Without the fork handlers' magazine locks a child could wait for ever on the lock the
+// parent thread held at the fork.
+TEST_F(Fork, ChildReadsAPoolWhoseMagazinesAParentThreadWasUsing) {
+  pool::volatile_options vo;
+  vo.size = 8 * MiB;
+  pool v = pool::create_volatile(vo);
+  const std::uint64_t total = v.stats().total_pages;
+  // This thread's magazine holds pages too: the child sees them as free.
+  std::vector<page*> held;
+  for (int i = 0; i < 20; ++i) held.push_back(v.alloc_pages(0));
+  for (std::size_t i = 0; i < held.size(); i += 2) pmpage::put_page(held[i]);
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop.load(std::memory_order_relaxed))
+      if (page* p = v.alloc_pages(0)) pmpage::put_page(p);
+  });
+  constexpr int kChildren = 50;
+  int hung = 0, failed = 0;
+  for (int i = 0; i < kChildren; ++i) {
+    const pid_t pid = fork_child([&] {
+      misuse_recorder rec;
+      const pmpage::pool_stats s = v.stats();
+      if (s.free_pages > total || s.free_pages < total - 10 - 1) return 3;  // at most the churn's page in flight
+      if (v.alloc_pages(0) != nullptr) return 4;  // refused in a child (and reported)
+      v.close();
+      return 0;
+    });
+    ASSERT_GT(pid, 0) << std::strerror(errno);
+    const int status = wait_or_kill(pid, std::chrono::seconds(10));
+    if (status == kHung)
+      ++hung;
+    else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      ++failed;
+  }
+  stop.store(true);
+  churn.join();
+  EXPECT_EQ(hung, 0) << "children that did not exit within 10 s (a magazine lock held across fork)";
+  EXPECT_EQ(failed, 0);
+  for (std::size_t i = 1; i < held.size(); i += 2) pmpage::put_page(held[i]);
+  EXPECT_EQ(v.check(), "");
+  EXPECT_EQ(v.stats().free_pages, total);
+}
+
 // ---- defect 8: the single-opener lock belongs to the opener, not to its fork children ------------
 
 // One kind of pool that holds an opener lock on a file: persistent (read-write or read-only) or

@@ -26,6 +26,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -185,6 +186,18 @@ inline pmpage::pfn_t* root_slots(const pmpage::pool& pool) {
 }
 inline std::size_t root_slot_count(const pmpage::pool& pool) {
   return pool.root_size() / sizeof(pmpage::pfn_t);
+}
+
+// Runs f on a thread of its own, which has exited when this returns. A volatile pool keeps the
+// order-0 pages a thread frees in that thread's magazine (src/magazine.hpp: allocated in their
+// region's books, free in fact) until the thread exits, trim() runs, or an allocation finds no
+// other room. Tests that look at where freed pages went (the empty list, merges, descriptor
+// memory, exact region counts) free them this way, so that both kinds of pool show the regions'
+// own state.
+template <class F>
+void free_on_exiting_thread(F&& f) {
+  std::thread t(std::forward<F>(f));
+  t.join();
 }
 
 // ---- fixtures ---------------------------------------------------------------------------------

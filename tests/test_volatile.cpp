@@ -3,7 +3,9 @@
 // stats, check) runs on both kinds in the parameterised suites; here: an anonymous pool's
 // description and stats, a memfd and a file as backing (data visible through the file, nothing
 // else written to it, the backing locked), the errors, NUMA binding and page_to_nid, huge pages
-// and their fallback, memory gone at close, and "fence counter at zero" for every operation.
+// and their fallback, memory gone at close, and "fence counter at zero" for every operation; and
+// the per-thread magazines of free order-0 pages (src/magazine.hpp): what sees through them, thread
+// exit, close with another thread's magazine full, many threads churning.
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
@@ -18,8 +20,13 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <condition_variable>
 #include <iterator>
+#include <mutex>
+#include <optional>
+#include <random>
 #include <set>
+#include <thread>
 
 #include "test_util.hpp"
 
@@ -864,6 +871,102 @@ TEST_F(Volatile, PopulateFaultsInEveryPageAtCreate) {
   const char* bytes = static_cast<const char*>(pmpage::page_address(x));
   EXPECT_TRUE(std::all_of(bytes, bytes + HPAGE_PMD_NR * PAGE_SIZE, [](char c) { return c == 0; }));
   pmpage::put_page(x);
+}
+
+// ---- per-thread magazines (src/magazine.hpp) ----------------------------------------------------
+// A volatile pool's freed order-0 page waits in the freeing thread's magazine: allocated in its
+// region's books, free in fact (count 0). Everything that asks whether a page is free must say
+// so, and everything that needs the page back (trim, an allocation with no other room, close,
+// thread exit) must get it.
+
+/// Free pages outside the magazines, from stats() of a quiet pool: wholly free regions (buddy and
+/// stashes), the free pages of the regions the per-CPU caches hold, and the wholly free split
+/// regions no cache holds. A page still in a magazine is in none of them.
+std::uint64_t free_outside_magazines(const pool& p) {
+  const pmpage::pool_stats s = p.stats();
+  return (s.free_regions + s.empty_split_regions) * HPAGE_PMD_NR + s.cpu_cached_free_pages;
+}
+
+/// A one-shot signal between two threads (no sleeps).
+struct latch {
+  std::mutex mu;
+  std::condition_variable cv;
+  int stage = 0;
+  void set(int to) {
+    {
+      std::lock_guard g(mu);
+      stage = to;
+    }
+    cv.notify_all();
+  }
+  void wait_for(int at_least) {
+    std::unique_lock l(mu);
+    cv.wait(l, [&] { return stage >= at_least; });
+  }
+};
+
+TEST_F(Volatile, PagesInAMagazineAreFreeToCheckStatsWalksSlotChecksAndReferences) {
+  vopts v;
+  v.size = 8 * MiB;
+  v.root_size = 4096;
+  pool p = pool::create_volatile(v);
+  const std::uint64_t total = p.stats().total_pages;
+  std::vector<page*> pages;
+  for (int i = 0; i < 70; ++i) pages.push_back(p.alloc_pages(0));  // beyond a magazine: refills
+  page* kept = p.alloc_pages(0);
+  for (page* x : pages) ASSERT_NE(x, nullptr);
+  ASSERT_NE(kept, nullptr);
+  EXPECT_EQ(p.stats().free_pages, total - 71);
+  for (page* x : pages) pmpage::free_pages(x, 0);  // beyond a magazine: flushes
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total - 1) << "pages in a magazine count as free";
+  const allocation_snapshot snap = allocations(p);
+  EXPECT_EQ(snap.by_pfn.size(), 1u) << "for_each_allocated lists no page of a magazine";
+  EXPECT_EQ(snap.by_pfn.count(pfn_of(kept)), 1u);
+
+  page* freed = pages.back();  // freed last: on top of this thread's magazine
+  EXPECT_EQ(pmpage::page_count(freed), 0);
+  EXPECT_FALSE(pmpage::get_page_unless_zero(freed));
+  pfn_t* slots = root_slots(p);
+  slots[0] = pfn_of(freed);
+  const pool::slot_check sc = p.check_slots(std::vector<pfn_t*>{&slots[0]});
+  ASSERT_EQ(sc.dangling.size(), 1u) << sc.describe();
+  EXPECT_EQ(sc.dangling[0].pfn, pfn_of(freed));
+  ASSERT_EQ(sc.unreferenced.size(), 1u) << sc.describe();
+  EXPECT_EQ(sc.unreferenced[0].pfn, pfn_of(kept));
+  slots[0] = 0;
+  {
+    misuse_recorder rec;
+    pmpage::free_pages(freed, 0);
+    EXPECT_EQ(rec.count(), 1) << "a second free of a page in a magazine is a double free";
+    EXPECT_EQ(p.alloc_pages_to(0, reinterpret_cast<pfn_t*>(pmpage::page_address(freed))), nullptr);
+    EXPECT_EQ(rec.count(), 2) << "a slot in a page in a magazine lies in a free page: " << rec.last();
+  }
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.alloc_pages(0), freed) << "the magazine hands its most recently freed page out first";
+  pmpage::free_pages(freed, 0);
+  pmpage::free_pages(kept, 0);
+  // trim() takes the magazines' pages back, so every region merges.
+  p.trim();
+  const pmpage::pool_stats s = p.stats();
+  EXPECT_EQ(s.split_regions, 0u);
+  EXPECT_EQ(s.free_pages, total);
+  EXPECT_EQ(free_outside_magazines(p), total);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(Volatile, ThreadExitGivesItsMagazineBack) {
+  pool p = anonymous(8 * MiB);
+  const std::uint64_t total = p.stats().total_pages;
+  std::thread t([&] {
+    std::vector<page*> v;
+    for (int i = 0; i < 20; ++i) v.push_back(p.alloc_pages(0));
+    for (page* x : v) pmpage::put_page(x);
+    // Still in this thread's magazine (no trim, no pressure).
+    EXPECT_LT(free_outside_magazines(p), total);
+  });
+  t.join();
+  EXPECT_EQ(free_outside_magazines(p), total) << "the thread's magazine went back to its regions at exit";
   EXPECT_EQ(p.stats().free_pages, total);
   EXPECT_EQ(p.check(), "");
 }
@@ -925,4 +1028,139 @@ TEST_F(VolatileBacking, PopulateOnAFullTmpfsFailsCreateWithEnospcAndLeavesTheFil
   EXPECT_TRUE(contains(why, "populate")) << why;
   EXPECT_EQ(std::filesystem::file_size(path), 0u);
 }
+
+TEST_F(Volatile, AllocationsReachThePagesOfOtherThreadsMagazines) {
+  // A 2 MiB pool: another thread's magazine holds free pages of its only region. Every page of
+  // it can still be allocated here, and so can the whole region once they are freed.
+  pool p = anonymous(2 * MiB);
+  latch l;
+  std::thread t([&] {
+    page* x = p.alloc_pages(0);
+    EXPECT_NE(x, nullptr);
+    pmpage::put_page(x);
+    l.set(1);
+    l.wait_for(2);
+  });
+  l.wait_for(1);
+  EXPECT_LT(free_outside_magazines(p), HPAGE_PMD_NR);
+  std::vector<page*> all;
+  while (page* x = p.alloc_pages(0)) all.push_back(x);
+  EXPECT_EQ(all.size(), HPAGE_PMD_NR) << "pages in another thread's magazine were lost to allocation";
+  for (page* x : all) pmpage::put_page(x);
+  // Now this thread's magazine holds some: an order-9 allocation still gets the region.
+  page* huge = p.alloc_pages(9);
+  EXPECT_NE(huge, nullptr) << "a page in a magazine kept the region from merging";
+  if (huge) pmpage::free_pages(huge, 9);
+  EXPECT_EQ(p.check(), "");
+  l.set(2);
+  t.join();
+  EXPECT_EQ(p.stats().free_pages, HPAGE_PMD_NR);
+}
+
+TEST_F(Volatile, CloseWhileAnotherThreadsMagazineHoldsPagesThenANewPool) {
+  // The other thread's magazine must neither dangle (its exit must not touch the closed pool:
+  // ASan) nor serve the next pool (a lookup keyed by something a new pool can reuse would hand
+  // out the closed pool's pages).
+  std::optional<pool> p(anonymous(8 * MiB));
+  const std::uint64_t total = p->stats().total_pages;
+  latch l;
+  std::thread t([&] {
+    std::vector<page*> v;
+    for (int i = 0; i < 10; ++i) v.push_back(p->alloc_pages(0));
+    for (page* x : v) pmpage::put_page(x);
+    l.set(1);
+    l.wait_for(2);  // the pool is closed now
+    pool q = anonymous(8 * MiB);
+    for (int round = 0; round < 3; ++round) {
+      page* x = q.alloc_pages(0);
+      ASSERT_NE(x, nullptr);
+      EXPECT_GE(pfn_of(x), q.start_pfn());
+      EXPECT_LT(pfn_of(x), q.end_pfn()) << "a page of the closed pool's magazine";
+      pmpage::put_page(x);
+    }
+    EXPECT_EQ(q.check(), "");
+    // q closes here with this thread's magazine full, and the thread exits with two dead ones.
+  });
+  l.wait_for(1);
+  EXPECT_EQ(p->stats().free_pages, total);
+  EXPECT_EQ(p->check(), "");
+  p->close();
+  p.reset();
+  l.set(2);
+  t.join();
+}
+
+TEST_F(Volatile, ManyThreadsChurningWithRemoteFreesTrimAndStats) {
+  // Each thread allocates and frees in batches larger than a magazine (refills and flushes),
+  // frees half its pages itself and hands the other half to the next thread (remote frees, into
+  // the freeing thread's magazine), while another thread trims (drains every magazine under its
+  // owner's feet) and reads stats. TSan runs this too.
+  pool p = anonymous(32 * MiB);
+  const std::uint64_t total = p.stats().total_pages;
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 300;
+  struct mailbox {
+    std::mutex mu;
+    std::vector<page*> pages;
+  };
+  std::vector<mailbox> boxes(kThreads);
+  std::atomic<int> running{kThreads};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < kThreads; ++id)
+    threads.emplace_back([&, id] {
+      std::mt19937 rng(unsigned(id) + 1);
+      std::vector<page*> mine;
+      for (int round = 0; round < kRounds; ++round) {
+        const unsigned n = 1 + rng() % 48;
+        for (unsigned i = 0; i < n; ++i) {
+          page* x = p.alloc_pages(0);
+          if (!x) {
+            failures.fetch_add(1);
+            continue;
+          }
+          if (pmpage::page_count(x) != 1) failures.fetch_add(1);
+          *static_cast<volatile int*>(pmpage::page_address(x)) = id;
+          mine.push_back(x);
+        }
+        std::vector<page*> theirs;
+        {
+          std::lock_guard g(boxes[std::size_t(id)].mu);
+          theirs.swap(boxes[std::size_t(id)].pages);
+        }
+        for (page* x : theirs) pmpage::put_page(x);
+        std::vector<page*> give(mine.begin() + std::ptrdiff_t(mine.size() / 2), mine.end());
+        mine.resize(mine.size() / 2);
+        {
+          std::lock_guard g(boxes[std::size_t((id + 1) % kThreads)].mu);
+          boxes[std::size_t((id + 1) % kThreads)].pages.insert(boxes[std::size_t((id + 1) % kThreads)].pages.end(),
+                                                              give.begin(), give.end());
+        }
+        while (mine.size() > 8) {
+          pmpage::put_page(mine.back());
+          mine.pop_back();
+        }
+      }
+      for (page* x : mine) pmpage::put_page(x);
+      running.fetch_sub(1);
+    });
+  std::thread janitor([&] {
+    while (running.load() > 0) {
+      p.trim();
+      const pmpage::pool_stats s = p.stats();
+      if (s.free_pages > total) failures.fetch_add(1);
+    }
+  });
+  for (auto& t : threads) t.join();
+  janitor.join();
+  for (auto& b : boxes)
+    for (page* x : b.pages) pmpage::put_page(x);
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(p.check(), "");
+  EXPECT_EQ(p.stats().free_pages, total);
+  p.trim();
+  EXPECT_EQ(free_outside_magazines(p), total);
+  EXPECT_EQ(p.stats().split_regions, 0u);
+}
+
 }  // namespace
