@@ -111,11 +111,12 @@ inline constexpr bool region_word_valid(std::uint64_t w) {
 // name another slot by damage: a flipped bit fails the check, and the entry reads as invalid
 // (the record is dropped, the page kept). A pool written before the flag holds raw offsets (bit
 // 63 clear), still read as such.
-// Written in epoch 1 of alloc_pages_to (with the page's codes, before its slot can name it), by
-// split_huge_page_to and move_pages_owner under an intent lane, by adopt_pages on a page its
-// durable slot already names. A free through a slot leaves it (O4: stale on anything but an
-// allocated head); the next allocation of the page writes it. A region's entries are zeroed when
-// it is split.
+// An entry counts only under the allocation's owned marker (page-map codes CODE_OWNED_HEAD0 /
+// CODE_OWNED_TAIL, or the region word's owned bit). Written in epoch 1 of alloc_pages_to (with
+// the page's codes and marker, before its slot can name it), by split_huge_page_to and
+// move_pages_owner under an intent lane, by adopt_pages (entry, fence, marker) on a page its
+// durable slot already names; cleared with the FREE codes by a free. A region's entries are
+// zeroed when it is split.
 inline constexpr std::uint64_t OWNER_TAG = std::uint64_t{1} << 63;
 inline constexpr std::uint64_t OWNER_OFFSET_MASK = (std::uint64_t{1} << 48) - 1;
 inline constexpr std::uint64_t OWNER_INVALID = ~std::uint64_t{0};  // decode_owner: a damaged entry

@@ -191,7 +191,7 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const pool::page_init* init) noexcept {
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("alloc_pages_to")) return nullptr;
-  std::uint64_t slot;
+  std::uint64_t slot = 0;
   if (!dest_offset(dest, slot)) {
     report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
                   static_cast<void*>(dest), path().c_str());
@@ -254,7 +254,7 @@ bool pool_impl::fill_reserved(page* p, page* h, unsigned order, alloc_plan& plan
 page* pool_impl::replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const pool::page_init* init) noexcept {
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("replace_pages")) return nullptr;
-  std::uint64_t slot;
+  std::uint64_t slot = 0;
   if (!dest_offset(dest, slot)) {
     report_misuse("replace_pages: slot %p is not an 8-byte aligned word of pool %s's root or data area",
                   static_cast<void*>(dest), path().c_str());
@@ -775,7 +775,7 @@ page* pool_impl::head_named_by(const char* caller, const pfn_t* slot, pfn_t pfn)
 int pool_impl::free_pages_from(pfn_t* src) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   if (refuse_read_only("free_pages_from")) return -EROFS;
-  std::uint64_t slot;
+  std::uint64_t slot = 0;
   if (!dest_offset(src, slot)) {
     report_misuse("free_pages_from: slot %p is not an 8-byte aligned word of pool %s's root or data area",
                   static_cast<void*>(src), path().c_str());
@@ -873,7 +873,7 @@ std::size_t pool_impl::alloc_pages_bulk_to(unsigned order, std::span<pfn_t* cons
   // Every slot is checked before anything changes: a misused list is refused whole.
   for (std::size_t i = 0; i < dests.size(); ++i) {
     pfn_t* dest = dests[i];
-    std::uint64_t slot;
+    std::uint64_t slot = 0;
     if (!dest_offset(dest, slot)) {
       report_misuse("alloc_pages_bulk_to: dests[%zu] (%p) is not an 8-byte aligned word of pool %s's root or data "
                     "area; nothing was allocated", i, static_cast<void*>(dest), path().c_str());
@@ -992,7 +992,7 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
   for (std::size_t i = 0; i < srcs.size(); ++i) {
     pfn_t* src = srcs[i];
     seen[i] = 0;
-    std::uint64_t slot;
+    std::uint64_t slot = 0;
     if (!dest_offset(src, slot)) {
       report_misuse("free_pages_bulk_from: srcs[%zu] (%p) is not an 8-byte aligned word of pool %s's root or data "
                     "area; nothing was freed", i, static_cast<void*>(src), path().c_str());
@@ -1050,7 +1050,7 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
     if (!seen[i]) continue;
     page* h = holder(i);
     const std::uint64_t index = seen[i] - start_pfn();
-    std::uint64_t slot;
+    std::uint64_t slot = 0;
     dest_offset(srcs[i], slot);
     int expected = 1;
     if (!h->refcount_.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
@@ -1070,7 +1070,7 @@ int pool_impl::free_pages_bulk_from(std::span<pfn_t* const> srcs) noexcept {
   //    Every page this call frees has count 0 now, so the free-page test finds them all (a page
   //    a concurrent call is freeing too: misuse either way).
   for (std::size_t i = 0; i < srcs.size(); ++i) {
-    std::uint64_t slot;
+    std::uint64_t slot = 0;
     dest_offset(srcs[i], slot);
     if (slots_in_free_page(slot, 1)) {
       unclaim(srcs.size());

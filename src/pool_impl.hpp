@@ -27,20 +27,19 @@
 //       allocator until its lane retired (bulk); a move keeps its reference until retired; a
 //       split builds the pieces' descriptors after retiring.
 //   O1  the slot protocol (pool.cpp, publish_to and free_pages_from; docs/format.md): a page is
-//       recorded allocated with its owner entry naming the slot (one epoch) before the slot can
-//       name it, and the slot is cleared (one epoch) before the page can be recorded free. So an
-//       allocated head's non-zero owner entry names its owner slot, and that slot holds the
-//       head's pfn, except after a crash: recovery frees the head if the slot holds 0 or another
-//       page owned by the same slot (an interrupted call), and drops the record otherwise (the
-//       engine overwrote the slot). The slot lies in the root area or in an allocated page.
-//   O4  an owner entry on anything but an allocated head is stale (a free through a slot leaves
-//       its entry; clearing it could reach the media before the FREE code and orphan the page).
-//       A small page's entry may be non-zero only while split_state::owner_stale says so, and
-//       the next allocation of that page writes it in its own epoch (apply_small_held). A large
-//       page's entry counts only under its HEAD word's owned bit; a split clears all 512.
+//       recorded allocated and owned — the owned marker in its head's page-map word (or its
+//       region word's owned bit) and its owner entry naming the slot, one epoch — before the slot
+//       can name it, and the slot is cleared (one epoch) before the page can be recorded free
+//       (codes FREE, entry 0, flushed unfenced). So an allocation with the marker has an entry
+//       naming its owner slot, which holds the head's pfn, except after a crash: recovery frees an
+//       owned allocation its slot does not name (an interrupted call, or a slot the engine
+//       overwrote), and drops the record of one whose entry fails its check (damage). Anything
+//       without the marker has entry 0 (a crash's leftover is cleared when its region loads).
+//       The slot lies in the root area or in an allocated page.
 //
 // Ownership (slot-owned pages, docs/api.md "Slot ownership")
-//   O2  PG_slot_owned on a state holder <=> its owner entry is non-zero (HEAD: region word bit 16).
+//   O2  PG_slot_owned on a state holder <=> its owned marker (page-map code; HEAD: region word
+//       bit 16) <=> its owner entry is non-zero.
 //   O3  a slot-owned page's count never reaches 0 except inside free_pages_from on its owner
 //       slot, which claims it (count 1 -> 0) before reading the owner; split_huge_page_to freezes
 //       it the same way; move_pages_owner holds a reference plus PG_owner_busy; adopt_pages claims

@@ -385,7 +385,8 @@ class PMPAGE_API pool {
   /// Returns 0; -EBUSY (other references, or locked: nothing changed); -EINVAL on misuse (reported; nothing
   /// changed): slot not an 8-byte aligned word of the root or data area, or in a free page; slot
   /// empty; *slot not a page of this pool, a tail, a free page; the page already owned (by this or
-  /// another slot); -EROFS on a read-only pool (misuse, reported).
+  /// another slot); -EROFS on a read-only pool (misuse, reported); -ENOSPC (or the file system's
+  /// errno) when a sparse pool file cannot back the page's owner-table block (nothing changed).
   /// Thread-safe. The page is claimed while its owner changes (its count held at 0, as
   /// free_pages_from holds it): no other thread may take or drop references to it meanwhile
   /// (get_page / put_page then see a free page and are reported), and slot calls on it either see
