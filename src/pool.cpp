@@ -378,15 +378,22 @@ void pool_impl::give_back_lost(page* h) {
   // Claim it as free_pages_from does (count 1 -> 0); a speculative get_page_unless_zero may hold
   // another reference, and then its put_page frees it (release): its owned state must go first
   // (a put of an owned page is refused), so its media record goes with it now.
-  const std::uint32_t was = h->flags_.fetch_and(~(PG_publishing | PG_publish_waiters), std::memory_order_release);
-  if (was & PG_publish_waiters) h->flags_.notify_all();
+  // The claim comes before the publication mark goes: a call that saw the page in its slot
+  // (publish_to's failed second fence restores the slot) and waits for the mark must then find
+  // the page claimed, never claim it and clear a slot that names another page again.
+  auto end_mark = [h] {
+    const std::uint32_t was = h->flags_.fetch_and(~(PG_publishing | PG_publish_waiters), std::memory_order_release);
+    if (was & PG_publish_waiters) h->flags_.notify_all();
+  };
   int one = 1;
   if (h->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) {
+    end_mark();
     finish_free(free_stores(h));
     return;
   }
   drop_owner_record(h);
   h->flags_.fetch_and(~std::uint32_t{PG_slot_owned}, std::memory_order_relaxed);
+  end_mark();
   if (h->refcount_.fetch_sub(1, std::memory_order_acq_rel) == 1) release(h);
 }
 
