@@ -188,21 +188,27 @@ bool pool_impl::slots_in_free_page(std::uint64_t off, std::uint64_t n) {
   return false;
 }
 
+bool pool_impl::usable_slot(const char* caller, const pfn_t* p, std::uint64_t& off) noexcept {
+  // The checks every single-slot call makes of its slot argument, before anything changes.
+  if (!dest_offset(p, off)) {
+    report_misuse("%s: slot %p is not an 8-byte aligned word of pool %s's root or data area", caller,
+                  static_cast<const void*>(p), path().c_str());
+    return false;
+  }
+  if (forked(caller)) return false;
+  if (slots_in_free_page(off, 1)) {
+    report_misuse("%s: slot %p lies in a free page of pool %s (memory nobody owns: the page could be handed out and "
+                  "overwritten)", caller, static_cast<const void*>(p), path().c_str());
+    return false;
+  }
+  return true;
+}
+
 page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const pool::page_init* init) noexcept {
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("alloc_pages_to")) return nullptr;
   std::uint64_t slot = 0;
-  if (!dest_offset(dest, slot)) {
-    report_misuse("alloc_pages_to: slot %p is not an 8-byte aligned word of pool %s's root or data area",
-                  static_cast<void*>(dest), path().c_str());
-    return nullptr;
-  }
-  if (!check_gfp("alloc_pages_to", gfp)) return nullptr;
-  if (slots_in_free_page(slot, 1)) {
-    report_misuse("alloc_pages_to: slot %p lies in a free page of pool %s (memory nobody owns: the page could be "
-                  "handed out and overwritten)", static_cast<void*>(dest), path().c_str());
-    return nullptr;
-  }
+  if (!usable_slot("alloc_pages_to", dest, slot) || !check_gfp("alloc_pages_to", gfp)) return nullptr;
   if (const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_relaxed); old != 0) {
     report_misuse("alloc_pages_to: slot %p already holds pfn %#llx; overwriting it would leak that page "
                   "(free it with free_pages_from first, or replace it with replace_pages)",
@@ -255,18 +261,7 @@ page* pool_impl::replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const poo
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("replace_pages")) return nullptr;
   std::uint64_t slot = 0;
-  if (!dest_offset(dest, slot)) {
-    report_misuse("replace_pages: slot %p is not an 8-byte aligned word of pool %s's root or data area",
-                  static_cast<void*>(dest), path().c_str());
-    return nullptr;
-  }
-  if (!check_gfp("replace_pages", gfp)) return nullptr;
-  if (forked("replace_pages")) return nullptr;
-  if (slots_in_free_page(slot, 1)) {
-    report_misuse("replace_pages: slot %p lies in a free page of pool %s (memory nobody owns)", static_cast<void*>(dest),
-                  path().c_str());
-    return nullptr;
-  }
+  if (!usable_slot("replace_pages", dest, slot) || !check_gfp("replace_pages", gfp)) return nullptr;
   const pfn_t old = std::atomic_ref<pfn_t>(*dest).load(std::memory_order_acquire);
   if (old == 0) return alloc_pages_to(order, dest, gfp, init);  // nothing to replace
   page* oh = head_named_by("replace_pages", dest, old);
@@ -783,17 +778,7 @@ int pool_impl::free_pages_from(pfn_t* src) noexcept {
   const deferred_flush_scope flush_on_return{this};  // the lazy retirement's flush, after our locks
   if (refuse_read_only("free_pages_from")) return -EROFS;
   std::uint64_t slot = 0;
-  if (!dest_offset(src, slot)) {
-    report_misuse("free_pages_from: slot %p is not an 8-byte aligned word of pool %s's root or data area",
-                  static_cast<void*>(src), path().c_str());
-    return -EINVAL;
-  }
-  if (forked("free_pages_from")) return -EINVAL;
-  if (slots_in_free_page(slot, 1)) {
-    report_misuse("free_pages_from: slot %p lies in a free page of pool %s (its contents are nobody's)",
-                  static_cast<void*>(src), path().c_str());
-    return -EINVAL;
-  }
+  if (!usable_slot("free_pages_from", src, slot)) return -EINVAL;
   // Acquire: a page published there is seen with its PG_publishing mark (P5).
   const pfn_t pfn = std::atomic_ref<pfn_t>(*src).load(std::memory_order_acquire);
   if (pfn == 0) return 0;  // an empty slot: the kernel's kfree(NULL) / free_pages(0, order)
@@ -1246,18 +1231,8 @@ int pool_impl::move_pages_owner(pfn_t* src, pfn_t* dest) noexcept {
 int pool_impl::adopt_pages(pfn_t* slot) noexcept {
   const deferred_flush_scope flush_on_return{this};
   if (refuse_read_only("adopt_pages")) return -EROFS;
-  std::uint64_t off;
-  if (!dest_offset(slot, off)) {
-    report_misuse("adopt_pages: slot %p is not an 8-byte aligned word of pool %s's root or data area",
-                  static_cast<void*>(slot), path().c_str());
-    return -EINVAL;
-  }
-  if (forked("adopt_pages")) return -EINVAL;
-  if (slots_in_free_page(off, 1)) {
-    report_misuse("adopt_pages: slot %p lies in a free page of pool %s (memory nobody owns)", static_cast<void*>(slot),
-                  path().c_str());
-    return -EINVAL;
-  }
+  std::uint64_t off = 0;
+  if (!usable_slot("adopt_pages", slot, off)) return -EINVAL;
   const pfn_t pfn = std::atomic_ref<pfn_t>(*slot).load(std::memory_order_acquire);
   if (pfn == 0) {
     report_misuse("adopt_pages: slot %p is empty: it names no page to adopt", static_cast<void*>(slot));

@@ -534,6 +534,9 @@ class pool_impl {
                      const char* caller) noexcept;
   /// The state holder of a page reserve() returned (its region descriptor for order >= 9).
   page* holder_of_reserved(page* p, unsigned order) const;
+  /// A single-slot call's checks of its slot argument (an 8-byte word of the root or data area,
+  /// not a fork() child, not in a free page): its device offset in off, or false (reported).
+  bool usable_slot(const char* caller, const pfn_t* p, std::uint64_t& off) noexcept;
   /// Makes allocated page h plain on the media (owned marker or bit and owner entry cleared;
   /// flushed, not fenced). A crash before that is durable finds it owned by a slot that does not
   /// name it, which frees it: only for a page no slot names.
