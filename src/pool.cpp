@@ -219,9 +219,9 @@ page* pool_impl::alloc_pages_to(unsigned order, pfn_t* dest, gfp_t gfp, const po
   page* p = reserve("alloc_pages_to", order, plan, /*apply=*/false);
   if (!p) return nullptr;
   page* h = holder_of_reserved(p, order);
-  // Nobody else holds it yet. PG_publishing is visible to anyone who sees the pfn in the slot
-  // (the compare-and-swap below releases it): P5.
-  h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
+  // Nobody else holds it yet. Owned from now, so an unbalanced put_page in the initialiser is
+  // reported instead of freeing the page under us; PG_publishing follows in publish_to.
+  h->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);
   if (!fill_reserved(p, h, order, plan, gfp, init, "alloc_pages_to")) return nullptr;
   return publish_to(p, h, order, plan, dest, slot, 0, "alloc_pages_to");
 }
@@ -295,7 +295,7 @@ page* pool_impl::replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const poo
     return nullptr;
   }
   page* h = holder_of_reserved(p, order);
-  h->flags_.fetch_or(PG_slot_owned | PG_publishing, std::memory_order_relaxed);
+  h->flags_.fetch_or(PG_slot_owned, std::memory_order_relaxed);  // PG_publishing: publish_to
   if (!fill_reserved(p, h, order, plan, gfp, init, "replace_pages")) {
     unclaim();
     return nullptr;
@@ -313,10 +313,14 @@ page* pool_impl::replace_pages(pfn_t* dest, unsigned order, gfp_t gfp, const poo
 
 page* pool_impl::publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot,
                             pfn_t old, const char* caller) noexcept {
+  // PG_publishing is visible to anyone who sees the pfn in the slot (the compare-and-swap below
+  // releases it): P5. Set only now, after the initialiser: a put_page of its own in there would
+  // wait for a publication that cannot come.
+  h->flags_.fetch_or(PG_publishing, std::memory_order_relaxed);
   // Epoch 1: the page allocated and owned by the slot (page map or region word, owner entry),
   // with whatever the caller wrote into it, durable before the slot can name it. A crash from
-  // here until the slot's store is durable finds an allocated page whose owner slot holds 0 (or
-  // another page owned by that slot): recovery frees it (O1, rules 2 and 3).
+  // here until the slot's store is durable finds an allocated page whose owner slot does not
+  // name it: recovery frees it (O1).
   apply_alloc(p, order, slot);
   int e = fence();  // 1
   if (plan.nr_fresh) {

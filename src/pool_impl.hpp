@@ -525,7 +525,8 @@ class pool_impl {
   std::size_t alloc_to_batch(unsigned order, std::span<pfn_t* const> dests, gfp_t gfp, bool& stop) noexcept;
   /// The slot protocol's allocation (pool.cpp): records the reserved page allocated and owned by
   /// the slot at `slot` (epoch 1), fences, fills *dest by compare-and-swap, fences. p's holder h
-  /// is PG_slot_owned | PG_publishing already. Null (and the page given back) if *dest was filled.
+  /// is PG_slot_owned already (PG_publishing is set here). Null (and the page given back) if *dest
+  /// did not hold `old`.
   page* publish_to(page* p, page* h, unsigned order, alloc_plan& plan, pfn_t* dest, std::uint64_t slot, pfn_t old,
                    const char* caller) noexcept;
   /// Zeroes (GFP_ZERO) and runs the engine's initialiser on a reserved, unpublished page; if the

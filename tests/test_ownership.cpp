@@ -964,6 +964,23 @@ TEST_P(Ownership, AllocateFillAndPublishPublishesOnlyWhatTheInitialiserAccepted)
   EXPECT_EQ(free_pages(), free_before);
 }
 
+TEST_P(Ownership, AnUnbalancedPutInsideTheInitialiserIsReportedAndNeitherHangsNorFreesThePage) {
+  // The page is the slot's from the start of the call: a put_page that would free it is misuse
+  // (reported, the count stays), and it must not wait for the publication it is part of.
+  page* p = nullptr;
+  expect_reported([&] {
+    p = pool_.alloc_pages_to(0, &slots()[0], 0, [](page* head, void*, std::size_t) {
+      pmpage::put_page(head);
+      return 0;
+    });
+  }, "put_page inside the initialiser");
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(slots()[0], pmpage::page_to_pfn(p));
+  EXPECT_EQ(pmpage::page_count(p), 1);
+  expect_consistent(1);
+  ASSERT_EQ(pool_.free_pages_from(&slots()[0]), 0);
+}
+
 TEST_P(Ownership, ReplacePagesSwapsTheSlotsPageAndFreesTheOldOne) {
   const std::uint64_t free_before = free_pages();
   for (unsigned order : {0u, 3u, 9u}) {
