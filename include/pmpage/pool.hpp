@@ -318,7 +318,8 @@ class PMPAGE_API pool {
   /// write-back failure (the slot keeps the old page). The old page must hold no slot that owns
   /// a page (as for free_pages_from: those children would stay owned by slots in a freed page).
   /// Thread-safe; the old page is claimed (its count held at 0) while the call runs, as
-  /// free_pages_from claims it. Kernel: none.
+  /// free_pages_from claims it: the initialiser may read it (page_address of its pfn, for a copy)
+  /// but must take no reference to it. Kernel: none.
   page* replace_pages(pfn_t* slot, unsigned order, gfp_t gfp = GFP_DEFAULT, const page_init& init = {}) noexcept;
   /// Frees the page that slot *src owns and sets *src = 0, atomically with respect to a crash
   /// (1 fence: the slot cleared; the page's free record follows unfenced, and recovery completes
