@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "futex.hpp"
 #include "pool_impl.hpp"
 
 namespace pmpage::detail {
@@ -99,7 +100,7 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   const std::uint32_t old = h->flags_.exchange(PG_split | PG_locked, std::memory_order_release);
   if (const std::uint32_t late = old & inherited & ~hflags)  // set while we copied: pass it on
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) first[i].flags_.fetch_or(late, std::memory_order_relaxed);
-  if (old & PG_waiters) h->flags_.notify_all();  // they re-resolve to their subpages
+  if (old & PG_waiters) futex_wake_all(&h->flags_);  // they re-resolve to their subpages
   // Its pieces are reachable now, and a free of one takes the region lock, not the pool lock.
   s->own_lock.lock();
   filler_.update(r, *s);

@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "misuse.hpp"
+#include "futex.hpp"
 #include "pool_impl.hpp"
 #include "registry.hpp"
 #include "pmpage/mm.hpp"
@@ -75,11 +76,11 @@ void lock_page_slow(page* p) noexcept {
       if (!h->flags_.compare_exchange_weak(f, f | PG_waiters, std::memory_order_relaxed)) continue;
       f |= PG_waiters;
     }
-    h->flags_.wait(f, std::memory_order_relaxed);  // futex: sleeps until the word changes
+    futex_wait(&h->flags_, f);  // shared futex (futex.hpp): sleeps until the word changes
   }
 }
 
-void wake_page_waiters(page* h) noexcept { h->flags_.notify_all(); }
+void wake_page_waiters(page* h) noexcept { futex_wake_all(&h->flags_); }
 
 void report_unlock_misuse(page* p) noexcept {
   report_misuse("unlock_page on pfn %#llx, which is not locked", static_cast<unsigned long long>(page_to_pfn(p)));

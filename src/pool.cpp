@@ -29,6 +29,7 @@
 #include <new>
 
 #include "misuse.hpp"
+#include "futex.hpp"
 #include "pool_impl.hpp"
 
 namespace pmpage::detail {
@@ -382,7 +383,7 @@ void pool_impl::give_back_lost(page* h) {
   // the page claimed, never claim it and clear a slot that names another page again.
   auto end_mark = [h] {
     const std::uint32_t was = h->flags_.fetch_and(~(PG_publishing | PG_publish_waiters), std::memory_order_release);
-    if (was & PG_publish_waiters) h->flags_.notify_all();
+    if (was & PG_publish_waiters) futex_wake_all(&h->flags_);
   };
   int one = 1;
   if (h->refcount_.compare_exchange_strong(one, 0, std::memory_order_acq_rel)) {
@@ -429,7 +430,7 @@ void pool_impl::drop_owner_record(page* h) {
 void pool_impl::end_publication(page* h) noexcept {
   // Release: whoever sees the mark clear also sees the retirement pending (intent_log.hpp).
   const std::uint32_t was = h->flags_.fetch_and(~(PG_publishing | PG_publish_waiters), std::memory_order_release);
-  if (was & PG_publish_waiters) h->flags_.notify_all();
+  if (was & PG_publish_waiters) futex_wake_all(&h->flags_);
 }
 
 void pool_impl::wait_published(page* h) const noexcept {
@@ -450,7 +451,7 @@ void pool_impl::wait_published(page* h) const noexcept {
       if (!h->flags_.compare_exchange_weak(f, f | PG_publish_waiters, std::memory_order_acquire)) continue;
       f |= PG_publish_waiters;
     }
-    h->flags_.wait(f, std::memory_order_acquire);
+    futex_wait(&h->flags_, f);  // shared futex (futex.hpp); the loop re-reads with acquire
   }
 }
 
@@ -1111,7 +1112,7 @@ int pool_impl::split_prepare(page* h) {
 }
 
 void pool_impl::split_unlock(page* h) {
-  if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) h->flags_.notify_all();
+  if (h->flags_.fetch_and(~(PG_locked | PG_waiters), std::memory_order_release) & PG_waiters) futex_wake_all(&h->flags_);
 }
 
 namespace {
