@@ -265,8 +265,7 @@ void pool_impl::mark_hwpoison_small(std::uint32_t r, split_state& s) {
     if (!(s.bad_bits[i / 64] >> (i % 64) & 1) || (s.free_bits[i / 64] >> (i % 64) & 1)) continue;
     if (map_code(s.map, i) == CODE_FREE) continue;  // held out (hold_bad_pages), not allocated
     page* p = vpage(base + i);
-    const std::uintptr_t h = load_compound_head(p);
-    page* holder = (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
+    page* holder = linked_head(p, load_compound_head(p));
     holder->flags_.fetch_or(PG_hwpoison, std::memory_order_relaxed);
   }
 }

@@ -307,7 +307,7 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
             return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but its owned marker says ", !owned);
           if (std::string why = owner_problem((r << HPAGE_PMD_ORDER) + i, owned); !why.empty()) return fail(why);
           for (unsigned j = 1; j < (1u << k); ++j) {
-            if (p[j].compound_head_ != (reinterpret_cast<std::uintptr_t>(p) | 1)) return fail("I3: tail ", i + j, " of region ", r, " bad head link");
+            if (p[j].compound_head_ != tail_link(p + j, p)) return fail("I3: tail ", i + j, " of region ", r, " bad head link");
             if (map_code(map, i + j) != CODE_TAIL) return fail("S2: tail ", i + j, " of region ", r, " not a tail on the media");
             if (s.free_bits[(i + j) / 64] & (std::uint64_t{1} << ((i + j) % 64))) return fail("S2: tail ", i + j, " free in DRAM");
           }

@@ -31,10 +31,9 @@ void pool_impl::release_descriptors(std::uint32_t r) {
 
 void pool_impl::init_compound_small(std::uint32_t r, unsigned first, unsigned order) {
   page* head = vpage((std::uint64_t(r) << HPAGE_PMD_ORDER) + first);
-  const auto tail_link = reinterpret_cast<std::uintptr_t>(head) | 1;
   for (unsigned j = 1; j < (1u << order); ++j) {
     page* t = head + j;
-    store_compound_head(t, tail_link);
+    store_compound_head(t, tail_link(t, head));
     store_order(t, 0);
     t->private_.store(0, std::memory_order_relaxed);
     t->refcount_.store(0, std::memory_order_relaxed);

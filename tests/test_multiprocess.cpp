@@ -11,14 +11,17 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "futex.hpp"
 #include "pmpage/mm.hpp"
 #include "pmpage/page.hpp"
+#include "pmpage/pool.hpp"
 
 namespace {
 
@@ -115,6 +118,28 @@ TEST(SharedFutex, AWaitOnAChangedWordReturnsAtOnce) {
   std::atomic<std::uint32_t> w{1};
   pmpage::detail::futex_wait(&w, 0);  // returns (EAGAIN) instead of sleeping forever
   SUCCEED();
+}
+
+TEST(PositionIndependentDescriptors, ATailNamesItsHeadWhereverTheDescriptorsAreMapped) {
+  // Several processes will map one pool's descriptors, each at its own address: no descriptor
+  // field may hold an address. A copy of a compound page's descriptors at another address must
+  // lead from its tails to its (copied) head, as the originals do.
+  pmpage::pool::volatile_options o;
+  o.size = 4 * pmpage::HPAGE_PMD_SIZE;
+  pmpage::pool p = pmpage::pool::create_volatile(o);
+  pmpage::page* head = p.alloc_pages(3);
+  ASSERT_NE(head, nullptr);
+  std::vector<pmpage::page> copy(8);
+  for (unsigned j = 0; j < 8; ++j) {
+    pmpage::page* t = head + j;
+    ASSERT_EQ(pmpage::compound_head(t), head);
+    std::memcpy(static_cast<void*>(&copy[j]), static_cast<const void*>(t), sizeof(pmpage::page));
+  }
+  for (unsigned j = 1; j < 8; ++j)
+    EXPECT_EQ(pmpage::detail::linked_head(&copy[j], pmpage::detail::load_compound_head(&copy[j])), &copy[0])
+        << "tail " << j << " names an address, not its head";
+  EXPECT_EQ(pmpage::detail::linked_head(&copy[0], pmpage::detail::load_compound_head(&copy[0])), &copy[0]);
+  pmpage::free_pages(head, 3);
 }
 
 }  // namespace

@@ -95,8 +95,7 @@ inline bool locate(const page* p, page_location& out) noexcept {
 inline page* state_holder(const page_location& loc, page* p) noexcept {
   if (PMPAGE_LIKELY(!(loc.rflags & PG_region_special))) return loc.region;
   if (loc.rflags & PG_split) {
-    const std::uintptr_t h = load_compound_head(p);
-    return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
+    return linked_head(p, load_compound_head(p));
   }
   // PG_region_tail: head_index_ is absolute; the head is in the same granule (page.hpp).
   return loc.sec->regions + (load_head_index(loc.region) - (loc.sec->base_index >> HPAGE_PMD_ORDER));
@@ -177,8 +176,7 @@ inline page* compound_head(page* p) noexcept {
   if (PMPAGE_LIKELY(!(loc.rflags & PG_region_special)))
     return (loc.rflags & PG_head) ? loc.sec->vmemmap + (loc.index & ~std::uint64_t{HPAGE_PMD_NR - 1}) : p;
   if (loc.rflags & PG_split) {
-    const std::uintptr_t h = detail::load_compound_head(p);
-    return (h & 1) ? reinterpret_cast<page*>(h - 1) : p;
+    return detail::linked_head(p, detail::load_compound_head(p));
   }
   return loc.sec->vmemmap + ((std::uint64_t{detail::load_head_index(loc.region)} << HPAGE_PMD_ORDER) - loc.sec->base_index);
 }

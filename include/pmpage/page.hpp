@@ -79,7 +79,7 @@ struct page {
   std::uint8_t kind_;                   ///< allocator bookkeeping (detail::region_kind / page_kind)
   std::uint16_t alloc_aux_;             ///< allocator bookkeeping
   std::uint32_t head_index_;            ///< region desc: head region of a multi-region compound
-  std::uintptr_t compound_head_;        ///< 4 KiB desc: head page* | 1 on tails, else 0
+  std::uintptr_t compound_head_;        ///< 4 KiB desc: on tails, bytes back to the head | 1, else 0
   std::atomic<std::uintptr_t> private_;  ///< page_private / set_page_private
   void* alloc_state_;                   ///< region desc: allocator state of a split region
   std::uint32_t list_next_;             ///< region desc: allocator free-list links (region index)
@@ -100,6 +100,17 @@ inline std::uintptr_t load_compound_head(page* p) noexcept {
 }
 inline void store_compound_head(page* p, std::uintptr_t v) noexcept {
   std::atomic_ref<std::uintptr_t>(p->compound_head_).store(v, std::memory_order_relaxed);
+}
+/// A tail's compound_head_ value: the distance back to its head in bytes, with bit 0 set (the
+/// kernel's "tail" bit). Relative, not the head's address: a descriptor means the same wherever
+/// it is mapped, so several processes can map one pool's descriptors each at its own address
+/// (issue #20); decoding costs what the absolute pointer did (one subtraction from p).
+inline std::uintptr_t tail_link(const page* tail, const page* head) noexcept {
+  return std::uintptr_t(reinterpret_cast<const char*>(tail) - reinterpret_cast<const char*>(head)) | 1;
+}
+/// The head a tail's link h (bit 0 set) names; p itself when h is 0 (a head or order-0 page).
+inline page* linked_head(page* p, std::uintptr_t h) noexcept {
+  return (h & 1) ? reinterpret_cast<page*>(reinterpret_cast<char*>(p) - (h - 1)) : p;
 }
 inline unsigned load_order(page* p) noexcept {
   return std::atomic_ref<std::uint8_t>(p->order_).load(std::memory_order_relaxed);

@@ -459,8 +459,9 @@ static inline struct pmpage_internal_desc* pmpage_internal_holder_at(const struc
                                                                      const struct pmpage_page* p) {
   if (PMPAGE_INTERNAL_LIKELY(!(loc->rflags & PMPAGE_INTERNAL_PG_REGION_SPECIAL))) return loc->region;
   if (loc->rflags & PMPAGE_INTERNAL_PG_SPLIT) {
+    /* A tail holds the distance back to its head in bytes, bit 0 set (pmpage::detail::linked_head). */
     const uintptr_t h = __atomic_load_n(&PMPAGE_INTERNAL_DESC(p)->compound_head_, __ATOMIC_RELAXED);
-    return (h & 1) ? (struct pmpage_internal_desc*)(h - 1) : PMPAGE_INTERNAL_DESC(p);
+    return (h & 1) ? (struct pmpage_internal_desc*)((char*)PMPAGE_INTERNAL_DESC(p) - (h - 1)) : PMPAGE_INTERNAL_DESC(p);
   }
   return loc->sec->regions + (__atomic_load_n(&loc->region->head_index_, __ATOMIC_RELAXED) -
                               (loc->sec->base_index >> PMPAGE_HPAGE_PMD_ORDER));
@@ -535,7 +536,7 @@ static inline struct pmpage_page* pmpage_compound_head(struct pmpage_page* p) {
                : p;
   if (loc.rflags & PMPAGE_INTERNAL_PG_SPLIT) {
     const uintptr_t h = __atomic_load_n(&PMPAGE_INTERNAL_DESC(p)->compound_head_, __ATOMIC_RELAXED);
-    return (h & 1) ? (struct pmpage_page*)(h - 1) : p;
+    return (h & 1) ? (struct pmpage_page*)((char*)p - (h - 1)) : p;
   }
   return (struct pmpage_page*)(loc.sec->vmemmap +
                                (((uint64_t)__atomic_load_n(&loc.region->head_index_, __ATOMIC_RELAXED)
