@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdio>
+#include <cstring>
 #include <unordered_map>
 #include <sstream>
 
@@ -233,8 +234,8 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
         std::unique_lock own(s.own_lock, std::defer_lock);  // cache locks are all held already
         if (s.cpu == NO_CPU) own.lock();
         const bool cached = s.cpu != NO_CPU;
-        if (cached ? (s.cpu >= nr_caches_ || caches_[s.cpu].region != ri || s.lockp.load() != &caches_[s.cpu].mu)
-                   : s.lockp.load() != &s.own_lock)
+        if (cached ? (s.cpu >= nr_caches_ || caches_[s.cpu].region != ri || s.lock_cpu.load() != s.cpu)
+                   : s.lock_cpu.load() != NO_CPU)
           return fail("S6: region ", r, " held by cache ", s.cpu, " but its lock or its cache disagrees");
         if (!s.published) return fail("V1: region ", r, " is split but unpublished outside an operation");
         unsigned count = 0;
@@ -254,9 +255,11 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w) map[w] = volatile_ ? s.map[w] : view_word(page_map(ri) + w);
         for (unsigned w = 0; w < PAGE_MAP_WORDS; ++w)
           if (s.map[w] != map[w]) return fail("S5: region ", r, " page map word ", w, " differs from its mirror");
-        if (s.bad_bits != bad_bits_of(ri)) return fail("Q2: region ", r, " does not know its bad pages");
+        if (const std::uint64_t* bad = bad_bits_of(ri);
+            bad ? !s.has_bad || std::memcmp(s.bad_bits, bad, sizeof s.bad_bits) != 0 : s.has_bad)
+          return fail("Q2: region ", r, " does not know its bad pages");
         auto bad_in = [&](unsigned first, unsigned count) {
-          for (unsigned j = first; s.bad_bits && j < first + count; ++j)
+          for (unsigned j = first; s.has_bad && j < first + count; ++j)
             if (s.bad_bits[j / 64] >> (j % 64) & 1) return true;
           return false;
         };

@@ -7,7 +7,7 @@
 // Their pages stay free ON THE MEDIA until they are allocated: a cache is placement only, so a
 // crash loses nothing and leaks nothing.
 //
-// Locks. c.mu is the lock of the region the cache holds (split_state::lockp points at it while the
+// Locks. c.mu is the lock of the region the cache holds (split_state::lock_cpu names it while the
 // region is held), so an allocation takes exactly one lock, on a line no other CPU writes unless
 // it frees into that region (a remote free) or drains the cache. Lock order:
 //     cpu_cache::mu  ->  pool_impl::mu_ (pool lock)  ->  split_state::own_lock

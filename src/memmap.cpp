@@ -77,18 +77,20 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
     d->flags_.store((hflags & inherited) | (owned ? PG_slot_owned : 0u), std::memory_order_relaxed);
   }
   first->private_.store(h->private_.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  auto* s = new split_state{};  // all pages in use: no free bits
+  split_state* s = make_sstate(r);  // all pages in use: no free bits
+  h->alloc_state_ = 0;              // published below, once built
   for (auto& w : s->map) w = owned ? SPLIT_MAP_OWNED_WORD : SPLIT_MAP_WORD;  // S5: as write_split_map
   s->list = 0xff;
   s->published = true;
   if (const std::uint64_t* bad = bad_bits_of(r)) {
     // The poisoned page's flag goes to the pieces that hold a bad page, and only to them (Q3);
     // freeing one of those later holds it out (Q2).
-    s->bad_bits = bad;
+    s->has_bad = true;
+    std::memcpy(s->bad_bits, bad, sizeof s->bad_bits);
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i)
       if (bad[i / 64] >> (i % 64) & 1) first[i].flags_.fetch_or(PG_hwpoison, std::memory_order_relaxed);
   }
-  h->alloc_state_ = s;
+  h->alloc_state_ = 1;
   store_kind(*h, RK_SPLIT);
   store_order(h, 0);
   h->private_.store(0, std::memory_order_relaxed);

@@ -40,13 +40,12 @@ void pool_impl::init_caches() {
 
 std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan, std::uint32_t r) {
   back_descriptors(r);
-  auto* s = new split_state{};
+  split_state* s = make_sstate(r);
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
   s->nr_free = HPAGE_PMD_NR;
   s->longest = HPAGE_PMD_ORDER;
   s->published = false;  // only this operation uses it until its SPLIT word is durable
   page& d = regions_[r];
-  d.alloc_state_ = s;
   store_kind(d, RK_SPLIT);
   ++split_regions_;
   // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes,
@@ -192,7 +191,8 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
   }
 
   back_descriptors(r);
-  auto* s = new split_state{};
+  split_state* s = make_sstate(r);
+  regions_[r].alloc_state_ = 0;  // published below, once built
   std::memcpy(s->map, fixed, sizeof s->map);
   std::memset(s->free_bits, 0xff, sizeof s->free_bits);
   s->nr_free = HPAGE_PMD_NR;
@@ -213,17 +213,17 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
   if (const std::uint64_t* bad = bad_bits_of(r)) {
     // Bad pages (badblocks.cpp): a free one is held out (Q2: so the region never looks wholly
     // free and never merges), an allocated one marks its allocation (Q3).
-    s->bad_bits = bad;
+    s->has_bad = true;
+    std::memcpy(s->bad_bits, bad, sizeof s->bad_bits);
     hold_bad_pages(*s, 0, HPAGE_PMD_NR);
     mark_hwpoison_small(r, *s);
   }
-  d.alloc_state_ = s;
+  d.alloc_state_ = 1;
   store_kind(d, RK_SPLIT);
   free_pages_ += s->nr_free;
   if (s->nr_free == HPAGE_PMD_NR && may_write) {
     // Split on the media but empty (a crash between the last free and the merge): merge now.
-    delete s;
-    d.alloc_state_ = nullptr;
+    drop_sstate(r);
     store_kind(d, RK_FREE_INNER);
     --split_regions_;
     repair_word(region_word(r), make_region_word(region_state::free));
@@ -323,9 +323,8 @@ void pool_impl::take_empty_locked(std::uint32_t r, merge_batch& mb) {
   s.own_lock.unlock();
   // Nobody can reach s any more: it has no allocation (so no free is under way in it), no cache
   // holds it, and the filler no longer lists it.
-  delete &s;
+  drop_sstate(r);
   page& d = regions_[r];
-  d.alloc_state_ = nullptr;
   store_kind(d, RK_FREE_INNER);  // in transit until finish_merges gives it to the buddy
   d.flags_.store(0, std::memory_order_release);
   persist_word(region_word(r), make_region_word(region_state::free));
@@ -388,10 +387,10 @@ void pool_impl::detach_locked(cpu_cache& c, std::uint64_t empty_since_ms) {
   if (r == NIL) return;
   split_state& s = sstate(r);
   // S6: the lock changes while both the old one (c.mu, held by our caller) and the new one are
-  // held, so a free waiting on c.mu re-reads lockp and moves to own_lock.
+  // held, so a free waiting on c.mu re-reads lock_cpu and moves to own_lock.
   s.own_lock.lock();
   s.cpu = NO_CPU;
-  s.lockp.store(&s.own_lock, std::memory_order_release);
+  s.lock_cpu.store(NO_CPU, std::memory_order_release);
   c.region = NIL;
   filler_.update(r, s);  // its longest block went stale while the cache held it
   if (s.nr_free == HPAGE_PMD_NR) empty_add_locked(r, s, empty_since_ms);
@@ -410,7 +409,7 @@ bool pool_impl::attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int
   filler_.remove(r, s);
   empty_remove_locked(r, s);
   s.cpu = std::uint16_t(c.index);
-  s.lockp.store(&c.mu, std::memory_order_release);  // c.mu is held by our caller (S6)
+  s.lock_cpu.store(std::uint16_t(c.index), std::memory_order_release);  // c.mu is held by our caller (S6)
   s.own_lock.unlock();
   c.region = r;
   return true;
@@ -736,7 +735,7 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
     --regions_in_transit_;
     if (c.region == NIL && s.nr_free) {
       s.cpu = std::uint16_t(c.index);
-      s.lockp.store(&c.mu, std::memory_order_release);
+      s.lock_cpu.store(std::uint16_t(c.index), std::memory_order_release);
       c.region = r;
     } else {
       filler_.update(r, s);

@@ -534,7 +534,7 @@ void pool_impl::release_small_held(split_state& s, free_result& fr) {
   mark_free(s, fr.first, 1u << fr.order);
   // A poisoned allocation's bad pages stay out of the allocator (badblocks.cpp, Q2).
   const std::int64_t freed = (std::int64_t{1} << fr.order) -
-                             (PMPAGE_UNLIKELY(s.bad_bits != nullptr) ? hold_bad_pages(s, fr.first, 1u << fr.order) : 0);
+                             (PMPAGE_UNLIKELY(s.has_bad) ? hold_bad_pages(s, fr.first, 1u << fr.order) : 0);
   // A free into this CPU's own cached region holds that cache's mu (the region lock, S6): a plain
   // add. Any other free (a remote free, a region no cache holds): this CPU's atomic counter.
   cpu_cache& mine = this_cpu_cache();

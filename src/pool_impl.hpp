@@ -506,7 +506,28 @@ class pool_impl {
   void prefetch_map_line(const page* holder) const;
   /// After the free's fence: re-file the region / return regions to the buddy.
   void finish_free(const free_result& fr);
-  split_state& sstate(std::uint32_t r) const { return *static_cast<split_state*>(regions_[r].alloc_state_); }
+  /// Region r's split state (constructed: regions_[r].alloc_state_ == 1).
+  split_state& sstate(std::uint32_t r) const { return states_[r]; }
+  /// Constructs region r's split state in the table (materialise, fresh split, split_huge_page).
+  split_state* make_sstate(std::uint32_t r) {
+    regions_[r].alloc_state_ = 1;
+    return new (&states_[r]) split_state{};
+  }
+  /// Destroys region r's split state (merge, close).
+  void drop_sstate(std::uint32_t r) {
+    states_[r].~split_state();
+    regions_[r].alloc_state_ = 0;
+  }
+  /// Takes region s's lock, whichever mutex it is at the moment (S6), and returns it.
+  adaptive_mutex& lock_region(split_state& s) const {
+    for (;;) {
+      const std::uint16_t c = s.lock_cpu.load(std::memory_order_acquire);
+      adaptive_mutex& m = c == NO_CPU ? s.own_lock : caches_[c].mu;
+      m.lock();
+      if (s.lock_cpu.load(std::memory_order_relaxed) == c) return m;
+      m.unlock();  // the region changed hands while we waited: take its new lock
+    }
+  }
   bool dest_offset(const void* slot, std::uint64_t& off) const;
   /// An 8-byte aligned word inside the root or the data area (checked as numbers, before any
   /// pointer is formed from a value read off the media).
@@ -597,6 +618,10 @@ class pool_impl {
   // volatile descriptors
   page* regions_ = nullptr;
   std::size_t regions_bytes_ = 0;
+  /// The split states, indexed by region (split_region.hpp, "Storage"): a MAP_NORESERVE
+  /// reservation backed only where regions were materialised.
+  split_state* states_ = nullptr;
+  std::size_t states_bytes_ = 0;
   page* vmemmap_ = nullptr;
   std::size_t vmemmap_bytes_ = 0;
 

@@ -73,8 +73,12 @@ pool_impl::~pool_impl() {
   if (registered_) unregister_section(pfn_base_);
   else if (picked_base_) release_picked_pfn_base(picked_base_);  // a create that failed before registering
   if (regions_) {
-    for (std::uint64_t r = 0; r < nr_regions_; ++r) delete static_cast<split_state*>(regions_[r].alloc_state_);
+    for (std::uint64_t r = 0; r < nr_regions_; ++r)
+      if (regions_[r].alloc_state_) drop_sstate(std::uint32_t(r));
     ::munmap(regions_, regions_bytes_);
+  }
+  if (states_) ::munmap(states_, states_bytes_);
+  {
   }
   // A registered pool's descriptors may still be named by a stale page* (an I/O in flight, a
   // cache entry): their addresses go to the quarantine, not to the next pool (registry.hpp).
@@ -398,6 +402,10 @@ void pool_impl::build_volatile() {
   void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
   regions_ = static_cast<page*>(r);
+  states_bytes_ = round_up(nr_regions_ * sizeof(split_state), 4096);
+  void* st = ::mmap(nullptr, states_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (st == MAP_FAILED) fail(ENOMEM, path(), "cannot reserve address space for split region states");
+  states_ = static_cast<split_state*>(st);
   vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
   vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << DESC_GRANULE_SHIFT));
   if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");

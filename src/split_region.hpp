@@ -15,9 +15,12 @@
 //       hysteresis keeps them split for a while; they are the last choice).
 //   S5  s.map equals the persistent page map. Writers update s.map under the region lock and
 //       store whole cache lines of it to the media (ordinary stores + flush), never reading it.
-//   S6  s.lockp points at the cache's mutex while cache s.cpu holds r, else at s.own_lock; it
-//       changes only while the lock it points at AND the pool lock are held.
-// Lock: the bitmap, map mirror, nr_free and longest are guarded by the region lock (*s.lockp);
+//   S6  s.lock_cpu == s.cpu: the region lock is cache s.cpu's mutex while that cache holds r, else
+//       s.own_lock; it changes only while the lock it names AND the pool lock are held.
+// Storage: the pool's split_state table, one entry per region (pool_impl::states_), constructed
+// when a region is materialised and destroyed when it merges or the pool closes; a region
+// descriptor's alloc_state_ is 1 while its entry is constructed. No entry holds a pointer.
+// Lock: the bitmap, map mirror, nr_free and longest are guarded by the region lock (S6);
 // s.cpu, s.list, the filler lists and the empty list by the pool lock plus the region lock.
 #pragma once
 
@@ -45,22 +48,17 @@ struct alignas(64) split_state {
   bool on_empty = false;
   std::uint32_t empty_prev = NIL, empty_next = NIL;
   std::uint64_t empty_since_ms = 0;
-  /// Bad pages of the region (bit i: page i lies in a bad block), or nullptr (almost always):
-  /// such a page never becomes free in free_bits (badblocks.cpp, Q2). Fixed while the pool is open.
-  const std::uint64_t* bad_bits = nullptr;
+  /// has_bad: the region has bad pages, bad_bits says which (bit i: page i lies in a bad block;
+  /// almost never): such a page never becomes free in free_bits (badblocks.cpp, Q2). Fixed while
+  /// the region is materialised.
+  bool has_bad = false;
+  std::uint64_t bad_bits[8] = {};
   adaptive_mutex own_lock;                  // the region lock while no cache holds it
-  std::atomic<adaptive_mutex*> lockp{&own_lock};  // S6: the region lock
+  /// S6: the cache whose mutex is the region lock, or NO_CPU for own_lock. An index, not a
+  /// pointer: a split_state holds no address (it is to live in memory several processes map,
+  /// each at its own address: issue #20). pool_impl::lock_region resolves it.
+  std::atomic<std::uint16_t> lock_cpu{NO_CPU};
 };
-
-/// Takes region s's lock, whichever mutex it is at the moment (S6), and returns it.
-inline adaptive_mutex& lock_region(split_state& s) {
-  for (;;) {
-    adaptive_mutex* m = s.lockp.load(std::memory_order_acquire);
-    m->lock();
-    if (s.lockp.load(std::memory_order_relaxed) == m) return *m;
-    m->unlock();  // the region changed hands while we waited: take its new lock
-  }
-}
 
 /// Finds the lowest naturally aligned free block of 2^order pages; -1 if none.
 int find_free_block(const split_state& s, unsigned order);

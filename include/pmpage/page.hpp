@@ -81,7 +81,7 @@ struct page {
   std::uint32_t head_index_;            ///< region desc: head region of a multi-region compound
   std::uintptr_t compound_head_;        ///< 4 KiB desc: on tails, bytes back to the head | 1, else 0
   std::atomic<std::uintptr_t> private_;  ///< page_private / set_page_private
-  void* alloc_state_;                   ///< region desc: allocator state of a split region
+  std::uint64_t alloc_state_;           ///< region desc: 1 while its split region state exists, else 0
   std::uint32_t list_next_;             ///< region desc: allocator free-list links (region index)
   std::uint32_t list_prev_;             ///< region desc: the other free-list link
   std::uint64_t reserved_[2];           ///< zero; keeps the descriptor one cache line

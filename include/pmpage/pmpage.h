@@ -353,7 +353,7 @@ struct pmpage_internal_desc {
   uint32_t head_index_;
   uintptr_t compound_head_;
   uintptr_t private_;
-  void* alloc_state_;
+  uint64_t alloc_state_;
   uint32_t list_next_;
   uint32_t list_prev_;
   uint64_t reserved_[2];
