@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cstring>
 #include <cstdio>
 #include <fstream>
@@ -18,7 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <poll.h>
+
 #include "futex.hpp"
+#include "segment.hpp"
 #include "pmpage/mm.hpp"
 #include "pmpage/page.hpp"
 #include "pmpage/pool.hpp"
@@ -140,6 +146,222 @@ TEST(PositionIndependentDescriptors, ATailNamesItsHeadWhereverTheDescriptorsAreM
         << "tail " << j << " names an address, not its head";
   EXPECT_EQ(pmpage::detail::linked_head(&copy[0], pmpage::detail::load_compound_head(&copy[0])), &copy[0]);
   pmpage::free_pages(head, 3);
+}
+
+// ---- the shared segment's life cycle (src/segment.hpp), with real processes -------------------
+
+using pmpage::detail::shared_segment;
+
+/// A pmpage_mp_child process (tests/mp_child.cpp): its stdin and stdout are pipes to us.
+class child_process {
+ public:
+  explicit child_process(const std::vector<std::string>& args) {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(PMPAGE_MP_CHILD));
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(PMPAGE_MP_CHILD, argv.data());
+      _exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+  }
+  ~child_process() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (to_ >= 0) ::close(to_);
+    if (from_ >= 0) ::close(from_);
+  }
+  pid_t pid() const { return pid_; }
+  /// The next line it prints, or "" if none comes within 20 s.
+  std::string line() {
+    std::string l;
+    for (;;) {
+      pollfd p{from_, POLLIN, 0};
+      if (::poll(&p, 1, 20000) <= 0) return l;
+      char c;
+      if (::read(from_, &c, 1) != 1 || c == '\n') return l;
+      l += c;
+    }
+  }
+  /// Closes its stdin (it detaches and exits) and returns its exit status (-1: it did not exit).
+  int finish() {
+    ::close(to_);
+    to_ = -1;
+    reaped_ = true;
+    return wait_child(pid_, 20s);
+  }
+  void kill() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    reaped_ = true;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  bool reaped_ = false;
+};
+
+/// A segment name no other test (or run) uses.
+std::string segment_name(const char* test) {
+  static int n = 0;
+  return "/pmpage-test." + std::to_string(::getpid()) + "." + test + "." + std::to_string(n++);
+}
+
+bool segment_exists(const std::string& name) {
+  const int fd = ::shm_open(name.c_str(), O_RDONLY, 0);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+
+/// The value of "key=" in a child's report line, or -1.
+long long field(const std::string& line, const std::string& key) {
+  const auto at = line.find(key + "=");
+  return at == std::string::npos ? -1 : std::stoll(line.substr(at + key.size() + 1));
+}
+
+constexpr std::uint64_t kSegmentSize = 1 << 20;
+
+std::uint64_t& first_word(shared_segment& s) {
+  return *reinterpret_cast<std::uint64_t*>(static_cast<char*>(s.base()) + shared_segment::header_bytes());
+}
+
+TEST(Segment, TheFirstAttacherInitialisesItAndAnotherProcessJoinsWhatItBuilt) {
+  const std::string name = segment_name("join");
+  int built = 0;
+  {
+    shared_segment mine(name, kSegmentSize, [&](shared_segment& s) {
+      ++built;
+      first_word(s) = 42;
+    });
+    EXPECT_TRUE(mine.initialised_here());
+    EXPECT_EQ(built, 1);
+    child_process other({"attach", name, std::to_string(kSegmentSize), "hold"});
+    const std::string l = other.line();
+    EXPECT_EQ(field(l, "initialised"), 0) << l;
+    EXPECT_EQ(field(l, "value"), 42) << "the joiner must see the initialiser's contents: " << l;
+    EXPECT_NE(field(l, "slot"), static_cast<long long>(mine.slot()));
+    const auto procs = mine.processes();
+    ASSERT_EQ(procs.size(), 2u);
+    for (const auto& p : procs) EXPECT_TRUE(p.alive);
+    EXPECT_EQ(other.finish(), 0);
+    EXPECT_EQ(mine.processes().size(), 1u) << "a normal exit clears the process's record";
+    EXPECT_TRUE(mine.dead_slots().empty());
+    EXPECT_TRUE(segment_exists(name));
+  }
+  EXPECT_FALSE(segment_exists(name)) << "the last process to detach removes the segment";
+}
+
+TEST(Segment, ThirtyTwoProcessesAttachingAtOnceBuildItExactlyOnce) {
+  const std::string name = segment_name("32");
+  std::vector<std::unique_ptr<child_process>> kids;
+  for (int i = 0; i < 32; ++i)
+    kids.push_back(std::make_unique<child_process>(std::vector<std::string>{"attach", name, std::to_string(kSegmentSize), "hold"}));
+  int initialisers = 0;
+  std::vector<long long> slots;
+  for (auto& k : kids) {
+    const std::string l = k->line();
+    ASSERT_GE(field(l, "slot"), 0) << l;
+    initialisers += int(field(l, "initialised"));
+    EXPECT_EQ(field(l, "generation"), 1) << l;
+    EXPECT_EQ(field(l, "value"), 42) << l;
+    slots.push_back(field(l, "slot"));
+  }
+  EXPECT_EQ(initialisers, 1);
+  std::sort(slots.begin(), slots.end());
+  EXPECT_EQ(std::unique(slots.begin(), slots.end()), slots.end()) << "two processes got one slot";
+  EXPECT_EQ(shared_segment::inspect(name).size(), 32u);
+  for (auto& k : kids) EXPECT_EQ(k->finish(), 0);
+  EXPECT_FALSE(segment_exists(name));
+}
+
+TEST(Segment, AnInitialiserKilledMidwayIsReplacedByTheNextAttacher) {
+  const std::string name = segment_name("inithang");
+  child_process first({"attach", name, std::to_string(kSegmentSize), "init-hang"});
+  ASSERT_EQ(first.line(), "initialising");
+  first.kill();
+  child_process next({"attach", name, std::to_string(kSegmentSize), "hold"});
+  const std::string l = next.line();
+  EXPECT_EQ(field(l, "initialised"), 1) << l;
+  EXPECT_EQ(field(l, "generation"), 2) << "the dead initialiser's build counts as the first: " << l;
+  EXPECT_EQ(field(l, "value"), 42) << l;
+  EXPECT_EQ(next.finish(), 0);
+  EXPECT_FALSE(segment_exists(name));
+}
+
+TEST(Segment, ASegmentWhoseProcessesAllDiedIsRebuiltByTheNextAttacher) {
+  const std::string name = segment_name("stale");
+  child_process victim({"attach", name, std::to_string(kSegmentSize), "hold"});
+  const long long slot = field(victim.line(), "slot");
+  ASSERT_GE(slot, 0);
+  victim.kill();
+  const auto left = shared_segment::inspect(name);
+  ASSERT_EQ(left.size(), 1u) << "the dead process's record stays (nobody detached it)";
+  EXPECT_EQ(left[0].pid, victim.pid());
+  EXPECT_FALSE(left[0].alive);
+  int built = 0;
+  {
+    shared_segment s(name, kSegmentSize, [&](shared_segment&) { ++built; });
+    EXPECT_EQ(built, 1) << "a stale segment is rebuilt, never joined";
+    EXPECT_EQ(s.generation(), 2u);
+    EXPECT_TRUE(s.dead_slots().empty()) << "a rebuilt segment carries no record of the dead";
+  }
+  EXPECT_FALSE(segment_exists(name));
+}
+
+TEST(Segment, AProcessKilledWhileAttachedIsReportedDeadByItsSlot) {
+  const std::string name = segment_name("dead");
+  shared_segment mine(name, kSegmentSize, [](shared_segment&) {});
+  child_process victim({"attach", name, std::to_string(kSegmentSize), "hold"});
+  const long long slot = field(victim.line(), "slot");
+  ASSERT_GE(slot, 0);
+  EXPECT_TRUE(mine.dead_slots().empty());
+  victim.kill();
+  const auto dead = mine.dead_slots();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0], unsigned(slot));
+  for (const auto& p : mine.processes())
+    if (p.slot == unsigned(slot)) {
+      EXPECT_EQ(p.pid, victim.pid());
+    }
+}
+
+TEST(Segment, AForkedChildDoesNotKeepItsDeadParentsSlotAlive) {
+  // The child inherits the descriptor (and would share the parent's OFD locks): it must drop it,
+  // or a parent killed while its child lives would never be seen dead.
+  const std::string name = segment_name("fork");
+  shared_segment mine(name, kSegmentSize, [](shared_segment&) {});
+  child_process parent({"attach", name, std::to_string(kSegmentSize), "fork-hold"});
+  const std::string l = parent.line();
+  const long long slot = field(l, "slot"), grandchild = field(l, "child");
+  ASSERT_GE(slot, 0) << l;
+  ASSERT_GT(grandchild, 0) << l;
+  parent.kill();
+  const auto dead = mine.dead_slots();
+  EXPECT_EQ(dead, std::vector<unsigned>{unsigned(slot)}) << "the forked child kept its parent's slot alive";
+  ::kill(pid_t(grandchild), SIGKILL);
+}
+
+TEST(Segment, AProcessOfAnotherSegmentSizeIsRefusedWithEinval) {
+  const std::string name = segment_name("size");
+  shared_segment mine(name, kSegmentSize, [](shared_segment&) {});
+  child_process other({"attach", name, std::to_string(2 * kSegmentSize), "hold"});
+  const std::string l = other.line();
+  EXPECT_EQ(field(l, "error"), EINVAL) << l;
+  EXPECT_NE(l.find("bytes where this build expects"), std::string::npos) << l;
+  EXPECT_EQ(mine.processes().size(), 1u);
 }
 
 }  // namespace
