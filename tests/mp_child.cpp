@@ -53,10 +53,17 @@ int main(int argc, char** argv) {
       *first_word(s) = 42;
     });
     if (mode == "fork-hold") {
+      // The report waits until the child runs: fork()'s child handlers (which drop the child's
+      // copy of the segment's descriptor) have run when fork() returns in it.
+      int ready[2];
+      if (::pipe(ready) != 0) return 3;
       const pid_t child = ::fork();
       if (child == 0) {
+        if (::write(ready[1], "r", 1) != 1) _exit(3);
         for (;;) ::pause();
       }
+      char c;
+      if (::read(ready[0], &c, 1) != 1) return 3;
       std::printf("slot=%u child=%d\n", seg.slot(), int(child));
     } else {
       std::printf("slot=%u initialised=%d generation=%llu value=%llu\n", seg.slot(), seg.initialised_here() ? 1 : 0,
