@@ -5,11 +5,12 @@
 
 namespace pmpage::detail {
 
-void region_buddy::init(page* regions, std::uint64_t nr_regions) {
+void region_buddy::init(page* regions, std::uint64_t nr_regions, state* st) {
   regions_ = regions;
-  nr_regions_ = nr_regions;
-  for (auto& h : heads_) h = NIL;
-  free_regions_ = 0;
+  st_ = st ? st : &own_;
+  st_->nr_regions = nr_regions;
+  for (auto& h : st_->heads) h = NIL;
+  st_->free_regions = 0;
 }
 
 void region_buddy::push(std::uint32_t r, unsigned order) {
@@ -17,9 +18,9 @@ void region_buddy::push(std::uint32_t r, unsigned order) {
   store_kind(d, RK_FREE_BLOCK);
   store_order(&d, order);  // read lock-free (compound_order, splits) while the buddy writes it
   d.list_prev_ = NIL;
-  d.list_next_ = heads_[order - HPAGE_PMD_ORDER];
+  d.list_next_ = st_->heads[order - HPAGE_PMD_ORDER];
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = r;
-  heads_[order - HPAGE_PMD_ORDER] = r;
+  st_->heads[order - HPAGE_PMD_ORDER] = r;
 }
 
 void region_buddy::unlink(std::uint32_t r, unsigned order) {
@@ -27,7 +28,7 @@ void region_buddy::unlink(std::uint32_t r, unsigned order) {
   if (d.list_prev_ != NIL)
     regions_[d.list_prev_].list_next_ = d.list_next_;
   else
-    heads_[order - HPAGE_PMD_ORDER] = d.list_next_;
+    st_->heads[order - HPAGE_PMD_ORDER] = d.list_next_;
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = d.list_prev_;
   d.list_next_ = d.list_prev_ = NIL;
   store_kind(d, RK_FREE_INNER);
@@ -36,25 +37,25 @@ void region_buddy::unlink(std::uint32_t r, unsigned order) {
 
 std::uint32_t region_buddy::alloc(unsigned order) {
   unsigned m = order;
-  while (m <= MAX_PAGE_ORDER && heads_[m - HPAGE_PMD_ORDER] == NIL) ++m;
+  while (m <= MAX_PAGE_ORDER && st_->heads[m - HPAGE_PMD_ORDER] == NIL) ++m;
   if (m > MAX_PAGE_ORDER) return NIL;
-  const std::uint32_t r = heads_[m - HPAGE_PMD_ORDER];
+  const std::uint32_t r = st_->heads[m - HPAGE_PMD_ORDER];
   unlink(r, m);
   // Give back the upper halves until the block has the requested size.
   while (m > order) {
     --m;
     push(r + (1u << (m - HPAGE_PMD_ORDER)), m);
   }
-  free_regions_ -= std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+  st_->free_regions -= std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
   return r;
 }
 
 void region_buddy::free(std::uint32_t first, unsigned order) {
-  free_regions_ += std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
+  st_->free_regions += std::uint64_t{1} << (order - HPAGE_PMD_ORDER);
   std::uint32_t r = first;
   while (order < MAX_PAGE_ORDER) {
     const std::uint32_t buddy = r ^ (1u << (order - HPAGE_PMD_ORDER));
-    if (buddy >= nr_regions_) break;
+    if (buddy >= st_->nr_regions) break;
     const page& b = regions_[buddy];
     if (load_kind(b) != RK_FREE_BLOCK || load_order(const_cast<page*>(&b)) != order) break;
     unlink(buddy, order);
@@ -68,7 +69,7 @@ void region_buddy::free(std::uint32_t first, unsigned order) {
 }
 
 void region_buddy::add_free_run(std::uint32_t first, std::uint64_t count) {
-  free_regions_ += count;
+  st_->free_regions += count;
   while (count > 0) {
     unsigned k = 0;  // block of 2^k regions: as large as both the alignment and the run allow
     while (k < MAX_PAGE_ORDER - HPAGE_PMD_ORDER && (first & ((2u << k) - 1)) == 0 && (std::uint64_t{2} << k) <= count) ++k;

@@ -42,7 +42,26 @@ inline void store_kind(page& d, std::uint8_t k) noexcept {
 
 class region_buddy {
  public:
-  void init(page* regions, std::uint64_t nr_regions);
+  region_buddy() = default;
+  region_buddy(const region_buddy&) = delete;  // st_ may point at own_
+  region_buddy& operator=(const region_buddy&) = delete;
+  /// The buddy's lists and count. No address (the lists are linked by region index through the
+  /// region descriptors), so it can live in memory several processes map, each at its own
+  /// address: a region_buddy is a view, this state plus the process's own mapping of the region
+  /// array.
+  struct state {
+    std::uint64_t nr_regions = 0;
+    std::uint32_t heads[MAX_PAGE_ORDER - HPAGE_PMD_ORDER + 1];
+    std::uint64_t free_regions = 0;
+  };
+  /// Makes *st (the view's own state when st is null) an empty buddy over nr_regions regions,
+  /// viewed through `regions`.
+  void init(page* regions, std::uint64_t nr_regions, state* st = nullptr);
+  /// Views a state that is built already (another process's view of it, or a new mapping).
+  void attach(page* regions, state* st) {
+    regions_ = regions;
+    st_ = st;
+  }
   /// Takes a free naturally aligned block of 2^(order-9) regions; returns its first region or
   /// UINT32_MAX. The regions come back with kind_ RK_FREE_INNER: the caller sets them up.
   std::uint32_t alloc(unsigned order);
@@ -51,17 +70,16 @@ class region_buddy {
   /// Open: adds the free run [first, first + count), which no free region borders, as maximal
   /// naturally aligned blocks (no merging needed: O(blocks), not O(regions x orders)).
   void add_free_run(std::uint32_t first, std::uint64_t count);
-  std::uint64_t free_regions() const { return free_regions_; }
+  std::uint64_t free_regions() const { return st_->free_regions; }
   /// Lists for check(): head of the free list of `order`, and the next link.
-  std::uint32_t list_head(unsigned order) const { return heads_[order - HPAGE_PMD_ORDER]; }
+  std::uint32_t list_head(unsigned order) const { return st_->heads[order - HPAGE_PMD_ORDER]; }
 
  private:
   void push(std::uint32_t r, unsigned order);
   void unlink(std::uint32_t r, unsigned order);
-  page* regions_ = nullptr;
-  std::uint64_t nr_regions_ = 0;
-  std::uint32_t heads_[MAX_PAGE_ORDER - HPAGE_PMD_ORDER + 1];
-  std::uint64_t free_regions_ = 0;
+  page* regions_ = nullptr;  // this process's mapping of the region descriptors
+  state* st_ = &own_;
+  state own_{};
 };
 
 }  // namespace pmpage::detail

@@ -58,12 +58,12 @@ void filler::remove(std::uint32_t r, split_state& s) {
   if (d.list_prev_ != NIL)
     regions_[d.list_prev_].list_next_ = d.list_next_;
   else
-    heads_[s.list] = d.list_next_;
+    st_->heads[s.list] = d.list_next_;
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = d.list_prev_;
-  if (heads_[s.list] == NIL) nonempty_ &= ~(list_mask{1} << s.list);
+  if (st_->heads[s.list] == NIL) st_->nonempty &= ~(list_mask{1} << s.list);
   d.list_next_ = d.list_prev_ = NIL;
   s.list = 0xff;
-  --count_;
+  --st_->count;
 }
 
 void filler::refresh_longest(split_state& s, change c) {
@@ -94,20 +94,20 @@ void filler::update(std::uint32_t r, split_state& s, change c) {
   if (target == 0xff) return;
   page& d = regions_[r];
   d.list_prev_ = NIL;
-  d.list_next_ = heads_[target];
+  d.list_next_ = st_->heads[target];
   if (d.list_next_ != NIL) regions_[d.list_next_].list_prev_ = r;
-  heads_[target] = r;
-  nonempty_ |= list_mask{1} << target;
+  st_->heads[target] = r;
+  st_->nonempty |= list_mask{1} << target;
   s.list = std::uint8_t(target);
-  ++count_;
+  ++st_->count;
 }
 
 std::uint32_t filler::find(unsigned order, unsigned min_bucket) const {
-  if (!nonempty_) return NIL;
+  if (!st_->nonempty) return NIL;
   const unsigned wanted = (1u << ORDERS) - (1u << order);  // lists with longest >= order
   for (unsigned fb = min_bucket; fb < FULLNESS_BUCKETS; ++fb) {
-    const auto group = unsigned(nonempty_ >> (fb * ORDERS)) & wanted;
-    if (group) return heads_[fb * ORDERS + unsigned(std::countr_zero(group))];
+    const auto group = unsigned(st_->nonempty >> (fb * ORDERS)) & wanted;
+    if (group) return st_->heads[fb * ORDERS + unsigned(std::countr_zero(group))];
   }
   return NIL;
 }

@@ -93,13 +93,32 @@ inline std::uint8_t map_code(const std::uint64_t* map, unsigned i) { return plai
 /// takes the fullest region that has room, so nearly empty regions drain and merge back.
 class filler {
  public:
+  filler() = default;
+  filler(const filler&) = delete;  // st_ may point at own_
+  filler& operator=(const filler&) = delete;
   static constexpr unsigned FULLNESS_BUCKETS = 8;
   static constexpr unsigned ORDERS = HPAGE_PMD_ORDER;  // longest free order 0..8
-  void init(page* regions) {
+  __extension__ typedef unsigned __int128 list_mask;
+  /// The lists (linked by region index through the region descriptors) and their count: no
+  /// address, so it can live in memory several processes map; a filler is a view of it through
+  /// the process's own mapping of the region array (as region_buddy).
+  struct state {
+    std::uint32_t heads[FULLNESS_BUCKETS * ORDERS];
+    list_mask nonempty = 0;  // bit l set <=> heads[l] != NIL: find() tests 9 lists at once
+    std::uint64_t count = 0;
+  };
+  /// Makes *st (the view's own state when st is null) empty, viewed through `regions`.
+  void init(page* regions, state* st = nullptr) {
     regions_ = regions;
-    for (auto& h : heads_) h = NIL;
-    nonempty_ = 0;
-    count_ = 0;
+    st_ = st ? st : &own_;
+    for (auto& h : st_->heads) h = NIL;
+    st_->nonempty = 0;
+    st_->count = 0;
+  }
+  /// Views a state that is built already.
+  void attach(page* regions, state* st) {
+    regions_ = regions;
+    st_ = st;
   }
   enum class change { allocated, freed, unknown };
   /// Brings s.longest up to date after pages were allocated or freed (region lock).
@@ -115,7 +134,7 @@ class filler {
   /// The fullest region with a free aligned block of `order` in fullness bucket >= min_bucket
   /// (bucket b holds regions with about 64 b .. 64 b + 63 free pages), or NIL.
   std::uint32_t find(unsigned order, unsigned min_bucket = 0) const;
-  std::uint64_t size() const { return count_; }
+  std::uint64_t size() const { return st_->count; }
 
  private:
   static unsigned list_of(const split_state& s) {
@@ -123,11 +142,9 @@ class filler {
     const unsigned longest = unsigned(s.longest) < ORDERS ? unsigned(s.longest) : ORDERS - 1;  // free: any order
     return fb * ORDERS + longest;
   }
-  page* regions_ = nullptr;
-  std::uint32_t heads_[FULLNESS_BUCKETS * ORDERS];
-  __extension__ typedef unsigned __int128 list_mask;
-  list_mask nonempty_ = 0;  // bit l set <=> heads_[l] != NIL: find() tests 9 lists at once
-  std::uint64_t count_ = 0;
+  page* regions_ = nullptr;  // this process's mapping of the region descriptors
+  state* st_ = &own_;
+  state own_{};
 };
 
 }  // namespace pmpage::detail
