@@ -37,9 +37,32 @@
 namespace pmpage::detail {
 
 class intent_log {
+  struct alignas(64) mirror {
+    std::atomic<bool> busy{false};
+    /// The seq of this lane's retired intent while its retirement may not be durable yet, else 0.
+    std::atomic<std::uint64_t> pending_seq{0};
+    std::uint64_t seq_written = 0;  // the seq of the last intent written (by the lane's holder)
+  };
+
  public:
+  intent_log() = default;
+  intent_log(const intent_log&) = delete;  // st_ may point at own_
+  intent_log& operator=(const intent_log&) = delete;
+  /// Who holds which lane and which retirements are pending: lock-free atomics and no address,
+  /// so every process of a shared pool can use one (each fence must re-flush every process's
+  /// pending retirements). An intent_log is a view: this state, the process's mapping of the
+  /// lanes and its persistence backend.
+  struct state {
+    /// Bit i set whenever lane i's pending_seq is non-zero (a superset: fences check
+    /// pending_seq). Set by the retiring holder; cleared only by the lane's next holder when
+    /// pending_seq is 0. Lock-free, so fences of different threads never wait for each other.
+    std::atomic<std::uint64_t> pending{0};
+    std::atomic<std::uint64_t> next_seq{1};
+    mirror mirrors[NR_LANES];
+  };
   /// enabled = false (a volatile pool): every call is a no-op; acquire hands out lane 0 to all.
-  void init(lane* lanes, persistence* pers, bool enabled = true);
+  /// st: the state to use (reset here), or null for the view's own.
+  void init(lane* lanes, persistence* pers, bool enabled = true, state* st = nullptr);
   /// Takes a lane for one operation (yields while all are busy).
   unsigned acquire() noexcept;
   /// Takes a free lane if there is one (never waits); NR_LANES if all are busy. The bulk slot
@@ -70,21 +93,11 @@ class intent_log {
   std::string check(const std::function<bool(const lane&)>& valid);
 
  private:
-  struct alignas(64) mirror {
-    std::atomic<bool> busy{false};
-    /// The seq of this lane's retired intent while its retirement may not be durable yet, else 0.
-    std::atomic<std::uint64_t> pending_seq{0};
-    std::uint64_t seq_written = 0;  // the seq of the last intent written (by the lane's holder)
-  };
   lane* lanes_ = nullptr;
   persistence* pers_ = nullptr;
   bool enabled_ = true;
-  /// Bit i set whenever lane i's pending_seq is non-zero (a superset: fences check pending_seq).
-  /// Set by the retiring holder; cleared only by the lane's next holder when pending_seq is 0.
-  /// Lock-free, so fences of different threads never wait for each other here.
-  std::atomic<std::uint64_t> pending_{0};
-  std::atomic<std::uint64_t> next_seq_{1};
-  mirror mirrors_[NR_LANES];
+  state* st_ = &own_;
+  state own_;
 };
 
 }  // namespace pmpage::detail
