@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "adaptive_mutex.hpp"
 #include "common.hpp"
 
 namespace bench {
@@ -452,7 +453,24 @@ void persist_teardown(const benchmark::State&) {
 
 }  // namespace
 
+// ---- the allocator's lock, private vs shared between processes (robust) ------------------------
+// An uncontended lock + unlock pair, the price every allocator critical section pays: what making
+// the pool's locks process-shared and robust (for pools several processes open) would add.
+template <pmpage::detail::adaptive_mutex::sharing S>
+void bm_lock_pair(benchmark::State& state) {
+  pmpage::detail::adaptive_mutex m(S);
+  for (auto _ : state) {
+    m.lock();
+    benchmark::ClobberMemory();
+    m.unlock();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 void register_threads() {
+  using sharing = pmpage::detail::adaptive_mutex::sharing;
+  benchmark::RegisterBenchmark("locks/adaptive_mutex/private", bm_lock_pair<sharing::process_private>);
+  benchmark::RegisterBenchmark("locks/adaptive_mutex/shared_robust", bm_lock_pair<sharing::process_shared>);
   benchmark::RegisterBenchmark("threads/persist/floor", bm_persist)
       ->Setup(persist_setup)->Teardown(persist_teardown)->Threads(1)->Threads(2)->UseRealTime();
   // 4 and 8 threads on a 2-CPU machine: more threads than CPUs, as a server has; a lock holder

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <poll.h>
 
+#include "adaptive_mutex.hpp"
 #include "futex.hpp"
 #include "segment.hpp"
 #include "pmpage/mm.hpp"
@@ -146,6 +147,56 @@ TEST(PositionIndependentDescriptors, ATailNamesItsHeadWhereverTheDescriptorsAreM
         << "tail " << j << " names an address, not its head";
   EXPECT_EQ(pmpage::detail::linked_head(&copy[0], pmpage::detail::load_compound_head(&copy[0])), &copy[0]);
   pmpage::free_pages(head, 3);
+}
+
+// ---- allocator locks shared between processes ------------------------------------------------
+
+TEST(SharedMutex, ALockWhoseHolderIsKilledGoesToTheNextLockerMarkedOwnerDied) {
+  // Without robustness a process killed inside an allocator lock would leave every other
+  // process waiting for ever: the next locker must get the lock, and learn that its guarded
+  // state may be half-changed.
+  using pmpage::detail::adaptive_mutex;
+  shared_object obj;
+  ASSERT_GE(obj.fd, 0);
+  void* mine = obj.map();
+  ASSERT_NE(mine, MAP_FAILED);
+  auto* m = new (mine) adaptive_mutex(adaptive_mutex::sharing::process_shared);
+  auto* locked = reinterpret_cast<std::atomic<int>*>(static_cast<char*>(mine) + 1024);
+  locked->store(0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Another mapping, at another address: the lock is keyed by the object.
+    void* its = obj.map();
+    auto* cm = static_cast<adaptive_mutex*>(its);
+    cm->lock();
+    reinterpret_cast<std::atomic<int>*>(static_cast<char*>(its) + 1024)->store(1);
+    for (;;) ::pause();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (locked->load() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(locked->load(), 1);
+  EXPECT_FALSE(m->try_lock()) << "a live holder's lock must not be taken";
+  EXPECT_FALSE(m->owner_died());
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  m->lock();  // hangs for ever without robustness
+  EXPECT_TRUE(m->owner_died());
+  m->unlock();
+  EXPECT_TRUE(m->try_lock()) << "made consistent: usable again";
+  m->unlock();
+  m->~adaptive_mutex();
+  ::munmap(mine, 4096);
+}
+
+TEST(SharedMutex, AProcessPrivateLockIsUnchanged) {
+  pmpage::detail::adaptive_mutex m;
+  m.lock();
+  EXPECT_FALSE(m.try_lock());
+  m.unlock();
+  EXPECT_TRUE(m.try_lock());
+  m.unlock();
+  EXPECT_FALSE(m.owner_died());
 }
 
 // ---- the shared segment's life cycle (src/segment.hpp), with real processes -------------------
