@@ -38,6 +38,17 @@ void pool_impl::init_caches() {
 
 // ---- regions: fresh splits, lazy loads, large blocks ------------------------------------------------
 
+void pool_impl::drop_sstate(std::uint32_t r) {
+  states_[r].~split_state();
+  regions_[r].alloc_state_ = 0;
+  constexpr std::uint32_t per_page = 4096 / sizeof(split_state);
+  static_assert(4096 % sizeof(split_state) == 0, "a page of the table serves whole states");
+  const std::uint32_t first = r & ~(per_page - 1);
+  for (std::uint32_t i = first; i < first + per_page && i < nr_regions_; ++i)
+    if (regions_[i].alloc_state_) return;
+  ::madvise(states_ + first, 4096, MADV_DONTNEED);
+}
+
 std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan, std::uint32_t r) {
   back_descriptors(r);
   split_state* s = make_sstate(r);

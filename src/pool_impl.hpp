@@ -509,15 +509,15 @@ class pool_impl {
   /// Region r's split state (constructed: regions_[r].alloc_state_ == 1).
   split_state& sstate(std::uint32_t r) const { return states_[r]; }
   /// Constructs region r's split state in the table (materialise, fresh split, split_huge_page).
+  /// mu_ held: every make and drop runs under the pool lock (drop_sstate's page release relies on it).
   split_state* make_sstate(std::uint32_t r) {
     regions_[r].alloc_state_ = 1;
     return new (&states_[r]) split_state{};
   }
-  /// Destroys region r's split state (merge, close).
-  void drop_sstate(std::uint32_t r) {
-    states_[r].~split_state();
-    regions_[r].alloc_state_ = 0;
-  }
+  /// Destroys region r's split state (merge, close; mu_ held), and gives the table's page back
+  /// once none of the regions it serves has a state, so the table's memory follows the split
+  /// regions as the heap allocations it replaced did.
+  void drop_sstate(std::uint32_t r);
   /// Takes region s's lock, whichever mutex it is at the moment (S6), and returns it.
   adaptive_mutex& lock_region(split_state& s) const {
     for (;;) {
