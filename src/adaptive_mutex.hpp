@@ -30,7 +30,9 @@ namespace pmpage::detail {
 class adaptive_mutex {
  public:
   enum class sharing { process_private, process_shared };
-  explicit adaptive_mutex(sharing s = sharing::process_private) noexcept {
+  // Not explicit: members default-initialised in aggregates ({}) use it (clang insists).
+  adaptive_mutex() noexcept : adaptive_mutex(sharing::process_private) {}
+  explicit adaptive_mutex(sharing s) noexcept {
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
     pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
