@@ -65,8 +65,8 @@
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
 //   M1  (volatile pools) a page in a thread's magazine (magazine.hpp) is an order-0 head in its
 //       region's page map and used in its free_bits, counted allocated by the region and V3, with
-//       its descriptor in the free state (count 0, no flags, order 0, no compound link, private 0,
-//       no owner entry), and in no other magazine. stats().free_pages adds the magazines' pages.
+//       its descriptor in the free state (count 0, no flags, order 0, no compound link, private 0;
+//       its owner entry may be stale: O1), and in no other magazine. stats().free_pages adds the magazines' pages.
 //   R1  a region a cache holds, a stashed block and every allocation made in this open have
 //       their blocks reserved in a sparse backing file (region_backing.hpp).
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
