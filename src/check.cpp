@@ -204,8 +204,8 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
           return fail("Q3: head region ", r, " PG_hwpoison ", bool(f & PG_hwpoison), " but holds a bad page ", !bool(f & PG_hwpoison));
         if ((w & ~REGION_OWNED) != make_region_word(region_state::head, d.order_)) return fail("V2: head region ", r, " not HEAD(", int(d.order_), ") on the media");
         if (bool(f & PG_slot_owned) != region_word_owned(w)) return fail("O2: head region ", r, " slot-owned in DRAM ", bool(f & PG_slot_owned), ", on the media ", region_word_owned(w));
-        // An unowned large page's owner entries are not read by anything (they are cleared when
-        // the region is split again), so only an owned one's entry is checked.
+        // An unowned large page's owner entries are not read by anything (they may be stale: O1),
+        // so only an owned one's entry is checked.
         if (region_word_owned(w))
           if (std::string why = owner_problem(r << HPAGE_PMD_ORDER, true); !why.empty()) return fail(why);
         if (!(f & PG_head) || (f & PG_region_special)) return fail("I2: head region ", r, " flags ", f);

@@ -347,7 +347,8 @@ class pool_impl {
   void write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots);
   /// Every page of region r an order-0 head in its page map, owned or plain (flushed).
   void write_split_map(std::uint32_t r, bool owned = false);
-  /// Zeroes region r's owner entries (flushed): every split starts with no stale owner.
+  /// Zeroes region r's raw owner entries (flushed), which count without a marker; tagged ones
+  /// stay (stale entries are ignored: O1).
   void clear_owner_entries(std::uint32_t r);
   static void store_word(std::uint64_t* w, std::uint64_t v) {
     std::atomic_ref<std::uint64_t>(*w).store(v, std::memory_order_relaxed);
