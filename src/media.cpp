@@ -103,8 +103,8 @@ void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   // An owned allocation (alloc_pages_to): its owner entry, and the owned marker in its head's
   // map word, in the same epoch (O1). A plain one leaves the entry alone: it may be stale, and is
-  // read only under the marker.
-  if (owner) write_owner(index, owner);
+  // read only under the marker. An entry that already names the slot stays as it is (record_owner).
+  if (owner) record_owner(index, owner);
   std::uint64_t* mirror = sstate(r).map;
   for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
     mirror[w] = (mirror[w] & ~mask) | bits;
@@ -119,7 +119,7 @@ void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
   if (order >= HPAGE_PMD_ORDER) {
     // The region word of an allocated large page is written only by its allocator and its
     // freer, who hold the page: no lock.
-    if (owner) write_owner(index, owner);
+    if (owner) record_owner(index, owner);
     persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
     return;
   }

@@ -338,6 +338,15 @@ class pool_impl {
   void write_owner(std::uint64_t index, std::uint64_t slot_off) { persist_word(owner_entry(index), encode_owner(index, slot_off)); }
   /// The slot offset page index's entry names: 0 none, OWNER_INVALID damaged (as check() sees it).
   std::uint64_t read_owner(std::uint64_t index) const { return decode_owner(index, view_word(owner_entry(index))); }
+  /// An owned allocation's entry (its epoch 1). An entry that already holds the value (the page's
+  /// previous owned life was in the same slot, and its free left the entry: O1) is neither stored
+  /// nor written back: it is durable, since every writer of a non-zero entry fences it before the
+  /// page can change hands (alloc_pages_to's first epoch, move_pages_owner, split_huge_page_to,
+  /// adopt_pages, recovery); only zeros are left unfenced, and a zero never equals an entry.
+  void record_owner(std::uint64_t index, std::uint64_t slot_off) {
+    const std::uint64_t want = encode_owner(index, slot_off);
+    if (load_word(owner_entry(index)) != want) persist_word(owner_entry(index), want);
+  }
   /// A free of an owned page: its entry is left stale (it counts only under the owned marker the
   /// free clears: O1), except a raw one (a 0.2 pool's), which counts without a marker: cleared.
   void forget_owner(std::uint64_t index) {

@@ -224,6 +224,31 @@ TEST_F(WriteBackBudget, SlotPairWritesBackFiveLinesAndTheFreeNoOwnerEntry) {
   EXPECT_EQ(pool_.check(), "") << "stale owner entries are ignored by check()";
 }
 
+TEST_F(WriteBackBudget, APageBackInTheSlotItWasFreedFromWritesBackNoOwnerEntry) {
+  // The free left the page's entry naming the slot; allocated into the same slot again, the entry
+  // already holds its value, durably: alloc_pages_to writes back the page-map line (or region
+  // word) and the slot only, and the pair 4 lines. (A page that comes back into another slot
+  // writes its entry: the test above.) Orders 0 and 9.
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);
+  pfn_t* slots = root_slots(pool_);
+  for (const unsigned order : {0u, 9u}) {
+    ASSERT_NE(pool_.alloc_pages_to(order, &slots[0]), nullptr);
+    pfn_t last = slots[0];
+    ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0);
+    for (unsigned i = 0; i < 10; ++i) {
+      const auto alloc = lines_of([&] { ASSERT_NE(pool_.alloc_pages_to(order, &slots[0]), nullptr); });
+      if (slots[0] != last) {  // another page came back (its entry names another slot or none)
+        last = slots[0];
+        ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0);
+        continue;
+      }
+      EXPECT_EQ(alloc.size(), 2u) << "order " << order << " #" << i;
+      EXPECT_EQ(lines_of([&] { ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0); }).size(), 2u);
+    }
+    EXPECT_EQ(pool_.check(), "");
+  }
+}
+
 TEST_F(FenceBudget, AllocPagesToFromAFreshRegionCostsOneMoreFence) {
   // A region split fresh for the allocation: its SPLIT word must be durable before a slot names a
   // page in it (3 fences, as a plain allocation's 2 from a fresh region); the next one costs 2.

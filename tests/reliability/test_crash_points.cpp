@@ -385,6 +385,29 @@ std::vector<scenario> all_scenarios() {
     };
     v.push_back(s);
   }
+  for (unsigned order : {0u, 9u}) {
+    // The page comes back into the slot it was freed from: its stale entry already names the slot,
+    // so alloc_pages_to neither stores nor writes it back (record_owner): the marker alone is the
+    // first epoch's word, and every subset must still be before (slot empty, page free) or after.
+    scenario s;
+    s.name = "AllocPagesToOfAPageBackInTheSlotItWasFreedFromOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 64ull << 20;
+    auto old = std::make_shared<pfn_t>(0);
+    s.setup = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+      *old = slots[0];
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+    };
+    s.op = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+      ASSERT_EQ(slots[0], *old) << "the page comes back into its slot";
+    };
+    v.push_back(s);
+  }
   {
     // The same, with the stale entry's slot naming another page meanwhile (reused by the engine
     // through alloc_pages_to): the stale entry names a slot that does not name this page.
