@@ -205,8 +205,8 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
           return fail("Q3: head region ", r, " PG_hwpoison ", bool(f & PG_hwpoison), " but holds a bad page ", !bool(f & PG_hwpoison));
         if ((w & ~REGION_OWNED) != make_region_word(region_state::head, d.order_)) return fail("V2: head region ", r, " not HEAD(", int(d.order_), ") on the media");
         if (bool(f & PG_slot_owned) != region_word_owned(w)) return fail("O2: head region ", r, " slot-owned in DRAM ", bool(f & PG_slot_owned), ", on the media ", region_word_owned(w));
-        // An unowned large page's owner entries are not read by anything (they are cleared when
-        // the region is split again), so only an owned one's entry is checked.
+        // An unowned large page's owner entries are not read by anything (they may be stale: O1),
+        // so only an owned one's entry is checked.
         if (region_word_owned(w))
           if (std::string why = owner_problem(r << HPAGE_PMD_ORDER, true); !why.empty()) return fail(why);
         if (!(f & PG_head) || (f & PG_region_special)) return fail("I2: head region ", r, " flags ", f);
@@ -282,14 +282,16 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
                 p->private_.load() != 0)
               return fail("M1: page ", i, " of region ", r, " is in a magazine but its descriptor is not free (count ",
                           p->refcount_.load(), ", flags ", p->flags_.load(), ")");
-            if (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)))
-              return fail("M1: page ", i, " of region ", r, " is in a magazine but has an owner entry");
+            // Its owner entry may be stale (O1): no marker, so nothing reads it.
+            if (owner_entry_raw(view_word(owner_entry((r << HPAGE_PMD_ORDER) + i))))
+              return fail("M1: page ", i, " of region ", r, " is in a magazine but has a raw owner entry");
             ++in_magazines;
             ++i;
             continue;
           }
-          if (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) && (is_free || !code_is_head(c)))
-            return fail("O1: page ", i, " of region ", r, " is not an allocated head but has an owner entry");
+          // A tagged entry off an owned head is stale and ignored (O1); a raw one would count.
+          if (owner_entry_raw(view_word(owner_entry((r << HPAGE_PMD_ORDER) + i))) && (is_free || !code_is_head(c)))
+            return fail("O1: page ", i, " of region ", r, " is not an allocated head but has a raw owner entry");
           if (is_free) {
             if (c != CODE_FREE) return fail("S2: page ", i, " of region ", r, " free in DRAM, code ", int(c), " on the media");
             if (p->refcount_.load() != 0 || (p->compound_head_ & 1)) return fail("I4: free page ", i, " of region ", r, " has state");
@@ -304,8 +306,8 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
           if (bool(p->flags_.load() & PG_hwpoison) != bad_in(i, 1u << k))
             return fail("Q3: order-", k, " page ", i, " of region ", r, " PG_hwpoison disagrees with its bad pages");
           const bool owned = p->flags_.load() & PG_slot_owned;
-          if (owned != (view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) != 0))
-            return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but not on the media");
+          if (owned && view_word(owner_entry((r << HPAGE_PMD_ORDER) + i)) == 0)
+            return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM but its owner entry is 0");
           if (owned != map_owned(map, i, k))
             return fail("O2: page ", i, " of region ", r, " slot-owned in DRAM ", owned, " but its owned marker says ", !owned);
           if (std::string why = owner_problem((r << HPAGE_PMD_ORDER) + i, owned); !why.empty()) return fail(why);
@@ -354,8 +356,8 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
 std::string pool_impl::owner_problem(std::uint64_t index, bool owned) const {
   const std::uint64_t e = read_owner(index);
   std::ostringstream err;
-  if (!owned) {
-    if (e) err << "O1: unowned allocation at page " << index << " has owner entry " << e;
+  if (!owned) {  // a tagged entry is stale and ignored there (O1); a raw one would count
+    if (owner_entry_raw(view_word(owner_entry(index)))) err << "O1: unowned allocation at page " << index << " has raw owner entry " << e;
     return err.str();
   }
   if (!slot_offset_valid(e)) {

@@ -351,7 +351,9 @@ void analyzer::region_table(const std::function<void(std::uint64_t, std::uint64_
     unsigned named = 0;
     for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
       if (!code_is_head(code_at(map, i))) continue;
-      const std::uint64_t e = decode_owner((r << HPAGE_PMD_ORDER) + i, load(base_ + owner_offset((r << HPAGE_PMD_ORDER) + i)));
+      // Only an entry that counts: under the owned marker (a tagged entry elsewhere is stale), or raw.
+      const std::uint64_t e = counted_owner((r << HPAGE_PMD_ORDER) + i, load(base_ + owner_offset((r << HPAGE_PMD_ORDER) + i)),
+                                            map_owned(map, i, code_order(code_at(map, i))));
       named += e && slot_valid(e) && slot_value(e) == pfn_of((r << HPAGE_PMD_ORDER) + i);
     }
     if (!named) continue;
@@ -578,12 +580,18 @@ void analyzer::owners_of_split(std::uint64_t r, const std::uint64_t* map) {
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
     const std::uint8_t c = code_at(map, i);
     const bool marked = code_is_head(c) && map_owned(map, i, code_order(c));
-    const std::uint64_t e = decode_owner(first + i, load(base_ + owner_offset(first + i)));
-    if (!e && !marked) continue;
+    const std::uint64_t raw = load(base_ + owner_offset(first + i));
+    // A tagged entry counts only under the owned marker: anywhere else a free left it (stale) and
+    // it is ignored, whatever its slot holds: the word may be the engine's own since, even naming
+    // the same page, allocated plain and freed again (so a head code lost by damage under a slot
+    // that still names it is no longer told from that by its entry; P2 finds a torn extent). A
+    // raw entry (a 0.2 pool's) counts without a marker, as before.
+    if (!marked && !owner_entry_raw(raw)) continue;
+    const std::uint64_t e = decode_owner(first + i, raw);
     if (!code_is_head(c)) {
-      // A stale entry is a crash's leftover (an interrupted free clears it after the slot) only if
-      // its slot no longer names the page, or an intent still covers it. A slot that names a page
-      // the map calls free is a reference to lost memory.
+      // A raw entry there is a crash's leftover (an interrupted free of a 0.2 pool clears it after
+      // the slot) only if its slot no longer names the page, or an intent still covers it. A slot
+      // that names a page the map calls free is a reference to lost memory.
       const bool named = e != OWNER_INVALID && slot_valid(e) && slot_value(e) == pfn_of(first + i);
       const bool in_flight = covered_by_intent(first + i);
       problem& p = add("O1", "owner table",
@@ -862,7 +870,7 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     fixes.push_back({SUPERBLOCK_SIZE, 0});
   } else if (torn_upgrade) {
     problem* p = sb_problem(0, "");
-    p->what = "copy A lacks the tagged-owners flag copy B has: a format upgrade interrupted between its two writes";
+    p->what = "copy A lacks feature flags copy B has (tagged-owners, lazy-owners): a format upgrade interrupted between its two writes";
     p->repair = "rewrite copy A from copy B (pool::open does the same)";
     p->recovery = true;
     fixes.push_back({0, 0});
@@ -1081,7 +1089,13 @@ region_dump dump_region(const std::filesystem::path& path, std::uint64_t region)
   const std::uint64_t data_end = sb.data_offset + (sb.nr_regions << (HPAGE_PMD_ORDER + PAGE_SHIFT));
   for (unsigned i = 0; i < HPAGE_PMD_NR; ++i) {
     out.codes[i] = code_at(map, i);
-    out.owners[i] = decode_owner((std::uint64_t(region) << HPAGE_PMD_ORDER) + i, load(base + out.owner_table_offset + 8 * i));
+    // The entry that counts (O1): under the page's owned marker (the region word's owned bit for
+    // entry 0 of a large page), or a raw one; a stale tagged entry reads as none.
+    const bool marked = region_word_kind(out.word) == region_state::head
+                            ? i == 0 && out.owned
+                            : region_word_kind(out.word) == region_state::split && code_is_head(code_at(map, i)) &&
+                                  map_owned(map, i, code_order(code_at(map, i)));
+    out.owners[i] = counted_owner((std::uint64_t(region) << HPAGE_PMD_ORDER) + i, load(base + out.owner_table_offset + 8 * i), marked);
     const std::uint64_t e = out.owners[i];
     if (e && e % 8 == 0 && ((e >= sb.root_offset && e + 8 <= root_end) || (e >= sb.data_offset && e + 8 <= data_end)))
       out.slot_values[i] = load(base + e);

@@ -41,7 +41,14 @@ inline constexpr std::uint32_t FORMAT_MINOR = 0;             // compatible addit
 /// SB_TAGGED_OWNERS (0.3): owner entries carry a check (owner table, below). Set at create; set
 /// by the first writable open of an older pool before any entry is written.
 inline constexpr std::uint32_t SB_TAGGED_OWNERS = 1u << 0;
-inline constexpr std::uint32_t SB_KNOWN_FLAGS = SB_TAGGED_OWNERS;
+/// SB_LAZY_OWNERS (0.4): a free leaves its page's owner entry as it was (stale): an entry counts
+/// only under an owned marker (owner table, below). pmpage 0.3 read a tagged entry without a
+/// marker whose slot names the page as an owned allocation of a 0.2 pool, so it must refuse such
+/// a pool. Set at create; set with SB_TAGGED_OWNERS by the first writable open of an older pool.
+inline constexpr std::uint32_t SB_LAZY_OWNERS = 1u << 1;
+/// The flags a writable open adds to an older pool (B, fence, A, fence: superblocks_differ_by_upgrade).
+inline constexpr std::uint32_t SB_UPGRADE_FLAGS = SB_TAGGED_OWNERS | SB_LAZY_OWNERS;
+inline constexpr std::uint32_t SB_KNOWN_FLAGS = SB_TAGGED_OWNERS | SB_LAZY_OWNERS;
 
 inline constexpr std::size_t SUPERBLOCK_SIZE = 4096;
 inline constexpr std::size_t NR_LANES = 64;
@@ -112,11 +119,14 @@ inline constexpr bool region_word_valid(std::uint64_t w) {
 // (the record is dropped, the page kept). A pool written before the flag holds raw offsets (bit
 // 63 clear), still read as such.
 // An entry counts only under the allocation's owned marker (page-map codes CODE_OWNED_HEAD0 /
-// CODE_OWNED_TAIL, or the region word's owned bit). Written in epoch 1 of alloc_pages_to (with
-// the page's codes and marker, before its slot can name it), by split_huge_page_to and
-// move_pages_owner under an intent lane, by adopt_pages (entry, fence, marker) on a page its
-// durable slot already names; cleared with the FREE codes by a free. A region's entries are
-// zeroed when it is split.
+// CODE_OWNED_TAIL, or the region word's owned bit); anywhere else it is ignored, and may be stale
+// (SB_LAZY_OWNERS): a free leaves it as it was, so that the slot pair writes back no owner-table
+// line in its free. Written in epoch 1 of alloc_pages_to (with the page's codes and marker,
+// before its slot can name it), by split_huge_page_to and move_pages_owner under an intent lane,
+// by adopt_pages (entry, fence, marker) on a page its durable slot already names. Only a raw
+// entry (a 0.2 pool's, bit 63 clear) counts without a marker (an owned allocation of that pool
+// not yet marked): a free clears a raw entry, and so does a split or a region load where it
+// heads nothing, so that no raw entry goes stale.
 inline constexpr std::uint64_t OWNER_TAG = std::uint64_t{1} << 63;
 inline constexpr std::uint64_t OWNER_OFFSET_MASK = (std::uint64_t{1} << 48) - 1;
 inline constexpr std::uint64_t OWNER_INVALID = ~std::uint64_t{0};  // decode_owner: a damaged entry
@@ -130,10 +140,17 @@ inline constexpr std::uint64_t encode_owner(std::uint64_t index, std::uint64_t o
   return off == 0 ? 0 : OWNER_TAG | owner_check(index, off) << 48 | off;
 }
 /// The slot offset an entry names: 0 for none, OWNER_INVALID for a damaged tagged entry.
+/// A raw entry (written before SB_TAGGED_OWNERS): counts without a marker (a 0.2 pool's owner).
+inline constexpr bool owner_entry_raw(std::uint64_t e) { return e != 0 && !(e & OWNER_TAG); }
 inline constexpr std::uint64_t decode_owner(std::uint64_t index, std::uint64_t e) {
   if (!(e & OWNER_TAG)) return e;  // 0, or a raw offset written before SB_TAGGED_OWNERS
   const std::uint64_t off = e & OWNER_OFFSET_MASK;
   return off != 0 && (e >> 48 & 0x7fff) == owner_check(index, off) ? off : OWNER_INVALID;
+}
+/// The entry page `index` is owned under, or 0: a tagged entry only with the owned marker set
+/// (elsewhere it is stale and ignored), a raw one always.
+inline constexpr std::uint64_t counted_owner(std::uint64_t index, std::uint64_t e, bool marked) {
+  return marked || owner_entry_raw(e) ? decode_owner(index, e) : 0;
 }
 
 // ---- page map: 4-bit code per page of a split region -------------------------------------------
@@ -224,7 +241,7 @@ superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint6
                            std::uint64_t create_time_ns);
 /// Why a superblock copy cannot be used (one phrase), or "" if it passes every rule.
 std::string superblock_problem(const superblock& sb);
-/// True if valid copies a and b differ only in that b has SB_TAGGED_OWNERS and a not: an upgrade
+/// True if valid copies a and b differ only in that b has upgrade flags (SB_UPGRADE_FLAGS) a lacks: an upgrade
 /// that wrote B and not A yet (recovery.cpp, open).
 bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b);
 /// The pfn of data page 0 of a pool whose superblock passes superblock_problem (2.x or 3.x).

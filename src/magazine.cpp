@@ -167,9 +167,8 @@ unsigned pool_impl::mag_refill(magazine& m) noexcept {
   }
   for (std::size_t i = 0; i < k; ++i) {
     page* p = got[i];
-    // A volatile pool's owner entry of a free page is 0 (free_stores clears it); keep M1 even if
-    // a free path ever leaves one behind: an allocation from the magazine writes no entry.
-    if (std::uint64_t* e = owner_entry(std::uint64_t(p - vmemmap_)); load_word(e)) store_word(e, 0);
+    // Its owner entry may be stale (free_stores leaves it: O1); an allocation from the magazine
+    // writes no marker, so nothing reads it.
     m.pages[k - 1 - i] = p;  // the lowest page on top: handed out first
   }
   m.count.store(unsigned(k), std::memory_order_relaxed);

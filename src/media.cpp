@@ -102,9 +102,9 @@ void pool_impl::apply_small_held(std::uint32_t r, page* p, unsigned order, std::
   const auto index = std::uint64_t(p - vmemmap_);
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   // An owned allocation (alloc_pages_to): its owner entry, and the owned marker in its head's
-  // map word, in the same epoch (O1). A plain one leaves the entry alone: it is 0 (O1), and read
-  // only under the marker anyway.
-  if (owner) write_owner(index, owner);
+  // map word, in the same epoch (O1). A plain one leaves the entry alone: it may be stale, and is
+  // read only under the marker. An entry that already names the slot stays as it is (record_owner).
+  if (owner) record_owner(index, owner);
   std::uint64_t* mirror = sstate(r).map;
   for_each_map_word(first, order, true, [&](unsigned w, std::uint64_t mask, std::uint64_t bits) {
     mirror[w] = (mirror[w] & ~mask) | bits;
@@ -119,7 +119,7 @@ void pool_impl::apply_alloc(page* p, unsigned order, std::uint64_t owner) {
   if (order >= HPAGE_PMD_ORDER) {
     // The region word of an allocated large page is written only by its allocator and its
     // freer, who hold the page: no lock.
-    if (owner) write_owner(index, owner);
+    if (owner) record_owner(index, owner);
     persist_word(region_word(r), make_region_word(region_state::head, order, owner != 0));
     return;
   }
@@ -145,14 +145,16 @@ void pool_impl::zero_pages(page* p, unsigned order) {
 }
 
 void pool_impl::clear_owner_entries(std::uint32_t r) {
-  // By rule O1 the entries are zero already unless a torn epoch or corruption left one: read them
-  // (cheaper than writing 64 lines back) and clear only the lines that need it.
+  // A split gives every page a new life without an owned marker, so its tagged entries, stale or
+  // not, are ignored (O1) and stay. Only a raw entry (a 0.2 pool's, which counts without a marker)
+  // is cleared: read them (cheaper than writing 64 lines back) and clear only those.
   std::uint64_t* e = owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER);
   for (unsigned line = 0; line < HPAGE_PMD_NR / 8; ++line) {
-    std::uint64_t any = 0;
-    for (unsigned w = 0; w < 8; ++w) any |= load_word(&e[line * 8 + w]);
+    bool any = false;
+    for (unsigned w = 0; w < 8; ++w) any |= owner_entry_raw(load_word(&e[line * 8 + w]));
     if (!any) continue;
-    for (unsigned w = 0; w < 8; ++w) store_word(&e[line * 8 + w], 0);
+    for (unsigned w = 0; w < 8; ++w)
+      if (owner_entry_raw(load_word(&e[line * 8 + w]))) store_word(&e[line * 8 + w], 0);
     flush_later(&e[line * 8], 64);
   }
 }

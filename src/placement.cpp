@@ -59,8 +59,8 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan, std::uint32_
   page& d = regions_[r];
   store_kind(d, RK_SPLIT);
   ++split_regions_;
-  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes,
-  // and its owner entries with it (O1: no stale owner survives into a new split).
+  // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes.
+  // Its owner entries may be stale and stay (O1: no page has a marker now), except raw ones.
   write_map_locked(r, 0, PAGE_MAP_WORDS - 1);
   clear_owner_entries(r);
   d.flags_.store(PG_split, std::memory_order_release);
@@ -108,8 +108,10 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
   // or an entry of 0, is a slot call the crash interrupted — an alloc_pages_to before its slot's
   // store was durable, a free_pages_from after it, the loser of a slot race — or an engine that
   // overwrote its slot by hand: the page is freed. An entry whose check fails is damage: the
-  // record is dropped and the page kept. A plain allocation with an entry is an owned allocation
-  // of a pool written before the markers (its slot names it: marked now) or a leftover (cleared).
+  // record is dropped and the page kept. A tagged entry anywhere else (a free page, a tail, a
+  // plain allocation) is stale and ignored: frees leave it (SB_LAZY_OWNERS). A raw entry (bit 63
+  // clear) without a marker is an owned allocation of a pool written before the markers (its
+  // slot names it: marked now) or a leftover (cleared).
   const std::uint64_t base_index = std::uint64_t(r) << HPAGE_PMD_ORDER;
   std::uint64_t owned[HPAGE_PMD_NR / 64] = {};
   std::uint64_t* stale[HPAGE_PMD_NR];
@@ -120,15 +122,15 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
     const bool head = code_is_head(c);
     const bool marked = head && map_owned(fixed, i, code_order(c));
     const std::uint64_t raw = load_word(owner_entry(base_index + i));
-    if (!raw && !marked) continue;
+    if (!marked && !owner_entry_raw(raw)) continue;  // 0, or stale: ignored (O1)
     if (!head) {
-      stale[nr_stale++] = owner_entry(base_index + i);  // left by a free the crash interrupted
+      stale[nr_stale++] = owner_entry(base_index + i);  // a raw leftover (a 0.2 pool's interrupted free)
       ++nr_leftover;
       continue;
     }
     const unsigned k = code_order(c);
     const owner_verdict v = slot_verdict(base_index + i, decode_owner(base_index + i, raw));
-    if (!marked) {
+    if (!marked) {  // a raw entry
       if (v == owner_verdict::owns) {  // a 0.2 pool's owned allocation
         set_map_owned(fixed, i, k, true);
         owned[i / 64] |= std::uint64_t{1} << (i % 64);
@@ -146,12 +148,12 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
         break;
       case owner_verdict::interrupted:
         for (unsigned j = i; j < i + (1u << k); ++j) clear(j);
-        if (raw) stale[nr_stale++] = owner_entry(base_index + i);
+        if (owner_entry_raw(raw)) stale[nr_stale++] = owner_entry(base_index + i);  // a tagged one may stay
         ++nr_undone;
         undone_codes += 1u << k;
         break;
       case owner_verdict::damaged:
-        set_map_owned(fixed, i, k, false);
+        set_map_owned(fixed, i, k, false);  // the entry fails its check: ignored without the marker
         stale[nr_stale++] = owner_entry(base_index + i);
         ++nr_dropped;
         ++orphaned_;
@@ -195,8 +197,8 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
       note_repair(line);
     }
     if (const unsigned left = nr_leftover; left) {
-      std::snprintf(line, sizeof line, "region %u: %u stale owner entries cleared (left by an interrupted free, or "
-                    "by a slot the engine overwrote in a pool written before pmpage 0.3)", r, left);
+      std::snprintf(line, sizeof line, "region %u: %u stale owner entries cleared (raw entries of a pool written "
+                    "before pmpage 0.3: left by an interrupted free, or by a slot the engine overwrote)", r, left);
       note_repair(line);
     }
   }

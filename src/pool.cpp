@@ -485,9 +485,8 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
   if (is_region_desc(holder)) {
     const auto r = std::uint32_t(holder - regions_);
     const unsigned order = load_order(holder);
-    // The entry counts only under the owned bit: 0 landing before FREE reads as an interrupted
-    // free (recovery frees the page: O1).
-    if (owned) persist_word(owner_entry(std::uint64_t(r) << HPAGE_PMD_ORDER), 0);
+    // The entry counts only under the owned bit (O1): it stays, stale (a raw one is cleared).
+    if (owned) forget_owner(std::uint64_t(r) << HPAGE_PMD_ORDER);
     persist_word(region_word(r), make_region_word(region_state::free));
     fr.region = r;
     fr.order = order;
@@ -503,10 +502,10 @@ free_result pool_impl::free_stores(page* holder, bool release_now) {
   const unsigned first = unsigned(index & (HPAGE_PMD_NR - 1));
   const unsigned order = load_order(holder);
   const unsigned n = 1u << order;
-  // The page is ours alone until it is marked free: its owner entry and descriptors first. The
-  // entry counts only under the owned marker (O1): 0 landing before the FREE codes reads as an
-  // interrupted free, and recovery frees the page.
-  if (owned) persist_word(owner_entry(index), 0);
+  // The page is ours alone until it is marked free: its descriptors first. Its owner entry stays
+  // as it is (O1): it counts only under the owned marker, which the FREE codes clear, so the
+  // free writes back no owner-table line (a raw entry is cleared: it would count without one).
+  if (owned) forget_owner(index);
   for (unsigned j = 1; j < n; ++j) store_compound_head(holder + j, 0);
   store_order(holder, 0);
   holder->private_.store(0, std::memory_order_relaxed);

@@ -30,16 +30,20 @@
 //       recorded allocated and owned — the owned marker in its head's page-map word (or its
 //       region word's owned bit) and its owner entry naming the slot, one epoch — before the slot
 //       can name it, and the slot is cleared (one epoch) before the page can be recorded free
-//       (codes FREE, entry 0, flushed unfenced). So an allocation with the marker has an entry
-//       naming its owner slot, which holds the head's pfn, except after a crash: recovery frees an
-//       owned allocation its slot does not name (an interrupted call, or a slot the engine
-//       overwrote), and drops the record of one whose entry fails its check (damage). Anything
-//       without the marker has entry 0 (a crash's leftover is cleared when its region loads).
+//       (codes FREE, flushed unfenced). So an allocation with the marker has an entry naming its
+//       owner slot, which holds the head's pfn, except after a crash: recovery frees an owned
+//       allocation its slot does not name (an interrupted call, or a slot the engine overwrote),
+//       and drops the record of one whose entry fails its check (damage). The owner entry counts
+//       only where the owned marker is set; elsewhere it is ignored and may be stale (a free
+//       leaves it: format flag SB_LAZY_OWNERS), so every reader gates on the marker (slot_owner:
+//       PG_slot_owned; counted_owner on the media). Every owned allocation writes its entry in
+//       the marker's epoch, or before it (adopt_pages). A raw entry (a 0.2 pool's) counts without
+//       a marker and never goes stale: frees, splits and region loads clear it.
 //       The slot lies in the root area or in an allocated page.
 //
 // Ownership (slot-owned pages, docs/api.md "Slot ownership")
 //   O2  PG_slot_owned on a state holder <=> its owned marker (page-map code; HEAD: region word
-//       bit 16) <=> its owner entry is non-zero.
+//       bit 16) => its owner entry is non-zero (an unowned one's entry may be anything stale).
 //   O3  a slot-owned page's count never reaches 0 except inside free_pages_from on its owner
 //       slot, which claims it (count 1 -> 0) before reading the owner; split_huge_page_to freezes
 //       it the same way; move_pages_owner holds a reference plus PG_owner_busy; adopt_pages claims
@@ -61,8 +65,8 @@
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
 //   M1  (volatile pools) a page in a thread's magazine (magazine.hpp) is an order-0 head in its
 //       region's page map and used in its free_bits, counted allocated by the region and V3, with
-//       its descriptor in the free state (count 0, no flags, order 0, no compound link, private 0,
-//       no owner entry), and in no other magazine. stats().free_pages adds the magazines' pages.
+//       its descriptor in the free state (count 0, no flags, order 0, no compound link, private 0;
+//       its owner entry may be stale: O1), and in no other magazine. stats().free_pages adds the magazines' pages.
 //   R1  a region a cache holds, a stashed block and every allocation made in this open have
 //       their blocks reserved in a sparse backing file (region_backing.hpp).
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
@@ -334,11 +338,26 @@ class pool_impl {
   void write_owner(std::uint64_t index, std::uint64_t slot_off) { persist_word(owner_entry(index), encode_owner(index, slot_off)); }
   /// The slot offset page index's entry names: 0 none, OWNER_INVALID damaged (as check() sees it).
   std::uint64_t read_owner(std::uint64_t index) const { return decode_owner(index, view_word(owner_entry(index))); }
+  /// An owned allocation's entry (its epoch 1). An entry that already holds the value (the page's
+  /// previous owned life was in the same slot, and its free left the entry: O1) is neither stored
+  /// nor written back: it is durable, since every writer of a non-zero entry fences it before the
+  /// page can change hands (alloc_pages_to's first epoch, move_pages_owner, split_huge_page_to,
+  /// adopt_pages, recovery); only zeros are left unfenced, and a zero never equals an entry.
+  void record_owner(std::uint64_t index, std::uint64_t slot_off) {
+    const std::uint64_t want = encode_owner(index, slot_off);
+    if (load_word(owner_entry(index)) != want) persist_word(owner_entry(index), want);
+  }
+  /// A free of an owned page: its entry is left stale (it counts only under the owned marker the
+  /// free clears: O1), except a raw one (a 0.2 pool's), which counts without a marker: cleared.
+  void forget_owner(std::uint64_t index) {
+    if (PMPAGE_UNLIKELY(owner_entry_raw(load_word(owner_entry(index))))) persist_word(owner_entry(index), 0);
+  }
   /// The owner table words of a split_huge_page_to and the caller's slots 1..511 (flushed).
   void write_split_to_words(std::uint32_t r, std::uint64_t slots_off, bool store_slots);
   /// Every page of region r an order-0 head in its page map, owned or plain (flushed).
   void write_split_map(std::uint32_t r, bool owned = false);
-  /// Zeroes region r's owner entries (flushed): every split starts with no stale owner.
+  /// Zeroes region r's raw owner entries (flushed), which count without a marker; tagged ones
+  /// stay (stale entries are ignored: O1).
   void clear_owner_entries(std::uint32_t r);
   static void store_word(std::uint64_t* w, std::uint64_t v) {
     std::atomic_ref<std::uint64_t>(*w).store(v, std::memory_order_relaxed);

@@ -576,7 +576,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
       fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
     fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
   }
-  // Two valid copies that differ only by SB_TAGGED_OWNERS: an upgrade (below) that wrote B, not A.
+  // Two valid copies that differ only by upgrade flags: an upgrade (below) that wrote B, not A.
   const superblock& good = pa.empty() && !(pb.empty() && superblocks_differ_by_upgrade(a, b)) ? a : b;
   if ((pa.empty() && a.reidentify_from != 0) || (pb.empty() && b.reidentify_from != 0))
     fail(EINVAL, path,
@@ -608,7 +608,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   // Both copies are written once at create, identical, and never change: repair a damaged one.
   // Two valid copies that differ are no crash's doing (create writes the marker into both
   // first): which one is the pool's cannot be told, so nothing is guessed or overwritten.
-  // The one legitimate difference: an upgrade to SB_TAGGED_OWNERS (below) that wrote B and not A.
+  // The one legitimate difference: an upgrade (SB_UPGRADE_FLAGS, below) that wrote B and not A.
   const bool torn_upgrade = pa.empty() && pb.empty() && superblocks_differ_by_upgrade(a, b);
   if (pa.empty() && pb.empty() && std::memcmp(&a, &b, sizeof a) != 0 && !torn_upgrade)
     fail(EINVAL, path, "superblock copies A and B are both valid but differ (damage, or a copy of another pool's "
@@ -654,19 +654,24 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
                                : "superblock copy B repaired from copy A (copy B: " +
                                      (pb.empty() ? std::string("differs from copy A") : pb) + ")");
   }
-  if (!opts.read_only && !(good.flags & SB_TAGGED_OWNERS)) {
-    // A pool written before 0.3: its owner entries are raw offsets (still read as such). Tagged
-    // entries are written from now on, which a 0.2 library would misread as damage and drop: set
-    // the flag it refuses first, B then A (a crash in between leaves the torn upgrade above).
+  if (!opts.read_only && (good.flags & SB_UPGRADE_FLAGS) != SB_UPGRADE_FLAGS) {
+    // A pool written before 0.4. Before 0.3 its owner entries are raw offsets (still read as
+    // such); tagged entries are written from now on, which a 0.2 library would misread as damage
+    // and drop. Frees leave entries stale from now on (SB_LAZY_OWNERS), which 0.3 would read as
+    // owners where a slot happens to name the page. Set the flags they refuse first, B then A (a
+    // crash in between leaves the torn upgrade above).
+    const std::uint32_t added = SB_UPGRADE_FLAGS & ~good.flags;
     superblock up = good;
-    up.flags |= SB_TAGGED_OWNERS;
+    up.flags |= SB_UPGRADE_FLAGS;
     up.checksum = fletcher64(&up, offsetof(superblock, checksum));
     for (const std::size_t at : {SUPERBLOCK_SIZE, std::size_t{0}}) {
       std::memcpy(impl->dev_.base() + at, &up, sizeof up);
       impl->pers_->persist(impl->dev_.base() + at, sizeof up);
     }
-    impl->note_repair("format upgraded: owner entries carry a check from now on (feature flag tagged-owners; "
-                      "pmpage 0.2 refuses the pool from now on)");
+    impl->note_repair(std::string("format upgraded: ") +
+                      (added & SB_TAGGED_OWNERS ? "owner entries carry a check (feature flag tagged-owners) and " : "") +
+                      "frees leave owner entries stale (feature flag lazy-owners) from now on; pmpage " +
+                      (added & SB_TAGGED_OWNERS ? "0.2 and 0.3 refuse" : "0.3 refuses") + " the pool from now on");
   }
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->replay_intents();

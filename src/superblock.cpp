@@ -32,7 +32,7 @@ superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint6
   sb.uuid[0] = uuid0;
   sb.uuid[1] = uuid1;
   sb.pfn_base = pfn_base;
-  sb.flags = SB_TAGGED_OWNERS;
+  sb.flags = SB_TAGGED_OWNERS | SB_LAZY_OWNERS;
   sb.device_size = lay.device_size;
   sb.nr_regions = lay.nr_regions;
   sb.lanes_offset = lay.lanes_offset;
@@ -52,9 +52,11 @@ superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint6
 bool is_creating_marker(const superblock& sb) { return std::memcmp(sb.magic, CREATING_MAGIC, sizeof sb.magic) == 0; }
 
 bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b) {
-  if ((a.flags & SB_TAGGED_OWNERS) || !(b.flags & SB_TAGGED_OWNERS)) return false;
+  // b has every flag of a, and some upgrade flags more (the open below adds them all at once).
+  if ((a.flags & ~b.flags) || !((b.flags & ~a.flags) & SB_UPGRADE_FLAGS) || ((b.flags & ~a.flags) & ~SB_UPGRADE_FLAGS))
+    return false;
   superblock up = a;
-  up.flags |= SB_TAGGED_OWNERS;
+  up.flags = b.flags;
   up.checksum = fletcher64(&up, offsetof(superblock, checksum));
   return std::memcmp(&up, &b, sizeof up) == 0;
 }

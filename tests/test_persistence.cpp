@@ -7,6 +7,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <random>
+#include <algorithm>
+#include <iterator>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -150,6 +153,99 @@ TEST_F(FenceBudget, SlotPairCostsThreeFences) {
     int rc = -1;
     EXPECT_EQ(fences_of([&] { rc = pool_.free_pages_from(&slots[i]); }), 1u) << "free_pages_from of slot " << i;
     ASSERT_EQ(rc, 0);
+  }
+}
+
+// The cache lines a call writes back (each flushed range's 64-byte lines, counted once per call).
+class line_log_persistence final : public pmpage::persistence {
+ public:
+  pmpage::granularity attach(void* base, std::size_t length, pmpage::granularity g) override {
+    return inner_->attach(base, length, g);
+  }
+  void detach() noexcept override { inner_->detach(); }
+  void flush(const void* addr, std::size_t len) noexcept override {
+    {
+      std::lock_guard g(mu_);
+      const auto a = reinterpret_cast<std::uintptr_t>(addr);
+      for (std::uintptr_t l = a / 64; l <= (a + len - 1) / 64; ++l) lines_.insert(l);
+    }
+    inner_->flush(addr, len);
+  }
+  void drain() noexcept override { inner_->drain(); }
+  void reset() {
+    std::lock_guard g(mu_);
+    lines_.clear();
+  }
+  std::set<std::uintptr_t> lines() {
+    std::lock_guard g(mu_);
+    return lines_;
+  }
+
+ private:
+  std::shared_ptr<pmpage::persistence> inner_ = pmpage::make_libpmem_persistence();
+  std::mutex mu_;
+  std::set<std::uintptr_t> lines_;
+};
+
+class WriteBackBudget : public PoolTest {
+ protected:
+  std::shared_ptr<pmpage::persistence> backend() override { return log_; }
+  template <class F>
+  std::set<std::uintptr_t> lines_of(F&& f) {
+    log_->reset();
+    f();
+    return log_->lines();
+  }
+  std::shared_ptr<line_log_persistence> log_ = std::make_shared<line_log_persistence>();
+};
+
+TEST_F(WriteBackBudget, SlotPairWritesBackFiveLinesAndTheFreeNoOwnerEntry) {
+  // alloc_pages_to writes back the page-map line (or region word), the owner entry and the slot;
+  // free_pages_from the slot and the page-map line (or region word) only: it leaves the owner
+  // entry stale (docs/format.md, "Owner table"), so the pair writes back 5 lines, not 6. Orders 0
+  // and 9, each slot once (a slot reused keeps nothing that would hide a line in a set).
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);  // the order-0 slots land in a published split region
+  pfn_t* slots = root_slots(pool_);
+  const auto line_of = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a) / 64; };
+  for (unsigned i = 0; i < 24; ++i) {
+    const unsigned order = (i % 3 == 2) ? 9 : 0;
+    const auto alloc = lines_of([&] { ASSERT_NE(pool_.alloc_pages_to(order, &slots[8 * i]), nullptr); });
+    EXPECT_EQ(alloc.size(), 3u) << "alloc_pages_to order " << order << " #" << i;
+    EXPECT_EQ(alloc.count(line_of(&slots[8 * i])), 1u) << "the slot is one of them";
+    const auto freed = lines_of([&] { ASSERT_EQ(pool_.free_pages_from(&slots[8 * i]), 0); });
+    EXPECT_EQ(freed.size(), 2u) << "free_pages_from order " << order << " #" << i;
+    EXPECT_EQ(freed.count(line_of(&slots[8 * i])), 1u);
+    // The other line is the one that says free (page map or region word), which alloc_pages_to
+    // wrote back too; the owner entry's line is the one alloc_pages_to wrote that the free does not.
+    std::vector<std::uintptr_t> only_alloc;
+    std::set_difference(alloc.begin(), alloc.end(), freed.begin(), freed.end(), std::back_inserter(only_alloc));
+    EXPECT_EQ(only_alloc.size(), 1u) << "the owner entry's line";
+  }
+  EXPECT_EQ(pool_.check(), "") << "stale owner entries are ignored by check()";
+}
+
+TEST_F(WriteBackBudget, APageBackInTheSlotItWasFreedFromWritesBackNoOwnerEntry) {
+  // The free left the page's entry naming the slot; allocated into the same slot again, the entry
+  // already holds its value, durably: alloc_pages_to writes back the page-map line (or region
+  // word) and the slot only, and the pair 4 lines. (A page that comes back into another slot
+  // writes its entry: the test above.) Orders 0 and 9.
+  ASSERT_NE(pool_.alloc_pages(0), nullptr);
+  pfn_t* slots = root_slots(pool_);
+  for (const unsigned order : {0u, 9u}) {
+    ASSERT_NE(pool_.alloc_pages_to(order, &slots[0]), nullptr);
+    pfn_t last = slots[0];
+    ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0);
+    for (unsigned i = 0; i < 10; ++i) {
+      const auto alloc = lines_of([&] { ASSERT_NE(pool_.alloc_pages_to(order, &slots[0]), nullptr); });
+      if (slots[0] != last) {  // another page came back (its entry names another slot or none)
+        last = slots[0];
+        ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0);
+        continue;
+      }
+      EXPECT_EQ(alloc.size(), 2u) << "order " << order << " #" << i;
+      EXPECT_EQ(lines_of([&] { ASSERT_EQ(pool_.free_pages_from(&slots[0]), 0); }).size(), 2u);
+    }
+    EXPECT_EQ(pool_.check(), "");
   }
 }
 

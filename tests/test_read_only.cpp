@@ -279,7 +279,8 @@ TEST_F(ReadOnlyTest, DamagedImageOpensReadOnlyUnchangedAndReadWriteRepairsTheSam
   ASSERT_EQ(map_code_at(img, sb, small_region, torn_page), 0u);
   put_at(img, map_word_off(sb, small_region, torn_page),
          word_at<std::uint64_t>(img, map_word_off(sb, small_region, torn_page)) | (std::uint64_t{0xF} << (torn_page % 16 * 4)));
-  // 4. a stale owner entry on another free page of it (what an interrupted free leaves);
+  // 4. a raw owner entry on another free page of it (what an interrupted free of a 0.2 pool leaves;
+  //    a tagged one would be stale and ignored: format flag lazy-owners);
   const std::uint64_t stale_index = (small_region << HPAGE_PMD_ORDER) + 400;
   ASSERT_EQ(map_code_at(img, sb, small_region, 400), 0u);
   put_at<std::uint64_t>(img, owner_off(sb, stale_index), root_off + 8 * 7);

@@ -191,9 +191,10 @@ struct region_dump {
   std::uint64_t data_offset = 0;         ///< file offset of its 2 MiB of data
   pfn_t first_pfn = 0;                   ///< pfn of its first page
   /// Split regions (and, for reference, the leftovers of other kinds): per page, the 4-bit code
-  /// (0 free, 1..9 head of order code-1, 15 tail, others invalid), the owner entry (0, or the
-  /// file offset of the owning slot) and the pfn that slot holds (0 when the entry is 0 or names
-  /// no valid slot).
+  /// (0 free, 1..9 head of order code-1, 15 tail, others invalid), the owner entry that counts
+  /// (0, or the file offset of the owning slot; a stale entry, where no owned marker is set, reads
+  /// as 0: docs/format.md, "Owner table") and the pfn that slot holds (0 when the entry is 0 or
+  /// names no valid slot).
   std::array<std::uint8_t, 512> codes{};
   std::array<std::uint64_t, 512> owners{};  ///< per page: the owner entry (see codes)
   std::array<pfn_t, 512> slot_values{};     ///< per page: the pfn the owning slot holds (see codes)

@@ -248,7 +248,7 @@ class PMPAGE_API pool {
   /// What recovery repaired, one line per repair: a superblock copy rewritten, each intent lane
   /// replayed (kind, pfn, order; rolled forward or undone), each owned large page whose slot no
   /// longer names it, and, when a split region is first loaded (lazily, after open), a torn page
-  /// map cleared, stale owner entries cleared, an empty split region merged. Lines are added as
+  /// map cleared, a 0.2 pool's stale raw owner entries cleared, an empty split region merged. Lines are added as
   /// lazy loads happen (check() loads every region). For a read-only pool it is what recovery
   /// would do, done only to this process's view. Empty for a healthy pool and a closed one.
   /// Thread-safe.

@@ -336,6 +336,162 @@ std::vector<scenario> all_scenarios() {
     s.op = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr); };
     v.push_back(s);
   }
+  // Stale owner entries (format flag lazy-owners): a free leaves its page's owner entry as it was,
+  // and the entry counts only under the owned marker. Each scenario gives a page of the operation
+  // a stale entry naming a slot first (allocated through it, freed from it), so that a crash whose
+  // image keeps the new marker but not the new entry, or no marker at all, is judged by what the
+  // stale entry says: the outcome must still be before or after.
+  for (unsigned order : {0u, 9u}) {
+    // The page comes back as a plain allocation: it must stay allocated and unowned (its stale
+    // entry's slot is empty; a later hand store there is the engine's business).
+    scenario s;
+    s.name = "PlainAllocOfAPageFreedFromASlotOrder" + std::to_string(order);
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 64ull << 20;
+    auto old = std::make_shared<pfn_t>(0);
+    s.setup = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);  // keeps the small page's region split
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+      *old = slots[0];
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+    };
+    s.op = [order, old](pool& p, pfn_t*) {
+      page* q = p.alloc_pages(order);
+      ASSERT_NE(q, nullptr);
+      ASSERT_EQ(page_to_pfn(q), *old) << "the page with the stale entry comes back";
+    };
+    v.push_back(s);
+  }
+  for (unsigned order : {0u, 9u}) {
+    // The page comes back owned by another slot: a crash that keeps its marker and not its new
+    // entry finds the stale one, naming an empty slot: an interrupted call, freed (before).
+    scenario s;
+    s.name = "AllocPagesToAnotherSlotOfAPageFreedFromASlotOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 64ull << 20;
+    auto old = std::make_shared<pfn_t>(0);
+    s.setup = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+      *old = slots[0];
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+    };
+    s.op = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(order, &slots[2]), nullptr);
+      ASSERT_EQ(slots[2], *old) << "the page with the stale entry comes back";
+    };
+    v.push_back(s);
+  }
+  for (unsigned order : {0u, 9u}) {
+    // The page comes back into the slot it was freed from: its stale entry already names the slot,
+    // so alloc_pages_to neither stores nor writes it back (record_owner): the marker alone is the
+    // first epoch's word, and every subset must still be before (slot empty, page free) or after.
+    scenario s;
+    s.name = "AllocPagesToOfAPageBackInTheSlotItWasFreedFromOrder" + std::to_string(order);
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 64ull << 20;
+    auto old = std::make_shared<pfn_t>(0);
+    s.setup = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+      *old = slots[0];
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+    };
+    s.op = [order, old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(order, &slots[0]), nullptr);
+      ASSERT_EQ(slots[0], *old) << "the page comes back into its slot";
+    };
+    v.push_back(s);
+  }
+  {
+    // The same, with the stale entry's slot naming another page meanwhile (reused by the engine
+    // through alloc_pages_to): the stale entry names a slot that does not name this page.
+    scenario s;
+    s.name = "AllocPagesToOfAPageWhoseStaleEntrysSlotWasReused";
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    auto old = std::make_shared<pfn_t>(0);
+    s.setup = [old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(0, &slots[3]), nullptr);  // the page after slot 0's
+      *old = slots[0];
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+      ASSERT_EQ(p.move_pages_owner(&slots[3], &slots[0]), 0);  // slot 0 names another page now
+    };
+    s.op = [old](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[2]), nullptr);
+      ASSERT_EQ(slots[2], *old);
+    };
+    v.push_back(s);
+  }
+  {
+    // A region whose pages all had owners is merged (FREE) and handed out whole: its entry 0 is
+    // stale under a large page, owned (below) or not (PlainAllocOfAPageFreedFromASlotOrder9).
+    scenario s;
+    s.name = "AllocPagesToOrder9OfAMergedRegionWithStaleEntries";
+    s.slot_owned = true;
+    s.owners = true;
+    s.every_subset = true;
+    s.pool_size = 8ull << 20;  // 3 regions: the merged one is the only order-9 block left
+    s.setup = [](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(9, &slots[40]), nullptr);
+      std::vector<pfn_t*> list;
+      for (unsigned i = 0; i < 16; ++i) list.push_back(&slots[i + 10]);
+      ASSERT_EQ(p.alloc_pages_bulk_to(0, list), list.size());
+      ASSERT_EQ(p.free_pages_bulk_from(list), 0);
+      ASSERT_EQ(p.trim(), 1u);  // merged: FREE, its owner entries stale
+    };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_NE(p.alloc_pages_to(9, &slots[0]), nullptr); };
+    v.push_back(s);
+  }
+  {
+    // split_huge_page_to of an order-9 page whose 512 entries hold stale values of an earlier
+    // life (pages 0..63 owned by slots 100..163, then freed and merged): the tails' entries must
+    // not be believed before the split writes them.
+    scenario s;
+    s.name = "SplitHugePageToOverStaleEntries";
+    s.pool_size = 8ull << 20;
+    s.setup = [](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages(9), nullptr);  // only one order-9 block is left free after the merge
+      std::vector<pfn_t*> list;
+      for (unsigned i = 0; i < 64; ++i) list.push_back(&slots[100 + i]);
+      ASSERT_EQ(p.alloc_pages_bulk_to(0, list), list.size());
+      const pfn_t first = slots[100];
+      ASSERT_EQ(p.free_pages_bulk_from(list), 0);
+      ASSERT_EQ(p.trim(), 1u);
+      ASSERT_NE(p.alloc_pages_to(9, &slots[0]), nullptr);
+      ASSERT_EQ(slots[0] >> HPAGE_PMD_ORDER, first >> HPAGE_PMD_ORDER) << "the region with the stale entries";
+    };
+    s.op = [](pool&, pfn_t* slots) { ASSERT_EQ(split_huge_page_to(pfn_to_page(slots[0]), slots), 0); };
+    v.push_back(s);
+  }
+  {
+    // adopt_pages of a plain page whose stale entry names the slot it freed from.
+    scenario s;
+    s.name = "AdoptPagesOfAPageWithAStaleEntry";
+    s.owners = true;
+    s.every_subset = true;
+    s.setup = [](pool& p, pfn_t* slots) {
+      ASSERT_NE(p.alloc_pages_to(0, &slots[1]), nullptr);
+      ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+      const pfn_t old = slots[0];
+      ASSERT_EQ(p.free_pages_from(&slots[0]), 0);
+      page* q = p.alloc_pages(0);
+      ASSERT_NE(q, nullptr);
+      ASSERT_EQ(page_to_pfn(q), old);
+      slots[2] = old;
+      p.persist(&slots[2], sizeof(pfn_t));
+    };
+    s.op = [](pool& p, pfn_t* slots) { ASSERT_EQ(p.adopt_pages(&slots[2]), 0); };
+    v.push_back(s);
+  }
   return v;
 }
 

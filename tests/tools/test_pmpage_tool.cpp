@@ -123,7 +123,9 @@ unsigned code_of(const std::string& p, const pmpage::detail::superblock& sb, std
   return unsigned(w >> (4 * (page % 16))) & 0xf;
 }
 
-/// A split region with at least one free page and one owner entry (the healthy pool has one).
+/// A split region with at least one free page and one owner entry that counts (under an owned
+/// order-0 head's marker, code 0xA: elsewhere an entry may be stale and is ignored; the healthy
+/// pool has one).
 std::uint64_t split_region_with_owner(const std::string& p, const pmpage::detail::superblock& sb) {
   for (std::uint64_t r = 0; r < sb.nr_regions; ++r) {
     const auto w = read_word(p, sb.region_table_offset + 8 * r);
@@ -131,7 +133,7 @@ std::uint64_t split_region_with_owner(const std::string& p, const pmpage::detail
     bool has_free = false, has_owner = false;
     for (unsigned i = 0; i < 512; ++i) {
       has_free |= code_of(p, sb, r, i) == 0;
-      has_owner |= read_word(p, sb.owner_table_offset + 4096 * r + 8 * i) != 0;
+      has_owner |= code_of(p, sb, r, i) == 0xa && read_word(p, sb.owner_table_offset + 4096 * r + 8 * i) != 0;
     }
     if (has_free && has_owner) return r;
   }
@@ -579,7 +581,7 @@ const std::vector<damage_case> DAMAGES = {
        const std::uint64_t r = split_region_with_owner(p, sb);
        for (unsigned i = 0; i < 512; ++i) {
          const std::uint64_t off = sb.owner_table_offset + 4096 * r + 8 * i;
-         if (read_word(p, off)) return flip_bit(p, off + 1, 3);
+         if (code_of(p, sb, r, i) == 0xa && read_word(p, off)) return flip_bit(p, off + 1, 3);
        }
      }},
     // A torn lane is recovery's leftover, not damage: clean to a read-only check; a repairing
