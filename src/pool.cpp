@@ -1518,6 +1518,10 @@ pool pool::create(const std::filesystem::path& path, const options& opts) {
   return pool(std::move(impl));
 }
 
+pool::grow_result pool::grow(const std::filesystem::path& path, std::uint64_t new_size, const grow_options& opts) {
+  return detail::grow_pool(path.string(), new_size, opts);
+}
+
 pool pool::open(const std::filesystem::path& path, const open_options& opts) {
   auto impl = pool_impl::open(path.string(), opts);
   impl->fs_path = path;

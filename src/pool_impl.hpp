@@ -658,6 +658,9 @@ void remove_open_pool(pool_impl* p);
 /// The EMFILE reason when MAX_OPEN_POOLS pools are open.
 std::string too_many_pools();
 
+/// pool::grow (grow.cpp): grows the closed pool at path in place.
+pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, const pool::grow_options& opts);
+
 /// A backend whose flush and drain do nothing: the intent log's at byte granularity (media.cpp).
 persistence& no_flush_sink() noexcept;
 

@@ -568,8 +568,9 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
       fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
     fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
   }
-  // Two valid copies that differ only by SB_TAGGED_OWNERS: an upgrade (below) that wrote B, not A.
-  const superblock& good = pa.empty() && !(pb.empty() && superblocks_differ_by_upgrade(a, b)) ? a : b;
+  // Two valid copies that differ only by SB_TAGGED_OWNERS (an upgrade, below) or by B's larger
+  // size (pool::grow): a two-copy update that wrote B, not A. B is the pool's.
+  const superblock& good = pa.empty() && !(pb.empty() && superblocks_torn_update(a, b)) ? a : b;
   if ((pa.empty() && a.reidentify_from != 0) || (pb.empty() && b.reidentify_from != 0))
     fail(EINVAL, path,
          "a re-identification of this pool (pmpage reidentify) was interrupted: some of its slots may name its "
@@ -600,8 +601,10 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
   // Both copies are written once at create, identical, and never change: repair a damaged one.
   // Two valid copies that differ are no crash's doing (create writes the marker into both
   // first): which one is the pool's cannot be told, so nothing is guessed or overwritten.
-  // The one legitimate difference: an upgrade to SB_TAGGED_OWNERS (below) that wrote B and not A.
-  const bool torn_upgrade = pa.empty() && pb.empty() && superblocks_differ_by_upgrade(a, b);
+  // The legitimate differences: an upgrade to SB_TAGGED_OWNERS (below) or a pool::grow that
+  // wrote B and not A (both write B first, and B is complete when they write A).
+  const bool torn_upgrade = pa.empty() && pb.empty() && superblocks_torn_update(a, b);
+  const bool torn_grow = torn_upgrade && superblocks_differ_by_grow(a, b);
   if (pa.empty() && pb.empty() && std::memcmp(&a, &b, sizeof a) != 0 && !torn_upgrade)
     fail(EINVAL, path, "superblock copies A and B are both valid but differ (damage, or a copy of another pool's "
                        "superblock written over one of them): not opened; run `pmpage check` on it");
@@ -641,7 +644,9 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     std::memcpy(dst, &good, sizeof good);
     impl->pers_->persist(dst, sizeof good);
     ++impl->repaired_;
-    impl->note_repair(torn_upgrade ? std::string("superblock copy A upgraded like copy B (an interrupted format upgrade)")
+    impl->note_repair(torn_grow ? "superblock copy A grown like copy B to " + std::to_string(b.nr_regions) +
+                                      " regions (an interrupted pool::grow)"
+                      : torn_upgrade ? std::string("superblock copy A upgraded like copy B (an interrupted format upgrade)")
                       : repair_a ? "superblock copy A repaired from copy B (copy A: " + pa + ")"
                                : "superblock copy B repaired from copy A (copy B: " +
                                      (pb.empty() ? std::string("differs from copy A") : pb) + ")");
@@ -753,8 +758,16 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     const std::uint64_t size =
         d.type() == device::kind::regular_file ? std::max<std::uint64_t>(d.size(), opts.size) : d.size();
     if (size == 0) fail(EINVAL, path, "is empty and options.size is 0");
+    if (opts.max_size != 0 && opts.max_size < size)
+      fail(EINVAL, path, "options.max_size " + std::to_string(opts.max_size) + " is below the pool's size " +
+                             std::to_string(size) + " (0: no room to grow)");
+    if (opts.max_size > size && d.type() == device::kind::device_dax)
+      fail(EINVAL, path, "options.max_size: a device DAX namespace has a fixed size and cannot grow (leave it 0)");
+    if (opts.max_size > MAX_GROWABLE_SIZE)
+      fail(EINVAL, path, "options.max_size " + std::to_string(opts.max_size) + " is above the largest pool (" +
+                             std::to_string(MAX_POOL_PAGES) + " pages of data plus their metadata)");
     layout lay;
-    if (!compute_layout(size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
+    if (!compute_growable_layout(size, opts.max_size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
