@@ -77,8 +77,11 @@ pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, con
                            "options.max_size (`pmpage create --max-size`) to be able to grow it");
   if (fit > res.max_regions)
     fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's capacity of " +
-                           std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) +
-                           " bytes, options.max_size at create); a larger pool must be created anew");
+                           std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes" +
+                           ((cur.flags & SB_GROWABLE) ? std::string(", options.max_size at create)")
+                                                      : std::string(": the slack of its tables; it was created without "
+                                                                    "options.max_size (`pmpage create --max-size`)")) +
+                           "); a larger pool must be created anew");
   if (fit <= cur.nr_regions)
     fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: that adds no whole 2 MiB region (the "
                            "regions end at " + std::to_string(cur_size) + "; the next needs " +

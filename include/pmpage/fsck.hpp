@@ -108,8 +108,11 @@ struct report {
   std::uint32_t section_id = 0;      ///< format 2.x: the 16-bit section id (pfn bits 32..47); 3.x: 0
   pfn_t start_pfn = 0;               ///< the pool's first pfn (its pfn base): its identity
   pfn_t end_pfn = 0;                 ///< one past its last pfn: its pfns are [start_pfn, end_pfn)
-  std::uint64_t device_size = 0;     ///< bytes the pool was created on
+  std::uint64_t device_size = 0;     ///< bytes the pool was created on, or last grown to (pool::grow)
   std::uint64_t nr_regions = 0;      ///< 2 MiB regions in the data area
+  /// The most regions pool::grow can give the pool (its capacity: options::max_size at create);
+  /// nr_regions when it cannot grow.
+  std::uint64_t max_regions = 0;
   std::uint64_t root_size = 0;       ///< bytes of the root area
   std::uint64_t data_offset = 0;     ///< byte offset of the data area (= bytes of metadata + padding)
   std::uint64_t metadata_bytes = 0;  ///< superblocks, lanes, root, region table, page maps, owner tables
