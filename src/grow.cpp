@@ -38,11 +38,14 @@ namespace {
 std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 }  // namespace
 
+std::string growth_refused_for(device::kind k) {
+  return k == device::kind::device_dax ? "a device DAX namespace has a fixed size (the pool already uses all of it)" : "";
+}
+
 pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, const pool::grow_options& opts) {
   device d;
   d.open_existing(path);
-  if (d.type() == device::kind::device_dax)
-    fail(ENOTSUP, path, "cannot grow: a device DAX namespace has a fixed size (the pool already uses all of it)");
+  if (std::string why = growth_refused_for(d.type()); !why.empty()) fail(ENOTSUP, path, "cannot grow: " + why);
   d.lock();  // exclusive: EBUSY while the pool is open anywhere
   if (d.size() < 2 * SUPERBLOCK_SIZE) fail(EINVAL, path, "too small to be a pmpage pool");
   superblock a, b;

@@ -660,6 +660,8 @@ std::string too_many_pools();
 
 /// pool::grow (grow.cpp): grows the closed pool at path in place.
 pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, const pool::grow_options& opts);
+/// Why a pool on a device of kind k cannot grow (grow_pool's ENOTSUP), or "" when it can.
+std::string growth_refused_for(device::kind k);
 
 /// A backend whose flush and drain do nothing: the intent log's at byte granularity (media.cpp).
 persistence& no_flush_sink() noexcept;

@@ -1,0 +1,249 @@
+// test_grow.cpp — pool::grow and options::max_size (docs/api.md "Growing a pool"): whole regions
+// added in place, existing pages untouched, the grown pool fully allocatable, every refusal
+// clear, and the superblock rules that make a torn grow open as the old or the new size.
+// (Crash points of grow: tests/reliability/test_crash_points.cpp, GrowCrash.)
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "layout.hpp"     // src/: the superblock fields and rules
+#include "pool_impl.hpp"  // src/: growth_refused_for
+#include "test_util.hpp"
+
+using namespace pmpage;
+using namespace pmtest;
+namespace fs = std::filesystem;
+
+namespace {
+
+class GrowTest : public TempPathTest {
+ protected:
+  static pool create_growable(const fs::path& path, std::uint64_t size, std::uint64_t max_size) {
+    pool::options o;
+    o.size = size;
+    o.max_size = max_size;
+    return pool::create(path, o);
+  }
+  static detail::superblock read_sb(const fs::path& path, unsigned copy) {
+    detail::superblock sb{};
+    std::ifstream in(path, std::ios::binary);
+    in.seekg(copy * detail::SUPERBLOCK_SIZE);
+    in.read(reinterpret_cast<char*>(&sb), sizeof sb);
+    return sb;
+  }
+  static void write_sb(const fs::path& path, unsigned copy, const detail::superblock& sb) {
+    std::fstream out(path, std::ios::binary | std::ios::in | std::ios::out);
+    out.seekp(copy * detail::SUPERBLOCK_SIZE);
+    out.write(reinterpret_cast<const char*>(&sb), sizeof sb);
+  }
+  template <class F>
+  static std::string error_of(F&& f, int want_errno) {
+    try {
+      f();
+    } catch (const pmpage::error& e) {
+      EXPECT_EQ(e.code().value(), want_errno) << e.what();
+      return e.what();
+    }
+    ADD_FAILURE() << "no error (wanted errno " << want_errno << ")";
+    return {};
+  }
+};
+
+}  // namespace
+
+TEST_F(GrowTest, GrownPoolFillsCompletelyWithTheNewRegions) {
+  const fs::path path = new_path();
+  std::uint64_t old_regions = 0;
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    old_regions = p.stats().total_regions;
+  }
+  const pool::grow_result r = pool::grow(path, 48 * MiB);
+  EXPECT_EQ(r.old_regions, old_regions);
+  EXPECT_GT(r.new_regions, old_regions);
+  EXPECT_GE(r.max_regions, r.new_regions);
+  EXPECT_EQ(fs::file_size(path), 48 * MiB);
+  pool p = pool::open(path);
+  const pool_stats s = p.stats();
+  EXPECT_EQ(s.total_regions, r.new_regions);
+  EXPECT_EQ(s.total_pages, r.new_regions * 512);
+  EXPECT_EQ(s.free_pages, s.total_pages);
+  EXPECT_EQ(p.end_pfn() - p.start_pfn(), s.total_pages);
+  // Every page, old and new, is handed out, once, from several threads: whole regions and 4 KiB pages.
+  std::vector<std::vector<pfn_t>> got(2);
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < 2; ++t)
+    ts.emplace_back([&, t] {
+      for (;;) {
+        page* pg = p.alloc_pages(t == 0 ? 9 : 0);
+        if (!pg) break;
+        const pfn_t f = page_to_pfn(pg);
+        for (pfn_t i = 0; i < (t == 0 ? 512u : 1u); ++i) got[t].push_back(f + i);
+      }
+    });
+  for (auto& t : ts) t.join();
+  std::set<pfn_t> all(got[0].begin(), got[0].end());
+  all.insert(got[1].begin(), got[1].end());
+  EXPECT_EQ(all.size(), got[0].size() + got[1].size()) << "a page was handed out twice";
+  EXPECT_EQ(all.size(), s.total_pages);
+  EXPECT_EQ(*all.begin(), p.start_pfn());
+  EXPECT_EQ(*all.rbegin(), p.end_pfn() - 1);
+  EXPECT_EQ(p.stats().free_pages, 0u);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, GrowKeepsPfnsSlotsAndContentsOfExistingPages) {
+  const fs::path path = new_path();
+  pfn_t start = 0, owned = 0, plain = 0;
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    start = p.start_pfn();
+    page* o = p.alloc_pages_to(3, &root_slots(p)[0]);
+    ASSERT_NE(o, nullptr);
+    owned = root_slots(p)[0];
+    std::memset(page_address(o), 0x5a, 8 * PAGE_SIZE);
+    page* g = p.alloc_pages(9);
+    ASSERT_NE(g, nullptr);
+    plain = page_to_pfn(g);
+    root_slots(p)[1] = plain;
+    std::memset(page_address(g), 0xa5, HPAGE_PMD_SIZE);
+    p.persist(page_address(o), 8 * PAGE_SIZE);
+    p.persist(page_address(g), HPAGE_PMD_SIZE);
+    p.persist(root_slots(p), 16);
+  }
+  const pool::grow_result r = pool::grow(path, 40 * MiB);
+  pool p = pool::open(path);
+  EXPECT_EQ(p.start_pfn(), start);
+  EXPECT_EQ(p.stats().total_regions, r.new_regions);
+  EXPECT_EQ(root_slots(p)[0], owned);
+  EXPECT_EQ(root_slots(p)[1], plain);
+  const auto* a = static_cast<const unsigned char*>(page_address(pfn_to_page(owned)));
+  const auto* b = static_cast<const unsigned char*>(page_address(pfn_to_page(plain)));
+  for (std::size_t i = 0; i < 8 * PAGE_SIZE; ++i) ASSERT_EQ(a[i], 0x5a) << i;
+  for (std::size_t i = 0; i < HPAGE_PMD_SIZE; ++i) ASSERT_EQ(b[i], 0xa5) << i;
+  const pool::slot_check c = p.check_slots(std::vector<pfn_t*>{&root_slots(p)[0]});
+  EXPECT_TRUE(c.dangling.empty() && c.misowned.empty()) << c.describe();
+  EXPECT_EQ(allocations(p).by_pfn.size(), 1u + 1u);
+  EXPECT_EQ(p.free_pages_from(&root_slots(p)[0]), 0);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, ShrinkSameSizeAndLessThanARegionAreRefusedAndChangeNothing) {
+  const fs::path path = new_path();
+  create_growable(path, 16 * MiB, 64 * MiB).close();
+  const auto before = read_sb(path, 0);
+  EXPECT_NE(error_of([&] { pool::grow(path, 8 * MiB); }, EINVAL).find("never shrinks"), std::string::npos);
+  EXPECT_NE(error_of([&] { pool::grow(path, 16 * MiB); }, EINVAL).find("never shrinks"), std::string::npos);
+  EXPECT_NE(error_of([&] { pool::grow(path, 16 * MiB + 4096); }, EINVAL).find("no whole 2 MiB region"), std::string::npos);
+  EXPECT_EQ(std::memcmp(&before, &read_sb(path, 0), sizeof before), 0);
+  EXPECT_EQ(fs::file_size(path), 16 * MiB);
+  EXPECT_EQ(pool::open(path).stats().total_regions, before.nr_regions);
+}
+
+TEST_F(GrowTest, BeyondTheCapacityIsRefusedAndUpToItWorks) {
+  const fs::path path = new_path();
+  create_growable(path, 16 * MiB, 64 * MiB).close();
+  const std::string why = error_of([&] { pool::grow(path, 65 * MiB); }, EINVAL);
+  EXPECT_NE(why.find("capacity"), std::string::npos) << why;
+  EXPECT_NE(why.find("max_size"), std::string::npos) << why;
+  EXPECT_EQ(fs::file_size(path), 16 * MiB) << "a refused grow extended the file";
+  const pool::grow_result r = pool::grow(path, 64 * MiB);
+  EXPECT_EQ(r.new_regions, r.max_regions);
+  EXPECT_EQ(pool::open(path).stats().total_regions, r.max_regions);
+  EXPECT_NE(error_of([&] { pool::grow(path, 66 * MiB); }, EINVAL).find("capacity"), std::string::npos);
+  // A size no pool can describe: refused at create.
+  pool::options o;
+  o.size = 16 * MiB;
+  o.max_size = detail::MAX_GROWABLE_SIZE + 1;
+  EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("largest pool"), std::string::npos);
+  o.max_size = 8 * MiB;
+  EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("below the pool's size"), std::string::npos);
+}
+
+TEST_F(GrowTest, APoolCreatedWithoutMaxSizeSaysHowToGetRoom) {
+  const fs::path path = new_path();
+  create_pool(path, 16 * MiB).close();
+  const auto sb = read_sb(path, 0);
+  EXPECT_EQ(sb.flags & detail::SB_GROWABLE, 0u) << "max_size 0 must keep the format older libraries read";
+  EXPECT_EQ(sb.max_regions, 0u);
+  const std::uint64_t cap = detail::superblock_capacity(sb);
+  const std::string why = error_of([&] { pool::grow(path, 64 * MiB); }, EINVAL);
+  EXPECT_NE(why.find("max_size"), std::string::npos) << why;
+  if (cap > sb.nr_regions) {
+    // The slack of its tables: grown without the flag, still readable by older libraries.
+    pool::grow(path, sb.data_offset + cap * HPAGE_PMD_SIZE);
+    const auto g = read_sb(path, 0);
+    EXPECT_EQ(g.nr_regions, cap);
+    EXPECT_EQ(g.flags & detail::SB_GROWABLE, 0u);
+    EXPECT_EQ(pool::open(path).stats().total_regions, cap);
+  }
+  EXPECT_NE(error_of([&] { pool::grow(path, 64 * MiB); }, EINVAL).find("max_size"), std::string::npos);
+}
+
+TEST_F(GrowTest, AnOpenPoolIsRefusedReadOnlyOrNot) {
+  const fs::path path = new_path();
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    EXPECT_NE(error_of([&] { pool::grow(path, 32 * MiB); }, EBUSY).find("open"), std::string::npos);
+  }
+  {
+    pool::open_options ro;
+    ro.read_only = true;
+    pool p = pool::open(path, ro);
+    EXPECT_NE(error_of([&] { pool::grow(path, 32 * MiB); }, EBUSY).find("open"), std::string::npos);
+  }
+  EXPECT_EQ(fs::file_size(path), 16 * MiB);
+  EXPECT_EQ(pool::grow(path, 32 * MiB).new_regions, pool::open(path).stats().total_regions);
+}
+
+TEST_F(GrowTest, DeviceDaxIsRefusedAndCannotBeCreatedGrowable) {
+  // No device DAX here: the kind check grow makes right after opening the path.
+  EXPECT_NE(detail::growth_refused_for(detail::device::kind::device_dax).find("fixed size"), std::string::npos);
+  EXPECT_EQ(detail::growth_refused_for(detail::device::kind::regular_file), "");
+  EXPECT_NE(error_of([&] { pool::grow(new_path(), 32 * MiB); }, ENOENT), "");
+}
+
+TEST_F(GrowTest, GrowableSuperblockRulesAndTheTornGrowRollsForward) {
+  const fs::path path = new_path();
+  create_growable(path, 16 * MiB, 64 * MiB).close();
+  const auto old_sb = read_sb(path, 0);
+  EXPECT_NE(old_sb.flags & detail::SB_GROWABLE, 0u);
+  EXPECT_GT(old_sb.max_regions, old_sb.nr_regions);
+  EXPECT_EQ(detail::superblock_problem(old_sb), "");
+  {
+    auto bad = old_sb;  // a capacity below the regions it has
+    bad.max_regions = bad.nr_regions - 1;
+    detail::seal_superblock(bad);
+    EXPECT_NE(detail::superblock_problem(bad), "");
+    bad = old_sb;  // a capacity without the flag
+    bad.flags &= ~detail::SB_GROWABLE;
+    detail::seal_superblock(bad);
+    EXPECT_NE(detail::superblock_problem(bad), "");
+  }
+  pool::grow(path, 32 * MiB);
+  const auto new_sb = read_sb(path, 1);
+  EXPECT_TRUE(detail::superblocks_differ_by_grow(old_sb, new_sb));
+  EXPECT_FALSE(detail::superblocks_differ_by_grow(new_sb, old_sb)) << "a shrink is no grow";
+  auto other = new_sb;  // more than the size changed: not a grow
+  other.create_time_ns += 1;
+  detail::seal_superblock(other);
+  EXPECT_FALSE(detail::superblocks_differ_by_grow(old_sb, other));
+  // The crash between the two copies: A old, B new. Open takes B (the new size) and repairs A.
+  write_sb(path, 0, old_sb);
+  {
+    pool p = pool::open(path);
+    EXPECT_EQ(p.stats().total_regions, new_sb.nr_regions);
+    const auto log = p.recovery_log();
+    ASSERT_FALSE(log.empty());
+    EXPECT_NE(log.back().find("interrupted pool::grow"), std::string::npos) << log.back();
+    EXPECT_EQ(p.check(), "");
+  }
+  EXPECT_EQ(std::memcmp(&read_sb(path, 0), &new_sb, sizeof new_sb), 0);
+  // The other order (A new, B old) is no crash of grow: refused as copies that differ.
+  write_sb(path, 1, old_sb);
+  EXPECT_NE(error_of([&] { pool::open(path); }, EINVAL).find("differ"), std::string::npos);
+}
