@@ -74,7 +74,7 @@ pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, con
                            std::to_string(cur.device_size) + " bytes already (a pool never shrinks)");
   const std::uint64_t fit = (new_size - cur.data_offset) / HPAGE_PMD_SIZE;  // regions new_size holds
   const std::uint64_t max_bytes = cur.data_offset + res.max_regions * HPAGE_PMD_SIZE;
-  if (res.max_regions == cur.nr_regions)
+  if (res.max_regions == cur.nr_regions && !(cur.flags & SB_GROWABLE))
     fail(EINVAL, path, "cannot grow: the pool was created without room to grow (its tables hold " +
                            std::to_string(cur.nr_regions) + " regions, all in use); create the pool with "
                            "options.max_size (`pmpage create --max-size`) to be able to grow it");
