@@ -767,7 +767,15 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "options.max_size " + std::to_string(opts.max_size) + " is above the largest pool (" +
                              std::to_string(MAX_POOL_PAGES) + " pages of data plus their metadata)");
     layout lay;
-    if (!compute_growable_layout(size, opts.max_size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
+    const std::uint64_t data_align = std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE);
+    if (layout cap; opts.max_size > size && compute_layout(opts.max_size, opts.root_size, data_align, cap) &&
+                    !compute_growable_layout(size, opts.max_size, opts.root_size, data_align, lay)) {
+      const layout need = layout_for_regions(cap.nr_regions, opts.root_size, data_align);
+      fail(EINVAL, path, "too small for options.max_size " + std::to_string(opts.max_size) + ": its tables take " +
+                             std::to_string(need.data_offset) + " bytes before the data, so the pool needs at least " +
+                             std::to_string(need.data_offset + HPAGE_PMD_SIZE) + " bytes (size " + std::to_string(size) + ")");
+    }
+    if (!compute_growable_layout(size, opts.max_size, opts.root_size, data_align, lay))
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 

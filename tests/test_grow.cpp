@@ -163,6 +163,8 @@ TEST_F(GrowTest, BeyondTheCapacityIsRefusedAndUpToItWorks) {
   EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("largest pool"), std::string::npos);
   o.max_size = 8 * MiB;
   EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("below the pool's size"), std::string::npos);
+  o.max_size = 64 * GiB;  // its tables alone take more than 16 MiB
+  EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("needs at least"), std::string::npos);
 }
 
 TEST_F(GrowTest, APoolCreatedWithoutMaxSizeSaysHowToGetRoom) {

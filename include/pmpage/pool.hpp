@@ -112,7 +112,8 @@ class PMPAGE_API pool {
     /// flag `growable` (libraries before 0.4 refuse it). Cost: 264 B per 2 MiB of max_size in the
     /// file (region words and page maps, reserved at create), plus 4 KiB per 2 MiB of max_size of
     /// owner tables that a sparse file keeps as holes until the regions exist; the data area
-    /// starts after all of it. Below the resulting size: EINVAL; device DAX: EINVAL (fixed size);
+    /// starts after all of it (about 0.2 % of max_size), so `size` must hold that and one region
+    /// (EINVAL, naming the least size). Below `size`: EINVAL; device DAX: EINVAL (fixed size);
     /// above MAX_POOL_PAGES pages of data: EINVAL.
     std::uint64_t max_size = 0;
     /// The persistence backend; nullptr = libpmem. Tests pass a simulated device.
