@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <string>
 
@@ -30,6 +31,8 @@
 #include "layout.hpp"
 #include "pmpage/page.hpp"
 #include "pmpage/pool.hpp"
+#include "misuse.hpp"
+#include "pool_impl.hpp"
 #include "registry.hpp"
 
 namespace pmpage::detail {
@@ -40,6 +43,46 @@ std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " Mi
 
 std::string growth_refused_for(device::kind k) {
   return k == device::kind::device_dax ? "a device DAX namespace has a fixed size (the pool already uses all of it)" : "";
+}
+
+/// The superblock of `cur` grown to new_size (sealed), and what the grow does in res; throws
+/// pmpage::error (EINVAL) for every refusal, naming the reason. capacity: the most regions this
+/// grow may reach (superblock_capacity, or what an open pool reserved).
+superblock plan_growth(const superblock& cur, std::uint64_t new_size, std::uint64_t capacity, const std::string& path,
+                       pool::grow_result& res) {
+  res = {};
+  res.old_regions = cur.nr_regions;
+  res.max_regions = capacity;
+  const std::uint64_t cur_size = cur.data_offset + cur.nr_regions * HPAGE_PMD_SIZE;  // what the regions use
+  if (new_size <= cur.device_size)
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: the pool is " +
+                           std::to_string(cur.device_size) + " bytes already (a pool never shrinks)");
+  const std::uint64_t fit = (new_size - cur.data_offset) / HPAGE_PMD_SIZE;  // regions new_size holds
+  const std::uint64_t max_bytes = cur.data_offset + res.max_regions * HPAGE_PMD_SIZE;
+  if (res.max_regions == cur.nr_regions && !(cur.flags & SB_GROWABLE))
+    fail(EINVAL, path, "cannot grow: the pool was created without room to grow (its tables hold " +
+                           std::to_string(cur.nr_regions) + " regions, all in use); create the pool with "
+                           "options.max_size (`pmpage create --max-size`) to be able to grow it");
+  if (fit > res.max_regions)
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's capacity of " +
+                           std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes" +
+                           ((cur.flags & SB_GROWABLE) ? std::string(", options.max_size at create)")
+                                                      : std::string(": the slack of its tables; it was created without "
+                                                                    "options.max_size (`pmpage create --max-size`)")) +
+                           "); a larger pool must be created anew");
+  if (fit <= cur.nr_regions)
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: that adds no whole 2 MiB region (the "
+                           "regions end at " + std::to_string(cur_size) + "; the next needs " +
+                           std::to_string(cur_size + HPAGE_PMD_SIZE) + " bytes)");
+  res.new_regions = fit;
+  res.device_size = new_size;
+  superblock next = cur;
+  next.nr_regions = fit;
+  next.device_size = new_size;
+  seal_superblock(next);
+  if (!superblock_problem(next).empty())
+    fail(EINVAL, path, "cannot grow: the grown superblock would be invalid (" + superblock_problem(next) + ")");
+  return next;
 }
 
 pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, const pool::grow_options& opts) {
@@ -66,44 +109,14 @@ pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, con
                            std::to_string(cur.device_size) + " bytes)");
 
   pool::grow_result res;
-  res.old_regions = cur.nr_regions;
-  res.max_regions = superblock_capacity(cur);
-  const std::uint64_t cur_size = cur.data_offset + cur.nr_regions * HPAGE_PMD_SIZE;  // what the regions use
-  if (new_size <= cur.device_size)
-    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: the pool is " +
-                           std::to_string(cur.device_size) + " bytes already (a pool never shrinks)");
-  const std::uint64_t fit = (new_size - cur.data_offset) / HPAGE_PMD_SIZE;  // regions new_size holds
-  const std::uint64_t max_bytes = cur.data_offset + res.max_regions * HPAGE_PMD_SIZE;
-  if (res.max_regions == cur.nr_regions && !(cur.flags & SB_GROWABLE))
-    fail(EINVAL, path, "cannot grow: the pool was created without room to grow (its tables hold " +
-                           std::to_string(cur.nr_regions) + " regions, all in use); create the pool with "
-                           "options.max_size (`pmpage create --max-size`) to be able to grow it");
-  if (fit > res.max_regions)
-    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's capacity of " +
-                           std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes" +
-                           ((cur.flags & SB_GROWABLE) ? std::string(", options.max_size at create)")
-                                                      : std::string(": the slack of its tables; it was created without "
-                                                                    "options.max_size (`pmpage create --max-size`)")) +
-                           "); a larger pool must be created anew");
-  if (fit <= cur.nr_regions)
-    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: that adds no whole 2 MiB region (the "
-                           "regions end at " + std::to_string(cur_size) + "; the next needs " +
-                           std::to_string(cur_size + HPAGE_PMD_SIZE) + " bytes)");
-  res.new_regions = fit;
-  res.device_size = new_size;
+  const superblock next = plan_growth(cur, new_size, superblock_capacity(cur), path, res);
   const pfn_t base = superblock_pfn_base(cur);
   // Another pool open in this process whose pfns the grown range would overlap: the pool could
   // not be opened beside it afterwards (open refuses overlapping ranges, registry.cpp). Bases are
   // 2^28 pages apart, so only growth past a multiple of 2^28 pages can meet one.
-  if (std::string why = pfn_range_conflict(base, fit * HPAGE_PMD_NR, path); !why.empty())
+  if (std::string why = pfn_range_conflict(base, res.new_regions * HPAGE_PMD_NR, path); !why.empty())
     fail(EBUSY, path, "cannot grow to " + mib(new_size) + ": its new pfns would overlap " + why);
-
-  superblock next = cur;
-  next.nr_regions = fit;
-  next.device_size = new_size;
-  seal_superblock(next);
-  if (!superblock_problem(next).empty())
-    fail(EINVAL, path, "cannot grow: the grown superblock would be invalid (" + superblock_problem(next) + ")");
+  const std::uint64_t fit = res.new_regions;
 
   // 1. The file first, durably (a superblock must never name bytes a power failure can take).
   d.ensure_size(new_size, opts.preallocate);
@@ -144,6 +157,95 @@ pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, con
                         "): the pool has its old size or the new one; run grow again");
   d.sync();
   return res;
+}
+
+}  // namespace pmpage::detail
+
+namespace pmpage::detail {
+
+// pool.grow(new_size): the same media steps as grow_pool, on the pool's own mapping and backend,
+// then the new regions join the live allocator. What makes it possible without moving anything:
+// an open of a pool created with room to grow (SB_GROWABLE, live_capacity) reserved the address
+// space of its capacity after the mapping, sized its descriptor arrays (region descriptors,
+// vmemmap: anonymous, MAP_NORESERVE) and its backing bitmap for it, and registered the
+// capacity's pfn range (the registry's entries are read lock-free by inline code and never
+// change while the pool is open). So a grow maps the new part of the file in place, commits the
+// new size on the media (region words, B, A: the crash rules of grow_pool), and then, under the
+// pool lock, raises nr_regions_ and frees the new regions into the buddy: every thread can take
+// them from then on. Allocations racing it see the old regions until then.
+int pool_impl::grow(std::uint64_t new_size) noexcept {
+  deferred_flush_scope flushes{this};
+  constexpr const char* caller = "pool::grow";
+  auto refuse = [&](int e, const std::string& why) {
+    const std::string m = "pmpage: " + path() + ": " + why;
+    set_c_error_message(m.c_str());
+    errno = e;
+    return -e;
+  };
+  if (refuse_read_only(caller)) return refuse(EROFS, "cannot grow: the pool is open read-only");
+  if (forked(caller)) return -EINVAL;
+  if (volatile_)
+    return refuse(ENOTSUP, "cannot grow: a volatile pool has a fixed size (create a larger one; its contents do "
+                           "not survive close anyway)");
+  if (std::string why = growth_refused_for(dev_.type()); !why.empty()) return refuse(ENOTSUP, "cannot grow: " + why);
+  if (const int e = durability_failed(); e != 0) {
+    note_writeback_failure(caller, e);
+    return -e;
+  }
+  std::lock_guard g(grow_mu_);
+  try {
+    superblock cur;
+    std::memcpy(&cur, dev_.base(), sizeof cur);  // copy A: open repaired it, and only grow writes it
+    pool::grow_result res;
+    const superblock next = plan_growth(cur, new_size, max_regions_, path(), res);
+    if (max_regions_ == cur.nr_regions && superblock_capacity(cur) > cur.nr_regions)
+      return refuse(EINVAL, "cannot grow an open pool created without options.max_size: its tables have room for " +
+                                std::to_string(superblock_capacity(cur)) + " regions, which pool::grow(path, size) adds "
+                                "to the closed pool");
+    const std::uint64_t old_regions = cur.nr_regions, fit = res.new_regions;
+    // 1. The file, durably; the region words' blocks (a copied file may have holes there).
+    dev_.ensure_size(new_size, false);
+    const std::uint64_t words_off = cur.region_table_offset + old_regions * 8;
+    if (const int e = reserve_file_holes(dev_.fd(), words_off, (fit - old_regions) * 8); e != 0 && !cannot_reserve(e))
+      return refuse(e, std::string("cannot grow: cannot reserve the blocks of the region table (fallocate: ") +
+                           std::strerror(e) + "); nothing was written");
+    dev_.sync();
+    dev_.extend_map(cur.data_offset + fit * HPAGE_PMD_SIZE);
+    // fence 1: the new regions' words FREE (mu_ not needed: no thread touches a region >= old).
+    for (std::uint64_t r = old_regions; r < fit; ++r)
+      if (load_word(region_word(std::uint32_t(r))) != 0) persist_word(region_word(std::uint32_t(r)), 0);
+    if (const int e = fence(); e != 0) {
+      note_writeback_failure(caller, e);
+      return -e;
+    }
+    // fences 2 and 3: copy B, then copy A. A crash between them opens as the new size.
+    for (const std::size_t at : {SUPERBLOCK_SIZE, std::size_t{0}}) {
+      std::memcpy(dev_.base() + at, &next, sizeof next);
+      flush_later(dev_.base() + at, sizeof next);
+      if (const int e = fence(); e != 0) {
+        note_writeback_failure(caller, e);
+        return -e;
+      }
+    }
+    // The new regions join the allocator: free, in the buddy, counted (V3).
+    std::lock_guard l(mu_);
+    for (std::uint64_t r = old_regions; r < fit; ++r) regions_[r].list_next_ = regions_[r].list_prev_ = NIL;
+    lay_.nr_regions = fit;
+    lay_.device_size = new_size;
+    nr_pages_.store(fit * HPAGE_PMD_NR, std::memory_order_release);
+    nr_regions_.store(fit, std::memory_order_release);
+    buddy_.grow_to(fit);
+    for (std::uint64_t r = old_regions; r < fit; ++r) buddy_.free(std::uint32_t(r), HPAGE_PMD_ORDER);
+    free_pages_ += (fit - old_regions) * HPAGE_PMD_NR;
+    return 0;
+  } catch (const pmpage::error& e) {  // plan_growth's refusals, the file's errors: the message names the path
+    const int err = e.code().value() > 0 ? e.code().value() : EIO;
+    set_c_error_message(e.what());
+    errno = err;
+    return -err;
+  } catch (const std::bad_alloc&) {
+    return refuse(ENOMEM, "cannot grow: out of memory");
+  }
 }
 
 }  // namespace pmpage::detail

@@ -1557,6 +1557,15 @@ void report_closed(const char* fn) noexcept {
 }
 }  // namespace
 
+int pool::grow(std::uint64_t new_size) noexcept {
+  if (!impl_) {
+    report_closed("pool::grow");
+    errno = EINVAL;
+    return -EINVAL;
+  }
+  return impl_->grow(new_size);
+}
+
 page* pool::alloc_pages(unsigned order, gfp_t gfp) noexcept {
   if (impl_) return impl_->alloc_pages(order, gfp);
   report_closed("alloc_pages");

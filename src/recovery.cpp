@@ -105,13 +105,26 @@ void pool_impl::adopt_superblock(const superblock& sb) {
   lay_.data_offset = sb.data_offset;
   nr_regions_ = sb.nr_regions;
   nr_pages_ = sb.nr_regions * HPAGE_PMD_NR;
+  max_regions_ = sb.nr_regions;  // open and create raise it for a pool that can grow in place
+}
+
+std::uint64_t live_capacity(const superblock& sb, const device& d, bool read_only) {
+  // Only a pool created with room to grow (SB_GROWABLE) reserves for it: its mapping, descriptor
+  // windows and pfn registration then cover the capacity (pfn_valid is true there, docs/api.md).
+  // Other pools keep them sized to the pool; the slack of their tables grows offline only.
+  return !read_only && d.type() == device::kind::regular_file && (sb.flags & SB_GROWABLE) ? sb.max_regions
+                                                                                          : sb.nr_regions;
 }
 
 void pool_impl::map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode) {
   // Device DAX only maps whole multiples of its alignment: map all of it. Files: just what we use.
   const std::uint64_t length = dev_.type() == device::kind::device_dax ? lay_.device_size
                                                                         : lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE;
-  dev_.map(length, lay_.data_offset, mode);
+  // A pool that can grow in place keeps the address space of its capacity after the mapping:
+  // grow() maps more there, so the pool never moves (pointers into it stay valid).
+  const std::uint64_t reserve = dev_.type() == device::kind::device_dax ? length
+                                                                         : lay_.data_offset + max_regions_ * HPAGE_PMD_SIZE;
+  dev_.map(length, lay_.data_offset, mode, reserve);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
   wb_seen_ = pers_->writeback_errors();  // a reused backend's earlier failures are not this pool's
   gran_ = pers_->attach(dev_.base(), dev_.mapped_length(), dev_.store_granularity());
@@ -393,12 +406,15 @@ void pool_impl::replay_intents() {
 
 void pool_impl::build_volatile() {
   bool repairs = false;  // an owned large page whose slot no longer names it (fenced at the end)
-  regions_bytes_ = round_up(nr_regions_ * sizeof(page), 4096);
-  // Every region descriptor is written below: fault the array in with one call.
-  void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  regions_bytes_ = round_up(max_regions_ * sizeof(page), 4096);
+  // Every region descriptor is written below: fault the array in with one call. The capacity's
+  // part of a pool that can grow is only reserved (MAP_NORESERVE) until grow() takes it.
+  void* r = max_regions_ == nr_regions_
+                ? ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
+                : ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
   regions_ = static_cast<page*>(r);
-  vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
+  vmemmap_bytes_ = round_up(max_regions_ * HPAGE_PMD_NR * sizeof(page), 4096);
   vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << DESC_GRANULE_SHIFT));
   if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");
 
@@ -526,7 +542,7 @@ void pool_impl::register_pool() {
   s.vmemmap = vmemmap_;
   s.regions = regions_;
   s.data = dev_.base() + lay_.data_offset;
-  s.nr_pages = nr_pages_;
+  s.nr_pages = max_regions_ * HPAGE_PMD_NR;  // the capacity: the registry's entries never change
   s.start_pfn = start_pfn();
   s.owner = this;
   const std::string why = register_section(s, path());
@@ -579,6 +595,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
                            std::to_string(d.size()));
   impl->adopt_superblock(good);
+  impl->max_regions_ = live_capacity(good, d, opts.read_only);
   if (!impl->bad_blocks_.empty()) {
     layout lay = impl->lay_;
     lay.nr_regions = impl->nr_regions_;
@@ -596,7 +613,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
                          shared_read ? device::map_mode::shared_read : device::map_mode::private_copy);
   impl->media_writable_ = !shared_read;
   if (std::string why = impl->validate_region_table(); !why.empty()) fail(EINVAL, path, why);
-  if (std::string why = pfn_range_conflict(impl->pfn_base_, impl->nr_pages_, path); !why.empty())
+  if (std::string why = pfn_range_conflict(impl->pfn_base_, impl->max_regions_ * HPAGE_PMD_NR, path); !why.empty())
     fail(EBUSY, path, "cannot open: " + why);
   // Both copies are written once at create, identical, and never change: repair a damaged one.
   // Two valid copies that differ are no crash's doing (create writes the marker into both
@@ -618,7 +635,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     if (const int e = reserve_file_holes(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
       fail(e, path, std::string("cannot reserve the blocks of the pool's metadata (") + std::to_string(meta_end) +
                         " bytes; fallocate: " + std::strerror(e) + "), whose stores would otherwise fault; nothing was written");
-    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_, impl->lay_.owner_table_offset);
+    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->max_regions_, impl->lay_.owner_table_offset);
     // Replay writes owner entries of the regions its intents name: their slices first.
     const std::uint64_t start = impl->start_pfn();
     for (unsigned i = 0; i < NR_LANES; ++i) {
@@ -779,7 +796,9 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
-    const pfn_t pfn_base = impl->picked_base_ = pick_pfn_base(lay.nr_regions * HPAGE_PMD_NR);
+    // A pool that can grow is placed where its capacity's pfns are free too (in this process).
+    const pfn_t pfn_base = impl->picked_base_ =
+        pick_pfn_base((lay.max_regions > lay.nr_regions ? lay.max_regions : lay.nr_regions) * HPAGE_PMD_NR);
     if (pfn_base == 0) fail(EBUSY, path, "cannot create: no free pfn range found (random source broken?)");
     std::random_device rd;
     const std::uint64_t uuid0 = (std::uint64_t(rd()) << 32) | rd(), uuid1 = (std::uint64_t(rd()) << 32) | rd();
@@ -797,11 +816,12 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     d.reserve_blocks(lay.owner_table_offset + lay.nr_regions * OWNER_TABLE_BYTES);
     d.sync();
     impl->adopt_superblock(sb);
+    impl->max_regions_ = live_capacity(sb, d, false);
     impl->map_and_attach(opts.backend);
     // A sparse file's data blocks are reserved region by region as the allocator takes them
     // (region_backing.hpp); preallocated ones are all there.
     if (d.type() == device::kind::regular_file && !opts.preallocate)
-      impl->backing_.init(d.fd(), lay.data_offset, lay.nr_regions, lay.owner_table_offset);
+      impl->backing_.init(d.fd(), lay.data_offset, impl->max_regions_, lay.owner_table_offset);
     formatting = true;
     impl->format(lay, sb);
     impl->refuse_if_not_durable("create: the new pool's metadata");

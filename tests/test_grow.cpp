@@ -252,3 +252,112 @@ TEST_F(GrowTest, GrowableSuperblockRulesAndTheTornGrowRollsForward) {
   write_sb(path, 1, old_sb);
   EXPECT_NE(error_of([&] { pool::open(path); }, EINVAL).find("differ"), std::string::npos);
 }
+
+// ---- growing an open pool: pool.grow(new_size) ----------------------------------------------------
+
+TEST_F(GrowTest, AnOpenPoolGrowsInPlaceAndItsNewRegionsAreAllocatable) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 16 * MiB, 64 * MiB);
+  void* const base = p.base();
+  const pfn_t start = p.start_pfn();
+  page* kept = p.alloc_pages_to(2, &root_slots(p)[0]);
+  ASSERT_NE(kept, nullptr);
+  std::memset(page_address(kept), 0x3c, 4 * PAGE_SIZE);
+  const std::uint64_t old_regions = p.stats().total_regions;
+  ASSERT_EQ(p.grow(40 * MiB), 0);
+  EXPECT_EQ(p.base(), base) << "the pool moved";
+  EXPECT_EQ(p.start_pfn(), start);
+  EXPECT_EQ(fs::file_size(path), 40 * MiB);
+  const pool_stats s = p.stats();
+  EXPECT_GT(s.total_regions, old_regions);
+  EXPECT_EQ(p.end_pfn() - p.start_pfn(), s.total_pages);
+  EXPECT_EQ(page_address(pfn_to_page(root_slots(p)[0])), page_address(kept));
+  EXPECT_EQ(static_cast<unsigned char*>(page_address(kept))[4 * PAGE_SIZE - 1], 0x3c);
+  // Grown again, then filled: every new page, from the last region down, is handed out.
+  ASSERT_EQ(p.grow(64 * MiB), 0);
+  const std::uint64_t total = p.stats().total_pages;
+  std::set<pfn_t> got;
+  for (page* g; (g = p.alloc_pages(0)) != nullptr;) got.insert(page_to_pfn(g));
+  EXPECT_EQ(got.size() + 4, total);
+  EXPECT_EQ(*got.rbegin(), p.end_pfn() - 1);
+  for (pfn_t f : {*got.begin(), *got.rbegin()}) std::memset(page_address(pfn_to_page(f)), 1, PAGE_SIZE);
+  EXPECT_EQ(p.check(), "");
+  p.close();
+  pool q = pool::open(path);
+  EXPECT_EQ(q.stats().total_pages, total);
+  EXPECT_EQ(q.stats().free_pages, 0u);
+  EXPECT_EQ(q.check(), "");
+}
+
+TEST_F(GrowTest, GrowRacingAllocationsInTwoThreadsLosesAndDoublesNothing) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 8 * MiB, 64 * MiB);
+  std::atomic<bool> grown{false};
+  std::vector<std::vector<pfn_t>> got(2);
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < 2; ++t)
+    ts.emplace_back([&, t] {
+      for (;;) {
+        const bool done = grown.load();
+        page* pg = p.alloc_pages(t == 0 ? 0 : 3);
+        if (pg) {
+          for (pfn_t i = 0; i < (t == 0 ? 1u : 8u); ++i) got[t].push_back(page_to_pfn(pg) + i);
+        } else if (done) {
+          break;  // no room after the last grow: the pool is full
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    });
+  for (std::uint64_t size = 16 * MiB; size <= 64 * MiB; size += 8 * MiB) ASSERT_EQ(p.grow(size), 0) << size;
+  grown = true;
+  for (auto& t : ts) t.join();
+  std::set<pfn_t> all(got[0].begin(), got[0].end());
+  all.insert(got[1].begin(), got[1].end());
+  EXPECT_EQ(all.size(), got[0].size() + got[1].size()) << "a page was handed out twice";
+  const pool_stats s = p.stats();
+  EXPECT_EQ(s.free_pages, 0u);
+  EXPECT_EQ(all.size(), s.total_pages);
+  EXPECT_EQ(*all.rbegin(), p.end_pfn() - 1);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, AnOpenPoolRefusesReadOnlyVolatileUnplannedShrinkAndBeyond) {
+  const fs::path path = new_path();
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    errno = 0;
+    EXPECT_EQ(p.grow(16 * MiB), -EINVAL);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_EQ(p.grow(8 * MiB), -EINVAL);
+    EXPECT_EQ(p.grow(16 * MiB + 4096), -EINVAL);
+    EXPECT_EQ(p.grow(1 * GiB), -EINVAL);
+    EXPECT_EQ(fs::file_size(path), 16 * MiB) << "a refused grow extended the file";
+  }
+  {
+    pool::open_options ro;
+    ro.read_only = true;
+    pool p = pool::open(path, ro);
+    misuse_recorder rec;
+    EXPECT_EQ(p.grow(32 * MiB), -EROFS);
+    EXPECT_EQ(rec.count(), 1);
+    EXPECT_EQ(fs::file_size(path), 16 * MiB);
+  }
+  {
+    pool::volatile_options vo;
+    vo.size = 16 * MiB;
+    pool v = pool::create_volatile(vo);
+    EXPECT_EQ(v.grow(32 * MiB), -ENOTSUP);
+  }
+  {
+    const fs::path plain = new_path();
+    pool p = create_pool(plain, 16 * MiB);
+    EXPECT_EQ(p.grow(32 * MiB), -EINVAL);
+  }
+  {
+    pool closed;
+    misuse_recorder rec;
+    EXPECT_EQ(closed.grow(32 * MiB), -EINVAL);
+    EXPECT_EQ(rec.count(), 1);
+  }
+}

@@ -243,6 +243,19 @@ class PMPAGE_API pool {
   static grow_result grow(const std::filesystem::path& path, std::uint64_t new_size) {
     return grow(path, new_size, grow_options{});
   }
+  /// Grows this open pool in place to `new_size` bytes (docs/api.md "Growing a pool"): as the
+  /// static grow, for a pool created with room to grow (options::max_size), whose open reserved
+  /// the address space, descriptors and pfns of its capacity: nothing moves (base(), every page*
+  /// and pfn stay valid), and the new regions are allocatable from every thread when it returns.
+  /// Crash-atomic, 3 fences plus an fsync; allocations in other threads may run meanwhile (they
+  /// see the new regions once it returns). Thread-safe; two grows of one pool run one after the
+  /// other. Returns 0, or -errno (errno and pmpage_errormsg() set): -EINVAL as the static grow
+  /// (not larger, no whole region, beyond the capacity, created without max_size), -ENOTSUP for
+  /// device DAX and volatile pools (fixed size), -EROFS for a read-only pool (misuse, reported:
+  /// nothing changes), the errno of extending or mapping the file (-ENOSPC, -EFBIG, -ENOMEM) or
+  /// of a write-back failure (the media then has the old or the new size; the pool keeps the
+  /// old until reopened). On a closed pool: misuse, -EINVAL.
+  int grow(std::uint64_t new_size) noexcept;
   /// Opens and recovers an existing pool (opts.read_only: without writing it; see open_options).
   static pool open(const std::filesystem::path& path, const open_options& opts);
   /// open(path, open_options{}): read-write, libpmem, libpmem2's bad blocks.
