@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include "crash_harness.hpp"
 #include "layout.hpp"  // src/: the superblock (data_offset: what grow writes lies before it)
@@ -105,6 +106,72 @@ TEST_P(GrowCrash, EveryFenceLeavesTheOldOrTheNewSizeAndCheckIsClean) {
   pool p = pool::open(path_);
   EXPECT_EQ(p.stats().total_regions, new_regions);
   EXPECT_TRUE(pmpage::testing::read_state(p) == before);
+}
+
+// pool.grow on an open pool while another thread publishes pages into slots (alloc_pages_to):
+// at every fence of either thread, the image opens with the old or the new size, check() is
+// clean, the pages of before are there, and every slot the other thread filled owns its page.
+TEST_P(GrowCrash, OpenPoolGrowRacingSlotAllocationsLeavesTheOldOrTheNewSize) {
+  constexpr unsigned FIRST = 8, COUNT = 16;  // the racing thread's root slots
+  pmpage::testing::pool_state before;
+  std::uint64_t old_regions = 0, data_offset = 0;
+  {
+    pool::options o;
+    o.size = 8 * MiB;
+    o.max_size = 32 * MiB;
+    pool p = pool::create(path_, o);
+    auto* slots = static_cast<pfn_t*>(p.root());
+    ASSERT_NE(p.alloc_pages_to(0, &slots[0]), nullptr);
+    ASSERT_NE(p.alloc_pages_to(9, &slots[1]), nullptr);
+    before = pmpage::testing::read_state(p);
+    old_regions = p.stats().total_regions;
+  }
+  {
+    detail::superblock sb{};
+    std::ifstream in(path_, std::ios::binary);
+    in.read(reinterpret_cast<char*>(&sb), sizeof sb);
+    data_offset = sb.data_offset;
+  }
+  pmpage::testing::crash_options co;
+  co.tracked = data_offset;
+  co.granularity = GetParam();
+  co.random_subsets = 1;
+  std::uint64_t new_regions = 0;
+  std::map<std::string, int> seen;
+  const auto rep = pmpage::testing::run_crash_test(
+      path_, co,
+      [&](const std::shared_ptr<persistence>& device) {
+        pool::open_options oo;
+        oo.backend = device;
+        pool p = pool::open(path_, oo);
+        auto* slots = static_cast<pfn_t*>(p.root());
+        std::thread t([&] {
+          for (unsigned i = 0; i < COUNT; ++i) ASSERT_NE(p.alloc_pages_to(i % 2 ? 0 : 4, &slots[FIRST + i]), nullptr);
+        });
+        ASSERT_EQ(p.grow(24 * MiB), 0);
+        t.join();
+        new_regions = p.stats().total_regions;
+      },
+      [&](const fs::path& image, const pmpage::testing::crash_point& at) -> std::string {
+        pool q = pool::open(image);
+        const std::uint64_t regions = q.stats().total_regions;
+        if (regions != old_regions && regions != new_regions)
+          return "half-grown: " + std::to_string(regions) + " regions";
+        if (at.fence == 0 && regions != new_regions) return "grow returned but the new size is not durable";
+        if (std::string why = q.check(); !why.empty()) return "check: " + why;
+        auto* slots = static_cast<pfn_t*>(q.root());
+        if (slots[0] != before.slots[0] || slots[1] != before.slots[1]) return "a slot of before changed";
+        std::vector<pfn_t*> list = {&slots[0], &slots[1]};
+        for (unsigned i = 0; i < COUNT; ++i) list.push_back(&slots[FIRST + i]);
+        const pool::slot_check c = q.check_slots(list);
+        if (!c.clean()) return "slots: " + c.describe();
+        ++seen[regions == new_regions ? "new size" : "old size"];
+        return {};
+      });
+  EXPECT_TRUE(rep.ok()) << rep.describe();
+  EXPECT_GT(rep.fences, 3u);
+  EXPECT_GT(seen["old size"], 0);
+  EXPECT_GT(seen["new size"], 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GrowCrash, ::testing::Values(granularity::cache_line, granularity::byte),
