@@ -450,8 +450,8 @@ int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_t length) {
   }
 }
 
-int pmpage_pool_grow(const char* path, uint64_t new_size) {
-  const c_call call("pmpage_pool_grow");
+int pmpage_pool_grow_closed(const char* path, uint64_t new_size) {
+  const c_call call("pmpage_pool_grow_closed");
   if (!path) {
     call.fail(EINVAL, "path is NULL");
     return -EINVAL;
@@ -462,6 +462,15 @@ int pmpage_pool_grow(const char* path, uint64_t new_size) {
   } catch (...) {
     return fail_current(call.fn());
   }
+}
+
+int pmpage_pool_grow(pmpage_pool* pool, uint64_t new_size) {
+  const c_call call("pmpage_pool_grow");
+  if (null_pool(pool, call)) return -EINVAL;
+  const int r = pool->pool.grow(new_size);
+  if (r < 0 && call.misused()) return call.result(r);  // read-only, fork() child: the misuse message
+  if (r < 0) errno = -r;  // the library wrote the message (path and reason)
+  return r;
 }
 
 void pmpage_volatile_options_init(struct pmpage_volatile_options* opts) {

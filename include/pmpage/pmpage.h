@@ -201,12 +201,17 @@ PMPAGE_API size_t pmpage_pool_hwpoison_pages(const pmpage_pool* pool, struct pmp
  *  -EINVAL (not a reported bad block: nothing written), -EBUSY (the pool is open), -EIO. */
 PMPAGE_API int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_t length);
 
-/** pmpage::pool::grow: grows the closed pool at path in place to new_size bytes (whole 2 MiB
- *  regions, up to the capacity chosen at create with max_size; docs/api.md "Growing a pool").
- *  Crash-atomic. 0, or -errno (pmpage_errormsg()): -EINVAL (not larger, no whole region added,
- *  beyond the capacity, or created without room to grow), -ENOTSUP (device DAX), -EBUSY (the
- *  pool is open), or the errno of extending the file. */
-PMPAGE_API int pmpage_pool_grow(const char* path, uint64_t new_size);
+/** pmpage::pool::grow(path, new_size): grows the closed pool at path in place to new_size bytes
+ *  (whole 2 MiB regions, up to the capacity chosen at create with max_size; docs/api.md "Growing
+ *  a pool"). Crash-atomic. 0, or -errno (pmpage_errormsg()): -EINVAL (not larger, no whole
+ *  region added, beyond the capacity, or created without room to grow), -ENOTSUP (device DAX),
+ *  -EBUSY (the pool is open), or the errno of extending the file. */
+PMPAGE_API int pmpage_pool_grow_closed(const char* path, uint64_t new_size);
+/** pmpage::pool::grow(new_size) on an open pool (created with max_size): grows it in place;
+ *  nothing moves, the new regions are allocatable when it returns. 0, or -errno as
+ *  pmpage_pool_grow_closed, also -ENOTSUP (volatile pool), -EROFS (read-only pool: misuse),
+ *  -EINVAL for NULL (misuse). Thread-safe. */
+PMPAGE_API int pmpage_pool_grow(pmpage_pool* pool, uint64_t new_size);
 
 /** 1 for a pool opened read-only, 0 otherwise; -EINVAL for NULL (misuse). */
 PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);

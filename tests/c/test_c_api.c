@@ -1161,21 +1161,28 @@ static void test_grow(void) {
   CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
   before = st.total_regions;
   errno = 0;
-  CHECK_EQ_U(pmpage_pool_grow(path, 32u << 20), -EBUSY); /* open */
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 32u << 20), -EBUSY); /* open */
   CHECK_EQ_U(errno, EBUSY);
-  CHECK(strstr(pmpage_errormsg(), "pmpage_pool_grow") != NULL);
-  pmpage_pool_close(p);
-  CHECK_EQ_U(pmpage_pool_grow(path, 8u << 20), -EINVAL); /* shrink */
+  CHECK(strstr(pmpage_errormsg(), "pmpage_pool_grow_closed") != NULL);
+  /* The open pool grows in place. */
+  CHECK_EQ_U(pmpage_pool_grow(p, 20u << 20), 0);
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  CHECK_EQ_U(st.total_regions, before + 2);
+  CHECK_EQ_U(pmpage_pool_grow(p, 8u << 20), -EINVAL);
   CHECK(strstr(pmpage_errormsg(), "never shrinks") != NULL);
-  CHECK_EQ_U(pmpage_pool_grow(path, 1u << 30), -EINVAL); /* beyond the capacity */
+  before = st.total_regions;
+  pmpage_pool_close(p);
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 8u << 20), -EINVAL); /* shrink */
+  CHECK(strstr(pmpage_errormsg(), "never shrinks") != NULL);
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 1u << 30), -EINVAL); /* beyond the capacity */
   CHECK(strstr(pmpage_errormsg(), "capacity") != NULL);
-  CHECK_EQ_U(pmpage_pool_grow(NULL, 32u << 20), -EINVAL);
-  CHECK_EQ_U(pmpage_pool_grow(path, 32u << 20), 0);
+  CHECK_EQ_U(pmpage_pool_grow_closed(NULL, 32u << 20), -EINVAL);
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 32u << 20), 0);
   p = pmpage_pool_open(path);
   CHECK(p != NULL);
   if (!p) return;
   CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
-  CHECK_EQ_U(st.total_regions, before + 8);
+  CHECK_EQ_U(st.total_regions, before + 6);
   CHECK_EQ_U(pmpage_pool_end_pfn(p) - pmpage_pool_start_pfn(p), st.total_pages);
   pmpage_pool_close(p);
   /* A non-zero reserved word is refused, as for every options struct. */
