@@ -228,8 +228,8 @@ class PMPAGE_API pool {
   /// open() sees the new size (stats().total_pages, `pmpage info`). Crash-atomic: a crash leaves
   /// the old size or the new one, never a half-grown pool (3 fences: the new region words, then
   /// superblock copy B, then A; open rolls a torn pair forward). Offline: the pool must not be
-  /// open anywhere (it takes the exclusive opener lock, EBUSY otherwise); growing a pool open in
-  /// this process means close, grow, open. Thread-safety: any thread, like open().
+  /// open anywhere (it takes the exclusive opener lock, EBUSY otherwise); an open pool grows with
+  /// the member grow(new_size). Thread-safety: any thread, like open().
   /// Throws pmpage::error: EINVAL if new_size is not above the pool's size or adds no whole
   /// region, if the pool is at its capacity or new_size is beyond it (the message says how much
   /// is possible, and for a pool created without max_size how to get room: create with
