@@ -105,6 +105,8 @@ class PMPAGE_API pool {
     bool preallocate = false;
     /// File mode for a newly created file.
     unsigned mode = 0600;
+    /// The persistence backend; nullptr = libpmem. Tests pass a simulated device.
+    std::shared_ptr<persistence> backend;
     /// Bytes the pool may later grow to with pool::grow (docs/api.md "Growing a pool"): the
     /// metadata tables are laid out for this size at create, so growth never moves them or the
     /// data. 0 (the default) or `size`: no room to grow beyond the slack of the tables (often
@@ -113,11 +115,11 @@ class PMPAGE_API pool {
     /// file (region words and page maps, reserved at create), plus 4 KiB per 2 MiB of max_size of
     /// owner tables that a sparse file keeps as holes until the regions exist; the data area
     /// starts after all of it (about 0.2 % of max_size), so `size` must hold that and one region
-    /// (EINVAL, naming the least size). Below `size`: EINVAL; device DAX: EINVAL (fixed size);
-    /// above MAX_POOL_PAGES pages of data: EINVAL.
-    std::uint64_t max_size = 0;
-    /// The persistence backend; nullptr = libpmem. Tests pass a simulated device.
-    std::shared_ptr<persistence> backend;
+    /// (EINVAL, naming the least size). A writable open of such a pool reserves the address
+    /// space, descriptor windows and pfn range of max_size, so that grow(new_size) grows it in
+    /// place. Below `size`: EINVAL; device DAX: EINVAL (fixed size); above MAX_POOL_PAGES pages
+    /// of data: EINVAL.
+    std::uint64_t max_size = 0;  // last: added in 0.4
   };
 
   /// pool::open's options.
