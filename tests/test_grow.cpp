@@ -13,6 +13,7 @@
 #include "layout.hpp"     // src/: the superblock fields and rules
 #include "pool_impl.hpp"  // src/: growth_refused_for
 #include "test_util.hpp"
+#include <pmpage/fsck.hpp>
 
 using namespace pmpage;
 using namespace pmtest;
@@ -236,8 +237,17 @@ TEST_F(GrowTest, GrowableSuperblockRulesAndTheTornGrowRollsForward) {
   other.create_time_ns += 1;
   detail::seal_superblock(other);
   EXPECT_FALSE(detail::superblocks_differ_by_grow(old_sb, other));
-  // The crash between the two copies: A old, B new. Open takes B (the new size) and repairs A.
+  // The crash between the two copies: A old, B new. check names it as recovery's leftover (not
+  // damage: exit 0) and describes the new size; open takes B (the new size) and repairs A.
   write_sb(path, 0, old_sb);
+  {
+    const fsck::report r = fsck::check(path);
+    EXPECT_EQ(r.exit_code(), 0);
+    EXPECT_EQ(r.nr_regions, new_sb.nr_regions);
+    ASSERT_EQ(r.problems.size(), 1u);
+    EXPECT_TRUE(r.problems[0].recovery);
+    EXPECT_NE(r.problems[0].what.find("pool::grow"), std::string::npos) << r.problems[0].what;
+  }
   {
     pool p = pool::open(path);
     EXPECT_EQ(p.stats().total_regions, new_sb.nr_regions);
@@ -283,6 +293,12 @@ TEST_F(GrowTest, AnOpenPoolGrowsInPlaceAndItsNewRegionsAreAllocatable) {
   for (pfn_t f : {*got.begin(), *got.rbegin()}) std::memset(page_address(pfn_to_page(f)), 1, PAGE_SIZE);
   EXPECT_EQ(p.check(), "");
   p.close();
+  const fsck::report r = fsck::check(path);  // what `pmpage info` shows
+  EXPECT_EQ(r.exit_code(), 0);
+  EXPECT_EQ(r.total_pages, total);
+  EXPECT_EQ(r.free_pages, 0u);
+  EXPECT_EQ(r.max_regions, r.nr_regions) << "grown to its capacity";
+  EXPECT_EQ(r.end_pfn - r.start_pfn, total);
   pool q = pool::open(path);
   EXPECT_EQ(q.stats().total_pages, total);
   EXPECT_EQ(q.stats().free_pages, 0u);
