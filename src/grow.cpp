@@ -196,15 +196,23 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
   try {
     superblock cur;
     std::memcpy(&cur, dev_.base(), sizeof cur);  // copy A: open repaired it, and only grow writes it
-    pool::grow_result res;
-    const superblock next = plan_growth(cur, new_size, max_regions_, path(), res);
-    if (max_regions_ == cur.nr_regions && superblock_capacity(cur) > cur.nr_regions)
+    // A pool without SB_GROWABLE reserved nothing at open; the slack of its tables, if any,
+    // grows offline (plan_growth below says "created without room to grow" when there is none).
+    if (max_regions_ == cur.nr_regions && superblock_capacity(cur) > cur.nr_regions && new_size > cur.device_size)
       return refuse(EINVAL, "cannot grow an open pool created without options.max_size: its tables have room for " +
                                 std::to_string(superblock_capacity(cur)) + " regions, which pool::grow(path, size) adds "
                                 "to the closed pool");
+    pool::grow_result res;
+    const superblock next = plan_growth(cur, new_size, max_regions_, path(), res);
     const std::uint64_t old_regions = cur.nr_regions, fit = res.new_regions;
-    // 1. The file, durably; the region words' blocks (a copied file may have holes there).
+    // 1. The file, durably; the region words' blocks (a copied file may have holes there). A
+    // pool preallocated at create reserves no region as it takes it (region_backing): its new
+    // part is reserved now, so that a full file system fails here and not as a SIGBUS later.
     dev_.ensure_size(new_size, false);
+    if (!backing_.tracking())
+      if (const int e = reserve_file_range(dev_.fd(), cur.device_size, new_size - cur.device_size); e != 0 && !cannot_reserve(e))
+        return refuse(e, std::string("cannot grow: cannot reserve the new part of the preallocated pool file (fallocate: ") +
+                             std::strerror(e) + "); nothing was written");
     const std::uint64_t words_off = cur.region_table_offset + old_regions * 8;
     if (const int e = reserve_file_holes(dev_.fd(), words_off, (fit - old_regions) * 8); e != 0 && !cannot_reserve(e))
       return refuse(e, std::string("cannot grow: cannot reserve the blocks of the region table (fallocate: ") +

@@ -377,3 +377,20 @@ TEST_F(GrowTest, AnOpenPoolRefusesReadOnlyVolatileUnplannedShrinkAndBeyond) {
     EXPECT_EQ(rec.count(), 1);
   }
 }
+
+TEST_F(GrowTest, APreallocatedPoolStaysPreallocatedWhenItGrowsOpen) {
+  // A pool preallocated at create takes regions without reserving them (all blocks exist): its
+  // new part must be reserved by the grow itself, or a full file system would SIGBUS a store.
+  const fs::path path = new_path();
+  pool::options o;
+  o.size = 16 * MiB;
+  o.max_size = 64 * MiB;
+  o.preallocate = true;
+  pool p = pool::create(path, o);
+  ASSERT_EQ(p.grow(48 * MiB), 0);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_GE(std::uint64_t(st.st_blocks) * 512, 48 * MiB - 16 * MiB) << "the grown part is a hole";
+  for (page* g; (g = p.alloc_pages(9)) != nullptr;) std::memset(page_address(g), 7, HPAGE_PMD_SIZE);
+  EXPECT_EQ(p.check(), "");
+}
