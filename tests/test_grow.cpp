@@ -394,3 +394,32 @@ TEST_F(GrowTest, APreallocatedPoolStaysPreallocatedWhenItGrowsOpen) {
   for (page* g; (g = p.alloc_pages(9)) != nullptr;) std::memset(page_address(g), 7, HPAGE_PMD_SIZE);
   EXPECT_EQ(p.check(), "");
 }
+
+TEST_F(GrowTest, TheCapacitysPfnsAreRegisteredButAreNoPagesUntilGrown) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 16 * MiB, 64 * MiB);
+  const pfn_t end = p.end_pfn();
+  EXPECT_TRUE(pfn_valid(end)) << "an open growable pool registers its capacity";
+  {
+    // The pool's own calls still see end_pfn() as its end: a slot naming a pfn past it is misuse.
+    misuse_recorder rec;
+    root_slots(p)[0] = end;
+    EXPECT_EQ(p.free_pages_from(&root_slots(p)[0]), -EINVAL);
+    EXPECT_EQ(rec.count(), 1);
+    root_slots(p)[0] = 0;
+  }
+  {
+    const fs::path other = new_path();
+    pool q = create_pool(other, 16 * MiB);
+    EXPECT_FALSE(pfn_valid(q.end_pfn())) << "a pool without room to grow registers only its pages";
+  }
+  ASSERT_EQ(p.grow(32 * MiB), 0);
+  page* pg = pfn_to_page(end);
+  ASSERT_NE(pg, nullptr);
+  EXPECT_EQ(page_to_pfn(pg), end);
+  std::set<pfn_t> got;
+  for (page* g; (g = p.alloc_pages(9)) != nullptr;) got.insert(page_to_pfn(g));
+  EXPECT_TRUE(got.count(end)) << "the first new region was not handed out";
+  EXPECT_EQ(virt_to_page(page_address(pg)), pg);
+  EXPECT_EQ(p.check(), "");
+}
