@@ -337,6 +337,7 @@ void pmpage_pool_options_init(struct pmpage_pool_options* opts) {
   opts->overwrite = d.overwrite;
   opts->preallocate = d.preallocate;
   opts->mode = d.mode;
+  opts->max_size = d.max_size;
 }
 
 pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_options* opts) {
@@ -349,7 +350,7 @@ pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_optio
     pmpage::pool::options o;
     if (opts) {
       for (unsigned r : opts->reserved_)
-        if (r != 0) {
+        if (r != 0 || opts->reserved0_ != 0) {
           const std::string m = std::string(path) +
                                 ": pmpage_pool_options has non-zero reserved fields (fill it with pmpage_pool_options_init)";
           call.fail(EINVAL, m.c_str());
@@ -360,6 +361,7 @@ pmpage_pool* pmpage_pool_create(const char* path, const struct pmpage_pool_optio
       o.overwrite = opts->overwrite != 0;
       o.preallocate = opts->preallocate != 0;
       o.mode = opts->mode;
+      o.max_size = opts->max_size;
     }
     return new pmpage_pool{pmpage::pool::create(path, o), path};
   } catch (...) {
@@ -446,6 +448,29 @@ int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_t length) {
   } catch (...) {
     return fail_current(call.fn());
   }
+}
+
+int pmpage_pool_grow_closed(const char* path, uint64_t new_size) {
+  const c_call call("pmpage_pool_grow_closed");
+  if (!path) {
+    call.fail(EINVAL, "path is NULL");
+    return -EINVAL;
+  }
+  try {
+    pmpage::pool::grow(path, new_size);
+    return 0;
+  } catch (...) {
+    return fail_current(call.fn());
+  }
+}
+
+int pmpage_pool_grow(pmpage_pool* pool, uint64_t new_size) {
+  const c_call call("pmpage_pool_grow");
+  if (null_pool(pool, call)) return -EINVAL;
+  const int r = pool->pool.grow(new_size);
+  if (r < 0 && call.misused()) return call.result(r);  // read-only, fork() child: the misuse message
+  if (r < 0) errno = -r;  // the library wrote the message (path and reason)
+  return r;
 }
 
 void pmpage_volatile_options_init(struct pmpage_volatile_options* opts) {

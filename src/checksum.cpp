@@ -1,5 +1,6 @@
 // checksum.cpp — Fletcher-64 over 32-bit little-endian words (PMDK's util_checksum uses the same
 // construction), and the layout arithmetic that depends on nothing else.
+#include <algorithm>
 #include <cstring>
 
 #include "layout.hpp"
@@ -67,6 +68,26 @@ bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t d
     return true;
   }
   return false;
+}
+
+bool compute_growable_layout(std::uint64_t size, std::uint64_t max_size, std::uint64_t root_size,
+                             std::uint64_t data_align, layout& out) {
+  layout cap{};
+  if (max_size <= size || !compute_layout(max_size, root_size, data_align, cap)) return compute_layout(size, root_size, data_align, out);
+  // The tables of cap.nr_regions regions; the data offset they give is fixed for the pool's life.
+  layout l{};
+  l.device_size = size;
+  place_header(l, root_size);
+  place_regions(l, cap.nr_regions, data_align);
+  if (l.data_offset + HPAGE_PMD_SIZE > size) return false;
+  const std::uint64_t regions = std::min(cap.nr_regions, (size - l.data_offset) / HPAGE_PMD_SIZE);
+  // No room to grow after all (max_size adds no region): the plain layout, readable by libraries
+  // that do not know SB_GROWABLE.
+  if (regions == cap.nr_regions) return compute_layout(size, root_size, data_align, out);
+  l.nr_regions = regions;
+  l.max_regions = cap.nr_regions;
+  out = l;
+  return true;
 }
 
 layout layout_for_regions(std::uint64_t regions, std::uint64_t root_size, std::uint64_t data_align) {

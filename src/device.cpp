@@ -327,9 +327,10 @@ void device::sync() {
   if (::fsync(fd_) != 0) fail(errno, path_, sys_reason("fsync", errno));
 }
 
-void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode) {
+void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode, std::uint64_t reserve_length) {
   constexpr std::uint64_t gib = 1ull << 30;
-  const std::size_t res_len = std::size_t(length + gib);
+  if (reserve_length < length) reserve_length = length;
+  const std::size_t res_len = std::size_t(reserve_length + gib);
   void* res = reserve_address_space(res_len);
   if (res == MAP_FAILED) fail(errno, path_, sys_reason("cannot reserve address space", errno));
   reservation_ = static_cast<char*>(res);
@@ -355,10 +356,39 @@ void device::map(std::uint64_t length, std::uint64_t data_offset, map_mode mode)
     fail(e, path_, sys_reason("cannot map", e));
   }
   base_ = static_cast<char*>(m);
-  map_len_ = length;
+  map_len_.store(length, std::memory_order_release);
+  map_limit_ = reserve_length;
+  mode_ = mode;
+  map_sync_ = sync;
   // MAP_SYNC means cache flushes reach the media; device DAX needs no page cache either. Only a
   // shared writable mapping is ever flushed (read-only modes: page, nothing is written).
   gran_ = mode == map_mode::shared_write ? detect_granularity(sync) : granularity::page;
+}
+
+void device::extend_map(std::uint64_t new_length) {
+  const std::uint64_t old = map_len_.load(std::memory_order_relaxed);
+  if (new_length <= old) return;
+  if (!base_ || new_length > map_limit_)
+    fail(EINVAL, path_, "cannot map " + std::to_string(new_length) + " bytes: beyond the address space reserved at open (" +
+                            std::to_string(map_limit_) + ")");
+  char* at = base_ + old;
+  const std::size_t len = std::size_t(new_length - old);
+  void* m = MAP_FAILED;
+  if (mode_ == map_mode::shared_write)
+    m = map_sync_ ? ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED, fd_, off_t(old))
+                  : ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, off_t(old));
+  else if (mode_ == map_mode::shared_read)
+    m = ::mmap(at, len, PROT_READ, MAP_SHARED | MAP_FIXED, fd_, off_t(old));
+  else
+    m = ::mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd_, off_t(old));
+  if (m == MAP_FAILED) {
+    const int e = errno;
+    // MAP_FIXED failed: the range may have lost its reservation. Reserve it again (PROT_NONE), so
+    // that nothing else is ever mapped inside the pool's window.
+    ::mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    fail(e, path_, sys_reason("cannot map the grown part of the pool", e));
+  }
+  map_len_.store(new_length, std::memory_order_release);
 }
 
 namespace {
@@ -484,13 +514,14 @@ bool device::map_volatile(std::uint64_t meta_len, std::uint64_t data_len, bool h
     fail(e, path_, sys_reason("cannot map the pool's pages", e));
   }
   base_ = meta;
-  map_len_ = meta_len + data_len;
+  map_len_.store(meta_len + data_len, std::memory_order_release);
+  map_limit_ = meta_len + data_len;
   gran_ = granularity::page;
   return true;
 }
 
 void device::protect_read_only() {
-  if (::mprotect(base_, map_len_, PROT_READ) != 0) fail(errno, path_, sys_reason("mprotect", errno));
+  if (::mprotect(base_, mapped_length(), PROT_READ) != 0) fail(errno, path_, sys_reason("mprotect", errno));
 }
 
 void device::unmap() noexcept {

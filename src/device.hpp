@@ -6,6 +6,7 @@
 // the path.
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -74,7 +75,15 @@ class device {
   enum class map_mode { shared_write, shared_read, private_copy };
   /// Maps the first `length` bytes so that base() + data_offset is 1 GiB aligned (huge-page
   /// friendly; also what the data-address table needs).
-  void map(std::uint64_t length, std::uint64_t data_offset, map_mode mode = map_mode::shared_write);
+  /// `reserve_length` (>= length; 0: length): address space kept after the mapping for
+  /// extend_map (a pool that can grow in place, pool::grow), never touched until then.
+  void map(std::uint64_t length, std::uint64_t data_offset, map_mode mode = map_mode::shared_write,
+           std::uint64_t reserve_length = 0);
+  /// Maps [mapped_length(), new_length) of the file over the reservation map() kept, as map()
+  /// mapped the rest (same mode, MAP_SYNC if it had it): the mapping grows in place, nothing
+  /// moves. The file must be that long already. Throws pmpage::error (EINVAL beyond the
+  /// reservation, mmap's errno). Not concurrent with itself (pool::grow serialises).
+  void extend_map(std::uint64_t new_length);
   /// A volatile pool's memory (volatile_pool.cpp). [0, meta_len) becomes private anonymous DRAM
   /// (the allocator's metadata and the root area) and [meta_len, meta_len + data_len) the pages:
   /// the first data_len bytes of the open backing file or device, shared, or, with no backing
@@ -99,7 +108,8 @@ class device {
   std::uint64_t size() const { return size_; }
   std::uint64_t alignment() const { return align_; }  // device DAX alignment, else 2 MiB
   char* base() const { return base_; }
-  std::uint64_t mapped_length() const { return map_len_; }
+  /// Read by any thread (persist's range check) while extend_map may grow it.
+  std::uint64_t mapped_length() const { return map_len_.load(std::memory_order_acquire); }
   /// How stores to the shared writable mapping become durable (persistence.hpp): detected by
   /// map() (detect_granularity); page for the other map modes and for volatile mappings.
   granularity store_granularity() const { return gran_; }
@@ -128,7 +138,10 @@ class device {
   char* reservation_ = nullptr;
   std::size_t reservation_len_ = 0;
   char* base_ = nullptr;
-  std::uint64_t map_len_ = 0;
+  std::atomic<std::uint64_t> map_len_{0};
+  std::uint64_t map_limit_ = 0;  // bytes from base_ that extend_map may map (map's reserve_length)
+  map_mode mode_ = map_mode::shared_write;
+  bool map_sync_ = false;
   granularity gran_ = granularity::page;
   bool created_ = false;
   int numa_node_ = -1;

@@ -839,7 +839,8 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     sb_problem(1, img.pb);
     return file_problem("SB3", "both superblock copies are unusable: nothing can be read or repaired safely");
   }
-  const bool torn_upgrade = img.pa.empty() && img.pb.empty() && superblocks_differ_by_upgrade(img.a, img.b);
+  // An upgrade or a pool::grow interrupted between its two copies (B written first): B is the pool's.
+  const bool torn_upgrade = img.pa.empty() && img.pb.empty() && superblocks_torn_update(img.a, img.b);
   img.good = img.pa.empty() && !torn_upgrade ? img.a : img.b;
   // An interrupted re-identification: its copy (written first) is the one that knows both pfn
   // bases; the other may still hold the old superblock, which is no damage of its own.
@@ -870,7 +871,10 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     fixes.push_back({SUPERBLOCK_SIZE, 0});
   } else if (torn_upgrade) {
     problem* p = sb_problem(0, "");
-    p->what = "copy A lacks feature flags copy B has (tagged-owners, lazy-owners): a format upgrade interrupted between its two writes";
+    p->what = superblocks_differ_by_grow(img.a, img.b)
+                  ? "copy A has " + std::to_string(img.a.nr_regions) + " regions and copy B " +
+                        std::to_string(img.b.nr_regions) + ": a pool::grow interrupted between its two writes"
+                  : "copy A lacks feature flags copy B has (tagged-owners, lazy-owners): a format upgrade interrupted between its two writes";
     p->repair = "rewrite copy A from copy B (pool::open does the same)";
     p->recovery = true;
     fixes.push_back({0, 0});
@@ -896,6 +900,7 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
   out.end_pfn = out.start_pfn + sb.nr_regions * HPAGE_PMD_NR;
   out.device_size = sb.device_size;
   out.nr_regions = sb.nr_regions;
+  out.max_regions = superblock_capacity(sb);
   out.root_size = sb.root_size;
   out.data_offset = sb.data_offset;
   out.metadata_bytes = sb.owner_table_offset + sb.nr_regions * OWNER_TABLE_BYTES;

@@ -41,14 +41,19 @@ inline constexpr std::uint32_t FORMAT_MINOR = 0;             // compatible addit
 /// SB_TAGGED_OWNERS (0.3): owner entries carry a check (owner table, below). Set at create; set
 /// by the first writable open of an older pool before any entry is written.
 inline constexpr std::uint32_t SB_TAGGED_OWNERS = 1u << 0;
-/// SB_LAZY_OWNERS (0.4): a free leaves its page's owner entry as it was (stale): an entry counts
-/// only under an owned marker (owner table, below). pmpage 0.3 read a tagged entry without a
-/// marker whose slot names the page as an owned allocation of a 0.2 pool, so it must refuse such
-/// a pool. Set at create; set with SB_TAGGED_OWNERS by the first writable open of an older pool.
+/// SB_LAZY_OWNERS (0.3): a free leaves its page's owner entry as it was (stale): an entry counts
+/// only under an owned marker (owner table, below). A reader without the flag would take a tagged
+/// entry without a marker whose slot names the page for an owned allocation, so it must refuse
+/// such a pool. Set at create; set with SB_TAGGED_OWNERS by the first writable open of an older pool.
 inline constexpr std::uint32_t SB_LAZY_OWNERS = 1u << 1;
 /// The flags a writable open adds to an older pool (B, fence, A, fence: superblocks_differ_by_upgrade).
 inline constexpr std::uint32_t SB_UPGRADE_FLAGS = SB_TAGGED_OWNERS | SB_LAZY_OWNERS;
-inline constexpr std::uint32_t SB_KNOWN_FLAGS = SB_TAGGED_OWNERS | SB_LAZY_OWNERS;
+/// SB_GROWABLE (0.3): the metadata tables are laid out for superblock::max_regions regions (the
+/// capacity chosen at create, pool::options::max_size), of which nr_regions exist; pool::grow
+/// adds regions up to it. Set at create only when the capacity exceeds the size; a library that
+/// does not know it refuses the pool (its table-offset rules would misjudge it).
+inline constexpr std::uint32_t SB_GROWABLE = 1u << 2;
+inline constexpr std::uint32_t SB_KNOWN_FLAGS = SB_TAGGED_OWNERS | SB_LAZY_OWNERS | SB_GROWABLE;
 
 inline constexpr std::size_t SUPERBLOCK_SIZE = 4096;
 inline constexpr std::size_t NR_LANES = 64;
@@ -58,6 +63,9 @@ inline constexpr std::size_t PAGE_MAP_WORDS = PAGE_MAP_BYTES / 8;
 inline constexpr unsigned PAGES_PER_MAP_WORD = 16;
 inline constexpr std::size_t OWNER_TABLE_BYTES = 8 * 512;  // one owner entry per page of a region
 inline constexpr std::size_t MIN_ROOT_SIZE = 4096;
+/// The largest options::max_size: MAX_POOL_PAGES of data plus the most metadata before it
+/// (superblock_problem bounds data_offset by 2^40).
+inline constexpr std::uint64_t MAX_GROWABLE_SIZE = (MAX_POOL_PAGES << PAGE_SHIFT) + (std::uint64_t{1} << 40);
 
 struct superblock {
   char magic[8];                    // POOL_MAGIC
@@ -79,13 +87,15 @@ struct superblock {
   std::uint64_t owner_table_offset;
   std::uint64_t pfn_base;           // 3.x: the pool's pfns are pfn_base + page index; 2.x: 0
   std::uint64_t reidentify_from;    // 3.x: 0, or the old pfn base while a reidentify runs; 2.x: 0
-  std::uint8_t reserved[SUPERBLOCK_SIZE - 152];
+  std::uint64_t max_regions;        // SB_GROWABLE: the regions the tables are laid out for; else 0
+  std::uint8_t reserved[SUPERBLOCK_SIZE - 160];
   std::uint64_t checksum;           // fletcher64 of the bytes before it
 };
 static_assert(sizeof(superblock) == SUPERBLOCK_SIZE);
 static_assert(offsetof(superblock, owner_table_offset) == 120);
 static_assert(offsetof(superblock, pfn_base) == 128);
 static_assert(offsetof(superblock, reidentify_from) == 136);
+static_assert(offsetof(superblock, max_regions) == 144);
 
 // ---- region state word ------------------------------------------------------------------------
 // bits 0..7 kind, bits 8..15 order (heads only), bit 16 owned (heads only: the allocation is
@@ -222,11 +232,20 @@ static_assert(sizeof(lane) == LANE_SIZE);
 struct layout {
   std::uint64_t device_size, nr_regions, lanes_offset, root_offset, root_size,
       region_table_offset, page_map_offset, owner_table_offset, data_offset;
+  /// The regions the tables are laid out for when more than nr_regions (a growable pool,
+  /// SB_GROWABLE); 0 otherwise.
+  std::uint64_t max_regions = 0;
 };
 
 /// Computes the layout for a device of `size` bytes. data_align is 2 MiB or the device's alignment.
 /// Returns false when not even one region fits.
 bool compute_layout(std::uint64_t size, std::uint64_t root_size, std::uint64_t data_align, layout& out);
+/// compute_layout for a pool that can grow to `max_size` bytes (>= size): the tables are laid out
+/// for the regions a pool of max_size would have, and nr_regions is what fits in `size` after
+/// them. When that is all of them (max_size gives no more), the plain layout of `size`. False
+/// when not one region fits in `size`.
+bool compute_growable_layout(std::uint64_t size, std::uint64_t max_size, std::uint64_t root_size,
+                             std::uint64_t data_align, layout& out);
 /// The layout of exactly `regions` regions (a volatile pool: its metadata and data are mapped
 /// separately, so the size follows from the region count rather than the other way round).
 layout layout_for_regions(std::uint64_t regions, std::uint64_t root_size, std::uint64_t data_align);
@@ -244,6 +263,18 @@ std::string superblock_problem(const superblock& sb);
 /// True if valid copies a and b differ only in that b has upgrade flags (SB_UPGRADE_FLAGS) a lacks: an upgrade
 /// that wrote B and not A yet (recovery.cpp, open).
 bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b);
+/// True if valid copies a and b differ only in that b has more regions (nr_regions, device_size):
+/// a pool::grow that wrote B and not A yet (grow writes B, then A).
+bool superblocks_differ_by_grow(const superblock& a, const superblock& b);
+/// a and b are both valid and b is what an interrupted two-copy update (B first) left beside a:
+/// an upgrade or a grow. open and check roll forward to b.
+inline bool superblocks_torn_update(const superblock& a, const superblock& b) {
+  return superblocks_differ_by_upgrade(a, b) || superblocks_differ_by_grow(a, b);
+}
+/// The most regions a pool with superblock sb (valid) can have without moving its tables: its
+/// max_regions when SB_GROWABLE, else what the slack of its tables and the data offset allow
+/// (often nr_regions itself). Never above MAX_POOL_PAGES / 512.
+std::uint64_t superblock_capacity(const superblock& sb);
 /// The pfn of data page 0 of a pool whose superblock passes superblock_problem (2.x or 3.x).
 std::uint64_t superblock_pfn_base(const superblock& sb);
 /// A valid pfn base of a 3.x pool: a multiple of 2^28 in [2^32, 2^64 - 2^33] (page.hpp).

@@ -1518,6 +1518,10 @@ pool pool::create(const std::filesystem::path& path, const options& opts) {
   return pool(std::move(impl));
 }
 
+pool::grow_result pool::grow(const std::filesystem::path& path, std::uint64_t new_size, const grow_options& opts) {
+  return detail::grow_pool(path.string(), new_size, opts);
+}
+
 pool pool::open(const std::filesystem::path& path, const open_options& opts) {
   auto impl = pool_impl::open(path.string(), opts);
   impl->fs_path = path;
@@ -1552,6 +1556,15 @@ void report_closed(const char* fn) noexcept {
   detail::report_misuse("%s: the pool is closed (closed, moved from, or never opened)", fn);
 }
 }  // namespace
+
+int pool::grow(std::uint64_t new_size) noexcept {
+  if (!impl_) {
+    report_closed("pool::grow");
+    errno = EINVAL;
+    return -EINVAL;
+  }
+  return impl_->grow(new_size);
+}
 
 page* pool::alloc_pages(unsigned order, gfp_t gfp) noexcept {
   if (impl_) return impl_->alloc_pages(order, gfp);

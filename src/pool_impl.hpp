@@ -174,6 +174,10 @@ class pool_impl {
   pool::slot_check check_slots(std::span<pfn_t* const> slots);
   void materialise(std::uint32_t region) noexcept;
 
+  /// pool.grow(new_size) (grow.cpp): grows this open pool in place; 0 or -errno (errno and the C
+  /// API's message set; misuse reported for a read-only pool or a fork() child).
+  int grow(std::uint64_t new_size) noexcept;
+
   // ---- read-only pools and the recovery log (recovery.cpp) ---------------------------------------
   bool read_only() const { return read_only_; }
   bool is_volatile() const { return volatile_; }
@@ -625,8 +629,15 @@ class pool_impl {
   pfn_t pfn_base_ = 0;     // the pool's identity: its pfns are pfn_base_ + page index
   pfn_t picked_base_ = 0;  // the base pick_pfn_base reserved for this new pool (create paths)
   bool registered_ = false;
-  std::uint64_t nr_regions_ = 0;
-  std::uint64_t nr_pages_ = 0;
+  // The pool's size: grown in place by grow() (under mu_ and grow_mu_), read by any thread (a
+  // thread that got a page of a new region got it through mu_, which orders it after the store).
+  std::atomic<std::uint64_t> nr_regions_{0};
+  std::atomic<std::uint64_t> nr_pages_{0};
+  /// The regions the mapping, the descriptor arrays, the backing bitmap and the pfn registration
+  /// are sized for at open: nr_regions_, or the capacity of a pool that can grow in place (a
+  /// writable regular file whose superblock allows more regions, superblock_capacity).
+  std::uint64_t max_regions_ = 0;
+  std::mutex grow_mu_;  // one grow() at a time
 
   // persistent metadata inside the mapping
   std::uint64_t* region_table_ = nullptr;
@@ -701,6 +712,13 @@ void add_open_pool(pool_impl* p);
 void remove_open_pool(pool_impl* p);
 /// The EMFILE reason when MAX_OPEN_POOLS pools are open.
 std::string too_many_pools();
+
+/// The regions an open of a pool with superblock sb reserves for (pool_impl::max_regions_).
+std::uint64_t live_capacity(const superblock& sb, const device& d, bool read_only);
+/// pool::grow (grow.cpp): grows the closed pool at path in place.
+pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, const pool::grow_options& opts);
+/// Why a pool on a device of kind k cannot grow (grow_pool's ENOTSUP), or "" when it can.
+std::string growth_refused_for(device::kind k);
 
 /// A backend whose flush and drain do nothing: the intent log's at byte granularity (media.cpp).
 persistence& no_flush_sink() noexcept;

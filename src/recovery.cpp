@@ -109,13 +109,26 @@ void pool_impl::adopt_superblock(const superblock& sb) {
   lay_.data_offset = sb.data_offset;
   nr_regions_ = sb.nr_regions;
   nr_pages_ = sb.nr_regions * HPAGE_PMD_NR;
+  max_regions_ = sb.nr_regions;  // open and create raise it for a pool that can grow in place
+}
+
+std::uint64_t live_capacity(const superblock& sb, const device& d, bool read_only) {
+  // Only a pool created with room to grow (SB_GROWABLE) reserves for it: its mapping, descriptor
+  // windows and pfn registration then cover the capacity (pfn_valid is true there, docs/api.md).
+  // Other pools keep them sized to the pool; the slack of their tables grows offline only.
+  return !read_only && d.type() == device::kind::regular_file && (sb.flags & SB_GROWABLE) ? sb.max_regions
+                                                                                          : sb.nr_regions;
 }
 
 void pool_impl::map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode) {
   // Device DAX only maps whole multiples of its alignment: map all of it. Files: just what we use.
   const std::uint64_t length = dev_.type() == device::kind::device_dax ? lay_.device_size
                                                                         : lay_.data_offset + nr_regions_ * HPAGE_PMD_SIZE;
-  dev_.map(length, lay_.data_offset, mode);
+  // A pool that can grow in place keeps the address space of its capacity after the mapping:
+  // grow() maps more there, so the pool never moves (pointers into it stay valid).
+  const std::uint64_t reserve = dev_.type() == device::kind::device_dax ? length
+                                                                         : lay_.data_offset + max_regions_ * HPAGE_PMD_SIZE;
+  dev_.map(length, lay_.data_offset, mode, reserve);
   pers_ = backend ? std::move(backend) : make_libpmem_persistence();
   wb_seen_ = pers_->writeback_errors();  // a reused backend's earlier failures are not this pool's
   gran_ = pers_->attach(dev_.base(), dev_.mapped_length(), dev_.store_granularity());
@@ -397,16 +410,19 @@ void pool_impl::replay_intents() {
 
 void pool_impl::build_volatile() {
   bool repairs = false;  // an owned large page whose slot no longer names it (fenced at the end)
-  regions_bytes_ = round_up(nr_regions_ * sizeof(page), 4096);
-  // Every region descriptor is written below: fault the array in with one call.
-  void* r = ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  regions_bytes_ = round_up(max_regions_ * sizeof(page), 4096);
+  // Every region descriptor is written below: fault the array in with one call. The capacity's
+  // part of a pool that can grow is only reserved (MAP_NORESERVE) until grow() takes it.
+  void* r = max_regions_ == nr_regions_
+                ? ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
+                : ::mmap(nullptr, regions_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) fail(ENOMEM, path(), "cannot allocate region descriptors");
   regions_ = static_cast<page*>(r);
-  states_bytes_ = round_up(nr_regions_ * sizeof(split_state), 4096);
+  states_bytes_ = round_up(max_regions_ * sizeof(split_state), 4096);
   void* st = ::mmap(nullptr, states_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (st == MAP_FAILED) fail(ENOMEM, path(), "cannot reserve address space for split region states");
   states_ = static_cast<split_state*>(st);
-  vmemmap_bytes_ = round_up(nr_pages_ * sizeof(page), 4096);
+  vmemmap_bytes_ = round_up(max_regions_ * HPAGE_PMD_NR * sizeof(page), 4096);
   vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << DESC_GRANULE_SHIFT));
   if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");
 
@@ -534,7 +550,7 @@ void pool_impl::register_pool() {
   s.vmemmap = vmemmap_;
   s.regions = regions_;
   s.data = dev_.base() + lay_.data_offset;
-  s.nr_pages = nr_pages_;
+  s.nr_pages = max_regions_ * HPAGE_PMD_NR;  // the capacity: the registry's entries never change
   s.start_pfn = start_pfn();
   s.owner = this;
   const std::string why = register_section(s, path());
@@ -576,8 +592,9 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
       fail(EINVAL, path, "not a pmpage pool (no superblock magic)");
     fail(EINVAL, path, "both superblock copies are unusable: copy A: " + pa + "; copy B: " + pb);
   }
-  // Two valid copies that differ only by upgrade flags: an upgrade (below) that wrote B, not A.
-  const superblock& good = pa.empty() && !(pb.empty() && superblocks_differ_by_upgrade(a, b)) ? a : b;
+  // Two valid copies that differ only by upgrade flags (SB_UPGRADE_FLAGS, below) or by B's larger
+  // size (pool::grow): a two-copy update that wrote B, not A. B is the pool's.
+  const superblock& good = pa.empty() && !(pb.empty() && superblocks_torn_update(a, b)) ? a : b;
   if ((pa.empty() && a.reidentify_from != 0) || (pb.empty() && b.reidentify_from != 0))
     fail(EINVAL, path,
          "a re-identification of this pool (pmpage reidentify) was interrupted: some of its slots may name its "
@@ -586,6 +603,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     fail(EINVAL, path, "truncated: the pool needs " + std::to_string(good.device_size) + " bytes but the file has " +
                            std::to_string(d.size()));
   impl->adopt_superblock(good);
+  impl->max_regions_ = live_capacity(good, d, opts.read_only);
   if (!impl->bad_blocks_.empty()) {
     layout lay = impl->lay_;
     lay.nr_regions = impl->nr_regions_;
@@ -603,13 +621,15 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
                          shared_read ? device::map_mode::shared_read : device::map_mode::private_copy);
   impl->media_writable_ = !shared_read;
   if (std::string why = impl->validate_region_table(); !why.empty()) fail(EINVAL, path, why);
-  if (std::string why = pfn_range_conflict(impl->pfn_base_, impl->nr_pages_, path); !why.empty())
+  if (std::string why = pfn_range_conflict(impl->pfn_base_, impl->max_regions_ * HPAGE_PMD_NR, path); !why.empty())
     fail(EBUSY, path, "cannot open: " + why);
   // Both copies are written once at create, identical, and never change: repair a damaged one.
   // Two valid copies that differ are no crash's doing (create writes the marker into both
   // first): which one is the pool's cannot be told, so nothing is guessed or overwritten.
-  // The one legitimate difference: an upgrade (SB_UPGRADE_FLAGS, below) that wrote B and not A.
-  const bool torn_upgrade = pa.empty() && pb.empty() && superblocks_differ_by_upgrade(a, b);
+  // The legitimate differences: an upgrade (SB_UPGRADE_FLAGS, below) or a pool::grow that
+  // wrote B and not A (both write B first, and B is complete when they write A).
+  const bool torn_upgrade = pa.empty() && pb.empty() && superblocks_torn_update(a, b);
+  const bool torn_grow = torn_upgrade && superblocks_differ_by_grow(a, b);
   if (pa.empty() && pb.empty() && std::memcmp(&a, &b, sizeof a) != 0 && !torn_upgrade)
     fail(EINVAL, path, "superblock copies A and B are both valid but differ (damage, or a copy of another pool's "
                        "superblock written over one of them): not opened; run `pmpage check` on it");
@@ -623,7 +643,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     if (const int e = reserve_file_holes(d.fd(), 0, meta_end); e != 0 && !cannot_reserve(e))
       fail(e, path, std::string("cannot reserve the blocks of the pool's metadata (") + std::to_string(meta_end) +
                         " bytes; fallocate: " + std::strerror(e) + "), whose stores would otherwise fault; nothing was written");
-    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->nr_regions_, impl->lay_.owner_table_offset);
+    impl->backing_.init(d.fd(), impl->lay_.data_offset, impl->max_regions_, impl->lay_.owner_table_offset);
     // Replay writes owner entries of the regions its intents name: their slices first.
     const std::uint64_t start = impl->start_pfn();
     for (unsigned i = 0; i < NR_LANES; ++i) {
@@ -649,17 +669,20 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     std::memcpy(dst, &good, sizeof good);
     impl->pers_->persist(dst, sizeof good);
     ++impl->repaired_;
-    impl->note_repair(torn_upgrade ? std::string("superblock copy A upgraded like copy B (an interrupted format upgrade)")
+    impl->note_repair(torn_grow ? "superblock copy A grown like copy B to " + std::to_string(b.nr_regions) +
+                                      " regions (an interrupted pool::grow)"
+                      : torn_upgrade ? std::string("superblock copy A upgraded like copy B (an interrupted format upgrade)")
                       : repair_a ? "superblock copy A repaired from copy B (copy A: " + pa + ")"
                                : "superblock copy B repaired from copy A (copy B: " +
                                      (pb.empty() ? std::string("differs from copy A") : pb) + ")");
   }
   if (!opts.read_only && (good.flags & SB_UPGRADE_FLAGS) != SB_UPGRADE_FLAGS) {
-    // A pool written before 0.4. Before 0.3 its owner entries are raw offsets (still read as
-    // such); tagged entries are written from now on, which a 0.2 library would misread as damage
-    // and drop. Frees leave entries stale from now on (SB_LAZY_OWNERS), which 0.3 would read as
-    // owners where a slot happens to name the page. Set the flags they refuse first, B then A (a
-    // crash in between leaves the torn upgrade above).
+    // A pool written before 0.3 (or by a pre-release build of it). Before 0.3 its owner entries
+    // are raw offsets (still read as such); tagged entries are written from now on, which a 0.2
+    // library would misread as damage and drop. Frees leave entries stale from now on
+    // (SB_LAZY_OWNERS), which a reader without the flag would take for owners where a slot
+    // happens to name the page. Set the flags they refuse first, B then A (a crash in between
+    // leaves the torn upgrade above).
     const std::uint32_t added = SB_UPGRADE_FLAGS & ~good.flags;
     superblock up = good;
     up.flags |= SB_UPGRADE_FLAGS;
@@ -670,8 +693,9 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     }
     impl->note_repair(std::string("format upgraded: ") +
                       (added & SB_TAGGED_OWNERS ? "owner entries carry a check (feature flag tagged-owners) and " : "") +
-                      "frees leave owner entries stale (feature flag lazy-owners) from now on; pmpage " +
-                      (added & SB_TAGGED_OWNERS ? "0.2 and 0.3 refuse" : "0.3 refuses") + " the pool from now on");
+                      "frees leave owner entries stale (feature flag lazy-owners) from now on; " +
+                      (added & SB_TAGGED_OWNERS ? "pmpage 0.2 refuses" : "a pre-release 0.3 build refuses") +
+                      " the pool from now on");
   }
   stamp_opener(impl->fork_generation_, impl->opener_pid_);
   impl->replay_intents();
@@ -766,12 +790,30 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     const std::uint64_t size =
         d.type() == device::kind::regular_file ? std::max<std::uint64_t>(d.size(), opts.size) : d.size();
     if (size == 0) fail(EINVAL, path, "is empty and options.size is 0");
+    if (opts.max_size != 0 && opts.max_size < size)
+      fail(EINVAL, path, "options.max_size " + std::to_string(opts.max_size) + " is below the pool's size " +
+                             std::to_string(size) + " (0: no room to grow)");
+    if (opts.max_size > size && d.type() == device::kind::device_dax)
+      fail(EINVAL, path, "options.max_size: a device DAX namespace has a fixed size and cannot grow (leave it 0)");
+    if (opts.max_size > MAX_GROWABLE_SIZE)
+      fail(EINVAL, path, "options.max_size " + std::to_string(opts.max_size) + " is above the largest pool (" +
+                             std::to_string(MAX_POOL_PAGES) + " pages of data plus their metadata)");
     layout lay;
-    if (!compute_layout(size, opts.root_size, std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE), lay))
+    const std::uint64_t data_align = std::max<std::uint64_t>(d.alignment(), HPAGE_PMD_SIZE);
+    if (layout cap; opts.max_size > size && compute_layout(opts.max_size, opts.root_size, data_align, cap) &&
+                    !compute_growable_layout(size, opts.max_size, opts.root_size, data_align, lay)) {
+      const layout need = layout_for_regions(cap.nr_regions, opts.root_size, data_align);
+      fail(EINVAL, path, "too small for options.max_size " + std::to_string(opts.max_size) + ": its tables take " +
+                             std::to_string(need.data_offset) + " bytes before the data, so the pool needs at least " +
+                             std::to_string(need.data_offset + HPAGE_PMD_SIZE) + " bytes (size " + std::to_string(size) + ")");
+    }
+    if (!compute_growable_layout(size, opts.max_size, opts.root_size, data_align, lay))
       fail(EINVAL, path, "too small: " + std::to_string(size) + " bytes cannot hold the metadata and one 2 MiB region (MIN_POOL_SIZE is " +
                              std::to_string(MIN_POOL_SIZE) + " bytes; more with a larger root area or device alignment)");
 
-    const pfn_t pfn_base = impl->picked_base_ = pick_pfn_base(lay.nr_regions * HPAGE_PMD_NR);
+    // A pool that can grow is placed where its capacity's pfns are free too (in this process).
+    const pfn_t pfn_base = impl->picked_base_ =
+        pick_pfn_base((lay.max_regions > lay.nr_regions ? lay.max_regions : lay.nr_regions) * HPAGE_PMD_NR);
     if (pfn_base == 0) fail(EBUSY, path, "cannot create: no free pfn range found (random source broken?)");
     std::random_device rd;
     const std::uint64_t uuid0 = (std::uint64_t(rd()) << 32) | rd(), uuid1 = (std::uint64_t(rd()) << 32) | rd();
@@ -789,11 +831,12 @@ std::unique_ptr<pool_impl> pool_impl::create(const std::string& path, const pool
     d.reserve_blocks(lay.owner_table_offset + lay.nr_regions * OWNER_TABLE_BYTES);
     d.sync();
     impl->adopt_superblock(sb);
+    impl->max_regions_ = live_capacity(sb, d, false);
     impl->map_and_attach(opts.backend);
     // A sparse file's data blocks are reserved region by region as the allocator takes them
     // (region_backing.hpp); preallocated ones are all there.
     if (d.type() == device::kind::regular_file && !opts.preallocate)
-      impl->backing_.init(d.fd(), lay.data_offset, lay.nr_regions, lay.owner_table_offset);
+      impl->backing_.init(d.fd(), lay.data_offset, impl->max_regions_, lay.owner_table_offset);
     formatting = true;
     impl->format(lay, sb);
     impl->refuse_if_not_durable("create: the new pool's metadata");

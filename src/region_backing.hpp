@@ -59,6 +59,10 @@ class region_backing {
     for (std::uint64_t i = 0; i < nr_words_; ++i) bits_[i].store(0, std::memory_order_relaxed);
   }
 
+  /// False when init was never called: every region counts as reserved (a preallocated file,
+  /// or no file).
+  bool tracking() const noexcept { return bits_ != nullptr; }
+
   /// True if regions [r, r + n) are known to be reserved. Any thread, no lock.
   bool reserved(std::uint32_t r, std::uint32_t n = 1) const noexcept {
     if (PMPAGE_LIKELY(!bits_)) return true;

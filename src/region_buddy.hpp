@@ -70,6 +70,9 @@ class region_buddy {
   /// Open: adds the free run [first, first + count), which no free region borders, as maximal
   /// naturally aligned blocks (no merging needed: O(blocks), not O(regions x orders)).
   void add_free_run(std::uint32_t first, std::uint64_t count);
+  /// pool.grow: the pool now has nr_regions regions (more than before); the caller frees the new
+  /// ones (free(), which merges them with free buddies below the old end).
+  void grow_to(std::uint64_t nr_regions) { st_->nr_regions = nr_regions; }
   std::uint64_t free_regions() const { return st_->free_regions; }
   /// Lists for check(): head of the free list of `order`, and the next link.
   std::uint32_t list_head(unsigned order) const { return st_->heads[order - HPAGE_PMD_ORDER]; }

@@ -1,5 +1,6 @@
 // superblock.cpp — the rules a superblock copy must pass (docs/format.md, "Superblock"), shared
 // by open (recovery.cpp) and the checker (fsck.cpp), so both judge a copy alike.
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <string>
@@ -44,6 +45,10 @@ superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint6
   sb.owner_table_offset = lay.owner_table_offset;
   sb.data_offset = lay.data_offset;
   sb.create_time_ns = create_time_ns;
+  if (lay.max_regions > lay.nr_regions) {
+    sb.flags |= SB_GROWABLE;
+    sb.max_regions = lay.max_regions;
+  }
   seal_superblock(sb);
   return sb;
 }
@@ -59,6 +64,27 @@ bool superblocks_differ_by_upgrade(const superblock& a, const superblock& b) {
   up.flags = b.flags;
   up.checksum = fletcher64(&up, offsetof(superblock, checksum));
   return std::memcmp(&up, &b, sizeof up) == 0;
+}
+
+bool superblocks_differ_by_grow(const superblock& a, const superblock& b) {
+  if (b.nr_regions <= a.nr_regions || b.device_size < a.device_size) return false;
+  superblock up = a;
+  up.nr_regions = b.nr_regions;
+  up.device_size = b.device_size;
+  up.checksum = fletcher64(&up, offsetof(superblock, checksum));
+  return std::memcmp(&up, &b, sizeof up) == 0;
+}
+
+std::uint64_t superblock_capacity(const superblock& sb) {
+  constexpr std::uint64_t most = MAX_POOL_PAGES / HPAGE_PMD_NR;
+  if (sb.flags & SB_GROWABLE) return sb.max_regions;
+  // The tables' rules (superblock_problem) hold for every count from nr_regions up to the
+  // smallest of these: each table's rounded size stays the same and the owner tables still end
+  // before the data.
+  std::uint64_t n = (sb.page_map_offset - sb.region_table_offset) / 8;
+  n = std::min(n, (sb.owner_table_offset - sb.page_map_offset) / PAGE_MAP_BYTES);
+  n = std::min(n, (sb.data_offset - sb.owner_table_offset) / OWNER_TABLE_BYTES);
+  return std::max(sb.nr_regions, std::min(n, most));
 }
 
 /// Why a superblock copy cannot be used, or "" if it can.
@@ -82,14 +108,23 @@ std::string superblock_problem(const superblock& sb) {
   }
   if (sb.nr_lanes != NR_LANES) return "unexpected lane count";
   if (sb.nr_regions == 0 || sb.nr_regions > MAX_POOL_PAGES / HPAGE_PMD_NR) return "region count out of range";
+  // The tables are laid out for `tables` regions: the capacity of a growable pool, else nr_regions.
+  std::uint64_t tables = sb.nr_regions;
+  if (sb.flags & SB_GROWABLE) {
+    if (sb.max_regions < sb.nr_regions || sb.max_regions > MAX_POOL_PAGES / HPAGE_PMD_NR)
+      return "capacity (max_regions) out of range";
+    tables = sb.max_regions;
+  } else if (sb.max_regions != 0) {
+    return "max_regions set without the growable flag";
+  }
   if (sb.lanes_offset != 2 * SUPERBLOCK_SIZE || sb.root_offset != sb.lanes_offset + round_up(NR_LANES * LANE_SIZE, 4096))
     return "metadata offsets inconsistent";
   if (sb.root_size < MIN_ROOT_SIZE || sb.root_size % 4096 || sb.root_size > MAX_ROOT_SIZE)
     return "root size out of range";
   if (sb.region_table_offset != sb.root_offset + sb.root_size ||
-      sb.page_map_offset != sb.region_table_offset + round_up(sb.nr_regions * 8, 4096) ||
-      sb.owner_table_offset != sb.page_map_offset + round_up(sb.nr_regions * PAGE_MAP_BYTES, 4096) ||
-      sb.data_offset < sb.owner_table_offset + sb.nr_regions * OWNER_TABLE_BYTES ||
+      sb.page_map_offset != sb.region_table_offset + round_up(tables * 8, 4096) ||
+      sb.owner_table_offset != sb.page_map_offset + round_up(tables * PAGE_MAP_BYTES, 4096) ||
+      sb.data_offset < sb.owner_table_offset + tables * OWNER_TABLE_BYTES ||
       sb.data_offset % HPAGE_PMD_SIZE != 0 || sb.data_offset > (std::uint64_t{1} << 40))
     return "metadata offsets inconsistent";
   if (sb.device_size < sb.data_offset + sb.nr_regions * HPAGE_PMD_SIZE) return "data area exceeds the device size";

@@ -300,6 +300,7 @@ std::unique_ptr<pool_impl> pool_impl::create_volatile(const pool::volatile_optio
   impl->lay_ = lay;
   impl->nr_regions_ = lay.nr_regions;
   impl->nr_pages_ = lay.nr_regions * HPAGE_PMD_NR;
+  impl->max_regions_ = lay.nr_regions;
   impl->pfn_base_ = impl->picked_base_ = pick_pfn_base(impl->nr_pages_);
   if (impl->pfn_base_ == 0) fail(EBUSY, name, "cannot create: no free pfn range found (random source broken?)");
   if (restore.armed) d.ensure_size(data_len, false);  // grows a short file, never shrinks one

@@ -108,7 +108,7 @@ struct report {
   std::uint32_t section_id = 0;      ///< format 2.x: the 16-bit section id (pfn bits 32..47); 3.x: 0
   pfn_t start_pfn = 0;               ///< the pool's first pfn (its pfn base): its identity
   pfn_t end_pfn = 0;                 ///< one past its last pfn: its pfns are [start_pfn, end_pfn)
-  std::uint64_t device_size = 0;     ///< bytes the pool was created on
+  std::uint64_t device_size = 0;     ///< bytes the pool was created on, or last grown to (pool::grow)
   std::uint64_t nr_regions = 0;      ///< 2 MiB regions in the data area
   std::uint64_t root_size = 0;       ///< bytes of the root area
   std::uint64_t data_offset = 0;     ///< byte offset of the data area (= bytes of metadata + padding)
@@ -142,6 +142,9 @@ struct report {
   /// damage, never repaired by check); with a metadata hit nothing but the superblocks was read
   /// (reading a bad block kills the reader), so the content figures are 0.
   std::vector<bad_block_finding> bad_blocks;
+  /// The most regions pool::grow can give the pool (its capacity: options::max_size at create,
+  /// else the slack of its tables); nr_regions when it cannot grow. (Last: added in 0.3.)
+  std::uint64_t max_regions = 0;
 
   /// Problems that are damage (not recovery's) and not repaired.
   PMPAGE_API std::size_t uncorrected() const;

@@ -113,7 +113,9 @@ inline page* state_holder(page* p) noexcept {
 // Translation
 // ---------------------------------------------------------------------------------------------
 
-/// True iff pfn belongs to the data area of an open pool.
+/// True iff pfn belongs to the data area of an open pool; for a pool open with room to grow
+/// (options::max_size), to its capacity's range (docs/api.md "Growing a pool"): pfns past
+/// end_pfn() there are no pages yet.
 inline bool pfn_valid(pfn_t pfn) noexcept {
   const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
   // One unsigned compare checks both ends and every high bit; a miss may still be a pool whose

@@ -120,11 +120,14 @@ struct pmpage_pool_options {
   int overwrite;      /**< format an existing pool or foreign file (else -EEXIST) */
   int preallocate;    /**< posix_fallocate the file */
   unsigned mode;      /**< file mode of a new file (0600) */
-  unsigned reserved_[11]; /**< zero (pmpage_pool_options_init): room for later fields */
+  unsigned reserved0_; /**< zero (pmpage_pool_options_init) */
+  uint64_t max_size;  /**< bytes the pool may grow to (pool::options::max_size); 0: no room to grow */
+  unsigned reserved_[8]; /**< zero (pmpage_pool_options_init): room for later fields */
 };
 PMPAGE_C_STATIC_ASSERT(sizeof(struct pmpage_pool_options) == 72, "pmpage_pool_options is ABI");
 
-/** Fills opts with the defaults: size 0, root_size 4096, overwrite 0, preallocate 0, mode 0600. */
+/** Fills opts with the defaults: size 0, root_size 4096, overwrite 0, preallocate 0, mode 0600,
+ *  max_size 0. */
 PMPAGE_API void pmpage_pool_options_init(struct pmpage_pool_options* opts);
 /** pmpage::pool::create. opts NULL = defaults. NULL on failure (errno, pmpage_errormsg()):
  *  ENOENT, EEXIST, EINVAL (too small, bad options), EBUSY (open, or being created), EMFILE, ... */
@@ -197,6 +200,18 @@ PMPAGE_API size_t pmpage_pool_hwpoison_pages(const pmpage_pool* pool, struct pmp
  *  block libpmem2 reports, with the pool closed everywhere. 0, or -errno (pmpage_errormsg()):
  *  -EINVAL (not a reported bad block: nothing written), -EBUSY (the pool is open), -EIO. */
 PMPAGE_API int pmpage_clear_bad_block(const char* path, uint64_t offset, uint64_t length);
+
+/** pmpage::pool::grow(path, new_size): grows the closed pool at path in place to new_size bytes
+ *  (whole 2 MiB regions, up to the capacity chosen at create with max_size; docs/api.md "Growing
+ *  a pool"). Crash-atomic. 0, or -errno (pmpage_errormsg()): -EINVAL (not larger, no whole
+ *  region added, beyond the capacity, or created without room to grow), -ENOTSUP (device DAX),
+ *  -EBUSY (the pool is open), or the errno of extending the file. */
+PMPAGE_API int pmpage_pool_grow_closed(const char* path, uint64_t new_size);
+/** pmpage::pool::grow(new_size) on an open pool (created with max_size): grows it in place;
+ *  nothing moves, the new regions are allocatable when it returns. 0, or -errno as
+ *  pmpage_pool_grow_closed, also -ENOTSUP (volatile pool), -EROFS (read-only pool: misuse),
+ *  -EINVAL for NULL (misuse). Thread-safe. */
+PMPAGE_API int pmpage_pool_grow(pmpage_pool* pool, uint64_t new_size);
 
 /** 1 for a pool opened read-only, 0 otherwise; -EINVAL for NULL (misuse). */
 PMPAGE_API int pmpage_pool_is_read_only(const pmpage_pool* pool);

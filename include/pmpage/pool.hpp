@@ -107,6 +107,19 @@ class PMPAGE_API pool {
     unsigned mode = 0600;
     /// The persistence backend; nullptr = libpmem. Tests pass a simulated device.
     std::shared_ptr<persistence> backend;
+    /// Bytes the pool may later grow to with pool::grow (docs/api.md "Growing a pool"): the
+    /// metadata tables are laid out for this size at create, so growth never moves them or the
+    /// data. 0 (the default) or `size`: no room to grow beyond the slack of the tables (often
+    /// none), and the pool stays readable by pmpage 0.3. Above `size` the pool gets the format
+    /// flag `growable` (libraries before 0.3 refuse it). Cost: 264 B per 2 MiB of max_size in the
+    /// file (region words and page maps, reserved at create), plus 4 KiB per 2 MiB of max_size of
+    /// owner tables that a sparse file keeps as holes until the regions exist; the data area
+    /// starts after all of it (about 0.2 % of max_size), so `size` must hold that and one region
+    /// (EINVAL, naming the least size). A writable open of such a pool reserves the address
+    /// space, descriptor windows and pfn range of max_size, so that grow(new_size) grows it in
+    /// place. Below `size`: EINVAL; device DAX: EINVAL (fixed size); above MAX_POOL_PAGES pages
+    /// of data: EINVAL.
+    std::uint64_t max_size = 0;  // last: added in 0.3
   };
 
   /// pool::open's options.
@@ -194,6 +207,57 @@ class PMPAGE_API pool {
 
   /// Formats `path` as a new pool and opens it. See docs/api.md for what each kind of path does.
   static pool create(const std::filesystem::path& path, const options& opts);
+
+  /// pool::grow's options.
+  struct grow_options {
+    /// Reserve the new part of the file up front (posix_fallocate), as options::preallocate.
+    bool preallocate = false;
+    /// The persistence backend of the superblock and region-table writes; nullptr = libpmem.
+    /// Tests pass a simulated device (testing::sim_pmem) to crash the grow at every fence.
+    std::shared_ptr<persistence> backend;
+  };
+  /// What pool::grow did.
+  struct grow_result {
+    std::uint64_t old_regions = 0;  ///< 2 MiB regions before
+    std::uint64_t new_regions = 0;  ///< and after (old_regions + the regions added)
+    std::uint64_t max_regions = 0;  ///< the most the pool can have (options::max_size at create)
+    std::uint64_t device_size = 0;  ///< bytes the pool now records (new_size)
+  };
+  /// Grows the closed pool at `path` in place to `new_size` bytes (docs/api.md "Growing a
+  /// pool"): the file is extended, and the whole 2 MiB regions that fit in new_size, up to the
+  /// capacity chosen at create (options::max_size), are added at the end of the data area. Pfns
+  /// and offsets of existing pages, the root area and every slot stay as they are; the next
+  /// open() sees the new size (stats().total_pages, `pmpage info`). Crash-atomic: a crash leaves
+  /// the old size or the new one, never a half-grown pool (3 fences: the new region words, then
+  /// superblock copy B, then A; open rolls a torn pair forward). Offline: the pool must not be
+  /// open anywhere (it takes the exclusive opener lock, EBUSY otherwise); an open pool grows with
+  /// the member grow(new_size). Thread-safety: any thread, like open().
+  /// Throws pmpage::error: EINVAL if new_size is not above the pool's size or adds no whole
+  /// region, if the pool is at its capacity or new_size is beyond it (the message says how much
+  /// is possible, and for a pool created without max_size how to get room: create with
+  /// options::max_size and copy the data), or the pool is unreadable, being re-identified or
+  /// has copies that differ by more than a crash leaves; ENOTSUP for device DAX (a namespace has
+  /// a fixed size); EBUSY if the pool is open (anywhere) or its grown pfn range overlaps a pool
+  /// open in this process; EACCES/EROFS for a file this process may only read; ENOSPC/EFBIG and
+  /// other errnos of extending the file. Nothing is changed when it throws before its first
+  /// fence; a write-back failure after that leaves the old or the new size (run it again).
+  static grow_result grow(const std::filesystem::path& path, std::uint64_t new_size, const grow_options& opts);
+  static grow_result grow(const std::filesystem::path& path, std::uint64_t new_size) {
+    return grow(path, new_size, grow_options{});
+  }
+  /// Grows this open pool in place to `new_size` bytes (docs/api.md "Growing a pool"): as the
+  /// static grow, for a pool created with room to grow (options::max_size), whose open reserved
+  /// the address space, descriptors and pfns of its capacity: nothing moves (base(), every page*
+  /// and pfn stay valid), and the new regions are allocatable from every thread when it returns.
+  /// Crash-atomic, 3 fences plus an fsync; allocations in other threads may run meanwhile (they
+  /// see the new regions once it returns). Thread-safe; two grows of one pool run one after the
+  /// other. Returns 0, or -errno (errno and pmpage_errormsg() set): -EINVAL as the static grow
+  /// (not larger, no whole region, beyond the capacity, created without max_size), -ENOTSUP for
+  /// device DAX and volatile pools (fixed size), -EROFS for a read-only pool (misuse, reported:
+  /// nothing changes), the errno of extending or mapping the file (-ENOSPC, -EFBIG, -ENOMEM) or
+  /// of a write-back failure (the media then has the old or the new size; the pool keeps the
+  /// old until reopened). On a closed pool: misuse, -EINVAL.
+  int grow(std::uint64_t new_size) noexcept;
   /// Opens and recovers an existing pool (opts.read_only: without writing it; see open_options).
   static pool open(const std::filesystem::path& path, const open_options& opts);
   /// open(path, open_options{}): read-write, libpmem, libpmem2's bad blocks.

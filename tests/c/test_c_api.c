@@ -100,6 +100,8 @@ static void test_setup(void) {
   CHECK_EQ_U(o.overwrite, 0);
   CHECK_EQ_U(o.preallocate, 0);
   CHECK_EQ_U(o.mode, 0600);
+  CHECK_EQ_U(o.max_size, 0);
+  CHECK_EQ_U(o.reserved0_, 0);
   for (i = 0; i < sizeof o.reserved_ / sizeof o.reserved_[0]; ++i) CHECK_EQ_U(o.reserved_[i], 0);
   pmpage_pool_options_init(NULL); /* harmless */
   pmpage_pool_close(NULL);        /* no-op */
@@ -1140,6 +1142,60 @@ static void test_volatile(void) {
 }
 
 /* ---- bad blocks: the open with a list, PageHWPoison, the stats and the list, clearing ---------- */
+/* pmpage_pool_options.max_size and pmpage_pool_grow (docs/api.md "Growing a pool"). */
+static void test_grow(void) {
+  struct pmpage_pool_options o;
+  struct pmpage_pool_stats st;
+  pmpage_pool* p;
+  char path[512];
+  uint64_t before;
+
+  snprintf(path, sizeof path, "%s", scratch("grow"));
+  unlink(path);
+  pmpage_pool_options_init(&o);
+  o.size = 16u << 20;
+  o.max_size = 64u << 20;
+  p = pmpage_pool_create(path, &o);
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  before = st.total_regions;
+  errno = 0;
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 32u << 20), -EBUSY); /* open */
+  CHECK_EQ_U(errno, EBUSY);
+  CHECK(strstr(pmpage_errormsg(), "pmpage_pool_grow_closed") != NULL);
+  /* The open pool grows in place. */
+  CHECK_EQ_U(pmpage_pool_grow(p, 20u << 20), 0);
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  CHECK_EQ_U(st.total_regions, before + 2);
+  CHECK_EQ_U(pmpage_pool_grow(p, 8u << 20), -EINVAL);
+  CHECK(strstr(pmpage_errormsg(), "never shrinks") != NULL);
+  before = st.total_regions;
+  pmpage_pool_close(p);
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 8u << 20), -EINVAL); /* shrink */
+  CHECK(strstr(pmpage_errormsg(), "never shrinks") != NULL);
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 1u << 30), -EINVAL); /* beyond the capacity */
+  CHECK(strstr(pmpage_errormsg(), "capacity") != NULL);
+  CHECK_EQ_U(pmpage_pool_grow_closed(NULL, 32u << 20), -EINVAL);
+  CHECK_EQ_U(pmpage_pool_grow_closed(path, 32u << 20), 0);
+  p = pmpage_pool_open(path);
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
+  CHECK_EQ_U(st.total_regions, before + 6);
+  CHECK_EQ_U(pmpage_pool_end_pfn(p) - pmpage_pool_start_pfn(p), st.total_pages);
+  pmpage_pool_close(p);
+  /* A non-zero reserved word is refused, as for every options struct. */
+  pmpage_pool_options_init(&o);
+  o.size = 16u << 20;
+  o.overwrite = 1;
+  o.reserved0_ = 1;
+  errno = 0;
+  CHECK(pmpage_pool_create(path, &o) == NULL);
+  CHECK_EQ_U(errno, EINVAL);
+  unlink(path);
+}
+
 static void test_bad_blocks(void) {
   pmpage_pool* p = make_pool("badblocks", 64ull << 20, 4096);
   struct pmpage_page* pg;
@@ -1214,6 +1270,7 @@ int main(int argc, char** argv) {
   test_cxx_agrees();
   test_volatile();
   test_bad_blocks();
+  test_grow();
   test_default_handler_aborts();
 
   CHECK(strlen(pmpage_errormsg()) > 0);

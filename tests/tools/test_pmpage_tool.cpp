@@ -176,6 +176,7 @@ const std::vector<std::pair<std::string, json::value_t>> INFO_FIELDS = {
     {"create_time_ns", json::value_t::number_unsigned}, {"section_id", json::value_t::number_unsigned},
     {"start_pfn", json::value_t::number_unsigned}, {"end_pfn", json::value_t::number_unsigned},
     {"device_size", json::value_t::number_unsigned}, {"nr_regions", json::value_t::number_unsigned},
+    {"max_regions", json::value_t::number_unsigned},
     {"root_size", json::value_t::number_unsigned}, {"data_offset", json::value_t::number_unsigned},
     {"metadata_bytes", json::value_t::number_unsigned}, {"total_pages", json::value_t::number_unsigned},
     {"free_pages", json::value_t::number_unsigned}, {"free_regions", json::value_t::number_unsigned},
@@ -218,9 +219,9 @@ const std::vector<std::string> KINDS = {"empty", "healthy", "full", "fragmented"
 TEST_F(Tool, HelpDocumentsEverySubcommandAndTheExitCodes) {
   const result r = run({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* s : {"create", "info", "check", "map", "dump", "clear-bad-block", "Exit status", "16", "1K = 1024"})
+  for (const char* s : {"create", "info", "check", "map", "dump", "clear-bad-block", "grow", "Exit status", "16", "1K = 1024"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s << " missing from --help:\n" << r.out;
-  for (const char* sub : {"create", "info", "check", "map", "dump"}) {
+  for (const char* sub : {"create", "info", "check", "map", "dump", "grow"}) {
     const result h = run({sub, "--help"});
     EXPECT_EQ(h.code, 0) << sub;
     EXPECT_NE(h.out.find("Exit status"), std::string::npos) << sub << ":\n" << h.out;
@@ -784,6 +785,64 @@ TEST_F(Tool, ReadOnlyHoldersDoNotBlockReaders) {
   EXPECT_NE(r.err.find("open"), std::string::npos) << r.err;
   ::close(fd);
   EXPECT_EQ(run({"check", p, "--repair"}).code, 0);
+}
+
+// ---- grow ---------------------------------------------------------------------------------------
+
+// `pmpage grow`: 0 when grown (info then agrees: regions, pages, file size, pfns extended at the
+// end), 8 for every refusal (not larger, no whole region, beyond the capacity, a pool created
+// without --max-size, open in another process), 16 for a bad command line.
+TEST_F(Tool, GrowExitCodesAndInfoAgrees) {
+  const std::string p = path("grow.pool");
+  ASSERT_EQ(run({"create", p, "--size", "16M", "--max-size", "128M"}).code, 0);
+  const json before = run_json({"info", p, "--json"}, 0);
+  EXPECT_GT(before["max_regions"].get<std::uint64_t>(), before["nr_regions"].get<std::uint64_t>());
+  EXPECT_NE(run({"info", p}).out.find("can grow to"), std::string::npos);
+
+  const json g = run_json({"grow", p, "--size", "64M", "--json"}, 0);
+  EXPECT_EQ(g["old_regions"], before["nr_regions"]);
+  EXPECT_EQ(g["max_regions"], before["max_regions"]);
+  EXPECT_EQ(g["device_size"], 64 * MiB);
+  const json after = run_json({"info", p, "--json"}, 0);
+  EXPECT_EQ(after["nr_regions"], g["new_regions"]);
+  EXPECT_EQ(after["file_size"], 64 * MiB);
+  EXPECT_EQ(after["device_size"], 64 * MiB);
+  EXPECT_EQ(after["total_pages"], g["new_regions"].get<std::uint64_t>() * 512);
+  EXPECT_EQ(after["free_pages"], after["total_pages"]);
+  EXPECT_EQ(after["start_pfn"], before["start_pfn"]);
+  EXPECT_EQ(after["end_pfn"], before["start_pfn"].get<std::uint64_t>() + after["total_pages"].get<std::uint64_t>());
+  EXPECT_EQ(after["data_offset"], before["data_offset"]);
+  EXPECT_EQ(run({"check", p}).code, 0);
+
+  const result same = run({"grow", p, "--size", "64M"});
+  EXPECT_EQ(same.code, 8);
+  EXPECT_NE(same.err.find("never shrinks"), std::string::npos) << same.err;
+  EXPECT_EQ(run({"grow", p, "--size", "32M"}).code, 8);
+  const result partial = run({"grow", p, "--size", std::to_string(64 * MiB + 4096)});
+  EXPECT_EQ(partial.code, 8);
+  EXPECT_NE(partial.err.find("no whole 2 MiB region"), std::string::npos) << partial.err;
+  const result beyond = run({"grow", p, "--size", "1G"});
+  EXPECT_EQ(beyond.code, 8);
+  EXPECT_NE(beyond.err.find("capacity"), std::string::npos) << beyond.err;
+  {
+    holder h(p);
+    const result open = run({"grow", p, "--size", "128M"});
+    EXPECT_EQ(open.code, 8);
+    EXPECT_NE(open.err.find("open"), std::string::npos) << open.err;
+  }
+  EXPECT_EQ(run({"grow", p, "--size", "128M"}).code, 0);
+  EXPECT_EQ(run_json({"info", p, "--json"}, 0)["nr_regions"], before["max_regions"]);
+  EXPECT_EQ(run({"grow", p, "--size", "130M"}).code, 8);  // at its capacity
+
+  const std::string fixed = path("fixed.pool");
+  ASSERT_EQ(run({"create", fixed, "--size", "16M"}).code, 0);
+  const result no_room = run({"grow", fixed, "--size", "64M"});
+  EXPECT_EQ(no_room.code, 8);
+  EXPECT_NE(no_room.err.find("max-size"), std::string::npos) << no_room.err;
+
+  EXPECT_EQ(run({"grow", p}).code, 16);
+  EXPECT_EQ(run({"grow", p, "--size", "12Q"}).code, 16);
+  EXPECT_EQ(run({"grow", path("nope.pool"), "--size", "64M"}).code, 8);
 }
 
 // ---- reidentify -------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-// tools/pmpage/create.cpp — `pmpage create PATH --size SIZE [--root-size SIZE] [--preallocate]
-// [--force]`: pool::create, then close. With `check --repair` and `reidentify`, the subcommands that write.
+// tools/pmpage/create.cpp — `pmpage create PATH --size SIZE [--root-size SIZE] [--max-size SIZE]
+// [--preallocate] [--force]`: pool::create, then close. With `check --repair`, `grow` and `reidentify`, the subcommands that write.
 #include <cctype>
 #include <filesystem>
 #include <iostream>
@@ -16,6 +16,7 @@ struct create_args {
   std::uint64_t root_size = 4096;
   bool preallocate = false;
   bool force = false;
+  std::uint64_t max_size = 0;
 };
 }  // namespace
 
@@ -50,6 +51,13 @@ command add_create(CLI::App& app) {
       ->transform(CLI::AsSizeValue(false))
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 30, "4K .. 1G"))
       ->capture_default_str();
+  sub->add_option("--max-size", a->max_size,
+                  "bytes the pool may later grow to with `pmpage grow` (its tables are laid out for it now; "
+                  "a sparse file pays 264 B per 2 MiB of it, and pmpage before 0.3 cannot open the pool); "
+                  "default: no room to grow")
+      ->check(size_bytes())
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 60, "at most 1 EiB"));
   sub->add_flag("--preallocate", a->preallocate,
                 "reserve the file's blocks now (posix_fallocate), so a full file system fails here "
                 "rather than on a later store");
@@ -72,6 +80,7 @@ command add_create(CLI::App& app) {
             o.root_size = a->root_size;
             o.preallocate = a->preallocate;
             o.overwrite = a->force;
+            o.max_size = a->max_size;
             pool p = pool::create(a->path, o);
             const pool_stats s = p.stats();
             const pfn_t start = p.start_pfn(), end = p.end_pfn();

@@ -61,6 +61,7 @@ json info_json(const fsck::report& r) {
       {"end_pfn", r.end_pfn},
       {"device_size", r.device_size},
       {"nr_regions", r.nr_regions},
+      {"max_regions", r.max_regions},
       {"root_size", r.root_size},
       {"data_offset", r.data_offset},
       {"metadata_bytes", r.metadata_bytes},
@@ -102,7 +103,11 @@ void print_table(const fsck::report& r) {
   row("format version", n(r.format_major) + "." + n(r.format_minor));
   row("uuid", r.uuid);
   row("created", format_time(r.create_time_ns));
-  row("device size at create", human_bytes(r.device_size) + " (" + n(r.device_size) + " B)");
+  row("device size", human_bytes(r.device_size) + " (" + n(r.device_size) + " B)");
+  row("can grow to", r.max_regions > r.nr_regions
+                         ? n(r.max_regions) + " regions (" + human_bytes(r.data_offset + r.max_regions * (PAGE_SIZE << 9)) +
+                               ": pmpage grow)"
+                         : std::string("no (created without --max-size)"));
   if (r.format_major == 2) row("section id", n(r.section_id) + " (format 2.x: pfn bits 32..47)");
   row("pfn range", "[" + hex(r.start_pfn) + ", " + hex(r.end_pfn) + ") (pfn base " + hex(r.start_pfn) + ": the pool's identity)");
   row("root area", human_bytes(r.root_size));

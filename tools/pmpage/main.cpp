@@ -21,7 +21,7 @@ constexpr const char* FOOTER = R"(Exit status (fsck's convention):
   16  usage error: bad command line
 
 Sizes take binary suffixes, case-insensitive: K, M, G, T, P (and KiB, MiB... ; 1K = 1024).
-Nothing but `create`, `check --repair`, `clear-bad-block` and `reidentify` ever writes to a pool.
+Nothing but `create`, `check --repair`, `clear-bad-block`, `grow` and `reidentify` ever writes to a pool.
 See pmpage(1) and docs/cli.md.)";
 
 }  // namespace
@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
 
   const std::vector<command> commands = {add_create(app), add_info(app), add_check(app),
-                                         add_map(app), add_dump(app), add_clear_bad_block(app), add_reidentify(app)};
+                                         add_map(app), add_dump(app), add_clear_bad_block(app), add_reidentify(app),
+                                         add_grow(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

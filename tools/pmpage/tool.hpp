@@ -1,6 +1,6 @@
 // tools/pmpage/tool.hpp — what the subcommands of pmpage(1) share: the exit codes, the way a
 // subcommand plugs into the CLI11 app, and small formatting helpers. One subcommand per file
-// (create.cpp, info.cpp, check.cpp, map.cpp, dump.cpp, reidentify.cpp); main.cpp parses and maps errors to exit
+// (create.cpp, info.cpp, check.cpp, map.cpp, dump.cpp, reidentify.cpp, grow.cpp); main.cpp parses and maps errors to exit
 // codes. The tool holds no knowledge of the media format: everything it shows comes from
 // pmpage::fsck (include/pmpage/fsck.hpp) or pmpage::pool.
 #pragma once
@@ -44,9 +44,12 @@ command add_check(CLI::App& app);
 command add_map(CLI::App& app);
 command add_dump(CLI::App& app);
 command add_reidentify(CLI::App& app);
+command add_grow(CLI::App& app);
 
 // ---- shared helpers -----------------------------------------------------------------------------
 
+/// A size: digits with an optional binary suffix, never negative, at most 2^60 bytes (create.cpp).
+CLI::Validator size_bytes();
 /// "64 MiB", "1.5 GiB", "4 KiB", "123 B": binary units, at most one decimal.
 std::string human_bytes(std::uint64_t bytes);
 /// "0x1f000"

@@ -1,0 +1,425 @@
+// test_grow.cpp — pool::grow and options::max_size (docs/api.md "Growing a pool"): whole regions
+// added in place, existing pages untouched, the grown pool fully allocatable, every refusal
+// clear, and the superblock rules that make a torn grow open as the old or the new size.
+// (Crash points of grow: tests/reliability/test_crash_points.cpp, GrowCrash.)
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "layout.hpp"     // src/: the superblock fields and rules
+#include "pool_impl.hpp"  // src/: growth_refused_for
+#include "test_util.hpp"
+#include <pmpage/fsck.hpp>
+
+using namespace pmpage;
+using namespace pmtest;
+namespace fs = std::filesystem;
+
+namespace {
+
+class GrowTest : public TempPathTest {
+ protected:
+  static pool create_growable(const fs::path& path, std::uint64_t size, std::uint64_t max_size) {
+    pool::options o;
+    o.size = size;
+    o.max_size = max_size;
+    return pool::create(path, o);
+  }
+  static detail::superblock read_sb(const fs::path& path, unsigned copy) {
+    detail::superblock sb{};
+    std::ifstream in(path, std::ios::binary);
+    in.seekg(copy * detail::SUPERBLOCK_SIZE);
+    in.read(reinterpret_cast<char*>(&sb), sizeof sb);
+    return sb;
+  }
+  static void write_sb(const fs::path& path, unsigned copy, const detail::superblock& sb) {
+    std::fstream out(path, std::ios::binary | std::ios::in | std::ios::out);
+    out.seekp(copy * detail::SUPERBLOCK_SIZE);
+    out.write(reinterpret_cast<const char*>(&sb), sizeof sb);
+  }
+  template <class F>
+  static std::string error_of(F&& f, int want_errno) {
+    try {
+      f();
+    } catch (const pmpage::error& e) {
+      EXPECT_EQ(e.code().value(), want_errno) << e.what();
+      return e.what();
+    }
+    ADD_FAILURE() << "no error (wanted errno " << want_errno << ")";
+    return {};
+  }
+};
+
+}  // namespace
+
+TEST_F(GrowTest, GrownPoolFillsCompletelyWithTheNewRegions) {
+  const fs::path path = new_path();
+  std::uint64_t old_regions = 0;
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    old_regions = p.stats().total_regions;
+  }
+  const pool::grow_result r = pool::grow(path, 48 * MiB);
+  EXPECT_EQ(r.old_regions, old_regions);
+  EXPECT_GT(r.new_regions, old_regions);
+  EXPECT_GE(r.max_regions, r.new_regions);
+  EXPECT_EQ(fs::file_size(path), 48 * MiB);
+  pool p = pool::open(path);
+  const pool_stats s = p.stats();
+  EXPECT_EQ(s.total_regions, r.new_regions);
+  EXPECT_EQ(s.total_pages, r.new_regions * 512);
+  EXPECT_EQ(s.free_pages, s.total_pages);
+  EXPECT_EQ(p.end_pfn() - p.start_pfn(), s.total_pages);
+  // Every page, old and new, is handed out, once, from several threads: whole regions and 4 KiB pages.
+  std::vector<std::vector<pfn_t>> got(2);
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < 2; ++t)
+    ts.emplace_back([&, t] {
+      for (;;) {
+        page* pg = p.alloc_pages(t == 0 ? 9 : 0);
+        if (!pg) break;
+        const pfn_t f = page_to_pfn(pg);
+        for (pfn_t i = 0; i < (t == 0 ? 512u : 1u); ++i) got[t].push_back(f + i);
+      }
+    });
+  for (auto& t : ts) t.join();
+  std::set<pfn_t> all(got[0].begin(), got[0].end());
+  all.insert(got[1].begin(), got[1].end());
+  EXPECT_EQ(all.size(), got[0].size() + got[1].size()) << "a page was handed out twice";
+  EXPECT_EQ(all.size(), s.total_pages);
+  EXPECT_EQ(*all.begin(), p.start_pfn());
+  EXPECT_EQ(*all.rbegin(), p.end_pfn() - 1);
+  EXPECT_EQ(p.stats().free_pages, 0u);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, GrowKeepsPfnsSlotsAndContentsOfExistingPages) {
+  const fs::path path = new_path();
+  pfn_t start = 0, owned = 0, plain = 0;
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    start = p.start_pfn();
+    page* o = p.alloc_pages_to(3, &root_slots(p)[0]);
+    ASSERT_NE(o, nullptr);
+    owned = root_slots(p)[0];
+    std::memset(page_address(o), 0x5a, 8 * PAGE_SIZE);
+    page* g = p.alloc_pages(9);
+    ASSERT_NE(g, nullptr);
+    plain = page_to_pfn(g);
+    root_slots(p)[1] = plain;
+    std::memset(page_address(g), 0xa5, HPAGE_PMD_SIZE);
+    p.persist(page_address(o), 8 * PAGE_SIZE);
+    p.persist(page_address(g), HPAGE_PMD_SIZE);
+    p.persist(root_slots(p), 16);
+  }
+  const pool::grow_result r = pool::grow(path, 40 * MiB);
+  pool p = pool::open(path);
+  EXPECT_EQ(p.start_pfn(), start);
+  EXPECT_EQ(p.stats().total_regions, r.new_regions);
+  EXPECT_EQ(root_slots(p)[0], owned);
+  EXPECT_EQ(root_slots(p)[1], plain);
+  const auto* a = static_cast<const unsigned char*>(page_address(pfn_to_page(owned)));
+  const auto* b = static_cast<const unsigned char*>(page_address(pfn_to_page(plain)));
+  for (std::size_t i = 0; i < 8 * PAGE_SIZE; ++i) ASSERT_EQ(a[i], 0x5a) << i;
+  for (std::size_t i = 0; i < HPAGE_PMD_SIZE; ++i) ASSERT_EQ(b[i], 0xa5) << i;
+  const pool::slot_check c = p.check_slots(std::vector<pfn_t*>{&root_slots(p)[0]});
+  EXPECT_TRUE(c.dangling.empty() && c.misowned.empty()) << c.describe();
+  EXPECT_EQ(allocations(p).by_pfn.size(), 1u + 1u);
+  EXPECT_EQ(p.free_pages_from(&root_slots(p)[0]), 0);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, ShrinkSameSizeAndLessThanARegionAreRefusedAndChangeNothing) {
+  const fs::path path = new_path();
+  create_growable(path, 16 * MiB, 64 * MiB).close();
+  const auto before = read_sb(path, 0);
+  EXPECT_NE(error_of([&] { pool::grow(path, 8 * MiB); }, EINVAL).find("never shrinks"), std::string::npos);
+  EXPECT_NE(error_of([&] { pool::grow(path, 16 * MiB); }, EINVAL).find("never shrinks"), std::string::npos);
+  EXPECT_NE(error_of([&] { pool::grow(path, 16 * MiB + 4096); }, EINVAL).find("no whole 2 MiB region"), std::string::npos);
+  const auto after = read_sb(path, 0);
+  EXPECT_EQ(std::memcmp(&before, &after, sizeof before), 0);
+  EXPECT_EQ(fs::file_size(path), 16 * MiB);
+  EXPECT_EQ(pool::open(path).stats().total_regions, before.nr_regions);
+}
+
+TEST_F(GrowTest, BeyondTheCapacityIsRefusedAndUpToItWorks) {
+  const fs::path path = new_path();
+  create_growable(path, 16 * MiB, 64 * MiB).close();
+  const std::string why = error_of([&] { pool::grow(path, 66 * MiB); }, EINVAL);
+  EXPECT_NE(why.find("capacity"), std::string::npos) << why;
+  EXPECT_NE(why.find("max_size"), std::string::npos) << why;
+  EXPECT_EQ(fs::file_size(path), 16 * MiB) << "a refused grow extended the file";
+  const pool::grow_result r = pool::grow(path, 64 * MiB);
+  EXPECT_EQ(r.new_regions, r.max_regions);
+  EXPECT_EQ(pool::open(path).stats().total_regions, r.max_regions);
+  EXPECT_NE(error_of([&] { pool::grow(path, 66 * MiB); }, EINVAL).find("capacity"), std::string::npos);
+  // A size no pool can describe: refused at create.
+  pool::options o;
+  o.size = 16 * MiB;
+  o.max_size = detail::MAX_GROWABLE_SIZE + 1;
+  EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("largest pool"), std::string::npos);
+  o.max_size = 8 * MiB;
+  EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("below the pool's size"), std::string::npos);
+  o.max_size = 64 * GiB;  // its tables alone take more than 16 MiB
+  EXPECT_NE(error_of([&] { pool::create(new_path(), o); }, EINVAL).find("needs at least"), std::string::npos);
+}
+
+TEST_F(GrowTest, APoolCreatedWithoutMaxSizeSaysHowToGetRoom) {
+  const fs::path path = new_path();
+  create_pool(path, 16 * MiB).close();
+  const auto sb = read_sb(path, 0);
+  EXPECT_EQ(sb.flags & detail::SB_GROWABLE, 0u) << "max_size 0 must keep the format older libraries read";
+  EXPECT_EQ(sb.max_regions, 0u);
+  const std::uint64_t cap = detail::superblock_capacity(sb);
+  const std::string why = error_of([&] { pool::grow(path, 64 * MiB); }, EINVAL);
+  EXPECT_NE(why.find("max_size"), std::string::npos) << why;
+  if (cap > sb.nr_regions) {
+    // The slack of its tables: grown without the flag, still readable by older libraries.
+    pool::grow(path, sb.data_offset + cap * HPAGE_PMD_SIZE);
+    const auto g = read_sb(path, 0);
+    EXPECT_EQ(g.nr_regions, cap);
+    EXPECT_EQ(g.flags & detail::SB_GROWABLE, 0u);
+    EXPECT_EQ(pool::open(path).stats().total_regions, cap);
+  }
+  EXPECT_NE(error_of([&] { pool::grow(path, 64 * MiB); }, EINVAL).find("max_size"), std::string::npos);
+}
+
+TEST_F(GrowTest, AnOpenPoolIsRefusedReadOnlyOrNot) {
+  const fs::path path = new_path();
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    EXPECT_NE(error_of([&] { pool::grow(path, 32 * MiB); }, EBUSY).find("open"), std::string::npos);
+  }
+  {
+    pool::open_options ro;
+    ro.read_only = true;
+    pool p = pool::open(path, ro);
+    EXPECT_NE(error_of([&] { pool::grow(path, 32 * MiB); }, EBUSY).find("open"), std::string::npos);
+  }
+  EXPECT_EQ(fs::file_size(path), 16 * MiB);
+  const std::uint64_t grown = pool::grow(path, 32 * MiB).new_regions;
+  EXPECT_EQ(pool::open(path).stats().total_regions, grown);
+}
+
+TEST_F(GrowTest, DeviceDaxIsRefusedAndCannotBeCreatedGrowable) {
+  // No device DAX here: the kind check grow makes right after opening the path.
+  EXPECT_NE(detail::growth_refused_for(detail::device::kind::device_dax).find("fixed size"), std::string::npos);
+  EXPECT_EQ(detail::growth_refused_for(detail::device::kind::regular_file), "");
+  EXPECT_NE(error_of([&] { pool::grow(new_path(), 32 * MiB); }, ENOENT), "");
+}
+
+TEST_F(GrowTest, GrowableSuperblockRulesAndTheTornGrowRollsForward) {
+  const fs::path path = new_path();
+  create_growable(path, 16 * MiB, 64 * MiB).close();
+  const auto old_sb = read_sb(path, 0);
+  EXPECT_NE(old_sb.flags & detail::SB_GROWABLE, 0u);
+  EXPECT_GT(old_sb.max_regions, old_sb.nr_regions);
+  EXPECT_EQ(detail::superblock_problem(old_sb), "");
+  {
+    auto bad = old_sb;  // a capacity below the regions it has
+    bad.max_regions = bad.nr_regions - 1;
+    detail::seal_superblock(bad);
+    EXPECT_NE(detail::superblock_problem(bad), "");
+    bad = old_sb;  // a capacity without the flag
+    bad.flags &= ~detail::SB_GROWABLE;
+    detail::seal_superblock(bad);
+    EXPECT_NE(detail::superblock_problem(bad), "");
+  }
+  pool::grow(path, 32 * MiB);
+  const auto new_sb = read_sb(path, 1);
+  EXPECT_TRUE(detail::superblocks_differ_by_grow(old_sb, new_sb));
+  EXPECT_FALSE(detail::superblocks_differ_by_grow(new_sb, old_sb)) << "a shrink is no grow";
+  auto other = new_sb;  // more than the size changed: not a grow
+  other.create_time_ns += 1;
+  detail::seal_superblock(other);
+  EXPECT_FALSE(detail::superblocks_differ_by_grow(old_sb, other));
+  // The crash between the two copies: A old, B new. check names it as recovery's leftover (not
+  // damage: exit 0) and describes the new size; open takes B (the new size) and repairs A.
+  write_sb(path, 0, old_sb);
+  {
+    const fsck::report r = fsck::check(path);
+    EXPECT_EQ(r.exit_code(), 0);
+    EXPECT_EQ(r.nr_regions, new_sb.nr_regions);
+    ASSERT_EQ(r.problems.size(), 1u);
+    EXPECT_TRUE(r.problems[0].recovery);
+    EXPECT_NE(r.problems[0].what.find("pool::grow"), std::string::npos) << r.problems[0].what;
+  }
+  {
+    pool p = pool::open(path);
+    EXPECT_EQ(p.stats().total_regions, new_sb.nr_regions);
+    const auto log = p.recovery_log();
+    ASSERT_FALSE(log.empty());
+    EXPECT_NE(log.back().find("interrupted pool::grow"), std::string::npos) << log.back();
+    EXPECT_EQ(p.check(), "");
+  }
+  const auto repaired = read_sb(path, 0);
+  EXPECT_EQ(std::memcmp(&repaired, &new_sb, sizeof new_sb), 0);
+  // The other order (A new, B old) is no crash of grow: refused as copies that differ.
+  write_sb(path, 1, old_sb);
+  EXPECT_NE(error_of([&] { pool::open(path); }, EINVAL).find("differ"), std::string::npos);
+}
+
+// ---- growing an open pool: pool.grow(new_size) ----------------------------------------------------
+
+TEST_F(GrowTest, AnOpenPoolGrowsInPlaceAndItsNewRegionsAreAllocatable) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 16 * MiB, 64 * MiB);
+  void* const base = p.base();
+  const pfn_t start = p.start_pfn();
+  page* kept = p.alloc_pages_to(2, &root_slots(p)[0]);
+  ASSERT_NE(kept, nullptr);
+  std::memset(page_address(kept), 0x3c, 4 * PAGE_SIZE);
+  const std::uint64_t old_regions = p.stats().total_regions;
+  ASSERT_EQ(p.grow(40 * MiB), 0);
+  EXPECT_EQ(p.base(), base) << "the pool moved";
+  EXPECT_EQ(p.start_pfn(), start);
+  EXPECT_EQ(fs::file_size(path), 40 * MiB);
+  const pool_stats s = p.stats();
+  EXPECT_GT(s.total_regions, old_regions);
+  EXPECT_EQ(p.end_pfn() - p.start_pfn(), s.total_pages);
+  EXPECT_EQ(page_address(pfn_to_page(root_slots(p)[0])), page_address(kept));
+  EXPECT_EQ(static_cast<unsigned char*>(page_address(kept))[4 * PAGE_SIZE - 1], 0x3c);
+  // Grown again, then filled: every new page, from the last region down, is handed out.
+  ASSERT_EQ(p.grow(64 * MiB), 0);
+  const std::uint64_t total = p.stats().total_pages;
+  std::set<pfn_t> got;
+  for (page* g; (g = p.alloc_pages(0)) != nullptr;) got.insert(page_to_pfn(g));
+  EXPECT_EQ(got.size() + 4, total);
+  EXPECT_EQ(*got.rbegin(), p.end_pfn() - 1);
+  for (pfn_t f : {*got.begin(), *got.rbegin()}) std::memset(page_address(pfn_to_page(f)), 1, PAGE_SIZE);
+  EXPECT_EQ(p.check(), "");
+  p.close();
+  const fsck::report r = fsck::check(path);  // what `pmpage info` shows
+  EXPECT_EQ(r.exit_code(), 0);
+  EXPECT_EQ(r.total_pages, total);
+  EXPECT_EQ(r.free_pages, 0u);
+  EXPECT_EQ(r.max_regions, r.nr_regions) << "grown to its capacity";
+  EXPECT_EQ(r.end_pfn - r.start_pfn, total);
+  pool q = pool::open(path);
+  EXPECT_EQ(q.stats().total_pages, total);
+  EXPECT_EQ(q.stats().free_pages, 0u);
+  EXPECT_EQ(q.check(), "");
+}
+
+TEST_F(GrowTest, GrowRacingAllocationsInTwoThreadsLosesAndDoublesNothing) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 8 * MiB, 64 * MiB);
+  std::atomic<bool> grown{false};
+  std::vector<std::vector<pfn_t>> got(2);
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < 2; ++t)
+    ts.emplace_back([&, t] {
+      for (;;) {
+        const bool done = grown.load();
+        page* pg = p.alloc_pages(t == 0 ? 0 : 3);
+        if (pg) {
+          for (pfn_t i = 0; i < (t == 0 ? 1u : 8u); ++i) got[t].push_back(page_to_pfn(pg) + i);
+        } else if (done) {
+          break;  // no room after the last grow: the pool is full
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    });
+  for (std::uint64_t size = 16 * MiB; size <= 64 * MiB; size += 8 * MiB) ASSERT_EQ(p.grow(size), 0) << size;
+  grown = true;
+  for (auto& t : ts) t.join();
+  std::set<pfn_t> all(got[0].begin(), got[0].end());
+  all.insert(got[1].begin(), got[1].end());
+  EXPECT_EQ(all.size(), got[0].size() + got[1].size()) << "a page was handed out twice";
+  const pool_stats s = p.stats();
+  EXPECT_EQ(s.free_pages, 0u);
+  EXPECT_EQ(all.size(), s.total_pages);
+  EXPECT_EQ(*all.rbegin(), p.end_pfn() - 1);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, AnOpenPoolRefusesReadOnlyVolatileUnplannedShrinkAndBeyond) {
+  const fs::path path = new_path();
+  {
+    pool p = create_growable(path, 16 * MiB, 64 * MiB);
+    errno = 0;
+    EXPECT_EQ(p.grow(16 * MiB), -EINVAL);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_EQ(p.grow(8 * MiB), -EINVAL);
+    EXPECT_EQ(p.grow(16 * MiB + 4096), -EINVAL);
+    EXPECT_EQ(p.grow(1 * GiB), -EINVAL);
+    EXPECT_EQ(fs::file_size(path), 16 * MiB) << "a refused grow extended the file";
+  }
+  {
+    pool::open_options ro;
+    ro.read_only = true;
+    pool p = pool::open(path, ro);
+    misuse_recorder rec;
+    EXPECT_EQ(p.grow(32 * MiB), -EROFS);
+    EXPECT_EQ(rec.count(), 1);
+    EXPECT_EQ(fs::file_size(path), 16 * MiB);
+  }
+  {
+    pool::volatile_options vo;
+    vo.size = 16 * MiB;
+    pool v = pool::create_volatile(vo);
+    EXPECT_EQ(v.grow(32 * MiB), -ENOTSUP);
+  }
+  {
+    const fs::path plain = new_path();
+    pool p = create_pool(plain, 16 * MiB);
+    EXPECT_EQ(p.grow(32 * MiB), -EINVAL);
+  }
+  {
+    pool closed;
+    misuse_recorder rec;
+    EXPECT_EQ(closed.grow(32 * MiB), -EINVAL);
+    EXPECT_EQ(rec.count(), 1);
+  }
+}
+
+TEST_F(GrowTest, APreallocatedPoolStaysPreallocatedWhenItGrowsOpen) {
+  // A pool preallocated at create takes regions without reserving them (all blocks exist): its
+  // new part must be reserved by the grow itself, or a full file system would SIGBUS a store.
+  const fs::path path = new_path();
+  pool::options o;
+  o.size = 16 * MiB;
+  o.max_size = 64 * MiB;
+  o.preallocate = true;
+  pool p = pool::create(path, o);
+  ASSERT_EQ(p.grow(48 * MiB), 0);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_GE(std::uint64_t(st.st_blocks) * 512, 48 * MiB - 16 * MiB) << "the grown part is a hole";
+  for (page* g; (g = p.alloc_pages(9)) != nullptr;) std::memset(page_address(g), 7, HPAGE_PMD_SIZE);
+  EXPECT_EQ(p.check(), "");
+}
+
+TEST_F(GrowTest, TheCapacitysPfnsAreRegisteredButAreNoPagesUntilGrown) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 16 * MiB, 64 * MiB);
+  const pfn_t end = p.end_pfn();
+  EXPECT_TRUE(pfn_valid(end)) << "an open growable pool registers its capacity";
+  {
+    // The pool's own calls still see end_pfn() as its end: a slot naming a pfn past it is misuse.
+    misuse_recorder rec;
+    root_slots(p)[0] = end;
+    EXPECT_EQ(p.free_pages_from(&root_slots(p)[0]), -EINVAL);
+    EXPECT_EQ(rec.count(), 1);
+    root_slots(p)[0] = 0;
+  }
+  {
+    const fs::path other = new_path();
+    pool q = create_pool(other, 16 * MiB);
+    EXPECT_FALSE(pfn_valid(q.end_pfn())) << "a pool without room to grow registers only its pages";
+  }
+  ASSERT_EQ(p.grow(32 * MiB), 0);
+  page* pg = pfn_to_page(end);
+  ASSERT_NE(pg, nullptr);
+  EXPECT_EQ(page_to_pfn(pg), end);
+  std::set<pfn_t> got;
+  for (page* g; (g = p.alloc_pages(9)) != nullptr;) got.insert(page_to_pfn(g));
+  EXPECT_TRUE(got.count(end)) << "the first new region was not handed out";
+  EXPECT_EQ(virt_to_page(page_address(pg)), pg);
+  EXPECT_EQ(p.check(), "");
+}
