@@ -242,6 +242,7 @@ class PMPAGE_API pool {
   /// other errnos of extending the file. Nothing is changed when it throws before its first
   /// fence; a write-back failure after that leaves the old or the new size (run it again).
   static grow_result grow(const std::filesystem::path& path, std::uint64_t new_size, const grow_options& opts);
+  /// grow(path, new_size, grow_options{}): default options (no preallocation, libpmem backend).
   static grow_result grow(const std::filesystem::path& path, std::uint64_t new_size) {
     return grow(path, new_size, grow_options{});
   }
