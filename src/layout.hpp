@@ -192,9 +192,12 @@ inline std::uint8_t raw_map_code(const std::uint64_t* map, unsigned i) {
 /// The map position and code that mark the allocation of `order` at page `head` owned.
 inline constexpr unsigned owned_marker_at(unsigned head, unsigned order) { return order == 0 ? head : head + 1; }
 inline constexpr std::uint8_t owned_marker(unsigned order) { return order == 0 ? CODE_OWNED_HEAD0 : CODE_OWNED_TAIL; }
-/// True if the (plain-valid) allocation of `order` at page `head` carries the owned marker.
+/// True if the allocation of `order` at page `head` carries the owned marker. A damaged map may
+/// hold a head whose marker position lies past the region (a head code at page 511 of order >= 1):
+/// not owned, and nothing outside the map is read.
 inline bool map_owned(const std::uint64_t* map, unsigned head, unsigned order) {
-  return raw_map_code(map, owned_marker_at(head, order)) == owned_marker(order);
+  const unsigned at = owned_marker_at(head, order);
+  return at < PAGE_MAP_WORDS * PAGES_PER_MAP_WORD && raw_map_code(map, at) == owned_marker(order);
 }
 /// `word` (the map word holding the marker position, owned_marker_at / 16) with the owned marker
 /// of the allocation of `order` at page `head` set or cleared.
