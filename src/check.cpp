@@ -391,7 +391,8 @@ pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {
   collect_allocations(allocs);
   struct info {
     unsigned order;
-    const pfn_t* named_by = nullptr;
+    const pfn_t* named_by = nullptr;  // the first listed slot naming it
+    unsigned names = 0;               // how many listed slots name it
   };
   std::unordered_map<pfn_t, info> by_pfn;
   by_pfn.reserve(allocs.size());
@@ -402,6 +403,10 @@ pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {
     list.push_back({slot, pfn, order, buf});
   };
   const auto base = reinterpret_cast<std::uintptr_t>(dev_.base());
+  // Two passes, so the verdicts do not depend on the list's order: first who names what, then
+  // each slot judged against the page's recorded owner. The owner itself is never reported (an
+  // engine that clears what is reported must never clear the one slot the media trusts).
+  std::vector<std::pair<pfn_t*, pfn_t>> named;  // valid slots naming an allocated head, in list order
   for (pfn_t* const slot : slots) {
     if (!slot) continue;
     // A persistent reference lives in the pool: anything else is listed, never dereferenced
@@ -424,24 +429,30 @@ pool::slot_check pool_impl::check_slots(std::span<pfn_t* const> slots) {
       continue;
     }
     info& a = it->second;
-    if (a.named_by) {
-      std::snprintf(buf, sizeof buf, "shared: slot %p names pfn %#llx, which slot %p also names", static_cast<void*>(slot),
-                    (unsigned long long)v, static_cast<const void*>(a.named_by));
-      add(out.shared, slot, v, a.order);
-      continue;
-    }
-    a.named_by = slot;
+    if (!a.named_by) a.named_by = slot;
+    ++a.names;
+    named.emplace_back(slot, v);
+  }
+  for (auto [slot, v] : named) {
+    const info& a = by_pfn.find(v)->second;
     const std::uint64_t owner = recorded_owner(v - start_pfn());
-    const auto a_slot = reinterpret_cast<std::uintptr_t>(slot);
-    if (owner == 0 || a_slot < base || a_slot - base != owner) {
-      if (owner == 0)
-        std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which no slot owns (allocated with alloc_pages, or its owner record was dropped: adopt_pages makes the slot its owner)",
-                      static_cast<void*>(slot), (unsigned long long)v);
-      else
-        std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which the slot at %p owns",
+    if (owner != 0 && reinterpret_cast<std::uintptr_t>(slot) - base == owner) continue;  // the owner
+    if (a.names > 1) {
+      if (owner)
+        std::snprintf(buf, sizeof buf, "shared: slot %p names pfn %#llx, which the slot at %p owns (and names too)",
                       static_cast<void*>(slot), (unsigned long long)v, static_cast<void*>(dev_.base() + owner));
-      add(out.misowned, slot, v, a.order);
+      else
+        std::snprintf(buf, sizeof buf, "shared: slot %p names pfn %#llx, which %u listed slots name and none owns",
+                      static_cast<void*>(slot), (unsigned long long)v, a.names);
+      add(out.shared, slot, v, a.order);
     }
+    if (owner == 0)
+      std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which no slot owns (allocated with alloc_pages, or its owner record was dropped: adopt_pages makes the slot its owner)",
+                    static_cast<void*>(slot), (unsigned long long)v);
+    else
+      std::snprintf(buf, sizeof buf, "misowned: slot %p names pfn %#llx, which the slot at %p owns",
+                    static_cast<void*>(slot), (unsigned long long)v, static_cast<void*>(dev_.base() + owner));
+    add(out.misowned, slot, v, a.order);
   }
   for (auto& [pfn, a] : by_pfn) {
     if (a.named_by) continue;

@@ -471,8 +471,12 @@ class PMPAGE_API pool {
     };
     std::vector<entry> unreferenced;  ///< allocations no listed slot names (leaks, if the list is complete)
     std::vector<entry> dangling;      ///< slots naming a free page, a tail, or no page of this pool
-    std::vector<entry> shared;        ///< slots naming a page another listed slot also names
-    std::vector<entry> misowned;      ///< slots naming a page the media says another slot (or none) owns
+    /// slots naming a page another listed slot also names — never the page's recorded owner: the
+    /// owner is not reported, so clearing what is listed keeps the slot the media trusts
+    std::vector<entry> shared;
+    /// slots naming a page the media says another slot (or none) owns: every such slot, whatever
+    /// the list's order (a shared one is listed here too)
+    std::vector<entry> misowned;
     /// No finding of any kind.
     bool clean() const { return unreferenced.empty() && dangling.empty() && shared.empty() && misowned.empty(); }
     /// All problems, one per line ("" when clean).
