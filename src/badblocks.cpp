@@ -223,11 +223,11 @@ void pool_impl::quarantine_region_locked(std::uint32_t r) {
   d.list_next_ = d.list_prev_ = NIL;
   store_order(&d, 0);
   store_kind(d, RK_QUARANTINED);  // never RK_FREE_BLOCK: the buddy does not merge across it
-  ++quarantined_regions_;
+  ++core_->quarantined_regions;
 }
 
 void pool_impl::apply_bad_pages_at_open() {
-  std::lock_guard g(mu_);
+  std::lock_guard g(core_->mu);
   for (const auto& [r, bits] : bad_bits_) {
     page& d = regions_[r];
     switch (load_kind(d)) {
@@ -310,7 +310,7 @@ pool_impl::bad_page_state pool_impl::classify_bad_page(std::uint64_t index) cons
 
 void pool_impl::count_bad_pages_locked(std::uint64_t& quarantined, std::uint64_t& poisoned,
                                        std::vector<hwpoison_page>* list) {
-  quarantined = std::uint64_t(quarantined_regions_) * HPAGE_PMD_NR;
+  quarantined = std::uint64_t(core_->quarantined_regions) * HPAGE_PMD_NR;
   poisoned = 0;
   for (const std::uint64_t index : bad_pages_) {
     const auto r = std::uint32_t(index >> HPAGE_PMD_ORDER);

@@ -15,7 +15,7 @@ pool_stats pool_impl::stats() noexcept {
   pool_stats s;
   merge_batch mb;
   {
-    std::lock_guard g(mu_);
+    std::lock_guard g(core_->mu);
     sweep_locked(mb, false);  // the idle and hysteresis bounds hold whenever someone looks
   }
   finish_merges(mb);
@@ -32,26 +32,26 @@ pool_stats pool_impl::stats() noexcept {
   std::uint64_t in_magazines = 0;
   for (const magazine* m = mags_; m; m = m->pool_next) in_magazines += m->count.load(std::memory_order_relaxed);
   std::uint64_t stashed_regions = 0;
-  for (unsigned i = 0; i < nr_caches_; ++i) {
-    const cpu_cache& c = caches_[i];
+  for (unsigned i = 0; i < core_->nr_caches; ++i) {
+    const cpu_cache& c = core_->caches[i];
     for (unsigned k = 0; k < cpu_cache::STASH_ORDERS; ++k) stashed_regions += std::uint64_t(c.nr_stash[k]) << k;
     if (c.region == NIL) continue;
     ++s.cpu_cached_regions;
     s.cpu_cached_free_pages += sstate(c.region).nr_free;
   }
-  const auto counted = std::int64_t(free_pages_ + cached_free_delta() + in_magazines);
-  if (PMPAGE_UNLIKELY(!bad_pages_.empty() || quarantined_regions_))
+  const auto counted = std::int64_t(core_->free_pages + cached_free_delta() + in_magazines);
+  if (PMPAGE_UNLIKELY(!bad_pages_.empty() || core_->quarantined_regions))
     count_bad_pages_locked(s.quarantined_pages, s.hwpoison_pages, nullptr);
   // The caches' figures are settled: only the pool lock is needed for the rest (lazy regions
   // and the pool's own counters change only under it).
-  for (unsigned i = nr_caches_; i-- > 0;) caches_[i].mu.unlock();
+  for (unsigned i = core_->nr_caches; i-- > 0;) core_->caches[i].mu.unlock();
   unlock_magazines();  // (g_mags and the magazine locks come before mu_, which stays held: fine to drop first)
   s.total_pages = nr_pages_;
   s.total_regions = nr_regions_;
   // The bounds pool.hpp promises hold by construction; the clamp only keeps a broken counter
   // (check() reports it as V3) from wrapping the caller's total - free.
   s.free_pages = std::uint64_t(std::clamp<std::int64_t>(counted, 0, std::int64_t(nr_pages_)));
-  s.empty_split_regions = nr_empty_;
+  s.empty_split_regions = core_->nr_empty;
   s.writeback_errno = durability_failed();
   // Lazy regions are not loaded: count their free pages from the page map without loading them.
   for (std::uint32_t r : lazy_) {
@@ -61,13 +61,13 @@ pool_stats pool_impl::stats() noexcept {
   }
   s.free_pages = std::min(s.free_pages, s.total_pages);
   s.free_regions = buddy_.free_regions() + stashed_regions;
-  s.split_regions = split_regions_;
-  s.materialised_regions = materialised_;
-  s.descriptor_bytes = nr_regions_ * sizeof(page) + materialised_ * HPAGE_PMD_NR * sizeof(page);
-  s.allocator_bytes = materialised_ * sizeof(split_state) + lazy_.capacity() * sizeof(std::uint32_t);
-  s.repaired_at_open = repaired_;
-  s.orphaned_owners = orphaned_;
-  mu_.unlock();
+  s.split_regions = core_->split_regions;
+  s.materialised_regions = core_->materialised;
+  s.descriptor_bytes = nr_regions_ * sizeof(page) + core_->materialised * HPAGE_PMD_NR * sizeof(page);
+  s.allocator_bytes = core_->materialised * sizeof(split_state) + lazy_.capacity() * sizeof(std::uint32_t);
+  s.repaired_at_open = core_->repaired;
+  s.orphaned_owners = core_->orphaned;
+  core_->mu.unlock();
   return s;
 }
 
@@ -177,9 +177,9 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
       case RK_STASHED: {
         const std::uint64_t n = std::uint64_t{1} << (d.order_ - HPAGE_PMD_ORDER);
         bool held = false;
-        for (unsigned i = 0; i < nr_caches_ && !held; ++i) {
+        for (unsigned i = 0; i < core_->nr_caches && !held; ++i) {
           const unsigned k = d.order_ - HPAGE_PMD_ORDER;
-          for (unsigned j = 0; k < cpu_cache::STASH_ORDERS && j < caches_[i].nr_stash[k]; ++j) held |= caches_[i].stash[k][j] == ri;
+          for (unsigned j = 0; k < cpu_cache::STASH_ORDERS && j < core_->caches[i].nr_stash[k]; ++j) held |= core_->caches[i].stash[k][j] == ri;
         }
         if (!held || r % n || r + n > nr_regions_) return fail("C1: stashed block at region ", r, " order ", int(d.order_), " not in a stash or misaligned");
         if (!backing_.reserved(ri, std::uint32_t(n))) return fail("R1: stashed block at region ", r, " is not reserved in the file");
@@ -234,7 +234,7 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
         std::unique_lock own(s.own_lock, std::defer_lock);  // cache locks are all held already
         if (s.cpu == NO_CPU) own.lock();
         const bool cached = s.cpu != NO_CPU;
-        if (cached ? (s.cpu >= nr_caches_ || caches_[s.cpu].region != ri || s.lock_cpu.load() != s.cpu)
+        if (cached ? (s.cpu >= core_->nr_caches || core_->caches[s.cpu].region != ri || s.lock_cpu.load() != s.cpu)
                    : s.lock_cpu.load() != NO_CPU)
           return fail("S6: region ", r, " held by cache ", s.cpu, " but its lock or its cache disagrees");
         if (!s.published) return fail("V1: region ", r, " is split but unpublished outside an operation");
@@ -327,25 +327,25 @@ std::string pool_impl::check_locked(const std::vector<const page*>& mag) {
   }
   if (in_magazines != mag.size())
     return fail("M1: ", mag.size() - in_magazines, " magazine pages are not pages of this pool's split regions");
-  if (free_pages != free_pages_ + cached_free_delta())
-    return fail("V3: free pages ", free_pages_ + cached_free_delta(), " recorded, ", free_pages, " counted");
-  if (empty_listed != nr_empty_) return fail("H1: empty list holds ", nr_empty_, " regions, ", empty_listed, " are marked");
+  if (free_pages != core_->free_pages + cached_free_delta())
+    return fail("V3: free pages ", core_->free_pages + cached_free_delta(), " recorded, ", free_pages, " counted");
+  if (empty_listed != core_->nr_empty) return fail("H1: empty list holds ", core_->nr_empty, " regions, ", empty_listed, " are marked");
   std::uint64_t walked = 0;
-  for (std::uint32_t e = empty_head_; e != NIL; e = sstate(e).empty_next)
-    if (++walked > nr_empty_) return fail("H1: the empty list is longer than its count");
-  if (walked != nr_empty_) return fail("H1: empty list walk found ", walked, " of ", nr_empty_);
-  for (unsigned i = 0; i < nr_caches_; ++i)
-    if (const std::uint32_t r = caches_[i].region; r != NIL &&
+  for (std::uint32_t e = core_->empty_head; e != NIL; e = sstate(e).empty_next)
+    if (++walked > core_->nr_empty) return fail("H1: the empty list is longer than its count");
+  if (walked != core_->nr_empty) return fail("H1: empty list walk found ", walked, " of ", core_->nr_empty);
+  for (unsigned i = 0; i < core_->nr_caches; ++i)
+    if (const std::uint32_t r = core_->caches[i].region; r != NIL &&
         (r >= nr_regions_ || regions_[r].kind_ != RK_SPLIT || !regions_[r].alloc_state_ || sstate(r).cpu != i))
       return fail("S6: cache ", i, " holds region ", r, ", which does not name it");
-  for (unsigned i = 0; i < nr_caches_; ++i)
-    if (const std::uint32_t r = caches_[i].region; r != NIL && !backing_.reserved(r))
+  for (unsigned i = 0; i < core_->nr_caches; ++i)
+    if (const std::uint32_t r = core_->caches[i].region; r != NIL && !backing_.reserved(r))
       return fail("R1: cache ", i, " holds region ", r, ", whose blocks are not reserved in the file");
   if (buddy_free != buddy_.free_regions()) return fail("B3: buddy says ", buddy_.free_regions(), " free regions, ", buddy_free, " counted");
-  if (split != split_regions_) return fail("split region count ", split_regions_, " recorded, ", split, " counted");
-  if (quarantined != quarantined_regions_) return fail("Q1: ", quarantined_regions_, " quarantined regions recorded, ", quarantined, " counted");
-  if (regions_in_transit_ != 0) return fail("V1: ", regions_in_transit_, " regions counted in transit outside an operation");
-  if (materialised != materialised_) return fail("materialised count ", materialised_, " recorded, ", materialised, " counted");
+  if (split != core_->split_regions) return fail("split region count ", core_->split_regions, " recorded, ", split, " counted");
+  if (quarantined != core_->quarantined_regions) return fail("Q1: ", core_->quarantined_regions, " quarantined regions recorded, ", quarantined, " counted");
+  if (core_->regions_in_transit != 0) return fail("V1: ", core_->regions_in_transit, " regions counted in transit outside an operation");
+  if (materialised != core_->materialised) return fail("materialised count ", core_->materialised, " recorded, ", materialised, " counted");
   if (listed != filler_.size()) return fail("S4: filler holds ", filler_.size(), " regions, ", listed, " are listed");
   return intents_.check([&](const lane& l) {
     return l.order <= MAX_PAGE_ORDER && l.pfn >= start_pfn() && l.pfn < end_pfn() && slot_offset_valid(l.slot_offset) &&

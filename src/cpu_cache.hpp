@@ -10,7 +10,7 @@
 // Locks. c.mu is the lock of the region the cache holds (split_state::lock_cpu names it while the
 // region is held), so an allocation takes exactly one lock, on a line no other CPU writes unless
 // it frees into that region (a remote free) or drains the cache. Lock order:
-//     cpu_cache::mu  ->  pool_impl::mu_ (pool lock)  ->  split_state::own_lock
+//     cpu_cache::mu  ->  pool_impl::core_->mu (pool lock)  ->  split_state::own_lock
 // A thread holds at most one cache lock, except lock_all() (check, for_each_allocated, stats, the
 // fork() handlers, and an allocation's last resort when the pool has no other room), which takes
 // them all in index order before the pool lock. The pool lock may TRY a cache lock (the

@@ -15,8 +15,8 @@
 //   2. per open pool, in list order:          pool_impl::lock_for_fork
 //        magazine::busy of each of its magazines (volatile pools)
 //        cpu_cache::mu of each cache, in index order
-//        pool_impl::mu_ (the pool lock)
-//        pool_impl::log_mu_ (the recovery log; a leaf, taken under mu_ by lazy loads)
+//        pool_impl::core_->mu (the pool lock)
+//        pool_impl::log_mu_ (the recovery log; a leaf, taken under core_->mu by lazy loads)
 //   3. registry_lock                          the section tables, section ids, the quarantine
 //                                             (registry.cpp; taken under pool locks only by the
 //                                             misuse slow path, report_bad_page)

@@ -236,7 +236,7 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
       }
     }
     // The new regions join the allocator: free, in the buddy, counted (V3).
-    std::lock_guard l(mu_);
+    std::lock_guard l(core_->mu);
     for (std::uint64_t r = old_regions; r < fit; ++r) regions_[r].list_next_ = regions_[r].list_prev_ = NIL;
     lay_.nr_regions = fit;
     lay_.device_size = new_size;
@@ -244,7 +244,7 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
     nr_regions_.store(fit, std::memory_order_release);
     buddy_.grow_to(fit);
     for (std::uint64_t r = old_regions; r < fit; ++r) buddy_.free(std::uint32_t(r), HPAGE_PMD_ORDER);
-    free_pages_ += (fit - old_regions) * HPAGE_PMD_NR;
+    core_->free_pages += (fit - old_regions) * HPAGE_PMD_NR;
     return 0;
   } catch (const pmpage::error& e) {  // plan_growth's refusals, the file's errors: the message names the path
     const int err = e.code().value() > 0 ? e.code().value() : EIO;

@@ -37,7 +37,7 @@
 // Locks. magazine::busy is a spin lock: the owning thread takes it on every order-0 allocation
 // and free of a page (one exchange, on a line no other thread writes), other threads only to
 // drain or inspect it. Lock order (extends cpu_cache.hpp's):
-//     g_mags  ->  magazine::busy  ->  cpu_cache::mu  ->  pool_impl::mu_  ->  split_state::own_lock
+//     g_mags  ->  magazine::busy  ->  cpu_cache::mu  ->  pool_impl::core_->mu  ->  split_state::own_lock
 // The owner holds its magazine's lock while it refills it from its CPU's cache or flushes pages
 // back to their regions. Nobody takes g_mags or a magazine lock while holding a cache, pool or
 // region lock.

@@ -22,7 +22,7 @@ void pool_impl::back_descriptors(std::uint32_t r) {
   auto* w = reinterpret_cast<std::uint64_t*>(vpage(std::uint64_t(r) << HPAGE_PMD_ORDER));
   for (std::size_t i = 0; i < HPAGE_PMD_NR * sizeof(page) / 8; ++i)
     std::atomic_ref<std::uint64_t>(w[i]).store(0, std::memory_order_relaxed);
-  ++materialised_;
+  ++core_->materialised;
 }
 
 void pool_impl::release_descriptors(std::uint32_t r) {
@@ -66,7 +66,7 @@ page* pool_impl::setup_large(std::uint32_t r, unsigned order) {
 }
 
 void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
-  std::lock_guard g(mu_);
+  std::lock_guard g(core_->mu);
   back_descriptors(r);
   const std::uint32_t hflags = h->flags_.load(std::memory_order_relaxed);
   constexpr std::uint32_t inherited = PG_dirty | PG_uptodate;
@@ -94,7 +94,7 @@ void pool_impl::split_descriptors(page* h, std::uint32_t r, bool owned) {
   store_kind(*h, RK_SPLIT);
   store_order(h, 0);
   h->private_.store(0, std::memory_order_relaxed);
-  ++split_regions_;
+  ++core_->split_regions;
   // The region descriptor stops being a holder in one atomic step. Its PG_locked (the split's own
   // lock) is never released: a thread that resolved the holder before this exchange and tries the
   // lock finds it taken and re-resolves in lock_page_slow, reaching its own subpage.

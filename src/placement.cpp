@@ -31,9 +31,9 @@ std::uint64_t coarse_now_ms() {
 }
 
 void pool_impl::init_caches() {
-  nr_caches_ = nr_cpu_caches();
-  caches_ = std::make_unique<cpu_cache[]>(nr_caches_);
-  for (unsigned i = 0; i < nr_caches_; ++i) caches_[i].index = i;
+  core_->nr_caches = nr_cpu_caches();
+  // The caches are pool_core's fixed array (it holds no pointer); nr_caches of them are used.
+  for (unsigned i = 0; i < core_->nr_caches; ++i) core_->caches[i].index = i;
 }
 
 // ---- regions: fresh splits, lazy loads, large blocks ------------------------------------------------
@@ -58,14 +58,14 @@ std::uint32_t pool_impl::take_fresh_region_locked(alloc_plan& plan, std::uint32_
   s->published = false;  // only this operation uses it until its SPLIT word is durable
   page& d = regions_[r];
   store_kind(d, RK_SPLIT);
-  ++split_regions_;
+  ++core_->split_regions;
   // A FREE region's page map may hold leftovers (P3): clear it in the same epoch as the codes.
   // Its owner entries may be stale and stay (O1: no page has a marker now), except raw ones.
   write_map_locked(r, 0, PAGE_MAP_WORDS - 1);
   clear_owner_entries(r);
   d.flags_.store(PG_split, std::memory_order_release);
   plan.fresh[plan.nr_fresh++] = r;
-  ++regions_in_transit_;  // until publish_fresh
+  ++core_->regions_in_transit;  // until publish_fresh
   return r;
 }
 
@@ -138,7 +138,7 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
       } else {
         stale[nr_stale++] = owner_entry(base_index + i);
         ++nr_leftover;
-        ++orphaned_;  // an allocation lost its owner (a 0.2 pool's overwritten slot)
+        ++core_->orphaned;  // an allocation lost its owner (a 0.2 pool's overwritten slot)
       }
       continue;
     }
@@ -156,7 +156,7 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
         set_map_owned(fixed, i, k, false);  // the entry fails its check: ignored without the marker
         stale[nr_stale++] = owner_entry(base_index + i);
         ++nr_dropped;
-        ++orphaned_;
+        ++core_->orphaned;
         break;
     }
   }
@@ -173,7 +173,7 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
       }
     for (unsigned k = 0; k < nr_stale; ++k) repair_word(stale[k], 0);
     if (media_writable_) fence();
-    ++repaired_;
+    ++core_->repaired;
     char line[256];
     if (nr_undone) {
       std::snprintf(line, sizeof line, "region %u: %u pages of interrupted slot calls freed (allocated and owned by a "
@@ -233,19 +233,19 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
   }
   d.alloc_state_ = 1;
   store_kind(d, RK_SPLIT);
-  free_pages_ += s->nr_free;
+  core_->free_pages += s->nr_free;
   if (s->nr_free == HPAGE_PMD_NR && may_write) {
     // Split on the media but empty (a crash between the last free and the merge): merge now.
     drop_sstate(r);
     store_kind(d, RK_FREE_INNER);
-    --split_regions_;
+    --core_->split_regions;
     repair_word(region_word(r), make_region_word(region_state::free));
     if (media_writable_) fence();
     char line[120];
     std::snprintf(line, sizeof line, "region %u: split but wholly free (a crash before its merge): merged", r);
     note_repair(line);
     release_descriptors(r);
-    --materialised_;
+    --core_->materialised;
     d.flags_.store(0, std::memory_order_release);
     buddy_.free(r, HPAGE_PMD_ORDER);
     return true;
@@ -256,13 +256,13 @@ bool pool_impl::materialise_locked(std::uint32_t r) {
 }
 
 void pool_impl::materialise(std::uint32_t r) noexcept {
-  std::lock_guard g(mu_);
+  std::lock_guard g(core_->mu);
   materialise_locked(r);
 }
 
 std::uint32_t pool_impl::take_large_locked(unsigned order) {
   const std::uint32_t r = buddy_.alloc(order);
-  if (r != NIL) free_pages_ -= std::uint64_t{1} << order;
+  if (r != NIL) core_->free_pages -= std::uint64_t{1} << order;
   return r;
 }
 
@@ -303,13 +303,13 @@ void pool_impl::empty_add_locked(std::uint32_t r, split_state& s, std::uint64_t 
   s.on_empty = true;
   s.empty_since_ms = since_ms;
   s.empty_next = NIL;
-  s.empty_prev = empty_tail_;
-  if (empty_tail_ != NIL)
-    sstate(empty_tail_).empty_next = r;
+  s.empty_prev = core_->empty_tail;
+  if (core_->empty_tail != NIL)
+    sstate(core_->empty_tail).empty_next = r;
   else
-    empty_head_ = r;
-  empty_tail_ = r;
-  ++nr_empty_;
+    core_->empty_head = r;
+  core_->empty_tail = r;
+  ++core_->nr_empty;
 }
 
 void pool_impl::empty_remove_locked(std::uint32_t r, split_state& s) {
@@ -317,15 +317,15 @@ void pool_impl::empty_remove_locked(std::uint32_t r, split_state& s) {
   if (s.empty_prev != NIL)
     sstate(s.empty_prev).empty_next = s.empty_next;
   else
-    empty_head_ = s.empty_next;
+    core_->empty_head = s.empty_next;
   if (s.empty_next != NIL)
     sstate(s.empty_next).empty_prev = s.empty_prev;
   else
-    empty_tail_ = s.empty_prev;
+    core_->empty_tail = s.empty_prev;
   s.on_empty = false;
   s.empty_prev = s.empty_next = NIL;
   (void)r;
-  --nr_empty_;
+  --core_->nr_empty;
 }
 
 void pool_impl::take_empty_locked(std::uint32_t r, merge_batch& mb) {
@@ -342,7 +342,7 @@ void pool_impl::take_empty_locked(std::uint32_t r, merge_batch& mb) {
   d.flags_.store(0, std::memory_order_release);
   persist_word(region_word(r), make_region_word(region_state::free));
   mb.regions[mb.n++] = r;
-  ++regions_in_transit_;  // still counted as split and materialised (stats), until merged_locked
+  ++core_->regions_in_transit;  // still counted as split and materialised (stats), until merged_locked
 }
 
 void pool_impl::finish_merges(const merge_batch& mb) {
@@ -351,15 +351,15 @@ void pool_impl::finish_merges(const merge_batch& mb) {
   // always come after it on the media.
   fence();
   for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);  // syscalls: outside the lock
-  std::lock_guard g(mu_);
+  std::lock_guard g(core_->mu);
   merged_locked(mb);
 }
 
 void pool_impl::merged_locked(const merge_batch& mb) {
   for (unsigned i = 0; i < mb.n; ++i) {
-    --split_regions_;
-    --materialised_;
-    --regions_in_transit_;
+    --core_->split_regions;
+    --core_->materialised;
+    --core_->regions_in_transit;
     buddy_.free(mb.regions[i], HPAGE_PMD_ORDER);
   }
 }
@@ -369,10 +369,10 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
   if (read_only_) return;  // nor does a read-only pool (stats() sweeps)
   const std::uint64_t now = coarse_now_ms();
   // Idle caches give their region back (at most every PCP_IDLE_MS / 4: this runs on every refill).
-  if (all || now - last_idle_sweep_ms_ >= PCP_IDLE_MS / 4) {
-    last_idle_sweep_ms_ = now;
-    for (unsigned i = 0; i < nr_caches_; ++i) {
-      cpu_cache& c = caches_[i];
+  if (all || now - core_->last_idle_sweep_ms >= PCP_IDLE_MS / 4) {
+    core_->last_idle_sweep_ms = now;
+    for (unsigned i = 0; i < core_->nr_caches; ++i) {
+      cpu_cache& c = core_->caches[i];
       const std::uint64_t last = c.last_use_ms.load(std::memory_order_relaxed);
       if (!all && (last >= now || now - last < PCP_IDLE_MS)) continue;  // (another CPU's clock may be ahead)
       if (!c.mu.try_lock()) continue;  // busy (or ours): not idle. Never wait: the lock order is c.mu first.
@@ -380,9 +380,9 @@ void pool_impl::sweep_locked(merge_batch& mb, bool all) {
       c.mu.unlock();
     }
   }
-  while (empty_head_ != NIL && mb.n < merge_batch::MAX &&
-         (all || nr_empty_ > EMPTY_SPLIT_KEPT || now - sstate(empty_head_).empty_since_ms >= EMPTY_SPLIT_KEEP_MS))
-    take_empty_locked(empty_head_, mb);
+  while (core_->empty_head != NIL && mb.n < merge_batch::MAX &&
+         (all || core_->nr_empty > EMPTY_SPLIT_KEPT || now - sstate(core_->empty_head).empty_since_ms >= EMPTY_SPLIT_KEEP_MS))
+    take_empty_locked(core_->empty_head, mb);
 }
 
 // ---- cache hand-over ------------------------------------------------------------------------------
@@ -437,7 +437,7 @@ std::uint32_t pool_impl::refill(cpu_cache& c, unsigned order, alloc_plan& plan, 
     std::uint32_t r, unreserved;
     bool fresh;
     {
-      std::lock_guard g(mu_);
+      std::lock_guard g(core_->mu);
       sweep_locked(mb, false);
       r = refill_locked(c, order, plan, pos, unreserved, fresh, fs_full);
     }
@@ -503,7 +503,7 @@ bool pool_impl::reserve_region_unlocked(std::uint32_t r, bool fresh) {
   // A region taken from the buddy goes back either way: reserved now, the next search takes it
   // (or another CPU does: it is reserved for whoever takes it).
   if (fresh) {
-    std::lock_guard g(mu_);
+    std::lock_guard g(core_->mu);
     buddy_.free(r, HPAGE_PMD_ORDER);
   }
   return ok;
@@ -560,7 +560,7 @@ page* pool_impl::alloc_small_anywhere(unsigned order, alloc_plan& plan, bool app
   for (;;) {
     lock_all();
     cpu_cache& c = this_cpu_cache();
-    for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
+    for (unsigned i = 0; i < core_->nr_caches; ++i) drain_locked(core_->caches[i], /*idle=*/false);
     int pos = -1;
     std::uint32_t unreserved;
     bool fresh;
@@ -570,7 +570,7 @@ page* pool_impl::alloc_small_anywhere(unsigned order, alloc_plan& plan, bool app
       p = carve(c, r, unsigned(pos), order);
       if (apply) apply_small_held(r, p, order, 0);
     }
-    const bool wait = !p && unreserved == NIL && !plan.fresh_full && regions_in_transit_ > plan.nr_fresh &&
+    const bool wait = !p && unreserved == NIL && !plan.fresh_full && core_->regions_in_transit > plan.nr_fresh &&
                       coarse_now_ms() < give_up_ms;
     unlock_all();
     if (unreserved != NIL) {  // R1, with no lock held (refill); then search again
@@ -656,7 +656,7 @@ page* pool_impl::alloc_large(unsigned order, bool apply) {
   merge_batch mb;
   std::uint32_t r;
   {
-    std::lock_guard g(mu_);
+    std::lock_guard g(core_->mu);
     sweep_locked(mb, false);
     r = take_large_locked(order);
   }
@@ -676,10 +676,10 @@ std::uint32_t pool_impl::reserve_large_unlocked(std::uint32_t r, unsigned order)
   if (reserve_backing(r, 1u << (order - HPAGE_PMD_ORDER))) return r;
   // No room in the file system (errno set): the block goes back; one used and freed since is
   // reserved, if the buddy has one.
-  std::lock_guard g(mu_);
+  std::lock_guard g(core_->mu);
   buddy_.free(r, order);
   r = take_reserved_block_locked(order);
-  if (r == NIL) free_pages_ += std::uint64_t{1} << order;  // take_large_locked counted it taken
+  if (r == NIL) core_->free_pages += std::uint64_t{1} << order;  // take_large_locked counted it taken
   return r;
 }
 
@@ -695,12 +695,12 @@ page* pool_impl::alloc_large_anywhere(unsigned order, bool fs_full) {
   auto take = [&] {
     if (!fs_full) return take_large_locked(order);
     const std::uint32_t b = take_reserved_block_locked(order);
-    if (b != NIL) free_pages_ -= std::uint64_t{1} << order;
+    if (b != NIL) core_->free_pages -= std::uint64_t{1} << order;
     return b;
   };
   for (;;) {
     lock_all();
-    for (unsigned i = 0; i < nr_caches_; ++i) drain_locked(caches_[i], /*idle=*/false);
+    for (unsigned i = 0; i < core_->nr_caches; ++i) drain_locked(core_->caches[i], /*idle=*/false);
     std::uint32_t r = take();
     // Regions split on the media before the last open may be wholly free (kept empty at close
     // or crash): loading one merges it.
@@ -710,15 +710,15 @@ page* pool_impl::alloc_large_anywhere(unsigned order, bool fs_full) {
       materialise_locked(l);
       r = take();
     }
-    while (r == NIL && empty_head_ != NIL) {
+    while (r == NIL && core_->empty_head != NIL) {
       merge_batch mb;
-      while (empty_head_ != NIL && mb.n < merge_batch::MAX) take_empty_locked(empty_head_, mb);
+      while (core_->empty_head != NIL && mb.n < merge_batch::MAX) take_empty_locked(core_->empty_head, mb);
       fence();
       for (unsigned i = 0; i < mb.n; ++i) release_descriptors(mb.regions[i]);
       merged_locked(mb);
       r = take();
     }
-    const bool wait = r == NIL && regions_in_transit_ > 0 && coarse_now_ms() < give_up_ms;
+    const bool wait = r == NIL && core_->regions_in_transit > 0 && coarse_now_ms() < give_up_ms;
     unlock_all();
     if (r != NIL) {
       if (backing_.reserved(r, 1u << (order - HPAGE_PMD_ORDER))) return setup_large(r, order);
@@ -739,13 +739,13 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
   if (!plan.nr_fresh) return;
   cpu_cache& c = this_cpu_cache();
   std::lock_guard gc(c.mu);
-  std::lock_guard g(mu_);
+  std::lock_guard g(core_->mu);
   for (unsigned i = 0; i < plan.nr_fresh; ++i) {
     const std::uint32_t r = plan.fresh[i];
     split_state& s = sstate(r);
     s.own_lock.lock();
     s.published = true;  // its SPLIT word is durable: anyone may allocate from it now
-    --regions_in_transit_;
+    --core_->regions_in_transit;
     if (c.region == NIL && s.nr_free) {
       s.cpu = std::uint16_t(c.index);
       s.lock_cpu.store(std::uint16_t(c.index), std::memory_order_release);
@@ -765,7 +765,7 @@ void pool_impl::publish_fresh(const alloc_plan& plan) {
 void pool_impl::refile(std::uint32_t r) {
   merge_batch mb;
   {
-    std::lock_guard g(mu_);
+    std::lock_guard g(core_->mu);
     page& d = regions_[r];
     // Re-read under the pool lock: the region may have been taken by a cache, or merged and
     // split again, since our free let go of its lock.
@@ -785,11 +785,11 @@ void pool_impl::refile(std::uint32_t r) {
 
 bool pool_impl::drain_caches() {
   bool any = false;
-  for (unsigned i = 0; i < nr_caches_; ++i) {
-    cpu_cache& c = caches_[i];
+  for (unsigned i = 0; i < core_->nr_caches; ++i) {
+    cpu_cache& c = core_->caches[i];
     std::lock_guard gc(c.mu);
     if (!c.holds_anything()) continue;
-    std::lock_guard g(mu_);
+    std::lock_guard g(core_->mu);
     drain_locked(c, false);
     any = true;
   }
@@ -812,7 +812,7 @@ std::size_t pool_impl::merge_empty_regions() noexcept {
   for (;;) {
     merge_batch mb;
     {
-      std::lock_guard g(mu_);
+      std::lock_guard g(core_->mu);
       sweep_locked(mb, true);
     }
     if (!mb.n) return merged;
@@ -823,19 +823,19 @@ std::size_t pool_impl::merge_empty_regions() noexcept {
 
 std::uint64_t pool_impl::cached_free_delta() const {
   std::int64_t d = 0;
-  for (unsigned i = 0; i < nr_caches_; ++i)
-    d += caches_[i].free_delta.load(std::memory_order_relaxed) + caches_[i].remote_delta.load(std::memory_order_relaxed);
+  for (unsigned i = 0; i < core_->nr_caches; ++i)
+    d += core_->caches[i].free_delta.load(std::memory_order_relaxed) + core_->caches[i].remote_delta.load(std::memory_order_relaxed);
   return std::uint64_t(d);
 }
 
 void pool_impl::lock_all() {
-  for (unsigned i = 0; i < nr_caches_; ++i) caches_[i].mu.lock();
-  mu_.lock();
+  for (unsigned i = 0; i < core_->nr_caches; ++i) core_->caches[i].mu.lock();
+  core_->mu.lock();
 }
 
 void pool_impl::unlock_all() {
-  mu_.unlock();
-  for (unsigned i = nr_caches_; i-- > 0;) caches_[i].mu.unlock();
+  core_->mu.unlock();
+  for (unsigned i = core_->nr_caches; i-- > 0;) core_->caches[i].mu.unlock();
 }
 
 }  // namespace pmpage::detail

@@ -584,14 +584,14 @@ void pool_impl::finish_free(const free_result& fr) {
       // A poisoned large page: its bad regions are held out whole (Q1), the others go to the
       // buddy one by one (merging among themselves and with free neighbours, never across a
       // quarantined region), never to a stash, which would hand the block out whole.
-      std::lock_guard g(mu_);
+      std::lock_guard g(core_->mu);
       for (std::uint32_t t = fr.region; t < fr.region + n; ++t) {
         if (bad_bits_of(t)) {
           quarantine_region_locked(t);
           continue;
         }
         buddy_.free(t, HPAGE_PMD_ORDER);
-        free_pages_ += HPAGE_PMD_NR;
+        core_->free_pages += HPAGE_PMD_NR;
       }
       return;
     }
@@ -613,9 +613,9 @@ void pool_impl::finish_free(const free_result& fr) {
     }
     merge_batch mb;
     {
-      std::lock_guard g(mu_);
+      std::lock_guard g(core_->mu);
       buddy_.free(fr.region, fr.order);
-      free_pages_ += std::uint64_t{1} << fr.order;
+      core_->free_pages += std::uint64_t{1} << fr.order;
       sweep_locked(mb, false);
     }
     finish_merges(mb);
@@ -680,8 +680,8 @@ void pool_impl::release_orphan(page* holder, std::uint64_t index) noexcept {
   free_result fr = free_stores(holder, /*release_now=*/false);
   fence();
   {
-    std::lock_guard g(mu_);
-    ++orphaned_;
+    std::lock_guard g(core_->mu);
+    ++core_->orphaned;
   }
   char line[200];
   std::snprintf(line, sizeof line,

@@ -60,7 +60,7 @@
 //   V1  every region is exactly one of: in a free buddy block, HEAD/TAIL of an allocated compound,
 //       SPLIT (materialised or lazy), or in transit inside one operation.
 //   V2  a DRAM allocation exists iff the persistent state records it (after the op's fence).
-//   V3  free_pages_ + the caches' free_delta and remote_delta == pages in free buddy blocks + stashed blocks +
+//   V3  core_->free_pages + the caches' free_delta and remote_delta == pages in free buddy blocks + stashed blocks +
 //       free pages of materialised split regions.
 //   V4  descriptors: see pmpage/page.hpp I1..I5.
 //   M1  (volatile pools) a page in a thread's magazine (magazine.hpp) is an order-0 head in its
@@ -71,7 +71,7 @@
 //       their blocks reserved in a sparse backing file (region_backing.hpp).
 //   S6, H1, C1: split_region.hpp (region locks), the empty list, per-CPU stashes (check.cpp).
 //
-// Lock order (cpu_cache.hpp, magazine.hpp): g_mags -> magazine::busy -> cpu_cache::mu -> mu_ (the
+// Lock order (cpu_cache.hpp, magazine.hpp): g_mags -> magazine::busy -> cpu_cache::mu -> core_->mu (the
 // pool lock) -> split_state::own_lock.
 // None is held while fencing on the common paths (flushes are issued after the locks:
 // flush_later) or while calling user code. The intent log has no lock. The registry lock and
@@ -106,6 +106,7 @@
 #include "adaptive_mutex.hpp"
 #include "cpu_cache.hpp"
 #include "magazine.hpp"
+#include "pool_core.hpp"
 #include "split_region.hpp"
 
 namespace pmpage::detail {
@@ -275,10 +276,10 @@ class pool_impl {
   void map_and_attach(std::shared_ptr<persistence> backend, device::map_mode mode = device::map_mode::shared_write);
   /// Points the metadata tables and the intent log into the mapping (lay_ and pers_ set).
   void locate_metadata();
-  /// One line of recovery_log() (the places that count repaired_).
+  /// One line of recovery_log() (the places that count core_->repaired).
   void note_repair(std::string line);
   /// A repair's word store: persisted while the mapping may be written, else kept in overlay_
-  /// (a read-only pool after open; mu_ held, or open still running).
+  /// (a read-only pool after open; core_->mu held, or open still running).
   void repair_word(std::uint64_t* w, std::uint64_t v) {
     if (media_writable_)
       persist_word(w, v);
@@ -286,7 +287,7 @@ class pool_impl {
       overlay_[w] = v;
   }
   /// A metadata word as recovery leaves it: overlay_'s value if a lazy repair of a read-only pool
-  /// put one there, else the media's (mu_ held). What check() reads.
+  /// put one there, else the media's (core_->mu held). What check() reads.
   std::uint64_t view_word(const std::uint64_t* w) const {
     if (PMPAGE_LIKELY(overlay_.empty())) return load_word(w);
     const auto it = overlay_.find(w);
@@ -314,7 +315,7 @@ class pool_impl {
   /// region r's bad-page bitmap (8 words), or nullptr.
   const std::uint64_t* bad_bits_of(std::uint32_t r) const;
   bool has_bad_region(std::uint32_t first, std::uint32_t n) const;
-  /// A free region with a bad page leaves every allocator index (mu_, or open): Q1.
+  /// A free region with a bad page leaves every allocator index (core_->mu, or open): Q1.
   void quarantine_region_locked(std::uint32_t r);
   /// Region lock held, s.bad_bits set: takes the bad pages of [first, first + count) back out of
   /// free_bits (Q2); returns how many.
@@ -411,12 +412,12 @@ class pool_impl {
   void back_descriptors(std::uint32_t r);     // materialise the 512 4 KiB descriptors (zeroed)
   void release_descriptors(std::uint32_t r);  // give their memory back (madvise)
 
-  // --- allocator internals; *_locked functions require mu_ (lock order: cpu_cache.hpp)
+  // --- allocator internals; *_locked functions require core_->mu (lock order: cpu_cache.hpp)
   /// Checks the order and chooses pages; with apply, also writes them (unfenced).
   page* reserve(const char* caller, unsigned order, alloc_plan& plan, bool apply);
   // placement.cpp: per-CPU caches, the filler, the empty list, merges
   void init_caches();
-  cpu_cache& this_cpu_cache() { return caches_[current_cpu() % nr_caches_]; }
+  cpu_cache& this_cpu_cache() { return core_->caches[current_cpu() % core_->nr_caches]; }
   /// Orders 0..8 from this CPU's cache (refilled as needed); nullptr when no room is left anywhere.
   page* alloc_small(unsigned order, alloc_plan& plan, bool apply);
   /// alloc_small's last resort, under every lock (lock_all): nullptr means no free extent of that order.
@@ -453,16 +454,16 @@ class pool_impl {
   /// c.mu held, c's region cannot serve `order`: the region to carve from (attached to c, or a
   /// fresh one of this plan) and the position in pos; NIL when none has room.
   std::uint32_t refill(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, merge_batch& mb);
-  /// c.mu + mu_, no sweep: refill's search. A region it would take whose blocks are not
+  /// c.mu + core_->mu, no sweep: refill's search. A region it would take whose blocks are not
   /// reserved (R1) is returned in `unreserved` instead (NIL result; `fresh`: taken from the
   /// buddy, the caller owns it); with fs_full only reserved regions are taken.
   std::uint32_t refill_locked(cpu_cache& c, unsigned order, alloc_plan& plan, int& pos, std::uint32_t& unreserved,
                               bool& fresh, bool fs_full);
-  /// c.mu + mu_: its split region goes back to the filler (to the empty list, if wholly free).
+  /// c.mu + core_->mu: its split region goes back to the filler (to the empty list, if wholly free).
   void detach_locked(cpu_cache& c, std::uint64_t empty_since_ms);
-  /// c.mu + mu_: its region and its stash go back (idle: the region has been idle since last use).
+  /// c.mu + core_->mu: its region and its stash go back (idle: the region has been idle since last use).
   void drain_locked(cpu_cache& c, bool idle);
-  bool attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int& pos);  // c.mu + mu_
+  bool attach_locked(cpu_cache& c, std::uint32_t r, unsigned order, int& pos);  // c.mu + core_->mu
   void empty_add_locked(std::uint32_t r, split_state& s, std::uint64_t since_ms);
   void empty_remove_locked(std::uint32_t r, split_state& s);
   void take_empty_locked(std::uint32_t r, merge_batch& mb);
@@ -470,7 +471,7 @@ class pool_impl {
   void sweep_locked(merge_batch& mb, bool all);
   /// Fences the batch's FREE words, gives back descriptor memory, frees the regions to the buddy.
   void finish_merges(const merge_batch& mb);
-  /// finish_merges' last step (mu_ held, after the fence): the regions go to the buddy.
+  /// finish_merges' last step (core_->mu held, after the fence): the regions go to the buddy.
   void merged_locked(const merge_batch& mb);
   /// A free changed region r's list (no cache holds it): re-file it under the pool lock.
   void refile(std::uint32_t r);
@@ -532,12 +533,12 @@ class pool_impl {
   /// Region r's split state (constructed: regions_[r].alloc_state_ == 1).
   split_state& sstate(std::uint32_t r) const { return states_[r]; }
   /// Constructs region r's split state in the table (materialise, fresh split, split_huge_page).
-  /// mu_ held: every make and drop runs under the pool lock (drop_sstate's page release relies on it).
+  /// core_->mu held: every make and drop runs under the pool lock (drop_sstate's page release relies on it).
   split_state* make_sstate(std::uint32_t r) {
     regions_[r].alloc_state_ = 1;
     return new (&states_[r]) split_state{};
   }
-  /// Destroys region r's split state (merge, close; mu_ held), and gives the table's page back
+  /// Destroys region r's split state (merge, close; core_->mu held), and gives the table's page back
   /// once none of the regions it serves has a state, so the table's memory follows the split
   /// regions as the heap allocations it replaced did.
   void drop_sstate(std::uint32_t r);
@@ -545,7 +546,7 @@ class pool_impl {
   adaptive_mutex& lock_region(split_state& s) const {
     for (;;) {
       const std::uint16_t c = s.lock_cpu.load(std::memory_order_acquire);
-      adaptive_mutex& m = c == NO_CPU ? s.own_lock : caches_[c].mu;
+      adaptive_mutex& m = c == NO_CPU ? s.own_lock : core_->caches[c].mu;
       m.lock();
       if (s.lock_cpu.load(std::memory_order_relaxed) == c) return m;
       m.unlock();  // the region changed hands while we waited: take its new lock
@@ -629,8 +630,8 @@ class pool_impl {
   pfn_t pfn_base_ = 0;     // the pool's identity: its pfns are pfn_base_ + page index
   pfn_t picked_base_ = 0;  // the base pick_pfn_base reserved for this new pool (create paths)
   bool registered_ = false;
-  // The pool's size: grown in place by grow() (under mu_ and grow_mu_), read by any thread (a
-  // thread that got a page of a new region got it through mu_, which orders it after the store).
+  // The pool's size: grown in place by grow() (under core_->mu and grow_mu_), read by any thread (a
+  // thread that got a page of a new region got it through core_->mu, which orders it after the store).
   std::atomic<std::uint64_t> nr_regions_{0};
   std::atomic<std::uint64_t> nr_pages_{0};
   /// The regions the mapping, the descriptor arrays, the backing bitmap and the pfn registration
@@ -655,31 +656,21 @@ class pool_impl {
   page* vmemmap_ = nullptr;
   std::size_t vmemmap_bytes_ = 0;
 
-  // allocator (guarded by mu_, the pool lock)
-  adaptive_mutex mu_;
-  std::unique_ptr<cpu_cache[]> caches_;
-  unsigned nr_caches_ = 1;
-  std::uint32_t empty_head_ = NIL, empty_tail_ = NIL;  // wholly free split regions, oldest first
-  std::uint64_t nr_empty_ = 0;
-  std::uint64_t last_idle_sweep_ms_ = 0;
+  // The allocator: its shared state in core_ (pool_core.hpp: the pool lock core_->mu, the caches,
+  // the empty list, the counters, the states of buddy_, filler_ and intents_), which this pool's
+  // views below read through this process's mappings. core_ is own_core_ for a pool only this
+  // process has open.
+  std::unique_ptr<pool_core> own_core_ = std::make_unique<pool_core>();
+  pool_core* core_ = own_core_.get();
   region_buddy buddy_;
   region_backing backing_;  // R1: which regions' blocks are reserved (sparse backing files only)
   filler filler_;
   std::vector<std::uint32_t> lazy_;  // may hold regions materialised since; skipped when popped
-  std::uint64_t free_pages_ = 0;     // V3 with the caches' free_delta (excludes lazy regions)
-  std::uint64_t split_regions_ = 0;  // includes the regions of merges not yet in the buddy
-  /// Regions an operation holds between its locks, free pages and all: fresh splits until
-  /// publish_fresh, merges until merged_locked. A last-resort allocation waits for them.
-  std::uint32_t regions_in_transit_ = 0;
-  std::uint64_t materialised_ = 0;
-  std::uint64_t repaired_ = 0;
-  std::uint64_t orphaned_ = 0;  // owner records dropped at load: their slot no longer named the page
   intent_log intents_;
   // Bad blocks of this open (badblocks.cpp): fixed at open, read without a lock.
   std::vector<bad_block> bad_blocks_;       // sorted, merged; device offsets
   std::vector<std::uint64_t> bad_pages_;    // sorted pool page indexes in a bad block
   std::unordered_map<std::uint32_t, std::array<std::uint64_t, 8>> bad_bits_;  // region -> its bad pages
-  std::uint64_t quarantined_regions_ = 0;   // regions of kind RK_QUARANTINED (mu_)
   bool read_only_ = false;       // open_options::read_only: every mutating call is refused
   bool volatile_ = false;        // create_volatile: the "media" is DRAM; nothing is flushed or fenced
   bool no_flush_ = false;        // volatile_, or byte granularity: flush_later / flush_now / zero_pages flush nothing
@@ -687,7 +678,7 @@ class pool_impl {
   int numa_node_ = -1;           // pool::numa_node()
   std::string memory_desc_;      // pool::memory_description()
   bool media_writable_ = true;   // false once a read-only pool's recovery is done (or device DAX)
-  std::unordered_map<const std::uint64_t*, std::uint64_t> overlay_;  // see view_word (mu_)
+  std::unordered_map<const std::uint64_t*, std::uint64_t> overlay_;  // see view_word (core_->mu)
   mutable std::mutex log_mu_;    // guards log_ (lazy loads add lines after open)
   std::vector<std::string> log_;
   // Magazines (magazine.hpp): 0 = off (persistent pools); else this pool's serial, unique in the

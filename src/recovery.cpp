@@ -143,7 +143,8 @@ void pool_impl::locate_metadata() {
   owner_table_ = reinterpret_cast<std::uint64_t*>(dev_.base() + lay_.owner_table_offset);
   lanes_ = reinterpret_cast<lane*>(dev_.base() + lay_.lanes_offset);
   // At byte granularity the intent log's flushes go nowhere (it only flushes; the pool fences).
-  intents_.init(lanes_, gran_ == granularity::byte ? &no_flush_sink() : pers_.get(), /*enabled=*/!volatile_);
+  intents_.init(lanes_, gran_ == granularity::byte ? &no_flush_sink() : pers_.get(), /*enabled=*/!volatile_,
+                &core_->intent_state);
 }
 
 std::string pool_impl::validate_region_table() const {
@@ -398,7 +399,7 @@ void pool_impl::replay_intents() {
     std::snprintf(line, sizeof line, "intent lane %u: %s of pfn %#llx (order %u), slot at offset %#llx: %s", i, kind,
                   (unsigned long long)l.pfn, l.order, (unsigned long long)l.slot_offset, outcome);
     note_repair(line);
-    ++repaired_;
+    ++core_->repaired;
   }
   if (!any) return;
   issue_deferred_flushes();
@@ -426,14 +427,14 @@ void pool_impl::build_volatile() {
   vmemmap_ = static_cast<page*>(reserve_aligned(vmemmap_bytes_, std::size_t{1} << DESC_GRANULE_SHIFT));
   if (!vmemmap_) fail(ENOMEM, path(), "cannot reserve address space for 4 KiB descriptors");
 
-  buddy_.init(regions_, nr_regions_);
-  filler_.init(regions_);
+  buddy_.init(regions_, nr_regions_, &core_->buddy_state);
+  filler_.init(regions_, &core_->filler_state);
   init_caches();
   for (std::uint64_t i = 0; i < nr_regions_; ++i) regions_[i].list_next_ = regions_[i].list_prev_ = NIL;
   std::uint64_t run_start = 0, run_len = 0;  // current run of free regions
   auto end_run = [&] {
     if (run_len) buddy_.add_free_run(std::uint32_t(run_start), run_len);
-    free_pages_ += run_len * HPAGE_PMD_NR;
+    core_->free_pages += run_len * HPAGE_PMD_NR;
     run_len = 0;
   };
   for (std::uint64_t i = 0; i < nr_regions_;) {
@@ -456,7 +457,7 @@ void pool_impl::build_volatile() {
                       (unsigned long long)e);
         note_repair(line);
         repairs = true;
-        ++repaired_;
+        ++core_->repaired;
       }
     }
     page& d = regions_[i];
@@ -485,8 +486,8 @@ void pool_impl::build_volatile() {
                           (unsigned long long)i, order, (unsigned long long)pfn_of_index(i << HPAGE_PMD_ORDER));
             note_repair(line);
             repairs = true;
-            ++orphaned_;
-            ++repaired_;
+            ++core_->orphaned;
+            ++core_->repaired;
           }
         }
         d.flags_.store(PG_head | (owned ? PG_slot_owned : 0u), std::memory_order_relaxed);
@@ -503,7 +504,7 @@ void pool_impl::build_volatile() {
         d.kind_ = RK_SPLIT;
         d.flags_.store(PG_region_lazy, std::memory_order_relaxed);
         lazy_.push_back(ri);
-        ++split_regions_;
+        ++core_->split_regions;
         ++i;
         break;
       case region_state::free:
@@ -668,7 +669,7 @@ std::unique_ptr<pool_impl> pool_impl::open(const std::string& path, const pool::
     char* dst = impl->dev_.base() + (repair_a ? 0 : SUPERBLOCK_SIZE);
     std::memcpy(dst, &good, sizeof good);
     impl->pers_->persist(dst, sizeof good);
-    ++impl->repaired_;
+    ++impl->core_->repaired;
     impl->note_repair(torn_grow ? "superblock copy A grown like copy B to " + std::to_string(b.nr_regions) +
                                       " regions (an interrupted pool::grow)"
                       : torn_upgrade ? std::string("superblock copy A upgraded like copy B (an interrupted format upgrade)")
