@@ -151,6 +151,13 @@ struct section {
 };
 static_assert(sizeof(section) == 64);
 
+/// An entry's nr_pages, as the lock-free readers load it: pool.grow raises it while the pool is
+/// open (registry.cpp grow_section; every other field of an entry with pages stays put), so a
+/// reader sees the old count or the new one. A plain move on x86 and arm64.
+inline std::uint64_t section_pages(const section& s) noexcept {
+  return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(s.nr_pages)).load(std::memory_order_relaxed);
+}
+
 // A pool's pfns are [pfn base, pfn base + nr_pages). The pfn base is its identity, drawn at
 // random at create (a multiple of 2^SECTION_SHIFT in [2^32, 2^64 - 2^33]: about 2^36 choices, so
 // pools created independently practically never overlap; docs/api.md, Limits) and stored in the
