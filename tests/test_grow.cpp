@@ -508,67 +508,115 @@ TEST_F(GrowTest, AGrowTheFileSystemRefusesLeavesTheFileItsSize) {
 // no page in yet holds no entry, so another pool whose granule hashes to the same entry may take
 // it; the grow into that granule then goes to the overflow table, and both pools translate before
 // and after, and after either closes. (The capacity must pass 2^28 pages: a 1 TiB sparse file.)
-TEST_F(GrowTest, AGranuleGrownIntoSharesItsTableEntryWithAnotherPool) {
-  constexpr std::uint64_t granule = std::uint64_t{1} << detail::SECTION_SHIFT;
-  const pfn_t big_base = pfn_t{0x5eed0} << detail::SECTION_SHIFT;
-  const pfn_t other_base = big_base + granule * ((std::uint64_t{1} << detail::SECTION_BITS) + 1);
-  ASSERT_EQ((other_base >> detail::SECTION_SHIFT) % (1u << detail::SECTION_BITS),
-            ((big_base >> detail::SECTION_SHIFT) + 1) % (1u << detail::SECTION_BITS));
-  std::vector<pfn_t> bases{big_base, other_base};
+namespace {
+constexpr std::uint64_t kGranule = std::uint64_t{1} << detail::SECTION_SHIFT;
+constexpr pfn_t kBigBase = pfn_t{0x5eed0} << detail::SECTION_SHIFT;
+// Its first granule hashes to the entry of the big pool's second one.
+constexpr pfn_t kOtherBase = kBigBase + kGranule * ((std::uint64_t{1} << detail::SECTION_BITS) + 1);
+static_assert((kOtherBase >> detail::SECTION_SHIFT) % (1u << detail::SECTION_BITS) ==
+              ((kBigBase >> detail::SECTION_SHIFT) + 1) % (1u << detail::SECTION_BITS));
+constexpr std::uint64_t kBigSize = 8 * GiB;  // the tables of a 1 TiB capacity (a sparse file)
+
+// Creates the big growable pool (base kBigBase, capacity past one granule), a small one (base
+// kOtherBase) and one whose pfns lie in the big pool's capacity past its pages (kBigBase +
+// kGranule); an empty string on success, else why it cannot be made here (the test skips).
+std::string make_colliding_pools(const fs::path& big, const fs::path& other, const fs::path& inside) {
+  std::vector<pfn_t> bases{kBigBase, kOtherBase, kBigBase + kGranule};
   std::size_t next = 0;
   detail::set_pfn_base_source_for_testing([&] { return bases[next++]; });
-  const fs::path big_path = new_path("big"), other_path = new_path("other");
-  pool::options o;
-  o.max_size = (granule << PAGE_SHIFT) + 16 * GiB;
-  o.size = 8 * GiB;  // the tables of a 1 TiB capacity (a sparse file)
+  std::string why;
   try {
-    pool::create(big_path, o).close();
+    pool::options o;
+    o.max_size = (kGranule << PAGE_SHIFT) + 16 * GiB;
+    o.size = kBigSize;
+    pool::create(big, o).close();
+    o = pool::options{};
+    o.size = 16 * MiB;
+    pool::create(other, o).close();
+    pool::create(inside, o).close();
   } catch (const pmpage::error& e) {
-    detail::set_pfn_base_source_for_testing({});
-    GTEST_SKIP() << "cannot make a pool with 1 TiB of capacity here: " << e.what();
+    why = std::string("cannot make a pool with 1 TiB of capacity here: ") + e.what();
   }
-  create_pool(other_path, 16 * MiB).close();
   detail::set_pfn_base_source_for_testing({});
+  return why;
+}
 
+bool round_trips(pfn_t f) {
+  page* pg = pfn_to_page(f);
+  return pg && page_to_pfn(pg) == f && virt_to_page(page_address(pg)) == pg && pfn_valid(f);
+}
+}  // namespace
+
+TEST_F(GrowTest, AGranuleGrownIntoWhoseEntryAnotherPoolHoldsGoesToTheOverflow) {
+  const fs::path big_path = new_path("big"), other_path = new_path("other"), inside = new_path("inside");
+  if (std::string why = make_colliding_pools(big_path, other_path, inside); !why.empty()) GTEST_SKIP() << why;
   pool big = pool::open(big_path);
-  ASSERT_EQ(big.start_pfn(), big_base);
-  ASSERT_LT(big.end_pfn(), big_base + granule);
+  ASSERT_EQ(big.start_pfn(), kBigBase);
+  ASSERT_LT(big.end_pfn(), kBigBase + kGranule);
+  // Its capacity's pfns are reserved, though no pages yet: a pool using them cannot open beside it.
+  try {
+    pool::open(inside);
+    ADD_FAILURE() << "a pool inside the capacity opened";
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code().value(), EBUSY) << e.what();
+  }
   const unsigned overflowing = detail::overflow_granules();
-  auto round_trips = [](pfn_t f) {
-    page* pg = pfn_to_page(f);
-    return pg && page_to_pfn(pg) == f && virt_to_page(page_address(pg)) == pg && pfn_valid(f);
-  };
   {
     pool other = pool::open(other_path);
-    ASSERT_EQ(other.start_pfn(), other_base);
-    EXPECT_TRUE(round_trips(other_base));
+    ASSERT_EQ(other.start_pfn(), kOtherBase);
+    EXPECT_EQ(detail::overflow_granules(), overflowing) << "the entry was free: not grown into yet";
+    EXPECT_TRUE(round_trips(kOtherBase));
     EXPECT_TRUE(round_trips(other.end_pfn() - 1));
-    EXPECT_TRUE(round_trips(big_base));
-    EXPECT_FALSE(pfn_valid(big_base + granule)) << "not grown yet";
+    EXPECT_TRUE(round_trips(kBigBase));
+    EXPECT_FALSE(pfn_valid(kBigBase + kGranule)) << "not grown yet";
     // Grown into its second granule, whose entry the other pool holds: the overflow table.
-    ASSERT_EQ(big.grow(o.size + (granule << PAGE_SHIFT)), 0);
-    EXPECT_GT(big.end_pfn(), big_base + granule);
+    ASSERT_EQ(big.grow(kBigSize + (kGranule << PAGE_SHIFT)), 0);
+    EXPECT_GT(big.end_pfn(), kBigBase + kGranule);
     EXPECT_EQ(detail::overflow_granules(), overflowing + 1);
-    for (const pfn_t f : {big_base, big_base + granule - 1, big_base + granule, big.end_pfn() - 1})
+    for (const pfn_t f : {kBigBase, kBigBase + kGranule - 1, kBigBase + kGranule, big.end_pfn() - 1})
       EXPECT_TRUE(round_trips(f)) << std::hex << f;
     EXPECT_FALSE(pfn_valid(big.end_pfn()));
-    EXPECT_TRUE(round_trips(other_base));
+    EXPECT_TRUE(round_trips(kOtherBase));
     EXPECT_TRUE(round_trips(other.end_pfn() - 1));
   }
   // The other pool closed: the grown granule still translates (from the overflow table).
-  EXPECT_FALSE(pfn_valid(other_base));
-  EXPECT_TRUE(round_trips(big_base + granule));
+  EXPECT_FALSE(pfn_valid(kOtherBase));
+  EXPECT_TRUE(round_trips(kBigBase + kGranule));
   EXPECT_TRUE(round_trips(big.end_pfn() - 1));
   {
     // Reopened beside the grown pool: the grown granule keeps its place, the other pool its entry.
     pool other = pool::open(other_path);
-    EXPECT_TRUE(round_trips(other_base));
-    EXPECT_TRUE(round_trips(big_base + granule));
+    EXPECT_TRUE(round_trips(kOtherBase));
+    EXPECT_TRUE(round_trips(kBigBase + kGranule));
     big.close();
     EXPECT_EQ(detail::overflow_granules(), overflowing);
-    EXPECT_FALSE(pfn_valid(big_base));
-    EXPECT_FALSE(pfn_valid(big_base + granule));
-    EXPECT_TRUE(round_trips(other_base));
+    EXPECT_FALSE(pfn_valid(kBigBase));
+    EXPECT_FALSE(pfn_valid(kBigBase + kGranule));
+    EXPECT_TRUE(round_trips(kOtherBase));
     EXPECT_TRUE(round_trips(other.end_pfn() - 1));
   }
+}
+
+// The other order: the grow finds the entry free and takes it; the pool opened after goes to the
+// overflow table; closing the grown pool frees the entry it took.
+TEST_F(GrowTest, AGranuleGrownIntoTakesItsFreeEntryAndGivesItBackAtClose) {
+  const fs::path big_path = new_path("big"), other_path = new_path("other"), inside = new_path("inside");
+  if (std::string why = make_colliding_pools(big_path, other_path, inside); !why.empty()) GTEST_SKIP() << why;
+  const unsigned overflowing = detail::overflow_granules();
+  pool big = pool::open(big_path);
+  ASSERT_EQ(big.grow(kBigSize + (kGranule << PAGE_SHIFT)), 0);
+  EXPECT_EQ(detail::overflow_granules(), overflowing);
+  EXPECT_TRUE(round_trips(kBigBase + kGranule));
+  EXPECT_TRUE(round_trips(big.end_pfn() - 1));
+  pool other = pool::open(other_path);
+  EXPECT_EQ(detail::overflow_granules(), overflowing + 1);
+  EXPECT_TRUE(round_trips(kOtherBase));
+  EXPECT_TRUE(round_trips(kBigBase + kGranule));
+  big.close();
+  EXPECT_FALSE(pfn_valid(kBigBase + kGranule));
+  EXPECT_TRUE(round_trips(kOtherBase));
+  EXPECT_TRUE(round_trips(other.end_pfn() - 1));
+  other.close();
+  EXPECT_EQ(detail::overflow_granules(), overflowing);
+  EXPECT_FALSE(pfn_valid(kOtherBase));
 }
