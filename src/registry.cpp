@@ -262,7 +262,7 @@ void release_picked_pfn_base(pfn_t base) {
 std::string register_section(const section& s, std::uint64_t capacity, const std::string& name) {
   if (s.start_pfn < MIN_PFN_BASE || s.start_pfn > MAX_PFN_BASE || (s.start_pfn & SECTION_PAGES_MASK) != 0)
     return "pfn base " + hex(s.start_pfn) + " is out of range";  // superblock_problem refuses it first
-  if (s.nr_pages == 0 || capacity < s.nr_pages) return "no pages, or more than its capacity";
+  if (capacity < s.nr_pages) return "more pages than its capacity";
   std::lock_guard g(registry_lock);
   if (std::string why = conflict_locked(s.start_pfn, capacity, name); !why.empty()) return why;
   // The address granules of the whole capacity are claimed now (grow_section only raises their

@@ -471,6 +471,43 @@ TEST_F(GrowTest, TheCapacityIsReservedButTranslatesOnlyTheGrownPages) {
   EXPECT_EQ(virt_to_page(past), nullptr);
 }
 
+// Lock-free translations racing a grow (the registry raises its entries' page counts while other
+// threads read them: TSan checks the accesses) see the old size or the new one, never a mix, and
+// once a new pfn is valid it stays valid and translates both ways.
+TEST_F(GrowTest, TranslationsRacingAGrowSeeTheOldSizeOrTheNew) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 8 * MiB, 64 * MiB);
+  const pfn_t start = p.start_pfn(), end = p.end_pfn();
+  page* const first = pfn_to_page(start);
+  char* const past = static_cast<char*>(page_address(pfn_to_page(end - 1))) + PAGE_SIZE;
+  std::atomic<bool> done{false};
+  std::atomic<unsigned> bad{0}, seen_new{0};
+  std::thread reader([&] {
+    bool grown = false;
+    for (bool last = false; !last;) {
+      last = done.load();
+      if (pfn_to_page(start) != first || page_to_pfn(first) != start || virt_to_page(past - 1) != pfn_to_page(end - 1))
+        ++bad;
+      const bool valid = pfn_valid(end);
+      page* const at = virt_to_page(past);
+      if (grown && !valid) ++bad;  // a page count only rises while the pool is open
+      if (valid) {
+        grown = true;
+        page* pg = pfn_to_page(end);
+        if (pg != first + (end - start) || page_to_pfn(pg) != end || page_address(pg) != past) ++bad;
+      }
+      if (at != nullptr && at != first + (end - start)) ++bad;
+    }
+    seen_new = grown;
+  });
+  for (std::uint64_t size = 16 * MiB; size <= 64 * MiB; size += 8 * MiB) ASSERT_EQ(p.grow(size), 0) << size;
+  done = true;
+  reader.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_EQ(seen_new.load(), 1u) << "the reader's last round ran after the grows";
+  EXPECT_EQ(p.check(), "");
+}
+
 // A grow refused by the file system before its first fence (ENOSPC from the preallocation) changes
 // nothing: the file keeps its size (the extension is undone), closed or open, and the pool still
 // grows within the room there is.
