@@ -402,8 +402,9 @@ void unregister_section(pfn_t base) {
 page* pfn_to_page_slow(pfn_t pfn) noexcept {
   // The primary entry first: the inline code of a program built against headers with another
   // SECTION_SHIFT (before format 3: 32) looked in the wrong one and lands here for every pfn.
-  if (const section& s = primary_entry(pfn & ~SECTION_PAGES_MASK); pfn - load_relaxed(s.start_pfn) < load_relaxed(s.nr_pages))
-    return load_relaxed(s.vmemmap) + (pfn - load_relaxed(s.start_pfn));
+  const section& s = primary_entry(pfn & ~SECTION_PAGES_MASK);
+  if (const pfn_t first = load_relaxed(s.start_pfn); pfn - first < load_relaxed(s.nr_pages))
+    return load_relaxed(s.vmemmap) + (pfn - first);
   const unsigned h = overflow_hash(pfn >> SECTION_SHIFT);
   for (;;) {
     const std::uint64_t seq = g_overflow_seq.load(std::memory_order_acquire);
