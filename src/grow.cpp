@@ -39,6 +39,18 @@ namespace pmpage::detail {
 
 namespace {
 std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+// A grow that fails before its first fence changes nothing (docs/api.md): until disarmed, the
+// file gets back the size it had (an extension or a preallocation that failed half-way, ENOSPC,
+// would otherwise leave it larger than its superblock says).
+struct file_size_guard {
+  device& d;
+  std::uint64_t size;
+  bool armed = true;
+  ~file_size_guard() {
+    if (armed) d.restore_size(size);
+  }
+};
 }  // namespace
 
 std::string growth_refused_for(device::kind k) {
@@ -119,6 +131,7 @@ pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, con
   const std::uint64_t fit = res.new_regions;
 
   // 1. The file first, durably (a superblock must never name bytes a power failure can take).
+  file_size_guard old_size{d, d.size()};
   d.ensure_size(new_size, opts.preallocate);
   // The words written below lie in the region table create reserved; a copied file may have
   // holes there (a store into a hole on a full file system is a SIGBUS, not an error).
@@ -135,6 +148,7 @@ pool::grow_result grow_pool(const std::string& path, std::uint64_t new_size, con
   char* const m = d.base();
   pers->attach(m, d.mapped_length(), d.store_granularity());
   const std::uint64_t wb_seen = pers->writeback_errors();  // a reused backend's earlier failures are not ours
+  old_size.armed = false;  // from here the file is the grown pool's (a crash may leave it so anyway)
   // fence 1: the new regions' words FREE.
   auto* words = reinterpret_cast<std::uint64_t*>(m + words_off);
   for (std::uint64_t i = 0; i < fit - cur.nr_regions; ++i)
@@ -167,12 +181,13 @@ namespace pmpage::detail {
 // then the new regions join the live allocator. What makes it possible without moving anything:
 // an open of a pool created with room to grow (SB_GROWABLE, live_capacity) reserved the address
 // space of its capacity after the mapping, sized its descriptor arrays (region descriptors,
-// vmemmap: anonymous, MAP_NORESERVE) and its backing bitmap for it, and registered the
-// capacity's pfn range (the registry's entries are read lock-free by inline code and never
-// change while the pool is open). So a grow maps the new part of the file in place, commits the
-// new size on the media (region words, B, A: the crash rules of grow_pool), and then, under the
-// pool lock, raises nr_regions_ and frees the new regions into the buddy: every thread can take
-// them from then on. Allocations racing it see the old regions until then.
+// vmemmap: anonymous, MAP_NORESERVE) and its backing bitmap for it, and reserved the capacity's
+// pfn range and address granules in the registry (which translates only the pages it has). So a
+// grow maps the new part of the file in place, commits the new size on the media (region words,
+// B, A: the crash rules of grow_pool), raises the registry's entries to the new size
+// (grow_section: the new pages translate), and then, under the pool lock, raises nr_regions_ and
+// frees the new regions into the buddy: every thread can take them from then on. Allocations
+// racing it see the old regions until then.
 int pool_impl::grow(std::uint64_t new_size) noexcept {
   deferred_flush_scope flushes{this};
   constexpr const char* caller = "pool::grow";
@@ -208,6 +223,7 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
     // 1. The file, durably; the region words' blocks (a copied file may have holes there). A
     // pool preallocated at create reserves no region as it takes it (region_backing): its new
     // part is reserved now, so that a full file system fails here and not as a SIGBUS later.
+    file_size_guard old_size{dev_, dev_.size()};
     dev_.ensure_size(new_size, false);
     if (!backing_.tracking())
       if (const int e = reserve_file_range(dev_.fd(), cur.device_size, new_size - cur.device_size); e != 0 && !cannot_reserve(e))
@@ -219,6 +235,7 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
                            std::strerror(e) + "); nothing was written");
     dev_.sync();
     dev_.extend_map(cur.data_offset + fit * HPAGE_PMD_SIZE);
+    old_size.armed = false;  // mapped: the file stays at least this long while the pool is open
     // fence 1: the new regions' words FREE (mu_ not needed: no thread touches a region >= old).
     for (std::uint64_t r = old_regions; r < fit; ++r)
       if (load_word(region_word(std::uint32_t(r))) != 0) persist_word(region_word(std::uint32_t(r)), 0);
@@ -235,6 +252,8 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
         return -e;
       }
     }
+    // The new pages translate (before any thread can be handed one: the buddy below).
+    grow_section(pfn_base_, fit * HPAGE_PMD_NR);
     // The new regions join the allocator: free, in the buddy, counted (V3).
     std::lock_guard l(core_->mu);
     for (std::uint64_t r = old_regions; r < fit; ++r) regions_[r].list_next_ = regions_[r].list_prev_ = NIL;

@@ -551,10 +551,12 @@ void pool_impl::register_pool() {
   s.vmemmap = vmemmap_;
   s.regions = regions_;
   s.data = dev_.base() + lay_.data_offset;
-  s.nr_pages = max_regions_ * HPAGE_PMD_NR;  // the capacity: the registry's entries never change
+  s.nr_pages = nr_pages_.load(std::memory_order_relaxed);  // its pages now: pool.grow raises it (grow_section)
   s.start_pfn = start_pfn();
   s.owner = this;
-  const std::string why = register_section(s, path());
+  // The capacity's pfns and address granules are reserved to it, so that a grow never meets
+  // another pool there.
+  const std::string why = register_section(s, max_regions_ * HPAGE_PMD_NR, path());
   if (!why.empty()) fail(EBUSY, path(), "cannot open: " + why);
   registered_ = true;
   add_open_pool(this);

@@ -40,9 +40,10 @@ void release_oldest_window() {
 // The pfn ranges of the open pools by base (registry_lock): overlap tests and the names in a
 // refusal. Translation never reads it.
 struct open_range {
-  pfn_t end;
+  pfn_t end;  // of the capacity: no other pool takes a pfn below it
   std::string name;
-  section rec;  // as registered: finds its address-table entries again at unregister
+  section rec;  // as registered, nr_pages raised by grow_section: its pages now
+  std::uint64_t capacity;  // pages its descriptor and data address granules are claimed for
 };
 std::map<pfn_t, open_range> g_open_ranges;
 
@@ -145,12 +146,13 @@ void overflow_write_begin() { g_overflow_seq.fetch_add(1, std::memory_order_acq_
 void overflow_write_end() { g_overflow_seq.fetch_add(1, std::memory_order_release); }
 
 // The record of pool granule k (0-based from the pool's base): rebased like g_desc_sections.
+// A granule past the pool's pages now (a pool that can grow) gets nr_pages 0: no page there.
 section rebased(const section& s, std::uint64_t base) {
   section r = s;
   r.vmemmap += base;
   r.regions += base >> HPAGE_PMD_ORDER;
   r.data += base << PAGE_SHIFT;
-  r.nr_pages -= base;
+  r.nr_pages = s.nr_pages > base ? s.nr_pages - base : 0;
   r.start_pfn += base;
   r.base_index = base;
   return r;
@@ -158,6 +160,13 @@ section rebased(const section& s, std::uint64_t base) {
 std::uint64_t pfn_granules(const section& s) { return (s.nr_pages + SECTION_PAGES_MASK) >> SECTION_SHIFT; }
 section& primary_entry(pfn_t granule_start) {
   return g_sections[(granule_start >> SECTION_SHIFT) & ((1u << SECTION_BITS) - 1)];
+}
+// An address-table entry is taken while a pool claims it, even with no page in it yet (owner set,
+// nr_pages 0: the part of a growable pool's capacity it has not grown into; readers reject it).
+bool taken(const section& e) { return e.nr_pages != 0 || e.owner != nullptr; }
+section with_pages(section s, std::uint64_t nr_pages) {
+  s.nr_pages = nr_pages;
+  return s;
 }
 
 // The table entries [first, last] that the byte range [start, start + len) overlaps.
@@ -250,23 +259,27 @@ void release_picked_pfn_base(pfn_t base) {
   unpick(base);
 }
 
-std::string register_section(const section& s, const std::string& name) {
+std::string register_section(const section& s, std::uint64_t capacity, const std::string& name) {
   if (s.start_pfn < MIN_PFN_BASE || s.start_pfn > MAX_PFN_BASE || (s.start_pfn & SECTION_PAGES_MASK) != 0)
     return "pfn base " + hex(s.start_pfn) + " is out of range";  // superblock_problem refuses it first
+  if (capacity < s.nr_pages) return "more pages than its capacity";
   std::lock_guard g(registry_lock);
-  if (std::string why = conflict_locked(s.start_pfn, s.nr_pages, name); !why.empty()) return why;
+  if (std::string why = conflict_locked(s.start_pfn, capacity, name); !why.empty()) return why;
+  // The address granules of the whole capacity are claimed now (grow_section only raises their
+  // nr_pages); the pfn granules only as far as the pool has pages (see grow_section).
+  const section cap = with_pages(s, capacity);
   std::uintptr_t vfirst, vlast;
-  desc_granules(s, vfirst, vlast);
+  desc_granules(cap, vfirst, vlast);
   if (reinterpret_cast<std::uintptr_t>(s.vmemmap) & ((std::uintptr_t{1} << DESC_GRANULE_SHIFT) - 1))
     return "descriptor window not aligned to its granule";
   if (vlast >= DESC_GRANULES) return "descriptor window above the 47-bit address space";
   for (auto gr = vfirst; gr <= vlast; ++gr)
-    if (g_desc_sections[gr].nr_pages != 0) return "descriptor address granule already owned";
+    if (taken(g_desc_sections[gr])) return "descriptor address granule already owned";
   std::uintptr_t first, last;
-  data_granules(s, first, last);
+  data_granules(cap, first, last);
   if (last >= DATA_GRANULES) return "data mapping above the 47-bit address space";
   for (auto gr = first; gr <= last; ++gr)
-    if (g_data_sections[gr].nr_pages != 0) return "data address granule already owned";
+    if (taken(g_data_sections[gr])) return "data address granule already owned";
   // A pool's pointers and pfns reach other threads only after open returns (a release of its
   // own), so plain stores suffice for its own entries. A primary entry is only ever written when
   // it is empty (a pool in the overflow table is not moved when the entry frees up), so a reader
@@ -288,10 +301,59 @@ std::string register_section(const section& s, const std::string& name) {
   if (overflowing) overflow_write_end();
   for (auto gr = vfirst; gr <= vlast; ++gr) g_desc_sections[gr] = rebased(s, (gr - vfirst) * DESC_GRANULE_PAGES);
   for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = s;
-  g_open_ranges.emplace(s.start_pfn, open_range{s.start_pfn + s.nr_pages, name, s});
+  g_open_ranges.emplace(s.start_pfn, open_range{s.start_pfn + capacity, name, s, capacity});
   unpick(s.start_pfn);  // registered: no longer only picked
   std::atomic_thread_fence(std::memory_order_release);
   return {};
+}
+
+bool grow_section(pfn_t base, std::uint64_t nr_pages) {
+  std::lock_guard g(registry_lock);
+  const auto it = g_open_ranges.find(base);
+  if (it == g_open_ranges.end() || nr_pages > it->second.capacity || nr_pages < it->second.rec.nr_pages) return false;
+  const section old = it->second.rec;
+  const section s = with_pages(old, nr_pages);
+  // Lock-free readers load nr_pages on their own (mm.hpp, pmpage.h): it only rises while the
+  // pool is open, so they see the old count or the new one, and every other field of an entry
+  // that had pages is unchanged. The new pages reach other threads only through the allocator
+  // (its lock, after this returns), which orders these stores before their use.
+  const section cap = with_pages(s, it->second.capacity);
+  std::uintptr_t first, last;
+  desc_granules(cap, first, last);
+  for (auto gr = first; gr <= last; ++gr)
+    store_relaxed(g_desc_sections[gr].nr_pages, rebased(s, (gr - first) * DESC_GRANULE_PAGES).nr_pages);
+  data_granules(cap, first, last);
+  for (auto gr = first; gr <= last; ++gr) store_relaxed(g_data_sections[gr].nr_pages, nr_pages);
+  // The pfn granules: one with pages already has its record in its primary entry or the overflow
+  // table (raised in place); a granule it grows into is registered now, as register_section would
+  // have: its primary entry if empty (every other field first, nr_pages last: a reader that sees
+  // the count sees the record), else the overflow table.
+  const std::uint64_t had = pfn_granules(old), has = pfn_granules(s);
+  bool overflowing = false;
+  for (std::uint64_t k = 0; k < has; ++k) {
+    const section r = rebased(s, k << SECTION_SHIFT);
+    section& e = primary_entry(r.start_pfn);
+    if (e.nr_pages != 0 && e.start_pfn == r.start_pfn && e.owner == r.owner) {
+      store_relaxed(e.nr_pages, r.nr_pages);
+      continue;
+    }
+    if (k >= had && e.nr_pages == 0) {
+      overflow_store(e, with_pages(r, 0));
+      std::atomic_ref<std::uint64_t>(e.nr_pages).store(r.nr_pages, std::memory_order_release);
+      continue;
+    }
+    if (!overflowing) overflow_write_begin();
+    overflowing = true;
+    if (k >= had) {
+      overflow_insert(r);
+      continue;
+    }
+    for (section& o : g_overflow)
+      if (o.nr_pages != 0 && o.start_pfn == r.start_pfn) store_relaxed(o.nr_pages, r.nr_pages);
+  }
+  if (overflowing) overflow_write_end();
+  it->second.rec = s;
+  return true;
 }
 
 void unregister_section(pfn_t base) {
@@ -300,14 +362,17 @@ void unregister_section(pfn_t base) {
   if (it == g_open_ranges.end()) return;
   const pfn_t end = it->second.end;
   const section s = it->second.rec;
+  const section cap = with_pages(s, it->second.capacity);
   g_open_ranges.erase(it);
   std::uintptr_t first, last;
-  data_granules(s, first, last);
+  data_granules(cap, first, last);
   for (auto gr = first; gr <= last; ++gr) g_data_sections[gr] = section{};
-  desc_granules(s, first, last);
+  desc_granules(cap, first, last);
   for (auto gr = first; gr <= last; ++gr) g_desc_sections[gr] = section{};
   bool overflowed = false;
-  for (pfn_t gs = base; gs < end; gs += std::uint64_t{1} << SECTION_SHIFT) {
+  // Only the pfn granules it has pages in hold its records (register_section, grow_section); a
+  // primary entry is its own iff it names the granule's first pfn (no other pool has that pfn).
+  for (pfn_t gs = base; gs < base + s.nr_pages; gs += std::uint64_t{1} << SECTION_SHIFT) {
     section& e = primary_entry(gs);
     if (e.nr_pages != 0 && e.start_pfn == gs)
       e = section{};
@@ -337,8 +402,9 @@ void unregister_section(pfn_t base) {
 page* pfn_to_page_slow(pfn_t pfn) noexcept {
   // The primary entry first: the inline code of a program built against headers with another
   // SECTION_SHIFT (before format 3: 32) looked in the wrong one and lands here for every pfn.
-  if (const section& s = primary_entry(pfn & ~SECTION_PAGES_MASK); pfn - s.start_pfn < s.nr_pages)
-    return s.vmemmap + (pfn - s.start_pfn);
+  const section& s = primary_entry(pfn & ~SECTION_PAGES_MASK);
+  if (const pfn_t first = load_relaxed(s.start_pfn); pfn - first < load_relaxed(s.nr_pages))
+    return load_relaxed(s.vmemmap) + (pfn - first);
   const unsigned h = overflow_hash(pfn >> SECTION_SHIFT);
   for (;;) {
     const std::uint64_t seq = g_overflow_seq.load(std::memory_order_acquire);

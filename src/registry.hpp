@@ -1,16 +1,19 @@
 // registry.hpp — the process-wide tables that make translation pool-free (pfn -> section,
 // descriptor address -> section, data address -> section). Owned by this file; written only by
-// pool open/close under registry_lock, read lock-free by <pmpage/mm.hpp>.
+// pool open/close/grow under registry_lock, read lock-free by <pmpage/mm.hpp>.
 //
-// Invariant: for an open pool with pfn base b, vmemmap v (4 GiB-aligned) and data area d, for
-// every pfn granule k it covers (page.hpp: [b, b + nr_pages) cut at multiples of 2^28) a record
-// rebased to that granule is either in g_sections[(b >> 28) + k mod 2^16] (the primary entry,
-// if it was free when the pool registered) or in the overflow table (registry.cpp), never both;
-// the record itself is in g_data_sections[g] for every 1 GiB granule g overlapping
-// [d, d + nr_pages * 4 KiB), and g_desc_sections[g] holds it rebased to g (page.hpp) for every
-// 4 GiB granule g overlapping [v, v + nr_pages * 64 B); all other entries are zero. No two open
-// pools' pfn ranges overlap (register_section refuses it), and no pfn below MIN_PFN_BASE is
-// ever valid.
+// Invariant: for an open pool with pfn base b, vmemmap v (4 GiB-aligned), data area d, nr_pages
+// pages now and room for capacity pages (more than nr_pages only for a pool that can grow), for
+// every pfn granule k it has pages in (page.hpp: [b, b + nr_pages) cut at multiples of 2^28) a
+// record rebased to that granule is either in g_sections[(b >> 28) + k mod 2^16] (the primary
+// entry, if it was free when the pool registered or grew into the granule) or in the overflow
+// table (registry.cpp), never both; the record itself is in g_data_sections[g] for every 1 GiB
+// granule g overlapping [d, d + capacity * 4 KiB), and g_desc_sections[g] holds it rebased to g
+// (page.hpp; nr_pages 0 in a granule it has no page in yet) for every 4 GiB granule g
+// overlapping [v, v + capacity * 64 B); all other entries are zero. So every translation sees
+// the pages the pool has now, and no other pool takes its capacity's pfns or address granules.
+// No two open pools' capacities' pfn ranges overlap (register_section refuses it), and no pfn
+// below MIN_PFN_BASE is ever valid.
 //
 // It also counts the open pools: at most MAX_OPEN_POOLS hold an open_slot at once.
 //
@@ -34,10 +37,18 @@
 namespace pmpage::detail {
 
 /// Publishes a pool's section: its pfns are [s.start_pfn, s.start_pfn + s.nr_pages) (the pfn
-/// base, a multiple of 2^SECTION_SHIFT). `name` (its path) names it in a later pool's refusal.
-/// Returns an empty string on success, else why it cannot be registered (its pfns overlap those
-/// of an open pool, address slot taken).
-std::string register_section(const section& s, const std::string& name);
+/// base, a multiple of 2^SECTION_SHIFT). capacity (>= s.nr_pages): the pages it may grow to
+/// (grow_section); its pfns [start_pfn, start_pfn + capacity) and the address granules of its
+/// descriptors and data for that many pages are reserved to it, though only its s.nr_pages pages
+/// translate. `name` (its path) names it in a later pool's refusal. Returns an empty string on
+/// success, else why it cannot be registered (its pfns overlap those of an open pool, address
+/// slot taken).
+std::string register_section(const section& s, std::uint64_t capacity, const std::string& name);
+/// The pool of pfn base `base` has nr_pages pages now (more than before, at most its capacity):
+/// its new pages translate from when this returns. Safe against lock-free readers (they see the
+/// old count or the new one). False (nothing changed) if no such pool is open or nr_pages is out
+/// of range.
+bool grow_section(pfn_t base, std::uint64_t nr_pages);
 /// Withdraws the section of pfn base `base`; after this every lookup of its pfns and pointers is
 /// rejected.
 void unregister_section(pfn_t base);

@@ -395,31 +395,265 @@ TEST_F(GrowTest, APreallocatedPoolStaysPreallocatedWhenItGrowsOpen) {
   EXPECT_EQ(p.check(), "");
 }
 
-TEST_F(GrowTest, TheCapacitysPfnsAreRegisteredButAreNoPagesUntilGrown) {
+// An open growable pool reserves its capacity (pfns, address space) but translates only the pages
+// it has: an address of the reserved, not yet grown part of the mapping is no pool memory (a child
+// that read there would get SIGSEGV), a pfn or descriptor past end_pfn() is misuse. After the grow
+// the new pages translate both ways.
+TEST_F(GrowTest, TheCapacityIsReservedButTranslatesOnlyTheGrownPages) {
   const fs::path path = new_path();
   pool p = create_growable(path, 16 * MiB, 64 * MiB);
-  const pfn_t end = p.end_pfn();
-  EXPECT_TRUE(pfn_valid(end)) << "an open growable pool registers its capacity";
+  const pfn_t start = p.start_pfn(), end = p.end_pfn();
+  page* const first = pfn_to_page(start);
+  ASSERT_NE(first, nullptr);
+  page* const beyond = first + (end - start);  // the descriptor end would have: reserved, no page
+  char* const past = static_cast<char*>(page_address(pfn_to_page(end - 1))) + PAGE_SIZE;
+  auto expect_not_translated = [&](const char* when) {
+    EXPECT_FALSE(pfn_valid(end)) << when;
+    EXPECT_FALSE(pfn_valid(end + 5)) << when;
+    EXPECT_FALSE(virt_addr_valid(past)) << when;
+    EXPECT_EQ(virt_to_page(past), nullptr) << when;
+    EXPECT_EQ(virt_to_page(past + 4 * MiB), nullptr) << when;
+    misuse_recorder rec;
+    EXPECT_EQ(pfn_to_page(end), nullptr) << when;
+    EXPECT_EQ(pfn_to_page(end + 5), nullptr) << when;
+    EXPECT_EQ(page_to_pfn(beyond), 0u) << when;
+    EXPECT_EQ(page_address(beyond + 1), nullptr) << when;
+    EXPECT_EQ(rec.count(), 4) << when;
+  };
+  EXPECT_TRUE(pfn_valid(end - 1));
+  EXPECT_EQ(virt_to_page(past - 1), pfn_to_page(end - 1));
+  expect_not_translated("before the grow");
   {
-    // The pool's own calls still see end_pfn() as its end: a slot naming a pfn past it is misuse.
+    // The pool's own calls see end_pfn() as its end too: a slot naming a pfn past it is misuse.
     misuse_recorder rec;
     root_slots(p)[0] = end;
     EXPECT_EQ(p.free_pages_from(&root_slots(p)[0]), -EINVAL);
     EXPECT_EQ(rec.count(), 1);
     root_slots(p)[0] = 0;
   }
+  // The capacity's pfns stay reserved: no other pool may take them.
+  EXPECT_NE(detail::pfn_range_conflict(end + 5, 1), "");
+  const std::uint64_t capacity = detail::superblock_capacity(read_sb(path, 0)) * HPAGE_PMD_NR;
+  EXPECT_NE(detail::pfn_range_conflict(start + capacity - 1, 1), "");
+  EXPECT_EQ(detail::pfn_range_conflict(start + capacity, 1), "");
+
+  ASSERT_EQ(p.grow(32 * MiB), 0);
+  const pfn_t grown_end = p.end_pfn();
+  ASSERT_EQ(grown_end, end + 16 * MiB / PAGE_SIZE);  // 8 more regions
+  for (const pfn_t f : {end, end + 5, grown_end - 1}) {
+    EXPECT_TRUE(pfn_valid(f)) << f;
+    page* pg = pfn_to_page(f);
+    ASSERT_EQ(pg, first + (f - start)) << f;
+    EXPECT_EQ(page_to_pfn(pg), f);
+    EXPECT_EQ(page_address(pg), static_cast<char*>(page_address(first)) + (f - start) * PAGE_SIZE);
+    EXPECT_EQ(virt_to_page(static_cast<char*>(page_address(pg)) + 100), pg);
+  }
+  EXPECT_EQ(virt_to_page(past), beyond);
+  {
+    misuse_recorder rec;
+    EXPECT_FALSE(pfn_valid(grown_end));
+    EXPECT_EQ(pfn_to_page(grown_end), nullptr);
+    EXPECT_EQ(page_to_pfn(first + (grown_end - start)), 0u);
+    EXPECT_EQ(virt_to_page(static_cast<char*>(page_address(first)) + (grown_end - start) * PAGE_SIZE), nullptr);
+    EXPECT_EQ(rec.count(), 2);
+  }
   {
     const fs::path other = new_path();
     pool q = create_pool(other, 16 * MiB);
-    EXPECT_FALSE(pfn_valid(q.end_pfn())) << "a pool without room to grow registers only its pages";
+    EXPECT_FALSE(pfn_valid(q.end_pfn()));
   }
-  ASSERT_EQ(p.grow(32 * MiB), 0);
-  page* pg = pfn_to_page(end);
-  ASSERT_NE(pg, nullptr);
-  EXPECT_EQ(page_to_pfn(pg), end);
   std::set<pfn_t> got;
   for (page* g; (g = p.alloc_pages(9)) != nullptr;) got.insert(page_to_pfn(g));
   EXPECT_TRUE(got.count(end)) << "the first new region was not handed out";
-  EXPECT_EQ(virt_to_page(page_address(pg)), pg);
   EXPECT_EQ(p.check(), "");
+  p.close();
+  EXPECT_FALSE(pfn_valid(start));
+  EXPECT_EQ(virt_to_page(past), nullptr);
+}
+
+// Lock-free translations racing a grow (the registry raises its entries' page counts while other
+// threads read them: TSan checks the accesses) see the old size or the new one, never a mix, and
+// once a new pfn is valid it stays valid and translates both ways.
+TEST_F(GrowTest, TranslationsRacingAGrowSeeTheOldSizeOrTheNew) {
+  const fs::path path = new_path();
+  pool p = create_growable(path, 8 * MiB, 64 * MiB);
+  const pfn_t start = p.start_pfn(), end = p.end_pfn();
+  page* const first = pfn_to_page(start);
+  char* const past = static_cast<char*>(page_address(pfn_to_page(end - 1))) + PAGE_SIZE;
+  std::atomic<bool> done{false};
+  std::atomic<unsigned> bad{0}, seen_new{0};
+  std::thread reader([&] {
+    bool grown = false;
+    for (bool last = false; !last;) {
+      last = done.load();
+      if (pfn_to_page(start) != first || page_to_pfn(first) != start || virt_to_page(past - 1) != pfn_to_page(end - 1))
+        ++bad;
+      const bool valid = pfn_valid(end);
+      page* const at = virt_to_page(past);
+      if (grown && !valid) ++bad;  // a page count only rises while the pool is open
+      if (valid) {
+        grown = true;
+        page* pg = pfn_to_page(end);
+        if (pg != first + (end - start) || page_to_pfn(pg) != end || page_address(pg) != past) ++bad;
+      }
+      if (at != nullptr && at != first + (end - start)) ++bad;
+    }
+    seen_new = grown;
+  });
+  for (std::uint64_t size = 16 * MiB; size <= 64 * MiB; size += 8 * MiB) ASSERT_EQ(p.grow(size), 0) << size;
+  done = true;
+  reader.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_EQ(seen_new.load(), 1u) << "the reader's last round ran after the grows";
+  EXPECT_EQ(p.check(), "");
+}
+
+// A grow refused by the file system before its first fence (ENOSPC from the preallocation) changes
+// nothing: the file keeps its size (the extension is undone), closed or open, and the pool still
+// grows within the room there is.
+TEST_F(GrowTest, AGrowTheFileSystemRefusesLeavesTheFileItsSize) {
+  small_tmpfs fs(40 * MiB);
+  if (!fs.ok()) GTEST_SKIP() << fs.why();
+  const fs::path path = fs.dir() / "pool";
+  pool::options o;
+  o.size = 16 * MiB;
+  o.max_size = 256 * MiB;
+  o.preallocate = true;
+  {
+    // Preallocated at create, and open since: an open grow reserves the new part itself.
+    pool p = pool::create(path, o);
+    const std::uint64_t regions = p.stats().total_regions;
+    errno = 0;
+    EXPECT_EQ(p.grow(128 * MiB), -ENOSPC);
+    EXPECT_EQ(errno, ENOSPC);
+    EXPECT_EQ(fs::file_size(path), 16 * MiB) << "the refused grow left the file extended";
+    EXPECT_EQ(p.stats().total_regions, regions);
+    ASSERT_EQ(p.grow(24 * MiB), 0) << "the room there is";
+    EXPECT_EQ(fs::file_size(path), 24 * MiB);
+    EXPECT_EQ(p.check(), "");
+  }
+  pool::grow_options prealloc;
+  prealloc.preallocate = true;
+  error_of([&] { pool::grow(path, 128 * MiB, prealloc); }, ENOSPC);
+  EXPECT_EQ(fs::file_size(path), 24 * MiB) << "the refused grow left the file extended";
+  pool::grow(path, 32 * MiB, prealloc);
+  EXPECT_EQ(fs::file_size(path), 32 * MiB);
+  EXPECT_EQ(pool::open(path).check(), "");
+}
+
+// g_sections is a hash table of 2^28-page pfn granules (page.hpp). A growable pool's granule it has
+// no page in yet holds no entry, so another pool whose granule hashes to the same entry may take
+// it; the grow into that granule then goes to the overflow table, and both pools translate before
+// and after, and after either closes. (The capacity must pass 2^28 pages: a 1 TiB sparse file.)
+namespace {
+constexpr std::uint64_t kGranule = std::uint64_t{1} << detail::SECTION_SHIFT;
+constexpr pfn_t kBigBase = pfn_t{0x5eed0} << detail::SECTION_SHIFT;
+// Its first granule hashes to the entry of the big pool's second one.
+constexpr pfn_t kOtherBase = kBigBase + kGranule * ((std::uint64_t{1} << detail::SECTION_BITS) + 1);
+static_assert((kOtherBase >> detail::SECTION_SHIFT) % (1u << detail::SECTION_BITS) ==
+              ((kBigBase >> detail::SECTION_SHIFT) + 1) % (1u << detail::SECTION_BITS));
+constexpr std::uint64_t kBigSize = 8 * GiB;  // the tables of a 1 TiB capacity (a sparse file)
+
+// Creates the big growable pool (base kBigBase, capacity past one granule), a small one (base
+// kOtherBase) and one whose pfns lie in the big pool's capacity past its pages (kBigBase +
+// kGranule); an empty string on success, else why it cannot be made here (the test skips).
+std::string make_colliding_pools(const fs::path& big, const fs::path& other, const fs::path& inside) {
+  std::vector<pfn_t> bases{kBigBase, kOtherBase, kBigBase + kGranule};
+  std::size_t next = 0;
+  detail::set_pfn_base_source_for_testing([&] { return bases[next++]; });
+  std::string why;
+  try {
+    pool::options o;
+    o.max_size = (kGranule << PAGE_SHIFT) + 16 * GiB;
+    o.size = kBigSize;
+    pool::create(big, o).close();
+    o = pool::options{};
+    o.size = 16 * MiB;
+    pool::create(other, o).close();
+    pool::create(inside, o).close();
+  } catch (const pmpage::error& e) {
+    why = std::string("cannot make a pool with 1 TiB of capacity here: ") + e.what();
+  }
+  detail::set_pfn_base_source_for_testing({});
+  return why;
+}
+
+bool round_trips(pfn_t f) {
+  page* pg = pfn_to_page(f);
+  return pg && page_to_pfn(pg) == f && virt_to_page(page_address(pg)) == pg && pfn_valid(f);
+}
+}  // namespace
+
+TEST_F(GrowTest, AGranuleGrownIntoWhoseEntryAnotherPoolHoldsGoesToTheOverflow) {
+  const fs::path big_path = new_path("big"), other_path = new_path("other"), inside = new_path("inside");
+  if (std::string why = make_colliding_pools(big_path, other_path, inside); !why.empty()) GTEST_SKIP() << why;
+  pool big = pool::open(big_path);
+  ASSERT_EQ(big.start_pfn(), kBigBase);
+  ASSERT_LT(big.end_pfn(), kBigBase + kGranule);
+  // Its capacity's pfns are reserved, though no pages yet: a pool using them cannot open beside it.
+  try {
+    pool::open(inside);
+    ADD_FAILURE() << "a pool inside the capacity opened";
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code().value(), EBUSY) << e.what();
+  }
+  const unsigned overflowing = detail::overflow_granules();
+  {
+    pool other = pool::open(other_path);
+    ASSERT_EQ(other.start_pfn(), kOtherBase);
+    EXPECT_EQ(detail::overflow_granules(), overflowing) << "the entry was free: not grown into yet";
+    EXPECT_TRUE(round_trips(kOtherBase));
+    EXPECT_TRUE(round_trips(other.end_pfn() - 1));
+    EXPECT_TRUE(round_trips(kBigBase));
+    EXPECT_FALSE(pfn_valid(kBigBase + kGranule)) << "not grown yet";
+    // Grown into its second granule, whose entry the other pool holds: the overflow table.
+    ASSERT_EQ(big.grow(kBigSize + (kGranule << PAGE_SHIFT)), 0);
+    EXPECT_GT(big.end_pfn(), kBigBase + kGranule);
+    EXPECT_EQ(detail::overflow_granules(), overflowing + 1);
+    for (const pfn_t f : {kBigBase, kBigBase + kGranule - 1, kBigBase + kGranule, big.end_pfn() - 1})
+      EXPECT_TRUE(round_trips(f)) << std::hex << f;
+    EXPECT_FALSE(pfn_valid(big.end_pfn()));
+    EXPECT_TRUE(round_trips(kOtherBase));
+    EXPECT_TRUE(round_trips(other.end_pfn() - 1));
+  }
+  // The other pool closed: the grown granule still translates (from the overflow table).
+  EXPECT_FALSE(pfn_valid(kOtherBase));
+  EXPECT_TRUE(round_trips(kBigBase + kGranule));
+  EXPECT_TRUE(round_trips(big.end_pfn() - 1));
+  {
+    // Reopened beside the grown pool: the grown granule keeps its place, the other pool its entry.
+    pool other = pool::open(other_path);
+    EXPECT_TRUE(round_trips(kOtherBase));
+    EXPECT_TRUE(round_trips(kBigBase + kGranule));
+    big.close();
+    EXPECT_EQ(detail::overflow_granules(), overflowing);
+    EXPECT_FALSE(pfn_valid(kBigBase));
+    EXPECT_FALSE(pfn_valid(kBigBase + kGranule));
+    EXPECT_TRUE(round_trips(kOtherBase));
+    EXPECT_TRUE(round_trips(other.end_pfn() - 1));
+  }
+}
+
+// The other order: the grow finds the entry free and takes it; the pool opened after goes to the
+// overflow table; closing the grown pool frees the entry it took.
+TEST_F(GrowTest, AGranuleGrownIntoTakesItsFreeEntryAndGivesItBackAtClose) {
+  const fs::path big_path = new_path("big"), other_path = new_path("other"), inside = new_path("inside");
+  if (std::string why = make_colliding_pools(big_path, other_path, inside); !why.empty()) GTEST_SKIP() << why;
+  const unsigned overflowing = detail::overflow_granules();
+  pool big = pool::open(big_path);
+  ASSERT_EQ(big.grow(kBigSize + (kGranule << PAGE_SHIFT)), 0);
+  EXPECT_EQ(detail::overflow_granules(), overflowing);
+  EXPECT_TRUE(round_trips(kBigBase + kGranule));
+  EXPECT_TRUE(round_trips(big.end_pfn() - 1));
+  pool other = pool::open(other_path);
+  EXPECT_EQ(detail::overflow_granules(), overflowing + 1);
+  EXPECT_TRUE(round_trips(kOtherBase));
+  EXPECT_TRUE(round_trips(kBigBase + kGranule));
+  big.close();
+  EXPECT_FALSE(pfn_valid(kBigBase + kGranule));
+  EXPECT_TRUE(round_trips(kOtherBase));
+  EXPECT_TRUE(round_trips(other.end_pfn() - 1));
+  other.close();
+  EXPECT_EQ(detail::overflow_granules(), overflowing);
+  EXPECT_FALSE(pfn_valid(kOtherBase));
 }

@@ -76,7 +76,7 @@ inline bool refuse_slot_reference(page* p, page* h) noexcept {
 inline bool locate(const page* p, page_location& out) noexcept {
   const section& s = section_of(p);
   const std::uint64_t idx = index_of(p);
-  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) {
+  if (PMPAGE_UNLIKELY(idx >= section_pages(s))) {
     report_bad_page(p);
     return false;
   }
@@ -113,14 +113,14 @@ inline page* state_holder(page* p) noexcept {
 // Translation
 // ---------------------------------------------------------------------------------------------
 
-/// True iff pfn belongs to the data area of an open pool; for a pool open with room to grow
-/// (options::max_size), to its capacity's range (docs/api.md "Growing a pool"): pfns past
-/// end_pfn() there are no pages yet.
+/// True iff pfn belongs to the data area of an open pool: [start_pfn(), end_pfn()) of its pages
+/// now (a pool open with room to grow reserves its capacity's pfns against other pools, but they
+/// are valid only once pool.grow has added their pages: docs/api.md "Growing a pool").
 inline bool pfn_valid(pfn_t pfn) noexcept {
   const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
   // One unsigned compare checks both ends and every high bit; a miss may still be a pool whose
   // granule shares the entry with another pool's (page.hpp): the overflow table decides.
-  return pfn - s.start_pfn < s.nr_pages || detail::pfn_valid_slow(pfn);
+  return pfn - s.start_pfn < detail::section_pages(s) || detail::pfn_valid_slow(pfn);
 }
 
 /// The descriptor of pfn. An invalid pfn is misuse (reported; returns nullptr). A pfn of a pool
@@ -128,7 +128,7 @@ inline bool pfn_valid(pfn_t pfn) noexcept {
 inline page* pfn_to_page(pfn_t pfn) noexcept {
   const detail::section& s = detail::g_sections[(pfn >> detail::SECTION_SHIFT) & ((1u << detail::SECTION_BITS) - 1)];
   const std::uint64_t idx = pfn - s.start_pfn;
-  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) return detail::report_bad_pfn(pfn);
+  if (PMPAGE_UNLIKELY(idx >= detail::section_pages(s))) return detail::report_bad_pfn(pfn);
   return s.vmemmap + idx;
 }
 
@@ -136,7 +136,7 @@ inline page* pfn_to_page(pfn_t pfn) noexcept {
 inline pfn_t page_to_pfn(const page* p) noexcept {
   const detail::section& s = detail::section_of(p);
   const std::uint64_t idx = detail::index_of(p);
-  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) return detail::report_bad_page(p);
+  if (PMPAGE_UNLIKELY(idx >= detail::section_pages(s))) return detail::report_bad_page(p);
   return s.start_pfn + idx;
 }
 
@@ -144,7 +144,7 @@ inline pfn_t page_to_pfn(const page* p) noexcept {
 inline void* page_address(const page* p) noexcept {
   const detail::section& s = detail::section_of(p);
   const std::uint64_t idx = detail::index_of(p);
-  if (PMPAGE_UNLIKELY(idx >= s.nr_pages)) {
+  if (PMPAGE_UNLIKELY(idx >= detail::section_pages(s))) {
     detail::report_bad_page(p);
     return nullptr;
   }
@@ -159,7 +159,7 @@ inline page* virt_to_page(const void* addr) noexcept {
   const std::uintptr_t off = a - reinterpret_cast<std::uintptr_t>(s.data);
   // An empty entry has nr_pages 0; an address above 2^47 fails the range check of whatever
   // entry its masked granule selects.
-  if (off >= (s.nr_pages << PAGE_SHIFT)) return nullptr;
+  if (off >= (detail::section_pages(s) << PAGE_SHIFT)) return nullptr;
   return s.vmemmap + (off >> PAGE_SHIFT);
 }
 

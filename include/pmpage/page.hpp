@@ -130,8 +130,10 @@ inline void store_head_index(page* p, std::uint32_t v) noexcept {
 ///   g_sections[(pfn >> 28) % 65536]       pfn -> pool (pfn_to_page, pfn_valid), hashed: see below
 ///   g_desc_sections[descriptor >> 32]     descriptor -> pool (page_to_pfn, page_address, state)
 ///   g_data_sections[address >> 30]        data address -> pool (virt_to_page)
-/// Written only by pool open/close under the registry lock; read lock-free. nr_pages == 0 means
-/// "no pool": every lookup through such an entry is rejected.
+/// Written only by pool open/close/grow under the registry lock (a grow only raises nr_pages:
+/// section_pages); read lock-free. nr_pages == 0 means "no page here": every lookup through such
+/// an entry is rejected (the address granules of a growable pool's capacity past its pages are
+/// held that way, owner set, until it grows into them).
 ///
 /// g_desc_sections holds the record *rebased* to each granule: in the entry of a pool's k-th
 /// 4 GiB granule, base_index = k * DESC_GRANULE_PAGES, vmemmap/regions/data/start_pfn are
@@ -143,13 +145,20 @@ struct section {
   page* vmemmap;            // 4 KiB descriptors; the one for page i is vmemmap[i]
   page* regions;            // region descriptors; region r is regions[r]
   char* data;               // page i is data + i * PAGE_SIZE
-  std::uint64_t nr_pages;   // pages from page 0 to the end of the data area
+  std::uint64_t nr_pages;   // pages from page 0 to the end of the pool's pages now (section_pages)
   std::uint64_t start_pfn;  // pfn of page 0 (the pool's pfn base + base_index)
   void* owner;              // detail::pool_impl*
   std::uint64_t base_index; // pool page index of page 0: 0 except in rebased records
   std::uint64_t reserved_;
 };
 static_assert(sizeof(section) == 64);
+
+/// An entry's nr_pages, as the lock-free readers load it: pool.grow raises it while the pool is
+/// open (registry.cpp grow_section; every other field of an entry with pages stays put), so a
+/// reader sees the old count or the new one. A plain move on x86 and arm64.
+inline std::uint64_t section_pages(const section& s) noexcept {
+  return std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(s.nr_pages)).load(std::memory_order_relaxed);
+}
 
 // A pool's pfns are [pfn base, pfn base + nr_pages). The pfn base is its identity, drawn at
 // random at create (a multiple of 2^SECTION_SHIFT in [2^32, 2^64 - 2^33]: about 2^36 choices, so

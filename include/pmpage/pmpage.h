@@ -439,6 +439,9 @@ struct pmpage_internal_loc {
   uint32_t rflags;
 };
 
+/* An entry's nr_pages (pmpage::detail::section_pages): pool growth raises it while readers look. */
+#define PMPAGE_INTERNAL_NR_PAGES(s) __atomic_load_n(&(s)->nr_pages, __ATOMIC_RELAXED)
+
 static inline const struct pmpage_internal_section* pmpage_internal_section_of(const struct pmpage_page* p) {
   return &pmpage_internal_desc_sections[((uintptr_t)p >> PMPAGE_INTERNAL_DESC_GRANULE_SHIFT) &
                                         (PMPAGE_INTERNAL_DESC_GRANULES - 1)];
@@ -453,7 +456,7 @@ static inline bool pmpage_internal_locate(const struct pmpage_page* p, struct pm
   const uint64_t idx = pmpage_internal_index_of(p);
   struct pmpage_internal_desc* r;
   uint32_t f;
-  if (PMPAGE_INTERNAL_UNLIKELY(idx >= s->nr_pages)) {
+  if (PMPAGE_INTERNAL_UNLIKELY(idx >= PMPAGE_INTERNAL_NR_PAGES(s))) {
     pmpage_internal_report_bad_page(p);
     return false;
   }
@@ -495,7 +498,7 @@ static inline struct pmpage_internal_desc* pmpage_internal_state_holder(const st
 static inline bool pmpage_pfn_valid(pmpage_pfn_t pfn) {
   const struct pmpage_internal_section* s =
       &pmpage_internal_sections[(pfn >> PMPAGE_INTERNAL_SECTION_SHIFT) & ((1u << PMPAGE_INTERNAL_SECTION_BITS) - 1)];
-  return pfn - s->start_pfn < s->nr_pages || pmpage_internal_pfn_valid_slow(pfn);
+  return pfn - s->start_pfn < PMPAGE_INTERNAL_NR_PAGES(s) || pmpage_internal_pfn_valid_slow(pfn);
 }
 
 /** The descriptor of pfn; an invalid pfn is misuse (NULL). */
@@ -503,7 +506,7 @@ static inline struct pmpage_page* pmpage_pfn_to_page(pmpage_pfn_t pfn) {
   const struct pmpage_internal_section* s =
       &pmpage_internal_sections[(pfn >> PMPAGE_INTERNAL_SECTION_SHIFT) & ((1u << PMPAGE_INTERNAL_SECTION_BITS) - 1)];
   const uint64_t idx = pfn - s->start_pfn;
-  if (PMPAGE_INTERNAL_UNLIKELY(idx >= s->nr_pages)) return pmpage_internal_report_bad_pfn(pfn);
+  if (PMPAGE_INTERNAL_UNLIKELY(idx >= PMPAGE_INTERNAL_NR_PAGES(s))) return pmpage_internal_report_bad_pfn(pfn);
   return (struct pmpage_page*)(s->vmemmap + idx);
 }
 
@@ -511,7 +514,7 @@ static inline struct pmpage_page* pmpage_pfn_to_page(pmpage_pfn_t pfn) {
 static inline pmpage_pfn_t pmpage_page_to_pfn(const struct pmpage_page* p) {
   const struct pmpage_internal_section* s = pmpage_internal_section_of(p);
   const uint64_t idx = pmpage_internal_index_of(p);
-  if (PMPAGE_INTERNAL_UNLIKELY(idx >= s->nr_pages)) return pmpage_internal_report_bad_page(p);
+  if (PMPAGE_INTERNAL_UNLIKELY(idx >= PMPAGE_INTERNAL_NR_PAGES(s))) return pmpage_internal_report_bad_page(p);
   return s->start_pfn + idx;
 }
 
@@ -519,7 +522,7 @@ static inline pmpage_pfn_t pmpage_page_to_pfn(const struct pmpage_page* p) {
 static inline void* pmpage_page_address(const struct pmpage_page* p) {
   const struct pmpage_internal_section* s = pmpage_internal_section_of(p);
   const uint64_t idx = pmpage_internal_index_of(p);
-  if (PMPAGE_INTERNAL_UNLIKELY(idx >= s->nr_pages)) {
+  if (PMPAGE_INTERNAL_UNLIKELY(idx >= PMPAGE_INTERNAL_NR_PAGES(s))) {
     pmpage_internal_report_bad_page(p);
     return NULL;
   }
@@ -532,7 +535,7 @@ static inline struct pmpage_page* pmpage_virt_to_page(const void* addr) {
   const struct pmpage_internal_section* s =
       &pmpage_internal_data_sections[(a >> PMPAGE_INTERNAL_DATA_GRANULE_SHIFT) & (PMPAGE_INTERNAL_DATA_GRANULES - 1)];
   const uintptr_t off = a - (uintptr_t)s->data;
-  if (off >= (s->nr_pages << PMPAGE_PAGE_SHIFT)) return NULL;
+  if (off >= (PMPAGE_INTERNAL_NR_PAGES(s) << PMPAGE_PAGE_SHIFT)) return NULL;
   return (struct pmpage_page*)(s->vmemmap + (off >> PMPAGE_PAGE_SHIFT));
 }
 
