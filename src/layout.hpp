@@ -275,8 +275,8 @@ inline bool superblocks_torn_update(const superblock& a, const superblock& b) {
 /// cut short by a crash leaves it beside the valid copy `valid`: its magic intact, and each
 /// 8-byte word before the checksum either equal to valid's or one a rewrite changes, in the
 /// direction it changes it (grow, B first: nr_regions within the capacity, a device_size with
-/// room for another region; the format upgrade, B first: SB_UPGRADE_FLAGS bits; reidentify:
-/// version, uuid, section id, pfn_base, reidentify_from). A power failure during a copy's 4 KiB
+/// room for another region; the format upgrade, B first: SB_UPGRADE_FLAGS bits; reidentify's
+/// last write: reidentify_from). A power failure during a copy's 4 KiB
 /// write leaves such a mix of old and new 8-byte words (docs/format.md, "Growing a pool"). Any
 /// other difference is damage. Open repairs the copy from `valid` either way.
 bool superblock_torn_write(const superblock& torn, const superblock& valid, bool torn_is_b);

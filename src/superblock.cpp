@@ -104,16 +104,20 @@ bool superblock_torn_write(const superblock& torn, const superblock& valid, bool
     if (t == v) continue;
     const std::size_t off = i * 8;
     if (off == offsetof(superblock, section_id)) {
-      // section_id and flags share the word: an upgrade adds SB_UPGRADE_FLAGS bits, a
-      // re-identification of a 2.x pool clears the section id.
-      if ((torn.flags ^ valid.flags) & ~SB_UPGRADE_FLAGS) return false;
-      if (torn.section_id != valid.section_id && torn.section_id != 0 && valid.section_id != 0) return false;
+      // section_id and flags share the word: an upgrade adds SB_UPGRADE_FLAGS bits.
+      if (((torn.flags ^ valid.flags) & ~SB_UPGRADE_FLAGS) || torn.section_id != valid.section_id) return false;
       continue;
     }
-    if (off == offsetof(superblock, major) || off == offsetof(superblock, uuid) || off == offsetof(superblock, uuid) + 8 ||
-        off == offsetof(superblock, device_size) || off == offsetof(superblock, nr_regions) ||
-        off == offsetof(superblock, pfn_base) || off == offsetof(superblock, reidentify_from))
+    if (off == offsetof(superblock, reidentify_from)) {
+      // reidentify's last write clears it: the torn copy may still hold the old base. Its first
+      // write (new uuid, pfn base, version) is not accepted here: those words are the pool's
+      // identity, a flipped bit there is no torn write to wave through, and the repair (the
+      // other copy, the old identity) is the same either way.
+      if (torn.reidentify_from != 0 && (!pfn_base_valid(torn.reidentify_from) || torn.reidentify_from == torn.pfn_base))
+        return false;
       continue;
+    }
+    if (off == offsetof(superblock, device_size) || off == offsetof(superblock, nr_regions)) continue;
     return false;
   }
   return true;
