@@ -63,13 +63,17 @@ superblock plan_growth(const superblock& cur, std::uint64_t new_size, std::uint6
     fail(EINVAL, path, "cannot grow: the pool was created without room to grow (its tables hold " +
                            std::to_string(cur.nr_regions) + " regions, all in use); create the pool with "
                            "options.max_size (`pmpage create --max-size`) to be able to grow it");
+  const std::string capacity_is =
+      "capacity of " + std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes: " +
+      ((cur.flags & SB_GROWABLE) ? std::string("options.max_size at create")
+                                 : std::string("the slack of its tables, as it was created without options.max_size, "
+                                               "`pmpage create --max-size`")) +
+      "); a larger pool must be created anew";
   if (fit > res.max_regions)
-    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's capacity of " +
-                           std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes" +
-                           ((cur.flags & SB_GROWABLE) ? std::string(", options.max_size at create)")
-                                                      : std::string(": the slack of its tables; it was created without "
-                                                                    "options.max_size (`pmpage create --max-size`)")) +
-                           "); a larger pool must be created anew");
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's " + capacity_is);
+  // At its capacity no size adds a region: saying what the next one needs would suggest one.
+  if (fit <= cur.nr_regions && cur.nr_regions >= res.max_regions)
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: the pool is at its " + capacity_is);
   if (fit <= cur.nr_regions)
     fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: that adds no whole 2 MiB region (the "
                            "regions end at " + std::to_string(cur_size) + "; the next needs " +

@@ -24,8 +24,8 @@ command add_grow(CLI::App& app) {
   add_path(*sub, a->path);
   sub->add_option("-s,--size", a->size, "the new size in bytes, with a suffix: 64M, 1G (larger than the pool's)")
       ->required()
-      ->check(size_bytes())
       ->transform(CLI::AsSizeValue(false))
+      ->transform(size_bytes())
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 60, "1 .. 1 EiB"));
   sub->add_flag("--preallocate", a->preallocate, "reserve the new part of the file's blocks now (posix_fallocate)");
   sub->add_flag("--json", a->json, "print the result as one JSON object");
@@ -38,7 +38,7 @@ command add_grow(CLI::App& app) {
   return {sub, [a] {
             pool::grow_options o;
             o.preallocate = a->preallocate;
-            const pool::grow_result r = pool::grow(a->path, a->size, o);
+            const pool::grow_result r = with_option_names([&] { return pool::grow(a->path, a->size, o); });
             if (a->json) {
               json j;
               j["path"] = a->path;
