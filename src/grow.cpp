@@ -187,7 +187,11 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
     return -e;
   };
   if (refuse_read_only(caller)) return refuse(EROFS, "cannot grow: the pool is open read-only");
-  if (forked(caller)) return -EINVAL;
+  if (forked(caller)) {  // the misuse report is the message (the C layer's convention)
+    set_c_error_message(last_misuse());
+    errno = EINVAL;
+    return -EINVAL;
+  }
   if (volatile_)
     return refuse(ENOTSUP, "cannot grow: a volatile pool has a fixed size (create a larger one; its contents do "
                            "not survive close anyway)");
@@ -250,13 +254,18 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
     for (std::uint64_t r = old_regions; r < fit; ++r) buddy_.free(std::uint32_t(r), HPAGE_PMD_ORDER);
     free_pages_ += (fit - old_regions) * HPAGE_PMD_NR;
     return 0;
-  } catch (const pmpage::error& e) {  // plan_growth's refusals, the file's errors: the message names the path
+  } catch (const std::system_error& e) {  // plan_growth's refusals, the file's errors (pmpage::error names the path)
     const int err = e.code().value() > 0 ? e.code().value() : EIO;
-    set_c_error_message(e.what());
-    errno = err;
-    return -err;
+    if (dynamic_cast<const pmpage::error*>(&e)) {
+      set_c_error_message(e.what());
+      errno = err;
+      return -err;
+    }
+    return refuse(err, std::string("cannot grow: ") + e.what());
   } catch (const std::bad_alloc&) {
     return refuse(ENOMEM, "cannot grow: out of memory");
+  } catch (const std::exception& e) {
+    return refuse(EIO, std::string("cannot grow: ") + e.what());
   }
 }
 
