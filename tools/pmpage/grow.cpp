@@ -20,7 +20,7 @@ command add_grow(CLI::App& app) {
   auto a = std::make_shared<grow_args>();
   CLI::App* sub = app.add_subcommand(
       "grow", "Grow the closed pool at PATH in place to SIZE bytes: whole 2 MiB regions are added at the end, "
-              "up to the capacity given at create (--max-size). Existing pages keep their pfns. Writes.");
+              "up to its capacity (--max-size at create; without it, the slack of its tables). Existing pages keep their pfns. Writes.");
   add_path(*sub, a->path);
   sub->add_option("-s,--size", a->size, "the new size in bytes, with a suffix: 64M, 1G (larger than the pool's)")
       ->required()
@@ -32,8 +32,8 @@ command add_grow(CLI::App& app) {
   sub->footer(
       "Crash-atomic: an interrupted grow leaves the old size or the new one. The pool must be closed everywhere; "
       "device DAX cannot grow. `pmpage info` shows how far a pool can grow (\"can grow to\").\n"
-      "Exit status: 0 grown, 8 not grown (the message says why: not larger, beyond the capacity, created without "
-      "room to grow, open, device DAX), 16 usage error.");
+      "Exit status: 0 grown, 8 not grown (the message says why: not larger, beyond the capacity or at it, "
+      "open, device DAX), 16 usage error.");
 
   return {sub, [a] {
             pool::grow_options o;
