@@ -282,7 +282,8 @@ inline bool superblocks_torn_update(const superblock& a, const superblock& b) {
 bool superblock_torn_write(const superblock& torn, const superblock& valid, bool torn_is_b);
 /// The most regions a pool with superblock sb (valid) can have without moving its tables: its
 /// max_regions when SB_GROWABLE, else what the slack of its tables and the data offset allow
-/// (often nr_regions itself). Never above MAX_POOL_PAGES / 512.
+/// (up to the next multiple of 16 regions: a 4 KiB block of page maps holds 16). Never above
+/// MAX_POOL_PAGES / 512.
 std::uint64_t superblock_capacity(const superblock& sb);
 /// The pfn of data page 0 of a pool whose superblock passes superblock_problem (2.x or 3.x).
 std::uint64_t superblock_pfn_base(const superblock& sb);
