@@ -858,16 +858,29 @@ bool open_image(image& img, const std::filesystem::path& path, bool write, repor
     out.problems.push_back(std::move(p));
   }
   const superblock& sb = img.good;
+  // A copy that fails its checksum beside a valid one, differing from it only in words a
+  // superblock rewrite changes, is that rewrite (grow, the format upgrade, reidentify) cut short
+  // mid-copy by a power failure: recovery's, as open repairs it. Any other bad copy is damage.
+  const char* torn_write = ": a superblock write (pool::grow, a format upgrade or reidentify) interrupted by a crash; "
+                           "it differs from the other copy only in fields such a write changes";
   if (!img.pa.empty()) {
     problem* p = sb_problem(0, img.pa);
     p->repair = "rewrite copy A from copy B (pool::open does the same)";
     // The marker in A beside a valid B is a create interrupted between its last two fences.
     p->recovery = is_creating_marker(img.a);
+    if (superblock_torn_write(img.a, img.b, false)) {
+      p->what += torn_write;
+      p->recovery = true;
+    }
     fixes.push_back({0, 0});  // whole-copy fix, applied specially
   } else if (!img.pb.empty()) {
     problem* p = sb_problem(1, img.pb);
     p->repair = "rewrite copy B from copy A (pool::open does the same)";
     p->recovery = is_creating_marker(img.b);
+    if (superblock_torn_write(img.b, img.a, true)) {
+      p->what += torn_write;
+      p->recovery = true;
+    }
     fixes.push_back({SUPERBLOCK_SIZE, 0});
   } else if (torn_upgrade) {
     problem* p = sb_problem(0, "");

@@ -75,13 +75,17 @@ superblock plan_growth(const superblock& cur, std::uint64_t new_size, std::uint6
     fail(EINVAL, path, "cannot grow: the pool was created without room to grow (its tables hold " +
                            std::to_string(cur.nr_regions) + " regions, all in use); create the pool with "
                            "options.max_size (`pmpage create --max-size`) to be able to grow it");
+  const std::string capacity_is =
+      "capacity of " + std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes: " +
+      ((cur.flags & SB_GROWABLE) ? std::string("options.max_size at create")
+                                 : std::string("the slack of its tables, as it was created without options.max_size, "
+                                               "`pmpage create --max-size`")) +
+      "); a larger pool must be created anew";
   if (fit > res.max_regions)
-    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's capacity of " +
-                           std::to_string(res.max_regions) + " regions (" + std::to_string(max_bytes) + " bytes" +
-                           ((cur.flags & SB_GROWABLE) ? std::string(", options.max_size at create)")
-                                                      : std::string(": the slack of its tables; it was created without "
-                                                                    "options.max_size (`pmpage create --max-size`)")) +
-                           "); a larger pool must be created anew");
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: beyond the pool's " + capacity_is);
+  // At its capacity no size adds a region: saying what the next one needs would suggest one.
+  if (fit <= cur.nr_regions && cur.nr_regions >= res.max_regions)
+    fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: the pool is at its " + capacity_is);
   if (fit <= cur.nr_regions)
     fail(EINVAL, path, "cannot grow to " + std::to_string(new_size) + " bytes: that adds no whole 2 MiB region (the "
                            "regions end at " + std::to_string(cur_size) + "; the next needs " +
@@ -198,7 +202,11 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
     return -e;
   };
   if (refuse_read_only(caller)) return refuse(EROFS, "cannot grow: the pool is open read-only");
-  if (forked(caller)) return -EINVAL;
+  if (forked(caller)) {  // the misuse report is the message (the C layer's convention)
+    set_c_error_message(last_misuse());
+    errno = EINVAL;
+    return -EINVAL;
+  }
   if (volatile_)
     return refuse(ENOTSUP, "cannot grow: a volatile pool has a fixed size (create a larger one; its contents do "
                            "not survive close anyway)");
@@ -265,13 +273,18 @@ int pool_impl::grow(std::uint64_t new_size) noexcept {
     for (std::uint64_t r = old_regions; r < fit; ++r) buddy_.free(std::uint32_t(r), HPAGE_PMD_ORDER);
     core_->free_pages += (fit - old_regions) * HPAGE_PMD_NR;
     return 0;
-  } catch (const pmpage::error& e) {  // plan_growth's refusals, the file's errors: the message names the path
+  } catch (const std::system_error& e) {  // plan_growth's refusals, the file's errors (pmpage::error names the path)
     const int err = e.code().value() > 0 ? e.code().value() : EIO;
-    set_c_error_message(e.what());
-    errno = err;
-    return -err;
+    if (dynamic_cast<const pmpage::error*>(&e)) {
+      set_c_error_message(e.what());
+      errno = err;
+      return -err;
+    }
+    return refuse(err, std::string("cannot grow: ") + e.what());
   } catch (const std::bad_alloc&) {
     return refuse(ENOMEM, "cannot grow: out of memory");
+  } catch (const std::exception& e) {
+    return refuse(EIO, std::string("cannot grow: ") + e.what());
   }
 }
 

@@ -274,9 +274,19 @@ bool superblocks_differ_by_grow(const superblock& a, const superblock& b);
 inline bool superblocks_torn_update(const superblock& a, const superblock& b) {
   return superblocks_differ_by_upgrade(a, b) || superblocks_differ_by_grow(a, b);
 }
+/// True if `torn` (copy B if torn_is_b, else A) fails its checksum only as a superblock rewrite
+/// cut short by a crash leaves it beside the valid copy `valid`: its magic intact, and each
+/// 8-byte word before the checksum either equal to valid's or one a rewrite changes, in the
+/// direction it changes it (grow, B first: nr_regions within the capacity, a device_size with
+/// room for another region; the format upgrade, B first: SB_UPGRADE_FLAGS bits; reidentify's
+/// last write: reidentify_from). A power failure during a copy's 4 KiB
+/// write leaves such a mix of old and new 8-byte words (docs/format.md, "Growing a pool"). Any
+/// other difference is damage. Open repairs the copy from `valid` either way.
+bool superblock_torn_write(const superblock& torn, const superblock& valid, bool torn_is_b);
 /// The most regions a pool with superblock sb (valid) can have without moving its tables: its
 /// max_regions when SB_GROWABLE, else what the slack of its tables and the data offset allow
-/// (often nr_regions itself). Never above MAX_POOL_PAGES / 512.
+/// (up to the next multiple of 16 regions: a 4 KiB block of page maps holds 16). Never above
+/// MAX_POOL_PAGES / 512.
 std::uint64_t superblock_capacity(const superblock& sb);
 /// The pfn of data page 0 of a pool whose superblock passes superblock_problem (2.x or 3.x).
 std::uint64_t superblock_pfn_base(const superblock& sb);

@@ -1560,6 +1560,7 @@ void report_closed(const char* fn) noexcept {
 int pool::grow(std::uint64_t new_size) noexcept {
   if (!impl_) {
     report_closed("pool::grow");
+    detail::set_c_error_message(detail::last_misuse());  // documented: errno and pmpage_errormsg() set
     errno = EINVAL;
     return -EINVAL;
   }

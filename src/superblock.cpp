@@ -75,6 +75,54 @@ bool superblocks_differ_by_grow(const superblock& a, const superblock& b) {
   return std::memcmp(&up, &b, sizeof up) == 0;
 }
 
+bool superblock_torn_write(const superblock& torn, const superblock& valid, bool torn_is_b) {
+  if (std::memcmp(torn.magic, POOL_MAGIC, sizeof torn.magic) != 0) return false;
+  if (torn.checksum == fletcher64(&torn, offsetof(superblock, checksum))) return false;
+  // grow and the upgrade write B first: a torn B is newer than A (more regions, a larger size,
+  // more flags), a torn A older than B. A grown size has room for a region more than the old
+  // count (grow adds whole regions), which a flipped low bit of device_size rarely has.
+  const superblock& older = torn_is_b ? valid : torn;
+  const superblock& newer = torn_is_b ? torn : valid;
+  if (torn.nr_regions != valid.nr_regions &&
+      (newer.nr_regions < older.nr_regions || newer.nr_regions > superblock_capacity(valid)))
+    return false;
+  if (torn.device_size != valid.device_size) {
+    const std::uint64_t old_regions = std::min(torn.nr_regions, valid.nr_regions);
+    if (newer.device_size < older.device_size || valid.data_offset > newer.device_size ||
+        (newer.device_size - valid.data_offset) / HPAGE_PMD_SIZE <= old_regions)
+      return false;
+  }
+  if ((torn.flags ^ valid.flags) & (older.flags & ~newer.flags)) return false;
+  // Compared by 8-byte word, the unit of failure atomicity: a torn copy is old and new words.
+  auto word = [](const superblock& sb, std::size_t i) {
+    std::uint64_t w;
+    std::memcpy(&w, reinterpret_cast<const char*>(&sb) + i * 8, 8);
+    return w;
+  };
+  for (std::size_t i = 0; i < offsetof(superblock, checksum) / 8; ++i) {
+    const std::uint64_t t = word(torn, i), v = word(valid, i);
+    if (t == v) continue;
+    const std::size_t off = i * 8;
+    if (off == offsetof(superblock, section_id)) {
+      // section_id and flags share the word: an upgrade adds SB_UPGRADE_FLAGS bits.
+      if (((torn.flags ^ valid.flags) & ~SB_UPGRADE_FLAGS) || torn.section_id != valid.section_id) return false;
+      continue;
+    }
+    if (off == offsetof(superblock, reidentify_from)) {
+      // reidentify's last write clears it: the torn copy may still hold the old base. Its first
+      // write (new uuid, pfn base, version) is not accepted here: those words are the pool's
+      // identity, a flipped bit there is no torn write to wave through, and the repair (the
+      // other copy, the old identity) is the same either way.
+      if (torn.reidentify_from != 0 && (!pfn_base_valid(torn.reidentify_from) || torn.reidentify_from == torn.pfn_base))
+        return false;
+      continue;
+    }
+    if (off == offsetof(superblock, device_size) || off == offsetof(superblock, nr_regions)) continue;
+    return false;
+  }
+  return true;
+}
+
 std::uint64_t superblock_capacity(const superblock& sb) {
   constexpr std::uint64_t most = MAX_POOL_PAGES / HPAGE_PMD_NR;
   if (sb.flags & SB_GROWABLE) return sb.max_regions;

@@ -208,6 +208,77 @@ TEST_F(FsckTest, DamagedSuperblockCopiesAreFoundAndRepaired) {
   EXPECT_EQ(allocations_of(path_), before_);
 }
 
+// A power failure while pool::grow writes a superblock copy (4 KiB, failure-atomic only by
+// 8-byte word) leaves that copy a mix of old and new words with a bad checksum beside a valid
+// copy: recovery's leftover (open repairs it), not damage. Copy B torn (the commit write): the
+// old size; copy A torn (B committed): the new size. A flip elsewhere in the copy stays damage.
+TEST_F(FsckTest, SuperblockCopyTornMidWriteByGrowIsRecoverysLeftover) {
+  const fs::path g = new_path("grow");
+  {
+    pool::options o;
+    o.size = 16 * MiB;
+    o.max_size = 64 * MiB;
+    pool::create(g, o).close();
+  }
+  const superblock old = read_sb(g);
+  pool::grow(g, 32 * MiB);
+  const superblock grown = read_sb(g);
+  ASSERT_GT(grown.nr_regions, old.nr_regions);
+  // The first cache line (device_size, nr_regions) new, the rest (the checksum) old, or the
+  // reverse: what a write cut short leaves, line by line.
+  auto mix = [](const superblock& first_line, const superblock& rest) {
+    superblock t = rest;
+    std::memcpy(&t, &first_line, 64);
+    return t;
+  };
+  struct tear {
+    const char* name;
+    unsigned torn_copy;
+    superblock a, b;
+    std::uint64_t regions_after;
+  };
+  const std::vector<tear> tears = {
+      {"copy B torn (old size kept)", 1, old, mix(grown, old), old.nr_regions},
+      {"copy B torn, checksum new", 1, old, mix(old, grown), old.nr_regions},
+      {"copy A torn (new size)", 0, mix(grown, old), grown, grown.nr_regions},
+      {"copy A torn, checksum new", 0, mix(old, grown), grown, grown.nr_regions},
+  };
+  const fs::path work = new_path("work");
+  for (const tear& t : tears) {
+    SCOPED_TRACE(t.name);
+    fs::copy_file(g, work, fs::copy_options::overwrite_existing);
+    write_copy(work, 0, t.a);
+    write_copy(work, 1, t.b);
+    const fsck::report r = fsck::check(work);
+    const fsck::problem* p = find_rule(r, "SB1");
+    ASSERT_NE(p, nullptr) << list(r);
+    EXPECT_EQ(p->structure, t.torn_copy ? "superblock B" : "superblock A");
+    EXPECT_TRUE(p->recovery) << p->what;
+    EXPECT_NE(p->what.find("interrupted by a crash"), std::string::npos) << p->what;
+    EXPECT_EQ(r.uncorrected(), 0u) << list(r);
+    EXPECT_EQ(r.exit_code(), 0) << list(r);
+    EXPECT_EQ(r.nr_regions, t.regions_after);
+    {
+      pool pl = pool::open(work);
+      EXPECT_EQ(pl.stats().total_regions, t.regions_after);
+      EXPECT_EQ(pl.check(), "");
+    }
+    EXPECT_TRUE(fsck::check(work).problems.empty());
+  }
+  // Not a crash's mix: a torn-looking copy whose other words differ too (a flipped table
+  // offset), or whose size moved the wrong way, is damage.
+  superblock bad = mix(grown, old);
+  bad.data_offset ^= 1ull << 30;
+  fs::copy_file(g, work, fs::copy_options::overwrite_existing);
+  write_copy(work, 1, bad);
+  EXPECT_EQ(fsck::check(work).exit_code(), 4);
+  superblock shrunk = old;
+  shrunk.nr_regions -= 1;
+  write_copy(work, 0, old);
+  write_copy(work, 1, shrunk);
+  EXPECT_EQ(fsck::check(work).exit_code(), 4) << "copy B with fewer regions than A is no grow";
+}
+
 TEST_F(FsckTest, RegionWordBitFlipIsCorrectedToTheOnlyWordThatFits) {
   const std::uint64_t r = index_of(owned_small_) >> 9;  // a SPLIT region
   flip_bit(path_, region_word_off(r) + 5, 2);            // bit 42

@@ -3,6 +3,8 @@
 // clear, and the superblock rules that make a torn grow open as the old or the new size.
 // (Crash points of grow: tests/reliability/test_crash_points.cpp, GrowCrash.)
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -14,6 +16,7 @@
 #include "pool_impl.hpp"  // src/: growth_refused_for
 #include "test_util.hpp"
 #include <pmpage/fsck.hpp>
+#include <pmpage/pmpage.h>
 
 using namespace pmpage;
 using namespace pmtest;
@@ -376,6 +379,46 @@ TEST_F(GrowTest, AnOpenPoolRefusesReadOnlyVolatileUnplannedShrinkAndBeyond) {
     EXPECT_EQ(closed.grow(32 * MiB), -EINVAL);
     EXPECT_EQ(rec.count(), 1);
   }
+}
+
+// Every failure of pool.grow sets errno and pmpage_errormsg() (pool.hpp), the misused calls too:
+// on a closed pool and in a fork() child the misuse report is the message, not an older one.
+TEST_F(GrowTest, AMisusedGrowSetsErrnoAndTheMessage) {
+  auto stale = [] {
+    ASSERT_EQ(pmpage_pool_grow_closed(nullptr, 32 * MiB), -EINVAL);  // leaves "path is NULL"
+    errno = 0;
+  };
+  {
+    pool closed;
+    misuse_recorder rec;
+    stale();
+    EXPECT_EQ(closed.grow(32 * MiB), -EINVAL);
+    EXPECT_EQ(rec.count(), 1);
+    EXPECT_EQ(errno, EINVAL);
+    EXPECT_NE(std::strstr(pmpage_errormsg(), "the pool is closed"), nullptr) << pmpage_errormsg();
+  }
+  const fs::path path = new_path();
+  pool p = create_growable(path, 16 * MiB, 64 * MiB);
+  stale();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    // The child: a misuse handler that returns (the recorder), then the refused call.
+    misuse_recorder rec;
+    ::pmpage_pool_grow_closed(nullptr, 1);
+    errno = 0;
+    int rc = 0;
+    if (p.grow(32 * MiB) != -EINVAL) rc |= 1;
+    if (errno != EINVAL) rc |= 2;
+    if (!std::strstr(pmpage_errormsg(), "fork")) rc |= 4;
+    if (rec.count() != 1) rc |= 8;
+    ::_exit(rc);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: not -EINVAL, 2: errno, 4: the message does not name fork(), 8: no misuse report";
+  EXPECT_EQ(fs::file_size(path), 16 * MiB);
 }
 
 TEST_F(GrowTest, APreallocatedPoolStaysPreallocatedWhenItGrowsOpen) {

@@ -1184,6 +1184,13 @@ static void test_grow(void) {
   CHECK_EQ_U(pmpage_pool_stats(p, &st), 0);
   CHECK_EQ_U(st.total_regions, before + 6);
   CHECK_EQ_U(pmpage_pool_end_pfn(p) - pmpage_pool_start_pfn(p), st.total_pages);
+  /* Up to the capacity, then at it: every failure sets errno and its own message. */
+  CHECK_EQ_U(pmpage_pool_grow(p, 64u << 20), 0);
+  pmpage_pool_grow_closed(NULL, 1); /* an older message */
+  errno = 0;
+  CHECK_EQ_U(pmpage_pool_grow(p, 65u << 20), -EINVAL);
+  CHECK_EQ_U(errno, EINVAL);
+  CHECK(strstr(pmpage_errormsg(), "at its capacity") != NULL);
   pmpage_pool_close(p);
   /* A non-zero reserved word is refused, as for every options struct. */
   pmpage_pool_options_init(&o);

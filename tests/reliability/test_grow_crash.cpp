@@ -13,6 +13,7 @@
 
 #include "crash_harness.hpp"
 #include "layout.hpp"  // src/: the superblock (data_offset: what grow writes lies before it)
+#include <pmpage/fsck.hpp>
 #include <pmpage/testing.hpp>
 
 using namespace pmpage;
@@ -73,6 +74,16 @@ TEST_P(GrowCrash, EveryFenceLeavesTheOldOrTheNewSizeAndCheckIsClean) {
         new_regions = pool::grow(path_, 24 * MiB, g).new_regions;
       },
       [&](const fs::path& image, const pmpage::testing::crash_point& at) -> std::string {
+        // Before open repairs anything: what the crash left is recovery's work, never damage,
+        // a superblock copy torn mid-write among it (pmpage check exits 0).
+        {
+          const pmpage::fsck::report r = pmpage::fsck::check(image);
+          if (r.exit_code() != 0) {
+            std::string why = "pmpage check before open: exit " + std::to_string(r.exit_code());
+            for (const auto& p : r.problems) why += "; " + p.rule + " " + p.structure + ": " + p.what;
+            return why;
+          }
+        }
         std::uint64_t regions = 0;
         {
           pool q = pool::open(image);

@@ -845,6 +845,101 @@ TEST_F(Tool, GrowExitCodesAndInfoAgrees) {
   EXPECT_EQ(run({"grow", path("nope.pool"), "--size", "64M"}).code, 8);
 }
 
+// The refusals say what the operator can do, in this tool's terms: at its capacity no size is
+// suggested (the next region is beyond it), the create options are named as flags, info says the
+// pool is at its capacity (it was created with --max-size), and the message has no stray ")".
+TEST_F(Tool, GrowAndCreateRefusalsNameTheCapacityAndTheToolsOptions) {
+  const std::string p = path("full.pool");
+  ASSERT_EQ(run({"create", p, "--size", "16M", "--max-size", "64M"}).code, 0);
+  const result beyond = run({"grow", p, "--size", "1G"});
+  EXPECT_EQ(beyond.code, 8);
+  EXPECT_EQ(beyond.err.find("))"), std::string::npos) << beyond.err;
+  EXPECT_NE(beyond.err.find("--max-size"), std::string::npos) << beyond.err;
+  EXPECT_EQ(beyond.err.find("options."), std::string::npos) << beyond.err;
+  const json j = run_json({"info", p, "--json"}, 0);
+  const std::uint64_t cap_bytes = j["data_offset"].get<std::uint64_t>() + j["max_regions"].get<std::uint64_t>() * 2 * MiB;
+  ASSERT_EQ(run({"grow", p, "--size", std::to_string(cap_bytes)}).code, 0);
+  const result at = run({"grow", p, "--size", std::to_string(cap_bytes + MiB)});
+  EXPECT_EQ(at.code, 8);
+  EXPECT_NE(at.err.find("at its capacity"), std::string::npos) << at.err;
+  EXPECT_EQ(at.err.find("the next needs"), std::string::npos) << at.err;
+  const std::string info = run({"info", p}).out;
+  EXPECT_NE(info.find("no (at its capacity"), std::string::npos) << info;
+  EXPECT_EQ(info.find("created without"), std::string::npos) << info;
+
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"create", path("below.pool"), "--size", "16M", "--max-size", "8M"},
+           {"create", path("tables.pool"), "--size", "16M", "--max-size", "3T"}}) {
+    const result r = run(args);
+    EXPECT_EQ(r.code, 8) << r.err;
+    EXPECT_NE(r.err.find("--max-size"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("options.max_size"), std::string::npos) << r.err;
+  }
+}
+
+// A negative size is a usage error that says so (CLI11's size parser alone reads "-5M" as
+// 2^64 - 5 and reports an integer overflow).
+TEST_F(Tool, ANegativeSizeIsAUsageErrorSayingSizeMustBePositive) {
+  const std::string g = path("g.pool");
+  ASSERT_EQ(run({"create", g, "--size", "16M", "--max-size", "64M"}).code, 0);
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"create", path("neg.pool"), "--size", "-5M"},
+           {"create", path("neg.pool"), "--size=-5M"},
+           {"create", path("neg.pool"), "--size", "16M", "--max-size", "-1G"},
+           {"grow", g, "--size", "-5M"}}) {
+    const result r = run(args);
+    EXPECT_EQ(r.code, 16) << args[2] << " " << args[3] << "\n" << r.err;
+    EXPECT_NE(r.err.find("must be positive"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("overflow"), std::string::npos) << r.err;
+  }
+  EXPECT_FALSE(fs::exists(path("neg.pool")));
+}
+
+// create names the size it was given (the file's, info's "device size"), not the mapped length,
+// which leaves out the tail that holds no whole region.
+TEST_F(Tool, CreateReportsTheSizeItWasGiven) {
+  const std::string p = path("odd.pool");
+  const result r = run({"create", p, "--size", "17M"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(": 17 MiB,"), std::string::npos) << r.out;
+  EXPECT_NE(run({"info", p}).out.find("17 MiB"), std::string::npos);
+}
+
+// A power failure while grow writes a superblock copy (4 KiB, not atomic) leaves it torn beside a
+// valid copy: `check` names it as recovery's leftover, exit 0, as open repairs it silently; copy
+// B torn keeps the old size, copy A torn the new one.
+TEST_F(Tool, ASuperblockCopyTornByAnInterruptedGrowIsRecoverysLeftoverExit0) {
+  const std::string p = path("torn.pool");
+  ASSERT_EQ(run({"create", p, "--size", "16M", "--max-size", "64M"}).code, 0);
+  const superblock old = read_sb(p);
+  ASSERT_EQ(run({"grow", p, "--size", "32M"}).code, 0);
+  const superblock grown = read_sb(p);
+  ASSERT_GT(grown.nr_regions, old.nr_regions);
+  for (unsigned torn : {1u, 0u}) {
+    SCOPED_TRACE(torn ? "copy B torn" : "copy A torn");
+    const std::string w = path(torn ? "tornB.pool" : "tornA.pool");
+    fs::copy_file(p, w, fs::copy_options::overwrite_existing);
+    // The torn copy: its first cache line (device_size, nr_regions) new, the rest old.
+    superblock t = old;
+    std::memcpy(&t, &grown, 64);
+    const superblock& a = torn ? old : t;
+    const superblock& b = torn ? t : grown;
+    {
+      std::fstream f(w, std::ios::binary | std::ios::in | std::ios::out);
+      f.write(reinterpret_cast<const char*>(&a), sizeof a);
+      f.write(reinterpret_cast<const char*>(&b), sizeof b);
+    }
+    const result r = run({"check", w});
+    EXPECT_EQ(r.code, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("interrupted by a crash"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("recovery"), std::string::npos) << r.out;
+    const json j = run_json({"info", w, "--json"}, 0);
+    EXPECT_EQ(j["nr_regions"], torn ? old.nr_regions : grown.nr_regions);
+    EXPECT_EQ(run({"check", w, "--repair"}).code, 1);
+    EXPECT_EQ(run({"check", w}).code, 0);
+  }
+}
+
 // ---- reidentify -------------------------------------------------------------------------------------
 
 // `pmpage reidentify` on a copied pool file: a new pfn base and uuid, every owning slot rewritten,

@@ -6,11 +6,29 @@
 #include <cinttypes>
 #include <iostream>
 #include <cstdio>
+#include <cstring>
+#include <utility>
 
 #include "pmpage/pool.hpp"
 #include "tool.hpp"
 
 namespace pmpage::tool {
+
+std::string option_names(std::string m) {
+  // The library names both where it can ("options.max_size, `pmpage create --max-size`"): keep one.
+  static const std::pair<const char*, const char*> names[] = {
+      {"options.max_size, `pmpage create --max-size`", "--max-size"},
+      {"options.max_size (`pmpage create --max-size`)", "`pmpage create --max-size`"},
+      {"options.max_size", "--max-size"},
+      {"options.root_size", "--root-size"},
+      {"options.size", "--size"},
+      {"options.overwrite", "--force"},
+  };
+  for (const auto& [lib, cli] : names)
+    for (std::size_t at = m.find(lib); at != std::string::npos; at = m.find(lib, at + std::strlen(cli)))
+      m.replace(at, std::strlen(lib), cli);
+  return m;
+}
 
 std::string human_bytes(std::uint64_t bytes) {
   static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};

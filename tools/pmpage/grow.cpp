@@ -20,25 +20,25 @@ command add_grow(CLI::App& app) {
   auto a = std::make_shared<grow_args>();
   CLI::App* sub = app.add_subcommand(
       "grow", "Grow the closed pool at PATH in place to SIZE bytes: whole 2 MiB regions are added at the end, "
-              "up to the capacity given at create (--max-size). Existing pages keep their pfns. Writes.");
+              "up to its capacity (--max-size at create; without it, the slack of its tables). Existing pages keep their pfns. Writes.");
   add_path(*sub, a->path);
   sub->add_option("-s,--size", a->size, "the new size in bytes, with a suffix: 64M, 1G (larger than the pool's)")
       ->required()
-      ->check(size_bytes())
       ->transform(CLI::AsSizeValue(false))
+      ->transform(size_bytes())
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 60, "1 .. 1 EiB"));
   sub->add_flag("--preallocate", a->preallocate, "reserve the new part of the file's blocks now (posix_fallocate)");
   sub->add_flag("--json", a->json, "print the result as one JSON object");
   sub->footer(
       "Crash-atomic: an interrupted grow leaves the old size or the new one. The pool must be closed everywhere; "
       "device DAX cannot grow. `pmpage info` shows how far a pool can grow (\"can grow to\").\n"
-      "Exit status: 0 grown, 8 not grown (the message says why: not larger, beyond the capacity, created without "
-      "room to grow, open, device DAX), 16 usage error.");
+      "Exit status: 0 grown, 8 not grown (the message says why: not larger, beyond the capacity or at it, "
+      "open, device DAX), 16 usage error.");
 
   return {sub, [a] {
             pool::grow_options o;
             o.preallocate = a->preallocate;
-            const pool::grow_result r = pool::grow(a->path, a->size, o);
+            const pool::grow_result r = with_option_names([&] { return pool::grow(a->path, a->size, o); });
             if (a->json) {
               json j;
               j["path"] = a->path;

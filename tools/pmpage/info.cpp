@@ -107,7 +107,7 @@ void print_table(const fsck::report& r) {
   row("can grow to", r.max_regions > r.nr_regions
                          ? n(r.max_regions) + " regions (" + human_bytes(r.data_offset + r.max_regions * (PAGE_SIZE << 9)) +
                                ": pmpage grow)"
-                         : std::string("no (created without --max-size)"));
+                         : std::string("no (at its capacity: the --max-size given at create, or its tables' slack without it)"));
   if (r.format_major == 2) row("section id", n(r.section_id) + " (format 2.x: pfn bits 32..47)");
   row("pfn range", "[" + hex(r.start_pfn) + ", " + hex(r.end_pfn) + ") (pfn base " + hex(r.start_pfn) + ": the pool's identity)");
   row("root area", human_bytes(r.root_size));

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pmpage/fsck.hpp"
+#include "pmpage/types.hpp"
 
 namespace pmpage::tool {
 
@@ -50,6 +51,18 @@ command add_grow(CLI::App& app);
 
 /// A size: digits with an optional binary suffix, never negative, at most 2^60 bytes (create.cpp).
 CLI::Validator size_bytes();
+/// The library's message with its option names (options.max_size, options.size,
+/// options.root_size) given as this tool's (--max-size, --size, --root-size).
+std::string option_names(std::string message);
+/// f(), a pmpage::error from it rethrown with option_names() applied to its message.
+template <class F>
+auto with_option_names(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const pmpage::error& e) {
+    throw pmpage::error(e.code(), option_names(e.what()));
+  }
+}
 /// "64 MiB", "1.5 GiB", "4 KiB", "123 B": binary units, at most one decimal.
 std::string human_bytes(std::uint64_t bytes);
 /// "0x1f000"
