@@ -48,52 +48,40 @@ static_assert(HEADER_BYTES % 4096 == 0);
 
 std::string reason(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
-/// OFD write lock on byte `at` (F_OFD_SETLKW: waits; F_OFD_SETLK: returns false if held).
-bool ofd_lock(int fd, off_t at, bool wait) {
+/// An OFD lock request of `type` (F_WRLCK, F_UNLCK) over bytes [at, at + len).
+struct flock byte_range(short type, off_t at, off_t len = 1) {
   struct flock fl{};
-  fl.l_type = F_WRLCK;
+  fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = at;
-  fl.l_len = 1;
-  for (;;) {
-    if (::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0) return true;
-    if (errno == EINTR) continue;
-    if (!wait && (errno == EAGAIN || errno == EACCES)) return false;
-    return false;
-  }
+  fl.l_len = len;
+  return fl;
+}
+
+/// OFD write lock on byte `at` (wait: F_OFD_SETLKW; else F_OFD_SETLK, false if it is held).
+bool ofd_lock(int fd, off_t at, bool wait) {
+  struct flock fl = byte_range(F_WRLCK, at);
+  while (::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) != 0)
+    if (errno != EINTR) return false;
+  return true;
 }
 
 void ofd_unlock(int fd, off_t at) {
-  struct flock fl{};
-  fl.l_type = F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = at;
-  fl.l_len = 1;
+  struct flock fl = byte_range(F_UNLCK, at);
   ::fcntl(fd, F_OFD_SETLK, &fl);
 }
 
-/// True if an open file description other than fd's holds a lock on byte `at` (F_OFD_GETLK
-/// reports only locks that conflict with fd's own, so the caller's own slot reads as free).
-bool ofd_held_by_other(int fd, off_t at) {
-  struct flock fl{};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = at;
-  fl.l_len = 1;
-  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return true;  // cannot tell: call it alive (never reap on doubt)
+/// True if an open file description other than fd's holds a lock on a byte of [at, at + len)
+/// (F_OFD_GETLK reports only locks that conflict with fd's own, so the caller's own slot reads
+/// as free). A probe that fails says "held": a process is never called dead on doubt.
+bool held_by_other(int fd, off_t at, off_t len = 1) {
+  struct flock fl = byte_range(F_WRLCK, at, len);
+  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return true;
   return fl.l_type != F_UNLCK;
 }
 
 /// Any slot lock held by another open file description.
-bool any_other_slot_alive(int fd) {
-  struct flock fl{};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = 1;
-  fl.l_len = shared_segment::MAX_PROCESSES;
-  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) return true;
-  return fl.l_type != F_UNLCK;
-}
+bool any_other_slot_alive(int fd) { return held_by_other(fd, 1, shared_segment::MAX_PROCESSES); }
 
 std::uint64_t self_start_time() {
   std::ifstream f("/proc/self/stat");
@@ -125,7 +113,7 @@ std::vector<segment_process> read_table(int fd, const process_record* t) {
     p.slot = i;
     p.pid = t[i].pid;
     p.start_time = t[i].start_time;
-    p.alive = ofd_held_by_other(fd, off_t(1 + i));
+    p.alive = held_by_other(fd, off_t(1 + i));
     out.push_back(p);
   }
   return out;
