@@ -9,7 +9,11 @@
 // Guarded by `mu` (the pool lock) unless a member says otherwise; lock order: pool_impl.hpp.
 #pragma once
 
+#include <sys/mman.h>
+
 #include <cstdint>
+#include <memory>
+#include <new>
 
 #include "adaptive_mutex.hpp"
 #include "cpu_cache.hpp"
@@ -40,5 +44,26 @@ struct pool_core {
   /// One per configured CPU (nr_caches of them used); each has its own lock (cpu_cache.hpp).
   cpu_cache caches[MAX_CPU_CACHES];
 };
+
+/// An exclusive pool's core lives in an anonymous mapping of its own, not on the heap: the same
+/// kind of memory a shared segment gives, and no allocator lock on the path of an open or a
+/// create. Why it matters: a fork() child of a process whose threads open pools must be able to
+/// open one too; glibc's malloc takes its arena locks around fork(), but not every allocator a
+/// program may run under does (ASan's does not: a child deadlocked on a size class a parent
+/// thread held while it allocated a core).
+struct core_unmapper {
+  void operator()(pool_core* c) const noexcept {
+    c->~pool_core();
+    ::munmap(c, bytes());
+  }
+  static std::size_t bytes() noexcept { return (sizeof(pool_core) + 4095) & ~std::size_t{4095}; }
+};
+using core_ptr = std::unique_ptr<pool_core, core_unmapper>;
+/// A new core in a private anonymous mapping; throws std::bad_alloc when none can be mapped.
+inline core_ptr map_core() {
+  void* m = ::mmap(nullptr, core_unmapper::bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw std::bad_alloc();
+  return core_ptr(new (m) pool_core());
+}
 
 }  // namespace pmpage::detail

@@ -659,8 +659,8 @@ class pool_impl {
   // The allocator: its shared state in core_ (pool_core.hpp: the pool lock core_->mu, the caches,
   // the empty list, the counters, the states of buddy_, filler_ and intents_), which this pool's
   // views below read through this process's mappings. core_ is own_core_ for a pool only this
-  // process has open.
-  std::unique_ptr<pool_core> own_core_ = std::make_unique<pool_core>();
+  // process has open (an anonymous mapping of its own: pool_core.hpp says why not the heap).
+  core_ptr own_core_ = map_core();  // pool_core.hpp: mapped, not allocated
   pool_core* core_ = own_core_.get();
   region_buddy buddy_;
   region_backing backing_;  // R1: which regions' blocks are reserved (sparse backing files only)
