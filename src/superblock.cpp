@@ -87,9 +87,10 @@ bool superblock_torn_write(const superblock& torn, const superblock& valid, bool
       (newer.nr_regions < older.nr_regions || newer.nr_regions > superblock_capacity(valid)))
     return false;
   if (torn.device_size != valid.device_size) {
-    const std::uint64_t old_regions = std::min(torn.nr_regions, valid.nr_regions);
-    if (newer.device_size < older.device_size || valid.data_offset > newer.device_size ||
-        (newer.device_size - valid.data_offset) / HPAGE_PMD_SIZE <= old_regions)
+    // Judged by the sizes alone: the torn copy's nr_regions word may already be the new one
+    // (copy A torn with B's count and its own old size), so it cannot say the old count.
+    if (newer.device_size < older.device_size || valid.data_offset > older.device_size ||
+        (newer.device_size - valid.data_offset) / HPAGE_PMD_SIZE <= (older.device_size - valid.data_offset) / HPAGE_PMD_SIZE)
       return false;
   }
   if ((torn.flags ^ valid.flags) & (older.flags & ~newer.flags)) return false;

@@ -237,12 +237,25 @@ TEST_F(FsckTest, SuperblockCopyTornMidWriteByGrowIsRecoverysLeftover) {
     superblock a, b;
     std::uint64_t regions_after;
   };
-  const std::vector<tear> tears = {
+  std::vector<tear> tears = {
       {"copy B torn (old size kept)", 1, old, mix(grown, old), old.nr_regions},
       {"copy B torn, checksum new", 1, old, mix(old, grown), old.nr_regions},
       {"copy A torn (new size)", 0, mix(grown, old), grown, grown.nr_regions},
       {"copy A torn, checksum new", 0, mix(old, grown), grown, grown.nr_regions},
   };
+  // And word by word (8 bytes: the unit of failure atomicity): each of device_size and
+  // nr_regions old or new, the rest (the checksum) old or new. A copy A holding B's count beside
+  // its own old size was called damage (a fresh-clone review found it).
+  for (const bool rest_new : {false, true})
+    for (const bool size_new : {false, true})
+      for (const bool regions_new : {false, true}) {
+        superblock t = rest_new ? grown : old;
+        t.device_size = size_new ? grown.device_size : old.device_size;
+        t.nr_regions = regions_new ? grown.nr_regions : old.nr_regions;
+        if (std::memcmp(&t, &old, sizeof t) == 0 || std::memcmp(&t, &grown, sizeof t) == 0) continue;  // not torn
+        tears.push_back({"copy A torn word by word", 0, t, grown, grown.nr_regions});
+        tears.push_back({"copy B torn word by word", 1, old, t, old.nr_regions});
+      }
   const fs::path work = new_path("work");
   for (const tear& t : tears) {
     SCOPED_TRACE(t.name);
