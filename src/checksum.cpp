@@ -81,9 +81,8 @@ bool compute_growable_layout(std::uint64_t size, std::uint64_t max_size, std::ui
   place_regions(l, cap.nr_regions, data_align);
   if (l.data_offset + HPAGE_PMD_SIZE > size) return false;
   const std::uint64_t regions = std::min(cap.nr_regions, (size - l.data_offset) / HPAGE_PMD_SIZE);
-  // No room to grow after all (max_size adds no region): the plain layout, readable by libraries
-  // that do not know SB_GROWABLE.
-  if (regions == cap.nr_regions) return compute_layout(size, root_size, data_align, out);
+  // max_size adds no whole region: still a capacity (SB_GROWABLE with max_regions ==
+  // nr_regions), so that the pool never grows past what was asked into its tables' slack.
   l.nr_regions = regions;
   l.max_regions = cap.nr_regions;
   out = l;

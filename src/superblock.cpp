@@ -45,7 +45,7 @@ superblock make_superblock(const layout& lay, std::uint64_t pfn_base, std::uint6
   sb.owner_table_offset = lay.owner_table_offset;
   sb.data_offset = lay.data_offset;
   sb.create_time_ns = create_time_ns;
-  if (lay.max_regions > lay.nr_regions) {
+  if (lay.max_regions != 0) {  // created with a capacity (options::max_size above size)
     sb.flags |= SB_GROWABLE;
     sb.max_regions = lay.max_regions;
   }

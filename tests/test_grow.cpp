@@ -700,3 +700,28 @@ TEST_F(GrowTest, AGranuleGrownIntoTakesItsFreeEntryAndGivesItBackAtClose) {
   EXPECT_EQ(detail::overflow_granules(), overflowing);
   EXPECT_FALSE(pfn_valid(kOtherBase));
 }
+
+namespace {
+
+TEST(GrowCapacity, AMaxSizeThatAddsNoWholeRegionIsStillTheCapacity) {
+  // A max_size a little above size gives no room for another region; the pool must not then fall
+  // back to growing into its tables' slack, past the max_size it was created with (a re-check
+  // after the review found 16 MiB with max_size 17 MiB growing to 34 MiB).
+  const std::string path = "/dev/shm/pmpage-test-grow-capacity-" + std::to_string(::getpid());
+  ::unlink(path.c_str());
+  pmpage::pool::options o;
+  o.size = 16ull << 20;
+  o.max_size = 17ull << 20;
+  const std::uint64_t regions = pmpage::pool::create(path, o).stats().total_regions;
+  try {
+    (void)pmpage::pool::grow(path, 34ull << 20);
+    ADD_FAILURE() << "grew past max_size";
+  } catch (const pmpage::error& e) {
+    EXPECT_EQ(e.code().value(), EINVAL) << e.what();
+    EXPECT_NE(std::string(e.what()).find("capacity"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(pmpage::pool::open(path).stats().total_regions, regions);
+  ::unlink(path.c_str());
+}
+
+}  // namespace
